@@ -1,0 +1,214 @@
+"""Trajectory data: loading, validation, splitting and the z-score transform.
+
+Every estimator works in z-scored coordinates ``x~ = (x - mean) / std`` (per
+coordinate).  Scores transform covariantly: if ``s`` is the score of the
+physical density then the score of the z-scored density is
+
+    s~(x~) = std * s(mean + std * x~),
+
+so ``s(x) = s~((x - mean) / std) / std``.  The transform is kept with every
+result so outputs can be given in physical units.
+
+All checks here run on NumPy arrays before any JAX tracing and raise
+:class:`InputError` (a ``ValueError``) with a one-line message naming the
+offending argument.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "InputError",
+    "ZScore",
+    "load_trajectory",
+    "validate_snapshots",
+    "as_members",
+    "split_members",
+]
+
+SUPPORTED_SUFFIXES = (".npy", ".csv", ".nc")
+
+
+class InputError(ValueError):
+    """Bad user input (data, spec or arguments); the message is one line."""
+
+
+class ZScore(NamedTuple):
+    """Per-coordinate affine transform ``x~ = (x - mean) / std``."""
+
+    mean: np.ndarray  # (d,)
+    std: np.ndarray  # (d,)
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "ZScore":
+        x = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1])
+        return cls(mean=x.mean(axis=0), std=x.std(axis=0))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+    def inverse(self, z):
+        return z * self.std + self.mean
+
+    def score_to_physical(self, score_z):
+        """Score in z-scored coordinates -> score in physical coordinates."""
+        return score_z / self.std
+
+    def score_to_zscored(self, score_phys):
+        return score_phys * self.std
+
+
+def _load_csv(path: str) -> np.ndarray:
+    rows = []
+    ncols = None
+    with open(path, "r", encoding="utf-8", errors="strict") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            fields = [f.strip() for f in text.split(",")]
+            try:
+                values = [float(f) for f in fields]
+            except ValueError:
+                if not rows and lineno == _first_content_line(path):
+                    continue  # a header line
+                raise InputError(
+                    f"data file {path!r}: non-numeric value on line {lineno}: {text[:60]!r}"
+                ) from None
+            if ncols is None:
+                ncols = len(values)
+            elif len(values) != ncols:
+                raise InputError(
+                    f"data file {path!r}: ragged CSV, line {lineno} has {len(values)} "
+                    f"columns, expected {ncols}"
+                )
+            rows.append(values)
+    if not rows:
+        raise InputError(f"data file {path!r} holds no numeric rows")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _first_content_line(path: str) -> int:
+    with open(path, "r", encoding="utf-8", errors="strict") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            text = line.strip()
+            if text and not text.startswith("#"):
+                return lineno
+    return 0
+
+
+def _load_netcdf(path: str, variable: str | None) -> np.ndarray:
+    import xarray as xr
+
+    try:
+        ds = xr.open_dataset(path, engine="h5netcdf")
+    except Exception as err:  # noqa: BLE001 - any reader failure is bad input
+        raise InputError(f"data file {path!r} is not a readable netCDF file ({type(err).__name__})") from None
+    with ds:
+        names = list(ds.data_vars)
+        if variable is None:
+            if len(names) != 1:
+                raise InputError(
+                    f"data file {path!r} holds variables {names}; name one with [data] variable"
+                )
+            variable = names[0]
+        if variable not in ds.data_vars:
+            raise InputError(f"data file {path!r} has no variable {variable!r}; it has {names}")
+        return np.asarray(ds[variable].values)
+
+
+def load_trajectory(path: str | os.PathLike, variable: str | None = None) -> np.ndarray:
+    """Load a trajectory file as a float64 array of shape ``(n, d)`` or ``(members, n, d)``.
+
+    Supported: ``.npy`` (loaded without pickle), ``.csv`` (comma separated,
+    one snapshot per row, an optional header line) and ``.nc`` (netCDF, one
+    data variable or the one named by ``variable``).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"data file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"data path {path!r} is a folder, expected a file")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise InputError(
+            f"data file {path!r} has unsupported type {suffix!r}; expected one of {SUPPORTED_SUFFIXES}"
+        )
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif suffix == ".csv":
+            arr = _load_csv(path)
+        else:
+            arr = _load_netcdf(path, variable)
+    except InputError:
+        raise
+    except UnicodeDecodeError:
+        raise InputError(f"data file {path!r} is not a text CSV file") from None
+    except ValueError as err:
+        raise InputError(f"data file {path!r} could not be read: {str(err).splitlines()[0]}") from None
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"data file {path!r} holds non-numeric values (dtype {arr.dtype})")
+    return np.asarray(arr, dtype=np.float64)
+
+
+def validate_snapshots(x, name: str = "data", min_snapshots: int = 2) -> np.ndarray:
+    """Check a snapshot array and return it as float64 ``(members, n, d)``.
+
+    Accepts ``(n,)`` (one coordinate), ``(n, d)`` and ``(members, n, d)``.
+    """
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a numeric array") from None
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InputError(
+            f"{name} must have shape (n, d) or (members, n, d), got shape {np.shape(x)}"
+        )
+    members, n, d = arr.shape
+    if members == 0 or n == 0 or d == 0:
+        raise InputError(f"{name} is empty (shape {np.shape(x)})")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.sum(~np.isfinite(arr)))
+        raise InputError(f"{name} holds {bad} NaN or infinite values")
+    if np.max(np.abs(arr)) > 1e150:
+        raise InputError(f"{name} holds values too large to standardise (max |x| = {np.max(np.abs(arr)):.3g})")
+    if members * n < min_snapshots:
+        raise InputError(f"{name} has {members * n} snapshots, need at least {min_snapshots}")
+    flat = arr.reshape(-1, d)
+    spread = flat.std(axis=0)
+    scale = np.maximum(np.abs(flat).max(axis=0), 1e-300)
+    constant = np.flatnonzero(spread <= 1e-12 * scale)
+    if constant.size:
+        raise InputError(f"{name} has constant coordinate(s) {constant.tolist()}; they carry no density")
+    return arr
+
+
+def as_members(x) -> np.ndarray:
+    """View ``(n, d)`` as ``(1, n, d)``; leave ``(members, n, d)`` alone."""
+    arr = np.asarray(x)
+    return arr[None] if arr.ndim == 2 else arr
+
+
+def split_members(arr: np.ndarray, heldout_fraction: float):
+    """Split ``(members, n, d)`` into training and held-out snapshot sets ``(n_i, d)``.
+
+    With several members the last ``heldout_fraction`` of members is held out
+    (independent trajectories); with one member the last part in time is.
+    Returns ``(train, heldout)``; ``heldout`` is ``None`` when the fraction is 0.
+    """
+    members, n, d = arr.shape
+    if heldout_fraction <= 0:
+        return arr.reshape(-1, d), None
+    if members >= 5:
+        n_out = max(1, int(round(members * heldout_fraction)))
+        return arr[: members - n_out].reshape(-1, d), arr[members - n_out :].reshape(-1, d)
+    n_out = max(1, int(round(n * heldout_fraction)))
+    return arr[:, : n - n_out].reshape(-1, d), arr[:, n - n_out :].reshape(-1, d)

@@ -1,0 +1,121 @@
+"""Posterior diagnostics with arviz, on label-invariant quantities.
+
+Mixture components can swap labels between chains, so r_hat and ESS of the
+sampled sites (``means``, ``scales`` ...) say little.  Convergence is judged on
+quantities that do not depend on labels: the log density and each score
+component at fixed probe points, and the sorted weights.  They are stored in
+the posterior group as ``probe_log_density``, ``probe_score`` and
+``sorted_weights`` beside the sampled sites and ``weights``, ``means`` and
+``cov_chol`` (the Cholesky factor of each component covariance), all in
+z-scored coordinates; the z-score transform is stored in ``constant_data``.
+"""
+from __future__ import annotations
+
+import warnings
+
+import arviz as az
+import numpy as np
+
+from .data import ZScore
+from .sampler import PosteriorSamples
+from .score import score_draws
+
+__all__ = ["probe_points", "to_inference_data", "convergence_summary", "zscore_from_idata",
+           "posterior_from_idata"]
+
+PROBE_VARS = ["probe_log_density", "probe_score", "sorted_weights"]
+
+
+def probe_points(points, counts, num: int = 8) -> np.ndarray:
+    """Probe points: the weighted cells nearest the count-weighted quantiles of the first axis
+    mixed over every coordinate, so probes sit where the data are."""
+    points = np.asarray(points)
+    order = np.argsort(points @ np.linspace(1.0, 0.5, points.shape[1]))
+    cum = np.cumsum(np.asarray(counts)[order])
+    targets = (np.arange(num) + 0.5) / num * cum[-1]
+    return points[order[np.searchsorted(cum, targets)]]
+
+
+def to_inference_data(posterior: PosteriorSamples, zscore: ZScore, points, counts,
+                      probes=None) -> az.InferenceData:
+    """arviz InferenceData of a mixture posterior (see module docstring)."""
+    if probes is None:
+        probes = probe_points(points, counts)
+    chains, draws = posterior.weights.shape[:2]
+    w, m, L = posterior.flat()
+    scores, logps = score_draws(w, m, L, probes)
+    d = posterior.means.shape[-1]
+    data = dict(posterior.sites)
+    data["weights"] = posterior.weights
+    data["means"] = posterior.means
+    data["cov_chol"] = posterior.cov_chol
+    data["sorted_weights"] = np.sort(posterior.weights, axis=-1)[..., ::-1]
+    data["probe_log_density"] = logps.reshape(chains, draws, -1)
+    data["probe_score"] = scores.reshape(chains, draws, -1, d)
+    dims = {
+        "weights": ["component"], "sorted_weights": ["rank"], "means": ["component", "dim"],
+        "scales": ["component", "dim"], "corr_chol": ["component", "dim", "dim_"],
+        "cov_chol": ["component", "dim", "dim_"], "probe_log_density": ["probe"],
+        "probe_score": ["probe", "dim"],
+    }
+    stats = posterior.sample_stats
+    sample_stats = {
+        "diverging": stats["diverging"].astype(bool), "n_steps": stats["num_steps"],
+        "tree_depth": stats["tree_depth"], "acceptance_rate": stats["accept_prob"],
+        "energy": stats["energy"], "lp": -stats["potential_energy"],
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        idata = az.from_dict(
+            posterior=data, sample_stats=sample_stats,
+            constant_data={"zscore_mean": np.asarray(zscore.mean), "zscore_std": np.asarray(zscore.std),
+                           "probe_points": np.asarray(probes), "points": np.asarray(points),
+                           "counts": np.asarray(counts)},
+            dims={**dims, "zscore_mean": ["dim"], "zscore_std": ["dim"],
+                  "probe_points": ["probe", "dim"], "points": ["point", "dim"], "counts": ["point"]},
+            attrs={"coordinates": "z-scored: x_z = (x - zscore_mean) / zscore_std",
+                   "library": "kgmm_bayes"},
+        )
+    return idata
+
+
+def convergence_summary(idata: az.InferenceData) -> dict:
+    """Worst label-invariant r_hat and ESS, and the divergence count."""
+    post = idata.posterior[PROBE_VARS]
+    chains = idata.posterior.sizes["chain"]
+    out = {"divergences": int(idata.sample_stats["diverging"].sum()),
+           "mean_steps_per_iteration": float(idata.sample_stats["n_steps"].mean()),
+           "chains": int(chains), "draws": int(idata.posterior.sizes["draw"])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ess_bulk = az.ess(post, method="bulk")
+        ess_tail = az.ess(post, method="tail")
+        out["min_ess_bulk"] = float(min(float(ess_bulk[v].min()) for v in PROBE_VARS))
+        out["min_ess_tail"] = float(min(float(ess_tail[v].min()) for v in PROBE_VARS))
+        if chains > 1:
+            rhat = az.rhat(post)
+            out["max_r_hat"] = float(max(float(rhat[v].max()) for v in PROBE_VARS))
+        else:
+            out["max_r_hat"] = float("nan")
+    warn = []
+    if out["divergences"] > 0:
+        warn.append(f"{out['divergences']} divergent transitions")
+    if chains > 1 and out["max_r_hat"] > 1.01:
+        warn.append(f"label-invariant r_hat {out['max_r_hat']:.3f} > 1.01: chains disagree")
+    if chains == 1:
+        warn.append("one chain: r_hat cannot be computed")
+    out["warnings"] = warn
+    return out
+
+
+def zscore_from_idata(idata: az.InferenceData) -> ZScore:
+    return ZScore(mean=np.asarray(idata.constant_data["zscore_mean"].values),
+                  std=np.asarray(idata.constant_data["zscore_std"].values))
+
+
+def posterior_from_idata(idata: az.InferenceData):
+    """``(weights, means, cov_chol)`` with chains and draws merged, from a stored posterior."""
+    def flat(name):
+        arr = np.asarray(idata.posterior[name].values)
+        return arr.reshape((-1,) + arr.shape[2:])
+    return flat("weights"), flat("means"), flat("cov_chol")

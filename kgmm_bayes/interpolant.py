@@ -1,0 +1,125 @@
+"""Neural interpolant of the score (DESIGN.md, "Interpolant").
+
+A flax (nnx) MLP with swish activations, trained with optax Adam on a cosine
+schedule to minimise the count-weighted squared error
+
+    L(theta) = sum_m c_m |f_theta(x_m) - s_m|^2 / sum_m c_m
+
+between the network and the posterior-mean score targets ``s_m`` at the
+score-target points ``x_m``.  Training is full batch inside one ``lax.scan``.
+Parameters are saved as a ``.npz`` of plain arrays (no pickle) with the
+layer sizes, and loaded with ``allow_pickle=False``.
+"""
+from __future__ import annotations
+
+import os
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+__all__ = ["MLP", "Interpolant", "fit_interpolant", "save_interpolant", "load_interpolant"]
+
+
+class MLP(nnx.Module):
+    """``sizes[0] -> hidden... -> sizes[-1]`` with swish between layers."""
+
+    def __init__(self, sizes, *, rngs: nnx.Rngs):
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+
+    def __call__(self, x):
+        for layer in self.layers[:-1]:
+            x = nnx.swish(layer(x))
+        return self.layers[-1](x)
+
+
+class Interpolant(NamedTuple):
+    """A trained MLP as (graph definition, parameters); callable on ``(n, d)`` points."""
+
+    graphdef: Any
+    params: Any
+    sizes: tuple
+    final_loss: float
+
+    def __call__(self, x):
+        return nnx.merge(self.graphdef, self.params)(x)
+
+    def apply_fn(self):
+        """A pure function ``(params, x) -> score`` for use inside ``jit``/``scan``."""
+        graphdef = self.graphdef
+        return lambda params, x: nnx.merge(graphdef, params)(x)
+
+
+def _init(key, sizes):
+    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+    return nnx.split(MLP(sizes, rngs=nnx.Rngs(seed)))
+
+
+@partial(jax.jit, static_argnums=(0, 5, 6))
+def _train(graphdef, params, x, y, weights, steps, learning_rate):
+    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
+    weights = weights / jnp.sum(weights)
+
+    def loss_fn(p):
+        pred = nnx.merge(graphdef, p)(x)
+        return jnp.sum(weights * jnp.sum((pred - y) ** 2, axis=-1))
+
+    def step(carry, _):
+        p, opt_state = carry
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        return (optax.apply_updates(p, updates), opt_state), loss
+
+    (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)
+    return params, losses
+
+
+def fit_interpolant(key, points, targets, weights, hidden=(128, 64), steps: int = 3000,
+                    learning_rate: float = 3e-3) -> Interpolant:
+    """Fit the MLP to ``targets`` ``(M, d)`` at ``points`` ``(M, d)`` with ``weights`` ``(M,)``."""
+    points = jnp.asarray(points, dtype=jnp.float32)
+    targets = jnp.asarray(targets, dtype=jnp.float32)
+    weights = jnp.asarray(weights, dtype=jnp.float32)
+    d = points.shape[-1]
+    sizes = (d, *[int(h) for h in hidden], targets.shape[-1])
+    graphdef, params = _init(key, sizes)
+    params, losses = _train(graphdef, params, points, targets, weights, int(steps), float(learning_rate))
+    return Interpolant(graphdef=graphdef, params=params, sizes=sizes, final_loss=float(losses[-1]))
+
+
+def _flat_params(params) -> dict:
+    pure = nnx.to_pure_dict(params)
+    return {f"layer{i}_{name}": np.asarray(arr)
+            for i, layer in pure["layers"].items() for name, arr in layer.items()}
+
+
+def save_interpolant(path, interpolant: Interpolant) -> None:
+    """Write sizes and parameters as plain arrays to ``path`` (``.npz``)."""
+    arrays = _flat_params(interpolant.params)
+    arrays["sizes"] = np.asarray(interpolant.sizes, dtype=np.int64)
+    arrays["final_loss"] = np.asarray(interpolant.final_loss)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_interpolant(path) -> Interpolant:
+    """Read an interpolant written by :func:`save_interpolant` (never unpickles)."""
+    with np.load(os.fspath(path), allow_pickle=False) as f:
+        arrays = {name: f[name] for name in f.files}
+    sizes = tuple(int(s) for s in arrays["sizes"])
+    graphdef, params = _init(jax.random.key(0), sizes)
+    pure = nnx.to_pure_dict(params)
+    for i, layer in pure["layers"].items():
+        for name in layer:
+            stored = arrays[f"layer{i}_{name}"]
+            if stored.shape != layer[name].shape:
+                raise ValueError(f"interpolant file {path}: layer {i} {name} has shape {stored.shape}, "
+                                 f"expected {layer[name].shape}")
+            layer[name] = jnp.asarray(stored)
+    nnx.replace_by_pure_dict(params, pure)
+    return Interpolant(graphdef=graphdef, params=params, sizes=sizes,
+                       final_loss=float(arrays["final_loss"]))

@@ -1,0 +1,117 @@
+r"""The Bayesian Gaussian mixture (DESIGN.md, "Posterior"), as a numpyro model.
+
+.. math::
+
+    w &\sim \mathrm{Dirichlet}(\alpha 1_K), \qquad
+    \mu_k \sim \mathcal N(c_k, \mathrm{diag}(\tau s_k)^2), \\
+    \sigma_{k,i} &\sim \mathrm{HalfCauchy}(\beta), \qquad
+    L_k \sim \mathrm{LKJCholesky}(d, \eta), \qquad
+    \Sigma_k = \mathrm{diag}(\sigma_k) L_k L_k^\top \mathrm{diag}(\sigma_k), \\
+    \log p(x_{1:M}) &= \sum_m c_m \log \sum_k w_k \mathcal N(x_m; \mu_k, \Sigma_k),
+
+with ``c_k, s_k`` the bisecting K-means centroids and spreads and ``c_m`` the
+counts of the weighted points (a coreset of fine partition cells, or all
+snapshots with unit counts).
+
+The likelihood is dense linear algebra: with ``P_k = \Sigma_k^{-1}`` the log
+density of component ``k`` is a linear function of the fixed features
+``phi(x) = [1, x_i, x_i x_j (i <= j)]``,
+
+.. math::
+
+    \log w_k \mathcal N(x; \mu_k, \Sigma_k) = \phi(x)^\top \gamma_k,
+
+so all ``M x K`` log densities are one matrix product ``Phi @ Gamma`` per
+gradient, followed by a logsumexp over components.  The features are computed
+once per data set; ``Gamma`` costs K small triangular inversions.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+__all__ = [
+    "MixturePrior",
+    "quadratic_features",
+    "component_coefficients",
+    "mixture_loglik_dense",
+    "mixture_model",
+    "cov_cholesky",
+    "precision_factors",
+]
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+class MixturePrior(NamedTuple):
+    """Prior hyperparameters; arrays in z-scored coordinates."""
+
+    centroids: jnp.ndarray  # (K, d)
+    mean_scales: jnp.ndarray  # (K, d), standard deviation of mu_k around c_k
+    dirichlet_alpha: float
+    scale_prior: float  # HalfCauchy scale of sigma_k,i
+    lkj_eta: float
+
+
+def quadratic_features(x):
+    """``phi(x) = [1, x_1..x_d, x_i x_j for i <= j]``, shape ``(n, 1 + d + d(d+1)/2)``."""
+    x = jnp.asarray(x)
+    d = x.shape[-1]
+    iu, ju = np.triu_indices(d)
+    quad = x[:, iu] * x[:, ju]
+    return jnp.concatenate([jnp.ones_like(x[:, :1]), x, quad], axis=1)
+
+
+def cov_cholesky(scales, corr_chol):
+    """``diag(sigma) L``: the Cholesky factor of ``Sigma``; shapes ``(K, d)``, ``(K, d, d)``."""
+    return scales[..., :, None] * corr_chol
+
+
+def precision_factors(cov_chol):
+    """``W = L^{-1}`` (lower triangular), so ``P = W^T W``; batched over leading axes."""
+    d = cov_chol.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=cov_chol.dtype), cov_chol.shape)
+    return jax.scipy.linalg.solve_triangular(cov_chol, eye, lower=True)
+
+
+def component_coefficients(weights, means, cov_chol):
+    """Coefficients ``Gamma`` ``(F, K)`` with ``phi(x) @ Gamma = log w_k N(x; mu_k, Sigma_k)``."""
+    d = means.shape[-1]
+    w_inv = precision_factors(cov_chol)  # (K, d, d)
+    prec = jnp.einsum("kji,kjl->kil", w_inv, w_inv)  # W^T W
+    prec_mu = jnp.einsum("kij,kj->ki", prec, means)
+    log_det_chol = jnp.sum(jnp.log(jnp.diagonal(cov_chol, axis1=-2, axis2=-1)), axis=-1)
+    const = (jnp.log(weights) - 0.5 * jnp.sum(means * prec_mu, axis=-1) - log_det_chol
+             - 0.5 * d * LOG_2PI)
+    iu, ju = np.triu_indices(d)
+    quad = jnp.where(iu == ju, -0.5, -1.0) * prec[:, iu, ju]  # (K, d(d+1)/2)
+    return jnp.concatenate([const[:, None], prec_mu, quad], axis=1).T
+
+
+def mixture_loglik_dense(features, counts, weights, means, cov_chol):
+    """``sum_m counts_m log sum_k w_k N(x_m; mu_k, Sigma_k)`` from precomputed features."""
+    log_comp = features @ component_coefficients(weights, means, cov_chol)  # (M, K)
+    return jnp.sum(counts * jax.nn.logsumexp(log_comp, axis=-1))
+
+
+def mixture_model(features, counts, prior: MixturePrior):
+    """numpyro model of the Bayesian mixture on weighted points (see module docstring).
+
+    ``features`` are :func:`quadratic_features` of the points and ``counts``
+    their weights; the number of components and dimension come from the prior.
+    """
+    k, d = prior.centroids.shape
+    weights = numpyro.sample("weights", dist.Dirichlet(jnp.full((k,), prior.dirichlet_alpha)))
+    means = numpyro.sample("means", dist.Normal(prior.centroids, prior.mean_scales).to_event(2))
+    scales = numpyro.sample("scales", dist.HalfCauchy(jnp.full((k, d), prior.scale_prior)).to_event(2))
+    if d > 1:
+        corr_chol = numpyro.sample("corr_chol", dist.LKJCholesky(d, prior.lkj_eta).expand([k]).to_event(1))
+    else:
+        corr_chol = jnp.ones((k, 1, 1), dtype=scales.dtype)
+    cov_chol = numpyro.deterministic("cov_chol", cov_cholesky(scales, corr_chol))
+    numpyro.factor("loglik", mixture_loglik_dense(features, counts, weights, means, cov_chol))

@@ -1,0 +1,53 @@
+"""The short markdown report of a study."""
+from __future__ import annotations
+
+from .outputs import atomic_write_bytes
+
+__all__ = ["write_report"]
+
+
+def _fmt(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_report(path, spec, metrics: dict) -> None:
+    re = metrics["relative_entropy"]
+    post = metrics["posterior"]
+    lines = [
+        f"# Study `{metrics['study']}` (seed {metrics['seed']})",
+        "",
+        f"Data: {metrics['data']['source']}, {metrics['data']['train_snapshots']} training snapshots, "
+        f"{metrics['data']['reference_snapshots']} reference snapshots, d = {metrics['data']['dim']}.",
+        f"Partition: {metrics['partition']['cells']} score-target cells, "
+        f"{metrics['partition']['components']} mixture components.",
+        "",
+        "## Reduced-order model",
+        f"- Relative entropy per marginal (reference || model): {', '.join(_fmt(v) for v in re['per_marginal'])}; "
+        f"mean {_fmt(re['mean'])}",
+        f"- Sampling floor (training data vs reference, same metric): mean {_fmt(re['data_floor_mean'])}",
+        f"- Drift: {metrics['langevin']['drift']}; particles that left the box: {metrics['langevin']['escaped']}, "
+        f"non-finite: {metrics['langevin']['non_finite']}",
+        "",
+        "## Posterior (label-invariant diagnostics)",
+        f"- {post['chains']} chains x {post['draws']} draws; divergences {post['divergences']}; "
+        f"mean leapfrog steps per iteration {_fmt(post['mean_steps_per_iteration'])}",
+        f"- max r_hat {_fmt(post['max_r_hat'])}, min bulk ESS {_fmt(post['min_ess_bulk'])}, "
+        f"min tail ESS {_fmt(post['min_ess_tail'])} (log density and score at probe points, sorted weights)",
+    ]
+    for warning in post["warnings"]:
+        lines.append(f"- **Warning**: {warning}")
+    if "score" in metrics:
+        sc = metrics["score"]
+        lines += [
+            "",
+            "## Score against the analytic score (density-weighted, z-scored units)",
+            f"- Relative error: posterior mean {_fmt(sc['relative_error_posterior_mean'])}, "
+            f"predictive {_fmt(sc['relative_error_predictive'])}, interpolant {_fmt(sc['relative_error_interpolant'])}",
+            f"- Coverage of the {int(sc['band'] * 100)}% band: {_fmt(sc['band_coverage'])}",
+        ]
+    lines += ["", "## Wall time (s)", "", "| stage | seconds |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in metrics["timings"].items()]
+    if metrics["cached_stages"]:
+        lines.append(f"\nReused from cache: {', '.join(metrics['cached_stages'])}.")
+    lines += ["", "Figures: `figures/score.png`, `figures/marginals.png`."]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())

@@ -1,0 +1,242 @@
+"""Study specifications: TOML files in ``models/``, validated before anything runs.
+
+A spec has the sections below; every key is optional except that ``[data]``
+needs either ``system`` (a built-in system) or ``path`` (a trajectory file,
+relative paths resolved from the spec's folder).  Unknown sections or keys,
+wrong types and out-of-range values raise :class:`SpecError` with a one-line
+message naming the key.  The schema *is* the ``NamedTuple`` classes here:
+their fields are the allowed keys, their defaults the defaults.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import NamedTuple, Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .data import InputError
+from .systems import SYSTEMS
+
+__all__ = ["SpecError", "Spec", "load_spec", "spec_from_dict", "DEFAULT_STUDY"]
+
+
+class SpecError(InputError):
+    """A study spec is invalid; the message names the key."""
+
+
+class StudySection(NamedTuple):
+    name: str = "study"
+    seed: int = 0
+    description: str = ""
+
+
+class DataSection(NamedTuple):
+    system: Optional[str] = None
+    path: Optional[str] = None
+    variable: Optional[str] = None  # netCDF variable name
+    members: Optional[int] = None  # built-in systems: ensemble size (system default)
+    steps: Optional[int] = None
+    thin: Optional[int] = None
+    burn_in: Optional[int] = None
+    dt: Optional[float] = None
+    heldout_fraction: float = 0.2  # user data: share held out as the reference set
+
+
+class PartitionSection(NamedTuple):
+    cells: int = 2000  # fine cells: score-target points and weighted coreset
+    coreset: bool = True  # False: the likelihood uses every snapshot
+
+
+class MixtureSection(NamedTuple):
+    components: int = 10
+    dirichlet_alpha: float = 2.0
+    mean_scale: float = 0.25  # prior sd of each mean, in units of its cluster spread
+    scale_prior: float = 1.0  # HalfCauchy scale of component standard deviations
+    lkj_eta: float = 2.0
+
+
+class SamplerSection(NamedTuple):
+    chains: int = 2
+    warmup: int = 500
+    draws: int = 500
+    target_accept: float = 0.8
+    max_tree_depth: int = 10
+    dense_mass: bool = False
+
+
+class ScoreSection(NamedTuple):
+    band: float = 0.9
+    max_draws: int = 1000  # draws (thinned across chains) used for score summaries
+
+
+class InterpolantSection(NamedTuple):
+    hidden: tuple = (128, 64)
+    steps: int = 4000
+    learning_rate: float = 3e-3
+
+
+class LangevinSection(NamedTuple):
+    drift: str = "interpolant"  # or "mixture": the posterior-predictive mixture score
+    particles: int = 1000
+    dt: float = 0.005
+    steps: int = 40000
+    burn_in: int = 2000
+    thin: int = 200  # 1 time unit at dt = 0.005: snapshots nearly independent
+    box: float = 10.0  # z-scored units
+
+
+class MetricsSection(NamedTuple):
+    grid_points: int = 2048
+
+
+SECTIONS = {
+    "study": StudySection, "data": DataSection, "partition": PartitionSection,
+    "mixture": MixtureSection, "sampler": SamplerSection, "score": ScoreSection,
+    "interpolant": InterpolantSection, "langevin": LangevinSection, "metrics": MetricsSection,
+}
+
+POSITIVE_INT = {
+    ("data", "members"), ("data", "steps"), ("data", "thin"), ("partition", "cells"),
+    ("mixture", "components"), ("sampler", "chains"), ("sampler", "warmup"), ("sampler", "draws"),
+    ("sampler", "max_tree_depth"), ("score", "max_draws"), ("interpolant", "steps"),
+    ("langevin", "particles"), ("langevin", "steps"), ("langevin", "thin"),
+    ("metrics", "grid_points"),
+}
+NON_NEGATIVE_INT = {("study", "seed"), ("data", "burn_in"), ("langevin", "burn_in")}
+POSITIVE_FLOAT = {
+    ("data", "dt"), ("mixture", "dirichlet_alpha"), ("mixture", "mean_scale"),
+    ("mixture", "scale_prior"), ("mixture", "lkj_eta"), ("interpolant", "learning_rate"),
+    ("langevin", "dt"), ("langevin", "box"),
+}
+OPEN_UNIT = {("sampler", "target_accept"), ("score", "band")}
+
+DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d"}}
+
+
+class Spec(NamedTuple):
+    study: StudySection
+    data: DataSection
+    partition: PartitionSection
+    mixture: MixtureSection
+    sampler: SamplerSection
+    score: ScoreSection
+    interpolant: InterpolantSection
+    langevin: LangevinSection
+    metrics: MetricsSection
+
+    def to_dict(self) -> dict:
+        return {name: dict(getattr(self, name)._asdict()) for name in SECTIONS}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=list)
+
+    def section_json(self, *names) -> str:
+        return json.dumps({n: getattr(self, n)._asdict() for n in names}, sort_keys=True, default=list)
+
+
+def _check_value(section: str, key: str, value, default):
+    where = f"[{section}] {key}"
+    if key == "hidden":
+        if (not isinstance(value, (list, tuple)) or not value
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            raise SpecError(f"{where} must be a non-empty list of positive integers, got {value!r}")
+        return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise SpecError(f"{where} must be true or false, got {value!r}")
+        return value
+    expects_int = (section, key) in POSITIVE_INT | NON_NEGATIVE_INT
+    expects_float = (section, key) in POSITIVE_FLOAT | OPEN_UNIT or isinstance(default, float)
+    if expects_int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{where} must be an integer, got {value!r}")
+        if (section, key) in POSITIVE_INT and value <= 0:
+            raise SpecError(f"{where} must be positive, got {value}")
+        if (section, key) in NON_NEGATIVE_INT and value < 0:
+            raise SpecError(f"{where} must be >= 0, got {value}")
+        return value
+    if expects_float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SpecError(f"{where} must be a finite number, got {value!r}")
+        value = float(value)
+        if (section, key) in POSITIVE_FLOAT and value <= 0:
+            raise SpecError(f"{where} must be positive, got {value}")
+        if (section, key) in OPEN_UNIT and not 0 < value < 1:
+            raise SpecError(f"{where} must lie strictly between 0 and 1, got {value}")
+        return value
+    if not isinstance(value, str):
+        raise SpecError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "study",
+                   data_given: bool = False) -> Spec:
+    """Validate a parsed spec and fill defaults; relative data paths resolve from ``base_dir``.
+
+    ``data_given``: the data come as an array (:func:`kgmm_bayes.fit`), so
+    ``[data]`` must name neither a system nor a path.
+    """
+    if not isinstance(raw, dict):
+        raise SpecError("a spec must be a table of sections")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise SpecError(f"unknown spec section(s) {unknown}; allowed: {sorted(SECTIONS)}")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        given = raw.get(name, {})
+        if not isinstance(given, dict):
+            raise SpecError(f"[{name}] must be a table, got {given!r}")
+        extra = sorted(set(given) - set(cls._fields))
+        if extra:
+            raise SpecError(f"unknown key(s) {extra} in [{name}]; allowed: {list(cls._fields)}")
+        values = {}
+        for key, default in cls._field_defaults.items():
+            if key in given:
+                values[key] = _check_value(name, key, given[key], default)
+        sections[name] = cls(**values)
+    study = sections["study"]
+    if "name" not in raw.get("study", {}):
+        sections["study"] = study._replace(name=default_name)
+    data = sections["data"]
+    if data_given:
+        if data.system is not None or data.path is not None:
+            raise SpecError("[data] system/path cannot be given together with a data array")
+    elif (data.system is None) == (data.path is None):
+        raise SpecError("[data] needs exactly one of 'system' (a built-in system) or 'path' (a data file)")
+    if data.system is not None and data.system not in SYSTEMS:
+        raise SpecError(f"[data] system {data.system!r} is unknown; expected one of {sorted(SYSTEMS)}")
+    if data.path is not None:
+        path = data.path if os.path.isabs(data.path) or base_dir is None else os.path.join(base_dir, data.path)
+        sections["data"] = data._replace(path=os.path.abspath(path))
+    if not 0 <= data.heldout_fraction < 1:
+        raise SpecError(f"[data] heldout_fraction must be in [0, 1), got {data.heldout_fraction}")
+    if sections["langevin"].drift not in ("interpolant", "mixture"):
+        raise SpecError(f"[langevin] drift must be 'interpolant' or 'mixture', got {sections['langevin'].drift!r}")
+    if sections["partition"].cells < sections["mixture"].components:
+        raise SpecError(f"[partition] cells ({sections['partition'].cells}) must be >= "
+                        f"[mixture] components ({sections['mixture'].components})")
+    return Spec(**sections)
+
+
+def load_spec(path: str | os.PathLike | None) -> Spec:
+    """Read and validate a TOML spec; ``None`` gives the default study (reduced 1D)."""
+    if path is None:
+        return spec_from_dict(DEFAULT_STUDY)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise SpecError(f"spec file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise SpecError(f"spec path {path!r} is a folder, expected a TOML file")
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise SpecError(f"spec file {path!r} is not valid TOML: {err}") from None
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return spec_from_dict(raw, base_dir=os.path.dirname(os.path.abspath(path)), default_name=stem)

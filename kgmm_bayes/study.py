@@ -1,0 +1,283 @@
+"""The study runner: one reduced-order model built end to end from a spec.
+
+Stages (DESIGN.md, "The pipeline"): data -> partition -> posterior -> score
+summaries -> interpolant -> Langevin model -> metrics, figures, report.  One
+seed becomes one key, split once into named keys.  Each costly stage is cached
+by a hash of its inputs (see :mod:`kgmm_bayes.outputs`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import __version__
+from .data import InputError, ZScore, load_trajectory, split_members, validate_snapshots
+from .diagnostics import convergence_summary, to_inference_data
+from .figures import plot_marginals, plot_score
+from .interpolant import fit_interpolant, load_interpolant, save_interpolant
+from .langevin import simulate_langevin
+from .metrics import band_coverage, marginal_relative_entropies, weighted_score_error
+from .outputs import OutputFolder, atomic_write_bytes, stage_key
+from .partition import Partition, fit_partition
+from .report import write_report
+from .result import BayesianKGMM, predictive_score_fn, thin_draws
+from .sampler import PosteriorSamples, SamplerConfig, build_prior, initial_values, run_nuts
+from .score import score_draws, summarize_scores
+from .spec import Spec
+from .systems import get_system, simulate
+
+__all__ = ["run_study", "prepare_data", "StudyData"]
+
+
+class StudyData:
+    """Training and reference snapshots ``(n, d)`` in physical units, with the transform."""
+
+    def __init__(self, train, reference, zscore, analytic_score=None, source=""):
+        self.train = train
+        self.reference = reference
+        self.zscore = zscore
+        self.analytic_score = analytic_score
+        self.source = source
+
+
+def _log(progress, message):
+    if progress:
+        print(f"[kgmm-bayes] {message}", file=sys.stderr, flush=True)
+
+
+def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None = None,
+                 array=None) -> StudyData:
+    """Load, take or simulate the data (user data are validated before any JAX tracing)."""
+    ds = spec.data
+    if array is not None or ds.path is not None:
+        if array is not None:
+            arr = validate_snapshots(array, name="data")
+        else:
+            arr = validate_snapshots(load_trajectory(ds.path, ds.variable), name=f"data file {ds.path!r}")
+        train, reference = split_members(arr, ds.heldout_fraction)
+        if reference is None:
+            reference = train
+        return StudyData(train, reference, ZScore.fit(train), None, source=ds.path or "array")
+    system = get_system(ds.system)
+    settings = dict(members=ds.members, steps=ds.steps, thin=ds.thin, burn_in=ds.burn_in, dt=ds.dt)
+    key = stage_key("data", spec.section_json("data"), str(jax.random.key_data(data_key)), __version__)
+    cached = out.load_stage("data", key) if out is not None else None
+    if cached is None:
+        train = simulate(data_key, system, **settings).reshape(-1, system.dim).astype(np.float64)
+        reference = simulate(reference_key, system, **settings).reshape(-1, system.dim).astype(np.float64)
+        if out is not None:
+            out.save_stage("data", key, {"train": train, "reference": reference})
+    else:
+        train, reference = cached["train"], cached["reference"]
+    return StudyData(train, reference, ZScore.fit(train), system.score, source=f"system {system.name}")
+
+
+def _check_sizes(spec: Spec, n: int) -> int:
+    """Cells actually used; raises if the data cannot support the spec."""
+    k = spec.mixture.components
+    if n < k:
+        raise InputError(f"data has {n} snapshots, fewer than [mixture] components = {k}")
+    cells = min(spec.partition.cells, n // 2)
+    if cells < k:
+        raise InputError(f"data has {n} snapshots: too few for {k} components "
+                         f"(need at least {2 * k})")
+    return cells
+
+
+def _partition_stage(spec, out, key, z, cells, upstream):
+    skey = stage_key("partition", upstream, cells, spec.mixture.components)
+    cached = out.load_stage("partition", skey)
+    if cached is not None:
+        return Partition(**cached), skey
+    part = fit_partition(key, z, cells, spec.mixture.components)
+    out.save_stage("partition", skey, part._asdict())
+    return part, skey
+
+
+def _posterior_stage(spec, out, key, part, z, upstream, progress):
+    skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition"))
+    cached = out.load_stage("posterior", skey)
+    if cached is not None:
+        sites = {k[5:]: v for k, v in cached.items() if k.startswith("site_")}
+        stats = {k[5:]: v for k, v in cached.items() if k.startswith("stat_")}
+        return PosteriorSamples(sites["weights"], sites["means"], sites["cov_chol"], sites, stats,
+                                float(cached["wall_time"])), skey, True
+    if spec.partition.coreset:
+        points, counts = part.points, part.counts
+    else:
+        points, counts = z, np.ones(len(z))
+    m = spec.mixture
+    prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
+    s = spec.sampler
+    config = SamplerConfig(chains=s.chains, warmup=s.warmup, draws=s.draws, target_accept=s.target_accept,
+                           max_tree_depth=s.max_tree_depth, dense_mass=s.dense_mass, progress=progress)
+    post = run_nuts(key, points, counts, prior, initial_values(part), config)
+    arrays = {f"site_{k}": v for k, v in post.sites.items()}
+    arrays.update({f"stat_{k}": v for k, v in post.sample_stats.items()})
+    arrays["wall_time"] = np.asarray(post.wall_time)
+    out.save_stage("posterior", skey, arrays)
+    return post, skey, False
+
+
+def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, progress: bool = False,
+              force: bool = False, data=None) -> BayesianKGMM:
+    """Run a study end to end and write its output folder; returns the fitted result.
+
+    ``data``: an array ``(n, d)`` or ``(members, n, d)`` used instead of the
+    spec's ``[data]`` source (see :func:`kgmm_bayes.fit`).
+    """
+    seed = spec.study.seed if seed is None else int(seed)
+    if seed < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
+    data_hash = ""
+    if data is not None:
+        data = validate_snapshots(data, name="data")
+        data_hash = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    if out_dir is None:
+        out_dir = os.path.join("kgmm-runs", spec.study.name)
+    out = OutputFolder(out_dir, json.dumps({"spec": spec.to_dict(), "seed": seed, "data": data_hash}, sort_keys=True,
+                                           default=list), force=force)
+    timings, cached_stages = {}, []
+    total_start = time.perf_counter()
+    data_key, reference_key, partition_key, mcmc_key, train_key, langevin_key = jax.random.split(
+        jax.random.key(seed), 6)
+
+    start = time.perf_counter()
+    _log(progress, f"data: {spec.data.system or spec.data.path}")
+    data = prepare_data(spec, data_key, reference_key, out, array=data)
+    cells = _check_sizes(spec, len(data.train))
+    z = data.zscore.forward(data.train)
+    upstream = stage_key(spec.section_json("data"), seed, __version__, data_hash)
+    timings["data"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    _log(progress, f"partition: {len(z)} snapshots -> {cells} cells, {spec.mixture.components} components")
+    part, part_key = _partition_stage(spec, out, partition_key, z, cells, upstream)
+    timings["partition"] = time.perf_counter() - start
+
+    _log(progress, f"posterior: NUTS, {spec.sampler.chains} chains x ({spec.sampler.warmup} + "
+                   f"{spec.sampler.draws}) on {len(part.points) if spec.partition.coreset else len(z)} points")
+    start = time.perf_counter()
+    post, post_key, was_cached = _posterior_stage(spec, out, mcmc_key, part, z, part_key, progress)
+    timings["posterior"] = post.wall_time if was_cached else time.perf_counter() - start
+    if was_cached:
+        cached_stages.append("posterior")
+
+    start = time.perf_counter()
+    idata = to_inference_data(post, data.zscore, part.points, part.counts)
+    convergence = convergence_summary(idata)
+    for message in convergence["warnings"]:
+        warnings.warn(f"posterior: {message}", RuntimeWarning, stacklevel=2)
+    draws = thin_draws(post, spec.score.max_draws)
+    scores, logps = score_draws(*draws, part.points)
+    summary = summarize_scores(scores, logps, spec.score.band)
+    timings["score"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    _log(progress, "interpolant: training")
+    ikey = stage_key("interpolant", post_key, spec.section_json("interpolant", "score"))
+    cached = out.load_stage("interpolant", ikey)
+    if cached is None:
+        interp = fit_interpolant(train_key, part.points, summary.mean, part.counts,
+                                 spec.interpolant.hidden, spec.interpolant.steps,
+                                 spec.interpolant.learning_rate)
+        save_interpolant(out.path(".stages", f"interpolant-{ikey}.npz"), interp)
+        out.used_stages.add(f"interpolant-{ikey}.npz")
+    else:
+        interp = load_interpolant(out.path(".stages", f"interpolant-{ikey}.npz"))
+        cached_stages.append("interpolant")
+    timings["interpolant"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    lg = spec.langevin
+    _log(progress, f"langevin: {lg.particles} particles x {lg.burn_in + lg.steps} steps (drift: {lg.drift})")
+    lkey = stage_key("langevin", ikey, spec.section_json("langevin"))
+    cached = out.load_stage("langevin", lkey)
+    if cached is None:
+        init_key, run_key = jax.random.split(langevin_key)
+        pick = jax.random.choice(init_key, len(part.points), (lg.particles,), p=jnp.asarray(part.counts / part.counts.sum()))
+        x0 = part.points[np.asarray(pick)]
+        if lg.drift == "interpolant":
+            drift_fn, drift_params = interp.apply_fn(), interp.params
+        else:
+            drift_fn, drift_params = predictive_score_fn, tuple(jnp.asarray(a, jnp.float32) for a in draws)
+        rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box)
+        out.save_stage("langevin", lkey, rom._asdict())
+    else:
+        from .langevin import LangevinResult
+        rom = LangevinResult(samples=cached["samples"], alive=cached["alive"], escaped=int(cached["escaped"]),
+                             non_finite=int(cached["non_finite"]), wall_time=float(cached["wall_time"]))
+        cached_stages.append("langevin")
+    timings["langevin"] = rom.wall_time if "langevin" in cached_stages else time.perf_counter() - start
+
+    start = time.perf_counter()
+    _log(progress, "metrics, figures, report")
+    kept = rom.kept_samples()
+    if len(kept) < 2:
+        raise RuntimeError(f"every Langevin particle left the box |x| <= {lg.box} or became non-finite")
+    rom_phys = data.zscore.inverse(kept.astype(np.float64))
+    rel_ent = marginal_relative_entropies(data.reference, rom_phys, spec.metrics.grid_points)
+    floor = marginal_relative_entropies(data.reference, data.train, spec.metrics.grid_points)
+    interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
+    metrics = {
+        "study": spec.study.name, "seed": seed, "version": __version__,
+        "data": {"source": data.source, "train_snapshots": int(len(data.train)),
+                 "reference_snapshots": int(len(data.reference)), "dim": int(z.shape[1])},
+        "partition": {"cells": int(len(part.points)), "components": int(len(part.centroids))},
+        "relative_entropy": {"per_marginal": rel_ent.tolist(), "mean": float(rel_ent.mean()),
+                             "data_floor_per_marginal": floor.tolist(), "data_floor_mean": float(floor.mean())},
+        "posterior": convergence,
+        "interpolant": {"final_loss": interp.final_loss,
+                        "relative_error_vs_posterior_mean": weighted_score_error(interp_at_points, summary.mean, part.counts)},
+        "langevin": {"particles": int(lg.particles), "escaped": rom.escaped, "non_finite": rom.non_finite,
+                     "kept_samples": int(len(kept)), "drift": lg.drift,
+                     "particle_steps_per_second": float(lg.particles * (lg.steps + lg.burn_in) / max(rom.wall_time, 1e-9))},
+        "cached_stages": cached_stages,
+    }
+    true_at_points = None
+    if data.analytic_score is not None:
+        true_at_points = data.zscore.score_to_zscored(
+            np.asarray(data.analytic_score(data.zscore.inverse(part.points)), dtype=np.float64))
+        metrics["score"] = {
+            "band": spec.score.band,
+            "relative_error_posterior_mean": weighted_score_error(summary.mean, true_at_points, part.counts),
+            "relative_error_predictive": weighted_score_error(summary.predictive, true_at_points, part.counts),
+            "relative_error_interpolant": weighted_score_error(interp_at_points, true_at_points, part.counts),
+            "band_coverage": band_coverage(true_at_points, summary.lower, summary.upper, part.counts),
+        }
+    if rom.escaped or rom.non_finite:
+        warnings.warn(f"langevin: {rom.escaped} particles left the box, {rom.non_finite} became non-finite",
+                      RuntimeWarning, stacklevel=2)
+
+    # ---- write outputs into the staging folder, then swap it into place
+    idata.to_netcdf(out.path("posterior.nc.tmp"))
+    os.replace(out.path("posterior.nc.tmp"), out.path("posterior.nc"))
+    save_interpolant(out.path("interpolant.npz"), interp)
+    buf_path = out.path("rom_samples.npy.tmp")
+    with open(buf_path, "wb") as fh:
+        np.save(fh, rom_phys)
+    os.replace(buf_path, out.path("rom_samples.npy"))
+    std = data.zscore.std
+    plot_score(out.path("figures", "score.png"), data.zscore.inverse(part.points),
+               summary._replace(mean=summary.mean / std, lower=summary.lower / std, upper=summary.upper / std),
+               part.counts, interp_at_points / std,
+               None if true_at_points is None else true_at_points / std, spec.score.band)
+    plot_marginals(out.path("figures", "marginals.png"), data.reference, rom_phys, rel_ent)
+    timings["metrics"] = time.perf_counter() - start
+    timings["total"] = time.perf_counter() - total_start
+    metrics["timings"] = timings
+    atomic_write_bytes(out.path("metrics.json"), json.dumps(metrics, indent=2).encode())
+    write_report(out.path("report.md"), spec, metrics)
+    final = out.commit()
+    _log(progress, f"done in {timings['total']:.1f} s -> {final}")
+    return BayesianKGMM(spec=spec, zscore=data.zscore, inference_data=idata, partition=part,
+                        target_summary=summary, interpolant=interp, rom_samples=rom_phys,
+                        metrics=metrics, out_dir=final, draws=draws)

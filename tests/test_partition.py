@@ -1,0 +1,41 @@
+"""Bisecting K-means partition: exact aggregated statistics, robustness to repeated values."""
+import jax
+import numpy as np
+import pytest
+
+import kgmm_bayes  # noqa: F401
+from kgmm_bayes.partition import fit_partition
+
+
+def test_statistics_are_exact_aggregates():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-2, 0.5, size=(3000, 2)), rng.normal(2, 1.0, size=(2000, 2))])
+    part = fit_partition(jax.random.key(0), x, num_cells=200, num_components=4)
+    assert part.points.shape == (200, 2) and part.counts.sum() == len(x)
+    np.testing.assert_allclose(part.fractions.sum(), 1.0, rtol=1e-14)
+    # weighted cell centres reproduce the data mean exactly
+    np.testing.assert_allclose(part.counts @ part.points / part.counts.sum(), x.mean(axis=0), rtol=1e-12, atol=1e-12)
+    # law of total covariance: mixing cluster means and covariances gives the data covariance
+    min_spread = 1e-3
+    total = sum(f * (c + np.outer(m, m)) for f, c, m in zip(part.fractions, part.covariances, part.centroids))
+    total -= np.outer(x.mean(axis=0), x.mean(axis=0)) + min_spread**2 * np.eye(2)
+    np.testing.assert_allclose(total, np.cov(x.T, bias=True), rtol=1e-10, atol=1e-12)
+    # each cell belongs to one cluster, and cluster fractions are sums of cell counts
+    np.testing.assert_allclose(np.bincount(part.cell_cluster, part.counts) / len(x), part.fractions, rtol=1e-14)
+
+
+def test_repeated_values_do_not_break_fine_partition():
+    # snapshots stored with 2 decimals: many identical points, which defeat the default
+    # "biggest_inertia" strategy at fine resolution
+    rng = np.random.default_rng(1)
+    x = np.round(rng.normal(size=(20_000, 1)), 2)
+    part = fit_partition(jax.random.key(1), x, num_cells=2000, num_components=10)
+    assert part.counts.sum() == len(x) and np.all(part.counts > 0)
+
+
+def test_rejects_impossible_sizes():
+    x = np.random.default_rng(2).normal(size=(100, 1))
+    with pytest.raises(ValueError, match="snapshots per cell"):
+        fit_partition(jax.random.key(0), x, num_cells=80, num_components=2)
+    with pytest.raises(ValueError, match="num_components"):
+        fit_partition(jax.random.key(0), x, num_cells=10, num_components=0)

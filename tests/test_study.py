@@ -1,0 +1,189 @@
+"""End to end: a small real study through the CLI, the score command, the stage cache,
+reproducibility, the Python API on an array and a spec naming only a data file."""
+import json
+import subprocess
+import sys
+import warnings
+
+import arviz as az
+import numpy as np
+import pytest
+
+import kgmm_bayes
+from kgmm_bayes import load_result, systems
+
+SMALL_STUDY = """
+[study]
+name = "small_1d"
+seed = 3
+
+[data]
+system = "reduced_1d"
+members = 20
+steps = 20000
+thin = 100
+
+[partition]
+cells = 300
+
+[mixture]
+components = 6
+
+[sampler]
+chains = 2
+warmup = 200
+draws = 200
+
+[score]
+max_draws = 200
+
+[interpolant]
+hidden = [32, 32]
+steps = 500
+
+[langevin]
+particles = 200
+steps = 4000
+burn_in = 400
+thin = 200
+"""
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "kgmm_bayes.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    (folder / "small.toml").write_text(SMALL_STUDY)
+    proc = run_cli("run", "small.toml", "--out", "out", "--quiet", cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder, proc
+
+
+def test_outputs_are_complete_and_loadable(small_run):
+    folder, proc = small_run
+    out = folder / "out"
+    for name in ("metrics.json", "posterior.nc", "interpolant.npz", "rom_samples.npy", "report.md",
+                 "figures/score.png", "figures/marginals.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["timings"]["posterior"] > 0
+    assert metrics["data"]["train_snapshots"] == 20 * 200
+    for key in ("relative_error_posterior_mean", "band_coverage"):
+        assert 0 <= metrics["score"][key] <= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        idata = az.from_netcdf(out / "posterior.nc")
+    post = idata.posterior
+    assert post["weights"].shape == (2, 200, 6)
+    assert post["means"].shape == (2, 200, 6, 1)
+    assert post["cov_chol"].shape == (2, 200, 6, 1, 1)
+    np.testing.assert_allclose(post["weights"].sum("component"), 1.0, rtol=1e-12)
+    assert "zscore_mean" in idata.constant_data and "zscore_std" in idata.constant_data
+    assert bool(idata.sample_stats["diverging"].dtype == bool)
+    rom = np.load(out / "rom_samples.npy", allow_pickle=False)
+    # physical units: the reduced-order model lives on the data's scale, not the z-scored one
+    train_std = idata.constant_data["zscore_std"].values[0]
+    assert rom.ndim == 2 and rom.shape[1] == 1
+    assert 0.5 < rom.std() / train_std < 2.0
+    assert "relative entropy" in (out / "report.md").read_text().lower()
+    assert "relative entropy" in proc.stdout
+
+
+def test_score_command_matches_python_api(small_run):
+    folder, _ = small_run
+    points = np.linspace(-0.1, 0.4, 7)[:, None]
+    np.save(folder / "points.npy", points)
+    proc = run_cli("score", "out", "points.npy", "--out", "score.npz", cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(folder / "score.npz", allow_pickle=False) as f:
+        mean, lower, upper = f["mean"], f["lower"], f["upper"]
+    assert mean.shape == lower.shape == upper.shape == (7, 1)
+    assert np.all(lower <= mean) and np.all(mean <= upper)
+    result = load_result(folder / "out")
+    np.testing.assert_allclose(result.score(points).mean, mean, rtol=1e-12)
+    # in physical units the posterior score is close to the analytic score where data are dense
+    truth = np.asarray(systems.get_system("reduced_1d").score(points[2:5]))
+    scale = np.abs(truth).max()
+    assert np.max(np.abs(mean[2:5] - truth)) < 0.25 * scale
+
+
+def test_rerun_reuses_stages_and_reproduces_numbers(small_run):
+    folder, _ = small_run
+    before = json.loads((folder / "out" / "metrics.json").read_text())
+    proc = run_cli("run", "small.toml", "--out", "out", "--quiet", cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = json.loads((folder / "out" / "metrics.json").read_text())
+    assert set(after["cached_stages"]) == {"posterior", "interpolant", "langevin"}
+    for key in ("relative_entropy", "score", "posterior", "langevin"):
+        assert after[key] == before[key] if key != "langevin" else (
+            {k: v for k, v in after[key].items() if k != "particle_steps_per_second"}
+            == {k: v for k, v in before[key].items() if k != "particle_steps_per_second"})
+
+
+def test_fresh_run_with_same_seed_gives_same_numbers(small_run, tmp_path):
+    folder, _ = small_run
+    proc = run_cli("run", str(folder / "small.toml"), "--out", str(tmp_path / "again"), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = json.loads((folder / "out" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert second["cached_stages"] == []
+    assert second["relative_entropy"] == first["relative_entropy"]
+    assert second["score"] == first["score"]
+
+
+def test_different_study_does_not_overwrite_without_force(small_run):
+    folder, _ = small_run
+    (folder / "other.toml").write_text(SMALL_STUDY.replace("seed = 3", "seed = 4"))
+    before = {p.name: p.read_bytes() for p in (folder / "out").iterdir() if p.is_file()}
+    proc = run_cli("run", "other.toml", "--out", "out", "--quiet", cwd=folder)
+    assert proc.returncode == 2
+    assert "different study" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in (folder / "out").iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_data_file_spec_with_only_a_path_runs_with_defaults(tmp_path):
+    """A user's trajectory file (members, n, d), a spec holding only the [data] path line."""
+    import jax
+
+    sysm = systems.get_system("four_well_2d")
+    traj = systems.simulate(jax.random.key(5), sysm, members=10, steps=30_000, thin=50)
+    np.save(tmp_path / "traj.npy", traj)
+    (tmp_path / "mine.toml").write_text('[data]\npath = "traj.npy"\n')
+    proc = run_cli("run", "mine.toml", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "kgmm-runs" / "mine" / "metrics.json").read_text())
+    # 10 members: 8 for training, 2 held out as the reference set
+    assert metrics["data"]["train_snapshots"] == 8 * 600
+    assert metrics["data"]["reference_snapshots"] == 2 * 600
+    assert "score" not in metrics  # no analytic score for user data
+    assert metrics["relative_entropy"]["mean"] < 0.05
+
+
+def test_fit_api_on_an_array(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-1.5, 0.4, 1500), rng.normal(1.0, 0.6, 2500)])[:, None] * 3.0 + 10.0
+    result = kgmm_bayes.fit(x, settings={
+        "partition": {"cells": 200}, "mixture": {"components": 4},
+        "sampler": {"warmup": 200, "draws": 200}, "score": {"max_draws": 200},
+        "interpolant": {"hidden": [32, 32], "steps": 500},
+        "langevin": {"particles": 200, "steps": 4000, "burn_in": 400}},
+        out_dir=str(tmp_path / "fit"), seed=1)
+    summary = result.score(np.array([[5.5], [13.0]]))
+    # analytic score of the generating two-Gaussian mixture, physical units
+    comps = [(1500 / 4000, 10.0 - 4.5, 1.2), (2500 / 4000, 13.0, 1.8)]
+
+    def true_score(v):
+        dens = [w * np.exp(-0.5 * ((v - m) / s) ** 2) / s for w, m, s in comps]
+        grads = [d * -(v - m) / s**2 for d, (w, m, s) in zip(dens, comps)]
+        return sum(grads) / sum(dens)
+
+    truth = true_score(np.array([5.5, 13.0]))
+    assert np.all(np.abs(summary.mean[:, 0] - truth) < 0.25 * np.abs(truth).max() + 0.1)
+    assert result.rom_samples.shape[1] == 1
+    assert result.inference_data.posterior["weights"].shape[-1] == 4
+    assert result.interpolant_score(np.array([[13.0]])).shape == (1, 1)
