@@ -42,10 +42,13 @@ def _run(args) -> int:
     spec = load_spec(args.spec)
     result = run_study(spec, out_dir=args.out, seed=args.seed, progress=not args.quiet, force=args.force)
     m = result.metrics
-    print(f"study {m['study']}: relative entropy (mean over marginals) {m['relative_entropy']['mean']:.4g}; "
+    rel_ent = m["relative_entropy"]["mean"]
+    rel_text = "n/a (no reduced-order model samples)" if rel_ent is None else f"{rel_ent:.4g}"
+    print(f"study {m['study']}: relative entropy (mean over marginals) {rel_text}; "
           f"posterior {m['timings']['posterior']:.1f} s; total {m['timings']['total']:.1f} s")
-    for warning in m["posterior"]["warnings"]:
-        print(f"warning: {warning}")
+    for warning in m["posterior"]["warnings"] + [m["langevin"].get("warning")]:
+        if warning:
+            print(f"warning: {warning}")
     print(f"outputs: {result.out_dir}")
     return 0
 

@@ -64,17 +64,19 @@ class ZScore(NamedTuple):
 def _load_csv(path: str) -> np.ndarray:
     rows = []
     ncols = None
-    with open(path, "r", encoding="utf-8", errors="strict") as fh:
+    first_content = True
+    with open(path, "r", encoding="utf-8-sig", errors="strict") as fh:  # -sig: Excel's byte-order mark
         for lineno, line in enumerate(fh, start=1):
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
             fields = [f.strip() for f in text.split(",")]
+            is_first, first_content = first_content, False
             try:
                 values = [float(f) for f in fields]
             except ValueError:
-                if not rows and lineno == _first_content_line(path):
-                    continue  # a header line
+                if is_first and not any(_is_number(f) for f in fields):
+                    continue  # a header line: names only
                 raise InputError(
                     f"data file {path!r}: non-numeric value on line {lineno}: {text[:60]!r}"
                 ) from None
@@ -91,13 +93,12 @@ def _load_csv(path: str) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def _first_content_line(path: str) -> int:
-    with open(path, "r", encoding="utf-8", errors="strict") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            text = line.strip()
-            if text and not text.startswith("#"):
-                return lineno
-    return 0
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _load_netcdf(path: str, variable: str | None) -> np.ndarray:
@@ -148,8 +149,9 @@ def load_trajectory(path: str | os.PathLike, variable: str | None = None) -> np.
         raise
     except UnicodeDecodeError:
         raise InputError(f"data file {path!r} is not a text CSV file") from None
-    except ValueError as err:
-        raise InputError(f"data file {path!r} could not be read: {str(err).splitlines()[0]}") from None
+    except (ValueError, EOFError, OSError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise InputError(f"data file {path!r} could not be read: {reason}") from None
     if arr.dtype.kind not in "biuf":
         raise InputError(f"data file {path!r} holds non-numeric values (dtype {arr.dtype})")
     return np.asarray(arr, dtype=np.float64)

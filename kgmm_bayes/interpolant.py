@@ -22,6 +22,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from .progress import bar, tick
+
 __all__ = ["MLP", "Interpolant", "fit_interpolant", "save_interpolant", "load_interpolant"]
 
 
@@ -59,8 +61,8 @@ def _init(key, sizes):
     return nnx.split(MLP(sizes, rngs=nnx.Rngs(seed)))
 
 
-@partial(jax.jit, static_argnums=(0, 5, 6))
-def _train(graphdef, params, x, y, weights, steps, learning_rate):
+@partial(jax.jit, static_argnums=(0, 5, 6, 7))
+def _train(graphdef, params, x, y, weights, steps, learning_rate, progress):
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
     weights = weights / jnp.sum(weights)
 
@@ -68,18 +70,20 @@ def _train(graphdef, params, x, y, weights, steps, learning_rate):
         pred = nnx.merge(graphdef, p)(x)
         return jnp.sum(weights * jnp.sum((pred - y) ** 2, axis=-1))
 
-    def step(carry, _):
+    def step(carry, i):
         p, opt_state = carry
         loss, grads = jax.value_and_grad(loss_fn)(p)
         updates, opt_state = optimizer.update(grads, opt_state, p)
+        if progress:
+            tick(i + 1, max(1, steps // 100))
         return (optax.apply_updates(p, updates), opt_state), loss
 
-    (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)
+    (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), jnp.arange(steps))
     return params, losses
 
 
 def fit_interpolant(key, points, targets, weights, hidden=(128, 64), steps: int = 3000,
-                    learning_rate: float = 3e-3) -> Interpolant:
+                    learning_rate: float = 3e-3, progress: bool = False) -> Interpolant:
     """Fit the MLP to ``targets`` ``(M, d)`` at ``points`` ``(M, d)`` with ``weights`` ``(M,)``."""
     points = jnp.asarray(points, dtype=jnp.float32)
     targets = jnp.asarray(targets, dtype=jnp.float32)
@@ -87,7 +91,9 @@ def fit_interpolant(key, points, targets, weights, hidden=(128, 64), steps: int 
     d = points.shape[-1]
     sizes = (d, *[int(h) for h in hidden], targets.shape[-1])
     graphdef, params = _init(key, sizes)
-    params, losses = _train(graphdef, params, points, targets, weights, int(steps), float(learning_rate))
+    with bar("training interpolant", int(steps), progress):
+        params, losses = _train(graphdef, params, points, targets, weights, int(steps), float(learning_rate),
+                                bool(progress))
     return Interpolant(graphdef=graphdef, params=params, sizes=sizes, final_loss=float(losses[-1]))
 
 

@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LangevinResult", "simulate_langevin"]
+from .progress import bar, tick
+
+__all__ = ["LangevinResult", "simulate_langevin", "max_jacobian_eigenvalue"]
 
 
 class LangevinResult(NamedTuple):
@@ -39,8 +41,8 @@ class LangevinResult(NamedTuple):
         return self.samples[:, self.alive].reshape(-1, self.samples.shape[-1])
 
 
-@partial(jax.jit, static_argnums=(0, 4, 5, 6))
-def _run(drift_fn: Callable, key, drift_params, x0, n_snap, thin, burn_in, dt, box):
+@partial(jax.jit, static_argnums=(0, 4, 5, 6, 9))
+def _run(drift_fn: Callable, key, drift_params, x0, n_snap, thin, burn_in, dt, box, progress):
     particles, d = x0.shape
     scale = jnp.sqrt(2.0 * dt).astype(x0.dtype)
 
@@ -59,16 +61,19 @@ def _run(drift_fn: Callable, key, drift_params, x0, n_snap, thin, burn_in, dt, b
     if burn_in > 0:
         init, _ = jax.lax.scan(step, init, jax.random.split(burn_key, burn_in))
 
-    def snapshot(carry, k):
+    def snapshot(carry, inputs):
+        k, i = inputs
         carry, _ = jax.lax.scan(step, carry, jax.random.split(k, thin))
+        if progress:
+            tick(i + 1, max(1, n_snap // 100))
         return carry, carry[0]
 
-    (x, alive, finite), snaps = jax.lax.scan(snapshot, init, jax.random.split(run_key, n_snap))
+    (x, alive, finite), snaps = jax.lax.scan(snapshot, init, (jax.random.split(run_key, n_snap), jnp.arange(n_snap)))
     return snaps, alive, finite
 
 
 def simulate_langevin(key, drift_fn: Callable, drift_params, x0, dt: float, steps: int,
-                      burn_in: int, thin: int, box: float = 10.0) -> LangevinResult:
+                      burn_in: int, thin: int, box: float = 10.0, progress: bool = False) -> LangevinResult:
     """Simulate ``dx = drift_fn(drift_params, x) dt + sqrt(2) dW`` from particles ``x0`` ``(P, d)``.
 
     ``drift_fn`` must be a pure function of ``(drift_params, x)`` with ``x`` of
@@ -87,11 +92,24 @@ def simulate_langevin(key, drift_fn: Callable, drift_params, x0, dt: float, step
         raise ValueError(f"langevin steps ({steps}) must be at least thin ({thin})")
     x0 = jnp.asarray(x0, dtype=jnp.float32)
     start = time.perf_counter()
-    snaps, alive, finite = _run(drift_fn, key, drift_params, x0, n_snap, int(thin), int(burn_in),
-                                jnp.float32(dt), jnp.float32(box))
+    with bar("simulating reduced-order model (snapshots after burn-in)", n_snap, progress):
+        snaps, alive, finite = _run(drift_fn, key, drift_params, x0, n_snap, int(thin), int(burn_in),
+                                    jnp.float32(dt), jnp.float32(box), bool(progress))
     snaps = np.asarray(snaps)
     wall = time.perf_counter() - start
     alive = np.asarray(alive)
     non_finite = int(np.sum(~np.asarray(finite)))
     return LangevinResult(samples=snaps, alive=alive, escaped=int(np.sum(~alive)) - non_finite,
                           non_finite=non_finite, wall_time=wall)
+
+
+def max_jacobian_eigenvalue(drift_fn: Callable, drift_params, points) -> float:
+    """Largest ``|eigenvalue|`` of the drift's Jacobian over ``points`` ``(n, d)``.
+
+    Euler-Maruyama on ``dx = s(x) dt`` is linearly stable where ``dt |lambda| < 2``
+    for the Jacobian's eigenvalues ``lambda``: ``dt`` times this number says how
+    close a step size is to that limit.
+    """
+    x = jnp.asarray(points, dtype=jnp.float32)
+    jac = jax.vmap(jax.jacfwd(lambda xi: drift_fn(drift_params, xi[None])[0]))(x)
+    return float(np.max(np.abs(np.linalg.eigvals(np.asarray(jac, dtype=np.float64)))))

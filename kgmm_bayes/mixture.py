@@ -10,8 +10,9 @@ r"""The Bayesian Gaussian mixture (DESIGN.md, "Posterior"), as a numpyro model.
     \log p(x_{1:M}) &= \sum_m c_m \log \sum_k w_k \mathcal N(x_m; \mu_k, \Sigma_k),
 
 with ``c_k, s_k`` the bisecting K-means centroids and spreads and ``c_m`` the
-counts of the weighted points (a coreset of fine partition cells, or all
-snapshots with unit counts).
+counts of the weighted points: all snapshots with unit counts, or the cells of
+the fine partition (a coreset), each entering through its mean *and*
+within-cell covariance (:func:`expected_quadratic_features`).
 
 The likelihood is dense linear algebra: with ``P_k = \Sigma_k^{-1}`` the log
 density of component ``k`` is a linear function of the fixed features
@@ -38,6 +39,7 @@ import numpyro.distributions as dist
 __all__ = [
     "MixturePrior",
     "quadratic_features",
+    "expected_quadratic_features",
     "component_coefficients",
     "mixture_loglik_dense",
     "mixture_model",
@@ -65,6 +67,24 @@ def quadratic_features(x):
     iu, ju = np.triu_indices(d)
     quad = x[:, iu] * x[:, ju]
     return jnp.concatenate([jnp.ones_like(x[:, :1]), x, quad], axis=1)
+
+
+def expected_quadratic_features(means, covariances):
+    """Cell-averaged features ``E[phi(x)] = [1, m, m_i m_j + S_ij]`` of cells with means ``(M, d)``
+    and within-cell covariances ``(M, d, d)``.
+
+    Because ``log w_k N(x; mu_k, Sigma_k) = phi(x)^T gamma_k`` is linear in ``phi``,
+    ``E_cell[phi]^T gamma_k`` is the exact cell average of each component's log
+    density, and ``logsumexp_k`` of it is a lower bound (Jensen) on the cell average of
+    the mixture log density, tight when cells are small against components.  Unlike
+    point masses at the cell centres it keeps a component from collapsing onto one
+    heavily weighted cell: a component narrower than a cell pays ``-tr(P_k S_m) / 2``.
+    """
+    means = jnp.asarray(means)
+    d = means.shape[-1]
+    iu, ju = np.triu_indices(d)
+    base = quadratic_features(means)
+    return base.at[:, 1 + d:].add(jnp.asarray(covariances)[:, iu, ju])
 
 
 def cov_cholesky(scales, corr_chol):

@@ -29,6 +29,7 @@ class Partition(NamedTuple):
 
     points: np.ndarray  # (M, d) fine cell centres = score-target points
     counts: np.ndarray  # (M,) snapshots per cell
+    cell_covariances: np.ndarray  # (M, d, d) within-cell covariances
     centroids: np.ndarray  # (K, d) coarse cluster means
     spreads: np.ndarray  # (K, d) coarse cluster standard deviations
     covariances: np.ndarray  # (K, d, d) coarse cluster covariances
@@ -79,6 +80,8 @@ def fit_partition(key, x, num_cells: int, num_components: int, min_spread: float
     keep = counts > 0
     counts, sums, second = counts[keep], sums[keep], second[keep]
     points = sums / counts[:, None]
+    cell_cov = second / counts[:, None, None] - points[:, :, None] * points[:, None, :]
+    cell_cov = 0.5 * (cell_cov + np.swapaxes(cell_cov, 1, 2))
 
     if num_components == 1:
         cell_cluster = np.zeros(len(points), dtype=np.int64)
@@ -96,6 +99,6 @@ def fit_partition(key, x, num_cells: int, num_components: int, min_spread: float
     cov = k_second / k_counts[:, None, None] - centroids[:, :, None] * centroids[:, None, :]
     cov = 0.5 * (cov + np.swapaxes(cov, 1, 2)) + (min_spread**2) * np.eye(d)
     spreads = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
-    return Partition(points=points, counts=counts, centroids=centroids, spreads=spreads,
+    return Partition(points=points, counts=counts, cell_covariances=cell_cov, centroids=centroids, spreads=spreads,
                      covariances=cov, fractions=k_counts / k_counts.sum(),
                      cell_cluster=cell_cluster)

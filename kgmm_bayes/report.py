@@ -7,6 +7,8 @@ __all__ = ["write_report"]
 
 
 def _fmt(value):
+    if value is None:
+        return "n/a"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -26,7 +28,12 @@ def write_report(path, spec, metrics: dict) -> None:
         f"mean {_fmt(re['mean'])}",
         f"- Sampling floor (training data vs reference, same metric): mean {_fmt(re['data_floor_mean'])}",
         f"- Drift: {metrics['langevin']['drift']}; particles that left the box: {metrics['langevin']['escaped']}, "
-        f"non-finite: {metrics['langevin']['non_finite']}",
+        f"non-finite: {metrics['langevin']['non_finite']}; dt x max |drift Jacobian eigenvalue| = "
+        f"{_fmt(metrics['langevin']['dt_times_max_jacobian_eigenvalue'])} (Euler-Maruyama unstable above 2)",
+    ]
+    if metrics["langevin"].get("warning"):
+        lines.append(f"- **Warning**: {metrics['langevin']['warning']}")
+    lines += [
         "",
         "## Posterior (label-invariant diagnostics)",
         f"- {post['chains']} chains x {post['draws']} draws; divergences {post['divergences']}; "

@@ -18,7 +18,7 @@ import numpy as np
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import unconstrain_fn
 
-from .mixture import MixturePrior, mixture_model, quadratic_features
+from .mixture import MixturePrior, expected_quadratic_features, mixture_model, quadratic_features
 from .partition import Partition
 
 __all__ = ["SamplerConfig", "PosteriorSamples", "build_prior", "initial_values", "run_nuts"]
@@ -80,9 +80,17 @@ def _chain_method(chains: int) -> str:
     return "parallel" if chains <= jax.local_device_count() else "sequential"
 
 
-def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: SamplerConfig) -> PosteriorSamples:
-    """Sample the mixture posterior with NUTS on weighted points ``(M, d)``."""
-    features = quadratic_features(jnp.asarray(points))
+def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: SamplerConfig,
+             point_covariances=None) -> PosteriorSamples:
+    """Sample the mixture posterior with NUTS on weighted points ``(M, d)``.
+
+    With ``point_covariances`` ``(M, d, d)`` the points are cells (a coreset) entering
+    through their means and within-cell covariances (:func:`expected_quadratic_features`).
+    """
+    if point_covariances is None:
+        features = quadratic_features(jnp.asarray(points))
+    else:
+        features = expected_quadratic_features(points, point_covariances)
     counts = jnp.asarray(counts)
     model_args = (features, counts, prior)
     init_unconstrained = unconstrain_fn(mixture_model, model_args, {}, init)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import sys
 from typing import NamedTuple, Optional
@@ -203,6 +204,10 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     study = sections["study"]
     if "name" not in raw.get("study", {}):
         sections["study"] = study._replace(name=default_name)
+    name = sections["study"].name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise SpecError(f"[study] name must be letters, digits, '.', '_' or '-' (it names the output "
+                        f"folder), got {name!r}")
     data = sections["data"]
     if data_given:
         if data.system is not None or data.path is not None:

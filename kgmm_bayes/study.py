@@ -23,7 +23,7 @@ from .data import InputError, ZScore, load_trajectory, split_members, validate_s
 from .diagnostics import convergence_summary, to_inference_data
 from .figures import plot_marginals, plot_score
 from .interpolant import fit_interpolant, load_interpolant, save_interpolant
-from .langevin import simulate_langevin
+from .langevin import max_jacobian_eigenvalue, simulate_langevin
 from .metrics import band_coverage, marginal_relative_entropies, weighted_score_error
 from .outputs import OutputFolder, atomic_write_bytes, stage_key
 from .partition import Partition, fit_partition
@@ -53,16 +53,22 @@ def _log(progress, message):
         print(f"[kgmm-bayes] {message}", file=sys.stderr, flush=True)
 
 
+def load_user_data(spec: Spec, array=None):
+    """The user's snapshots ``(members, n, d)``, validated with NumPy only; ``None`` for a system."""
+    if array is not None:
+        return validate_snapshots(array, name="data")
+    if spec.data.path is not None:
+        return validate_snapshots(load_trajectory(spec.data.path, spec.data.variable),
+                                  name=f"data file {spec.data.path!r}")
+    return None
+
+
 def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None = None,
-                 array=None) -> StudyData:
-    """Load, take or simulate the data (user data are validated before any JAX tracing)."""
+                 user_data=None) -> StudyData:
+    """Training and reference sets: held-out user data, or two independent system runs."""
     ds = spec.data
-    if array is not None or ds.path is not None:
-        if array is not None:
-            arr = validate_snapshots(array, name="data")
-        else:
-            arr = validate_snapshots(load_trajectory(ds.path, ds.variable), name=f"data file {ds.path!r}")
-        train, reference = split_members(arr, ds.heldout_fraction)
+    if user_data is not None:
+        train, reference = split_members(user_data, ds.heldout_fraction)
         if reference is None:
             reference = train
         return StudyData(train, reference, ZScore.fit(train), None, source=ds.path or "array")
@@ -80,6 +86,13 @@ def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None =
     return StudyData(train, reference, ZScore.fit(train), system.score, source=f"system {system.name}")
 
 
+def _json_floats(values):
+    """Floats for metrics.json, with NaN written as null (JSON has no NaN)."""
+    arr = np.asarray(values, dtype=np.float64)
+    out = [None if not np.isfinite(v) else float(v) for v in arr.ravel()]
+    return out[0] if arr.ndim == 0 else out
+
+
 def _check_sizes(spec: Spec, n: int) -> int:
     """Cells actually used; raises if the data cannot support the spec."""
     k = spec.mixture.components
@@ -93,7 +106,7 @@ def _check_sizes(spec: Spec, n: int) -> int:
 
 
 def _partition_stage(spec, out, key, z, cells, upstream):
-    skey = stage_key("partition", upstream, cells, spec.mixture.components)
+    skey = stage_key("partition", upstream, cells, spec.mixture.components, "cell-moments")
     cached = out.load_stage("partition", skey)
     if cached is not None:
         return Partition(**cached), skey
@@ -103,7 +116,7 @@ def _partition_stage(spec, out, key, z, cells, upstream):
 
 
 def _posterior_stage(spec, out, key, part, z, upstream, progress):
-    skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition"))
+    skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition"), "cell-moments")
     cached = out.load_stage("posterior", skey)
     if cached is not None:
         sites = {k[5:]: v for k, v in cached.items() if k.startswith("site_")}
@@ -111,15 +124,15 @@ def _posterior_stage(spec, out, key, part, z, upstream, progress):
         return PosteriorSamples(sites["weights"], sites["means"], sites["cov_chol"], sites, stats,
                                 float(cached["wall_time"])), skey, True
     if spec.partition.coreset:
-        points, counts = part.points, part.counts
+        points, counts, covs = part.points, part.counts, part.cell_covariances
     else:
-        points, counts = z, np.ones(len(z))
+        points, counts, covs = z, np.ones(len(z)), None
     m = spec.mixture
     prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
     s = spec.sampler
     config = SamplerConfig(chains=s.chains, warmup=s.warmup, draws=s.draws, target_accept=s.target_accept,
                            max_tree_depth=s.max_tree_depth, dense_mass=s.dense_mass, progress=progress)
-    post = run_nuts(key, points, counts, prior, initial_values(part), config)
+    post = run_nuts(key, points, counts, prior, initial_values(part), config, point_covariances=covs)
     arrays = {f"site_{k}": v for k, v in post.sites.items()}
     arrays.update({f"stat_{k}": v for k, v in post.sample_stats.items()})
     arrays["wall_time"] = np.asarray(post.wall_time)
@@ -137,13 +150,15 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     seed = spec.study.seed if seed is None else int(seed)
     if seed < 0:
         raise InputError(f"--seed must be >= 0, got {seed}")
+    user_data = load_user_data(spec, data)  # bad user data fail here, before JAX and disk
     data_hash = ""
-    if data is not None:
-        data = validate_snapshots(data, name="data")
-        data_hash = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    if user_data is not None:
+        data_hash = hashlib.sha256(np.ascontiguousarray(user_data).tobytes()).hexdigest()
+        train_size, _ = split_members(user_data[..., :1], spec.data.heldout_fraction)
+        _check_sizes(spec, len(train_size))
     if out_dir is None:
         out_dir = os.path.join("kgmm-runs", spec.study.name)
-    out = OutputFolder(out_dir, json.dumps({"spec": spec.to_dict(), "seed": seed, "data": data_hash}, sort_keys=True,
+    out = OutputFolder(out_dir, json.dumps({"spec": spec.to_dict(), "seed": seed}, sort_keys=True,
                                            default=list), force=force)
     timings, cached_stages = {}, []
     total_start = time.perf_counter()
@@ -152,7 +167,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
 
     start = time.perf_counter()
     _log(progress, f"data: {spec.data.system or spec.data.path}")
-    data = prepare_data(spec, data_key, reference_key, out, array=data)
+    data = prepare_data(spec, data_key, reference_key, out, user_data=user_data)
     cells = _check_sizes(spec, len(data.train))
     z = data.zscore.forward(data.train)
     upstream = stage_key(spec.section_json("data"), seed, __version__, data_hash)
@@ -188,7 +203,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     if cached is None:
         interp = fit_interpolant(train_key, part.points, summary.mean, part.counts,
                                  spec.interpolant.hidden, spec.interpolant.steps,
-                                 spec.interpolant.learning_rate)
+                                 spec.interpolant.learning_rate, progress=progress)
         save_interpolant(out.path(".stages", f"interpolant-{ikey}.npz"), interp)
         out.used_stages.add(f"interpolant-{ikey}.npz")
     else:
@@ -199,17 +214,22 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     start = time.perf_counter()
     lg = spec.langevin
     _log(progress, f"langevin: {lg.particles} particles x {lg.burn_in + lg.steps} steps (drift: {lg.drift})")
+    if lg.drift == "interpolant":
+        drift_fn, drift_params = interp.apply_fn(), interp.params
+    else:
+        drift_fn, drift_params = predictive_score_fn, tuple(jnp.asarray(a, jnp.float32) for a in draws)
+    stiffness = lg.dt * max_jacobian_eigenvalue(drift_fn, drift_params, part.points)
+    if stiffness > 1.0:
+        warnings.warn(f"langevin: dt x max |eigenvalue of the drift Jacobian| = {stiffness:.2f} at the data "
+                      "(Euler-Maruyama is unstable above 2): lower [langevin] dt", RuntimeWarning, stacklevel=2)
     lkey = stage_key("langevin", ikey, spec.section_json("langevin"))
     cached = out.load_stage("langevin", lkey)
     if cached is None:
         init_key, run_key = jax.random.split(langevin_key)
         pick = jax.random.choice(init_key, len(part.points), (lg.particles,), p=jnp.asarray(part.counts / part.counts.sum()))
         x0 = part.points[np.asarray(pick)]
-        if lg.drift == "interpolant":
-            drift_fn, drift_params = interp.apply_fn(), interp.params
-        else:
-            drift_fn, drift_params = predictive_score_fn, tuple(jnp.asarray(a, jnp.float32) for a in draws)
-        rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box)
+        rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box,
+                                progress=progress)
         out.save_stage("langevin", lkey, rom._asdict())
     else:
         from .langevin import LangevinResult
@@ -221,10 +241,11 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     start = time.perf_counter()
     _log(progress, "metrics, figures, report")
     kept = rom.kept_samples()
-    if len(kept) < 2:
-        raise RuntimeError(f"every Langevin particle left the box |x| <= {lg.box} or became non-finite")
     rom_phys = data.zscore.inverse(kept.astype(np.float64))
-    rel_ent = marginal_relative_entropies(data.reference, rom_phys, spec.metrics.grid_points)
+    if len(kept) >= 2:
+        rel_ent = marginal_relative_entropies(data.reference, rom_phys, spec.metrics.grid_points)
+    else:  # reported, not hidden: the model has no stationary samples to compare
+        rel_ent = np.full(z.shape[1], np.nan)
     floor = marginal_relative_entropies(data.reference, data.train, spec.metrics.grid_points)
     interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
     metrics = {
@@ -232,13 +253,14 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
         "data": {"source": data.source, "train_snapshots": int(len(data.train)),
                  "reference_snapshots": int(len(data.reference)), "dim": int(z.shape[1])},
         "partition": {"cells": int(len(part.points)), "components": int(len(part.centroids))},
-        "relative_entropy": {"per_marginal": rel_ent.tolist(), "mean": float(rel_ent.mean()),
+        "relative_entropy": {"per_marginal": _json_floats(rel_ent), "mean": _json_floats(rel_ent.mean()),
                              "data_floor_per_marginal": floor.tolist(), "data_floor_mean": float(floor.mean())},
         "posterior": convergence,
         "interpolant": {"final_loss": interp.final_loss,
                         "relative_error_vs_posterior_mean": weighted_score_error(interp_at_points, summary.mean, part.counts)},
         "langevin": {"particles": int(lg.particles), "escaped": rom.escaped, "non_finite": rom.non_finite,
                      "kept_samples": int(len(kept)), "drift": lg.drift,
+                     "dt_times_max_jacobian_eigenvalue": stiffness,
                      "particle_steps_per_second": float(lg.particles * (lg.steps + lg.burn_in) / max(rom.wall_time, 1e-9))},
         "cached_stages": cached_stages,
     }
@@ -254,8 +276,10 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
             "band_coverage": band_coverage(true_at_points, summary.lower, summary.upper, part.counts),
         }
     if rom.escaped or rom.non_finite:
-        warnings.warn(f"langevin: {rom.escaped} particles left the box, {rom.non_finite} became non-finite",
-                      RuntimeWarning, stacklevel=2)
+        message = (f"langevin: {rom.escaped} of {lg.particles} particles left the box |x| <= {lg.box}, "
+                   f"{rom.non_finite} became non-finite")
+        metrics["langevin"]["warning"] = message
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     # ---- write outputs into the staging folder, then swap it into place
     idata.to_netcdf(out.path("posterior.nc.tmp"))
@@ -270,7 +294,8 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
                summary._replace(mean=summary.mean / std, lower=summary.lower / std, upper=summary.upper / std),
                part.counts, interp_at_points / std,
                None if true_at_points is None else true_at_points / std, spec.score.band)
-    plot_marginals(out.path("figures", "marginals.png"), data.reference, rom_phys, rel_ent)
+    if len(kept) >= 2:
+        plot_marginals(out.path("figures", "marginals.png"), data.reference, rom_phys, rel_ent)
     timings["metrics"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - total_start
     metrics["timings"] = timings

@@ -1,0 +1,280 @@
+"""Study specs (kgmm_bayes.spec): shipped models, defaults, path resolution and rejected specs."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from kgmm_bayes.data import InputError
+from kgmm_bayes.spec import (
+    DataSection,
+    InterpolantSection,
+    LangevinSection,
+    MetricsSection,
+    MixtureSection,
+    PartitionSection,
+    SamplerSection,
+    ScoreSection,
+    Spec,
+    SpecError,
+    StudySection,
+    load_spec,
+    spec_from_dict,
+)
+
+MODELS = Path(__file__).parents[1] / "models"
+MODEL_FILES = sorted(MODELS.glob("*.toml"))
+SECTION_CLASSES = {
+    "study": StudySection, "data": DataSection, "partition": PartitionSection, "mixture": MixtureSection,
+    "sampler": SamplerSection, "score": ScoreSection, "interpolant": InterpolantSection,
+    "langevin": LangevinSection, "metrics": MetricsSection,
+}
+SYSTEM = {"data": {"system": "reduced_1d"}}
+
+
+def _one_line(message: str) -> bool:
+    return bool(message) and "\n" not in message and message == message.strip()
+
+
+# --------------------------------------------------------------------------- shipped specs
+
+def test_models_folder_has_specs():
+    assert {p.stem for p in MODEL_FILES} >= {"reduced_1d", "four_well_2d", "lorenz63"}
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=[p.stem for p in MODEL_FILES])
+def test_model_spec_loads(path):
+    spec = load_spec(path)
+    assert isinstance(spec, Spec)
+    assert spec.study.name == path.stem
+    assert spec.data.system == path.stem and spec.data.path is None
+    assert spec.partition.cells >= spec.mixture.components
+    for name, cls in SECTION_CLASSES.items():
+        assert isinstance(getattr(spec, name), cls)
+
+
+def test_model_spec_values_are_read():
+    spec = load_spec(MODELS / "lorenz63.toml")
+    assert spec.mixture.components == 32
+    assert spec.interpolant.hidden == (128, 64)
+    assert spec.langevin.thin == 200
+
+
+def test_default_study_equals_reduced_1d_spec():
+    default = load_spec(None)
+    shipped = load_spec(MODELS / "reduced_1d.toml")
+    for name in SECTION_CLASSES:
+        if name == "study":
+            assert default.study._replace(description="") == shipped.study._replace(description="")
+        else:
+            assert getattr(default, name) == getattr(shipped, name), name
+    assert default.study.name == "reduced_1d"
+
+
+def test_default_study_is_same_when_loaded_by_relative_path(monkeypatch):
+    monkeypatch.chdir(MODELS.parent)
+    assert load_spec("models/reduced_1d.toml") == load_spec(MODELS / "reduced_1d.toml")
+
+
+# --------------------------------------------------------------------------- minimal spec and paths
+
+def test_minimal_spec_resolves_path_and_uses_defaults(tmp_path, monkeypatch):
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    spec_file = folder / "mini.toml"
+    spec_file.write_text('[data]\npath = "traj.npy"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # relative paths resolve from the spec's folder, not the cwd
+    spec = load_spec(spec_file)
+    expected = os.path.abspath(os.path.join(folder, "traj.npy"))
+    assert os.path.isabs(spec.data.path)
+    assert spec.data.path == expected
+    assert spec.data == DataSection(path=expected)
+    assert spec.study == StudySection(name="mini")  # the default name is the file's stem
+    for name, cls in SECTION_CLASSES.items():
+        if name not in ("study", "data"):
+            assert getattr(spec, name) == cls(), name
+
+
+def test_relative_spec_path_and_parent_data_path(tmp_path, monkeypatch):
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "s.toml").write_text('[data]\npath = "../data/traj.csv"\n')
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec("specs/s.toml")
+    assert spec.data.path == os.path.join(os.path.abspath(tmp_path), "data", "traj.csv")
+
+
+def test_absolute_data_path_kept(tmp_path):
+    target = os.path.abspath(tmp_path / "abs.npy")
+    (tmp_path / "s.toml").write_text(f"[data]\npath = '{target}'\n")  # TOML literal string
+    assert load_spec(tmp_path / "s.toml").data.path == target
+
+
+def test_int_given_for_float_is_converted():
+    spec = spec_from_dict({**SYSTEM, "mixture": {"dirichlet_alpha": 3}, "interpolant": {"hidden": [8]}})
+    assert spec.mixture.dirichlet_alpha == 3.0 and isinstance(spec.mixture.dirichlet_alpha, float)
+    assert spec.interpolant.hidden == (8,)
+
+
+# --------------------------------------------------------------------------- bad specs
+
+SYS = '[data]\nsystem = "reduced_1d"\n'
+
+BAD_SPECS = [
+    ("study-name-with-path", '[study]\nname = "../elsewhere"\n[data]\nsystem = "reduced_1d"\n', ["[study] name"]),
+    ("study-name-empty", '[study]\nname = ""\n[data]\nsystem = "reduced_1d"\n', ["[study] name"]),
+    ("unknown-section", SYS + "[bogus]\nx = 1\n", ["bogus"]),
+    ("unknown-key", SYS + "[sampler]\nbogus_key = 1\n", ["bogus_key", "[sampler]"]),
+    ("section-not-table", "study = 3\n" + SYS, ["[study]"]),
+    ("string-for-int", SYS + '[sampler]\ndraws = "500"\n', ["[sampler] draws"]),
+    ("float-for-int", SYS + "[sampler]\ndraws = 1.5\n", ["[sampler] draws"]),
+    ("integral-float-for-int", SYS + "[sampler]\nwarmup = 500.0\n", ["[sampler] warmup"]),
+    ("bool-for-int", SYS + "[sampler]\nchains = true\n", ["[sampler] chains"]),
+    ("int-for-bool", SYS + "[partition]\ncoreset = 1\n", ["[partition] coreset"]),
+    ("int-for-string", "[study]\nname = 3\n" + SYS, ["[study] name"]),
+    ("hidden-negative", SYS + "[interpolant]\nhidden = [128, -64]\n", ["[interpolant] hidden"]),
+    ("hidden-empty", SYS + "[interpolant]\nhidden = []\n", ["[interpolant] hidden"]),
+    ("hidden-float", SYS + "[interpolant]\nhidden = [128.0]\n", ["[interpolant] hidden"]),
+    ("hidden-not-list", SYS + "[interpolant]\nhidden = 128\n", ["[interpolant] hidden"]),
+    ("negative-draws", SYS + "[sampler]\ndraws = -1\n", ["[sampler] draws"]),
+    ("zero-components", SYS + "[mixture]\ncomponents = 0\n", ["[mixture] components"]),
+    ("negative-seed", "[study]\nseed = -1\n" + SYS, ["[study] seed"]),
+    ("both-system-and-path", '[data]\nsystem = "reduced_1d"\npath = "x.npy"\n', ["[data]", "system", "path"]),
+    ("neither-system-nor-path", '[study]\nname = "x"\n', ["[data]", "system", "path"]),
+    ("unknown-system", '[data]\nsystem = "no_such_system"\n', ["[data] system", "no_such_system"]),
+    ("heldout-one", '[data]\npath = "x.npy"\nheldout_fraction = 1.0\n', ["[data] heldout_fraction"]),
+    ("heldout-negative", '[data]\npath = "x.npy"\nheldout_fraction = -0.1\n', ["[data] heldout_fraction"]),
+    ("target-accept-one", SYS + "[sampler]\ntarget_accept = 1.0\n", ["[sampler] target_accept"]),
+    ("band-zero", SYS + "[score]\nband = 0\n", ["[score] band"]),
+    ("nan-float", SYS + "[mixture]\nlkj_eta = nan\n", ["[mixture] lkj_eta"]),
+    ("inf-float", SYS + "[langevin]\ndt = inf\n", ["[langevin] dt"]),
+    ("negative-float", SYS + "[langevin]\nbox = -1.0\n", ["[langevin] box"]),
+    ("drift-foo", SYS + '[langevin]\ndrift = "foo"\n', ["[langevin] drift", "foo"]),
+    ("cells-below-components", SYS + "[partition]\ncells = 5\n[mixture]\ncomponents = 6\n",
+     ["[partition] cells", "[mixture] components"]),
+    ("invalid-toml", "[data\nsystem = 'reduced_1d'\n", ["spec.toml", "toml"]),
+    ("duplicate-key", SYS + 'system = "lorenz63"\n', ["spec.toml", "toml"]),
+    ("not-utf8", b"[data]\nsystem = \"\xff\xfe\"\n", ["spec.toml", "toml"]),
+    ("folder", None, ["spec.toml", "folder"]),
+    ("missing", None, ["spec.toml", "does not exist"]),
+]
+
+
+@pytest.mark.parametrize("case_id, text, expected", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
+def test_bad_spec_raises_one_line_spec_error(tmp_path, case_id, text, expected):
+    path = tmp_path / "spec.toml"
+    if case_id == "folder":
+        path.mkdir()
+    elif isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert isinstance(info.value, InputError)
+    message = str(info.value)
+    assert _one_line(message), message
+    for part in expected:
+        assert part.lower() in message.lower(), (part, message)
+
+
+def test_spec_from_dict_rejects_non_table():
+    with pytest.raises(SpecError):
+        spec_from_dict(["data"])
+
+
+def test_data_given_excludes_system_and_path():
+    spec = spec_from_dict({}, data_given=True)
+    assert spec.data.system is None and spec.data.path is None
+    with pytest.raises(SpecError, match=r"\[data\]"):
+        spec_from_dict(SYSTEM, data_given=True)
+
+
+# --------------------------------------------------------------------------- property-based
+
+POSITIVE_INT_FIELDS = [
+    ("data", "members"), ("data", "steps"), ("data", "thin"), ("partition", "cells"),
+    ("mixture", "components"), ("sampler", "chains"), ("sampler", "warmup"), ("sampler", "draws"),
+    ("sampler", "max_tree_depth"), ("score", "max_draws"), ("interpolant", "steps"),
+    ("langevin", "particles"), ("langevin", "steps"), ("langevin", "thin"), ("metrics", "grid_points"),
+]
+NON_NEGATIVE_INT_FIELDS = [("study", "seed"), ("data", "burn_in"), ("langevin", "burn_in")]
+FAST = settings(max_examples=50, deadline=None, database=None)
+
+
+def _raw_with(section, key, value):
+    raw = {"data": {"system": "reduced_1d"}}
+    raw.setdefault(section, {})[key] = value
+    # keep the cross-check cells >= components satisfied whatever the value
+    if (section, key) == ("partition", "cells"):
+        raw["mixture"] = {"components": 1}
+    if (section, key) == ("mixture", "components"):
+        raw["partition"] = {"cells": max(value, 1)}
+    return raw
+
+
+@FAST
+@given(field=st.sampled_from(POSITIVE_INT_FIELDS), value=st.integers(min_value=-10**6, max_value=10**12))
+def test_positive_int_fields(field, value):
+    section, key = field
+    raw = _raw_with(section, key, value)
+    if value > 0:
+        spec = spec_from_dict(raw)
+        assert getattr(getattr(spec, section), key) == value
+        # nothing else moved: every other field of that section keeps its default
+        skip = {key, "system"}
+        others = {k: v for k, v in getattr(spec, section)._asdict().items() if k not in skip}
+        defaults = {k: v for k, v in SECTION_CLASSES[section]()._asdict().items() if k not in skip}
+        assert others == defaults
+    else:
+        with pytest.raises(SpecError) as info:
+            spec_from_dict(raw)
+        assert f"[{section}] {key}" in str(info.value) and _one_line(str(info.value))
+
+
+@FAST
+@given(field=st.sampled_from(NON_NEGATIVE_INT_FIELDS), value=st.integers(min_value=-10**6, max_value=10**12))
+def test_non_negative_int_fields(field, value):
+    section, key = field
+    raw = _raw_with(section, key, value)
+    if value >= 0:
+        assert getattr(getattr(spec_from_dict(raw), section), key) == value
+    else:
+        with pytest.raises(SpecError, match=rf"\[{section}\] {key}"):
+            spec_from_dict(raw)
+
+
+@FAST
+@given(value=st.floats(allow_nan=True, allow_infinity=True))
+def test_open_unit_float(value):
+    raw = _raw_with("sampler", "target_accept", value)
+    if math.isfinite(value) and 0 < value < 1:
+        assert spec_from_dict(raw).sampler.target_accept == value
+    else:
+        with pytest.raises(SpecError, match=r"\[sampler\] target_accept"):
+            spec_from_dict(raw)
+
+
+@FAST
+@given(name=st.text(max_size=20).filter(lambda s: s not in SECTION_CLASSES))
+def test_unknown_section_always_rejected(name):
+    raw = {"data": {"system": "reduced_1d"}, name: {}}
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(raw)
+    assert _one_line(str(info.value)) and repr(name) in str(info.value)
+
+
+@FAST
+@given(section=st.sampled_from(sorted(SECTION_CLASSES)), key=st.text(max_size=20))
+def test_unknown_key_always_rejected(section, key):
+    assume(key not in SECTION_CLASSES[section]._fields)
+    raw = {"data": {"system": "reduced_1d"}}
+    raw.setdefault(section, {})[key] = 1
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(raw)
+    assert _one_line(str(info.value)) and f"[{section}]" in str(info.value)
