@@ -12,6 +12,7 @@ layer sizes, and loaded with ``allow_pickle=False``.
 """
 from __future__ import annotations
 
+import functools
 import os
 from functools import partial
 from typing import Any, NamedTuple
@@ -51,9 +52,17 @@ class Interpolant(NamedTuple):
         return nnx.merge(self.graphdef, self.params)(x)
 
     def apply_fn(self):
-        """A pure function ``(params, x) -> score`` for use inside ``jit``/``scan``."""
-        graphdef = self.graphdef
-        return lambda params, x: nnx.merge(graphdef, params)(x)
+        """A pure function ``(params, x) -> score`` for use inside ``jit``/``scan``.
+
+        The same function object is returned for equal graph definitions, so jitted
+        consumers that take it as a static argument compile once.
+        """
+        return _apply_fn(self.graphdef)
+
+
+@functools.lru_cache(maxsize=32)
+def _apply_fn(graphdef):
+    return lambda params, x: nnx.merge(graphdef, params)(x)
 
 
 def _init(key, sizes):

@@ -26,6 +26,13 @@ SPEC_FILE = "spec.json"
 STAGES = ".stages"
 
 
+def _read_text(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
 def stage_key(*parts) -> str:
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -58,18 +65,14 @@ class OutputFolder:
             if not os.path.exists(spec_path):
                 raise InputError(f"output folder {out_dir!r} is not empty and holds no kgmm-bayes study; "
                                  "choose another --out or pass --force")
-            with open(spec_path, encoding="utf-8") as fh:
-                if fh.read() != spec_json:
-                    raise InputError(f"output folder {out_dir!r} holds a different study; "
-                                     "choose another --out or pass --force")
+            if _read_text(spec_path) != spec_json:
+                raise InputError(f"output folder {out_dir!r} holds a different study; "
+                                 "choose another --out or pass --force")
         parent = os.path.dirname(self.final)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent, exist_ok=True)
-        if os.path.isdir(self.staging):
-            spec_path = os.path.join(self.staging, SPEC_FILE)
-            same = os.path.exists(spec_path) and open(spec_path, encoding="utf-8").read() == spec_json
-            if not same:
-                shutil.rmtree(self.staging)
+        if os.path.isdir(self.staging) and _read_text(os.path.join(self.staging, SPEC_FILE)) != spec_json:
+            shutil.rmtree(self.staging)  # our own leftover from another study: nothing to resume
         os.makedirs(os.path.join(self.staging, STAGES), exist_ok=True)
         os.makedirs(os.path.join(self.staging, "figures"), exist_ok=True)
         atomic_write_bytes(os.path.join(self.staging, SPEC_FILE), spec_json.encode())

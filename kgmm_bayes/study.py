@@ -129,9 +129,7 @@ def _posterior_stage(spec, out, key, part, z, upstream, progress):
         points, counts, covs = z, np.ones(len(z)), None
     m = spec.mixture
     prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
-    s = spec.sampler
-    config = SamplerConfig(chains=s.chains, warmup=s.warmup, draws=s.draws, target_accept=s.target_accept,
-                           max_tree_depth=s.max_tree_depth, dense_mass=s.dense_mass, progress=progress)
+    config = SamplerConfig(**spec.sampler._asdict(), progress=progress)
     post = run_nuts(key, points, counts, prior, initial_values(part), config, point_covariances=covs)
     arrays = {f"site_{k}": v for k, v in post.sites.items()}
     arrays.update({f"stat_{k}": v for k, v in post.sample_stats.items()})
