@@ -41,6 +41,10 @@ def write_report(path, spec, metrics: dict) -> None:
         f"- max r_hat {_fmt(post['max_r_hat'])}, min bulk ESS {_fmt(post['min_ess_bulk'])}, "
         f"min tail ESS {_fmt(post['min_ess_tail'])} (log density and score at probe points, sorted weights)",
     ]
+    if post.get("map_search_log_posteriors"):
+        optima = [v for v in post["map_search_log_posteriors"] if v is not None]
+        lines.append(f"- chains started at the best of {len(post['map_search_log_posteriors'])} MAP searches; "
+                     f"optima span {optima[0] - optima[-1]:.1f} nats of log posterior (local modes)")
     for warning in post["warnings"]:
         lines.append(f"- **Warning**: {warning}")
     if "score" in metrics:

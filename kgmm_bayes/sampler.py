@@ -1,11 +1,12 @@
 """NUTS sampling of the Bayesian mixture, started from the partition.
 
-Chains run in parallel across host devices when there are enough of them
-(``kgmm_bayes`` sets the host device count to the number of CPU cores before
-JAX initialises), and one after another otherwise.  Every chain starts at the
-partition (centroids, cluster spreads and correlations, cluster fractions)
-with a small independent jitter in unconstrained space, so that the
-between-chain diagnostics mean something.
+Chains run in parallel across devices (``kgmm_bayes`` sets the host device
+count to the number of CPU cores before JAX initialises); with more chains than
+devices they run in rounds of device-parallel chains.  Every chain starts at the
+partition (centroids, cluster spreads and correlations, cluster fractions),
+or by default at the best of several MAP searches started there
+(:func:`find_map`), with a small independent jitter in unconstrained space so
+that the between-chain diagnostics mean something.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from numpyro.infer.util import unconstrain_fn
 from .mixture import MixturePrior, expected_quadratic_features, mixture_model, quadratic_features
 from .partition import Partition
 
-__all__ = ["SamplerConfig", "PosteriorSamples", "build_prior", "initial_values", "run_nuts"]
+__all__ = ["SamplerConfig", "PosteriorSamples", "build_prior", "initial_values", "run_nuts", "chain_rounds"]
 
 
 class SamplerConfig(NamedTuple):
@@ -32,6 +33,8 @@ class SamplerConfig(NamedTuple):
     max_tree_depth: int = 10
     dense_mass: bool = False
     init_jitter: float = 0.05
+    map_starts: int = 8  # > 0: start chains at the best of this many MAP searches (find_map)
+    map_steps: int = 1000
     progress: bool = False
 
 
@@ -76,8 +79,60 @@ def initial_values(partition: Partition) -> dict:
     return {name: jnp.asarray(value) for name, value in init.items()}
 
 
-def _chain_method(chains: int) -> str:
-    return "parallel" if chains <= jax.local_device_count() else "sequential"
+def chain_rounds(chains: int, devices: int) -> list[int]:
+    """Chains per round: rounds of ``devices`` chains run in parallel, the rest in a last round."""
+    per_round = max(1, min(chains, devices))
+    rounds = [per_round] * (chains // per_round)
+    if chains % per_round:
+        rounds.append(chains % per_round)
+    return rounds
+
+
+def _jittered(key, tree, copies: int, scale: float, keep_first: bool = False):
+    """``copies`` copies of a pytree (new leading axis) plus independent N(0, scale^2) noise."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    noisy = []
+    for leaf, k in zip(leaves, jax.random.split(key, len(leaves))):
+        noise = scale * jax.random.normal(k, (copies,) + leaf.shape, leaf.dtype)
+        noisy.append(leaf[None] + (noise.at[0].set(0.0) if keep_first else noise))
+    return jax.tree_util.tree_unflatten(treedef, noisy)
+
+
+def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int, jitter: float = 0.3,
+             learning_rate: float = 0.02):
+    """Best of ``starts`` MAP searches (Adam on the potential, unconstrained space).
+
+    Starts are the partition's values jittered by ``jitter``; all run at once (``vmap``)
+    in one ``lax.scan``.  Mixture posteriors have many local modes; modes whose log
+    posterior differs by tens of nats differ in mass by factors like ``exp(-20)``, so
+    chains are best started in the highest one found rather than wherever a random
+    start lands.  Returns the best point and the final potential of every start.
+    """
+    import optax
+    from numpyro.infer.util import potential_energy
+
+    def potential(params):
+        return potential_energy(mixture_model, model_args, {}, params)
+
+    starts_tree = _jittered(key, init_unconstrained, starts, jitter, keep_first=True)
+    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05))
+    value_and_grad = jax.vmap(jax.value_and_grad(potential))
+
+    @jax.jit
+    def optimise(params):
+        def step(carry, _):
+            params, state = carry
+            _, grads = value_and_grad(params)
+            updates, state = jax.vmap(optimizer.update)(grads, state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        (params, _), _ = jax.lax.scan(step, (params, jax.vmap(optimizer.init)(params)), None, length=steps)
+        return params, jax.vmap(potential)(params)
+
+    params, energies = optimise(starts_tree)
+    energies = np.where(np.isfinite(np.asarray(energies)), np.asarray(energies), np.inf)
+    best = int(np.argmin(energies))
+    return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies
 
 
 def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: SamplerConfig,
@@ -93,26 +148,42 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         features = expected_quadratic_features(points, point_covariances)
     counts = jnp.asarray(counts)
     model_args = (features, counts, prior)
+    start = time.perf_counter()  # the MAP search is part of the fit's cost
     init_unconstrained = unconstrain_fn(mixture_model, model_args, {}, init)
-    jitter_key, run_key = jax.random.split(key)
-    leaves, treedef = jax.tree_util.tree_flatten(init_unconstrained)
-    jitter_keys = jax.random.split(jitter_key, len(leaves))
-    init_params = jax.tree_util.tree_unflatten(treedef, [
-        leaf[None] + config.init_jitter * jax.random.normal(k, (config.chains,) + leaf.shape, leaf.dtype)
-        for leaf, k in zip(leaves, jitter_keys)
-    ])
+    jitter_key, run_key, map_key = jax.random.split(key, 3)
+    map_energies = None
+    if config.map_starts > 0:
+        init_unconstrained, map_energies = find_map(map_key, model_args, init_unconstrained,
+                                                    config.map_starts, config.map_steps)
+    init_params = _jittered(jitter_key, init_unconstrained, config.chains, config.init_jitter)
     kernel = NUTS(mixture_model, target_accept_prob=config.target_accept,
                   max_tree_depth=config.max_tree_depth, dense_mass=config.dense_mass)
-    mcmc = MCMC(kernel, num_warmup=config.warmup, num_samples=config.draws,
-                num_chains=config.chains, chain_method=_chain_method(config.chains),
-                progress_bar=config.progress)
-    start = time.perf_counter()
-    mcmc.run(run_key, *model_args, init_params=init_params,
-             extra_fields=("diverging", "num_steps", "accept_prob", "energy", "potential_energy"))
-    sites = {name: np.asarray(value) for name, value in mcmc.get_samples(group_by_chain=True).items()}
+    fields = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy")
+    site_parts, extra_parts = [], []
+    first = 0
+    # More chains than devices: rounds of device-parallel chains (numpyro alone would run
+    # them all one after another); one MCMC object per round size, so compilation is reused.
+    samplers = {}
+    rounds = chain_rounds(config.chains, jax.local_device_count())
+    for round_key, n_round in zip(jax.random.split(run_key, len(rounds)), rounds):
+        if n_round not in samplers:
+            samplers[n_round] = MCMC(kernel, num_warmup=config.warmup, num_samples=config.draws,
+                                     num_chains=n_round, chain_method="parallel" if n_round > 1 else "sequential",
+                                     progress_bar=config.progress)
+        mcmc = samplers[n_round]
+        init_round = jax.tree_util.tree_map(lambda leaf: leaf[first:first + n_round], init_params)
+        if n_round == 1:
+            init_round = jax.tree_util.tree_map(lambda leaf: leaf[0], init_round)
+        mcmc.run(round_key, *model_args, init_params=init_round, extra_fields=fields)
+        site_parts.append({k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()})
+        extra_parts.append({k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()})
+        first += n_round
     wall = time.perf_counter() - start
-    extra = {name: np.asarray(value) for name, value in mcmc.get_extra_fields(group_by_chain=True).items()}
+    sites = {k: np.concatenate([part[k] for part in site_parts]) for k in site_parts[0]}
+    extra = {k: np.concatenate([part[k] for part in extra_parts]) for k in extra_parts[0]}
     extra["tree_depth"] = np.ceil(np.log2(extra["num_steps"] + 1.0)).astype(np.int64)
     cov_chol = sites["cov_chol"]
+    if map_energies is not None:
+        extra["map_potential_energies"] = map_energies  # (starts,), one per MAP search
     return PosteriorSamples(weights=sites["weights"], means=sites["means"], cov_chol=cov_chol,
                             sites=sites, sample_stats=extra, wall_time=wall)

@@ -56,19 +56,21 @@ class PartitionSection(NamedTuple):
 
 class MixtureSection(NamedTuple):
     components: int = 10
-    dirichlet_alpha: float = 2.0
+    dirichlet_alpha: float = 5.0  # pseudo-counts: keeps components from dying (funnels, extra modes)
     mean_scale: float = 0.25  # prior sd of each mean, in units of its cluster spread
     scale_prior: float = 1.0  # HalfCauchy scale of component standard deviations
     lkj_eta: float = 2.0
 
 
 class SamplerSection(NamedTuple):
-    chains: int = 2
+    chains: int = 4
     warmup: int = 500
     draws: int = 500
     target_accept: float = 0.8
     max_tree_depth: int = 10
     dense_mass: bool = False
+    map_starts: int = 8  # chains start at the best of this many MAP searches; 0: at the partition
+    map_steps: int = 1000
 
 
 class ScoreSection(NamedTuple):
@@ -105,11 +107,11 @@ SECTIONS = {
 POSITIVE_INT = {
     ("data", "members"), ("data", "steps"), ("data", "thin"), ("partition", "cells"),
     ("mixture", "components"), ("sampler", "chains"), ("sampler", "warmup"), ("sampler", "draws"),
-    ("sampler", "max_tree_depth"), ("score", "max_draws"), ("interpolant", "steps"),
+    ("sampler", "max_tree_depth"), ("sampler", "map_steps"), ("score", "max_draws"), ("interpolant", "steps"),
     ("langevin", "particles"), ("langevin", "steps"), ("langevin", "thin"),
     ("metrics", "grid_points"),
 }
-NON_NEGATIVE_INT = {("study", "seed"), ("data", "burn_in"), ("langevin", "burn_in")}
+NON_NEGATIVE_INT = {("study", "seed"), ("data", "burn_in"), ("langevin", "burn_in"), ("sampler", "map_starts")}
 POSITIVE_FLOAT = {
     ("data", "dt"), ("mixture", "dirichlet_alpha"), ("mixture", "mean_scale"),
     ("mixture", "scale_prior"), ("mixture", "lkj_eta"), ("interpolant", "learning_rate"),

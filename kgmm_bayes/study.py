@@ -187,6 +187,9 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     start = time.perf_counter()
     idata = to_inference_data(post, data.zscore, part.points, part.counts)
     convergence = convergence_summary(idata)
+    if "map_potential_energies" in post.sample_stats:
+        optima = np.sort(-np.asarray(post.sample_stats["map_potential_energies"]))[::-1]
+        convergence["map_search_log_posteriors"] = _json_floats(optima)  # best first; chains start at the best
     for message in convergence["warnings"]:
         warnings.warn(f"posterior: {message}", RuntimeWarning, stacklevel=2)
     draws = thin_draws(post, spec.score.max_draws)

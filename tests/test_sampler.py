@@ -1,5 +1,6 @@
 """NUTS on a small but real mixture posterior: recovery of a known mixture, chains on devices."""
 import jax
+import pytest
 import numpy as np
 
 import kgmm_bayes  # noqa: F401
@@ -44,3 +45,61 @@ def test_recovers_two_component_mixture_and_runs_chains_in_parallel():
     for name in ("weights", "means", "cov_chol", "probe_log_density", "probe_score", "sorted_weights"):
         assert name in idata.posterior
     np.testing.assert_allclose(idata.constant_data["zscore_std"].values, zs.std)
+
+
+def test_chain_rounds():
+    from kgmm_bayes.sampler import chain_rounds
+
+    assert chain_rounds(4, 2) == [2, 2]
+    assert chain_rounds(3, 2) == [2, 1]
+    assert chain_rounds(2, 8) == [2]
+    assert chain_rounds(1, 2) == [1]
+
+
+def test_more_chains_than_devices_run_in_rounds():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(-1.0, 0.3, 600), rng.normal(1.0, 0.3, 600)])[:, None]
+    part = fit_partition(jax.random.key(0), x, num_cells=100, num_components=2)
+    prior = build_prior(part, dirichlet_alpha=2.0, mean_scale=0.25, scale_prior=1.0, lkj_eta=2.0)
+    chains = jax.local_device_count() + 1  # one full round and one single chain
+    post = run_nuts(jax.random.key(2), part.points, part.counts, prior, initial_values(part),
+                    SamplerConfig(chains=chains, warmup=100, draws=100), point_covariances=part.cell_covariances)
+    assert post.weights.shape == (chains, 100, 2)
+    assert post.sample_stats["diverging"].shape == (chains, 100)
+    # every chain is its own Markov chain: no two share a draw
+    flat = post.weights[..., 0]
+    assert len({tuple(np.round(c, 12)) for c in flat}) == chains
+    # and they sample the same posterior: sorted-weight means agree within Monte Carlo error
+    w_small = np.sort(post.weights, axis=-1)[..., 0]
+    spread = w_small.mean(axis=1)
+    assert np.ptp(spread) < 6 * w_small.std() / np.sqrt(100 / 10)
+
+
+def test_map_search_finds_the_higher_mode_and_chains_start_there():
+    """Two well-separated clusters of unequal size, two components started swapped in weight:
+    the MAP search must end at the optimum, whose log posterior no start exceeds."""
+    from kgmm_bayes.mixture import quadratic_features
+    from kgmm_bayes.sampler import find_map
+    from numpyro.infer.util import unconstrain_fn
+
+    from kgmm_bayes.mixture import mixture_model
+
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(-2.0, 0.3, 300), rng.normal(2.0, 0.5, 900)])[:, None]
+    part = fit_partition(jax.random.key(0), x, num_cells=120, num_components=2)
+    prior = build_prior(part, dirichlet_alpha=2.0, mean_scale=0.25, scale_prior=1.0, lkj_eta=2.0)
+    args = (quadratic_features(part.points), part.counts, prior)
+    init = unconstrain_fn(mixture_model, args, {}, initial_values(part))
+    best, energies = find_map(jax.random.key(3), args, init, starts=6, steps=800)
+    assert energies.shape == (6,)
+    assert np.isfinite(energies).sum() >= 5
+    from numpyro.infer.util import constrain_fn, potential_energy
+
+    at_best = float(potential_energy(mixture_model, args, {}, best))
+    assert at_best == pytest.approx(np.min(energies), rel=1e-9)
+    # at the optimum the gradient vanishes (Adam with a decayed rate: small, not exact)
+    grads = jax.grad(lambda p: potential_energy(mixture_model, args, {}, p))(best)
+    assert max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(grads)) < 1.0
+    # and the weights match the cluster sizes (MAP of a well-separated mixture)
+    w = np.sort(np.asarray(constrain_fn(mixture_model, args, {}, best)["weights"]))
+    np.testing.assert_allclose(w, [0.25, 0.75], atol=0.02)

@@ -1,0 +1,136 @@
+"""NUTS on mixtures: the straightforward model against this project's sampler, same run.
+
+Straightforward model (how users write it today, per the issue "Fast posterior sampling"):
+Dirichlet(1) weights, means ~ MVN(K-means centroid, 0.1 I), HalfCauchy(1) x LKJ(1) covariances,
+``MixtureSameFamily`` likelihood on every snapshot, numpyro's default ``init_to_uniform``.
+
+This project: the Bayesian KGMM sampler as run by a study: bisecting K-means partition,
+cell-moment coreset likelihood as one dense matrix product, Dirichlet(2), means ~ N(centroid,
+(0.25 spread)^2), chains started from the partition.
+
+Both run the same number of chains on the same z-scored data.  Reported per sampler: wall
+time (compilation included, as a user waits for it), leapfrog steps (gradient evaluations) of
+the sampling phase, mean steps per iteration, divergences, min bulk ESS of the
+label-invariant probes (log density and score at fixed probe points, sorted weights), ESS
+per second, and the ratio of ESS/s to the straightforward model's.
+
+    python benchmarks/bench_sampler.py                       # both cases
+    python benchmarks/bench_sampler.py --case four_well --baseline-iterations 200
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import kgmm_bayes  # noqa: F401
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.infer import MCMC, NUTS
+from sklearn.cluster import KMeans
+
+from kgmm_bayes import systems
+from kgmm_bayes.data import ZScore
+from kgmm_bayes.diagnostics import convergence_summary, probe_points, to_inference_data
+from kgmm_bayes.mixture import cov_cholesky
+from kgmm_bayes.partition import fit_partition
+from kgmm_bayes.sampler import PosteriorSamples, SamplerConfig, build_prior, initial_values, run_nuts
+
+CASES = {
+    # name: (system, snapshots, components)
+    "four_well": ("four_well_2d", 20_000, 16),
+    "reduced_1d": ("reduced_1d", 50_000, 10),
+}
+
+
+def straightforward_model(x, centroids):
+    k, d = centroids.shape
+    weights = numpyro.sample("weights", dist.Dirichlet(jnp.ones(k)))
+    means = numpyro.sample("means", dist.MultivariateNormal(centroids, 0.1 * jnp.eye(d)).to_event(1))
+    scales = numpyro.sample("scales", dist.HalfCauchy(jnp.ones((k, d))).to_event(2))
+    if d > 1:
+        corr_chol = numpyro.sample("corr_chol", dist.LKJCholesky(d, 1.0).expand([k]).to_event(1))
+    else:
+        corr_chol = jnp.ones((k, 1, 1))
+    cov_chol = numpyro.deterministic("cov_chol", cov_cholesky(scales, corr_chol))
+    numpyro.sample("obs", dist.MixtureSameFamily(dist.Categorical(probs=weights),
+                                                 dist.MultivariateNormal(means, scale_tril=cov_chol)), obs=x)
+
+
+def run_straightforward(key, z, k, chains, warmup, draws):
+    centroids = KMeans(n_clusters=k, n_init=1, random_state=0).fit(z).cluster_centers_
+    mcmc = MCMC(NUTS(straightforward_model), num_warmup=warmup, num_samples=draws, num_chains=chains,
+                chain_method="parallel" if chains <= jax.local_device_count() else "sequential",
+                progress_bar=False)
+    start = time.perf_counter()
+    mcmc.run(key, jnp.asarray(z), jnp.asarray(centroids), extra_fields=("diverging", "num_steps", "accept_prob",
+                                                                          "energy", "potential_energy"))
+    samples = {n: np.asarray(v) for n, v in mcmc.get_samples(group_by_chain=True).items()}
+    wall = time.perf_counter() - start
+    stats = {n: np.asarray(v) for n, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+    stats["tree_depth"] = np.ceil(np.log2(stats["num_steps"] + 1.0)).astype(np.int64)
+    return PosteriorSamples(samples["weights"], samples["means"], samples["cov_chol"], samples, stats, wall)
+
+
+def summarise(label, post, zs, probes, points, counts):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        conv = convergence_summary(to_inference_data(post, zs, points, counts, probes=probes))
+    steps = post.sample_stats["num_steps"]
+    ess = conv["min_ess_bulk"]
+    return dict(sampler=label, wall_s=post.wall_time, grads=int(steps.sum()), steps_per_iter=float(steps.mean()),
+                divergences=conv["divergences"], min_ess=ess, r_hat=conv["max_r_hat"],
+                ess_per_s=ess / post.wall_time)
+
+
+def main(args):
+    rows = []
+    for case in args.case:
+        system, n, k = CASES[case]
+        sysm = systems.get_system(system)
+        keys = jax.random.split(jax.random.key(args.seed), 4)
+        members = 100
+        steps = n // members * sysm.thin
+        x = systems.simulate(keys[0], sysm, members=members, steps=steps).reshape(-1, sysm.dim).astype(np.float64)
+        zs = ZScore.fit(x)
+        z = zs.forward(x)
+        part = fit_partition(keys[1], z, 2000, k)
+        probes = probe_points(part.points, part.counts)
+
+        base = run_straightforward(keys[2], z, k, args.chains, args.baseline_iterations, args.baseline_iterations)
+        rows.append((case, n, k, sysm.dim, summarise("straightforward", base, zs, probes, part.points, part.counts)))
+
+        prior = build_prior(part, 2.0, 0.25, 1.0, 2.0)
+        ours = run_nuts(keys[3], part.points, part.counts, prior, initial_values(part),
+                        SamplerConfig(chains=args.chains, warmup=args.iterations, draws=args.iterations),
+                        point_covariances=part.cell_covariances)
+        rows.append((case, n, k, sysm.dim, summarise("kgmm_bayes", ours, zs, probes, part.points, part.counts)))
+
+    print(f"device: {jax.devices()[0].device_kind} x {jax.local_device_count()}, chains {args.chains}; "
+          f"straightforward {args.baseline_iterations}+{args.baseline_iterations}, "
+          f"kgmm_bayes {args.iterations}+{args.iterations} iterations")
+    cols = ("case", "N", "K", "D", "sampler", "wall_s", "grads", "steps/iter", "divergences", "min_ess",
+            "r_hat", "ess/s", "ess/s ratio")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    baseline = {}
+    for case, n, k, d, r in rows:
+        if r["sampler"] == "straightforward":
+            baseline[case] = r["ess_per_s"]
+        ratio = r["ess_per_s"] / baseline[case] if baseline.get(case) else float("nan")
+        print(f"| {case} | {n} | {k} | {d} | {r['sampler']} | {r['wall_s']:.1f} | {r['grads']} | "
+              f"{r['steps_per_iter']:.0f} | {r['divergences']} | {r['min_ess']:.0f} | {r['r_hat']:.3f} | "
+              f"{r['ess_per_s']:.2f} | {ratio:.1f} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=500, help="warmup = draws for kgmm_bayes")
+    parser.add_argument("--baseline-iterations", type=int, default=500, help="warmup = draws, straightforward")
+    parser.add_argument("--seed", type=int, default=0)
+    main(parser.parse_args())
