@@ -55,7 +55,7 @@ def make_case(n, k, d, dtype, seed=0):
 
 def main(args):
     rows = []
-    for n, k, d in CASES:
+    for n, k, d in (CASES if args.cases is None else [tuple(int(v) for v in c.split(",")) for c in args.cases]):
         for dtype in (jnp.float32, jnp.float64):
             x, w, mu, chol = make_case(n, k, d, dtype)
             feats = quadratic_features(x)
@@ -89,4 +89,5 @@ def main(args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--cases", nargs="+", default=None, help="N,K,D triples (default: the issue's two)")
     main(parser.parse_args())

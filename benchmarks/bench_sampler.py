@@ -15,7 +15,7 @@ label-invariant probes (log density and score at fixed probe points, sorted weig
 per second, and the ratio of ESS/s to the straightforward model's.
 
     python benchmarks/bench_sampler.py                       # both cases
-    python benchmarks/bench_sampler.py --case four_well --baseline-iterations 200
+    python benchmarks/bench_sampler.py --case four_well --snapshots 2000 --components 8  # minutes
 """
 from __future__ import annotations
 
@@ -90,6 +90,8 @@ def main(args):
     rows = []
     for case in args.case:
         system, n, k = CASES[case]
+        n = args.snapshots or n
+        k = args.components or k
         sysm = systems.get_system(system)
         keys = jax.random.split(jax.random.key(args.seed), 4)
         members = 100
@@ -97,7 +99,7 @@ def main(args):
         x = systems.simulate(keys[0], sysm, members=members, steps=steps).reshape(-1, sysm.dim).astype(np.float64)
         zs = ZScore.fit(x)
         z = zs.forward(x)
-        part = fit_partition(keys[1], z, 2000, k)
+        part = fit_partition(keys[1], z, min(2000, n // 2), k)
         probes = probe_points(part.points, part.counts)
 
         base = run_straightforward(keys[2], z, k, args.chains, args.baseline_iterations, args.baseline_iterations)
@@ -133,4 +135,6 @@ if __name__ == "__main__":
     parser.add_argument("--iterations", type=int, default=500, help="warmup = draws for kgmm_bayes")
     parser.add_argument("--baseline-iterations", type=int, default=500, help="warmup = draws, straightforward")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--snapshots", type=int, default=None, help="override N (e.g. 2000 for a quick run)")
+    parser.add_argument("--components", type=int, default=None, help="override K")
     main(parser.parse_args())

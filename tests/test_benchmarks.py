@@ -1,0 +1,28 @@
+"""Every benchmark script runs, with tiny arguments, and prints its table (so none can rot)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[1] / "benchmarks"
+CASES = {
+    "bench_gradient.py": ["--repeats", "2", "--cases", "500,3,2"],
+    "bench_sampler.py": ["--case", "four_well", "--snapshots", "400", "--components", "2", "--iterations", "40",
+                         "--baseline-iterations", "40"],
+    "bench_coreset.py": ["--members", "4", "--cells", "100", "--iterations", "40"],
+}
+
+
+def test_every_benchmark_is_listed():
+    assert sorted(p.name for p in BENCH.glob("bench_*.py")) == sorted(CASES)
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_benchmark_prints_table(script, tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / script), *CASES[script]], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert len(table) >= 3  # header, separator, at least one row
+    assert all(line.count("|") == table[0].count("|") for line in table)
