@@ -28,6 +28,7 @@ from kgmm_bayes.partition import fit_partition
 from kgmm_bayes.result import thin_draws
 from kgmm_bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
 from kgmm_bayes.score import score_draws, summarize_scores
+from kgmm_bayes.spec import MixtureSection
 
 COMPONENTS = {"reduced_1d": 10, "four_well_2d": 16, "lorenz63": 32}
 
@@ -46,7 +47,8 @@ def main(args):
     z = zs.forward(x)
     k = COMPONENTS[args.system]
     part = fit_partition(keys[1], z, args.cells, k)
-    prior = build_prior(part, 5.0, 0.25, 1.0, 2.0)
+    m = MixtureSection()  # the study defaults
+    prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
     config = SamplerConfig(chains=args.chains, warmup=args.iterations, draws=args.iterations)
     results = {}
     for label, (points, counts, covs) in {

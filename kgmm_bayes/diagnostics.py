@@ -20,8 +20,8 @@ from .data import ZScore
 from .sampler import PosteriorSamples
 from .score import score_draws
 
-__all__ = ["probe_points", "to_inference_data", "convergence_summary", "zscore_from_idata",
-           "posterior_from_idata"]
+__all__ = ["probe_points", "to_inference_data", "convergence_summary", "probe_summary",
+           "zscore_from_idata", "posterior_from_idata"]
 
 PROBE_VARS = ["probe_log_density", "probe_score", "sorted_weights"]
 
@@ -106,6 +106,13 @@ def convergence_summary(idata: az.InferenceData) -> dict:
         warn.append("one chain: r_hat cannot be computed")
     out["warnings"] = warn
     return out
+
+
+def probe_summary(idata: az.InferenceData):
+    """arviz summary (mean, sd, HDI, MCSE, bulk/tail ESS, r_hat) of the label-invariant probes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return az.summary(idata, var_names=PROBE_VARS, round_to="none")
 
 
 def zscore_from_idata(idata: az.InferenceData) -> ZScore:

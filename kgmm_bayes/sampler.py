@@ -26,7 +26,7 @@ __all__ = ["SamplerConfig", "PosteriorSamples", "build_prior", "initial_values",
 
 
 class SamplerConfig(NamedTuple):
-    chains: int = 2
+    chains: int = 4
     warmup: int = 500
     draws: int = 500
     target_accept: float = 0.8

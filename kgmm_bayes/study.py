@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__
 from .data import InputError, ZScore, load_trajectory, split_members, validate_snapshots
-from .diagnostics import convergence_summary, to_inference_data
+from .diagnostics import convergence_summary, probe_summary, to_inference_data
 from .figures import plot_marginals, plot_score
 from .interpolant import fit_interpolant, load_interpolant, save_interpolant
 from .langevin import max_jacobian_eigenvalue, simulate_langevin
@@ -285,6 +285,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     # ---- write outputs into the staging folder, then swap it into place
     idata.to_netcdf(out.path("posterior.nc.tmp"))
     os.replace(out.path("posterior.nc.tmp"), out.path("posterior.nc"))
+    atomic_write_bytes(out.path("diagnostics.csv"), probe_summary(idata).to_csv().encode())
     save_interpolant(out.path("interpolant.npz"), interp)
     buf_path = out.path("rom_samples.npy.tmp")
     with open(buf_path, "wb") as fh:

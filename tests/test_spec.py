@@ -278,3 +278,14 @@ def test_unknown_key_always_rejected(section, key):
     with pytest.raises(SpecError) as info:
         spec_from_dict(raw)
     assert _one_line(str(info.value)) and f"[{section}]" in str(info.value)
+
+
+def test_sampler_section_defaults_match_sampler_config():
+    """The [sampler] section and the sampler's own config must not drift apart."""
+    from kgmm_bayes.sampler import SamplerConfig
+    from kgmm_bayes.spec import SamplerSection
+
+    shared = set(SamplerSection._fields) & set(SamplerConfig._fields)
+    assert shared == set(SamplerSection._fields)  # every spec key reaches the sampler
+    for name in shared:
+        assert SamplerSection._field_defaults[name] == SamplerConfig._field_defaults[name], name

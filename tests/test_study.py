@@ -66,7 +66,7 @@ def small_run(tmp_path_factory):
 def test_outputs_are_complete_and_loadable(small_run):
     folder, proc = small_run
     out = folder / "out"
-    for name in ("metrics.json", "posterior.nc", "interpolant.npz", "rom_samples.npy", "report.md",
+    for name in ("metrics.json", "posterior.nc", "interpolant.npz", "rom_samples.npy", "report.md", "diagnostics.csv",
                  "figures/score.png", "figures/marginals.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
@@ -90,6 +90,8 @@ def test_outputs_are_complete_and_loadable(small_run):
     assert rom.ndim == 2 and rom.shape[1] == 1
     assert 0.5 < rom.std() / train_std < 2.0
     assert "relative entropy" in (out / "report.md").read_text().lower()
+    header = (out / "diagnostics.csv").read_text().splitlines()[0]
+    assert "r_hat" in header and "ess_bulk" in header and "ess_tail" in header
     assert "relative entropy" in proc.stdout
 
 
