@@ -23,7 +23,7 @@ from .data import InputError, ZScore, load_trajectory, split_members, validate_s
 from .diagnostics import convergence_summary, probe_summary, to_inference_data
 from .figures import plot_marginals, plot_score
 from .interpolant import fit_interpolant, load_interpolant, save_interpolant
-from .langevin import max_jacobian_eigenvalue, simulate_langevin
+from .langevin import LangevinResult, max_jacobian_eigenvalue, simulate_langevin
 from .metrics import band_coverage, marginal_relative_entropies, weighted_score_error
 from .outputs import OutputFolder, atomic_write_bytes, stage_key
 from .partition import Partition, fit_partition
@@ -35,6 +35,10 @@ from .spec import Spec
 from .systems import get_system, simulate
 
 __all__ = ["run_study", "prepare_data", "StudyData"]
+
+# Part of every stage key downstream of the data: raise it whenever what a stage computes
+# changes (2: coreset cells enter through their moments; Partition gained cell_covariances).
+STAGE_SCHEMA = 2
 
 
 class StudyData:
@@ -106,7 +110,7 @@ def _check_sizes(spec: Spec, n: int) -> int:
 
 
 def _partition_stage(spec, out, key, z, cells, upstream):
-    skey = stage_key("partition", upstream, cells, spec.mixture.components, "cell-moments")
+    skey = stage_key("partition", upstream, cells, spec.mixture.components)
     cached = out.load_stage("partition", skey)
     if cached is not None:
         return Partition(**cached), skey
@@ -116,7 +120,7 @@ def _partition_stage(spec, out, key, z, cells, upstream):
 
 
 def _posterior_stage(spec, out, key, part, z, upstream, progress):
-    skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition"), "cell-moments")
+    skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition"))
     cached = out.load_stage("posterior", skey)
     if cached is not None:
         sites = {k[5:]: v for k, v in cached.items() if k.startswith("site_")}
@@ -168,7 +172,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     data = prepare_data(spec, data_key, reference_key, out, user_data=user_data)
     cells = _check_sizes(spec, len(data.train))
     z = data.zscore.forward(data.train)
-    upstream = stage_key(spec.section_json("data"), seed, __version__, data_hash)
+    upstream = stage_key(spec.section_json("data"), seed, __version__, STAGE_SCHEMA, data_hash)
     timings["data"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -233,7 +237,6 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
                                 progress=progress)
         out.save_stage("langevin", lkey, rom._asdict())
     else:
-        from .langevin import LangevinResult
         rom = LangevinResult(samples=cached["samples"], alive=cached["alive"], escaped=int(cached["escaped"]),
                              non_finite=int(cached["non_finite"]), wall_time=float(cached["wall_time"]))
         cached_stages.append("langevin")
