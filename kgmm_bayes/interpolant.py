@@ -13,6 +13,7 @@ layer sizes, and loaded with ``allow_pickle=False``.
 from __future__ import annotations
 
 import functools
+import io
 import os
 from functools import partial
 from typing import Any, NamedTuple
@@ -23,6 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from .outputs import atomic_write_bytes
 from .progress import bar, tick
 
 __all__ = ["MLP", "Interpolant", "fit_interpolant", "save_interpolant", "load_interpolant"]
@@ -117,8 +119,9 @@ def save_interpolant(path, interpolant: Interpolant) -> None:
     arrays = _flat_params(interpolant.params)
     arrays["sizes"] = np.asarray(interpolant.sizes, dtype=np.int64)
     arrays["final_loss"] = np.asarray(interpolant.final_loss)
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(os.fspath(path), buffer.getvalue())  # a kill never leaves half a file
 
 
 def load_interpolant(path) -> Interpolant:

@@ -92,11 +92,30 @@ def cov_cholesky(scales, corr_chol):
     return scales[..., :, None] * corr_chol
 
 
+UNROLLED_MAX_DIM = 8
+
+
 def precision_factors(cov_chol):
-    """``W = L^{-1}`` (lower triangular), so ``P = W^T W``; batched over leading axes."""
+    """``W = L^{-1}`` (lower triangular), so ``P = W^T W``; batched over leading axes.
+
+    Up to ``UNROLLED_MAX_DIM`` dimensions the inverse is forward substitution written
+    out row by row, ``W_i = (e_i - sum_{k<i} L_ik W_k) / L_ii``, in plain array
+    operations: cheaper than LAPACK for tiny matrices, and it keeps LAPACK's batched
+    ``trsm`` (which waits on XLA's intra-op thread pool) out of chains that run in
+    parallel on CPU devices, where such waits can deadlock.
+    """
     d = cov_chol.shape[-1]
-    eye = jnp.broadcast_to(jnp.eye(d, dtype=cov_chol.dtype), cov_chol.shape)
-    return jax.scipy.linalg.solve_triangular(cov_chol, eye, lower=True)
+    if d > UNROLLED_MAX_DIM:
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=cov_chol.dtype), cov_chol.shape)
+        return jax.scipy.linalg.solve_triangular(cov_chol, eye, lower=True)
+    eye = jnp.eye(d, dtype=cov_chol.dtype)
+    rows = []
+    for i in range(d):
+        acc = jnp.broadcast_to(eye[i], cov_chol.shape[:-1])
+        for k in range(i):
+            acc = acc - cov_chol[..., i, k, None] * rows[k]
+        rows.append(acc / cov_chol[..., i, i, None])
+    return jnp.stack(rows, axis=-2)
 
 
 def component_coefficients(weights, means, cov_chol):

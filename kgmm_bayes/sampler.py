@@ -7,6 +7,12 @@ partition (centroids, cluster spreads and correlations, cluster fractions),
 or by default at the best of several MAP searches started there
 (:func:`find_map`), with a small independent jitter in unconstrained space so
 that the between-chain diagnostics mean something.
+
+With ``shard_data`` the likelihood's points are instead split by rows over all
+devices (``jax.sharding``): each device holds ``M / devices`` rows of the
+feature matrix, XLA partitions ``Phi @ Gamma`` and the logsumexp row-wise and
+all-reduces the sum, so data too large for one device still fit; the chains
+then run one after another, each on all devices.
 """
 from __future__ import annotations
 
@@ -16,13 +22,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import unconstrain_fn
 
 from .mixture import MixturePrior, expected_quadratic_features, mixture_model, quadratic_features
 from .partition import Partition
 
-__all__ = ["SamplerConfig", "PosteriorSamples", "build_prior", "initial_values", "run_nuts", "chain_rounds"]
+__all__ = ["SamplerConfig", "PosteriorSamples", "build_prior", "initial_values", "run_nuts", "chain_rounds",
+           "chain_plan", "shard_rows"]
 
 
 class SamplerConfig(NamedTuple):
@@ -35,6 +43,8 @@ class SamplerConfig(NamedTuple):
     init_jitter: float = 0.05
     map_starts: int = 8  # > 0: start chains at the best of this many MAP searches (find_map)
     map_steps: int = 1000
+    shard_data: bool = False  # rows of the likelihood split over all devices (chains run in turn)
+    chain_method: str = "auto"  # "auto" (see chain_plan), "parallel", "vectorized" or "sequential"
     progress: bool = False
 
 
@@ -86,6 +96,47 @@ def chain_rounds(chains: int, devices: int) -> list[int]:
     if chains % per_round:
         rounds.append(chains % per_round)
     return rounds
+
+
+def chain_plan(chains: int, devices: int, backend: str, method: str = "auto", sharded: bool = False):
+    """How chains run: a list of ``(chains_in_round, numpyro chain_method)``.
+
+    ``auto``: with sharded data, one chain at a time (each spans every device); on a
+    single accelerator, all chains at once, vectorised (an accelerator step costs about
+    the same for one chain as for four); otherwise rounds of one chain per device, in
+    parallel (:func:`chain_rounds`).
+    """
+    if method not in ("auto", "parallel", "vectorized", "sequential"):
+        raise ValueError(f"chain_method must be auto, parallel, vectorized or sequential, got {method!r}")
+    if method == "auto":
+        if sharded:
+            method = "sequential"
+        elif devices == 1 and backend != "cpu" and chains > 1:
+            method = "vectorized"
+        else:
+            method = "parallel"
+    if method == "sequential":
+        return [(1, "sequential")] * chains
+    if method == "vectorized":
+        return [(chains, "vectorized" if chains > 1 else "sequential")]
+    return [(n, "parallel" if n > 1 else "sequential") for n in chain_rounds(chains, devices)]
+
+
+def shard_rows(features, counts, devices=None):
+    """Split weighted points by rows over ``devices`` (default: all local devices).
+
+    Rows are padded to a multiple of the device count with zero features and zero
+    counts, which add exactly nothing to ``sum_m c_m logsumexp_k(phi_m^T gamma_k)``.
+    Returns ``(features, counts)`` as arrays sharded along their first axis.
+    """
+    devices = jax.local_devices() if devices is None else list(devices)
+    n_dev = len(devices)
+    pad = (-features.shape[0]) % n_dev
+    features = jnp.pad(jnp.asarray(features), ((0, pad), (0, 0)))
+    counts = jnp.pad(jnp.asarray(counts), (0, pad))
+    mesh = Mesh(np.array(devices), ("data",))
+    return (jax.device_put(features, NamedSharding(mesh, PartitionSpec("data", None))),
+            jax.device_put(counts, NamedSharding(mesh, PartitionSpec("data"))))
 
 
 def _jittered(key, tree, copies: int, scale: float, keep_first: bool = False):
@@ -147,6 +198,9 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     else:
         features = expected_quadratic_features(points, point_covariances)
     counts = jnp.asarray(counts)
+    sharded = config.shard_data and jax.local_device_count() > 1
+    if sharded:
+        features, counts = shard_rows(features, counts)
     model_args = (features, counts, prior)
     start = time.perf_counter()  # the MAP search is part of the fit's cost
     init_unconstrained = unconstrain_fn(mixture_model, model_args, {}, init)
@@ -164,12 +218,15 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # More chains than devices: rounds of device-parallel chains (numpyro alone would run
     # them all one after another); one MCMC object per round size, so compilation is reused.
     samplers = {}
-    rounds = chain_rounds(config.chains, jax.local_device_count())
-    for round_key, n_round in zip(jax.random.split(run_key, len(rounds)), rounds):
+    # Sharded data: every device holds part of every chain's likelihood, so chains run in turn,
+    # with the data passed as traced arguments (jit_model_args) so that their sharding is kept.
+    rounds = chain_plan(config.chains, jax.local_device_count(), jax.default_backend(), config.chain_method,
+                        sharded)
+    for round_key, (n_round, method) in zip(jax.random.split(run_key, len(rounds)), rounds):
         if n_round not in samplers:
             samplers[n_round] = MCMC(kernel, num_warmup=config.warmup, num_samples=config.draws,
-                                     num_chains=n_round, chain_method="parallel" if n_round > 1 else "sequential",
-                                     progress_bar=config.progress)
+                                     num_chains=n_round, chain_method=method,
+                                     progress_bar=config.progress, jit_model_args=sharded)
         mcmc = samplers[n_round]
         init_round = jax.tree_util.tree_map(lambda leaf: leaf[first:first + n_round], init_params)
         if n_round == 1:

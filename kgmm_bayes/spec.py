@@ -71,6 +71,7 @@ class SamplerSection(NamedTuple):
     dense_mass: bool = False
     map_starts: int = 8  # chains start at the best of this many MAP searches; 0: at the partition
     map_steps: int = 1000
+    shard_data: bool = False  # split the likelihood's points over all devices (chains then run in turn)
 
 
 class ScoreSection(NamedTuple):

@@ -93,3 +93,18 @@ def test_cell_moment_features_bound_the_exact_cell_loglik():
             assert coreset == pytest.approx(exact, rel=1e-11)
         else:
             assert coreset <= exact + 1e-9
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 8, 9])
+def test_precision_factors_invert_the_cholesky_factor(d):
+    """Unrolled forward substitution (d <= 8) and the LAPACK path (d > 8): W L = I, batched."""
+    from kgmm_bayes.mixture import UNROLLED_MAX_DIM, precision_factors
+
+    rng = np.random.default_rng(10 + d)
+    _, _, chol = random_mixture(rng, 6, d)
+    chol = np.stack([chol, 0.5 * chol])  # two leading batch axes
+    w = np.asarray(precision_factors(jnp.asarray(chol)))
+    eye = np.broadcast_to(np.eye(d), chol.shape)
+    np.testing.assert_allclose(w @ chol, eye, atol=1e-12)
+    np.testing.assert_array_equal(np.triu(w, 1), 0.0)
+    assert (d > UNROLLED_MAX_DIM) == (d == 9)

@@ -103,3 +103,59 @@ def test_map_search_finds_the_higher_mode_and_chains_start_there():
     # and the weights match the cluster sizes (MAP of a well-separated mixture)
     w = np.sort(np.asarray(constrain_fn(mixture_model, args, {}, best)["weights"]))
     np.testing.assert_allclose(w, [0.25, 0.75], atol=0.02)
+
+
+def test_sharded_likelihood_equals_unsharded_and_splits_rows():
+    """Rows padded to a multiple of the device count with zero counts: the same log likelihood
+    and gradient in float64, each device holding its block of rows."""
+    from kgmm_bayes.mixture import mixture_loglik_dense, quadratic_features
+    from kgmm_bayes.sampler import shard_rows
+
+    n_dev = jax.local_device_count()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2 * n_dev * 50 + 1, 2))  # not a multiple of the device count
+    counts = rng.integers(1, 9, len(x)).astype(float)
+    feats = quadratic_features(x)
+    weights = np.array([0.3, 0.7])
+    means = np.array([[-1.0, 0.0], [1.0, 0.5]])
+    chol = np.array([[[1.0, 0.0], [0.3, 0.8]], [[0.7, 0.0], [-0.2, 1.1]]])
+    f_sh, c_sh = shard_rows(feats, counts)
+    rows = -(-len(x) // n_dev)
+    assert [s.data.shape for s in f_sh.addressable_shards] == [(rows, feats.shape[1])] * n_dev
+    assert len({s.device for s in f_sh.addressable_shards}) == n_dev
+
+    def loglik(f, c, m):
+        return mixture_loglik_dense(f, c, weights, m, chol)
+
+    value, grad = jax.value_and_grad(loglik, argnums=2)(feats, counts, means)
+    value_sh, grad_sh = jax.jit(jax.value_and_grad(loglik, argnums=2))(f_sh, c_sh, means)
+    assert float(value_sh) == pytest.approx(float(value), rel=1e-12)
+    np.testing.assert_allclose(grad_sh, grad, rtol=1e-10)
+
+
+def test_run_nuts_with_sharded_data_samples_the_posterior():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(-1.0, 0.3, 600), rng.normal(1.0, 0.3, 600)])[:, None]
+    part = fit_partition(jax.random.key(0), x, num_cells=100, num_components=2)
+    prior = build_prior(part, dirichlet_alpha=2.0, mean_scale=0.25, scale_prior=1.0, lkj_eta=2.0)
+    post = run_nuts(jax.random.key(2), x, np.ones(len(x)), prior, initial_values(part),
+                    SamplerConfig(chains=2, warmup=100, draws=100, shard_data=True))
+    assert post.weights.shape == (2, 100, 2)
+    assert int(post.sample_stats["diverging"].sum()) == 0
+    # two equal clusters of 600: the smaller sorted weight sits within a few binomial sds of 1/2
+    w_small = np.sort(post.weights, axis=-1)[..., 0]
+    assert abs(w_small.mean() - 0.5) < 5 * np.sqrt(0.25 / len(x))
+    assert not np.allclose(post.weights[0], post.weights[1])  # two independent chains
+
+
+def test_chain_plan():
+    from kgmm_bayes.sampler import chain_plan
+
+    assert chain_plan(4, 2, "cpu") == [(2, "parallel"), (2, "parallel")]
+    assert chain_plan(3, 2, "cpu") == [(2, "parallel"), (1, "sequential")]
+    assert chain_plan(4, 1, "gpu") == [(4, "vectorized")]  # one accelerator: all chains at once
+    assert chain_plan(4, 2, "gpu") == [(2, "parallel"), (2, "parallel")]  # one chain per GPU
+    assert chain_plan(3, 2, "cpu", sharded=True) == [(1, "sequential")] * 3
+    assert chain_plan(2, 8, "cpu", method="vectorized") == [(2, "vectorized")]
+    with pytest.raises(ValueError, match="chain_method"):
+        chain_plan(2, 2, "cpu", method="pmap")
