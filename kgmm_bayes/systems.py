@@ -8,34 +8,77 @@ for an ensemble of independent members (``vmap``) with time stepping in
 ``lax.scan``; a burn-in is dropped and a snapshot kept every ``thin`` steps.
 Where the stationary density is known, ``score`` gives ``grad log p`` in
 physical coordinates.
+
+The simulated state ``X`` has ``state_dim`` coordinates; what is returned is the
+observation ``Y = H(X)`` with ``dim`` coordinates: ``observe`` is a tuple of
+state indices (``H(X) = X[observe]``), a callable, or ``None`` (``H = id``,
+``state_dim = dim``).  Two-scale Lorenz-96 returns its 4 slow variables out of
+44.  A system that is not an SDE (Kuramoto-Sivashinsky, :mod:`kgmm_bayes.ks`)
+brings its own ``simulator``; :func:`simulate` validates the sizes and hands
+over to it, so every system returns ``(members, snapshots, dim)``.
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["System", "SYSTEMS", "get_system", "simulate"]
+from . import ks
+
+__all__ = ["System", "SYSTEMS", "get_system", "simulate", "triad_drift", "triad_diffusion",
+           "lorenz96_drift", "LORENZ96_PARAMS"]
 
 
 class System(NamedTuple):
-    """A reference SDE with its default simulation settings."""
+    """A reference system with its default simulation settings.
+
+    Attributes
+    ----------
+    name : str
+    dim : int
+        Dimension ``D`` of the returned (observed) coordinates.
+    noise_dim : int
+        Number of independent Wiener processes.
+    drift, diffusion : callable
+        ``f: (state_dim,) -> (state_dim,)`` and ``G: (state_dim,) -> (state_dim, noise_dim)``.
+    x0 : tuple
+        Initial state shared by all members (they decorrelate through their noise).
+    dt, members, steps, thin, burn_in
+        Default simulation settings; ``steps`` counts steps after the burn-in.
+    score : callable, optional
+        ``grad log p`` of the stationary density of the observation, physical units.
+    observe : tuple of int or callable, optional
+        Observation ``H``: state indices, or ``(state_dim,) -> (dim,)``; ``None``: all.
+    state_dim : int, optional
+        Dimension of the simulated state; ``None``: ``dim``.
+    simulator : callable, optional
+        ``simulator(key, system, members, n_snap, thin, burn_in, dt, dtype) -> (members, n, dim)``
+        for systems that are not SDEs; ``None``: the SDE ``scheme`` below.
+    scheme : {"euler_maruyama", "rk4_maruyama"}
+        ``"rk4_maruyama"``: the drift increment by classical RK4, the noise ``G(X_n) dW_n`` as
+        in Euler-Maruyama (Ito-consistent; strong order 1 for additive noise), for stiff
+        oscillatory drifts where Euler's step is unstable (two-scale Lorenz-96).
+    """
 
     name: str
     dim: int
     noise_dim: int
-    drift: Callable  # x (d,) -> (d,)
-    diffusion: Callable  # x (d,) -> (d, noise_dim)
+    drift: Callable  # x (state_dim,) -> (state_dim,)
+    diffusion: Callable  # x (state_dim,) -> (state_dim, noise_dim)
     x0: tuple
     dt: float
     members: int
     steps: int  # steps per member after burn-in
     thin: int
     burn_in: int
-    score: Optional[Callable] = None  # x (..., d) -> (..., d), physical units
+    score: Optional[Callable] = None  # x (..., dim) -> (..., dim), physical units
+    observe: Union[tuple, Callable, None] = None
+    state_dim: Optional[int] = None
+    simulator: Optional[Callable] = None
+    scheme: str = "euler_maruyama"
 
 
 # ---------------------------------------------------------------- reduced 1D
@@ -95,6 +138,50 @@ def _lorenz63_diffusion(v):
     return 5.0 * jnp.eye(3, dtype=v.dtype)
 
 
+# ---------------------------------------------------------------- triad 3D
+def triad_drift(u):
+    """Triad drift ``f(u) = (-0.2 u1 - 0.4 u2 + u3, -0.2 u2 + 0.4 u1, -2 u3)`` (SYSTEMS.md, 4).
+
+    Linear, ``f(u) = A u``; the nonlinearity of the model is in its noise.
+    """
+    return jnp.stack([-0.2 * u[0] - 0.4 * u[1] + u[2], -0.2 * u[1] + 0.4 * u[0], -2.0 * u[2]])
+
+
+def triad_diffusion(u):
+    """Triad noise ``G(u) = diag(0.3, 0.3, 1.5 (tanh(u1) + 1))``: multiplicative on ``u3``."""
+    return jnp.diag(jnp.stack([jnp.full_like(u[0], 0.3), jnp.full_like(u[0], 0.3),
+                               1.5 * (jnp.tanh(u[0]) + 1.0)]))
+
+
+# ---------------------------------------------------------------- two-scale Lorenz-96
+LORENZ96_PARAMS = dict(K=4, J=10, F=6.0, nu=1.0, c=10.0, b=10.0, noise=0.2)
+
+
+def lorenz96_drift(state, K=4, J=10, F=6.0, nu=1.0, c=10.0, b=10.0):
+    r"""Two-scale Lorenz-96 (SYSTEMS.md, 5); ``state = (X_1..X_K, Y_11..Y_1J, ..., Y_K1..Y_KJ)``.
+
+    .. math::
+        \dot X_k = -X_{k-1}(X_{k-2} - X_{k+1}) - \nu X_k + F + (c/b) \sum_j Y_{k,j},
+
+        \dot Y_{k,j} = -c b Y_{k,j+1}(Y_{k,j+2} - Y_{k,j-1}) - c \nu Y_{k,j} + (c/b) X_k,
+
+    indices periodic: ``k`` modulo ``K``, and ``j`` modulo ``J`` within each sector ``k``
+    (as in the KGMM authors' reference code; Lorenz 1996 chains the sectors instead).
+    """
+    x, y = state[:K], state[K:].reshape(K, J)
+    dx = -jnp.roll(x, 1) * (jnp.roll(x, 2) - jnp.roll(x, -1)) - nu * x + F + (c / b) * y.sum(axis=1)
+    dy = (-c * b * jnp.roll(y, -1, axis=1) * (jnp.roll(y, -2, axis=1) - jnp.roll(y, 1, axis=1))
+          - c * nu * y + (c / b) * x[:, None])
+    return jnp.concatenate([dx, dy.reshape(-1)])
+
+
+def _lorenz96_diffusion(state):
+    return LORENZ96_PARAMS["noise"] * jnp.eye(state.shape[0], dtype=state.dtype)
+
+
+# small deterministic asymmetric start (the authors draw 0.01 * randn once)
+_L96_X0 = tuple(float(v) for v in 0.01 * np.sin(1.0 + 2.0 * np.arange(44)))
+
 SYSTEMS = {
     "reduced_1d": System(
         name="reduced_1d", dim=1, noise_dim=2,
@@ -114,22 +201,75 @@ SYSTEMS = {
         dt=0.01, members=100, steps=100_000, thin=100, burn_in=1_000,
         score=None,
     ),
+    # A snapshot every 10 time units (ACF there: u1 -0.07, u2 -0.13, u3 0.00; the first zero
+    # of the u1, u2 ACFs is near 4 time units); 1000 x 100 = 1e5 snapshots.
+    "triad_3d": System(
+        name="triad_3d", dim=3, noise_dim=3,
+        drift=triad_drift, diffusion=triad_diffusion, x0=(0.0, 0.0, 0.0),
+        dt=0.01, members=1000, steps=100_000, thin=1000, burn_in=2_000,
+        score=None,
+    ),
+    # Euler-Maruyama is unstable at SYSTEMS.md's dt = 0.005 (fast advection c b Y ~ 100 per
+    # time unit): members diverge within ~2 time units at dt = 0.002 and some still do at
+    # 0.001.  RK4 for the drift + Maruyama noise is stable at dt = 0.005 and matches the
+    # dt = 0.0025 statistics.  A snapshot every 0.5 time units (past the first zero of the
+    # slow ACF; the 4-variable wave keeps a weak long memory); 200 x 500 = 1e5 snapshots.
+    "lorenz96_slow": System(
+        name="lorenz96_slow", dim=4, noise_dim=44,
+        drift=lorenz96_drift, diffusion=_lorenz96_diffusion, x0=_L96_X0,
+        dt=0.005, members=200, steps=50_000, thin=100, burn_in=4_000,
+        score=None, observe=(0, 1, 2, 3), state_dim=44, scheme="rk4_maruyama",
+    ),
+    # 100 members x 63 fields x 16 offsets = 100,800 snapshots of D = 4
+    "ks_d4": ks.ks_system("ks_d4", stride=16, members=100, fields_per_member=63),
+    # 100 members x 125 fields x 8 offsets = 100,000 snapshots of D = 8
+    "ks_d8": ks.ks_system("ks_d8", stride=8, members=100, fields_per_member=125),
 }
 
 
 def get_system(name: str) -> System:
+    """The built-in system called ``name``; raises ``ValueError`` listing the known names."""
     if name not in SYSTEMS:
         raise ValueError(f"unknown system {name!r}; expected one of {sorted(SYSTEMS)}")
     return SYSTEMS[name]
 
 
+def _observation(system: System):
+    """``(state_dim, H)`` with ``H: (state_dim,) -> (dim,)``; ValueError if inconsistent."""
+    state_dim = system.dim if system.state_dim is None else int(system.state_dim)
+    observe = system.observe
+    if observe is None:
+        if state_dim != system.dim:
+            raise ValueError(f"system {system.name!r}: state_dim ({state_dim}) differs from dim "
+                             f"({system.dim}) but no observe was given")
+        return state_dim, None
+    if callable(observe):
+        if system.state_dim is None:
+            raise ValueError(f"system {system.name!r}: a callable observe needs state_dim")
+        shape = jax.eval_shape(observe, jax.ShapeDtypeStruct((state_dim,), jnp.float32)).shape
+        if shape != (system.dim,):
+            raise ValueError(f"system {system.name!r}: observe maps to shape {shape}, "
+                             f"expected ({system.dim},)")
+        return state_dim, observe
+    indices = tuple(int(i) for i in observe)
+    if len(indices) != system.dim or not all(0 <= i < state_dim for i in indices):
+        raise ValueError(f"system {system.name!r}: observe must hold dim = {system.dim} indices "
+                         f"in [0, {state_dim}), got {observe!r}")
+    return state_dim, indices
+
+
 def simulate(key, system: System, members: int | None = None, steps: int | None = None,
              thin: int | None = None, burn_in: int | None = None, dt: float | None = None,
              dtype=jnp.float32) -> np.ndarray:
-    """Simulate an ensemble; returns snapshots of shape ``(members, steps // thin, dim)``.
+    """Simulate an ensemble; returns snapshots of shape ``(members, n, system.dim)``.
 
+    For an SDE ``n = steps // thin`` and each snapshot is the observation
+    ``H(X)`` of the state (all of it unless ``system.observe`` says otherwise).
     Members start at ``system.x0`` (Lorenz-63: the paper's initial state) and
-    decorrelate through their independent noise during the burn-in.
+    decorrelate through their independent noise during the burn-in.  A system
+    with its own ``simulator`` (Kuramoto-Sivashinsky) receives the same
+    validated settings and may return more snapshots per time step (the KS
+    shift augmentation: ``n = stride * (steps // thin)``).
     """
     members = system.members if members is None else int(members)
     steps = system.steps if steps is None else int(steps)
@@ -141,12 +281,23 @@ def simulate(key, system: System, members: int | None = None, steps: int | None 
             raise ValueError(f"{label} must be positive, got {value}")
     if burn_in < 0:
         raise ValueError(f"burn_in must be >= 0, got {burn_in}")
+    if not dt > 0:
+        raise ValueError(f"dt must be positive, got {dt}")
     n_snap = steps // thin
     if n_snap == 0:
         raise ValueError(f"steps ({steps}) must be at least thin ({thin})")
-    return np.asarray(_simulate_jit(key, system.drift, system.diffusion, system.dim,
+    if system.simulator is None and system.scheme not in _SCHEMES:
+        raise ValueError(f"system {system.name!r}: unknown scheme {system.scheme!r}; "
+                         f"expected one of {sorted(_SCHEMES)}")
+    if system.simulator is not None:
+        return system.simulator(key, system, members, n_snap, thin, burn_in, dt, jnp.dtype(dtype))
+    state_dim, observe = _observation(system)
+    if len(system.x0) != state_dim:
+        raise ValueError(f"system {system.name!r}: x0 has {len(system.x0)} entries, "
+                         f"expected state_dim = {state_dim}")
+    return np.asarray(_simulate_jit(key, system.drift, system.diffusion, state_dim,
                                     system.noise_dim, tuple(system.x0), members, n_snap,
-                                    thin, burn_in, dt, jnp.dtype(dtype)))
+                                    thin, burn_in, dt, jnp.dtype(dtype), observe, system.scheme))
 
 
 def _em_step(drift, diffusion, dt, x, xi):
@@ -154,12 +305,31 @@ def _em_step(drift, diffusion, dt, x, xi):
     return x + increment.astype(x.dtype)
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11))
-def _simulate_jit(key, drift, diffusion, dim, noise_dim, x0, members, n_snap, thin,
-                  burn_in, dt, dtype):
-    step = jax.vmap(lambda x, xi: _em_step(drift, diffusion, dt, x, xi))
+def _rk4_maruyama_step(drift, diffusion, dt, x, xi):
+    k1 = drift(x)
+    k2 = drift(x + 0.5 * dt * k1)
+    k3 = drift(x + 0.5 * dt * k2)
+    k4 = drift(x + dt * k3)
+    increment = (k1 + 2 * k2 + 2 * k3 + k4) * (dt / 6) + diffusion(x) @ xi * jnp.sqrt(dt)
+    return x + increment.astype(x.dtype)
+
+
+_SCHEMES = {"euler_maruyama": _em_step, "rk4_maruyama": _rk4_maruyama_step}
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
+def _simulate_jit(key, drift, diffusion, state_dim, noise_dim, x0, members, n_snap, thin,
+                  burn_in, dt, dtype, observe, scheme):
+    scheme_step = _SCHEMES[scheme]
+    step = jax.vmap(lambda x, xi: scheme_step(drift, diffusion, dt, x, xi))
+    if observe is None:
+        measure = lambda x: x  # noqa: E731
+    elif callable(observe):
+        measure = jax.vmap(observe)
+    else:
+        measure = lambda x: x[:, jnp.asarray(observe)]  # noqa: E731
     burn_key, run_key = jax.random.split(key)
-    x = jnp.broadcast_to(jnp.asarray(x0, dtype=dtype), (members, dim))
+    x = jnp.broadcast_to(jnp.asarray(x0, dtype=dtype), (members, state_dim))
 
     def one_step(x, k):
         xi = jax.random.normal(k, (members, noise_dim), dtype=dtype)
@@ -170,7 +340,7 @@ def _simulate_jit(key, drift, diffusion, dim, noise_dim, x0, members, n_snap, th
 
     def one_snapshot(x, k):
         x, _ = jax.lax.scan(one_step, x, jax.random.split(k, thin))
-        return x, x
+        return x, measure(x)
 
     _, snaps = jax.lax.scan(one_snapshot, x, jax.random.split(run_key, n_snap))
     return jnp.swapaxes(snaps, 0, 1)  # (members, n_snap, dim)
