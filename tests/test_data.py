@@ -307,3 +307,41 @@ def test_object_npy_is_never_unpickled(tmp_path):
     with pytest.raises(InputError):
         load_trajectory(path)
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- property-based
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+_CSV_TOKENS = st.sampled_from(["1", "-2.5", "3e2", "0", "1e400", "nan", "inf", "-inf", "x", "", " ", "1.0.0",
+                               "7,", ",", "#c", "0x10", "1_000", "\t4", "--1", "e5"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(_CSV_TOKENS, min_size=1, max_size=4).map(",".join), min_size=0, max_size=8))
+def test_csv_loader_either_loads_finite_data_or_names_the_problem(tmp_path, rows):
+    """Whatever a CSV holds, loading plus validation gives a finite (n, d) array or one InputError
+    line naming the file; never another exception."""
+    path = tmp_path / "prop.csv"
+    path.write_text("\n".join(rows) + "\n")
+    try:
+        arr = validate_snapshots(load_trajectory(path))
+    except InputError as err:
+        message = str(err)
+        assert message and "\n" not in message
+        assert "prop.csv" in message or message.startswith("data ")
+    else:
+        assert arr.ndim == 3 and arr.shape[1] >= 2 and np.all(np.isfinite(arr))
+
+
+_FINITE = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arr=hnp.arrays(np.float64, st.tuples(st.integers(2, 30), st.integers(1, 4)), elements=_FINITE),
+       fmt=st.sampled_from(["npy", "csv", "csv-header"]))
+def test_loaders_round_trip_any_finite_array(tmp_path, arr, fmt):
+    path = _write(tmp_path / f"rt.{fmt.split('-')[0]}", arr, fmt)
+    np.testing.assert_array_equal(load_trajectory(path), arr)

@@ -1,0 +1,9 @@
+"""Test-suite set-up: two host devices (as numpyro's CI does), before JAX initialises.
+
+Multi-chain and sharded code paths then run on two devices whatever the core count of
+the machine; ``kgmm_bayes`` itself only sets a device count when ``XLA_FLAGS`` has none.
+"""
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
