@@ -1,4 +1,4 @@
-"""Command-line interface: ``kgmm-bayes run`` and ``kgmm-bayes score``.
+"""Command-line interface: ``kgmm-bayes run``, ``kgmm-bayes compare`` and ``kgmm-bayes score``.
 
 Bad input (spec, data, arguments) ends with a one-line ``kgmm-bayes: error:``
 message and exit status 2, before any JAX tracing; an existing output folder
@@ -27,6 +27,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None, help="seed (default: the spec's [study] seed)")
     run.add_argument("--force", action="store_true", help="replace an output folder holding another study")
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    compare = sub.add_parser("compare", help="the Bayesian estimator against classic KGMM, DSM and scikit-learn")
+    compare.add_argument("spec", help="study spec (TOML); its [baselines] section configures the baselines")
+    compare.add_argument("--out", default=None, help="output folder (default: kgmm-runs/<study name>-compare)")
+    compare.add_argument("--seed", type=int, default=None, help="seed (default: the spec's [study] seed)")
+    compare.add_argument("--force", action="store_true", help="replace an output folder holding another comparison")
+    compare.add_argument("--quiet", action="store_true", help="no progress display")
     score = sub.add_parser("score", help="posterior score of a fitted study at points")
     score.add_argument("study_dir", help="output folder of 'kgmm-bayes run'")
     score.add_argument("points", help=".npy file of points (n, d), physical units")
@@ -50,6 +56,18 @@ def _run(args) -> int:
         if warning:
             print(f"warning: {warning}")
     print(f"outputs: {result.out_dir}")
+    return 0
+
+
+def _compare(args) -> int:
+    from .compare import compare_study
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    result = compare_study(spec, out_dir=args.out, seed=args.seed, progress=not args.quiet, force=args.force)
+    for row in result.rows:
+        print(f"{row.estimator:>9}: wall {row.wall_s:7.1f} s, relative entropy (mean) {row.relative_entropy_mean:.4g}")
+    print(f"outputs: {result.out_dir} (comparison.md, comparison.csv, figures/comparison.png)")
     return 0
 
 
@@ -85,7 +103,7 @@ def main(argv=None) -> int:
     from .data import InputError
 
     try:
-        return _run(args) if args.command == "run" else _score(args)
+        return {"run": _run, "score": _score, "compare": _compare}[args.command](args)
     except InputError as err:
         print(f"kgmm-bayes: error: {err}", file=sys.stderr)
         return 2

@@ -99,10 +99,30 @@ class MetricsSection(NamedTuple):
     grid_points: int = 2048
 
 
+BASELINES = ("kgmm", "dsm", "sklearn")
+
+
+class BaselinesSection(NamedTuple):
+    """The baselines of ``kgmm-bayes compare`` (defaults: the KGMM authors' settings, SYSTEMS.md)."""
+
+    which: tuple = BASELINES  # any of "kgmm" (classic KGMM), "dsm" (denoising score matching), "sklearn"
+    sigma: float = 0.05  # noise level of classic KGMM and DSM, z-scored units
+    min_leaf_probability: float = 1e-3  # classic KGMM: leaves = round(1 / min_leaf_probability)
+    max_passes: int = 150  # classic KGMM: noisy passes at most
+    tolerance: float = 0.1  # classic KGMM: stop when the cluster means of z change by less (relative)
+    dsm_epochs: int = 200
+    dsm_batch: int = 512
+    dsm_learning_rate: float = 1e-3
+    dsm_checkpoints: int = 4  # DSM evaluated after every dsm_epochs / dsm_checkpoints epochs
+    sklearn_components: int = 0  # 0: as many as [mixture] components
+    sklearn_max_iter: int = 100  # scikit-learn's own default
+
+
 SECTIONS = {
     "study": StudySection, "data": DataSection, "partition": PartitionSection,
     "mixture": MixtureSection, "sampler": SamplerSection, "score": ScoreSection,
     "interpolant": InterpolantSection, "langevin": LangevinSection, "metrics": MetricsSection,
+    "baselines": BaselinesSection,
 }
 
 POSITIVE_INT = {
@@ -110,15 +130,18 @@ POSITIVE_INT = {
     ("mixture", "components"), ("sampler", "chains"), ("sampler", "warmup"), ("sampler", "draws"),
     ("sampler", "max_tree_depth"), ("sampler", "map_steps"), ("score", "max_draws"), ("interpolant", "steps"),
     ("langevin", "particles"), ("langevin", "steps"), ("langevin", "thin"),
-    ("metrics", "grid_points"),
+    ("metrics", "grid_points"), ("baselines", "max_passes"), ("baselines", "dsm_epochs"),
+    ("baselines", "dsm_batch"), ("baselines", "dsm_checkpoints"), ("baselines", "sklearn_max_iter"),
 }
-NON_NEGATIVE_INT = {("study", "seed"), ("data", "burn_in"), ("langevin", "burn_in"), ("sampler", "map_starts")}
+NON_NEGATIVE_INT = {("study", "seed"), ("data", "burn_in"), ("langevin", "burn_in"), ("sampler", "map_starts"),
+                    ("baselines", "sklearn_components")}
 POSITIVE_FLOAT = {
     ("data", "dt"), ("mixture", "dirichlet_alpha"), ("mixture", "mean_scale"),
     ("mixture", "scale_prior"), ("mixture", "lkj_eta"), ("interpolant", "learning_rate"),
-    ("langevin", "dt"), ("langevin", "box"),
+    ("langevin", "dt"), ("langevin", "box"), ("baselines", "sigma"), ("baselines", "tolerance"),
+    ("baselines", "dsm_learning_rate"),
 }
-OPEN_UNIT = {("sampler", "target_accept"), ("score", "band")}
+OPEN_UNIT = {("sampler", "target_accept"), ("score", "band"), ("baselines", "min_leaf_probability")}
 
 DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d"}}
 
@@ -133,6 +156,7 @@ class Spec(NamedTuple):
     interpolant: InterpolantSection
     langevin: LangevinSection
     metrics: MetricsSection
+    baselines: BaselinesSection = BaselinesSection()
 
     def to_dict(self) -> dict:
         return {name: dict(getattr(self, name)._asdict()) for name in SECTIONS}
@@ -150,6 +174,11 @@ def _check_value(section: str, key: str, value, default):
         if (not isinstance(value, (list, tuple)) or not value
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
             raise SpecError(f"{where} must be a non-empty list of positive integers, got {value!r}")
+        return tuple(value)
+    if (section, key) == ("baselines", "which"):
+        if (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)
+                or not set(value) <= set(BASELINES) or len(set(value)) != len(value)):
+            raise SpecError(f"{where} must be a list of distinct names from {list(BASELINES)}, got {value!r}")
         return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -229,6 +258,10 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     if sections["partition"].cells < sections["mixture"].components:
         raise SpecError(f"[partition] cells ({sections['partition'].cells}) must be >= "
                         f"[mixture] components ({sections['mixture'].components})")
+    baselines = sections["baselines"]
+    if baselines.dsm_checkpoints > baselines.dsm_epochs:
+        raise SpecError(f"[baselines] dsm_checkpoints ({baselines.dsm_checkpoints}) must be <= "
+                        f"dsm_epochs ({baselines.dsm_epochs})")
     return Spec(**sections)
 
 

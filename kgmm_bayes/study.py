@@ -52,6 +52,18 @@ class StudyData:
         self.source = source
 
 
+def study_keys(seed: int):
+    """The study's named keys ``(data, reference, partition, mcmc, train, langevin)``: one seed, split once."""
+    return tuple(jax.random.split(jax.random.key(seed), 6))
+
+
+def langevin_start(langevin_key, part: Partition, particles: int):
+    """Initial particles ``(P, d)`` drawn from the cells by count, and the key of the run's noise."""
+    init_key, run_key = jax.random.split(langevin_key)
+    pick = jax.random.choice(init_key, len(part.points), (particles,), p=jnp.asarray(part.counts / part.counts.sum()))
+    return part.points[np.asarray(pick)], run_key
+
+
 def _log(progress, message):
     if progress:
         print(f"[kgmm-bayes] {message}", file=sys.stderr, flush=True)
@@ -164,8 +176,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
                                            default=list), force=force)
     timings, cached_stages = {}, []
     total_start = time.perf_counter()
-    data_key, reference_key, partition_key, mcmc_key, train_key, langevin_key = jax.random.split(
-        jax.random.key(seed), 6)
+    data_key, reference_key, partition_key, mcmc_key, train_key, langevin_key = study_keys(seed)
 
     start = time.perf_counter()
     _log(progress, f"data: {spec.data.system or spec.data.path}")
@@ -230,9 +241,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     lkey = stage_key("langevin", ikey, spec.section_json("langevin"))
     cached = out.load_stage("langevin", lkey)
     if cached is None:
-        init_key, run_key = jax.random.split(langevin_key)
-        pick = jax.random.choice(init_key, len(part.points), (lg.particles,), p=jnp.asarray(part.counts / part.counts.sum()))
-        x0 = part.points[np.asarray(pick)]
+        x0, run_key = langevin_start(langevin_key, part, lg.particles)
         rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box,
                                 progress=progress)
         out.save_stage("langevin", lkey, rom._asdict())

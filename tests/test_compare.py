@@ -1,0 +1,132 @@
+"""``kgmm-bayes compare`` end to end on a tiny reduced-1D study, through the console script:
+the four estimators on the same data, finite metrics, the figure, the Bayesian sub-study; and
+bad input ending with one error line before anything runs."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+TINY = """
+[study]
+name = "tiny_1d"
+seed = 2
+
+[data]
+system = "reduced_1d"
+members = 10
+steps = 20000
+thin = 100
+
+[partition]
+cells = 100
+
+[mixture]
+components = 3
+
+[sampler]
+chains = 2
+warmup = 100
+draws = 100
+map_starts = 1
+map_steps = 100
+
+[score]
+max_draws = 100
+
+[interpolant]
+hidden = [16, 16]
+steps = 200
+
+[langevin]
+particles = 100
+steps = 1000
+burn_in = 100
+thin = 100
+
+[baselines]
+min_leaf_probability = 0.05
+max_passes = 10
+dsm_epochs = 4
+dsm_batch = 256
+dsm_checkpoints = 2
+sklearn_max_iter = 30
+"""
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "kgmm_bayes.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_compare(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compare")
+    (folder / "tiny.toml").write_text(TINY)
+    proc = run_cli("compare", "tiny.toml", "--out", "cmp", "--quiet", cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder / "cmp", proc
+
+
+def test_comparison_table_has_every_estimator_with_finite_metrics(tiny_compare):
+    out, proc = tiny_compare
+    with open(out / "comparison.csv", newline="") as fh:
+        rows = {row["estimator"]: row for row in csv.DictReader(fh)}
+    assert list(rows) == ["bayesian", "kgmm", "dsm", "sklearn"]
+    for name, row in rows.items():
+        assert float(row["wall_s"]) > 0, name
+        assert np.isfinite(float(row["relative_entropy_mean"])), name
+        assert float(row["relative_entropy_x0"]) == float(row["relative_entropy_mean"])  # D = 1
+        assert 0 <= float(row["score_error"]) < 1, name  # the reduced 1D model has an analytic score
+        assert (row["band_coverage"] != "") == (name == "bayesian")
+    # per-stage times add up to the wall time
+    for name, row in rows.items():
+        stages = sum(float(v) for k, v in row.items() if k.startswith("time_") and k != "time_to_bayesian_s" and v)
+        assert stages == pytest.approx(float(row["wall_s"]), rel=1e-9), name
+    assert float(rows["kgmm"]["time_clustering_s"]) > 0 and float(rows["kgmm"]["time_training_s"]) > 0
+    assert float(rows["bayesian"]["time_posterior_s"]) > 0
+    # the Bayesian row is the study in <out>/bayesian
+    metrics = json.loads((out / "bayesian" / "metrics.json").read_text())
+    assert float(rows["bayesian"]["relative_entropy_mean"]) == pytest.approx(metrics["relative_entropy"]["mean"])
+    assert float(rows["bayesian"]["band_coverage"]) == pytest.approx(metrics["score"]["band_coverage"])
+    for name in rows:
+        assert name in proc.stdout
+
+
+def test_comparison_outputs_exist(tiny_compare):
+    out, _ = tiny_compare
+    assert (out / "figures" / "comparison.png").stat().st_size > 10_000
+    table = (out / "comparison.md").read_text()
+    assert table.count("\n| ") >= 5  # header and four estimators
+    assert "DSM" in table and ("reaches it" in table or "does not reach it" in table)
+    payload = json.loads((out / "comparison.json").read_text())
+    reach = payload["dsm_reach"]
+    assert [c["epochs"] for c in reach["checkpoints"]] == [2, 4]
+    assert payload["train_snapshots"] == 10 * 200  # the Bayesian study's training set
+    assert not (out.parent / "cmp.partial").exists()
+
+
+def test_compare_bad_input_one_line(tmp_path, monkeypatch, capsys):
+    from kgmm_bayes.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my own files\n")
+    (tmp_path / "s.toml").write_text('[data]\nsystem = "reduced_1d"\n[baselines]\nwhich = ["bogus"]\n')
+    (tmp_path / "ok.toml").write_text('[data]\nsystem = "reduced_1d"\n')
+    for args, words in ((["compare", "missing.toml"], ["missing.toml"]),
+                        (["compare", "s.toml"], ["[baselines] which", "bogus"]),
+                        (["compare", "ok.toml", "--out", "mine", "--quiet"], ["mine", "--force"]),
+                        (["compare", "ok.toml", "--seed", "-3", "--quiet"], ["--seed"])):
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        lines = captured.err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("kgmm-bayes: error:"), captured.err
+        assert all(w in lines[0] for w in words), lines[0]
+        assert captured.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "ok.toml", "s.toml"]
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
