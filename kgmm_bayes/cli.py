@@ -27,6 +27,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None, help="seed (default: the spec's [study] seed)")
     run.add_argument("--force", action="store_true", help="replace an output folder holding another study")
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--strict", action="store_true",
+                     help="exit with status 3 when the run reports a numerical fault (divergences, r_hat > 1.01, "
+                          "Langevin particles escaping or non-finite, an unstable time step); outputs are still written")
     compare = sub.add_parser("compare", help="the Bayesian estimator against classic KGMM, DSM and scikit-learn")
     compare.add_argument("spec", help="study spec (TOML); its [baselines] section configures the baselines")
     compare.add_argument("--out", default=None, help="output folder (default: kgmm-runs/<study name>-compare)")
@@ -52,10 +55,13 @@ def _run(args) -> int:
     rel_text = "n/a (no reduced-order model samples)" if rel_ent is None else f"{rel_ent:.4g}"
     print(f"study {m['study']}: relative entropy (mean over marginals) {rel_text}; "
           f"posterior {m['timings']['posterior']:.1f} s; total {m['timings']['total']:.1f} s")
-    for warning in m["posterior"]["warnings"] + [m["langevin"].get("warning")]:
-        if warning:
-            print(f"warning: {warning}")
+    for fault in m["faults"]:
+        print(f"warning: {fault}")
     print(f"outputs: {result.out_dir}")
+    if args.strict and m["faults"]:
+        print(f"kgmm-bayes: error: --strict: {len(m['faults'])} numerical fault(s): {'; '.join(m['faults'])}",
+              file=sys.stderr)
+        return 3
     return 0
 
 

@@ -3,7 +3,21 @@ from __future__ import annotations
 
 from .outputs import atomic_write_bytes
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "numerical_faults"]
+
+STIFFNESS_LIMIT = 1.0  # dt x max |eigenvalue of the drift Jacobian| above which the study warns
+
+
+def numerical_faults(metrics: dict) -> list[str]:
+    """One line per numerical fault of a study: divergences, r_hat > 1.01 (posterior warnings),
+    Langevin particles that escaped or became non-finite, an Euler-Maruyama step near instability."""
+    faults = list(metrics["posterior"]["warnings"])
+    if metrics["langevin"].get("warning"):
+        faults.append(metrics["langevin"]["warning"])
+    stiffness = metrics["langevin"].get("dt_times_max_jacobian_eigenvalue")
+    if stiffness is not None and stiffness > STIFFNESS_LIMIT:
+        faults.append(f"langevin: dt x max |drift Jacobian eigenvalue| = {stiffness:.2f} > {STIFFNESS_LIMIT:g}")
+    return faults
 
 
 def _fmt(value):
@@ -56,6 +70,9 @@ def write_report(path, spec, metrics: dict) -> None:
             f"predictive {_fmt(sc['relative_error_predictive'])}, interpolant {_fmt(sc['relative_error_interpolant'])}",
             f"- Coverage of the {int(sc['band'] * 100)}% band: {_fmt(sc['band_coverage'])}",
         ]
+    faults = metrics.get("faults", [])
+    lines += ["", f"## Numerical faults: {len(faults) if faults else 'none'}"]
+    lines += [f"- {fault}" for fault in faults]
     lines += ["", "## Wall time (s)", "", "| stage | seconds |", "| --- | --- |"]
     lines += [f"| {k} | {v:.2f} |" for k, v in metrics["timings"].items()]
     if metrics["cached_stages"]:

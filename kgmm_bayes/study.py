@@ -27,7 +27,7 @@ from .langevin import LangevinResult, max_jacobian_eigenvalue, simulate_langevin
 from .metrics import band_coverage, marginal_relative_entropies, weighted_score_error
 from .outputs import OutputFolder, atomic_write_bytes, stage_key
 from .partition import Partition, fit_partition
-from .report import write_report
+from .report import STIFFNESS_LIMIT, numerical_faults, write_report
 from .result import BayesianKGMM, predictive_score_fn, thin_draws
 from .sampler import PosteriorSamples, SamplerConfig, build_prior, initial_values, run_nuts
 from .score import score_draws, summarize_scores
@@ -235,7 +235,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     else:
         drift_fn, drift_params = predictive_score_fn, tuple(jnp.asarray(a, jnp.float32) for a in draws)
     stiffness = lg.dt * max_jacobian_eigenvalue(drift_fn, drift_params, part.points)
-    if stiffness > 1.0:
+    if stiffness > STIFFNESS_LIMIT:
         warnings.warn(f"langevin: dt x max |eigenvalue of the drift Jacobian| = {stiffness:.2f} at the data "
                       "(Euler-Maruyama is unstable above 2): lower [langevin] dt", RuntimeWarning, stacklevel=2)
     lkey = stage_key("langevin", ikey, spec.section_json("langevin"))
@@ -313,6 +313,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     timings["metrics"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - total_start
     metrics["timings"] = timings
+    metrics["faults"] = numerical_faults(metrics)  # what --strict turns into a non-zero exit
     atomic_write_bytes(out.path("metrics.json"), json.dumps(metrics, indent=2).encode())
     write_report(out.path("report.md"), spec, metrics)
     final = out.commit()

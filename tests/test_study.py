@@ -162,6 +162,32 @@ def test_killed_run_resumes_and_gives_the_same_numbers(small_run, tmp_path):
         assert second[key] == first[key], key
 
 
+def test_strict_exits_3_on_numerical_faults_and_still_writes_outputs(small_run, tmp_path):
+    """A Langevin box narrower than the data: particles escape, which is counted in metrics.json
+    and report.md; --strict turns it into exit status 3 with one error line. The earlier stages
+    come from the copied stage cache, so only the reduced-order model is recomputed."""
+    import shutil
+
+    folder, proc = small_run
+    before = json.loads((folder / "out" / "metrics.json").read_text())
+    assert before["faults"] == before["posterior"]["warnings"]  # short chains may disagree: reported too
+    assert not any("left the box" in fault for fault in before["faults"])
+    shutil.copytree(folder / "out", tmp_path / "out")
+    (tmp_path / "narrow.toml").write_text(SMALL_STUDY.replace("thin = 200\n", "thin = 200\nbox = 0.5\n"))
+    strict = run_cli("run", "narrow.toml", "--out", "out", "--force", "--quiet", "--strict", cwd=tmp_path)
+    assert strict.returncode == 3, strict.stderr[-2000:]
+    error = [line for line in strict.stderr.splitlines() if line.startswith("kgmm-bayes: error:")]
+    assert len(error) == 1 and "--strict" in error[0] and "left the box" in error[0]
+    assert "Traceback" not in strict.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["langevin"]["escaped"] > 0
+    assert metrics["faults"] == before["faults"] + [metrics["langevin"]["warning"]]
+    assert set(metrics["cached_stages"]) == {"posterior", "interpolant"}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"## Numerical faults: {len(metrics['faults'])}" in report
+    assert all(f"- {fault}" in report for fault in metrics["faults"])
+
+
 def test_different_study_does_not_overwrite_without_force(small_run):
     folder, _ = small_run
     (folder / "other.toml").write_text(SMALL_STUDY.replace("seed = 3", "seed = 4"))
