@@ -145,3 +145,57 @@ def test_failed_run_leaves_no_staging_folder(bad_data_default_run):
     proc, before, after = bad_data_default_run
     assert proc.returncode == 2
     assert after == before, sorted(after - before)  # neither 'fresh' nor 'fresh.partial'
+
+
+# --------------------------------------------------------------------------- every bad spec and file, in process
+
+def _spec_cli_cases():
+    from test_spec import BAD_SPECS
+
+    return [pytest.param("spec", case_id, text, words, id=f"spec-{case_id}") for case_id, text, words in BAD_SPECS]
+
+
+def _file_cli_cases():
+    from test_data import BAD_INPUTS
+
+    return [pytest.param("file", case_id, setup, words, id=f"file-{case_id}") for case_id, setup, words in BAD_INPUTS
+            if not case_id.startswith(("nan", "plus-", "minus-", "empty-", "rank-", "constant", "single", "huge",
+                                       "not-numeric"))]  # array cases: no file to name (their CLI twins are above)
+
+
+@pytest.mark.parametrize("kind, case_id, case, words", _spec_cli_cases() + _file_cli_cases())
+def test_every_bad_spec_and_data_file_fails_cleanly_through_the_cli(tmp_path, monkeypatch, capsys, kind, case_id,
+                                                                    case, words):
+    """Every bad spec of tests/test_spec.py and every bad data file of tests/test_data.py, through
+    ``kgmm_bayes.cli.main`` in this process (they fail before any JAX work): exit 2, one error line
+    naming the problem, and an earlier output folder (``--force`` given) left byte for byte as it was."""
+    from kgmm_bayes.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    make_previous_output(tmp_path / "prev")
+    spec = tmp_path / "spec.toml"
+    if kind == "spec":
+        if case_id == "folder":
+            spec.mkdir()
+        elif isinstance(case, bytes):
+            spec.write_bytes(case)
+        elif case is not None:
+            spec.write_text(case)
+    else:
+        _, filename = case(tmp_path)
+        variable = '\nvariable = "nope"' if case_id == "nc-missing-variable" else ""
+        spec.write_text(f'[data]\npath = "{filename}"{variable}\n')
+    before = snapshot(tmp_path / "prev")
+    entries_before = set(os.listdir(tmp_path))
+    capsys.readouterr()
+
+    status = main(["run", "spec.toml", "--out", "prev", "--force", "--quiet"])
+
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kgmm-bayes: error:"), err
+    for word in words:
+        assert word.lower() in lines[0].lower(), (word, lines[0])
+    assert snapshot(tmp_path / "prev") == before
+    assert set(os.listdir(tmp_path)) == entries_before
