@@ -8,20 +8,30 @@ the posterior group as ``probe_log_density``, ``probe_score`` and
 ``sorted_weights`` beside the sampled sites and ``weights``, ``means`` and
 ``cov_chol`` (the Cholesky factor of each component covariance), all in
 z-scored coordinates; the z-score transform is stored in ``constant_data``.
+
+The other groups: ``sample_stats`` (divergences, leapfrog steps, tree depth,
+acceptance, energy, log posterior), ``observed_data`` (the weighted points the
+likelihood saw: cells of the coreset, or snapshots) and ``log_likelihood``
+(``cells``: each weighted point's log-likelihood term ``c_m log p(x_m | theta)``
+per draw, the cell-moment form for a coreset, so that the terms sum to the
+model's log-likelihood; float32), which PSIS-LOO (``az.loo``) reads.
 """
 from __future__ import annotations
 
 import warnings
 
 import arviz as az
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .data import ZScore
+from .mixture import component_coefficients, expected_quadratic_features, quadratic_features
 from .sampler import PosteriorSamples
 from .score import score_draws
 
 __all__ = ["probe_points", "to_inference_data", "convergence_summary", "probe_summary",
-           "zscore_from_idata", "posterior_from_idata"]
+           "zscore_from_idata", "posterior_from_idata", "pointwise_log_likelihood", "plot_diagnostics"]
 
 PROBE_VARS = ["probe_log_density", "probe_score", "sorted_weights"]
 
@@ -36,8 +46,29 @@ def probe_points(points, counts, num: int = 8) -> np.ndarray:
     return points[order[np.searchsorted(cum, targets)]]
 
 
+@jax.jit
+def _cell_terms(features, counts, weights, means, cov_chol):
+    def one(w, m, c):
+        return counts * jax.nn.logsumexp(features @ component_coefficients(w, m, c), axis=-1)
+    return jax.lax.map(lambda draw: one(*draw), (weights, means, cov_chol), batch_size=64)
+
+
+def pointwise_log_likelihood(posterior: PosteriorSamples, points, counts, point_covariances=None) -> np.ndarray:
+    """``c_m log p(x_m | theta_s)`` ``(chains, draws, M)``: the likelihood's terms, per draw.
+
+    With ``point_covariances`` the points are coreset cells and the term is the
+    cell-moment form the sampler uses; the terms of one draw sum to its log-likelihood.
+    """
+    features = (quadratic_features(jnp.asarray(points)) if point_covariances is None
+                else expected_quadratic_features(points, point_covariances))
+    w, m, L = posterior.flat()
+    terms = _cell_terms(features, jnp.asarray(counts, features.dtype), jnp.asarray(w), jnp.asarray(m),
+                        jnp.asarray(L))
+    return np.asarray(terms).reshape(posterior.weights.shape[:2] + (-1,))
+
+
 def to_inference_data(posterior: PosteriorSamples, zscore: ZScore, points, counts,
-                      probes=None) -> az.InferenceData:
+                      probes=None, point_covariances=None, log_likelihood: bool = True) -> az.InferenceData:
     """arviz InferenceData of a mixture posterior (see module docstring)."""
     if probes is None:
         probes = probe_points(points, counts)
@@ -64,14 +95,19 @@ def to_inference_data(posterior: PosteriorSamples, zscore: ZScore, points, count
         "tree_depth": stats["tree_depth"], "acceptance_rate": stats["accept_prob"],
         "energy": stats["energy"], "lp": -stats["potential_energy"],
     }
+    extra = {}
+    if log_likelihood:
+        extra["log_likelihood"] = {"cells": pointwise_log_likelihood(posterior, points, counts,
+                                                                     point_covariances).astype(np.float32)}
+        extra["observed_data"] = {"cells": np.asarray(points)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         idata = az.from_dict(
-            posterior=data, sample_stats=sample_stats,
+            posterior=data, sample_stats=sample_stats, **extra,
             constant_data={"zscore_mean": np.asarray(zscore.mean), "zscore_std": np.asarray(zscore.std),
                            "probe_points": np.asarray(probes), "points": np.asarray(points),
                            "counts": np.asarray(counts)},
-            dims={**dims, "zscore_mean": ["dim"], "zscore_std": ["dim"],
+            dims={**dims, "zscore_mean": ["dim"], "zscore_std": ["dim"], "cells": ["point"],
                   "probe_points": ["probe", "dim"], "points": ["point", "dim"], "counts": ["point"]},
             attrs={"coordinates": "z-scored: x_z = (x - zscore_mean) / zscore_std",
                    "library": "kgmm_bayes"},
@@ -97,7 +133,13 @@ def convergence_summary(idata: az.InferenceData) -> dict:
             out["max_r_hat"] = float(max(float(rhat[v].max()) for v in PROBE_VARS))
         else:
             out["max_r_hat"] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bfmi = np.atleast_1d(az.bfmi(idata))
+    out["bfmi_per_chain"] = [float(v) for v in bfmi]
     warn = []
+    if np.min(bfmi) < 0.3:
+        warn.append(f"energy BFMI {np.min(bfmi):.2f} < 0.3: momentum resampling explores the energy poorly")
     if out["divergences"] > 0:
         warn.append(f"{out['divergences']} divergent transitions")
     if chains > 1 and out["max_r_hat"] > 1.01:
@@ -126,3 +168,33 @@ def posterior_from_idata(idata: az.InferenceData):
         arr = np.asarray(idata.posterior[name].values)
         return arr.reshape((-1,) + arr.shape[2:])
     return flat("weights"), flat("means"), flat("cov_chol")
+
+
+def plot_diagnostics(folder: str, idata: az.InferenceData, max_probes: int = 4) -> list[str]:
+    """Trace and rank plots of label-invariant probes, and the energy plot (with BFMI); PNG files
+    ``trace.png``, ``rank.png``, ``energy.png`` in ``folder``; returns their paths."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = {"probe": list(range(min(max_probes, idata.posterior.sizes["probe"])))}
+    paths = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, plot in (("trace", az.plot_trace), ("rank", az.plot_rank)):
+            axes = plot(idata, var_names=["probe_log_density"], coords=sel, compact=False) if name == "trace" \
+                else plot(idata, var_names=["probe_log_density"], coords=sel)
+            fig = np.asarray(axes).ravel()[0].figure
+            fig.suptitle(f"{name}: log density at probe points (label-invariant)")
+            paths.append(os.path.join(folder, f"{name}.png"))
+            fig.savefig(paths[-1], dpi=90)
+            plt.close(fig)
+        ax = az.plot_energy(idata)
+        fig = np.asarray(ax).ravel()[0].figure
+        paths.append(os.path.join(folder, "energy.png"))
+        fig.savefig(paths[-1], dpi=90)
+        plt.close(fig)
+    return paths
