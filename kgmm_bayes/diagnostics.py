@@ -189,6 +189,7 @@ def plot_diagnostics(folder: str, idata: az.InferenceData, max_probes: int = 4) 
                 else plot(idata, var_names=["probe_log_density"], coords=sel)
             fig = np.asarray(axes).ravel()[0].figure
             fig.suptitle(f"{name}: log density at probe points (label-invariant)")
+            fig.tight_layout(rect=(0, 0, 1, 0.94))
             paths.append(os.path.join(folder, f"{name}.png"))
             fig.savefig(paths[-1], dpi=90)
             plt.close(fig)
