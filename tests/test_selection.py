@@ -1,0 +1,45 @@
+"""Choosing K by PSIS-LOO: three well-separated clusters make K = 3 beat K = 1 by many standard errors."""
+import jax
+import numpy as np
+import pytest
+
+import kgmm_bayes  # noqa: F401
+from kgmm_bayes.data import ZScore
+from kgmm_bayes.diagnostics import to_inference_data
+from kgmm_bayes.partition import fit_partition
+from kgmm_bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
+from kgmm_bayes.selection import select_components
+
+
+def _posterior(z, zs, k):
+    part = fit_partition(jax.random.key(0), z, num_cells=150, num_components=k)
+    prior = build_prior(part, dirichlet_alpha=5.0, mean_scale=0.25, scale_prior=1.0, lkj_eta=2.0)
+    post = run_nuts(jax.random.key(k), part.points, part.counts, prior, initial_values(part),
+                    SamplerConfig(chains=2, warmup=100, draws=100, map_starts=2, map_steps=300),
+                    point_covariances=part.cell_covariances)
+    return part, to_inference_data(post, zs, part.points, part.counts, point_covariances=part.cell_covariances)
+
+
+def test_loo_prefers_the_true_number_of_components():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-4.0, 0.5, 1000), rng.normal(0.0, 0.5, 1000), rng.normal(4.0, 0.5, 1000)])[:, None]
+    zs = ZScore.fit(x)
+    z = zs.forward(x)
+    candidates = {}
+    for k in (1, 3):
+        part, candidates[k] = _posterior(z, zs, k)
+    selection = select_components(candidates)
+    assert selection.best == 3
+    # a single Gaussian cannot fit three separated clusters: the gap is many standard errors wide
+    gap = selection.elpd_loo[3] - selection.elpd_loo[1]
+    assert gap > 5 * float(selection.table.loc["K=1", "dse"])
+    assert list(selection.table.index) == ["K=3", "K=1"]
+    assert set(selection.high_pareto_k) == {1, 3}
+    assert all(0 <= v <= len(part.points) for v in selection.high_pareto_k.values())
+    assert selection.to_json()["best"] == 3
+
+    # a posterior stored without log-likelihood terms is refused, naming the candidate
+    candidates[1] = candidates[1].copy()
+    del candidates[1].log_likelihood
+    with pytest.raises(ValueError, match="K=1"):
+        select_components(candidates)
