@@ -175,12 +175,9 @@ def test_every_bad_spec_and_data_file_fails_cleanly_through_the_cli(tmp_path, mo
     make_previous_output(tmp_path / "prev")
     spec = tmp_path / "spec.toml"
     if kind == "spec":
-        if case_id == "folder":
-            spec.mkdir()
-        elif isinstance(case, bytes):
-            spec.write_bytes(case)
-        elif case is not None:
-            spec.write_text(case)
+        from test_spec import write_bad_spec
+
+        write_bad_spec(spec, case_id, case)
     else:
         _, filename = case(tmp_path)
         variable = '\nvariable = "nope"' if case_id == "nc-missing-variable" else ""

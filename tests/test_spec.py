@@ -165,15 +165,20 @@ BAD_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("case_id, text, expected", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
-def test_bad_spec_raises_one_line_spec_error(tmp_path, case_id, text, expected):
-    path = tmp_path / "spec.toml"
+def write_bad_spec(path, case_id, text):
+    """Put a BAD_SPECS case at ``path``: a folder, raw bytes, text, or nothing (missing)."""
     if case_id == "folder":
         path.mkdir()
     elif isinstance(text, bytes):
         path.write_bytes(text)
     elif text is not None:
         path.write_text(text)
+
+
+@pytest.mark.parametrize("case_id, text, expected", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
+def test_bad_spec_raises_one_line_spec_error(tmp_path, case_id, text, expected):
+    path = tmp_path / "spec.toml"
+    write_bad_spec(path, case_id, text)
     with pytest.raises(SpecError) as info:
         load_spec(path)
     assert isinstance(info.value, InputError)
