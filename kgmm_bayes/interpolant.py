@@ -27,7 +27,8 @@ from flax import nnx
 from .outputs import atomic_write_bytes
 from .progress import bar, tick
 
-__all__ = ["MLP", "Interpolant", "fit_interpolant", "save_interpolant", "load_interpolant"]
+__all__ = ["MLP", "Interpolant", "fit_interpolant", "fit_interpolant_ensemble", "save_interpolant",
+           "load_interpolant"]
 
 
 class MLP(nnx.Module):
@@ -72,8 +73,8 @@ def _init(key, sizes):
     return nnx.split(MLP(sizes, rngs=nnx.Rngs(seed)))
 
 
-@partial(jax.jit, static_argnums=(0, 5, 6, 7))
-def _train(graphdef, params, x, y, weights, steps, learning_rate, progress):
+def _train_loop(graphdef, params, x, y, weights, steps, learning_rate, progress):
+    """The traced training loop of one MLP (jitted by :func:`_train`, vmapped by the ensemble)."""
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
     weights = weights / jnp.sum(weights)
 
@@ -93,6 +94,13 @@ def _train(graphdef, params, x, y, weights, steps, learning_rate, progress):
     return params, losses
 
 
+_train = partial(jax.jit, static_argnums=(0, 5, 6, 7))(_train_loop)
+# S MLPs in one optax loop: parameters, targets and weights batched, points shared
+_train_ensemble = partial(jax.jit, static_argnums=(0, 5, 6))(
+    lambda graphdef, params, x, y, weights, steps, learning_rate: jax.vmap(
+        lambda p, t, w: _train_loop(graphdef, p, x, t, w, steps, learning_rate, False))(params, y, weights))
+
+
 def fit_interpolant(key, points, targets, weights, hidden=(128, 64), steps: int = 3000,
                     learning_rate: float = 3e-3, progress: bool = False) -> Interpolant:
     """Fit the MLP to ``targets`` ``(M, d)`` at ``points`` ``(M, d)`` with ``weights`` ``(M,)``."""
@@ -106,6 +114,34 @@ def fit_interpolant(key, points, targets, weights, hidden=(128, 64), steps: int 
         params, losses = _train(graphdef, params, points, targets, weights, int(steps), float(learning_rate),
                                 bool(progress))
     return Interpolant(graphdef=graphdef, params=params, sizes=sizes, final_loss=float(losses[-1]))
+
+
+def fit_interpolant_ensemble(keys, points, targets, weights, hidden=(128, 64), steps: int = 3000,
+                             learning_rate: float = 3e-3):
+    """Fit S MLPs together, member ``s`` to ``targets[s]`` ``(M, d)`` with ``weights[s]`` ``(M,)``.
+
+    ``keys`` ``(S,)``: member ``s`` starts from the parameters :func:`fit_interpolant`
+    draws with ``keys[s]`` and follows the same full-batch Adam steps, all members in
+    one ``lax.scan`` (``vmap`` over parameters), so it equals a separate fit with that
+    key to float tolerance.  ``weights`` may be ``(M,)``, shared by all members.
+    Returns ``(interpolant, final_losses (S,))``: one :class:`Interpolant` whose
+    ``params`` carry a leading member axis (apply it member by member with ``jax.vmap``
+    over ``interpolant.apply_fn()``).
+    """
+    points = jnp.asarray(points, dtype=jnp.float32)
+    targets = jnp.asarray(targets, dtype=jnp.float32)
+    members = targets.shape[0]
+    weights = jnp.broadcast_to(jnp.asarray(weights, dtype=jnp.float32), targets.shape[:2])
+    if len(keys) != members:
+        raise ValueError(f"fit_interpolant_ensemble: {len(keys)} keys for {members} members")
+    d = points.shape[-1]
+    sizes = (d, *[int(h) for h in hidden], targets.shape[-1])
+    inits = [_init(k, sizes) for k in keys]
+    graphdef = inits[0][0]
+    params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[p for _, p in inits])
+    params, losses = _train_ensemble(graphdef, params, points, targets, weights, int(steps), float(learning_rate))
+    final = np.asarray(losses[:, -1], dtype=np.float64)
+    return Interpolant(graphdef=graphdef, params=params, sizes=sizes, final_loss=float(np.median(final))), final
 
 
 def _flat_params(params) -> dict:

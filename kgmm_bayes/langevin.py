@@ -41,8 +41,14 @@ class LangevinResult(NamedTuple):
         return self.samples[:, self.alive].reshape(-1, self.samples.shape[-1])
 
 
-@partial(jax.jit, static_argnums=(0, 4, 5, 6, 9))
-def _run(drift_fn: Callable, key, drift_params, x0, n_snap, thin, burn_in, dt, box, progress):
+def trajectory(drift_fn: Callable, key, drift_params, x0, n_snap, thin, burn_in, dt, box, progress):
+    """The traced simulation of one model: ``(snapshots (n_snap, P, d), alive (P,), finite (P,))``.
+
+    Not jitted: :func:`simulate_langevin` jits it as is and the posterior ensemble
+    (:mod:`kgmm_bayes.ensemble`) jits its ``vmap`` over ``(key, drift_params, x0)``,
+    which batches the step inside the one ``lax.scan``, so member ``s`` of an
+    ensemble draws exactly the noise of a single run with key ``s``.
+    """
     particles, d = x0.shape
     scale = jnp.sqrt(2.0 * dt).astype(x0.dtype)
 
@@ -72,6 +78,22 @@ def _run(drift_fn: Callable, key, drift_params, x0, n_snap, thin, burn_in, dt, b
     return snaps, alive, finite
 
 
+_run = partial(jax.jit, static_argnums=(0, 4, 5, 6, 9))(trajectory)
+
+
+def check_settings(dt, steps: int, burn_in: int, thin: int, box) -> int:
+    """Validate Langevin settings before tracing; returns the number of snapshots kept."""
+    for label, value in (("dt", dt), ("steps", steps), ("thin", thin), ("box", box)):
+        if not value > 0:
+            raise ValueError(f"langevin {label} must be positive, got {value}")
+    if burn_in < 0:
+        raise ValueError(f"langevin burn_in must be >= 0, got {burn_in}")
+    n_snap = int(steps) // int(thin)
+    if n_snap < 1:
+        raise ValueError(f"langevin steps ({steps}) must be at least thin ({thin})")
+    return n_snap
+
+
 def simulate_langevin(key, drift_fn: Callable, drift_params, x0, dt: float, steps: int,
                       burn_in: int, thin: int, box: float = 10.0, progress: bool = False) -> LangevinResult:
     """Simulate ``dx = drift_fn(drift_params, x) dt + sqrt(2) dW`` from particles ``x0`` ``(P, d)``.
@@ -82,14 +104,7 @@ def simulate_langevin(key, drift_fn: Callable, drift_params, x0, dt: float, step
     """
     import time
 
-    for label, value in (("dt", dt), ("steps", steps), ("thin", thin), ("box", box)):
-        if not value > 0:
-            raise ValueError(f"langevin {label} must be positive, got {value}")
-    if burn_in < 0:
-        raise ValueError(f"langevin burn_in must be >= 0, got {burn_in}")
-    n_snap = int(steps) // int(thin)
-    if n_snap < 1:
-        raise ValueError(f"langevin steps ({steps}) must be at least thin ({thin})")
+    n_snap = check_settings(dt, steps, burn_in, thin, box)
     x0 = jnp.asarray(x0, dtype=jnp.float32)
     start = time.perf_counter()
     with bar("simulating reduced-order model (snapshots after burn-in)", n_snap, progress):
@@ -113,3 +128,11 @@ def max_jacobian_eigenvalue(drift_fn: Callable, drift_params, points) -> float:
     x = jnp.asarray(points, dtype=jnp.float32)
     jac = jax.vmap(jax.jacfwd(lambda xi: drift_fn(drift_params, xi[None])[0]))(x)
     return float(np.max(np.abs(np.linalg.eigvals(np.asarray(jac, dtype=np.float64)))))
+
+
+def initial_particles(key, points, counts, particles: int):
+    """``particles`` starting points drawn from weighted ``points`` by count, and the key left for the noise."""
+    init_key, run_key = jax.random.split(key)
+    counts = np.asarray(counts, dtype=np.float64)
+    pick = jax.random.choice(init_key, len(points), (particles,), p=jnp.asarray(counts / counts.sum()))
+    return np.asarray(points)[np.asarray(pick)], run_key

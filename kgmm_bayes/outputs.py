@@ -20,7 +20,7 @@ import numpy as np
 
 from .data import InputError
 
-__all__ = ["OutputFolder", "atomic_write_bytes", "stage_key"]
+__all__ = ["OutputFolder", "atomic_write_bytes", "stage_key", "json_floats"]
 
 SPEC_FILE = "spec.json"
 STAGES = ".stages"
@@ -31,6 +31,13 @@ def _read_text(path: str):
         return None
     with open(path, encoding="utf-8") as fh:
         return fh.read()
+
+
+def json_floats(values):
+    """Floats for metrics.json, with NaN written as null (JSON has no NaN)."""
+    arr = np.asarray(values, dtype=np.float64)
+    out = [None if not np.isfinite(v) else float(v) for v in arr.ravel()]
+    return out[0] if arr.ndim == 0 else out
 
 
 def stage_key(*parts) -> str:

@@ -26,6 +26,38 @@ def _fmt(value):
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _ensemble_lines(ens: dict) -> list[str]:
+    """The report's section on the posterior ensemble of reduced-order models."""
+    def span(q):
+        return f"{_fmt(q['median'])} [{_fmt(q['q05'])}, {_fmt(q['q95'])}]"
+
+    def band(q, i):
+        return f"{_fmt(q['median'][i])} [{_fmt(q['lower90'][i])}, {_fmt(q['upper90'][i])}]"
+
+    re, mom = ens["relative_entropy"], ens["moments"]
+    per = re["per_marginal"]
+    d = len(per["median"])
+    lines = [
+        "",
+        "## Posterior ensemble of reduced-order models",
+        f"- {ens['members']} posterior draws, one model each (drift: {ens['drift']}), "
+        f"{ens['particles_per_member']} particles x {ens['burn_in'] + ens['steps']} steps per member, "
+        f"{_fmt(ens['particle_steps_per_second'])} particle-steps/s",
+        f"- Relative entropy, median [90% band] across members: mean over marginals {span(re['mean'])}; "
+        "per marginal " + ", ".join(span({q: v[i] for q, v in per.items()}) for i in range(d)),
+        "- Mean per coordinate, median [90% band]: " + ", ".join(band(mom["mean"], i) for i in range(d)),
+        "- Variance per coordinate, median [90% band]: " + ", ".join(band(mom["variance"], i) for i in range(d)),
+        f"- Particles that left the box, per member: max {max(ens['escaped_per_member'])}, "
+        f"total {sum(ens['escaped_per_member'])}; non-finite: total {sum(ens['non_finite_per_member'])}",
+        "- Figures: `figures/ensemble_marginals.png`, `figures/ensemble_acf.png` "
+        f"(reference ACF: {ens['reference_acf'] or 'none, the reference has no time structure'}), "
+        "`figures/relative_entropy.png`; arrays in `ensemble.npz`",
+    ]
+    if ens.get("warning"):
+        lines.append(f"- **Warning**: {ens['warning']}")
+    return lines
+
+
 def write_report(path, spec, metrics: dict) -> None:
     re = metrics["relative_entropy"]
     post = metrics["posterior"]
@@ -70,6 +102,8 @@ def write_report(path, spec, metrics: dict) -> None:
             f"predictive {_fmt(sc['relative_error_predictive'])}, interpolant {_fmt(sc['relative_error_interpolant'])}",
             f"- Coverage of the {int(sc['band'] * 100)}% band: {_fmt(sc['band_coverage'])}",
         ]
+    if "ensemble" in metrics:
+        lines += _ensemble_lines(metrics["ensemble"])
     faults = metrics.get("faults", [])
     lines += ["", f"## Numerical faults: {len(faults) if faults else 'none'}"]
     lines += [f"- {fault}" for fault in faults]
@@ -77,5 +111,6 @@ def write_report(path, spec, metrics: dict) -> None:
     lines += [f"| {k} | {v:.2f} |" for k, v in metrics["timings"].items()]
     if metrics["cached_stages"]:
         lines.append(f"\nReused from cache: {', '.join(metrics['cached_stages'])}.")
-    lines += ["", "Figures: `figures/score.png`, `figures/marginals.png`."]
+    lines += ["", "Figures: `figures/score.png`, `figures/marginals.png`; posterior diagnostics "
+              "`figures/trace.png`, `figures/rank.png`, `figures/energy.png`."]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())

@@ -24,7 +24,7 @@ else:  # pragma: no cover
 from .data import InputError
 from .systems import SYSTEMS
 
-__all__ = ["SpecError", "Spec", "load_spec", "spec_from_dict", "DEFAULT_STUDY"]
+__all__ = ["SpecError", "Spec", "load_spec", "spec_from_dict", "DEFAULT_STUDY", "EnsembleSection"]
 
 
 class SpecError(InputError):
@@ -99,6 +99,18 @@ class MetricsSection(NamedTuple):
     grid_points: int = 2048
 
 
+class EnsembleSection(NamedTuple):
+    """Posterior ensemble of reduced-order models (:mod:`kgmm_bayes.ensemble`); uses [langevin] dt and box."""
+
+    members: int = 0  # posterior draws, one model each; 0: no ensemble
+    drift: str = "mixture"  # the draw's closed-form mixture score, or "interpolant": an MLP per draw
+    particles: int = 100  # per member
+    steps: int = 20000  # after burn-in
+    burn_in: int = 2000
+    thin: int = 20  # a snapshot every thin steps: the ACF's lag spacing is dt * thin
+    max_lag: int = 50  # ACF lags in snapshots
+
+
 BASELINES = ("kgmm", "dsm", "sklearn")
 
 
@@ -122,7 +134,7 @@ SECTIONS = {
     "study": StudySection, "data": DataSection, "partition": PartitionSection,
     "mixture": MixtureSection, "sampler": SamplerSection, "score": ScoreSection,
     "interpolant": InterpolantSection, "langevin": LangevinSection, "metrics": MetricsSection,
-    "baselines": BaselinesSection,
+    "baselines": BaselinesSection, "ensemble": EnsembleSection,
 }
 
 POSITIVE_INT = {
@@ -132,9 +144,10 @@ POSITIVE_INT = {
     ("langevin", "particles"), ("langevin", "steps"), ("langevin", "thin"),
     ("metrics", "grid_points"), ("baselines", "max_passes"), ("baselines", "dsm_epochs"),
     ("baselines", "dsm_batch"), ("baselines", "dsm_checkpoints"), ("baselines", "sklearn_max_iter"),
+    ("ensemble", "particles"), ("ensemble", "steps"), ("ensemble", "thin"), ("ensemble", "max_lag"),
 }
 NON_NEGATIVE_INT = {("study", "seed"), ("data", "burn_in"), ("langevin", "burn_in"), ("sampler", "map_starts"),
-                    ("baselines", "sklearn_components")}
+                    ("baselines", "sklearn_components"), ("ensemble", "members"), ("ensemble", "burn_in")}
 POSITIVE_FLOAT = {
     ("data", "dt"), ("mixture", "dirichlet_alpha"), ("mixture", "mean_scale"),
     ("mixture", "scale_prior"), ("mixture", "lkj_eta"), ("interpolant", "learning_rate"),
@@ -157,6 +170,7 @@ class Spec(NamedTuple):
     langevin: LangevinSection
     metrics: MetricsSection
     baselines: BaselinesSection = BaselinesSection()
+    ensemble: EnsembleSection = EnsembleSection()
 
     def to_dict(self) -> dict:
         return {name: dict(getattr(self, name)._asdict()) for name in SECTIONS}
@@ -258,6 +272,15 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     if sections["partition"].cells < sections["mixture"].components:
         raise SpecError(f"[partition] cells ({sections['partition'].cells}) must be >= "
                         f"[mixture] components ({sections['mixture'].components})")
+    ensemble = sections["ensemble"]
+    if ensemble.drift not in ("interpolant", "mixture"):
+        raise SpecError(f"[ensemble] drift must be 'mixture' or 'interpolant', got {ensemble.drift!r}")
+    if ensemble.members > sections["sampler"].chains * sections["sampler"].draws:
+        raise SpecError(f"[ensemble] members ({ensemble.members}) must be <= [sampler] chains x draws "
+                        f"({sections['sampler'].chains * sections['sampler'].draws})")
+    if ensemble.max_lag >= ensemble.steps // ensemble.thin:
+        raise SpecError(f"[ensemble] max_lag ({ensemble.max_lag}) must be < steps // thin "
+                        f"({ensemble.steps // ensemble.thin} snapshots)")
     baselines = sections["baselines"]
     if baselines.dsm_checkpoints > baselines.dsm_epochs:
         raise SpecError(f"[baselines] dsm_checkpoints ({baselines.dsm_checkpoints}) must be <= "

@@ -20,18 +20,19 @@ import numpy as np
 
 from . import __version__
 from .data import InputError, ZScore, load_trajectory, split_members, validate_snapshots
-from .diagnostics import convergence_summary, probe_summary, to_inference_data
+from .diagnostics import convergence_summary, plot_diagnostics, probe_summary, to_inference_data
 from .figures import plot_marginals, plot_score
 from .interpolant import fit_interpolant, load_interpolant, save_interpolant
-from .langevin import LangevinResult, max_jacobian_eigenvalue, simulate_langevin
+from .langevin import LangevinResult, initial_particles, max_jacobian_eigenvalue, simulate_langevin
 from .metrics import band_coverage, marginal_relative_entropies, weighted_score_error
-from .outputs import OutputFolder, atomic_write_bytes, stage_key
+from .outputs import OutputFolder, atomic_write_bytes, json_floats as _json_floats, stage_key
 from .partition import Partition, fit_partition
 from .report import STIFFNESS_LIMIT, numerical_faults, write_report
 from .result import BayesianKGMM, predictive_score_fn, thin_draws
 from .sampler import PosteriorSamples, SamplerConfig, build_prior, initial_values, run_nuts
 from .score import score_draws, summarize_scores
 from .spec import Spec
+from .study_ensemble import ensemble_stage
 from .systems import get_system, simulate
 
 __all__ = ["run_study", "prepare_data", "StudyData"]
@@ -58,10 +59,8 @@ def study_keys(seed: int):
 
 
 def langevin_start(langevin_key, part: Partition, particles: int):
-    """Initial particles ``(P, d)`` drawn from the cells by count, and the key of the run's noise."""
-    init_key, run_key = jax.random.split(langevin_key)
-    pick = jax.random.choice(init_key, len(part.points), (particles,), p=jnp.asarray(part.counts / part.counts.sum()))
-    return part.points[np.asarray(pick)], run_key
+    """Initial particles drawn from the partition's cells by count, and the key of the run's noise."""
+    return initial_particles(langevin_key, part.points, part.counts, particles)
 
 
 def _log(progress, message):
@@ -100,13 +99,6 @@ def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None =
     else:
         train, reference = cached["train"], cached["reference"]
     return StudyData(train, reference, ZScore.fit(train), system.score, source=f"system {system.name}")
-
-
-def _json_floats(values):
-    """Floats for metrics.json, with NaN written as null (JSON has no NaN)."""
-    arr = np.asarray(values, dtype=np.float64)
-    out = [None if not np.isfinite(v) else float(v) for v in arr.ravel()]
-    return out[0] if arr.ndim == 0 else out
 
 
 def _check_sizes(spec: Spec, n: int) -> int:
@@ -200,7 +192,9 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
         cached_stages.append("posterior")
 
     start = time.perf_counter()
-    idata = to_inference_data(post, data.zscore, part.points, part.counts)
+    # pointwise log-likelihood terms (for az.loo) when the likelihood's observations are the cells
+    idata = to_inference_data(post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances,
+                              log_likelihood=spec.partition.coreset)
     convergence = convergence_summary(idata)
     if "map_potential_energies" in post.sample_stats:
         optima = np.sort(-np.asarray(post.sample_stats["map_potential_energies"]))[::-1]
@@ -251,6 +245,16 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
         cached_stages.append("langevin")
     timings["langevin"] = rom.wall_time if "langevin" in cached_stages else time.perf_counter() - start
 
+    if spec.ensemble.members > 0:
+        start = time.perf_counter()
+        es = spec.ensemble
+        _log(progress, f"ensemble: {es.members} posterior members x {es.particles} particles x "
+                       f"{es.burn_in + es.steps} steps (drift: {es.drift})")
+        floor_mean = float(marginal_relative_entropies(data.reference, data.train, spec.metrics.grid_points).mean())
+        ensemble_metrics = ensemble_stage(spec, out, jax.random.fold_in(langevin_key, 1), post, part, data,
+                                           user_data, post_key, floor_mean, progress)
+        timings["ensemble"] = time.perf_counter() - start
+
     start = time.perf_counter()
     _log(progress, "metrics, figures, report")
     kept = rom.kept_samples()
@@ -277,6 +281,10 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
                      "particle_steps_per_second": float(lg.particles * (lg.steps + lg.burn_in) / max(rom.wall_time, 1e-9))},
         "cached_stages": cached_stages,
     }
+    if spec.ensemble.members > 0:
+        metrics["ensemble"] = ensemble_metrics
+        if ensemble_metrics["cached"]:
+            cached_stages.append("ensemble")
     true_at_points = None
     if data.analytic_score is not None:
         true_at_points = data.zscore.score_to_zscored(
@@ -310,6 +318,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
                None if true_at_points is None else true_at_points / std, spec.score.band)
     if len(kept) >= 2:
         plot_marginals(out.path("figures", "marginals.png"), data.reference, rom_phys, rel_ent)
+    plot_diagnostics(out.path("figures"), idata)
     timings["metrics"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - total_start
     metrics["timings"] = timings

@@ -11,6 +11,7 @@ CASES = {
     "bench_sampler.py": ["--case", "four_well", "--snapshots", "400", "--components", "2", "--iterations", "40",
                          "--baseline-iterations", "40"],
     "bench_coreset.py": ["--members", "4", "--cells", "100", "--iterations", "40"],
+    "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],
 }
 
 

@@ -67,7 +67,8 @@ def test_outputs_are_complete_and_loadable(small_run):
     folder, proc = small_run
     out = folder / "out"
     for name in ("metrics.json", "posterior.nc", "interpolant.npz", "rom_samples.npy", "report.md", "diagnostics.csv",
-                 "figures/score.png", "figures/marginals.png"):
+                 "figures/score.png", "figures/marginals.png", "figures/trace.png", "figures/rank.png",
+                 "figures/energy.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["timings"]["posterior"] > 0
@@ -84,6 +85,11 @@ def test_outputs_are_complete_and_loadable(small_run):
     np.testing.assert_allclose(post["weights"].sum("component"), 1.0, rtol=1e-12)
     assert "zscore_mean" in idata.constant_data and "zscore_std" in idata.constant_data
     assert bool(idata.sample_stats["diverging"].dtype == bool)
+    for name in ("energy", "tree_depth", "n_steps", "lp"):
+        assert idata.sample_stats[name].shape == (2, 200)
+    assert idata.log_likelihood["cells"].shape == (2, 200, metrics["partition"]["cells"])
+    assert idata.observed_data["cells"].shape == (metrics["partition"]["cells"], 1)
+    assert len(metrics["posterior"]["bfmi_per_chain"]) == 2
     rom = np.load(out / "rom_samples.npy", allow_pickle=False)
     # physical units: the reduced-order model lives on the data's scale, not the z-scored one
     train_std = idata.constant_data["zscore_std"].values[0]
