@@ -10,10 +10,13 @@ STIFFNESS_LIMIT = 1.0  # dt x max |eigenvalue of the drift Jacobian| above which
 
 def numerical_faults(metrics: dict) -> list[str]:
     """One line per numerical fault of a study: divergences, r_hat > 1.01 (posterior warnings),
-    Langevin particles that escaped or became non-finite, an Euler-Maruyama step near instability."""
+    Langevin particles (of the model or of its posterior ensemble) that escaped or became non-finite,
+    an Euler-Maruyama step near instability."""
     faults = list(metrics["posterior"]["warnings"])
     if metrics["langevin"].get("warning"):
         faults.append(metrics["langevin"]["warning"])
+    if metrics.get("ensemble", {}).get("warning"):
+        faults.append(metrics["ensemble"]["warning"])
     stiffness = metrics["langevin"].get("dt_times_max_jacobian_eigenvalue")
     if stiffness is not None and stiffness > STIFFNESS_LIMIT:
         faults.append(f"langevin: dt x max |drift Jacobian eigenvalue| = {stiffness:.2f} > {STIFFNESS_LIMIT:g}")
