@@ -105,6 +105,13 @@ def write_report(path, spec, metrics: dict) -> None:
             f"predictive {_fmt(sc['relative_error_predictive'])}, interpolant {_fmt(sc['relative_error_interpolant'])}",
             f"- Coverage of the {int(sc['band'] * 100)}% band: {_fmt(sc['band_coverage'])}",
         ]
+    if "model_selection" in metrics:
+        sel = metrics["model_selection"]
+        lines += ["", "## Number of components (PSIS-LOO over cells)",
+                  "- " + ", ".join(f"K={k}: elpd_loo {_fmt(v)} (se {_fmt(sel['se'][k])}, "
+                                   f"Pareto k > 0.7 at {sel['high_pareto_k'][k]} cells)"
+                                   for k, v in sel["elpd_loo"].items()) + f"; chosen K = {sel['best']}"]
+        lines += [f"- **Warning**: {note}" for note in sel["warnings"]]
     if "ensemble" in metrics:
         lines += _ensemble_lines(metrics["ensemble"])
     faults = metrics.get("faults", [])

@@ -56,6 +56,7 @@ class PartitionSection(NamedTuple):
 
 class MixtureSection(NamedTuple):
     components: int = 10
+    select_components: tuple = ()  # candidate K: the study fits each and keeps the best by PSIS-LOO
     dirichlet_alpha: float = 5.0  # pseudo-counts: keeps components from dying (funnels, extra modes)
     mean_scale: float = 0.25  # prior sd of each mean, in units of its cluster spread
     scale_prior: float = 1.0  # HalfCauchy scale of component standard deviations
@@ -189,6 +190,11 @@ def _check_value(section: str, key: str, value, default):
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
             raise SpecError(f"{where} must be a non-empty list of positive integers, got {value!r}")
         return tuple(value)
+    if (section, key) == ("mixture", "select_components"):
+        if (not isinstance(value, (list, tuple)) or len(set(value)) != len(value)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            raise SpecError(f"{where} must be a list of distinct positive integers, got {value!r}")
+        return tuple(value)
     if (section, key) == ("baselines", "which"):
         if (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)
                 or not set(value) <= set(BASELINES) or len(set(value)) != len(value)):
@@ -269,6 +275,12 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
         raise SpecError(f"[data] heldout_fraction must be in [0, 1), got {data.heldout_fraction}")
     if sections["langevin"].drift not in ("interpolant", "mixture"):
         raise SpecError(f"[langevin] drift must be 'interpolant' or 'mixture', got {sections['langevin'].drift!r}")
+    if sections["mixture"].select_components and not sections["partition"].coreset:
+        raise SpecError("[mixture] select_components needs [partition] coreset = true (PSIS-LOO over cells)")
+    too_many = [k for k in sections["mixture"].select_components if k > sections["partition"].cells]
+    if too_many:
+        raise SpecError(f"[mixture] select_components {too_many} exceed [partition] cells "
+                        f"({sections['partition'].cells})")
     if sections["partition"].cells < sections["mixture"].components:
         raise SpecError(f"[partition] cells ({sections['partition'].cells}) must be >= "
                         f"[mixture] components ({sections['mixture'].components})")

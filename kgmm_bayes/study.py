@@ -31,6 +31,7 @@ from .report import STIFFNESS_LIMIT, numerical_faults, write_report
 from .result import BayesianKGMM, predictive_score_fn, thin_draws
 from .sampler import PosteriorSamples, SamplerConfig, build_prior, initial_values, run_nuts
 from .score import score_draws, summarize_scores
+from .selection import select_components
 from .spec import Spec
 from .study_ensemble import ensemble_stage
 from .systems import get_system, simulate
@@ -103,7 +104,7 @@ def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None =
 
 def _check_sizes(spec: Spec, n: int) -> int:
     """Cells actually used; raises if the data cannot support the spec."""
-    k = spec.mixture.components
+    k = max((spec.mixture.components,) + tuple(spec.mixture.select_components))
     if n < k:
         raise InputError(f"data has {n} snapshots, fewer than [mixture] components = {k}")
     cells = min(spec.partition.cells, n // 2)
@@ -146,6 +147,26 @@ def _posterior_stage(spec, out, key, part, z, upstream, progress):
     return post, skey, False
 
 
+def _select_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells, upstream, progress):
+    """Fit a posterior for each ``[mixture] select_components`` K (cached stages), keep the best by
+    PSIS-LOO; returns the spec with ``components`` set to it, the selection, and whether the best
+    posterior came from the cache.  The fine cells do not depend on K, so the candidates' LOO terms
+    are over the same cells."""
+    candidates, cached = {}, {}
+    for k in spec.mixture.select_components:
+        spec_k = spec._replace(mixture=spec.mixture._replace(components=k, select_components=()))
+        _log(progress, f"model selection: K = {k}")
+        part_k, part_key = _partition_stage(spec_k, out, partition_key, z, cells, upstream)
+        post_k, _, cached[k] = _posterior_stage(spec_k, out, mcmc_key, part_k, z, part_key, progress)
+        candidates[k] = to_inference_data(post_k, zscore, part_k.points, part_k.counts,
+                                          point_covariances=part_k.cell_covariances)
+    selection = select_components(candidates)
+    if selection.table is not None:
+        atomic_write_bytes(out.path("model_selection.csv"), selection.table.to_csv().encode())
+    best = spec._replace(mixture=spec.mixture._replace(components=selection.best, select_components=()))
+    return best, selection, cached[selection.best]
+
+
 def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, progress: bool = False,
               force: bool = False, data=None) -> BayesianKGMM:
     """Run a study end to end and write its output folder; returns the fitted result.
@@ -178,6 +199,13 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     upstream = stage_key(spec.section_json("data"), seed, __version__, STAGE_SCHEMA, data_hash)
     timings["data"] = time.perf_counter() - start
 
+    selection = None
+    if spec.mixture.select_components:
+        start = time.perf_counter()
+        spec, selection, best_cached = _select_components(spec, out, partition_key, mcmc_key, z, data.zscore, cells,
+                                                          upstream, progress)
+        timings["model_selection"] = time.perf_counter() - start
+
     start = time.perf_counter()
     _log(progress, f"partition: {len(z)} snapshots -> {cells} cells, {spec.mixture.components} components")
     part, part_key = _partition_stage(spec, out, partition_key, z, cells, upstream)
@@ -188,6 +216,9 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     start = time.perf_counter()
     post, post_key, was_cached = _posterior_stage(spec, out, mcmc_key, part, z, part_key, progress)
     timings["posterior"] = post.wall_time if was_cached else time.perf_counter() - start
+    if selection is not None:  # computed (or read back) while choosing K
+        was_cached = best_cached
+        timings["posterior"] = post.wall_time
     if was_cached:
         cached_stages.append("posterior")
 
@@ -281,6 +312,8 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
                      "particle_steps_per_second": float(lg.particles * (lg.steps + lg.burn_in) / max(rom.wall_time, 1e-9))},
         "cached_stages": cached_stages,
     }
+    if selection is not None:
+        metrics["model_selection"] = selection.to_json()
     if spec.ensemble.members > 0:
         metrics["ensemble"] = ensemble_metrics
         if ensemble_metrics["cached"]:

@@ -43,3 +43,27 @@ def test_loo_prefers_the_true_number_of_components():
     del candidates[1].log_likelihood
     with pytest.raises(ValueError, match="K=1"):
         select_components(candidates)
+
+
+def test_study_picks_k_by_loo_and_continues_with_it(tmp_path):
+    """``[mixture] select_components``: the study fits each candidate, keeps the best, and builds the
+    reduced-order model with it; the comparison is written and reported."""
+    import json
+
+    import kgmm_bayes
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(-4.0, 0.5, 1500), rng.normal(0.0, 0.5, 1500), rng.normal(4.0, 0.5, 1500)])
+    x = rng.permutation(x).reshape(6, -1, 1)  # 6 members: the last one is held out as the reference
+    settings = {"partition": {"cells": 120}, "mixture": {"components": 2, "select_components": [1, 3]},
+                "sampler": {"chains": 2, "warmup": 100, "draws": 100, "map_starts": 2, "map_steps": 300},
+                "score": {"max_draws": 100}, "interpolant": {"hidden": [16], "steps": 200},
+                "langevin": {"particles": 50, "steps": 1000, "burn_in": 100, "thin": 100}}
+    result = kgmm_bayes.fit(x, settings=settings, out_dir=str(tmp_path / "run"))
+    sel = result.metrics["model_selection"]
+    assert sel["best"] == 3 and set(sel["elpd_loo"]) == {"1", "3"}
+    assert result.inference_data.posterior.sizes["component"] == 3
+    assert result.metrics["partition"]["components"] == 3
+    assert (tmp_path / "run" / "model_selection.csv").is_file()
+    assert "chosen K = 3" in (tmp_path / "run" / "report.md").read_text()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["model_selection"]["best"] == 3
