@@ -311,11 +311,12 @@ def _markdown(rows, dsm_reach, payload) -> str:
 
 
 def _plot(path, rows, dsm_reach):
-    from .figures import plt  # Agg backend, set by kgmm_bayes.figures
+    from matplotlib.figure import Figure  # drawn without pyplot: no backend is switched
 
     stages = _stages(rows)
     names = [r.estimator for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
     ax = axes[0]
     left = np.zeros(len(rows))
     for j, s in enumerate(stages):
@@ -356,5 +357,4 @@ def _plot(path, rows, dsm_reach):
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 

@@ -172,30 +172,28 @@ def posterior_from_idata(idata: az.InferenceData):
 
 def plot_diagnostics(folder: str, idata: az.InferenceData, max_probes: int = 4) -> list[str]:
     """Trace and rank plots of label-invariant probes, and the energy plot (with BFMI); PNG files
-    ``trace.png``, ``rank.png``, ``energy.png`` in ``folder``; returns their paths."""
+    ``trace.png``, ``rank.png``, ``energy.png`` in ``folder``; returns their paths.  Drawn on
+    matplotlib ``Figure`` objects, without pyplot, so no plotting backend is switched."""
     import os
 
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sel = {"probe": list(range(min(max_probes, idata.posterior.sizes["probe"])))}
-    paths = []
+    n = min(max_probes, idata.posterior.sizes["probe"])
+    sel = {"probe": list(range(n))}
+    title = "log density at probe points (label-invariant)"
+    trace = Figure(figsize=(10, 2.1 * n))
+    rank = Figure(figsize=(3.6 * n, 3.2))
+    energy = Figure(figsize=(5.5, 3.8))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, plot in (("trace", az.plot_trace), ("rank", az.plot_rank)):
-            axes = plot(idata, var_names=["probe_log_density"], coords=sel, compact=False) if name == "trace" \
-                else plot(idata, var_names=["probe_log_density"], coords=sel)
-            fig = np.asarray(axes).ravel()[0].figure
-            fig.suptitle(f"{name}: log density at probe points (label-invariant)")
-            fig.tight_layout(rect=(0, 0, 1, 0.94))
-            paths.append(os.path.join(folder, f"{name}.png"))
-            fig.savefig(paths[-1], dpi=90)
-            plt.close(fig)
-        ax = az.plot_energy(idata)
-        fig = np.asarray(ax).ravel()[0].figure
-        paths.append(os.path.join(folder, "energy.png"))
+        az.plot_trace(idata, var_names=["probe_log_density"], coords=sel, compact=False, axes=trace.subplots(n, 2))
+        az.plot_rank(idata, var_names=["probe_log_density"], coords=sel, ax=np.atleast_1d(rank.subplots(1, n)))
+        az.plot_energy(idata, ax=energy.subplots())
+    paths = []
+    for name, fig in (("trace", trace), ("rank", rank), ("energy", energy)):
+        if name != "energy":
+            fig.suptitle(f"{name}: {title}")
+        fig.tight_layout(rect=(0, 0, 1, 0.94))
+        paths.append(os.path.join(folder, f"{name}.png"))
         fig.savefig(paths[-1], dpi=90)
-        plt.close(fig)
     return paths

@@ -1,13 +1,10 @@
-"""Figures of a study (PNG, matplotlib's Agg backend), in physical units."""
+"""Figures of a study (PNG, drawn on matplotlib Figure objects without pyplot), in physical units."""
 from __future__ import annotations
 
-import matplotlib
+from matplotlib.figure import Figure  # figures drawn without pyplot: no backend is switched
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .metrics import gaussian_kde_1d  # noqa: E402
+from .metrics import gaussian_kde_1d
 
 __all__ = ["plot_score", "plot_marginals", "plot_ensemble_marginals", "plot_ensemble_acf",
            "plot_relative_entropy"]
@@ -21,7 +18,8 @@ def plot_score(path, points, summary, counts, interpolant_score=None, true_score
     coordinates).
     """
     d = points.shape[1]
-    fig, axes = plt.subplots(1, d, figsize=(5.2 * d, 4), squeeze=False)
+    fig = Figure(figsize=(5.2 * d, 4))
+    axes = fig.subplots(1, d, squeeze=False)
     for i, ax in enumerate(axes[0]):
         if d == 1:
             order = np.argsort(points[:, 0])
@@ -50,13 +48,13 @@ def plot_score(path, points, summary, counts, interpolant_score=None, true_score
             ax.set_ylabel(f"posterior-mean score {i}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_marginals(path, reference, model, relative_entropies, grid_points=512):
     """Marginal PDFs of the reduced-order model against the reference, per coordinate."""
     d = reference.shape[1]
-    fig, axes = plt.subplots(1, d, figsize=(4.5 * d, 3.6), squeeze=False)
+    fig = Figure(figsize=(4.5 * d, 3.6))
+    axes = fig.subplots(1, d, squeeze=False)
     for i, ax in enumerate(axes[0]):
         lo = min(reference[:, i].min(), model[:, i].min())
         hi = max(reference[:, i].max(), model[:, i].max())
@@ -69,7 +67,6 @@ def plot_marginals(path, reference, model, relative_entropies, grid_points=512):
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _band_fill(ax, x, band, color, label):
@@ -82,7 +79,8 @@ def _band_fill(ax, x, band, color, label):
 def plot_ensemble_marginals(path, grid, pdf_band, reference_pdf, entropy_median=None):
     """Posterior-ensemble marginal PDFs (median, 50%/90% bands, ``(d, G)`` each) against the reference."""
     d = grid.shape[0]
-    fig, axes = plt.subplots(1, d, figsize=(4.5 * d, 3.6), squeeze=False)
+    fig = Figure(figsize=(4.5 * d, 3.6))
+    axes = fig.subplots(1, d, squeeze=False)
     for i, ax in enumerate(axes[0]):
         _band_fill(ax, grid[i], type(pdf_band)(*(b[i] for b in pdf_band)), "C1", "ensemble median")
         if reference_pdf is not None:
@@ -94,7 +92,6 @@ def plot_ensemble_marginals(path, grid, pdf_band, reference_pdf, entropy_median=
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_ensemble_acf(path, lags, acf_band, reference_lags=None, reference_acf=None, reference_label="reference"):
@@ -103,7 +100,8 @@ def plot_ensemble_acf(path, lags, acf_band, reference_lags=None, reference_acf=N
     Both are drawn against lag in their own time units (the model's is Langevin time).
     """
     d = acf_band.median.shape[-1]
-    fig, axes = plt.subplots(1, d, figsize=(4.5 * d, 3.4), squeeze=False)
+    fig = Figure(figsize=(4.5 * d, 3.4))
+    axes = fig.subplots(1, d, squeeze=False)
     for i, ax in enumerate(axes[0]):
         _band_fill(ax, lags, type(acf_band)(*(b[:, i] for b in acf_band)), "C0", "ensemble median")
         if reference_acf is not None:
@@ -115,7 +113,6 @@ def plot_ensemble_acf(path, lags, acf_band, reference_lags=None, reference_acf=N
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_relative_entropy(path, relative_entropy, floor=None):
@@ -124,7 +121,8 @@ def plot_relative_entropy(path, relative_entropy, floor=None):
     rel = np.asarray(relative_entropy, dtype=np.float64)
     columns = [rel[:, i] for i in range(rel.shape[1])] + [rel.mean(axis=1)]
     labels = [f"x{i}" for i in range(rel.shape[1])] + ["mean"]
-    fig, ax = plt.subplots(figsize=(1.3 * len(columns) + 2.5, 3.6))
+    fig = Figure(figsize=(1.3 * len(columns) + 2.5, 3.6))
+    ax = fig.subplots()
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, rel.shape[0])
     for j, values in enumerate(columns):
         ok = np.isfinite(values) & (values > 0)
@@ -142,4 +140,3 @@ def plot_relative_entropy(path, relative_entropy, floor=None):
     ax.set_title(f"{rel.shape[0]} posterior members: median (red), 5%-95% (black)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
