@@ -10,6 +10,17 @@ __all__ = ["plot_score", "plot_marginals", "plot_ensemble_marginals", "plot_ense
            "plot_relative_entropy"]
 
 
+def _axes_row(d, width, height):
+    """A figure with one row of ``d`` axes, ``width x height`` inches each."""
+    fig = Figure(figsize=(width * d, height))
+    return fig, fig.subplots(1, d, squeeze=False)[0]
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def plot_score(path, points, summary, counts, interpolant_score=None, true_score=None, band=0.9):
     """Posterior-mean score with its band at the target points, per coordinate.
 
@@ -18,9 +29,8 @@ def plot_score(path, points, summary, counts, interpolant_score=None, true_score
     coordinates).
     """
     d = points.shape[1]
-    fig = Figure(figsize=(5.2 * d, 4))
-    axes = fig.subplots(1, d, squeeze=False)
-    for i, ax in enumerate(axes[0]):
+    fig, axes = _axes_row(d, 5.2, 4)
+    for i, ax in enumerate(axes):
         if d == 1:
             order = np.argsort(points[:, 0])
             x = points[order, 0]
@@ -46,16 +56,14 @@ def plot_score(path, points, summary, counts, interpolant_score=None, true_score
             else:
                 ax.set_xlabel(f"x{i}")
             ax.set_ylabel(f"posterior-mean score {i}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
 
 
 def plot_marginals(path, reference, model, relative_entropies, grid_points=512):
     """Marginal PDFs of the reduced-order model against the reference, per coordinate."""
     d = reference.shape[1]
-    fig = Figure(figsize=(4.5 * d, 3.6))
-    axes = fig.subplots(1, d, squeeze=False)
-    for i, ax in enumerate(axes[0]):
+    fig, axes = _axes_row(d, 4.5, 3.6)
+    for i, ax in enumerate(axes):
         lo = min(reference[:, i].min(), model[:, i].min())
         hi = max(reference[:, i].max(), model[:, i].max())
         grid = np.linspace(lo, hi, grid_points)
@@ -65,8 +73,7 @@ def plot_marginals(path, reference, model, relative_entropies, grid_points=512):
         ax.set_xlabel(f"x{i}")
         ax.set_ylabel("pdf")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
 
 
 def _band_fill(ax, x, band, color, label):
@@ -79,9 +86,8 @@ def _band_fill(ax, x, band, color, label):
 def plot_ensemble_marginals(path, grid, pdf_band, reference_pdf, entropy_median=None):
     """Posterior-ensemble marginal PDFs (median, 50%/90% bands, ``(d, G)`` each) against the reference."""
     d = grid.shape[0]
-    fig = Figure(figsize=(4.5 * d, 3.6))
-    axes = fig.subplots(1, d, squeeze=False)
-    for i, ax in enumerate(axes[0]):
+    fig, axes = _axes_row(d, 4.5, 3.6)
+    for i, ax in enumerate(axes):
         _band_fill(ax, grid[i], type(pdf_band)(*(b[i] for b in pdf_band)), "C1", "ensemble median")
         if reference_pdf is not None:
             ax.plot(grid[i], reference_pdf[i], "k-", lw=1, label="reference")
@@ -90,8 +96,7 @@ def plot_ensemble_marginals(path, grid, pdf_band, reference_pdf, entropy_median=
         ax.set_xlabel(f"x{i}")
         ax.set_ylabel("pdf")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
 
 
 def plot_ensemble_acf(path, lags, acf_band, reference_lags=None, reference_acf=None, reference_label="reference"):
@@ -100,9 +105,8 @@ def plot_ensemble_acf(path, lags, acf_band, reference_lags=None, reference_acf=N
     Both are drawn against lag in their own time units (the model's is Langevin time).
     """
     d = acf_band.median.shape[-1]
-    fig = Figure(figsize=(4.5 * d, 3.4))
-    axes = fig.subplots(1, d, squeeze=False)
-    for i, ax in enumerate(axes[0]):
+    fig, axes = _axes_row(d, 4.5, 3.4)
+    for i, ax in enumerate(axes):
         _band_fill(ax, lags, type(acf_band)(*(b[:, i] for b in acf_band)), "C0", "ensemble median")
         if reference_acf is not None:
             keep = reference_lags <= lags[-1]
@@ -111,8 +115,7 @@ def plot_ensemble_acf(path, lags, acf_band, reference_lags=None, reference_acf=N
         ax.set_xlabel("lag (model: Langevin time)")
         ax.set_ylabel(f"ACF of x{i}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
 
 
 def plot_relative_entropy(path, relative_entropy, floor=None):
@@ -138,5 +141,4 @@ def plot_relative_entropy(path, relative_entropy, floor=None):
     ax.set_xticks(range(len(columns)), labels)
     ax.set_ylabel("relative entropy (reference || member)")
     ax.set_title(f"{rel.shape[0]} posterior members: median (red), 5%-95% (black)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)

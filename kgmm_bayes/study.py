@@ -149,8 +149,8 @@ def _posterior_stage(spec, out, key, part, z, upstream, progress):
 
 def _select_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells, upstream, progress):
     """Fit a posterior for each ``[mixture] select_components`` K (cached stages), keep the best by
-    PSIS-LOO; returns the spec with ``components`` set to it, the selection, and whether the best
-    posterior came from the cache.  The fine cells do not depend on K, so the candidates' LOO terms
+    PSIS-LOO; returns the spec with ``components`` set to it, the selection, whether the best
+    posterior came from the cache, and its InferenceData.  The fine cells do not depend on K, so the candidates' LOO terms
     are over the same cells."""
     candidates, cached = {}, {}
     for k in spec.mixture.select_components:
@@ -164,7 +164,7 @@ def _select_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cell
     if selection.table is not None:
         atomic_write_bytes(out.path("model_selection.csv"), selection.table.to_csv().encode())
     best = spec._replace(mixture=spec.mixture._replace(components=selection.best, select_components=()))
-    return best, selection, cached[selection.best]
+    return best, selection, cached[selection.best], candidates[selection.best]
 
 
 def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, progress: bool = False,
@@ -202,7 +202,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     selection = None
     if spec.mixture.select_components:
         start = time.perf_counter()
-        spec, selection, best_cached = _select_components(spec, out, partition_key, mcmc_key, z, data.zscore, cells,
+        spec, selection, best_cached, best_idata = _select_components(spec, out, partition_key, mcmc_key, z, data.zscore, cells,
                                                           upstream, progress)
         timings["model_selection"] = time.perf_counter() - start
 
@@ -224,8 +224,9 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
 
     start = time.perf_counter()
     # pointwise log-likelihood terms (for az.loo) when the likelihood's observations are the cells
-    idata = to_inference_data(post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances,
-                              log_likelihood=spec.partition.coreset)
+    idata = best_idata if selection is not None else to_inference_data(
+        post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances,
+        log_likelihood=spec.partition.coreset)
     convergence = convergence_summary(idata)
     if "map_potential_energies" in post.sample_stats:
         optima = np.sort(-np.asarray(post.sample_stats["map_potential_energies"]))[::-1]
@@ -276,14 +277,14 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
         cached_stages.append("langevin")
     timings["langevin"] = rom.wall_time if "langevin" in cached_stages else time.perf_counter() - start
 
+    floor = marginal_relative_entropies(data.reference, data.train, spec.metrics.grid_points)  # data vs data
     if spec.ensemble.members > 0:
         start = time.perf_counter()
         es = spec.ensemble
         _log(progress, f"ensemble: {es.members} posterior members x {es.particles} particles x "
                        f"{es.burn_in + es.steps} steps (drift: {es.drift})")
-        floor_mean = float(marginal_relative_entropies(data.reference, data.train, spec.metrics.grid_points).mean())
         ensemble_metrics = ensemble_stage(spec, out, jax.random.fold_in(langevin_key, 1), post, part, data,
-                                           user_data, post_key, floor_mean, progress)
+                                           user_data, post_key, float(floor.mean()), progress)
         timings["ensemble"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -294,7 +295,6 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
         rel_ent = marginal_relative_entropies(data.reference, rom_phys, spec.metrics.grid_points)
     else:  # reported, not hidden: the model has no stationary samples to compare
         rel_ent = np.full(z.shape[1], np.nan)
-    floor = marginal_relative_entropies(data.reference, data.train, spec.metrics.grid_points)
     interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,

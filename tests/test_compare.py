@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from test_study import run_cli  # the console script in a subprocess
 
 TINY = """
 [study]
@@ -56,11 +54,6 @@ dsm_batch = 256
 dsm_checkpoints = 2
 sklearn_max_iter = 30
 """
-
-
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "kgmm_bayes.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
