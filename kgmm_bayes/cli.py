@@ -1,4 +1,4 @@
-"""Command-line interface: ``kgmm-bayes run``, ``kgmm-bayes compare`` and ``kgmm-bayes score``.
+"""Command-line interface: ``kgmm-bayes run``, ``compare``, ``calibrate`` and ``score``.
 
 Bad input (spec, data, arguments) ends with a one-line ``kgmm-bayes: error:``
 message and exit status 2, before any JAX tracing; an existing output folder
@@ -36,6 +36,16 @@ def _build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=None, help="seed (default: the spec's [study] seed)")
     compare.add_argument("--force", action="store_true", help="replace an output folder holding another comparison")
     compare.add_argument("--quiet", action="store_true", help="no progress display")
+    calib = sub.add_parser("calibrate", help="coverage of the credible bands against data size and seed "
+                                             "(systems with an analytic score)")
+    calib.add_argument("specs", nargs="+", help="study specs (TOML) of built-in systems with an analytic score")
+    calib.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000],
+                       help="training snapshots N (default: 1000 10000 100000)")
+    calib.add_argument("--seeds", type=int, default=3, help="independent data sets per size (default: 3)")
+    calib.add_argument("--seed", type=int, default=None, help="first seed (default: the first spec's [study] seed)")
+    calib.add_argument("--out", default="kgmm-runs/calibration", help="output folder (default: kgmm-runs/calibration)")
+    calib.add_argument("--force", action="store_true", help="replace an output folder holding another calibration")
+    calib.add_argument("--quiet", action="store_true", help="no progress display")
     score = sub.add_parser("score", help="posterior score of a fitted study at points")
     score.add_argument("study_dir", help="output folder of 'kgmm-bayes run'")
     score.add_argument("points", help=".npy file of points (n, d), physical units")
@@ -77,6 +87,19 @@ def _compare(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from .calibration import calibrate
+    from .spec import load_spec
+
+    specs = [load_spec(path) for path in args.specs]
+    result = calibrate(specs, sizes=args.sizes, seeds=args.seeds, out_dir=args.out, progress=not args.quiet,
+                       force=args.force, first_seed=args.seed)
+    with open(os.path.join(result.out_dir, "calibration.md")) as fh:
+        print(fh.read(), end="")
+    print(f"outputs: {result.out_dir} (calibration.md, calibration.csv, figures/calibration.png)")
+    return 0
+
+
 def _score(args) -> int:
     import numpy as np
 
@@ -109,7 +132,7 @@ def main(argv=None) -> int:
     from .data import InputError
 
     try:
-        return {"run": _run, "score": _score, "compare": _compare}[args.command](args)
+        return {"run": _run, "score": _score, "compare": _compare, "calibrate": _calibrate}[args.command](args)
     except InputError as err:
         print(f"kgmm-bayes: error: {err}", file=sys.stderr)
         return 2

@@ -1,13 +1,16 @@
 """Figures of a study (PNG, drawn on matplotlib Figure objects without pyplot), in physical units."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from matplotlib.figure import Figure  # figures drawn without pyplot: no backend is switched
 import numpy as np
 
 from .metrics import gaussian_kde_1d
+from .score import score_draws, summarize_scores
 
-__all__ = ["plot_score", "plot_marginals", "plot_ensemble_marginals", "plot_ensemble_acf",
-           "plot_relative_entropy"]
+__all__ = ["plot_score", "plot_score_field", "score_field", "ScoreField", "plot_marginals",
+           "plot_ensemble_marginals", "plot_ensemble_acf", "plot_relative_entropy"]
 
 
 def _axes_row(d, width, height):
@@ -56,6 +59,124 @@ def plot_score(path, points, summary, counts, interpolant_score=None, true_score
             else:
                 ax.set_xlabel(f"x{i}")
             ax.set_ylabel(f"posterior-mean score {i}")
+    _save(fig, path)
+
+
+class ScoreField(NamedTuple):
+    """Posterior score of a 2-D model on a regular grid, physical units.
+
+    Arrays over the grid are ``(ny, nx, ...)``: entry ``[j, i]`` is at ``(x[i], y[j])``
+    (the layout of ``meshgrid``, ``streamplot`` and ``pcolormesh``).
+    """
+
+    x: np.ndarray  # (nx,) grid of coordinate 0
+    y: np.ndarray  # (ny,) grid of coordinate 1
+    mean: np.ndarray  # (ny, nx, 2) posterior-mean score
+    lower: np.ndarray  # (ny, nx, 2) lower end of the credible band, per component
+    upper: np.ndarray  # (ny, nx, 2) upper end
+    width: np.ndarray  # (ny, nx) band width summed over the 2 components
+    band: float  # credible mass of [lower, upper]
+    draws: int  # posterior draws used (after thinning)
+
+
+def _check_2d(data, means):
+    d_data, d_model = np.shape(data)[-1], np.shape(means)[-1]
+    if d_data != 2 or d_model != 2:
+        raise ValueError(f"score field figure needs 2-dimensional data and model; got data of dimension "
+                         f"{d_data} and a model of dimension {d_model} (use plot_score for other dimensions)")
+
+
+def score_field(draws, zscore, data, band=0.9, grid_points=48, max_draws=200, quantiles=(0.005, 0.995),
+                pad=0.05):
+    """Posterior score field over a grid covering 2-D ``data`` (physical units), see :class:`ScoreField`.
+
+    ``draws`` = ``(weights (S, K), means (S, K, 2), cov_chol (S, K, 2, 2))`` in z-scored
+    coordinates, thinned evenly to at most ``max_draws``.  The grid spans the
+    ``quantiles`` range of each coordinate of ``data`` widened by ``pad`` of that range on
+    each side, ``grid_points`` points per coordinate.
+    """
+    weights, means, cov_chol = (np.asarray(a) for a in draws)
+    data = np.asarray(data, dtype=np.float64)
+    _check_2d(data, means)
+    if not 0.0 < band < 1.0:
+        raise ValueError(f"band must lie in (0, 1); got {band}")
+    data = data.reshape(-1, 2)
+    n_draws = len(weights)
+    keep = np.unique(np.linspace(0, n_draws - 1, min(n_draws, max(1, int(max_draws)))).round().astype(int))
+    weights, means, cov_chol = weights[keep], means[keep], cov_chol[keep]
+    lo, hi = np.quantile(data, quantiles, axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    lo, hi = lo - pad * span, hi + pad * span
+    x = np.linspace(lo[0], hi[0], grid_points)
+    y = np.linspace(lo[1], hi[1], grid_points)
+    points = np.stack([g.ravel() for g in np.meshgrid(x, y)], axis=-1)  # (ny * nx, 2), x fastest
+    scores, logps = score_draws(weights, means, cov_chol, zscore.forward(points))
+    summary = summarize_scores(scores, logps, band)
+    std = np.asarray(zscore.std)
+    shape = (len(y), len(x), 2)
+    mean, lower, upper = (np.reshape(a / std, shape) for a in (summary.mean, summary.lower, summary.upper))
+    return ScoreField(x=x, y=y, mean=mean, lower=lower, upper=upper, width=np.sum(upper - lower, axis=-1),
+                      band=band, draws=len(keep))
+
+
+def _data_density(data, x, y, max_points=2000):
+    """Gaussian KDE of 2-D ``data`` on the grid ``(len(y), len(x))`` (Scott bandwidth, evenly
+    strided subsample), the density levels (ascending) whose contours enclose about 99%, 90%
+    and 50% of the data, and those masses as labels."""
+    data = data[np.linspace(0, len(data) - 1, min(len(data), max_points)).round().astype(int)]
+    h = np.maximum(data.std(axis=0), 1e-12) * len(data) ** (-1.0 / 6.0)
+
+    def kde(px, py):
+        ex = np.exp(-0.5 * ((px[:, None] - data[None, :, 0]) / h[0]) ** 2)
+        ey = np.exp(-0.5 * ((py[:, None] - data[None, :, 1]) / h[1]) ** 2)
+        return (ex * ey).mean(axis=1) / (2.0 * np.pi * h[0] * h[1])
+
+    gx, gy = np.meshgrid(x, y)
+    density = kde(gx.ravel(), gy.ravel()).reshape(gx.shape)
+    at_data = kde(data[:, 0], data[:, 1])
+    levels, names = [], []
+    for level, name in zip(np.quantile(at_data, [0.01, 0.1, 0.5]), ["99%", "90%", "50%"]):
+        if not levels or level > levels[-1]:  # the mass inside the contour of density `level`
+            levels.append(level)
+            names.append(name)
+    return density, np.array(levels), names
+
+
+def plot_score_field(path, draws, zscore, data, band=0.9, grid_points=48, max_draws=200):
+    """Score field of a 2-D model over its data, physical units: two panels.
+
+    Left: posterior-mean score as streamlines coloured by its magnitude, over the data
+    density (grey, filled contours enclosing about 99%, 90% and 50% of the data).
+    Right: width of the ``band`` credible interval of the score, summed over both
+    components, with the same data-density contours as lines: bands widen away from data.
+    Arguments as :func:`score_field`; ``ValueError`` unless the data and model are 2-D.
+    """
+    field = score_field(draws, zscore, data, band, grid_points, max_draws)
+    data = np.asarray(data, dtype=np.float64).reshape(-1, 2)
+    density, levels, names = _data_density(data, field.x, field.y)
+    extent = (field.x[0], field.x[-1], field.y[0], field.y[-1])
+    pct = f"{band * 100:g}%"
+    fig, (left, right) = _axes_row(2, 5.6, 4.6)
+
+    top = max(density.max(), levels[-1]) * 1.01
+    left.contourf(field.x, field.y, density, levels=np.append(levels, top), cmap="Greys", alpha=0.45,
+                  vmin=0.0, vmax=1.6 * top)
+    magnitude = np.linalg.norm(field.mean, axis=-1)
+    stream = left.streamplot(field.x, field.y, field.mean[..., 0], field.mean[..., 1], color=magnitude,
+                             cmap="plasma", density=1.2, linewidth=0.9, arrowsize=0.9)
+    fig.colorbar(stream.lines, ax=left, label="|posterior-mean score|")
+    left.set_title(f"posterior-mean score ({field.draws} draws); grey: data", fontsize=9)
+
+    mesh = right.pcolormesh(field.x, field.y, field.width, cmap="viridis", shading="auto")
+    fig.colorbar(mesh, ax=right, label=f"{pct} band width, summed over both components")
+    lines = right.contour(field.x, field.y, density, levels=levels, colors="w", linewidths=0.9)
+    right.clabel(lines, fmt=lambda v: names[int(np.argmin(np.abs(levels - v)))], fontsize=7)
+    right.set_title(f"{pct} band width of the score; lines: data (mass inside)", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.set_xlabel("x0")
+        ax.set_ylabel("x1")
     _save(fig, path)
 
 

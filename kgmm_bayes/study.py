@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__
 from .data import InputError, ZScore, load_trajectory, split_members, validate_snapshots
 from .diagnostics import convergence_summary, plot_diagnostics, probe_summary, to_inference_data
-from .figures import plot_marginals, plot_score
+from .figures import plot_marginals, plot_score, plot_score_field
 from .interpolant import fit_interpolant, load_interpolant, save_interpolant
 from .langevin import LangevinResult, initial_particles, max_jacobian_eigenvalue, simulate_langevin
 from .metrics import band_coverage, marginal_relative_entropies, weighted_score_error
@@ -349,6 +349,8 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
                summary._replace(mean=summary.mean / std, lower=summary.lower / std, upper=summary.upper / std),
                part.counts, interp_at_points / std,
                None if true_at_points is None else true_at_points / std, spec.score.band)
+    if z.shape[1] == 2:
+        plot_score_field(out.path("figures", "score_field.png"), draws, data.zscore, data.train, spec.score.band)
     if len(kept) >= 2:
         plot_marginals(out.path("figures", "marginals.png"), data.reference, rom_phys, rel_ent)
     plot_diagnostics(out.path("figures"), idata)

@@ -1,0 +1,312 @@
+"""Calibration of the credible bands: do the 90% bands contain the truth 90% of the time?
+
+For a built-in system with an analytic score, :func:`calibrate` fits the posterior
+(the study's partition, priors and sampler) on ``N`` training snapshots, for each
+``N`` in ``sizes`` and each of ``seeds`` independent data sets, and measures two
+coverages of the ``[score] band`` credible band:
+
+* **score**: at evaluation points drawn from the stationary density (a random
+  subset of an independent long run, the same points for every ``N`` and seed),
+  the fraction of (point, coordinate) pairs where the analytic score lies inside
+  the band of the draws' mixture scores;
+* **stationary PDF**: each posterior draw's reduced-order model
+  ``dx = grad log p_theta(x) dt + sqrt(2) dW`` has the draw's mixture density
+  ``p_theta`` as its exact stationary density (up to the time step), so the
+  model's marginal PDFs are the mixture's marginals, in closed form; the
+  fraction of a grid, weighted by the true marginal density, where the true
+  marginal PDF lies inside the band of the draws' marginal PDFs.  The true
+  marginals are computed from the analytic score by integrating it on a grid
+  (:func:`true_marginals`, d <= 2).
+
+These are the bands of the posterior over the mixture: the interpolant's error
+(the study's default Langevin drift) is not in them.  With a misspecified model
+(a finite Gaussian mixture for a non-Gaussian density) coverage is expected to
+fall as ``N`` grows: the posterior concentrates on the best mixture, not the
+truth.  Outputs: ``calibration.csv`` (one row per fit), ``calibration.md``,
+``calibration.json`` and ``figures/calibration.png`` (coverage against ``N``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from typing import NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from . import __version__
+from .data import InputError, ZScore
+from .diagnostics import convergence_summary, to_inference_data
+from .outputs import OutputFolder, atomic_write_bytes, stage_key
+from .partition import fit_partition
+from .result import thin_draws
+from .sampler import SamplerConfig, build_prior, initial_values, run_nuts
+from .score import score_draws, summarize_scores
+from .spec import Spec
+from .systems import get_system, simulate
+
+__all__ = ["calibrate", "check_calibration_specs", "true_marginals", "mixture_marginals", "CalibrationResult",
+           "EVAL_POINTS"]
+
+EVAL_POINTS = 2000  # evaluation points of the score coverage, drawn from the stationary density
+MARGINAL_GRID = 512  # grid points per coordinate for the true and the mixture marginals
+FIT_SECTIONS = ("data", "partition", "mixture", "sampler", "score")  # what a fit and its coverages depend on
+COLUMNS = ("system", "n", "seed", "cells", "components", "score_coverage", "pdf_coverage", "score_error_over_sd",
+           "score_band_width", "pdf_band_width", "max_r_hat", "min_ess_bulk", "divergences", "posterior_s")
+
+
+class CalibrationResult(NamedTuple):
+    rows: list  # one dict per (system, n, seed), keys COLUMNS
+    out_dir: str
+
+
+def check_calibration_specs(specs: Sequence[Spec], sizes: Sequence[int], seeds: int) -> None:
+    """One-line InputError for anything calibration cannot do, before any JAX work."""
+    if not specs:
+        raise InputError("calibrate needs at least one spec")
+    if seeds < 1:
+        raise InputError(f"--seeds must be >= 1, got {seeds}")
+    if not sizes:
+        raise InputError("--sizes needs at least one data size")
+    names = [spec.study.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise InputError(f"two specs share the study name {sorted(n for n in names if names.count(n) > 1)[0]!r}")
+    for spec in specs:
+        label = f"spec {spec.study.name!r}"
+        if spec.data.system is None:
+            raise InputError(f"{label}: calibration needs a built-in system with an analytic score, not a data file")
+        system = get_system(spec.data.system)
+        if system.score is None:
+            raise InputError(f"{label}: system {system.name!r} has no analytic score: nothing to calibrate against")
+        if system.dim > 2:
+            raise InputError(f"{label}: system {system.name!r} has dimension {system.dim}; the true marginal PDFs "
+                             "are computed on a grid for dimension <= 2")
+        if spec.mixture.select_components:
+            raise InputError(f"{label}: [mixture] select_components is not supported by calibrate; set components")
+        for n in sizes:
+            if n < 4 * spec.mixture.components:
+                raise InputError(f"{label}: data size {n} is too small for {spec.mixture.components} components "
+                                 f"(need at least {4 * spec.mixture.components})")
+
+
+def _cumtrapz(values, x, axis: int):
+    """Cumulative trapezoid integral along ``axis``, starting at 0."""
+    v = np.moveaxis(values, axis, -1)
+    steps = 0.5 * (v[..., 1:] + v[..., :-1]) * np.diff(x)
+    return np.moveaxis(np.concatenate([np.zeros(v.shape[:-1] + (1,)), np.cumsum(steps, axis=-1)], axis=-1), -1, axis)
+
+
+def true_marginals(score_fn, grid) -> np.ndarray:
+    """Marginal PDFs ``(d, G)`` of the density whose score is ``score_fn``, on ``grid`` ``(d, G)``, d <= 2.
+
+    ``log p`` is the line integral of the score (a gradient field) on the tensor grid:
+    along the first coordinate at the grid's first value of the second, then along the
+    second (trapezoid rule, error O(h^2)); the density is normalised on the grid.
+    """
+    grid = np.asarray(grid, dtype=np.float64)
+    d, g = grid.shape
+    if d == 1:
+        s = np.asarray(score_fn(grid[0][:, None]), dtype=np.float64)[:, 0]
+        logp = _cumtrapz(s, grid[0], 0)
+        p = np.exp(logp - logp.max())
+        return (p / np.trapezoid(p, grid[0]))[None]
+    if d != 2:
+        raise ValueError(f"true_marginals: dimension {d} > 2")
+    xx, yy = np.meshgrid(grid[0], grid[1], indexing="ij")
+    s = np.asarray(score_fn(np.stack([xx, yy], axis=-1).reshape(-1, 2)), dtype=np.float64).reshape(g, g, 2)
+    logp = _cumtrapz(s[:, 0, 0], grid[0], 0)[:, None] + _cumtrapz(s[..., 1], grid[1], 1)
+    p = np.exp(logp - logp.max())
+    px, py = np.trapezoid(p, grid[1], axis=1), np.trapezoid(p, grid[0], axis=0)
+    return np.stack([px / np.trapezoid(px, grid[0]), py / np.trapezoid(py, grid[1])])
+
+
+def mixture_marginals(weights, means, cov_chol, zscore: ZScore, grid) -> np.ndarray:
+    """Marginal PDFs ``(S, d, G)`` in physical units of mixture draws given in z-scored coordinates."""
+    weights, means = np.asarray(weights, np.float64), np.asarray(means, np.float64)
+    cov_chol = np.asarray(cov_chol, np.float64)
+    var = np.einsum("skij,skij->ski", cov_chol, cov_chol)  # diag(L L^T): (S, K, d)
+    std, mu = np.asarray(zscore.std, np.float64), np.asarray(zscore.mean, np.float64)
+    loc = mu + std * means  # (S, K, d) physical
+    scale = std * np.sqrt(var)
+    x = np.asarray(grid, np.float64)[None, None]  # (1, 1, d, G)
+    dens = np.exp(-0.5 * ((x - loc[..., None]) / scale[..., None]) ** 2) / (np.sqrt(2 * np.pi) * scale[..., None])
+    return np.einsum("sk,skdg->sdg", weights, dens)
+
+
+def _training_set(key, system, spec: Spec, n: int) -> np.ndarray:
+    """``n`` snapshots ``(n, d)``: a random subset of a run with enough members (near-independent draws)."""
+    ds = spec.data
+    steps = system.steps if ds.steps is None else ds.steps
+    thin = system.thin if ds.thin is None else ds.thin
+    members = system.members if ds.members is None else ds.members
+    members = max(members, math.ceil(n / max(1, steps // thin)))
+    sim_key, pick_key = jax.random.split(key)
+    x = simulate(sim_key, system, members=members, steps=steps, thin=thin, burn_in=ds.burn_in, dt=ds.dt)
+    x = np.asarray(x, np.float64).reshape(-1, system.dim)
+    return x[np.asarray(jax.random.permutation(pick_key, len(x))[:n])]
+
+
+def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf, progress) -> dict:
+    """Fit the posterior on ``n`` snapshots of data set ``seed``; the coverages of its bands."""
+    data_key, partition_key, mcmc_key = jax.random.split(jax.random.key(seed), 3)
+    train = _training_set(data_key, system, spec, n)
+    zscore = ZScore.fit(train)
+    z = zscore.forward(train)
+    k = spec.mixture.components
+    cells = min(spec.partition.cells, n // 2)
+    part = fit_partition(partition_key, z, cells, k)
+    m = spec.mixture
+    prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
+    config = SamplerConfig(**spec.sampler._asdict(), progress=False)
+    if spec.partition.coreset:
+        points, counts, covs = part.points, part.counts, part.cell_covariances
+    else:
+        points, counts, covs = z, np.ones(len(z)), None
+    start = time.perf_counter()
+    post = run_nuts(mcmc_key, points, counts, prior, initial_values(part), config, point_covariances=covs)
+    wall = time.perf_counter() - start
+    conv = convergence_summary(to_inference_data(post, zscore, part.points, part.counts, log_likelihood=False))
+    draws = thin_draws(post, spec.score.max_draws)
+
+    scores, logps = score_draws(*draws, zscore.forward(evaluation))
+    summary = summarize_scores(np.asarray(scores) / zscore.std, np.asarray(logps), spec.score.band)  # physical
+    true_score = np.asarray(system.score(evaluation), np.float64)
+    inside = (true_score >= summary.lower) & (true_score <= summary.upper)
+    err_sd = np.abs(true_score - summary.mean) / np.maximum(summary.std, 1e-300)
+
+    pdfs = mixture_marginals(*draws, zscore, grid)  # (S, d, G)
+    tail = 0.5 * (1.0 - spec.score.band)
+    lo, hi = np.quantile(pdfs, [tail, 1.0 - tail], axis=0)
+    pdf_inside = (truth_pdf >= lo) & (truth_pdf <= hi)
+    dx = np.diff(grid, axis=1).mean(axis=1, keepdims=True)
+    mass = truth_pdf * dx  # density weights of the grid points, per coordinate
+    row = {"system": system.name, "n": int(n), "seed": int(seed), "cells": int(len(part.points)), "components": int(k),
+           "score_coverage": float(inside.mean()),
+           "pdf_coverage": float(np.sum(mass * pdf_inside) / np.sum(mass)),
+           "score_error_over_sd": float(np.median(err_sd)),
+           "score_band_width": float(np.mean(summary.upper - summary.lower)),
+           "pdf_band_width": float(np.sum(mass * (hi - lo)) / np.sum(mass)),
+           "max_r_hat": float(conv["max_r_hat"]), "min_ess_bulk": float(conv["min_ess_bulk"]),
+           "divergences": int(conv["divergences"]), "posterior_s": float(wall)}
+    if progress:
+        print(f"[kgmm-bayes] {system.name} N={n} seed={seed}: score coverage {row['score_coverage']:.3f}, "
+              f"PDF coverage {row['pdf_coverage']:.3f}, r_hat {row['max_r_hat']:.3f}, posterior {wall:.1f} s",
+              file=sys.stderr, flush=True)
+    return row
+
+
+def _evaluation_set(spec: Spec, system, reference_seed: int):
+    """Evaluation points (from an independent long run), the marginal grid and the true marginals there."""
+    ds = spec.data
+    sim_key, pick_key = jax.random.split(jax.random.fold_in(jax.random.key(reference_seed), 1))
+    ref = np.asarray(simulate(sim_key, system, steps=ds.steps, thin=ds.thin, burn_in=ds.burn_in, dt=ds.dt),
+                     np.float64).reshape(-1, system.dim)
+    evaluation = ref[np.asarray(jax.random.permutation(pick_key, len(ref))[:EVAL_POINTS])]
+    lo, hi = np.quantile(ref, [0.0005, 0.9995], axis=0)
+    pad = 0.25 * (hi - lo)
+    grid = np.linspace(lo - pad, hi + pad, MARGINAL_GRID).T  # (d, G)
+    return evaluation, grid, true_marginals(system.score, grid)
+
+
+def _summary_rows(rows):
+    """Per (system, n): mean, min and max over seeds of the two coverages."""
+    out = []
+    for name in dict.fromkeys(r["system"] for r in rows):
+        for n in sorted({r["n"] for r in rows if r["system"] == name}):
+            group = [r for r in rows if r["system"] == name and r["n"] == n]
+            entry = {"system": name, "n": n, "seeds": len(group)}
+            for col in ("score_coverage", "pdf_coverage", "score_error_over_sd", "max_r_hat"):
+                vals = np.array([r[col] for r in group], dtype=np.float64)
+                entry[col] = {"mean": float(vals.mean()), "min": float(vals.min()), "max": float(vals.max())}
+            entry["divergences"] = int(sum(r["divergences"] for r in group))
+            out.append(entry)
+    return out
+
+
+def _write_markdown(path, rows, band):
+    pct = int(round(band * 100))
+    lines = [f"# Calibration of the {pct}% credible bands", "",
+             f"Nominal coverage {band:g}. Mean over seeds, [min, max] in brackets. Score: share of (point, "
+             f"coordinate) pairs, {EVAL_POINTS} points drawn from the stationary density, where the analytic "
+             "score lies in the band. PDF: density-weighted share of the grid where the true marginal PDF lies "
+             "in the band of the draws' mixture marginals (the stationary PDFs of the draws' Langevin models). "
+             "|error|/sd: median over pairs of |truth - posterior mean| / posterior sd (0.67 for a calibrated "
+             "Gaussian posterior).", "",
+             "| system | N | seeds | score coverage | PDF coverage | abs(error)/sd | max r_hat | divergences |",
+             "|---|---:|---:|---|---|---:|---:|---:|"]
+    for e in _summary_rows(rows):
+        def cell(col):
+            v = e[col]
+            return f"{v['mean']:.3f} [{v['min']:.3f}, {v['max']:.3f}]"
+        lines.append(f"| {e['system']} | {e['n']} | {e['seeds']} | {cell('score_coverage')} | {cell('pdf_coverage')} "
+                     f"| {e['score_error_over_sd']['mean']:.2f} | {e['max_r_hat']['max']:.3f} | {e['divergences']} |")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def plot_calibration(path, rows, band):
+    """Coverage against N (log axis), one line per system, seeds as dots, the nominal level dashed."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for ax, col, title in zip(axes, ("score_coverage", "pdf_coverage"), ("score", "stationary marginal PDF")):
+        for i, name in enumerate(dict.fromkeys(r["system"] for r in rows)):
+            mine = [r for r in rows if r["system"] == name]
+            ns = sorted({r["n"] for r in mine})
+            ax.scatter([r["n"] for r in mine], [r[col] for r in mine], color=f"C{i}", s=14, alpha=0.6)
+            ax.plot(ns, [np.mean([r[col] for r in mine if r["n"] == n]) for n in ns], color=f"C{i}", marker="o",
+                    label=name)
+        ax.axhline(band, color="k", ls="--", lw=1, label=f"nominal {band:g}")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("training snapshots N")
+        ax.set_ylabel(f"coverage of the {int(round(band * 100))}% band")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def calibrate(specs: Sequence[Spec], sizes: Sequence[int] = (1000, 10000, 100000), seeds: int = 3,
+              out_dir: str = "kgmm-runs/calibration", progress: bool = False, force: bool = False,
+              first_seed: int | None = None) -> CalibrationResult:
+    """Coverage of the credible bands over data sizes and seeds (see the module docstring).
+
+    Data set ``i`` of every size uses seed ``first_seed + i`` (default: the first spec's
+    ``[study] seed``); the evaluation points and the true marginals come from an
+    independent run (seed ``first_seed + seeds``).  Each fit is cached in the output
+    folder's stage cache, so an interrupted calibration resumes where it stopped.
+    """
+    sizes = [int(n) for n in sizes]
+    check_calibration_specs(specs, sizes, seeds)
+    first_seed = specs[0].study.seed if first_seed is None else int(first_seed)
+    if first_seed < 0:
+        raise InputError(f"--seed must be >= 0, got {first_seed}")
+    identity = json.dumps({"calibrate": [s.to_dict() for s in specs], "sizes": sizes, "seeds": seeds,
+                           "first_seed": first_seed}, sort_keys=True, default=list)
+    out = OutputFolder(out_dir, identity, force=force)
+    band = specs[0].score.band
+    rows = []
+    for spec in specs:
+        system = get_system(spec.data.system)
+        evaluation, grid, truth_pdf = _evaluation_set(spec, system, first_seed + seeds)
+        for n in sizes:
+            for seed in range(first_seed, first_seed + seeds):
+                key = stage_key("calibration", spec.section_json(*FIT_SECTIONS), n, seed, first_seed + seeds,
+                                EVAL_POINTS, MARGINAL_GRID, __version__)
+                cached = out.load_stage("calibration", key)
+                if cached is not None:
+                    row = json.loads(str(cached["row"]))
+                else:
+                    row = _fit_one(spec, system, n, seed, evaluation, grid, truth_pdf, progress)
+                    out.save_stage("calibration", key, {"row": np.asarray(json.dumps(row))})
+                rows.append(row)
+    csv = ",".join(COLUMNS) + "\n" + "".join(",".join(str(r[c]) for c in COLUMNS) + "\n" for r in rows)
+    atomic_write_bytes(out.path("calibration.csv"), csv.encode())
+    atomic_write_bytes(out.path("calibration.json"),
+                       json.dumps({"band": band, "rows": rows, "summary": _summary_rows(rows)}, indent=2).encode())
+    _write_markdown(out.path("calibration.md"), rows, band)
+    plot_calibration(out.path("figures", "calibration.png"), rows, band)
+    return CalibrationResult(rows=rows, out_dir=out.commit())

@@ -1,0 +1,154 @@
+"""Calibration of the credible bands: the true marginals and mixture marginals against closed
+forms, bad input refused before any work, and ``kgmm-bayes calibrate`` end to end (outputs,
+resume from the stage cache with identical numbers)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kgmm_bayes.calibration import COLUMNS, check_calibration_specs, mixture_marginals, true_marginals
+from kgmm_bayes.cli import main
+from kgmm_bayes.data import InputError, ZScore
+from kgmm_bayes.spec import load_spec, spec_from_dict
+from kgmm_bayes.systems import get_system
+
+
+def normal_pdf(x, mean, var):
+    return np.exp(-0.5 * (x - mean) ** 2 / var) / np.sqrt(2 * np.pi * var)
+
+
+def test_true_marginal_1d_gaussian():
+    grid = np.linspace(-11.0, 13.0, 2001)[None]  # N(1, 2^2) within +-6 sd
+    pdf = true_marginals(lambda x: -(x - 1.0) / 4.0, grid)
+    np.testing.assert_allclose(pdf[0], normal_pdf(grid[0], 1.0, 4.0), atol=2e-6)
+
+
+def test_true_marginals_2d_correlated_gaussian():
+    mean = np.array([0.5, -1.0])
+    cov = np.array([[1.0, 0.6], [0.6, 2.0]])
+    prec = np.linalg.inv(cov)
+    sd = np.sqrt(np.diag(cov))
+    grid = np.linspace(mean - 7 * sd, mean + 7 * sd, 801).T
+    pdf = true_marginals(lambda x: -(x - mean) @ prec, grid)  # prec symmetric
+    for i in range(2):
+        exact = normal_pdf(grid[i], mean[i], cov[i, i])
+        np.testing.assert_allclose(pdf[i], exact, atol=2e-4 * exact.max())
+
+
+def test_true_marginals_of_the_four_well_system_match_its_potential():
+    """Four-well: p ~ exp(-V), V separable, so marginal i ~ exp(-(x^2 - a_i^2)^2 - b_i x) exactly."""
+    a, b = np.array([1.0, 1.2]), np.array([0.6, 0.3])
+    grid = np.linspace(-2.6, 2.6, 1201)[None].repeat(2, axis=0)
+    system = get_system("four_well_2d")
+    pdf = true_marginals(lambda x: np.asarray(system.score(x), np.float64), grid)
+    for i in range(2):
+        exact = np.exp(-((grid[i] ** 2 - a[i] ** 2) ** 2) - b[i] * grid[i])
+        exact /= np.trapezoid(exact, grid[i])
+        np.testing.assert_allclose(pdf[i], exact, atol=1e-4 * exact.max())
+
+
+def test_mixture_marginals_in_physical_units():
+    zscore = ZScore(mean=np.array([2.0, -1.0]), std=np.array([0.5, 3.0]))
+    weights = np.array([[0.3, 0.7]])
+    means = np.array([[[0.0, 1.0], [-1.0, 0.5]]])
+    chol = np.array([[[[1.0, 0.0], [0.4, 0.8]], [[0.6, 0.0], [-0.3, 1.1]]]])
+    grid = np.linspace([-4.0, -20.0], [8.0, 20.0], 1501).T
+    pdf = mixture_marginals(weights, means, chol, zscore, grid)
+    cov = chol[0] @ np.swapaxes(chol[0], -1, -2)
+    for i in range(2):
+        exact = sum(weights[0, k] * normal_pdf(grid[i], zscore.mean[i] + zscore.std[i] * means[0, k, i],
+                                               zscore.std[i] ** 2 * cov[k, i, i]) for k in range(2))
+        np.testing.assert_allclose(pdf[0, i], exact, rtol=1e-12, atol=1e-15)
+        assert abs(np.trapezoid(pdf[0, i], grid[i]) - 1.0) < 1e-6
+
+
+SPEC = {"study": {"name": "cal"}, "data": {"system": "reduced_1d"}, "mixture": {"components": 3}}
+
+
+@pytest.mark.parametrize("change, sizes, seeds, message", [
+    ({"data": {"system": "lorenz63"}}, [1000], 1, "has no analytic score"),
+    ({"data": {"path": "x.npy"}}, [1000], 1, "not a data file"),
+    ({"mixture": {"components": 3, "select_components": [2, 3]}}, [1000], 1, "select_components"),
+    ({}, [11], 1, "too small for 3 components"),
+    ({}, [1000], 0, "--seeds must be >= 1"),
+    ({}, [], 1, "--sizes needs at least one"),
+])
+def test_bad_calibration_input_is_refused(change, sizes, seeds, message):
+    spec = spec_from_dict({**SPEC, **change})
+    with pytest.raises(InputError, match=message):
+        check_calibration_specs([spec], sizes, seeds)
+
+
+def test_two_specs_with_one_name_are_refused():
+    spec = spec_from_dict(SPEC)
+    with pytest.raises(InputError, match="share the study name 'cal'"):
+        check_calibration_specs([spec, spec], [1000], 1)
+
+
+TINY = """
+[study]
+name = "tiny_cal"
+seed = 3
+
+[data]
+system = "reduced_1d"
+members = 10
+steps = 20000
+
+[partition]
+cells = 100
+
+[mixture]
+components = 3
+
+[sampler]
+chains = 2
+warmup = 100
+draws = 100
+map_starts = 1
+map_steps = 100
+
+[score]
+max_draws = 100
+"""
+
+
+def test_calibrate_end_to_end_and_resume(tmp_path, capsys):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    args = ["calibrate", str(tmp_path / "tiny.toml"), "--sizes", "200", "400", "--seeds", "1",
+            "--out", str(tmp_path / "cal"), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| reduced_1d | 200 | 1 |" in printed and "| reduced_1d | 400 | 1 |" in printed
+    out = tmp_path / "cal"
+    with open(out / "calibration.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["n"] for r in rows] == ["200", "400"] and all(r["seed"] == "3" for r in rows)
+    assert list(rows[0]) == list(COLUMNS)
+    for r in rows:
+        for col in ("score_coverage", "pdf_coverage"):
+            assert 0.0 <= float(r[col]) <= 1.0
+        assert float(r["score_band_width"]) > 0 and float(r["pdf_band_width"]) > 0
+        assert int(r["cells"]) == min(100, int(r["n"]) // 2)
+    assert (out / "figures" / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = json.loads((out / "calibration.json").read_text())
+
+    assert main(args) == 0  # every fit read back from the stage cache: identical numbers
+    assert json.loads((out / "calibration.json").read_text())["rows"] == first["rows"]
+
+    capsys.readouterr()
+    other = [a if a != "1" else "2" for a in args]  # --seeds 2
+    assert main(other) == 2  # another calibration: the folder is refused, not overwritten
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a different study" in err[0]
+    assert json.loads((out / "calibration.json").read_text()) == first
+
+
+def test_the_shipped_specs_are_calibratable():
+    models = Path(__file__).resolve().parent.parent / "models"
+    specs = [load_spec(models / f"{name}.toml") for name in ("reduced_1d", "four_well_2d")]
+    check_calibration_specs(specs, [1000, 10000, 100000], 3)
