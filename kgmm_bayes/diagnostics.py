@@ -142,12 +142,31 @@ def convergence_summary(idata: az.InferenceData) -> dict:
         warn.append(f"energy BFMI {np.min(bfmi):.2f} < 0.3: momentum resampling explores the energy poorly")
     if out["divergences"] > 0:
         warn.append(f"{out['divergences']} divergent transitions")
+    lp = idata.sample_stats["lp"].values  # (chain, draw) log posterior (unnormalised)
+    out["chain_mean_log_posterior"] = [float(v) for v in lp.mean(axis=1)]
     if chains > 1 and out["max_r_hat"] > 1.01:
-        warn.append(f"label-invariant r_hat {out['max_r_hat']:.3f} > 1.01: chains disagree")
+        warn.append(f"label-invariant r_hat {out['max_r_hat']:.3f} > 1.01: chains disagree ({_odd_chain(post, rhat, lp)})")
     if chains == 1:
         warn.append("one chain: r_hat cannot be computed")
     out["warnings"] = warn
     return out
+
+
+def _odd_chain(post, rhat, lp) -> str:
+    """Which chain disagrees most on the worst probe, by how much, and where its log posterior sits."""
+    name = max(PROBE_VARS, key=lambda v: float(rhat[v].max()))
+    values = post[name].values.reshape(post[name].shape[:2] + (-1,))  # (chain, draw, n)
+    worst = int(np.argmax(rhat[name].values.ravel()))
+    series = values[..., worst]
+    means = series.mean(axis=1)
+    others = np.array([np.delete(means, c).mean() for c in range(len(means))])
+    chain = int(np.argmax(np.abs(means - others)))
+    gap = lp.mean(axis=1).max() - lp[chain].mean()
+    index = ", ".join(str(int(i)) for i in np.unravel_index(worst, rhat[name].shape))
+    return (f"chain {chain} is the odd one: {name}[{index}] averages {means[chain]:.4g} there against "
+            f"{others[chain]:.4g} in the others (within-chain sd {series.std(axis=1).mean():.2g}); its mean log "
+            f"posterior is {gap:.1f} nats below the best chain's: chains settled in different local modes "
+            "or mix too slowly")
 
 
 def probe_summary(idata: az.InferenceData):

@@ -105,6 +105,11 @@ def write_report(path, spec, metrics: dict) -> None:
             f"predictive {_fmt(sc['relative_error_predictive'])}, interpolant {_fmt(sc['relative_error_interpolant'])}",
             f"- Coverage of the {int(sc['band'] * 100)}% band: {_fmt(sc['band_coverage'])}",
         ]
+        if sc["band_coverage"] is not None and sc["band_coverage"] < sc["band"] - 0.1:
+            lines.append("- **Note**: the band is narrower than the error. It carries the posterior's uncertainty "
+                         "about the mixture's parameters, not the error of approximating the density by a "
+                         f"{metrics['partition']['components']}-component mixture, which dominates when the data "
+                         "are many; see `kgmm-bayes calibrate`.")
     if "model_selection" in metrics:
         sel = metrics["model_selection"]
         lines += ["", "## Number of components (PSIS-LOO over cells)",

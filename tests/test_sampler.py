@@ -173,3 +173,49 @@ def test_chain_plan():
     assert chain_plan(2, 8, "cpu", method="vectorized") == [(2, "vectorized")]
     with pytest.raises(ValueError, match="chain_method"):
         chain_plan(2, 2, "cpu", method="pmap")
+
+
+def test_laplace_scales_are_the_inverse_sqrt_hessian_diagonal():
+    """Exact identity in float64 against the full Hessian (jax.hessian) of the potential."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import potential_energy, unconstrain_fn
+
+    from kgmm_bayes.mixture import mixture_model, quadratic_features
+    from kgmm_bayes.sampler import laplace_scales
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal([-1.0, 0.0], 0.4, (300, 2)), rng.normal([1.0, 0.5], 0.6, (500, 2))])
+    part = fit_partition(jax.random.key(2), x, num_cells=60, num_components=2)
+    prior = build_prior(part, dirichlet_alpha=5.0, mean_scale=0.25, scale_prior=1.0, lkj_eta=2.0)
+    args = (quadratic_features(jax.numpy.asarray(part.points)), jax.numpy.asarray(part.counts), prior)
+    params = unconstrain_fn(mixture_model, args, {}, initial_values(part))
+    flat, unravel = ravel_pytree(params)
+    hessian = jax.hessian(lambda v: potential_energy(mixture_model, args, {}, unravel(v)))(flat)
+    diag = np.diag(np.asarray(hessian))
+    expected = np.where(diag > 0, 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0)), np.inf)
+    got, _ = ravel_pytree(laplace_scales(args, params))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-10)
+    assert np.isfinite(got).sum() > 0
+
+
+def test_r_hat_warning_names_the_chain_in_another_mode():
+    """Four chains of iid draws; chain 2 shifted by 5 sd on one probe: r_hat flags it and the warning
+    names chain 2, the probe and the gap in mean log posterior."""
+    rng = np.random.default_rng(7)
+    c, s = 4, 400
+    probe_ld = rng.normal(0.0, 1.0, (c, s, 8))
+    probe_ld[2, :, 5] += 5.0
+    lp = rng.normal(-100.0, 3.0, (c, s))
+    lp[2] -= 9.0
+    idata = az.from_dict(
+        posterior={"probe_log_density": probe_ld, "probe_score": rng.normal(size=(c, s, 8, 1)),
+                   "sorted_weights": rng.dirichlet(np.ones(3), (c, s))},
+        sample_stats={"diverging": np.zeros((c, s), bool), "n_steps": np.full((c, s), 7), "lp": lp,
+                      "energy": rng.normal(size=(c, s)) * 3.0})
+    summary = convergence_summary(idata)
+    assert summary["max_r_hat"] > 1.5
+    np.testing.assert_allclose(summary["chain_mean_log_posterior"], lp.mean(axis=1), rtol=1e-12)
+    (message,) = [w for w in summary["warnings"] if "r_hat" in w]
+    assert "chain 2 is the odd one: probe_log_density[5]" in message
+    assert f"{lp.mean(axis=1).max() - lp[2].mean():.1f} nats below" in message
