@@ -95,7 +95,10 @@ def test_outputs_are_complete_and_loadable(small_run):
     train_std = idata.constant_data["zscore_std"].values[0]
     assert rom.ndim == 2 and rom.shape[1] == 1
     assert 0.5 < rom.std() / train_std < 2.0
-    assert "relative entropy" in (out / "report.md").read_text().lower()
+    report = (out / "report.md").read_text()
+    assert "relative entropy" in report.lower()
+    assert ("narrower than the error" in report) == (metrics["score"]["band_coverage"] < 0.9 - 0.1)
+    assert len(metrics["posterior"]["chain_mean_log_posterior"]) == 2
     header = (out / "diagnostics.csv").read_text().splitlines()[0]
     assert "r_hat" in header and "ess_bulk" in header and "ess_tail" in header
     assert "relative entropy" in proc.stdout
