@@ -57,8 +57,7 @@ class BayesianKGMM(NamedTuple):
     out_dir: Optional[str]
     draws: tuple  # (weights, means, cov_chol) of the draws used for scores
 
-    def score(self, x, band: float = 0.9) -> ScoreSummary:
-        """Posterior score summary at points ``x`` ``(n, d)`` in physical units."""
+    def _points(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         d = len(self.zscore.mean)
         if x.ndim == 1 and d == 1:
@@ -67,6 +66,11 @@ class BayesianKGMM(NamedTuple):
             raise InputError(f"points must have shape (n, {d}), got {np.shape(x)}")
         if not np.all(np.isfinite(x)):
             raise InputError("points hold NaN or infinite values")
+        return x
+
+    def score(self, x, band: float = 0.9) -> ScoreSummary:
+        """Posterior score summary at points ``x`` ``(n, d)`` in physical units."""
+        x = self._points(x)
         if not 0 < band < 1:
             raise InputError(f"band must lie strictly between 0 and 1, got {band}")
         scores, logps = score_draws(*self.draws, self.zscore.forward(x))
@@ -74,6 +78,11 @@ class BayesianKGMM(NamedTuple):
         std = self.zscore.std
         return ScoreSummary(mean=summary.mean / std, std=summary.std / std, lower=summary.lower / std,
                             upper=summary.upper / std, predictive=summary.predictive / std, band=band)
+
+    def score_draws(self, x) -> np.ndarray:
+        """Each posterior draw's mixture score at ``x`` ``(n, d)``: ``(draws, n, d)``, physical units."""
+        scores, _ = score_draws(*self.draws, self.zscore.forward(self._points(x)))
+        return np.asarray(scores) / self.zscore.std
 
     def interpolant_score(self, x) -> np.ndarray:
         """The interpolant's score at ``x`` ``(n, d)``, physical units."""

@@ -300,10 +300,29 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     return Spec(**sections)
 
 
-def load_spec(path: str | os.PathLike | None) -> Spec:
-    """Read and validate a TOML spec; ``None`` gives the default study (reduced 1D)."""
+def _merged(raw: dict, overrides: dict | None) -> dict:
+    """``raw`` with each section's keys updated from ``overrides`` (``{section: {key: value}}``)."""
+    if overrides is None:
+        return raw
+    if not isinstance(overrides, dict):
+        raise SpecError(f"overrides must be a dict of sections, got {type(overrides).__name__}")
+    merged = {name: dict(section) if isinstance(section, dict) else section for name, section in raw.items()}
+    for name, section in overrides.items():
+        if not isinstance(section, dict):
+            raise SpecError(f"override of [{name}] must be a table (dict), got {section!r}")
+        base = merged.get(name, {})
+        merged[name] = {**(base if isinstance(base, dict) else {}), **section}
+    return merged
+
+
+def load_spec(path: str | os.PathLike | None, overrides: dict | None = None) -> Spec:
+    """Read and validate a TOML spec; ``None`` gives the default study (reduced 1D).
+
+    ``overrides`` (``{section: {key: value}}``, e.g. ``{"sampler": {"draws": 200}}``)
+    replace single keys of the file before validation, so they are checked like the file.
+    """
     if path is None:
-        return spec_from_dict(DEFAULT_STUDY)
+        return spec_from_dict(_merged(DEFAULT_STUDY, overrides))
     path = os.fspath(path)
     if not os.path.exists(path):
         raise SpecError(f"spec file {path!r} does not exist")
@@ -315,4 +334,4 @@ def load_spec(path: str | os.PathLike | None) -> Spec:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise SpecError(f"spec file {path!r} is not valid TOML: {err}") from None
     stem = os.path.splitext(os.path.basename(path))[0]
-    return spec_from_dict(raw, base_dir=os.path.dirname(os.path.abspath(path)), default_name=stem)
+    return spec_from_dict(_merged(raw, overrides), base_dir=os.path.dirname(os.path.abspath(path)), default_name=stem)

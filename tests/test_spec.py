@@ -294,3 +294,18 @@ def test_sampler_section_defaults_match_sampler_config():
     assert shared == set(SamplerSection._fields)  # every spec key reaches the sampler
     for name in shared:
         assert SamplerSection._field_defaults[name] == SamplerConfig._field_defaults[name], name
+
+
+def test_overrides_replace_single_keys_and_are_validated():
+    spec = load_spec(MODELS / "lorenz63.toml", overrides={"sampler": {"draws": 200}, "ensemble": {"members": 0}})
+    assert spec.sampler.draws == 200 and spec.sampler.warmup == 500  # the file's other keys kept
+    assert spec.mixture.components == 32 and spec.ensemble.members == 0
+    assert load_spec(None, overrides={"mixture": {"components": 4}}).mixture.components == 4
+    assert load_spec(None, overrides={"mixture": {"components": 4}}).data.system == "reduced_1d"
+    with pytest.raises(SpecError, match=r"\[sampler\] draws must be"):
+        load_spec(MODELS / "lorenz63.toml", overrides={"sampler": {"draws": 0}})
+    with pytest.raises(SpecError, match="unknown key"):
+        load_spec(None, overrides={"sampler": {"drawz": 10}})
+    with pytest.raises(SpecError, match=r"override of \[sampler\] must be a table"):
+        load_spec(None, overrides={"sampler": 10})
+    assert load_spec(MODELS / "lorenz63.toml") == load_spec(MODELS / "lorenz63.toml", overrides={})

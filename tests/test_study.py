@@ -95,6 +95,11 @@ def test_outputs_are_complete_and_loadable(small_run):
     train_std = idata.constant_data["zscore_std"].values[0]
     assert rom.ndim == 2 and rom.shape[1] == 1
     assert 0.5 < rom.std() / train_std < 2.0
+    result = load_result(out)
+    x = np.linspace(-1.0, 1.0, 7)[:, None] * train_std + idata.constant_data["zscore_mean"].values
+    per_draw = result.score_draws(x)
+    assert per_draw.shape == (len(result.draws[0]), 7, 1)
+    np.testing.assert_allclose(per_draw.mean(axis=0), result.score(x).mean, rtol=1e-12, atol=1e-12)
     report = (out / "report.md").read_text()
     assert "relative entropy" in report.lower()
     assert ("narrower than the error" in report) == (metrics["score"]["band_coverage"] < 0.9 - 0.1)
