@@ -9,6 +9,12 @@ against the same reference set, density-weighted score error against the
 analytic score at the Bayesian score-target points (where the system has one),
 and, for the Bayesian estimator only, the coverage of its credible band.
 
+For Kuramoto-Sivashinsky studies each estimator's model is also measured by the
+KS statistics (:func:`kgmm_bayes.ks.ks_statistics`): the pooled one-point PDF, the
+two-point PDFs at separations 1-3 and the decorrelation time of each coordinate,
+against the data's (the latter from a finely sampled independent run);
+``figures/ks_statistics.png`` shows them.
+
 Wall time counts what builds the score (Bayesian: partition, posterior, score
 summaries, interpolant; classic KGMM: clustering with the noisy passes, network
 training; DSM: training; scikit-learn: fitting), compilation included; the
@@ -28,8 +34,11 @@ import shutil
 import sys
 from typing import NamedTuple, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from . import ks
 
 from .baselines import BaselineFit, fit_dsm, fit_kgmm, fit_sklearn
 from .data import InputError
@@ -39,10 +48,12 @@ from .outputs import OutputFolder, atomic_write_bytes
 from .result import predictive_score_fn
 from .spec import BASELINES, Spec
 from .study import StudyData, langevin_start, load_user_data, prepare_data, run_study, study_keys
+from .systems import get_system
 
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 
 BAYESIAN_STAGES = ("partition", "posterior", "score", "interpolant")
+KS_SPACING = 1.0  # time units between the snapshots of the KS decorrelation-time reference run
 
 
 class EstimatorRow(NamedTuple):
@@ -105,17 +116,26 @@ def _rom_relative_entropy(data: StudyData, rom, grid_points) -> np.ndarray:
     return marginal_relative_entropies(data.reference, data.zscore.inverse(kept.astype(np.float64)), grid_points)
 
 
+def _ks_block(data: StudyData, series_z, spec, data_tau) -> dict:
+    """KS statistics of a model's series ``(particles, n_snap, D)`` (z-scored) against the data's."""
+    lg = spec.langevin
+    series = data.zscore.inverse(np.asarray(series_z, dtype=np.float64))
+    return ks.ks_statistics(data.reference, series, lg.dt * lg.thin, data_tau, grid_points=spec.metrics.grid_points)
+
+
 def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key, points, counts, truth, info,
-              band=None):
+              band=None, ks_tau=None):
     """Langevin model and metrics of one drift."""
     lg = spec.langevin
     rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box)
     rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)
+    info = dict(info or {})
+    if ks_tau is not None and rom.alive.any():
+        info["ks"] = _ks_block(data, np.swapaxes(rom.samples[:, rom.alive], 0, 1), spec, ks_tau)
     error = None
     if truth is not None:
         predicted = np.asarray(drift_fn(drift_params, jnp.asarray(points, jnp.float32)), dtype=np.float64)
         error = weighted_score_error(predicted, truth, counts)
-    info = dict(info or {})
     info["dt_times_max_jacobian_eigenvalue"] = lg.dt * max_jacobian_eigenvalue(drift_fn, drift_params, points)
     return EstimatorRow(fit_name, timings, rel_ent, error, band, rom.wall_time, rom.escaped + rom.non_finite, info)
 
@@ -199,6 +219,17 @@ def compare_study(spec: Spec, out_dir: str | None = None, seed: int | None = Non
                          int(m["langevin"]["escaped"] + m["langevin"]["non_finite"]),
                          {"cached_stages": m["cached_stages"], "band": spec.score.band,
                           "dt_times_max_jacobian_eigenvalue": m["langevin"]["dt_times_max_jacobian_eigenvalue"]})]
+    ks_tau = None
+    system = get_system(spec.data.system) if user_data is None else None
+    if system is not None and system.name.startswith("ks_"):
+        _log(progress, "KS: a finely sampled reference run for the decorrelation times")
+        series = ks.fine_reference_series(jax.random.fold_in(reference_key, 7), system)
+        ks_tau = ks.decorrelation_time(series, KS_SPACING)
+        lg = spec.langevin
+        rom = result.rom_samples  # kept particles, time-major: (n_snap * particles, D)
+        if len(rom):
+            rows[0].info["ks"] = _ks_block(data, np.swapaxes(
+                data.zscore.forward(rom).reshape(lg.steps // lg.thin, -1, rom.shape[1]), 0, 1), spec, ks_tau)
 
     baseline_keys = study_keys(seed + 1_000_003)  # a stream apart from the study's; one key per baseline name
     dsm_reach = None
@@ -206,12 +237,15 @@ def compare_study(spec: Spec, out_dir: str | None = None, seed: int | None = Non
         _log(progress, f"baseline {name}")
         fit = _fit_baseline(name, baseline_keys[BASELINES.index(name)], z, spec)
         rows.append(_evaluate(name, fit.drift_fn, fit.drift_params, fit.timings, data, spec, x0, run_key,
-                              part.points, part.counts, truth, fit.info))
+                              part.points, part.counts, truth, fit.info, ks_tau=ks_tau))
         if name == "dsm":
             _log(progress, f"dsm: {len(fit.checkpoints)} checkpoints, quarter-length Langevin runs")
             dsm_reach = _dsm_reach(fit, bayes_drift, data, spec, x0, run_key)
 
+    if ks_tau is not None:
+        _plot_ks(out.path("figures", "ks_statistics.png"), rows, ks_tau)
     payload = {"study": spec.study.name, "seed": seed, "dim": int(z.shape[1]),
+               "ks_data_decorrelation_time": None if ks_tau is None else [float(v) for v in ks_tau],
                "train_snapshots": int(len(z)), "reference_snapshots": int(len(data.reference)),
                "data_floor_relative_entropy_mean": m["relative_entropy"]["data_floor_mean"],
                "baselines": spec.baselines._asdict(),
@@ -298,6 +332,24 @@ def _markdown(rows, dsm_reach, payload) -> str:
               f"{b['dsm_epochs']} epochs, batch {b['dsm_batch']}, Adam {b['dsm_learning_rate']}; both networks "
               "as the Bayesian interpolant ([interpolant]); scikit-learn BayesianGaussianMixture (full "
               f"covariances, max_iter {b['sklearn_max_iter']})."]
+    if payload.get("ks_data_decorrelation_time") is not None:
+        lines += ["", "## Kuramoto-Sivashinsky statistics", "",
+                  "Pooled one-point PDF (relative entropy as for the marginals; L1 distance of histograms), "
+                  "L1 distance of the two-point PDFs P(u_i, u_i+s) pooled over i, and the decorrelation time "
+                  "(ACF integrated to its first zero) in model time over the data's in KS time (data: "
+                  + ", ".join(f"{v:.3g}" for v in payload["ks_data_decorrelation_time"])
+                  + f", from a run sampled every {KS_SPACING:g} time units).", "",
+                  "| estimator | one-point rel. entropy | one-point L1 | two-point L1, s = 1 | s = 2 | s = 3 "
+                  "| decorrelation time (model) | model / data |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            k = r.info.get("ks")
+            if k is None:
+                lines.append(f"| {r.estimator} | — | — | — | — | — | — | — |")
+                continue
+            lines.append(f"| {r.estimator} | {_g(k['one_point_relative_entropy'])} | {_g(k['one_point_l1'])} | "
+                         + " | ".join(_g(k["two_point_l1"][s]) for s in (1, 2, 3))
+                         + f" | {_g(float(np.mean(k['decorrelation_time_model'])))} | "
+                         f"{_g(float(np.mean(k['decorrelation_time_ratio_model_over_data'])))} |")
     if dsm_reach:
         target = dsm_reach["bayesian_relative_entropy_mean"]
         curve = ", ".join(f"{p['epochs']} epochs ({p['training_s']:.1f} s): {_g(p['relative_entropy_mean'])}"
@@ -358,3 +410,39 @@ def _plot(path, rows, dsm_reach):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
+
+
+def _plot_ks(path, rows, data_tau):
+    """KS statistics per estimator: pooled one-point PDFs, two-point L1 distances, decorrelation times."""
+    from matplotlib.figure import Figure  # drawn without pyplot: no backend is switched
+
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
+    measured = [(k, r) for k, r in enumerate(rows) if "ks" in r.info]
+    for n, (k, r) in enumerate(measured):
+        pdf = r.info["ks"]["one_point_pdf"]
+        centres = 0.5 * (np.asarray(pdf["edges"][1:]) + np.asarray(pdf["edges"][:-1]))
+        if n == 0:
+            axes[0].semilogy(centres, np.maximum(pdf["reference"], 1e-6), "k", lw=1.5, label="data")
+        axes[0].semilogy(centres, np.maximum(pdf["model"], 1e-6), color=f"C{k}", lw=1, label=r.estimator)
+    axes[0].set_xlabel("u (pooled over coordinates)")
+    axes[0].set_ylabel("one-point PDF")
+    axes[0].set_title("pooled one-point PDF", fontsize=10)
+    axes[0].legend(fontsize=7)
+    width = 0.8 / max(1, len(measured))
+    for n, (k, r) in enumerate(measured):
+        l1 = [r.info["ks"]["two_point_l1"][s] for s in (1, 2, 3)]
+        axes[1].bar(np.arange(3) + n * width, l1, width, color=f"C{k}", label=r.estimator)
+        tau = r.info["ks"]["decorrelation_time_ratio_model_over_data"]
+        axes[2].bar(np.arange(len(tau)) + n * width, tau, width, color=f"C{k}", label=r.estimator)
+    axes[1].set_xticks(np.arange(3) + 0.4 - width / 2, ["s = 1", "s = 2", "s = 3"])
+    axes[1].set_ylabel("L1 distance to the data's two-point PDF")
+    axes[1].set_title("two-point PDFs P(u_i, u_i+s)", fontsize=10)
+    axes[1].legend(fontsize=7)
+    d = len(data_tau)
+    axes[2].set_xticks(np.arange(d) + 0.4 - width / 2, [f"u{i}" for i in range(d)])
+    axes[2].set_ylabel("decorrelation time: model (model time) / data (KS time)")
+    axes[2].set_title("decorrelation times, data: " + ", ".join(f"{v:.2g}" for v in data_tau), fontsize=10)
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

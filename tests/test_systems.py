@@ -219,3 +219,32 @@ def test_decorrelation_time_of_ar1():
     rel_sd = np.sqrt(2 * (2 * window + 1) / series[..., 0].size)
     estimate = ks.decorrelation_time(series, spacing)
     assert np.all(np.abs(estimate - tau) < 4 * rel_sd * tau), (estimate, tau, rel_sd)
+
+
+def test_ks_statistics_of_the_data_against_itself_and_a_shifted_model():
+    """Model = data: every distance exactly 0 and the decorrelation ratio exactly 1; a shifted
+    model has positive distances and the same decorrelation times (a shift leaves the ACF)."""
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(9)
+    noise = rng.normal(size=(6, 3000, 4))
+    series = lfilter([np.sqrt(1 - 0.8**2)], [1, -0.8], noise, axis=1)[:, 100:]
+    tau = ks.decorrelation_time(series, 0.5)
+    same = ks.ks_statistics(series.reshape(-1, 4), series, 0.5, tau, grid_points=512)
+    assert same["one_point_relative_entropy"] == pytest.approx(0.0, abs=1e-12)
+    assert same["one_point_l1"] == 0.0 and all(v == 0.0 for v in same["two_point_l1"].values())
+    np.testing.assert_allclose(same["decorrelation_time_ratio_model_over_data"], 1.0, rtol=1e-12)
+    shifted = ks.ks_statistics(series.reshape(-1, 4), series + 0.5, 0.5, tau, grid_points=512)
+    assert shifted["one_point_relative_entropy"] > 0.05 and shifted["one_point_l1"] > 0.2
+    assert all(v > 0.2 for v in shifted["two_point_l1"].values())
+    np.testing.assert_allclose(shifted["decorrelation_time_model"], tau, rtol=1e-9)
+
+
+def test_fine_reference_series_has_the_requested_spacing_and_layout():
+    sysm = systems.get_system("ks_d4")
+    series = ks.fine_reference_series(jax.random.key(3), sysm, time_units=3.0, spacing=1.0, members=2,
+                                      burn_in_time=2.0)
+    assert series.shape == (2 * 16, 3, 4)
+    fields = np.asarray(ks.ks_fields(jax.random.key(3), 2, 3, 4, 8, sysm.dt))  # thin 4 x dt 0.25 = 1
+    centred = fields - fields.mean(axis=-1, keepdims=True)
+    np.testing.assert_allclose(series.reshape(2, 16, 3, 4)[:, 5], centred[..., 5::16], atol=1e-12)
