@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer import MCMC, NUTS
-from numpyro.infer.util import unconstrain_fn
+from numpyro.infer.util import potential_energy, unconstrain_fn
 
 from .mixture import MixturePrior, expected_quadratic_features, mixture_model, quadratic_features
 from .partition import Partition
@@ -153,18 +153,17 @@ def _jittered(key, tree, copies: int, scale, keep_first: bool = False):
     return jax.tree_util.tree_unflatten(treedef, noisy)
 
 
-def laplace_scales(model_args, params: dict) -> dict:
-    """Per-coordinate posterior sd of the Laplace approximation at ``params`` (unconstrained).
+def laplace_scales(potential, params: dict) -> dict:
+    """Per-coordinate sd of the Laplace approximation of ``exp(-potential)`` at ``params``.
 
-    ``1 / sqrt(H_ii)`` with ``H`` the Hessian of the potential, its diagonal from one
-    Hessian-vector product per coordinate (``lax.map``); ``inf`` where the curvature
-    is not positive.
+    ``1 / sqrt(H_ii)`` with ``H`` the Hessian of ``potential`` (a function of the pytree
+    ``params``), its diagonal from one Hessian-vector product per coordinate (``lax.map``);
+    ``inf`` where the curvature is not positive.
     """
     from jax.flatten_util import ravel_pytree
-    from numpyro.infer.util import potential_energy
 
     flat, unravel = ravel_pytree(params)
-    grad = jax.grad(lambda v: potential_energy(mixture_model, model_args, {}, unravel(v)))
+    grad = jax.grad(lambda v: potential(unravel(v)))
 
     @jax.jit
     def diagonal(flat):
@@ -187,7 +186,6 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
     start lands.  Returns the best point and the final potential of every start.
     """
     import optax
-    from numpyro.infer.util import potential_energy
 
     def potential(params):
         return potential_energy(mixture_model, model_args, {}, params)
@@ -239,7 +237,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # Chains start within the posterior's width of the start point: the Laplace sd, at most
     # init_jitter.  A fixed jitter of 0.05 is tens of posterior sds for a mean fitted on 1e5
     # snapshots: chains then fall back from far off and can land in another local mode.
-    sd = laplace_scales(model_args, init_unconstrained)
+    sd = laplace_scales(lambda p: potential_energy(mixture_model, model_args, {}, p), init_unconstrained)
     scale = jax.tree_util.tree_map(lambda v: jnp.minimum(v, config.init_jitter), sd)
     init_params = _jittered(jitter_key, init_unconstrained, config.chains, scale)
     kernel = NUTS(mixture_model, target_accept_prob=config.target_accept,
