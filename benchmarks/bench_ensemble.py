@@ -17,7 +17,6 @@ import time
 import kgmm_bayes  # noqa: F401
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kgmm_bayes.ensemble import mixture_drift, simulate_ensemble
 from kgmm_bayes.langevin import simulate_langevin
@@ -55,16 +54,21 @@ def main(args):
     work = args.particles * args.steps
     print(f"device: {jax.devices()[0].platform}, K = {args.components}, d = {args.dim}, "
           f"{args.particles} particles x {args.steps} steps per member")
-    print("| members S | S x single run (s) | ensemble (s) | baseline particle-steps/s | "
+    print("| members S | members per batch | S x single run (s) | ensemble (s) | baseline particle-steps/s | "
           "ensemble particle-steps/s | ratio ensemble / (S x single) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    batches = [None if b == "all" else int(b) for b in args.member_batch.split(",")]
     for members in sizes:
         params = jax.tree.map(lambda a: a[:members], draws)
-        ensemble = best_time(lambda: simulate_ensemble(run_key, mixture_drift, params, x0, **settings),
-                             args.repeats)
         baseline = members * single
-        print(f"| {members} | {baseline:.3f} | {ensemble:.3f} | {members * work / baseline:.3g} | "
-              f"{members * work / ensemble:.3g} | {ensemble / baseline:.2f} |")
+        for batch in batches:
+            if batch is not None and batch >= members:
+                continue
+            ensemble = best_time(lambda: simulate_ensemble(run_key, mixture_drift, params, x0, **settings,
+                                                           member_batch=batch), args.repeats)
+            print(f"| {members} | {'all' if batch is None else batch} | {baseline:.3f} | {ensemble:.3f} | "
+                  f"{members * work / baseline:.3g} | {members * work / ensemble:.3g} | {ensemble / baseline:.2f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
@@ -75,5 +79,7 @@ if __name__ == "__main__":
     parser.add_argument("--components", type=int, default=10)
     parser.add_argument("--dim", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--member-batch", default="all,4",
+                        help="comma-separated members per batch: 'all' (one vmap) or a number (lax.map batches)")
     parser.add_argument("--seed", type=int, default=0)
     main(parser.parse_args())

@@ -121,21 +121,29 @@ def interpolant_members(key, draws, points, counts, hidden, steps: int, learning
     return interp.apply_fn(), interp.params, losses
 
 
-@partial(jax.jit, static_argnums=(0, 4, 5, 6, 9))
-def _run_members(drift_fn, keys, member_params, x0, n_snap, thin, burn_in, dt, box, progress):
-    one = lambda k, p, x: trajectory(drift_fn, k, p, x, n_snap, thin, burn_in, dt, box, progress)  # noqa: E731
-    return jax.vmap(one)(keys, member_params, x0)
+@partial(jax.jit, static_argnums=(0, 4, 5, 6, 9, 10))
+def _run_members(drift_fn, keys, member_params, x0, n_snap, thin, burn_in, dt, box, progress, member_batch):
+    def one(args):
+        k, p, x = args
+        return trajectory(drift_fn, k, p, x, n_snap, thin, burn_in, dt, box, progress)
+    if member_batch is None:
+        return jax.vmap(lambda k, p, x: one((k, p, x)))(keys, member_params, x0)
+    # batches of member_batch members, vmapped, one batch after another (smaller working set)
+    return jax.lax.map(one, (keys, member_params, x0), batch_size=member_batch)
 
 
 def simulate_ensemble(key, drift_fn: Callable, member_params, x0, dt: float, steps: int, burn_in: int,
-                      thin: int, box: float = 10.0, progress: bool = False) -> EnsembleRun:
+                      thin: int, box: float = 10.0, progress: bool = False,
+                      member_batch: Optional[int] = None) -> EnsembleRun:
     """Simulate ``dx = drift_fn(member_params[s], x) dt + sqrt(2) dW`` for every member at once.
 
     ``member_params``: a pytree whose leaves carry a leading member axis ``S``;
     ``x0``: ``(P, d)`` shared starting particles or ``(S, P, d)``.  All members x
     particles run in one ``lax.scan`` (``vmap`` over members inside the step);
     member ``s`` equals ``simulate_langevin(member_keys(key, S)[s], drift_fn,
-    member_params[s], x0[s], ...)``.
+    member_params[s], x0[s], ...)``.  ``member_batch``: ``None`` vmaps all members in
+    each step; a number runs batches of that many members one after another
+    (``lax.map``), the same numbers with a smaller working set.
     """
     n_snap = check_settings(dt, steps, burn_in, thin, box)
     leaves = jax.tree.leaves(member_params)
@@ -153,7 +161,7 @@ def simulate_ensemble(key, drift_fn: Callable, member_params, x0, dt: float, ste
     with bar(f"simulating {members} ensemble members (snapshots after burn-in)", n_snap, progress):
         snaps, alive, finite = _run_members(drift_fn, member_keys(key, members), member_params, x0, n_snap,
                                             int(thin), int(burn_in), jnp.float32(dt), jnp.float32(box),
-                                            bool(progress))
+                                            bool(progress), None if member_batch is None else int(member_batch))
         snaps = np.asarray(snaps)
     wall = time.perf_counter() - start
     alive = np.asarray(alive)

@@ -57,6 +57,13 @@ def test_members_match_their_draws_gaussian(gaussian_run):
     assert np.all(np.abs(stats.skewness) < 5 * np.sqrt(6 / n * (1 + rho**3) / (1 - rho**3)))
 
 
+def test_members_in_batches_give_the_same_numbers(gaussian_run):
+    params, x0, run, _ = gaussian_run
+    batched = simulate_ensemble(jax.random.key(0), mixture_drift, params, x0, DT, STEPS, BURN_IN, THIN, member_batch=2)
+    np.testing.assert_array_equal(batched.samples, run.samples)
+    np.testing.assert_array_equal(batched.alive, run.alive)
+
+
 def test_acf_matches_ou(gaussian_run):
     # each member's ACF is that of its own OU process: exp(-t / sigma^2), in the discrete
     # chain rho^k; for the unit Gaussian member (sigma = 1, the z-scored score -x) exp(-t)
