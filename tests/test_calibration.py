@@ -15,6 +15,7 @@ from kgmm_bayes.cli import main
 from kgmm_bayes.data import InputError, ZScore
 from kgmm_bayes.spec import load_spec, spec_from_dict
 from kgmm_bayes.systems import get_system
+from test_compare import TINY  # its tiny reduced-1D study (seed 2); calibrate reads the fit's sections only
 
 
 def normal_pdf(x, mean, var):
@@ -89,32 +90,6 @@ def test_two_specs_with_one_name_are_refused():
         check_calibration_specs([spec, spec], [1000], 1)
 
 
-TINY = """
-[study]
-name = "tiny_cal"
-seed = 3
-
-[data]
-system = "reduced_1d"
-members = 10
-steps = 20000
-
-[partition]
-cells = 100
-
-[mixture]
-components = 3
-
-[sampler]
-chains = 2
-warmup = 100
-draws = 100
-map_starts = 1
-map_steps = 100
-
-[score]
-max_draws = 100
-"""
 
 
 def test_calibrate_end_to_end_and_resume(tmp_path, capsys):
@@ -127,7 +102,7 @@ def test_calibrate_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "cal"
     with open(out / "calibration.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["n"] for r in rows] == ["200", "400"] and all(r["seed"] == "3" for r in rows)
+    assert [r["n"] for r in rows] == ["200", "400"] and all(r["seed"] == "2" for r in rows)
     assert list(rows[0]) == list(COLUMNS)
     for r in rows:
         for col in ("score_coverage", "pdf_coverage"):
