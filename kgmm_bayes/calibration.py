@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from typing import NamedTuple, Sequence
 
 import jax
@@ -42,9 +41,9 @@ from .diagnostics import convergence_summary, to_inference_data
 from .outputs import OutputFolder, atomic_write_bytes, stage_key
 from .partition import fit_partition
 from .result import thin_draws
-from .sampler import SamplerConfig, build_prior, initial_values, run_nuts
 from .score import score_draws, summarize_scores
 from .spec import Spec
+from .study import sample_posterior
 from .systems import get_system, simulate
 
 __all__ = ["calibrate", "check_calibration_specs", "true_marginals", "mixture_marginals", "CalibrationResult",
@@ -157,16 +156,8 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     k = spec.mixture.components
     cells = min(spec.partition.cells, n // 2)
     part = fit_partition(partition_key, z, cells, k)
-    m = spec.mixture
-    prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
-    config = SamplerConfig(**spec.sampler._asdict(), progress=False)
-    if spec.partition.coreset:
-        points, counts, covs = part.points, part.counts, part.cell_covariances
-    else:
-        points, counts, covs = z, np.ones(len(z)), None
-    start = time.perf_counter()
-    post = run_nuts(mcmc_key, points, counts, prior, initial_values(part), config, point_covariances=covs)
-    wall = time.perf_counter() - start
+    post = sample_posterior(spec, mcmc_key, part, z)
+    wall = post.wall_time
     conv = convergence_summary(to_inference_data(post, zscore, part.points, part.counts, log_likelihood=False))
     draws = thin_draws(post, spec.score.max_draws)
 

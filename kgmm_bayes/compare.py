@@ -116,10 +116,9 @@ def _rom_relative_entropy(data: StudyData, rom, grid_points) -> np.ndarray:
     return marginal_relative_entropies(data.reference, data.zscore.inverse(kept.astype(np.float64)), grid_points)
 
 
-def _ks_block(data: StudyData, series_z, spec, data_tau) -> dict:
-    """KS statistics of a model's series ``(particles, n_snap, D)`` (z-scored) against the data's."""
+def _ks_block(data: StudyData, series, spec, data_tau) -> dict:
+    """KS statistics of a model's series ``(particles, n_snap, D)`` (physical units) against the data's."""
     lg = spec.langevin
-    series = data.zscore.inverse(np.asarray(series_z, dtype=np.float64))
     return ks.ks_statistics(data.reference, series, lg.dt * lg.thin, data_tau, grid_points=spec.metrics.grid_points)
 
 
@@ -131,7 +130,8 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
     rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)
     info = dict(info or {})
     if ks_tau is not None and rom.alive.any():
-        info["ks"] = _ks_block(data, np.swapaxes(rom.samples[:, rom.alive], 0, 1), spec, ks_tau)
+        series = data.zscore.inverse(np.swapaxes(rom.samples[:, rom.alive], 0, 1).astype(np.float64))
+        info["ks"] = _ks_block(data, series, spec, ks_tau)
     error = None
     if truth is not None:
         predicted = np.asarray(drift_fn(drift_params, jnp.asarray(points, jnp.float32)), dtype=np.float64)
@@ -228,8 +228,8 @@ def compare_study(spec: Spec, out_dir: str | None = None, seed: int | None = Non
         lg = spec.langevin
         rom = result.rom_samples  # kept particles, time-major: (n_snap * particles, D)
         if len(rom):
-            rows[0].info["ks"] = _ks_block(data, np.swapaxes(
-                data.zscore.forward(rom).reshape(lg.steps // lg.thin, -1, rom.shape[1]), 0, 1), spec, ks_tau)
+            rows[0].info["ks"] = _ks_block(data, np.swapaxes(rom.reshape(lg.steps // lg.thin, -1, rom.shape[1]), 0, 1),
+                                           spec, ks_tau)
 
     baseline_keys = study_keys(seed + 1_000_003)  # a stream apart from the study's; one key per baseline name
     dsm_reach = None

@@ -124,6 +124,19 @@ def _partition_stage(spec, out, key, z, cells, upstream):
     return part, skey
 
 
+def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False) -> PosteriorSamples:
+    """NUTS on the spec's mixture posterior: the partition's cells as a weighted coreset (their
+    moments), or every z-scored snapshot with ``[partition] coreset = false``."""
+    if spec.partition.coreset:
+        points, counts, covs = part.points, part.counts, part.cell_covariances
+    else:
+        points, counts, covs = z, np.ones(len(z)), None
+    m = spec.mixture
+    prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
+    config = SamplerConfig(**spec.sampler._asdict(), progress=progress)
+    return run_nuts(key, points, counts, prior, initial_values(part), config, point_covariances=covs)
+
+
 def _posterior_stage(spec, out, key, part, z, upstream, progress):
     skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition"))
     cached = out.load_stage("posterior", skey)
@@ -132,14 +145,7 @@ def _posterior_stage(spec, out, key, part, z, upstream, progress):
         stats = {k[5:]: v for k, v in cached.items() if k.startswith("stat_")}
         return PosteriorSamples(sites["weights"], sites["means"], sites["cov_chol"], sites, stats,
                                 float(cached["wall_time"])), skey, True
-    if spec.partition.coreset:
-        points, counts, covs = part.points, part.counts, part.cell_covariances
-    else:
-        points, counts, covs = z, np.ones(len(z)), None
-    m = spec.mixture
-    prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
-    config = SamplerConfig(**spec.sampler._asdict(), progress=progress)
-    post = run_nuts(key, points, counts, prior, initial_values(part), config, point_covariances=covs)
+    post = sample_posterior(spec, key, part, z, progress)
     arrays = {f"site_{k}": v for k, v in post.sites.items()}
     arrays.update({f"stat_{k}": v for k, v in post.sample_stats.items()})
     arrays["wall_time"] = np.asarray(post.wall_time)
