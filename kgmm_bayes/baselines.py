@@ -49,10 +49,10 @@ from sklearn.metrics import pairwise_distances_argmin
 from sklearn.mixture import BayesianGaussianMixture
 
 from .interpolant import MLP, Interpolant, fit_interpolant
-from .score import mixture_score
+from .score import coefficient_score, score_coefficients
 
 __all__ = ["KGMMTargets", "DSMCheckpoint", "BaselineFit", "kgmm_targets", "fit_kgmm", "fit_dsm",
-           "fit_sklearn", "mixture_drift"]
+           "fit_sklearn"]
 
 
 class KGMMTargets(NamedTuple):
@@ -256,12 +256,6 @@ def fit_dsm(key, z, sigma: float = 0.05, hidden=(128, 64), epochs: int = 200, ba
 
 # --------------------------------------------------------------------------- scikit-learn variational mixture
 
-def mixture_drift(params, x):
-    """Score of one Gaussian mixture ``params = (weights, means, cov_chol)`` at ``x`` ``(n, d)``."""
-    weights, means, cov_chol = params
-    return mixture_score(weights, means, cov_chol, x.astype(means.dtype))[0]
-
-
 def fit_sklearn(key, z, components: int = 10, max_iter: int = 100) -> BaselineFit:
     """scikit-learn ``BayesianGaussianMixture`` (full covariances, Dirichlet-process weights).
 
@@ -291,6 +285,5 @@ def fit_sklearn(key, z, components: int = 10, max_iter: int = 100) -> BaselineFi
     mixture = (weights / weights.sum(), means, cov_chol)
     info = {"components": int(len(bgm.weights_)), "converged": bool(bgm.converged_), "iterations": int(bgm.n_iter_),
             "effective_components": int(np.sum(bgm.weights_ > 1e-3))}
-    params = tuple(jnp.asarray(a, jnp.float32) for a in mixture)
-    return BaselineFit("sklearn", mixture_drift, params, {"fitting": fitting}, mixture=mixture, model=bgm,
+    return BaselineFit("sklearn", coefficient_score, score_coefficients(*mixture, dtype=jnp.float32), {"fitting": fitting}, mixture=mixture, model=bgm,
                        info=info)

@@ -45,7 +45,7 @@ from .data import InputError
 from .langevin import max_jacobian_eigenvalue, simulate_langevin
 from .metrics import marginal_relative_entropies, weighted_score_error
 from .outputs import OutputFolder, atomic_write_bytes
-from .result import predictive_score_fn
+from .result import predictive_drift
 from .spec import BASELINES, Spec
 from .study import StudyData, langevin_start, load_user_data, prepare_data, run_study, study_keys
 from .systems import get_system
@@ -207,7 +207,7 @@ def compare_study(spec: Spec, out_dir: str | None = None, seed: int | None = Non
     if spec.langevin.drift == "interpolant":
         bayes_drift = (result.interpolant.apply_fn(), result.interpolant.params)
     else:
-        bayes_drift = (predictive_score_fn, tuple(jnp.asarray(a, jnp.float32) for a in result.draws))
+        bayes_drift = predictive_drift(result.draws)
     bayes_error = None
     if truth is not None:
         predicted = np.asarray(bayes_drift[0](bayes_drift[1], jnp.asarray(part.points, jnp.float32)), np.float64)

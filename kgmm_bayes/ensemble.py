@@ -38,9 +38,9 @@ from .interpolant import fit_interpolant_ensemble
 from .langevin import check_settings, trajectory
 from .metrics import gaussian_kde_1d, marginal_relative_entropies
 from .progress import bar
-from .score import mixture_score, score_draws
+from .score import coefficient_score, score_coefficients, score_draws
 
-__all__ = ["EnsembleRun", "MemberStatistics", "Band", "select_draws", "member_keys", "mixture_drift",
+__all__ = ["EnsembleRun", "MemberStatistics", "Band", "select_draws", "member_keys", "mixture_members",
            "interpolant_members", "simulate_ensemble", "autocorrelation", "member_statistics", "bands",
            "entropy_distribution", "BAND_QUANTILES"]
 
@@ -105,9 +105,14 @@ def member_keys(key, members: int):
     return jax.random.split(key, members)
 
 
-def mixture_drift(draw, x):
-    """Closed-form score of one mixture draw ``(weights, means, cov_chol)`` at ``x`` ``(P, d)``."""
-    return mixture_score(*draw, x)[0]
+def mixture_members(draws, dtype=jnp.float32):
+    """Closed-form mixture-score drifts, one per draw ``(weights (S, K), means, cov_chol)``.
+
+    Returns ``(drift_fn, member_params)`` for :func:`simulate_ensemble`: each draw's
+    :class:`~kgmm_bayes.score.ScoreCoefficients`, computed once in the draws' precision
+    and cast to ``dtype``, so a step costs dense products rather than triangular solves.
+    """
+    return coefficient_score, score_coefficients(*draws, dtype=dtype)
 
 
 def interpolant_members(key, draws, points, counts, hidden, steps: int, learning_rate: float):

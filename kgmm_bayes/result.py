@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .data import InputError, ZScore
-from .score import ScoreSummary, mixture_score, score_draws, summarize_scores
+from .score import ScoreSummary, coefficient_score, mixture_score, score_coefficients, score_draws, summarize_scores
 
-__all__ = ["BayesianKGMM", "load_result", "thin_draws", "predictive_score_fn"]
+__all__ = ["BayesianKGMM", "load_result", "thin_draws", "predictive_score_fn", "predictive_drift"]
 
 
 def thin_draws(posterior, max_draws: int):
@@ -37,6 +37,19 @@ def predictive_score_fn(draws, x):
     d = means.shape[-1]
     score, _ = mixture_score(weights.reshape(-1) / s, means.reshape(-1, d), cov_chol.reshape(-1, d, d), x)
     return score
+
+
+def predictive_drift(draws, dtype=jnp.float32):
+    """``(drift_fn, drift_params)`` of the posterior-predictive score for a Langevin run.
+
+    The same function as :func:`predictive_score_fn`, with the pooled S*K-component
+    mixture's :class:`~kgmm_bayes.score.ScoreCoefficients` computed once (in the draws'
+    precision, then cast to ``dtype``), so each step is two dense matrix products.
+    """
+    weights, means, cov_chol = (np.asarray(a) for a in draws)
+    d = means.shape[-1]
+    pooled = (weights.reshape(-1) / weights.shape[0], means.reshape(-1, d), cov_chol.reshape(-1, d, d))
+    return coefficient_score, score_coefficients(*pooled, dtype=dtype)
 
 
 class BayesianKGMM(NamedTuple):

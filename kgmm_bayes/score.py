@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .mixture import LOG_2PI, precision_factors
+from .mixture import LOG_2PI, component_coefficients, precision_factors, quadratic_features
 
-__all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "ScoreSummary",
-           "score_draws", "summarize_scores"]
+__all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "ScoreCoefficients",
+           "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores"]
 
 
 def _whitened(weights, means, cov_chol, x):
@@ -65,6 +65,54 @@ def mixture_divergence(weights, means, cov_chol, x):
     trace_prec = jnp.sum(w_inv**2, axis=(-2, -1))  # tr W^T W
     per_comp = jnp.sum(prec_resid**2, axis=-1) - trace_prec[None]
     return jnp.sum(resp * per_comp, axis=-1) - jnp.sum(score**2, axis=-1)
+
+
+class ScoreCoefficients(NamedTuple):
+    r"""One mixture's score as dense products, computed once per draw (a drift's parameters).
+
+    ``log w_k N(x; mu_k, Sigma_k) = phi(x) @ gamma`` with the quadratic features
+    :math:`\phi(x) = [1, x, x_i x_j]` (:func:`kgmm_bayes.mixture.quadratic_features`), so
+    the responsibilities are ``softmax(phi(x) @ gamma)`` and
+    :math:`s(x) = r(x)^\top (P\mu) - (r(x)^\top P)\, x`: two matrix products and a
+    ``d x d`` product per point, no triangular solve and no ``(n, K, d)`` residuals.
+    Leaves may carry leading member axes.
+    """
+
+    gamma: jax.Array  # (F, K)
+    prec_mu: jax.Array  # (K, d): P_k mu_k
+    prec: jax.Array  # (K, d * d): P_k flattened
+
+
+def _coefficients(weights, means, cov_chol):
+    k, d = means.shape
+    w_inv = precision_factors(cov_chol)
+    prec = jnp.einsum("kji,kjl->kil", w_inv, w_inv)
+    return ScoreCoefficients(component_coefficients(weights, means, cov_chol),
+                             jnp.einsum("kij,kj->ki", prec, means), prec.reshape(k, d * d))
+
+
+def score_coefficients(weights, means, cov_chol, dtype=None) -> ScoreCoefficients:
+    """:class:`ScoreCoefficients` of draws ``(..., K)``, ``(..., K, d)``, ``(..., K, d, d)``.
+
+    Computed in the draws' precision, then cast to ``dtype`` (e.g. ``float32`` for a
+    float32 simulation; the expanded quadratic form then loses about
+    ``eps * |mu|^2 / sigma^2`` in the log densities, negligible for z-scored data).
+    """
+    weights, means, cov_chol = (jnp.asarray(a) for a in (weights, means, cov_chol))
+    fn = _coefficients
+    for _ in range(weights.ndim - 1):
+        fn = jax.vmap(fn)
+    coeffs = fn(weights, means, cov_chol)
+    return coeffs if dtype is None else ScoreCoefficients(*(a.astype(dtype) for a in coeffs))
+
+
+def coefficient_score(coeffs: ScoreCoefficients, x):
+    """Score ``(n, d)`` at points ``(n, d)`` from :func:`score_coefficients` (a drift function)."""
+    x = x.astype(coeffs.gamma.dtype)
+    resp = jax.nn.softmax(quadratic_features(x) @ coeffs.gamma, axis=-1)
+    d = x.shape[-1]
+    weighted_prec = (resp @ coeffs.prec).reshape(-1, d, d)
+    return resp @ coeffs.prec_mu - jnp.einsum("nij,nj->ni", weighted_prec, x)
 
 
 @jax.jit

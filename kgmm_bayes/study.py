@@ -28,7 +28,7 @@ from .metrics import band_coverage, marginal_relative_entropies, weighted_score_
 from .outputs import OutputFolder, atomic_write_bytes, json_floats as _json_floats, stage_key
 from .partition import Partition, fit_partition
 from .report import STIFFNESS_LIMIT, numerical_faults, write_report
-from .result import BayesianKGMM, predictive_score_fn, thin_draws
+from .result import BayesianKGMM, predictive_drift, thin_draws
 from .sampler import PosteriorSamples, SamplerConfig, build_prior, initial_values, run_nuts
 from .score import score_draws, summarize_scores
 from .selection import select_components
@@ -265,7 +265,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     if lg.drift == "interpolant":
         drift_fn, drift_params = interp.apply_fn(), interp.params
     else:
-        drift_fn, drift_params = predictive_score_fn, tuple(jnp.asarray(a, jnp.float32) for a in draws)
+        drift_fn, drift_params = predictive_drift(draws)
     stiffness = lg.dt * max_jacobian_eigenvalue(drift_fn, drift_params, part.points)
     if stiffness > STIFFNESS_LIMIT:
         warnings.warn(f"langevin: dt x max |eigenvalue of the drift Jacobian| = {stiffness:.2f} at the data "

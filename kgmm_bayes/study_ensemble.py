@@ -13,11 +13,10 @@ import time
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .ensemble import (autocorrelation, bands, entropy_distribution, interpolant_members, member_statistics,
-                       mixture_drift, select_draws, simulate_ensemble)
+                       mixture_members, select_draws, simulate_ensemble)
 from .figures import plot_ensemble_acf, plot_ensemble_marginals, plot_relative_entropy
 from .langevin import initial_particles
 from .metrics import gaussian_kde_1d
@@ -75,7 +74,7 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
             drift_fn, params, losses = interpolant_members(drift_key, draws, part.points, part.counts, itp.hidden,
                                                            itp.steps, itp.learning_rate)
         else:
-            drift_fn, params, losses = mixture_drift, tuple(jnp.asarray(a, jnp.float32) for a in draws), None
+            (drift_fn, params), losses = mixture_members(draws), None
         x0, _ = initial_particles(start_key, part.points, part.counts, es.particles)  # one start shared by the members
         run = simulate_ensemble(run_key, drift_fn, params, x0, lg.dt, es.steps, es.burn_in, es.thin, lg.box,
                                 progress=progress)

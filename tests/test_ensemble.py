@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import kgmm_bayes  # noqa: F401
-from kgmm_bayes.ensemble import (bands, entropy_distribution, member_keys, member_statistics, mixture_drift,
+from kgmm_bayes.ensemble import (bands, entropy_distribution, member_keys, member_statistics, mixture_members,
                                  select_draws, simulate_ensemble)
 from kgmm_bayes.interpolant import fit_interpolant, fit_interpolant_ensemble
 from kgmm_bayes.langevin import simulate_langevin
@@ -37,8 +37,9 @@ def gaussian_members(mu=MU, sigma=SIGMA):
 def gaussian_run():
     params = gaussian_members()
     x0 = jnp.zeros((PARTICLES, 2))
-    run = simulate_ensemble(jax.random.key(0), mixture_drift, params, x0, DT, STEPS, BURN_IN, THIN)
-    return params, x0, run, member_statistics(run, max_lag=10, lag_time=DT * THIN)
+    drift, coeffs = mixture_members(params)
+    run = simulate_ensemble(jax.random.key(0), drift, coeffs, x0, DT, STEPS, BURN_IN, THIN)
+    return (drift, coeffs), x0, run, member_statistics(run, max_lag=10, lag_time=DT * THIN)
 
 
 def test_members_match_their_draws_gaussian(gaussian_run):
@@ -58,8 +59,8 @@ def test_members_match_their_draws_gaussian(gaussian_run):
 
 
 def test_members_in_batches_give_the_same_numbers(gaussian_run):
-    params, x0, run, _ = gaussian_run
-    batched = simulate_ensemble(jax.random.key(0), mixture_drift, params, x0, DT, STEPS, BURN_IN, THIN, member_batch=2)
+    (drift, coeffs), x0, run, _ = gaussian_run
+    batched = simulate_ensemble(jax.random.key(0), drift, coeffs, x0, DT, STEPS, BURN_IN, THIN, member_batch=2)
     np.testing.assert_array_equal(batched.samples, run.samples)
     np.testing.assert_array_equal(batched.alive, run.alive)
 
@@ -82,10 +83,10 @@ def test_acf_matches_ou(gaussian_run):
 
 
 def test_ensemble_equals_separate_runs(gaussian_run):
-    params, x0, run, _ = gaussian_run
+    (drift, coeffs), x0, run, _ = gaussian_run
     keys = member_keys(jax.random.key(0), 3)
     for s in range(3):
-        single = simulate_langevin(keys[s], mixture_drift, jax.tree.map(lambda a: a[s], params), x0, DT, STEPS,
+        single = simulate_langevin(keys[s], drift, jax.tree.map(lambda a: a[s], coeffs), x0, DT, STEPS,
                                    BURN_IN, THIN)
         np.testing.assert_allclose(run.samples[s], single.samples, atol=1e-6)
         assert np.array_equal(run.alive[s], single.alive)

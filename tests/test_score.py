@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import kgmm_bayes  # noqa: F401
-from kgmm_bayes.result import predictive_score_fn
-from kgmm_bayes.score import (mixture_divergence, mixture_log_density, mixture_score, score_draws,
-                              summarize_scores)
+from kgmm_bayes.result import predictive_drift, predictive_score_fn
+from kgmm_bayes.score import (coefficient_score, mixture_divergence, mixture_log_density, mixture_score,
+                              score_coefficients, score_draws, summarize_scores)
 from test_mixture import random_mixture
 
 
@@ -25,6 +25,22 @@ def test_score_and_divergence_match_autodiff(d):
     jac = jax.vmap(jax.jacfwd(score_one))(jnp.asarray(x))
     np.testing.assert_allclose(mixture_divergence(w, mu, chol, x), jnp.trace(jac, axis1=1, axis2=2),
                                rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_coefficient_score_is_the_closed_form_score(d):
+    """The expanded quadratic form (the Langevin drift) against the whitened-residual form, float64;
+    with a leading member axis each member's coefficients are its own draw's."""
+    rng = np.random.default_rng(10 + d)
+    draws = [random_mixture(rng, 4, d) for _ in range(3)]
+    x = 1.5 * rng.normal(size=(40, d))
+    stacked = score_coefficients(*(np.stack(parts) for parts in zip(*draws)))
+    for s, draw in enumerate(draws):
+        expected, _ = mixture_score(*draw, x)
+        np.testing.assert_allclose(coefficient_score(score_coefficients(*draw), jnp.asarray(x)), expected,
+                                   rtol=1e-10, atol=1e-10)
+        member = jax.tree.map(lambda a: a[s], stacked)
+        np.testing.assert_allclose(coefficient_score(member, jnp.asarray(x)), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_score_is_invariant_to_relabelling():
@@ -52,6 +68,8 @@ def test_predictive_score_is_gradient_of_log_mean_density():
     summary = summarize_scores(scores, logps, band=0.9)
     np.testing.assert_allclose(summary.predictive, expected, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(predictive_score_fn((w, mu, chol), jnp.asarray(x)), expected, rtol=1e-9, atol=1e-9)
+    drift_fn, coeffs = predictive_drift((w, mu, chol), dtype=jnp.float64)  # the Langevin drift, same function
+    np.testing.assert_allclose(drift_fn(coeffs, jnp.asarray(x)), expected, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(summary.mean, scores.mean(axis=0), rtol=1e-12)
     assert np.all(summary.lower <= summary.mean + 1e-12) and np.all(summary.mean <= summary.upper + 1e-12)
     # the band is the equal-tailed quantile interval of the draws
