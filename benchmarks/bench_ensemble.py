@@ -12,6 +12,7 @@ particle-steps per second and the ratio ensemble / (S x single) (below 1: batchi
 Defaults: the Lorenz-63 study's ensemble (K = 32, d = 3, 100 particles per member).
 
     python benchmarks/bench_ensemble.py --members 1,8,32
+    python benchmarks/bench_ensemble.py --members 1,8,32 --drift interpolant   # one MLP per member
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import kgmm_bayes  # noqa: F401
 import jax
 import jax.numpy as jnp
 
-from kgmm_bayes.ensemble import mixture_members, simulate_ensemble
+from kgmm_bayes.ensemble import interpolant_members, mixture_members, simulate_ensemble
 from kgmm_bayes.langevin import simulate_langevin
 from kgmm_bayes.score import mixture_score
 
@@ -59,16 +60,21 @@ def main(args):
     x0 = jax.random.normal(x0_key, (args.particles, args.dim))
     sizes = [int(s) for s in args.members.split(",")]
     draws = random_draws(draw_key, max(sizes), args.components, args.dim)
-    drift, coeffs = mixture_members(draws)
+    work = args.particles * args.steps
+    if args.drift == "mixture":
+        drift, coeffs = mixture_members(draws)
+    else:  # one MLP per draw, as [ensemble] drift = "interpolant" trains them (the cost does not depend on training)
+        points = jax.random.normal(x0_key, (256, args.dim))
+        drift, coeffs, _ = interpolant_members(draw_key, draws, points, jnp.ones(256), tuple(args.hidden), 1, 1e-3)
     one = jax.tree.map(lambda a: a[0], coeffs)
     single = best_time(lambda: simulate_langevin(run_key, drift, one, x0, **settings), args.repeats)
-    residual = best_time(lambda: simulate_langevin(run_key, residual_drift, jax.tree.map(lambda a: a[0], draws), x0,
-                                                   **settings), args.repeats)
-    work = args.particles * args.steps
-    print(f"device: {jax.devices()[0].platform}, K = {args.components}, d = {args.dim}, "
+    print(f"device: {jax.devices()[0].platform}, drift {args.drift}, K = {args.components}, d = {args.dim}, "
           f"{args.particles} particles x {args.steps} steps per member")
-    print(f"one member: {work / single:.3g} particle-steps/s with coefficients, {work / residual:.3g} with "
-          f"whitened residuals ({residual / single:.1f}x slower)")
+    if args.drift == "mixture":
+        residual = best_time(lambda: simulate_langevin(run_key, residual_drift, jax.tree.map(lambda a: a[0], draws),
+                                                       x0, **settings), args.repeats)
+        print(f"one member: {work / single:.3g} particle-steps/s with coefficients, {work / residual:.3g} with "
+              f"whitened residuals ({residual / single:.1f}x slower)")
     print("| members S | members per batch | S x single run (s) | ensemble (s) | baseline particle-steps/s | "
           "ensemble particle-steps/s | ratio ensemble / (S x single) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -93,6 +99,8 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--components", type=int, default=32)
     parser.add_argument("--dim", type=int, default=3)
+    parser.add_argument("--drift", choices=("mixture", "interpolant"), default="mixture")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[128, 64], help="interpolant hidden widths")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--member-batch", default="all,4",
                         help="comma-separated members per batch: 'all' (one vmap) or a number (lax.map batches)")
