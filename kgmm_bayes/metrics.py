@@ -33,11 +33,29 @@ def _kde_chunk(samples, grid, bandwidth):
     return total
 
 
+_EXACT_MAX = 20_000  # above this many samples the KDE is binned (O(n + mesh log mesh) instead of O(n grid))
+_MESH_STEP = 1e-3  # binned KDE: mesh spacing in bandwidths; error O(step^2), ~1e-7 of the peak
+
+
 def gaussian_kde_1d(samples, grid) -> np.ndarray:
-    """Gaussian KDE with Scott's bandwidth ``std(ddof=1) n^(-1/5)`` at ``grid`` (float64)."""
+    """Gaussian KDE with Scott's bandwidth ``std(ddof=1) n^(-1/5)`` at ``grid`` (float64).
+
+    Up to ``_EXACT_MAX`` samples, the exact sum of kernels.  Beyond, linear binning onto a
+    uniform mesh ``_MESH_STEP`` bandwidths fine, an FFT convolution with the kernel and
+    linear interpolation to ``grid`` (the standard binned KDE): the same density to about
+    1e-7 of its peak (tested against the exact sum), at a cost that does not grow with
+    ``n x len(grid)`` (posterior ensembles evaluate hundreds of KDEs of 1e5+ samples).
+    """
     samples = np.asarray(samples, dtype=np.float64).ravel()
     n = samples.size
     bandwidth = samples.std(ddof=1) * n ** (-0.2)
+    if n > _EXACT_MAX:
+        return _binned_kde(samples, np.asarray(grid, dtype=np.float64), bandwidth)
+    return _exact_kde(samples, grid, bandwidth)
+
+
+def _exact_kde(samples, grid, bandwidth) -> np.ndarray:
+    n = samples.size
     grid = jnp.asarray(grid, dtype=jnp.float64)
     padded = np.full(-(-n // _CHUNK) * _CHUNK, np.inf)  # exp(-inf) adds exactly 0
     padded[:n] = samples
@@ -45,6 +63,27 @@ def gaussian_kde_1d(samples, grid) -> np.ndarray:
     for start in range(0, padded.size, _CHUNK):
         total += np.asarray(_kde_chunk(jnp.asarray(padded[start:start + _CHUNK]), grid, bandwidth))
     return total / (n * bandwidth * np.sqrt(2.0 * np.pi))
+
+
+def _binned_kde(samples, grid, bandwidth) -> np.ndarray:
+    reach = 8.0 * bandwidth  # the kernel below exp(-32) ~ 1e-14 is left out
+    lo = min(samples.min(), grid.min()) - reach
+    hi = max(samples.max(), grid.max()) + reach
+    mesh_points = int(np.clip(np.ceil((hi - lo) / (_MESH_STEP * bandwidth)) + 1, 64, 2**22))
+    step = (hi - lo) / (mesh_points - 1)
+    # linear binning: each sample splits its unit mass between its two mesh neighbours
+    pos = (samples - lo) / step
+    left = np.minimum(np.floor(pos).astype(np.int64), mesh_points - 2)
+    frac = pos - left
+    counts = (np.bincount(left, weights=1.0 - frac, minlength=mesh_points)
+              + np.bincount(left + 1, weights=frac, minlength=mesh_points))
+    half = min(int(np.ceil(reach / step)), mesh_points - 1)
+    offsets = np.arange(-half, half + 1) * step
+    kernel = np.exp(-0.5 * (offsets / bandwidth) ** 2)
+    size = 1 << int(np.ceil(np.log2(mesh_points + kernel.size - 1)))
+    conv = np.fft.irfft(np.fft.rfft(counts, size) * np.fft.rfft(kernel, size), size)[half:half + mesh_points]
+    density = np.maximum(conv, 0.0) / (samples.size * bandwidth * np.sqrt(2.0 * np.pi))
+    return np.interp(grid, lo + step * np.arange(mesh_points), density)
 
 
 def relative_entropy(reference, model, grid_points: int = 2048, floor: float = 1e-10) -> float:

@@ -7,7 +7,8 @@ from scipy.stats import gaussian_kde
 
 import kgmm_bayes  # noqa: F401
 from kgmm_bayes.interpolant import fit_interpolant, load_interpolant, save_interpolant
-from kgmm_bayes.metrics import band_coverage, gaussian_kde_1d, relative_entropy, weighted_score_error
+from kgmm_bayes import metrics
+from kgmm_bayes.metrics import _exact_kde, band_coverage, gaussian_kde_1d, relative_entropy, weighted_score_error
 
 
 def test_interpolant_fits_smooth_field_and_round_trips(tmp_path):
@@ -30,7 +31,26 @@ def test_kde_matches_scipy():
     rng = np.random.default_rng(0)
     samples = rng.standard_t(5, size=70_001)  # more than one chunk, ragged tail
     grid = np.linspace(-8, 8, 301)
-    np.testing.assert_allclose(gaussian_kde_1d(samples, grid), gaussian_kde(samples)(grid), rtol=1e-10, atol=1e-14)
+    scipy_kde = gaussian_kde(samples)(grid)
+    bandwidth = samples.std(ddof=1) * samples.size ** (-0.2)
+    np.testing.assert_allclose(_exact_kde(samples, grid, bandwidth), scipy_kde, rtol=1e-10, atol=1e-14)
+    # the public function bins this many samples: the same density to 1e-6 of its peak
+    np.testing.assert_allclose(gaussian_kde_1d(samples, grid), scipy_kde, rtol=0, atol=1e-6 * scipy_kde.max())
+    few = samples[:5_000]  # exact below the binning threshold
+    np.testing.assert_allclose(gaussian_kde_1d(few, grid), gaussian_kde(few)(grid), rtol=1e-10, atol=1e-14)
+
+
+def test_binned_kde_keeps_relative_entropy():
+    """Binned and exact KDEs give the same relative entropy (to 1e-5 relative) on a bimodal pair."""
+    rng = np.random.default_rng(3)
+    n = 60_000
+    p = np.concatenate([rng.normal(-2, 0.3, n // 2), rng.normal(1.5, 0.8, n // 2)])
+    q = np.concatenate([rng.normal(-1.9, 0.35, n // 2), rng.normal(1.4, 0.9, n // 2)])
+    binned = relative_entropy(p, q)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metrics, "_EXACT_MAX", 10**9)
+        exact = relative_entropy(p, q)
+    assert binned == pytest.approx(exact, rel=1e-5)
 
 
 def test_relative_entropy_of_gaussians():
