@@ -285,5 +285,5 @@ def fit_sklearn(key, z, components: int = 10, max_iter: int = 100) -> BaselineFi
     mixture = (weights / weights.sum(), means, cov_chol)
     info = {"components": int(len(bgm.weights_)), "converged": bool(bgm.converged_), "iterations": int(bgm.n_iter_),
             "effective_components": int(np.sum(bgm.weights_ > 1e-3))}
-    return BaselineFit("sklearn", coefficient_score, score_coefficients(*mixture, dtype=jnp.float32), {"fitting": fitting}, mixture=mixture, model=bgm,
-                       info=info)
+    return BaselineFit("sklearn", coefficient_score, score_coefficients(*mixture, dtype=jnp.float32),
+                       {"fitting": fitting}, mixture=mixture, model=bgm, info=info)

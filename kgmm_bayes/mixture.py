@@ -41,6 +41,7 @@ __all__ = [
     "quadratic_features",
     "expected_quadratic_features",
     "component_coefficients",
+    "precision_terms",
     "mixture_loglik_dense",
     "mixture_model",
     "cov_cholesky",
@@ -118,12 +119,20 @@ def precision_factors(cov_chol):
     return jnp.stack(rows, axis=-2)
 
 
-def component_coefficients(weights, means, cov_chol):
-    """Coefficients ``Gamma`` ``(F, K)`` with ``phi(x) @ Gamma = log w_k N(x; mu_k, Sigma_k)``."""
-    d = means.shape[-1]
+def precision_terms(means, cov_chol):
+    """Precisions ``P_k = Sigma_k^{-1}`` ``(K, d, d)`` and ``P_k mu_k`` ``(K, d)``."""
     w_inv = precision_factors(cov_chol)  # (K, d, d)
     prec = jnp.einsum("kji,kjl->kil", w_inv, w_inv)  # W^T W
-    prec_mu = jnp.einsum("kij,kj->ki", prec, means)
+    return prec, jnp.einsum("kij,kj->ki", prec, means)
+
+
+def component_coefficients(weights, means, cov_chol, terms=None):
+    """Coefficients ``Gamma`` ``(F, K)`` with ``phi(x) @ Gamma = log w_k N(x; mu_k, Sigma_k)``.
+
+    ``terms``: :func:`precision_terms` of ``(means, cov_chol)`` when the caller has them already.
+    """
+    d = means.shape[-1]
+    prec, prec_mu = precision_terms(means, cov_chol) if terms is None else terms
     log_det_chol = jnp.sum(jnp.log(jnp.diagonal(cov_chol, axis1=-2, axis2=-1)), axis=-1)
     const = (jnp.log(weights) - 0.5 * jnp.sum(means * prec_mu, axis=-1) - log_det_chol
              - 0.5 * d * LOG_2PI)

@@ -26,16 +26,20 @@ def thin_draws(posterior, max_draws: int):
     return take(posterior.weights), take(posterior.means), take(posterior.cov_chol)
 
 
+def _pooled(draws):
+    """The average of S mixtures of K components as one mixture of S*K components, weights ``w_sk / S``."""
+    weights, means, cov_chol = draws
+    d = means.shape[-1]
+    return weights.reshape(-1) / weights.shape[0], means.reshape(-1, d), cov_chol.reshape(-1, d, d)
+
+
 def predictive_score_fn(draws, x):
     """Score of the posterior-predictive density ``mean_s p_s(x)`` at ``x`` ``(n, d)``.
 
     The average of S mixtures of K components is one mixture of S*K
     components with weights ``w_sk / S``, so its score is closed form.
     """
-    weights, means, cov_chol = draws
-    s = weights.shape[0]
-    d = means.shape[-1]
-    score, _ = mixture_score(weights.reshape(-1) / s, means.reshape(-1, d), cov_chol.reshape(-1, d, d), x)
+    score, _ = mixture_score(*_pooled(draws), x)
     return score
 
 
@@ -46,10 +50,7 @@ def predictive_drift(draws, dtype=jnp.float32):
     mixture's :class:`~kgmm_bayes.score.ScoreCoefficients` computed once (in the draws'
     precision, then cast to ``dtype``), so each step is two dense matrix products.
     """
-    weights, means, cov_chol = (np.asarray(a) for a in draws)
-    d = means.shape[-1]
-    pooled = (weights.reshape(-1) / weights.shape[0], means.reshape(-1, d), cov_chol.reshape(-1, d, d))
-    return coefficient_score, score_coefficients(*pooled, dtype=dtype)
+    return coefficient_score, score_coefficients(*_pooled(tuple(np.asarray(a) for a in draws)), dtype=dtype)
 
 
 class BayesianKGMM(NamedTuple):

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .mixture import LOG_2PI, component_coefficients, precision_factors, quadratic_features
+from .mixture import LOG_2PI, component_coefficients, precision_factors, precision_terms, quadratic_features
 
 __all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "ScoreCoefficients",
            "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores"]
@@ -85,10 +85,9 @@ class ScoreCoefficients(NamedTuple):
 
 def _coefficients(weights, means, cov_chol):
     k, d = means.shape
-    w_inv = precision_factors(cov_chol)
-    prec = jnp.einsum("kji,kjl->kil", w_inv, w_inv)
-    return ScoreCoefficients(component_coefficients(weights, means, cov_chol),
-                             jnp.einsum("kij,kj->ki", prec, means), prec.reshape(k, d * d))
+    prec, prec_mu = precision_terms(means, cov_chol)
+    return ScoreCoefficients(component_coefficients(weights, means, cov_chol, (prec, prec_mu)), prec_mu,
+                             prec.reshape(k, d * d))
 
 
 def score_coefficients(weights, means, cov_chol, dtype=None) -> ScoreCoefficients:
