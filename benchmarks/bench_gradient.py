@@ -4,7 +4,10 @@ For each case (N points, K components, D dimensions) and dtype, times the jitted
 (with respect to weights, means and covariance Cholesky factors) of
 
 * ``dense``: this project's likelihood, ``logsumexp(Phi @ Gamma(theta))`` with fixed
-  quadratic features ``Phi`` (kgmm_bayes.mixture.mixture_loglik_dense);
+  quadratic features ``Phi`` (kgmm_bayes.mixture.mixture_loglik_dense): value and
+  derivative in ``Gamma`` from one pass over cache-sized blocks of rows;
+* ``autodiff``: the same expression differentiated by plain autodiff (the dense form
+  before the fused derivative), for comparison;
 * ``mixture_same_family``: ``numpyro.distributions.MixtureSameFamily`` of
   ``MultivariateNormal(scale_tril=L)``, the straightforward model;
 * ``floor``: the dense matrix products alone that any gradient of the dense form must do,
@@ -12,7 +15,7 @@ For each case (N points, K components, D dimensions) and dtype, times the jitted
   ``Phi^T @ G`` (F x N by N x K), measured as one jitted function of the same shapes.
 
 Each timing is the median over repeats of ``block_until_ready`` after a warm-up call.
-Prints one table with the ratios dense/floor and mixture_same_family/dense.
+Prints one table with the ratios dense/floor, autodiff/dense and mixture_same_family/dense.
 
     python benchmarks/bench_gradient.py [--repeats 30]
 """
@@ -27,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
-from kgmm_bayes.mixture import mixture_loglik_dense, quadratic_features
+from kgmm_bayes.mixture import component_coefficients, mixture_loglik_dense, quadratic_features
 
 CASES = [(20_000, 16, 2), (100_000, 32, 3)]
 
@@ -63,6 +66,12 @@ def main(args):
 
             dense = jax.jit(jax.grad(lambda w, m, c: mixture_loglik_dense(feats, counts, w, m, c), argnums=(0, 1, 2)))
 
+            def autodiff_loglik(w, m, c):
+                log_comp = feats @ component_coefficients(w, m, c)
+                return jnp.sum(counts * jax.nn.logsumexp(log_comp, axis=-1))
+
+            autodiff = jax.jit(jax.grad(autodiff_loglik, argnums=(0, 1, 2)))
+
             def msf_loglik(w, m, c):
                 mix = dist.MixtureSameFamily(dist.Categorical(probs=w), dist.MultivariateNormal(m, scale_tril=c))
                 return jnp.sum(mix.log_prob(x))
@@ -73,17 +82,19 @@ def main(args):
             floor = jax.jit(lambda f, g, ct: (f @ g, f.T @ ct))
 
             t_dense = median_time(dense, w, mu, chol, repeats=args.repeats)
+            t_auto = median_time(autodiff, w, mu, chol, repeats=args.repeats)
             t_msf = median_time(msf, w, mu, chol, repeats=args.repeats)
             t_floor = median_time(floor, feats, gamma, cotangent, repeats=args.repeats)
-            rows.append((n, k, d, jnp.dtype(dtype).name, t_floor, t_dense, t_msf))
+            rows.append((n, k, d, jnp.dtype(dtype).name, t_floor, t_dense, t_auto, t_msf))
 
     print(f"device: {jax.devices()[0].device_kind}, {jax.local_device_count()} device(s)")
-    header = ("N", "K", "D", "dtype", "floor_us", "dense_us", "msf_us", "dense/floor", "msf/dense")
+    header = ("N", "K", "D", "dtype", "floor_us", "dense_us", "autodiff_us", "msf_us", "dense/floor",
+              "autodiff/dense", "msf/dense")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for n, k, d, dt, tf, td, tm in rows:
-        print(f"| {n} | {k} | {d} | {dt} | {tf * 1e6:.0f} | {td * 1e6:.0f} | {tm * 1e6:.0f} | "
-              f"{td / tf:.2f} | {tm / td:.1f} |")
+    for n, k, d, dt, tf, td, ta, tm in rows:
+        print(f"| {n} | {k} | {d} | {dt} | {tf * 1e6:.0f} | {td * 1e6:.0f} | {ta * 1e6:.0f} | {tm * 1e6:.0f} | "
+              f"{td / tf:.2f} | {ta / td:.2f} | {tm / td:.1f} |")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ once per data set; ``Gamma`` costs K small triangular inversions.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -35,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from jax.custom_derivatives import SymbolicZero
 
 __all__ = [
     "MixturePrior",
@@ -43,6 +45,8 @@ __all__ = [
     "component_coefficients",
     "precision_terms",
     "mixture_loglik_dense",
+    "loglik_from_coefficients",
+    "block_rows_for",
     "mixture_model",
     "cov_cholesky",
     "precision_factors",
@@ -141,17 +145,109 @@ def component_coefficients(weights, means, cov_chol, terms=None):
     return jnp.concatenate([const[:, None], prec_mu, quad], axis=1).T
 
 
-def mixture_loglik_dense(features, counts, weights, means, cov_chol):
-    """``sum_m counts_m log sum_k w_k N(x_m; mu_k, Sigma_k)`` from precomputed features."""
-    log_comp = features @ component_coefficients(weights, means, cov_chol)  # (M, K)
-    return jnp.sum(counts * jax.nn.logsumexp(log_comp, axis=-1))
+#: Rows of the likelihood are taken in blocks whose ``(rows, K)`` log densities fill
+#: about this many bytes (the size of a core's L2 cache here), so that the max, the
+#: exponentials and the weighted softmax of a block are computed while it is in cache.
+BLOCK_BYTES = 4 * 2**20
 
 
-def mixture_model(features, counts, prior: MixturePrior):
+def block_rows_for(k: int, dtype) -> int:
+    """Rows per block of the likelihood for ``k`` components in ``dtype`` (see :data:`BLOCK_BYTES`)."""
+    return max(1024, BLOCK_BYTES // (k * jnp.dtype(dtype).itemsize))
+
+
+def _block_terms(features, counts, gamma):
+    """Value and ``gamma``-gradient of ``sum_m c_m logsumexp_k (Phi @ Gamma)_mk`` on a block of rows.
+
+    The gradient is ``Phi^T (c * softmax(Phi @ Gamma))``: the softmax comes from the same
+    exponentials as the value, so each entry is exponentiated once.
+    """
+    log_comp = features @ gamma  # (rows, K)
+    top = jnp.max(log_comp, axis=1, keepdims=True)
+    # Rows where every component has log density -inf get -inf (not nan) as their value.
+    top = jax.lax.stop_gradient(jnp.maximum(top, jnp.finfo(log_comp.dtype).min))
+    scaled = jnp.exp(log_comp - top)
+    total = jnp.sum(scaled, axis=1, keepdims=True)
+    value = jnp.sum(counts * (top[:, 0] + jnp.log(total[:, 0])))
+    return value, features.T @ (scaled * (counts[:, None] / total))
+
+
+def _loglik_and_grad(features, counts, gamma, block_rows):
+    """:func:`_block_terms` summed over blocks of ``block_rows`` rows (``lax.scan``), the rest last."""
+    n = features.shape[0]
+    blocks = n // block_rows if block_rows else 0
+    if blocks < 2:
+        return _block_terms(features, counts, gamma)
+    head = blocks * block_rows
+
+    def add_block(carry, block):
+        value, grad = _block_terms(*block, gamma)
+        return (carry[0] + value, carry[1] + grad), None
+
+    zero = (jnp.zeros((), gamma.dtype), jnp.zeros_like(gamma))
+    stacked = (features[:head].reshape(blocks, block_rows, -1), counts[:head].reshape(blocks, block_rows))
+    (value, grad), _ = jax.lax.scan(add_block, zero, stacked)
+    if head < n:
+        tail_value, tail_grad = _block_terms(features[head:], counts[head:], gamma)
+        value, grad = value + tail_value, grad + tail_grad
+    return value, grad
+
+
+def _loglik_reference(features, counts, gamma):
+    return jnp.sum(counts * jax.nn.logsumexp(features @ gamma, axis=-1))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def loglik_from_coefficients(features, counts, gamma, block_rows=None):
+    """``sum_m counts_m logsumexp_k (features @ gamma)_mk``, with a fused derivative in ``gamma``.
+
+    Differentiated, the value and ``d/d gamma`` come from one pass over the rows
+    (:func:`_block_terms`): autodiff of the plain expression instead runs over the
+    ``(M, K)`` log densities four or five times (max, exponentials, sums, the softmax,
+    the cotangent).  ``block_rows``: rows per block (``None``: one block); blocks keep
+    those passes in cache.  Higher derivatives (the sampler's Hessian-vector products)
+    differentiate the fused rule itself.
+    """
+    return _loglik_and_grad(features, counts, gamma, block_rows)[0]
+
+
+def _loglik_jvp(block_rows, primals, tangents):
+    features, counts, gamma = primals
+    value, grad = _loglik_and_grad(features, counts, gamma, block_rows)
+    tangent = jnp.zeros((), value.dtype)
+    if not isinstance(tangents[2], SymbolicZero):
+        tangent = tangent + jnp.sum(grad * tangents[2])
+    data = [(p, t) for p, t in zip(primals[:2], tangents[:2])]
+    if not all(isinstance(t, SymbolicZero) for _, t in data):
+        # The data are constants in the sampler; where they are perturbed, their part of
+        # the derivative is the plain expression's.
+        d_features, d_counts = (jnp.zeros_like(p) if isinstance(t, SymbolicZero) else t for p, t in data)
+        tangent = tangent + jax.jvp(lambda f, c: _loglik_reference(f, c, gamma), (features, counts),
+                                    (d_features, d_counts))[1]
+    return value, tangent
+
+
+loglik_from_coefficients.defjvp(_loglik_jvp, symbolic_zeros=True)
+
+
+def mixture_loglik_dense(features, counts, weights, means, cov_chol, block_rows="auto"):
+    """``sum_m counts_m log sum_k w_k N(x_m; mu_k, Sigma_k)`` from precomputed features.
+
+    ``block_rows``: ``"auto"`` (:func:`block_rows_for`), an int, or ``None`` for one
+    block (rows sharded over devices must not be re-blocked).
+    """
+    gamma = component_coefficients(weights, means, cov_chol)  # (F, K)
+    if block_rows == "auto":
+        block_rows = block_rows_for(gamma.shape[1], gamma.dtype)
+    return loglik_from_coefficients(features, counts, gamma, block_rows)
+
+
+def mixture_model(features, counts, prior: MixturePrior, block_rows="auto"):
     """numpyro model of the Bayesian mixture on weighted points (see module docstring).
 
     ``features`` are :func:`quadratic_features` of the points and ``counts``
     their weights; the number of components and dimension come from the prior.
+    ``block_rows``: as in :func:`mixture_loglik_dense`.
     """
     k, d = prior.centroids.shape
     weights = numpyro.sample("weights", dist.Dirichlet(jnp.full((k,), prior.dirichlet_alpha)))
@@ -162,4 +258,4 @@ def mixture_model(features, counts, prior: MixturePrior):
     else:
         corr_chol = jnp.ones((k, 1, 1), dtype=scales.dtype)
     cov_chol = numpyro.deterministic("cov_chol", cov_cholesky(scales, corr_chol))
-    numpyro.factor("loglik", mixture_loglik_dense(features, counts, weights, means, cov_chol))
+    numpyro.factor("loglik", mixture_loglik_dense(features, counts, weights, means, cov_chol, block_rows))

@@ -16,6 +16,7 @@ then run one after another, each on all devices.
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import NamedTuple
 
@@ -177,7 +178,7 @@ def laplace_scales(potential, params: dict) -> dict:
 
 
 def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int, jitter: float = 0.3,
-             learning_rate: float = 0.02):
+             learning_rate: float = 0.02, model=mixture_model):
     """Best of ``starts`` MAP searches (Adam on the potential, unconstrained space).
 
     Starts are the partition's values jittered by ``jitter``; all run at once (``vmap``)
@@ -189,7 +190,7 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
     import optax
 
     def potential(params):
-        return potential_energy(mixture_model, model_args, {}, params)
+        return potential_energy(model, model_args, {}, params)
 
     starts_tree = _jittered(key, init_unconstrained, starts, jitter, keep_first=True)
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05))
@@ -227,18 +228,21 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     sharded = config.shard_data and jax.local_device_count() > 1
     if sharded:
         features, counts = shard_rows(features, counts)
+    # Blocks of rows keep the likelihood's passes in cache; sharded rows stay one block
+    # (re-blocking them would gather rows across devices).
+    model = functools.partial(mixture_model, block_rows=None if sharded else "auto")
     model_args = (features, counts, prior)
     start = time.perf_counter()  # the MAP search is part of the fit's cost
-    init_unconstrained = unconstrain_fn(mixture_model, model_args, {}, init)
+    init_unconstrained = unconstrain_fn(model, model_args, {}, init)
     jitter_key, run_key, map_key = jax.random.split(key, 3)
     map_energies = None
     if config.map_starts > 0:
         init_unconstrained, map_energies = find_map(map_key, model_args, init_unconstrained,
-                                                    config.map_starts, config.map_steps)
+                                                    config.map_starts, config.map_steps, model=model)
     # Chains start within the posterior's width of the start point: the Laplace sd, at most
     # init_jitter.  A fixed jitter of 0.05 is tens of posterior sds for a mean fitted on 1e5
     # snapshots: chains then fall back from far off and can land in another local mode.
-    sd = laplace_scales(lambda p: potential_energy(mixture_model, model_args, {}, p), init_unconstrained)
+    sd = laplace_scales(lambda p: potential_energy(model, model_args, {}, p), init_unconstrained)
     scale = jax.tree_util.tree_map(lambda v: jnp.minimum(v, config.init_jitter), sd)
     init_params = _jittered(jitter_key, init_unconstrained, config.chains, scale)
     # The first warmup window runs in the Laplace metric (inverse mass = Laplace variances, at most 1)
@@ -250,7 +254,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
 
         variances = ravel_pytree(jax.tree_util.tree_map(lambda v: jnp.clip(v, 1e-8, 1.0) ** 2, sd))[0]
         inverse_mass = jnp.diag(variances) if config.dense_mass else variances
-    kernel = NUTS(mixture_model, target_accept_prob=config.target_accept, inverse_mass_matrix=inverse_mass,
+    kernel = NUTS(model, target_accept_prob=config.target_accept, inverse_mass_matrix=inverse_mass,
                   max_tree_depth=config.max_tree_depth, dense_mass=config.dense_mass)
     fields = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy")
     site_parts, extra_parts = [], []

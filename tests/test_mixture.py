@@ -7,7 +7,8 @@ import pytest
 from numpyro.infer.util import log_density
 
 import kgmm_bayes  # noqa: F401  (enables float64)
-from kgmm_bayes.mixture import MixturePrior, mixture_loglik_dense, mixture_model, quadratic_features
+from kgmm_bayes.mixture import (MixturePrior, component_coefficients, loglik_from_coefficients, mixture_loglik_dense,
+                                mixture_model, quadratic_features)
 
 
 def random_mixture(rng, k, d):
@@ -46,6 +47,37 @@ def test_dense_loglik_gradient_equals_reference_gradient():
     for a, b in zip(g_dense, g_ref):
         np.testing.assert_allclose(np.tril(a) if a.ndim == 3 else a, np.tril(b) if b.ndim == 3 else b,
                                    rtol=1e-9, atol=1e-9)
+
+
+def plain_loglik(features, counts, gamma):
+    return jnp.sum(counts * jax.nn.logsumexp(features @ gamma, axis=-1))
+
+
+@pytest.mark.parametrize("block_rows", [None, 100, 128])
+def test_fused_derivative_equals_autodiff_of_the_plain_expression(block_rows):
+    """Value, gradient (in Gamma, features and counts) and Hessian-vector products of the fused
+    likelihood equal those of the plain logsumexp expression, in one block and in blocks of rows
+    (500 rows: 5 blocks of 100, or 3 of 128 and a remainder of 116)."""
+    rng = np.random.default_rng(3)
+    weights, means, chol = random_mixture(rng, 6, 3)
+    feats = quadratic_features(2.0 * rng.normal(size=(500, 3)))
+    counts = jnp.asarray(rng.integers(1, 9, size=500).astype(float))
+    gamma = component_coefficients(weights, means, chol)
+    fused = lambda f, c, g: loglik_from_coefficients(f, c, g, block_rows)  # noqa: E731
+    assert float(fused(feats, counts, gamma)) == pytest.approx(float(plain_loglik(feats, counts, gamma)), rel=1e-13)
+    for got, want in zip(jax.grad(fused, argnums=(0, 1, 2))(feats, counts, gamma),
+                         jax.grad(plain_loglik, argnums=(0, 1, 2))(feats, counts, gamma)):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * float(jnp.max(jnp.abs(want))))
+    direction = jnp.asarray(rng.normal(size=gamma.shape))  # the sampler's Laplace scales: forward-over-reverse
+    hvp = lambda f: jax.jvp(jax.grad(lambda g: f(feats, counts, g)), (gamma,), (direction,))[1]  # noqa: E731
+    want = hvp(plain_loglik)
+    np.testing.assert_allclose(hvp(fused), want, rtol=1e-10, atol=1e-10 * float(jnp.max(jnp.abs(want))))
+
+
+def test_fused_loglik_is_minus_inf_where_every_component_is():
+    feats = quadratic_features(jnp.ones((4, 2)))
+    gamma = jnp.full((feats.shape[1], 3), -jnp.inf)
+    assert float(loglik_from_coefficients(feats, jnp.ones(4), gamma, None)) == -np.inf
 
 
 @pytest.mark.parametrize("d", [1, 2])
