@@ -184,8 +184,10 @@ def _loglik_and_grad(features, counts, gamma, block_rows):
         value, grad = _block_terms(*block, gamma)
         return (carry[0] + value, carry[1] + grad), None
 
-    zero = (jnp.zeros((), gamma.dtype), jnp.zeros_like(gamma))
     stacked = (features[:head].reshape(blocks, block_rows, -1), counts[:head].reshape(blocks, block_rows))
+    # The carry takes the blocks' own dtypes (counts may be of another float type than Gamma).
+    shapes = jax.eval_shape(_block_terms, stacked[0][0], stacked[1][0], gamma)
+    zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     (value, grad), _ = jax.lax.scan(add_block, zero, stacked)
     if head < n:
         tail_value, tail_grad = _block_terms(features[head:], counts[head:], gamma)
