@@ -74,6 +74,19 @@ def test_fused_derivative_equals_autodiff_of_the_plain_expression(block_rows):
     np.testing.assert_allclose(hvp(fused), want, rtol=1e-10, atol=1e-10 * float(jnp.max(jnp.abs(want))))
 
 
+def test_blocked_loglik_accepts_counts_of_another_dtype():
+    """float32 features and Gamma with float64 or integer counts, in blocks: same value and gradient
+    as one block (float32 tolerances)."""
+    rng = np.random.default_rng(5)
+    feats = quadratic_features(jnp.asarray(rng.normal(size=(600, 2)), jnp.float32))
+    gamma = jnp.asarray(0.1 * rng.normal(size=(feats.shape[1], 4)), jnp.float32)
+    for counts in (jnp.asarray(rng.integers(1, 5, size=600)), jnp.asarray(rng.uniform(1, 5, size=600))):
+        blocked = jax.value_and_grad(loglik_from_coefficients, argnums=2)(feats, counts, gamma, 256)
+        single = jax.value_and_grad(loglik_from_coefficients, argnums=2)(feats, counts, gamma, None)
+        assert float(blocked[0]) == pytest.approx(float(single[0]), rel=1e-5)
+        np.testing.assert_allclose(blocked[1], single[1], rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(single[1]))))
+
+
 def test_fused_loglik_is_minus_inf_where_every_component_is():
     feats = quadratic_features(jnp.ones((4, 2)))
     gamma = jnp.full((feats.shape[1], 3), -jnp.inf)
