@@ -205,7 +205,7 @@ def loglik_from_coefficients(features, counts, gamma, block_rows=None):
 
     Differentiated, the value and ``d/d gamma`` come from one pass over the rows
     (:func:`_block_terms`): autodiff of the plain expression instead runs over the
-    ``(M, K)`` log densities four or five times (max, exponentials, sums, the softmax,
+    ``(M, K)`` log densities several times more (max, exponentials, sums, the softmax,
     the cotangent).  ``block_rows``: rows per block (``None``: one block); blocks keep
     those passes in cache.  Higher derivatives (the sampler's Hessian-vector products)
     differentiate the fused rule itself.
@@ -219,13 +219,18 @@ def _loglik_jvp(block_rows, primals, tangents):
     tangent = jnp.zeros((), value.dtype)
     if not isinstance(tangents[2], SymbolicZero):
         tangent = tangent + jnp.sum(grad * tangents[2])
-    data = [(p, t) for p, t in zip(primals[:2], tangents[:2])]
-    if not all(isinstance(t, SymbolicZero) for _, t in data):
-        # The data are constants in the sampler; where they are perturbed, their part of
-        # the derivative is the plain expression's.
-        d_features, d_counts = (jnp.zeros_like(p) if isinstance(t, SymbolicZero) else t for p, t in data)
-        tangent = tangent + jax.jvp(lambda f, c: _loglik_reference(f, c, gamma), (features, counts),
-                                    (d_features, d_counts))[1]
+    # The data are constants in the sampler; where they are perturbed, their part of the
+    # derivative is the plain expression's.
+    moving = [i for i in (0, 1) if not isinstance(tangents[i], SymbolicZero)]
+    if moving:
+        def plain(*values):
+            args = list(primals[:2])
+            for i, v in zip(moving, values):
+                args[i] = v
+            return _loglik_reference(args[0], args[1], gamma)
+
+        tangent = tangent + jax.jvp(plain, tuple(primals[i] for i in moving),
+                                    tuple(tangents[i] for i in moving))[1]
     return value, tangent
 
 

@@ -85,6 +85,10 @@ def test_blocked_loglik_accepts_counts_of_another_dtype():
         single = jax.value_and_grad(loglik_from_coefficients, argnums=2)(feats, counts, gamma, None)
         assert float(blocked[0]) == pytest.approx(float(single[0]), rel=1e-5)
         np.testing.assert_allclose(blocked[1], single[1], rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(single[1]))))
+    # the data's derivative with integer counts (no tangent for them)
+    counts = jnp.asarray(rng.integers(1, 5, size=600))
+    np.testing.assert_allclose(jax.grad(loglik_from_coefficients)(feats, counts, gamma, 256),
+                               jax.grad(plain_loglik)(feats, counts, gamma), rtol=1e-4, atol=1e-3)
 
 
 def test_fused_loglik_is_minus_inf_where_every_component_is():
