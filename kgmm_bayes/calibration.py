@@ -43,7 +43,7 @@ from .partition import fit_partition
 from .result import thin_draws
 from .score import score_draws, summarize_scores
 from .spec import Spec
-from .study import sample_posterior
+from .study import check_seed, sample_posterior
 from .systems import get_system, simulate
 
 __all__ = ["calibrate", "check_calibration_specs", "true_marginals", "mixture_marginals", "CalibrationResult",
@@ -272,12 +272,15 @@ def calibrate(specs: Sequence[Spec], sizes: Sequence[int] = (1000, 10000, 100000
     """
     sizes = [int(n) for n in sizes]
     check_calibration_specs(specs, sizes, seeds)
-    first_seed = specs[0].study.seed if first_seed is None else int(first_seed)
-    if first_seed < 0:
-        raise InputError(f"--seed must be >= 0, got {first_seed}")
+    first_seed = check_seed(specs[0].study.seed if first_seed is None else first_seed)
     identity = json.dumps({"calibrate": [s.to_dict() for s in specs], "sizes": sizes, "seeds": seeds,
                            "first_seed": first_seed}, sort_keys=True, default=list)
-    out = OutputFolder(out_dir, identity, force=force)
+    with OutputFolder(out_dir, identity, force=force) as out:
+        return _calibration_rows(specs, sizes, seeds, first_seed, out, progress)
+
+
+def _calibration_rows(specs, sizes, seeds, first_seed, out, progress) -> CalibrationResult:
+    """Every (system, N, seed) fit, cached one by one, and the tables; ends with the commit."""
     band = specs[0].score.band
     rows = []
     for spec in specs:
@@ -287,10 +290,8 @@ def calibrate(specs: Sequence[Spec], sizes: Sequence[int] = (1000, 10000, 100000
             for seed in range(first_seed, first_seed + seeds):
                 key = stage_key("calibration", spec.section_json(*FIT_SECTIONS), n, seed, first_seed + seeds,
                                 EVAL_POINTS, MARGINAL_GRID, __version__)
-                cached = out.load_stage("calibration", key)
-                if cached is not None:
-                    row = json.loads(str(cached["row"]))
-                else:
+                row = out.load_stage("calibration", key, build=lambda a: dict(json.loads(str(a["row"]))))
+                if row is None:
                     row = _fit_one(spec, system, n, seed, evaluation, grid, truth_pdf, progress)
                     out.save_stage("calibration", key, {"row": np.asarray(json.dumps(row))})
                 rows.append(row)

@@ -127,18 +127,50 @@ def _score(args) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"kgmm-bayes: warning: {' '.join(str(message).split())}\n"
+
+
+def _error(err: BaseException) -> str:
+    """One line for a failure the user can meet: the message, the file it concerns, and the note of an
+    output folder that kept completed stages."""
+    if isinstance(err, OSError):
+        text = err.strerror or str(err)
+        if err.filename is not None:
+            text += f": {err.filename!r}"
+    elif isinstance(err, MemoryError):
+        text = "out of memory: use fewer snapshots, cells, draws or particles"
+    elif isinstance(err, RecursionError):
+        text = "input nested too deeply"
+    else:
+        text = str(err)
+    note = getattr(err, "kgmm_note", None)
+    text = " ".join(text.split()) + (f" ({note})" if note else "")
+    return f"kgmm-bayes: error: {text}"
+
+
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
+    import warnings
+
     from .data import InputError
 
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # each warning one line on the console
     try:
         return {"run": _run, "score": _score, "compare": _compare, "calibrate": _calibrate}[args.command](args)
-    except InputError as err:
-        print(f"kgmm-bayes: error: {err}", file=sys.stderr)
+    except (InputError, OSError, MemoryError, RecursionError) as err:
+        print(_error(err), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("kgmm-bayes: interrupted", file=sys.stderr)
+    except FloatingPointError as err:
+        print(_error(err), file=sys.stderr)
+        return 3
+    except KeyboardInterrupt as err:
+        note = getattr(err, "kgmm_note", None)
+        print("kgmm-bayes: interrupted" + (f" ({note})" if note else ""), file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":  # pragma: no cover

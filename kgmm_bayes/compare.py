@@ -41,13 +41,12 @@ import numpy as np
 from . import ks
 
 from .baselines import BaselineFit, fit_dsm, fit_kgmm, fit_sklearn
-from .data import InputError
 from .langevin import max_jacobian_eigenvalue, simulate_langevin
 from .metrics import marginal_relative_entropies, weighted_score_error
-from .outputs import OutputFolder, atomic_write_bytes
+from .outputs import OutputFolder, atomic_write_bytes, read_stage_file
 from .result import predictive_drift
 from .spec import BASELINES, Spec
-from .study import StudyData, langevin_start, load_user_data, prepare_data, run_study, study_keys
+from .study import StudyData, check_seed, langevin_start, load_user_data, prepare_data, run_study, study_keys
 from .systems import get_system
 
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
@@ -89,12 +88,8 @@ class _StageReader:
     def __init__(self, folder):
         self.folder = folder
 
-    def load_stage(self, stage, key):
-        path = os.path.join(self.folder, ".stages", f"{stage}-{key}.npz")
-        if not os.path.exists(path):
-            return None
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+    def load_stage(self, stage, key, build=None):
+        return read_stage_file(os.path.join(self.folder, ".stages", f"{stage}-{key}.npz"), build)
 
     def save_stage(self, stage, key, arrays):
         pass
@@ -178,14 +173,17 @@ def compare_study(spec: Spec, out_dir: str | None = None, seed: int | None = Non
     ``comparison.md``, ``comparison.json`` and ``figures/comparison.png``; the
     folder is swapped into place only when everything is written.
     """
-    seed = spec.study.seed if seed is None else int(seed)
-    if seed < 0:
-        raise InputError(f"--seed must be >= 0, got {seed}")
+    seed = check_seed(spec.study.seed if seed is None else seed)
     user_data = load_user_data(spec, data)  # bad user data fail here, before JAX and disk
     if out_dir is None:
         out_dir = os.path.join("kgmm-runs", f"{spec.study.name}-compare")
-    out = OutputFolder(out_dir, json.dumps({"compare": spec.to_dict(), "seed": seed}, sort_keys=True, default=list),
-                       force=force)
+    with OutputFolder(out_dir, json.dumps({"compare": spec.to_dict(), "seed": seed}, sort_keys=True, default=list),
+                      force=force) as out:
+        return _compare_stages(spec, out, seed, user_data, progress, force)
+
+
+def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progress: bool, force: bool) -> Comparison:
+    """The Bayesian study and the baselines inside the locked output folder, ending with the commit."""
     bayes_dir = out.path("bayesian")
     previous = os.path.join(out.final, "bayesian")
     if os.path.isdir(previous) and not os.path.exists(bayes_dir):

@@ -28,7 +28,7 @@ from .outputs import atomic_write_bytes
 from .progress import bar, tick
 
 __all__ = ["MLP", "Interpolant", "fit_interpolant", "fit_interpolant_ensemble", "save_interpolant",
-           "load_interpolant"]
+           "load_interpolant", "interpolant_arrays", "interpolant_from_arrays"]
 
 
 class MLP(nnx.Module):
@@ -150,13 +150,43 @@ def _flat_params(params) -> dict:
             for i, layer in pure["layers"].items() for name, arr in layer.items()}
 
 
-def save_interpolant(path, interpolant: Interpolant) -> None:
-    """Write sizes and parameters as plain arrays to ``path`` (``.npz``)."""
+def interpolant_arrays(interpolant: Interpolant) -> dict:
+    """Sizes and parameters as plain arrays (what :func:`save_interpolant` writes)."""
     arrays = _flat_params(interpolant.params)
     arrays["sizes"] = np.asarray(interpolant.sizes, dtype=np.int64)
     arrays["final_loss"] = np.asarray(interpolant.final_loss)
+    return arrays
+
+
+def interpolant_from_arrays(arrays: dict, source: str = "interpolant") -> Interpolant:
+    """The interpolant of :func:`interpolant_arrays`; ``ValueError`` naming ``source`` when the arrays do
+    not describe one (missing layers, wrong shapes or sizes)."""
+    try:
+        sizes = tuple(int(s) for s in np.asarray(arrays["sizes"]).ravel())
+        final_loss = float(arrays["final_loss"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{source}: no valid 'sizes'/'final_loss' ({err})") from None
+    if len(sizes) < 2 or min(sizes) < 1 or max(sizes) > 1 << 16:
+        raise ValueError(f"{source}: invalid layer sizes {sizes}")
+    graphdef, params = _init(jax.random.key(0), sizes)
+    pure = nnx.to_pure_dict(params)
+    for i, layer in pure["layers"].items():
+        for name in layer:
+            stored = arrays.get(f"layer{i}_{name}")
+            if stored is None:
+                raise ValueError(f"{source}: layer {i} {name} is missing")
+            if stored.shape != layer[name].shape or not np.issubdtype(stored.dtype, np.floating):
+                raise ValueError(f"{source}: layer {i} {name} has shape {stored.shape} ({stored.dtype}), "
+                                 f"expected {layer[name].shape}")
+            layer[name] = jnp.asarray(stored)
+    nnx.replace_by_pure_dict(params, pure)
+    return Interpolant(graphdef=graphdef, params=params, sizes=sizes, final_loss=final_loss)
+
+
+def save_interpolant(path, interpolant: Interpolant) -> None:
+    """Write sizes and parameters as plain arrays to ``path`` (``.npz``)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **interpolant_arrays(interpolant))
     atomic_write_bytes(os.fspath(path), buffer.getvalue())  # a kill never leaves half a file
 
 
@@ -164,16 +194,4 @@ def load_interpolant(path) -> Interpolant:
     """Read an interpolant written by :func:`save_interpolant` (never unpickles)."""
     with np.load(os.fspath(path), allow_pickle=False) as f:
         arrays = {name: f[name] for name in f.files}
-    sizes = tuple(int(s) for s in arrays["sizes"])
-    graphdef, params = _init(jax.random.key(0), sizes)
-    pure = nnx.to_pure_dict(params)
-    for i, layer in pure["layers"].items():
-        for name in layer:
-            stored = arrays[f"layer{i}_{name}"]
-            if stored.shape != layer[name].shape:
-                raise ValueError(f"interpolant file {path}: layer {i} {name} has shape {stored.shape}, "
-                                 f"expected {layer[name].shape}")
-            layer[name] = jnp.asarray(stored)
-    nnx.replace_by_pure_dict(params, pure)
-    return Interpolant(graphdef=graphdef, params=params, sizes=sizes,
-                       final_loss=float(arrays["final_loss"]))
+    return interpolant_from_arrays(arrays, f"interpolant file {path}")

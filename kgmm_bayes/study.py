@@ -22,7 +22,7 @@ from . import __version__
 from .data import InputError, ZScore, load_trajectory, split_members, validate_snapshots
 from .diagnostics import convergence_summary, plot_diagnostics, probe_summary, to_inference_data
 from .figures import plot_marginals, plot_score, plot_score_field
-from .interpolant import fit_interpolant, load_interpolant, save_interpolant
+from .interpolant import fit_interpolant, interpolant_arrays, interpolant_from_arrays, save_interpolant
 from .langevin import LangevinResult, initial_particles, max_jacobian_eigenvalue, simulate_langevin
 from .metrics import band_coverage, marginal_relative_entropies, weighted_score_error
 from .outputs import OutputFolder, atomic_write_bytes, json_floats as _json_floats, stage_key
@@ -36,7 +36,9 @@ from .spec import Spec
 from .study_ensemble import ensemble_stage
 from .systems import get_system, simulate
 
-__all__ = ["run_study", "prepare_data", "StudyData"]
+__all__ = ["run_study", "prepare_data", "StudyData", "check_seed"]
+
+MAX_SEED = 2**62 - 1
 
 # Part of every stage key downstream of the data: raise it whenever what a stage computes
 # changes (2: coreset cells enter through their moments; Partition gained cell_covariances).
@@ -79,6 +81,13 @@ def load_user_data(spec: Spec, array=None):
     return None
 
 
+def _data_from_arrays(cached):
+    train, reference = cached["train"], cached["reference"]
+    if train.ndim != 2 or reference.ndim != 2 or not np.issubdtype(train.dtype, np.floating):
+        raise ValueError(f"data arrays of shapes {train.shape}, {reference.shape}")
+    return train, reference
+
+
 def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None = None,
                  user_data=None) -> StudyData:
     """Training and reference sets: held-out user data, or two independent system runs."""
@@ -91,19 +100,37 @@ def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None =
     system = get_system(ds.system)
     settings = dict(members=ds.members, steps=ds.steps, thin=ds.thin, burn_in=ds.burn_in, dt=ds.dt)
     key = stage_key("data", spec.section_json("data"), str(jax.random.key_data(data_key)), __version__)
-    cached = out.load_stage("data", key) if out is not None else None
+    cached = out.load_stage("data", key, build=_data_from_arrays) if out is not None else None
     if cached is None:
         train = simulate(data_key, system, **settings).reshape(-1, system.dim).astype(np.float64)
         reference = simulate(reference_key, system, **settings).reshape(-1, system.dim).astype(np.float64)
         if out is not None:
             out.save_stage("data", key, {"train": train, "reference": reference})
     else:
-        train, reference = cached["train"], cached["reference"]
+        train, reference = cached
     return StudyData(train, reference, ZScore.fit(train), system.score, source=f"system {system.name}")
 
 
-def _check_sizes(spec: Spec, n: int) -> int:
-    """Cells actually used; raises if the data cannot support the spec."""
+# The largest dimension sampled on 2 CPU cores in a shipped study is 8; the cost of a NUTS gradient grows
+# like K d^3 and its compile time steeply with d.
+LARGE_DIMENSION = 16
+
+
+def check_seed(seed) -> int:
+    """The seed as an int in ``[0, MAX_SEED]`` (JAX keys take a signed 64-bit seed; derived seeds add to it)."""
+    seed = int(seed)
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"--seed must be between 0 and {MAX_SEED} (2**62 - 1), got {seed}")
+    return seed
+
+
+def mixture_parameters(k: int, d: int) -> int:
+    """Free parameters of a K-component full-covariance Gaussian mixture in d dimensions."""
+    return k * (d + d * (d + 1) // 2) + k - 1
+
+
+def _check_sizes(spec: Spec, n: int, d: int) -> int:
+    """Cells actually used; raises if the data cannot support the spec, warns when it will be slow."""
     k = max((spec.mixture.components,) + tuple(spec.mixture.select_components))
     if n < k:
         raise InputError(f"data has {n} snapshots, fewer than [mixture] components = {k}")
@@ -111,14 +138,22 @@ def _check_sizes(spec: Spec, n: int) -> int:
     if cells < k:
         raise InputError(f"data has {n} snapshots: too few for {k} components "
                          f"(need at least {2 * k})")
+    params = mixture_parameters(k, d)
+    if params > n:
+        raise InputError(f"a {k}-component mixture in d = {d} dimensions has {params} parameters, more than the "
+                         f"{n} training snapshots: lower [mixture] components or give more data")
+    if d > LARGE_DIMENSION:
+        warnings.warn(f"data have d = {d} dimensions: the mixture has {params} parameters and NUTS compile time "
+                      f"and cost grow steeply with d (shipped studies have d <= 8); expect a long run",
+                      RuntimeWarning, stacklevel=3)
     return cells
 
 
 def _partition_stage(spec, out, key, z, cells, upstream):
     skey = stage_key("partition", upstream, cells, spec.mixture.components)
-    cached = out.load_stage("partition", skey)
+    cached = out.load_stage("partition", skey, build=lambda a: Partition(**a))
     if cached is not None:
-        return Partition(**cached), skey
+        return cached, skey
     part = fit_partition(key, z, cells, spec.mixture.components)
     out.save_stage("partition", skey, part._asdict())
     return part, skey
@@ -137,14 +172,18 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     return run_nuts(key, points, counts, prior, initial_values(part), config, point_covariances=covs)
 
 
+def _posterior_from_arrays(cached) -> PosteriorSamples:
+    sites = {k[5:]: v for k, v in cached.items() if k.startswith("site_")}
+    stats = {k[5:]: v for k, v in cached.items() if k.startswith("stat_")}
+    return PosteriorSamples(sites["weights"], sites["means"], sites["cov_chol"], sites, stats,
+                            float(cached["wall_time"]))
+
+
 def _posterior_stage(spec, out, key, part, z, upstream, progress):
     skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition"))
-    cached = out.load_stage("posterior", skey)
+    cached = out.load_stage("posterior", skey, build=_posterior_from_arrays)
     if cached is not None:
-        sites = {k[5:]: v for k, v in cached.items() if k.startswith("site_")}
-        stats = {k[5:]: v for k, v in cached.items() if k.startswith("stat_")}
-        return PosteriorSamples(sites["weights"], sites["means"], sites["cov_chol"], sites, stats,
-                                float(cached["wall_time"])), skey, True
+        return cached, skey, True
     post = sample_posterior(spec, key, part, z, progress)
     arrays = {f"site_{k}": v for k, v in post.sites.items()}
     arrays.update({f"stat_{k}": v for k, v in post.sample_stats.items()})
@@ -173,6 +212,11 @@ def _select_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cell
     return best, selection, cached[selection.best], candidates[selection.best]
 
 
+def _langevin_from_arrays(cached) -> LangevinResult:
+    return LangevinResult(samples=cached["samples"], alive=cached["alive"], escaped=int(cached["escaped"]),
+                          non_finite=int(cached["non_finite"]), wall_time=float(cached["wall_time"]))
+
+
 def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, progress: bool = False,
               force: bool = False, data=None) -> BayesianKGMM:
     """Run a study end to end and write its output folder; returns the fitted result.
@@ -180,19 +224,22 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     ``data``: an array ``(n, d)`` or ``(members, n, d)`` used instead of the
     spec's ``[data]`` source (see :func:`kgmm_bayes.fit`).
     """
-    seed = spec.study.seed if seed is None else int(seed)
-    if seed < 0:
-        raise InputError(f"--seed must be >= 0, got {seed}")
+    seed = check_seed(spec.study.seed if seed is None else seed)
     user_data = load_user_data(spec, data)  # bad user data fail here, before JAX and disk
     data_hash = ""
     if user_data is not None:
         data_hash = hashlib.sha256(np.ascontiguousarray(user_data).tobytes()).hexdigest()
         train_size, _ = split_members(user_data[..., :1], spec.data.heldout_fraction)
-        _check_sizes(spec, len(train_size))
+        _check_sizes(spec, len(train_size), user_data.shape[-1])
     if out_dir is None:
         out_dir = os.path.join("kgmm-runs", spec.study.name)
-    out = OutputFolder(out_dir, json.dumps({"spec": spec.to_dict(), "seed": seed}, sort_keys=True,
-                                           default=list), force=force)
+    with OutputFolder(out_dir, json.dumps({"spec": spec.to_dict(), "seed": seed}, sort_keys=True,
+                                          default=list), force=force) as out:
+        return _run_stages(spec, out, seed, user_data, data_hash, progress)
+
+
+def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: str, progress: bool) -> BayesianKGMM:
+    """The stages of :func:`run_study` inside its locked output folder, ending with the commit."""
     timings, cached_stages = {}, []
     total_start = time.perf_counter()
     data_key, reference_key, partition_key, mcmc_key, train_key, langevin_key = study_keys(seed)
@@ -200,7 +247,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     start = time.perf_counter()
     _log(progress, f"data: {spec.data.system or spec.data.path}")
     data = prepare_data(spec, data_key, reference_key, out, user_data=user_data)
-    cells = _check_sizes(spec, len(data.train))
+    cells = _check_sizes(spec, len(data.train), data.train.shape[1])
     z = data.zscore.forward(data.train)
     upstream = stage_key(spec.section_json("data"), seed, __version__, STAGE_SCHEMA, data_hash)
     timings["data"] = time.perf_counter() - start
@@ -238,7 +285,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
         optima = np.sort(-np.asarray(post.sample_stats["map_potential_energies"]))[::-1]
         convergence["map_search_log_posteriors"] = _json_floats(optima)  # best first; chains start at the best
     for message in convergence["warnings"]:
-        warnings.warn(f"posterior: {message}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"posterior: {message}", RuntimeWarning, stacklevel=3)
     draws = thin_draws(post, spec.score.max_draws)
     scores, logps = score_draws(*draws, part.points)
     summary = summarize_scores(scores, logps, spec.score.band)
@@ -247,15 +294,13 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     start = time.perf_counter()
     _log(progress, "interpolant: training")
     ikey = stage_key("interpolant", post_key, spec.section_json("interpolant", "score"))
-    cached = out.load_stage("interpolant", ikey)
-    if cached is None:
+    interp = out.load_stage("interpolant", ikey, build=interpolant_from_arrays)
+    if interp is None:
         interp = fit_interpolant(train_key, part.points, summary.mean, part.counts,
                                  spec.interpolant.hidden, spec.interpolant.steps,
                                  spec.interpolant.learning_rate, progress=progress)
-        save_interpolant(out.path(".stages", f"interpolant-{ikey}.npz"), interp)
-        out.used_stages.add(f"interpolant-{ikey}.npz")
+        out.save_stage("interpolant", ikey, interpolant_arrays(interp))
     else:
-        interp = load_interpolant(out.path(".stages", f"interpolant-{ikey}.npz"))
         cached_stages.append("interpolant")
     timings["interpolant"] = time.perf_counter() - start
 
@@ -269,17 +314,16 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     stiffness = lg.dt * max_jacobian_eigenvalue(drift_fn, drift_params, part.points)
     if stiffness > STIFFNESS_LIMIT:
         warnings.warn(f"langevin: dt x max |eigenvalue of the drift Jacobian| = {stiffness:.2f} at the data "
-                      "(Euler-Maruyama is unstable above 2): lower [langevin] dt", RuntimeWarning, stacklevel=2)
+                      "(Euler-Maruyama is unstable above 2): lower [langevin] dt", RuntimeWarning, stacklevel=3)
     lkey = stage_key("langevin", ikey, spec.section_json("langevin"))
-    cached = out.load_stage("langevin", lkey)
+    cached = out.load_stage("langevin", lkey, build=_langevin_from_arrays)
     if cached is None:
         x0, run_key = langevin_start(langevin_key, part, lg.particles)
         rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box,
                                 progress=progress)
         out.save_stage("langevin", lkey, rom._asdict())
     else:
-        rom = LangevinResult(samples=cached["samples"], alive=cached["alive"], escaped=int(cached["escaped"]),
-                             non_finite=int(cached["non_finite"]), wall_time=float(cached["wall_time"]))
+        rom = cached
         cached_stages.append("langevin")
     timings["langevin"] = rom.wall_time if "langevin" in cached_stages else time.perf_counter() - start
 
@@ -339,7 +383,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
         message = (f"langevin: {rom.escaped} of {lg.particles} particles left the box |x| <= {lg.box}, "
                    f"{rom.non_finite} became non-finite")
         metrics["langevin"]["warning"] = message
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     # ---- write outputs into the staging folder, then swap it into place
     idata.to_netcdf(out.path("posterior.nc.tmp"))

@@ -77,7 +77,11 @@ CASES = [
      ["run", "spec.toml", "--out", "prev", "--quiet"], ["prev", "--force"], "prev"),
     ("out-not-a-study",
      lambda p: ((p / "mine").mkdir(), (p / "mine" / "notes.txt").write_text("my own files\n")),
-     ["run", "--out", "mine", "--quiet"], ["mine", "--force"], "mine"),
+     ["run", "--out", "mine", "--quiet"], ["mine", "holds no kgmm-bayes result"], "mine"),
+    ("out-not-a-study-force",
+     lambda p: ((p / "mine").mkdir(), (p / "mine" / "notes.txt").write_text("my own files\n")),
+     ["run", "--out", "mine", "--force", "--quiet"], ["mine", "never replaces"], "mine"),
+    ("seed-beyond-64-bits", None, ["run", "--seed", str(2**64), "--out", "prev", "--quiet"], ["--seed", "2**62"], "prev"),
     ("seed-negative", None, ["run", "--seed", "-1", "--out", "prev", "--quiet"], ["--seed", "-1"], "prev"),
     ("score-missing-study", lambda p: np.save(p / "points.npy", np.zeros((4, 1))),
      ["score", "nostudy", "points.npy", "--out", "scores.npz"], ["nostudy", "does not exist"], None),
@@ -107,6 +111,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case_id, setup, argv, words, 
     message = lines[0].lower()
     for word in words:
         assert word.lower() in message, (word, lines[0])
+    if case_id.startswith("out-not-a-study"):
+        assert "--force" not in message  # a folder of the user's files: --force would not help
     assert proc.stdout == ""
     if watched:
         assert snapshot(tmp_path / watched) == before

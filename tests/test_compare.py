@@ -113,7 +113,7 @@ def test_compare_bad_input_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "ok.toml").write_text('[data]\nsystem = "reduced_1d"\n')
     for args, words in ((["compare", "missing.toml"], ["missing.toml"]),
                         (["compare", "s.toml"], ["[baselines] which", "bogus"]),
-                        (["compare", "ok.toml", "--out", "mine", "--quiet"], ["mine", "--force"]),
+                        (["compare", "ok.toml", "--out", "mine", "--quiet"], ["mine", "holds no kgmm-bayes result"]),
                         (["compare", "ok.toml", "--seed", "-3", "--quiet"], ["--seed"])):
         assert main(args) == 2
         captured = capsys.readouterr()
