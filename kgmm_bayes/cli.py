@@ -101,29 +101,10 @@ def _calibrate(args) -> int:
 
 
 def _score(args) -> int:
-    import numpy as np
+    from .result import score_to_file
 
-    from .data import InputError, load_trajectory
-    from .outputs import atomic_write_bytes
-    from .result import load_result
-
-    if not args.out.endswith(".npz"):
-        raise InputError(f"--out must name a .npz file, got {args.out!r}")
-    if not args.points.endswith(".npy"):
-        raise InputError(f"points file must be .npy, got {args.points!r}")
-    points = load_trajectory(args.points)
-    result = load_result(args.study_dir)
-    summary = result.score(points, band=args.band)
-    import io
-    buf = io.BytesIO()
-    np.savez(buf, mean=summary.mean, lower=summary.lower, upper=summary.upper, std=summary.std,
-             predictive=summary.predictive)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise InputError(f"--out folder {out_dir!r} does not exist")
-    atomic_write_bytes(args.out, buf.getvalue())
-    print(f"wrote {args.out}: mean, lower, upper ({int(args.band * 100)}% band), std, predictive "
-          f"for {len(summary.mean)} points")
+    n = score_to_file(args.study_dir, args.points, args.out, band=args.band)
+    print(f"wrote {args.out}: mean, lower, upper ({int(args.band * 100)}% band), std, predictive for {n} points")
     return 0
 
 

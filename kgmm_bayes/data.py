@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 SUPPORTED_SUFFIXES = (".npy", ".csv", ".nc")
+MAX_CSV_LINE = 2**20  # characters: far above any row of d numbers; a longer line is not a CSV of snapshots
 
 
 class InputError(ValueError):
@@ -66,7 +67,15 @@ def _load_csv(path: str) -> np.ndarray:
     ncols = None
     first_content = True
     with open(path, "r", encoding="utf-8-sig", errors="strict") as fh:  # -sig: Excel's byte-order mark
-        for lineno, line in enumerate(fh, start=1):
+        lineno = 0
+        while True:
+            line = fh.readline(MAX_CSV_LINE + 1)  # bounded: a file without newlines is never read whole
+            if not line:
+                break
+            lineno += 1
+            if len(line) > MAX_CSV_LINE:
+                raise InputError(f"data file {path!r}: line {lineno} is longer than {MAX_CSV_LINE} characters; "
+                                 "expected one snapshot per line")
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
@@ -141,6 +150,9 @@ def load_trajectory(path: str | os.PathLike, variable: str | None = None) -> np.
     try:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
+            if not isinstance(arr, np.ndarray):  # np.load opens a zip archive whatever the suffix
+                arr.close()
+                raise InputError(f"data file {path!r} is a .npz archive, not a .npy array")
         elif suffix == ".csv":
             arr = _load_csv(path)
         else:
@@ -149,6 +161,8 @@ def load_trajectory(path: str | os.PathLike, variable: str | None = None) -> np.
         raise
     except UnicodeDecodeError:
         raise InputError(f"data file {path!r} is not a text CSV file") from None
+    except MemoryError:
+        raise InputError(f"data file {path!r} is too large to load into memory") from None
     except (ValueError, EOFError, OSError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise InputError(f"data file {path!r} could not be read: {reason}") from None

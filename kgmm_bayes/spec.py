@@ -13,6 +13,7 @@ import json
 import math
 import re
 import os
+import reprlib
 import sys
 from typing import NamedTuple, Optional
 
@@ -159,6 +160,17 @@ OPEN_UNIT = {("sampler", "target_accept"), ("score", "band"), ("baselines", "min
 
 DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d"}}
 
+MAX_INT = 2**63 - 1  # integer keys: the int64 range (jax.random.key(seed) overflows above it)
+MAX_SEED = 2**62 - 1  # seeds: calibrate and compare derive seeds by adding to the study's
+MAX_SPEC_BYTES = 2**20  # a spec is a few kilobytes; more is not a spec
+# dots outside strings and comments (dotted keys, decimals): tomllib's memory is quadratic in a key's
+# parts (a 200 kB line of 'a.a.a...' takes tens of GB)
+MAX_SPEC_DOTS = 1000
+
+_show = reprlib.Repr()  # values in messages: short and safe on deeply nested input
+_show.maxstring, _show.maxother, _show.maxlevel, _show.maxlist, _show.maxdict = 80, 80, 3, 8, 8
+_show.maxlong = 80
+
 
 class Spec(NamedTuple):
     study: StudySection
@@ -188,27 +200,33 @@ def _check_value(section: str, key: str, value, default):
     if key == "hidden":
         if (not isinstance(value, (list, tuple)) or not value
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-            raise SpecError(f"{where} must be a non-empty list of positive integers, got {value!r}")
+            raise SpecError(f"{where} must be a non-empty list of positive integers, got {_show.repr(value)}")
         return tuple(value)
     if (section, key) == ("mixture", "select_components"):
-        if (not isinstance(value, (list, tuple)) or len(set(value)) != len(value)
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-            raise SpecError(f"{where} must be a list of distinct positive integers, got {value!r}")
+        if (not isinstance(value, (list, tuple))
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+                or len(set(value)) != len(value)):  # element types first: set() of lists raises
+            raise SpecError(f"{where} must be a list of distinct positive integers, got {_show.repr(value)}")
         return tuple(value)
     if (section, key) == ("baselines", "which"):
         if (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)
                 or not set(value) <= set(BASELINES) or len(set(value)) != len(value)):
-            raise SpecError(f"{where} must be a list of distinct names from {list(BASELINES)}, got {value!r}")
+            raise SpecError(f"{where} must be a list of distinct names from {list(BASELINES)}, got {_show.repr(value)}")
         return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise SpecError(f"{where} must be true or false, got {value!r}")
+            raise SpecError(f"{where} must be true or false, got {_show.repr(value)}")
         return value
     expects_int = (section, key) in POSITIVE_INT | NON_NEGATIVE_INT
     expects_float = (section, key) in POSITIVE_FLOAT | OPEN_UNIT or isinstance(default, float)
     if expects_int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{where} must be an integer, got {value!r}")
+            raise SpecError(f"{where} must be an integer, got {_show.repr(value)}")
+        if (section, key) == ("study", "seed") and value > MAX_SEED:
+            raise SpecError(f"{where} must be <= 2**62 - 1 = {MAX_SEED} (derived seeds add to it), "
+                            f"got {_show.repr(value)}")
+        if value > MAX_INT:
+            raise SpecError(f"{where} must be <= 2**63 - 1 = {MAX_INT}, got {_show.repr(value)}")
         if (section, key) in POSITIVE_INT and value <= 0:
             raise SpecError(f"{where} must be positive, got {value}")
         if (section, key) in NON_NEGATIVE_INT and value < 0:
@@ -216,7 +234,7 @@ def _check_value(section: str, key: str, value, default):
         return value
     if expects_float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SpecError(f"{where} must be a finite number, got {value!r}")
+            raise SpecError(f"{where} must be a finite number, got {_show.repr(value)}")
         value = float(value)
         if (section, key) in POSITIVE_FLOAT and value <= 0:
             raise SpecError(f"{where} must be positive, got {value}")
@@ -224,7 +242,7 @@ def _check_value(section: str, key: str, value, default):
             raise SpecError(f"{where} must lie strictly between 0 and 1, got {value}")
         return value
     if not isinstance(value, str):
-        raise SpecError(f"{where} must be a string, got {value!r}")
+        raise SpecError(f"{where} must be a string, got {_show.repr(value)}")
     return value
 
 
@@ -244,7 +262,7 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     for name, cls in SECTIONS.items():
         given = raw.get(name, {})
         if not isinstance(given, dict):
-            raise SpecError(f"[{name}] must be a table, got {given!r}")
+            raise SpecError(f"[{name}] must be a table, got {_show.repr(given)}")
         extra = sorted(set(given) - set(cls._fields))
         if extra:
             raise SpecError(f"unknown key(s) {extra} in [{name}]; allowed: {list(cls._fields)}")
@@ -309,10 +327,38 @@ def _merged(raw: dict, overrides: dict | None) -> dict:
     merged = {name: dict(section) if isinstance(section, dict) else section for name, section in raw.items()}
     for name, section in overrides.items():
         if not isinstance(section, dict):
-            raise SpecError(f"override of [{name}] must be a table (dict), got {section!r}")
+            raise SpecError(f"override of [{name}] must be a table (dict), got {_show.repr(section)}")
         base = merged.get(name, {})
         merged[name] = {**(base if isinstance(base, dict) else {}), **section}
     return merged
+
+
+_SPEC_TOKEN = re.compile(r'"""|\'\'\'|["\'#.]')
+_STRING_END = {'"""': re.compile(r'\\.|"""', re.S), "'''": re.compile(r"'''"),
+               '"': re.compile(r'\\.|"|\n'), "'": re.compile(r"'|\n")}
+
+
+def _dots_outside_strings(text: str) -> int:
+    """Count ``.`` outside strings and comments: a bound on dotted keys before tomllib sees them."""
+    count, pos = 0, 0
+    while True:
+        token = _SPEC_TOKEN.search(text, pos)
+        if token is None:
+            return count
+        kind, pos = token.group(), token.end()
+        if kind == ".":
+            count += 1
+        elif kind == "#":
+            end = text.find("\n", pos)
+            pos = len(text) if end < 0 else end
+        else:
+            while True:  # skip the string; escapes only in basic strings
+                end = _STRING_END[kind].search(text, pos)
+                if end is None:
+                    return count  # unterminated: tomllib reports it
+                pos = end.end()
+                if not end.group().startswith("\\"):
+                    break
 
 
 def load_spec(path: str | os.PathLike | None, overrides: dict | None = None) -> Spec:
@@ -330,8 +376,28 @@ def load_spec(path: str | os.PathLike | None, overrides: dict | None = None) -> 
         raise SpecError(f"spec path {path!r} is a folder, expected a TOML file")
     try:
         with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise SpecError(f"spec file {path!r} is not valid TOML: {err}") from None
+            payload = fh.read(MAX_SPEC_BYTES + 1)  # bounded: a device or a huge file is never read whole
+    except OSError as err:
+        raise SpecError(f"spec file {path!r} could not be read ({err.strerror or type(err).__name__})") from None
+    if len(payload) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec file {path!r} is larger than {MAX_SPEC_BYTES} bytes; is it a TOML spec?")
+    try:
+        text = payload.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"spec file {path!r} is not UTF-8 text (byte {err.start})") from None
+    dots = _dots_outside_strings(text)
+    if dots > MAX_SPEC_DOTS:
+        raise SpecError(f"spec file {path!r} has {dots} dotted-key or decimal dots outside strings (at most "
+                        f"{MAX_SPEC_DOTS}); is it a TOML spec?")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"spec file {path!r} is not valid TOML: {' '.join(str(err).split())}") from None
+    except RecursionError:
+        raise SpecError(f"spec file {path!r} is nested too deeply to be a TOML spec") from None
+    except (ValueError, MemoryError) as err:  # e.g. an integer literal past Python's digit limit
+        reason = " ".join(str(err).split()) or type(err).__name__
+        reason = reason if len(reason) <= 120 else reason[:117] + "..."
+        raise SpecError(f"spec file {path!r} is not valid TOML ({reason})") from None
     stem = os.path.splitext(os.path.basename(path))[0]
     return spec_from_dict(_merged(raw, overrides), base_dir=os.path.dirname(os.path.abspath(path)), default_name=stem)

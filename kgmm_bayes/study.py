@@ -32,13 +32,12 @@ from .result import BayesianKGMM, predictive_drift, thin_draws
 from .sampler import PosteriorSamples, SamplerConfig, build_prior, initial_values, run_nuts
 from .score import score_draws, summarize_scores
 from .selection import select_components
-from .spec import Spec
+from .spec import MAX_SEED, Spec
 from .study_ensemble import ensemble_stage
 from .systems import get_system, simulate
 
 __all__ = ["run_study", "prepare_data", "StudyData", "check_seed"]
 
-MAX_SEED = 2**62 - 1
 
 # Part of every stage key downstream of the data: raise it whenever what a stage computes
 # changes (2: coreset cells enter through their moments; Partition gained cell_covariances).
