@@ -30,7 +30,7 @@ from .mixture import component_coefficients, expected_quadratic_features, quadra
 from .sampler import PosteriorSamples
 from .score import score_draws
 
-__all__ = ["probe_points", "to_inference_data", "convergence_summary", "probe_summary",
+__all__ = ["probe_points", "to_inference_data", "netcdf_bytes", "convergence_summary", "probe_summary",
            "zscore_from_idata", "posterior_from_idata", "pointwise_log_likelihood", "plot_diagnostics"]
 
 PROBE_VARS = ["probe_log_density", "probe_score", "sorted_weights"]
@@ -65,6 +65,16 @@ def pointwise_log_likelihood(posterior: PosteriorSamples, points, counts, point_
     terms = _cell_terms(features, jnp.asarray(counts, features.dtype), jnp.asarray(w), jnp.asarray(m),
                         jnp.asarray(L))
     return np.asarray(terms).reshape(posterior.weights.shape[:2] + (-1,))
+
+
+def netcdf_bytes(idata) -> bytes:
+    """``idata`` as the bytes of a netCDF-4 file (``az.from_netcdf`` reads it), built in memory: the
+    caller writes them atomically, so a full disk is an ``OSError`` instead of a failed HDF5 flush."""
+    import io
+
+    buffer = io.BytesIO()
+    idata.to_datatree().to_netcdf(buffer, engine="h5netcdf")
+    return buffer.getvalue()
 
 
 def to_inference_data(posterior: PosteriorSamples, zscore: ZScore, points, counts,

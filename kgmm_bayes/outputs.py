@@ -120,6 +120,8 @@ def _checksum(arrays: dict) -> str:
 
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
+    if "allow_pickle" in text:  # numpy's advice to unpickle does not belong in our message
+        text = "not a NumPy array file, or one holding pickled Python objects (never unpickled)"
     return text if len(text) <= 160 else text[:157] + "..."
 
 
@@ -380,12 +382,26 @@ class OutputFolder:
         return self.final
 
     def abandon(self) -> None:
-        """After a failure: keep the staging folder only if it holds completed stages; release the lock."""
+        """After a failure: keep the staging folder only if it holds completed stages (and then only them);
+        release the lock."""
         try:
             stage_dir = os.path.join(self.staging, STAGES)
             stages = [n for n in os.listdir(stage_dir) if not n.startswith(".tmp-")] if os.path.isdir(stage_dir) else []
             if stages and not _is_complete(self.staging):
-                self.kept_staging = True
+                self.kept_staging = True  # the next run resumes from the stages; outputs are rewritten then
+                for name in os.listdir(self.staging):
+                    path = os.path.join(self.staging, name)
+                    if name == "figures":
+                        shutil.rmtree(path, ignore_errors=True)
+                        os.makedirs(path, exist_ok=True)
+                    elif name not in (STAGES, SPEC_FILE) and not _is_complete(path):  # compare's bayesian/ stays
+                        if os.path.isdir(path):
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            os.unlink(path)
+                for name in os.listdir(stage_dir):
+                    if name.startswith(".tmp-"):
+                        os.unlink(os.path.join(stage_dir, name))
             elif os.path.isdir(self.staging) and not _is_complete(self.staging):
                 shutil.rmtree(self.staging, ignore_errors=True)
         finally:

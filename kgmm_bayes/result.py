@@ -156,10 +156,10 @@ def score_chunk(n: int, draws) -> int:
 
 def _reason(err: BaseException) -> str:
     """An exception as one short line."""
-    text = " ".join(str(err).split())
-    if "allow_pickle" in text:  # numpy's advice to unpickle does not belong in our message
-        text = "not a NumPy array file, or one holding pickled Python objects (never unpickled)"
-    elif "mmap length is greater than file size" in text:
+    from .outputs import _one_line
+
+    text = _one_line(err) if str(err).strip() else ""
+    if "mmap length is greater than file size" in text:
         text = "truncated: shorter than its header says"
     text = f"{type(err).__name__}: {text}" if text else type(err).__name__
     return text if len(text) <= 160 else text[:157] + "..."

@@ -418,3 +418,39 @@ def test_two_runs_started_together_into_one_folder(tmp_path, trial):
     assert any(code == 0 for _, _, code in results)
     assert _consistent(tmp_path / "out") in seeds
     assert litter(tmp_path) == []
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 150 KiB tmpfs: a real full disk (root only; skipped where mounting is not permitted)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_cli_full_disk_one_line_exit_2(tmp_path, small_filesystem):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    proc = cli(["run", "tiny.toml", "--out", str(small_filesystem / "out"), "--quiet"], tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2, (proc.returncode, err[-3000:])
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("kgmm-bayes: error:")]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err
+    assert "No space left on device" in errors[0]
+    # nothing half-written: what is left is the staging folder's completed stages, each verifiable
+    left = sorted(os.path.relpath(os.path.join(r, n), small_filesystem) for r, _, ns in os.walk(small_filesystem)
+                  for n in ns)
+    assert not os.path.exists(small_filesystem / "out") and not os.path.exists(small_filesystem / "out.lock")
+    for rel in left:
+        assert rel.startswith("out.partial/"), left
+        assert rel in ("out.partial/spec.json",) or rel.startswith("out.partial/.stages/"), left
+        if rel.endswith(".npz"):
+            assert read_stage_file(str(small_filesystem / rel)) is not None
+    if left:
+        assert "completed stages kept" in errors[0]
