@@ -52,8 +52,9 @@ __all__ = ["calibrate", "check_calibration_specs", "true_marginals", "mixture_ma
 EVAL_POINTS = 2000  # evaluation points of the score coverage, drawn from the stationary density
 MARGINAL_GRID = 512  # grid points per coordinate for the true and the mixture marginals
 FIT_SECTIONS = ("data", "partition", "mixture", "sampler", "score")  # what a fit and its coverages depend on
-COLUMNS = ("system", "n", "seed", "cells", "components", "score_coverage", "pdf_coverage", "score_error_over_sd",
-           "score_band_width", "pdf_band_width", "max_r_hat", "min_ess_bulk", "divergences", "posterior_s")
+COLUMNS = ("system", "n", "seed", "cells", "components", "zeta", "alpha", "score_coverage", "pdf_coverage",
+           "score_error_over_sd", "score_band_width", "median_score_band_width", "pdf_band_width", "max_r_hat",
+           "min_ess_bulk", "divergences", "posterior_s")
 
 
 class CalibrationResult(NamedTuple):
@@ -156,7 +157,7 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     k = spec.mixture.components
     cells = min(spec.partition.cells, n // 2)
     part = fit_partition(partition_key, z, cells, k)
-    post = sample_posterior(spec, mcmc_key, part, z)
+    post, coarsening = sample_posterior(spec, mcmc_key, part, z)
     wall = post.wall_time
     conv = convergence_summary(to_inference_data(post, zscore, part.points, part.counts, log_likelihood=False))
     draws = thin_draws(post, spec.score.max_draws)
@@ -178,11 +179,15 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
            "pdf_coverage": float(np.sum(mass * pdf_inside) / np.sum(mass)),
            "score_error_over_sd": float(np.median(err_sd)),
            "score_band_width": float(np.mean(summary.upper - summary.lower)),
+           "median_score_band_width": float(np.median(summary.upper - summary.lower)),
+           "zeta": float(coarsening.zeta),
+           "alpha": float(coarsening.alpha) if math.isfinite(coarsening.alpha) else None,  # None: not coarsened
            "pdf_band_width": float(np.sum(mass * (hi - lo)) / np.sum(mass)),
            "max_r_hat": float(conv["max_r_hat"]), "min_ess_bulk": float(conv["min_ess_bulk"]),
            "divergences": int(conv["divergences"]), "posterior_s": float(wall)}
     if progress:
-        print(f"[kgmm-bayes] {system.name} N={n} seed={seed}: score coverage {row['score_coverage']:.3f}, "
+        print(f"[kgmm-bayes] {system.name} N={n} seed={seed}: zeta {row['zeta']:.3g}, "
+              f"score coverage {row['score_coverage']:.3f}, "
               f"PDF coverage {row['pdf_coverage']:.3f}, r_hat {row['max_r_hat']:.3f}, posterior {wall:.1f} s",
               file=sys.stderr, flush=True)
     return row
@@ -208,10 +213,13 @@ def _summary_rows(rows):
         for n in sorted({r["n"] for r in rows if r["system"] == name}):
             group = [r for r in rows if r["system"] == name and r["n"] == n]
             entry = {"system": name, "n": n, "seeds": len(group)}
-            for col in ("score_coverage", "pdf_coverage", "score_error_over_sd", "max_r_hat"):
+            for col in ("score_coverage", "pdf_coverage", "score_error_over_sd", "max_r_hat", "zeta",
+                        "median_score_band_width", "components"):
                 vals = np.array([r[col] for r in group], dtype=np.float64)
                 entry[col] = {"mean": float(vals.mean()), "min": float(vals.min()), "max": float(vals.max())}
             entry["divergences"] = int(sum(r["divergences"] for r in group))
+            alpha = float(np.median([math.inf if r["alpha"] is None else r["alpha"] for r in group]))
+            entry["alpha_median"] = alpha if math.isfinite(alpha) else None
             out.append(entry)
     return out
 
@@ -224,14 +232,21 @@ def _write_markdown(path, rows, band):
              "score lies in the band. PDF: density-weighted share of the grid where the true marginal PDF lies "
              "in the band of the draws' mixture marginals (the stationary PDFs of the draws' Langevin models). "
              "|error|/sd: median over pairs of |truth - posterior mean| / posterior sd (0.67 for a calibrated "
-             "Gaussian posterior).", "",
-             "| system | N | seeds | score coverage | PDF coverage | abs(error)/sd | max r_hat | divergences |",
-             "|---|---:|---:|---|---|---:|---:|---:|"]
+             "Gaussian posterior). zeta: the coarsening of the likelihood (1: the standard posterior), alpha = "
+             "zeta N / (1 - zeta) the effective sample size the posterior levels off at (median over seeds). "
+             "Band width: median over pairs of the score band's width (physical units), mean over seeds.", "",
+             "| system | N | seeds | K | zeta | alpha | score coverage | PDF coverage | band width | abs(error)/sd "
+             "| max r_hat | divergences |",
+             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for e in _summary_rows(rows):
         def cell(col):
             v = e[col]
             return f"{v['mean']:.3f} [{v['min']:.3f}, {v['max']:.3f}]"
-        lines.append(f"| {e['system']} | {e['n']} | {e['seeds']} | {cell('score_coverage')} | {cell('pdf_coverage')} "
+        alpha = e["alpha_median"]
+        lines.append(f"| {e['system']} | {e['n']} | {e['seeds']} | {e['components']['mean']:.0f} "
+                     f"| {e['zeta']['mean']:.3g} | {'inf' if alpha is None else f'{alpha:.3g}'} "
+                     f"| {cell('score_coverage')} | {cell('pdf_coverage')} "
+                     f"| {e['median_score_band_width']['mean']:.3g} "
                      f"| {e['score_error_over_sd']['mean']:.2f} | {e['max_r_hat']['max']:.3f} | {e['divergences']} |")
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 

@@ -62,6 +62,9 @@ class MixtureSection(NamedTuple):
     mean_scale: float = 0.25  # prior sd of each mean, in units of its cluster spread
     scale_prior: float = 1.0  # HalfCauchy scale of component standard deviations
     lkj_eta: float = 2.0
+    # coarsened posterior (Miller & Dunson 2019): "auto" picks alpha from the data (kgmm_bayes.coarsening),
+    # a number fixes alpha (the effective sample size the posterior levels off at), "off": standard posterior
+    coarsening: object = "auto"
 
 
 class SamplerSection(NamedTuple):
@@ -208,6 +211,12 @@ def _check_value(section: str, key: str, value, default):
                 or len(set(value)) != len(value)):  # element types first: set() of lists raises
             raise SpecError(f"{where} must be a list of distinct positive integers, got {_show.repr(value)}")
         return tuple(value)
+    if (section, key) == ("mixture", "coarsening"):
+        if value in ("auto", "off"):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise SpecError(f"{where} must be \"auto\", \"off\" or a positive number (alpha), got {_show.repr(value)}")
+        return float(value)
     if (section, key) == ("baselines", "which"):
         if (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)
                 or not set(value) <= set(BASELINES) or len(set(value)) != len(value)):

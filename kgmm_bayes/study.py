@@ -8,7 +8,9 @@ by a hash of its inputs (see :mod:`kgmm_bayes.outputs`).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 import sys
 import time
@@ -20,7 +22,7 @@ import numpy as np
 
 from . import __version__
 from .data import InputError, ZScore, load_trajectory, split_members, validate_snapshots
-from .diagnostics import convergence_summary, plot_diagnostics, probe_summary, to_inference_data
+from .diagnostics import convergence_summary, netcdf_bytes, plot_diagnostics, probe_summary, to_inference_data
 from .figures import plot_marginals, plot_score, plot_score_field
 from .interpolant import fit_interpolant, interpolant_arrays, interpolant_from_arrays, save_interpolant
 from .langevin import LangevinResult, initial_particles, max_jacobian_eigenvalue, simulate_langevin
@@ -158,9 +160,20 @@ def _partition_stage(spec, out, key, z, cells, upstream):
     return part, skey
 
 
-def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False) -> PosteriorSamples:
+def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False):
     """NUTS on the spec's mixture posterior: the partition's cells as a weighted coreset (their
-    moments), or every z-scored snapshot with ``[partition] coreset = false``."""
+    moments), or every z-scored snapshot with ``[partition] coreset = false``; returns
+    ``(posterior, coarsening)``.
+
+    ``[mixture] coarsening``: every count times ``zeta = alpha / (alpha + N)``
+    (:mod:`kgmm_bayes.coarsening`).  With ``"auto"`` the standard posterior (sampled
+    with ``key``, as with ``"off"``) gives the score variance that ``alpha`` is chosen
+    from, and the coarsened posterior is sampled (with ``fold_in(key, 1)``) only when
+    ``zeta < 1``, so a well-specified fit costs one posterior and keeps its numbers.
+    ``z``: the snapshots in their time order (the error estimate splits them in halves).
+    """
+    from .coarsening import OFF, Coarsening, choose_zeta, zeta_from_alpha
+
     if spec.partition.coreset:
         points, counts, covs = part.points, part.counts, part.cell_covariances
     else:
@@ -168,14 +181,36 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     m = spec.mixture
     prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
     config = SamplerConfig(**spec.sampler._asdict(), progress=progress)
-    return run_nuts(key, points, counts, prior, initial_values(part), config, point_covariances=covs)
+
+    def run(run_key, zeta):
+        scaled = counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
+        return run_nuts(run_key, points, scaled, prior, initial_values(part), config, point_covariances=covs)
+
+    if m.coarsening == "off":
+        return run(key, 1.0), OFF
+    if m.coarsening != "auto":
+        zeta = zeta_from_alpha(float(m.coarsening), len(z))
+        return run(key, zeta), Coarsening(method="fixed", zeta=zeta, alpha=float(m.coarsening))
+    start = time.perf_counter()
+    standard = run(key, 1.0)
+    scores, logps = score_draws(*thin_draws(standard, spec.score.max_draws), part.points)
+    sk_seed = int(np.asarray(jax.random.key_data(key)).ravel()[-1] % (2**31 - 1))
+    choice = choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed)
+    if choice.zeta == 1.0:
+        return standard, choice
+    post = run(jax.random.fold_in(key, 1), choice.zeta)
+    return post._replace(wall_time=time.perf_counter() - start), choice
 
 
-def _posterior_from_arrays(cached) -> PosteriorSamples:
+def _posterior_from_arrays(cached):
+    from .coarsening import Coarsening
+
     sites = {k[5:]: v for k, v in cached.items() if k.startswith("site_")}
     stats = {k[5:]: v for k, v in cached.items() if k.startswith("stat_")}
-    return PosteriorSamples(sites["weights"], sites["means"], sites["cov_chol"], sites, stats,
-                            float(cached["wall_time"]))
+    coarsening = {k: (math.inf if v is None and k == "alpha" else math.nan if v is None else v)
+                  for k, v in json.loads(str(cached["coarsening"])).items()}
+    return (PosteriorSamples(sites["weights"], sites["means"], sites["cov_chol"], sites, stats,
+                             float(cached["wall_time"])), Coarsening(**coarsening))
 
 
 def _posterior_stage(spec, out, key, part, z, upstream, progress):
@@ -183,12 +218,13 @@ def _posterior_stage(spec, out, key, part, z, upstream, progress):
     cached = out.load_stage("posterior", skey, build=_posterior_from_arrays)
     if cached is not None:
         return cached, skey, True
-    post = sample_posterior(spec, key, part, z, progress)
+    post, coarsening = sample_posterior(spec, key, part, z, progress)
     arrays = {f"site_{k}": v for k, v in post.sites.items()}
     arrays.update({f"stat_{k}": v for k, v in post.sample_stats.items()})
     arrays["wall_time"] = np.asarray(post.wall_time)
+    arrays["coarsening"] = np.asarray(json.dumps(coarsening.to_json()))
     out.save_stage("posterior", skey, arrays)
-    return post, skey, False
+    return (post, coarsening), skey, False
 
 
 def _select_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells, upstream, progress):
@@ -201,7 +237,7 @@ def _select_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cell
         spec_k = spec._replace(mixture=spec.mixture._replace(components=k, select_components=()))
         _log(progress, f"model selection: K = {k}")
         part_k, part_key = _partition_stage(spec_k, out, partition_key, z, cells, upstream)
-        post_k, _, cached[k] = _posterior_stage(spec_k, out, mcmc_key, part_k, z, part_key, progress)
+        (post_k, _), _, cached[k] = _posterior_stage(spec_k, out, mcmc_key, part_k, z, part_key, progress)
         candidates[k] = to_inference_data(post_k, zscore, part_k.points, part_k.counts,
                                           point_covariances=part_k.cell_covariances)
     selection = select_components(candidates)
@@ -266,7 +302,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     _log(progress, f"posterior: NUTS, {spec.sampler.chains} chains x ({spec.sampler.warmup} + "
                    f"{spec.sampler.draws}) on {len(part.points) if spec.partition.coreset else len(z)} points")
     start = time.perf_counter()
-    post, post_key, was_cached = _posterior_stage(spec, out, mcmc_key, part, z, part_key, progress)
+    (post, coarsening), post_key, was_cached = _posterior_stage(spec, out, mcmc_key, part, z, part_key, progress)
     timings["posterior"] = post.wall_time if was_cached else time.perf_counter() - start
     if selection is not None:  # computed (or read back) while choosing K
         was_cached = best_cached
@@ -280,6 +316,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances,
         log_likelihood=spec.partition.coreset)
     convergence = convergence_summary(idata)
+    convergence["coarsening"] = coarsening.to_json()
     if "map_potential_energies" in post.sample_stats:
         optima = np.sort(-np.asarray(post.sample_stats["map_potential_energies"]))[::-1]
         convergence["map_search_log_posteriors"] = _json_floats(optima)  # best first; chains start at the best
@@ -385,14 +422,13 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     # ---- write outputs into the staging folder, then swap it into place
-    idata.to_netcdf(out.path("posterior.nc.tmp"))
-    os.replace(out.path("posterior.nc.tmp"), out.path("posterior.nc"))
+    # netCDF built in memory, then one atomic write: a full disk is an OSError, never an HDF5 crash
+    atomic_write_bytes(out.path("posterior.nc"), netcdf_bytes(idata))
     atomic_write_bytes(out.path("diagnostics.csv"), probe_summary(idata).to_csv().encode())
     save_interpolant(out.path("interpolant.npz"), interp)
-    buf_path = out.path("rom_samples.npy.tmp")
-    with open(buf_path, "wb") as fh:
-        np.save(fh, rom_phys)
-    os.replace(buf_path, out.path("rom_samples.npy"))
+    buffer = io.BytesIO()
+    np.save(buffer, rom_phys)
+    atomic_write_bytes(out.path("rom_samples.npy"), buffer.getvalue())
     std = data.zscore.std
     plot_score(out.path("figures", "score.png"), data.zscore.inverse(part.points),
                summary._replace(mean=summary.mean / std, lower=summary.lower / std, upper=summary.upper / std),

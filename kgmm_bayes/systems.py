@@ -128,6 +128,39 @@ def _four_well_diffusion(x):
     return jnp.sqrt(2.0) * jnp.eye(2, dtype=x.dtype)
 
 
+# ---------------------------------------------------------------- a true Gaussian mixture (control)
+# Three components in 2D: data drawn from it are what the Bayesian mixture assumes (with K = 3),
+# the well-specified control of `kgmm-bayes calibrate`.  Snapshots are independent draws.
+MIXTURE_2D = dict(
+    weights=np.array([0.3, 0.45, 0.25]),
+    means=np.array([[-1.5, 0.0], [1.2, 0.8], [0.5, -1.5]]),
+    covariances=np.array([[[0.30, 0.10], [0.10, 0.20]],
+                          [[0.25, -0.12], [-0.12, 0.40]],
+                          [[0.20, 0.00], [0.00, 0.15]]]),
+)
+
+
+def _mixture_2d_score(x):
+    x = jnp.asarray(x)
+    prec = jnp.asarray(np.linalg.inv(MIXTURE_2D["covariances"]), x.dtype)
+    resid = x[..., None, :] - jnp.asarray(MIXTURE_2D["means"], x.dtype)  # (..., K, 2)
+    quad = jnp.einsum("...ki,kij,...kj->...k", resid, prec, resid)
+    logdet = np.log(np.linalg.det(MIXTURE_2D["covariances"]))
+    log_w = jnp.log(jnp.asarray(MIXTURE_2D["weights"], x.dtype)) - 0.5 * quad - 0.5 * jnp.asarray(logdet, x.dtype)
+    resp = jax.nn.softmax(log_w, axis=-1)
+    return -jnp.einsum("...k,kij,...kj->...i", resp, prec, resid)
+
+
+def _mixture_2d_draws(key, system, members, n_snap, thin, burn_in, dt, dtype):
+    """Independent draws from :data:`MIXTURE_2D` ``(members, n_snap, 2)``."""
+    pick_key, noise_key = jax.random.split(key)
+    shape = (members, n_snap)
+    comp = jax.random.choice(pick_key, 3, shape, p=jnp.asarray(MIXTURE_2D["weights"]))
+    chol = jnp.asarray(np.linalg.cholesky(MIXTURE_2D["covariances"]), dtype)
+    xi = jax.random.normal(noise_key, shape + (2,), dtype)
+    return jnp.asarray(MIXTURE_2D["means"], dtype)[comp] + jnp.einsum("mnij,mnj->mni", chol[comp], xi)
+
+
 # ---------------------------------------------------------------- Lorenz-63
 def _lorenz63_drift(v, sigma=10.0, rho=28.0, beta=8.0 / 3.0):
     x, y, z = v[0], v[1], v[2]
@@ -194,6 +227,12 @@ SYSTEMS = {
         drift=_four_well_score, diffusion=_four_well_diffusion, x0=(0.0, 0.0),
         dt=0.01, members=100, steps=50_000, thin=50, burn_in=1_000,
         score=_four_well_score,
+    ),
+    "mixture_2d": System(
+        name="mixture_2d", dim=2, noise_dim=2,
+        drift=_mixture_2d_score, diffusion=_four_well_diffusion, x0=(0.0, 0.0),
+        dt=0.01, members=100, steps=1_000, thin=1, burn_in=0,
+        score=_mixture_2d_score, simulator=_mixture_2d_draws,
     ),
     "lorenz63": System(
         name="lorenz63", dim=3, noise_dim=3,

@@ -1,0 +1,105 @@
+"""The coarsened posterior's plug-in rule (kgmm_bayes.coarsening) against known answers.
+
+The error terms come from maximum-likelihood fits on blocks of the snapshots, so they are checked
+on data whose answer is analytic: a Gaussian fitted by a Gaussian (no bias; independent snapshots,
+no inflation), an AR(1) series (variance inflation (1 + phi^2) / (1 - phi^2) = 24.6 for the variance
+parameter, (1 + phi) / (1 - phi) = 49 for the mean, at phi = 0.96), and a two-Gaussian mixture fitted
+by one Gaussian (the squared bias of its score and log density against the exact mixture's).  The
+inflation is a ratio of two across-block variances with (blocks - 1) x 2 = 14 degrees of freedom
+each at 8 blocks: under independence it exceeds 5.3 with probability < 0.001 (F(14, 14)), and a true
+inflation of 24.6 or more is estimated below 24.6 x 0.19 = 4.7 with probability < 0.001.
+"""
+import math
+
+import numpy as np
+import pytest
+
+from kgmm_bayes.coarsening import (KEEP_STANDARD, alpha_from_zeta, choose_zeta, error_terms,
+                                   posterior_score_variance, zeta_from_alpha)
+
+POINTS = np.linspace(-2.0, 2.0, 41)[:, None]
+COUNTS = np.exp(-0.5 * POINTS[:, 0] ** 2)
+W = COUNTS / COUNTS.sum()
+N = 20_000
+
+
+def ar1(rng, phi, n):
+    x = np.empty(n)
+    x[0] = rng.normal()
+    noise = rng.normal(size=n) * math.sqrt(1.0 - phi**2)
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + noise[t]
+    return x[:, None]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_well_specified_independent_snapshots_no_bias_and_no_inflation(seed):
+    x = np.random.default_rng(seed).normal(size=(N, 1))
+    terms = error_terms(x, 1, POINTS, COUNTS, seed=seed, blocks=8)
+    assert terms["reference"] == 0  # BIC prefers no richer mixture: no measurable bias
+    for name in ("score", "log density"):
+        inflation, bias2 = terms[name]
+        assert bias2 == 0.0 and 1.0 <= inflation < 5.3
+
+
+def test_autocorrelated_snapshots_inflate_the_variance():
+    x = ar1(np.random.default_rng(3), 0.96, N)
+    terms = error_terms(x, 1, POINTS, COUNTS, seed=0, blocks=8)
+    for name in ("score", "log density"):
+        inflation, bias2 = terms[name]
+        assert bias2 == 0.0 and inflation > 4.7, (name, inflation)
+
+
+@pytest.mark.parametrize("n", [10_000, 100_000])
+def test_misspecified_fit_squared_bias_matches_the_exact_one(n):
+    rng = np.random.default_rng(4)
+    x = np.where(rng.random(n) < 0.5, -1.5, 1.5) + 0.5 * rng.normal(size=n)
+    # one Gaussian fitted to the mixture: mean 0, variance 1.5^2 + 0.5^2 = 2.5
+    p = POINTS[:, 0]
+    fitted_score, fitted_logp = -p / 2.5, -0.5 * p**2 / 2.5 - 0.5 * np.log(2 * np.pi * 2.5)
+    dens = [0.5 * np.exp(-0.5 * ((p - m) / 0.5) ** 2) / np.sqrt(2 * np.pi * 0.25) for m in (-1.5, 1.5)]
+    exact_score = sum(d * -(p - m) / 0.25 for d, m in zip(dens, (-1.5, 1.5))) / sum(dens)
+    exact_logp = np.log(sum(dens))
+    terms = error_terms(x[:, None], 1, POINTS, COUNTS, seed=0)
+    assert terms["reference"] >= 2
+    assert terms["score"][1] == pytest.approx(float(np.sum(W * (fitted_score - exact_score) ** 2)), rel=0.1)
+    assert terms["log density"][1] == pytest.approx(float(np.sum(W * (fitted_logp - exact_logp) ** 2)), rel=0.1)
+
+
+def test_zeta_makes_the_posterior_variance_equal_the_error():
+    rng = np.random.default_rng(5)
+    x = np.where(rng.random(N) < 0.5, -1.5, 1.5)[:, None] + 0.5 * rng.normal(size=(N, 1))
+    terms = error_terms(x, 1, POINTS, COUNTS, seed=0)
+    draws = 1e-2 * rng.normal(size=(4000, len(POINTS), 1))
+    v = posterior_score_variance(draws, COUNTS)
+    assert v == pytest.approx(1e-4, rel=0.05)
+    wide_logp = 1e3 * rng.normal(size=(4000, len(POINTS)))  # the log density's band asks for no coarsening
+    choice = choose_zeta(draws, wide_logp, POINTS, COUNTS, x, 1, seed=0)
+    inflation, bias2 = terms["score"]
+    assert choice.limited_by == "score"
+    assert choice.zeta == pytest.approx(v / (v * inflation + bias2), rel=1e-12)
+    assert choice.alpha == pytest.approx(choice.zeta * N / (1 - choice.zeta), rel=1e-12)
+    narrow_logp = 1e-3 * rng.normal(size=(4000, len(POINTS)))
+    choice = choose_zeta(1e3 * draws, narrow_logp, POINTS, COUNTS, x, 1, seed=0)
+    v_logp = posterior_score_variance(narrow_logp[..., None], COUNTS)
+    inflation, bias2 = terms["log density"]
+    assert choice.limited_by == "log density"
+    assert choice.zeta == pytest.approx(v_logp / (v_logp * inflation + bias2), rel=1e-12)
+
+
+def test_the_standard_posterior_is_kept_when_it_is_as_wide_as_the_error():
+    x = np.random.default_rng(6).normal(size=(N, 1))  # no bias, no inflation: zeta = 1 / R with R ~ 1
+    rng = np.random.default_rng(7)
+    choice = choose_zeta(rng.normal(size=(400, len(POINTS), 1)), rng.normal(size=(400, len(POINTS))), POINTS,
+                         COUNTS, x, 1, seed=0)
+    terms = error_terms(x, 1, POINTS, COUNTS, seed=0)
+    expected = min(1.0 / terms["score"][0], 1.0 / terms["log density"][0])
+    assert choice.zeta == (1.0 if expected > KEEP_STANDARD else pytest.approx(expected, rel=1e-12))
+    assert (choice.alpha == math.inf) == (choice.zeta == 1.0)
+
+
+def test_alpha_and_zeta_are_inverse():
+    for n in (10, 1000, 10**6):
+        for alpha in (1.0, 500.0, 1e5):
+            assert alpha_from_zeta(zeta_from_alpha(alpha, n), n) == pytest.approx(alpha, rel=1e-9)
+    assert zeta_from_alpha(math.inf, 100) == 1.0 and alpha_from_zeta(1.0, 100) == math.inf
