@@ -234,7 +234,9 @@ def _select_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cell
     are over the same cells."""
     candidates, cached = {}, {}
     for k in spec.mixture.select_components:
-        spec_k = spec._replace(mixture=spec.mixture._replace(components=k, select_components=()))
+        # candidates are compared by the standard posterior: PSIS-LOO's importance ratios are those of the
+        # untempered likelihood; the chosen K is then fitted with the spec's coarsening
+        spec_k = spec._replace(mixture=spec.mixture._replace(components=k, select_components=(), coarsening="off"))
         _log(progress, f"model selection: K = {k}")
         part_k, part_key = _partition_stage(spec_k, out, partition_key, z, cells, upstream)
         (post_k, _), _, cached[k] = _posterior_stage(spec_k, out, mcmc_key, part_k, z, part_key, progress)
@@ -244,6 +246,8 @@ def _select_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cell
     if selection.table is not None:
         atomic_write_bytes(out.path("model_selection.csv"), selection.table.to_csv().encode())
     best = spec._replace(mixture=spec.mixture._replace(components=selection.best, select_components=()))
+    if best.mixture.coarsening != "off":  # the chosen K's posterior is sampled again, coarsened
+        return best, selection, None, None
     return best, selection, cached[selection.best], candidates[selection.best]
 
 
@@ -287,7 +291,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     upstream = stage_key(spec.section_json("data"), seed, __version__, STAGE_SCHEMA, data_hash)
     timings["data"] = time.perf_counter() - start
 
-    selection = None
+    selection, best_idata = None, None
     if spec.mixture.select_components:
         start = time.perf_counter()
         spec, selection, best_cached, best_idata = _select_components(spec, out, partition_key, mcmc_key, z, data.zscore, cells,
@@ -304,7 +308,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     start = time.perf_counter()
     (post, coarsening), post_key, was_cached = _posterior_stage(spec, out, mcmc_key, part, z, part_key, progress)
     timings["posterior"] = post.wall_time if was_cached else time.perf_counter() - start
-    if selection is not None:  # computed (or read back) while choosing K
+    if best_idata is not None:  # computed (or read back) while choosing K
         was_cached = best_cached
         timings["posterior"] = post.wall_time
     if was_cached:
@@ -312,7 +316,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
 
     start = time.perf_counter()
     # pointwise log-likelihood terms (for az.loo) when the likelihood's observations are the cells
-    idata = best_idata if selection is not None else to_inference_data(
+    idata = best_idata if best_idata is not None else to_inference_data(
         post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances,
         log_likelihood=spec.partition.coreset)
     convergence = convergence_summary(idata)
