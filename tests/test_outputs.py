@@ -19,21 +19,10 @@ import pytest
 from kgmm_bayes import outputs
 from kgmm_bayes.data import InputError
 from kgmm_bayes.outputs import MANIFEST, CacheWarning, OutputFolder, read_stage_file
+from test_cli_errors import snapshot as tree  # every file under a folder with its bytes
 
 SPEC_A = json.dumps({"spec": {"study": {"name": "a"}}, "seed": 0})
 SPEC_B = json.dumps({"spec": {"study": {"name": "b"}}, "seed": 1})
-
-
-def tree(folder):
-    """Every file under ``folder`` with its bytes (folders as empty entries)."""
-    out = {}
-    for root, dirs, files in os.walk(folder):
-        rel = os.path.relpath(root, folder)
-        out[rel + "/"] = sorted(dirs)
-        for name in files:
-            with open(os.path.join(root, name), "rb") as fh:
-                out[os.path.join(rel, name)] = fh.read()
-    return out
 
 
 def write_result(out: OutputFolder, label: str) -> None:
