@@ -41,9 +41,10 @@ from .systems import get_system, simulate
 __all__ = ["run_study", "prepare_data", "StudyData", "check_seed"]
 
 
-# Part of every stage key downstream of the data: raise it whenever what a stage computes
-# changes (2: coreset cells enter through their moments; Partition gained cell_covariances).
-STAGE_SCHEMA = 2
+# Part of every stage key: raise it whenever what a stage computes or stores changes (2: coreset
+# cells enter through their moments; Partition gained cell_covariances. 3: stage files carry a
+# SHA-256 of their arrays; the posterior stage holds its coarsening).
+STAGE_SCHEMA = 3
 
 
 class StudyData:
@@ -100,7 +101,7 @@ def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None =
         return StudyData(train, reference, ZScore.fit(train), None, source=ds.path or "array")
     system = get_system(ds.system)
     settings = dict(members=ds.members, steps=ds.steps, thin=ds.thin, burn_in=ds.burn_in, dt=ds.dt)
-    key = stage_key("data", spec.section_json("data"), str(jax.random.key_data(data_key)), __version__)
+    key = stage_key("data", spec.section_json("data"), str(jax.random.key_data(data_key)), __version__, STAGE_SCHEMA)
     cached = out.load_stage("data", key, build=_data_from_arrays) if out is not None else None
     if cached is None:
         train = simulate(data_key, system, **settings).reshape(-1, system.dim).astype(np.float64)
