@@ -46,6 +46,7 @@ __all__ = ["Coarsening", "zeta_from_alpha", "alpha_from_zeta", "error_terms", "s
 
 REFERENCE_FACTORS = (2, 4)  # reference mixtures: these many times K components, the best by BIC ...
 REG_COVAR = 1e-4  # added to covariances of the maximum-likelihood fits (z-scored units): no spikes
+MIN_POINTS_PER_COMPONENT = 5  # a block's K-mixture fit needs this many snapshots per component
 POINTS_PER_REFERENCE_COMPONENT = 50  # ... with at least this many snapshots of a block per component
 KEEP_STANDARD = 0.95  # zeta above this: the band would widen by < 2.6%; the standard posterior is kept
 BLOCKS = 4  # contiguous blocks of the snapshots: independent fits whose spread is the sampling variance
@@ -116,6 +117,8 @@ def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS) 
     z = np.asarray(z, np.float64)
     step = len(z) // blocks
     size = min(step, MAX_BLOCK)
+    if size < MIN_POINTS_PER_COMPONENT * k:  # too few snapshots per block to fit K components: no evidence
+        return {"reference": 0, "score": (1.0, 0.0), "log density": (1.0, 0.0)}
     contiguous = [z[j * step:j * step + size] for j in range(blocks)]
     shuffled = z[np.random.default_rng(seed).permutation(len(z))]
     scattered = [shuffled[j * step:j * step + size] for j in range(blocks)]

@@ -103,3 +103,9 @@ def test_alpha_and_zeta_are_inverse():
         for alpha in (1.0, 500.0, 1e5):
             assert alpha_from_zeta(zeta_from_alpha(alpha, n), n) == pytest.approx(alpha, rel=1e-9)
     assert zeta_from_alpha(math.inf, 100) == 1.0 and alpha_from_zeta(1.0, 100) == math.inf
+
+
+def test_too_few_snapshots_per_block_give_no_evidence_not_an_error():
+    x = np.random.default_rng(8).normal(size=(60, 1))  # blocks of 15 snapshots for K = 10 components
+    terms = error_terms(x, 10, POINTS, COUNTS, seed=0)
+    assert terms == {"reference": 0, "score": (1.0, 0.0), "log density": (1.0, 0.0)}
