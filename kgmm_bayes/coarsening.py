@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Coarsening", "zeta_from_alpha", "alpha_from_zeta", "error_terms", "score_error_terms",
+__all__ = ["Coarsening", "zeta_from_alpha", "alpha_from_zeta", "error_terms",
            "posterior_score_variance", "choose_zeta", "OFF"]
 
 REFERENCE_FACTORS = (2, 4)  # reference mixtures: these many times K components, the best by BIC ...
@@ -156,12 +156,6 @@ def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS) 
             bias2 = max(mean_sq(gap.mean(axis=0)) - spread(gap) / blocks, 0.0)  # the mean gap's square, less its noise
         out[name] = (inflation, bias2)
     return out
-
-
-def score_error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS):
-    """``(inflation, squared bias, reference K)`` of the K-mixture's score (see :func:`error_terms`)."""
-    terms = error_terms(z, k, points, counts, seed, blocks)
-    return terms["score"] + (terms["reference"],)
 
 
 def posterior_score_variance(posterior_scores, counts) -> float:

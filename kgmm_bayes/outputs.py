@@ -236,8 +236,8 @@ def _manifest_files(folder: str) -> list[str]:
 
 def result_files(folder: str):
     """The files of the kgmm-bayes result in ``folder`` (relative paths), or ``None`` if it holds none."""
-    manifest = _read_json(os.path.join(folder, MANIFEST))
-    if isinstance(manifest, dict) and manifest.get("tool") == "kgmm-bayes" and isinstance(manifest.get("files"), list):
+    manifest = _manifest(folder)
+    if manifest is not None:
         return set(manifest["files"]) | {MANIFEST}
     spec = _read_json(os.path.join(folder, SPEC_FILE))
     if isinstance(spec, dict) and ("seed" in spec or "first_seed" in spec):  # staging, or a result without manifest
@@ -254,8 +254,15 @@ def foreign_files(folder: str, own: set) -> list[str]:
     return sorted(foreign)
 
 
+def _manifest(folder: str):
+    """The folder's manifest when it is a valid kgmm-bayes one, else ``None``."""
+    manifest = _read_json(os.path.join(folder, MANIFEST))
+    ok = isinstance(manifest, dict) and manifest.get("tool") == "kgmm-bayes" and isinstance(manifest.get("files"), list)
+    return manifest if ok else None
+
+
 def _is_complete(folder: str) -> bool:
-    return os.path.isdir(folder) and result_files(folder) is not None and os.path.exists(os.path.join(folder, MANIFEST))
+    return os.path.isdir(folder) and _manifest(folder) is not None
 
 
 def _listing(names, limit=3) -> str:

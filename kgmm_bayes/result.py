@@ -240,15 +240,16 @@ def _read_posterior(out_dir: str):
 
 
 def _read_interpolant(out_dir: str, d: int):
-    from .interpolant import load_interpolant
+    from .interpolant import interpolant_from_arrays
 
     name = "interpolant.npz"
-    try:  # load_interpolant checks sizes, layers, shapes and dtypes before building the network
+    try:  # interpolant_from_arrays checks sizes, layers, shapes and dtypes before building the network
         with np.load(os.path.join(out_dir, name), allow_pickle=False) as f:
-            sizes = [int(v) for v in np.asarray(f["sizes"]).ravel()] if "sizes" in f.files else None
+            arrays = {key: f[key] for key in f.files}
+        sizes = [int(v) for v in np.asarray(arrays["sizes"]).ravel()] if "sizes" in arrays else None
         if sizes is not None and (sizes[0] != d or sizes[-1] != d):
             raise ValueError(f"layer sizes {sizes} do not fit {d} coordinates")
-        return load_interpolant(os.path.join(out_dir, name))
+        return interpolant_from_arrays(arrays, f"interpolant file {os.path.join(out_dir, name)}")
     except Exception as err:  # noqa: BLE001 - zip, npy, pickle, key or shape errors: all damage
         raise _damaged(out_dir, name, err) from None
 
