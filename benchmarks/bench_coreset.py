@@ -21,13 +21,13 @@ import kgmm_bayes  # noqa: F401
 import jax
 import numpy as np
 
-from kgmm_bayes import systems
+from kgmm_bayes.data import systems
 from kgmm_bayes.data import ZScore
 from kgmm_bayes.metrics import weighted_score_error
 from kgmm_bayes.partition import fit_partition
-from kgmm_bayes.result import thin_draws
-from kgmm_bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
-from kgmm_bayes.score import score_draws, summarize_scores
+from kgmm_bayes.bayes.score import thin_draws
+from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
+from kgmm_bayes.bayes.score import score_draws, summarize_scores
 from kgmm_bayes.spec import MixtureSection
 
 COMPONENTS = {"reduced_1d": 10, "four_well_2d": 16, "lorenz63": 32}

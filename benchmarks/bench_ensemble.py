@@ -4,7 +4,7 @@ The reduced-order model of S posterior draws (mixture-score drifts, K components
 dimensions), all members x particles in one ``lax.scan`` (:func:`simulate_ensemble`),
 against the baseline measured in the same run: one single-member run
 (:func:`simulate_langevin`, same particles, steps and drift) times S.  The drift is the
-study's (:func:`kgmm_bayes.ensemble.mixture_members`: each draw's score as dense products
+study's (:func:`kgmm_bayes.rom.ensemble.mixture_members`: each draw's score as dense products
 of precomputed coefficients); the first line also times one member with the closed-form
 score evaluated from the draw itself (whitened residuals, the drift before coefficients).
 All timed after a compiling warm-up call, best of ``--repeats``; reported as
@@ -23,9 +23,9 @@ import kgmm_bayes  # noqa: F401
 import jax
 import jax.numpy as jnp
 
-from kgmm_bayes.ensemble import interpolant_members, mixture_members, simulate_ensemble
-from kgmm_bayes.langevin import simulate_langevin
-from kgmm_bayes.score import mixture_score
+from kgmm_bayes.rom.ensemble import interpolant_members, mixture_members, simulate_ensemble
+from kgmm_bayes.rom.langevin import simulate_langevin
+from kgmm_bayes.bayes.score import mixture_score
 
 
 def random_draws(key, members, components, dim):

@@ -4,7 +4,7 @@ For each case (N points, K components, D dimensions) and dtype, times the jitted
 (with respect to weights, means and covariance Cholesky factors) of
 
 * ``dense``: this project's likelihood, ``logsumexp(Phi @ Gamma(theta))`` with fixed
-  quadratic features ``Phi`` (kgmm_bayes.mixture.mixture_loglik_dense): value and
+  quadratic features ``Phi`` (kgmm_bayes.bayes.mixture.mixture_loglik_dense): value and
   derivative in ``Gamma`` from one pass over cache-sized blocks of rows;
 * ``autodiff``: the same expression differentiated by plain autodiff (the dense form
   before the fused derivative), for comparison;
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
-from kgmm_bayes.mixture import component_coefficients, loglik_plain, mixture_loglik_dense, quadratic_features
+from kgmm_bayes.bayes.mixture import component_coefficients, loglik_plain, mixture_loglik_dense, quadratic_features
 
 CASES = [(20_000, 16, 2), (100_000, 32, 3)]
 

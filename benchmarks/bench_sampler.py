@@ -34,13 +34,13 @@ import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS
 from sklearn.cluster import KMeans
 
-from kgmm_bayes import systems
+from kgmm_bayes.data import systems
 from kgmm_bayes.data import ZScore
-from kgmm_bayes.diagnostics import convergence_summary, probe_points, to_inference_data
-from kgmm_bayes.mixture import cov_cholesky
+from kgmm_bayes.bayes.diagnostics import convergence_summary, probe_points, to_inference_data
+from kgmm_bayes.bayes.mixture import cov_cholesky
 from kgmm_bayes.partition import fit_partition
 from kgmm_bayes.spec import MixtureSection
-from kgmm_bayes.sampler import PosteriorSamples, SamplerConfig, build_prior, initial_values, run_nuts
+from kgmm_bayes.bayes.sampler import PosteriorSamples, SamplerConfig, build_prior, initial_values, run_nuts
 
 CASES = {
     # name: (system, snapshots, components)

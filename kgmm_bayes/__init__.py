@@ -1,5 +1,12 @@
 """kgmm-bayes: Bayesian KGMM score estimation and Langevin reduced-order models.
 
+The subpackages follow the data's path: ``data`` (trajectories, z-score, built-in
+systems) -> ``partition`` -> ``bayes`` (mixture posterior, scores and their bands) ->
+``rom`` (interpolant, Langevin model, posterior ensembles) -> ``metrics``; ``study``
+chains them from a spec into an output folder; ``result``, ``api`` and ``cli`` are
+the user's entry points.  Imports run one way, from the top of this list's reverse
+(``tests/test_layout.py`` enforces it).
+
 Importing the package, before JAX initialises, (1) exposes one CPU device per
 core so that NUTS chains run in parallel (unless ``XLA_FLAGS`` already sets a
 device count), and (2) enables float64, which the posterior's Cholesky
@@ -7,8 +14,6 @@ algebra and the tested identities need; speed-critical stages (simulation,
 interpolant, Langevin model) cast to float32 themselves.
 """
 import os as _os
-
-__version__ = "0.1.0"
 
 if "xla_force_host_platform_device_count" not in _os.environ.get("XLA_FLAGS", ""):
     _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "")
@@ -18,6 +23,7 @@ import jax as _jax  # noqa: E402
 
 _jax.config.update("jax_enable_x64", True)
 
+from ._version import __version__  # noqa: E402
 from .api import fit  # noqa: E402
 from .data import InputError, ZScore, load_trajectory  # noqa: E402
 from .result import BayesianKGMM, load_result  # noqa: E402

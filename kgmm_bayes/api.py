@@ -17,7 +17,7 @@ def fit(x, settings: dict | None = None, out_dir: str | None = None, seed: int =
     may only set ``heldout_fraction``.  Outputs are written as by
     ``kgmm-bayes run`` into ``out_dir`` (default ``kgmm-runs/<name>``).
     """
-    from .study import run_study
+    from .study.run import run_study
 
     spec = spec_from_dict(dict(settings or {}), default_name="array", data_given=True)
     return run_study(spec, out_dir=out_dir, seed=seed, progress=progress, force=force, data=x)

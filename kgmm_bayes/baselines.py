@@ -2,7 +2,7 @@ r"""Baselines of the Bayesian estimator (DESIGN.md, "The pipeline"; issue 4).
 
 All three work on z-scored snapshots ``z`` ``(n, d)`` and return a
 :class:`BaselineFit` whose ``drift_fn(drift_params, x)`` is the estimated score,
-usable as the drift of :func:`kgmm_bayes.langevin.simulate_langevin` exactly like
+usable as the drift of :func:`kgmm_bayes.rom.langevin.simulate_langevin` exactly like
 the Bayesian interpolant.
 
 **Classic KGMM** (Giorgini, Bischoff & Souza, arXiv 2503.18054, Sec. 2).  Noisy
@@ -21,7 +21,7 @@ so every leaf ends near that probability).  Fresh noisy passes are assigned to
 the nearest centre and their statistics accumulated until the cluster means of
 ``z`` change by less than ``tolerance`` (relative Frobenius norm) or after
 ``max_passes`` passes; the cell centres are the accumulated means of
-:math:`\tilde x` (as in the authors' code).  An MLP (:mod:`kgmm_bayes.interpolant`,
+:math:`\tilde x` (as in the authors' code).  An MLP (:mod:`kgmm_bayes.rom.interpolant`,
 the Bayesian estimator's network) is fitted to the targets with counts as weights.
 
 **Denoising score matching** (Vincent 2011): the same MLP trained by Adam on
@@ -29,7 +29,7 @@ the Bayesian estimator's network) is fitted to the targets with counts as weight
 minimiser is the same :math:`s_\sigma`.
 
 **Variational Gaussian mixture**: scikit-learn's ``BayesianGaussianMixture``;
-its fitted mixture's score is closed form (:func:`kgmm_bayes.score.mixture_score`).
+its fitted mixture's score is closed form (:func:`kgmm_bayes.bayes.score.mixture_score`).
 """
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import pairwise_distances_argmin
 from sklearn.mixture import BayesianGaussianMixture
 
-from .interpolant import MLP, Interpolant, fit_interpolant
-from .score import coefficient_score, score_coefficients
+from .bayes.score import coefficient_score, score_coefficients
+from .rom.interpolant import MLP, Interpolant, fit_interpolant
 
 __all__ = ["KGMMTargets", "DSMCheckpoint", "BaselineFit", "kgmm_targets", "fit_kgmm", "fit_dsm",
            "fit_sklearn"]

@@ -56,7 +56,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     from .spec import load_spec
-    from .study import run_study
+    from .study.run import run_study
 
     spec = load_spec(args.spec)
     result = run_study(spec, out_dir=args.out, seed=args.seed, progress=not args.quiet, force=args.force)
@@ -76,8 +76,8 @@ def _run(args) -> int:
 
 
 def _compare(args) -> int:
-    from .compare import compare_study
     from .spec import load_spec
+    from .study.compare import compare_study
 
     spec = load_spec(args.spec)
     result = compare_study(spec, out_dir=args.out, seed=args.seed, progress=not args.quiet, force=args.force)
@@ -88,8 +88,8 @@ def _compare(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from .calibration import calibrate
     from .spec import load_spec
+    from .study.calibrate import calibrate
 
     specs = [load_spec(path) for path in args.specs]
     result = calibrate(specs, sizes=args.sizes, seeds=args.seeds, out_dir=args.out, progress=not args.quiet,
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
     import warnings
 
-    from .data import InputError
+    from .errors import InputError
 
     previous_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # each warning one line on the console

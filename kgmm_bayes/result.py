@@ -9,52 +9,14 @@ from typing import Any, NamedTuple, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from .data import InputError, ZScore
-from .score import ScoreSummary, coefficient_score, mixture_score, score_coefficients, score_draws, summarize_scores
+from .bayes.score import ScoreSummary, score_draws, summarize_scores
+from .data.zscore import ZScore
+from .errors import InputError
 
-__all__ = ["BayesianKGMM", "load_result", "score_to_file", "thin_draws", "predictive_score_fn", "predictive_drift"]
+__all__ = ["BayesianKGMM", "load_result", "score_to_file"]
 
 SCORE_CHUNK = 4096  # points per score evaluation at most (a power of two)
 SCORE_CHUNK_ELEMENTS = 2**22  # and draws * chunk * K * d at most: the (S, chunk, K, d) float64 intermediates
-
-
-def thin_draws(posterior, max_draws: int):
-    """At most ``max_draws`` draws, evenly thinned within each chain, chains merged."""
-    chains, draws = posterior.weights.shape[:2]
-    per_chain = max(1, min(draws, max_draws // chains))
-    idx = np.linspace(0, draws - 1, per_chain).round().astype(int)
-
-    def take(a):
-        a = a[:, idx]
-        return a.reshape((-1,) + a.shape[2:])
-    return take(posterior.weights), take(posterior.means), take(posterior.cov_chol)
-
-
-def _pooled(draws):
-    """The average of S mixtures of K components as one mixture of S*K components, weights ``w_sk / S``."""
-    weights, means, cov_chol = draws
-    d = means.shape[-1]
-    return weights.reshape(-1) / weights.shape[0], means.reshape(-1, d), cov_chol.reshape(-1, d, d)
-
-
-def predictive_score_fn(draws, x):
-    """Score of the posterior-predictive density ``mean_s p_s(x)`` at ``x`` ``(n, d)``.
-
-    The average of S mixtures of K components is one mixture of S*K
-    components with weights ``w_sk / S``, so its score is closed form.
-    """
-    score, _ = mixture_score(*_pooled(draws), x)
-    return score
-
-
-def predictive_drift(draws, dtype=jnp.float32):
-    """``(drift_fn, drift_params)`` of the posterior-predictive score for a Langevin run.
-
-    The same function as :func:`predictive_score_fn`, with the pooled S*K-component
-    mixture's :class:`~kgmm_bayes.score.ScoreCoefficients` computed once (in the draws'
-    precision, then cast to ``dtype``), so each step is two dense matrix products.
-    """
-    return coefficient_score, score_coefficients(*_pooled(tuple(np.asarray(a) for a in draws)), dtype=dtype)
 
 
 class BayesianKGMM(NamedTuple):
@@ -156,7 +118,7 @@ def score_chunk(n: int, draws) -> int:
 
 def _reason(err: BaseException) -> str:
     """An exception as one short line."""
-    from .outputs import _one_line
+    from .errors import one_line as _one_line
 
     text = _one_line(err) if str(err).strip() else ""
     if "mmap length is greater than file size" in text:
@@ -208,7 +170,7 @@ def _read_posterior(out_dir: str):
 
     import arviz as az
 
-    from .diagnostics import posterior_from_idata, zscore_from_idata
+    from .bayes.diagnostics import posterior_from_idata, zscore_from_idata
 
     name = "posterior.nc"
     try:
@@ -240,7 +202,7 @@ def _read_posterior(out_dir: str):
 
 
 def _read_interpolant(out_dir: str, d: int):
-    from .interpolant import interpolant_from_arrays
+    from .rom.interpolant import interpolant_from_arrays
 
     name = "interpolant.npz"
     try:  # interpolant_from_arrays checks sizes, layers, shapes and dtypes before building the network
@@ -287,8 +249,8 @@ def score_to_file(study_dir, points_path, out_path, band: float = 0.9) -> int:
     the arguments runs before the study is loaded, and ``out_path`` may not lie inside
     the study folder (a score file there could replace one of the study's own files).
     """
-    from .data import load_trajectory
-    from .outputs import atomic_write_bytes
+    from .data.trajectory import load_trajectory
+    from .files import atomic_write_bytes
 
     study_dir, points_path, out_path = (os.fspath(p) for p in (study_dir, points_path, out_path))
     if not out_path.endswith(".npz"):

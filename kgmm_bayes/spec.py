@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import reprlib
 import sys
 from typing import NamedTuple, Optional
@@ -22,8 +22,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .data import InputError
-from .systems import SYSTEMS
+from .data.systems import SYSTEMS
+from .errors import InputError
 
 __all__ = ["SpecError", "Spec", "load_spec", "spec_from_dict", "DEFAULT_STUDY", "EnsembleSection"]
 
@@ -62,7 +62,7 @@ class MixtureSection(NamedTuple):
     mean_scale: float = 0.25  # prior sd of each mean, in units of its cluster spread
     scale_prior: float = 1.0  # HalfCauchy scale of component standard deviations
     lkj_eta: float = 2.0
-    # coarsened posterior (Miller & Dunson 2019): "auto" picks alpha from the data (kgmm_bayes.coarsening),
+    # coarsened posterior (Miller & Dunson 2019): "auto" picks alpha from the data (kgmm_bayes.bayes.coarsening),
     # a number fixes alpha (the effective sample size the posterior levels off at), "off": standard posterior
     coarsening: object = "auto"
 
@@ -105,7 +105,7 @@ class MetricsSection(NamedTuple):
 
 
 class EnsembleSection(NamedTuple):
-    """Posterior ensemble of reduced-order models (:mod:`kgmm_bayes.ensemble`); uses [langevin] dt and box."""
+    """Posterior ensemble of reduced-order models (:mod:`kgmm_bayes.rom.ensemble`); uses [langevin] dt and box."""
 
     members: int = 0  # posterior draws, one model each; 0: no ensemble
     drift: str = "mixture"  # the draw's closed-form mixture score, or "interpolant": an MLP per draw

@@ -8,12 +8,12 @@ import jax
 import numpy as np
 
 import kgmm_bayes  # noqa: F401
-from kgmm_bayes import systems
+from kgmm_bayes.data import systems
 from kgmm_bayes.data import ZScore
 from kgmm_bayes.metrics import band_coverage, weighted_score_error
 from kgmm_bayes.partition import fit_partition
-from kgmm_bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
-from kgmm_bayes.score import score_draws, summarize_scores
+from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
+from kgmm_bayes.bayes.score import score_draws, summarize_scores
 
 
 def test_four_well_posterior_score_matches_minus_grad_u():

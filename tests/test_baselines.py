@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import multivariate_normal, norm
 
 from kgmm_bayes.baselines import fit_dsm, fit_sklearn, kgmm_targets
-from kgmm_bayes.score import mixture_score
+from kgmm_bayes.bayes.score import mixture_score
 from kgmm_bayes.spec import BaselinesSection, SpecError, spec_from_dict
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kgmm_bayes.calibration import COLUMNS, check_calibration_specs, mixture_marginals, true_marginals
+from kgmm_bayes.study.calibrate import COLUMNS, check_calibration_specs, mixture_marginals, true_marginals
 from kgmm_bayes.cli import main
 from kgmm_bayes.data import InputError, ZScore
 from kgmm_bayes.spec import load_spec, spec_from_dict
-from kgmm_bayes.systems import get_system
+from kgmm_bayes.data.systems import get_system
 from test_compare import TINY  # its tiny reduced-1D study (seed 2); calibrate reads the fit's sections only
 
 

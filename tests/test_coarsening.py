@@ -1,4 +1,4 @@
-"""The coarsened posterior's plug-in rule (kgmm_bayes.coarsening) against known answers.
+"""The coarsened posterior's plug-in rule (kgmm_bayes.bayes.coarsening) against known answers.
 
 The error terms come from maximum-likelihood fits on blocks of the snapshots, so they are checked
 on data whose answer is analytic: a Gaussian fitted by a Gaussian (no bias; independent snapshots,
@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from kgmm_bayes.coarsening import (KEEP_STANDARD, alpha_from_zeta, choose_zeta, error_terms,
+from kgmm_bayes.bayes.coarsening import (KEEP_STANDARD, alpha_from_zeta, choose_zeta, error_terms,
                                    posterior_score_variance, zeta_from_alpha)
 
 POINTS = np.linspace(-2.0, 2.0, 41)[:, None]

@@ -1,4 +1,4 @@
-"""Posterior ensembles of the reduced-order model (kgmm_bayes.ensemble), against exact answers.
+"""Posterior ensembles of the reduced-order model (kgmm_bayes.rom.ensemble), against exact answers.
 
 A one-component "posterior" has Gaussian draws N(mu_s, diag(sigma_s^2)), whose score
 drift is the Ornstein-Uhlenbeck process dx = -(x - mu) / sigma^2 dt + sqrt(2) dW.  Its
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import kgmm_bayes  # noqa: F401
-from kgmm_bayes.ensemble import (bands, entropy_distribution, member_keys, member_statistics, mixture_members,
+from kgmm_bayes.rom.ensemble import (bands, entropy_distribution, member_keys, member_statistics, mixture_members,
                                  select_draws, simulate_ensemble)
-from kgmm_bayes.interpolant import fit_interpolant, fit_interpolant_ensemble
-from kgmm_bayes.langevin import simulate_langevin
-from kgmm_bayes.sampler import PosteriorSamples
+from kgmm_bayes.rom.interpolant import fit_interpolant, fit_interpolant_ensemble
+from kgmm_bayes.rom.langevin import simulate_langevin
+from kgmm_bayes.bayes.sampler import PosteriorSamples
 from kgmm_bayes.spec import SpecError, spec_from_dict
 
 SIGMA = np.array([[1.0, 1.0], [0.8, 1.25], [1.2, 0.9]])  # per member, per coordinate

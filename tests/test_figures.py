@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kgmm_bayes.data import ZScore  # importing the package enables float64, as for the other test modules
-from kgmm_bayes.figures import plot_score_field, score_field
+from kgmm_bayes.study.figures import plot_score_field, score_field
 
 ZS = ZScore(mean=np.array([5.0, -3.0]), std=np.array([2.0, 0.5]))
 

@@ -6,9 +6,9 @@ import pytest
 from scipy.stats import gaussian_kde
 
 import kgmm_bayes  # noqa: F401
-from kgmm_bayes.interpolant import fit_interpolant, load_interpolant, save_interpolant
-from kgmm_bayes import metrics
-from kgmm_bayes.metrics import _exact_kde, band_coverage, gaussian_kde_1d, relative_entropy, weighted_score_error
+from kgmm_bayes.rom.interpolant import fit_interpolant, load_interpolant, save_interpolant
+from kgmm_bayes.metrics import density as metrics
+from kgmm_bayes.metrics.density import _exact_kde, band_coverage, gaussian_kde_1d, relative_entropy, weighted_score_error
 
 
 def test_interpolant_fits_smooth_field_and_round_trips(tmp_path):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kgmm_bayes  # noqa: F401
-from kgmm_bayes.langevin import simulate_langevin
+from kgmm_bayes.rom.langevin import simulate_langevin
 
 
 def ou_drift(params, x):

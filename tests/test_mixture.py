@@ -7,7 +7,7 @@ import pytest
 from numpyro.infer.util import log_density
 
 import kgmm_bayes  # noqa: F401  (enables float64)
-from kgmm_bayes.mixture import (MixturePrior, component_coefficients, loglik_from_coefficients, mixture_loglik_dense,
+from kgmm_bayes.bayes.mixture import (MixturePrior, component_coefficients, loglik_from_coefficients, mixture_loglik_dense,
                                 mixture_model, quadratic_features)
 
 
@@ -124,7 +124,7 @@ def test_model_log_density_is_prior_plus_likelihood(d):
 def test_cell_moment_features_bound_the_exact_cell_loglik():
     """Cells entering through mean and covariance: exact for one component, a Jensen lower
     bound of the cell-averaged mixture log-likelihood otherwise."""
-    from kgmm_bayes.mixture import expected_quadratic_features
+    from kgmm_bayes.bayes.mixture import expected_quadratic_features
 
     rng = np.random.default_rng(21)
     d, cells = 2, 6
@@ -147,7 +147,7 @@ def test_cell_moment_features_bound_the_exact_cell_loglik():
 @pytest.mark.parametrize("d", [1, 2, 3, 8, 9])
 def test_precision_factors_invert_the_cholesky_factor(d):
     """Unrolled forward substitution (d <= 8) and the LAPACK path (d > 8): W L = I, batched."""
-    from kgmm_bayes.mixture import UNROLLED_MAX_DIM, precision_factors
+    from kgmm_bayes.bayes.mixture import UNROLLED_MAX_DIM, precision_factors
 
     rng = np.random.default_rng(10 + d)
     _, _, chol = random_mixture(rng, 6, d)

@@ -1,7 +1,7 @@
 """Fault injection on output folders: what --force may replace, the lock, a kill at each step of the
 commit, every kind of stage-cache damage, a full disk or a read-only folder.
 
-Most cases drive :class:`kgmm_bayes.outputs.OutputFolder` directly (no JAX): a "result" is a few
+Most cases drive :class:`kgmm_bayes.study.outputs.OutputFolder` directly (no JAX): a "result" is a few
 files written into the staging folder.  The CLI cases at the end run the real command.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ import warnings
 import numpy as np
 import pytest
 
-from kgmm_bayes import outputs
+from kgmm_bayes.study import outputs
 from kgmm_bayes.data import InputError
-from kgmm_bayes.outputs import MANIFEST, CacheWarning, OutputFolder, read_stage_file
+from kgmm_bayes.study.outputs import MANIFEST, CacheWarning, OutputFolder, read_stage_file
 from test_cli_errors import snapshot as tree  # every file under a folder with its bytes
 
 SPEC_A = json.dumps({"spec": {"study": {"name": "a"}}, "seed": 0})
@@ -137,7 +137,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 
 def test_a_lock_held_by_a_killed_process_is_taken_over(tmp_path):
-    code = ("import os, sys; from kgmm_bayes.outputs import OutputFolder; "
+    code = ("import os, sys; from kgmm_bayes.study.outputs import OutputFolder; "
             f"o = OutputFolder({str(tmp_path / 'out')!r}, {SPEC_A!r}); os._exit(9)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 9 and os.path.exists(tmp_path / "out.lock")  # killed holding the lock

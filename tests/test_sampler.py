@@ -6,9 +6,9 @@ import numpy as np
 
 import kgmm_bayes  # noqa: F401
 from kgmm_bayes.data import ZScore
-from kgmm_bayes.diagnostics import convergence_summary, to_inference_data
+from kgmm_bayes.bayes.diagnostics import convergence_summary, to_inference_data
 from kgmm_bayes.partition import fit_partition
-from kgmm_bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
+from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
 
 
 def test_recovers_two_component_mixture_and_runs_chains_in_parallel():
@@ -47,7 +47,7 @@ def test_recovers_two_component_mixture_and_runs_chains_in_parallel():
         assert name in idata.posterior
     np.testing.assert_allclose(idata.constant_data["zscore_std"].values, zs.std)
     # per-cell log-likelihood terms: each draw's terms sum to the likelihood the sampler used
-    from kgmm_bayes.mixture import mixture_loglik_dense, quadratic_features
+    from kgmm_bayes.bayes.mixture import mixture_loglik_dense, quadratic_features
 
     terms = idata.log_likelihood["cells"].values
     assert terms.shape == (2, 300, len(part.points)) and terms.dtype == np.float32
@@ -62,7 +62,7 @@ def test_recovers_two_component_mixture_and_runs_chains_in_parallel():
 
 
 def test_chain_rounds():
-    from kgmm_bayes.sampler import chain_rounds
+    from kgmm_bayes.bayes.sampler import chain_rounds
 
     assert chain_rounds(4, 2) == [2, 2]
     assert chain_rounds(3, 2) == [2, 1]
@@ -92,11 +92,11 @@ def test_more_chains_than_devices_run_in_rounds():
 def test_map_search_finds_the_higher_mode_and_chains_start_there():
     """Two well-separated clusters of unequal size, two components started swapped in weight:
     the MAP search must end at the optimum, whose log posterior no start exceeds."""
-    from kgmm_bayes.mixture import quadratic_features
-    from kgmm_bayes.sampler import find_map
+    from kgmm_bayes.bayes.mixture import quadratic_features
+    from kgmm_bayes.bayes.sampler import find_map
     from numpyro.infer.util import unconstrain_fn
 
-    from kgmm_bayes.mixture import mixture_model
+    from kgmm_bayes.bayes.mixture import mixture_model
 
     rng = np.random.default_rng(4)
     x = np.concatenate([rng.normal(-2.0, 0.3, 300), rng.normal(2.0, 0.5, 900)])[:, None]
@@ -122,8 +122,8 @@ def test_map_search_finds_the_higher_mode_and_chains_start_there():
 def test_sharded_likelihood_equals_unsharded_and_splits_rows():
     """Rows padded to a multiple of the device count with zero counts: the same log likelihood
     and gradient in float64, each device holding its block of rows."""
-    from kgmm_bayes.mixture import mixture_loglik_dense, quadratic_features
-    from kgmm_bayes.sampler import shard_rows
+    from kgmm_bayes.bayes.mixture import mixture_loglik_dense, quadratic_features
+    from kgmm_bayes.bayes.sampler import shard_rows
 
     n_dev = jax.local_device_count()
     rng = np.random.default_rng(5)
@@ -163,7 +163,7 @@ def test_run_nuts_with_sharded_data_samples_the_posterior():
 
 
 def test_chain_plan():
-    from kgmm_bayes.sampler import chain_plan
+    from kgmm_bayes.bayes.sampler import chain_plan
 
     assert chain_plan(4, 2, "cpu") == [(2, "parallel"), (2, "parallel")]
     assert chain_plan(3, 2, "cpu") == [(2, "parallel"), (1, "sequential")]
@@ -180,7 +180,7 @@ def test_laplace_scales_are_the_inverse_sqrt_hessian_diagonal():
     so the scales are 1/sqrt(A_ii); a negative diagonal entry gives inf."""
     from jax.flatten_util import ravel_pytree
 
-    from kgmm_bayes.sampler import laplace_scales
+    from kgmm_bayes.bayes.sampler import laplace_scales
 
     rng = np.random.default_rng(3)
     params = {"a": np.zeros((2, 3)), "b": np.zeros(4)}

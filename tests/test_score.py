@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import kgmm_bayes  # noqa: F401
-from kgmm_bayes.result import predictive_drift, predictive_score_fn
-from kgmm_bayes.score import (coefficient_score, mixture_divergence, mixture_log_density, mixture_score,
+from kgmm_bayes.bayes.score import predictive_drift, predictive_score_fn
+from kgmm_bayes.bayes.score import (coefficient_score, mixture_divergence, mixture_log_density, mixture_score,
                               score_coefficients, score_draws, summarize_scores)
 from test_mixture import random_mixture
 

@@ -5,10 +5,10 @@ import pytest
 
 import kgmm_bayes  # noqa: F401
 from kgmm_bayes.data import ZScore
-from kgmm_bayes.diagnostics import to_inference_data
+from kgmm_bayes.bayes.diagnostics import to_inference_data
 from kgmm_bayes.partition import fit_partition
-from kgmm_bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
-from kgmm_bayes.selection import select_components
+from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
+from kgmm_bayes.bayes.selection import select_components
 
 
 def _posterior(z, zs, k):

@@ -287,7 +287,7 @@ def test_unknown_key_always_rejected(section, key):
 
 def test_sampler_section_defaults_match_sampler_config():
     """The [sampler] section and the sampler's own config must not drift apart."""
-    from kgmm_bayes.sampler import SamplerConfig
+    from kgmm_bayes.bayes.sampler import SamplerConfig
     from kgmm_bayes.spec import SamplerSection
 
     shared = set(SamplerSection._fields) & set(SamplerConfig._fields)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import kgmm_bayes
-from kgmm_bayes import load_result, systems
+from kgmm_bayes import load_result
+from kgmm_bayes.data import systems
 
 SMALL_STUDY = """
 [study]

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 
 import kgmm_bayes  # noqa: F401
-from kgmm_bayes import ks, systems
+from kgmm_bayes.data import systems
+from kgmm_bayes.data.systems import catalog, ks
+from kgmm_bayes.metrics import series as ts
 
 
 def test_reduced_1d_constants_match_systems_md():
-    p = systems.REDUCED_1D_PARAMS
+    p = catalog.REDUCED_1D_PARAMS
     expected = dict(a=-1.80917, b=-0.066667, c=0.166667, B=-0.632456, A=0.126491, F_tilde=-0.04, s=0.0632456)
     for name, value in expected.items():
         printed = repr(value).split(".")[1]  # SYSTEMS.md rounds to the printed digit
@@ -28,7 +30,7 @@ def test_reduced_1d_score_is_zero_flux_solution():
 
 def test_four_well_score_is_minus_grad_potential():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(20, 2)))
-    expected = -jax.vmap(jax.grad(systems.four_well_potential))(x)
+    expected = -jax.vmap(jax.grad(catalog.four_well_potential))(x)
     np.testing.assert_allclose(systems.get_system("four_well_2d").score(x), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -190,15 +192,15 @@ def test_ks_simulate_augments_shifts_and_removes_the_mean(name, stride):
 # ---------------------------------------------------------------- reference statistics
 def test_pdfs_integrate_to_one_and_share_marginals():
     samples = np.random.default_rng(7).normal(size=(3, 500, 4)) * np.array([1.0, 2.0, 0.5, 1.5])
-    density, edges = ks.one_point_pdf(samples, bins=40)
+    density, edges = ts.one_point_pdf(samples, bins=40)
     width = np.diff(edges)
     assert np.sum(density * width) == pytest.approx(1.0, abs=1e-12)
-    pairs, edges2 = ks.two_point_pdfs(samples, bins=30)
+    pairs, edges2 = ts.two_point_pdfs(samples, bins=30)
     assert pairs.shape == (3, 30, 30)
     area = np.outer(np.diff(edges2), np.diff(edges2))
     np.testing.assert_allclose((pairs * area).sum(axis=(1, 2)), 1.0, atol=1e-12)
     # with the periodic index both marginals of every P(u_i, u_{i+d}) are the pooled one-point PDF
-    one, _ = ks.one_point_pdf(samples, edges=edges2)
+    one, _ = ts.one_point_pdf(samples, edges=edges2)
     for pair in pairs:
         np.testing.assert_allclose((pair * np.diff(edges2)[None, :]).sum(axis=1), one, atol=1e-12)
         np.testing.assert_allclose((pair * np.diff(edges2)[:, None]).sum(axis=0), one, atol=1e-12)
@@ -217,7 +219,7 @@ def test_decorrelation_time_of_ar1():
     # Sokal: var(tau_hat) ~ 2 (2 W + 1) / N tau^2 for a summation window of W lags
     window = np.ceil(5 * tau / spacing)
     rel_sd = np.sqrt(2 * (2 * window + 1) / series[..., 0].size)
-    estimate = ks.decorrelation_time(series, spacing)
+    estimate = ts.decorrelation_time(series, spacing)
     assert np.all(np.abs(estimate - tau) < 4 * rel_sd * tau), (estimate, tau, rel_sd)
 
 
@@ -229,12 +231,12 @@ def test_ks_statistics_of_the_data_against_itself_and_a_shifted_model():
     rng = np.random.default_rng(9)
     noise = rng.normal(size=(6, 3000, 4))
     series = lfilter([np.sqrt(1 - 0.8**2)], [1, -0.8], noise, axis=1)[:, 100:]
-    tau = ks.decorrelation_time(series, 0.5)
-    same = ks.ks_statistics(series.reshape(-1, 4), series, 0.5, tau, grid_points=512)
+    tau = ts.decorrelation_time(series, 0.5)
+    same = ts.ks_statistics(series.reshape(-1, 4), series, 0.5, tau, grid_points=512)
     assert same["one_point_relative_entropy"] == pytest.approx(0.0, abs=1e-12)
     assert same["one_point_l1"] == 0.0 and all(v == 0.0 for v in same["two_point_l1"].values())
     np.testing.assert_allclose(same["decorrelation_time_ratio_model_over_data"], 1.0, rtol=1e-12)
-    shifted = ks.ks_statistics(series.reshape(-1, 4), series + 0.5, 0.5, tau, grid_points=512)
+    shifted = ts.ks_statistics(series.reshape(-1, 4), series + 0.5, 0.5, tau, grid_points=512)
     assert shifted["one_point_relative_entropy"] > 0.05 and shifted["one_point_l1"] > 0.2
     assert all(v > 0.2 for v in shifted["two_point_l1"].values())
     np.testing.assert_allclose(shifted["decorrelation_time_model"], tau, rtol=1e-9)
@@ -254,7 +256,7 @@ def test_mixture_2d_control_draws_and_score():
     """The calibration control: independent draws from a known 3-component mixture, whose analytic
     score is the gradient of its log density (autodiff, float64), and whose sample moments match
     the mixture's to within 5 standard errors."""
-    from kgmm_bayes.systems import MIXTURE_2D
+    from kgmm_bayes.data.systems.catalog import MIXTURE_2D
 
     sysm = systems.get_system("mixture_2d")
     w, mu, cov = (np.asarray(MIXTURE_2D[k]) for k in ("weights", "means", "covariances"))

@@ -24,8 +24,8 @@ minus its spatial mean is sampled at every ``stride``-th grid point (``D = N / s
 every offset ``0 .. stride - 1`` of the sampling grid (translation invariance), so each field
 gives ``stride`` snapshots.
 
-The statistics helpers at the end (one-point PDF, two-point PDFs, decorrelation times) are
-the reference statistics the comparison of reduced-order models uses.
+The statistics of such series (one-point PDF, two-point PDFs, decorrelation times) are in
+:mod:`kgmm_bayes.metrics.series`.
 """
 from __future__ import annotations
 
@@ -36,9 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .base import System
+
 __all__ = ["KS_LENGTH", "KS_GRID", "EtdCoefficients", "etdrk4_coefficients", "ks_rhs",
-           "ks_integrate", "ks_fields", "reduce_fields", "simulate_ks", "ks_system",
-           "one_point_pdf", "two_point_pdfs", "decorrelation_time", "fine_reference_series", "ks_statistics"]
+           "ks_integrate", "ks_fields", "reduce_fields", "simulate_ks", "ks_system", "fine_reference_series"]
 
 KS_LENGTH = 34.0
 KS_GRID = 64
@@ -205,8 +206,6 @@ def ks_system(name: str, stride: int, members: int, fields_per_member: int):
     by the slow drift of the 4-cell pattern, ~70 time units); ``stride`` snapshots per field.
     ``x0`` is unused: members start from random fields drawn from the key.
     """
-    from .systems import System  # systems imports this module
-
     thin = 80
     return System(name=name, dim=KS_GRID // stride, noise_dim=0, drift=ks_rhs, diffusion=_no_noise,
                   x0=(), dt=0.25, members=members, steps=fields_per_member * thin, thin=thin,
@@ -216,107 +215,6 @@ def ks_system(name: str, stride: int, members: int, fields_per_member: int):
 
 def _no_noise(u):
     return jnp.zeros((u.shape[-1], 0), dtype=u.dtype)
-
-
-# ---------------------------------------------------------------- reference statistics
-def _check_samples(samples, name="samples") -> np.ndarray:
-    samples = np.asarray(samples, dtype=np.float64)
-    if samples.ndim != 3:
-        raise ValueError(f"{name} must have shape (members, n, D), got {samples.shape}")
-    return samples
-
-
-def _edges(samples, edges, bins):
-    if edges is None:
-        return np.linspace(samples.min(), samples.max(), int(bins) + 1)
-    edges = np.asarray(edges, dtype=np.float64)
-    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError("edges must be a strictly increasing 1-D array of at least 2 values")
-    return edges
-
-
-def one_point_pdf(samples, edges=None, bins: int = 100):
-    """One-point PDF pooled over all coordinates, as a histogram density.
-
-    Parameters
-    ----------
-    samples : array (members, n, D)
-    edges : array (n_bins + 1,), optional
-        Common bin edges (pass the same edges for the reference and a model); default:
-        ``bins`` equal bins spanning the data.
-
-    Returns
-    -------
-    density : array (n_bins,)
-        ``count / (total * width)``: integrates to the fraction of samples inside ``edges``
-        (1 with the default edges).
-    edges : array (n_bins + 1,)
-    """
-    samples = _check_samples(samples)
-    edges = _edges(samples, edges, bins)
-    counts, _ = np.histogram(samples.ravel(), bins=edges)
-    return counts / (samples.size * np.diff(edges)), edges
-
-
-def two_point_pdfs(samples, edges=None, bins: int = 50, lags=(1, 2, 3)):
-    r"""Two-point PDFs :math:`P(u_i, u_{i+d})`, pooled over :math:`i`, index periodic mod ``D``.
-
-    Returns ``density`` of shape ``(len(lags), n_bins, n_bins)`` (first axis of each
-    histogram: :math:`u_i`; second: :math:`u_{i+d}`) on the common ``edges`` for both axes,
-    normalised like :func:`one_point_pdf`, and ``edges``.
-    """
-    samples = _check_samples(samples)
-    edges = _edges(samples, edges, bins)
-    flat = samples.reshape(-1, samples.shape[-1])
-    area = np.outer(np.diff(edges), np.diff(edges))
-    out = []
-    for lag in lags:
-        if int(lag) != lag:
-            raise ValueError(f"lags must be integers, got {lag!r}")
-        first, second = flat.ravel(), np.roll(flat, -int(lag), axis=1).ravel()
-        counts, _, _ = np.histogram2d(first, second, bins=(edges, edges))
-        out.append(counts / (first.size * area))
-    return np.stack(out), edges
-
-
-def decorrelation_time(samples, spacing: float) -> np.ndarray:
-    r"""Decorrelation time per coordinate: the ACF integrated up to its first zero crossing.
-
-    The autocovariance :math:`C(k) = \frac1{M n}\sum_m \sum_{t < n-k} \tilde x_{m,t}\,
-    \tilde x_{m,t+k}` (deviations from the pooled mean) gives :math:`\rho(k) = C(k)/C(0)`;
-    with :math:`K` the first lag where :math:`\rho \le 0` (``n`` if none), the trapezoid
-    rule truncated there gives :math:`\tau = \Delta\,[\tfrac12 + \sum_{k=1}^{K-1} \rho(k)]`,
-    so for an AR(1) series :math:`\rho(k) = \phi^k`,
-    :math:`\tau \to \Delta (1 + \phi) / (2 (1 - \phi))`.
-
-    Parameters
-    ----------
-    samples : array (members, n, D)
-        Independent members of stationary time series.
-    spacing : float
-        Time between consecutive snapshots.
-
-    Returns
-    -------
-    array (D,)
-    """
-    samples = _check_samples(samples)
-    if not spacing > 0:
-        raise ValueError(f"spacing must be positive, got {spacing}")
-    members, n, _ = samples.shape
-    if n < 2:
-        raise ValueError(f"need at least 2 snapshots per member, got {n}")
-    dev = samples - samples.mean(axis=(0, 1))
-    size = 1 << int(np.ceil(np.log2(2 * n)))  # zero padding: linear, not circular, correlation
-    spec = np.fft.rfft(dev, n=size, axis=1)
-    acov = np.fft.irfft(np.abs(spec) ** 2, n=size, axis=1)[:, :n].mean(axis=0)  # (n, D)
-    rho = acov / acov[0]
-    taus = []
-    for r in rho.T:
-        nonpositive = np.flatnonzero(r <= 0)
-        cut = nonpositive[0] if nonpositive.size else n
-        taus.append(spacing * (0.5 + r[1:cut].sum()))
-    return np.asarray(taus)
 
 
 def fine_reference_series(key, system, time_units: float = 500.0, spacing: float = 1.0, members: int = 16,
@@ -333,37 +231,3 @@ def fine_reference_series(key, system, time_units: float = 500.0, spacing: float
     fields = ks_fields(key, members, n_snap, thin, int(round(burn_in_time / system.dt)), system.dt)
     reduced = reduce_fields(np.asarray(fields), stride)  # (members, stride * n, D), offset-major
     return reduced.reshape(members * stride, n_snap, system.dim)
-
-
-def ks_statistics(reference, model_series, model_spacing: float, data_tau, bins: int = 120, bins2: int = 60,
-                  lags=(1, 2, 3), grid_points: int = 2048) -> dict:
-    """A reduced-order model's KS statistics against the data's.
-
-    ``reference`` ``(n, D)``: the study's reference snapshots; ``model_series``
-    ``(particles, n_snap, D)`` in physical units, ``model_spacing`` model time apart;
-    ``data_tau`` ``(D,)``: the data's decorrelation times (:func:`decorrelation_time` of
-    :func:`fine_reference_series`).  Returns the pooled one-point PDF's relative entropy
-    (KDE, as the marginals) and L1 distance (histograms on common edges), the L1
-    distance of the two-point PDFs at each separation in ``lags``, and the model's
-    decorrelation time per coordinate with its ratio to the data's.
-    """
-    from .metrics import relative_entropy
-
-    ref = np.asarray(reference, dtype=np.float64)[None]
-    model = _check_samples(model_series, "model_series")
-    lo, hi = min(ref.min(), model.min()), max(ref.max(), model.max())
-    pad = 0.05 * (hi - lo)
-    edges = np.linspace(lo - pad, hi + pad, bins + 1)
-    p_ref, _ = one_point_pdf(ref, edges)
-    p_mod, _ = one_point_pdf(model, edges)
-    edges2 = np.linspace(lo - pad, hi + pad, bins2 + 1)
-    pp_ref, _ = two_point_pdfs(ref, edges2, lags=lags)
-    pp_mod, _ = two_point_pdfs(model, edges2, lags=lags)
-    area = np.outer(np.diff(edges2), np.diff(edges2))
-    tau = decorrelation_time(model, model_spacing)
-    return {"one_point_relative_entropy": relative_entropy(ref.ravel(), model.ravel(), grid_points),
-            "one_point_l1": float(np.sum(np.abs(p_ref - p_mod) * np.diff(edges))),
-            "two_point_l1": {int(lag): float(np.sum(np.abs(pp_ref[j] - pp_mod[j]) * area)) for j, lag in enumerate(lags)},
-            "decorrelation_time_model": [float(v) for v in tau],
-            "decorrelation_time_ratio_model_over_data": [float(v) for v in tau / np.asarray(data_tau)],
-            "one_point_pdf": {"edges": edges.tolist(), "reference": p_ref.tolist(), "model": p_mod.tolist()}}

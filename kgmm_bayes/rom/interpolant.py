@@ -24,8 +24,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from .outputs import atomic_write_bytes
-from .progress import bar, tick
+from ..files import atomic_write_bytes
+from ..progress import bar, tick
 
 __all__ = ["MLP", "Interpolant", "fit_interpolant", "fit_interpolant_ensemble", "save_interpolant",
            "load_interpolant", "interpolant_arrays", "interpolant_from_arrays"]

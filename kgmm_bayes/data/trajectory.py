@@ -1,13 +1,4 @@
-"""Trajectory data: loading, validation, splitting and the z-score transform.
-
-Every estimator works in z-scored coordinates ``x~ = (x - mean) / std`` (per
-coordinate).  Scores transform covariantly: if ``s`` is the score of the
-physical density then the score of the z-scored density is
-
-    s~(x~) = std * s(mean + std * x~),
-
-so ``s(x) = s~((x - mean) / std) / std``.  The transform is kept with every
-result so outputs can be given in physical units.
+"""Trajectory data: loading, validation and splitting into training and held-out members.
 
 All checks here run on NumPy arrays before any JAX tracing and raise
 :class:`InputError` (a ``ValueError``) with a one-line message naming the
@@ -16,13 +7,12 @@ offending argument.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = [
-    "InputError",
-    "ZScore",
     "load_trajectory",
     "validate_snapshots",
     "as_members",
@@ -33,33 +23,6 @@ SUPPORTED_SUFFIXES = (".npy", ".csv", ".nc")
 MAX_CSV_LINE = 2**20  # characters: far above any row of d numbers; a longer line is not a CSV of snapshots
 
 
-class InputError(ValueError):
-    """Bad user input (data, spec or arguments); the message is one line."""
-
-
-class ZScore(NamedTuple):
-    """Per-coordinate affine transform ``x~ = (x - mean) / std``."""
-
-    mean: np.ndarray  # (d,)
-    std: np.ndarray  # (d,)
-
-    @classmethod
-    def fit(cls, x: np.ndarray) -> "ZScore":
-        x = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1])
-        return cls(mean=x.mean(axis=0), std=x.std(axis=0))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-    def inverse(self, z):
-        return z * self.std + self.mean
-
-    def score_to_physical(self, score_z):
-        """Score in z-scored coordinates -> score in physical coordinates."""
-        return score_z / self.std
-
-    def score_to_zscored(self, score_phys):
-        return score_phys * self.std
 
 
 def _load_csv(path: str) -> np.ndarray:

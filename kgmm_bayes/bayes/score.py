@@ -24,10 +24,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .mixture import LOG_2PI, component_coefficients, precision_factors, precision_terms, quadratic_features
+from .mixture import (
+    LOG_2PI,
+    component_coefficients,
+    precision_factors,
+    precision_terms,
+    quadratic_features,
+)
 
 __all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "ScoreCoefficients",
-           "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores"]
+           "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores",
+           "thin_draws", "predictive_score_fn", "predictive_drift"]
 
 
 def _whitened(weights, means, cov_chol, x):
@@ -71,7 +78,7 @@ class ScoreCoefficients(NamedTuple):
     r"""One mixture's score as dense products, computed once per draw (a drift's parameters).
 
     ``log w_k N(x; mu_k, Sigma_k) = phi(x) @ gamma`` with the quadratic features
-    :math:`\phi(x) = [1, x, x_i x_j]` (:func:`kgmm_bayes.mixture.quadratic_features`), so
+    :math:`\phi(x) = [1, x, x_i x_j]` (:func:`kgmm_bayes.bayes.mixture.quadratic_features`), so
     the responsibilities are ``softmax(phi(x) @ gamma)`` and
     :math:`s(x) = r(x)^\top (P\mu) - (r(x)^\top P)\, x`: two matrix products and a
     ``d x d`` product per point, no triangular solve and no ``(n, K, d)`` residuals.
@@ -152,3 +159,42 @@ def summarize_scores(scores, log_densities, band: float = 0.9) -> ScoreSummary:
     predictive = np.einsum("sn,snd->nd", pw, scores)
     return ScoreSummary(mean=scores.mean(axis=0), std=scores.std(axis=0), lower=lower,
                         upper=upper, predictive=predictive, band=band)
+
+
+def thin_draws(posterior, max_draws: int):
+    """At most ``max_draws`` draws, evenly thinned within each chain, chains merged."""
+    chains, draws = posterior.weights.shape[:2]
+    per_chain = max(1, min(draws, max_draws // chains))
+    idx = np.linspace(0, draws - 1, per_chain).round().astype(int)
+
+    def take(a):
+        a = a[:, idx]
+        return a.reshape((-1,) + a.shape[2:])
+    return take(posterior.weights), take(posterior.means), take(posterior.cov_chol)
+
+
+def _pooled(draws):
+    """The average of S mixtures of K components as one mixture of S*K components, weights ``w_sk / S``."""
+    weights, means, cov_chol = draws
+    d = means.shape[-1]
+    return weights.reshape(-1) / weights.shape[0], means.reshape(-1, d), cov_chol.reshape(-1, d, d)
+
+
+def predictive_score_fn(draws, x):
+    """Score of the posterior-predictive density ``mean_s p_s(x)`` at ``x`` ``(n, d)``.
+
+    The average of S mixtures of K components is one mixture of S*K
+    components with weights ``w_sk / S``, so its score is closed form.
+    """
+    score, _ = mixture_score(*_pooled(draws), x)
+    return score
+
+
+def predictive_drift(draws, dtype=jnp.float32):
+    """``(drift_fn, drift_params)`` of the posterior-predictive score for a Langevin run.
+
+    The same function as :func:`predictive_score_fn`, with the pooled S*K-component
+    mixture's :class:`ScoreCoefficients` computed once (in the draws'
+    precision, then cast to ``dtype``), so each step is two dense matrix products.
+    """
+    return coefficient_score, score_coefficients(*_pooled(tuple(np.asarray(a) for a in draws)), dtype=dtype)

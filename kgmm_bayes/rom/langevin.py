@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .progress import bar, tick
+from ..progress import bar, tick
 
 __all__ = ["LangevinResult", "simulate_langevin", "max_jacobian_eigenvalue"]
 
@@ -45,7 +45,7 @@ def trajectory(drift_fn: Callable, key, drift_params, x0, n_snap, thin, burn_in,
     """The traced simulation of one model: ``(snapshots (n_snap, P, d), alive (P,), finite (P,))``.
 
     Not jitted: :func:`simulate_langevin` jits it as is and the posterior ensemble
-    (:mod:`kgmm_bayes.ensemble`) jits its ``vmap`` over ``(key, drift_params, x0)``,
+    (:mod:`kgmm_bayes.rom.ensemble`) jits its ``vmap`` over ``(key, drift_params, x0)``,
     which batches the step inside the one ``lax.scan``, so member ``s`` of an
     ensemble draws exactly the noise of a single run with key ``s``.
     """

@@ -2,9 +2,9 @@
 
 S posterior draws, one Langevin model each (the draw's closed-form mixture score,
 or an interpolant per draw trained together), all run in one ``lax.scan``
-(:mod:`kgmm_bayes.ensemble`); per-member statistics, their median and credible
+(:mod:`kgmm_bayes.rom.ensemble`); per-member statistics, their median and credible
 bands, and the relative entropy as a distribution.  Part of the study runner,
-split from :mod:`kgmm_bayes.study` to keep each file to one job.
+called by :mod:`kgmm_bayes.study.run`.
 """
 from __future__ import annotations
 
@@ -15,14 +15,23 @@ import warnings
 import jax
 import numpy as np
 
-from .ensemble import (autocorrelation, bands, entropy_distribution, interpolant_members, member_statistics,
-                       mixture_members, select_draws, simulate_ensemble)
+from ..data.systems import get_system
+from ..files import atomic_write_bytes, json_floats
+from ..metrics import gaussian_kde_1d
+from ..rom.ensemble import (
+    autocorrelation,
+    bands,
+    entropy_distribution,
+    interpolant_members,
+    member_statistics,
+    mixture_members,
+    select_draws,
+    simulate_ensemble,
+)
+from ..rom.langevin import initial_particles
+from ..spec import Spec
 from .figures import plot_ensemble_acf, plot_ensemble_marginals, plot_relative_entropy
-from .langevin import initial_particles
-from .metrics import gaussian_kde_1d
-from .outputs import atomic_write_bytes, json_floats, stage_key
-from .spec import Spec
-from .systems import get_system
+from .outputs import stage_key
 
 __all__ = ["ensemble_stage", "reference_series"]
 

@@ -10,7 +10,7 @@ analytic score at the Bayesian score-target points (where the system has one),
 and, for the Bayesian estimator only, the coverage of its credible band.
 
 For Kuramoto-Sivashinsky studies each estimator's model is also measured by the
-KS statistics (:func:`kgmm_bayes.ks.ks_statistics`): the pooled one-point PDF, the
+KS statistics (:func:`kgmm_bayes.metrics.series.ks_statistics`): the pooled one-point PDF, the
 two-point PDFs at separations 1-3 and the decorrelation time of each coordinate,
 against the data's (the latter from a finely sampled independent run);
 ``figures/ks_statistics.png`` shows them.
@@ -38,16 +38,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import ks
-
-from .baselines import BaselineFit, fit_dsm, fit_kgmm, fit_sklearn
-from .langevin import max_jacobian_eigenvalue, simulate_langevin
-from .metrics import marginal_relative_entropies, weighted_score_error
-from .outputs import OutputFolder, atomic_write_bytes, read_stage_file
-from .result import predictive_drift
-from .spec import BASELINES, Spec
-from .study import StudyData, check_seed, langevin_start, load_user_data, prepare_data, run_study, study_keys
-from .systems import get_system
+from ..baselines import BaselineFit, fit_dsm, fit_kgmm, fit_sklearn
+from ..bayes.score import predictive_drift
+from ..data.systems import get_system
+from ..data.systems.ks import fine_reference_series
+from ..files import atomic_write_bytes
+from ..metrics import marginal_relative_entropies, weighted_score_error
+from ..metrics.series import decorrelation_time, ks_statistics
+from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin
+from ..spec import BASELINES, Spec
+from .checks import check_seed, load_user_data
+from .outputs import OutputFolder, read_stage_file
+from .run import run_study
+from .stages import StudyData, langevin_start, prepare_data, study_keys
 
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 
@@ -114,7 +117,7 @@ def _rom_relative_entropy(data: StudyData, rom, grid_points) -> np.ndarray:
 def _ks_block(data: StudyData, series, spec, data_tau) -> dict:
     """KS statistics of a model's series ``(particles, n_snap, D)`` (physical units) against the data's."""
     lg = spec.langevin
-    return ks.ks_statistics(data.reference, series, lg.dt * lg.thin, data_tau, grid_points=spec.metrics.grid_points)
+    return ks_statistics(data.reference, series, lg.dt * lg.thin, data_tau, grid_points=spec.metrics.grid_points)
 
 
 def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key, points, counts, truth, info,
@@ -221,8 +224,8 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     system = get_system(spec.data.system) if user_data is None else None
     if system is not None and system.name.startswith("ks_"):
         _log(progress, "KS: a finely sampled reference run for the decorrelation times")
-        series = ks.fine_reference_series(jax.random.fold_in(reference_key, 7), system)
-        ks_tau = ks.decorrelation_time(series, KS_SPACING)
+        series = fine_reference_series(jax.random.fold_in(reference_key, 7), system)
+        ks_tau = decorrelation_time(series, KS_SPACING)
         lg = spec.langevin
         rom = result.rom_samples  # kept particles, time-major: (n_snap * particles, D)
         if len(rom):

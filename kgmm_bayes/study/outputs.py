@@ -29,12 +29,13 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import warnings
 
 import numpy as np
 
-from .data import InputError
+from ..errors import CacheWarning, InputError
+from ..errors import one_line as _one_line
+from ..files import atomic_write_bytes, json_floats
 
 try:  # POSIX; elsewhere the lock degrades to an exclusive-create file with the owner's pid
     import fcntl
@@ -56,8 +57,6 @@ LEGACY_ENTRIES = frozenset({
     "comparison.csv", "comparison.md", "calibration.csv", "calibration.json", "calibration.md"})
 
 
-class CacheWarning(RuntimeWarning):
-    """A stage cache entry was damaged and is being recomputed."""
 
 
 def _read_text(path: str):
@@ -80,11 +79,6 @@ def _read_json(path: str):
         return None
 
 
-def json_floats(values):
-    """Floats for metrics.json, with NaN written as null (JSON has no NaN)."""
-    arr = np.asarray(values, dtype=np.float64)
-    out = [None if not np.isfinite(v) else float(v) for v in arr.ravel()]
-    return out[0] if arr.ndim == 0 else out
 
 
 def stage_key(*parts) -> str:
@@ -92,21 +86,6 @@ def stage_key(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def atomic_write_bytes(path: str, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder: a kill or a full disk
-    leaves either the old file or the new one, never half a file, and no temporary file behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _checksum(arrays: dict) -> str:
@@ -118,11 +97,6 @@ def _checksum(arrays: dict) -> str:
     return h.hexdigest()
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    if "allow_pickle" in text:  # numpy's advice to unpickle does not belong in our message
-        text = "not a NumPy array file, or one holding pickled Python objects (never unpickled)"
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def read_stage_file(path: str, build=None):

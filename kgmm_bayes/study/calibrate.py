@@ -35,16 +35,18 @@ from typing import NamedTuple, Sequence
 import jax
 import numpy as np
 
-from . import __version__
-from .data import InputError, ZScore
-from .diagnostics import convergence_summary, to_inference_data
-from .outputs import OutputFolder, atomic_write_bytes, stage_key
-from .partition import fit_partition
-from .result import thin_draws
-from .score import score_draws, summarize_scores
-from .spec import Spec
-from .study import check_seed, sample_posterior
-from .systems import get_system, simulate
+from .._version import __version__
+from ..bayes.diagnostics import convergence_summary, to_inference_data
+from ..bayes.score import score_draws, summarize_scores, thin_draws
+from ..data.systems import get_system, simulate
+from ..data.zscore import ZScore
+from ..errors import InputError
+from ..files import atomic_write_bytes
+from ..partition import fit_partition
+from ..spec import Spec
+from .checks import check_seed
+from .outputs import OutputFolder, stage_key
+from .stages import sample_posterior
 
 __all__ = ["calibrate", "check_calibration_specs", "true_marginals", "mixture_marginals", "CalibrationResult",
            "EVAL_POINTS"]

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from matplotlib.figure import Figure  # figures drawn without pyplot: no backend is switched
 import numpy as np
+from matplotlib.figure import (
+    Figure,  # figures drawn without pyplot: no backend is switched
+)
 
-from .metrics import gaussian_kde_1d
-from .score import score_draws, summarize_scores
+from ..bayes.score import score_draws, summarize_scores
+from ..metrics import gaussian_kde_1d
 
 __all__ = ["plot_score", "plot_score_field", "score_field", "ScoreField", "plot_marginals",
            "plot_ensemble_marginals", "plot_ensemble_acf", "plot_relative_entropy"]

@@ -25,8 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .data import ZScore
-from .mixture import component_coefficients, expected_quadratic_features, quadratic_features
+from ..data.zscore import ZScore
+from .mixture import (
+    component_coefficients,
+    expected_quadratic_features,
+    quadratic_features,
+)
 from .sampler import PosteriorSamples
 from .score import score_draws
 

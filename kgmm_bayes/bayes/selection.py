@@ -2,7 +2,7 @@ r"""Choosing the number of mixture components K by PSIS-LOO (arviz).
 
 For each candidate K the posterior's pointwise log-likelihood terms
 ``c_m log p(x_m | theta)`` (one per weighted point: a coreset cell or a snapshot,
-see :func:`kgmm_bayes.diagnostics.pointwise_log_likelihood`) give the
+see :func:`kgmm_bayes.bayes.diagnostics.pointwise_log_likelihood`) give the
 Pareto-smoothed importance-sampling estimate of the expected log predictive
 density of leaving one point out,
 

@@ -1,7 +1,7 @@
 """The short markdown report of a study."""
 from __future__ import annotations
 
-from .outputs import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 __all__ = ["write_report", "numerical_faults"]
 

@@ -11,9 +11,9 @@ with drift the closed-form mixture score of the draw (default: exact for the dra
 or an MLP trained on that draw's score targets at the cell points (all S trained
 together, ``vmap`` over parameters in one optax loop).  All members x particles are
 integrated by Euler-Maruyama in one ``lax.scan``: :func:`simulate_ensemble` is the
-``vmap`` over ``(key, drift parameters, x0)`` of :func:`kgmm_bayes.langevin.trajectory`,
+``vmap`` over ``(key, drift parameters, x0)`` of :func:`kgmm_bayes.rom.langevin.trajectory`,
 so escapes are counted and frozen per member exactly as in
-:func:`~kgmm_bayes.langevin.simulate_langevin`, and member ``s`` draws the noise of a
+:func:`~kgmm_bayes.rom.langevin.simulate_langevin`, and member ``s`` draws the noise of a
 single run with key ``member_keys(key, S)[s]``.
 
 Per member, over the particles that stayed in the box: marginal PDFs (Gaussian KDE,
@@ -34,11 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..bayes.score import coefficient_score, score_coefficients, score_draws
+from ..metrics import gaussian_kde_1d, marginal_relative_entropies
+from ..progress import bar
 from .interpolant import fit_interpolant_ensemble
 from .langevin import check_settings, trajectory
-from .metrics import gaussian_kde_1d, marginal_relative_entropies
-from .progress import bar
-from .score import coefficient_score, score_coefficients, score_draws
 
 __all__ = ["EnsembleRun", "MemberStatistics", "Band", "select_draws", "member_keys", "mixture_members",
            "interpolant_members", "simulate_ensemble", "autocorrelation", "member_statistics", "bands",
@@ -109,7 +109,7 @@ def mixture_members(draws, dtype=jnp.float32):
     """Closed-form mixture-score drifts, one per draw ``(weights (S, K), means, cov_chol)``.
 
     Returns ``(drift_fn, member_params)`` for :func:`simulate_ensemble`: each draw's
-    :class:`~kgmm_bayes.score.ScoreCoefficients`, computed once in the draws' precision
+    :class:`~kgmm_bayes.bayes.score.ScoreCoefficients`, computed once in the draws' precision
     and cast to ``dtype``, so a step costs dense products rather than triangular solves.
     """
     return coefficient_score, score_coefficients(*draws, dtype=dtype)

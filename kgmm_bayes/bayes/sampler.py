@@ -27,8 +27,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import potential_energy, unconstrain_fn
 
-from .mixture import MixturePrior, expected_quadratic_features, mixture_model, quadratic_features
-from .partition import Partition
+from ..partition import Partition
+from .mixture import (
+    MixturePrior,
+    expected_quadratic_features,
+    mixture_model,
+    quadratic_features,
+)
 
 __all__ = ["SamplerConfig", "PosteriorSamples", "build_prior", "initial_values", "run_nuts", "chain_rounds",
            "chain_plan", "shard_rows"]

@@ -1,0 +1,243 @@
+"""The study runner: one reduced-order model built end to end from a spec.
+
+:func:`run_study` checks its input, takes the output folder, and runs the stages of
+:mod:`kgmm_bayes.study.stages` in order: data -> (choice of K) -> partition -> posterior ->
+scores -> interpolant -> Langevin model -> (posterior ensemble) -> metrics, figures, report.
+One seed becomes one key, split once into named keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._version import __version__
+from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
+from ..data.trajectory import split_members
+from ..files import atomic_write_bytes, json_floats, npy_bytes
+from ..metrics import band_coverage, marginal_relative_entropies, weighted_score_error
+from ..result import BayesianKGMM
+from ..rom.interpolant import save_interpolant
+from ..spec import Spec
+from .checks import check_seed, check_sizes, load_user_data
+from .ensemble import ensemble_stage
+from .figures import plot_marginals, plot_score, plot_score_field
+from .outputs import OutputFolder, stage_key
+from .report import numerical_faults, write_report
+from .stages import (
+    STAGE_SCHEMA,
+    choose_components,
+    interpolant_stage,
+    langevin_stage,
+    log,
+    partition_stage,
+    posterior_stage,
+    prepare_data,
+    score_stage,
+    study_keys,
+)
+
+__all__ = ["run_study"]
+
+
+def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, progress: bool = False,
+              force: bool = False, data=None) -> BayesianKGMM:
+    """Run a study end to end and write its output folder; returns the fitted result.
+
+    ``data``: an array ``(n, d)`` or ``(members, n, d)`` used instead of the
+    spec's ``[data]`` source (see :func:`kgmm_bayes.fit`).
+    """
+    seed = check_seed(spec.study.seed if seed is None else seed)
+    user_data = load_user_data(spec, data)  # bad user data fail here, before JAX and disk
+    data_hash = ""
+    if user_data is not None:
+        data_hash = hashlib.sha256(np.ascontiguousarray(user_data).tobytes()).hexdigest()
+        train_size, _ = split_members(user_data[..., :1], spec.data.heldout_fraction)
+        check_sizes(spec, len(train_size), user_data.shape[-1])
+    if out_dir is None:
+        out_dir = os.path.join("kgmm-runs", spec.study.name)
+    with OutputFolder(out_dir, json.dumps({"spec": spec.to_dict(), "seed": seed}, sort_keys=True,
+                                          default=list), force=force) as out:
+        return _run_stages(spec, out, seed, user_data, data_hash, progress)
+
+
+class _Clock:
+    """Wall seconds per stage, in the order the stages ran."""
+
+    def __init__(self):
+        self.timings, self.total_start, self.start = {}, time.perf_counter(), None
+
+    def __call__(self, stage, seconds=None):
+        self.timings[stage] = time.perf_counter() - self.start if seconds is None else seconds
+        self.start = time.perf_counter()
+
+    def begin(self):
+        self.start = time.perf_counter()
+
+
+def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: str, progress: bool) -> BayesianKGMM:
+    """The stages of :func:`run_study` inside its locked output folder, ending with the commit."""
+    clock, cached_stages = _Clock(), []
+    data_key, reference_key, partition_key, mcmc_key, train_key, langevin_key = study_keys(seed)
+
+    clock.begin()
+    log(progress, f"data: {spec.data.system or spec.data.path}")
+    data = prepare_data(spec, data_key, reference_key, out, user_data=user_data)
+    cells = check_sizes(spec, len(data.train), data.train.shape[1])
+    z = data.zscore.forward(data.train)
+    upstream = stage_key(spec.section_json("data"), seed, __version__, STAGE_SCHEMA, data_hash)
+    clock("data")
+
+    selection, best_idata = None, None
+    if spec.mixture.select_components:
+        clock.begin()
+        spec, selection, best_cached, best_idata = choose_components(
+            spec, out, partition_key, mcmc_key, z, data.zscore, cells, upstream, progress)
+        clock("model_selection")
+
+    clock.begin()
+    log(progress, f"partition: {len(z)} snapshots -> {cells} cells, {spec.mixture.components} components")
+    part, part_key = partition_stage(spec, out, partition_key, z, cells, upstream)
+    clock("partition")
+
+    log(progress, f"posterior: NUTS, {spec.sampler.chains} chains x ({spec.sampler.warmup} + "
+                  f"{spec.sampler.draws}) on {len(part.points) if spec.partition.coreset else len(z)} points")
+    (post, coarsening), post_key, was_cached = posterior_stage(spec, out, mcmc_key, part, z, part_key, progress)
+    if best_idata is not None:  # computed (or read back) while choosing K
+        was_cached = best_cached
+    clock("posterior", post.wall_time if was_cached or best_idata is not None else None)
+    if was_cached:
+        cached_stages.append("posterior")
+
+    fit = score_stage(spec, post, coarsening, part, data.zscore, idata=best_idata)
+    clock("score")
+
+    log(progress, "interpolant: training")
+    interp, ikey, interp_cached = interpolant_stage(spec, out, train_key, part, fit.summary, post_key, progress)
+    if interp_cached:
+        cached_stages.append("interpolant")
+    clock("interpolant")
+
+    lg = spec.langevin
+    log(progress, f"langevin: {lg.particles} particles x {lg.burn_in + lg.steps} steps (drift: {lg.drift})")
+    langevin = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress)
+    if langevin.cached:
+        cached_stages.append("langevin")
+    clock("langevin", langevin.rom.wall_time if langevin.cached else None)
+
+    floor = marginal_relative_entropies(data.reference, data.train, spec.metrics.grid_points)  # data vs data
+    ensemble_metrics = None
+    if spec.ensemble.members > 0:
+        es = spec.ensemble
+        log(progress, f"ensemble: {es.members} posterior members x {es.particles} particles x "
+                      f"{es.burn_in + es.steps} steps (drift: {es.drift})")
+        ensemble_metrics = ensemble_stage(spec, out, jax.random.fold_in(langevin_key, 1), post, part, data,
+                                          user_data, post_key, float(floor.mean()), progress)
+        clock("ensemble")
+
+    log(progress, "metrics, figures, report")
+    evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
+                           cached_stages)
+    metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
+    _write_outputs(out, spec, data, part, fit, interp, evaluation)
+    clock("metrics")
+    clock.timings["total"] = time.perf_counter() - clock.total_start
+    metrics["timings"] = clock.timings
+    metrics["faults"] = numerical_faults(metrics)  # what --strict turns into a non-zero exit
+    atomic_write_bytes(out.path("metrics.json"), json.dumps(metrics, indent=2).encode())
+    write_report(out.path("report.md"), spec, metrics)
+    final = out.commit()
+    log(progress, f"done in {clock.timings['total']:.1f} s -> {final}")
+    return BayesianKGMM(spec=spec, zscore=data.zscore, inference_data=fit.idata, partition=part,
+                        target_summary=fit.summary, interpolant=interp, rom_samples=rom_phys,
+                        metrics=metrics, out_dir=final, draws=fit.draws)
+
+
+class _Evaluation(NamedTuple):
+    metrics: dict  # metrics.json, less its timings and faults
+    rom_samples: np.ndarray  # the model's stationary samples (n, d), physical units
+    relative_entropy: np.ndarray  # (d,) per marginal, NaN without samples
+    interpolant_at_points: np.ndarray  # (cells, d), z-scored
+    true_at_points: Optional[np.ndarray]  # (cells, d), z-scored; None without an analytic score
+
+
+def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
+              cached_stages) -> _Evaluation:
+    """The model against the data (and the truth where known)."""
+    rom, lg, summary = langevin.rom, spec.langevin, fit.summary
+    kept = rom.kept_samples()
+    rom_phys = data.zscore.inverse(kept.astype(np.float64))
+    if len(kept) >= 2:
+        rel_ent = marginal_relative_entropies(data.reference, rom_phys, spec.metrics.grid_points)
+    else:  # reported, not hidden: the model has no stationary samples to compare
+        rel_ent = np.full(z.shape[1], np.nan)
+    interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
+    metrics = {
+        "study": spec.study.name, "seed": seed, "version": __version__,
+        "data": {"source": data.source, "train_snapshots": int(len(data.train)),
+                 "reference_snapshots": int(len(data.reference)), "dim": int(z.shape[1])},
+        "partition": {"cells": int(len(part.points)), "components": int(len(part.centroids))},
+        "relative_entropy": {"per_marginal": json_floats(rel_ent), "mean": json_floats(rel_ent.mean()),
+                             "data_floor_per_marginal": floor.tolist(), "data_floor_mean": float(floor.mean())},
+        "posterior": fit.convergence,
+        "interpolant": {"final_loss": interp.final_loss,
+                        "relative_error_vs_posterior_mean": weighted_score_error(interp_at_points, summary.mean,
+                                                                                 part.counts)},
+        "langevin": {"particles": int(lg.particles), "escaped": rom.escaped, "non_finite": rom.non_finite,
+                     "kept_samples": int(len(kept)), "drift": lg.drift,
+                     "dt_times_max_jacobian_eigenvalue": langevin.stiffness,
+                     "particle_steps_per_second": float(lg.particles * (lg.steps + lg.burn_in)
+                                                        / max(rom.wall_time, 1e-9))},
+        "cached_stages": cached_stages,
+    }
+    if selection is not None:
+        metrics["model_selection"] = selection.to_json()
+    if ensemble_metrics is not None:
+        metrics["ensemble"] = ensemble_metrics
+        if ensemble_metrics["cached"]:
+            cached_stages.append("ensemble")
+    true_at_points = None
+    if data.analytic_score is not None:
+        true_at_points = data.zscore.score_to_zscored(
+            np.asarray(data.analytic_score(data.zscore.inverse(part.points)), dtype=np.float64))
+        metrics["score"] = {
+            "band": spec.score.band,
+            "relative_error_posterior_mean": weighted_score_error(summary.mean, true_at_points, part.counts),
+            "relative_error_predictive": weighted_score_error(summary.predictive, true_at_points, part.counts),
+            "relative_error_interpolant": weighted_score_error(interp_at_points, true_at_points, part.counts),
+            "band_coverage": band_coverage(true_at_points, summary.lower, summary.upper, part.counts),
+        }
+    if rom.escaped or rom.non_finite:
+        message = (f"langevin: {rom.escaped} of {lg.particles} particles left the box |x| <= {lg.box}, "
+                   f"{rom.non_finite} became non-finite")
+        metrics["langevin"]["warning"] = message
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return _Evaluation(metrics, rom_phys, rel_ent, interp_at_points, true_at_points)
+
+
+def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation):
+    """The study's files, written into the staging folder (one atomic write each); the commit swaps it in."""
+    rom_phys, interp_at_points, true_at_points = (evaluation.rom_samples, evaluation.interpolant_at_points,
+                                                  evaluation.true_at_points)
+    # netCDF built in memory, then one atomic write: a full disk is an OSError, never an HDF5 crash
+    atomic_write_bytes(out.path("posterior.nc"), netcdf_bytes(fit.idata))
+    atomic_write_bytes(out.path("diagnostics.csv"), probe_summary(fit.idata).to_csv().encode())
+    save_interpolant(out.path("interpolant.npz"), interp)
+    atomic_write_bytes(out.path("rom_samples.npy"), npy_bytes(rom_phys))
+    std, summary = data.zscore.std, fit.summary
+    plot_score(out.path("figures", "score.png"), data.zscore.inverse(part.points),
+               summary._replace(mean=summary.mean / std, lower=summary.lower / std, upper=summary.upper / std),
+               part.counts, interp_at_points / std,
+               None if true_at_points is None else true_at_points / std, spec.score.band)
+    if part.points.shape[1] == 2:
+        plot_score_field(out.path("figures", "score_field.png"), fit.draws, data.zscore, data.train, spec.score.band)
+    if len(rom_phys) >= 2:
+        plot_marginals(out.path("figures", "marginals.png"), data.reference, rom_phys, evaluation.relative_entropy)
+    plot_diagnostics(out.path("figures"), fit.idata)

@@ -1,0 +1,300 @@
+"""The stages of a study (DESIGN.md, "The pipeline"), each cached in the output folder by a hash
+of its inputs (:mod:`kgmm_bayes.study.outputs`).
+
+data -> partition (-> choice of K) -> posterior -> scores -> interpolant -> Langevin model.
+Each stage function takes the keys and upstream results it needs and returns its result
+with the stage key the next stage hashes; :mod:`kgmm_bayes.study.run` chains them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from .._version import __version__
+from ..bayes.coarsening import OFF, Coarsening, choose_zeta, zeta_from_alpha
+from ..bayes.diagnostics import convergence_summary, to_inference_data
+from ..bayes.sampler import (
+    PosteriorSamples,
+    SamplerConfig,
+    build_prior,
+    initial_values,
+    run_nuts,
+)
+from ..bayes.score import (
+    ScoreSummary,
+    predictive_drift,
+    score_draws,
+    summarize_scores,
+    thin_draws,
+)
+from ..bayes.selection import select_components
+from ..data.systems import get_system, simulate
+from ..data.trajectory import split_members
+from ..data.zscore import ZScore
+from ..files import atomic_write_bytes, json_floats
+from ..partition import Partition, fit_partition
+from ..rom.interpolant import (
+    fit_interpolant,
+    interpolant_arrays,
+    interpolant_from_arrays,
+)
+from ..rom.langevin import (
+    LangevinResult,
+    initial_particles,
+    max_jacobian_eigenvalue,
+    simulate_langevin,
+)
+from ..spec import Spec
+from .outputs import OutputFolder, stage_key
+from .report import STIFFNESS_LIMIT
+
+__all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare_data", "sample_posterior",
+           "partition_stage", "posterior_stage", "choose_components", "score_stage", "interpolant_stage",
+           "langevin_stage", "ScoreStage", "LangevinStage"]
+
+# Part of every stage key: raise it whenever what a stage computes or stores changes (2: coreset
+# cells enter through their moments; Partition gained cell_covariances. 3: stage files carry a
+# SHA-256 of their arrays; the posterior stage holds its coarsening).
+STAGE_SCHEMA = 3
+
+
+class StudyData:
+    """Training and reference snapshots ``(n, d)`` in physical units, with the transform."""
+
+    def __init__(self, train, reference, zscore, analytic_score=None, source=""):
+        self.train = train
+        self.reference = reference
+        self.zscore = zscore
+        self.analytic_score = analytic_score
+        self.source = source
+
+
+def study_keys(seed: int):
+    """The study's named keys ``(data, reference, partition, mcmc, train, langevin)``: one seed, split once."""
+    return tuple(jax.random.split(jax.random.key(seed), 6))
+
+
+def langevin_start(langevin_key, part: Partition, particles: int):
+    """Initial particles drawn from the partition's cells by count, and the key of the run's noise."""
+    return initial_particles(langevin_key, part.points, part.counts, particles)
+
+
+def log(progress, message):
+    if progress:
+        print(f"[kgmm-bayes] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- data
+def _data_from_arrays(cached):
+    train, reference = cached["train"], cached["reference"]
+    if train.ndim != 2 or reference.ndim != 2 or not np.issubdtype(train.dtype, np.floating):
+        raise ValueError(f"data arrays of shapes {train.shape}, {reference.shape}")
+    return train, reference
+
+
+def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None = None,
+                 user_data=None) -> StudyData:
+    """Training and reference sets: held-out user data, or two independent system runs."""
+    ds = spec.data
+    if user_data is not None:
+        train, reference = split_members(user_data, ds.heldout_fraction)
+        if reference is None:
+            reference = train
+        return StudyData(train, reference, ZScore.fit(train), None, source=ds.path or "array")
+    system = get_system(ds.system)
+    settings = dict(members=ds.members, steps=ds.steps, thin=ds.thin, burn_in=ds.burn_in, dt=ds.dt)
+    key = stage_key("data", spec.section_json("data"), str(jax.random.key_data(data_key)), __version__, STAGE_SCHEMA)
+    cached = out.load_stage("data", key, build=_data_from_arrays) if out is not None else None
+    if cached is None:
+        train = simulate(data_key, system, **settings).reshape(-1, system.dim).astype(np.float64)
+        reference = simulate(reference_key, system, **settings).reshape(-1, system.dim).astype(np.float64)
+        if out is not None:
+            out.save_stage("data", key, {"train": train, "reference": reference})
+    else:
+        train, reference = cached
+    return StudyData(train, reference, ZScore.fit(train), system.score, source=f"system {system.name}")
+
+
+# ---------------------------------------------------------------- partition
+def partition_stage(spec, out, key, z, cells, upstream):
+    skey = stage_key("partition", upstream, cells, spec.mixture.components)
+    cached = out.load_stage("partition", skey, build=lambda a: Partition(**a))
+    if cached is not None:
+        return cached, skey
+    part = fit_partition(key, z, cells, spec.mixture.components)
+    out.save_stage("partition", skey, part._asdict())
+    return part, skey
+
+
+# ---------------------------------------------------------------- posterior
+def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False):
+    """NUTS on the spec's mixture posterior: the partition's cells as a weighted coreset (their
+    moments), or every z-scored snapshot with ``[partition] coreset = false``; returns
+    ``(posterior, coarsening)``.
+
+    ``[mixture] coarsening``: every count times ``zeta = alpha / (alpha + N)``
+    (:mod:`kgmm_bayes.bayes.coarsening`).  With ``"auto"`` the standard posterior (sampled
+    with ``key``, as with ``"off"``) gives the score variance that ``alpha`` is chosen
+    from, and the coarsened posterior is sampled (with ``fold_in(key, 1)``) only when
+    ``zeta < 1``, so a well-specified fit costs one posterior and keeps its numbers.
+    ``z``: the snapshots in their time order (the error estimate splits them in halves).
+    """
+    if spec.partition.coreset:
+        points, counts, covs = part.points, part.counts, part.cell_covariances
+    else:
+        points, counts, covs = z, np.ones(len(z)), None
+    m = spec.mixture
+    prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
+    config = SamplerConfig(**spec.sampler._asdict(), progress=progress)
+
+    def run(run_key, zeta):
+        scaled = counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
+        return run_nuts(run_key, points, scaled, prior, initial_values(part), config, point_covariances=covs)
+
+    if m.coarsening == "off":
+        return run(key, 1.0), OFF
+    if m.coarsening != "auto":
+        zeta = zeta_from_alpha(float(m.coarsening), len(z))
+        return run(key, zeta), Coarsening(method="fixed", zeta=zeta, alpha=float(m.coarsening))
+    start = time.perf_counter()
+    standard = run(key, 1.0)
+    scores, logps = score_draws(*thin_draws(standard, spec.score.max_draws), part.points)
+    sk_seed = int(np.asarray(jax.random.key_data(key)).ravel()[-1] % (2**31 - 1))
+    choice = choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed)
+    if choice.zeta == 1.0:
+        return standard, choice
+    post = run(jax.random.fold_in(key, 1), choice.zeta)
+    return post._replace(wall_time=time.perf_counter() - start), choice
+
+
+def _posterior_from_arrays(cached):
+    sites = {k[5:]: v for k, v in cached.items() if k.startswith("site_")}
+    stats = {k[5:]: v for k, v in cached.items() if k.startswith("stat_")}
+    coarsening = {k: (math.inf if v is None and k == "alpha" else math.nan if v is None else v)
+                  for k, v in json.loads(str(cached["coarsening"])).items()}
+    return (PosteriorSamples(sites["weights"], sites["means"], sites["cov_chol"], sites, stats,
+                             float(cached["wall_time"])), Coarsening(**coarsening))
+
+
+def posterior_stage(spec, out, key, part, z, upstream, progress):
+    """``((posterior, coarsening), stage key, read from the cache)``."""
+    skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition"))
+    cached = out.load_stage("posterior", skey, build=_posterior_from_arrays)
+    if cached is not None:
+        return cached, skey, True
+    post, coarsening = sample_posterior(spec, key, part, z, progress)
+    arrays = {f"site_{k}": v for k, v in post.sites.items()}
+    arrays.update({f"stat_{k}": v for k, v in post.sample_stats.items()})
+    arrays["wall_time"] = np.asarray(post.wall_time)
+    arrays["coarsening"] = np.asarray(json.dumps(coarsening.to_json()))
+    out.save_stage("posterior", skey, arrays)
+    return (post, coarsening), skey, False
+
+
+def choose_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells, upstream, progress):
+    """Fit a posterior for each ``[mixture] select_components`` K (cached stages), keep the best by
+    PSIS-LOO; returns the spec with ``components`` set to it, the selection, whether the best
+    posterior came from the cache, and its InferenceData.  The fine cells do not depend on K, so the candidates' LOO terms
+    are over the same cells."""
+    candidates, cached = {}, {}
+    for k in spec.mixture.select_components:
+        # candidates are compared by the standard posterior: PSIS-LOO's importance ratios are those of the
+        # untempered likelihood; the chosen K is then fitted with the spec's coarsening
+        spec_k = spec._replace(mixture=spec.mixture._replace(components=k, select_components=(), coarsening="off"))
+        log(progress, f"model selection: K = {k}")
+        part_k, part_key = partition_stage(spec_k, out, partition_key, z, cells, upstream)
+        (post_k, _), _, cached[k] = posterior_stage(spec_k, out, mcmc_key, part_k, z, part_key, progress)
+        candidates[k] = to_inference_data(post_k, zscore, part_k.points, part_k.counts,
+                                          point_covariances=part_k.cell_covariances)
+    selection = select_components(candidates)
+    if selection.table is not None:
+        atomic_write_bytes(out.path("model_selection.csv"), selection.table.to_csv().encode())
+    best = spec._replace(mixture=spec.mixture._replace(components=selection.best, select_components=()))
+    if best.mixture.coarsening != "off":  # the chosen K's posterior is sampled again, coarsened
+        return best, selection, None, None
+    return best, selection, cached[selection.best], candidates[selection.best]
+
+
+# ---------------------------------------------------------------- scores
+class ScoreStage(NamedTuple):
+    """The posterior as the rest of the study uses it."""
+
+    idata: object  # arviz.InferenceData
+    convergence: dict  # convergence_summary, with the coarsening and the MAP search
+    draws: tuple  # (weights, means, cov_chol), at most [score] max_draws
+    summary: ScoreSummary  # score band at the partition's points
+
+
+def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=None) -> ScoreStage:
+    """Diagnostics of the posterior and its score band at the cells; ``idata``: already built while
+    choosing K.  Convergence warnings are issued here."""
+    # pointwise log-likelihood terms (for az.loo) when the likelihood's observations are the cells
+    if idata is None:
+        idata = to_inference_data(post, zscore, part.points, part.counts, point_covariances=part.cell_covariances,
+                                  log_likelihood=spec.partition.coreset)
+    convergence = convergence_summary(idata)
+    convergence["coarsening"] = coarsening.to_json()
+    if "map_potential_energies" in post.sample_stats:
+        optima = np.sort(-np.asarray(post.sample_stats["map_potential_energies"]))[::-1]
+        convergence["map_search_log_posteriors"] = json_floats(optima)  # best first; chains start at the best
+    for message in convergence["warnings"]:
+        warnings.warn(f"posterior: {message}", RuntimeWarning, stacklevel=3)
+    draws = thin_draws(post, spec.score.max_draws)
+    scores, logps = score_draws(*draws, part.points)
+    return ScoreStage(idata, convergence, draws, summarize_scores(scores, logps, spec.score.band))
+
+
+# ---------------------------------------------------------------- interpolant
+def interpolant_stage(spec: Spec, out, key, part: Partition, summary: ScoreSummary, upstream, progress):
+    """``(interpolant, stage key, read from the cache)``: the network fitted to the posterior-mean score."""
+    ikey = stage_key("interpolant", upstream, spec.section_json("interpolant", "score"))
+    interp = out.load_stage("interpolant", ikey, build=interpolant_from_arrays)
+    if interp is not None:
+        return interp, ikey, True
+    interp = fit_interpolant(key, part.points, summary.mean, part.counts,
+                             spec.interpolant.hidden, spec.interpolant.steps,
+                             spec.interpolant.learning_rate, progress=progress)
+    out.save_stage("interpolant", ikey, interpolant_arrays(interp))
+    return interp, ikey, False
+
+
+# ---------------------------------------------------------------- Langevin model
+class LangevinStage(NamedTuple):
+    rom: LangevinResult
+    stiffness: float  # dt x max |eigenvalue of the drift Jacobian| at the cells
+    cached: bool
+
+
+def _langevin_from_arrays(cached) -> LangevinResult:
+    return LangevinResult(samples=cached["samples"], alive=cached["alive"], escaped=int(cached["escaped"]),
+                          non_finite=int(cached["non_finite"]), wall_time=float(cached["wall_time"]))
+
+
+def langevin_stage(spec: Spec, out, key, part: Partition, interp, draws, upstream, progress) -> LangevinStage:
+    """The reduced-order model ``dx = s(x) dt + sqrt(2) dW``, its drift the interpolant or the
+    posterior-predictive mixture score (``[langevin] drift``)."""
+    lg = spec.langevin
+    if lg.drift == "interpolant":
+        drift_fn, drift_params = interp.apply_fn(), interp.params
+    else:
+        drift_fn, drift_params = predictive_drift(draws)
+    stiffness = lg.dt * max_jacobian_eigenvalue(drift_fn, drift_params, part.points)
+    if stiffness > STIFFNESS_LIMIT:
+        warnings.warn(f"langevin: dt x max |eigenvalue of the drift Jacobian| = {stiffness:.2f} at the data "
+                      "(Euler-Maruyama is unstable above 2): lower [langevin] dt", RuntimeWarning, stacklevel=3)
+    lkey = stage_key("langevin", upstream, spec.section_json("langevin"))
+    cached = out.load_stage("langevin", lkey, build=_langevin_from_arrays)
+    if cached is not None:
+        return LangevinStage(cached, stiffness, True)
+    x0, run_key = langevin_start(key, part, lg.particles)
+    rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box,
+                            progress=progress)
+    out.save_stage("langevin", lkey, rom._asdict())
+    return LangevinStage(rom, stiffness, False)
