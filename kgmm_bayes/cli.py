@@ -1,4 +1,4 @@
-"""Command-line interface: ``kgmm-bayes run``, ``compare``, ``calibrate`` and ``score``.
+"""Command-line interface: ``kgmm-bayes run``, ``compare``, ``calibrate``, ``score`` and ``list``.
 
 Bad input (spec, data, arguments) ends with a one-line ``kgmm-bayes: error:``
 message and exit status 2, before any JAX tracing; an existing output folder
@@ -22,7 +22,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kgmm-bayes", description="Bayesian KGMM reduced-order models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a study from a TOML spec (default: the reduced 1D model)")
-    run.add_argument("spec", nargs="?", default=None, help="study spec (TOML); omit for the default study")
+    run.add_argument("spec", nargs="?", default=None,
+                     help="study spec (TOML) or a shipped study's name (see 'list'); omit for the default study")
     run.add_argument("--out", default=None, help="output folder (default: kgmm-runs/<study name>)")
     run.add_argument("--seed", type=int, default=None, help="seed (default: the spec's [study] seed)")
     run.add_argument("--force", action="store_true", help="replace an output folder holding another study")
@@ -31,14 +32,16 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="exit with status 3 when the run reports a numerical fault (divergences, r_hat > 1.01, "
                           "Langevin particles escaping or non-finite, an unstable time step); outputs are still written")
     compare = sub.add_parser("compare", help="the Bayesian estimator against classic KGMM, DSM and scikit-learn")
-    compare.add_argument("spec", help="study spec (TOML); its [baselines] section configures the baselines")
+    compare.add_argument("spec", help="study spec (TOML) or shipped study name; its [baselines] section configures "
+                                      "the baselines")
     compare.add_argument("--out", default=None, help="output folder (default: kgmm-runs/<study name>-compare)")
     compare.add_argument("--seed", type=int, default=None, help="seed (default: the spec's [study] seed)")
     compare.add_argument("--force", action="store_true", help="replace an output folder holding another comparison")
     compare.add_argument("--quiet", action="store_true", help="no progress display")
     calib = sub.add_parser("calibrate", help="coverage of the credible bands against data size and seed "
                                              "(systems with an analytic score)")
-    calib.add_argument("specs", nargs="+", help="study specs (TOML) of built-in systems with an analytic score")
+    calib.add_argument("specs", nargs="+", help="study specs (TOML) or shipped study names, of built-in systems "
+                                                "with an analytic score")
     calib.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000],
                        help="training snapshots N (default: 1000 10000 100000)")
     calib.add_argument("--seeds", type=int, default=3, help="independent data sets per size (default: 3)")
@@ -46,6 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--out", default="kgmm-runs/calibration", help="output folder (default: kgmm-runs/calibration)")
     calib.add_argument("--force", action="store_true", help="replace an output folder holding another calibration")
     calib.add_argument("--quiet", action="store_true", help="no progress display")
+    sub.add_parser("list", help="the studies shipped with the package (run them by name)")
     score = sub.add_parser("score", help="posterior score of a fitted study at points")
     score.add_argument("study_dir", help="output folder of 'kgmm-bayes run'")
     score.add_argument("points", help=".npy file of points (n, d), physical units")
@@ -100,8 +104,22 @@ def _calibrate(args) -> int:
     return 0
 
 
+def _list(args) -> int:
+    from .spec import load_spec, shipped_studies
+
+    studies = shipped_studies()
+    width = max((len(name) for name in studies), default=0)
+    for name, path in studies.items():
+        spec = load_spec(path)
+        source = spec.data.system or spec.data.path
+        print(f"{name:<{width}}  system {source}, K = {spec.mixture.components}, "
+              f"{spec.sampler.chains} chains x ({spec.sampler.warmup} + {spec.sampler.draws})")
+    print(f"run one with: kgmm-bayes run <name>   (specs in {os.path.dirname(next(iter(studies.values()), ''))})")
+    return 0
+
+
 def _score(args) -> int:
-    from .result import score_to_file
+    from .study.load import score_to_file
 
     n = score_to_file(args.study_dir, args.points, args.out, band=args.band)
     print(f"wrote {args.out}: mean, lower, upper ({int(args.band * 100)}% band), std, predictive for {n} points")
@@ -139,7 +157,8 @@ def main(argv=None) -> int:
     previous_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # each warning one line on the console
     try:
-        return {"run": _run, "score": _score, "compare": _compare, "calibrate": _calibrate}[args.command](args)
+        return {"run": _run, "score": _score, "compare": _compare, "calibrate": _calibrate,
+                "list": _list}[args.command](args)
     except (InputError, OSError, MemoryError, RecursionError) as err:
         print(_error(err), file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "npy_bytes", "json_floats"]
+__all__ = ["atomic_write_bytes", "npy_bytes", "npz_bytes", "json_floats"]
 
 
 def atomic_write_bytes(path: str, payload: bytes) -> None:
@@ -31,6 +31,13 @@ def npy_bytes(array) -> bytes:
     """``array`` as the bytes of a ``.npy`` file (for :func:`atomic_write_bytes`)."""
     buffer = io.BytesIO()
     np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def npz_bytes(arrays: dict) -> bytes:
+    """Named arrays as the bytes of an uncompressed ``.npz`` file."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 

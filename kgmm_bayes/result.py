@@ -1,42 +1,65 @@
-"""The fitted result of a study, for notebooks and the ``score`` command."""
+"""The fitted result of a study: the object a notebook works with.
+
+:class:`BayesianKGMM` holds the posterior draws, the interpolant, the reduced-order
+model's samples, the spec, the partition and the data, and evaluates in physical units,
+each with its posterior band: the score (:meth:`~BayesianKGMM.score`), the log density
+(:meth:`~BayesianKGMM.log_density`) and the divergence of the score
+(:meth:`~BayesianKGMM.divergence`); :meth:`~BayesianKGMM.simulate` reruns the Langevin
+model, alone or as a posterior ensemble.  :func:`kgmm_bayes.load_result` reads one back
+from its output folder.
+"""
 from __future__ import annotations
 
-import io
-import json
-import os
+import warnings
 from typing import Any, NamedTuple, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .bayes.score import ScoreSummary, score_draws, summarize_scores
+from .bayes.score import (
+    ScoreSummary,
+    field_draws,
+    physical_draws,
+    predictive_drift,
+    score_draws,
+    summarize_divergences,
+    summarize_log_densities,
+    summarize_scores,
+)
+from .data.labelled import variable_names
 from .data.zscore import ZScore
 from .errors import InputError
+from .rom.ensemble import mixture_members, simulate_ensemble
+from .rom.langevin import initial_particles, simulate_langevin
 
-__all__ = ["BayesianKGMM", "load_result", "score_to_file"]
+__all__ = ["BayesianKGMM", "score_chunk"]
 
 SCORE_CHUNK = 4096  # points per score evaluation at most (a power of two)
 SCORE_CHUNK_ELEMENTS = 2**22  # and draws * chunk * K * d at most: the (S, chunk, K, d) float64 intermediates
+DRIFTS = ("interpolant", "mixture")
 
 
 class BayesianKGMM(NamedTuple):
     """A fitted Bayesian KGMM: posterior, score summaries, interpolant, reduced-order model.
 
-    Scores from :meth:`score` are in physical units; everything stored is in
-    z-scored coordinates with ``zscore`` to convert.
+    Evaluations (:meth:`score`, :meth:`log_density`, :meth:`divergence`, :meth:`simulate`)
+    take and return physical units; what is stored is in z-scored coordinates, with
+    ``zscore`` to convert.  ``data`` holds ``train`` and ``reference`` snapshots ``(n, d)``
+    in physical units (read lazily from their source for a loaded result), or is ``None``.
     """
 
-    spec: Any
+    spec: Any  # kgmm_bayes.Spec as fitted (with the chosen number of components)
     zscore: ZScore
     inference_data: Any  # arviz.InferenceData
-    partition: Any
+    partition: Any  # kgmm_bayes.partition.Partition (z-scored), or None for folders of older versions
     target_summary: Optional[ScoreSummary]  # at the score-target points, z-scored
     interpolant: Any
     rom_samples: np.ndarray  # (n, d) physical units
     metrics: dict
     out_dir: Optional[str]
     draws: tuple  # (weights, means, cov_chol) of the draws used for scores
-
+    data: Any = None  # .train, .reference (n, d) physical units, .source; None if not kept
     def _points(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         d = len(self.zscore.mean)
@@ -50,6 +73,9 @@ class BayesianKGMM(NamedTuple):
 
     def score(self, x, band: float = 0.9, chunk: Optional[int] = None) -> ScoreSummary:
         """Posterior score summary at points ``x`` ``(n, d)`` in physical units.
+
+        ``mean``, ``std``, ``lower``/``upper`` (equal-tailed ``band``) over the draws' scores,
+        and ``predictive``: the score of the posterior-predictive density.
 
         Evaluated ``chunk`` points at a time (default :func:`score_chunk`), each chunk
         summarised on its own (every summary is per point), so memory stays bounded
@@ -101,8 +127,188 @@ class BayesianKGMM(NamedTuple):
 
     def interpolant_score(self, x) -> np.ndarray:
         """The interpolant's score at ``x`` ``(n, d)``, physical units."""
-        z = self.zscore.forward(np.asarray(x, dtype=np.float64))
+        z = self.zscore.forward(self._points(x))
         return np.asarray(self.interpolant(jnp.asarray(z, jnp.float32)), np.float64) / self.zscore.std
+
+    def _draw_fields(self, x, band, chunk):
+        """Per chunk of ``x``: each draw's score, log density and divergence, in physical coordinates."""
+        x = self._points(x)
+        if not 0 < band < 1:
+            raise InputError(f"band must lie strictly between 0 and 1, got {band}")
+        chunk = score_chunk(len(x), self.draws) if chunk is None else int(chunk)
+        if chunk < 1:
+            raise InputError(f"chunk must be a positive integer, got {chunk}")
+        draws = tuple(jnp.asarray(a) for a in physical_draws(self.draws, self.zscore.mean, self.zscore.std))
+        for start in range(0, len(x), chunk):
+            block = x[start:start + chunk]
+            m = len(block)
+            if m < chunk:  # padded with copies of a point: one compiled shape, values finite
+                block = np.concatenate([block, np.repeat(block[:1], chunk - m, axis=0)])
+            scores, logps, divs = field_draws(*draws, block, chunk=chunk)
+            yield scores[:, :m], logps[:, :m], divs[:, :m]
+
+    def _summary(self, x, band, chunk, summarize, d_out) -> ScoreSummary:
+        parts = [summarize(*fields) for fields in self._draw_fields(x, band, chunk)]
+
+        def joined(field):
+            arrays = [getattr(p, field) for p in parts]
+            return np.concatenate(arrays) if arrays else np.zeros((0,) + d_out)
+        return ScoreSummary(mean=joined("mean"), std=joined("std"), lower=joined("lower"),
+                            upper=joined("upper"), predictive=joined("predictive"), band=band)
+
+    def log_density(self, x, band: float = 0.9, chunk: Optional[int] = None) -> ScoreSummary:
+        """Posterior summary of ``log p(x)`` at ``x`` ``(n, d)``, physical units (a density in ``x``).
+
+        ``mean``, ``std``, ``lower``/``upper`` (equal-tailed ``band``) over the draws' log
+        densities, and ``predictive``: the log of the posterior-predictive density
+        ``mean_s p_s(x)``.  Each draw's mixture is normalised, so ``exp`` of it integrates to 1.
+        """
+        return self._summary(x, band, chunk, lambda s, lp, dv: summarize_log_densities(lp, band), ())
+
+    def divergence(self, x, band: float = 0.9, chunk: Optional[int] = None) -> ScoreSummary:
+        """Posterior summary of the score's divergence ``div s(x) = laplacian log p(x)`` at ``x`` ``(n, d)``,
+        physical units; ``predictive``: the divergence of the posterior-predictive density's score."""
+        return self._summary(x, band, chunk, lambda s, lp, dv: summarize_divergences(dv, s, lp, band), ())
+
+    @property
+    def variables(self) -> tuple:
+        """The variables' names: the spec's ``[data] variables`` (an xarray input's variable
+        coordinate), or ``x0 .. x{d-1}``."""
+        return variable_names(getattr(getattr(self.spec, "data", None), "variables", ()), len(self.zscore.mean))
+
+    def dataset(self):
+        """The result's arrays that have natural coordinates, as an ``xarray.Dataset``.
+
+        ``rom_samples`` ``(sample, variable)``; with a posterior ensemble in the output folder
+        (``ensemble.npz``), each member's marginal PDFs ``ensemble_pdf`` ``(member, variable, point)``
+        on the grid ``grid`` ``(variable, point)``, its autocorrelation functions ``ensemble_acf``
+        ``(member, lag, variable)`` over ``lag`` (Langevin time), the reference's (``reference_acf``
+        over ``reference_lag``, the reference's own time unit) and PDF, and the relative entropies
+        ``(member, variable)``.  Physical units throughout.
+        """
+        import os
+
+        import xarray as xr
+
+        names = list(self.variables)
+        ds = xr.Dataset({"rom_samples": (("sample", "variable"), np.asarray(self.rom_samples))},
+                        coords={"variable": names})
+        path = None if self.out_dir is None else os.path.join(self.out_dir, "ensemble.npz")
+        if path is not None and os.path.exists(path):
+            with np.load(path, allow_pickle=False) as f:
+                ens = {k: f[k] for k in f.files}
+            ds = ds.assign_coords(lag=ens["lags"], grid=(("variable", "point"), ens["grid"]))
+            ds["ensemble_pdf"] = (("member", "variable", "point"), ens["pdf"])
+            ds["reference_pdf"] = (("variable", "point"), ens["reference_pdf"])
+            ds["ensemble_acf"] = (("member", "lag", "variable"), ens["acf"])
+            ds["ensemble_relative_entropy"] = (("member", "variable"), ens["relative_entropy"])
+            if "reference_acf" in ens:
+                ds = ds.assign_coords(reference_lag=ens["reference_lags"])
+                ds["reference_acf"] = (("reference_lag", "variable"), ens["reference_acf"])
+        return ds
+
+    def simulate(self, particles: int, steps: int, dt: Optional[float] = None, drift: str = "interpolant",
+                 key=None, burn_in: int = 0, thin: int = 1, members: int = 0, x0=None,
+                 box: Optional[float] = None, as_xarray: bool = False):
+        r"""Rerun the reduced-order model :math:`dz = s(z)\,dt + \sqrt 2\,dW` (z-scored coordinates).
+
+        Parameters
+        ----------
+        particles, steps, burn_in, thin : int
+            Particles per model; steps kept after ``burn_in`` steps, one snapshot every ``thin``.
+        dt : float, optional
+            Euler-Maruyama step in the model's time (default: the spec's ``[langevin] dt``).
+        drift : {"interpolant", "mixture"}
+            The network, or the posterior-predictive mixture score (closed form).
+        key : jax PRNG key or int
+            Required: the run's randomness (an int is made into ``jax.random.key``).
+        members : int
+            0: one model. ``S > 0``: a posterior ensemble of ``S`` models, member ``s`` driven
+            by draw ``s``'s own mixture score (``drift`` must be ``"mixture"``).
+        x0 : array (particles, d), optional
+            Starting points, physical units; default: drawn from the partition's cells by count
+            (from the study's samples if the partition is not kept), with ``key``.
+        box : float, optional
+            Particles leaving ``|z_i| <= box`` are frozen and flagged (default: the spec's).
+        as_xarray : bool
+            Return an ``xarray.DataArray`` with dimensions ``([member,] time, particle, variable)``,
+            ``time`` in the model's time after the burn-in.
+
+        Returns
+        -------
+        array ``(steps // thin, particles, d)``, or ``(members, steps // thin, particles, d)``,
+        physical units.  Particles that left the box or became non-finite are NaN (a warning
+        says how many).  With the study's settings and its Langevin key this reproduces
+        ``rom_samples``.
+        """
+        if key is None:
+            raise InputError("simulate needs key= (a jax.random.key or an int seed)")
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            key = jax.random.key(int(key))
+        if drift not in DRIFTS:
+            raise InputError(f"drift must be one of {DRIFTS}, got {drift!r}")
+        lg = getattr(self.spec, "langevin", None)
+        if dt is None:
+            if lg is None:
+                raise InputError("simulate needs dt= (this result has no spec to take it from)")
+            dt = lg.dt
+        box = (lg.box if lg is not None else 10.0) if box is None else box
+        for label, value, kind in (("particles", particles, int), ("steps", steps, int), ("thin", thin, int),
+                                   ("burn_in", burn_in, int), ("members", members, int),
+                                   ("dt", dt, float), ("box", box, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer) if kind is int
+                                                         else (int, float, np.integer, np.floating)):
+                raise InputError(f"{label} must be a number, got {value!r}")
+            if (value < 0 if label in ("burn_in", "members") else not value > 0):
+                raise InputError(f"{label} must be {'>= 0' if label in ('burn_in', 'members') else 'positive'}, "
+                                 f"got {value}")
+        if steps < thin:
+            raise InputError(f"steps ({steps}) must be at least thin ({thin})")
+        if members and drift != "mixture":
+            raise InputError("a posterior ensemble (members > 0) is driven by each draw's mixture score: "
+                             "use drift='mixture'")
+        if members > len(self.draws[0]):
+            raise InputError(f"members must be at most the {len(self.draws[0])} posterior draws kept, got {members}")
+        d = len(self.zscore.mean)
+        if x0 is None:
+            x0, run_key = self._start(key, int(particles))
+        else:
+            x0 = np.asarray(x0, dtype=np.float64)
+            if x0.shape != (particles, d) or not np.all(np.isfinite(x0)):
+                raise InputError(f"x0 must be finite with shape ({particles}, {d}), got {np.shape(x0)}")
+            x0, run_key = self.zscore.forward(x0), key
+        if members:
+            picks = np.linspace(0, len(self.draws[0]) - 1, int(members)).round().astype(int)
+            drift_fn, params = mixture_members(tuple(np.asarray(a)[picks] for a in self.draws))
+            run = simulate_ensemble(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, box)
+            paths = np.where(run.alive[:, None, :, None], run.samples, np.nan)
+            lost = int(np.sum(~run.alive))
+        else:
+            drift_fn, params = ((self.interpolant.apply_fn(), self.interpolant.params) if drift == "interpolant"
+                                else predictive_drift(self.draws))
+            run = simulate_langevin(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, box)
+            paths = np.where(run.alive[None, :, None], run.samples, np.nan)
+            lost = int(np.sum(~run.alive))
+        if lost:
+            warnings.warn(f"simulate: {lost} particle path(s) left the box |z| <= {box} or became non-finite "
+                          "(returned as NaN)", RuntimeWarning, stacklevel=2)
+        paths = self.zscore.inverse(paths.astype(np.float64))
+        if not as_xarray:
+            return paths
+        import xarray as xr
+
+        dims = ("member",) * bool(members) + ("time", "particle", "variable")
+        times = float(dt) * int(thin) * np.arange(1, paths.shape[-3] + 1)
+        return xr.DataArray(paths, dims=dims, name="rom_paths",
+                            coords={"time": times, "variable": list(self.variables)},
+                            attrs={"time": "model (Langevin) time after the burn-in", "units": "physical"})
+
+    def _start(self, key, particles: int):
+        """Starting particles (z-scored) drawn with ``key`` as the study draws them, and the key left for the noise."""
+        if self.partition is not None:
+            return initial_particles(key, self.partition.points, self.partition.counts, particles)
+        samples = self.zscore.forward(np.asarray(self.rom_samples, np.float64))
+        return initial_particles(key, samples, np.ones(len(samples)), particles)
 
 
 def score_chunk(n: int, draws) -> int:
@@ -116,172 +322,3 @@ def score_chunk(n: int, draws) -> int:
     return max(1, min(chunk, 1 << max(0, int(n) - 1).bit_length()))
 
 
-def _reason(err: BaseException) -> str:
-    """An exception as one short line."""
-    from .errors import one_line as _one_line
-
-    text = _one_line(err) if str(err).strip() else ""
-    if "mmap length is greater than file size" in text:
-        text = "truncated: shorter than its header says"
-    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
-def _damaged(out_dir: str, name: str, reason) -> InputError:
-    if isinstance(reason, BaseException):
-        reason = _reason(reason)
-    reason = " ".join(str(reason).split())
-    return InputError(f"study folder {out_dir!r}: {name} is damaged or not a kgmm-bayes file ({reason})")
-
-
-def _read_metrics(out_dir: str) -> dict:
-    name = "metrics.json"
-    try:
-        with open(os.path.join(out_dir, name), encoding="utf-8") as fh:
-            metrics = json.load(fh)
-    except Exception as err:  # noqa: BLE001 - JSON, encoding, nesting or OS errors: all damage
-        raise _damaged(out_dir, name, err) from None
-    if not isinstance(metrics, dict):
-        raise _damaged(out_dir, name, f"holds a JSON {type(metrics).__name__}, expected an object")
-    return metrics
-
-
-def _read_rom_samples(out_dir: str) -> np.ndarray:
-    name = "rom_samples.npy"
-    try:  # memory-mapped first: a header that promises more data than the file holds fails here
-        mapped = np.load(os.path.join(out_dir, name), mmap_mode="r", allow_pickle=False)
-        if not isinstance(mapped, np.ndarray):
-            if hasattr(mapped, "close"):
-                mapped.close()
-            raise ValueError("a .npz archive, not a .npy array")
-        if mapped.dtype.kind not in "iuf":
-            raise ValueError(f"dtype {mapped.dtype}, expected numbers")
-        if mapped.ndim != 2:
-            raise ValueError(f"shape {mapped.shape}, expected (n, d)")
-        samples = np.array(mapped)
-        del mapped
-    except Exception as err:  # noqa: BLE001 - any reader failure is damage
-        raise _damaged(out_dir, name, err) from None
-    return samples
-
-
-def _read_posterior(out_dir: str):
-    import warnings
-
-    import arviz as az
-
-    from .bayes.diagnostics import posterior_from_idata, zscore_from_idata
-
-    name = "posterior.nc"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            idata = az.from_netcdf(os.path.join(out_dir, name))
-            weights, means, cov_chol = posterior_from_idata(idata)  # lazy: the values are read here
-            zscore = zscore_from_idata(idata)
-        for label, arr in (("weights", weights), ("means", means), ("cov_chol", cov_chol),
-                           ("zscore_mean", zscore.mean), ("zscore_std", zscore.std)):
-            if arr.dtype.kind not in "iuf":
-                raise ValueError(f"{label} has dtype {arr.dtype}, expected numbers")
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"{label} holds NaN or infinite values")
-        if weights.ndim != 2 or means.ndim != 3 or cov_chol.ndim != 4:
-            raise ValueError(f"posterior shapes weights {weights.shape}, means {means.shape}, "
-                             f"cov_chol {cov_chol.shape} are not (chain, draw, K, ...)")
-        s, k, d = means.shape
-        if s == 0 or k == 0 or d == 0 or weights.shape != (s, k) or cov_chol.shape != (s, k, d, d):
-            raise ValueError(f"posterior shapes weights {weights.shape}, means {means.shape}, "
-                             f"cov_chol {cov_chol.shape} do not agree")
-        if zscore.mean.shape != (d,) or zscore.std.shape != (d,) or not np.all(zscore.std > 0):
-            raise ValueError(f"z-score mean {zscore.mean.shape} / std {zscore.std.shape} do not fit "
-                             f"{d} coordinates or std <= 0")
-    except Exception as err:  # noqa: BLE001 - netCDF/HDF5/arviz errors of any kind, missing groups: damage
-        raise _damaged(out_dir, name, err) from None
-    zscore = ZScore(mean=np.asarray(zscore.mean, np.float64), std=np.asarray(zscore.std, np.float64))
-    return idata, zscore, (weights, means, cov_chol)
-
-
-def _read_interpolant(out_dir: str, d: int):
-    from .rom.interpolant import interpolant_from_arrays
-
-    name = "interpolant.npz"
-    try:  # interpolant_from_arrays checks sizes, layers, shapes and dtypes before building the network
-        with np.load(os.path.join(out_dir, name), allow_pickle=False) as f:
-            arrays = {key: f[key] for key in f.files}
-        sizes = [int(v) for v in np.asarray(arrays["sizes"]).ravel()] if "sizes" in arrays else None
-        if sizes is not None and (sizes[0] != d or sizes[-1] != d):
-            raise ValueError(f"layer sizes {sizes} do not fit {d} coordinates")
-        return interpolant_from_arrays(arrays, f"interpolant file {os.path.join(out_dir, name)}")
-    except Exception as err:  # noqa: BLE001 - zip, npy, pickle, key or shape errors: all damage
-        raise _damaged(out_dir, name, err) from None
-
-
-def load_result(out_dir) -> BayesianKGMM:
-    """Read a study's output folder (posterior, interpolant, samples, metrics).
-
-    A missing or damaged file raises :class:`InputError` naming it, never a traceback;
-    the cheap files are read first and the interpolant's network is built last.
-    """
-    out_dir = os.fspath(out_dir)
-    needed = ["posterior.nc", "interpolant.npz", "rom_samples.npy", "metrics.json"]
-    if not os.path.isdir(out_dir):
-        raise InputError(f"study folder {out_dir!r} does not exist")
-    missing = [n for n in needed if not os.path.exists(os.path.join(out_dir, n))]
-    if missing:
-        raise InputError(f"study folder {out_dir!r} lacks {missing}; is it the output of 'kgmm-bayes run'?")
-    metrics = _read_metrics(out_dir)
-    rom_samples = _read_rom_samples(out_dir)
-    idata, zscore, (w, m, L) = _read_posterior(out_dir)
-    d = m.shape[-1]
-    if rom_samples.shape[1] != d:
-        raise _damaged(out_dir, "rom_samples.npy", f"shape {rom_samples.shape}, the posterior has {d} coordinates")
-    interpolant = _read_interpolant(out_dir, d)
-    return BayesianKGMM(spec=None, zscore=zscore, inference_data=idata, partition=None,
-                        target_summary=None, interpolant=interpolant, rom_samples=rom_samples,
-                        metrics=metrics, out_dir=out_dir, draws=(w, m, L))
-
-
-def score_to_file(study_dir, points_path, out_path, band: float = 0.9) -> int:
-    """The ``score`` command: score a study at the points of a ``.npy`` file, write a ``.npz``.
-
-    Writes arrays ``mean``, ``lower``, ``upper``, ``std`` and ``predictive`` (physical
-    units) to ``out_path`` atomically; returns the number of points.  Every check on
-    the arguments runs before the study is loaded, and ``out_path`` may not lie inside
-    the study folder (a score file there could replace one of the study's own files).
-    """
-    from .data.trajectory import load_trajectory
-    from .files import atomic_write_bytes
-
-    study_dir, points_path, out_path = (os.fspath(p) for p in (study_dir, points_path, out_path))
-    if not out_path.endswith(".npz"):
-        raise InputError(f"--out must name a .npz file, got {out_path!r}")
-    out_folder = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(out_folder):
-        raise InputError(f"--out folder {out_folder!r} does not exist")
-    real_out, real_study = os.path.realpath(out_path), os.path.realpath(study_dir)
-    if os.path.commonpath([real_out, real_study]) == real_study:
-        raise InputError(f"--out {out_path!r} lies inside the study folder {study_dir!r}; write scores elsewhere")
-    if os.path.isdir(out_path):
-        raise InputError(f"--out {out_path!r} is a folder, expected a .npz file name")
-    if not os.access(out_folder, os.W_OK | os.X_OK):
-        raise InputError(f"--out folder {out_folder!r} is not writable")
-    if not points_path.endswith(".npy"):
-        raise InputError(f"points file must be .npy, got {points_path!r}")
-    points = load_trajectory(points_path)
-    if points.ndim not in (1, 2):
-        raise InputError(f"points file {points_path!r} must hold an array (n, d), got shape {points.shape}")
-    if points.shape[0] == 0:
-        raise InputError(f"points file {points_path!r} holds no points (shape {points.shape})")
-    if not np.all(np.isfinite(points)):
-        raise InputError(f"points file {points_path!r} holds NaN or infinite values")
-    if not 0 < band < 1:
-        raise InputError(f"band must lie strictly between 0 and 1, got {band}")
-    summary = load_result(study_dir).score(points, band=band)
-    buf = io.BytesIO()
-    np.savez(buf, mean=summary.mean, lower=summary.lower, upper=summary.upper, std=summary.std,
-             predictive=summary.predictive)
-    try:
-        atomic_write_bytes(out_path, buf.getvalue())
-    except OSError as err:
-        raise InputError(f"--out {out_path!r} could not be written ({_reason(err)})") from None
-    return len(summary.mean)

@@ -48,6 +48,7 @@ class DataSection(NamedTuple):
     burn_in: Optional[int] = None
     dt: Optional[float] = None
     heldout_fraction: float = 0.2  # user data: share held out as the reference set
+    variables: tuple = ()  # the variables' names, for figures and reports (default x0, x1, ...)
 
 
 class PartitionSection(NamedTuple):
@@ -217,6 +218,11 @@ def _check_value(section: str, key: str, value, default):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise SpecError(f"{where} must be \"auto\", \"off\" or a positive number (alpha), got {_show.repr(value)}")
         return float(value)
+    if (section, key) == ("data", "variables"):
+        if (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value)
+                or len(set(value)) != len(value)):
+            raise SpecError(f"{where} must be a list of distinct non-empty names, got {_show.repr(value)}")
+        return tuple(value)
     if (section, key) == ("baselines", "which"):
         if (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)
                 or not set(value) <= set(BASELINES) or len(set(value)) != len(value)):
@@ -370,17 +376,42 @@ def _dots_outside_strings(text: str) -> int:
                     break
 
 
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")  # installed with the package
+
+
+def shipped_studies() -> dict:
+    """The studies shipped with the package, ``{name: path}`` (``kgmm-bayes list``)."""
+    if not os.path.isdir(SHIPPED_DIR):
+        return {}
+    return {name[:-5]: os.path.join(SHIPPED_DIR, name) for name in sorted(os.listdir(SHIPPED_DIR))
+            if name.endswith(".toml")}
+
+
+def resolve_spec_path(path: str | os.PathLike) -> str:
+    """A spec file's path: ``path`` itself when it exists, else the shipped study it names
+    (``lorenz63`` or ``lorenz63.toml``, with no folder); otherwise ``path`` unchanged."""
+    path = os.fspath(path)
+    if os.path.exists(path) or os.path.dirname(path):
+        return path
+    name = path[:-5] if path.endswith(".toml") else path
+    return shipped_studies().get(name, path)
+
+
 def load_spec(path: str | os.PathLike | None, overrides: dict | None = None) -> Spec:
     """Read and validate a TOML spec; ``None`` gives the default study (reduced 1D).
+
+    ``path``: a TOML file, or the name of a shipped study (:func:`shipped_studies`) when no
+    file of that name exists.
 
     ``overrides`` (``{section: {key: value}}``, e.g. ``{"sampler": {"draws": 200}}``)
     replace single keys of the file before validation, so they are checked like the file.
     """
     if path is None:
         return spec_from_dict(_merged(DEFAULT_STUDY, overrides))
-    path = os.fspath(path)
+    path = resolve_spec_path(path)
     if not os.path.exists(path):
-        raise SpecError(f"spec file {path!r} does not exist")
+        shipped = ", ".join(shipped_studies()) or "none"
+        raise SpecError(f"spec file {path!r} does not exist and names no shipped study ({shipped})")
     if os.path.isdir(path):
         raise SpecError(f"spec path {path!r} is a folder, expected a TOML file")
     try:

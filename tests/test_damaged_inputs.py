@@ -13,7 +13,7 @@ import kgmm_bayes.data.trajectory as data_module
 import kgmm_bayes.result as result_module
 import kgmm_bayes.spec as spec_module
 from kgmm_bayes import InputError, load_result, load_trajectory, run_study
-from kgmm_bayes.result import score_to_file
+from kgmm_bayes.study.load import score_to_file
 from kgmm_bayes.bayes.score import score_draws, summarize_scores
 from kgmm_bayes.spec import SpecError, load_spec, spec_from_dict
 

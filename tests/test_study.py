@@ -110,6 +110,27 @@ def test_outputs_are_complete_and_loadable(small_run):
     assert "relative entropy" in proc.stdout
 
 
+def test_a_loaded_result_keeps_spec_partition_and_data_and_reruns_the_model(small_run):
+    from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.study.stages import study_keys
+
+    folder, _ = small_run
+    result = load_result(folder / "out")
+    assert result.spec == load_spec(folder / "small.toml")
+    metrics = result.metrics
+    assert result.partition.points.shape == (metrics["partition"]["cells"], 1)
+    assert result.partition.counts.sum() == metrics["data"]["train_snapshots"]
+    # the data come back from the folder's stage cache, as the study used them
+    assert result.data.train.shape == (metrics["data"]["train_snapshots"], 1)
+    assert result.data.reference.shape == (metrics["data"]["reference_snapshots"], 1)
+    np.testing.assert_allclose(result.zscore.mean, result.data.train.mean(axis=0), rtol=1e-12)
+    # the study's Langevin settings and key reproduce its samples exactly
+    lg = result.spec.langevin
+    paths = result.simulate(lg.particles, lg.steps, lg.dt, burn_in=lg.burn_in, thin=lg.thin, key=study_keys(3)[5])
+    alive = np.all(np.isfinite(paths), axis=(0, 2))
+    np.testing.assert_array_equal(paths[:, alive].reshape(-1, 1), result.rom_samples)
+
+
 def test_score_command_matches_python_api(small_run):
     folder, _ = small_run
     points = np.linspace(-0.1, 0.4, 7)[:, None]
@@ -232,10 +253,16 @@ def test_data_file_spec_with_only_a_path_runs_with_defaults(tmp_path):
     assert metrics["relative_entropy"]["mean"] < 0.05
 
 
-def test_fit_api_on_an_array(tmp_path):
+def test_fit_api_on_a_dataarray_and_the_notebook_round_trip(tmp_path):
+    """fit on a labelled xarray DataArray (variable dimension only implied: a named 1D series),
+    then load_result of its folder: every evaluation gives the same numbers on both objects."""
+    import jax
+    import xarray as xr
+
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(-1.5, 0.4, 1500), rng.normal(1.0, 0.6, 2500)])[:, None] * 3.0 + 10.0
-    result = kgmm_bayes.fit(x, settings={
+    da = xr.DataArray(x.T, dims=("variable", "time"), coords={"variable": ["temperature"]})
+    result = kgmm_bayes.fit(da, settings={
         "partition": {"cells": 200}, "mixture": {"components": 4},
         "sampler": {"warmup": 200, "draws": 200}, "score": {"max_draws": 200},
         "interpolant": {"hidden": [32, 32], "steps": 500},
@@ -255,3 +282,25 @@ def test_fit_api_on_an_array(tmp_path):
     assert result.rom_samples.shape[1] == 1
     assert result.inference_data.posterior["weights"].shape[-1] == 4
     assert result.interpolant_score(np.array([[13.0]])).shape == (1, 1)
+    assert result.variables == ("temperature",) and result.spec.data.variables == ("temperature",)
+    assert "temperature" in (tmp_path / "fit" / "report.md").read_text()
+
+    loaded = kgmm_bayes.load_result(tmp_path / "fit")
+    assert loaded.spec == result.spec and loaded.variables == ("temperature",)
+    np.testing.assert_array_equal(loaded.data.train, result.data.train)  # from data.npy, as given
+    np.testing.assert_array_equal(loaded.partition.points, result.partition.points)
+    pts = np.linspace(4.0, 18.0, 9)[:, None]
+    for name in ("score", "log_density", "divergence"):
+        a, b = getattr(result, name)(pts), getattr(loaded, name)(pts)
+        for field in ("mean", "lower", "upper", "predictive"):
+            np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-12, atol=1e-12)
+    for drift in ("interpolant", "mixture"):
+        key = jax.random.key(9)
+        np.testing.assert_array_equal(result.simulate(50, 300, key=key, drift=drift, thin=10),
+                                      loaded.simulate(50, 300, key=key, drift=drift, thin=10))
+    ens = loaded.simulate(20, 200, key=1, drift="mixture", members=4, thin=20, as_xarray=True)
+    assert ens.dims == ("member", "time", "particle", "variable") and ens.shape == (4, 10, 20, 1)
+    np.testing.assert_array_equal(ens.values, result.simulate(20, 200, key=1, drift="mixture", members=4, thin=20))
+    ds = loaded.dataset()
+    assert list(ds["variable"].values) == ["temperature"]
+    np.testing.assert_array_equal(ds["rom_samples"].values, result.rom_samples)

@@ -32,9 +32,10 @@ from .mixture import (
     quadratic_features,
 )
 
-__all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "ScoreCoefficients",
+__all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "mixture_fields", "ScoreCoefficients",
            "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores",
-           "thin_draws", "predictive_score_fn", "predictive_drift"]
+           "thin_draws", "predictive_score_fn", "predictive_drift", "field_draws", "physical_draws",
+           "summarize_log_densities", "summarize_divergences"]
 
 
 def _whitened(weights, means, cov_chol, x):
@@ -63,15 +64,20 @@ def mixture_score(weights, means, cov_chol, x):
     return -jnp.einsum("nk,nki->ni", resp, prec_resid), log_p
 
 
-def mixture_divergence(weights, means, cov_chol, x):
-    """Divergence of the score, ``(n,)``."""
+def mixture_fields(weights, means, cov_chol, x):
+    """Score ``(n, d)``, log density ``(n,)`` and divergence of the score ``(n,)`` of one draw."""
     w_inv, log_joint, prec_resid = _whitened(weights, means, cov_chol, x)
     log_p = jax.nn.logsumexp(log_joint, axis=-1)
     resp = jnp.exp(log_joint - log_p[:, None])
     score = -jnp.einsum("nk,nki->ni", resp, prec_resid)
     trace_prec = jnp.sum(w_inv**2, axis=(-2, -1))  # tr W^T W
     per_comp = jnp.sum(prec_resid**2, axis=-1) - trace_prec[None]
-    return jnp.sum(resp * per_comp, axis=-1) - jnp.sum(score**2, axis=-1)
+    return score, log_p, jnp.sum(resp * per_comp, axis=-1) - jnp.sum(score**2, axis=-1)
+
+
+def mixture_divergence(weights, means, cov_chol, x):
+    """Divergence of the score, ``(n,)``."""
+    return mixture_fields(weights, means, cov_chol, x)[2]
 
 
 class ScoreCoefficients(NamedTuple):
@@ -138,25 +144,79 @@ def score_draws(weights, means, cov_chol, x, chunk: int = 2048):
     return np.concatenate(scores, axis=1), np.concatenate(logps, axis=1)
 
 
+@jax.jit
+def _fields_of_draws(weights, means, cov_chol, x):
+    return jax.vmap(mixture_fields, in_axes=(0, 0, 0, None))(weights, means, cov_chol, x)
+
+
+def field_draws(weights, means, cov_chol, x, chunk: int = 2048):
+    """Scores ``(S, n, d)``, log densities ``(S, n)`` and divergences ``(S, n)`` of S draws."""
+    x = np.asarray(x)
+    parts = [tuple(np.asarray(a) for a in _fields_of_draws(weights, means, cov_chol, jnp.asarray(x[i:i + chunk])))
+             for i in range(0, len(x), chunk)]
+    return tuple(np.concatenate([p[j] for p in parts], axis=1) for j in range(3))
+
+
+def physical_draws(draws, mean, std):
+    """Draws ``(weights, means, cov_chol)`` of z-scored mixtures as mixtures of the physical
+    coordinates ``x = mean + std * z``: means ``mean + std mu``, Cholesky factors ``diag(std) L``."""
+    weights, means, cov_chol = (np.asarray(a, np.float64) for a in draws)
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    return weights, mean + std * means, std[:, None] * cov_chol
+
+
 class ScoreSummary(NamedTuple):
-    """Posterior summaries of the score at points ``(n, d)``."""
+    """Posterior summaries over draws of a quantity at points: the score ``(n, d)``, or a log
+    density or divergence ``(n,)``."""
 
     mean: np.ndarray
     std: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
-    predictive: np.ndarray  # score of the posterior-predictive density
+    predictive: np.ndarray  # the same quantity for the posterior-predictive density
     band: float  # credible mass of [lower, upper]
+
+
+def _band(values, band: float):
+    tail = 0.5 * (1.0 - band)
+    return np.quantile(values, [tail, 1.0 - tail], axis=0)
+
+
+def _predictive_weights(log_densities):
+    """``p_s(x) / sum_s p_s(x)`` ``(S, n)``: the draws' shares of the posterior-predictive density."""
+    pw = np.exp(log_densities - log_densities.max(axis=0, keepdims=True))
+    return pw / pw.sum(axis=0, keepdims=True)
+
+
+def summarize_log_densities(log_densities, band: float = 0.9) -> ScoreSummary:
+    """Summaries of log densities ``(S, n)``; the predictive is ``log mean_s p_s(x)``."""
+    lower, upper = _band(log_densities, band)
+    top = log_densities.max(axis=0)
+    predictive = top + np.log(np.mean(np.exp(log_densities - top), axis=0))
+    return ScoreSummary(mean=log_densities.mean(axis=0), std=log_densities.std(axis=0), lower=lower,
+                        upper=upper, predictive=predictive, band=band)
+
+
+def summarize_divergences(divergences, scores, log_densities, band: float = 0.9) -> ScoreSummary:
+    r"""Summaries of divergences ``(S, n)``; the predictive is the divergence of the predictive score.
+
+    With :math:`\bar p = \mathrm{mean}_s\, p_s` and shares :math:`\pi_s = p_s / \sum_t p_t`,
+    :math:`\Delta \bar p / \bar p = \sum_s \pi_s (\nabla\cdot s_s + |s_s|^2)` and
+    :math:`\nabla\cdot \bar s = \Delta \bar p / \bar p - |\bar s|^2` with
+    :math:`\bar s = \sum_s \pi_s s_s`.
+    """
+    lower, upper = _band(divergences, band)
+    pw = _predictive_weights(log_densities)
+    mean_score = np.einsum("sn,snd->nd", pw, scores)
+    laplacian_over_p = np.einsum("sn,sn->n", pw, divergences + np.sum(scores**2, axis=-1))
+    return ScoreSummary(mean=divergences.mean(axis=0), std=divergences.std(axis=0), lower=lower, upper=upper,
+                        predictive=laplacian_over_p - np.sum(mean_score**2, axis=-1), band=band)
 
 
 def summarize_scores(scores, log_densities, band: float = 0.9) -> ScoreSummary:
     """Summaries over draws of scores ``(S, n, d)`` with log densities ``(S, n)``."""
-    tail = 0.5 * (1.0 - band)
-    lower, upper = np.quantile(scores, [tail, 1.0 - tail], axis=0)
-    lw = log_densities - log_densities.max(axis=0, keepdims=True)
-    pw = np.exp(lw)
-    pw /= pw.sum(axis=0, keepdims=True)
-    predictive = np.einsum("sn,snd->nd", pw, scores)
+    lower, upper = _band(scores, band)
+    predictive = np.einsum("sn,snd->nd", _predictive_weights(log_densities), scores)
     return ScoreSummary(mean=scores.mean(axis=0), std=scores.std(axis=0), lower=lower,
                         upper=upper, predictive=predictive, band=band)
 

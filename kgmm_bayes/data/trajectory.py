@@ -17,12 +17,11 @@ __all__ = [
     "validate_snapshots",
     "as_members",
     "split_members",
+    "StudyData",
 ]
 
 SUPPORTED_SUFFIXES = (".npy", ".csv", ".nc")
 MAX_CSV_LINE = 2**20  # characters: far above any row of d numbers; a longer line is not a CSV of snapshots
-
-
 
 
 def _load_csv(path: str) -> np.ndarray:
@@ -191,3 +190,14 @@ def split_members(arr: np.ndarray, heldout_fraction: float):
         return arr[: members - n_out].reshape(-1, d), arr[members - n_out :].reshape(-1, d)
     n_out = max(1, int(round(n * heldout_fraction)))
     return arr[:, : n - n_out].reshape(-1, d), arr[:, n - n_out :].reshape(-1, d)
+
+
+class StudyData:
+    """Training and reference snapshots ``(n, d)`` in physical units, with the transform."""
+
+    def __init__(self, train, reference, zscore, analytic_score=None, source=""):
+        self.train = train
+        self.reference = reference
+        self.zscore = zscore
+        self.analytic_score = analytic_score
+        self.source = source

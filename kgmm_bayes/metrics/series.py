@@ -110,7 +110,6 @@ def decorrelation_time(samples, spacing: float) -> np.ndarray:
     return np.asarray(taus)
 
 
-
 def ks_statistics(reference, model_series, model_spacing: float, data_tau, bins: int = 120, bins2: int = 60,
                   lags=(1, 2, 3), grid_points: int = 2048) -> dict:
     """A reduced-order model's KS statistics against the data's.

@@ -2,6 +2,7 @@
 (:mod:`.run`), the output folder (:mod:`.outputs`), the report and figures, the posterior
 ensemble stage (:mod:`.ensemble`), and the comparison (:mod:`.compare`) and calibration
 (:mod:`.calibrate`) studies built on it."""
+from .load import load_result
 from .run import run_study
 
-__all__ = ["run_study"]
+__all__ = ["run_study", "load_result"]

@@ -51,6 +51,8 @@ def check_sizes(spec: Spec, n: int, d: int) -> int:
     if params > n:
         raise InputError(f"a {k}-component mixture in d = {d} dimensions has {params} parameters, more than the "
                          f"{n} training snapshots: lower [mixture] components or give more data")
+    if spec.data.variables and len(spec.data.variables) != d:
+        raise InputError(f"[data] variables names {len(spec.data.variables)} variables, the data have {d}")
     if d > LARGE_DIMENSION:
         warnings.warn(f"data have d = {d} dimensions: the mixture has {params} parameters and NUTS compile time "
                       f"and cost grow steeply with d (shipped studies have d <= 8); expect a long run",

@@ -48,7 +48,7 @@ from ..metrics.series import decorrelation_time, ks_statistics
 from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin
 from ..spec import BASELINES, Spec
 from .checks import check_seed, load_user_data
-from .outputs import OutputFolder, read_stage_file
+from .outputs import OutputFolder, StageReader
 from .run import run_study
 from .stages import StudyData, langevin_start, prepare_data, study_keys
 
@@ -83,19 +83,6 @@ class Comparison(NamedTuple):
     rows: list  # EstimatorRow, Bayesian first
     dsm_reach: Optional[dict]  # checkpoints and the training time DSM needs to reach the Bayesian estimator
     out_dir: str
-
-
-class _StageReader:
-    """Read-only view of a finished study's stage cache, for :func:`prepare_data`."""
-
-    def __init__(self, folder):
-        self.folder = folder
-
-    def load_stage(self, stage, key, build=None):
-        return read_stage_file(os.path.join(self.folder, ".stages", f"{stage}-{key}.npz"), build)
-
-    def save_stage(self, stage, key, arrays):
-        pass
 
 
 def _log(progress, message):
@@ -195,7 +182,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     _log(progress, "bayesian estimator")
     result = run_study(spec, out_dir=bayes_dir, seed=seed, progress=progress, force=force, data=user_data)
     data_key, reference_key, _, _, _, langevin_key = study_keys(seed)
-    data = prepare_data(spec, data_key, reference_key, _StageReader(result.out_dir), user_data=user_data)
+    data = prepare_data(spec, data_key, reference_key, StageReader(result.out_dir), user_data=user_data)
     z = data.zscore.forward(data.train)
     part = result.partition
     x0, run_key = langevin_start(langevin_key, part, spec.langevin.particles)
@@ -410,7 +397,6 @@ def _plot(path, rows, dsm_reach):
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
 
 
 def _plot_ks(path, rows, data_tau):

@@ -106,14 +106,15 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
     np.savez(buffer, **arrays)
     atomic_write_bytes(out.path("ensemble.npz"), buffer.getvalue())
     rel = arrays["relative_entropy"]
+    names = spec.data.variables or None
     dist = entropy_distribution(rel)
     plot_ensemble_marginals(out.path("figures", "ensemble_marginals.png"), arrays["grid"], bands(arrays["pdf"]),
-                            arrays["reference_pdf"], dist["per_marginal"]["median"])
+                            arrays["reference_pdf"], dist["per_marginal"]["median"], names=names)
     has_acf = "reference_acf" in arrays
     plot_ensemble_acf(out.path("figures", "ensemble_acf.png"), arrays["lags"], bands(arrays["acf"]),
                       arrays["reference_lags"] if has_acf else None, arrays["reference_acf"] if has_acf else None,
-                      str(arrays["reference_acf_label"]) if has_acf else "reference")
-    plot_relative_entropy(out.path("figures", "relative_entropy.png"), rel, floor)
+                      str(arrays["reference_acf_label"]) if has_acf else "reference", names=names)
+    plot_relative_entropy(out.path("figures", "relative_entropy.png"), rel, floor, names=names)
     particle_steps = es.members * es.particles * (es.steps + es.burn_in)
     block = {
         "members": int(es.members), "drift": es.drift, "particles_per_member": int(es.particles),

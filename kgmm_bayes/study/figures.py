@@ -21,12 +21,17 @@ def _axes_row(d, width, height):
     return fig, fig.subplots(1, d, squeeze=False)[0]
 
 
+def _names(names, d):
+    """Axis labels of the ``d`` variables: ``names``, or ``x0 .. x{d-1}``."""
+    return tuple(names) if names else tuple(f"x{i}" for i in range(d))
+
+
 def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def plot_score(path, points, summary, counts, interpolant_score=None, true_score=None, band=0.9):
+def plot_score(path, points, summary, counts, interpolant_score=None, true_score=None, band=0.9, names=None):
     """Posterior-mean score with its band at the target points, per coordinate.
 
     1-D: curves over x.  d > 1: each score component against its coordinate,
@@ -34,6 +39,7 @@ def plot_score(path, points, summary, counts, interpolant_score=None, true_score
     coordinates).
     """
     d = points.shape[1]
+    names = _names(names, d)
     fig, axes = _axes_row(d, 5.2, 4)
     for i, ax in enumerate(axes):
         if d == 1:
@@ -46,7 +52,7 @@ def plot_score(path, points, summary, counts, interpolant_score=None, true_score
                 ax.plot(x, interpolant_score[order, 0], color="C2", ls="--", label="interpolant")
             if true_score is not None:
                 ax.plot(x, true_score[order, 0], color="k", lw=1, label="analytic")
-            ax.set_xlabel("x")
+            ax.set_xlabel(names[0])
             ax.set_ylabel("score")
             ax.legend(fontsize=8)
         else:
@@ -57,10 +63,10 @@ def plot_score(path, points, summary, counts, interpolant_score=None, true_score
             if true_score is not None:
                 lim = [np.min(ref), np.max(ref)]
                 ax.plot(lim, lim, "k-", lw=0.8)
-                ax.set_xlabel(f"analytic score {i}")
+                ax.set_xlabel(f"analytic score {names[i]}")
             else:
-                ax.set_xlabel(f"x{i}")
-            ax.set_ylabel(f"posterior-mean score {i}")
+                ax.set_xlabel(names[i])
+            ax.set_ylabel(f"posterior-mean score {names[i]}")
     _save(fig, path)
 
 
@@ -144,7 +150,7 @@ def _data_density(data, x, y, max_points=2000):
     return density, np.array(levels), names
 
 
-def plot_score_field(path, draws, zscore, data, band=0.9, grid_points=48, max_draws=200):
+def plot_score_field(path, draws, zscore, data, band=0.9, grid_points=48, max_draws=200, names=None):
     """Score field of a 2-D model over its data, physical units: two panels.
 
     Left: posterior-mean score as streamlines coloured by its magnitude, over the data
@@ -177,14 +183,15 @@ def plot_score_field(path, draws, zscore, data, band=0.9, grid_points=48, max_dr
     for ax in (left, right):
         ax.set_xlim(extent[0], extent[1])
         ax.set_ylim(extent[2], extent[3])
-        ax.set_xlabel("x0")
-        ax.set_ylabel("x1")
+        ax.set_xlabel(_names(names, 2)[0])
+        ax.set_ylabel(_names(names, 2)[1])
     _save(fig, path)
 
 
-def plot_marginals(path, reference, model, relative_entropies, grid_points=512):
+def plot_marginals(path, reference, model, relative_entropies, grid_points=512, names=None):
     """Marginal PDFs of the reduced-order model against the reference, per coordinate."""
     d = reference.shape[1]
+    names = _names(names, d)
     fig, axes = _axes_row(d, 4.5, 3.6)
     for i, ax in enumerate(axes):
         lo = min(reference[:, i].min(), model[:, i].min())
@@ -192,8 +199,8 @@ def plot_marginals(path, reference, model, relative_entropies, grid_points=512):
         grid = np.linspace(lo, hi, grid_points)
         ax.plot(grid, gaussian_kde_1d(reference[:, i], grid), "k-", label="reference")
         ax.plot(grid, gaussian_kde_1d(model[:, i], grid), "C1--", label="reduced-order model")
-        ax.set_title(f"x{i}: relative entropy {relative_entropies[i]:.2e}", fontsize=9)
-        ax.set_xlabel(f"x{i}")
+        ax.set_title(f"{names[i]}: relative entropy {relative_entropies[i]:.2e}", fontsize=9)
+        ax.set_xlabel(names[i])
         ax.set_ylabel("pdf")
         ax.legend(fontsize=8)
     _save(fig, path)
@@ -206,28 +213,31 @@ def _band_fill(ax, x, band, color, label):
     ax.plot(x, band.median, color=color, lw=1.4, label=label)
 
 
-def plot_ensemble_marginals(path, grid, pdf_band, reference_pdf, entropy_median=None):
+def plot_ensemble_marginals(path, grid, pdf_band, reference_pdf, entropy_median=None, names=None):
     """Posterior-ensemble marginal PDFs (median, 50%/90% bands, ``(d, G)`` each) against the reference."""
     d = grid.shape[0]
+    names = _names(names, d)
     fig, axes = _axes_row(d, 4.5, 3.6)
     for i, ax in enumerate(axes):
         _band_fill(ax, grid[i], type(pdf_band)(*(b[i] for b in pdf_band)), "C1", "ensemble median")
         if reference_pdf is not None:
             ax.plot(grid[i], reference_pdf[i], "k-", lw=1, label="reference")
         if entropy_median is not None:
-            ax.set_title(f"x{i}: median relative entropy {entropy_median[i]:.2e}", fontsize=9)
-        ax.set_xlabel(f"x{i}")
+            ax.set_title(f"{names[i]}: median relative entropy {entropy_median[i]:.2e}", fontsize=9)
+        ax.set_xlabel(names[i])
         ax.set_ylabel("pdf")
         ax.legend(fontsize=7)
     _save(fig, path)
 
 
-def plot_ensemble_acf(path, lags, acf_band, reference_lags=None, reference_acf=None, reference_label="reference"):
+def plot_ensemble_acf(path, lags, acf_band, reference_lags=None, reference_acf=None, reference_label="reference",
+                      names=None):
     """Ensemble autocorrelation functions (bands ``(L + 1, d)``) against the reference's, per coordinate.
 
     Both are drawn against lag in their own time units (the model's is Langevin time).
     """
     d = acf_band.median.shape[-1]
+    names = _names(names, d)
     fig, axes = _axes_row(d, 4.5, 3.4)
     for i, ax in enumerate(axes):
         _band_fill(ax, lags, type(acf_band)(*(b[:, i] for b in acf_band)), "C0", "ensemble median")
@@ -236,17 +246,17 @@ def plot_ensemble_acf(path, lags, acf_band, reference_lags=None, reference_acf=N
             ax.plot(reference_lags[keep], reference_acf[keep, i], "k.-", lw=1, label=reference_label)
         ax.axhline(0.0, color="0.6", lw=0.6)
         ax.set_xlabel("lag (model: Langevin time)")
-        ax.set_ylabel(f"ACF of x{i}")
+        ax.set_ylabel(f"ACF of {names[i]}")
         ax.legend(fontsize=7)
     _save(fig, path)
 
 
-def plot_relative_entropy(path, relative_entropy, floor=None):
+def plot_relative_entropy(path, relative_entropy, floor=None, names=None):
     """Per-member relative entropies ``(S, d)``: one strip per marginal and for their mean,
     with the median and the 5%-95% range marked (log scale)."""
     rel = np.asarray(relative_entropy, dtype=np.float64)
     columns = [rel[:, i] for i in range(rel.shape[1])] + [rel.mean(axis=1)]
-    labels = [f"x{i}" for i in range(rel.shape[1])] + ["mean"]
+    labels = list(_names(names, rel.shape[1])) + ["mean"]
     fig = Figure(figsize=(1.3 * len(columns) + 2.5, 3.6))
     ax = fig.subplots()
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, rel.shape[0])

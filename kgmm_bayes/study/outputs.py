@@ -42,7 +42,7 @@ try:  # POSIX; elsewhere the lock degrades to an exclusive-create file with the 
 except ImportError:  # pragma: no cover
     fcntl = None
 
-__all__ = ["OutputFolder", "FolderLock", "CacheWarning", "atomic_write_bytes", "stage_key", "json_floats",
+__all__ = ["OutputFolder", "StageReader", "FolderLock", "CacheWarning", "atomic_write_bytes", "stage_key", "json_floats",
            "read_stage_file", "MANIFEST"]
 
 SPEC_FILE = "spec.json"
@@ -55,8 +55,6 @@ LEGACY_ENTRIES = frozenset({
     SPEC_FILE, STAGES, "figures", "metrics.json", "posterior.nc", "diagnostics.csv", "interpolant.npz",
     "rom_samples.npy", "report.md", "ensemble.npz", "model_selection.csv", "bayesian", "comparison.json",
     "comparison.csv", "comparison.md", "calibration.csv", "calibration.json", "calibration.md"})
-
-
 
 
 def _read_text(path: str):
@@ -79,13 +77,9 @@ def _read_json(path: str):
         return None
 
 
-
-
 def stage_key(*parts) -> str:
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 
 
 def _checksum(arrays: dict) -> str:
@@ -95,8 +89,6 @@ def _checksum(arrays: dict) -> str:
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
 
 
 def read_stage_file(path: str, build=None):
@@ -400,3 +392,17 @@ class OutputFolder:
                 except AttributeError:  # pragma: no cover
                     pass
         return False
+
+
+class StageReader:
+    """Read-only view of a finished study's stage cache (``load_stage`` as :class:`OutputFolder`'s;
+    ``save_stage`` stores nothing), for a stage that reads a committed result."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def load_stage(self, stage, key, build=None):
+        return read_stage_file(os.path.join(self.folder, STAGES, f"{stage}-{key}.npz"), build)
+
+    def save_stage(self, stage, key, arrays):
+        pass

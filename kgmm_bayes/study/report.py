@@ -88,12 +88,15 @@ def write_report(path, spec, metrics: dict) -> None:
         f"# Study `{metrics['study']}` (seed {metrics['seed']})",
         "",
         f"Data: {metrics['data']['source']}, {metrics['data']['train_snapshots']} training snapshots, "
-        f"{metrics['data']['reference_snapshots']} reference snapshots, d = {metrics['data']['dim']}.",
+        f"{metrics['data']['reference_snapshots']} reference snapshots, d = {metrics['data']['dim']}"
+        + (f" ({', '.join(spec.data.variables)})." if spec.data.variables else "."),
         f"Partition: {metrics['partition']['cells']} score-target cells, "
         f"{metrics['partition']['components']} mixture components.",
         "",
         "## Reduced-order model",
-        f"- Relative entropy per marginal (reference || model): {', '.join(_fmt(v) for v in re['per_marginal'])}; "
+        "- Relative entropy per marginal (reference || model): "
+        + ", ".join((f"{n} " if spec.data.variables else "") + _fmt(v)
+                    for n, v in zip(spec.data.variables or re["per_marginal"], re["per_marginal"])) + "; "
         f"mean {_fmt(re['mean'])}",
         f"- Sampling floor (training data vs reference, same metric): mean {_fmt(re['data_floor_mean'])}",
         f"- Drift: {metrics['langevin']['drift']}; particles that left the box: {metrics['langevin']['escaped']}, "

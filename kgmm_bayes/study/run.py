@@ -21,7 +21,7 @@ import numpy as np
 from .._version import __version__
 from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
 from ..data.trajectory import split_members
-from ..files import atomic_write_bytes, json_floats, npy_bytes
+from ..files import atomic_write_bytes, json_floats, npy_bytes, npz_bytes
 from ..metrics import band_coverage, marginal_relative_entropies, weighted_score_error
 from ..result import BayesianKGMM
 from ..rom.interpolant import save_interpolant
@@ -29,6 +29,7 @@ from ..spec import Spec
 from .checks import check_seed, check_sizes, load_user_data
 from .ensemble import ensemble_stage
 from .figures import plot_marginals, plot_score, plot_score_field
+from .load import DATA_FILE, PARTITION_FILE
 from .outputs import OutputFolder, stage_key
 from .report import numerical_faults, write_report
 from .stages import (
@@ -147,6 +148,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
                            cached_stages)
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
     _write_outputs(out, spec, data, part, fit, interp, evaluation)
+    if user_data is not None and spec.data.path is None:  # an array given to fit(): kept, as given
+        atomic_write_bytes(out.path(DATA_FILE), npy_bytes(user_data))
     clock("metrics")
     clock.timings["total"] = time.perf_counter() - clock.total_start
     metrics["timings"] = clock.timings
@@ -157,7 +160,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     log(progress, f"done in {clock.timings['total']:.1f} s -> {final}")
     return BayesianKGMM(spec=spec, zscore=data.zscore, inference_data=fit.idata, partition=part,
                         target_summary=fit.summary, interpolant=interp, rom_samples=rom_phys,
-                        metrics=metrics, out_dir=final, draws=fit.draws)
+                        metrics=metrics, out_dir=final, draws=fit.draws, data=data)
 
 
 class _Evaluation(NamedTuple):
@@ -230,14 +233,18 @@ def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation):
     atomic_write_bytes(out.path("posterior.nc"), netcdf_bytes(fit.idata))
     atomic_write_bytes(out.path("diagnostics.csv"), probe_summary(fit.idata).to_csv().encode())
     save_interpolant(out.path("interpolant.npz"), interp)
+    atomic_write_bytes(out.path(PARTITION_FILE), npz_bytes(part._asdict()))
     atomic_write_bytes(out.path("rom_samples.npy"), npy_bytes(rom_phys))
     std, summary = data.zscore.std, fit.summary
+    names = spec.data.variables or None
     plot_score(out.path("figures", "score.png"), data.zscore.inverse(part.points),
                summary._replace(mean=summary.mean / std, lower=summary.lower / std, upper=summary.upper / std),
                part.counts, interp_at_points / std,
-               None if true_at_points is None else true_at_points / std, spec.score.band)
+               None if true_at_points is None else true_at_points / std, spec.score.band, names=names)
     if part.points.shape[1] == 2:
-        plot_score_field(out.path("figures", "score_field.png"), fit.draws, data.zscore, data.train, spec.score.band)
+        plot_score_field(out.path("figures", "score_field.png"), fit.draws, data.zscore, data.train, spec.score.band,
+                         names=names)
     if len(rom_phys) >= 2:
-        plot_marginals(out.path("figures", "marginals.png"), data.reference, rom_phys, evaluation.relative_entropy)
+        plot_marginals(out.path("figures", "marginals.png"), data.reference, rom_phys, evaluation.relative_entropy,
+                       names=names)
     plot_diagnostics(out.path("figures"), fit.idata)

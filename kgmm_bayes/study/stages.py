@@ -36,7 +36,7 @@ from ..bayes.score import (
 )
 from ..bayes.selection import select_components
 from ..data.systems import get_system, simulate
-from ..data.trajectory import split_members
+from ..data.trajectory import StudyData, split_members
 from ..data.zscore import ZScore
 from ..files import atomic_write_bytes, json_floats
 from ..partition import Partition, fit_partition
@@ -63,17 +63,6 @@ __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare
 # cells enter through their moments; Partition gained cell_covariances. 3: stage files carry a
 # SHA-256 of their arrays; the posterior stage holds its coarsening).
 STAGE_SCHEMA = 3
-
-
-class StudyData:
-    """Training and reference snapshots ``(n, d)`` in physical units, with the transform."""
-
-    def __init__(self, train, reference, zscore, analytic_score=None, source=""):
-        self.train = train
-        self.reference = reference
-        self.zscore = zscore
-        self.analytic_score = analytic_score
-        self.source = source
 
 
 def study_keys(seed: int):

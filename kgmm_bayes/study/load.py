@@ -1,0 +1,300 @@
+"""Reading a study's output folder back: :func:`load_result` and the ``score`` command.
+
+Every file is checked as it is read; a missing or damaged one raises :class:`InputError`
+naming it.  The result keeps the fitted spec, the partition and a handle to the data:
+a built-in system's snapshots come from the folder's stage cache (simulated again from
+the seed if the cache was removed), a data file's from the file, an array's from the
+``data.npy`` the study wrote.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from ..bayes.score import thin_draws
+from ..data.trajectory import load_trajectory, split_members, validate_snapshots
+from ..data.zscore import ZScore
+from ..errors import InputError
+from ..errors import one_line as _one_line
+from ..files import atomic_write_bytes
+from ..partition import Partition
+from ..result import BayesianKGMM
+from ..spec import spec_from_dict
+from .outputs import SPEC_FILE, StageReader
+from .stages import prepare_data, study_keys
+
+__all__ = ["load_result", "score_to_file", "PARTITION_FILE", "DATA_FILE"]
+
+
+class _Chains(NamedTuple):  # stored draws (chain, draw, ...), as thin_draws takes them
+    weights: np.ndarray
+    means: np.ndarray
+    cov_chol: np.ndarray
+
+PARTITION_FILE = "partition.npz"
+DATA_FILE = "data.npy"  # an array given to kgmm_bayes.fit, as given
+
+
+def _reason(err: BaseException) -> str:
+    """An exception as one short line."""
+    text = _one_line(err) if str(err).strip() else ""
+    if "mmap length is greater than file size" in text:
+        text = "truncated: shorter than its header says"
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _damaged(out_dir: str, name: str, reason) -> InputError:
+    if isinstance(reason, BaseException):
+        reason = _reason(reason)
+    reason = " ".join(str(reason).split())
+    return InputError(f"study folder {out_dir!r}: {name} is damaged or not a kgmm-bayes file ({reason})")
+
+
+def _read_metrics(out_dir: str) -> dict:
+    name = "metrics.json"
+    try:
+        with open(os.path.join(out_dir, name), encoding="utf-8") as fh:
+            metrics = json.load(fh)
+    except Exception as err:  # noqa: BLE001 - JSON, encoding, nesting or OS errors: all damage
+        raise _damaged(out_dir, name, err) from None
+    if not isinstance(metrics, dict):
+        raise _damaged(out_dir, name, f"holds a JSON {type(metrics).__name__}, expected an object")
+    return metrics
+
+
+def _read_rom_samples(out_dir: str) -> np.ndarray:
+    name = "rom_samples.npy"
+    try:  # memory-mapped first: a header that promises more data than the file holds fails here
+        mapped = np.load(os.path.join(out_dir, name), mmap_mode="r", allow_pickle=False)
+        if not isinstance(mapped, np.ndarray):
+            if hasattr(mapped, "close"):
+                mapped.close()
+            raise ValueError("a .npz archive, not a .npy array")
+        if mapped.dtype.kind not in "iuf":
+            raise ValueError(f"dtype {mapped.dtype}, expected numbers")
+        if mapped.ndim != 2:
+            raise ValueError(f"shape {mapped.shape}, expected (n, d)")
+        samples = np.array(mapped)
+        del mapped
+    except Exception as err:  # noqa: BLE001 - any reader failure is damage
+        raise _damaged(out_dir, name, err) from None
+    return samples
+
+
+def _read_posterior(out_dir: str):
+    import warnings
+
+    import arviz as az
+
+    from ..bayes.diagnostics import posterior_from_idata, zscore_from_idata
+
+    name = "posterior.nc"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            idata = az.from_netcdf(os.path.join(out_dir, name))
+            weights, means, cov_chol = posterior_from_idata(idata)  # lazy: the values are read here
+            zscore = zscore_from_idata(idata)
+        for label, arr in (("weights", weights), ("means", means), ("cov_chol", cov_chol),
+                           ("zscore_mean", zscore.mean), ("zscore_std", zscore.std)):
+            if arr.dtype.kind not in "iuf":
+                raise ValueError(f"{label} has dtype {arr.dtype}, expected numbers")
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{label} holds NaN or infinite values")
+        if weights.ndim != 2 or means.ndim != 3 or cov_chol.ndim != 4:
+            raise ValueError(f"posterior shapes weights {weights.shape}, means {means.shape}, "
+                             f"cov_chol {cov_chol.shape} are not (chain, draw, K, ...)")
+        s, k, d = means.shape
+        if s == 0 or k == 0 or d == 0 or weights.shape != (s, k) or cov_chol.shape != (s, k, d, d):
+            raise ValueError(f"posterior shapes weights {weights.shape}, means {means.shape}, "
+                             f"cov_chol {cov_chol.shape} do not agree")
+        if zscore.mean.shape != (d,) or zscore.std.shape != (d,) or not np.all(zscore.std > 0):
+            raise ValueError(f"z-score mean {zscore.mean.shape} / std {zscore.std.shape} do not fit "
+                             f"{d} coordinates or std <= 0")
+    except Exception as err:  # noqa: BLE001 - netCDF/HDF5/arviz errors of any kind, missing groups: damage
+        raise _damaged(out_dir, name, err) from None
+    zscore = ZScore(mean=np.asarray(zscore.mean, np.float64), std=np.asarray(zscore.std, np.float64))
+    return idata, zscore, (weights, means, cov_chol)
+
+
+def _read_interpolant(out_dir: str, d: int):
+    from ..rom.interpolant import interpolant_from_arrays
+
+    name = "interpolant.npz"
+    try:  # interpolant_from_arrays checks sizes, layers, shapes and dtypes before building the network
+        with np.load(os.path.join(out_dir, name), allow_pickle=False) as f:
+            arrays = {key: f[key] for key in f.files}
+        sizes = [int(v) for v in np.asarray(arrays["sizes"]).ravel()] if "sizes" in arrays else None
+        if sizes is not None and (sizes[0] != d or sizes[-1] != d):
+            raise ValueError(f"layer sizes {sizes} do not fit {d} coordinates")
+        return interpolant_from_arrays(arrays, f"interpolant file {os.path.join(out_dir, name)}")
+    except Exception as err:  # noqa: BLE001 - zip, npy, pickle, key or shape errors: all damage
+        raise _damaged(out_dir, name, err) from None
+
+
+def _read_spec(out_dir: str, metrics: dict):
+    """The spec as fitted (the chosen K when the study chose one) and the seed, from ``spec.json``."""
+    name = SPEC_FILE
+    try:
+        with open(os.path.join(out_dir, name), encoding="utf-8") as fh:
+            saved = json.load(fh)
+        raw = {section: {k: v for k, v in values.items() if v is not None}
+               for section, values in saved["spec"].items()}
+        data_given = "system" not in raw.get("data", {}) and "path" not in raw.get("data", {})
+        spec = spec_from_dict(raw, data_given=data_given)
+        seed = int(saved["seed"])
+    except Exception as err:  # noqa: BLE001 - JSON, keys, validation: all damage
+        raise _damaged(out_dir, name, err) from None
+    if "model_selection" in metrics:
+        chosen = int(metrics.get("partition", {}).get("components", spec.mixture.components))
+        spec = spec._replace(mixture=spec.mixture._replace(components=chosen, select_components=()))
+    return spec, seed
+
+
+def _read_partition(out_dir: str, d: int):
+    """The partition (z-scored), or ``None`` for folders written before it was kept."""
+    path = os.path.join(out_dir, PARTITION_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {key: np.asarray(f[key]) for key in f.files}
+        part = Partition(**arrays)
+        m, k = len(part.points), len(part.centroids)
+        shapes = {"points": (m, d), "counts": (m,), "cell_covariances": (m, d, d), "centroids": (k, d),
+                  "spreads": (k, d), "covariances": (k, d, d), "fractions": (k,), "cell_cluster": (m,)}
+        for field, shape in shapes.items():
+            if getattr(part, field).shape != shape:
+                raise ValueError(f"{field} has shape {getattr(part, field).shape}, expected {shape}")
+    except Exception as err:  # noqa: BLE001 - zip, npy, missing or extra fields, shapes: all damage
+        raise _damaged(out_dir, PARTITION_FILE, err) from None
+    return part
+
+
+class StoredData:
+    """A loaded study's training and reference snapshots ``(n, d)``, physical units, read from their
+    source on first use: a system's from the folder's stage cache (simulated again from the seed
+    without it), a data file's from the file named in the spec, an array's from ``data.npy``."""
+
+    def __init__(self, out_dir: str, spec, seed: int, metrics: dict):
+        self._out_dir, self._spec, self._seed = out_dir, spec, seed
+        self._expected = (metrics.get("data", {}).get("train_snapshots"),
+                          metrics.get("data", {}).get("reference_snapshots"))
+        self.source = metrics.get("data", {}).get("source", "")
+        self._arrays = None
+
+    def _load(self):
+        if self._arrays is not None:
+            return self._arrays
+        ds = self._spec.data
+        if ds.system is not None:
+            data_key, reference_key = study_keys(self._seed)[:2]
+            study_data = prepare_data(self._spec, data_key, reference_key, StageReader(self._out_dir))
+            train, reference = study_data.train, study_data.reference
+        else:
+            if ds.path is not None:
+                where = f"data file {ds.path!r}"
+                raw = validate_snapshots(load_trajectory(ds.path, ds.variable), name=where)
+            else:
+                where = f"{os.path.join(self._out_dir, DATA_FILE)!r}"
+                try:
+                    raw = np.load(os.path.join(self._out_dir, DATA_FILE), allow_pickle=False)
+                except Exception as err:  # noqa: BLE001 - missing, truncated or pickled: damage
+                    raise _damaged(self._out_dir, DATA_FILE, err) from None
+                raw = validate_snapshots(raw, name=where)
+            train, reference = split_members(raw, ds.heldout_fraction)
+            reference = train if reference is None else reference
+            if (len(train), len(reference)) != tuple(self._expected):
+                raise InputError(f"{where} now gives {len(train)} training and {len(reference)} reference "
+                                 f"snapshots, the study used {self._expected[0]} and {self._expected[1]}: "
+                                 "it changed since the study ran")
+        self._arrays = (train, reference)
+        return self._arrays
+
+    @property
+    def train(self) -> np.ndarray:
+        return self._load()[0]
+
+    @property
+    def reference(self) -> np.ndarray:
+        return self._load()[1]
+
+
+def load_result(out_dir) -> BayesianKGMM:
+    """Read a study's output folder (spec, partition, posterior, interpolant, samples, metrics).
+
+    A missing or damaged file raises :class:`InputError` naming it, never a traceback;
+    the cheap files are read first and the interpolant's network is built last.  The
+    training and reference data are read from their source when first used (``result.data``).
+    """
+    out_dir = os.fspath(out_dir)
+    needed = ["posterior.nc", "interpolant.npz", "rom_samples.npy", "metrics.json", SPEC_FILE]
+    if not os.path.isdir(out_dir):
+        raise InputError(f"study folder {out_dir!r} does not exist")
+    missing = [n for n in needed if not os.path.exists(os.path.join(out_dir, n))]
+    if missing:
+        raise InputError(f"study folder {out_dir!r} lacks {missing}; is it the output of 'kgmm-bayes run'?")
+    metrics = _read_metrics(out_dir)
+    spec, seed = _read_spec(out_dir, metrics)
+    rom_samples = _read_rom_samples(out_dir)
+    idata, zscore, (w, m, L) = _read_posterior(out_dir)
+    d = m.shape[-1]
+    if rom_samples.shape[1] != d:
+        raise _damaged(out_dir, "rom_samples.npy", f"shape {rom_samples.shape}, the posterior has {d} coordinates")
+    partition = _read_partition(out_dir, d)
+    interpolant = _read_interpolant(out_dir, d)
+    # the draws the study used: at most [score] max_draws, thinned within each chain as it thinned them
+    chains = int(idata.posterior.sizes["chain"])
+    draws = thin_draws(_Chains(*(a.reshape((chains, -1) + a.shape[1:]) for a in (w, m, L))), spec.score.max_draws)
+    return BayesianKGMM(spec=spec, zscore=zscore, inference_data=idata, partition=partition,
+                        target_summary=None, interpolant=interpolant, rom_samples=rom_samples,
+                        metrics=metrics, out_dir=out_dir, draws=draws,
+                        data=StoredData(out_dir, spec, seed, metrics))
+
+
+def score_to_file(study_dir, points_path, out_path, band: float = 0.9) -> int:
+    """The ``score`` command: score a study at the points of a ``.npy`` file, write a ``.npz``.
+
+    Writes arrays ``mean``, ``lower``, ``upper``, ``std`` and ``predictive`` (physical
+    units) to ``out_path`` atomically; returns the number of points.  Every check on
+    the arguments runs before the study is loaded, and ``out_path`` may not lie inside
+    the study folder (a score file there could replace one of the study's own files).
+    """
+    study_dir, points_path, out_path = (os.fspath(p) for p in (study_dir, points_path, out_path))
+    if not out_path.endswith(".npz"):
+        raise InputError(f"--out must name a .npz file, got {out_path!r}")
+    out_folder = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(out_folder):
+        raise InputError(f"--out folder {out_folder!r} does not exist")
+    real_out, real_study = os.path.realpath(out_path), os.path.realpath(study_dir)
+    if os.path.commonpath([real_out, real_study]) == real_study:
+        raise InputError(f"--out {out_path!r} lies inside the study folder {study_dir!r}; write scores elsewhere")
+    if os.path.isdir(out_path):
+        raise InputError(f"--out {out_path!r} is a folder, expected a .npz file name")
+    if not os.access(out_folder, os.W_OK | os.X_OK):
+        raise InputError(f"--out folder {out_folder!r} is not writable")
+    if not points_path.endswith(".npy"):
+        raise InputError(f"points file must be .npy, got {points_path!r}")
+    points = load_trajectory(points_path)
+    if points.ndim not in (1, 2):
+        raise InputError(f"points file {points_path!r} must hold an array (n, d), got shape {points.shape}")
+    if points.shape[0] == 0:
+        raise InputError(f"points file {points_path!r} holds no points (shape {points.shape})")
+    if not np.all(np.isfinite(points)):
+        raise InputError(f"points file {points_path!r} holds NaN or infinite values")
+    if not 0 < band < 1:
+        raise InputError(f"band must lie strictly between 0 and 1, got {band}")
+    summary = load_result(study_dir).score(points, band=band)
+    buf = io.BytesIO()
+    np.savez(buf, mean=summary.mean, lower=summary.lower, upper=summary.upper, std=summary.std,
+             predictive=summary.predictive)
+    try:
+        atomic_write_bytes(out_path, buf.getvalue())
+    except OSError as err:
+        raise InputError(f"--out {out_path!r} could not be written ({_reason(err)})") from None
+    return len(summary.mean)
