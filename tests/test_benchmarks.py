@@ -12,6 +12,8 @@ CASES = {
                          "--baseline-iterations", "40"],
     "bench_coreset.py": ["--members", "4", "--cells", "100", "--iterations", "40"],
     "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],
+    "bench_reproducibility.py": ["reduced_1d", "--keys", "0", "1", "--members", "4", "--cells", "60",
+                                 "--components", "3", "--warmup", "30", "--draws", "30", "--coarsening", "off"],
 }
 
 

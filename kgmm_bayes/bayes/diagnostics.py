@@ -33,8 +33,10 @@ from .mixture import (
 )
 from .sampler import PosteriorSamples
 from .score import score_draws
+from .stacking import chain_modes
 
 __all__ = ["probe_points", "to_inference_data", "netcdf_bytes", "convergence_summary", "probe_summary",
+           "with_chain_weights", "chain_weights",
            "zscore_from_idata", "posterior_from_idata", "pointwise_log_likelihood", "plot_diagnostics"]
 
 PROBE_VARS = ["probe_log_density", "probe_score", "sorted_weights"]
@@ -129,8 +131,26 @@ def to_inference_data(posterior: PosteriorSamples, zscore: ZScore, points, count
     return idata
 
 
+def with_chain_weights(idata: az.InferenceData, weights) -> az.InferenceData:
+    """``idata`` with the chains' weights (stacking, or equal) in ``constant_data["chain_weights"]``."""
+    idata.constant_data = idata.constant_data.assign(chain_weights=(("chain",), np.asarray(weights, np.float64)))
+    return idata
+
+
+def chain_weights(idata: az.InferenceData):
+    """The chains' weights stored by :func:`with_chain_weights`, or ``None`` (equal weights)."""
+    if "constant_data" in idata.groups() and "chain_weights" in idata.constant_data:
+        return np.asarray(idata.constant_data["chain_weights"].values, np.float64)
+    return None
+
+
 def convergence_summary(idata: az.InferenceData) -> dict:
-    """Worst label-invariant r_hat and ESS, and the divergence count."""
+    """Worst label-invariant r_hat and ESS, the divergence count, and the chains' modes.
+
+    With more than one chain, chains are grouped into modes and, when they settled in
+    several, stacked (:mod:`kgmm_bayes.bayes.stacking`): ``chain_modes`` holds the modes,
+    r_hat within each and the chains' weights.  r_hat over all chains then measures how far
+    apart the modes are, and only r_hat within a mode is a convergence fault."""
     post = idata.posterior[PROBE_VARS]
     chains = idata.posterior.sizes["chain"]
     out = {"divergences": int(idata.sample_stats["diverging"].sum()),
@@ -158,7 +178,23 @@ def convergence_summary(idata: az.InferenceData) -> dict:
         warn.append(f"{out['divergences']} divergent transitions")
     lp = idata.sample_stats["lp"].values  # (chain, draw) log posterior (unnormalised)
     out["chain_mean_log_posterior"] = [float(v) for v in lp.mean(axis=1)]
-    if chains > 1 and out["max_r_hat"] > 1.01:
+    modes = None
+    if chains > 1:
+        has_ll = "log_likelihood" in idata.groups() and "cells" in idata.log_likelihood
+        modes = chain_modes(post, idata.log_likelihood["cells"].values if has_ll else None,
+                            idata.constant_data["counts"].values if has_ll else None)
+        out["chain_modes"] = modes.to_json()
+        out["max_mode_r_hat"] = float(max(modes.mode_r_hat))
+    if modes is not None and modes.stacked:
+        # chains in several modes, combined by stacking: each mode must mix within itself
+        if out["max_mode_r_hat"] > 1.01:
+            worst = modes.modes[int(np.argmax(modes.mode_r_hat))]
+            what = (f"split r_hat {out['max_mode_r_hat']:.3f} > 1.01 of chain {worst[0]}, alone in its mode: its "
+                    "halves disagree (it mixes too slowly)" if len(worst) == 1 else
+                    f"label-invariant r_hat {out['max_mode_r_hat']:.3f} > 1.01 within the mode of chains "
+                    f"{list(worst)}: its chains disagree or mix too slowly")
+            warn.append(what)
+    elif chains > 1 and out["max_r_hat"] > 1.01:
         warn.append(f"label-invariant r_hat {out['max_r_hat']:.3f} > 1.01: chains disagree ({_odd_chain(post, rhat, lp)})")
     if chains == 1:
         warn.append("one chain: r_hat cannot be computed")

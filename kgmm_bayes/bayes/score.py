@@ -221,15 +221,27 @@ def summarize_scores(scores, log_densities, band: float = 0.9) -> ScoreSummary:
                         upper=upper, predictive=predictive, band=band)
 
 
-def thin_draws(posterior, max_draws: int):
-    """At most ``max_draws`` draws, evenly thinned within each chain, chains merged."""
+def thin_draws(posterior, max_draws: int, chain_weights=None):
+    """At most ``max_draws`` draws, evenly thinned within each chain, chains merged.
+
+    ``chain_weights`` ``(chains,)`` (stacking, :mod:`kgmm_bayes.bayes.stacking`): each chain gives
+    draws in proportion to its weight, so the merged draws sample the weighted mixture of the
+    chains; ``None``: every chain gives the same number.
+    """
     chains, draws = posterior.weights.shape[:2]
     per_chain = max(1, min(draws, max_draws // chains))
-    idx = np.linspace(0, draws - 1, per_chain).round().astype(int)
+    if chain_weights is None:
+        takes = [per_chain] * chains
+    else:
+        from .stacking import draw_allocation
+
+        takes = draw_allocation(chain_weights, per_chain * chains, draws)
+    picks = [(c, i) for c, take in enumerate(takes) if take
+             for i in np.linspace(0, draws - 1, int(take)).round().astype(int)]
+    chain_idx, draw_idx = (np.asarray(v) for v in zip(*picks))
 
     def take(a):
-        a = a[:, idx]
-        return a.reshape((-1,) + a.shape[2:])
+        return np.asarray(a)[chain_idx, draw_idx]
     return take(posterior.weights), take(posterior.means), take(posterior.cov_chol)
 
 

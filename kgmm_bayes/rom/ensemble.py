@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..bayes.score import coefficient_score, score_coefficients, score_draws
+from ..bayes.stacking import draw_allocation
 from ..metrics import gaussian_kde_1d, marginal_relative_entropies
 from ..progress import bar
 from .interpolant import fit_interpolant_ensemble
@@ -80,19 +81,24 @@ class Band(NamedTuple):
     upper90: np.ndarray
 
 
-def select_draws(posterior, members: int):
+def select_draws(posterior, members: int, chain_weights=None):
     """Exactly ``members`` draws ``(weights, means, cov_chol)``, each with a leading member axis.
 
     Chains share the members as evenly as possible (the first ``members % chains``
-    chains give one more); within a chain the draws are evenly spaced, so the
-    ensemble spans every chain and the whole of each.
+    chains give one more), or in proportion to ``chain_weights`` (stacked chains,
+    :func:`kgmm_bayes.bayes.stacking.draw_allocation`); within a chain the draws are
+    evenly spaced, so the ensemble spans every chain and the whole of each.
     """
     chains, draws = posterior.weights.shape[:2]
     if not 1 <= members <= chains * draws:
         raise ValueError(f"ensemble members must be in [1, {chains * draws}] (chains x draws), got {members}")
+    if chain_weights is None:
+        takes = [members // chains + (c < members % chains) for c in range(chains)]
+    else:
+        takes = draw_allocation(chain_weights, members, draws)
     chain_idx, draw_idx = [], []
     for c in range(chains):
-        take = members // chains + (c < members % chains)
+        take = takes[c]
         if take:
             draw_idx.extend(np.linspace(0, draws - 1, take).round().astype(int))
             chain_idx.extend([c] * take)

@@ -46,7 +46,7 @@ from ..partition import fit_partition
 from ..spec import Spec
 from .checks import check_seed
 from .outputs import OutputFolder, stage_key
-from .stages import sample_posterior
+from .stages import sample_posterior, stacked_weights
 
 __all__ = ["calibrate", "check_calibration_specs", "true_marginals", "mixture_marginals", "CalibrationResult",
            "EVAL_POINTS"]
@@ -161,8 +161,9 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     part = fit_partition(partition_key, z, cells, k)
     post, coarsening = sample_posterior(spec, mcmc_key, part, z)
     wall = post.wall_time
-    conv = convergence_summary(to_inference_data(post, zscore, part.points, part.counts, log_likelihood=False))
-    draws = thin_draws(post, spec.score.max_draws)
+    conv = convergence_summary(to_inference_data(post, zscore, part.points, part.counts,
+                                                 point_covariances=part.cell_covariances))
+    draws = thin_draws(post, spec.score.max_draws, chain_weights=stacked_weights(conv))
 
     scores, logps = score_draws(*draws, zscore.forward(evaluation))
     summary = summarize_scores(np.asarray(scores) / zscore.std, np.asarray(logps), spec.score.band)  # physical

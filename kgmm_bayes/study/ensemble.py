@@ -67,16 +67,18 @@ def reference_series(spec: Spec, reference, user_data):
     return reference.reshape(members, n, -1), pick(ds.dt, system.dt) * thin, "reference (system time units)"
 
 
-def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, floor, progress):
+def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, floor, progress,
+                   chain_weights=None):
     """Posterior ensemble of reduced-order models: ``ensemble.npz``, three figures, the metrics block."""
     es, lg = spec.ensemble, spec.langevin
     skey = stage_key("ensemble", post_key, spec.section_json("ensemble"), lg.dt, lg.box, spec.metrics.grid_points,
-                     spec.section_json("interpolant") if es.drift == "interpolant" else "")
+                     spec.section_json("interpolant") if es.drift == "interpolant" else "",
+                     *(() if chain_weights is None else (np.asarray(chain_weights).tolist(),)))
     arrays = out.load_stage("ensemble", skey)
     was_cached = arrays is not None
     if not was_cached:
         start = time.perf_counter()
-        draws = select_draws(post, es.members)
+        draws = select_draws(post, es.members, chain_weights)
         drift_key, start_key, run_key = jax.random.split(key, 3)
         if es.drift == "interpolant":
             itp = spec.interpolant

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..bayes.diagnostics import chain_weights
 from ..bayes.score import thin_draws
 from ..data.trajectory import load_trajectory, split_members, validate_snapshots
 from ..data.zscore import ZScore
@@ -250,7 +251,8 @@ def load_result(out_dir) -> BayesianKGMM:
     interpolant = _read_interpolant(out_dir, d)
     # the draws the study used: at most [score] max_draws, thinned within each chain as it thinned them
     chains = int(idata.posterior.sizes["chain"])
-    draws = thin_draws(_Chains(*(a.reshape((chains, -1) + a.shape[1:]) for a in (w, m, L))), spec.score.max_draws)
+    draws = thin_draws(_Chains(*(a.reshape((chains, -1) + a.shape[1:]) for a in (w, m, L))), spec.score.max_draws,
+                       chain_weights=chain_weights(idata))
     return BayesianKGMM(spec=spec, zscore=zscore, inference_data=idata, partition=partition,
                         target_summary=None, interpolant=interpolant, rom_samples=rom_samples,
                         metrics=metrics, out_dir=out_dir, draws=draws,

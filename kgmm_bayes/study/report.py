@@ -117,6 +117,14 @@ def write_report(path, spec, metrics: dict) -> None:
         optima = [v for v in post["map_search_log_posteriors"] if v is not None]
         lines.append(f"- chains started at the best of {len(post['map_search_log_posteriors'])} MAP searches; "
                      f"optima span {optima[0] - optima[-1]:.1f} nats of log posterior (local modes)")
+    modes = post.get("chain_modes")
+    if modes and len(modes["modes"]) > 1:
+        parts = [f"chains {m} (weight {sum(modes['chain_weights'][c] for c in m):.2f}, r_hat within "
+                 f"{_fmt(r)})" for m, r in zip(modes["modes"], modes["mode_r_hat"])]
+        how = ("stacked by their leave-one-out predictive density (Yao, Vehtari & Gelman 2022); every band "
+               "uses the stacked mixture" if modes["stacked"] else "pooled with equal weights (no per-cell "
+               "log-likelihood to stack them)")
+        lines.append(f"- chains settled in {len(modes['modes'])} modes: " + "; ".join(parts) + f"; {how}")
     for warning in post["warnings"]:
         lines.append(f"- **Warning**: {warning}")
     lines += _coarsening_lines(post.get("coarsening"), metrics["data"]["train_snapshots"])

@@ -42,6 +42,7 @@ from .stages import (
     posterior_stage,
     prepare_data,
     score_stage,
+    stacked_weights,
     study_keys,
 )
 
@@ -140,7 +141,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         log(progress, f"ensemble: {es.members} posterior members x {es.particles} particles x "
                       f"{es.burn_in + es.steps} steps (drift: {es.drift})")
         ensemble_metrics = ensemble_stage(spec, out, jax.random.fold_in(langevin_key, 1), post, part, data,
-                                          user_data, post_key, float(floor.mean()), progress)
+                                          user_data, post_key, float(floor.mean()), progress,
+                                          chain_weights=stacked_weights(fit.convergence))
         clock("ensemble")
 
     log(progress, "metrics, figures, report")

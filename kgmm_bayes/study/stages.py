@@ -19,7 +19,11 @@ import numpy as np
 
 from .._version import __version__
 from ..bayes.coarsening import OFF, Coarsening, choose_zeta, zeta_from_alpha
-from ..bayes.diagnostics import convergence_summary, to_inference_data
+from ..bayes.diagnostics import (
+    convergence_summary,
+    to_inference_data,
+    with_chain_weights,
+)
 from ..bayes.sampler import (
     PosteriorSamples,
     SamplerConfig,
@@ -57,7 +61,7 @@ from .report import STIFFNESS_LIMIT
 
 __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare_data", "sample_posterior",
            "partition_stage", "posterior_stage", "choose_components", "score_stage", "interpolant_stage",
-           "langevin_stage", "ScoreStage", "LangevinStage"]
+           "langevin_stage", "ScoreStage", "LangevinStage", "stacked_weights"]
 
 # Part of every stage key: raise it whenever what a stage computes or stores changes (2: coreset
 # cells enter through their moments; Partition gained cell_covariances. 3: stage files carry a
@@ -212,6 +216,12 @@ def choose_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells
 
 
 # ---------------------------------------------------------------- scores
+def stacked_weights(convergence: dict):
+    """The chains' stacking weights when the chains settled in several modes, else ``None`` (equal)."""
+    modes = convergence.get("chain_modes")
+    return np.asarray(modes["chain_weights"]) if modes and modes["stacked"] else None
+
+
 class ScoreStage(NamedTuple):
     """The posterior as the rest of the study uses it."""
 
@@ -235,7 +245,10 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         convergence["map_search_log_posteriors"] = json_floats(optima)  # best first; chains start at the best
     for message in convergence["warnings"]:
         warnings.warn(f"posterior: {message}", RuntimeWarning, stacklevel=3)
-    draws = thin_draws(post, spec.score.max_draws)
+    weights = stacked_weights(convergence)
+    if weights is not None:  # chains in several modes: every band uses their stacked mixture
+        idata = with_chain_weights(idata, weights)
+    draws = thin_draws(post, spec.score.max_draws, chain_weights=weights)
     scores, logps = score_draws(*draws, part.points)
     return ScoreStage(idata, convergence, draws, summarize_scores(scores, logps, spec.score.band))
 

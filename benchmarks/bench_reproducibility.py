@@ -1,0 +1,111 @@
+"""Is a study's posterior reproducible? The same data, NUTS run with different keys.
+
+For one spec (a file or a shipped study's name), the data, partition and priors are those
+of the study's seed; only the NUTS key changes (keys 0, 1, 2 by default).  Each run is
+sampled as the study samples it (coarsening included), its chains grouped into modes and
+stacked (``kgmm_bayes.bayes.stacking``), and the score band at the study's probe points
+(the label-invariant probes of ``posterior.nc``) computed from the stacked draws.
+
+The run is called reproducible when every pair of keys gives posterior-mean scores that
+differ by less than a quarter of the band width at every probe point and coordinate
+(the issue "Uncertainty a scientist can trust", item 3).  One row per key: wall time,
+r_hat over all chains and within each mode, the modes and their weights; then the
+largest difference over band width, with its key pair and probe.
+
+    python benchmarks/bench_reproducibility.py lorenz63 --keys 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import kgmm_bayes  # noqa: F401
+import jax
+import numpy as np
+
+from kgmm_bayes.bayes.diagnostics import convergence_summary, probe_points, to_inference_data
+from kgmm_bayes.bayes.score import score_draws, summarize_scores, thin_draws
+from kgmm_bayes.spec import load_spec
+from kgmm_bayes.study.checks import check_sizes
+from kgmm_bayes.study.stages import partition_stage, prepare_data, sample_posterior, stacked_weights, study_keys
+from kgmm_bayes.study.outputs import stage_key
+
+REPRODUCIBLE = 0.25  # largest |mean_a - mean_b| / band width allowed
+
+
+class _NoCache:
+    def load_stage(self, stage, key, build=None):
+        return None
+
+    def save_stage(self, stage, key, arrays):
+        pass
+
+
+def run(spec, keys):
+    seed = spec.study.seed
+    data_key, reference_key, partition_key, *_ = study_keys(seed)
+    data = prepare_data(spec, data_key, reference_key)
+    cells = check_sizes(spec, len(data.train), data.train.shape[1])
+    z = data.zscore.forward(data.train)
+    part, _ = partition_stage(spec, _NoCache(), partition_key, z, cells, stage_key("bench", seed))
+    probes = probe_points(part.points, part.counts)
+    rows, summaries = [], []
+    for key in keys:
+        start = time.perf_counter()
+        post, coarsening = sample_posterior(spec, jax.random.key(key), part, z)
+        wall = time.perf_counter() - start
+        idata = to_inference_data(post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances)
+        conv = convergence_summary(idata)
+        draws = thin_draws(post, spec.score.max_draws, chain_weights=stacked_weights(conv))
+        scores, logps = score_draws(*draws, probes)
+        summaries.append(summarize_scores(scores, logps, spec.score.band))
+        modes = conv.get("chain_modes", {})
+        weights = modes.get("chain_weights", [])
+        mode_text = "; ".join(f"{m} w {sum(weights[c] for c in m):.2f} r_hat {r:.3f}"
+                              for m, r in zip(modes.get("modes", []), modes.get("mode_r_hat", [])))
+        rows.append((key, wall, coarsening.zeta, conv["max_r_hat"], conv.get("max_mode_r_hat", float("nan")),
+                     mode_text, conv["divergences"]))
+    worst = (0.0, None, None)
+    for (i, a), (j, b) in itertools.combinations(enumerate(summaries), 2):
+        width = 0.5 * ((a.upper - a.lower) + (b.upper - b.lower))
+        ratio = np.abs(a.mean - b.mean) / width
+        if ratio.max() > worst[0]:
+            worst = (float(ratio.max()), (keys[i], keys[j]), int(np.unravel_index(np.argmax(ratio), ratio.shape)[0]))
+    return rows, worst
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", help="spec file or shipped study name")
+    parser.add_argument("--keys", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--members", type=int, default=None, help="smaller data (built-in systems)")
+    parser.add_argument("--cells", type=int, default=None)
+    parser.add_argument("--components", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--draws", type=int, default=None)
+    parser.add_argument("--coarsening", default=None, help='"auto", "off" or alpha (default: the spec\'s)')
+    args = parser.parse_args(argv)
+    coarsening = args.coarsening
+    if coarsening not in (None, "auto", "off"):
+        coarsening = float(coarsening)
+    overrides = {"data": {"members": args.members}, "partition": {"cells": args.cells},
+                 "mixture": {"components": args.components, "coarsening": coarsening},
+                 "sampler": {"warmup": args.warmup, "draws": args.draws}}
+    overrides = {s: {k: v for k, v in d.items() if v is not None} for s, d in overrides.items()}
+    spec = load_spec(args.spec, overrides={s: d for s, d in overrides.items() if d})
+    rows, (ratio, pair, probe) = run(spec, args.keys)
+    print(f"study {spec.study.name}: K = {spec.mixture.components}, {spec.sampler.chains} chains x "
+          f"({spec.sampler.warmup} + {spec.sampler.draws}), seed {spec.study.seed}")
+    print("| NUTS key | posterior s | zeta | r_hat (all chains) | max r_hat within a mode | modes: chains, weight, "
+          "r_hat | divergences |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for key, wall, zeta, rhat, mode_rhat, modes, div in rows:
+        print(f"| {key} | {wall:.1f} | {zeta:.3f} | {rhat:.3f} | {mode_rhat:.3f} | {modes} | {div} |")
+    verdict = "reproducible" if ratio < REPRODUCIBLE else "NOT reproducible"
+    print(f"| max over key pairs of max over probes of abs(mean difference) / band width | {ratio:.3f} "
+          f"(keys {pair}, probe {probe}) | threshold {REPRODUCIBLE} | {verdict} | | | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+r"""Chains that settle in different modes: grouping them into modes and stacking them.
+
+A mixture posterior has many local modes; NUTS chains started apart can each stay in one.
+When they do, the chains are not draws of one distribution and pooling them with equal
+weights is arbitrary.  Following Yao, Vehtari & Gelman ("Stacking for non-mixing Bayesian
+computations", JMLR 23, 2022), each chain is treated as its own approximate posterior and
+the chains are combined with the weights that maximise the leave-one-out predictive density
+of the data:
+
+.. math::
+
+    \max_{w \in \Delta_C} \sum_m c_m \log \sum_k w_k \, p_k(x_m \mid x_{-m}),
+
+where :math:`p_k(x_m \mid x_{-m})` is chain :math:`k`'s PSIS-LOO predictive density of one
+snapshot of cell :math:`m` (importance ratios :math:`1/p(x_m \mid \theta)` over the chain's
+draws, Pareto-smoothed) and the cell count :math:`c_m` weights the cell as that many
+snapshots (arviz's ``stacking`` takes no observation weights).  The objective is concave in
+:math:`w`; it is maximised by the EM fixed point
+:math:`w_k \leftarrow \sum_m c_m\, r_{km} / \sum_m c_m`,
+:math:`r_{km} = w_k p_{km} / \sum_j w_j p_{jm}`.
+
+Modes: two chains belong to one mode when the label-invariant r_hat of the two of them is
+below :data:`SAME_MODE_R_HAT` (single linkage).  r_hat within each mode says whether the
+chains of a mode mix; r_hat over all chains says whether there is more than one mode.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import arviz as az
+import numpy as np
+import xarray as xr
+
+__all__ = ["SAME_MODE_R_HAT", "ChainModes", "chain_loo_densities", "stacking_weights", "chain_modes",
+           "draw_allocation"]
+
+SAME_MODE_R_HAT = 1.05  # pairwise label-invariant r_hat below this: the two chains sample one mode
+EM_STEPS = 2000
+EM_TOLERANCE = 1e-12
+
+
+class ChainModes(NamedTuple):
+    """Chains grouped into modes, each mode's r_hat, and the chains' stacking weights."""
+
+    modes: tuple  # tuple of tuples of chain indices, by decreasing total weight
+    mode_r_hat: tuple  # label-invariant r_hat within each mode (split r_hat for a one-chain mode)
+    weights: np.ndarray  # (chains,) stacking weights, summing to 1
+    stacked: bool  # True when the weights come from stacking (more than one mode), False: equal
+    max_pareto_k: float  # worst PSIS shape over cells and chains (NaN if not stacked)
+
+    def to_json(self) -> dict:
+        return {"modes": [list(m) for m in self.modes],
+                "mode_r_hat": [float(v) for v in self.mode_r_hat],
+                "chain_weights": [float(v) for v in self.weights],
+                "stacked": bool(self.stacked),
+                "max_pareto_k": float(self.max_pareto_k)}
+
+
+def chain_loo_densities(cell_log_lik, counts):
+    """Each chain's PSIS-LOO log predictive density of one snapshot of each cell.
+
+    ``cell_log_lik`` ``(chains, draws, M)``: the cells' log-likelihood terms ``c_m log p(x_m | theta)``
+    (``posterior.nc``'s ``log_likelihood``); ``counts`` ``(M,)``.  Returns ``(lpd (chains, M),
+    pareto_k (chains, M))``.
+    """
+    cell_log_lik = np.asarray(cell_log_lik, np.float64)
+    counts = np.asarray(counts, np.float64)
+    if cell_log_lik.ndim != 3 or cell_log_lik.shape[2] != counts.shape[0]:
+        raise ValueError(f"cell_log_lik must be (chains, draws, {counts.shape[0]}), got {cell_log_lik.shape}")
+    point = cell_log_lik / counts  # log p(x_m | theta): one snapshot of the cell
+    lpd, khat = [], []
+    for chain in point:  # (draws, M)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            log_w, k = az.psislw(-chain.T)  # (M, draws), normalised
+        terms = np.asarray(log_w) + chain.T
+        top = terms.max(axis=1, keepdims=True)
+        lpd.append(top[:, 0] + np.log(np.exp(terms - top).sum(axis=1)))
+        khat.append(np.asarray(k))
+    return np.asarray(lpd), np.asarray(khat)
+
+
+def stacking_weights(lpd, counts) -> np.ndarray:
+    """Simplex weights maximising ``sum_m c_m log sum_k w_k exp(lpd[k, m])`` (EM, from equal weights)."""
+    lpd = np.asarray(lpd, np.float64)
+    counts = np.asarray(counts, np.float64)
+    dens = np.exp(lpd - lpd.max(axis=0, keepdims=True))  # (chains, M); a per-cell scale leaves w unchanged
+    w = np.full(lpd.shape[0], 1.0 / lpd.shape[0])
+    total = counts.sum()
+    for _ in range(EM_STEPS):
+        mix = w @ dens
+        new = w * (dens @ (counts / mix)) / total
+        new /= new.sum()
+        if np.max(np.abs(new - w)) < EM_TOLERANCE:
+            w = new
+            break
+        w = new
+    return w
+
+
+def _pair_r_hat(post, i: int, j: int) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rhat = az.rhat(post.isel(chain=[i, j]))
+    return float(max(float(rhat[v].max()) for v in rhat.data_vars))
+
+
+def _r_hat(post, chains) -> float:
+    """Label-invariant r_hat over ``chains``; for one chain, over its two halves (split r_hat)."""
+    sub = post.isel(chain=list(chains))
+    if len(chains) == 1:
+        half = sub.sizes["draw"] // 2
+        sub = xr.concat([sub.isel(draw=slice(0, half)),
+                         sub.isel(draw=slice(half, 2 * half)).assign_coords(draw=sub["draw"][:half])], dim="chain")
+        sub = sub.assign_coords(chain=[0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rhat = az.rhat(sub)
+    return float(max(float(rhat[v].max()) for v in rhat.data_vars))
+
+
+def chain_modes(probes, cell_log_lik=None, counts=None) -> ChainModes:
+    """Group chains into modes by their label-invariant ``probes`` (an xarray Dataset with ``chain``
+    and ``draw`` dimensions) and, when there is more than one mode and the cells' log-likelihood
+    terms are given, stack the chains; otherwise the chains share equal weights."""
+    chains = int(probes.sizes["chain"])
+    parent = list(range(chains))
+
+    def root(c):
+        while parent[c] != c:
+            c = parent[c]
+        return c
+
+    for i in range(chains):
+        for j in range(i + 1, chains):
+            if root(i) != root(j) and _pair_r_hat(probes, i, j) < SAME_MODE_R_HAT:
+                parent[root(j)] = root(i)
+    groups = {}
+    for c in range(chains):
+        groups.setdefault(root(c), []).append(c)
+    modes = [tuple(g) for g in groups.values()]
+    weights, stacked, max_k = np.full(chains, 1.0 / chains), False, float("nan")
+    if len(modes) > 1 and cell_log_lik is not None:
+        lpd, khat = chain_loo_densities(cell_log_lik, counts)
+        weights, stacked, max_k = stacking_weights(lpd, counts), True, float(np.max(khat))
+    modes.sort(key=lambda m: (-float(weights[list(m)].sum()), m))
+    return ChainModes(tuple(modes), tuple(_r_hat(probes, m) for m in modes), weights, stacked, max_k)
+
+
+def draw_allocation(weights, total: int, available: int) -> np.ndarray:
+    """Draws to take from each chain, ``(chains,)`` summing to ``total`` (at most ``available`` each):
+    proportional to ``weights``, by largest remainder, so the thinned draws are the weighted mixture
+    of the chains."""
+    weights = np.asarray(weights, np.float64)
+    total = int(min(total, available * np.count_nonzero(weights > 0)))
+    share = weights / weights.sum() * total
+    take = np.minimum(np.floor(share).astype(int), available)
+    order = np.argsort(-(share - np.floor(share)), kind="stable")
+    i = 0
+    while take.sum() < total:
+        c = order[i % len(order)]
+        if take[c] < available and weights[c] > 0:
+            take[c] += 1
+        i += 1
+    return take

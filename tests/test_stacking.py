@@ -1,0 +1,100 @@
+"""Stacking of chains (Yao, Vehtari & Gelman 2022) with the coreset's counts as observation weights."""
+import arviz as az
+import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
+from scipy.stats import norm
+
+import kgmm_bayes  # noqa: F401
+from kgmm_bayes.bayes.score import thin_draws
+from kgmm_bayes.bayes.stacking import chain_loo_densities, chain_modes, draw_allocation, stacking_weights
+
+
+def test_two_chain_weights_maximise_the_count_weighted_objective():
+    rng = np.random.default_rng(0)
+    lpd = rng.normal(size=(2, 40))
+    counts = rng.integers(1, 30, 40).astype(float)
+
+    def negative(w):
+        return -np.sum(counts * np.log(w * np.exp(lpd[0]) + (1 - w) * np.exp(lpd[1])))
+    best = minimize_scalar(negative, bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-12}).x
+    w = stacking_weights(lpd, counts)
+    assert w.sum() == pytest.approx(1.0, abs=1e-14)
+    assert w[0] == pytest.approx(best, abs=1e-6)
+
+
+def test_a_chain_worse_at_every_cell_gets_no_weight_and_copies_share_equally():
+    lpd = np.array([[-1.0, -2.0, -0.5], [-3.0, -4.0, -2.5], [-1.0, -2.0, -0.5]])
+    w = stacking_weights(lpd, np.array([5.0, 1.0, 2.0]))
+    assert w[1] < 1e-6
+    assert w[0] == pytest.approx(w[2], rel=1e-12) and w[0] + w[2] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_counts_weight_cells_as_that_many_snapshots():
+    # cells given once with count c equal the same cells repeated c times with count 1
+    rng = np.random.default_rng(1)
+    lpd = rng.normal(size=(3, 6))
+    counts = np.array([1, 4, 2, 7, 1, 3])
+    repeated = np.repeat(lpd, counts, axis=1)
+    np.testing.assert_allclose(stacking_weights(lpd, counts.astype(float)),
+                               stacking_weights(repeated, np.ones(counts.sum())), atol=1e-9)
+
+
+def test_psis_loo_density_matches_the_exact_conjugate_answer():
+    # y ~ N(mu, 1), mu ~ N(0, tau^2); cells y_m seen c_m times; exact posterior draws
+    rng = np.random.default_rng(2)
+    tau2, y, counts = 4.0, rng.normal(0.7, 1.0, 12), rng.integers(1, 4, 12).astype(float)
+    precision = 1 / tau2 + counts.sum()
+    mean = (counts * y).sum() / precision
+    mu = rng.normal(mean, precision**-0.5, size=(1, 40_000))
+    cell_ll = counts * norm.logpdf(y[None, None, :], mu[..., None], 1.0)  # (1, draws, M): c_m log p(y_m | mu)
+    lpd, khat = chain_loo_densities(cell_ll, counts)
+    # leave one snapshot of cell m out: precision - 1, mean without it; predictive N(m_-, 1 + 1 / prec_-)
+    prec_out = precision - 1
+    mean_out = ((counts * y).sum() - y) / prec_out
+    exact = norm.logpdf(y, mean_out, np.sqrt(1 + 1 / prec_out))
+    assert np.all(khat < 0.5)
+    # Monte Carlo error of a log importance-sampling mean over 40,000 draws: well under 0.005 here
+    np.testing.assert_allclose(lpd[0], exact, atol=0.005)
+
+
+def _probe_chains(means, draws=400, seed=3):
+    rng = np.random.default_rng(seed)
+    values = np.stack([rng.normal(m, 1.0, size=(draws, 3)) for m in means])  # (chain, draw, probe)
+    return az.convert_to_dataset({"probe_log_density": values}).rename({"probe_log_density_dim_0": "probe"})
+
+
+def test_chains_in_two_modes_are_grouped_and_stacked():
+    probes = _probe_chains([0.0, 0.0, 6.0, 6.0])
+    rng = np.random.default_rng(4)
+    counts = rng.integers(1, 10, 30).astype(float)
+    cell_ll = np.concatenate([np.full((2, 400, 30), -1.0), np.full((2, 400, 30), -1.3)]) * counts
+    cell_ll += rng.normal(0, 1e-3, cell_ll.shape)
+    modes = chain_modes(probes, cell_ll, counts)
+    assert modes.modes == ((0, 1), (2, 3))
+    assert modes.stacked and modes.weights[:2].sum() > 0.99  # the mode that predicts better takes the weight
+    assert all(r < 1.02 for r in modes.mode_r_hat)
+    one = chain_modes(_probe_chains([0.0, 0.0, 0.0]))
+    assert one.modes == ((0, 1, 2),) and not one.stacked
+    np.testing.assert_array_equal(one.weights, np.full(3, 1 / 3))
+
+
+def test_draw_allocation_and_weighted_thinning():
+    np.testing.assert_array_equal(draw_allocation(np.full(4, 0.25), 200, 500), [50, 50, 50, 50])
+    np.testing.assert_array_equal(draw_allocation([0.5, 0.25, 0.25], 8, 100), [4, 2, 2])
+    np.testing.assert_array_equal(draw_allocation([0.0, 1.0], 10, 6), [0, 6])  # capped at what a chain has
+    take = draw_allocation([0.34, 0.33, 0.33], 7, 100)
+    assert take.sum() == 7 and set(take) <= {2, 3}
+
+    class Post:
+        rng = np.random.default_rng(5)
+        weights = rng.dirichlet(np.ones(3), size=(4, 50))
+        means = rng.normal(size=(4, 50, 3, 2))
+        cov_chol = rng.normal(size=(4, 50, 3, 2, 2))
+    equal = thin_draws(Post, 40)
+    for a, b in zip(equal, thin_draws(Post, 40, chain_weights=np.full(4, 0.25))):
+        np.testing.assert_array_equal(a, b)
+    weighted = thin_draws(Post, 40, chain_weights=[0.7, 0.1, 0.1, 0.1])
+    assert len(weighted[0]) == 40
+    firsts = [np.flatnonzero((Post.weights[c][:, None] == weighted[0][None]).all(-1).any(0)).size for c in range(4)]
+    assert firsts == [28, 4, 4, 4]
