@@ -19,6 +19,7 @@ import numpy as np
 
 from .bayes.score import (
     ScoreSummary,
+    band_around,
     field_draws,
     physical_draws,
     predictive_drift,
@@ -71,11 +72,16 @@ class BayesianKGMM(NamedTuple):
             raise InputError("points hold NaN or infinite values")
         return x
 
-    def score(self, x, band: float = 0.9, chunk: Optional[int] = None) -> ScoreSummary:
+    def score(self, x, band: float = 0.9, chunk: Optional[int] = None, drift: str = "mixture") -> ScoreSummary:
         """Posterior score summary at points ``x`` ``(n, d)`` in physical units.
 
         ``mean``, ``std``, ``lower``/``upper`` (equal-tailed ``band``) over the draws' scores,
         and ``predictive``: the score of the posterior-predictive density.
+
+        ``drift="interpolant"``: the band of what an interpolant-driven reduced-order model
+        uses: centred on the interpolant, each half-width widened by its held-out error
+        (``metrics["interpolant"]["heldout_rms_error"]``, measured at training snapshots the
+        network did not see), added in quadrature (:func:`kgmm_bayes.bayes.score.band_around`).
 
         Evaluated ``chunk`` points at a time (default :func:`score_chunk`), each chunk
         summarised on its own (every summary is per point), so memory stays bounded
@@ -84,6 +90,14 @@ class BayesianKGMM(NamedTuple):
         x = self._points(x)
         if not 0 < band < 1:
             raise InputError(f"band must lie strictly between 0 and 1, got {band}")
+        if drift not in DRIFTS:
+            raise InputError(f"drift must be one of {DRIFTS}, got {drift!r}")
+        error = None
+        if drift == "interpolant":
+            error = (self.metrics or {}).get("interpolant", {}).get("heldout_rms_error")
+            if error is None or None in error:
+                raise InputError("this result has no held-out interpolant error (metrics of an older version): "
+                                 "no interpolant band")
         d = x.shape[1]
         parts = [summarize_scores(s, lp, band) for s, lp in self._blocks(x, chunk)]
         std = self.zscore.std
@@ -91,8 +105,11 @@ class BayesianKGMM(NamedTuple):
         def joined(field):
             arrays = [getattr(p, field) for p in parts]
             return (np.concatenate(arrays) if arrays else np.zeros((0, d))) / std
-        return ScoreSummary(mean=joined("mean"), std=joined("std"), lower=joined("lower"),
-                            upper=joined("upper"), predictive=joined("predictive"), band=band)
+        summary = ScoreSummary(mean=joined("mean"), std=joined("std"), lower=joined("lower"),
+                               upper=joined("upper"), predictive=joined("predictive"), band=band)
+        if error is None:
+            return summary
+        return band_around(summary, self.interpolant_score(x), np.asarray(error, np.float64) / std)
 
     def score_draws(self, x, chunk: Optional[int] = None) -> np.ndarray:
         """Each posterior draw's mixture score at ``x`` ``(n, d)``: ``(draws, n, d)``, physical units.

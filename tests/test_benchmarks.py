@@ -14,6 +14,10 @@ CASES = {
     "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],
     "bench_reproducibility.py": ["reduced_1d", "--keys", "0", "1", "--members", "4", "--cells", "60",
                                  "--components", "3", "--warmup", "30", "--draws", "30", "--coarsening", "off"],
+    "bench_user_calibration.py": ["--sizes", "2000", "--members", "10", "--points", "200", "--settings",
+                                  '[partition]\\ncells = 100\\n[mixture]\\ncomponents = 3\\ncoarsening = "off"\\n'
+                                  '[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
+                                  '[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 0\\nthin = 10'],
 }
 
 

@@ -139,3 +139,24 @@ def test_simulate_mixture_ensemble_member_equals_a_single_run_of_its_draw():
     alone = single.simulate(6, 200, dt=0.01, key=jax.random.split(jax.random.key(7), S)[2], drift="mixture",
                             x0=x0, thin=10)
     np.testing.assert_allclose(ens[2], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_the_interpolant_band_is_the_posterior_band_recentred_and_widened_by_its_error():
+    from scipy.stats import norm
+
+    result, *_ = _result()
+    shift = np.array([0.3, -0.2])
+    result = result._replace(interpolant=lambda z: jnp.asarray(z) * 0.0 + shift,
+                             metrics={"interpolant": {"heldout_rms_error": [0.1, 0.4]}})
+    post, band = result.score(POINTS, band=0.8), result.score(POINTS, band=0.8, drift="interpolant")
+    center = shift / result.zscore.std  # the interpolant's score in physical units
+    np.testing.assert_allclose(band.mean, np.broadcast_to(center, band.mean.shape), rtol=1e-6)
+    extra = (norm.ppf(0.9) * np.array([0.1, 0.4]) / result.zscore.std) ** 2
+    np.testing.assert_allclose(band.upper - band.mean, np.sqrt((post.upper - post.mean) ** 2 + extra), rtol=1e-10)
+    np.testing.assert_allclose(band.mean - band.lower, np.sqrt((post.mean - post.lower) ** 2 + extra), rtol=1e-10)
+    no_error = result._replace(metrics={"interpolant": {"heldout_rms_error": [0.0, 0.0]}})
+    same = no_error.score(POINTS, drift="interpolant")
+    np.testing.assert_allclose(same.upper - same.lower, result.score(POINTS).upper - result.score(POINTS).lower,
+                               rtol=1e-12)
+    with pytest.raises(InputError, match="held-out interpolant error"):
+        result._replace(metrics={}).score(POINTS, drift="interpolant")

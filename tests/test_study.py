@@ -74,8 +74,14 @@ def test_outputs_are_complete_and_loadable(small_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["timings"]["posterior"] > 0
     assert metrics["data"]["train_snapshots"] == 20 * 200
-    for key in ("relative_error_posterior_mean", "band_coverage"):
+    for key in ("relative_error_posterior_mean", "band_coverage", "band_coverage_interpolant"):
         assert 0 <= metrics["score"][key] <= 1
+    # the interpolant's band adds its held-out error to the posterior band: it covers at least as often
+    assert metrics["score"]["band_coverage_interpolant"] >= metrics["score"]["band_coverage"] - 0.2
+    assert len(metrics["interpolant"]["heldout_rms_error"]) == 1 and metrics["interpolant"]["heldout_rms_error"][0] > 0
+    modes = metrics["posterior"]["chain_modes"]
+    assert sorted(c for m in modes["modes"] for c in m) == [0, 1]
+    assert abs(sum(modes["chain_weights"]) - 1) < 1e-12 and len(modes["mode_r_hat"]) == len(modes["modes"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         idata = az.from_netcdf(out / "posterior.nc")

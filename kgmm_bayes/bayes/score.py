@@ -35,7 +35,7 @@ from .mixture import (
 __all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "mixture_fields", "ScoreCoefficients",
            "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores",
            "thin_draws", "predictive_score_fn", "predictive_drift", "field_draws", "physical_draws",
-           "summarize_log_densities", "summarize_divergences"]
+           "summarize_log_densities", "summarize_divergences", "band_around"]
 
 
 def _whitened(weights, means, cov_chol, x):
@@ -270,3 +270,19 @@ def predictive_drift(draws, dtype=jnp.float32):
     precision, then cast to ``dtype``), so each step is two dense matrix products.
     """
     return coefficient_score, score_coefficients(*_pooled(tuple(np.asarray(a) for a in draws)), dtype=dtype)
+
+
+def band_around(summary: ScoreSummary, center, extra_sd) -> ScoreSummary:
+    """The posterior band of ``summary`` moved onto ``center`` (e.g. the interpolant, which the
+    reduced-order model uses) and widened by an independent error of standard deviation ``extra_sd``
+    (per coordinate): each half-width ``h`` becomes ``sqrt(h^2 + (z extra_sd)^2)`` with ``z`` the
+    normal quantile of the band, and ``std`` becomes ``sqrt(std^2 + extra_sd^2)``."""
+    from scipy.stats import norm
+
+    z = norm.ppf(0.5 + 0.5 * summary.band)
+    extra = (z * np.asarray(extra_sd)) ** 2
+    center = np.asarray(center)
+    return ScoreSummary(mean=center, std=np.sqrt(summary.std**2 + np.asarray(extra_sd) ** 2),
+                        lower=center - np.sqrt((summary.mean - summary.lower) ** 2 + extra),
+                        upper=center + np.sqrt((summary.upper - summary.mean) ** 2 + extra),
+                        predictive=summary.predictive, band=summary.band)

@@ -99,6 +99,10 @@ def write_report(path, spec, metrics: dict) -> None:
                     for n, v in zip(spec.data.variables or re["per_marginal"], re["per_marginal"])) + "; "
         f"mean {_fmt(re['mean'])}",
         f"- Sampling floor (training data vs reference, same metric): mean {_fmt(re['data_floor_mean'])}",
+        f"- Interpolant: relative error against the posterior-mean score at the cells "
+        f"{_fmt(metrics['interpolant']['relative_error_vs_posterior_mean'])}; RMS error at training snapshots it "
+        f"did not see {', '.join(_fmt(v) for v in metrics['interpolant'].get('heldout_rms_error', []))} "
+        "(z-scored units; added to the band of the interpolant's score)",
         f"- Drift: {metrics['langevin']['drift']}; particles that left the box: {metrics['langevin']['escaped']}, "
         f"non-finite: {metrics['langevin']['non_finite']}; dt x max |drift Jacobian eigenvalue| = "
         f"{_fmt(metrics['langevin']['dt_times_max_jacobian_eigenvalue'])} (Euler-Maruyama unstable above 2)",
@@ -135,7 +139,8 @@ def write_report(path, spec, metrics: dict) -> None:
             "## Score against the analytic score (density-weighted, z-scored units)",
             f"- Relative error: posterior mean {_fmt(sc['relative_error_posterior_mean'])}, "
             f"predictive {_fmt(sc['relative_error_predictive'])}, interpolant {_fmt(sc['relative_error_interpolant'])}",
-            f"- Coverage of the {int(sc['band'] * 100)}% band: {_fmt(sc['band_coverage'])}",
+            f"- Coverage of the {int(sc['band'] * 100)}% band: {_fmt(sc['band_coverage'])}; of the interpolant's "
+            f"band (its held-out error added): {_fmt(sc.get('band_coverage_interpolant'))}",
         ]
         if sc["band_coverage"] is not None and sc["band_coverage"] < sc["band"] - 0.1:
             coarse = (post.get("coarsening") or {}).get("method") in ("auto", "fixed")

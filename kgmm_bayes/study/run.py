@@ -20,6 +20,7 @@ import numpy as np
 
 from .._version import __version__
 from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
+from ..bayes.score import band_around, score_draws
 from ..data.trajectory import split_members
 from ..files import atomic_write_bytes, json_floats, npy_bytes, npz_bytes
 from ..metrics import band_coverage, marginal_relative_entropies, weighted_score_error
@@ -184,6 +185,8 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     else:  # reported, not hidden: the model has no stationary samples to compare
         rel_ent = np.full(z.shape[1], np.nan)
     interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
+    interp_error = interpolant_heldout_error(interp, fit.draws, z)
+    interp_band = band_around(summary, interp_at_points, interp_error)
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,
         "data": {"source": data.source, "train_snapshots": int(len(data.train)),
@@ -194,7 +197,10 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
         "posterior": fit.convergence,
         "interpolant": {"final_loss": interp.final_loss,
                         "relative_error_vs_posterior_mean": weighted_score_error(interp_at_points, summary.mean,
-                                                                                 part.counts)},
+                                                                                 part.counts),
+                        # at training snapshots (the network saw only the cell centres), z-scored units: the
+                        # error term of the interpolant's band (result.score(x, drift="interpolant"))
+                        "heldout_rms_error": json_floats(interp_error)},
         "langevin": {"particles": int(lg.particles), "escaped": rom.escaped, "non_finite": rom.non_finite,
                      "kept_samples": int(len(kept)), "drift": lg.drift,
                      "dt_times_max_jacobian_eigenvalue": langevin.stiffness,
@@ -218,6 +224,8 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
             "relative_error_predictive": weighted_score_error(summary.predictive, true_at_points, part.counts),
             "relative_error_interpolant": weighted_score_error(interp_at_points, true_at_points, part.counts),
             "band_coverage": band_coverage(true_at_points, summary.lower, summary.upper, part.counts),
+            "band_coverage_interpolant": band_coverage(true_at_points, interp_band.lower, interp_band.upper,
+                                                       part.counts),
         }
     if rom.escaped or rom.non_finite:
         message = (f"langevin: {rom.escaped} of {lg.particles} particles left the box |x| <= {lg.box}, "
@@ -225,6 +233,19 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
         metrics["langevin"]["warning"] = message
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     return _Evaluation(metrics, rom_phys, rel_ent, interp_at_points, true_at_points)
+
+
+HELDOUT_POINTS = 4096  # training snapshots at which the interpolant's error is measured
+
+
+def interpolant_heldout_error(interp, draws, z) -> np.ndarray:
+    """RMS error per coordinate (z-scored) of the interpolant against the posterior-mean score at up to
+    :data:`HELDOUT_POINTS` training snapshots, evenly spaced through the data (it was trained on the
+    cell centres only, so these are points it did not see)."""
+    pts = np.asarray(z)[np.linspace(0, len(z) - 1, min(len(z), HELDOUT_POINTS)).round().astype(int)]
+    scores, _ = score_draws(*draws, pts)
+    error = np.asarray(interp(jnp.asarray(pts, jnp.float32)), np.float64) - scores.mean(axis=0)
+    return np.sqrt(np.mean(error**2, axis=0))
 
 
 def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation):

@@ -1,0 +1,224 @@
+"""The comparison's outputs: one row per estimator, as JSON, CSV, markdown and figures."""
+from __future__ import annotations
+
+import csv
+import io
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+__all__ = ["EstimatorRow", "KS_SPACING", "row_dict", "comparison_csv", "comparison_markdown", "plot_comparison",
+           "plot_ks", "finite_or_none"]
+
+KS_SPACING = 1.0  # time units between the snapshots of the KS decorrelation-time reference run
+
+
+class EstimatorRow(NamedTuple):
+    """One estimator's line of the comparison."""
+
+    estimator: str
+    timings: dict  # stage -> wall seconds
+    relative_entropy: np.ndarray  # (d,) per marginal, NaN without stationary samples
+    score_error: Optional[float]  # None without an analytic score
+    band_coverage: Optional[float]  # Bayesian only
+    langevin_s: float
+    escaped: int  # particles that left the box or became non-finite
+    info: dict
+
+    @property
+    def wall_s(self) -> float:
+        return float(sum(self.timings.values()))
+
+    @property
+    def relative_entropy_mean(self) -> float:
+        return float(np.mean(self.relative_entropy))
+
+
+def finite_or_none(value):
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _stages(rows) -> list:
+    names = []
+    for r in rows:
+        names += [s for s in r.timings if s not in names]
+    return names
+
+
+def row_dict(r: EstimatorRow) -> dict:
+    return {"estimator": r.estimator, "wall_s": r.wall_s, "timings": r.timings,
+            "relative_entropy_mean": finite_or_none(r.relative_entropy_mean),
+            "relative_entropy": [finite_or_none(v) for v in r.relative_entropy],
+            "score_error": finite_or_none(r.score_error), "band_coverage": finite_or_none(r.band_coverage),
+            "langevin_s": r.langevin_s, "escaped": r.escaped, "info": r.info}
+
+
+def comparison_csv(rows, dsm_reach) -> str:
+    stages = _stages(rows)
+    d = len(rows[0].relative_entropy)
+    header = (["estimator", "wall_s", "relative_entropy_mean"] + [f"time_{s}_s" for s in stages]
+              + [f"relative_entropy_x{i}" for i in range(d)]
+              + ["score_error", "band_coverage", "langevin_s", "escaped", "time_to_bayesian_s"])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+
+    def fmt(v):
+        return "" if v is None or not np.isfinite(v) else repr(float(v))
+
+    for r in rows:
+        reach = dsm_reach["reached_at_s"] if r.estimator == "dsm" and dsm_reach else None
+        writer.writerow([r.estimator, fmt(r.wall_s), fmt(r.relative_entropy_mean)]
+                        + [fmt(r.timings.get(s)) for s in stages] + [fmt(v) for v in r.relative_entropy]
+                        + [fmt(r.score_error), fmt(r.band_coverage), fmt(r.langevin_s), r.escaped, fmt(reach)])
+    return buf.getvalue()
+
+
+def _g(v, digits=3):
+    return "—" if v is None or not np.isfinite(v) else f"{v:.{digits}g}"
+
+
+def comparison_markdown(rows, dsm_reach, payload) -> str:
+    d = len(rows[0].relative_entropy)
+    head = (["estimator", "wall s", "stages (s)", "rel. entropy (mean)"]
+            + ([f"x{i}" for i in range(d)] if d > 1 else [])
+            + ["score error", "band coverage", "Langevin s", "particles lost"])
+    lines = [f"# Comparison: {payload['study']} (seed {payload['seed']})", "",
+             f"{payload['train_snapshots']} training and {payload['reference_snapshots']} reference snapshots, "
+             f"D = {payload['dim']}; relative entropy of two independent data sets (sampling floor): "
+             f"{_g(payload['data_floor_relative_entropy_mean'])}.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        stages = ", ".join(f"{s} {v:.1f}" for s, v in r.timings.items())
+        cells = ([r.estimator, f"{r.wall_s:.1f}", stages, _g(r.relative_entropy_mean)]
+                 + ([_g(v) for v in r.relative_entropy] if d > 1 else [])
+                 + [_g(r.score_error), _g(r.band_coverage), f"{r.langevin_s:.1f}", str(r.escaped)])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Wall time: building the score, compilation included; the Langevin run is apart. "
+              "Score error: density-weighted relative squared error against the analytic score at the "
+              "Bayesian score-target points. Band coverage: share of those points inside the Bayesian "
+              f"{int(rows[0].info.get('band', 0.9) * 100)}% band. Particles lost: left the box or became "
+              "non-finite; the relative entropy uses the others."]
+    cached = rows[0].info.get("cached_stages")
+    if cached:
+        lines += ["", f"Bayesian stages read from the stage cache: {', '.join(cached)} (the posterior's time is "
+                  "that of the run which computed it; the others are load times)."]
+    b = payload["baselines"]
+    lines += ["", f"Baselines: sigma = {b['sigma']}, classic KGMM with round(1/{b['min_leaf_probability']}) leaves "
+              f"and at most {b['max_passes']} noisy passes (relative tolerance {b['tolerance']}); DSM "
+              f"{b['dsm_epochs']} epochs, batch {b['dsm_batch']}, Adam {b['dsm_learning_rate']}; both networks "
+              "as the Bayesian interpolant ([interpolant]); scikit-learn BayesianGaussianMixture (full "
+              f"covariances, max_iter {b['sklearn_max_iter']})."]
+    if payload.get("ks_data_decorrelation_time") is not None:
+        lines += ["", "## Kuramoto-Sivashinsky statistics", "",
+                  "Pooled one-point PDF (relative entropy as for the marginals; L1 distance of histograms), "
+                  "L1 distance of the two-point PDFs P(u_i, u_i+s) pooled over i, and the decorrelation time "
+                  "(ACF integrated to its first zero) in model time over the data's in KS time (data: "
+                  + ", ".join(f"{v:.3g}" for v in payload["ks_data_decorrelation_time"])
+                  + f", from a run sampled every {KS_SPACING:g} time units).", "",
+                  "| estimator | one-point rel. entropy | one-point L1 | two-point L1, s = 1 | s = 2 | s = 3 "
+                  "| decorrelation time (model) | model / data |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            k = r.info.get("ks")
+            if k is None:
+                lines.append(f"| {r.estimator} | — | — | — | — | — | — | — |")
+                continue
+            lines.append(f"| {r.estimator} | {_g(k['one_point_relative_entropy'])} | {_g(k['one_point_l1'])} | "
+                         + " | ".join(_g(k["two_point_l1"][s]) for s in (1, 2, 3))
+                         + f" | {_g(float(np.mean(k['decorrelation_time_model'])))} | "
+                         f"{_g(float(np.mean(k['decorrelation_time_ratio_model_over_data'])))} |")
+    if dsm_reach:
+        target = dsm_reach["bayesian_relative_entropy_mean"]
+        curve = ", ".join(f"{p['epochs']} epochs ({p['training_s']:.1f} s): {_g(p['relative_entropy_mean'])}"
+                          for p in dsm_reach["checkpoints"])
+        verdict = (f"DSM reaches it after {dsm_reach['reached_at_epochs']} epochs, {dsm_reach['reached_at_s']:.1f} s "
+                   "of training." if dsm_reach["reached_at_s"] is not None else
+                   f"DSM does not reach it within its budget of {dsm_reach['budget_epochs']} epochs.")
+        lines += ["", f"DSM against time (quarter-length Langevin runs, {dsm_reach['langevin_steps']} steps): "
+                  f"Bayesian {_g(target)}; DSM {curve}. {verdict}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(path, rows, dsm_reach):
+    from matplotlib.figure import Figure  # drawn without pyplot: no backend is switched
+
+    stages = _stages(rows)
+    names = [r.estimator for r in rows]
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
+    ax = axes[0]
+    left = np.zeros(len(rows))
+    for j, s in enumerate(stages):
+        widths = np.array([r.timings.get(s, 0.0) for r in rows])
+        ax.barh(names, widths, left=left, color=f"C{j}", label=s)
+        left += widths
+    ax.invert_yaxis()
+    ax.set_xlabel("wall time (s)")
+    ax.set_title("cost of the score, by stage", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    d = len(rows[0].relative_entropy)
+    labels = [f"x{i}" for i in range(d)] + ["mean"]
+    width = 0.8 / len(rows)
+    for k, r in enumerate(rows):
+        values = np.append(r.relative_entropy, r.relative_entropy_mean)
+        ax.bar(np.arange(d + 1) + k * width, np.where(np.isfinite(values), values, 0.0), width, label=r.estimator)
+    ax.set_xticks(np.arange(d + 1) + 0.4 - width / 2, labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("relative entropy")
+    ax.set_title("relative entropy per marginal", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    for k, r in enumerate(rows):
+        if np.isfinite(r.relative_entropy_mean):
+            ax.scatter([r.wall_s], [r.relative_entropy_mean], color=f"C{k}", label=r.estimator, zorder=3)
+    if dsm_reach:
+        t = [p["training_s"] for p in dsm_reach["checkpoints"]]
+        v = [p["relative_entropy_mean"] for p in dsm_reach["checkpoints"]]
+        ax.plot(t, v, "k.--", lw=0.8, label="dsm checkpoints (short runs)")
+        ax.axhline(dsm_reach["bayesian_relative_entropy_mean"], color="C0", ls=":", lw=0.8,
+                   label="bayesian (short run)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("mean relative entropy")
+    ax.set_title("relative entropy against cost", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_ks(path, rows, data_tau):
+    """KS statistics per estimator: pooled one-point PDFs, two-point L1 distances, decorrelation times."""
+    from matplotlib.figure import Figure  # drawn without pyplot: no backend is switched
+
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
+    measured = [(k, r) for k, r in enumerate(rows) if "ks" in r.info]
+    for n, (k, r) in enumerate(measured):
+        pdf = r.info["ks"]["one_point_pdf"]
+        centres = 0.5 * (np.asarray(pdf["edges"][1:]) + np.asarray(pdf["edges"][:-1]))
+        if n == 0:
+            axes[0].semilogy(centres, np.maximum(pdf["reference"], 1e-6), "k", lw=1.5, label="data")
+        axes[0].semilogy(centres, np.maximum(pdf["model"], 1e-6), color=f"C{k}", lw=1, label=r.estimator)
+    axes[0].set_xlabel("u (pooled over coordinates)")
+    axes[0].set_ylabel("one-point PDF")
+    axes[0].set_title("pooled one-point PDF", fontsize=10)
+    axes[0].legend(fontsize=7)
+    width = 0.8 / max(1, len(measured))
+    for n, (k, r) in enumerate(measured):
+        l1 = [r.info["ks"]["two_point_l1"][s] for s in (1, 2, 3)]
+        axes[1].bar(np.arange(3) + n * width, l1, width, color=f"C{k}", label=r.estimator)
+        tau = r.info["ks"]["decorrelation_time_ratio_model_over_data"]
+        axes[2].bar(np.arange(len(tau)) + n * width, tau, width, color=f"C{k}", label=r.estimator)
+    axes[1].set_xticks(np.arange(3) + 0.4 - width / 2, ["s = 1", "s = 2", "s = 3"])
+    axes[1].set_ylabel("L1 distance to the data's two-point PDF")
+    axes[1].set_title("two-point PDFs P(u_i, u_i+s)", fontsize=10)
+    axes[1].legend(fontsize=7)
+    d = len(data_tau)
+    axes[2].set_xticks(np.arange(d) + 0.4 - width / 2, [f"u{i}" for i in range(d)])
+    axes[2].set_ylabel("decorrelation time: model (model time) / data (KS time)")
+    axes[2].set_title("decorrelation times, data: " + ", ".join(f"{v:.2g}" for v in data_tau), fontsize=10)
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
