@@ -112,7 +112,7 @@ def _list(args) -> int:
     for name, path in studies.items():
         spec = load_spec(path)
         source = spec.data.system or spec.data.path
-        print(f"{name:<{width}}  system {source}, K = {spec.mixture.components}, "
+        print(f"{name:<{width}}  system {source}, K = {spec.mixture.components or 'from the data'}, "
               f"{spec.sampler.chains} chains x ({spec.sampler.warmup} + {spec.sampler.draws})")
     print(f"run one with: kgmm-bayes run <name>   (specs in {os.path.dirname(next(iter(studies.values()), ''))})")
     return 0

@@ -57,7 +57,7 @@ class PartitionSection(NamedTuple):
 
 
 class MixtureSection(NamedTuple):
-    components: int = 10
+    components: Optional[int] = None  # None: 10 for a built-in system, chosen from the data for user data
     select_components: tuple = ()  # candidate K: the study fits each and keeps the best by PSIS-LOO
     dirichlet_alpha: float = 5.0  # pseudo-counts: keeps components from dying (funnels, extra modes)
     mean_scale: float = 0.25  # prior sd of each mean, in units of its cluster spread
@@ -162,6 +162,7 @@ POSITIVE_FLOAT = {
 }
 OPEN_UNIT = {("sampler", "target_accept"), ("score", "band"), ("baselines", "min_leaf_probability")}
 
+SYSTEM_COMPONENTS = 10  # [mixture] components of a built-in system's study that does not set it
 DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d"}}
 
 MAX_INT = 2**63 - 1  # integer keys: the int64 range (jax.random.key(seed) overflows above it)
@@ -314,7 +315,9 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     if too_many:
         raise SpecError(f"[mixture] select_components {too_many} exceed [partition] cells "
                         f"({sections['partition'].cells})")
-    if sections["partition"].cells < sections["mixture"].components:
+    if sections["mixture"].components is None and data.system is not None:
+        sections["mixture"] = sections["mixture"]._replace(components=SYSTEM_COMPONENTS)
+    if sections["mixture"].components is not None and sections["partition"].cells < sections["mixture"].components:
         raise SpecError(f"[partition] cells ({sections['partition'].cells}) must be >= "
                         f"[mixture] components ({sections['mixture'].components})")
     ensemble = sections["ensemble"]

@@ -309,3 +309,24 @@ def test_overrides_replace_single_keys_and_are_validated():
     with pytest.raises(SpecError, match=r"override of \[sampler\] must be a table"):
         load_spec(None, overrides={"sampler": 10})
     assert load_spec(MODELS / "lorenz63.toml") == load_spec(MODELS / "lorenz63.toml", overrides={})
+
+
+def test_k_is_10_for_a_system_and_chosen_from_the_data_for_user_data(tmp_path):
+    from kgmm_bayes.study.checks import AUTO_CANDIDATES, auto_components, screening_spec
+
+    assert spec_from_dict({"data": {"system": "four_well_2d"}}).mixture.components == 10
+    user = spec_from_dict({"data": {"path": str(tmp_path / "x.npy")}})
+    assert user.mixture.components is None
+    # 4800 snapshots in 2D: every candidate has >= 20 snapshots per parameter (6K - 1 parameters)
+    chosen = auto_components(user, 4800, 2)
+    assert chosen.mixture.select_components == AUTO_CANDIDATES == (4, 8, 16, 32)
+    # 1000 snapshots in 3D: 10K - 1 parameters; K = 4 is the only one with 20 per parameter
+    small = auto_components(user, 1000, 3)
+    assert small.mixture.components == 4 and small.mixture.select_components == ()
+    # fewer cells than 10 per component rule out the large K
+    few_cells = auto_components(user._replace(partition=user.partition._replace(cells=100)), 4800, 2)
+    assert few_cells.mixture.select_components == (4, 8)
+    given = spec_from_dict({"data": {"path": str(tmp_path / "x.npy")}, "mixture": {"components": 6}})
+    assert auto_components(given, 4800, 2) == given
+    quick = screening_spec(user)
+    assert (quick.sampler.warmup, quick.sampler.draws) == (200, 200) and quick.sampler.chains == user.sampler.chains

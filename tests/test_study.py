@@ -257,6 +257,13 @@ def test_data_file_spec_with_only_a_path_runs_with_defaults(tmp_path):
     assert metrics["data"]["reference_snapshots"] == 2 * 600
     assert "score" not in metrics  # no analytic score for user data
     assert metrics["relative_entropy"]["mean"] < 0.05
+    # no [mixture] components: K chosen from the data by PSIS-LOO among the candidates the data support
+    chosen = metrics["model_selection"]["chosen_from_data"]
+    assert chosen["candidates"] == [4, 8, 16, 32]
+    assert metrics["partition"]["components"] == metrics["model_selection"]["best"] in chosen["candidates"]
+    elpd = metrics["model_selection"]["elpd_loo"]
+    assert elpd[str(metrics["model_selection"]["best"])] == max(elpd.values())
+    assert "The spec gave no K" in (tmp_path / "kgmm-runs" / "mine" / "report.md").read_text()
 
 
 def test_fit_api_on_a_dataarray_and_the_notebook_round_trip(tmp_path):

@@ -8,11 +8,16 @@ from ..data.trajectory import load_trajectory, validate_snapshots
 from ..errors import InputError
 from ..spec import MAX_SEED, Spec
 
-__all__ = ["check_seed", "load_user_data", "mixture_parameters", "check_sizes", "LARGE_DIMENSION"]
+__all__ = ["check_seed", "load_user_data", "mixture_parameters", "check_sizes", "auto_components", "screening_spec",
+           "LARGE_DIMENSION", "AUTO_CANDIDATES"]
 
 # The largest dimension sampled on 2 CPU cores in a shipped study is 8; the cost of a NUTS gradient grows
 # like K d^3 and its compile time steeply with d.
 LARGE_DIMENSION = 16
+AUTO_CANDIDATES = (4, 8, 16, 32)  # K compared when user data come with no [mixture] components
+SNAPSHOTS_PER_PARAMETER = 20
+CELLS_PER_COMPONENT = 10
+SCREENING_DRAWS = 200
 
 
 def check_seed(seed) -> int:
@@ -36,6 +41,32 @@ def load_user_data(spec: Spec, array=None):
 def mixture_parameters(k: int, d: int) -> int:
     """Free parameters of a K-component full-covariance Gaussian mixture in d dimensions."""
     return k * (d + d * (d + 1) // 2) + k - 1
+
+
+def auto_components(spec: Spec, n: int, d: int) -> Spec:
+    """The spec with K to be chosen from the data when it sets none (user data): candidates
+    :data:`AUTO_CANDIDATES` that the data can support (at least :data:`SNAPSHOTS_PER_PARAMETER`
+    training snapshots per mixture parameter and :data:`CELLS_PER_COMPONENT` cells per
+    component), compared by PSIS-LOO on screening posteriors (:func:`screening_spec`)."""
+    m = spec.mixture
+    if m.components is not None:
+        return spec
+    if m.select_components:
+        return spec._replace(mixture=m._replace(components=m.select_components[0]))
+    cells = min(spec.partition.cells, n // 2)
+    fits = tuple(k for k in AUTO_CANDIDATES if mixture_parameters(k, d) * SNAPSHOTS_PER_PARAMETER <= n
+                 and k * CELLS_PER_COMPONENT <= cells)
+    candidates = fits if len(fits) > 1 else (fits or (AUTO_CANDIDATES[0],))
+    return spec._replace(mixture=m._replace(components=candidates[0],
+                                            select_components=candidates if len(candidates) > 1 else ()))
+
+
+def screening_spec(spec: Spec) -> Spec:
+    """The sampler of the screening posteriors that compare candidate K: at most
+    :data:`SCREENING_DRAWS` warmup and draws per chain (LOO differences between K are many
+    nats; the chosen K is then sampled with the spec's own settings)."""
+    s = spec.sampler
+    return spec._replace(sampler=s._replace(warmup=min(s.warmup, SCREENING_DRAWS), draws=min(s.draws, SCREENING_DRAWS)))
 
 
 def check_sizes(spec: Spec, n: int, d: int) -> int:

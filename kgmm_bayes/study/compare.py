@@ -162,6 +162,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
 
     _log(progress, "bayesian estimator")
     result = run_study(spec, out_dir=bayes_dir, seed=seed, progress=progress, force=force, data=user_data)
+    spec = spec._replace(mixture=result.spec.mixture)  # K as fitted (chosen from the data when the spec gave none)
     data_key, reference_key, _, _, _, langevin_key = study_keys(seed)
     data = prepare_data(spec, data_key, reference_key, StageReader(result.out_dir), user_data=user_data)
     z = data.zscore.forward(data.train)

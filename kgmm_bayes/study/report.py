@@ -156,6 +156,11 @@ def write_report(path, spec, metrics: dict) -> None:
                   "- " + ", ".join(f"K={k}: elpd_loo {_fmt(v)} (se {_fmt(sel['se'][k])}, "
                                    f"Pareto k > 0.7 at {sel['high_pareto_k'][k]} cells)"
                                    for k, v in sel["elpd_loo"].items()) + f"; chosen K = {sel['best']}"]
+        if "chosen_from_data" in sel:
+            auto = sel["chosen_from_data"]
+            lines.append(f"- The spec gave no K: candidates {auto['candidates']} (those the data can support) were "
+                         f"compared on screening posteriors of {auto['screening_warmup_and_draws']} warmup + "
+                         f"{auto['screening_warmup_and_draws']} draws per chain, and K = {sel['best']} sampled in full")
         lines += [f"- **Warning**: {note}" for note in sel["warnings"]]
     if "ensemble" in metrics:
         lines += _ensemble_lines(metrics["ensemble"])

@@ -27,7 +27,13 @@ from ..metrics import band_coverage, marginal_relative_entropies, weighted_score
 from ..result import BayesianKGMM
 from ..rom.interpolant import save_interpolant
 from ..spec import Spec
-from .checks import check_seed, check_sizes, load_user_data
+from .checks import (
+    SCREENING_DRAWS,
+    auto_components,
+    check_seed,
+    check_sizes,
+    load_user_data,
+)
 from .ensemble import ensemble_stage
 from .figures import plot_marginals, plot_score, plot_score_field
 from .load import DATA_FILE, PARTITION_FILE
@@ -59,16 +65,18 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     """
     seed = check_seed(spec.study.seed if seed is None else seed)
     user_data = load_user_data(spec, data)  # bad user data fail here, before JAX and disk
-    data_hash = ""
+    data_hash, fitted = "", spec
     if user_data is not None:
         data_hash = hashlib.sha256(np.ascontiguousarray(user_data).tobytes()).hexdigest()
         train_size, _ = split_members(user_data[..., :1], spec.data.heldout_fraction)
-        check_sizes(spec, len(train_size), user_data.shape[-1])
+        fitted = auto_components(spec, len(train_size), user_data.shape[-1])  # no K given: chosen from the data
+        check_sizes(fitted, len(train_size), user_data.shape[-1])
     if out_dir is None:
         out_dir = os.path.join("kgmm-runs", spec.study.name)
     with OutputFolder(out_dir, json.dumps({"spec": spec.to_dict(), "seed": seed}, sort_keys=True,
                                           default=list), force=force) as out:
-        return _run_stages(spec, out, seed, user_data, data_hash, progress)
+        return _run_stages(fitted, out, seed, user_data, data_hash, progress,
+                           screening=spec.mixture.components is None and bool(fitted.mixture.select_components))
 
 
 class _Clock:
@@ -85,8 +93,10 @@ class _Clock:
         self.start = time.perf_counter()
 
 
-def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: str, progress: bool) -> BayesianKGMM:
-    """The stages of :func:`run_study` inside its locked output folder, ending with the commit."""
+def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: str, progress: bool,
+                screening: bool = False) -> BayesianKGMM:
+    """The stages of :func:`run_study` inside its locked output folder, ending with the commit;
+    ``screening``: K is chosen from the data among ``select_components`` on short chains."""
     clock, cached_stages = _Clock(), []
     data_key, reference_key, partition_key, mcmc_key, train_key, langevin_key = study_keys(seed)
 
@@ -102,7 +112,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     if spec.mixture.select_components:
         clock.begin()
         spec, selection, best_cached, best_idata = choose_components(
-            spec, out, partition_key, mcmc_key, z, data.zscore, cells, upstream, progress)
+            spec, out, partition_key, mcmc_key, z, data.zscore, cells, upstream, progress, screening=screening)
         clock("model_selection")
 
     clock.begin()
@@ -150,6 +160,10 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
                            cached_stages)
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
+    if screening:
+        metrics["model_selection"]["chosen_from_data"] = {
+            "why": "no [mixture] components given for user data",
+            "candidates": [int(k) for k in selection.elpd_loo], "screening_warmup_and_draws": SCREENING_DRAWS}
     _write_outputs(out, spec, data, part, fit, interp, evaluation)
     if user_data is not None and spec.data.path is None:  # an array given to fit(): kept, as given
         atomic_write_bytes(out.path(DATA_FILE), npy_bytes(user_data))

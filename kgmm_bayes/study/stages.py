@@ -56,6 +56,7 @@ from ..rom.langevin import (
     simulate_langevin,
 )
 from ..spec import Spec
+from .checks import screening_spec
 from .outputs import OutputFolder, stage_key
 from .report import STIFFNESS_LIMIT
 
@@ -191,16 +192,19 @@ def posterior_stage(spec, out, key, part, z, upstream, progress):
     return (post, coarsening), skey, False
 
 
-def choose_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells, upstream, progress):
+def choose_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells, upstream, progress,
+                      screening: bool = False):
     """Fit a posterior for each ``[mixture] select_components`` K (cached stages), keep the best by
     PSIS-LOO; returns the spec with ``components`` set to it, the selection, whether the best
-    posterior came from the cache, and its InferenceData.  The fine cells do not depend on K, so the candidates' LOO terms
-    are over the same cells."""
+    posterior came from the cache, and its InferenceData.  The fine cells do not depend on K, so the
+    candidates' LOO terms are over the same cells.  ``screening``: the candidates are sampled with
+    :func:`~kgmm_bayes.study.checks.screening_spec`'s shorter chains and the chosen K again in full."""
     candidates, cached = {}, {}
     for k in spec.mixture.select_components:
         # candidates are compared by the standard posterior: PSIS-LOO's importance ratios are those of the
         # untempered likelihood; the chosen K is then fitted with the spec's coarsening
         spec_k = spec._replace(mixture=spec.mixture._replace(components=k, select_components=(), coarsening="off"))
+        spec_k = screening_spec(spec_k) if screening else spec_k
         log(progress, f"model selection: K = {k}")
         part_k, part_key = partition_stage(spec_k, out, partition_key, z, cells, upstream)
         (post_k, _), _, cached[k] = posterior_stage(spec_k, out, mcmc_key, part_k, z, part_key, progress)
@@ -210,7 +214,7 @@ def choose_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells
     if selection.table is not None:
         atomic_write_bytes(out.path("model_selection.csv"), selection.table.to_csv().encode())
     best = spec._replace(mixture=spec.mixture._replace(components=selection.best, select_components=()))
-    if best.mixture.coarsening != "off":  # the chosen K's posterior is sampled again, coarsened
+    if best.mixture.coarsening != "off" or screening:  # the chosen K's posterior is sampled again, in full
         return best, selection, None, None
     return best, selection, cached[selection.best], candidates[selection.best]
 
