@@ -85,13 +85,14 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--coarsening", default=None, help='"auto", "off" or alpha (default: the spec\'s)')
+    parser.add_argument("--chain-starts", default=None, choices=("best", "spread"), help="[sampler] chain_starts")
     args = parser.parse_args(argv)
     coarsening = args.coarsening
     if coarsening not in (None, "auto", "off"):
         coarsening = float(coarsening)
     overrides = {"data": {"members": args.members}, "partition": {"cells": args.cells},
                  "mixture": {"components": args.components, "coarsening": coarsening},
-                 "sampler": {"warmup": args.warmup, "draws": args.draws}}
+                 "sampler": {"warmup": args.warmup, "draws": args.draws, "chain_starts": args.chain_starts}}
     overrides = {s: {k: v for k, v in d.items() if v is not None} for s, d in overrides.items()}
     spec = load_spec(args.spec, overrides={s: d for s, d in overrides.items() if d})
     rows, (ratio, pair, probe) = run(spec, args.keys)

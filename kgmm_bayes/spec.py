@@ -78,6 +78,7 @@ class SamplerSection(NamedTuple):
     map_starts: int = 8  # chains start at the best of this many MAP searches; 0: at the partition
     map_steps: int = 1000
     shard_data: bool = False  # split the likelihood's points over all devices (chains then run in turn)
+    chain_starts: str = "best"  # "spread": chains at the best distinct MAP optima (stacked if in several modes)
 
 
 class ScoreSection(NamedTuple):
@@ -307,6 +308,8 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
         sections["data"] = data._replace(path=os.path.abspath(path))
     if not 0 <= data.heldout_fraction < 1:
         raise SpecError(f"[data] heldout_fraction must be in [0, 1), got {data.heldout_fraction}")
+    if sections["sampler"].chain_starts not in ("best", "spread"):
+        raise SpecError(f"[sampler] chain_starts must be 'best' or 'spread', got {sections['sampler'].chain_starts!r}")
     if sections["langevin"].drift not in ("interpolant", "mixture"):
         raise SpecError(f"[langevin] drift must be 'interpolant' or 'mixture', got {sections['langevin'].drift!r}")
     if sections["mixture"].select_components and not sections["partition"].coreset:

@@ -98,3 +98,13 @@ def test_draw_allocation_and_weighted_thinning():
     assert len(weighted[0]) == 40
     firsts = [np.flatnonzero((Post.weights[c][:, None] == weighted[0][None]).all(-1).any(0)).size for c in range(4)]
     assert firsts == [28, 4, 4, 4]
+
+
+def test_spread_starts_take_the_best_distinct_optima_within_ten_nats():
+    from kgmm_bayes.bayes.sampler import spread_starts
+
+    energies = np.array([5.0, 3.0, 3.0, 30.0, 4.5, np.inf, 12.0, 3.0 + 1e-9])
+    # distinct optima within 10 nats of the best (3.0): starts 1 (3.0), 4 (4.5), 0 (5.0), 6 (12.0); 3 and 5 are out
+    np.testing.assert_array_equal(spread_starts(None, energies, 4), [1, 4, 0, 6])
+    np.testing.assert_array_equal(spread_starts(None, energies, 6), [1, 4, 0, 6, 1, 4])
+    np.testing.assert_array_equal(spread_starts(None, np.array([2.0, 40.0]), 3), [0, 0, 0])

@@ -6,7 +6,10 @@ devices they run in rounds of device-parallel chains.  Every chain starts at the
 partition (centroids, cluster spreads and correlations, cluster fractions),
 or by default at the best of several MAP searches started there
 (:func:`find_map`), with a small independent jitter in unconstrained space so
-that the between-chain diagnostics mean something.
+that the between-chain diagnostics mean something.  With ``chain_starts =
+"spread"`` each chain starts at one of the best distinct optima instead
+(:func:`spread_starts`), so that chains can settle in different modes, which
+:mod:`kgmm_bayes.bayes.stacking` then weighs.
 
 With ``shard_data`` the likelihood's points are instead split by rows over all
 devices (``jax.sharding``): each device holds ``M / devices`` rows of the
@@ -49,6 +52,7 @@ class SamplerConfig(NamedTuple):
     init_jitter: float = 0.05  # chains start at the start point + N(0, min(init_jitter, Laplace sd)^2) noise
     map_starts: int = 8  # > 0: start chains at the best of this many MAP searches (find_map)
     map_steps: int = 1000
+    chain_starts: str = "best"  # "best": every chain at the best MAP optimum; "spread": at the best distinct ones
     shard_data: bool = False  # rows of the likelihood split over all devices (chains run in turn)
     laplace_metric: bool = True  # warmup starts from the Laplace variances as inverse mass, not the identity
     chain_method: str = "auto"  # "auto" (see chain_plan), "parallel", "vectorized" or "sequential"
@@ -182,8 +186,24 @@ def laplace_scales(potential, params: dict) -> dict:
     return unravel(jnp.where(h > 0, 1.0 / jnp.sqrt(jnp.where(h > 0, h, 1.0)), jnp.inf))
 
 
+SPREAD_NATS = 10.0  # "spread" chain starts: MAP optima at most this far below the best in log posterior
+
+
+def spread_starts(params, energies, chains: int):
+    """Indices ``(chains,)`` of MAP optima to start the chains at: the distinct optima within
+    :data:`SPREAD_NATS` of the best, best first, in turn (an optimum several starts reached counts once)."""
+    energies = np.asarray(energies)
+    order = [int(i) for i in np.argsort(energies)
+             if np.isfinite(energies[i]) and energies[i] <= energies.min() + SPREAD_NATS]
+    distinct = []
+    for i in order:
+        if all(abs(energies[i] - energies[j]) > 1e-6 * max(1.0, abs(energies[j])) for j in distinct):
+            distinct.append(i)
+    return np.asarray([distinct[c % len(distinct)] for c in range(chains)])
+
+
 def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int, jitter: float = 0.3,
-             learning_rate: float = 0.02, model=mixture_model):
+             learning_rate: float = 0.02, model=mixture_model, return_all: bool = False):
     """Best of ``starts`` MAP searches (Adam on the potential, unconstrained space).
 
     Starts are the partition's values jittered by ``jitter``; all run at once (``vmap``)
@@ -215,6 +235,8 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
     params, energies = optimise(starts_tree)
     energies = np.where(np.isfinite(np.asarray(energies)), np.asarray(energies), np.inf)
     best = int(np.argmin(energies))
+    if return_all:
+        return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies, params
     return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies
 
 
@@ -240,16 +262,23 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     start = time.perf_counter()  # the MAP search is part of the fit's cost
     init_unconstrained = unconstrain_fn(model, model_args, {}, init)
     jitter_key, run_key, map_key = jax.random.split(key, 3)
-    map_energies = None
+    map_energies, starts = None, None
     if config.map_starts > 0:
-        init_unconstrained, map_energies = find_map(map_key, model_args, init_unconstrained,
-                                                    config.map_starts, config.map_steps, model=model)
+        init_unconstrained, map_energies, optima = find_map(map_key, model_args, init_unconstrained,
+                                                            config.map_starts, config.map_steps, model=model,
+                                                            return_all=True)
+        if config.chain_starts == "spread":
+            picks = spread_starts(optima, map_energies, config.chains)
+            starts = jax.tree_util.tree_map(lambda leaf: leaf[picks], optima)
     # Chains start within the posterior's width of the start point: the Laplace sd, at most
     # init_jitter.  A fixed jitter of 0.05 is tens of posterior sds for a mean fitted on 1e5
     # snapshots: chains then fall back from far off and can land in another local mode.
     sd = laplace_scales(lambda p: potential_energy(model, model_args, {}, p), init_unconstrained)
     scale = jax.tree_util.tree_map(lambda v: jnp.minimum(v, config.init_jitter), sd)
     init_params = _jittered(jitter_key, init_unconstrained, config.chains, scale)
+    if starts is not None:  # each chain at its own optimum, with the same jitter
+        init_params = jax.tree_util.tree_map(lambda s, p, c: s + (p - c[None]), starts, init_params,
+                                             init_unconstrained)
     # The first warmup window runs in the Laplace metric (inverse mass = Laplace variances, at most 1)
     # instead of the identity: with the identity, steps sized for the widest coordinates throw chains
     # out of the start's mode along the narrowest (posterior sds of means ~1e-3 at 1e5 snapshots).
