@@ -143,6 +143,8 @@ BAD_SPECS = [
     ("hidden-not-list", SYS + "[interpolant]\nhidden = 128\n", ["[interpolant] hidden"]),
     ("negative-draws", SYS + "[sampler]\ndraws = -1\n", ["[sampler] draws"]),
     ("zero-components", SYS + "[mixture]\ncomponents = 0\n", ["[mixture] components"]),
+    ("chain-starts-unknown", SYS + '[sampler]\nchain_starts = "random"\n', ["[sampler] chain_starts", "spread"]),
+    ("variables-repeated", '[data]\nsystem = "reduced_1d"\nvariables = ["u", "u"]\n', ["[data] variables"]),
     ("negative-seed", "[study]\nseed = -1\n" + SYS, ["[study] seed"]),
     ("both-system-and-path", '[data]\nsystem = "reduced_1d"\npath = "x.npy"\n', ["[data]", "system", "path"]),
     ("neither-system-nor-path", '[study]\nname = "x"\n', ["[data]", "system", "path"]),
