@@ -81,13 +81,13 @@ def main(argv=None):
             covered = np.mean((truth >= band.lower) & (truth <= band.upper))
             error = weighted_score_error(band.mean, truth, np.ones(len(points)))
             c = result.metrics["posterior"]["coarsening"]
-            rows.append((n, len(result.data.train), covered, inside.mean(), inside_i.mean(), error,
-                         np.median(band.upper - band.lower), c["zeta"], wall))
-    print("| N | training snapshots | coverage (per coordinate) | coverage (both coordinates) | "
+            rows.append((n, len(result.data.train), result.metrics["partition"]["components"], covered, inside.mean(),
+                         inside_i.mean(), error, np.median(band.upper - band.lower), c["zeta"], wall))
+    print("| N | training snapshots | K | coverage (per coordinate) | coverage (both coordinates) | "
           "interpolant band coverage (both) | relative error of the mean | median band width | zeta | wall s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for n, train, cov, both, both_i, err, width, zeta, wall in rows:
-        print(f"| {n} | {train} | {cov:.3f} | {both:.3f} | {both_i:.3f} | {err:.3f} | {width:.3f} | "
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n, train, k, cov, both, both_i, err, width, zeta, wall in rows:
+        print(f"| {n} | {train} | {k} | {cov:.3f} | {both:.3f} | {both_i:.3f} | {err:.3f} | {width:.3f} | "
               f"{zeta:.3f} | {wall:.1f} |")
 
 
