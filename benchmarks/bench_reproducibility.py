@@ -34,6 +34,10 @@ from kgmm_bayes.study.outputs import stage_key
 REPRODUCIBLE = 0.25  # largest |mean_a - mean_b| / band width allowed
 
 
+def _num(value) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
 class _NoCache:
     def load_stage(self, stage, key, build=None):
         return None
@@ -62,9 +66,9 @@ def run(spec, keys):
         summaries.append(summarize_scores(scores, logps, spec.score.band))
         modes = conv.get("chain_modes", {})
         weights = modes.get("chain_weights", [])
-        mode_text = "; ".join(f"{m} w {sum(weights[c] for c in m):.2f} r_hat {r:.3f}"
+        mode_text = "; ".join(f"{m} w {sum(weights[c] for c in m):.2f} r_hat {_num(r)}"
                               for m, r in zip(modes.get("modes", []), modes.get("mode_r_hat", [])))
-        rows.append((key, wall, coarsening.zeta, conv["max_r_hat"], conv.get("max_mode_r_hat", float("nan")),
+        rows.append((key, wall, coarsening.zeta, _num(conv["max_r_hat"]), _num(conv.get("max_mode_r_hat")),
                      mode_text, conv["divergences"]))
     worst = (0.0, None, None)
     for (i, a), (j, b) in itertools.combinations(enumerate(summaries), 2):
@@ -102,7 +106,7 @@ def main(argv=None):
           "r_hat | divergences |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for key, wall, zeta, rhat, mode_rhat, modes, div in rows:
-        print(f"| {key} | {wall:.1f} | {zeta:.3f} | {rhat:.3f} | {mode_rhat:.3f} | {modes} | {div} |")
+        print(f"| {key} | {wall:.1f} | {zeta:.3f} | {rhat} | {mode_rhat} | {modes} | {div} |")
     verdict = "reproducible" if ratio < REPRODUCIBLE else "NOT reproducible"
     print(f"| max over key pairs of max over probes of abs(mean difference) / band width | {ratio:.3f} "
           f"(keys {pair}, probe {probe}) | threshold {REPRODUCIBLE} | {verdict} | | | |")

@@ -71,7 +71,9 @@ def test_outputs_are_complete_and_loadable(small_run):
                  "figures/score.png", "figures/marginals.png", "figures/trace.png", "figures/rank.png",
                  "figures/energy.png"):
         assert (out / name).is_file(), name
-    metrics = json.loads((out / "metrics.json").read_text())
+    # strict JSON: NaN and infinities are written as null
+    metrics = json.loads((out / "metrics.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}, not JSON"))
     assert metrics["timings"]["posterior"] > 0
     assert metrics["data"]["train_snapshots"] == 20 * 200
     for key in ("relative_error_posterior_mean", "band_coverage", "band_coverage_interpolant"):

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data.zscore import ZScore
+from ..files import json_floats
 from .mixture import (
     component_coefficients,
     expected_quadratic_features,
@@ -184,11 +185,12 @@ def convergence_summary(idata: az.InferenceData) -> dict:
         modes = chain_modes(post, idata.log_likelihood["cells"].values if has_ll else None,
                             idata.constant_data["counts"].values if has_ll else None)
         out["chain_modes"] = modes.to_json()
-        out["max_mode_r_hat"] = float(max(modes.mode_r_hat))
+        out["max_mode_r_hat"] = json_floats(np.nanmax(modes.mode_r_hat) if np.any(np.isfinite(modes.mode_r_hat))
+                                            else np.nan)
     if modes is not None and modes.stacked:
         # chains in several modes, combined by stacking: each mode must mix within itself
-        if out["max_mode_r_hat"] > 1.01:
-            worst = modes.modes[int(np.argmax(modes.mode_r_hat))]
+        if out["max_mode_r_hat"] is not None and out["max_mode_r_hat"] > 1.01:
+            worst = modes.modes[int(np.nanargmax(modes.mode_r_hat))]
             what = (f"split r_hat {out['max_mode_r_hat']:.3f} > 1.01 of chain {worst[0]}, alone in its mode: its "
                     "halves disagree (it mixes too slowly)" if len(worst) == 1 else
                     f"label-invariant r_hat {out['max_mode_r_hat']:.3f} > 1.01 within the mode of chains "

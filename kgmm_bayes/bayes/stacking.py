@@ -32,6 +32,8 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
+from ..files import json_floats
+
 __all__ = ["SAME_MODE_R_HAT", "ChainModes", "chain_loo_densities", "stacking_weights", "chain_modes",
            "draw_allocation"]
 
@@ -50,11 +52,12 @@ class ChainModes(NamedTuple):
     max_pareto_k: float  # worst PSIS shape over cells and chains (NaN if not stacked)
 
     def to_json(self) -> dict:
+        """For ``metrics.json``: NaN (a one-chain mode too short for r_hat, no stacking) as null."""
         return {"modes": [list(m) for m in self.modes],
-                "mode_r_hat": [float(v) for v in self.mode_r_hat],
+                "mode_r_hat": [json_floats(v) for v in self.mode_r_hat],
                 "chain_weights": [float(v) for v in self.weights],
                 "stacked": bool(self.stacked),
-                "max_pareto_k": float(self.max_pareto_k)}
+                "max_pareto_k": json_floats(self.max_pareto_k)}
 
 
 def chain_loo_densities(cell_log_lik, counts):
