@@ -9,6 +9,7 @@ from matplotlib.figure import (
 )
 
 from ..bayes.score import score_draws, summarize_scores
+from ..data.labelled import variable_names
 from ..metrics import gaussian_kde_1d
 
 __all__ = ["plot_score", "plot_score_field", "score_field", "ScoreField", "plot_marginals",
@@ -19,11 +20,6 @@ def _axes_row(d, width, height):
     """A figure with one row of ``d`` axes, ``width x height`` inches each."""
     fig = Figure(figsize=(width * d, height))
     return fig, fig.subplots(1, d, squeeze=False)[0]
-
-
-def _names(names, d):
-    """Axis labels of the ``d`` variables: ``names``, or ``x0 .. x{d-1}``."""
-    return tuple(names) if names else tuple(f"x{i}" for i in range(d))
 
 
 def _save(fig, path):
@@ -39,7 +35,7 @@ def plot_score(path, points, summary, counts, interpolant_score=None, true_score
     coordinates).
     """
     d = points.shape[1]
-    names = _names(names, d)
+    names = variable_names(names, d)
     fig, axes = _axes_row(d, 5.2, 4)
     for i, ax in enumerate(axes):
         if d == 1:
@@ -161,7 +157,7 @@ def plot_score_field(path, draws, zscore, data, band=0.9, grid_points=48, max_dr
     """
     field = score_field(draws, zscore, data, band, grid_points, max_draws)
     data = np.asarray(data, dtype=np.float64).reshape(-1, 2)
-    density, levels, names = _data_density(data, field.x, field.y)
+    density, levels, level_names = _data_density(data, field.x, field.y)
     extent = (field.x[0], field.x[-1], field.y[0], field.y[-1])
     pct = f"{band * 100:g}%"
     fig, (left, right) = _axes_row(2, 5.6, 4.6)
@@ -178,20 +174,20 @@ def plot_score_field(path, draws, zscore, data, band=0.9, grid_points=48, max_dr
     mesh = right.pcolormesh(field.x, field.y, field.width, cmap="viridis", shading="auto")
     fig.colorbar(mesh, ax=right, label=f"{pct} band width, summed over both components")
     lines = right.contour(field.x, field.y, density, levels=levels, colors="w", linewidths=0.9)
-    right.clabel(lines, fmt=lambda v: names[int(np.argmin(np.abs(levels - v)))], fontsize=7)
+    right.clabel(lines, fmt=lambda v: level_names[int(np.argmin(np.abs(levels - v)))], fontsize=7)
     right.set_title(f"{pct} band width of the score; lines: data (mass inside)", fontsize=9)
     for ax in (left, right):
         ax.set_xlim(extent[0], extent[1])
         ax.set_ylim(extent[2], extent[3])
-        ax.set_xlabel(_names(names, 2)[0])
-        ax.set_ylabel(_names(names, 2)[1])
+        ax.set_xlabel(variable_names(names, 2)[0])
+        ax.set_ylabel(variable_names(names, 2)[1])
     _save(fig, path)
 
 
 def plot_marginals(path, reference, model, relative_entropies, grid_points=512, names=None):
     """Marginal PDFs of the reduced-order model against the reference, per coordinate."""
     d = reference.shape[1]
-    names = _names(names, d)
+    names = variable_names(names, d)
     fig, axes = _axes_row(d, 4.5, 3.6)
     for i, ax in enumerate(axes):
         lo = min(reference[:, i].min(), model[:, i].min())
@@ -216,7 +212,7 @@ def _band_fill(ax, x, band, color, label):
 def plot_ensemble_marginals(path, grid, pdf_band, reference_pdf, entropy_median=None, names=None):
     """Posterior-ensemble marginal PDFs (median, 50%/90% bands, ``(d, G)`` each) against the reference."""
     d = grid.shape[0]
-    names = _names(names, d)
+    names = variable_names(names, d)
     fig, axes = _axes_row(d, 4.5, 3.6)
     for i, ax in enumerate(axes):
         _band_fill(ax, grid[i], type(pdf_band)(*(b[i] for b in pdf_band)), "C1", "ensemble median")
@@ -237,7 +233,7 @@ def plot_ensemble_acf(path, lags, acf_band, reference_lags=None, reference_acf=N
     Both are drawn against lag in their own time units (the model's is Langevin time).
     """
     d = acf_band.median.shape[-1]
-    names = _names(names, d)
+    names = variable_names(names, d)
     fig, axes = _axes_row(d, 4.5, 3.4)
     for i, ax in enumerate(axes):
         _band_fill(ax, lags, type(acf_band)(*(b[:, i] for b in acf_band)), "C0", "ensemble median")
@@ -256,7 +252,7 @@ def plot_relative_entropy(path, relative_entropy, floor=None, names=None):
     with the median and the 5%-95% range marked (log scale)."""
     rel = np.asarray(relative_entropy, dtype=np.float64)
     columns = [rel[:, i] for i in range(rel.shape[1])] + [rel.mean(axis=1)]
-    labels = list(_names(names, rel.shape[1])) + ["mean"]
+    labels = list(variable_names(names, rel.shape[1])) + ["mean"]
     fig = Figure(figsize=(1.3 * len(columns) + 2.5, 3.6))
     ax = fig.subplots()
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, rel.shape[0])
