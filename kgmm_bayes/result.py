@@ -98,15 +98,9 @@ class BayesianKGMM(NamedTuple):
             if error is None or None in error:
                 raise InputError("this result has no held-out interpolant error (metrics of an older version): "
                                  "no interpolant band")
-        d = x.shape[1]
-        parts = [summarize_scores(s, lp, band) for s, lp in self._blocks(x, chunk)]
         std = self.zscore.std
-
-        def joined(field):
-            arrays = [getattr(p, field) for p in parts]
-            return (np.concatenate(arrays) if arrays else np.zeros((0, d))) / std
-        summary = ScoreSummary(mean=joined("mean"), std=joined("std"), lower=joined("lower"),
-                               upper=joined("upper"), predictive=joined("predictive"), band=band)
+        parts = [summarize_scores(s, lp, band) for s, lp in self._blocks(x, chunk)]
+        summary = _joined(parts, (x.shape[1],), band, divisor=std)
         if error is None:
             return summary
         return band_around(summary, self.interpolant_score(x), np.asarray(error, np.float64) / std)
@@ -123,55 +117,39 @@ class BayesianKGMM(NamedTuple):
         scores = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(self.draws[0]), 0, x.shape[1]))
         return scores / self.zscore.std
 
-    def _blocks(self, x, chunk: Optional[int] = None):
-        """``(scores (S, m, d), log densities (S, m))`` of the draws, chunk by chunk of ``x`` (physical).
-
-        Every chunk is padded to the same size, so the jitted evaluation compiles once.
-        """
-        z = self.zscore.forward(x)
-        n, d = z.shape
-        chunk = score_chunk(n, self.draws) if chunk is None else int(chunk)
+    def _chunks(self, x, chunk: Optional[int], evaluate):
+        """``evaluate(block)`` chunk by chunk of the points ``x`` (each output's axis 1 is the points),
+        trimmed to the real points.  Every chunk is padded to the same size with copies of its first
+        point, so the jitted evaluation compiles once and the padding's values stay finite."""
+        chunk = score_chunk(len(x), self.draws) if chunk is None else int(chunk)
         if chunk < 1:
             raise InputError(f"chunk must be a positive integer, got {chunk}")
-        draws = tuple(jnp.asarray(a) for a in self.draws)
-        for start in range(0, n, chunk):
-            block = z[start:start + chunk]
+        for start in range(0, len(x), chunk):
+            block = x[start:start + chunk]
             m = len(block)
             if m < chunk:
-                block = np.concatenate([block, np.zeros((chunk - m, d), dtype=block.dtype)])
-            scores, logps = score_draws(*draws, block, chunk=chunk)
-            yield scores[:, :m], logps[:, :m]
+                block = np.concatenate([block, np.repeat(block[:1], chunk - m, axis=0)])
+            yield tuple(a[:, :m] for a in evaluate(block, chunk))
+
+    def _blocks(self, x, chunk: Optional[int] = None):
+        """``(scores (S, m, d), log densities (S, m))`` of the draws (z-scored), chunk by chunk of ``x`` (physical)."""
+        draws = tuple(jnp.asarray(a) for a in self.draws)
+        return self._chunks(self.zscore.forward(x), chunk, lambda block, n: score_draws(*draws, block, chunk=n))
 
     def interpolant_score(self, x) -> np.ndarray:
         """The interpolant's score at ``x`` ``(n, d)``, physical units."""
         z = self.zscore.forward(self._points(x))
         return np.asarray(self.interpolant(jnp.asarray(z, jnp.float32)), np.float64) / self.zscore.std
 
-    def _draw_fields(self, x, band, chunk):
-        """Per chunk of ``x``: each draw's score, log density and divergence, in physical coordinates."""
+    def _summary(self, x, band, chunk, summarize) -> ScoreSummary:
+        """``summarize(scores, log densities, divergences)`` of the draws in physical coordinates, chunk by chunk."""
         x = self._points(x)
         if not 0 < band < 1:
             raise InputError(f"band must lie strictly between 0 and 1, got {band}")
-        chunk = score_chunk(len(x), self.draws) if chunk is None else int(chunk)
-        if chunk < 1:
-            raise InputError(f"chunk must be a positive integer, got {chunk}")
         draws = tuple(jnp.asarray(a) for a in physical_draws(self.draws, self.zscore.mean, self.zscore.std))
-        for start in range(0, len(x), chunk):
-            block = x[start:start + chunk]
-            m = len(block)
-            if m < chunk:  # padded with copies of a point: one compiled shape, values finite
-                block = np.concatenate([block, np.repeat(block[:1], chunk - m, axis=0)])
-            scores, logps, divs = field_draws(*draws, block, chunk=chunk)
-            yield scores[:, :m], logps[:, :m], divs[:, :m]
-
-    def _summary(self, x, band, chunk, summarize, d_out) -> ScoreSummary:
-        parts = [summarize(*fields) for fields in self._draw_fields(x, band, chunk)]
-
-        def joined(field):
-            arrays = [getattr(p, field) for p in parts]
-            return np.concatenate(arrays) if arrays else np.zeros((0,) + d_out)
-        return ScoreSummary(mean=joined("mean"), std=joined("std"), lower=joined("lower"),
-                            upper=joined("upper"), predictive=joined("predictive"), band=band)
+        parts = [summarize(*fields) for fields in
+                 self._chunks(x, chunk, lambda block, n: field_draws(*draws, block, chunk=n))]
+        return _joined(parts, (), band)
 
     def log_density(self, x, band: float = 0.9, chunk: Optional[int] = None) -> ScoreSummary:
         """Posterior summary of ``log p(x)`` at ``x`` ``(n, d)``, physical units (a density in ``x``).
@@ -180,12 +158,12 @@ class BayesianKGMM(NamedTuple):
         densities, and ``predictive``: the log of the posterior-predictive density
         ``mean_s p_s(x)``.  Each draw's mixture is normalised, so ``exp`` of it integrates to 1.
         """
-        return self._summary(x, band, chunk, lambda s, lp, dv: summarize_log_densities(lp, band), ())
+        return self._summary(x, band, chunk, lambda s, lp, dv: summarize_log_densities(lp, band))
 
     def divergence(self, x, band: float = 0.9, chunk: Optional[int] = None) -> ScoreSummary:
         """Posterior summary of the score's divergence ``div s(x) = laplacian log p(x)`` at ``x`` ``(n, d)``,
         physical units; ``predictive``: the divergence of the posterior-predictive density's score."""
-        return self._summary(x, band, chunk, lambda s, lp, dv: summarize_divergences(dv, s, lp, band), ())
+        return self._summary(x, band, chunk, lambda s, lp, dv: summarize_divergences(dv, s, lp, band))
 
     @property
     def variables(self) -> tuple:
@@ -326,6 +304,15 @@ class BayesianKGMM(NamedTuple):
             return initial_particles(key, self.partition.points, self.partition.counts, particles)
         samples = self.zscore.forward(np.asarray(self.rom_samples, np.float64))
         return initial_particles(key, samples, np.ones(len(samples)), particles)
+
+
+def _joined(parts, shape: tuple, band: float, divisor=1.0) -> ScoreSummary:
+    """Per-chunk summaries joined along the points (``shape``: one point's), divided by ``divisor``."""
+    def field(name):
+        arrays = [getattr(p, name) for p in parts]
+        return (np.concatenate(arrays) if arrays else np.zeros((0,) + shape)) / divisor
+    return ScoreSummary(mean=field("mean"), std=field("std"), lower=field("lower"), upper=field("upper"),
+                        predictive=field("predictive"), band=band)
 
 
 def score_chunk(n: int, draws) -> int:

@@ -132,16 +132,17 @@ def _scores_of_draws(weights, means, cov_chol, x):
     return jax.vmap(mixture_score, in_axes=(0, 0, 0, None))(weights, means, cov_chol, x)
 
 
+def _in_chunks(evaluate, draws, x, chunk: int):
+    """``evaluate(*draws, block)`` over chunks of points ``x``; each output joined along axis 1 (the points)."""
+    x = np.asarray(x)
+    parts = [tuple(np.asarray(a) for a in evaluate(*draws, jnp.asarray(x[i:i + chunk])))
+             for i in range(0, len(x), chunk)]
+    return tuple(np.concatenate([p[j] for p in parts], axis=1) for j in range(len(parts[0])))
+
+
 def score_draws(weights, means, cov_chol, x, chunk: int = 2048):
     """Scores ``(S, n, d)`` and log densities ``(S, n)`` of S draws, in chunks of points."""
-    x = np.asarray(x)
-    scores, logps = [], []
-    for start in range(0, len(x), chunk):
-        block = jnp.asarray(x[start:start + chunk])
-        s, lp = _scores_of_draws(weights, means, cov_chol, block)
-        scores.append(np.asarray(s))
-        logps.append(np.asarray(lp))
-    return np.concatenate(scores, axis=1), np.concatenate(logps, axis=1)
+    return _in_chunks(_scores_of_draws, (weights, means, cov_chol), x, chunk)
 
 
 @jax.jit
@@ -151,10 +152,7 @@ def _fields_of_draws(weights, means, cov_chol, x):
 
 def field_draws(weights, means, cov_chol, x, chunk: int = 2048):
     """Scores ``(S, n, d)``, log densities ``(S, n)`` and divergences ``(S, n)`` of S draws."""
-    x = np.asarray(x)
-    parts = [tuple(np.asarray(a) for a in _fields_of_draws(weights, means, cov_chol, jnp.asarray(x[i:i + chunk])))
-             for i in range(0, len(x), chunk)]
-    return tuple(np.concatenate([p[j] for p in parts], axis=1) for j in range(3))
+    return _in_chunks(_fields_of_draws, (weights, means, cov_chol), x, chunk)
 
 
 def physical_draws(draws, mean, std):

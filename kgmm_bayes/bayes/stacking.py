@@ -102,13 +102,6 @@ def stacking_weights(lpd, counts) -> np.ndarray:
     return w
 
 
-def _pair_r_hat(post, i: int, j: int) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rhat = az.rhat(post.isel(chain=[i, j]))
-    return float(max(float(rhat[v].max()) for v in rhat.data_vars))
-
-
 def _r_hat(post, chains) -> float:
     """Label-invariant r_hat over ``chains``; for one chain, over its two halves (split r_hat)."""
     sub = post.isel(chain=list(chains))
@@ -137,7 +130,7 @@ def chain_modes(probes, cell_log_lik=None, counts=None) -> ChainModes:
 
     for i in range(chains):
         for j in range(i + 1, chains):
-            if root(i) != root(j) and _pair_r_hat(probes, i, j) < SAME_MODE_R_HAT:
+            if root(i) != root(j) and _r_hat(probes, (i, j)) < SAME_MODE_R_HAT:
                 parent[root(j)] = root(i)
     groups = {}
     for c in range(chains):

@@ -13,7 +13,6 @@ layer sizes, and loaded with ``allow_pickle=False``.
 from __future__ import annotations
 
 import functools
-import io
 import os
 from functools import partial
 from typing import Any, NamedTuple
@@ -24,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, npz_bytes
 from ..progress import bar, tick
 
 __all__ = ["MLP", "Interpolant", "fit_interpolant", "fit_interpolant_ensemble", "save_interpolant",
@@ -185,9 +184,7 @@ def interpolant_from_arrays(arrays: dict, source: str = "interpolant") -> Interp
 
 def save_interpolant(path, interpolant: Interpolant) -> None:
     """Write sizes and parameters as plain arrays to ``path`` (``.npz``)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **interpolant_arrays(interpolant))
-    atomic_write_bytes(os.fspath(path), buffer.getvalue())  # a kill never leaves half a file
+    atomic_write_bytes(os.fspath(path), npz_bytes(interpolant_arrays(interpolant)))  # never half a file
 
 
 def load_interpolant(path) -> Interpolant:

@@ -55,9 +55,9 @@ from .compare_tables import (
     plot_ks,
     row_dict,
 )
-from .outputs import OutputFolder, StageReader
+from .outputs import OutputFolder
 from .run import run_study
-from .stages import StudyData, langevin_start, prepare_data, study_keys
+from .stages import StudyData, langevin_start, study_keys
 
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 
@@ -162,9 +162,8 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
 
     _log(progress, "bayesian estimator")
     result = run_study(spec, out_dir=bayes_dir, seed=seed, progress=progress, force=force, data=user_data)
-    spec = spec._replace(mixture=result.spec.mixture)  # K as fitted (chosen from the data when the spec gave none)
-    data_key, reference_key, _, _, _, langevin_key = study_keys(seed)
-    data = prepare_data(spec, data_key, reference_key, StageReader(result.out_dir), user_data=user_data)
+    spec, data = result.spec, result.data  # as fitted (K chosen from the data when the spec gave none)
+    _, reference_key, _, _, _, langevin_key = study_keys(seed)
     z = data.zscore.forward(data.train)
     part = result.partition
     x0, run_key = langevin_start(langevin_key, part, spec.langevin.particles)

@@ -8,7 +8,6 @@ called by :mod:`kgmm_bayes.study.run`.
 """
 from __future__ import annotations
 
-import io
 import time
 import warnings
 
@@ -16,7 +15,7 @@ import jax
 import numpy as np
 
 from ..data.systems import get_system
-from ..files import atomic_write_bytes, json_floats
+from ..files import atomic_write_bytes, json_floats, npz_bytes
 from ..metrics import gaussian_kde_1d
 from ..rom.ensemble import (
     autocorrelation,
@@ -104,9 +103,7 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
             arrays["interpolant_final_loss"] = np.asarray(losses)
         arrays["wall_time"] = np.asarray(time.perf_counter() - start)
         out.save_stage("ensemble", skey, arrays)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(out.path("ensemble.npz"), buffer.getvalue())
+    atomic_write_bytes(out.path("ensemble.npz"), npz_bytes(arrays))
     rel = arrays["relative_entropy"]
     names = spec.data.variables or None
     dist = entropy_distribution(rel)

@@ -8,7 +8,6 @@ the seed if the cache was removed), a data file's from the file, an array's from
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import NamedTuple
@@ -21,7 +20,7 @@ from ..data.trajectory import load_trajectory, split_members, validate_snapshots
 from ..data.zscore import ZScore
 from ..errors import InputError
 from ..errors import one_line as _one_line
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, npz_bytes
 from ..partition import Partition
 from ..result import BayesianKGMM
 from ..spec import spec_from_dict
@@ -292,11 +291,10 @@ def score_to_file(study_dir, points_path, out_path, band: float = 0.9) -> int:
     if not 0 < band < 1:
         raise InputError(f"band must lie strictly between 0 and 1, got {band}")
     summary = load_result(study_dir).score(points, band=band)
-    buf = io.BytesIO()
-    np.savez(buf, mean=summary.mean, lower=summary.lower, upper=summary.upper, std=summary.std,
-             predictive=summary.predictive)
+    payload = npz_bytes({"mean": summary.mean, "lower": summary.lower, "upper": summary.upper, "std": summary.std,
+                         "predictive": summary.predictive})
     try:
-        atomic_write_bytes(out_path, buf.getvalue())
+        atomic_write_bytes(out_path, payload)
     except OSError as err:
         raise InputError(f"--out {out_path!r} could not be written ({_reason(err)})") from None
     return len(summary.mean)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ import numpy as np
 
 from ..errors import CacheWarning, InputError
 from ..errors import one_line as _one_line
-from ..files import atomic_write_bytes, json_floats
+from ..files import atomic_write_bytes, json_floats, npz_bytes
 
 try:  # POSIX; elsewhere the lock degrades to an exclusive-create file with the owner's pid
     import fcntl
@@ -325,9 +324,8 @@ class OutputFolder:
     def save_stage(self, stage: str, key: str, arrays: dict) -> None:
         name = self._stage_file(stage, key)
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays, **{CHECKSUM: np.asarray(_checksum(arrays))})
-        atomic_write_bytes(os.path.join(self.staging, STAGES, name), buffer.getvalue())
+        atomic_write_bytes(os.path.join(self.staging, STAGES, name),
+                           npz_bytes({**arrays, CHECKSUM: np.asarray(_checksum(arrays))}))
         self.used_stages.add(name)
 
     # ---------------------------------------------------------------- the end of a run
