@@ -35,7 +35,7 @@ from .mixture import (
 __all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "mixture_fields", "ScoreCoefficients",
            "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores",
            "thin_draws", "predictive_score_fn", "predictive_drift", "field_draws", "physical_draws",
-           "summarize_log_densities", "summarize_divergences", "band_around"]
+           "summarize_log_densities", "summarize_divergences", "band_around", "posterior_mean_fields"]
 
 
 def _whitened(weights, means, cov_chol, x):
@@ -153,6 +153,17 @@ def _fields_of_draws(weights, means, cov_chol, x):
 def field_draws(weights, means, cov_chol, x, chunk: int = 2048):
     """Scores ``(S, n, d)``, log densities ``(S, n)`` and divergences ``(S, n)`` of S draws."""
     return _in_chunks(_fields_of_draws, (weights, means, cov_chol), x, chunk)
+
+
+def posterior_mean_fields(weights, means, cov_chol, x, chunk: int = 2048):
+    """The posterior-mean score ``(n, d)`` of S draws at points ``x`` and its divergence ``(n,)``
+    (the mean of the draws' divergences), in chunks of points."""
+    scores, divs = [], []
+    for i in range(0, len(x), chunk):
+        s, _, div = field_draws(weights, means, cov_chol, np.asarray(x[i:i + chunk]), chunk)
+        scores.append(s.mean(axis=0))
+        divs.append(div.mean(axis=0))
+    return np.concatenate(scores), np.concatenate(divs)
 
 
 def physical_draws(draws, mean, std):

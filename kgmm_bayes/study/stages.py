@@ -35,9 +35,11 @@ from ..bayes.score import (
     ScoreSummary,
     predictive_drift,
     score_draws,
+    posterior_mean_fields,
     summarize_scores,
     thin_draws,
 )
+from ..bayes.score_matching import fisher_gap
 from ..bayes.selection import select_components
 from ..data.systems import get_system, simulate
 from ..data.trajectory import StudyData, split_members
@@ -66,8 +68,10 @@ __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare
 
 # Part of every stage key: raise it whenever what a stage computes or stores changes (2: coreset
 # cells enter through their moments; Partition gained cell_covariances. 3: stage files carry a
-# SHA-256 of their arrays; the posterior stage holds its coarsening).
-STAGE_SCHEMA = 3
+# SHA-256 of their arrays; the posterior stage holds its coarsening. 4: the coarsening's error
+# estimate has the held-out score-matching gap).
+STAGE_SCHEMA = 4
+GAP_DRAWS = 64  # standard-posterior draws whose mean score the score-matching gap is measured for
 
 
 def study_keys(seed: int):
@@ -161,7 +165,9 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     standard = run(key, 1.0)
     scores, logps = score_draws(*thin_draws(standard, spec.score.max_draws), part.points)
     sk_seed = int(np.asarray(jax.random.key_data(key)).ravel()[-1] % (2**31 - 1))
-    choice = choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed)
+    mean_draws = thin_draws(standard, GAP_DRAWS)
+    gap = fisher_gap(jax.random.fold_in(key, 2), z, lambda x: posterior_mean_fields(*mean_draws, x))
+    choice = choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed, score_gap=gap)
     if choice.zeta == 1.0:
         return standard, choice
     post = run(jax.random.fold_in(key, 1), choice.zeta)
