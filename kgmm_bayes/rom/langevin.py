@@ -11,12 +11,17 @@ integrated by Euler-Maruyama, :math:`x_{n+1} = x_n + s(x_n)\,\Delta t +
 \sqrt{2\Delta t}\,\xi_n`, for all particles at once inside one ``lax.scan``;
 a burn-in is dropped and a snapshot kept every ``thin`` steps.
 
+With a mobility :math:`\Phi` (:mod:`kgmm_bayes.rom.mobility`) the model is
+:math:`dx = \Phi s(x)\,dt + \Sigma\,dW` with :math:`\Sigma\Sigma^T = 2\,\mathrm{sym}(\Phi)`, the same
+stationary density in the data's time; ``mobility=None`` is :math:`\Phi = I`.
+
 A particle that leaves the box ``|x_i| <= box`` or becomes non-finite is
 frozen where it was, flagged, counted and excluded from the samples: it is
 never silently reset.
 """
 from __future__ import annotations
 
+import functools
 from functools import partial
 from typing import Callable, NamedTuple
 
@@ -25,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..progress import bar, tick
+from .mobility import noise_factor
 
-__all__ = ["LangevinResult", "simulate_langevin", "max_jacobian_eigenvalue"]
+__all__ = ["LangevinResult", "simulate_langevin", "max_jacobian_eigenvalue", "with_mobility", "mobility_noise"]
 
 
 class LangevinResult(NamedTuple):
@@ -41,8 +47,11 @@ class LangevinResult(NamedTuple):
         return self.samples[:, self.alive].reshape(-1, self.samples.shape[-1])
 
 
-def trajectory(drift_fn: Callable, key, drift_params, x0, n_snap, thin, burn_in, dt, box, progress):
+def trajectory(drift_fn: Callable, key, drift_params, x0, n_snap, thin, burn_in, dt, box, progress,
+               noise_chol=None):
     """The traced simulation of one model: ``(snapshots (n_snap, P, d), alive (P,), finite (P,))``.
+
+    ``noise_chol`` ``(d, d)``: the noise is ``sqrt(2 dt) L xi`` (``L L^T = sym(Phi)``); None: ``L = I``.
 
     Not jitted: :func:`simulate_langevin` jits it as is and the posterior ensemble
     (:mod:`kgmm_bayes.rom.ensemble`) jits its ``vmap`` over ``(key, drift_params, x0)``,
@@ -55,6 +64,8 @@ def trajectory(drift_fn: Callable, key, drift_params, x0, n_snap, thin, burn_in,
     def step(carry, k):
         x, alive, finite = carry
         xi = jax.random.normal(k, x.shape, x.dtype)
+        if noise_chol is not None:
+            xi = xi @ noise_chol.T.astype(x.dtype)
         proposal = x + drift_fn(drift_params, x).astype(x.dtype) * dt + scale * xi
         ok_finite = jnp.all(jnp.isfinite(proposal), axis=-1)
         ok_box = jnp.all(jnp.abs(proposal) <= box, axis=-1)
@@ -94,9 +105,26 @@ def check_settings(dt, steps: int, burn_in: int, thin: int, box) -> int:
     return n_snap
 
 
+@functools.lru_cache(maxsize=None)
+def with_mobility(drift_fn: Callable) -> Callable:
+    """The drift ``Phi s(x)`` of parameters ``(params, Phi)`` for a score ``drift_fn(params, x)``
+    (one function object per ``drift_fn``, so jitted consumers compile once)."""
+    def drift(params, x):
+        inner, phi = params
+        return drift_fn(inner, x) @ phi.T.astype(x.dtype)
+    return drift
+
+
+def mobility_noise(phi) -> np.ndarray:
+    """``L`` with ``L L^T = sym(Phi)`` (the noise ``sqrt(2 dt) L xi`` has covariance ``2 sym(Phi) dt``)."""
+    return noise_factor(phi) / np.sqrt(2.0)
+
+
 def simulate_langevin(key, drift_fn: Callable, drift_params, x0, dt: float, steps: int,
-                      burn_in: int, thin: int, box: float = 10.0, progress: bool = False) -> LangevinResult:
-    """Simulate ``dx = drift_fn(drift_params, x) dt + sqrt(2) dW`` from particles ``x0`` ``(P, d)``.
+                      burn_in: int, thin: int, box: float = 10.0, progress: bool = False,
+                      mobility=None) -> LangevinResult:
+    """Simulate ``dx = drift_fn(drift_params, x) dt + sqrt(2) dW`` from particles ``x0`` ``(P, d)``,
+    or with ``mobility`` ``Phi`` ``(d, d)``: ``dx = Phi drift dt + Sigma dW``, ``Sigma Sigma^T = 2 sym(Phi)``.
 
     ``drift_fn`` must be a pure function of ``(drift_params, x)`` with ``x`` of
     shape ``(P, d)``; it is static under ``jit``, so pass the same function
@@ -106,10 +134,14 @@ def simulate_langevin(key, drift_fn: Callable, drift_params, x0, dt: float, step
 
     n_snap = check_settings(dt, steps, burn_in, thin, box)
     x0 = jnp.asarray(x0, dtype=jnp.float32)
+    noise = None
+    if mobility is not None:
+        noise = jnp.asarray(mobility_noise(mobility), jnp.float32)
+        drift_fn, drift_params = with_mobility(drift_fn), (drift_params, jnp.asarray(mobility, jnp.float32))
     start = time.perf_counter()
     with bar("simulating reduced-order model (snapshots after burn-in)", n_snap, progress):
         snaps, alive, finite = _run(drift_fn, key, drift_params, x0, n_snap, int(thin), int(burn_in),
-                                    jnp.float32(dt), jnp.float32(box), bool(progress))
+                                    jnp.float32(dt), jnp.float32(box), bool(progress), noise)
     snaps = np.asarray(snaps)
     wall = time.perf_counter() - start
     alive = np.asarray(alive)

@@ -74,6 +74,10 @@ def _coarsening_lines(c, n) -> list:
             f"{_fmt(c['squared_bias'])} (against a {c['reference_components'] or 'no richer'}-component reference, "
             f"from {n} snapshots in 4 blocks); log density: {_fmt(c['posterior_variance_log_density'])} x "
             f"{_fmt(c['autocorrelation_inflation_log_density'])} + {_fmt(c['squared_bias_log_density'])}. ")
+    if c.get("score_matching_gap") is not None:
+        line += (f"The score's error is at least {_fmt(c['score_matching_bound'])}: Hyvarinen's score of the "
+                 f"posterior-mean score exceeds a score-matching network's by {_fmt(c['score_matching_gap'])} "
+                 f"+- {_fmt(c['score_matching_se'])} on held-out snapshots. ")
     if c["zeta"] >= 1:
         return [line + "The posterior is as wide as the error: the standard posterior is kept (zeta = 1)."]
     return [line + f"Likelihood^zeta with zeta = {_fmt(c['zeta'])} (set by the {c['limited_by']}): the posterior's "
