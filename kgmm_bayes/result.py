@@ -204,8 +204,9 @@ class BayesianKGMM(NamedTuple):
 
     def simulate(self, particles: int, steps: int, dt: Optional[float] = None, drift: str = "interpolant",
                  key=None, burn_in: int = 0, thin: int = 1, members: int = 0, x0=None,
-                 box: Optional[float] = None, as_xarray: bool = False):
-        r"""Rerun the reduced-order model :math:`dz = s(z)\,dt + \sqrt 2\,dW` (z-scored coordinates).
+                 box: Optional[float] = None, as_xarray: bool = False, mobility=None):
+        r"""Rerun the reduced-order model :math:`dz = s(z)\,dt + \sqrt 2\,dW` (z-scored coordinates),
+        or with a mobility :math:`dz = \Phi s(z)\,dt + \Sigma\,dW` in the data's time.
 
         Parameters
         ----------
@@ -228,6 +229,10 @@ class BayesianKGMM(NamedTuple):
         as_xarray : bool
             Return an ``xarray.DataArray`` with dimensions ``([member,] time, particle, variable)``,
             ``time`` in the model's time after the burn-in.
+        mobility : None, "fitted" or array (d, d)
+            None: :math:`\Phi = I` (Langevin time).  "fitted": the study's fitted mobility
+            (``metrics.json`` ``dynamics.mobility``; ``dt`` is then in the data's time); an array: a
+            mobility in physical units (its symmetric part positive definite).
 
         Returns
         -------
@@ -265,6 +270,9 @@ class BayesianKGMM(NamedTuple):
         if members > len(self.draws[0]):
             raise InputError(f"members must be at most the {len(self.draws[0])} posterior draws kept, got {members}")
         d = len(self.zscore.mean)
+        phi = self._mobility(mobility, d)
+        if phi is not None and members:
+            raise InputError("mobility= is for one model (members = 0); the ensemble runs in Langevin time")
         if x0 is None:
             x0, run_key = self._start(key, int(particles))
         else:
@@ -281,7 +289,7 @@ class BayesianKGMM(NamedTuple):
         else:
             drift_fn, params = ((self.interpolant.apply_fn(), self.interpolant.params) if drift == "interpolant"
                                 else predictive_drift(self.draws))
-            run = simulate_langevin(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, box)
+            run = simulate_langevin(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, box, mobility=phi)
             paths = np.where(run.alive[None, :, None], run.samples, np.nan)
             lost = int(np.sum(~run.alive))
         if lost:
@@ -296,7 +304,28 @@ class BayesianKGMM(NamedTuple):
         times = float(dt) * int(thin) * np.arange(1, paths.shape[-3] + 1)
         return xr.DataArray(paths, dims=dims, name="rom_paths",
                             coords={"time": times, "variable": list(self.variables)},
-                            attrs={"time": "model (Langevin) time after the burn-in", "units": "physical"})
+                            attrs={"time": "model (Langevin) time after the burn-in" if phi is None else
+                                   "the data's time after the burn-in", "units": "physical"})
+
+    def _mobility(self, mobility, d: int):
+        """The mobility in z-scored coordinates (``D^-1 Phi D^-1``, ``D = diag(std)``), or None."""
+        if mobility is None:
+            return None
+        if isinstance(mobility, str):
+            dyn = (self.metrics or {}).get("dynamics") or {}
+            if mobility != "fitted":
+                raise InputError(f"mobility must be None, 'fitted' or a (d, d) array, got {mobility!r}")
+            if not dyn.get("available"):
+                raise InputError("mobility='fitted': this result has no fitted mobility (no data interval)")
+            mobility = dyn["mobility"]
+        phi = np.asarray(mobility, np.float64)
+        if phi.shape != (d, d) or not np.all(np.isfinite(phi)):
+            raise InputError(f"mobility must be a finite ({d}, {d}) array, got shape {phi.shape}")
+        std = np.asarray(self.zscore.std, np.float64)
+        phi = phi / std[:, None] / std[None, :]
+        if np.linalg.eigvalsh(phi + phi.T).min() <= 0:
+            raise InputError("mobility: its symmetric part is not positive definite")
+        return phi
 
     def _start(self, key, particles: int):
         """Starting particles (z-scored) drawn with ``key`` as the study draws them, and the key left for the noise."""

@@ -25,7 +25,8 @@ else:  # pragma: no cover
 from .data.systems import SYSTEMS
 from .errors import InputError
 
-__all__ = ["SpecError", "Spec", "load_spec", "spec_from_dict", "DEFAULT_STUDY", "EnsembleSection"]
+__all__ = ["SpecError", "Spec", "load_spec", "spec_from_dict", "DEFAULT_STUDY", "EnsembleSection", "data_interval_of",
+           "uses_mobility"]
 
 
 class SpecError(InputError):
@@ -49,6 +50,9 @@ class DataSection(NamedTuple):
     dt: Optional[float] = None
     heldout_fraction: float = 0.2  # user data: share held out as the reference set
     variables: tuple = ()  # the variables' names, for figures and reports (default x0, x1, ...)
+    # user data: physical time between consecutive snapshots of a member (built-in systems: dt x thin);
+    # None: time scales (mobility, correlation functions, responses) are not available
+    interval: Optional[float] = None
 
 
 class PartitionSection(NamedTuple):
@@ -100,6 +104,9 @@ class LangevinSection(NamedTuple):
     burn_in: int = 2000
     thin: int = 200  # 1 time unit at dt = 0.005: snapshots nearly independent
     box: float = 10.0  # z-scored units
+    # "auto": "fitted" when the data's interval is known, else "identity"; "fitted": dx = Phi s dt + Sigma dW
+    # with Phi fitted from the data's lagged statistics (kgmm_bayes.rom.mobility), time in the data's units
+    mobility: str = "auto"
 
 
 class MetricsSection(NamedTuple):
@@ -156,7 +163,7 @@ POSITIVE_INT = {
 NON_NEGATIVE_INT = {("study", "seed"), ("data", "burn_in"), ("langevin", "burn_in"), ("sampler", "map_starts"),
                     ("baselines", "sklearn_components"), ("ensemble", "members"), ("ensemble", "burn_in")}
 POSITIVE_FLOAT = {
-    ("data", "dt"), ("mixture", "dirichlet_alpha"), ("mixture", "mean_scale"),
+    ("data", "dt"), ("data", "interval"), ("mixture", "dirichlet_alpha"), ("mixture", "mean_scale"),
     ("mixture", "scale_prior"), ("mixture", "lkj_eta"), ("interpolant", "learning_rate"),
     ("langevin", "dt"), ("langevin", "box"), ("baselines", "sigma"), ("baselines", "tolerance"),
     ("baselines", "dsm_learning_rate"),
@@ -263,6 +270,23 @@ def _check_value(section: str, key: str, value, default):
     return value
 
 
+def data_interval_of(data: DataSection) -> Optional[float]:
+    """Physical time between consecutive snapshots of a member: ``[data] interval`` for user data,
+    ``dt x thin`` for a built-in system with dynamics; None when unknown (or no dynamics)."""
+    if data.system is None:
+        return data.interval
+    system = SYSTEMS[data.system]
+    if not system.timed:
+        return None
+    return (system.dt if data.dt is None else data.dt) * (system.thin if data.thin is None else data.thin)
+
+
+def uses_mobility(spec: "Spec") -> bool:
+    """Whether the reduced-order model runs with a fitted mobility, in the data's time."""
+    mode = spec.langevin.mobility
+    return mode == "fitted" or (mode == "auto" and data_interval_of(spec.data) is not None)
+
+
 def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "study",
                    data_given: bool = False) -> Spec:
     """Validate a parsed spec and fill defaults; relative data paths resolve from ``base_dir``.
@@ -310,6 +334,14 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
         raise SpecError(f"[data] heldout_fraction must be in [0, 1), got {data.heldout_fraction}")
     if sections["sampler"].chain_starts not in ("best", "spread"):
         raise SpecError(f"[sampler] chain_starts must be 'best' or 'spread', got {sections['sampler'].chain_starts!r}")
+    if data.interval is not None and data.system is not None:
+        raise SpecError("[data] interval is set by the built-in system (dt x thin); remove it")
+    mobility = sections["langevin"].mobility
+    if mobility not in ("auto", "fitted", "identity"):
+        raise SpecError(f"[langevin] mobility must be 'auto', 'fitted' or 'identity', got {mobility!r}")
+    if mobility == "fitted" and data_interval_of(data) is None:
+        raise SpecError("[langevin] mobility = 'fitted' needs the data's time: set [data] interval "
+                        "(the time between consecutive snapshots)")
     if sections["langevin"].drift not in ("interpolant", "mixture"):
         raise SpecError(f"[langevin] drift must be 'interpolant' or 'mixture', got {sections['langevin'].drift!r}")
     if sections["mixture"].select_components and not sections["partition"].coreset:

@@ -79,6 +79,10 @@ def test_mobility_of_a_non_reversible_ou_process_is_minus_a_s(data):
     coarse = ou(2, members=32, n=4000, h=0.25)
     err = {o: np.abs(fit_mobility(coarse, score(coarse), 0.25, order=o).phi - exact).max() for o in (1, 2)}
     assert err[2] < 0.5 * err[1]
+    # the matrix logarithm of the lag-one propagator is exact for linear dynamics at any interval
+    log_phi, log_se = grouped(lambda x: fit_mobility(x, score(x), 0.25, method="log").phi, coarse)
+    assert np.all(np.abs(log_phi - exact) <= TOL * log_se)
+    assert np.abs(log_phi - exact).max() < 0.5 * err[2]
 
 
 def test_noise_factor_gives_the_ou_noise():

@@ -133,8 +133,10 @@ def test_a_loaded_result_keeps_spec_partition_and_data_and_reruns_the_model(smal
     assert result.data.reference.shape == (metrics["data"]["reference_snapshots"], 1)
     np.testing.assert_allclose(result.zscore.mean, result.data.train.mean(axis=0), rtol=1e-12)
     # the study's Langevin settings and key reproduce its samples exactly
-    lg = result.spec.langevin
-    paths = result.simulate(lg.particles, lg.steps, lg.dt, burn_in=lg.burn_in, thin=lg.thin, key=study_keys(3)[5])
+    lg, run = result.spec.langevin, metrics["langevin"]
+    assert run["mobility"] == "fitted"  # a built-in system knows its interval: the model runs in its time
+    paths = result.simulate(lg.particles, run["steps"], run["dt"], burn_in=lg.burn_in, thin=run["thin"],
+                            key=study_keys(3)[5], mobility="fitted")
     alive = np.all(np.isfinite(paths), axis=(0, 2))
     np.testing.assert_array_equal(paths[:, alive].reshape(-1, 1), result.rom_samples)
 

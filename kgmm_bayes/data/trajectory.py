@@ -175,6 +175,14 @@ def as_members(x) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr
 
 
+def train_series_length(shape, heldout_fraction: float) -> int:
+    """Snapshots per training time series of user data ``(members, n, d)`` split by :func:`split_members`."""
+    members, n, _ = shape
+    if heldout_fraction <= 0 or members >= 5:
+        return n
+    return n - max(1, int(round(n * heldout_fraction)))
+
+
 def split_members(arr: np.ndarray, heldout_fraction: float):
     """Split ``(members, n, d)`` into training and held-out snapshot sets ``(n_i, d)``.
 
@@ -193,11 +201,21 @@ def split_members(arr: np.ndarray, heldout_fraction: float):
 
 
 class StudyData:
-    """Training and reference snapshots ``(n, d)`` in physical units, with the transform."""
+    """Training and reference snapshots ``(n, d)`` in physical units, with the transform.
 
-    def __init__(self, train, reference, zscore, analytic_score=None, source=""):
+    ``series_length``: the training snapshots are consecutive time series of this many snapshots
+    each, one data interval apart (``train.reshape(-1, series_length, d)``); None: no time order.
+    """
+
+    def __init__(self, train, reference, zscore, analytic_score=None, source="", series_length=None):
         self.train = train
         self.reference = reference
         self.zscore = zscore
         self.analytic_score = analytic_score
         self.source = source
+        self.series_length = series_length
+
+    def train_series(self, z=None):
+        """The training snapshots (or ``z``, aligned with them) as ``(series, series_length, d)``."""
+        x = self.train if z is None else z
+        return None if self.series_length is None else np.asarray(x).reshape(-1, self.series_length, x.shape[-1])

@@ -12,11 +12,19 @@ so with :math:`C(\tau) = E[x(t + \tau)\, s(x(t))^T]`
 .. math::  \dot C(0^+) = E[\Phi s\, s^T] = \Phi V, \qquad V = E[s s^T], \qquad \Phi = M V^{-1},
 
 with :math:`M = \dot C(0^+)` estimated from the data's trajectories (and :math:`C(0) = -I` by
-Stein's identity).  The data are sampled every ``interval``; :math:`M` is the derivative at 0 of
-the polynomial through :math:`C` at lags ``0 .. order`` (``order = 1`` is the one-step difference,
-biased by :math:`O(\Delta)`; ``order = p`` has bias :math:`O(\Delta^p)` and more noise).  For an
-Ornstein-Uhlenbeck process :math:`dx = A x\,dt + B\,dW` with stationary covariance :math:`S`,
-:math:`s = -S^{-1}x`, :math:`V = S^{-1}`, :math:`M = -A` and :math:`\Phi = -A S` exactly.
+Stein's identity).  The data are sampled every ``interval`` :math:`\Delta`; two estimators of
+:math:`M`:
+
+* ``"derivative"``: the derivative at 0 of the polynomial through :math:`C` at lags
+  ``0 .. order`` (``order = 1`` is the one-step difference, biased by :math:`O(\Delta)`;
+  ``order = p`` has bias :math:`O(\Delta^p)` and more noise);
+* ``"log"``: :math:`M = \frac1\Delta \log\big(C(\Delta) C(0)^{-1}\big)\, C(0)`, exact at any
+  :math:`\Delta` when :math:`C(\tau) = e^{A\tau} C(0)` (linear dynamics); for a nonlinear system
+  the linear dynamics that matches the data's :math:`C` at lag :math:`\Delta`, which is what a
+  coarse interval can resolve.
+
+For an Ornstein-Uhlenbeck process :math:`dx = A x\,dt + B\,dW` with stationary covariance
+:math:`S`, :math:`s = -S^{-1}x`, :math:`V = S^{-1}`, :math:`M = -A` and :math:`\Phi = -A S` exactly.
 
 **Responses.**  The linear response of :math:`E[x_i(t)]` to an impulse :math:`\delta x_j` at time 0
 is, by the fluctuation-dissipation relation for a system with stationary density :math:`p`,
@@ -74,14 +82,30 @@ def _aligned(x, scores):
     return x, scores
 
 
-def fit_mobility(x, scores, interval: float, order: int = DEFAULT_ORDER) -> Mobility:
+def fit_mobility(x, scores, interval: float, order: int = DEFAULT_ORDER, method: str = "derivative") -> Mobility:
     """``Phi = M V^-1`` from trajectories ``x`` ``(members, n, d)`` sampled every ``interval`` and the
-    score at every snapshot, ``scores`` of the same shape (see the module docstring)."""
+    score at every snapshot, ``scores`` of the same shape; ``method`` "derivative" (of order
+    ``order``) or "log" (see the module docstring)."""
     x, scores = _aligned(x, scores)
     if not interval > 0:
         raise ValueError(f"interval must be positive, got {interval}")
-    c = lagged_moments(x, scores, order)  # (order + 1, d, d)
-    m = np.tensordot(derivative_weights(order), c, axes=1) / interval
+    if method == "derivative":
+        c = lagged_moments(x, scores, order)  # (order + 1, d, d)
+        m = np.tensordot(derivative_weights(order), c, axes=1) / interval
+    elif method == "log":
+        from scipy.linalg import logm
+
+        c = lagged_moments(x, scores, 1)
+        propagator = np.linalg.solve(c[0].T, c[1].T).T  # C(interval) C(0)^-1
+        generator = logm(propagator)
+        if np.iscomplexobj(generator):
+            if np.abs(generator.imag).max() > 1e-8 * max(1.0, np.abs(generator.real).max()):
+                raise ValueError("the lag-one propagator has a negative eigenvalue: no real generator; "
+                                 "use method='derivative' or a shorter interval")
+            generator = generator.real
+        m = generator @ c[0] / interval
+    else:
+        raise ValueError(f"method must be 'derivative' or 'log', got {method!r}")
     v = np.einsum("mti,mtj->ij", scores, scores) / (scores.shape[0] * scores.shape[1])
     phi = np.linalg.solve(v.T, m.T).T  # M V^-1
     return Mobility(phi=phi, m=m, v=v, min_sym_eigenvalue=float(np.linalg.eigvalsh(0.5 * (phi + phi.T)).min()))

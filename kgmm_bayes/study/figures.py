@@ -13,7 +13,7 @@ from ..data.labelled import variable_names
 from ..metrics import gaussian_kde_1d
 
 __all__ = ["plot_score", "plot_score_field", "score_field", "ScoreField", "plot_marginals",
-           "plot_ensemble_marginals", "plot_ensemble_acf", "plot_relative_entropy"]
+           "plot_ensemble_marginals", "plot_ensemble_acf", "plot_relative_entropy", "plot_dynamics"]
 
 
 def _axes_row(d, width, height):
@@ -271,3 +271,46 @@ def plot_relative_entropy(path, relative_entropy, floor=None, names=None):
     ax.set_ylabel("relative entropy (reference || member)")
     ax.set_title(f"{rel.shape[0]} posterior members: median (red), 5%-95% (black)", fontsize=9)
     _save(fig, path)
+
+
+MAX_PAIRS_SHOWN = 4  # dynamics figures show the pairs (i, j) of the first few coordinates
+
+
+def _pair_grid(d):
+    shown = min(d, MAX_PAIRS_SHOWN)
+    fig = Figure(figsize=(3.2 * shown, 2.6 * shown))
+    return fig, np.asarray(fig.subplots(shown, shown, squeeze=False)), shown
+
+
+def plot_dynamics(folder, arrays: dict, names=None):
+    """``correlations.png`` (``C_ij(tau)`` of the data and, where simulated, of the model) and
+    ``responses.png`` (impulse responses ``R_ij(t)`` with their credible band), in physical time."""
+    import os
+
+    lags, data_c = arrays["lags"], arrays["data_correlation"]
+    d = data_c.shape[1]
+    names = variable_names(names, d)
+    fig, axes, shown = _pair_grid(d)
+    for i in range(shown):
+        for j in range(shown):
+            ax = axes[i, j]
+            ax.plot(lags, data_c[:, i, j], "k-", label="data")
+            if "model_correlation" in arrays:
+                ax.plot(lags, arrays["model_correlation"][:, i, j], "C1--", label="reduced-order model")
+            ax.axhline(0.0, color="0.7", lw=0.6)
+            ax.set_title(f"corr({names[i]}(t + tau), {names[j]}(t))", fontsize=8)
+            ax.set_xlabel("tau")
+    axes[0, 0].legend(fontsize=7)
+    _save(fig, os.path.join(folder, "correlations.png"))
+    fig, axes, shown = _pair_grid(d)
+    for i in range(shown):
+        for j in range(shown):
+            ax = axes[i, j]
+            ax.fill_between(lags, arrays["lower"][:, i, j], arrays["upper"][:, i, j], color="C0", alpha=0.3, lw=0,
+                            label="credible band")
+            ax.plot(lags, arrays["mean"][:, i, j], "C0-", label="posterior mean")
+            ax.axhline(0.0, color="0.7", lw=0.6)
+            ax.set_title(f"response of {names[i]} to an impulse in {names[j]}", fontsize=8)
+            ax.set_xlabel("t")
+    axes[0, 0].legend(fontsize=7)
+    _save(fig, os.path.join(folder, "responses.png"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 import warnings
@@ -23,10 +24,10 @@ from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
 from ..bayes.score import band_around, score_draws
 from ..data.trajectory import split_members
 from ..files import atomic_write_bytes, json_floats, npy_bytes, npz_bytes
-from ..metrics import band_coverage, marginal_relative_entropies, weighted_score_error
+from ..metrics import band_coverage, decorrelation_time, marginal_relative_entropies, weighted_score_error
 from ..result import BayesianKGMM
 from ..rom.interpolant import save_interpolant
-from ..spec import Spec
+from ..spec import Spec, data_interval_of, uses_mobility
 from .checks import (
     SCREENING_DRAWS,
     auto_components,
@@ -34,8 +35,10 @@ from .checks import (
     check_sizes,
     load_user_data,
 )
+from .dynamics import (DYNAMICS_DRAWS, RESCALE_TOLERANCE, dynamics_metrics, dynamics_outputs, fit_dynamics, rescaled,
+                       time_scale_factor)
 from .ensemble import ensemble_stage
-from .figures import plot_marginals, plot_score, plot_score_field
+from .figures import plot_dynamics, plot_marginals, plot_score, plot_score_field
 from .load import DATA_FILE, PARTITION_FILE
 from .outputs import OutputFolder, stage_key
 from .report import numerical_faults, write_report
@@ -45,6 +48,7 @@ from .stages import (
     interpolant_stage,
     langevin_stage,
     log,
+    model_drift,
     partition_stage,
     posterior_stage,
     prepare_data,
@@ -138,9 +142,26 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         cached_stages.append("interpolant")
     clock("interpolant")
 
+    dynamics = None
+    if uses_mobility(spec) and data.series_length is not None:
+        log(progress, "dynamics: mobility and responses from the training trajectories")
+        drift_fn, drift_params = model_drift(spec, interp, fit.draws)
+        picks = np.linspace(0, len(fit.draws[0]) - 1, min(DYNAMICS_DRAWS, len(fit.draws[0]))).round().astype(int)
+        dynamics = fit_dynamics(data.train_series(z), data_interval_of(spec.data), drift_fn, drift_params,
+                                tuple(np.asarray(a)[picks] for a in fit.draws))
+        clock("dynamics")
+
     lg = spec.langevin
-    log(progress, f"langevin: {lg.particles} particles x {lg.burn_in + lg.steps} steps (drift: {lg.drift})")
-    langevin = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress)
+    log(progress, f"langevin: {lg.particles} particles (drift: {lg.drift}"
+                  + (", fitted mobility, data time)" if dynamics is not None else ")"))
+    langevin = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress, dynamics=dynamics)
+    if dynamics is not None:
+        factor = time_scale_factor(np.swapaxes(langevin.rom.samples[:, langevin.rom.alive], 0, 1), dynamics)
+        if abs(math.log(factor)) > math.log1p(RESCALE_TOLERANCE):
+            log(progress, f"langevin: the model's clock is {factor:.3g} x the data's; run again with the rate corrected")
+            dynamics = rescaled(dynamics, factor)
+            langevin = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress,
+                                      dynamics=dynamics)
     if langevin.cached:
         cached_stages.append("langevin")
     clock("langevin", langevin.rom.wall_time if langevin.cached else None)
@@ -158,7 +179,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
 
     log(progress, "metrics, figures, report")
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-                           cached_stages)
+                           cached_stages, dynamics)
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
     if screening:
         metrics["model_selection"]["chosen_from_data"] = {
@@ -182,6 +203,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
 
 class _Evaluation(NamedTuple):
     metrics: dict  # metrics.json, less its timings and faults
+    dynamics: Optional[dict]  # responses.npz's arrays (physical units), None without the data's time
+    rom_paths: Optional[np.ndarray]  # (T, particles, d) physical, one data interval apart; None without it
     rom_samples: np.ndarray  # the model's stationary samples (n, d), physical units
     relative_entropy: np.ndarray  # (d,) per marginal, NaN without samples
     interpolant_at_points: np.ndarray  # (cells, d), z-scored
@@ -189,7 +212,7 @@ class _Evaluation(NamedTuple):
 
 
 def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-              cached_stages) -> _Evaluation:
+              cached_stages, dynamics=None) -> _Evaluation:
     """The model against the data (and the truth where known)."""
     rom, lg, summary = langevin.rom, spec.langevin, fit.summary
     kept = rom.kept_samples()
@@ -217,8 +240,11 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                         "heldout_rms_error": json_floats(interp_error)},
         "langevin": {"particles": int(lg.particles), "escaped": rom.escaped, "non_finite": rom.non_finite,
                      "kept_samples": int(len(kept)), "drift": lg.drift,
+                     "mobility": "identity" if dynamics is None else "fitted",
+                     # the run's schedule (with a fitted mobility: in the data's time, a snapshot per interval)
+                     "dt": langevin.dt, "thin": int(langevin.thin), "steps": int(langevin.steps),
                      "dt_times_max_jacobian_eigenvalue": langevin.stiffness,
-                     "particle_steps_per_second": float(lg.particles * (lg.steps + lg.burn_in)
+                     "particle_steps_per_second": float(lg.particles * (langevin.steps + lg.burn_in)
                                                         / max(rom.wall_time, 1e-9))},
         "cached_stages": cached_stages,
     }
@@ -246,7 +272,19 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                    f"{rom.non_finite} became non-finite")
         metrics["langevin"]["warning"] = message
         warnings.warn(message, RuntimeWarning, stacklevel=3)
-    return _Evaluation(metrics, rom_phys, rel_ent, interp_at_points, true_at_points)
+    arrays, paths = None, None
+    if dynamics is None:
+        metrics["dynamics"] = {"available": False, "why": "no data interval: time scales are not available"
+                               if data_interval_of(spec.data) is None else "[langevin] mobility = 'identity'"}
+    else:
+        alive = rom.samples[:, rom.alive].astype(np.float64)  # (T, P, d) z-scored, one interval apart
+        series = np.swapaxes(alive, 0, 1)
+        arrays = dynamics_outputs(dynamics, data.zscore.std, spec.score.band, series if len(alive) > 1 else None)
+        model_tau = decorrelation_time(series, dynamics.interval) if len(alive) > 1 else None
+        metrics["dynamics"] = {"available": True, **dynamics_metrics(dynamics, arrays, model_tau),
+                               "rom_paths_rows": int(len(alive))}
+        paths = data.zscore.inverse(alive)
+    return _Evaluation(metrics, arrays, paths, rom_phys, rel_ent, interp_at_points, true_at_points)
 
 
 HELDOUT_POINTS = 4096  # training snapshots at which the interpolant's error is measured
@@ -272,6 +310,10 @@ def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation):
     save_interpolant(out.path("interpolant.npz"), interp)
     atomic_write_bytes(out.path(PARTITION_FILE), npz_bytes(part._asdict()))
     atomic_write_bytes(out.path("rom_samples.npy"), npy_bytes(rom_phys))
+    if evaluation.dynamics is not None:
+        atomic_write_bytes(out.path("responses.npz"), npz_bytes(evaluation.dynamics))
+        atomic_write_bytes(out.path("rom_paths.npy"), npy_bytes(evaluation.rom_paths))
+        plot_dynamics(out.path("figures"), evaluation.dynamics, names=spec.data.variables or None)
     std, summary = data.zscore.std, fit.summary
     names = spec.data.variables or None
     plot_score(out.path("figures", "score.png"), data.zscore.inverse(part.points),

@@ -42,7 +42,7 @@ from ..bayes.score import (
 from ..bayes.score_matching import fisher_gap
 from ..bayes.selection import select_components
 from ..data.systems import get_system, simulate
-from ..data.trajectory import StudyData, split_members
+from ..data.trajectory import StudyData, split_members, train_series_length
 from ..data.zscore import ZScore
 from ..files import atomic_write_bytes, json_floats
 from ..partition import Partition, fit_partition
@@ -59,12 +59,13 @@ from ..rom.langevin import (
 )
 from ..spec import Spec
 from .checks import screening_spec
+from .dynamics import rom_schedule
 from .outputs import OutputFolder, stage_key
 from .report import STIFFNESS_LIMIT
 
 __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare_data", "sample_posterior",
            "partition_stage", "posterior_stage", "choose_components", "score_stage", "interpolant_stage",
-           "langevin_stage", "ScoreStage", "LangevinStage", "stacked_weights"]
+           "langevin_stage", "ScoreStage", "LangevinStage", "stacked_weights", "model_drift"]
 
 # Part of every stage key: raise it whenever what a stage computes or stores changes (2: coreset
 # cells enter through their moments; Partition gained cell_covariances. 3: stage files carry a
@@ -105,7 +106,8 @@ def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None =
         train, reference = split_members(user_data, ds.heldout_fraction)
         if reference is None:
             reference = train
-        return StudyData(train, reference, ZScore.fit(train), None, source=ds.path or "array")
+        length = train_series_length(user_data.shape, ds.heldout_fraction) if ds.interval is not None else None
+        return StudyData(train, reference, ZScore.fit(train), None, source=ds.path or "array", series_length=length)
     system = get_system(ds.system)
     settings = dict(members=ds.members, steps=ds.steps, thin=ds.thin, burn_in=ds.burn_in, dt=ds.dt)
     key = stage_key("data", spec.section_json("data"), str(jax.random.key_data(data_key)), __version__, STAGE_SCHEMA)
@@ -117,7 +119,11 @@ def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None =
             out.save_stage("data", key, {"train": train, "reference": reference})
     else:
         train, reference = cached
-    return StudyData(train, reference, ZScore.fit(train), system.score, source=f"system {system.name}")
+    length = None
+    if system.timed:  # every member (every KS offset) is a series of steps // thin snapshots
+        length = (system.steps if ds.steps is None else ds.steps) // (system.thin if ds.thin is None else ds.thin)
+    return StudyData(train, reference, ZScore.fit(train), system.score, source=f"system {system.name}",
+                     series_length=length)
 
 
 # ---------------------------------------------------------------- partition
@@ -282,6 +288,9 @@ class LangevinStage(NamedTuple):
     rom: LangevinResult
     stiffness: float  # dt x max |eigenvalue of the drift Jacobian| at the cells
     cached: bool
+    dt: float  # the run's schedule: the spec's, or rom_schedule's with a fitted mobility
+    thin: int
+    steps: int
 
 
 def _langevin_from_arrays(cached) -> LangevinResult:
@@ -289,24 +298,39 @@ def _langevin_from_arrays(cached) -> LangevinResult:
                           non_finite=int(cached["non_finite"]), wall_time=float(cached["wall_time"]))
 
 
-def langevin_stage(spec: Spec, out, key, part: Partition, interp, draws, upstream, progress) -> LangevinStage:
-    """The reduced-order model ``dx = s(x) dt + sqrt(2) dW``, its drift the interpolant or the
+def model_drift(spec: Spec, interp, draws):
+    """``(drift_fn, drift_params)`` of the reduced-order model: the interpolant or the
     posterior-predictive mixture score (``[langevin] drift``)."""
+    if spec.langevin.drift == "interpolant":
+        return interp.apply_fn(), interp.params
+    return predictive_drift(draws)
+
+
+def langevin_stage(spec: Spec, out, key, part: Partition, interp, draws, upstream, progress,
+                   dynamics=None) -> LangevinStage:
+    """The reduced-order model ``dx = s(x) dt + sqrt(2) dW``, its drift the interpolant or the
+    posterior-predictive mixture score (``[langevin] drift``); with ``dynamics``
+    (:class:`kgmm_bayes.study.dynamics.Dynamics`) ``dx = Phi s dt + Sigma dW`` in the data's time,
+    a snapshot every data interval (:func:`kgmm_bayes.study.dynamics.rom_schedule`)."""
     lg = spec.langevin
-    if lg.drift == "interpolant":
-        drift_fn, drift_params = interp.apply_fn(), interp.params
+    drift_fn, drift_params = model_drift(spec, interp, draws)
+    dt, thin, steps, mobility = lg.dt, lg.thin, lg.steps, None
+    if dynamics is None:
+        stiffness = lg.dt * max_jacobian_eigenvalue(drift_fn, drift_params, part.points)
     else:
-        drift_fn, drift_params = predictive_drift(draws)
-    stiffness = lg.dt * max_jacobian_eigenvalue(drift_fn, drift_params, part.points)
+        dt, thin, steps, stiffness = rom_schedule(lg, dynamics.interval, dynamics.phi, drift_fn, drift_params,
+                                                  part.points, min_rows=2 * len(dynamics.lags))
+        mobility = dynamics.phi
     if stiffness > STIFFNESS_LIMIT:
         warnings.warn(f"langevin: dt x max |eigenvalue of the drift Jacobian| = {stiffness:.2f} at the data "
                       "(Euler-Maruyama is unstable above 2): lower [langevin] dt", RuntimeWarning, stacklevel=3)
-    lkey = stage_key("langevin", upstream, spec.section_json("langevin"))
+    lkey = stage_key("langevin", upstream, spec.section_json("langevin"),
+                     "" if mobility is None else np.asarray(mobility, np.float64).tobytes().hex(), dt, thin, steps)
     cached = out.load_stage("langevin", lkey, build=_langevin_from_arrays)
     if cached is not None:
-        return LangevinStage(cached, stiffness, True)
+        return LangevinStage(cached, stiffness, True, dt, thin, steps)
     x0, run_key = langevin_start(key, part, lg.particles)
-    rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box,
-                            progress=progress)
+    rom = simulate_langevin(run_key, drift_fn, drift_params, x0, dt, steps, lg.burn_in, thin, lg.box,
+                            progress=progress, mobility=mobility)
     out.save_stage("langevin", lkey, rom._asdict())
-    return LangevinStage(rom, stiffness, False)
+    return LangevinStage(rom, stiffness, False, dt, thin, steps)

@@ -76,6 +76,7 @@ class System(NamedTuple):
     state_dim: Optional[int] = None
     simulator: Optional[Callable] = None
     scheme: str = "euler_maruyama"
+    timed: bool = True  # False: snapshots are independent draws, not a trajectory (no time scales)
 
 
 def _observation(system: System):

@@ -163,7 +163,7 @@ SYSTEMS = {
         name="mixture_2d", dim=2, noise_dim=2,
         drift=_mixture_2d_score, diffusion=_four_well_diffusion, x0=(0.0, 0.0),
         dt=0.01, members=100, steps=1_000, thin=1, burn_in=0,
-        score=_mixture_2d_score, simulator=_mixture_2d_draws,
+        score=_mixture_2d_score, simulator=_mixture_2d_draws, timed=False,
     ),
     "lorenz63": System(
         name="lorenz63", dim=3, noise_dim=3,

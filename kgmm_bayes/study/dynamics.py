@@ -1,0 +1,197 @@
+"""The study's reduced-order model in the data's time: mobility, correlation functions, responses.
+
+With the data's interval known (``[data] interval``, or a built-in system's ``dt x thin``):
+
+* the mobility ``Phi`` of the model's drift is fitted from the training trajectories
+  (:func:`kgmm_bayes.rom.mobility.fit_mobility`), and one ``Phi`` per posterior draw (its
+  mixture score in place of the drift) gives the mobility's credible band;
+* the model ``dx = Phi s dt + Sigma dW`` runs with snapshots one data interval apart
+  (:func:`rom_schedule`), so its correlation functions compare with the data's; ``M V^-1`` gives
+  the mobility's shape (relative rates, the antisymmetric part) exactly for linear dynamics, but a
+  derivative at lag 0 is what coarse snapshots of nonlinear dynamics resolve least, so the overall
+  rate is corrected by one factor that matches the data's decorrelation times
+  (:func:`time_scale_factor`; the model is run again when it is off by more than 10%);
+* the responses ``R_ij(t) = -E[x_i(t) s_j(x(0))]`` (impulse), their time integral (step) and the
+  second moments' response are averages over the training trajectories, one per posterior draw:
+  their band is the draws' quantiles, widened by the sampling error of the trajectory average
+  (spread over groups of members), which the draws do not see.
+
+All arrays are computed in z-scored units; :func:`dynamics_outputs` converts to physical units.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import jax.numpy as jnp
+import numpy as np
+from scipy.stats import norm
+
+from ..bayes.score import score_draws
+from ..metrics.correlation import correlation_functions
+from ..metrics.series import decorrelation_time
+from ..rom.langevin import max_jacobian_eigenvalue, with_mobility
+from ..rom.mobility import (fit_mobility, impulse_responses, second_moment_responses, step_responses,
+                            to_physical)
+
+__all__ = ["Dynamics", "fit_dynamics", "rom_schedule", "dynamics_metrics", "dynamics_outputs", "time_scale_factor",
+           "rescaled", "RESCALE_TOLERANCE",
+           "DYNAMICS_DRAWS", "MOBILITY_METHOD", "DECORRELATION_TIMES"]
+
+DYNAMICS_DRAWS = 32  # posterior draws, each with its own mobility and responses
+MOBILITY_METHOD = "log"  # kgmm_bayes.rom.mobility: exact for linear dynamics at any interval
+DECORRELATION_TIMES = 5  # correlation functions and responses cover this many of the data's decorrelation times
+MAX_LAGS = 400  # ... but at most this many intervals
+MAX_SNAPSHOTS = 200_000  # training snapshots used for the lagged moments (whole series, first ones)
+CHUNK = 8192
+SE_GROUPS = 8  # independent groups of the trajectories for the responses' sampling error
+RESCALE_TOLERANCE = 0.1  # the model is re-run with the corrected rate when |log c| exceeds log(1 + this)
+
+
+class Dynamics(NamedTuple):
+    interval: float
+    phi: np.ndarray  # (d, d) mobility of the model's drift (z-scored)
+    phi_draws: np.ndarray  # (S, d, d) one per posterior draw
+    lags: np.ndarray  # (L + 1,) physical time, from 0
+    impulse: np.ndarray  # (S, L + 1, d, d) R_ij per draw (z-scored)
+    second: np.ndarray  # (S, L + 1, d, d) response of E[x_i^2] per draw (z-scored)
+    data_correlation: np.ndarray  # (L + 1, d, d) C_ij of the training trajectories
+    data_tau: np.ndarray  # (d,) decorrelation times of the training trajectories (physical time)
+    time_scale: float = 1.0  # the rate factor c applied to M V^-1 (time_scale_factor)
+    impulse_se: Optional[np.ndarray] = None  # (L + 1, d, d) sampling standard error of the trajectory average
+    second_se: Optional[np.ndarray] = None
+
+
+def _evaluate(fn, z) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(jnp.asarray(z[i:i + CHUNK], jnp.float32)), np.float64)
+                           for i in range(0, len(z), CHUNK)])
+
+
+def fit_dynamics(series, interval: float, drift_fn, drift_params, draws) -> Dynamics:
+    """Mobilities, responses and the data's correlation functions from the z-scored training
+    ``series`` ``(members, n, d)`` sampled every ``interval``; ``drift_fn(drift_params, x)`` is the
+    model's drift (a score), ``draws`` ``(weights, means, cov_chol)`` the posterior draws to use."""
+    series = np.asarray(series, np.float64)
+    keep = max(1, min(len(series), MAX_SNAPSHOTS // series.shape[1]))
+    series = series[:keep]
+    members, n, d = series.shape
+    flat = series.reshape(-1, d)
+    tau = decorrelation_time(series, interval)
+    max_lag = int(min(n - 1, MAX_LAGS, max(2, math.ceil(DECORRELATION_TIMES * float(np.max(tau)) / interval))))
+    drift = _evaluate(lambda x: drift_fn(drift_params, x), flat).reshape(series.shape)
+    phi = fit_mobility(series, drift, interval, method=MOBILITY_METHOD).phi
+    phis, impulse, second, mean_score = [], [], [], 0.0
+    for s in range(len(draws[0])):
+        one = tuple(np.asarray(a)[s:s + 1] for a in draws)
+        score = score_draws(*one, flat)[0][0].reshape(series.shape)
+        mean_score = mean_score + score / len(draws[0])
+        phis.append(fit_mobility(series, score, interval, method=MOBILITY_METHOD).phi)
+        impulse.append(impulse_responses(series, score, max_lag))
+        second.append(second_moment_responses(series, score, max_lag))
+    impulse_se, second_se = (_sampling_se(fn, series, mean_score, max_lag)
+                             for fn in (impulse_responses, second_moment_responses))
+    return Dynamics(interval=float(interval), phi=phi, phi_draws=np.stack(phis),
+                    lags=interval * np.arange(max_lag + 1), impulse=np.stack(impulse), second=np.stack(second),
+                    data_correlation=correlation_functions(series, max_lag), data_tau=tau,
+                    impulse_se=impulse_se, second_se=second_se)
+
+
+def _sampling_se(response_fn, series, score, max_lag):
+    """Standard error of a response's trajectory average: the spread over :data:`SE_GROUPS` groups of
+    members (or of contiguous stretches of time when there are fewer members than groups)."""
+    members, n, d = series.shape
+    if members < SE_GROUPS:
+        length = n // SE_GROUPS
+        if length <= max_lag + 1:
+            return None
+        series = series[:, :length * SE_GROUPS].reshape(members * SE_GROUPS, length, d)
+        score = score[:, :length * SE_GROUPS].reshape(members * SE_GROUPS, length, d)
+    groups = np.array_split(np.arange(len(series)), SE_GROUPS)
+    parts = np.stack([response_fn(series[g], score[g], max_lag) for g in groups])
+    return parts.std(axis=0, ddof=1) / np.sqrt(SE_GROUPS)
+
+
+def time_scale_factor(paths, dyn: Dynamics) -> float:
+    """The factor ``c`` by which the mobility's rate is corrected: ``dx = c Phi s dt + sqrt(c) Sigma dW``
+    is the same model on the clock ``c t``, so its decorrelation times are the model's divided by ``c``;
+    ``c`` = the geometric mean over coordinates of (model's / data's decorrelation time), from the
+    model's ``paths`` ``(members, T, d)`` one interval apart.  It corrects what one lag of coarse data
+    cannot resolve (``M`` is a derivative at lag 0); 1 for linear dynamics."""
+    model_tau = decorrelation_time(paths, dyn.interval)
+    return float(np.exp(np.mean(np.log(model_tau / dyn.data_tau))))
+
+
+def rescaled(dyn: Dynamics, factor: float) -> Dynamics:
+    """The dynamics with every mobility times ``factor`` (the clock of the model ``factor`` times faster)."""
+    return dyn._replace(phi=dyn.phi * factor, phi_draws=dyn.phi_draws * factor, time_scale=dyn.time_scale * factor)
+
+
+def rom_schedule(lg, interval: float, phi, drift_fn, drift_params, points, min_rows: int = 2):
+    """``(dt, thin, steps, stiffness)`` of the model with mobility ``phi``: the step is the spec's
+    ``[langevin] dt`` scaled so that ``dt x max |eigenvalue|`` of the drift's Jacobian stays what it is
+    without the mobility, then shortened so that ``thin`` steps make one data interval; ``steps`` keeps
+    the spec's count (a multiple of ``thin``), so the run costs what it did, or makes ``min_rows``
+    snapshots if that is more."""
+    plain = max_jacobian_eigenvalue(drift_fn, drift_params, points)
+    mobile_fn, mobile_params = with_mobility(drift_fn), (drift_params, jnp.asarray(phi, jnp.float32))
+    mobile = max_jacobian_eigenvalue(mobile_fn, mobile_params, points)
+    dt_max = lg.dt * plain / max(mobile, 1e-300)
+    thin = max(1, math.ceil(interval / dt_max))
+    dt = interval / thin
+    steps = max(thin * max(1, min_rows), lg.steps // thin * thin)
+    return dt, thin, steps, dt * mobile
+
+
+def _band(values, band: float, se=None):
+    """Mean and ``band`` quantiles over draws (axis 0), each half-width widened in quadrature by the
+    normal quantile times ``se`` (the estimate's sampling error, independent of the draws)."""
+    tail = 0.5 * (1.0 - band)
+    mean = values.mean(axis=0)
+    lower, upper = np.quantile(values, [tail, 1.0 - tail], axis=0)
+    if se is None:
+        return mean, lower, upper
+    extra = (norm.ppf(1.0 - tail) * se) ** 2
+    return mean, mean - np.sqrt((mean - lower) ** 2 + extra), mean + np.sqrt((upper - mean) ** 2 + extra)
+
+
+def dynamics_outputs(dyn: Dynamics, std, band: float, paths=None) -> dict:
+    """``responses.npz``'s arrays in physical units: ``lags``; ``mean``, ``lower``, ``upper``
+    ``(L, d, d)`` of the impulse response ``R_ij``; the same with prefixes ``step_`` and ``second_``
+    (the second moments' response, ``d(E[x_i^2]) / d(impulse in x_j)``, physical units squared over
+    units); ``mobility``, ``mobility_lower``, ``mobility_upper``; ``data_correlation`` and, with the
+    model's ``paths`` ``(members, T, d)``, ``model_correlation``."""
+    std = np.asarray(std, np.float64)
+    out = {"lags": dyn.lags}
+    second_scale = (std**2)[:, None] / std[None, :]
+    impulse = to_physical(std, responses=dyn.impulse)[1]
+    impulse_se = None if dyn.impulse_se is None else to_physical(std, responses=dyn.impulse_se)[1]
+    step_se = None if impulse_se is None else step_responses(impulse_se, dyn.interval)  # errors taken as correlated
+    second_se = None if dyn.second_se is None else dyn.second_se * second_scale
+    for prefix, values, se in (("", impulse, impulse_se),
+                               ("step_", np.stack([step_responses(r, dyn.interval) for r in impulse]), step_se),
+                               ("second_", dyn.second * second_scale, second_se)):
+        mean, lower, upper = _band(values, band, se)
+        out.update({f"{prefix}mean": mean, f"{prefix}lower": lower, f"{prefix}upper": upper})
+    phis = np.stack([to_physical(std, phi=p)[0] for p in dyn.phi_draws])
+    out["mobility"] = to_physical(std, phi=dyn.phi)[0]
+    _, out["mobility_lower"], out["mobility_upper"] = _band(phis, band)
+    out["data_correlation"] = dyn.data_correlation
+    if paths is not None:
+        out["model_correlation"] = correlation_functions(paths, len(dyn.lags) - 1)
+    return out
+
+
+def dynamics_metrics(dyn: Dynamics, arrays: dict, model_tau: Optional[np.ndarray]) -> dict:
+    """The ``metrics.json`` entry: interval, mobility with its band, decorrelation times (data,
+    model, ratio), the correlation functions' relative error and the responses' extent."""
+    entry = {"interval": dyn.interval, "mobility_method": MOBILITY_METHOD, "draws": int(len(dyn.phi_draws)),
+             "mobility_time_scale": dyn.time_scale,
+             "mobility": arrays["mobility"].tolist(), "mobility_lower": arrays["mobility_lower"].tolist(),
+             "mobility_upper": arrays["mobility_upper"].tolist(),
+             "max_lag_time": float(dyn.lags[-1]), "decorrelation_time_data": dyn.data_tau.tolist()}
+    if model_tau is not None and "model_correlation" in arrays:
+        data_c, model_c = arrays["data_correlation"], arrays["model_correlation"]
+        entry["decorrelation_time_model"] = np.asarray(model_tau).tolist()
+        entry["decorrelation_time_ratio"] = (np.asarray(model_tau) / dyn.data_tau).tolist()
+        entry["correlation_relative_error"] = float(np.linalg.norm(model_c - data_c) / np.linalg.norm(data_c))
+    return entry

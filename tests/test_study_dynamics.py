@@ -1,0 +1,122 @@
+"""A study in the data's time, end to end, on user data from a non-reversible Ornstein-Uhlenbeck
+process sampled exactly (``[data] interval``): the fitted mobility, the model's correlation
+functions and the responses against the analytic ones (see tests/test_mobility.py for the formulas).
+
+A one-component mixture is the OU's exact family, so the remaining errors are sampling errors of
+20 x 2,000 snapshots and the model's finite run; the tolerances are a few of those.
+"""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.linalg import expm
+
+from test_mobility import A, BBT, S, ou
+
+H = 0.1
+SPEC = f"""
+[study]
+name = "ou"
+seed = 1
+
+[data]
+path = "ou.npy"
+interval = {H}
+heldout_fraction = 0.2
+
+[partition]
+cells = 300
+
+[mixture]
+components = 1
+
+[sampler]
+chains = 2
+warmup = 200
+draws = 200
+
+[score]
+max_draws = 200
+
+[interpolant]
+hidden = [32, 32]
+steps = 800
+
+[langevin]
+particles = 400
+dt = 0.01
+steps = 20000
+burn_in = 500
+thin = 10
+"""
+
+
+@pytest.fixture(scope="module")
+def ou_study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ou")
+    np.save(folder / "ou.npy", 3.0 + ou(11, members=20, n=2000, h=H))  # an offset: physical units are kept
+    (folder / "ou.toml").write_text(SPEC)
+    proc = subprocess.run([sys.executable, "-m", "kgmm_bayes.cli", "run", "ou.toml", "--out", "out", "--quiet"],
+                          cwd=folder, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder / "out"
+
+
+def test_mobility_is_minus_a_s_and_its_band_holds_it(ou_study):
+    dyn = json.loads((ou_study / "metrics.json").read_text())["dynamics"]
+    assert dyn["available"] and dyn["interval"] == H
+    exact = -A @ S
+    phi, lower, upper = (np.asarray(dyn[k]) for k in ("mobility", "mobility_lower", "mobility_upper"))
+    assert np.abs(phi - exact).max() < 0.15 * np.abs(exact).max()
+    assert np.all((lower - 0.05 <= exact) & (exact <= upper + 0.05))
+    # linear dynamics: the rate needs no correction (only the model's finite-run noise)
+    assert 0.85 < dyn["mobility_time_scale"] < 1.15
+    sigma2 = phi + phi.T  # the model's noise covariance 2 sym(Phi) is the OU's B B^T
+    np.testing.assert_allclose(sigma2, BBT, atol=0.2 * np.abs(BBT).max())
+
+
+def test_model_correlation_functions_and_decorrelation_times_match_the_data(ou_study):
+    dyn = json.loads((ou_study / "metrics.json").read_text())["dynamics"]
+    assert dyn["correlation_relative_error"] < 0.1
+    assert all(0.85 < r < 1.15 for r in dyn["decorrelation_time_ratio"])
+    arrays = np.load(ou_study / "responses.npz")
+    lags = arrays["lags"]
+    sd = np.sqrt(np.diag(S))
+    exact = np.stack([expm(A * t) @ S for t in lags]) / np.outer(sd, sd)
+    assert np.abs(arrays["model_correlation"] - exact).max() < 0.1
+    assert lags[-1] >= 5 * max(dyn["decorrelation_time_data"]) - H  # five decorrelation times
+    paths = np.load(ou_study / "rom_paths.npy")
+    assert paths.ndim == 3 and paths.shape[2] == 2 and paths.shape[0] >= len(lags)
+    assert abs(paths.mean() - 3.0) < 0.2  # physical units
+
+
+def test_responses_match_the_analytic_impulse_response_with_their_band(ou_study):
+    arrays = np.load(ou_study / "responses.npz")
+    lags = arrays["lags"]
+    exact = np.stack([expm(A * t) for t in lags])
+    assert arrays["mean"].shape == (len(lags), 2, 2)
+    assert np.abs(arrays["mean"] - exact).max() < 0.1
+    inside = (arrays["lower"] - 0.02 <= exact) & (exact <= arrays["upper"] + 0.02)
+    assert inside.mean() > 0.8
+    steps = np.stack([np.linalg.solve(A, expm(A * t) - np.eye(2)) for t in lags])
+    assert np.abs(arrays["step_mean"] - steps).max() < 0.15
+    assert np.abs(arrays["second_mean"]).max() < 0.3  # centred Gaussian: no linear response of x_i^2 ...
+    for name in ("correlations.png", "responses.png"):
+        assert (ou_study / "figures" / name).is_file()
+
+
+def test_without_an_interval_time_scales_are_reported_unavailable(tmp_path):
+    from kgmm_bayes.spec import SpecError, load_spec, uses_mobility
+
+    (tmp_path / "ou.npy").write_bytes(b"")
+    (tmp_path / "no_time.toml").write_text(SPEC.replace(f"interval = {H}\n", ""))
+    assert not uses_mobility(load_spec(tmp_path / "no_time.toml"))
+    (tmp_path / "fitted.toml").write_text(SPEC.replace(f"interval = {H}\n", "").replace(
+        "[langevin]\n", '[langevin]\nmobility = "fitted"\n'))
+    with pytest.raises(SpecError, match="needs the data's time"):
+        load_spec(tmp_path / "fitted.toml")
+    (tmp_path / "system.toml").write_text('[data]\nsystem = "reduced_1d"\ninterval = 1.0\n')
+    with pytest.raises(SpecError, match="set by the built-in system"):
+        load_spec(tmp_path / "system.toml")
