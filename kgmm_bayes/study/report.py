@@ -85,6 +85,28 @@ def _coarsening_lines(c, n) -> list:
                    "the mixture's own error."]
 
 
+def _dynamics_lines(dyn, names) -> list:
+    """The model in the data's time, in words (see kgmm_bayes.study.dynamics)."""
+    if not dyn:
+        return []
+    if not dyn["available"]:
+        return ["", "## Time scales", f"- Not available: {dyn['why']} (the model runs in Langevin time)"]
+    names = list(names) or [f"x{i}" for i in range(len(dyn["decorrelation_time_data"]))]
+    lines = ["", "## Time scales (the data's time; see responses.npz and figures/correlations.png, responses.png)",
+             f"- Data interval {_fmt(dyn['interval'])}; mobility Phi = M V^-1 ({dyn['mobility_method']} estimator), "
+             f"rate corrected by {_fmt(dyn['mobility_time_scale'])} to the data's decorrelation times; "
+             f"{dyn['draws']} posterior draws give its band",
+             "- Decorrelation times, data: " + ", ".join(f"{n} {_fmt(v)}" for n, v in
+                                                         zip(names, dyn["decorrelation_time_data"]))]
+    if "decorrelation_time_model" in dyn:
+        lines += ["- Decorrelation times, model: " + ", ".join(f"{n} {_fmt(v)}" for n, v in
+                                                             zip(names, dyn["decorrelation_time_model"]))
+                  + " (ratios " + ", ".join(_fmt(v) for v in dyn["decorrelation_time_ratio"]) + ")",
+                  f"- Correlation functions C_ij(tau), all pairs, tau up to {_fmt(dyn['max_lag_time'])}: relative "
+                  f"error of the model against the data {_fmt(dyn['correlation_relative_error'])}"]
+    return lines
+
+
 def write_report(path, spec, metrics: dict) -> None:
     re = metrics["relative_entropy"]
     post = metrics["posterior"]
@@ -113,6 +135,7 @@ def write_report(path, spec, metrics: dict) -> None:
     ]
     if metrics["langevin"].get("warning"):
         lines.append(f"- **Warning**: {metrics['langevin']['warning']}")
+    lines += _dynamics_lines(metrics.get("dynamics"), spec.data.variables)
     lines += [
         "",
         "## Posterior (label-invariant diagnostics)",
