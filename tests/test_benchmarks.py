@@ -10,6 +10,10 @@ CASES = {
     "bench_gradient.py": ["--repeats", "2", "--cases", "500,3,2"],
     "bench_sampler.py": ["--case", "four_well", "--snapshots", "400", "--components", "2", "--iterations", "40",
                          "--baseline-iterations", "40"],
+    "bench_dynamics.py": ["--snapshots", "4000", "--members", "20", "--starts", "500", "--settings",
+                          '[partition]\\ncells = 100\\n[mixture]\\ncomponents = 3\\ncoarsening = "off"\\n'
+                          '[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
+                          '[langevin]\\nparticles = 50\\nsteps = 2000\\nburn_in = 0'],
     "bench_coreset.py": ["--members", "4", "--cells", "100", "--iterations", "40"],
     "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],
     "bench_reproducibility.py": ["reduced_1d", "--keys", "0", "1", "--members", "4", "--cells", "60",
