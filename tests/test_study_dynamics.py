@@ -6,14 +6,13 @@ A one-component mixture is the OU's exact family, so the remaining errors are sa
 20 x 2,000 snapshots and the model's finite run; the tolerances are a few of those.
 """
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from scipy.linalg import expm
 
 from test_mobility import A, BBT, S, ou
+from test_study import run_cli
 
 H = 0.1
 SPEC = f"""
@@ -58,8 +57,7 @@ def ou_study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ou")
     np.save(folder / "ou.npy", 3.0 + ou(11, members=20, n=2000, h=H))  # an offset: physical units are kept
     (folder / "ou.toml").write_text(SPEC)
-    proc = subprocess.run([sys.executable, "-m", "kgmm_bayes.cli", "run", "ou.toml", "--out", "out", "--quiet"],
-                          cwd=folder, capture_output=True, text=True, timeout=900)
+    proc = run_cli("run", "ou.toml", "--out", "out", "--quiet", cwd=folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder / "out"
 

@@ -276,10 +276,21 @@ def plot_relative_entropy(path, relative_entropy, floor=None, names=None):
 MAX_PAIRS_SHOWN = 4  # dynamics figures show the pairs (i, j) of the first few coordinates
 
 
-def _pair_grid(d):
+def _pair_figure(path, d, draw, title, xlabel):
+    """A grid of the pairs (i, j) of the first :data:`MAX_PAIRS_SHOWN` coordinates: ``draw(ax, i, j)``
+    fills a panel, ``title(i, j)`` names it; the zero line and the first panel's legend are added."""
     shown = min(d, MAX_PAIRS_SHOWN)
     fig = Figure(figsize=(3.2 * shown, 2.6 * shown))
-    return fig, np.asarray(fig.subplots(shown, shown, squeeze=False)), shown
+    axes = np.asarray(fig.subplots(shown, shown, squeeze=False))
+    for i in range(shown):
+        for j in range(shown):
+            ax = axes[i, j]
+            draw(ax, i, j)
+            ax.axhline(0.0, color="0.7", lw=0.6)
+            ax.set_title(title(i, j), fontsize=8)
+            ax.set_xlabel(xlabel)
+    axes[0, 0].legend(fontsize=7)
+    _save(fig, path)
 
 
 def plot_dynamics(folder, arrays: dict, names=None):
@@ -290,27 +301,18 @@ def plot_dynamics(folder, arrays: dict, names=None):
     lags, data_c = arrays["lags"], arrays["data_correlation"]
     d = data_c.shape[1]
     names = variable_names(names, d)
-    fig, axes, shown = _pair_grid(d)
-    for i in range(shown):
-        for j in range(shown):
-            ax = axes[i, j]
-            ax.plot(lags, data_c[:, i, j], "k-", label="data")
-            if "model_correlation" in arrays:
-                ax.plot(lags, arrays["model_correlation"][:, i, j], "C1--", label="reduced-order model")
-            ax.axhline(0.0, color="0.7", lw=0.6)
-            ax.set_title(f"corr({names[i]}(t + tau), {names[j]}(t))", fontsize=8)
-            ax.set_xlabel("tau")
-    axes[0, 0].legend(fontsize=7)
-    _save(fig, os.path.join(folder, "correlations.png"))
-    fig, axes, shown = _pair_grid(d)
-    for i in range(shown):
-        for j in range(shown):
-            ax = axes[i, j]
-            ax.fill_between(lags, arrays["lower"][:, i, j], arrays["upper"][:, i, j], color="C0", alpha=0.3, lw=0,
-                            label="credible band")
-            ax.plot(lags, arrays["mean"][:, i, j], "C0-", label="posterior mean")
-            ax.axhline(0.0, color="0.7", lw=0.6)
-            ax.set_title(f"response of {names[i]} to an impulse in {names[j]}", fontsize=8)
-            ax.set_xlabel("t")
-    axes[0, 0].legend(fontsize=7)
-    _save(fig, os.path.join(folder, "responses.png"))
+
+    def correlation(ax, i, j):
+        ax.plot(lags, data_c[:, i, j], "k-", label="data")
+        if "model_correlation" in arrays:
+            ax.plot(lags, arrays["model_correlation"][:, i, j], "C1--", label="reduced-order model")
+
+    def response(ax, i, j):
+        ax.fill_between(lags, arrays["lower"][:, i, j], arrays["upper"][:, i, j], color="C0", alpha=0.3, lw=0,
+                        label="credible band")
+        ax.plot(lags, arrays["mean"][:, i, j], "C0-", label="posterior mean")
+
+    _pair_figure(os.path.join(folder, "correlations.png"), d, correlation,
+                 lambda i, j: f"corr({names[i]}(t + tau), {names[j]}(t))", "tau")
+    _pair_figure(os.path.join(folder, "responses.png"), d, response,
+                 lambda i, j: f"response of {names[i]} to an impulse in {names[j]}", "t")
