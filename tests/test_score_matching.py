@@ -90,3 +90,9 @@ def test_choose_zeta_makes_the_variance_at_least_the_score_matching_bound():
     assert choice.zeta == pytest.approx(v / max(v * inflation + bias2, bound), rel=1e-12)
     assert choice.zeta == pytest.approx(1 / 9, rel=1e-12)
     assert choice.score_matching_bound == bound and choice.limited_by == "score"
+
+
+def test_too_few_snapshots_measure_no_gap():
+    from kgmm_bayes.bayes.score_matching import MIN_SNAPSHOTS
+
+    assert fisher_gap(jax.random.key(3), gaussian(7, 2 * MIN_SNAPSHOTS - 1), scaled(0.6), steps=10) is None

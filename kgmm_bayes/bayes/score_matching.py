@@ -42,6 +42,7 @@ REFERENCE_LEARNING_RATE = 1e-2
 REFERENCE_BATCH = 256  # snapshots per step
 MAX_SNAPSHOTS = 50_000  # per half: the gap's noise is then well below the posterior's variance
 BATCHES = 20  # batch means over the held-out half (time order) for the standard error
+MIN_SNAPSHOTS = 2500  # per half: with fewer the network cannot beat the mixture (no gap is measured)
 LOWER_SE = 1.0  # the gap kept is its estimate less this many standard errors (at least 0)
 
 
@@ -98,14 +99,17 @@ def train_reference(key, z, steps: int = REFERENCE_STEPS):
     return lambda xi: model(xi[None])[0]
 
 
-def fisher_gap(key, z, estimate_fields, steps: int = REFERENCE_STEPS) -> FisherGap:
-    """The held-out gap ``H(s_K) - H(s_ref)`` (see the module docstring).
+def fisher_gap(key, z, estimate_fields, steps: int = REFERENCE_STEPS) -> FisherGap | None:
+    """The held-out gap ``H(s_K) - H(s_ref)`` (see the module docstring); None with fewer than
+    ``2 MIN_SNAPSHOTS`` snapshots.
 
     ``z`` ``(N, d)``: the z-scored snapshots in time order; ``estimate_fields(x)`` gives the
     estimate's score ``(n, d)`` and its divergence ``(n,)`` at points ``(n, d)``.
     """
     z = np.asarray(z, np.float64)
     half = len(z) // 2
+    if half < MIN_SNAPSHOTS:
+        return None
     train, test = z[:half][-MAX_SNAPSHOTS:], z[half:][:MAX_SNAPSHOTS]
     test_s, test_div = estimate_fields(test)
     reference = train_reference(key, train, steps)
