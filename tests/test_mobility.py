@@ -155,3 +155,19 @@ def test_langevin_model_with_the_fitted_mobility_has_the_ou_correlation_function
 
 def _linear_score(prec, x):
     return x @ prec.T
+
+
+def test_too_coarse_an_interval_falls_back_to_a_valid_mobility():
+    from kgmm_bayes.study.dynamics import robust_mobility
+
+    rng = np.random.default_rng(4)
+    x = np.zeros((8, 3000, 1))  # an anti-correlated series: the lag-one propagator is negative, no real log
+    for k in range(1, 3000):
+        x[:, k] = -0.8 * x[:, k - 1] + 0.6 * rng.normal(size=(8, 1))
+    s = -x / x.var()
+    with pytest.raises(ValueError, match="negative eigenvalue"):
+        fit_mobility(x, s, 1.0, method="log")
+    phi, method = robust_mobility(x, s, 1.0)
+    assert method.startswith("derivative") and phi[0, 0] > 0
+    phi, method = robust_mobility(ou(0, members=8, n=2000), score(ou(0, members=8, n=2000)), H)
+    assert method == "log" and np.abs(phi + A @ S).max() < 0.2  # linear data keep the exact estimator

@@ -35,7 +35,7 @@ from ..rom.mobility import (fit_mobility, impulse_responses, second_moment_respo
                             to_physical)
 
 __all__ = ["Dynamics", "fit_dynamics", "rom_schedule", "dynamics_metrics", "dynamics_outputs", "time_scale_factor",
-           "rescaled", "RESCALE_TOLERANCE",
+           "rescaled", "RESCALE_TOLERANCE", "robust_mobility",
            "DYNAMICS_DRAWS", "MOBILITY_METHOD", "DECORRELATION_TIMES"]
 
 DYNAMICS_DRAWS = 32  # posterior draws, each with its own mobility and responses
@@ -58,6 +58,7 @@ class Dynamics(NamedTuple):
     data_correlation: np.ndarray  # (L + 1, d, d) C_ij of the training trajectories
     data_tau: np.ndarray  # (d,) decorrelation times of the training trajectories (physical time)
     time_scale: float = 1.0  # the rate factor c applied to M V^-1 (time_scale_factor)
+    method: str = MOBILITY_METHOD  # the estimator of M used for the model's drift (robust_mobility)
     impulse_se: Optional[np.ndarray] = None  # (L + 1, d, d) sampling standard error of the trajectory average
     second_se: Optional[np.ndarray] = None
 
@@ -79,21 +80,39 @@ def fit_dynamics(series, interval: float, drift_fn, drift_params, draws) -> Dyna
     tau = decorrelation_time(series, interval)
     max_lag = int(min(n - 1, MAX_LAGS, max(2, math.ceil(DECORRELATION_TIMES * float(np.max(tau)) / interval))))
     drift = _evaluate(lambda x: drift_fn(drift_params, x), flat).reshape(series.shape)
-    phi = fit_mobility(series, drift, interval, method=MOBILITY_METHOD).phi
+    phi, method = robust_mobility(series, drift, interval)
     phis, impulse, second, mean_score = [], [], [], 0.0
     for s in range(len(draws[0])):
         one = tuple(np.asarray(a)[s:s + 1] for a in draws)
         score = score_draws(*one, flat)[0][0].reshape(series.shape)
         mean_score = mean_score + score / len(draws[0])
-        phis.append(fit_mobility(series, score, interval, method=MOBILITY_METHOD).phi)
+        phis.append(robust_mobility(series, score, interval)[0])
         impulse.append(impulse_responses(series, score, max_lag))
         second.append(second_moment_responses(series, score, max_lag))
     impulse_se, second_se = (_sampling_se(fn, series, mean_score, max_lag)
                              for fn in (impulse_responses, second_moment_responses))
-    return Dynamics(interval=float(interval), phi=phi, phi_draws=np.stack(phis),
+    return Dynamics(interval=float(interval), phi=phi, phi_draws=np.stack(phis), method=method,
                     lags=interval * np.arange(max_lag + 1), impulse=np.stack(impulse), second=np.stack(second),
                     data_correlation=correlation_functions(series, max_lag), data_tau=tau,
                     impulse_se=impulse_se, second_se=second_se)
+
+
+def robust_mobility(series, score, interval: float):
+    """``(Phi, method)``: the matrix-log estimator; where the lag-one propagator has no real logarithm
+    (an interval too coarse for the dynamics: correlations have turned negative) the one-step
+    difference, which tends to the symmetric ``V^-1 / interval`` as the interval grows; the symmetric
+    part's eigenvalues are floored at ``1e-3`` of the largest so that a diffusion matches it."""
+    try:
+        phi, method = fit_mobility(series, score, interval, method=MOBILITY_METHOD).phi, MOBILITY_METHOD
+    except ValueError:
+        phi, method = fit_mobility(series, score, interval, order=1).phi, "derivative (order 1)"
+    sym, anti = 0.5 * (phi + phi.T), 0.5 * (phi - phi.T)
+    values, vectors = np.linalg.eigh(sym)
+    floor = 1e-3 * max(float(values.max()), 1e-300)
+    if values.min() < floor:
+        sym = (vectors * np.maximum(values, floor)) @ vectors.T
+        method += ", symmetric part floored"
+    return sym + anti, method
 
 
 def _sampling_se(response_fn, series, score, max_lag):
@@ -184,7 +203,7 @@ def dynamics_outputs(dyn: Dynamics, std, band: float, paths=None) -> dict:
 def dynamics_metrics(dyn: Dynamics, arrays: dict, model_tau: Optional[np.ndarray]) -> dict:
     """The ``metrics.json`` entry: interval, mobility with its band, decorrelation times (data,
     model, ratio), the correlation functions' relative error and the responses' extent."""
-    entry = {"interval": dyn.interval, "mobility_method": MOBILITY_METHOD, "draws": int(len(dyn.phi_draws)),
+    entry = {"interval": dyn.interval, "mobility_method": dyn.method, "draws": int(len(dyn.phi_draws)),
              "mobility_time_scale": dyn.time_scale,
              "mobility": arrays["mobility"].tolist(), "mobility_lower": arrays["mobility_lower"].tolist(),
              "mobility_upper": arrays["mobility_upper"].tolist(),
