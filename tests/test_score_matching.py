@@ -96,3 +96,18 @@ def test_too_few_snapshots_measure_no_gap():
     from kgmm_bayes.bayes.score_matching import MIN_SNAPSHOTS
 
     assert fisher_gap(jax.random.key(3), gaussian(7, 2 * MIN_SNAPSHOTS - 1), scaled(0.6), steps=10) is None
+
+
+def test_a_reported_bound_leaves_zeta_alone():
+    rng = np.random.default_rng(6)
+    points = np.linspace(-2.0, 2.0, 41)[:, None]
+    counts = np.exp(-0.5 * points[:, 0] ** 2)
+    x = rng.normal(size=(N, 1))
+    draws = 1e-2 * rng.normal(size=(4000, len(points), 1))
+    wide_logp = 1e3 * rng.normal(size=(4000, len(points)))
+    gap = FisherGap(gap=1.0, se=0.01, bound=0.99, reference_loss=0.0, snapshots=N // 2)
+    used = choose_zeta(draws, wide_logp, points, counts, x, 1, seed=0, score_gap=gap)
+    reported = choose_zeta(draws, wide_logp, points, counts, x, 1, seed=0, score_gap=gap, use_gap=False)
+    plain = choose_zeta(draws, wide_logp, points, counts, x, 1, seed=0)
+    assert reported.zeta == plain.zeta and used.zeta < 0.01
+    assert reported.score_matching_bound == 0.99 and not reported.bound_used and used.bound_used

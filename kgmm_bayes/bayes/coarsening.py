@@ -78,7 +78,8 @@ class Coarsening(NamedTuple):
     limited_by: str = ""  # "score" or "log density": which asked for the smaller zeta
     score_matching_gap: float = math.nan  # g before its noise margin: H(posterior mean) - H(network)
     score_matching_se: float = math.nan  # its standard error (batch means in time order)
-    score_matching_bound: float = math.nan  # g = max(gap - se, 0), used as a lower bound on the error
+    score_matching_bound: float = math.nan  # g = max(gap - se, 0), a lower bound on the score's squared error
+    bound_used: bool = False  # whether g entered zeta ([mixture] coarsening_bound = "score_matching")
     def to_json(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self._asdict().items()}
 
@@ -172,13 +173,14 @@ def posterior_score_variance(posterior_scores, counts) -> float:
 
 
 def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k: int, seed: int = 0,
-                score_gap=None) -> Coarsening:
+                score_gap=None, use_gap: bool = True) -> Coarsening:
     """The plug-in ``zeta = v / (v R + b^2)``, the smaller for the score and for the log density, from
     the standard posterior's draws at the cells ``points`` ``(M, d)`` (scores ``(S, M, d)``, log
     densities ``(S, M)``) with ``counts`` ``(M,)``, and the snapshots ``z`` ``(N, d)`` in time order.
-    ``score_gap``: a :class:`~.score_matching.FisherGap`; the score's error is then at least its bound."""
+    ``score_gap``: a :class:`~.score_matching.FisherGap`, reported; with ``use_gap`` the score's error is
+    then at least its bound."""
     terms = error_terms(z, k, points, counts, seed)
-    floor = {"score": 0.0 if score_gap is None else score_gap.bound, "log density": 0.0}
+    floor = {"score": score_gap.bound if score_gap is not None and use_gap else 0.0, "log density": 0.0}
     v = {"score": posterior_score_variance(posterior_scores, counts),
          "log density": posterior_score_variance(np.asarray(posterior_log_densities)[..., None], counts)}
     ratios = {}
@@ -198,4 +200,5 @@ def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k:
                       reference_components=int(terms["reference"]), limited_by=limited_by if zeta < 1 else "",
                       **({} if score_gap is None else dict(score_matching_gap=score_gap.gap,
                                                           score_matching_se=score_gap.se,
-                                                          score_matching_bound=score_gap.bound)))
+                                                          score_matching_bound=score_gap.bound,
+                                                          bound_used=bool(use_gap))))

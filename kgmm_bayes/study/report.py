@@ -77,7 +77,12 @@ def _coarsening_lines(c, n) -> list:
     if c.get("score_matching_gap") is not None:
         line += (f"The score's error is at least {_fmt(c['score_matching_bound'])}: Hyvarinen's score of the "
                  f"posterior-mean score exceeds a score-matching network's by {_fmt(c['score_matching_gap'])} "
-                 f"+- {_fmt(c['score_matching_se'])} on held-out snapshots. ")
+                 f"+- {_fmt(c['score_matching_se'])} on held-out snapshots"
+                 + (" (used: [mixture] coarsening_bound = 'score_matching'). " if c.get("bound_used") else
+                    "; not used for the band ([mixture] coarsening_bound = 'report')"
+                    + (f"; the band's variance of the score ({_fmt(c['posterior_variance'] / c['zeta'])}) is below it: "
+                       "the band is too narrow. " if c["score_matching_bound"] > c["posterior_variance"] / c["zeta"]
+                       else ". ")))
     if c["zeta"] >= 1:
         return [line + "The posterior is as wide as the error: the standard posterior is kept (zeta = 1)."]
     return [line + f"Likelihood^zeta with zeta = {_fmt(c['zeta'])} (set by the {c['limited_by']}): the posterior's "

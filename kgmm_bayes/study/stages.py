@@ -173,7 +173,8 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     sk_seed = int(np.asarray(jax.random.key_data(key)).ravel()[-1] % (2**31 - 1))
     mean_draws = thin_draws(standard, GAP_DRAWS)
     gap = fisher_gap(jax.random.fold_in(key, 2), z, lambda x: posterior_mean_fields(*mean_draws, x))
-    choice = choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed, score_gap=gap)
+    choice = choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed, score_gap=gap,
+                         use_gap=m.coarsening_bound == "score_matching")
     if choice.zeta == 1.0:
         return standard, choice
     post = run(jax.random.fold_in(key, 1), choice.zeta)
