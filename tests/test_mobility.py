@@ -73,7 +73,7 @@ def test_lagged_moments_equal_the_direct_sums():
 def test_mobility_of_a_non_reversible_ou_process_is_minus_a_s(data):
     phi, se = grouped(lambda x: fit_mobility(x, score(x), H).phi, data)
     exact = -A @ S
-    assert np.all(np.abs(phi - exact) <= TOL * se), (phi, exact, se)
+    assert np.all(np.abs(phi - exact) <= 3 * se), (phi, exact, se)  # issue 16: within 3 standard errors
     assert np.abs(exact - exact.T).max() > 0.5  # the antisymmetric part is there to be recovered
     # the one-step difference is biased by O(h): at a coarse interval it misses where order 2 does not
     coarse = ou(2, members=32, n=4000, h=0.25)
