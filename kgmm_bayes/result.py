@@ -202,6 +202,48 @@ class BayesianKGMM(NamedTuple):
                 ds["reference_acf"] = (("reference_lag", "variable"), ens["reference_acf"])
         return ds
 
+    def _responses_file(self) -> dict:
+        import os
+
+        path = None if self.out_dir is None else os.path.join(self.out_dir, "responses.npz")
+        if path is None or not os.path.exists(path):
+            raise InputError("this result has no responses.npz: the data's time was not known ([data] interval) "
+                             "or the model ran with [langevin] mobility = 'identity'")
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+
+    def responses(self, kind: str = "impulse"):
+        """The system's linear responses (fluctuation-dissipation, one estimate per posterior draw), physical
+        units: an ``xarray.Dataset`` with ``mean``, ``lower``, ``upper`` over ``(lag, variable, perturbed)``;
+        entry ``[t, i, j]`` is the response of ``x_i`` at time ``t`` to a unit impulse in ``x_j`` at 0.
+        ``kind``: ``"impulse"``, ``"step"`` (its time integral) or ``"second"`` (of ``E[x_i^2]``)."""
+        import xarray as xr
+
+        prefix = {"impulse": "", "step": "step_", "second": "second_"}.get(kind)
+        if prefix is None:
+            raise InputError(f"kind must be 'impulse', 'step' or 'second', got {kind!r}")
+        arrays = self._responses_file()
+        dims = ("lag", "variable", "perturbed")
+        return xr.Dataset({name: (dims, arrays[prefix + name]) for name in ("mean", "lower", "upper")},
+                          coords={"lag": arrays["lags"], "variable": list(self.variables),
+                                  "perturbed": list(self.variables)},
+                          attrs={"band": float(getattr(getattr(self.spec, "score", None), "band", 0.9)),
+                                 "lag": "the data's time"})
+
+    def correlations(self):
+        """Correlation matrix functions ``C_ij(tau) = corr(x_i(t + tau), x_j(t))`` of the data
+        (``data``) and of the reduced-order model (``model``, where it was simulated), as an
+        ``xarray.Dataset`` over ``(lag, variable, lagged_with)``, ``lag`` in the data's time."""
+        import xarray as xr
+
+        arrays = self._responses_file()
+        dims = ("lag", "variable", "lagged_with")
+        data = {"data": (dims, arrays["data_correlation"])}
+        if "model_correlation" in arrays:
+            data["model"] = (dims, arrays["model_correlation"])
+        return xr.Dataset(data, coords={"lag": arrays["lags"], "variable": list(self.variables),
+                                        "lagged_with": list(self.variables)})
+
     def simulate(self, particles: int, steps: int, dt: Optional[float] = None, drift: str = "interpolant",
                  key=None, burn_in: int = 0, thin: int = 1, members: int = 0, x0=None,
                  box: Optional[float] = None, as_xarray: bool = False, mobility=None):

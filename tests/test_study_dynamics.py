@@ -105,6 +105,22 @@ def test_responses_match_the_analytic_impulse_response_with_their_band(ou_study)
         assert (ou_study / "figures" / name).is_file()
 
 
+def test_result_api_gives_responses_and_correlations(ou_study):
+    from kgmm_bayes import load_result
+
+    result = load_result(ou_study)
+    arrays = np.load(ou_study / "responses.npz")
+    impulse = result.responses()
+    np.testing.assert_array_equal(impulse["mean"].values, arrays["mean"])
+    assert impulse["mean"].dims == ("lag", "variable", "perturbed")
+    np.testing.assert_array_equal(result.responses("step")["upper"].values, arrays["step_upper"])
+    corr = result.correlations()
+    np.testing.assert_array_equal(corr["model"].values, arrays["model_correlation"])
+    np.testing.assert_array_equal(corr["lag"].values, arrays["lags"])
+    with pytest.raises(Exception, match="kind must be"):
+        result.responses("bogus")
+
+
 def test_without_an_interval_time_scales_are_reported_unavailable(tmp_path):
     from kgmm_bayes.spec import SpecError, load_spec, uses_mobility
 
