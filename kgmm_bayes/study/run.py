@@ -155,9 +155,9 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     log(progress, f"langevin: {lg.particles} particles (drift: {lg.drift}"
                   + (", fitted mobility, data time)" if dynamics is not None else ")"))
     langevin = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress, dynamics=dynamics)
-    if dynamics is not None:
+    if dynamics is not None and langevin.rom.alive.any():  # (no particle left: reported by the metrics)
         factor = time_scale_factor(np.swapaxes(langevin.rom.samples[:, langevin.rom.alive], 0, 1), dynamics)
-        if abs(math.log(factor)) > math.log1p(RESCALE_TOLERANCE):
+        if math.isfinite(factor) and abs(math.log(factor)) > math.log1p(RESCALE_TOLERANCE):
             log(progress, f"langevin: the model's clock is {factor:.3g} x the data's; run again with the rate corrected")
             dynamics = rescaled(dynamics, factor)
             langevin = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress,
@@ -279,8 +279,9 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     else:
         alive = rom.samples[:, rom.alive].astype(np.float64)  # (T, P, d) z-scored, one interval apart
         series = np.swapaxes(alive, 0, 1)
-        arrays = dynamics_outputs(dynamics, data.zscore.std, spec.score.band, series if len(alive) > 1 else None)
-        model_tau = decorrelation_time(series, dynamics.interval) if len(alive) > 1 else None
+        simulated = len(alive) > 1 and alive.shape[1] > 0  # rows to correlate, and particles that stayed
+        arrays = dynamics_outputs(dynamics, data.zscore.std, spec.score.band, series if simulated else None)
+        model_tau = decorrelation_time(series, dynamics.interval) if simulated else None
         metrics["dynamics"] = {"available": True, **dynamics_metrics(dynamics, arrays, model_tau),
                                "rom_paths_rows": int(len(alive))}
         paths = data.zscore.inverse(alive)
