@@ -29,7 +29,10 @@ def test_every_benchmark_is_listed():
     assert sorted(p.name for p in BENCH.glob("bench_*.py")) == sorted(CASES)
 
 
-@pytest.mark.parametrize("script", sorted(CASES))
+SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_user_calibration.py")  # about 40-50 s each: `-m slow`
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(CASES)])
 def test_benchmark_prints_table(script, tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / script), *CASES[script]], capture_output=True, text=True,
                           timeout=600, cwd=tmp_path)

@@ -18,6 +18,8 @@ NOTEBOOKS = [
     "posterior_diagnostics.ipynb",
     "uncertainty.ipynb",
 ]
+# the longest smoke runs (about 50 s each) run with `pytest -m slow`, keeping the default suite short
+SLOW_NOTEBOOKS = ("potential_systems.ipynb", "lorenz_type.ipynb")
 CELL_TIMEOUT_S = 240  # per cell; a smoke notebook takes well under a minute in all
 
 
@@ -49,7 +51,8 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("notebooks")
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_NOTEBOOKS else n
+                                  for n in NOTEBOOKS])
 def test_notebook_runs_in_smoke_configuration(name, workdir, monkeypatch):
     nb = read(name)
     # which Python ran the kernel: it must be this environment's (the tests' own interpreter)
