@@ -232,15 +232,18 @@ class BayesianKGMM(NamedTuple):
 
     def correlations(self):
         """Correlation matrix functions ``C_ij(tau) = corr(x_i(t + tau), x_j(t))`` of the data
-        (``data``) and of the reduced-order model (``model``, where it was simulated), as an
-        ``xarray.Dataset`` over ``(lag, variable, lagged_with)``, ``lag`` in the data's time."""
+        (``data``) and of the reduced-order model (``model``, where it was simulated), with the
+        posterior ensemble's median and band (``model_median``, ``model_lower``, ``model_upper``) where
+        the study ran one, as an ``xarray.Dataset`` over ``(lag, variable, lagged_with)``, ``lag`` in
+        the data's time."""
         import xarray as xr
 
         arrays = self._responses_file()
         dims = ("lag", "variable", "lagged_with")
         data = {"data": (dims, arrays["data_correlation"])}
-        if "model_correlation" in arrays:
-            data["model"] = (dims, arrays["model_correlation"])
+        for name in ("model", "model_median", "model_lower", "model_upper"):
+            if name.replace("model", "model_correlation") in arrays:
+                data[name] = (dims, arrays[name.replace("model", "model_correlation")])
         return xr.Dataset(data, coords={"lag": arrays["lags"], "variable": list(self.variables),
                                         "lagged_with": list(self.variables)})
 

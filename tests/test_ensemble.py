@@ -92,6 +92,21 @@ def test_ensemble_equals_separate_runs(gaussian_run):
         assert np.array_equal(run.alive[s], single.alive)
 
 
+def test_ensemble_with_a_mobility_per_member_equals_separate_runs(gaussian_run):
+    # dx = Phi_s s(x) dt + Sigma_s dW, a different non-symmetric Phi for each member: member s is the
+    # single run with key s and mobility Phi_s (the noise factor vmapped with the drift's parameters)
+    (drift, coeffs), x0, _, _ = gaussian_run
+    phis = np.array([[[1.0, 0.5], [-0.5, 2.0]], [[0.3, -0.2], [0.2, 0.7]], [[1.5, 0.0], [0.0, 1.5]]])
+    run = simulate_ensemble(jax.random.key(3), drift, coeffs, x0, DT, 400, 40, THIN, mobility=phis)
+    keys = member_keys(jax.random.key(3), 3)
+    for s in range(3):
+        single = simulate_langevin(keys[s], drift, jax.tree.map(lambda a: a[s], coeffs), x0, DT, 400, 40, THIN,
+                                   mobility=phis[s])
+        np.testing.assert_allclose(run.samples[s], single.samples, atol=1e-5)
+    with pytest.raises(ValueError, match="mobility must be"):
+        simulate_ensemble(jax.random.key(3), drift, coeffs, x0, DT, 400, 40, THIN, mobility=phis[:2])
+
+
 def test_escapes_are_counted_per_member():
     # member 0 restoring, member 1 pushed out beyond |x| > 3 from its start at 4
     drift = lambda p, x: jnp.where(jnp.abs(x) > 3.0, p * x, -x)  # noqa: E731

@@ -70,6 +70,22 @@ def test_lagged_moments_equal_the_direct_sums():
         np.testing.assert_allclose(got[k], want, rtol=1e-12, atol=1e-13)
 
 
+def test_member_weights_are_repeated_members():
+    # integer weights are the same as repeating members, in every lagged average and in Phi
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(3, 40, 2)), rng.normal(size=(3, 40, 2))
+    for t in range(1, 40):  # AR(1) members: the lag-one propagator has a real logarithm
+        x[:, t] += 0.8 * x[:, t - 1]
+    weights = np.array([2.0, 0.0, 1.0])
+    repeated = np.concatenate([x[:1], x[:1], x[2:]]), np.concatenate([y[:1], y[:1], y[2:]])
+    np.testing.assert_allclose(lagged_moments(x, y, 5, weights), lagged_moments(*repeated, 5), rtol=1e-12, atol=1e-14)
+    for method in ("derivative", "log"):
+        np.testing.assert_allclose(fit_mobility(x, -x, 0.1, method=method, weights=weights).phi,
+                                   fit_mobility(repeated[0], -repeated[0], 0.1, method=method).phi, rtol=1e-10)
+    with pytest.raises(ValueError, match="weights must be"):
+        lagged_moments(x, y, 5, np.array([1.0, -1.0, 1.0]))
+
+
 def test_mobility_of_a_non_reversible_ou_process_is_minus_a_s(data):
     phi, se = grouped(lambda x: fit_mobility(x, score(x), H).phi, data)
     exact = -A @ S

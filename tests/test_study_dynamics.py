@@ -43,6 +43,12 @@ max_draws = 200
 hidden = [32, 32]
 steps = 800
 
+[ensemble]
+members = 8
+particles = 100
+steps = 4000
+burn_in = 500
+
 [langevin]
 particles = 400
 dt = 0.01
@@ -90,6 +96,40 @@ def test_model_correlation_functions_and_decorrelation_times_match_the_data(ou_s
     assert abs(paths.mean() - 3.0) < 0.2  # physical units
 
 
+def test_posterior_ensemble_runs_in_the_data_time_with_a_mobility_each(ou_study):
+    # each member: its draw's score, its own fitted mobility, snapshots one interval apart; the band
+    # of the members' correlation functions holds the analytic ones (a few members, so a margin of
+    # their Monte Carlo error), and the decorrelation times' band holds the data's
+    dyn = json.loads((ou_study / "metrics.json").read_text())["dynamics"]
+    ens = dyn["ensemble"]
+    assert ens["members"] == 8 and ens["band"] == 0.9
+    arrays = np.load(ou_study / "responses.npz")
+    lags = arrays["lags"]
+    sd = np.sqrt(np.diag(S))
+    exact = np.stack([expm(A * t) @ S for t in lags]) / np.outer(sd, sd)
+    lower, upper = arrays["model_correlation_lower"], arrays["model_correlation_upper"]
+    assert lower.shape == upper.shape == (len(lags), 2, 2)
+    assert np.all(lower <= arrays["model_correlation_median"]) and np.all(arrays["model_correlation_median"] <= upper)
+    assert np.mean((lower - 0.03 <= exact) & (exact <= upper + 0.03)) > 0.9
+    assert 0.7 < ens["correlation_band_holds_data"] <= 1.0
+    taus = arrays["ensemble_decorrelation_time"]
+    # the exact decorrelation times as metrics.series defines them (ACF summed to its first zero at
+    # the data's interval); the data's own estimate is off by up to ~10% here (sampling noise), the band
+    # is about the true system
+    rho = np.stack([np.diag(expm(A * t) @ S) for t in H * np.arange(400)]) / sd**2
+    first_zero = np.argmax(rho <= 0, axis=0)
+    exact_tau = np.array([H * (rho[:k, i].sum() - 0.5) for i, k in enumerate(np.where(first_zero, first_zero, 400))])
+    assert taus.shape == (8, 2)
+    assert np.all((np.asarray(ens["decorrelation_time_lower"]) <= exact_tau * 1.03)
+                  & (exact_tau <= np.asarray(ens["decorrelation_time_upper"]) * 1.03))
+    member_phi = arrays["ensemble_mobility"]  # physical units: Phi scales as std_i / std_j
+    assert member_phi.shape == (8, 2, 2)
+    assert np.all(np.abs(member_phi - np.asarray(dyn["mobility"])) < 0.3 * np.abs(dyn["mobility"]).max())
+    block = json.loads((ou_study / "metrics.json").read_text())["ensemble"]
+    assert block["mobility"] == "fitted, one per member" and abs(block["dt"] * block["thin"] - H) < 1e-9
+    assert (ou_study / "figures" / "ensemble_acf.png").is_file()
+
+
 def test_responses_match_the_analytic_impulse_response_with_their_band(ou_study):
     arrays = np.load(ou_study / "responses.npz")
     lags = arrays["lags"]
@@ -116,6 +156,7 @@ def test_result_api_gives_responses_and_correlations(ou_study):
     np.testing.assert_array_equal(result.responses("step")["upper"].values, arrays["step_upper"])
     corr = result.correlations()
     np.testing.assert_array_equal(corr["model"].values, arrays["model_correlation"])
+    np.testing.assert_array_equal(corr["model_lower"].values, arrays["model_correlation_lower"])
     np.testing.assert_array_equal(corr["lag"].values, arrays["lags"])
     with pytest.raises(Exception, match="kind must be"):
         result.responses("bogus")

@@ -21,11 +21,13 @@ def _series(a, name: str) -> np.ndarray:
     return a
 
 
-def lagged_moments(x, y, max_lag: int) -> np.ndarray:
+def lagged_moments(x, y, max_lag: int, weights=None) -> np.ndarray:
     """``E[x(t + k) y(t)^T]`` for ``k = 0 .. max_lag``: ``(max_lag + 1, d, e)``.
 
     ``x`` ``(members, n, d)`` and ``y`` ``(members, n, e)`` are aligned in time (``y`` is often a
     function of ``x``, e.g. its score).  Computed with zero-padded FFTs (linear correlation).
+    ``weights`` ``(members,)``: non-negative weights of the members (a bootstrap's; integer weights
+    are the same as repeating members), default all 1.
     """
     x, y = _series(x, "x"), _series(y, "y")
     if x.shape[:2] != y.shape[:2]:
@@ -37,9 +39,12 @@ def lagged_moments(x, y, max_lag: int) -> np.ndarray:
     size = 1 << int(np.ceil(np.log2(2 * n)))
     fx = np.fft.rfft(x, n=size, axis=1)  # (M, F, d)
     fy = np.fft.rfft(y, n=size, axis=1)  # (M, F, e)
+    w = np.ones(members) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != (members,) or np.any(w < 0) or not w.sum() > 0:
+        raise ValueError(f"weights must be ({members},), non-negative and not all zero")
     # sum_t x(t + k) y(t): the correlation of x with y is irfft(fx * conj(fy)) at lag k >= 0
-    cross = np.fft.irfft(np.einsum("mfi,mfj->fij", fx, np.conj(fy)), n=size, axis=0)[:max_lag + 1]
-    pairs = members * (n - np.arange(max_lag + 1))
+    cross = np.fft.irfft(np.einsum("m,mfi,mfj->fij", w, fx, np.conj(fy)), n=size, axis=0)[:max_lag + 1]
+    pairs = w.sum() * (n - np.arange(max_lag + 1))
     return cross / pairs[:, None, None]
 
 

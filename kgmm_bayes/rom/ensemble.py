@@ -39,7 +39,7 @@ from ..bayes.stacking import draw_allocation
 from ..metrics import gaussian_kde_1d, marginal_relative_entropies
 from ..progress import bar
 from .interpolant import fit_interpolant_ensemble
-from .langevin import check_settings, trajectory
+from .langevin import check_settings, mobility_noise, trajectory, with_mobility
 
 __all__ = ["EnsembleRun", "MemberStatistics", "Band", "select_draws", "member_keys", "mixture_members",
            "interpolant_members", "simulate_ensemble", "autocorrelation", "member_statistics", "bands",
@@ -133,26 +133,30 @@ def interpolant_members(key, draws, points, counts, hidden, steps: int, learning
 
 
 @partial(jax.jit, static_argnums=(0, 4, 5, 6, 9, 10))
-def _run_members(drift_fn, keys, member_params, x0, n_snap, thin, burn_in, dt, box, progress, member_batch):
+def _run_members(drift_fn, keys, member_params, x0, n_snap, thin, burn_in, dt, box, progress, member_batch,
+                 noise_chol=None):
     def one(args):
-        k, p, x = args
-        return trajectory(drift_fn, k, p, x, n_snap, thin, burn_in, dt, box, progress)
+        k, p, x, chol = args
+        return trajectory(drift_fn, k, p, x, n_snap, thin, burn_in, dt, box, progress, chol)
+    args = (keys, member_params, x0, noise_chol)
     if member_batch is None:
-        return jax.vmap(lambda k, p, x: one((k, p, x)))(keys, member_params, x0)
+        return jax.vmap(lambda *a: one(a))(*args)
     # batches of member_batch members, vmapped, one batch after another (smaller working set)
-    return jax.lax.map(one, (keys, member_params, x0), batch_size=member_batch)
+    return jax.lax.map(one, args, batch_size=member_batch)
 
 
 def simulate_ensemble(key, drift_fn: Callable, member_params, x0, dt: float, steps: int, burn_in: int,
                       thin: int, box: float = 10.0, progress: bool = False,
-                      member_batch: Optional[int] = None) -> EnsembleRun:
-    """Simulate ``dx = drift_fn(member_params[s], x) dt + sqrt(2) dW`` for every member at once.
+                      member_batch: Optional[int] = None, mobility=None) -> EnsembleRun:
+    """Simulate ``dx = drift_fn(member_params[s], x) dt + sqrt(2) dW`` for every member at once,
+    or with ``mobility`` ``(S, d, d)``, one ``Phi`` per member: ``dx = Phi_s drift dt + Sigma_s dW``,
+    ``Sigma_s Sigma_s^T = 2 sym(Phi_s)``.
 
     ``member_params``: a pytree whose leaves carry a leading member axis ``S``;
     ``x0``: ``(P, d)`` shared starting particles or ``(S, P, d)``.  All members x
     particles run in one ``lax.scan`` (``vmap`` over members inside the step);
     member ``s`` equals ``simulate_langevin(member_keys(key, S)[s], drift_fn,
-    member_params[s], x0[s], ...)``.  ``member_batch``: ``None`` vmaps all members in
+    member_params[s], x0[s], ..., mobility=mobility[s])``.  ``member_batch``: ``None`` vmaps all members in
     each step; a number runs batches of that many members one after another
     (``lax.map``), the same numbers with a smaller working set.
     """
@@ -168,11 +172,19 @@ def simulate_ensemble(key, drift_fn: Callable, member_params, x0, dt: float, ste
         x0 = jnp.broadcast_to(x0, (members, *x0.shape))
     if x0.ndim != 3 or x0.shape[0] != members:
         raise ValueError(f"x0 must be (P, d) or ({members}, P, d), got {tuple(x0.shape)}")
+    noise = None
+    if mobility is not None:
+        mobility = np.asarray(mobility, np.float64)
+        if mobility.shape != (members, x0.shape[2], x0.shape[2]):
+            raise ValueError(f"mobility must be ({members}, {x0.shape[2]}, {x0.shape[2]}), got {mobility.shape}")
+        noise = jnp.asarray(np.stack([mobility_noise(phi) for phi in mobility]), jnp.float32)
+        drift_fn, member_params = with_mobility(drift_fn), (member_params, jnp.asarray(mobility, jnp.float32))
     start = time.perf_counter()
     with bar(f"simulating {members} ensemble members (snapshots after burn-in)", n_snap, progress):
         snaps, alive, finite = _run_members(drift_fn, member_keys(key, members), member_params, x0, n_snap,
                                             int(thin), int(burn_in), jnp.float32(dt), jnp.float32(box),
-                                            bool(progress), None if member_batch is None else int(member_batch))
+                                            bool(progress), None if member_batch is None else int(member_batch),
+                                            noise)
         snaps = np.asarray(snaps)
     wall = time.perf_counter() - start
     alive = np.asarray(alive)

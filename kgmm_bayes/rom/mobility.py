@@ -82,20 +82,22 @@ def _aligned(x, scores):
     return x, scores
 
 
-def fit_mobility(x, scores, interval: float, order: int = DEFAULT_ORDER, method: str = "derivative") -> Mobility:
+def fit_mobility(x, scores, interval: float, order: int = DEFAULT_ORDER, method: str = "derivative",
+                 weights=None) -> Mobility:
     """``Phi = M V^-1`` from trajectories ``x`` ``(members, n, d)`` sampled every ``interval`` and the
     score at every snapshot, ``scores`` of the same shape; ``method`` "derivative" (of order
-    ``order``) or "log" (see the module docstring)."""
+    ``order``) or "log" (see the module docstring); ``weights`` ``(members,)`` weigh the members in
+    every average (:func:`~kgmm_bayes.metrics.correlation.lagged_moments`)."""
     x, scores = _aligned(x, scores)
     if not interval > 0:
         raise ValueError(f"interval must be positive, got {interval}")
     if method == "derivative":
-        c = lagged_moments(x, scores, order)  # (order + 1, d, d)
+        c = lagged_moments(x, scores, order, weights)  # (order + 1, d, d)
         m = np.tensordot(derivative_weights(order), c, axes=1) / interval
     elif method == "log":
         from scipy.linalg import logm
 
-        c = lagged_moments(x, scores, 1)
+        c = lagged_moments(x, scores, 1, weights)
         propagator = np.linalg.solve(c[0].T, c[1].T).T  # C(interval) C(0)^-1
         generator = logm(propagator)
         if np.iscomplexobj(generator):
@@ -106,7 +108,8 @@ def fit_mobility(x, scores, interval: float, order: int = DEFAULT_ORDER, method:
         m = generator @ c[0] / interval
     else:
         raise ValueError(f"method must be 'derivative' or 'log', got {method!r}")
-    v = np.einsum("mti,mtj->ij", scores, scores) / (scores.shape[0] * scores.shape[1])
+    w = np.ones(len(scores)) if weights is None else np.asarray(weights, np.float64)
+    v = np.einsum("m,mti,mtj->ij", w, scores, scores) / (w.sum() * scores.shape[1])
     phi = np.linalg.solve(v.T, m.T).T  # M V^-1
     return Mobility(phi=phi, m=m, v=v, min_sym_eigenvalue=float(np.linalg.eigvalsh(0.5 * (phi + phi.T)).min()))
 

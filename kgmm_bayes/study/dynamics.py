@@ -35,8 +35,8 @@ from ..rom.mobility import (fit_mobility, impulse_responses, second_moment_respo
                             to_physical)
 
 __all__ = ["Dynamics", "fit_dynamics", "rom_schedule", "dynamics_metrics", "dynamics_outputs", "time_scale_factor",
-           "rescaled", "RESCALE_TOLERANCE", "robust_mobility",
-           "DYNAMICS_DRAWS", "MOBILITY_METHOD", "DECORRELATION_TIMES"]
+           "rescaled", "RESCALE_TOLERANCE", "robust_mobility", "lagged_series", "draw_mobilities", "member_dynamics",
+           "DYNAMICS_DRAWS", "MOBILITY_METHOD", "DECORRELATION_TIMES", "ENSEMBLE_ROWS_PER_LAG"]
 
 DYNAMICS_DRAWS = 32  # posterior draws, each with its own mobility and responses
 MOBILITY_METHOD = "log"  # kgmm_bayes.rom.mobility: exact for linear dynamics at any interval
@@ -46,6 +46,7 @@ MAX_SNAPSHOTS = 200_000  # training snapshots used for the lagged moments (whole
 CHUNK = 8192
 SE_GROUPS = 8  # independent groups of the trajectories for the responses' sampling error
 RESCALE_TOLERANCE = 0.1  # the model is re-run with the corrected rate when |log c| exceeds log(1 + this)
+ENSEMBLE_ROWS_PER_LAG = 8  # a posterior ensemble member runs at least this many times the correlation window
 
 
 class Dynamics(NamedTuple):
@@ -68,13 +69,12 @@ def _evaluate(fn, z) -> np.ndarray:
                            for i in range(0, len(z), CHUNK)])
 
 
-def fit_dynamics(series, interval: float, drift_fn, drift_params, draws) -> Dynamics:
+def fit_dynamics(series, interval: float, drift_fn, drift_params, draws, key=None) -> Dynamics:
     """Mobilities, responses and the data's correlation functions from the z-scored training
     ``series`` ``(members, n, d)`` sampled every ``interval``; ``drift_fn(drift_params, x)`` is the
-    model's drift (a score), ``draws`` ``(weights, means, cov_chol)`` the posterior draws to use."""
-    series = np.asarray(series, np.float64)
-    keep = max(1, min(len(series), MAX_SNAPSHOTS // series.shape[1]))
-    series = series[:keep]
+    model's drift (a score), ``draws`` ``(weights, means, cov_chol)`` the posterior draws to use;
+    ``key``: each draw's mobility on a Bayesian bootstrap of the trajectories (:func:`draw_mobilities`)."""
+    series = lagged_series(series)
     members, n, d = series.shape
     flat = series.reshape(-1, d)
     tau = decorrelation_time(series, interval)
@@ -82,11 +82,10 @@ def fit_dynamics(series, interval: float, drift_fn, drift_params, draws) -> Dyna
     drift = _evaluate(lambda x: drift_fn(drift_params, x), flat).reshape(series.shape)
     phi, method = robust_mobility(series, drift, interval)
     phis, impulse, second, mean_score = [], [], [], 0.0
-    for s in range(len(draws[0])):
-        one = tuple(np.asarray(a)[s:s + 1] for a in draws)
-        score = score_draws(*one, flat)[0][0].reshape(series.shape)
+    weights = _bootstrap_weights(key, series.shape[0], len(draws[0]))
+    for s, score in enumerate(_draw_scores(series, draws)):
         mean_score = mean_score + score / len(draws[0])
-        phis.append(robust_mobility(series, score, interval)[0])
+        phis.append(_draw_mobility(series, score, interval, None if weights is None else weights[s]))
         impulse.append(impulse_responses(series, score, max_lag))
         second.append(second_moment_responses(series, score, max_lag))
     impulse_se, second_se = (_sampling_se(fn, series, mean_score, max_lag)
@@ -97,15 +96,84 @@ def fit_dynamics(series, interval: float, drift_fn, drift_params, draws) -> Dyna
                     impulse_se=impulse_se, second_se=second_se)
 
 
-def robust_mobility(series, score, interval: float):
+def lagged_series(series) -> np.ndarray:
+    """The z-scored training ``series`` ``(members, n, d)`` (float64) that the lagged statistics use:
+    whole members, the first ones, up to :data:`MAX_SNAPSHOTS` snapshots."""
+    series = np.asarray(series, np.float64)
+    keep = max(1, min(len(series), MAX_SNAPSHOTS // series.shape[1]))
+    return series[:keep]
+
+
+def _draw_scores(series, draws):
+    """Each draw's mixture score at every snapshot of ``series``, shaped like it (one draw at a time)."""
+    flat = series.reshape(-1, series.shape[-1])
+    for s in range(len(draws[0])):
+        one = tuple(np.asarray(a)[s:s + 1] for a in draws)
+        yield score_draws(*one, flat)[0][0].reshape(series.shape)
+
+
+def draw_mobilities(series, interval: float, draws, key=None) -> np.ndarray:
+    """``(S, d, d)``: the mobility fitted with each draw's mixture score (:func:`robust_mobility`)
+    from the series :func:`lagged_series` keeps.  With ``key``, each draw's on its own Bayesian
+    bootstrap of the trajectories (Dirichlet(1) weights over independent blocks: the members, or
+    :data:`SE_GROUPS` stretches of each when there are fewer members), so that the spread of the
+    mobilities holds the lagged statistics' sampling error as well as the score's posterior spread."""
+    series = lagged_series(series)
+    weights = _bootstrap_weights(key, series.shape[0], len(draws[0]))
+    return np.stack([_draw_mobility(series, score, interval, None if weights is None else weights[s])
+                     for s, score in enumerate(_draw_scores(series, draws))])
+
+
+def _stretches(series, score, pieces: int = SE_GROUPS):
+    """``(series, score)`` as independent blocks: the members when there are at least ``pieces``, else
+    each member cut into ``pieces`` contiguous stretches."""
+    members, n, d = series.shape
+    if members >= pieces:
+        return series, score
+    length = n // pieces
+    cut = lambda a: a[:, :length * pieces].reshape(members * pieces, length, d)  # noqa: E731
+    return cut(series), cut(score)
+
+
+def _bootstrap_weights(key, members: int, draws: int):
+    """Dirichlet(1) weights ``(draws, blocks)`` (mean 1) over :func:`_stretches`' blocks; None without a key."""
+    if key is None:
+        return None
+    import jax
+
+    blocks = members if members >= SE_GROUPS else members * SE_GROUPS
+    return np.asarray(jax.random.dirichlet(key, jnp.ones(blocks, jnp.float64), (draws,)), np.float64) * blocks
+
+
+def _draw_mobility(series, score, interval: float, weights=None) -> np.ndarray:
+    if weights is None:
+        return robust_mobility(series, score, interval)[0]
+    return robust_mobility(*_stretches(series, score), interval, weights=weights)[0]
+
+
+def member_dynamics(paths, alive, max_lag: int, interval: float):
+    """Per ensemble member: correlation functions ``(S, L + 1, d, d)`` and decorrelation times ``(S, d)``
+    of the particles that stayed in the box, from ``paths`` ``(S, T, P, d)`` one data interval apart;
+    NaN for a member with no such particle."""
+    members, length, _, d = paths.shape
+    lags = min(max_lag, length - 1)
+    corr, tau = np.full((members, lags + 1, d, d), np.nan), np.full((members, d), np.nan)
+    for s in range(members):
+        kept = np.swapaxes(paths[s][:, alive[s]], 0, 1).astype(np.float64)
+        if len(kept) and length > 1:
+            corr[s], tau[s] = correlation_functions(kept, lags), decorrelation_time(kept, interval)
+    return corr, tau
+
+
+def robust_mobility(series, score, interval: float, weights=None):
     """``(Phi, method)``: the matrix-log estimator; where the lag-one propagator has no real logarithm
     (an interval too coarse for the dynamics: correlations have turned negative) the one-step
     difference, which tends to the symmetric ``V^-1 / interval`` as the interval grows; the symmetric
     part's eigenvalues are floored at ``1e-3`` of the largest so that a diffusion matches it."""
     try:
-        phi, method = fit_mobility(series, score, interval, method=MOBILITY_METHOD).phi, MOBILITY_METHOD
+        phi, method = fit_mobility(series, score, interval, method=MOBILITY_METHOD, weights=weights).phi, MOBILITY_METHOD
     except ValueError:
-        phi, method = fit_mobility(series, score, interval, order=1).phi, "derivative (order 1)"
+        phi, method = fit_mobility(series, score, interval, order=1, weights=weights).phi, "derivative (order 1)"
     sym, anti = 0.5 * (phi + phi.T), 0.5 * (phi - phi.T)
     values, vectors = np.linalg.eigh(sym)
     floor = 1e-3 * max(float(values.max()), 1e-300)
@@ -118,13 +186,9 @@ def robust_mobility(series, score, interval: float):
 def _sampling_se(response_fn, series, score, max_lag):
     """Standard error of a response's trajectory average: the spread over :data:`SE_GROUPS` groups of
     members (or of contiguous stretches of time when there are fewer members than groups)."""
-    members, n, d = series.shape
-    if members < SE_GROUPS:
-        length = n // SE_GROUPS
-        if length <= max_lag + 1:
-            return None
-        series = series[:, :length * SE_GROUPS].reshape(members * SE_GROUPS, length, d)
-        score = score[:, :length * SE_GROUPS].reshape(members * SE_GROUPS, length, d)
+    if series.shape[0] < SE_GROUPS and series.shape[1] // SE_GROUPS <= max_lag + 1:
+        return None
+    series, score = _stretches(series, score)
     groups = np.array_split(np.arange(len(series)), SE_GROUPS)
     parts = np.stack([response_fn(series[g], score[g], max_lag) for g in groups])
     return parts.std(axis=0, ddof=1) / np.sqrt(SE_GROUPS)
@@ -173,12 +237,15 @@ def _band(values, band: float, se=None):
     return mean, mean - np.sqrt((mean - lower) ** 2 + extra), mean + np.sqrt((upper - mean) ** 2 + extra)
 
 
-def dynamics_outputs(dyn: Dynamics, std, band: float, paths=None) -> dict:
+def dynamics_outputs(dyn: Dynamics, std, band: float, paths=None, members=None) -> dict:
     """``responses.npz``'s arrays in physical units: ``lags``; ``mean``, ``lower``, ``upper``
     ``(L, d, d)`` of the impulse response ``R_ij``; the same with prefixes ``step_`` and ``second_``
     (the second moments' response, ``d(E[x_i^2]) / d(impulse in x_j)``, physical units squared over
     units); ``mobility``, ``mobility_lower``, ``mobility_upper``; ``data_correlation`` and, with the
-    model's ``paths`` ``(members, T, d)``, ``model_correlation``."""
+    model's ``paths`` ``(members, T, d)``, ``model_correlation``.  With the posterior ensemble's
+    ``members`` ``(correlation (S, L, d, d), decorrelation times (S, d), mobilities (S, d, d))``
+    (:func:`member_dynamics`, z-scored): ``model_correlation_median``, ``_lower``, ``_upper`` (the
+    members' ``band``), ``ensemble_decorrelation_time`` ``(S, d)`` and ``ensemble_mobility``."""
     std = np.asarray(std, np.float64)
     out = {"lags": dyn.lags}
     second_scale = (std**2)[:, None] / std[None, :]
@@ -197,12 +264,37 @@ def dynamics_outputs(dyn: Dynamics, std, band: float, paths=None) -> dict:
     out["data_correlation"] = dyn.data_correlation
     if paths is not None:
         out["model_correlation"] = correlation_functions(paths, len(dyn.lags) - 1)
+    if members is not None:
+        corr, tau, member_phi = members
+        tail = 0.5 * (1.0 - band)
+        out["model_correlation_median"], out["model_correlation_lower"], out["model_correlation_upper"] = (
+            np.nanquantile(corr, [0.5, tail, 1.0 - tail], axis=0))
+        out["ensemble_decorrelation_time"] = np.asarray(tau, np.float64)
+        out["ensemble_mobility"] = np.stack([to_physical(std, phi=p)[0] for p in member_phi])
     return out
 
 
-def dynamics_metrics(dyn: Dynamics, arrays: dict, model_tau: Optional[np.ndarray]) -> dict:
+def _ensemble_metrics(dyn: Dynamics, arrays: dict, band: float) -> dict:
+    """The posterior ensemble's bands on the model's correlation functions and decorrelation times, and
+    how often they hold the data's (correlation entries at lags >= 1, all pairs)."""
+    tail = 0.5 * (1.0 - band)
+    data_c = arrays["data_correlation"][1:]
+    lower, upper = arrays["model_correlation_lower"][1:], arrays["model_correlation_upper"][1:]
+    inside = (lower <= data_c) & (data_c <= upper)
+    tau = arrays["ensemble_decorrelation_time"]
+    median, low, high = np.nanquantile(tau, [0.5, tail, 1.0 - tail], axis=0)
+    return {"members": int(len(tau)), "band": band,
+            "correlation_band_holds_data": float(np.mean(inside[np.isfinite(lower)])),
+            "correlation_band_width_mean": float(np.nanmean(upper - lower)),
+            "decorrelation_time_median": median.tolist(), "decorrelation_time_lower": low.tolist(),
+            "decorrelation_time_upper": high.tolist(),
+            "decorrelation_time_band_holds_data": [bool(lo <= t <= hi) for lo, t, hi in zip(low, dyn.data_tau, high)]}
+
+
+def dynamics_metrics(dyn: Dynamics, arrays: dict, model_tau: Optional[np.ndarray], band: float = 0.9) -> dict:
     """The ``metrics.json`` entry: interval, mobility with its band, decorrelation times (data,
-    model, ratio), the correlation functions' relative error and the responses' extent."""
+    model, ratio), the correlation functions' relative error and the responses' extent; with the
+    posterior ensemble's arrays (:func:`dynamics_outputs`), their bands under ``ensemble``."""
     entry = {"interval": dyn.interval, "mobility_method": dyn.method, "draws": int(len(dyn.phi_draws)),
              "mobility_time_scale": dyn.time_scale,
              "mobility": arrays["mobility"].tolist(), "mobility_lower": arrays["mobility_lower"].tolist(),
@@ -213,4 +305,6 @@ def dynamics_metrics(dyn: Dynamics, arrays: dict, model_tau: Optional[np.ndarray
         entry["decorrelation_time_model"] = np.asarray(model_tau).tolist()
         entry["decorrelation_time_ratio"] = (np.asarray(model_tau) / dyn.data_tau).tolist()
         entry["correlation_relative_error"] = float(np.linalg.norm(model_c - data_c) / np.linalg.norm(data_c))
+    if "model_correlation_lower" in arrays:
+        entry["ensemble"] = _ensemble_metrics(dyn, arrays, band)
     return entry

@@ -5,6 +5,12 @@ or an interpolant per draw trained together), all run in one ``lax.scan``
 (:mod:`kgmm_bayes.rom.ensemble`); per-member statistics, their median and credible
 bands, and the relative entropy as a distribution.  Part of the study runner,
 called by :mod:`kgmm_bayes.study.run`.
+
+In the data's time (a fitted mobility, :mod:`kgmm_bayes.study.dynamics`) each member has its own
+mobility, fitted from the training trajectories with its draw's score and corrected by the study's
+rate factor, and runs on the study model's schedule (a snapshot per data interval) for at least
+:data:`~kgmm_bayes.study.dynamics.ENSEMBLE_ROWS_PER_LAG` correlation windows: the members'
+correlation functions and decorrelation times give their credible bands.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import jax
 import numpy as np
 
 from ..data.systems import get_system
+from ..spec import data_interval_of
 from ..files import atomic_write_bytes, json_floats, npz_bytes
 from ..metrics import gaussian_kde_1d
 from ..rom.ensemble import (
@@ -29,6 +36,7 @@ from ..rom.ensemble import (
 )
 from ..rom.langevin import initial_particles
 from ..spec import Spec
+from .dynamics import ENSEMBLE_ROWS_PER_LAG, draw_mobilities, member_dynamics
 from .figures import plot_ensemble_acf, plot_ensemble_marginals, plot_relative_entropy
 from .outputs import stage_key
 
@@ -42,10 +50,11 @@ def reference_series(spec: Spec, reference, user_data):
     member by member, so it reshapes back exactly (systems with their own simulator,
     e.g. Kuramoto-Sivashinsky's shift augmentation, have no such structure: None).
     User data: the held-out part of the array, cut as :func:`split_members` cuts it,
-    with lags in snapshots.
+    with lags in snapshots, or in the data's time when ``[data] interval`` is given.
     """
     ds = spec.data
     if user_data is not None:
+        interval = data_interval_of(ds)
         members, n, _ = user_data.shape
         fraction = ds.heldout_fraction
         if fraction <= 0:
@@ -54,7 +63,9 @@ def reference_series(spec: Spec, reference, user_data):
             series = user_data[members - max(1, int(round(members * fraction))):]
         else:
             series = user_data[:, n - max(1, int(round(n * fraction))):]
-        return series, 1.0, "held-out data (lag in snapshots)"
+        if interval is None:
+            return series, 1.0, "held-out data (lag in snapshots)"
+        return series, interval, "held-out data (data time units)"
     system = get_system(ds.system)
     if system.simulator is not None:
         return None
@@ -67,18 +78,29 @@ def reference_series(spec: Spec, reference, user_data):
 
 
 def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, floor, progress,
-                   chain_weights=None):
-    """Posterior ensemble of reduced-order models: ``ensemble.npz``, three figures, the metrics block."""
+                   chain_weights=None, dynamics=None, schedule=None, series=None):
+    """Posterior ensemble of reduced-order models: ``ensemble.npz``, three figures; returns the metrics
+    block and the stage's arrays.  With ``dynamics`` (:class:`~kgmm_bayes.study.dynamics.Dynamics`),
+    the study model's ``schedule`` ``(dt, thin)`` and the z-scored training ``series``, the members run
+    in the data's time, each with its own mobility."""
     es, lg = spec.ensemble, spec.langevin
+    dt, thin, steps, burn_in, max_lag, lag_time = lg.dt, es.thin, es.steps, es.burn_in, es.max_lag, lg.dt * es.thin
+    draws = select_draws(post, es.members, chain_weights)
+    drift_key, start_key, run_key, mobility_key = jax.random.split(key, 4)
+    mobility = None
+    if dynamics is not None:  # each member's own mobility, on its own bootstrap of the trajectories
+        mobility = draw_mobilities(series, dynamics.interval, draws, mobility_key) * dynamics.time_scale
+        (dt, thin), max_lag, lag_time = schedule, len(dynamics.lags) - 1, dynamics.interval
+        steps = thin * max(es.steps // thin, ENSEMBLE_ROWS_PER_LAG * (max_lag + 1))
+        burn_in = max(es.burn_in, thin * max_lag)  # at least one correlation window
     skey = stage_key("ensemble", post_key, spec.section_json("ensemble"), lg.dt, lg.box, spec.metrics.grid_points,
                      spec.section_json("interpolant") if es.drift == "interpolant" else "",
-                     *(() if chain_weights is None else (np.asarray(chain_weights).tolist(),)))
+                     *(() if chain_weights is None else (np.asarray(chain_weights).tolist(),)),
+                     *(() if mobility is None else (mobility.tobytes().hex(), dt, thin, steps, burn_in, max_lag)))
     arrays = out.load_stage("ensemble", skey)
     was_cached = arrays is not None
     if not was_cached:
         start = time.perf_counter()
-        draws = select_draws(post, es.members, chain_weights)
-        drift_key, start_key, run_key = jax.random.split(key, 3)
         if es.drift == "interpolant":
             itp = spec.interpolant
             drift_fn, params, losses = interpolant_members(drift_key, draws, part.points, part.counts, itp.hidden,
@@ -86,19 +108,24 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
         else:
             (drift_fn, params), losses = mixture_members(draws), None
         x0, _ = initial_particles(start_key, part.points, part.counts, es.particles)  # one start shared by the members
-        run = simulate_ensemble(run_key, drift_fn, params, x0, lg.dt, es.steps, es.burn_in, es.thin, lg.box,
-                                progress=progress)
-        stats = member_statistics(run, es.max_lag, lg.dt * es.thin, data.reference, spec.metrics.grid_points,
+        run = simulate_ensemble(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, lg.box,
+                                progress=progress, mobility=mobility)
+        stats = member_statistics(run, max_lag, lag_time, data.reference, spec.metrics.grid_points,
                                   transform=data.zscore.inverse)
         arrays = {**stats._asdict(), "escaped": run.escaped, "non_finite": run.non_finite,
-                  "simulation_wall_time": np.asarray(run.wall_time)}
+                  "simulation_wall_time": np.asarray(run.wall_time), "dt": np.asarray(dt),
+                  "steps": np.asarray(steps), "burn_in": np.asarray(burn_in), "thin": np.asarray(thin)}
+        if mobility is not None:
+            arrays["member_correlation"], arrays["member_decorrelation_time"] = member_dynamics(
+                run.samples, run.alive, max_lag, dynamics.interval)
+            arrays["member_mobility"] = mobility
         arrays["reference_pdf"] = np.array([gaussian_kde_1d(data.reference[:, i], stats.grid[i])
                                             for i in range(stats.grid.shape[0])])
-        series = reference_series(spec, data.reference, user_data)
-        if series is not None:
-            arrays["reference_acf"] = autocorrelation(series[0], min(es.max_lag, series[0].shape[1] - 1))
-            arrays["reference_lags"] = series[1] * np.arange(len(arrays["reference_acf"]))
-            arrays["reference_acf_label"] = np.asarray(series[2])
+        ref = reference_series(spec, data.reference, user_data)
+        if ref is not None:
+            arrays["reference_acf"] = autocorrelation(ref[0], min(max_lag, ref[0].shape[1] - 1))
+            arrays["reference_lags"] = ref[1] * np.arange(len(arrays["reference_acf"]))
+            arrays["reference_acf_label"] = np.asarray(ref[2])
         if losses is not None:
             arrays["interpolant_final_loss"] = np.asarray(losses)
         arrays["wall_time"] = np.asarray(time.perf_counter() - start)
@@ -114,10 +141,12 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
                       arrays["reference_lags"] if has_acf else None, arrays["reference_acf"] if has_acf else None,
                       str(arrays["reference_acf_label"]) if has_acf else "reference", names=names)
     plot_relative_entropy(out.path("figures", "relative_entropy.png"), rel, floor, names=names)
-    particle_steps = es.members * es.particles * (es.steps + es.burn_in)
+    steps, burn_in = int(arrays["steps"]), int(arrays["burn_in"])
+    particle_steps = es.members * es.particles * (steps + burn_in)
     block = {
         "members": int(es.members), "drift": es.drift, "particles_per_member": int(es.particles),
-        "steps": int(es.steps), "burn_in": int(es.burn_in), "thin": int(es.thin), "dt": float(lg.dt),
+        "mobility": "identity" if dynamics is None else "fitted, one per member",
+        "steps": steps, "burn_in": burn_in, "thin": int(arrays["thin"]), "dt": float(arrays["dt"]),
         "relative_entropy": {"band": 0.9, **{which: {q: json_floats(v) for q, v in quantiles.items()}
                                              for which, quantiles in dist.items()}},
         "moments": {name: {q: json_floats(v) for q, v in bands(arrays[name])._asdict().items()}
@@ -136,4 +165,4 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
         block["warning"] = (f"ensemble: {int(lost.sum())} of {es.members * es.particles} particles left the box "
                             f"or became non-finite, in {int(np.sum(lost > 0))} of {es.members} members")
         warnings.warn(block["warning"], RuntimeWarning, stacklevel=3)
-    return block
+    return block, arrays

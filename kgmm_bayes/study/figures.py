@@ -294,8 +294,9 @@ def _pair_figure(path, d, draw, title, xlabel):
 
 
 def plot_dynamics(folder, arrays: dict, names=None):
-    """``correlations.png`` (``C_ij(tau)`` of the data and, where simulated, of the model) and
-    ``responses.png`` (impulse responses ``R_ij(t)`` with their credible band), in physical time."""
+    """``correlations.png`` (``C_ij(tau)`` of the data and, where simulated, of the model, with the
+    posterior ensemble's band where there is one) and ``responses.png`` (impulse responses ``R_ij(t)``
+    with their credible band), in physical time."""
     import os
 
     lags, data_c = arrays["lags"], arrays["data_correlation"]
@@ -304,6 +305,9 @@ def plot_dynamics(folder, arrays: dict, names=None):
 
     def correlation(ax, i, j):
         ax.plot(lags, data_c[:, i, j], "k-", label="data")
+        if "model_correlation_lower" in arrays:
+            ax.fill_between(lags, arrays["model_correlation_lower"][:, i, j], arrays["model_correlation_upper"][:, i, j],
+                            color="C1", alpha=0.25, lw=0, label="posterior ensemble band")
         if "model_correlation" in arrays:
             ax.plot(lags, arrays["model_correlation"][:, i, j], "C1--", label="reduced-order model")
 

@@ -109,6 +109,17 @@ def _dynamics_lines(dyn, names) -> list:
                   + " (ratios " + ", ".join(_fmt(v) for v in dyn["decorrelation_time_ratio"]) + ")",
                   f"- Correlation functions C_ij(tau), all pairs, tau up to {_fmt(dyn['max_lag_time'])}: relative "
                   f"error of the model against the data {_fmt(dyn['correlation_relative_error'])}"]
+    ens = dyn.get("ensemble")
+    if ens is not None:
+        pct = f"{round(100 * ens['band'])}%"
+        lines += [f"- Posterior ensemble ({ens['members']} models, a mobility each): {pct} band of the "
+                  "decorrelation times " + ", ".join(
+                      f"{n} {_fmt(lo)}-{_fmt(hi)}" + ("" if held else " (misses the data's)") for n, lo, hi, held in
+                      zip(names, ens["decorrelation_time_lower"], ens["decorrelation_time_upper"],
+                          ens["decorrelation_time_band_holds_data"]))
+                  + f"; the correlation functions' {pct} band holds the data's at "
+                  f"{_fmt(ens['correlation_band_holds_data'])} of (lag, i, j) (the data's own sampling error "
+                  "is not in the band)"]
     return lines
 
 

@@ -148,7 +148,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         drift_fn, drift_params = model_drift(spec, interp, fit.draws)
         picks = np.linspace(0, len(fit.draws[0]) - 1, min(DYNAMICS_DRAWS, len(fit.draws[0]))).round().astype(int)
         dynamics = fit_dynamics(data.train_series(z), data_interval_of(spec.data), drift_fn, drift_params,
-                                tuple(np.asarray(a)[picks] for a in fit.draws))
+                                tuple(np.asarray(a)[picks] for a in fit.draws), key=jax.random.fold_in(langevin_key, 2))
         clock("dynamics")
 
     lg = spec.langevin
@@ -167,19 +167,23 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     clock("langevin", langevin.rom.wall_time if langevin.cached else None)
 
     floor = marginal_relative_entropies(data.reference, data.train, spec.metrics.grid_points)  # data vs data
-    ensemble_metrics = None
+    ensemble_metrics, members = None, None
     if spec.ensemble.members > 0:
         es = spec.ensemble
-        log(progress, f"ensemble: {es.members} posterior members x {es.particles} particles x "
-                      f"{es.burn_in + es.steps} steps (drift: {es.drift})")
-        ensemble_metrics = ensemble_stage(spec, out, jax.random.fold_in(langevin_key, 1), post, part, data,
-                                          user_data, post_key, float(floor.mean()), progress,
-                                          chain_weights=stacked_weights(fit.convergence))
+        log(progress, f"ensemble: {es.members} posterior members x {es.particles} particles (drift: {es.drift}"
+                      + (", a fitted mobility each, data time)" if dynamics is not None else ")"))
+        ensemble_metrics, ensemble_arrays = ensemble_stage(
+            spec, out, jax.random.fold_in(langevin_key, 1), post, part, data, user_data, post_key,
+            float(floor.mean()), progress, chain_weights=stacked_weights(fit.convergence), dynamics=dynamics,
+            schedule=(langevin.dt, langevin.thin), series=None if dynamics is None else data.train_series(z))
+        if "member_correlation" in ensemble_arrays:
+            members = tuple(ensemble_arrays[k] for k in ("member_correlation", "member_decorrelation_time",
+                                                         "member_mobility"))
         clock("ensemble")
 
     log(progress, "metrics, figures, report")
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-                           cached_stages, dynamics)
+                           cached_stages, dynamics, members)
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
     if screening:
         metrics["model_selection"]["chosen_from_data"] = {
@@ -212,7 +216,7 @@ class _Evaluation(NamedTuple):
 
 
 def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-              cached_stages, dynamics=None) -> _Evaluation:
+              cached_stages, dynamics=None, members=None) -> _Evaluation:
     """The model against the data (and the truth where known)."""
     rom, lg, summary = langevin.rom, spec.langevin, fit.summary
     kept = rom.kept_samples()
@@ -280,9 +284,10 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
         alive = rom.samples[:, rom.alive].astype(np.float64)  # (T, P, d) z-scored, one interval apart
         series = np.swapaxes(alive, 0, 1)
         simulated = len(alive) > 1 and alive.shape[1] > 0  # rows to correlate, and particles that stayed
-        arrays = dynamics_outputs(dynamics, data.zscore.std, spec.score.band, series if simulated else None)
+        arrays = dynamics_outputs(dynamics, data.zscore.std, spec.score.band, series if simulated else None,
+                                  members=members)
         model_tau = decorrelation_time(series, dynamics.interval) if simulated else None
-        metrics["dynamics"] = {"available": True, **dynamics_metrics(dynamics, arrays, model_tau),
+        metrics["dynamics"] = {"available": True, **dynamics_metrics(dynamics, arrays, model_tau, spec.score.band),
                                "rom_paths_rows": int(len(alive))}
         paths = data.zscore.inverse(alive)
     return _Evaluation(metrics, arrays, paths, rom_phys, rel_ent, interp_at_points, true_at_points)

@@ -71,7 +71,7 @@ __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare
 # cells enter through their moments; Partition gained cell_covariances. 3: stage files carry a
 # SHA-256 of their arrays; the posterior stage holds its coarsening. 4: the coarsening's error
 # estimate has the held-out score-matching gap).
-STAGE_SCHEMA = 4
+STAGE_SCHEMA = 5
 GAP_DRAWS = 64  # standard-posterior draws whose mean score the score-matching gap is measured for
 
 
