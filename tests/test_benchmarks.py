@@ -13,6 +13,7 @@ CASES = {
     "bench_dynamics.py": ["--snapshots", "4000", "--members", "20", "--starts", "500", "--settings",
                           '[partition]\\ncells = 100\\n[mixture]\\ncomponents = 3\\ncoarsening = "off"\\n'
                           '[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
+                          '[ensemble]\\nmembers = 2\\nparticles = 20\\nsteps = 200\\nthin = 10\\nmax_lag = 5\\n'
                           '[langevin]\\nparticles = 50\\nsteps = 2000\\nburn_in = 0'],
     "bench_coreset.py": ["--members", "4", "--cells", "100", "--iterations", "40"],
     "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],

@@ -35,7 +35,7 @@ from ..rom.mobility import (fit_mobility, impulse_responses, second_moment_respo
                             to_physical)
 
 __all__ = ["Dynamics", "fit_dynamics", "rom_schedule", "dynamics_metrics", "dynamics_outputs", "time_scale_factor",
-           "rescaled", "RESCALE_TOLERANCE", "robust_mobility", "lagged_series", "draw_mobilities", "member_dynamics",
+           "rescaled", "RESCALE_TOLERANCE", "robust_mobility", "run_in_data_time", "point_dynamics", "lagged_series", "draw_mobilities", "member_dynamics",
            "DYNAMICS_DRAWS", "MOBILITY_METHOD", "DECORRELATION_TIMES", "ENSEMBLE_ROWS_PER_LAG"]
 
 DYNAMICS_DRAWS = 32  # posterior draws, each with its own mobility and responses
@@ -74,13 +74,8 @@ def fit_dynamics(series, interval: float, drift_fn, drift_params, draws, key=Non
     ``series`` ``(members, n, d)`` sampled every ``interval``; ``drift_fn(drift_params, x)`` is the
     model's drift (a score), ``draws`` ``(weights, means, cov_chol)`` the posterior draws to use;
     ``key``: each draw's mobility on a Bayesian bootstrap of the trajectories (:func:`draw_mobilities`)."""
-    series = lagged_series(series)
-    members, n, d = series.shape
-    flat = series.reshape(-1, d)
-    tau = decorrelation_time(series, interval)
-    max_lag = int(min(n - 1, MAX_LAGS, max(2, math.ceil(DECORRELATION_TIMES * float(np.max(tau)) / interval))))
-    drift = _evaluate(lambda x: drift_fn(drift_params, x), flat).reshape(series.shape)
-    phi, method = robust_mobility(series, drift, interval)
+    dyn = point_dynamics(series, interval, drift_fn, drift_params)
+    series, max_lag = lagged_series(series), len(dyn.lags) - 1
     phis, impulse, second, mean_score = [], [], [], 0.0
     weights = _bootstrap_weights(key, series.shape[0], len(draws[0]))
     for s, score in enumerate(_draw_scores(series, draws)):
@@ -90,10 +85,25 @@ def fit_dynamics(series, interval: float, drift_fn, drift_params, draws, key=Non
         second.append(second_moment_responses(series, score, max_lag))
     impulse_se, second_se = (_sampling_se(fn, series, mean_score, max_lag)
                              for fn in (impulse_responses, second_moment_responses))
-    return Dynamics(interval=float(interval), phi=phi, phi_draws=np.stack(phis), method=method,
-                    lags=interval * np.arange(max_lag + 1), impulse=np.stack(impulse), second=np.stack(second),
-                    data_correlation=correlation_functions(series, max_lag), data_tau=tau,
-                    impulse_se=impulse_se, second_se=second_se)
+    return dyn._replace(phi_draws=np.stack(phis), impulse=np.stack(impulse), second=np.stack(second),
+                        impulse_se=impulse_se, second_se=second_se)
+
+
+def point_dynamics(series, interval: float, drift_fn, drift_params) -> Dynamics:
+    """The dynamics of one score ``drift_fn(drift_params, x)`` (a point estimate: the study model's drift,
+    or a baseline's) on the z-scored training ``series``: its mobility and responses (one "draw", no
+    band), the data's lags (up to :data:`DECORRELATION_TIMES` decorrelation times), correlation functions
+    and decorrelation times; no rate correction yet."""
+    series = lagged_series(series)
+    members, n, d = series.shape
+    tau = decorrelation_time(series, interval)
+    max_lag = int(min(n - 1, MAX_LAGS, max(2, math.ceil(DECORRELATION_TIMES * float(np.max(tau)) / interval))))
+    score = _evaluate(lambda x: drift_fn(drift_params, x), series.reshape(-1, d)).reshape(series.shape)
+    phi, method = robust_mobility(series, score, interval)
+    return Dynamics(interval=float(interval), phi=phi, phi_draws=phi[None], method=method,
+                    lags=interval * np.arange(max_lag + 1), impulse=impulse_responses(series, score, max_lag)[None],
+                    second=second_moment_responses(series, score, max_lag)[None],
+                    data_correlation=correlation_functions(series, max_lag), data_tau=tau)
 
 
 def lagged_series(series) -> np.ndarray:
@@ -202,6 +212,19 @@ def time_scale_factor(paths, dyn: Dynamics) -> float:
     cannot resolve (``M`` is a derivative at lag 0); 1 for linear dynamics."""
     model_tau = decorrelation_time(paths, dyn.interval)
     return float(np.exp(np.mean(np.log(model_tau / dyn.data_tau))))
+
+
+def run_in_data_time(simulate, dyn: Dynamics):
+    """``(rom, dyn)``: ``simulate(dyn)`` (a Langevin run with ``alive`` and ``samples`` ``(T, P, d)`` one
+    interval apart), run again with the rate corrected (:func:`rescaled`) when its decorrelation times
+    are off the data's by more than :data:`RESCALE_TOLERANCE` (no correction when no particle stayed)."""
+    rom = simulate(dyn)
+    if rom.alive.any():
+        factor = time_scale_factor(np.swapaxes(rom.samples[:, rom.alive], 0, 1), dyn)
+        if math.isfinite(factor) and abs(math.log(factor)) > math.log1p(RESCALE_TOLERANCE):
+            dyn = rescaled(dyn, factor)
+            rom = simulate(dyn)
+    return rom, dyn
 
 
 def rescaled(dyn: Dynamics, factor: float) -> Dynamics:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 import warnings
@@ -35,8 +34,7 @@ from .checks import (
     check_sizes,
     load_user_data,
 )
-from .dynamics import (DYNAMICS_DRAWS, RESCALE_TOLERANCE, dynamics_metrics, dynamics_outputs, fit_dynamics, rescaled,
-                       time_scale_factor)
+from .dynamics import DYNAMICS_DRAWS, dynamics_metrics, dynamics_outputs, fit_dynamics, run_in_data_time
 from .ensemble import ensemble_stage
 from .figures import plot_dynamics, plot_marginals, plot_score, plot_score_field
 from .load import DATA_FILE, PARTITION_FILE
@@ -154,14 +152,21 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     lg = spec.langevin
     log(progress, f"langevin: {lg.particles} particles (drift: {lg.drift}"
                   + (", fitted mobility, data time)" if dynamics is not None else ")"))
-    langevin = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress, dynamics=dynamics)
-    if dynamics is not None and langevin.rom.alive.any():  # (no particle left: reported by the metrics)
-        factor = time_scale_factor(np.swapaxes(langevin.rom.samples[:, langevin.rom.alive], 0, 1), dynamics)
-        if math.isfinite(factor) and abs(math.log(factor)) > math.log1p(RESCALE_TOLERANCE):
-            log(progress, f"langevin: the model's clock is {factor:.3g} x the data's; run again with the rate corrected")
-            dynamics = rescaled(dynamics, factor)
-            langevin = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress,
-                                      dynamics=dynamics)
+
+    def simulate(dyn):
+        if dyn is not None and dyn is not dynamics:
+            log(progress, f"langevin: the model's clock is {dyn.time_scale:.3g} x the data's; run again with the "
+                          "rate corrected")
+        stage = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress, dynamics=dyn)
+        stages.append(stage)
+        return stage.rom
+
+    stages = []
+    if dynamics is None:
+        simulate(None)
+    else:
+        _, dynamics = run_in_data_time(simulate, dynamics)
+    langevin = stages[-1]
     if langevin.cached:
         cached_stages.append("langevin")
     clock("langevin", langevin.rom.wall_time if langevin.cached else None)
