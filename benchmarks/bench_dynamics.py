@@ -13,7 +13,8 @@ are not symmetric.  It is simulated here in NumPy (Euler-Maruyama, a small step)
 ``traj.npy`` with ``[data] interval``, and fitted as user data.  Measured:
 
 * the model's correlation functions ``C_ij(tau)`` (all pairs, up to five of the data's
-  decorrelation times) against those of an independent run of the true system: relative error;
+  decorrelation times) against those of an independent run of the true system ten times as long as
+  the data: relative error;
   decorrelation-time ratios per coordinate;
 * the posterior ensemble's 90% bands (``[ensemble] members``, one mobility per member): the share
   of the true system's ``C_ij(tau)`` (lags >= 1, all pairs) inside the correlation band, and whether
@@ -90,6 +91,7 @@ def main(argv=None):
     parser.add_argument("--dt", type=float, default=0.002)
     parser.add_argument("--starts", type=int, default=20_000, help="states pushed for the direct responses")
     parser.add_argument("--eps", type=float, default=0.05)
+    parser.add_argument("--truth-factor", type=int, default=10, help="the true system's run: this many times the data")
     parser.add_argument("--settings", default="[mixture]\\ncomponents = 8\\n[ensemble]\\nmembers = 16\\n",
                         help="extra spec lines (TOML)")
     parser.add_argument("--seed", type=int, default=0)
@@ -97,7 +99,9 @@ def main(argv=None):
     thin = int(round(args.interval / args.dt))
     n = args.snapshots // args.members
     data = trajectory(args.members, n, thin, args.dt, args.seed)
-    truth_run = trajectory(args.members, n, thin, args.dt, args.seed + 1)  # independent: the true system's C
+    # independent and ten times longer than the data: the true system's C and decorrelation times, with a
+    # sampling error small next to the data's (what a band about the truth is checked against)
+    truth_run = trajectory(args.truth_factor * args.members, n, thin, args.dt, args.seed + 1)
     with tempfile.TemporaryDirectory() as folder:
         np.save(os.path.join(folder, "traj.npy"), data)
         with open(os.path.join(folder, "flow.toml"), "w") as fh:

@@ -103,6 +103,28 @@ def test_comparison_outputs_exist(tiny_compare):
     assert not (out.parent / "cmp.partial").exists()
 
 
+def test_every_estimator_gets_its_own_mobility_and_responses_in_the_data_time(tiny_compare):
+    # the reduced 1D system has an interval (dt x thin = 1): each estimator's score gets a mobility, a model
+    # in the data's time and fluctuation-dissipation responses, the latter also scored against the analytic
+    # score's on the same trajectories
+    out, _ = tiny_compare
+    payload = json.loads((out / "comparison.json").read_text())
+    bayes_dir = out / "bayesian"
+    bayes_metrics = json.loads((bayes_dir / "metrics.json").read_text())["dynamics"]
+    for row in payload["estimators"]:
+        dyn = row["info"]["dynamics"]
+        phi = np.asarray(dyn["mobility"])
+        assert phi.shape == (1, 1) and phi[0, 0] > 0, row["estimator"]
+        assert dyn["mobility_time_scale"] > 0 and np.isfinite(dyn["correlation_relative_error"])
+        assert 0 <= dyn["response_inside_bayesian_band"] <= 1
+        # every score here is a fair estimate of the same system: responses within a factor of the truth's size
+        assert dyn["response_relative_error_vs_true_score"] < 1.0, row["estimator"]
+    bayes = payload["estimators"][0]["info"]["dynamics"]
+    assert bayes["response_relative_difference_from_bayesian"] == 0.0
+    assert bayes["mobility"] == bayes_metrics["mobility"]
+    assert "## In the data's time" in (out / "comparison.md").read_text()
+
+
 def test_compare_bad_input_one_line(tmp_path, monkeypatch, capsys):
     from kgmm_bayes.cli import main
 

@@ -9,6 +9,12 @@ against the same reference set, density-weighted score error against the
 analytic score at the Bayesian score-target points (where the system has one),
 and, for the Bayesian estimator only, the coverage of its credible band.
 
+In the data's time (a fitted mobility, :mod:`kgmm_bayes.study.dynamics`) every baseline's score gets
+what the Bayesian one gets: its own mobility ``Phi = M V^-1`` from the training trajectories, its model
+run on the same schedule with the same rate correction, its correlation functions against the data's,
+and its fluctuation-dissipation responses, compared with the Bayesian posterior mean and band and,
+where the system has an analytic score, with the responses that score gives on the same trajectories.
+
 For Kuramoto-Sivashinsky studies each estimator's model is also measured by the
 KS statistics (:func:`kgmm_bayes.metrics.series.ks_statistics`): the pooled one-point PDF, the
 two-point PDFs at separations 1-3 and the decorrelation time of each coordinate,
@@ -44,8 +50,11 @@ from ..files import atomic_write_bytes
 from ..metrics import marginal_relative_entropies, weighted_score_error
 from ..metrics.series import decorrelation_time, ks_statistics
 from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin
-from ..spec import BASELINES, Spec
+from ..rom.mobility import impulse_responses, to_physical
+from ..spec import BASELINES, Spec, data_interval_of
 from .checks import check_seed, load_user_data
+from .dynamics import (dynamics_metrics, dynamics_outputs, indirect_correction, lagged_series, point_dynamics,
+                       rom_schedule, run_in_data_time)
 from .compare_tables import (
     KS_SPACING,
     EstimatorRow,
@@ -82,28 +91,96 @@ def _rom_relative_entropy(data: StudyData, rom, grid_points) -> np.ndarray:
     return marginal_relative_entropies(data.reference, data.zscore.inverse(kept.astype(np.float64)), grid_points)
 
 
-def _ks_block(data: StudyData, series, spec, data_tau) -> dict:
-    """KS statistics of a model's series ``(particles, n_snap, D)`` (physical units) against the data's."""
-    lg = spec.langevin
-    return ks_statistics(data.reference, series, lg.dt * lg.thin, data_tau, grid_points=spec.metrics.grid_points)
+def _ks_block(data: StudyData, series, spec, data_tau, spacing: float) -> dict:
+    """KS statistics of a model's series ``(particles, n_snap, D)`` (physical units, ``spacing`` apart in
+    the model's time) against the data's."""
+    return ks_statistics(data.reference, series, spacing, data_tau, grid_points=spec.metrics.grid_points)
+
+
+class _DataTime(NamedTuple):
+    """What every estimator's model in the data's time is measured against."""
+
+    series: np.ndarray  # z-scored training trajectories (members, n, d)
+    interval: float
+    bayes: dict  # the Bayesian study's responses.npz (physical units)
+    true_response: Optional[np.ndarray]  # (L, d, d) physical: the analytic score's, on the same trajectories
+    key: object  # the study's key of the mobility's indirect correction (the same noise for every estimator)
 
 
 def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key, points, counts, truth, info,
-              band=None, ks_tau=None):
-    """Langevin model and metrics of one drift."""
+              band=None, ks_tau=None, data_time: Optional[_DataTime] = None):
+    """Langevin model and metrics of one drift (in the data's time with its own mobility, given ``data_time``)."""
     lg = spec.langevin
-    rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box)
-    rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)
     info = dict(info or {})
+    if data_time is None:
+        rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box)
+        dt, spacing = lg.dt, lg.dt * lg.thin
+    else:
+        dyn = indirect_correction(point_dynamics(data_time.series, data_time.interval, drift_fn, drift_params),
+                                  data_time.key, data_time.series, drift_fn, drift_params, lg, points)
+        schedule = {}
+
+        def simulate(d):
+            dt_, thin, steps, _ = rom_schedule(lg, d.interval, d.phi, drift_fn, drift_params, points,
+                                               min_rows=2 * len(d.lags))
+            schedule.update(dt=dt_, thin=thin)
+            return simulate_langevin(run_key, drift_fn, drift_params, x0, dt_, steps, lg.burn_in, thin, lg.box,
+                                     mobility=d.phi)
+
+        rom, dyn = run_in_data_time(simulate, dyn)
+        dt, spacing = schedule["dt"], dyn.interval
+        info["dynamics"] = _dynamics_row(dyn, rom, data, spec, data_time)
+    rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)
     if ks_tau is not None and rom.alive.any():
         series = data.zscore.inverse(np.swapaxes(rom.samples[:, rom.alive], 0, 1).astype(np.float64))
-        info["ks"] = _ks_block(data, series, spec, ks_tau)
+        info["ks"] = _ks_block(data, series, spec, ks_tau, spacing)
     error = None
     if truth is not None:
         predicted = np.asarray(drift_fn(drift_params, jnp.asarray(points, jnp.float32)), dtype=np.float64)
         error = weighted_score_error(predicted, truth, counts)
-    info["dt_times_max_jacobian_eigenvalue"] = lg.dt * max_jacobian_eigenvalue(drift_fn, drift_params, points)
+    info["dt_times_max_jacobian_eigenvalue"] = dt * max_jacobian_eigenvalue(drift_fn, drift_params, points)
     return EstimatorRow(fit_name, timings, rel_ent, error, band, rom.wall_time, rom.escaped + rom.non_finite, info)
+
+
+def _response_scores(impulse, data_time: _DataTime) -> dict:
+    """An impulse response ``(L, d, d)`` (physical) against the Bayesian posterior mean and band and the
+    analytic score's: relative differences and the share inside the Bayesian band."""
+    bayes = data_time.bayes
+    norm = lambda a: float(np.linalg.norm(a))  # noqa: E731
+    out = {"response_relative_difference_from_bayesian": norm(impulse - bayes["mean"]) / norm(bayes["mean"]),
+           "response_inside_bayesian_band": float(np.mean((bayes["lower"] <= impulse) & (impulse <= bayes["upper"])))}
+    if data_time.true_response is not None:
+        true = data_time.true_response
+        out["response_relative_error_vs_true_score"] = norm(impulse - true) / norm(true)
+    return out
+
+
+def _dynamics_row(dyn, rom, data, spec, data_time: _DataTime) -> dict:
+    """A baseline's ``info["dynamics"]``: mobility (physical), rate factor, decorrelation times and correlation
+    functions of its model against the data's, and its responses (:func:`_response_scores`)."""
+    alive = rom.samples[:, rom.alive].astype(np.float64)
+    series = np.swapaxes(alive, 0, 1)
+    simulated = len(alive) > 1 and alive.shape[1] > 0
+    arrays = dynamics_outputs(dyn, data.zscore.std, spec.score.band, series if simulated else None)
+    entry = dynamics_metrics(dyn, arrays, decorrelation_time(series, dyn.interval) if simulated else None,
+                             spec.score.band)
+    keep = ("mobility", "mobility_method", "mobility_time_scale", "mobility_correction_residuals", "decorrelation_time_model",
+            "decorrelation_time_ratio", "correlation_relative_error")
+    return {**{k: entry[k] for k in keep if k in entry}, **_response_scores(arrays["mean"], data_time)}
+
+
+def _data_time(result, data: StudyData, z, spec, key) -> Optional[_DataTime]:
+    """The inputs of the baselines' models in the data's time; None when the Bayesian model had none."""
+    if not result.metrics.get("dynamics", {}).get("available"):
+        return None
+    series = data.train_series(z)
+    bayes = result._responses_file()
+    true_response = None
+    if data.analytic_score is not None:
+        kept = lagged_series(series)
+        true = data.zscore.score_to_zscored(np.asarray(data.analytic_score(data.zscore.inverse(kept)), np.float64))
+        true_response = to_physical(data.zscore.std, responses=impulse_responses(kept, true, len(bayes["lags"]) - 1))[1]
+    return _DataTime(series, float(data_interval_of(spec.data)), bayes, true_response, key)
 
 
 def _fit_baseline(name, key, z, spec) -> BaselineFit:
@@ -188,17 +265,23 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
                          int(m["langevin"]["escaped"] + m["langevin"]["non_finite"]),
                          {"cached_stages": m["cached_stages"], "band": spec.score.band,
                           "dt_times_max_jacobian_eigenvalue": m["langevin"]["dt_times_max_jacobian_eigenvalue"]})]
+    data_time = _data_time(result, data, z, spec, jax.random.fold_in(langevin_key, 3))
+    if data_time is not None:
+        keep = ("mobility", "mobility_lower", "mobility_upper", "mobility_method", "mobility_time_scale",
+                "decorrelation_time_model", "decorrelation_time_ratio", "correlation_relative_error")
+        rows[0].info["dynamics"] = {**{k: m["dynamics"][k] for k in keep if k in m["dynamics"]},
+                                    **_response_scores(data_time.bayes["mean"], data_time)}
     ks_tau = None
     system = get_system(spec.data.system) if user_data is None else None
     if system is not None and system.name.startswith("ks_"):
         _log(progress, "KS: a finely sampled reference run for the decorrelation times")
         series = fine_reference_series(jax.random.fold_in(reference_key, 7), system)
         ks_tau = decorrelation_time(series, KS_SPACING)
-        lg = spec.langevin
+        run = m["langevin"]  # the run's schedule (in the data's time with a fitted mobility)
         rom = result.rom_samples  # kept particles, time-major: (n_snap * particles, D)
         if len(rom):
-            rows[0].info["ks"] = _ks_block(data, np.swapaxes(rom.reshape(lg.steps // lg.thin, -1, rom.shape[1]), 0, 1),
-                                           spec, ks_tau)
+            rows[0].info["ks"] = _ks_block(data, np.swapaxes(rom.reshape(run["steps"] // run["thin"], -1, rom.shape[1]),
+                                                             0, 1), spec, ks_tau, run["dt"] * run["thin"])
 
     baseline_keys = study_keys(seed + 1_000_003)  # a stream apart from the study's; one key per baseline name
     dsm_reach = None
@@ -206,7 +289,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
         _log(progress, f"baseline {name}")
         fit = _fit_baseline(name, baseline_keys[BASELINES.index(name)], z, spec)
         rows.append(_evaluate(name, fit.drift_fn, fit.drift_params, fit.timings, data, spec, x0, run_key,
-                              part.points, part.counts, truth, fit.info, ks_tau=ks_tau))
+                              part.points, part.counts, truth, fit.info, ks_tau=ks_tau, data_time=data_time))
         if name == "dsm":
             _log(progress, f"dsm: {len(fit.checkpoints)} checkpoints, quarter-length Langevin runs")
             dsm_reach = _dsm_reach(fit, bayes_drift, data, spec, x0, run_key)

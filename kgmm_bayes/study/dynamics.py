@@ -30,12 +30,12 @@ from scipy.stats import norm
 from ..bayes.score import score_draws
 from ..metrics.correlation import correlation_functions
 from ..metrics.series import decorrelation_time
-from ..rom.langevin import max_jacobian_eigenvalue, with_mobility
+from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin, with_mobility
 from ..rom.mobility import (fit_mobility, impulse_responses, second_moment_responses, step_responses,
                             to_physical)
 
 __all__ = ["Dynamics", "fit_dynamics", "rom_schedule", "dynamics_metrics", "dynamics_outputs", "time_scale_factor",
-           "rescaled", "RESCALE_TOLERANCE", "robust_mobility", "run_in_data_time", "point_dynamics", "lagged_series", "draw_mobilities", "member_dynamics",
+           "rescaled", "RESCALE_TOLERANCE", "robust_mobility", "member_mobilities", "run_in_data_time", "point_dynamics", "indirect_correction", "lagged_series", "draw_mobilities", "member_dynamics",
            "DYNAMICS_DRAWS", "MOBILITY_METHOD", "DECORRELATION_TIMES", "ENSEMBLE_ROWS_PER_LAG"]
 
 DYNAMICS_DRAWS = 32  # posterior draws, each with its own mobility and responses
@@ -47,6 +47,9 @@ CHUNK = 8192
 SE_GROUPS = 8  # independent groups of the trajectories for the responses' sampling error
 RESCALE_TOLERANCE = 0.1  # the model is re-run with the corrected rate when |log c| exceeds log(1 + this)
 ENSEMBLE_ROWS_PER_LAG = 8  # a posterior ensemble member runs at least this many times the correlation window
+CORRECTION_STARTS = 20_000  # training snapshots from which the model runs one interval (indirect_correction)
+CORRECTION_ITERATIONS = 5
+CORRECTION_TOLERANCE = 0.01  # stop when the model's estimate is this close to the data's (relative)
 
 
 class Dynamics(NamedTuple):
@@ -62,6 +65,8 @@ class Dynamics(NamedTuple):
     method: str = MOBILITY_METHOD  # the estimator of M used for the model's drift (robust_mobility)
     impulse_se: Optional[np.ndarray] = None  # (L + 1, d, d) sampling standard error of the trajectory average
     second_se: Optional[np.ndarray] = None
+    correction: Optional[np.ndarray] = None  # (d, d) K: the estimator's bias removed, Phi = E_data K (indirect_correction)
+    correction_residuals: tuple = ()  # |E_model - E_data| / |E_data| at each iterate
 
 
 def _evaluate(fn, z) -> np.ndarray:
@@ -132,6 +137,15 @@ def draw_mobilities(series, interval: float, draws, key=None) -> np.ndarray:
     weights = _bootstrap_weights(key, series.shape[0], len(draws[0]))
     return np.stack([_draw_mobility(series, score, interval, None if weights is None else weights[s])
                      for s, score in enumerate(_draw_scores(series, draws))])
+
+
+def member_mobilities(dyn: Dynamics, series, draws, key) -> np.ndarray:
+    """``(S, d, d)``: the posterior ensemble's mobilities, each draw's own (:func:`draw_mobilities`, on its
+    own bootstrap) with the study model's corrections (:func:`indirect_correction`, the rate factor)."""
+    phis = draw_mobilities(series, dyn.interval, draws, key)
+    if dyn.correction is not None:
+        phis = phis @ dyn.correction
+    return phis * dyn.time_scale
 
 
 def _stretches(series, score, pieces: int = SE_GROUPS):
@@ -227,6 +241,50 @@ def run_in_data_time(simulate, dyn: Dynamics):
     return rom, dyn
 
 
+def indirect_correction(dyn: Dynamics, key, series, drift_fn, drift_params, lg, points) -> Dynamics:
+    """The mobility with the estimator's bias removed by indirect inference.
+
+    ``E`` (:func:`robust_mobility`) applied to snapshots one interval apart is biased for nonlinear
+    dynamics (a derivative at lag 0 that a coarse interval does not resolve), but it is biased the same
+    way on the model's paths as on the data's.  So the model's mobility is the ``Phi`` for which the
+    model's ``E`` equals the data's: starting from ``Phi_0 = E_data`` (``dyn.phi``), the model runs for
+    one interval from :data:`CORRECTION_STARTS` training snapshots (stationary states; the same noise at
+    every iterate), ``E_model`` is measured on those pairs with the same score, and
+    ``Phi <- E_data E_model^-1 Phi`` (exact if ``E(Phi) = Phi B`` for a fixed ``B``).  The iterate
+    with the smallest residual ``|E_model - E_data| / |E_data|`` is kept (at most
+    :data:`CORRECTION_ITERATIONS`; a residual under :data:`CORRECTION_TOLERANCE` stops).  The draws'
+    mobilities get the same correction, ``Phi_s K`` with ``K = E_data^-1 Phi``."""
+    series = lagged_series(series)
+    flat = series.reshape(-1, series.shape[-1])
+    starts = flat[np.linspace(0, len(flat) - 1, min(len(flat), CORRECTION_STARTS)).round().astype(int)]
+    drift = lambda x: drift_fn(drift_params, x)  # noqa: E731
+    start_score = _evaluate(drift, starts)
+    target, phi, best, residuals = dyn.phi, dyn.phi, None, []
+    for _ in range(CORRECTION_ITERATIONS):
+        dt, thin, _, _ = rom_schedule(lg, dyn.interval, phi, drift_fn, drift_params, points)
+        run = simulate_langevin(key, drift_fn, drift_params, starts, dt, thin, 0, thin, lg.box, mobility=phi)
+        alive = run.alive
+        if alive.sum() < 2:
+            break
+        ends = run.samples[0][alive].astype(np.float64)
+        pairs = np.stack([starts[alive], ends], axis=1)  # (starts, 2, d): two snapshots each
+        scores = np.stack([start_score[alive], _evaluate(drift, ends)], axis=1)
+        estimate = robust_mobility(pairs, scores, dyn.interval)[0]
+        residuals.append(float(np.linalg.norm(estimate - target) / np.linalg.norm(target)))
+        if best is None or residuals[-1] < best[0]:
+            best = (residuals[-1], phi)
+        if residuals[-1] < CORRECTION_TOLERANCE:
+            break
+        phi = target @ np.linalg.solve(estimate, phi)
+        if np.linalg.eigvalsh(phi + phi.T).min() <= 0 or not np.all(np.isfinite(phi)):
+            break
+    if best is None:
+        return dyn
+    correction = np.linalg.solve(target, best[1])
+    return dyn._replace(phi=best[1], phi_draws=dyn.phi_draws @ correction, correction=correction,
+                        correction_residuals=tuple(residuals))
+
+
 def rescaled(dyn: Dynamics, factor: float) -> Dynamics:
     """The dynamics with every mobility times ``factor`` (the clock of the model ``factor`` times faster)."""
     return dyn._replace(phi=dyn.phi * factor, phi_draws=dyn.phi_draws * factor, time_scale=dyn.time_scale * factor)
@@ -320,6 +378,8 @@ def dynamics_metrics(dyn: Dynamics, arrays: dict, model_tau: Optional[np.ndarray
     posterior ensemble's arrays (:func:`dynamics_outputs`), their bands under ``ensemble``."""
     entry = {"interval": dyn.interval, "mobility_method": dyn.method, "draws": int(len(dyn.phi_draws)),
              "mobility_time_scale": dyn.time_scale,
+             "mobility_correction": None if dyn.correction is None else dyn.correction.tolist(),
+             "mobility_correction_residuals": list(dyn.correction_residuals),
              "mobility": arrays["mobility"].tolist(), "mobility_lower": arrays["mobility_lower"].tolist(),
              "mobility_upper": arrays["mobility_upper"].tolist(),
              "max_lag_time": float(dyn.lags[-1]), "decorrelation_time_data": dyn.data_tau.tolist()}

@@ -36,7 +36,7 @@ from ..rom.ensemble import (
 )
 from ..rom.langevin import initial_particles
 from ..spec import Spec
-from .dynamics import ENSEMBLE_ROWS_PER_LAG, draw_mobilities, member_dynamics
+from .dynamics import ENSEMBLE_ROWS_PER_LAG, member_dynamics, member_mobilities
 from .figures import plot_ensemble_acf, plot_ensemble_marginals, plot_relative_entropy
 from .outputs import stage_key
 
@@ -89,7 +89,7 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
     drift_key, start_key, run_key, mobility_key = jax.random.split(key, 4)
     mobility = None
     if dynamics is not None:  # each member's own mobility, on its own bootstrap of the trajectories
-        mobility = draw_mobilities(series, dynamics.interval, draws, mobility_key) * dynamics.time_scale
+        mobility = member_mobilities(dynamics, series, draws, mobility_key)
         (dt, thin), max_lag, lag_time = schedule, len(dynamics.lags) - 1, dynamics.interval
         steps = thin * max(es.steps // thin, ENSEMBLE_ROWS_PER_LAG * (max_lag + 1))
         burn_in = max(es.burn_in, thin * max_lag)  # at least one correlation window

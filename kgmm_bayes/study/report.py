@@ -98,8 +98,11 @@ def _dynamics_lines(dyn, names) -> list:
         return ["", "## Time scales", f"- Not available: {dyn['why']} (the model runs in Langevin time)"]
     names = list(names) or [f"x{i}" for i in range(len(dyn["decorrelation_time_data"]))]
     lines = ["", "## Time scales (the data's time; see responses.npz and figures/correlations.png, responses.png)",
-             f"- Data interval {_fmt(dyn['interval'])}; mobility Phi = M V^-1 ({dyn['mobility_method']} estimator), "
-             f"rate corrected by {_fmt(dyn['mobility_time_scale'])} to the data's decorrelation times; "
+             f"- Data interval {_fmt(dyn['interval'])}; mobility Phi = M V^-1 ({dyn['mobility_method']} estimator)"
+             + (", its bias at this interval removed by indirect inference (the model's estimate against the "
+                "data's, relative residual per iterate " + ", ".join(_fmt(v) for v in dyn["mobility_correction_residuals"])
+                + ")" if dyn.get("mobility_correction_residuals") else "")
+             + f"; rate corrected by {_fmt(dyn['mobility_time_scale'])} to the data's decorrelation times; "
              f"{dyn['draws']} posterior draws give its band",
              "- Decorrelation times, data: " + ", ".join(f"{n} {_fmt(v)}" for n, v in
                                                          zip(names, dyn["decorrelation_time_data"]))]

@@ -34,7 +34,8 @@ from .checks import (
     check_sizes,
     load_user_data,
 )
-from .dynamics import DYNAMICS_DRAWS, dynamics_metrics, dynamics_outputs, fit_dynamics, run_in_data_time
+from .dynamics import (DYNAMICS_DRAWS, dynamics_metrics, dynamics_outputs, fit_dynamics, indirect_correction,
+                       run_in_data_time)
 from .ensemble import ensemble_stage
 from .figures import plot_dynamics, plot_marginals, plot_score, plot_score_field
 from .load import DATA_FILE, PARTITION_FILE
@@ -147,6 +148,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         picks = np.linspace(0, len(fit.draws[0]) - 1, min(DYNAMICS_DRAWS, len(fit.draws[0]))).round().astype(int)
         dynamics = fit_dynamics(data.train_series(z), data_interval_of(spec.data), drift_fn, drift_params,
                                 tuple(np.asarray(a)[picks] for a in fit.draws), key=jax.random.fold_in(langevin_key, 2))
+        dynamics = indirect_correction(dynamics, jax.random.fold_in(langevin_key, 3), data.train_series(z), drift_fn,
+                                       drift_params, spec.langevin, part.points)
         clock("dynamics")
 
     lg = spec.langevin
