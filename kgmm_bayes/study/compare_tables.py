@@ -147,8 +147,9 @@ def _data_time_markdown(rows) -> list:
         return []
     truth = any("response_relative_error_vs_true_score" in r.info.get("dynamics", {}) for r in rows)
     lines = ["", "## In the data's time", "",
-             "Each estimator's score gets its own mobility Phi = M V^-1 from the training trajectories, its model "
-             "runs on the same schedule with the same rate correction c (to the data's decorrelation times), and "
+             "Each estimator's score gets its own mobility Phi = M V^-1 from the training trajectories (the "
+             "estimator's bias at the data's interval removed by indirect inference), its model runs on a schedule "
+             "made the same way with the same rate correction c (to the data's decorrelation times), and "
              "its responses R_ij(t) = -E[x_i(t) s_j(x(0))] are averaged over the same trajectories.", "",
              "| estimator | mobility (physical units) | rate factor c | decorrelation time model / data | "
              "correlation rel. error | response rel. difference from Bayesian mean | response inside Bayesian band"
