@@ -48,7 +48,7 @@ SE_GROUPS = 8  # independent groups of the trajectories for the responses' sampl
 RESCALE_TOLERANCE = 0.1  # the model is re-run with the corrected rate when |log c| exceeds log(1 + this)
 ENSEMBLE_ROWS_PER_LAG = 8  # a posterior ensemble member runs at least this many times the correlation window
 CORRECTION_STARTS = 20_000  # training snapshots from which the model runs one interval (indirect_correction)
-CORRECTION_ITERATIONS = 5
+CORRECTION_ITERATIONS = 6
 CORRECTION_TOLERANCE = 0.01  # stop when the model's estimate is this close to the data's (relative)
 
 
@@ -144,7 +144,7 @@ def member_mobilities(dyn: Dynamics, series, draws, key) -> np.ndarray:
     own bootstrap) with the study model's corrections (:func:`indirect_correction`, the rate factor)."""
     phis = draw_mobilities(series, dyn.interval, draws, key)
     if dyn.correction is not None:
-        phis = phis @ dyn.correction
+        phis = np.stack([_floored(phi @ dyn.correction) for phi in phis])
     return phis * dyn.time_scale
 
 
@@ -198,13 +198,21 @@ def robust_mobility(series, score, interval: float, weights=None):
         phi, method = fit_mobility(series, score, interval, method=MOBILITY_METHOD, weights=weights).phi, MOBILITY_METHOD
     except ValueError:
         phi, method = fit_mobility(series, score, interval, order=1, weights=weights).phi, "derivative (order 1)"
+    floored = _floored(phi)
+    if not np.array_equal(floored, phi):
+        method += ", symmetric part floored"
+    return floored, method
+
+
+def _floored(phi) -> np.ndarray:
+    """``phi`` with its symmetric part's eigenvalues floored at ``1e-3`` of the largest (unchanged if none is
+    below): a diffusion ``Sigma Sigma^T = 2 sym(Phi)`` then matches it."""
     sym, anti = 0.5 * (phi + phi.T), 0.5 * (phi - phi.T)
     values, vectors = np.linalg.eigh(sym)
     floor = 1e-3 * max(float(values.max()), 1e-300)
-    if values.min() < floor:
-        sym = (vectors * np.maximum(values, floor)) @ vectors.T
-        method += ", symmetric part floored"
-    return sym + anti, method
+    if values.min() >= floor:
+        return phi
+    return (vectors * np.maximum(values, floor)) @ vectors.T + anti
 
 
 def _sampling_se(response_fn, series, score, max_lag):
@@ -253,7 +261,8 @@ def indirect_correction(dyn: Dynamics, key, series, drift_fn, drift_params, lg, 
     ``Phi <- E_data E_model^-1 Phi`` (exact if ``E(Phi) = Phi B`` for a fixed ``B``).  The iterate
     with the smallest residual ``|E_model - E_data| / |E_data|`` is kept (at most
     :data:`CORRECTION_ITERATIONS`; a residual under :data:`CORRECTION_TOLERANCE` stops).  The draws'
-    mobilities get the same correction, ``Phi_s K`` with ``K = E_data^-1 Phi``."""
+    mobilities get the same correction, ``Phi_s K`` with ``K = E_data^-1 Phi``; every iterate's and
+    draw's symmetric part is floored as in :func:`robust_mobility`."""
     series = lagged_series(series)
     flat = series.reshape(-1, series.shape[-1])
     starts = flat[np.linspace(0, len(flat) - 1, min(len(flat), CORRECTION_STARTS)).round().astype(int)]
@@ -275,13 +284,14 @@ def indirect_correction(dyn: Dynamics, key, series, drift_fn, drift_params, lg, 
             best = (residuals[-1], phi)
         if residuals[-1] < CORRECTION_TOLERANCE:
             break
-        phi = target @ np.linalg.solve(estimate, phi)
-        if np.linalg.eigvalsh(phi + phi.T).min() <= 0 or not np.all(np.isfinite(phi)):
+        phi = _floored(target @ np.linalg.solve(estimate, phi))
+        if not np.all(np.isfinite(phi)):
             break
     if best is None:
         return dyn
     correction = np.linalg.solve(target, best[1])
-    return dyn._replace(phi=best[1], phi_draws=dyn.phi_draws @ correction, correction=correction,
+    return dyn._replace(phi=best[1], phi_draws=np.stack([_floored(p @ correction) for p in dyn.phi_draws]),
+                        correction=correction,
                         correction_residuals=tuple(residuals))
 
 
