@@ -392,7 +392,9 @@ def dynamics_metrics(dyn: Dynamics, arrays: dict, model_tau: Optional[np.ndarray
              "mobility_correction_residuals": list(dyn.correction_residuals),
              "mobility": arrays["mobility"].tolist(), "mobility_lower": arrays["mobility_lower"].tolist(),
              "mobility_upper": arrays["mobility_upper"].tolist(),
-             "max_lag_time": float(dyn.lags[-1]), "decorrelation_time_data": dyn.data_tau.tolist()}
+             "max_lag_time": float(dyn.lags[-1]), "decorrelation_time_data": dyn.data_tau.tolist(),
+             # above ~1 the snapshots hardly resolve the dynamics: a coarse interval for correlations and responses
+             "interval_over_decorrelation_time": float(dyn.interval / np.min(dyn.data_tau))}
     if model_tau is not None and "model_correlation" in arrays:
         data_c, model_c = arrays["data_correlation"], arrays["model_correlation"]
         entry["decorrelation_time_model"] = np.asarray(model_tau).tolist()

@@ -106,6 +106,10 @@ def _dynamics_lines(dyn, names) -> list:
              f"{dyn['draws']} posterior draws give its band",
              "- Decorrelation times, data: " + ", ".join(f"{n} {_fmt(v)}" for n, v in
                                                          zip(names, dyn["decorrelation_time_data"]))]
+    if dyn.get("interval_over_decorrelation_time", 0.0) > 0.5:
+        lines += [f"- Warning: the data interval is {_fmt(dyn['interval_over_decorrelation_time'])} x the shortest "
+                  "decorrelation time: the snapshots hardly resolve the dynamics, so the mobility, correlation "
+                  "functions and responses rest on very few lags; sample the data more finely"]
     if "decorrelation_time_model" in dyn:
         lines += ["- Decorrelation times, model: " + ", ".join(f"{n} {_fmt(v)}" for n, v in
                                                              zip(names, dyn["decorrelation_time_model"]))
