@@ -118,15 +118,18 @@ class MetricsSection(NamedTuple):
 
 
 class EnsembleSection(NamedTuple):
-    """Posterior ensemble of reduced-order models (:mod:`kgmm_bayes.rom.ensemble`); uses [langevin] dt and box."""
+    """Posterior ensemble of reduced-order models (:mod:`kgmm_bayes.rom.ensemble`); uses [langevin] dt and box
+    (in the data's time the study model's schedule, and a mobility per member)."""
 
     members: int = 0  # posterior draws, one model each; 0: no ensemble
     drift: str = "mixture"  # the draw's closed-form mixture score, or "interpolant": an MLP per draw
     particles: int = 100  # per member
-    steps: int = 20000  # after burn-in
-    burn_in: int = 2000
-    thin: int = 20  # a snapshot every thin steps: the ACF's lag spacing is dt * thin
-    max_lag: int = 50  # ACF lags in snapshots
+    steps: int = 20000  # after burn-in (in the data's time: at least; 8 correlation windows at least)
+    burn_in: int = 2000  # (in the data's time: at least one correlation window)
+    # a snapshot every thin steps, ACF lags in snapshots: the lag spacing is dt * thin (Langevin time only; in
+    # the data's time a snapshot per data interval, lags over five of the data's decorrelation times)
+    thin: int = 20
+    max_lag: int = 50
 
 
 BASELINES = ("kgmm", "dsm", "sklearn")
