@@ -217,3 +217,23 @@ def test_indirect_correction_removes_the_estimators_bias_on_a_nonlinear_flow():
     assert np.all(np.abs(fixed.phi - true_phi) < 4 * se + 0.03), (fixed.phi, se)
     assert min(fixed.correction_residuals) < 0.5 * fixed.correction_residuals[0]
     np.testing.assert_allclose(fixed.phi, raw.phi @ fixed.correction, rtol=1e-10, atol=1e-12)
+
+
+def test_rate_factor_is_exact_for_a_rescaled_clock_at_a_coarse_interval():
+    # model: AR(1) snapshots of an OU with time scale 2 at interval 1; data: time scale 1 (exact ACF).
+    # The model on the clock c t matches for c = 2 exactly; the ratio of the two decorrelation-time
+    # estimates at this coarse interval would give 1.886 instead (the estimate is not proportional)
+    from scipy.signal import lfilter
+
+    from kgmm_bayes.metrics.series import integrated_time
+    from kgmm_bayes.study.dynamics import Dynamics, time_scale_factor
+
+    phi = np.exp(-0.5)
+    noise = np.random.default_rng(3).normal(size=(200, 2200, 1))
+    paths = lfilter([np.sqrt(1 - phi**2)], [1, -phi], noise, axis=1)[:, 200:]
+    data_tau = np.array([integrated_time(np.exp(-np.arange(50.0)), 1.0)])
+    empty = np.zeros((1, 2, 1, 1))
+    dyn = Dynamics(interval=1.0, phi=np.eye(1), phi_draws=np.eye(1)[None], lags=np.arange(2.0), impulse=empty,
+                   second=empty, data_correlation=np.ones((2, 1, 1)), data_tau=data_tau)
+    # the ACF estimate's own noise: 4e5 snapshots, a few lags: about 1% on c
+    assert time_scale_factor(paths, dyn) == pytest.approx(2.0, rel=0.03)

@@ -7,7 +7,7 @@ import numpy as np
 
 from .density import relative_entropy
 
-__all__ = ["one_point_pdf", "two_point_pdfs", "decorrelation_time", "ks_statistics"]
+__all__ = ["one_point_pdf", "two_point_pdfs", "decorrelation_time", "integrated_time", "ks_statistics"]
 
 
 def _check_samples(samples, name="samples") -> np.ndarray:
@@ -73,8 +73,9 @@ def two_point_pdfs(samples, edges=None, bins: int = 50, lags=(1, 2, 3)):
 def decorrelation_time(samples, spacing: float) -> np.ndarray:
     r"""Decorrelation time per coordinate: the ACF integrated up to its first zero crossing.
 
-    The autocovariance :math:`C(k) = \frac1{M n}\sum_m \sum_{t < n-k} \tilde x_{m,t}\,
-    \tilde x_{m,t+k}` (deviations from the pooled mean) gives :math:`\rho(k) = C(k)/C(0)`;
+    The autocovariance :math:`C(k) = \frac1{M (n - k)}\sum_m \sum_{t < n-k} \tilde x_{m,t}\,
+    \tilde x_{m,t+k}` (deviations from the pooled mean; every lag averaged over its own pairs, so
+    series of different lengths are compared without a taper) gives :math:`\rho(k) = C(k)/C(0)`;
     with :math:`K` the first lag where :math:`\rho \le 0` (``n`` if none), the trapezoid
     rule truncated there gives :math:`\tau = \Delta\,[\tfrac12 + \sum_{k=1}^{K-1} \rho(k)]`,
     so for an AR(1) series :math:`\rho(k) = \phi^k`,
@@ -100,14 +101,17 @@ def decorrelation_time(samples, spacing: float) -> np.ndarray:
     dev = samples - samples.mean(axis=(0, 1))
     size = 1 << int(np.ceil(np.log2(2 * n)))  # zero padding: linear, not circular, correlation
     spec = np.fft.rfft(dev, n=size, axis=1)
-    acov = np.fft.irfft(np.abs(spec) ** 2, n=size, axis=1)[:, :n].mean(axis=0)  # (n, D)
-    rho = acov / acov[0]
-    taus = []
-    for r in rho.T:
-        nonpositive = np.flatnonzero(r <= 0)
-        cut = nonpositive[0] if nonpositive.size else n
-        taus.append(spacing * (0.5 + r[1:cut].sum()))
-    return np.asarray(taus)
+    acov = np.fft.irfft(np.abs(spec) ** 2, n=size, axis=1)[:, :n].mean(axis=0) / (n - np.arange(n))[:, None]
+    return np.array([integrated_time(r, spacing) for r in (acov / acov[0]).T])
+
+
+def integrated_time(rho, spacing: float) -> float:
+    """``spacing x (1/2 + sum of rho(k), k = 1 .. K - 1)`` with ``K`` the first lag where ``rho <= 0``
+    (all lags if none): the decorrelation time of an autocorrelation function ``rho`` ``(n,)``."""
+    rho = np.asarray(rho, np.float64)
+    nonpositive = np.flatnonzero(rho <= 0)
+    cut = nonpositive[0] if nonpositive.size else len(rho)
+    return float(spacing * (0.5 + rho[1:cut].sum()))
 
 
 def ks_statistics(reference, model_series, model_spacing: float, data_tau, bins: int = 120, bins2: int = 60,

@@ -29,7 +29,7 @@ from scipy.stats import norm
 
 from ..bayes.score import score_draws
 from ..metrics.correlation import correlation_functions
-from ..metrics.series import decorrelation_time
+from ..metrics.series import decorrelation_time, integrated_time
 from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin, with_mobility
 from ..rom.mobility import (fit_mobility, impulse_responses, second_moment_responses, step_responses,
                             to_physical)
@@ -228,12 +228,33 @@ def _sampling_se(response_fn, series, score, max_lag):
 
 def time_scale_factor(paths, dyn: Dynamics) -> float:
     """The factor ``c`` by which the mobility's rate is corrected: ``dx = c Phi s dt + sqrt(c) Sigma dW``
-    is the same model on the clock ``c t``, so its decorrelation times are the model's divided by ``c``;
-    ``c`` = the geometric mean over coordinates of (model's / data's decorrelation time), from the
-    model's ``paths`` ``(members, T, d)`` one interval apart.  It corrects what one lag of coarse data
-    cannot resolve (``M`` is a derivative at lag 0); 1 for linear dynamics."""
-    model_tau = decorrelation_time(paths, dyn.interval)
-    return float(np.exp(np.mean(np.log(model_tau / dyn.data_tau))))
+    is the same model on the clock ``c t``, so its autocorrelation becomes ``rho(c t)``.  Per coordinate,
+    ``c`` solves ``tau(rho(c k Delta)) = tau_data`` (:func:`~kgmm_bayes.metrics.series.integrated_time` at
+    the data's interval ``Delta``; ``rho`` of the model's ``paths`` ``(members, T, d)`` one interval apart,
+    interpolated log-linearly between lags): the decorrelation time's estimate at a coarse interval is not
+    proportional to the time scale, so the ratio of the two times would miss.  Returns the geometric mean
+    over coordinates.  It corrects what the mobility's estimate cannot resolve; 1 for linear dynamics."""
+    paths = np.asarray(paths, np.float64)
+    rho = np.diagonal(correlation_functions(paths, paths.shape[1] - 1), axis1=1, axis2=2)  # (T, d)
+    lags = np.arange(len(rho), dtype=np.float64)
+    logs = []
+    for r, target in zip(rho.T, dyn.data_tau):
+        nonpositive = np.flatnonzero(r <= 0)
+        cut = nonpositive[0] if nonpositive.size else len(r)
+        log_r = np.log(np.clip(r[:cut], 1e-300, None))
+
+        def tau(log_c):  # the model's decorrelation time on the clock c t, measured at the data's interval
+            at = np.exp(log_c) * lags
+            rescaled_rho = np.where(at < cut - 1, np.exp(np.interp(at, lags[:cut], log_r)), 0.0) if cut > 1 else \
+                np.r_[1.0, np.zeros(len(lags) - 1)]
+            return integrated_time(rescaled_rho, dyn.interval)
+
+        lo, hi = -math.log(100.0), math.log(100.0)  # tau decreases with c
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if tau(mid) > target else (lo, mid)
+        logs.append(0.5 * (lo + hi))
+    return float(np.exp(np.mean(logs)))
 
 
 def run_in_data_time(simulate, dyn: Dynamics):
