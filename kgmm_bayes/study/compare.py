@@ -65,7 +65,7 @@ from .compare_tables import (
     row_dict,
 )
 from .outputs import OutputFolder
-from .run import run_study
+from .run import PILOT_MIN_PARTICLES, run_study
 from .stages import StudyData, langevin_start, study_keys
 
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
@@ -120,14 +120,15 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
                                   data_time.key, data_time.series, drift_fn, drift_params, lg, points)
         schedule = {}
 
-        def simulate(d):
+        def simulate(d, particles=len(x0)):
             dt_, thin, steps, _ = rom_schedule(lg, d.interval, d.phi, drift_fn, drift_params, points,
                                                min_rows=2 * len(d.lags))
             schedule.update(dt=dt_, thin=thin)
-            return simulate_langevin(run_key, drift_fn, drift_params, x0, dt_, steps, lg.burn_in, thin, lg.box,
-                                     mobility=d.phi)
+            return simulate_langevin(run_key, drift_fn, drift_params, x0[:particles], dt_, steps, lg.burn_in, thin,
+                                     lg.box, mobility=d.phi)
 
-        rom, dyn = run_in_data_time(simulate, dyn)
+        pilot = lambda d: simulate(d, max(PILOT_MIN_PARTICLES, len(x0) // 4))  # noqa: E731 (as the study's)
+        rom, dyn = run_in_data_time(simulate, dyn, pilot=pilot)
         dt, spacing = schedule["dt"], dyn.interval
         info["dynamics"] = _dynamics_row(dyn, rom, data, spec, data_time)
     rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)

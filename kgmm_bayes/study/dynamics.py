@@ -4,13 +4,16 @@ With the data's interval known (``[data] interval``, or a built-in system's ``dt
 
 * the mobility ``Phi`` of the model's drift is fitted from the training trajectories
   (:func:`kgmm_bayes.rom.mobility.fit_mobility`), and one ``Phi`` per posterior draw (its
-  mixture score in place of the drift) gives the mobility's credible band;
+  mixture score in place of the drift, on its own Bayesian bootstrap of the trajectories) gives the
+  mobility's credible band;
+* ``M V^-1`` is exact for linear dynamics, but a derivative at lag 0 is what coarse snapshots of
+  nonlinear dynamics resolve least; the estimator is biased the same way on the model's paths, so
+  :func:`indirect_correction` finds the ``Phi`` whose model gives the data's estimate;
 * the model ``dx = Phi s dt + Sigma dW`` runs with snapshots one data interval apart
-  (:func:`rom_schedule`), so its correlation functions compare with the data's; ``M V^-1`` gives
-  the mobility's shape (relative rates, the antisymmetric part) exactly for linear dynamics, but a
-  derivative at lag 0 is what coarse snapshots of nonlinear dynamics resolve least, so the overall
-  rate is corrected by one factor that matches the data's decorrelation times
-  (:func:`time_scale_factor`; the model is run again when it is off by more than 10%);
+  (:func:`rom_schedule`), so its correlation functions compare with the data's; what a constant
+  mobility cannot match is left to one rate factor that matches the data's decorrelation times
+  (:func:`time_scale_factor`, measured on a pilot run; applied when off by more than 2% and by more
+  than twice the data's decorrelation times' sampling error, :func:`rate_tolerance`);
 * the responses ``R_ij(t) = -E[x_i(t) s_j(x(0))]`` (impulse), their time integral (step) and the
   second moments' response are averages over the training trajectories, one per posterior draw:
   their band is the draws' quantiles, widened by the sampling error of the trajectory average
@@ -35,7 +38,8 @@ from ..rom.mobility import (fit_mobility, impulse_responses, second_moment_respo
                             to_physical)
 
 __all__ = ["Dynamics", "fit_dynamics", "rom_schedule", "dynamics_metrics", "dynamics_outputs", "time_scale_factor",
-           "rescaled", "RESCALE_TOLERANCE", "robust_mobility", "member_mobilities", "run_in_data_time", "point_dynamics", "indirect_correction", "lagged_series", "draw_mobilities", "member_dynamics",
+           "rescaled", "RESCALE_TOLERANCE", "robust_mobility", "member_mobilities", "run_in_data_time",
+           "point_dynamics", "indirect_correction", "lagged_series", "draw_mobilities", "member_dynamics",
            "DYNAMICS_DRAWS", "MOBILITY_METHOD", "DECORRELATION_TIMES", "ENSEMBLE_ROWS_PER_LAG"]
 
 DYNAMICS_DRAWS = 32  # posterior draws, each with its own mobility and responses
@@ -45,7 +49,7 @@ MAX_LAGS = 400  # ... but at most this many intervals
 MAX_SNAPSHOTS = 200_000  # training snapshots used for the lagged moments (whole series, first ones)
 CHUNK = 8192
 SE_GROUPS = 8  # independent groups of the trajectories for the responses' sampling error
-RESCALE_TOLERANCE = 0.1  # the model is re-run with the corrected rate when |log c| exceeds log(1 + this)
+RESCALE_TOLERANCE = 0.02  # the rate is corrected when |log c| exceeds log(1 + this) (the pilot's noise is ~1%)
 ENSEMBLE_ROWS_PER_LAG = 8  # a posterior ensemble member runs at least this many times the correlation window
 CORRECTION_STARTS = 20_000  # training snapshots from which the model runs one interval (indirect_correction)
 CORRECTION_ITERATIONS = 6
@@ -67,6 +71,7 @@ class Dynamics(NamedTuple):
     second_se: Optional[np.ndarray] = None
     correction: Optional[np.ndarray] = None  # (d, d) K: the estimator's bias removed, Phi = E_data K (indirect_correction)
     correction_residuals: tuple = ()  # |E_model - E_data| / |E_data| at each iterate
+    data_tau_se: Optional[np.ndarray] = None  # (d,) sampling standard error of data_tau (groups of members)
 
 
 def _evaluate(fn, z) -> np.ndarray:
@@ -105,10 +110,15 @@ def point_dynamics(series, interval: float, drift_fn, drift_params) -> Dynamics:
     max_lag = int(min(n - 1, MAX_LAGS, max(2, math.ceil(DECORRELATION_TIMES * float(np.max(tau)) / interval))))
     score = _evaluate(lambda x: drift_fn(drift_params, x), series.reshape(-1, d)).reshape(series.shape)
     phi, method = robust_mobility(series, score, interval)
+    blocks = _stretches(series, series)[0]
+    tau_se = None
+    if blocks.shape[1] >= 2:
+        groups = [decorrelation_time(blocks[g], interval) for g in np.array_split(np.arange(len(blocks)), SE_GROUPS)]
+        tau_se = np.std(groups, axis=0, ddof=1) / np.sqrt(SE_GROUPS)
     return Dynamics(interval=float(interval), phi=phi, phi_draws=phi[None], method=method,
                     lags=interval * np.arange(max_lag + 1), impulse=impulse_responses(series, score, max_lag)[None],
                     second=second_moment_responses(series, score, max_lag)[None],
-                    data_correlation=correlation_functions(series, max_lag), data_tau=tau)
+                    data_correlation=correlation_functions(series, max_lag), data_tau=tau, data_tau_se=tau_se)
 
 
 def lagged_series(series) -> np.ndarray:
@@ -257,17 +267,29 @@ def time_scale_factor(paths, dyn: Dynamics) -> float:
     return float(np.exp(np.mean(logs)))
 
 
-def run_in_data_time(simulate, dyn: Dynamics):
+def rate_tolerance(dyn: Dynamics) -> float:
+    """How far off (relative) the model's decorrelation times may be before its rate is corrected: 2%, or
+    twice the data's decorrelation times' relative standard error (mean over coordinates) if that is more,
+    so that the rate is not fitted to the data's sampling noise."""
+    if dyn.data_tau_se is None:
+        return RESCALE_TOLERANCE
+    return max(RESCALE_TOLERANCE, 2.0 * float(np.mean(dyn.data_tau_se / dyn.data_tau)))
+
+
+def run_in_data_time(simulate, dyn: Dynamics, pilot=None):
     """``(rom, dyn)``: ``simulate(dyn)`` (a Langevin run with ``alive`` and ``samples`` ``(T, P, d)`` one
-    interval apart), run again with the rate corrected (:func:`rescaled`) when its decorrelation times
-    are off the data's by more than :data:`RESCALE_TOLERANCE` (no correction when no particle stayed)."""
-    rom = simulate(dyn)
+    interval apart) with the rate corrected (:func:`rescaled`) when the model's decorrelation times are off
+    the data's by more than :data:`RESCALE_TOLERANCE` and by more than twice the data's decorrelation times'
+    relative sampling error (:func:`rate_tolerance`; no correction when no particle stayed).  The factor
+    is measured on ``pilot(dyn)`` (a cheaper run: fewer particles) when given, else on a first
+    ``simulate(dyn)``, which is then run again only if the rate changes."""
+    rom = (pilot or simulate)(dyn)
     if rom.alive.any():
         factor = time_scale_factor(np.swapaxes(rom.samples[:, rom.alive], 0, 1), dyn)
-        if math.isfinite(factor) and abs(math.log(factor)) > math.log1p(RESCALE_TOLERANCE):
+        if math.isfinite(factor) and abs(math.log(factor)) > math.log1p(rate_tolerance(dyn)):
             dyn = rescaled(dyn, factor)
-            rom = simulate(dyn)
-    return rom, dyn
+            return simulate(dyn), dyn
+    return (rom if pilot is None else simulate(dyn)), dyn
 
 
 def indirect_correction(dyn: Dynamics, key, series, drift_fn, drift_params, lg, points) -> Dynamics:
@@ -408,7 +430,8 @@ def dynamics_metrics(dyn: Dynamics, arrays: dict, model_tau: Optional[np.ndarray
     model, ratio), the correlation functions' relative error and the responses' extent; with the
     posterior ensemble's arrays (:func:`dynamics_outputs`), their bands under ``ensemble``."""
     entry = {"interval": dyn.interval, "mobility_method": dyn.method, "draws": int(len(dyn.phi_draws)),
-             "mobility_time_scale": dyn.time_scale,
+             "mobility_time_scale": dyn.time_scale, "mobility_time_scale_tolerance": rate_tolerance(dyn),
+             "decorrelation_time_data_se": None if dyn.data_tau_se is None else dyn.data_tau_se.tolist(),
              "mobility_correction": None if dyn.correction is None else dyn.correction.tolist(),
              "mobility_correction_residuals": list(dyn.correction_residuals),
              "mobility": arrays["mobility"].tolist(), "mobility_lower": arrays["mobility_lower"].tolist(),

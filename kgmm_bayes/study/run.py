@@ -58,6 +58,8 @@ from .stages import (
 
 __all__ = ["run_study"]
 
+PILOT_MIN_PARTICLES = 100  # the pilot run that measures the model's rate factor has at least these particles
+
 
 def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, progress: bool = False,
               force: bool = False, data=None) -> BayesianKGMM:
@@ -156,19 +158,21 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     log(progress, f"langevin: {lg.particles} particles (drift: {lg.drift}"
                   + (", fitted mobility, data time)" if dynamics is not None else ")"))
 
-    def simulate(dyn):
-        if dyn is not None and dyn is not dynamics:
-            log(progress, f"langevin: the model's clock is {dyn.time_scale:.3g} x the data's; run again with the "
-                          "rate corrected")
-        stage = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress, dynamics=dyn)
-        stages.append(stage)
+    def simulate(dyn, particles=None):
+        if dyn is not None and dyn.time_scale != 1.0 and particles is None:
+            log(progress, f"langevin: the model's clock corrected by {dyn.time_scale:.3g} to the data's")
+        stage = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress, dynamics=dyn,
+                               particles=particles)
+        if particles is None:
+            stages.append(stage)
         return stage.rom
 
     stages = []
     if dynamics is None:
         simulate(None)
-    else:
-        _, dynamics = run_in_data_time(simulate, dynamics)
+    else:  # the rate factor from a pilot with a quarter of the particles
+        _, dynamics = run_in_data_time(simulate, dynamics,
+                                       pilot=lambda dyn: simulate(dyn, max(PILOT_MIN_PARTICLES, lg.particles // 4)))
     langevin = stages[-1]
     if langevin.cached:
         cached_stages.append("langevin")

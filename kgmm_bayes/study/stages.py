@@ -308,12 +308,14 @@ def model_drift(spec: Spec, interp, draws):
 
 
 def langevin_stage(spec: Spec, out, key, part: Partition, interp, draws, upstream, progress,
-                   dynamics=None) -> LangevinStage:
+                   dynamics=None, particles=None) -> LangevinStage:
     """The reduced-order model ``dx = s(x) dt + sqrt(2) dW``, its drift the interpolant or the
     posterior-predictive mixture score (``[langevin] drift``); with ``dynamics``
     (:class:`kgmm_bayes.study.dynamics.Dynamics`) ``dx = Phi s dt + Sigma dW`` in the data's time,
-    a snapshot every data interval (:func:`kgmm_bayes.study.dynamics.rom_schedule`)."""
+    a snapshot every data interval (:func:`kgmm_bayes.study.dynamics.rom_schedule`).  ``particles``: this
+    many instead of ``[langevin] particles`` (a pilot run)."""
     lg = spec.langevin
+    particles = lg.particles if particles is None else int(particles)
     drift_fn, drift_params = model_drift(spec, interp, draws)
     dt, thin, steps, mobility = lg.dt, lg.thin, lg.steps, None
     if dynamics is None:
@@ -326,11 +328,12 @@ def langevin_stage(spec: Spec, out, key, part: Partition, interp, draws, upstrea
         warnings.warn(f"langevin: dt x max |eigenvalue of the drift Jacobian| = {stiffness:.2f} at the data "
                       "(Euler-Maruyama is unstable above 2): lower [langevin] dt", RuntimeWarning, stacklevel=3)
     lkey = stage_key("langevin", upstream, spec.section_json("langevin"),
-                     "" if mobility is None else np.asarray(mobility, np.float64).tobytes().hex(), dt, thin, steps)
+                     "" if mobility is None else np.asarray(mobility, np.float64).tobytes().hex(), dt, thin, steps,
+                     *(() if particles == lg.particles else (particles,)))
     cached = out.load_stage("langevin", lkey, build=_langevin_from_arrays)
     if cached is not None:
         return LangevinStage(cached, stiffness, True, dt, thin, steps)
-    x0, run_key = langevin_start(key, part, lg.particles)
+    x0, run_key = langevin_start(key, part, particles)
     rom = simulate_langevin(run_key, drift_fn, drift_params, x0, dt, steps, lg.burn_in, thin, lg.box,
                             progress=progress, mobility=mobility)
     out.save_stage("langevin", lkey, rom._asdict())
