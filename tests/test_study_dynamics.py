@@ -237,3 +237,17 @@ def test_rate_factor_is_exact_for_a_rescaled_clock_at_a_coarse_interval():
                    second=empty, data_correlation=np.ones((2, 1, 1)), data_tau=data_tau)
     # the ACF estimate's own noise: 4e5 snapshots, a few lags: about 1% on c
     assert time_scale_factor(paths, dyn) == pytest.approx(2.0, rel=0.03)
+
+
+@pytest.mark.parametrize("interval", [0.3, 0.6])
+@pytest.mark.parametrize("c0", [0.8, 1.25, 1.5])
+def test_rescaled_clock_recovers_the_clock_of_an_oscillating_correlation(interval, c0):
+    # rho(t) = exp(-t) cos(1.2 t) sampled 8x finer than the data (as the pilot run samples); the data's is
+    # rho(c0 t) at the data's interval: c0 comes back to the bisection's precision (exact functions)
+    from kgmm_bayes.metrics.series import integrated_time
+    from kgmm_bayes.study.dynamics import rescaled_clock
+
+    fine = interval / 8 * np.arange(3200)
+    t = interval * np.arange(400)
+    target = integrated_time(np.exp(-c0 * t) * np.cos(1.2 * c0 * t), interval)
+    assert rescaled_clock(np.exp(-fine) * np.cos(1.2 * fine), target, interval, interval / 8) == pytest.approx(c0, rel=0.005)

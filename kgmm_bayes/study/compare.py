@@ -53,8 +53,8 @@ from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin
 from ..rom.mobility import impulse_responses, to_physical
 from ..spec import BASELINES, Spec, data_interval_of
 from .checks import check_seed, load_user_data
-from .dynamics import (dynamics_metrics, dynamics_outputs, indirect_correction, lagged_series, point_dynamics,
-                       rom_schedule, run_in_data_time)
+from .dynamics import (PILOT_SUBSAMPLE, dynamics_metrics, dynamics_outputs, indirect_correction, lagged_series,
+                       point_dynamics, rom_schedule, run_in_data_time)
 from .compare_tables import (
     KS_SPACING,
     EstimatorRow,
@@ -120,16 +120,20 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
                                   data_time.key, data_time.series, drift_fn, drift_params, lg, points)
         schedule = {}
 
-        def simulate(d, particles=len(x0)):
-            dt_, thin, steps, _ = rom_schedule(lg, d.interval, d.phi, drift_fn, drift_params, points,
-                                               min_rows=2 * len(d.lags))
-            schedule.update(dt=dt_, thin=thin)
-            return simulate_langevin(run_key, drift_fn, drift_params, x0[:particles], dt_, steps, lg.burn_in, thin,
-                                     lg.box, mobility=d.phi)
+        def simulate(d, particles=len(x0), subsample=1):
+            dt_, thin, steps, stiffness = rom_schedule(lg, d.interval, d.phi, drift_fn, drift_params, points,
+                                                       min_rows=2 * len(d.lags))
+            thin = max(1, thin // subsample)
+            schedule.update(dt=dt_, stiffness=stiffness)
+            return simulate_langevin(run_key, drift_fn, drift_params, x0[:particles], dt_, steps // thin * thin,
+                                     lg.burn_in, thin, lg.box, mobility=d.phi), dt_ * thin
 
-        pilot = lambda d: simulate(d, max(PILOT_MIN_PARTICLES, len(x0) // 4))  # noqa: E731 (as the study's)
-        rom, dyn = run_in_data_time(simulate, dyn, pilot=pilot)
+        pilot_particles = min(len(x0), max(PILOT_MIN_PARTICLES, len(x0) // 4))  # the study's pilot, same starts
+        pilot = None if pilot_particles == len(x0) else (
+            lambda d: simulate(d, pilot_particles, PILOT_SUBSAMPLE))
+        rom, dyn = run_in_data_time(lambda d: simulate(d)[0], dyn, pilot=pilot)
         dt, spacing = schedule["dt"], dyn.interval
+        info["dt_times_max_jacobian_eigenvalue"] = schedule["stiffness"]  # of Phi s, as the study's
         info["dynamics"] = _dynamics_row(dyn, rom, data, spec, data_time)
     rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)
     if ks_tau is not None and rom.alive.any():
@@ -139,7 +143,8 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
     if truth is not None:
         predicted = np.asarray(drift_fn(drift_params, jnp.asarray(points, jnp.float32)), dtype=np.float64)
         error = weighted_score_error(predicted, truth, counts)
-    info["dt_times_max_jacobian_eigenvalue"] = dt * max_jacobian_eigenvalue(drift_fn, drift_params, points)
+    if data_time is None:
+        info["dt_times_max_jacobian_eigenvalue"] = dt * max_jacobian_eigenvalue(drift_fn, drift_params, points)
     return EstimatorRow(fit_name, timings, rel_ent, error, band, rom.wall_time, rom.escaped + rom.non_finite, info)
 
 

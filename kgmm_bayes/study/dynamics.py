@@ -33,13 +33,14 @@ from scipy.stats import norm
 from ..bayes.score import score_draws
 from ..metrics.correlation import correlation_functions
 from ..metrics.series import decorrelation_time, integrated_time
+from ..rom.ensemble import autocorrelation
 from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin, with_mobility
 from ..rom.mobility import (fit_mobility, impulse_responses, second_moment_responses, step_responses,
                             to_physical)
 
 __all__ = ["Dynamics", "fit_dynamics", "rom_schedule", "dynamics_metrics", "dynamics_outputs", "time_scale_factor",
            "rescaled", "RESCALE_TOLERANCE", "robust_mobility", "member_mobilities", "run_in_data_time",
-           "point_dynamics", "indirect_correction", "lagged_series", "draw_mobilities", "member_dynamics",
+           "point_dynamics", "indirect_correction", "rescaled_clock", "PILOT_SUBSAMPLE", "lagged_series", "draw_mobilities", "member_dynamics",
            "DYNAMICS_DRAWS", "MOBILITY_METHOD", "DECORRELATION_TIMES", "ENSEMBLE_ROWS_PER_LAG"]
 
 DYNAMICS_DRAWS = 32  # posterior draws, each with its own mobility and responses
@@ -90,7 +91,7 @@ def fit_dynamics(series, interval: float, drift_fn, drift_params, draws, key=Non
     weights = _bootstrap_weights(key, series.shape[0], len(draws[0]))
     for s, score in enumerate(_draw_scores(series, draws)):
         mean_score = mean_score + score / len(draws[0])
-        phis.append(_draw_mobility(series, score, interval, None if weights is None else weights[s]))
+        phis.append(_draw_mobility(series, score, interval, None if weights is None else weights[s], dyn.method))
         impulse.append(impulse_responses(series, score, max_lag))
         second.append(second_moment_responses(series, score, max_lag))
     impulse_se, second_se = (_sampling_se(fn, series, mean_score, max_lag)
@@ -137,7 +138,7 @@ def _draw_scores(series, draws):
         yield score_draws(*one, flat)[0][0].reshape(series.shape)
 
 
-def draw_mobilities(series, interval: float, draws, key=None) -> np.ndarray:
+def draw_mobilities(series, interval: float, draws, key=None, method: Optional[str] = None) -> np.ndarray:
     """``(S, d, d)``: the mobility fitted with each draw's mixture score (:func:`robust_mobility`)
     from the series :func:`lagged_series` keeps.  With ``key``, each draw's on its own Bayesian
     bootstrap of the trajectories (Dirichlet(1) weights over independent blocks: the members, or
@@ -145,14 +146,14 @@ def draw_mobilities(series, interval: float, draws, key=None) -> np.ndarray:
     mobilities holds the lagged statistics' sampling error as well as the score's posterior spread."""
     series = lagged_series(series)
     weights = _bootstrap_weights(key, series.shape[0], len(draws[0]))
-    return np.stack([_draw_mobility(series, score, interval, None if weights is None else weights[s])
+    return np.stack([_draw_mobility(series, score, interval, None if weights is None else weights[s], method)
                      for s, score in enumerate(_draw_scores(series, draws))])
 
 
 def member_mobilities(dyn: Dynamics, series, draws, key) -> np.ndarray:
     """``(S, d, d)``: the posterior ensemble's mobilities, each draw's own (:func:`draw_mobilities`, on its
     own bootstrap) with the study model's corrections (:func:`indirect_correction`, the rate factor)."""
-    phis = draw_mobilities(series, dyn.interval, draws, key)
+    phis = draw_mobilities(series, dyn.interval, draws, key, dyn.method)
     if dyn.correction is not None:
         phis = np.stack([_floored(phi @ dyn.correction) for phi in phis])
     return phis * dyn.time_scale
@@ -179,10 +180,14 @@ def _bootstrap_weights(key, members: int, draws: int):
     return np.asarray(jax.random.dirichlet(key, jnp.ones(blocks, jnp.float64), (draws,)), np.float64) * blocks
 
 
-def _draw_mobility(series, score, interval: float, weights=None) -> np.ndarray:
-    if weights is None:
-        return robust_mobility(series, score, interval)[0]
-    return robust_mobility(*_stretches(series, score), interval, weights=weights)[0]
+def _draw_mobility(series, score, interval: float, weights=None, method: Optional[str] = None) -> np.ndarray:
+    """One draw's mobility, with the study model's estimator ``method`` where it exists for the draw."""
+    if weights is not None:
+        series, score = _stretches(series, score)
+    try:
+        return robust_mobility(series, score, interval, weights=weights, method=method)[0]
+    except ValueError:
+        return robust_mobility(series, score, interval, weights=weights)[0]
 
 
 def member_dynamics(paths, alive, max_lag: int, interval: float):
@@ -199,15 +204,25 @@ def member_dynamics(paths, alive, max_lag: int, interval: float):
     return corr, tau
 
 
-def robust_mobility(series, score, interval: float, weights=None):
+ONE_STEP = "derivative (order 1)"
+
+
+def robust_mobility(series, score, interval: float, weights=None, method: Optional[str] = None):
     """``(Phi, method)``: the matrix-log estimator; where the lag-one propagator has no real logarithm
     (an interval too coarse for the dynamics: correlations have turned negative) the one-step
     difference, which tends to the symmetric ``V^-1 / interval`` as the interval grows; the symmetric
-    part's eigenvalues are floored at ``1e-3`` of the largest so that a diffusion matches it."""
+    part's eigenvalues are floored at ``1e-3`` of the largest so that a diffusion matches it.
+    ``method``: a method this function returned before (its first words), forced, without the fallback
+    (a ValueError where the logarithm does not exist)."""
+    forced = None if method is None else (ONE_STEP if method.startswith(ONE_STEP) else MOBILITY_METHOD)
     try:
+        if forced == ONE_STEP:
+            raise ValueError("one-step difference forced")
         phi, method = fit_mobility(series, score, interval, method=MOBILITY_METHOD, weights=weights).phi, MOBILITY_METHOD
     except ValueError:
-        phi, method = fit_mobility(series, score, interval, order=1, weights=weights).phi, "derivative (order 1)"
+        if forced == MOBILITY_METHOD:
+            raise
+        phi, method = fit_mobility(series, score, interval, order=1, weights=weights).phi, ONE_STEP
     floored = _floored(phi)
     if not np.array_equal(floored, phi):
         method += ", symmetric part floored"
@@ -236,35 +251,54 @@ def _sampling_se(response_fn, series, score, max_lag):
     return parts.std(axis=0, ddof=1) / np.sqrt(SE_GROUPS)
 
 
-def time_scale_factor(paths, dyn: Dynamics) -> float:
+def time_scale_factor(paths, dyn: Dynamics, spacing: Optional[float] = None) -> float:
     """The factor ``c`` by which the mobility's rate is corrected: ``dx = c Phi s dt + sqrt(c) Sigma dW``
     is the same model on the clock ``c t``, so its autocorrelation becomes ``rho(c t)``.  Per coordinate,
-    ``c`` solves ``tau(rho(c k Delta)) = tau_data`` (:func:`~kgmm_bayes.metrics.series.integrated_time` at
-    the data's interval ``Delta``; ``rho`` of the model's ``paths`` ``(members, T, d)`` one interval apart,
-    interpolated log-linearly between lags): the decorrelation time's estimate at a coarse interval is not
-    proportional to the time scale, so the ratio of the two times would miss.  Returns the geometric mean
-    over coordinates.  It corrects what the mobility's estimate cannot resolve; 1 for linear dynamics."""
+    ``c`` solves ``tau(rho(c k Delta)) = tau_data`` (:func:`rescaled_clock`) with ``rho`` of the model's
+    ``paths`` ``(members, T, d)`` sampled every ``spacing`` (default: the data's interval ``Delta``; a
+    pilot run samples finer, so that ``rho`` between the data's lags is measured, not interpolated): the
+    decorrelation time's estimate at a coarse interval is not proportional to the time scale, so the ratio
+    of the two times would miss.  Returns the geometric mean over coordinates.  It corrects what the
+    mobility's estimate cannot resolve; 1 for linear dynamics."""
     paths = np.asarray(paths, np.float64)
-    rho = np.diagonal(correlation_functions(paths, paths.shape[1] - 1), axis1=1, axis2=2)  # (T, d)
-    lags = np.arange(len(rho), dtype=np.float64)
-    logs = []
-    for r, target in zip(rho.T, dyn.data_tau):
-        nonpositive = np.flatnonzero(r <= 0)
-        cut = nonpositive[0] if nonpositive.size else len(r)
-        log_r = np.log(np.clip(r[:cut], 1e-300, None))
+    spacing = dyn.interval if spacing is None else float(spacing)
+    rho = autocorrelation(paths, paths.shape[1] - 1)  # (T, d), each lag over its own pairs
+    return float(np.exp(np.mean([math.log(rescaled_clock(r, t, dyn.interval, spacing))
+                                 for r, t in zip(rho.T, dyn.data_tau)])))
 
-        def tau(log_c):  # the model's decorrelation time on the clock c t, measured at the data's interval
-            at = np.exp(log_c) * lags
-            rescaled_rho = np.where(at < cut - 1, np.exp(np.interp(at, lags[:cut], log_r)), 0.0) if cut > 1 else \
-                np.r_[1.0, np.zeros(len(lags) - 1)]
-            return integrated_time(rescaled_rho, dyn.interval)
 
-        lo, hi = -math.log(100.0), math.log(100.0)  # tau decreases with c
-        for _ in range(60):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if tau(mid) > target else (lo, mid)
-        logs.append(0.5 * (lo + hi))
-    return float(np.exp(np.mean(logs)))
+def rescaled_clock(rho, target: float, interval: float, spacing: Optional[float] = None,
+                   bound: float = 100.0) -> float:
+    """The ``c`` in ``[1 / bound, bound]`` for which the autocorrelation ``rho`` ``(n,)`` (lags ``spacing``
+    apart, default ``interval``) on the clock ``c t``, read at lags one ``interval`` apart, has the
+    decorrelation time ``target`` (:func:`~kgmm_bayes.metrics.series.integrated_time`).  Between its lags
+    ``rho`` is interpolated log-linearly while positive, linearly across its first zero crossing; the
+    time falls as ``c`` grows, so bisection on ``log c``."""
+    r = np.asarray(rho, np.float64)
+    ratio = interval / (interval if spacing is None else spacing)  # data lags in units of rho's lags
+    lags = np.arange(len(r), dtype=np.float64)
+    nonpositive = np.flatnonzero(r <= 0)
+    cut = int(nonpositive[0]) if nonpositive.size else len(r)
+    log_r = np.log(np.clip(r[:cut], 1e-300, None))
+
+    def tau(log_c):
+        c = math.exp(log_c)
+        at = c * ratio * np.arange(int((len(r) - 1) / (c * ratio)) + 2, dtype=np.float64)
+        value = np.zeros_like(at)
+        before = at <= cut - 1
+        value[before] = np.exp(np.interp(at[before], lags[:cut], log_r))
+        if cut < len(r):  # across the crossing: linear from the last positive lag to the first other one
+            across = (at > cut - 1) & (at < cut)
+            frac = at[across] - (cut - 1)
+            value[across] = (1 - frac) * r[cut - 1] + frac * r[cut]
+            value[at >= cut] = min(r[cut], 0.0)
+        return integrated_time(value, interval)
+
+    lo, hi = -math.log(bound), math.log(bound)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if tau(mid) > target else (lo, mid)
+    return math.exp(0.5 * (lo + hi))
 
 
 def rate_tolerance(dyn: Dynamics) -> float:
@@ -281,15 +315,18 @@ def run_in_data_time(simulate, dyn: Dynamics, pilot=None):
     interval apart) with the rate corrected (:func:`rescaled`) when the model's decorrelation times are off
     the data's by more than :data:`RESCALE_TOLERANCE` and by more than twice the data's decorrelation times'
     relative sampling error (:func:`rate_tolerance`; no correction when no particle stayed).  The factor
-    is measured on ``pilot(dyn)`` (a cheaper run: fewer particles) when given, else on a first
-    ``simulate(dyn)``, which is then run again only if the rate changes."""
-    rom = (pilot or simulate)(dyn)
+    is measured on ``pilot(dyn)`` ``-> (rom, spacing)`` (a cheaper run: fewer particles, snapshots
+    ``spacing`` apart) when given, else on a first ``simulate(dyn)``, run again only if the rate changes."""
+    rom, spacing = (simulate(dyn), dyn.interval) if pilot is None else pilot(dyn)
     if rom.alive.any():
-        factor = time_scale_factor(np.swapaxes(rom.samples[:, rom.alive], 0, 1), dyn)
+        factor = time_scale_factor(np.swapaxes(rom.samples[:, rom.alive], 0, 1), dyn, spacing)
         if math.isfinite(factor) and abs(math.log(factor)) > math.log1p(rate_tolerance(dyn)):
             dyn = rescaled(dyn, factor)
             return simulate(dyn), dyn
     return (rom if pilot is None else simulate(dyn)), dyn
+
+
+PILOT_SUBSAMPLE = 8  # a pilot run keeps this many snapshots per data interval (where the schedule allows)
 
 
 def indirect_correction(dyn: Dynamics, key, series, drift_fn, drift_params, lg, points) -> Dynamics:
@@ -321,7 +358,10 @@ def indirect_correction(dyn: Dynamics, key, series, drift_fn, drift_params, lg, 
         ends = run.samples[0][alive].astype(np.float64)
         pairs = np.stack([starts[alive], ends], axis=1)  # (starts, 2, d): two snapshots each
         scores = np.stack([start_score[alive], _evaluate(drift, ends)], axis=1)
-        estimate = robust_mobility(pairs, scores, dyn.interval)[0]
+        try:  # the data's estimator, not a fallback: the two estimates must be the same function
+            estimate = robust_mobility(pairs, scores, dyn.interval, method=dyn.method)[0]
+        except ValueError:
+            break
         residuals.append(float(np.linalg.norm(estimate - target) / np.linalg.norm(target)))
         if best is None or residuals[-1] < best[0]:
             best = (residuals[-1], phi)
@@ -416,6 +456,8 @@ def _ensemble_metrics(dyn: Dynamics, arrays: dict, band: float) -> dict:
     lower, upper = arrays["model_correlation_lower"][1:], arrays["model_correlation_upper"][1:]
     inside = (lower <= data_c) & (data_c <= upper)
     tau = arrays["ensemble_decorrelation_time"]
+    if not np.isfinite(tau).any():  # no member kept a particle: nothing to band (the ensemble block says why)
+        return {"members": int(len(tau)), "band": band, "correlation_band_holds_data": None}
     median, low, high = np.nanquantile(tau, [0.5, tail, 1.0 - tail], axis=0)
     return {"members": int(len(tau)), "band": band,
             "correlation_band_holds_data": float(np.mean(inside[np.isfinite(lower)])),

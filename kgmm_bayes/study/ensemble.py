@@ -14,6 +14,7 @@ correlation functions and decorrelation times give their credible bands.
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -86,11 +87,16 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
     es, lg = spec.ensemble, spec.langevin
     dt, thin, steps, burn_in, max_lag, lag_time = lg.dt, es.thin, es.steps, es.burn_in, es.max_lag, lg.dt * es.thin
     draws = select_draws(post, es.members, chain_weights)
-    drift_key, start_key, run_key, mobility_key = jax.random.split(key, 4)
+    drift_key, start_key, run_key = jax.random.split(key, 3)
     mobility = None
     if dynamics is not None:  # each member's own mobility, on its own bootstrap of the trajectories
-        mobility = member_mobilities(dynamics, series, draws, mobility_key)
+        mobility = member_mobilities(dynamics, series, draws, jax.random.fold_in(key, 3))
         (dt, thin), max_lag, lag_time = schedule, len(dynamics.lags) - 1, dynamics.interval
+        # the study model's step keeps its stiffness; a member with a larger mobility gets a shorter step
+        stiffer = max(np.linalg.norm(m, 2) for m in mobility) / np.linalg.norm(dynamics.phi, 2)
+        if stiffer > 1.0:
+            thin = math.ceil(thin * stiffer)
+            dt = dynamics.interval / thin
         steps = thin * max(es.steps // thin, ENSEMBLE_ROWS_PER_LAG * (max_lag + 1))
         burn_in = max(es.burn_in, thin * max_lag)  # at least one correlation window
     skey = stage_key("ensemble", post_key, spec.section_json("ensemble"), lg.dt, lg.box, spec.metrics.grid_points,

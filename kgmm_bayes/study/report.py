@@ -117,7 +117,7 @@ def _dynamics_lines(dyn, names) -> list:
                   f"- Correlation functions C_ij(tau), all pairs, tau up to {_fmt(dyn['max_lag_time'])}: relative "
                   f"error of the model against the data {_fmt(dyn['correlation_relative_error'])}"]
     ens = dyn.get("ensemble")
-    if ens is not None:
+    if ens is not None and ens.get("correlation_band_holds_data") is not None:
         pct = f"{round(100 * ens['band'])}%"
         lines += [f"- Posterior ensemble ({ens['members']} models, a mobility each): {pct} band of the "
                   "decorrelation times " + ", ".join(

@@ -34,8 +34,8 @@ from .checks import (
     check_sizes,
     load_user_data,
 )
-from .dynamics import (DYNAMICS_DRAWS, dynamics_metrics, dynamics_outputs, fit_dynamics, indirect_correction,
-                       run_in_data_time)
+from .dynamics import (DYNAMICS_DRAWS, PILOT_SUBSAMPLE, dynamics_metrics, dynamics_outputs, fit_dynamics,
+                       indirect_correction, run_in_data_time)
 from .ensemble import ensemble_stage
 from .figures import plot_dynamics, plot_marginals, plot_score, plot_score_field
 from .load import DATA_FILE, PARTITION_FILE
@@ -158,21 +158,24 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     log(progress, f"langevin: {lg.particles} particles (drift: {lg.drift}"
                   + (", fitted mobility, data time)" if dynamics is not None else ")"))
 
-    def simulate(dyn, particles=None):
+    def simulate(dyn, particles=None, subsample=1):
         if dyn is not None and dyn.time_scale != 1.0 and particles is None:
             log(progress, f"langevin: the model's clock corrected by {dyn.time_scale:.3g} to the data's")
         stage = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress, dynamics=dyn,
-                               particles=particles)
+                               particles=particles, subsample=subsample)
         if particles is None:
             stages.append(stage)
-        return stage.rom
+            return stage.rom
+        return stage.rom, stage.dt * stage.thin
 
     stages = []
+    pilot_particles = min(lg.particles, max(PILOT_MIN_PARTICLES, lg.particles // 4))
     if dynamics is None:
         simulate(None)
-    else:  # the rate factor from a pilot with a quarter of the particles
-        _, dynamics = run_in_data_time(simulate, dynamics,
-                                       pilot=lambda dyn: simulate(dyn, max(PILOT_MIN_PARTICLES, lg.particles // 4)))
+    else:  # the rate factor from a pilot: a quarter of the particles, sampled finer than the data
+        pilot = None if pilot_particles == lg.particles else (
+            lambda dyn: simulate(dyn, pilot_particles, PILOT_SUBSAMPLE))
+        _, dynamics = run_in_data_time(simulate, dynamics, pilot=pilot)
     langevin = stages[-1]
     if langevin.cached:
         cached_stages.append("langevin")

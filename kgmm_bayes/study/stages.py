@@ -308,12 +308,13 @@ def model_drift(spec: Spec, interp, draws):
 
 
 def langevin_stage(spec: Spec, out, key, part: Partition, interp, draws, upstream, progress,
-                   dynamics=None, particles=None) -> LangevinStage:
+                   dynamics=None, particles=None, subsample: int = 1) -> LangevinStage:
     """The reduced-order model ``dx = s(x) dt + sqrt(2) dW``, its drift the interpolant or the
     posterior-predictive mixture score (``[langevin] drift``); with ``dynamics``
     (:class:`kgmm_bayes.study.dynamics.Dynamics`) ``dx = Phi s dt + Sigma dW`` in the data's time,
-    a snapshot every data interval (:func:`kgmm_bayes.study.dynamics.rom_schedule`).  ``particles``: this
-    many instead of ``[langevin] particles`` (a pilot run)."""
+    a snapshot every data interval (:func:`kgmm_bayes.study.dynamics.rom_schedule`).  A pilot run:
+    ``particles``, the first this many of the run's starting particles, and ``subsample`` snapshots per
+    data interval where the schedule's steps allow (the stage's ``thin`` is then the snapshots')."""
     lg = spec.langevin
     particles = lg.particles if particles is None else int(particles)
     drift_fn, drift_params = model_drift(spec, interp, draws)
@@ -324,6 +325,8 @@ def langevin_stage(spec: Spec, out, key, part: Partition, interp, draws, upstrea
         dt, thin, steps, stiffness = rom_schedule(lg, dynamics.interval, dynamics.phi, drift_fn, drift_params,
                                                   part.points, min_rows=2 * len(dynamics.lags))
         mobility = dynamics.phi
+        thin = max(1, thin // max(1, int(subsample)))  # steps stays a multiple of it only if it divides thin
+        steps = steps // thin * thin
     if stiffness > STIFFNESS_LIMIT:
         warnings.warn(f"langevin: dt x max |eigenvalue of the drift Jacobian| = {stiffness:.2f} at the data "
                       "(Euler-Maruyama is unstable above 2): lower [langevin] dt", RuntimeWarning, stacklevel=3)
@@ -333,7 +336,8 @@ def langevin_stage(spec: Spec, out, key, part: Partition, interp, draws, upstrea
     cached = out.load_stage("langevin", lkey, build=_langevin_from_arrays)
     if cached is not None:
         return LangevinStage(cached, stiffness, True, dt, thin, steps)
-    x0, run_key = langevin_start(key, part, particles)
+    x0, run_key = langevin_start(key, part, lg.particles)
+    x0 = x0[:particles]
     rom = simulate_langevin(run_key, drift_fn, drift_params, x0, dt, steps, lg.burn_in, thin, lg.box,
                             progress=progress, mobility=mobility)
     out.save_stage("langevin", lkey, rom._asdict())
