@@ -162,6 +162,10 @@ def test_result_api_gives_responses_and_correlations(ou_study):
     np.testing.assert_array_equal(corr["lag"].values, arrays["lags"])
     with pytest.raises(Exception, match="kind must be"):
         result.responses("bogus")
+    # the training trajectories as the study's lagged statistics saw them, from the data file
+    series = result.data.train_series()
+    assert series.shape == (16, 2000, 2)  # 20 members, the last 20% held out
+    np.testing.assert_array_equal(series[3], np.load(ou_study.parent / "ou.npy")[3])
 
 
 def test_without_an_interval_time_scales_are_reported_unavailable(tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import InputError
 
 __all__ = [
+    "as_series",
     "load_trajectory",
     "validate_snapshots",
     "as_members",
@@ -217,5 +218,11 @@ class StudyData:
 
     def train_series(self, z=None):
         """The training snapshots (or ``z``, aligned with them) as ``(series, series_length, d)``."""
-        x = self.train if z is None else z
-        return None if self.series_length is None else np.asarray(x).reshape(-1, self.series_length, x.shape[-1])
+        return as_series(self.train if z is None else z, self.series_length)
+
+
+def as_series(x, series_length):
+    """Snapshots ``(n, d)`` as consecutive time series ``(n / series_length, series_length, d)``; None
+    without a ``series_length``."""
+    x = np.asarray(x)
+    return None if series_length is None else x.reshape(-1, series_length, x.shape[-1])

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..bayes.diagnostics import chain_weights
 from ..bayes.score import thin_draws
-from ..data.trajectory import load_trajectory, split_members, validate_snapshots
+from ..data.trajectory import as_series, load_trajectory, split_members, train_series_length, validate_snapshots
 from ..data.zscore import ZScore
 from ..errors import InputError
 from ..errors import one_line as _one_line
@@ -186,7 +186,7 @@ class StoredData:
         self._expected = (metrics.get("data", {}).get("train_snapshots"),
                           metrics.get("data", {}).get("reference_snapshots"))
         self.source = metrics.get("data", {}).get("source", "")
-        self._arrays = None
+        self._arrays, self._series_length = None, None
 
     def _load(self):
         if self._arrays is not None:
@@ -196,6 +196,7 @@ class StoredData:
             data_key, reference_key = study_keys(self._seed)[:2]
             study_data = prepare_data(self._spec, data_key, reference_key, StageReader(self._out_dir))
             train, reference = study_data.train, study_data.reference
+            self._series_length = study_data.series_length
         else:
             if ds.path is not None:
                 where = f"data file {ds.path!r}"
@@ -209,6 +210,8 @@ class StoredData:
                 raw = validate_snapshots(raw, name=where)
             train, reference = split_members(raw, ds.heldout_fraction)
             reference = train if reference is None else reference
+            self._series_length = (None if ds.interval is None else  # validate_snapshots: (members, n, d)
+                                   train_series_length(raw.shape, ds.heldout_fraction))
             if (len(train), len(reference)) != tuple(self._expected):
                 raise InputError(f"{where} now gives {len(train)} training and {len(reference)} reference "
                                  f"snapshots, the study used {self._expected[0]} and {self._expected[1]}: "
@@ -223,6 +226,17 @@ class StoredData:
     @property
     def reference(self) -> np.ndarray:
         return self._load()[1]
+
+    @property
+    def series_length(self):
+        """Snapshots per training time series (one data interval apart); None without the data's time."""
+        self._load()
+        return self._series_length
+
+    def train_series(self, z=None):
+        """The training snapshots (or ``z``, aligned with them) as ``(series, series_length, d)``, the
+        trajectories the study's lagged statistics used; None without the data's time."""
+        return as_series(self.train if z is None else z, self.series_length)
 
 
 def load_result(out_dir) -> BayesianKGMM:
