@@ -53,8 +53,8 @@ from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin
 from ..rom.mobility import impulse_responses, to_physical
 from ..spec import BASELINES, Spec, data_interval_of
 from .checks import check_seed, load_user_data
-from .dynamics import (PILOT_SUBSAMPLE, dynamics_metrics, dynamics_outputs, indirect_correction, lagged_series,
-                       point_dynamics, rom_schedule, run_in_data_time)
+from .dynamics import (dynamics_metrics, dynamics_outputs, indirect_correction, lagged_series, point_dynamics,
+                       rom_schedule, run_in_data_time)
 from .compare_tables import (
     KS_SPACING,
     EstimatorRow,
@@ -65,7 +65,7 @@ from .compare_tables import (
     row_dict,
 )
 from .outputs import OutputFolder
-from .run import PILOT_MIN_PARTICLES, run_study
+from .run import run_study
 from .stages import StudyData, langevin_start, study_keys
 
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
@@ -120,7 +120,8 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
                                   data_time.key, data_time.series, drift_fn, drift_params, lg, points)
         schedule = {}
 
-        def simulate(d, particles=len(x0), subsample=1):
+        def simulate(d, particles=None, subsample=1):
+            particles = len(x0) if particles is None else particles
             dt_, thin, steps, stiffness = rom_schedule(lg, d.interval, d.phi, drift_fn, drift_params, points,
                                                        min_rows=2 * len(d.lags))
             thin = max(1, thin // subsample)
@@ -128,10 +129,7 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
             return simulate_langevin(run_key, drift_fn, drift_params, x0[:particles], dt_, steps // thin * thin,
                                      lg.burn_in, thin, lg.box, mobility=d.phi), dt_ * thin
 
-        pilot_particles = min(len(x0), max(PILOT_MIN_PARTICLES, len(x0) // 4))  # the study's pilot, same starts
-        pilot = None if pilot_particles == len(x0) else (
-            lambda d: simulate(d, pilot_particles, PILOT_SUBSAMPLE))
-        rom, dyn = run_in_data_time(lambda d: simulate(d)[0], dyn, pilot=pilot)
+        rom, dyn = run_in_data_time(simulate, dyn, len(x0))  # the study's pilot: the first of the same starts
         dt, spacing = schedule["dt"], dyn.interval
         info["dt_times_max_jacobian_eigenvalue"] = schedule["stiffness"]  # of Phi s, as the study's
         info["dynamics"] = _dynamics_row(dyn, rom, data, spec, data_time)

@@ -40,7 +40,7 @@ from ..rom.mobility import (fit_mobility, impulse_responses, second_moment_respo
 
 __all__ = ["Dynamics", "fit_dynamics", "rom_schedule", "dynamics_metrics", "dynamics_outputs", "time_scale_factor",
            "rescaled", "RESCALE_TOLERANCE", "robust_mobility", "member_mobilities", "run_in_data_time",
-           "point_dynamics", "indirect_correction", "rescaled_clock", "PILOT_SUBSAMPLE", "lagged_series", "draw_mobilities", "member_dynamics",
+           "point_dynamics", "indirect_correction", "rescaled_clock", "PILOT_SUBSAMPLE", "PILOT_MIN_PARTICLES", "lagged_series", "draw_mobilities", "member_dynamics",
            "DYNAMICS_DRAWS", "MOBILITY_METHOD", "DECORRELATION_TIMES", "ENSEMBLE_ROWS_PER_LAG"]
 
 DYNAMICS_DRAWS = 32  # posterior draws, each with its own mobility and responses
@@ -310,23 +310,27 @@ def rate_tolerance(dyn: Dynamics) -> float:
     return max(RESCALE_TOLERANCE, 2.0 * float(np.mean(dyn.data_tau_se / dyn.data_tau)))
 
 
-def run_in_data_time(simulate, dyn: Dynamics, pilot=None):
-    """``(rom, dyn)``: ``simulate(dyn)`` (a Langevin run with ``alive`` and ``samples`` ``(T, P, d)`` one
-    interval apart) with the rate corrected (:func:`rescaled`) when the model's decorrelation times are off
-    the data's by more than :data:`RESCALE_TOLERANCE` and by more than twice the data's decorrelation times'
-    relative sampling error (:func:`rate_tolerance`; no correction when no particle stayed).  The factor
-    is measured on ``pilot(dyn)`` ``-> (rom, spacing)`` (a cheaper run: fewer particles, snapshots
-    ``spacing`` apart) when given, else on a first ``simulate(dyn)``, run again only if the rate changes."""
-    rom, spacing = (simulate(dyn), dyn.interval) if pilot is None else pilot(dyn)
+PILOT_SUBSAMPLE = 8  # a pilot run keeps this many snapshots per data interval (where the schedule allows)
+PILOT_MIN_PARTICLES = 100  # ... and has a quarter of the run's particles, at least this many
+
+
+def run_in_data_time(simulate, dyn: Dynamics, particles: int):
+    """``(rom, dyn)``: the model's run in the data's time with the rate corrected (:func:`rescaled`) when its
+    decorrelation times are off the data's by more than :data:`RESCALE_TOLERANCE` and by more than twice
+    the data's decorrelation times' relative sampling error (:func:`rate_tolerance`; no correction when
+    no particle stayed).  ``simulate(dyn, particles=None, subsample=1) -> (rom, spacing)`` runs the model
+    (``rom`` with ``alive`` and ``samples`` ``(T, P, d)``, snapshots ``spacing`` apart); the full run has
+    ``particles``.  The factor is measured on a pilot (a quarter of the particles, :data:`PILOT_SUBSAMPLE`
+    snapshots per interval) and the full run made once; with too few particles for a pilot, on a first
+    full run, made again only if the rate changes."""
+    pilot = min(particles, max(PILOT_MIN_PARTICLES, particles // 4))
+    rom, spacing = simulate(dyn, pilot, PILOT_SUBSAMPLE) if pilot < particles else simulate(dyn)
     if rom.alive.any():
         factor = time_scale_factor(np.swapaxes(rom.samples[:, rom.alive], 0, 1), dyn, spacing)
         if math.isfinite(factor) and abs(math.log(factor)) > math.log1p(rate_tolerance(dyn)):
             dyn = rescaled(dyn, factor)
-            return simulate(dyn), dyn
-    return (rom if pilot is None else simulate(dyn)), dyn
-
-
-PILOT_SUBSAMPLE = 8  # a pilot run keeps this many snapshots per data interval (where the schedule allows)
+            return simulate(dyn)[0], dyn
+    return (simulate(dyn)[0] if pilot < particles else rom), dyn
 
 
 def indirect_correction(dyn: Dynamics, key, series, drift_fn, drift_params, lg, points) -> Dynamics:

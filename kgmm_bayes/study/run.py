@@ -34,8 +34,8 @@ from .checks import (
     check_sizes,
     load_user_data,
 )
-from .dynamics import (DYNAMICS_DRAWS, PILOT_SUBSAMPLE, dynamics_metrics, dynamics_outputs, fit_dynamics,
-                       indirect_correction, run_in_data_time)
+from .dynamics import (DYNAMICS_DRAWS, dynamics_metrics, dynamics_outputs, fit_dynamics, indirect_correction,
+                       run_in_data_time)
 from .ensemble import ensemble_stage
 from .figures import plot_dynamics, plot_marginals, plot_score, plot_score_field
 from .load import DATA_FILE, PARTITION_FILE
@@ -57,8 +57,6 @@ from .stages import (
 )
 
 __all__ = ["run_study"]
-
-PILOT_MIN_PARTICLES = 100  # the pilot run that measures the model's rate factor has at least these particles
 
 
 def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, progress: bool = False,
@@ -165,17 +163,13 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
                                particles=particles, subsample=subsample)
         if particles is None:
             stages.append(stage)
-            return stage.rom
         return stage.rom, stage.dt * stage.thin
 
     stages = []
-    pilot_particles = min(lg.particles, max(PILOT_MIN_PARTICLES, lg.particles // 4))
     if dynamics is None:
         simulate(None)
-    else:  # the rate factor from a pilot: a quarter of the particles, sampled finer than the data
-        pilot = None if pilot_particles == lg.particles else (
-            lambda dyn: simulate(dyn, pilot_particles, PILOT_SUBSAMPLE))
-        _, dynamics = run_in_data_time(simulate, dynamics, pilot=pilot)
+    else:
+        _, dynamics = run_in_data_time(simulate, dynamics, lg.particles)
     langevin = stages[-1]
     if langevin.cached:
         cached_stages.append("langevin")
