@@ -48,6 +48,57 @@ def _bisecting(n_clusters: int, seed: int) -> BisectingKMeans:
                            random_state=seed, n_init=1)
 
 
+FIT_SNAPSHOTS = 1_000_000  # the fine partition is fitted on at most this many evenly spaced snapshots
+BLOCK = 1 << 17  # snapshots per block of the cell statistics: fixes the order of every sum
+
+
+def fit_positions(n: int, fit_snapshots: int = FIT_SNAPSHOTS) -> np.ndarray:
+    """The evenly spaced positions (of ``n`` snapshots in order) that the fine partition is fitted on."""
+    return np.unique(np.linspace(0, n - 1, min(n, fit_snapshots)).round().astype(np.int64))
+
+
+def fit_fine(key, sample, num_cells: int, num_components: int) -> BisectingKMeans:
+    """Bisecting K-means with (at most) ``num_cells`` cells on ``sample`` ``(n, d)``; every snapshot's
+    cell is then ``fit_fine(...).predict(z)`` (the fitted tree, descended)."""
+    # Cluster the distinct rows weighted by multiplicity: repeated snapshot values (data
+    # stored with few digits) would otherwise have bisecting K-means try to split a cell
+    # of identical points without end.
+    distinct, multiplicity = np.unique(np.asarray(sample, np.float64), axis=0, return_counts=True)
+    num_cells = min(num_cells, len(distinct) // 2)
+    if num_cells < num_components:
+        raise ValueError(f"data have {len(distinct)} distinct snapshots: too few for "
+                         f"{num_components} components")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        return _bisecting(num_cells, _seed_from_key(key)).fit(distinct, sample_weight=multiplicity)
+
+
+def block_statistics(z, labels, cells: int):
+    """Counts ``(M,)``, sums ``(M, d)`` and second moments ``(M, d, d)`` of one block, from zero."""
+    d = z.shape[1]
+    counts = np.bincount(labels, minlength=cells).astype(np.float64)
+    sums = np.stack([np.bincount(labels, weights=z[:, i], minlength=cells) for i in range(d)], axis=1)
+    second = np.empty((cells, d, d))
+    for i in range(d):
+        for j in range(i, d):
+            second[:, i, j] = second[:, j, i] = np.bincount(labels, weights=z[:, i] * z[:, j], minlength=cells)
+    return counts, sums, second
+
+
+def add_statistics(total, part):
+    return part if total is None else tuple(a + b for a, b in zip(total, part))
+
+
+def cell_statistics(z, labels, cells: int):
+    """The cells' counts, sums and second moments of snapshots ``z`` ``(n, d)``: a fold over blocks of
+    :data:`BLOCK` snapshots in order, each from zero, as the streamed pass over data on disk does
+    (:mod:`kgmm_bayes.data.stream`), so the two give the same floats."""
+    total = None
+    for lo in range(0, len(z), BLOCK):
+        total = add_statistics(total, block_statistics(z[lo:lo + BLOCK], labels[lo:lo + BLOCK], cells))
+    return total
+
+
 def fit_partition(key, x, num_cells: int, num_components: int, min_spread: float = 1e-3) -> Partition:
     """Fine (``num_cells``) and coarse (``num_components``) partitions of ``x`` ``(n, d)``."""
     x = np.asarray(x, dtype=np.float64)
@@ -59,24 +110,16 @@ def fit_partition(key, x, num_cells: int, num_components: int, min_spread: float
     if n < 2 * num_cells:
         raise ValueError(f"need at least 2 snapshots per cell: {n} snapshots for {num_cells} cells")
     fine_key, coarse_key = jax.random.split(key)
-    # Cluster the distinct rows weighted by multiplicity: repeated snapshot values (data
-    # stored with few digits) would otherwise have bisecting K-means try to split a cell
-    # of identical points without end.
-    distinct, inverse, multiplicity = np.unique(x, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    num_cells = min(num_cells, len(distinct) // 2)
-    if num_cells < num_components:
-        raise ValueError(f"data have {len(distinct)} distinct snapshots: too few for "
-                         f"{num_components} components")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        fine = _bisecting(num_cells, _seed_from_key(fine_key)).fit(distinct, sample_weight=multiplicity)
-    labels = fine.labels_[inverse]
-    counts = np.bincount(labels, minlength=num_cells).astype(np.float64)
-    sums = np.zeros((num_cells, d))
-    np.add.at(sums, labels, x)
-    second = np.zeros((num_cells, d, d))
-    np.add.at(second, labels, x[:, :, None] * x[:, None, :])
+    fine = fit_fine(fine_key, x[fit_positions(n)], num_cells, num_components)
+    stats = cell_statistics(x, fine.predict(x), fine.n_clusters)
+    return partition_from_cells(coarse_key, *stats, num_components, min_spread)
+
+
+def partition_from_cells(coarse_key, counts, sums, second, num_components: int,
+                         min_spread: float = 1e-3) -> Partition:
+    """The partition from the fine cells' statistics (empty cells dropped) and the coarse clusters
+    (bisecting K-means on the cell centres, weighted by counts)."""
+    d = sums.shape[1]
     keep = counts > 0
     counts, sums, second = counts[keep], sums[keep], second[keep]
     points = sums / counts[:, None]

@@ -53,6 +53,12 @@ class DataSection(NamedTuple):
     # user data: physical time between consecutive snapshots of a member (built-in systems: dt x thin);
     # None: time scales (mobility, correlation functions, responses) are not available
     interval: Optional[float] = None
+    # a file too large to hold: "auto" streams it in blocks (kgmm_bayes.data.stream) when it is a zarr store, a
+    # folder of .npy pieces, or a .npy / .nc file of more than 2,000,000 snapshots; "always"; "never"
+    streaming: str = "auto"
+    # the streamed passes on a dask.distributed cluster: a scheduler's address (tcp://host:port), or "local"
+    # for a local cluster; "" (default): the environment variable KGMM_BAYES_SCHEDULER, else this process
+    scheduler: str = ""
 
 
 class PartitionSection(NamedTuple):
@@ -339,6 +345,10 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
         sections["data"] = data._replace(path=os.path.abspath(path))
     if not 0 <= data.heldout_fraction < 1:
         raise SpecError(f"[data] heldout_fraction must be in [0, 1), got {data.heldout_fraction}")
+    if data.streaming not in ("auto", "always", "never"):
+        raise SpecError(f"[data] streaming must be 'auto', 'always' or 'never', got {data.streaming!r}")
+    if (data.streaming == "always" or data.scheduler) and data.path is None:
+        raise SpecError("[data] streaming and scheduler apply to a data file ([data] path)")
     if sections["mixture"].coarsening_bound not in ("report", "score_matching"):
         raise SpecError("[mixture] coarsening_bound must be 'report' or 'score_matching', got "
                         f"{sections['mixture'].coarsening_bound!r}")

@@ -173,12 +173,13 @@ def posterior_score_variance(posterior_scores, counts) -> float:
 
 
 def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k: int, seed: int = 0,
-                score_gap=None, use_gap: bool = True) -> Coarsening:
+                score_gap=None, use_gap: bool = True, snapshots: int | None = None) -> Coarsening:
     """The plug-in ``zeta = v / (v R + b^2)``, the smaller for the score and for the log density, from
     the standard posterior's draws at the cells ``points`` ``(M, d)`` (scores ``(S, M, d)``, log
     densities ``(S, M)``) with ``counts`` ``(M,)``, and the snapshots ``z`` ``(N, d)`` in time order.
     ``score_gap``: a :class:`~.score_matching.FisherGap`, reported; with ``use_gap`` the score's error is
-    then at least its bound."""
+    then at least its bound. ``snapshots``: the data's size N (default ``len(z)``; more when ``z`` is a
+    sample of the data, as in a streamed study)."""
     terms = error_terms(z, k, points, counts, seed)
     floor = {"score": score_gap.bound if score_gap is not None and use_gap else 0.0, "log density": 0.0}
     v = {"score": posterior_score_variance(posterior_scores, counts),
@@ -192,7 +193,7 @@ def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k:
     zeta = ratios[limited_by]
     if zeta > KEEP_STANDARD:
         zeta = 1.0
-    return Coarsening(method="auto", zeta=float(zeta), alpha=alpha_from_zeta(zeta, len(z)),
+    return Coarsening(method="auto", zeta=float(zeta), alpha=alpha_from_zeta(zeta, len(z) if snapshots is None else snapshots),
                       posterior_variance=v["score"], autocorrelation_inflation=terms["score"][0],
                       squared_bias=terms["score"][1], posterior_variance_log_density=v["log density"],
                       autocorrelation_inflation_log_density=terms["log density"][0],

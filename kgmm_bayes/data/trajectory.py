@@ -206,15 +206,43 @@ class StudyData:
 
     ``series_length``: the training snapshots are consecutive time series of this many snapshots
     each, one data interval apart (``train.reshape(-1, series_length, d)``); None: no time order.
+
+    ``stream``: data streamed from disk (:class:`~kgmm_bayes.data.stream.StreamedData`); ``train`` and
+    ``reference`` are then its in-memory samples of whole series, and the marginals that the metrics
+    compare against are binned over every snapshot by the partition's pass (:meth:`set_marginals`).
     """
 
-    def __init__(self, train, reference, zscore, analytic_score=None, source="", series_length=None):
+    def __init__(self, train, reference, zscore, analytic_score=None, source="", series_length=None, stream=None):
         self.train = train
         self.reference = reference
         self.zscore = zscore
         self.analytic_score = analytic_score
         self.source = source
         self.series_length = series_length
+        self.stream = stream
+        self.train_marginals = self.reference_marginals = None
+        self.cell_pass_time = None
+
+    @property
+    def snapshots(self) -> int:
+        """Training snapshots (all of them, streamed or not)."""
+        return len(self.train) if self.stream is None else self.stream.snapshots
+
+    @property
+    def reference_snapshots(self) -> int:
+        return len(self.reference) if self.stream is None else self.stream.reference_snapshots
+
+    def set_marginals(self, train, heldout, seconds=None):
+        """The binned marginals of every training / held-out snapshot (``heldout`` None: the training set's)."""
+        self.train_marginals, self.reference_marginals = train, train if heldout is None else heldout
+        self.cell_pass_time = seconds
+
+    def reference_density(self):
+        """What a model's marginals are compared with: binned over every held-out snapshot when streamed."""
+        return self.reference if self.reference_marginals is None else self.reference_marginals
+
+    def train_density(self):
+        return self.train if self.train_marginals is None else self.train_marginals
 
     def train_series(self, z=None):
         """The training snapshots (or ``z``, aligned with them) as ``(series, series_length, d)``."""

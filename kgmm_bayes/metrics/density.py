@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["gaussian_kde_1d", "relative_entropy", "marginal_relative_entropies",
+__all__ = ["gaussian_kde_1d", "relative_entropy", "marginal_relative_entropies", "BinnedDensity", "kde_mesh",
+           "linear_bins",
            "weighted_score_error", "band_coverage"]
 
 
@@ -67,46 +68,79 @@ def _exact_kde(samples, grid, bandwidth) -> np.ndarray:
 
 def _binned_kde(samples, grid, bandwidth) -> np.ndarray:
     reach = 8.0 * bandwidth  # the kernel below exp(-32) ~ 1e-14 is left out
-    lo = min(samples.min(), grid.min()) - reach
-    hi = max(samples.max(), grid.max()) + reach
-    mesh_points = int(np.clip(np.ceil((hi - lo) / (_MESH_STEP * bandwidth)) + 1, 64, 2**22))
-    step = (hi - lo) / (mesh_points - 1)
-    # linear binning: each sample splits its unit mass between its two mesh neighbours
-    pos = (samples - lo) / step
-    left = np.minimum(np.floor(pos).astype(np.int64), mesh_points - 2)
-    frac = pos - left
-    counts = (np.bincount(left, weights=1.0 - frac, minlength=mesh_points)
-              + np.bincount(left + 1, weights=frac, minlength=mesh_points))
-    half = min(int(np.ceil(reach / step)), mesh_points - 1)
-    offsets = np.arange(-half, half + 1) * step
-    kernel = np.exp(-0.5 * (offsets / bandwidth) ** 2)
-    size = 1 << int(np.ceil(np.log2(mesh_points + kernel.size - 1)))
-    conv = np.fft.irfft(np.fft.rfft(counts, size) * np.fft.rfft(kernel, size), size)[half:half + mesh_points]
-    density = np.maximum(conv, 0.0) / (samples.size * bandwidth * np.sqrt(2.0 * np.pi))
-    return np.interp(grid, lo + step * np.arange(mesh_points), density)
+    mesh = kde_mesh(min(samples.min(), grid.min()) - reach, max(samples.max(), grid.max()) + reach, bandwidth)
+    return BinnedDensity(*mesh, linear_bins(samples, *mesh), samples.size, bandwidth).pdf(grid)
+
+
+def kde_mesh(lo, hi, bandwidth, mesh_step=_MESH_STEP):
+    """``(lo, step, points)`` of a uniform mesh over ``[lo, hi]`` ``mesh_step`` bandwidths fine (at most 2^22)."""
+    points = int(np.clip(np.ceil((hi - lo) / (mesh_step * bandwidth)) + 1, 64, 2**22))
+    return float(lo), float((hi - lo) / (points - 1)), points
+
+
+def linear_bins(samples, lo, step, points) -> np.ndarray:
+    """Linear binning: each sample splits its unit mass between its two mesh neighbours ``(points,)``."""
+    pos = (np.asarray(samples, np.float64).ravel() - lo) / step
+    left = np.clip(np.floor(pos).astype(np.int64), 0, points - 2)
+    frac = np.clip(pos - left, 0.0, 1.0)
+    return (np.bincount(left, weights=1.0 - frac, minlength=points)
+            + np.bincount(left + 1, weights=frac, minlength=points))
+
+
+class BinnedDensity:
+    """A Gaussian KDE from linear-binning counts on a uniform mesh (the standard binned KDE): what a
+    pass over data of any size accumulates in place of the samples; ``pdf(grid)`` is 0 off the mesh,
+    which spans the samples and 8 bandwidths either side."""
+
+    def __init__(self, lo, step, points, counts, n, bandwidth, low=None, high=None):
+        self.lo, self.step, self.points = float(lo), float(step), int(points)
+        self.counts, self.n, self.bandwidth = np.asarray(counts, np.float64), int(n), float(bandwidth)
+        reach = 8.0 * self.bandwidth
+        self.low = self.lo + reach if low is None else float(low)  # the samples' range
+        self.high = self.lo + self.step * (self.points - 1) - reach if high is None else float(high)
+        self._density = None
+
+    def pdf(self, grid) -> np.ndarray:
+        if self._density is None:
+            step, bandwidth = self.step, self.bandwidth
+            half = min(int(np.ceil(8.0 * bandwidth / step)), self.points - 1)
+            kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * step / bandwidth) ** 2)
+            size = 1 << int(np.ceil(np.log2(self.points + kernel.size - 1)))
+            conv = np.fft.irfft(np.fft.rfft(self.counts, size) * np.fft.rfft(kernel, size), size)
+            self._density = np.maximum(conv[half:half + self.points], 0.0) / (
+                self.n * bandwidth * np.sqrt(2.0 * np.pi))
+        mesh = self.lo + self.step * np.arange(self.points)
+        return np.interp(np.asarray(grid, np.float64), mesh, self._density, left=0.0, right=0.0)
+
+    def min(self):
+        return self.low
+
+    def max(self):
+        return self.high
 
 
 def relative_entropy(reference, model, grid_points: int = 2048, floor: float = 1e-10) -> float:
-    """``D_KL(reference || model)`` of two 1-D sample sets (see module docstring)."""
-    reference = np.asarray(reference, dtype=np.float64).ravel()
-    model = np.asarray(model, dtype=np.float64).ravel()
+    """``D_KL(reference || model)`` of two 1-D sample sets (see module docstring); either may be a
+    :class:`BinnedDensity` (data streamed in blocks) in place of its samples."""
+    reference, model = (x if isinstance(x, BinnedDensity) else np.asarray(x, dtype=np.float64).ravel()
+                        for x in (reference, model))
     lo = min(reference.min(), model.min())
     hi = max(reference.max(), model.max())
     grid = np.linspace(lo, hi, grid_points)
     dx = grid[1] - grid[0]
-    p = gaussian_kde_1d(reference, grid)
-    q = gaussian_kde_1d(model, grid)
+    p, q = (x.pdf(grid) if isinstance(x, BinnedDensity) else gaussian_kde_1d(x, grid) for x in (reference, model))
     p = np.maximum(p / (p.sum() * dx), floor)
     q = np.maximum(q / (q.sum() * dx), floor)
     return float(np.sum(p * np.log(p / q)) * dx)
 
 
 def marginal_relative_entropies(reference, model, grid_points: int = 2048) -> np.ndarray:
-    """Relative entropy of each coordinate's marginal, ``(d,)``."""
-    reference = np.asarray(reference)
-    model = np.asarray(model)
-    return np.array([relative_entropy(reference[:, i], model[:, i], grid_points)
-                     for i in range(reference.shape[1])])
+    """Relative entropy of each coordinate's marginal, ``(d,)``; ``reference`` (or ``model``) is
+    samples ``(n, d)`` or one :class:`BinnedDensity` per coordinate."""
+    def columns(x):
+        return list(x) if isinstance(x, (list, tuple)) else [np.asarray(x)[:, i] for i in range(np.shape(x)[1])]
+
+    return np.array([relative_entropy(r, m, grid_points) for r, m in zip(columns(reference), columns(model))])
 
 
 def weighted_score_error(predicted, truth, weights) -> float:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import warnings
 
-from ..data.trajectory import load_trajectory, validate_snapshots
+from ..data.stream import StreamedData, open_source, wants_streaming
+from ..data.trajectory import load_trajectory, split_members, validate_snapshots
 from ..errors import InputError
 from ..spec import MAX_SEED, Spec
 
-__all__ = ["check_seed", "load_user_data", "mixture_parameters", "check_sizes", "auto_components", "screening_spec",
+__all__ = ["check_seed", "load_user_data", "data_size", "mixture_parameters", "check_sizes", "auto_components", "screening_spec",
            "LARGE_DIMENSION", "AUTO_CANDIDATES"]
 
 # The largest dimension sampled on 2 CPU cores in a shipped study is 8; the cost of a NUTS gradient grows
@@ -28,10 +29,18 @@ def check_seed(seed) -> int:
     return seed
 
 
-def load_user_data(spec: Spec, array=None):
-    """The user's snapshots ``(members, n, d)``, validated with NumPy only; ``None`` for a system."""
+def load_user_data(spec: Spec, array=None, progress=False):
+    """The user's snapshots ``(members, n, d)``, validated with NumPy only; ``None`` for a system; a
+    :class:`~kgmm_bayes.data.stream.StreamedData` (validated by its first pass) for a file streamed
+    in blocks (``[data] streaming``)."""
     if array is not None:
-        return validate_snapshots(array, name="data")
+        return array if isinstance(array, StreamedData) else validate_snapshots(array, name="data")
+    ds = spec.data
+    if ds.path is not None and wants_streaming(ds.path, ds.streaming, ds.variable):
+        if not spec.partition.coreset:
+            raise InputError(f"[partition] coreset = false needs every snapshot in memory; data {ds.path!r} are "
+                             "streamed: set [data] streaming = 'never' or keep the coreset")
+        return StreamedData(open_source(ds.path, ds.variable), ds.heldout_fraction, ds.scheduler, progress)
     if spec.data.path is not None:
         return validate_snapshots(load_trajectory(spec.data.path, spec.data.variable),
                                   name=f"data file {spec.data.path!r}")
@@ -67,6 +76,14 @@ def screening_spec(spec: Spec) -> Spec:
     nats; the chosen K is then sampled with the spec's own settings)."""
     s = spec.sampler
     return spec._replace(sampler=s._replace(warmup=min(s.warmup, SCREENING_DRAWS), draws=min(s.draws, SCREENING_DRAWS)))
+
+
+def data_size(user_data, heldout_fraction: float):
+    """``(training snapshots, d)`` of user data (an array or streamed)."""
+    if isinstance(user_data, StreamedData):
+        return user_data.snapshots, user_data.shape[-1]
+    train, _ = split_members(user_data[..., :1], heldout_fraction)
+    return len(train), user_data.shape[-1]
 
 
 def check_sizes(spec: Spec, n: int, d: int) -> int:

@@ -37,6 +37,7 @@ from ..rom.ensemble import (
 )
 from ..rom.langevin import initial_particles
 from ..spec import Spec
+from ..data.stream import StreamedData
 from .dynamics import ENSEMBLE_ROWS_PER_LAG, member_dynamics, member_mobilities
 from .figures import plot_ensemble_acf, plot_ensemble_marginals, plot_relative_entropy
 from .outputs import stage_key
@@ -54,6 +55,10 @@ def reference_series(spec: Spec, reference, user_data):
     with lags in snapshots, or in the data's time when ``[data] interval`` is given.
     """
     ds = spec.data
+    if isinstance(user_data, StreamedData):  # the held-out series kept in memory
+        interval = data_interval_of(ds)
+        return (user_data.reference_sample, 1.0 if interval is None else interval,
+                "held-out data, whole series sampled" + (" (lag in snapshots)" if interval is None else ""))
     if user_data is not None:
         interval = data_interval_of(ds)
         members, n, _ = user_data.shape

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..bayes.diagnostics import chain_weights
 from ..bayes.score import thin_draws
+from ..data.stream import SAMPLE_SNAPSHOTS, open_source, read_sample, split_segments
 from ..data.trajectory import as_series, load_trajectory, split_members, train_series_length, validate_snapshots
 from ..data.zscore import ZScore
 from ..errors import InputError
@@ -186,6 +187,7 @@ class StoredData:
         self._expected = (metrics.get("data", {}).get("train_snapshots"),
                           metrics.get("data", {}).get("reference_snapshots"))
         self.source = metrics.get("data", {}).get("source", "")
+        self._streamed = "streamed" in metrics.get("data", {})
         self._arrays, self._series_length = None, None
 
     def _load(self):
@@ -197,6 +199,17 @@ class StoredData:
             study_data = prepare_data(self._spec, data_key, reference_key, StageReader(self._out_dir))
             train, reference = study_data.train, study_data.reference
             self._series_length = study_data.series_length
+        elif self._streamed:  # too large to hold: the in-memory samples of whole series the study kept
+            source = open_source(ds.path, ds.variable)
+            segments = split_segments(source.shape, ds.heldout_fraction)
+            sizes = [sum(b - a for _, a, b in segs or segments[0]) for segs in segments]
+            if sizes != list(self._expected):
+                raise InputError(f"data {ds.path!r} now gives {sizes[0]} training and {sizes[1]} reference "
+                                 f"snapshots, the study used {self._expected[0]} and {self._expected[1]}: "
+                                 "it changed since the study ran")
+            train, reference = (read_sample(source, segs or segments[0], SAMPLE_SNAPSHOTS) for segs in segments)
+            self._series_length = None if ds.interval is None else train.shape[1]
+            train, reference = train.reshape(-1, source.shape[-1]), reference.reshape(-1, source.shape[-1])
         else:
             if ds.path is not None:
                 where = f"data file {ds.path!r}"

@@ -21,7 +21,8 @@ import numpy as np
 from .._version import __version__
 from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
 from ..bayes.score import band_around, score_draws
-from ..data.trajectory import split_members
+from ..data.stream import StreamedData
+from ..partition import BLOCK
 from ..files import atomic_write_bytes, json_floats, npy_bytes, npz_bytes
 from ..metrics import band_coverage, decorrelation_time, marginal_relative_entropies, weighted_score_error
 from ..result import BayesianKGMM
@@ -32,6 +33,7 @@ from .checks import (
     auto_components,
     check_seed,
     check_sizes,
+    data_size,
     load_user_data,
 )
 from .dynamics import (DYNAMICS_DRAWS, dynamics_metrics, dynamics_outputs, fit_dynamics, indirect_correction,
@@ -67,19 +69,26 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     spec's ``[data]`` source (see :func:`kgmm_bayes.fit`).
     """
     seed = check_seed(spec.study.seed if seed is None else seed)
-    user_data = load_user_data(spec, data)  # bad user data fail here, before JAX and disk
-    data_hash, fitted = "", spec
-    if user_data is not None:
-        data_hash = hashlib.sha256(np.ascontiguousarray(user_data).tobytes()).hexdigest()
-        train_size, _ = split_members(user_data[..., :1], spec.data.heldout_fraction)
-        fitted = auto_components(spec, len(train_size), user_data.shape[-1])  # no K given: chosen from the data
-        check_sizes(fitted, len(train_size), user_data.shape[-1])
-    if out_dir is None:
-        out_dir = os.path.join("kgmm-runs", spec.study.name)
-    with OutputFolder(out_dir, json.dumps({"spec": spec.to_dict(), "seed": seed}, sort_keys=True,
-                                          default=list), force=force) as out:
-        return _run_stages(fitted, out, seed, user_data, data_hash, progress,
-                           screening=spec.mixture.components is None and bool(fitted.mixture.select_components))
+    user_data = load_user_data(spec, data, progress)  # bad user data fail here, before JAX and disk
+    try:
+        data_hash, fitted = "", spec
+        if isinstance(user_data, StreamedData):
+            data_hash = user_data.scan.digest
+        elif user_data is not None:
+            data_hash = hashlib.sha256(np.ascontiguousarray(user_data).tobytes()).hexdigest()
+        if user_data is not None:
+            n_train, d = data_size(user_data, spec.data.heldout_fraction)
+            fitted = auto_components(spec, n_train, d)  # no K given: chosen from the data
+            check_sizes(fitted, n_train, d)
+        if out_dir is None:
+            out_dir = os.path.join("kgmm-runs", spec.study.name)
+        with OutputFolder(out_dir, json.dumps({"spec": spec.to_dict(), "seed": seed}, sort_keys=True,
+                                              default=list), force=force) as out:
+            return _run_stages(fitted, out, seed, user_data, data_hash, progress,
+                               screening=spec.mixture.components is None and bool(fitted.mixture.select_components))
+    finally:
+        if isinstance(user_data, StreamedData) and user_data is not data:
+            user_data.close()
 
 
 class _Clock:
@@ -106,22 +115,29 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     clock.begin()
     log(progress, f"data: {spec.data.system or spec.data.path}")
     data = prepare_data(spec, data_key, reference_key, out, user_data=user_data)
-    cells = check_sizes(spec, len(data.train), data.train.shape[1])
+    cells = check_sizes(spec, data.snapshots, data.train.shape[1])
     z = data.zscore.forward(data.train)
     upstream = stage_key(spec.section_json("data"), seed, __version__, STAGE_SCHEMA, data_hash)
     clock("data")
+    if data.stream is not None:
+        clock.timings["data_pass_1"] = data.stream.scan.wall_time  # validation, moments, digest, fit subsample
 
     selection, best_idata = None, None
     if spec.mixture.select_components:
         clock.begin()
         spec, selection, best_cached, best_idata = choose_components(
-            spec, out, partition_key, mcmc_key, z, data.zscore, cells, upstream, progress, screening=screening)
+            spec, out, partition_key, mcmc_key, z, data.zscore, cells, upstream, progress, screening=screening,
+            data=data)
         clock("model_selection")
 
     clock.begin()
-    log(progress, f"partition: {len(z)} snapshots -> {cells} cells, {spec.mixture.components} components")
-    part, part_key = partition_stage(spec, out, partition_key, z, cells, upstream)
+    log(progress, f"partition: {data.snapshots} snapshots -> {cells} cells, {spec.mixture.components} components")
+    part, part_key = partition_stage(spec, out, partition_key, z, cells, upstream, data)
     clock("partition")
+    if data.stream is not None:
+        data.stream.close()  # the passes over the data are done: the cluster's workers go
+    if data.cell_pass_time is not None:
+        clock.timings["data_pass_2"] = data.cell_pass_time  # cells and binned marginals (cached: its first run)
 
     log(progress, f"posterior: NUTS, {spec.sampler.chains} chains x ({spec.sampler.warmup} + "
                   f"{spec.sampler.draws}) on {len(part.points) if spec.partition.coreset else len(z)} points")
@@ -175,7 +191,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         cached_stages.append("langevin")
     clock("langevin", langevin.rom.wall_time if langevin.cached else None)
 
-    floor = marginal_relative_entropies(data.reference, data.train, spec.metrics.grid_points)  # data vs data
+    floor = marginal_relative_entropies(data.reference_density(), data.train_density(),  # data vs data
+                                        spec.metrics.grid_points)
     ensemble_metrics, members = None, None
     if spec.ensemble.members > 0:
         es = spec.ensemble
@@ -202,7 +219,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     if user_data is not None and spec.data.path is None:  # an array given to fit(): kept, as given
         atomic_write_bytes(out.path(DATA_FILE), npy_bytes(user_data))
     clock("metrics")
-    clock.timings["total"] = time.perf_counter() - clock.total_start
+    # the total counts a streamed study's first pass, which ran before the output folder was taken
+    clock.timings["total"] = time.perf_counter() - clock.total_start + clock.timings.get("data_pass_1", 0.0)
     metrics["timings"] = clock.timings
     metrics["faults"] = numerical_faults(metrics)  # what --strict turns into a non-zero exit
     atomic_write_bytes(out.path("metrics.json"), json.dumps(metrics, indent=2).encode())
@@ -231,7 +249,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     kept = rom.kept_samples()
     rom_phys = data.zscore.inverse(kept.astype(np.float64))
     if len(kept) >= 2:
-        rel_ent = marginal_relative_entropies(data.reference, rom_phys, spec.metrics.grid_points)
+        rel_ent = marginal_relative_entropies(data.reference_density(), rom_phys, spec.metrics.grid_points)
     else:  # reported, not hidden: the model has no stationary samples to compare
         rel_ent = np.full(z.shape[1], np.nan)
     interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
@@ -239,8 +257,9 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     interp_band = band_around(summary, interp_at_points, interp_error)
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,
-        "data": {"source": data.source, "train_snapshots": int(len(data.train)),
-                 "reference_snapshots": int(len(data.reference)), "dim": int(z.shape[1])},
+        "data": {"source": data.source, "train_snapshots": int(data.snapshots),
+                 "reference_snapshots": int(data.reference_snapshots), "dim": int(z.shape[1]),
+                 **({} if data.stream is None else {"streamed": streamed_summary(data)})},
         "partition": {"cells": int(len(part.points)), "components": int(len(part.centroids))},
         "relative_entropy": {"per_marginal": json_floats(rel_ent), "mean": json_floats(rel_ent.mean()),
                              "data_floor_per_marginal": floor.tolist(), "data_floor_mean": float(floor.mean())},
@@ -300,6 +319,19 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                                "rom_paths_rows": int(len(alive))}
         paths = data.zscore.inverse(alive)
     return _Evaluation(metrics, arrays, paths, rom_phys, rel_ent, interp_at_points, true_at_points)
+
+
+def streamed_summary(data) -> dict:
+    """What the streamed passes did, for ``metrics.json``."""
+    stream = data.stream
+    return {"blocks_of": BLOCK, "shape": list(stream.shape), "source_kind": stream.source.kind,
+            "scheduler": stream.scheduler or "this process",
+            "partition_fitted_on": int(len(stream.scan.fit_sample)),
+            "in_memory_sample": {"train_series": list(stream.train_sample.shape[:2]),
+                                 "reference_series": list(stream.reference_sample.shape[:2]),
+                                 "used_by": "time-ordered statistics (mobility, responses), the coarsening's "
+                                            "error terms, held-out checks of the interpolant, figures, ensemble"},
+            "marginals": "binned KDE over every snapshot (relative entropy, data floor)"}
 
 
 HELDOUT_POINTS = 4096  # training snapshots at which the interpolant's error is measured

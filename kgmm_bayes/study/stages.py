@@ -42,10 +42,12 @@ from ..bayes.score import (
 from ..bayes.score_matching import fisher_gap
 from ..bayes.selection import select_components
 from ..data.systems import get_system, simulate
+from ..data.stream import StreamedData
 from ..data.trajectory import StudyData, split_members, train_series_length
 from ..data.zscore import ZScore
 from ..files import atomic_write_bytes, json_floats
-from ..partition import Partition, fit_partition
+from ..metrics.density import BinnedDensity
+from ..partition import Partition, fit_fine, fit_partition, partition_from_cells
 from ..rom.interpolant import (
     fit_interpolant,
     interpolant_arrays,
@@ -102,6 +104,12 @@ def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None =
                  user_data=None) -> StudyData:
     """Training and reference sets: held-out user data, or two independent system runs."""
     ds = spec.data
+    if isinstance(user_data, StreamedData):
+        found, d = user_data.scan, user_data.shape[-1]
+        series = user_data.train_sample
+        return StudyData(series.reshape(-1, d), user_data.reference_sample.reshape(-1, d),
+                         ZScore(found.train.mean, found.train.std()), None, source=ds.path,
+                         series_length=series.shape[1] if ds.interval is not None else None, stream=user_data)
     if user_data is not None:
         train, reference = split_members(user_data, ds.heldout_fraction)
         if reference is None:
@@ -127,14 +135,51 @@ def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None =
 
 
 # ---------------------------------------------------------------- partition
-def partition_stage(spec, out, key, z, cells, upstream):
+def partition_stage(spec, out, key, z, cells, upstream, data: StudyData | None = None):
+    """The partition of the z-scored snapshots ``z``; of every snapshot on disk when ``data`` is
+    streamed (the fine cells from the second pass, cached apart from K; their marginals go to ``data``)."""
     skey = stage_key("partition", upstream, cells, spec.mixture.components)
+    if data is not None and data.stream is not None:
+        fine_key, coarse_key = jax.random.split(key)
+        ckey = stage_key("cells", upstream, cells)
+        cached = out.load_stage("cells", ckey)
+        if cached is None:
+            stream = data.stream
+            fine = fit_fine(fine_key, data.zscore.forward(stream.scan.fit_sample), cells, 1)
+            passed = stream.cells(data.zscore, fine.predict, fine.n_clusters)
+            cached = {"counts": passed.counts, "sums": passed.sums, "second": passed.second,
+                      "wall_time": np.asarray(passed.wall_time), **marginals_to_arrays("train", passed.train_marginals),
+                      **({} if passed.heldout_marginals is None
+                         else marginals_to_arrays("heldout", passed.heldout_marginals))}
+            out.save_stage("cells", ckey, cached)
+        data.set_marginals(marginals_from_arrays("train", cached),
+                           marginals_from_arrays("heldout", cached) if "heldout_lo" in cached else None,
+                           float(cached["wall_time"]))
+        part = partition_from_cells(coarse_key, cached["counts"], cached["sums"], cached["second"],
+                                    spec.mixture.components)
+        return part, skey
     cached = out.load_stage("partition", skey, build=lambda a: Partition(**a))
     if cached is not None:
         return cached, skey
     part = fit_partition(key, z, cells, spec.mixture.components)
     out.save_stage("partition", skey, part._asdict())
     return part, skey
+
+
+_MARGINAL_FIELDS = ("lo", "step", "points", "n", "bandwidth", "low", "high")
+
+
+def marginals_to_arrays(prefix, marginals):
+    """Binned marginals as stage arrays (``prefix_lo`` ... per coordinate, ``prefix_bins_i``)."""
+    arrays = {f"{prefix}_{f}": np.array([getattr(m, f) for m in marginals], np.float64) for f in _MARGINAL_FIELDS}
+    arrays.update({f"{prefix}_bins_{i}": m.counts for i, m in enumerate(marginals)})
+    return arrays
+
+
+def marginals_from_arrays(prefix, arrays):
+    fields = [arrays[f"{prefix}_{f}"] for f in _MARGINAL_FIELDS]
+    return [BinnedDensity(lo, step, int(points), arrays[f"{prefix}_bins_{i}"], int(n), bw, low, high)
+            for i, (lo, step, points, n, bw, low, high) in enumerate(zip(*fields))]
 
 
 # ---------------------------------------------------------------- posterior
@@ -150,6 +195,7 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     ``zeta < 1``, so a well-specified fit costs one posterior and keeps its numbers.
     ``z``: the snapshots in their time order (the error estimate splits them in halves).
     """
+    snapshots = int(round(float(np.sum(part.counts))))  # all of them (z may be a streamed study's sample)
     if spec.partition.coreset:
         points, counts, covs = part.points, part.counts, part.cell_covariances
     else:
@@ -165,7 +211,7 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     if m.coarsening == "off":
         return run(key, 1.0), OFF
     if m.coarsening != "auto":
-        zeta = zeta_from_alpha(float(m.coarsening), len(z))
+        zeta = zeta_from_alpha(float(m.coarsening), snapshots)
         return run(key, zeta), Coarsening(method="fixed", zeta=zeta, alpha=float(m.coarsening))
     start = time.perf_counter()
     standard = run(key, 1.0)
@@ -174,7 +220,7 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     mean_draws = thin_draws(standard, GAP_DRAWS)
     gap = fisher_gap(jax.random.fold_in(key, 2), z, lambda x: posterior_mean_fields(*mean_draws, x))
     choice = choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed, score_gap=gap,
-                         use_gap=m.coarsening_bound == "score_matching")
+                         use_gap=m.coarsening_bound == "score_matching", snapshots=snapshots)
     if choice.zeta == 1.0:
         return standard, choice
     post = run(jax.random.fold_in(key, 1), choice.zeta)
@@ -206,7 +252,7 @@ def posterior_stage(spec, out, key, part, z, upstream, progress):
 
 
 def choose_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells, upstream, progress,
-                      screening: bool = False):
+                      screening: bool = False, data: StudyData | None = None):
     """Fit a posterior for each ``[mixture] select_components`` K (cached stages), keep the best by
     PSIS-LOO; returns the spec with ``components`` set to it, the selection, whether the best
     posterior came from the cache, and its InferenceData.  The fine cells do not depend on K, so the
@@ -219,7 +265,7 @@ def choose_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells
         spec_k = spec._replace(mixture=spec.mixture._replace(components=k, select_components=(), coarsening="off"))
         spec_k = screening_spec(spec_k) if screening else spec_k
         log(progress, f"model selection: K = {k}")
-        part_k, part_key = partition_stage(spec_k, out, partition_key, z, cells, upstream)
+        part_k, part_key = partition_stage(spec_k, out, partition_key, z, cells, upstream, data)
         (post_k, _), _, cached[k] = posterior_stage(spec_k, out, mcmc_key, part_k, z, part_key, progress)
         candidates[k] = to_inference_data(post_k, zscore, part_k.points, part_k.counts,
                                           point_covariances=part_k.cell_covariances)
