@@ -19,6 +19,9 @@ CASES = {
     "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],
     "bench_reproducibility.py": ["reduced_1d", "--keys", "0", "1", "--members", "4", "--cells", "60",
                                  "--components", "3", "--warmup", "30", "--draws", "30", "--coarsening", "off"],
+    "bench_scale.py": ["--sizes", "6000", "--per-member", "1000", "--data-dir", ".", "--settings",
+                       '[partition]\\ncells = 100\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
+                       '[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 0\\nthin = 10'],
     "bench_user_calibration.py": ["--sizes", "2000", "--members", "10", "--points", "200", "--settings",
                                   '[partition]\\ncells = 100\\n[mixture]\\ncomponents = 3\\ncoarsening = "off"\\n'
                                   '[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
@@ -30,7 +33,7 @@ def test_every_benchmark_is_listed():
     assert sorted(p.name for p in BENCH.glob("bench_*.py")) == sorted(CASES)
 
 
-SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_user_calibration.py")  # about 40-50 s each: `-m slow`
+SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_user_calibration.py", "bench_scale.py")  # about 40-50 s each: `-m slow`
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(CASES)])

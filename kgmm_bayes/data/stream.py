@@ -61,7 +61,7 @@ class Source:
     def _open(self):
         if self._handle is None:
             if self.kind == "npy":
-                self._handle = _as3d(np.load(self.path, mmap_mode="r", allow_pickle=False))
+                self._handle = _npy_layout(self.path)
             elif self.kind in ("zarr", "nc"):
                 self._handle = _xarray_variable(self.path, self.kind, self.variable)[1]
         return self._handle
@@ -80,7 +80,14 @@ class Source:
             return np.asarray(np.concatenate(parts), dtype=np.float64)
         arr = self._open()
         if self.kind == "npy":
-            return np.asarray(arr[member, start:stop], dtype=np.float64)
+            offset, dtype, fortran = arr
+            if fortran:  # rare: a Fortran-ordered file is read through a map made for this read alone
+                return np.asarray(_as3d(np.load(self.path, mmap_mode="r"))[member, start:stop], dtype=np.float64)
+            _, n, d = self.shape
+            # plain reads, not a kept memory map: pages once read do not stay in this process's memory
+            first = offset + (member * n + start) * d * dtype.itemsize
+            flat = np.fromfile(self.path, dtype=dtype, count=(stop - start) * d, offset=first)
+            return flat.reshape(stop - start, d).astype(np.float64)
         return np.asarray(arr[member, start:stop].values, dtype=np.float64)
 
     def where(self, member: int, index: int) -> str:
@@ -90,6 +97,16 @@ class Source:
         i = int(np.searchsorted(self.starts, index, side="right") - 1)
         return (f"piece {i + 1} of {len(self.files)} ({os.path.basename(self.files[i])!r}), member {member}, "
                 f"snapshot {index - self.starts[i]} of that piece")
+
+
+def _npy_layout(path):
+    """``(offset of the data, dtype, Fortran order)`` of a ``.npy`` file, from its header."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        _, fortran, dtype = read_header(fh)
+        return fh.tell(), np.dtype(dtype), fortran
 
 
 def _as3d(arr):
