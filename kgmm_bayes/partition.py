@@ -21,7 +21,10 @@ import jax
 import numpy as np
 from sklearn.cluster import BisectingKMeans
 
-__all__ = ["Partition", "fit_partition"]
+from .data.stream import BLOCK, FIT_SNAPSHOTS, cell_statistics, fit_positions
+
+__all__ = ["Partition", "fit_partition", "fit_fine", "partition_from_cells", "cell_statistics", "fit_positions",
+           "BLOCK", "FIT_SNAPSHOTS"]
 
 
 class Partition(NamedTuple):
@@ -48,15 +51,6 @@ def _bisecting(n_clusters: int, seed: int) -> BisectingKMeans:
                            random_state=seed, n_init=1)
 
 
-FIT_SNAPSHOTS = 1_000_000  # the fine partition is fitted on at most this many evenly spaced snapshots
-BLOCK = 1 << 17  # snapshots per block of the cell statistics: fixes the order of every sum
-
-
-def fit_positions(n: int, fit_snapshots: int = FIT_SNAPSHOTS) -> np.ndarray:
-    """The evenly spaced positions (of ``n`` snapshots in order) that the fine partition is fitted on."""
-    return np.unique(np.linspace(0, n - 1, min(n, fit_snapshots)).round().astype(np.int64))
-
-
 def fit_fine(key, sample, num_cells: int, num_components: int) -> BisectingKMeans:
     """Bisecting K-means with (at most) ``num_cells`` cells on ``sample`` ``(n, d)``; every snapshot's
     cell is then ``fit_fine(...).predict(z)`` (the fitted tree, descended)."""
@@ -71,32 +65,6 @@ def fit_fine(key, sample, num_cells: int, num_components: int) -> BisectingKMean
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         return _bisecting(num_cells, _seed_from_key(key)).fit(distinct, sample_weight=multiplicity)
-
-
-def block_statistics(z, labels, cells: int):
-    """Counts ``(M,)``, sums ``(M, d)`` and second moments ``(M, d, d)`` of one block, from zero."""
-    d = z.shape[1]
-    counts = np.bincount(labels, minlength=cells).astype(np.float64)
-    sums = np.stack([np.bincount(labels, weights=z[:, i], minlength=cells) for i in range(d)], axis=1)
-    second = np.empty((cells, d, d))
-    for i in range(d):
-        for j in range(i, d):
-            second[:, i, j] = second[:, j, i] = np.bincount(labels, weights=z[:, i] * z[:, j], minlength=cells)
-    return counts, sums, second
-
-
-def add_statistics(total, part):
-    return part if total is None else tuple(a + b for a, b in zip(total, part))
-
-
-def cell_statistics(z, labels, cells: int):
-    """The cells' counts, sums and second moments of snapshots ``z`` ``(n, d)``: a fold over blocks of
-    :data:`BLOCK` snapshots in order, each from zero, as the streamed pass over data on disk does
-    (:mod:`kgmm_bayes.data.stream`), so the two give the same floats."""
-    total = None
-    for lo in range(0, len(z), BLOCK):
-        total = add_statistics(total, block_statistics(z[lo:lo + BLOCK], labels[lo:lo + BLOCK], cells))
-    return total
 
 
 def fit_partition(key, x, num_cells: int, num_components: int, min_spread: float = 1e-3) -> Partition:

@@ -15,7 +15,7 @@ Every pass is a fold over fixed blocks of :data:`BLOCK` snapshots in their order
 partial result computed from zero. The same floats come out whatever the storage's chunking and
 wherever the blocks run: in this process, or as tasks on a ``dask.distributed`` cluster
 (:func:`open_client`), whose partial results are folded here in block order. In-memory arrays go
-through the same blocks (:func:`kgmm_bayes.partition.cell_statistics`), so the streamed statistics equal them exactly.
+through the same blocks (:func:`cell_statistics`), so the streamed statistics equal them exactly.
 """
 from __future__ import annotations
 
@@ -30,13 +30,47 @@ import numpy as np
 
 from ..errors import InputError
 from ..metrics.density import BinnedDensity, kde_mesh, linear_bins
-from ..partition import BLOCK, add_statistics, block_statistics, fit_positions
 
-__all__ = ["BLOCK", "Source", "open_source", "split_segments", "scan", "Scan", "cell_pass", "CellPass",
-           "read_sample", "open_client", "STREAM_SUFFIXES"]
+__all__ = ["BLOCK", "FIT_SNAPSHOTS", "fit_positions", "cell_statistics", "block_statistics", "Source", "open_source",
+           "split_segments", "scan", "Scan", "cell_pass", "CellPass", "read_sample", "open_client", "STREAM_SUFFIXES"]
 
 STREAM_MESH_STEP = 1e-2  # the reference's binned KDE: mesh spacing in bandwidths (error ~1e-5 of the peak)
 STREAM_SUFFIXES = (".npy", ".nc", ".zarr")
+
+
+FIT_SNAPSHOTS = 1_000_000  # the fine partition (kgmm_bayes.partition) is fitted on at most this many snapshots
+BLOCK = 1 << 17  # snapshots per block of every pass and of the cell statistics: fixes the order of every sum
+
+
+def fit_positions(n: int, fit_snapshots: int = FIT_SNAPSHOTS) -> np.ndarray:
+    """The evenly spaced positions (of ``n`` snapshots in order) that the fine partition is fitted on."""
+    return np.unique(np.linspace(0, n - 1, min(n, fit_snapshots)).round().astype(np.int64))
+
+
+def block_statistics(z, labels, cells: int):
+    """Counts ``(M,)``, sums ``(M, d)`` and second moments ``(M, d, d)`` of one block, from zero."""
+    d = z.shape[1]
+    counts = np.bincount(labels, minlength=cells).astype(np.float64)
+    sums = np.stack([np.bincount(labels, weights=z[:, i], minlength=cells) for i in range(d)], axis=1)
+    second = np.empty((cells, d, d))
+    for i in range(d):
+        for j in range(i, d):
+            second[:, i, j] = second[:, j, i] = np.bincount(labels, weights=z[:, i] * z[:, j], minlength=cells)
+    return counts, sums, second
+
+
+def add_statistics(total, part):
+    return part if total is None else tuple(a + b for a, b in zip(total, part))
+
+
+def cell_statistics(z, labels, cells: int):
+    """The cells' counts, sums and second moments of snapshots ``z`` ``(n, d)``: a fold over blocks of
+    :data:`BLOCK` snapshots in order, each from zero, as the streamed pass over data on disk does
+    (below), so the two give the same floats."""
+    total = None
+    for lo in range(0, len(z), BLOCK):
+        total = add_statistics(total, block_statistics(z[lo:lo + BLOCK], labels[lo:lo + BLOCK], cells))
+    return total
 
 
 # ---------------------------------------------------------------- sources
@@ -457,8 +491,6 @@ class StreamedData:
 
     def __init__(self, source: Source, heldout_fraction: float, scheduler: str = "", progress=False,
                  sample_snapshots: int = SAMPLE_SNAPSHOTS, fit_snapshots: int | None = None):
-        from ..partition import FIT_SNAPSHOTS
-
         self.source, self.progress = source, progress
         self.train_segments, self.heldout_segments = split_segments(source.shape, heldout_fraction)
         self.client = open_client(scheduler or os.environ.get("KGMM_BAYES_SCHEDULER", ""))
