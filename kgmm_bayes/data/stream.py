@@ -100,29 +100,34 @@ class Source:
                 self._handle = _xarray_variable(self.path, self.kind, self.variable)[1]
         return self._handle
 
-    def read(self, member: int, start: int, stop: int) -> np.ndarray:
-        """Snapshots ``start:stop`` of ``member`` as float64 ``(stop - start, d)``."""
+    def read(self, first: int, last: int, start: int, stop: int) -> np.ndarray:
+        """Snapshots ``start:stop`` of members ``first:last`` as float64 ``(last - first, stop - start, d)``:
+        one read of the slab (a zarr or netCDF chunk is decompressed once for all its members)."""
         if self.kind == "pieces":
             parts = []
-            first = np.searchsorted(self.starts, start, side="right") - 1
-            for i in range(first, len(self.files)):
+            i = int(np.searchsorted(self.starts, start, side="right") - 1)
+            while i < len(self.files) and self.starts[i] < stop:
                 lo, hi = self.starts[i], self.starts[i + 1]
-                if lo >= stop:
-                    break
                 piece = _as3d(np.load(self.files[i], mmap_mode="r", allow_pickle=False))
-                parts.append(piece[member, max(start, lo) - lo:min(stop, hi) - lo])
-            return np.asarray(np.concatenate(parts), dtype=np.float64)
+                parts.append(np.asarray(piece[first:last, max(start, lo) - lo:min(stop, hi) - lo], np.float64))
+                i += 1
+            return np.concatenate(parts, axis=1)
         arr = self._open()
-        if self.kind == "npy":
-            offset, dtype, fortran = arr
-            if fortran:  # rare: a Fortran-ordered file is read through a map made for this read alone
-                return np.asarray(_as3d(np.load(self.path, mmap_mode="r"))[member, start:stop], dtype=np.float64)
-            _, n, d = self.shape
-            # plain reads, not a kept memory map: pages once read do not stay in this process's memory
-            first = offset + (member * n + start) * d * dtype.itemsize
-            flat = np.fromfile(self.path, dtype=dtype, count=(stop - start) * d, offset=first)
-            return flat.reshape(stop - start, d).astype(np.float64)
-        return np.asarray(arr[member, start:stop].values, dtype=np.float64)
+        if self.kind != "npy":
+            return np.asarray(arr[first:last, start:stop].values, dtype=np.float64)
+        offset, dtype, fortran = arr
+        _, n, d = self.shape
+        if fortran:  # rare: a Fortran-ordered file is read through a map made for this read alone
+            return np.asarray(_as3d(np.load(self.path, mmap_mode="r"))[first:last, start:stop], dtype=np.float64)
+        # plain reads, not a kept memory map: pages once read do not stay in this process's memory
+        if start == 0 and stop == n:  # whole members: one contiguous read
+            rows = [(first, last)]
+        else:
+            rows = [(m, m + 1) for m in range(first, last)]
+        out = [np.fromfile(self.path, dtype=dtype, count=(b - a) * (stop - start) * d,
+                           offset=offset + (a * n + start) * d * dtype.itemsize).reshape(b - a, stop - start, d)
+               for a, b in rows]
+        return np.concatenate(out).astype(np.float64)
 
     def where(self, member: int, index: int) -> str:
         """Where snapshot ``index`` of ``member`` lies, for messages (the piece's file, if pieces)."""
@@ -259,32 +264,39 @@ def _total(segments) -> int:
     return sum(stop - start for _, start, stop in segments)
 
 
-def _locate(segments, index):
-    """``(member, time index)`` of position ``index`` of the flattened segments."""
-    for member, start, stop in segments:
-        if index < stop - start:
-            return member, start + index
-        index -= stop - start
-    raise IndexError(index)
-
-
-def _read_block(source, segments, lo, hi) -> np.ndarray:
-    """Positions ``lo:hi`` of the flattened segments ``(hi - lo, d)``."""
-    parts, offset = [], 0
-    for member, start, stop in segments:
-        length = stop - start
-        a, b = max(lo - offset, 0), min(hi - offset, length)
-        if a < b:
-            parts.append(source.read(member, start + a, start + b))
-        offset += length
-        if offset >= hi:
-            break
-    return np.concatenate(parts)
-
-
 def _blocks(segments):
-    n = _total(segments)
-    return [(lo, min(lo + BLOCK, n)) for lo in range(0, n, BLOCK)]
+    """The blocks of the flattened ``segments``: ``(position of the first snapshot, runs)``, each run
+    ``(first member, last member + 1, start, stop)`` of consecutive members over the same times, in order."""
+    blocks, runs, filled, position = [], [], 0, 0
+    for member, start, stop in segments:
+        while start < stop:
+            take = min(stop - start, BLOCK - filled)
+            last = runs[-1] if runs else None
+            if last and last[1] == member and last[2:] == (start, start + take) and take == stop - start:
+                runs[-1] = (last[0], member + 1, start, start + take)
+            else:
+                runs.append((member, member + 1, start, start + take))
+            filled, start = filled + take, start + take
+            if filled == BLOCK:
+                blocks.append((position, runs))
+                position, runs, filled = position + BLOCK, [], 0
+    if runs:
+        blocks.append((position, runs))
+    return blocks
+
+
+def _read_block(source, runs) -> np.ndarray:
+    return np.concatenate([source.read(*run).reshape(-1, source.shape[2]) for run in runs])
+
+
+def _locate(runs, index):
+    """``(member, time index)`` of row ``index`` of a block."""
+    for first, last, start, stop in runs:
+        size = (last - first) * (stop - start)
+        if index < size:
+            return first + index // (stop - start), start + index % (stop - start)
+        index -= size
+    raise IndexError(index)
 
 
 # ---------------------------------------------------------------- running the blocks
@@ -344,12 +356,13 @@ def _moments(x) -> Moments:
     return Moments(len(x), mean, ((x - mean) ** 2).sum(axis=0), x.min(axis=0), x.max(axis=0))
 
 
-def _scan_block(source, segments, lo, hi, picks, label):
-    x = _read_block(source, segments, lo, hi)
+def _scan_block(source, runs, lo, picks, label):
+    x = _read_block(source, runs)
+    hi = lo + len(x)
     bad = ~np.isfinite(x)
     if bad.any() or (np.abs(x).max() > 1e150):
         first = int(np.flatnonzero(bad.any(axis=1))[0]) if bad.any() else int(np.argmax(np.abs(x).max(axis=1)))
-        member, index = _locate(segments, lo + first)
+        member, index = _locate(runs, first)
         what = f"{int(bad.sum())} NaN or infinite value(s)" if bad.any() else "a value too large to standardise"
         return ("bad", f"{what}, the first at {source.where(member, index)} ({label} positions {lo}-{hi - 1})")
     return ("ok", _moments(x), hashlib.sha256(np.ascontiguousarray(x).tobytes()).digest(), x[picks - lo])
@@ -374,11 +387,10 @@ def scan(source: Source, train, heldout, fit_snapshots: int, client=None, progre
     sets, out, sample = [("training", train), ("held-out", heldout)], {}, []
     n_train = _total(train)
     picks = fit_positions(n_train, fit_snapshots)
-    blocks = [(name, segs, lo, hi) for name, segs in sets if segs for lo, hi in _blocks(segs)]
-    tasks = [(source, segs, lo, hi,
-              picks[np.searchsorted(picks, lo):np.searchsorted(picks, hi)] if name == "training" else picks[:0],
-              name) for name, segs, lo, hi in blocks]
-    for i, (result, (name, _, _, _)) in enumerate(zip(_run(_scan_block, tasks, client,
+    blocks = [(name, lo, runs) for name, segs in sets if segs for lo, runs in _blocks(segs)]
+    tasks = [(source, runs, lo, picks[np.searchsorted(picks, lo):np.searchsorted(picks, lo + BLOCK)]
+              if name == "training" else picks[:0], name) for name, lo, runs in blocks]
+    for i, (result, (name, _, _)) in enumerate(zip(_run(_scan_block, tasks, client,
                                                            progress and "data pass 1 (validation, moments)"),
                                                       blocks)):
         if result[0] == "bad":
@@ -409,12 +421,12 @@ def read_sample(source: Source, segments, budget: int):
                    for off in range(0, e - s - length + 1, length)]
     count = max(1, min(len(per_segment), budget // length))
     picks = np.linspace(0, len(per_segment) - 1, count).round().astype(int)
-    return np.stack([source.read(*per_segment[i]) for i in picks])
+    return np.stack([source.read(per_segment[i][0], per_segment[i][0] + 1, *per_segment[i][1:])[0] for i in picks])
 
 
 # ---------------------------------------------------------------- pass 2: cells and marginals
-def _cell_block(source, segments, lo, hi, zscore, predict, cells, meshes):
-    x = _read_block(source, segments, lo, hi)
+def _cell_block(source, runs, zscore, predict, cells, meshes):
+    x = _read_block(source, runs)
     bins = [linear_bins(x[:, i], *mesh) for i, mesh in enumerate(meshes)]
     if predict is None:
         return None, bins
@@ -449,8 +461,8 @@ def cell_pass(source: Source, train, heldout, found: Scan, zscore, predict, cell
             continue
         meshes = marginal_meshes(mom)
         grids = [m[:3] for m in meshes]
-        tasks = [(source, segs, lo, hi, zscore, predict if name == "training" else None, cells, grids)
-                 for lo, hi in _blocks(segs)]
+        tasks = [(source, runs, zscore, predict if name == "training" else None, cells, grids)
+                 for _, runs in _blocks(segs)]
         stats, bins = None, None
         for part, part_bins in _run(_cell_block, tasks, client, progress and f"data pass 2 ({name} set)"):
             if part is not None:
