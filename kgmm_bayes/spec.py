@@ -183,6 +183,7 @@ POSITIVE_FLOAT = {
 }
 OPEN_UNIT = {("sampler", "target_accept"), ("score", "band"), ("baselines", "min_leaf_probability")}
 
+WHERE_IT_RUNS = {("data", "scheduler")}  # keys that say where a study runs, not what it computes
 SYSTEM_COMPONENTS = 10  # [mixture] components of a built-in system's study that does not set it
 DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d"}}
 
@@ -218,7 +219,13 @@ class Spec(NamedTuple):
         return json.dumps(self.to_dict(), sort_keys=True, default=list)
 
     def section_json(self, *names) -> str:
-        return json.dumps({n: getattr(self, n)._asdict() for n in names}, sort_keys=True, default=list)
+        """Sections as JSON for stage keys: what they compute, not where (:data:`WHERE_IT_RUNS` left out)."""
+        return json.dumps({n: {k: v for k, v in getattr(self, n)._asdict().items() if (n, k) not in WHERE_IT_RUNS}
+                           for n in names}, sort_keys=True, default=list)
+
+    def identity(self) -> dict:
+        """:meth:`to_dict` less :data:`WHERE_IT_RUNS`: what an output folder's study is."""
+        return {n: {k: v for k, v in sec.items() if (n, k) not in WHERE_IT_RUNS} for n, sec in self.to_dict().items()}
 
 
 def _check_value(section: str, key: str, value, default):

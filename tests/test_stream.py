@@ -19,7 +19,7 @@ import kgmm_bayes.data.stream as stream
 import kgmm_bayes.partition as partition
 from kgmm_bayes import InputError, load_result, run_study
 from kgmm_bayes.data.zscore import ZScore
-from kgmm_bayes.metrics.density import BinnedDensity, gaussian_kde_1d, relative_entropy
+from kgmm_bayes.metrics.density import BinnedDensity, _exact_kde, kde_mesh, linear_bins, relative_entropy
 from kgmm_bayes.spec import spec_from_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
@@ -66,11 +66,15 @@ def test_streamed_cell_statistics_equal_the_in_memory_ones_exactly(stores, monke
     if fraction == 0.5:  # fewer than 5 members: the held-out part is the end of each member
         x = x[:3]
         np.save(folder / "three.npy", x)
+        xr.Dataset({"u": (("member", "time", "dim"), x)}).chunk({"time": 5_000}).to_zarr(folder / "three.zarr")
+        (folder / "three").mkdir()
+        for i, lo in enumerate(range(0, x.shape[1], 6_543)):
+            np.save(folder / "three" / f"p{i:04d}.npy", x[:, lo:lo + 6_543])
     from kgmm_bayes.data.trajectory import split_members
 
     train, heldout = split_members(x, fraction)
     results = {}
-    paths = ["three.npy"] if fraction == 0.5 else ["x.npy", "x.zarr", "x.nc", "pieces"]
+    paths = ["three.npy", "three.zarr", "three"] if fraction == 0.5 else ["x.npy", "x.zarr", "x.nc", "pieces"]
     for name in paths:
         source = stream.open_source(folder / name)
         assert source.shape == x.shape
@@ -83,7 +87,6 @@ def test_streamed_cell_statistics_equal_the_in_memory_ones_exactly(stores, monke
         np.testing.assert_allclose(found.train.mean, train.mean(axis=0), rtol=1e-13)
         np.testing.assert_allclose(found.train.std(), train.std(axis=0), rtol=1e-12)
         np.testing.assert_array_equal(found.fit_sample, train[partition.fit_positions(len(train), 5_000)])
-        # the whole in-memory partition from those statistics is the study's in-memory fit_partition
         results[name] = (found.digest, passed)
     digests = {d for d, _ in results.values()}
     assert len(digests) == 1  # the data's digest does not depend on how they are stored
@@ -237,18 +240,27 @@ def test_binned_marginals_match_the_exact_kde_and_relative_entropy():
     x = np.concatenate([rng.standard_normal(30_000), 4 + 0.5 * rng.standard_normal(10_000)])
     n = x.size
     h = x.std(ddof=1) * n ** (-0.2)
-    lo, step, points = __import__("kgmm_bayes.metrics.density", fromlist=["kde_mesh"]).kde_mesh(
-        x.min() - 8 * h, x.max() + 8 * h, h, stream.STREAM_MESH_STEP)
-    from kgmm_bayes.metrics.density import linear_bins
-
+    lo, step, points = kde_mesh(x.min() - 8 * h, x.max() + 8 * h, h, stream.STREAM_MESH_STEP)
     binned = BinnedDensity(lo, step, points, linear_bins(x, lo, step, points), n, h, x.min(), x.max())
     grid = np.linspace(x.min() - 2, x.max() + 2, 1001)
-    exact = gaussian_kde_1d(x[:20_000], grid)  # exact sum of kernels below the binned threshold...
-    exact_all = gaussian_kde_1d(x, grid)
-    assert np.max(np.abs(binned.pdf(grid) - exact_all)) < 1e-5 * exact_all.max()
+    exact = _exact_kde(x, grid, h)  # the sum of all 40,000 kernels
+    assert np.max(np.abs(binned.pdf(grid) - exact)) < 1e-5 * exact.max()
+    assert np.all(binned.pdf(np.array([x.min() - 9 * h, x.max() + 9 * h])) == 0)  # off the mesh: none
     model = rng.standard_normal(5_000)
     assert abs(relative_entropy(binned, model) - relative_entropy(x, model)) < 1e-4
-    assert exact.shape == grid.shape
+
+
+def test_one_and_two_dimensional_stores_read_as_one_member(tmp_path):
+    x = trajectory(members=1, n=3_000, d=2)[0]
+    xr.Dataset({"u": (("time", "dim"), x)}).to_netcdf(tmp_path / "x2.nc", engine="h5netcdf")
+    xr.Dataset({"u": (("time",), x[:, 0])}).chunk({"time": 700}).to_zarr(tmp_path / "x1.zarr")
+    for name, expected in (("x2.nc", x), ("x1.zarr", x[:, :1])):
+        source = stream.open_source(tmp_path / name)
+        assert source.shape == (1, *expected.shape)
+        np.testing.assert_array_equal(source.read(0, 1, 100, 2_100)[0], expected[100:2_100])
+        source.close()
+    assert not stream.wants_streaming(tmp_path / "x2.nc", "auto")  # small: in memory, as before
+    assert stream.wants_streaming(tmp_path / "x2.nc", "always")
 
 
 def test_streaming_is_chosen_by_size_and_kind(tmp_path, monkeypatch, stores):
@@ -265,3 +277,7 @@ def test_streaming_is_chosen_by_size_and_kind(tmp_path, monkeypatch, stores):
     with pytest.raises(InputError, match="coreset = false needs every snapshot in memory"):
         run_study(spec, out_dir=str(tmp_path / "never"))
     assert not os.path.exists(tmp_path / "never")
+    # where a study runs is not what it computes: the scheduler is in neither stage keys nor the folder's identity
+    there = _tiny(folder / "x.npy", scheduler="tcp://elsewhere:8786")
+    here = _tiny(folder / "x.npy")
+    assert there.section_json("data") == here.section_json("data") and there.identity() == here.identity()

@@ -81,11 +81,11 @@ class Source:
     def __init__(self, path, kind, shape, variable=None, files=None, starts=None):
         self.path, self.kind, self.shape, self.variable = path, kind, tuple(int(s) for s in shape), variable
         self.files, self.starts = files, starts
-        self._handle = None
+        self._handle = self._dataset = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_handle"] = None
+        state["_handle"] = state["_dataset"] = None
         return state
 
     @property
@@ -97,8 +97,14 @@ class Source:
             if self.kind == "npy":
                 self._handle = _npy_layout(self.path)
             elif self.kind in ("zarr", "nc"):
-                self._handle = _xarray_variable(self.path, self.kind, self.variable)[1]
+                self._dataset, self._handle = _xarray_variable(self.path, self.kind, self.variable)
         return self._handle
+
+    def close(self):
+        """Close the file this process keeps open (xarray's); a later read opens it again."""
+        if getattr(self, "_dataset", None) is not None:
+            self._dataset.close()
+        self._dataset = self._handle = None
 
     def read(self, first: int, last: int, start: int, stop: int) -> np.ndarray:
         """Snapshots ``start:stop`` of members ``first:last`` as float64 ``(last - first, stop - start, d)``:
@@ -114,7 +120,10 @@ class Source:
             return np.concatenate(parts, axis=1)
         arr = self._open()
         if self.kind != "npy":
-            return np.asarray(arr[first:last, start:stop].values, dtype=np.float64)
+            if arr.ndim == 3:
+                return np.asarray(arr[first:last, start:stop].values, dtype=np.float64)
+            rows = np.asarray(arr[start:stop].values, dtype=np.float64)  # one member: (n,) or (n, d)
+            return rows.reshape(1, stop - start, -1)
         offset, dtype, fortran = arr
         _, n, d = self.shape
         if fortran:  # rare: a Fortran-ordered file is read through a map made for this read alone
@@ -173,7 +182,12 @@ def _xarray_variable(path, kind, variable):
     var = ds[variable].variable
     if var.ndim not in (1, 2, 3):
         raise InputError(f"data {path!r}: variable {variable!r} has {var.ndim} dimensions, expected 1 to 3")
-    return ds, (var[None, :, None] if var.ndim == 1 else var[None] if var.ndim == 2 else var)
+    return ds, var
+
+
+def _shape3(shape):
+    """``(members, n, d)`` of an array of shape ``(n,)``, ``(n, d)`` or ``(members, n, d)``."""
+    return (1, shape[0], 1) if len(shape) == 1 else (1, *shape) if len(shape) == 2 else tuple(shape)
 
 
 def open_source(path, variable: Optional[str] = None) -> Source:
@@ -181,7 +195,7 @@ def open_source(path, variable: Optional[str] = None) -> Source:
     a ``.zarr`` store, or a folder (or glob pattern) of ``.npy`` pieces in time order (sorted by name,
     each ``(n_i, d)`` or ``(members, n_i, d)``)."""
     path = os.fspath(path)
-    if any(c in path for c in "*?["):
+    if not os.path.exists(path) and any(c in path for c in "*?["):
         files = sorted(glob.glob(path))
         if not files:
             raise InputError(f"data pattern {path!r} matches no file")
@@ -210,7 +224,7 @@ def open_source(path, variable: Optional[str] = None) -> Source:
         kind = suffix[1:]
         ds, var = _xarray_variable(path, kind, variable)
         _check_dtype(path, var.dtype)
-        source = Source(path, kind, var.shape, variable=variable)
+        source = Source(path, kind, _shape3(var.shape), variable=variable)
         ds.close()
     else:
         raise InputError(f"data {path!r} has unsupported type {suffix!r} for streaming; expected one of "
@@ -308,9 +322,17 @@ def open_client(address: Optional[str]):
     from dask.distributed import Client, LocalCluster
 
     if address == "local":
-        return Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None),
-                      set_as_default=False)
-    return Client(address, set_as_default=False)  # not dask's default: the study's own writes stay local
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        try:
+            return Client(cluster, set_as_default=False)
+        except BaseException:
+            cluster.close()
+            raise
+    try:  # not dask's default client: the study's own file writes stay in this process
+        return Client(address, set_as_default=False, timeout=30)
+    except (OSError, TimeoutError, ValueError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise InputError(f"[data] scheduler {address!r} could not be reached: {reason}") from None
 
 
 def _run(fn, tasks, client, progress_label=None):
@@ -361,7 +383,7 @@ def _scan_block(source, runs, lo, picks, label):
     hi = lo + len(x)
     bad = ~np.isfinite(x)
     if bad.any() or (np.abs(x).max() > 1e150):
-        first = int(np.flatnonzero(bad.any(axis=1))[0]) if bad.any() else int(np.argmax(np.abs(x).max(axis=1)))
+        first = int(np.flatnonzero(bad.any(axis=1) if bad.any() else (np.abs(x) > 1e150).any(axis=1))[0])
         member, index = _locate(runs, first)
         what = f"{int(bad.sum())} NaN or infinite value(s)" if bad.any() else "a value too large to standardise"
         return ("bad", f"{what}, the first at {source.where(member, index)} ({label} positions {lo}-{hi - 1})")
@@ -383,6 +405,9 @@ def scan(source: Source, train, heldout, fit_snapshots: int, client=None, progre
     """Pass 1 over ``source``'s training and held-out ``segments``: raises :class:`InputError` at the
     first bad block, naming it (block i of the pass's total, and the member and snapshot)."""
     start = time.perf_counter()
+    if _total(train) < 2:
+        raise InputError(f"data {source.path!r} leave {_total(train)} training snapshots after the held-out part, "
+                         "need at least 2: lower [data] heldout_fraction")
     digest = hashlib.sha256()
     sets, out, sample = [("training", train), ("held-out", heldout)], {}, []
     n_train = _total(train)
@@ -401,8 +426,6 @@ def scan(source: Source, train, heldout, fit_snapshots: int, client=None, progre
         if len(rows):
             sample.append(rows)
     mom = out["training"]
-    if n_train < 2:
-        raise InputError(f"data {source.path!r} has {n_train} training snapshots, need at least 2")
     constant = np.flatnonzero(mom.std() <= 1e-12 * np.maximum(np.maximum(np.abs(mom.low), np.abs(mom.high)), 1e-300))
     if constant.size:
         raise InputError(f"data {source.path!r} has constant coordinate(s) {constant.tolist()}; they carry no density")
@@ -487,14 +510,14 @@ def wants_streaming(path, mode: str, variable=None) -> bool:
         return False
     path = os.fspath(path)
     suffix = os.path.splitext(path.rstrip(os.sep))[1].lower()
-    if mode == "always" or any(c in path for c in "*?[") or os.path.isdir(path):
+    if mode == "always" or os.path.isdir(path) or (not os.path.exists(path) and any(c in path for c in "*?[")):
         return True
     if suffix not in (".npy", ".nc") or not os.path.exists(path):
         return False  # CSV, or a missing file: the in-memory loader says what is wrong
     try:
         return open_source(path, variable).snapshots > STREAM_ABOVE
-    except InputError:
-        return False  # the in-memory loader gives its own message
+    except Exception:  # noqa: BLE001 - unreadable here: the in-memory loader gives its own message
+        return False
 
 
 class StreamedData:
@@ -536,6 +559,7 @@ class StreamedData:
                          self.client, self.progress)
 
     def close(self):
+        self.source.close()
         if self.client is not None:
             cluster = getattr(self.client, "cluster", None)
             self.client.close()

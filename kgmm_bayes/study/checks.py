@@ -29,14 +29,14 @@ def check_seed(seed) -> int:
     return seed
 
 
-def load_user_data(spec: Spec, array=None, progress=False):
+def load_user_data(spec: Spec, array=None, progress=False, streaming=True):
     """The user's snapshots ``(members, n, d)``, validated with NumPy only; ``None`` for a system; a
     :class:`~kgmm_bayes.data.stream.StreamedData` (validated by its first pass) for a file streamed
-    in blocks (``[data] streaming``)."""
+    in blocks (``[data] streaming``; ``streaming`` False: never)."""
     if array is not None:
         return array if isinstance(array, StreamedData) else validate_snapshots(array, name="data")
     ds = spec.data
-    if ds.path is not None and wants_streaming(ds.path, ds.streaming, ds.variable):
+    if ds.path is not None and streaming and wants_streaming(ds.path, ds.streaming, ds.variable):
         if not spec.partition.coreset:
             raise InputError(f"[partition] coreset = false needs every snapshot in memory; data {ds.path!r} are "
                              "streamed: set [data] streaming = 'never' or keep the coreset")

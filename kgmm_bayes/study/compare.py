@@ -52,7 +52,6 @@ from ..metrics.series import decorrelation_time, ks_statistics
 from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin
 from ..rom.mobility import impulse_responses, to_physical
 from ..spec import BASELINES, Spec, data_interval_of
-from ..data.stream import StreamedData
 from ..errors import InputError
 from .checks import check_seed, load_user_data
 from .dynamics import (dynamics_metrics, dynamics_outputs, indirect_correction, lagged_series, point_dynamics,
@@ -228,11 +227,11 @@ def compare_study(spec: Spec, out_dir: str | None = None, seed: int | None = Non
     folder is swapped into place only when everything is written.
     """
     seed = check_seed(spec.study.seed if seed is None else seed)
-    user_data = load_user_data(spec, data)  # bad user data fail here, before JAX and disk
-    if isinstance(user_data, StreamedData):
-        user_data.close()
-        raise InputError(f"compare fits its baselines in memory; data {spec.data.path!r} "
-                         f"({user_data.snapshots} training snapshots) are streamed: set [data] streaming = 'never'")
+    ds = spec.data
+    if (ds.path is not None and ds.streaming == "always") or ds.scheduler:
+        raise InputError("compare fits its baselines in memory: [data] streaming = 'always' and [data] scheduler "
+                         "do not apply; remove them")
+    user_data = load_user_data(spec, data, streaming=False)  # in memory whatever their size; bad data fail here
     if out_dir is None:
         out_dir = os.path.join("kgmm-runs", f"{spec.study.name}-compare")
     with OutputFolder(out_dir, json.dumps({"compare": spec.to_dict(), "seed": seed}, sort_keys=True, default=list),

@@ -208,6 +208,7 @@ class StoredData:
                                  f"snapshots, the study used {self._expected[0]} and {self._expected[1]}: "
                                  "it changed since the study ran")
             train, reference = (read_sample(source, segs or segments[0], SAMPLE_SNAPSHOTS) for segs in segments)
+            source.close()
             self._series_length = None if ds.interval is None else train.shape[1]
             train, reference = train.reshape(-1, source.shape[-1]), reference.reshape(-1, source.shape[-1])
         else:

@@ -82,7 +82,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
             check_sizes(fitted, n_train, d)
         if out_dir is None:
             out_dir = os.path.join("kgmm-runs", spec.study.name)
-        with OutputFolder(out_dir, json.dumps({"spec": spec.to_dict(), "seed": seed}, sort_keys=True,
+        with OutputFolder(out_dir, json.dumps({"spec": spec.identity(), "seed": seed}, sort_keys=True,
                                               default=list), force=force) as out:
             return _run_stages(fitted, out, seed, user_data, data_hash, progress,
                                screening=spec.mixture.components is None and bool(fitted.mixture.select_components))

@@ -143,18 +143,20 @@ def partition_stage(spec, out, key, z, cells, upstream, data: StudyData | None =
         fine_key, coarse_key = jax.random.split(key)
         ckey = stage_key("cells", upstream, cells)
         cached = out.load_stage("cells", ckey)
+        seconds = None  # the pass's time, when it ran in this run
         if cached is None:
             stream = data.stream
-            fine = fit_fine(fine_key, data.zscore.forward(stream.scan.fit_sample), cells, 1)
+            fine = fit_fine(fine_key, data.zscore.forward(stream.scan.fit_sample), cells,
+                            max((spec.mixture.components, *spec.mixture.select_components)))
             passed = stream.cells(data.zscore, fine.predict, fine.n_clusters)
             cached = {"counts": passed.counts, "sums": passed.sums, "second": passed.second,
-                      "wall_time": np.asarray(passed.wall_time), **marginals_to_arrays("train", passed.train_marginals),
+                      **marginals_to_arrays("train", passed.train_marginals),
                       **({} if passed.heldout_marginals is None
                          else marginals_to_arrays("heldout", passed.heldout_marginals))}
             out.save_stage("cells", ckey, cached)
+            seconds = passed.wall_time
         data.set_marginals(marginals_from_arrays("train", cached),
-                           marginals_from_arrays("heldout", cached) if "heldout_lo" in cached else None,
-                           float(cached["wall_time"]))
+                           marginals_from_arrays("heldout", cached) if "heldout_lo" in cached else None, seconds)
         part = partition_from_cells(coarse_key, cached["counts"], cached["sums"], cached["second"],
                                     spec.mixture.components)
         return part, skey
