@@ -37,13 +37,18 @@ def lagged_moments(x, y, max_lag: int, weights=None) -> np.ndarray:
     if not 0 <= max_lag < n:
         raise ValueError(f"max_lag must be in [0, {n - 1}] for {n} snapshots per member, got {max_lag}")
     size = 1 << int(np.ceil(np.log2(2 * n)))
-    fx = np.fft.rfft(x, n=size, axis=1)  # (M, F, d)
-    fy = np.fft.rfft(y, n=size, axis=1)  # (M, F, e)
     w = np.ones(members) if weights is None else np.asarray(weights, np.float64)
     if w.shape != (members,) or np.any(w < 0) or not w.sum() > 0:
         raise ValueError(f"weights must be ({members},), non-negative and not all zero")
-    # sum_t x(t + k) y(t): the correlation of x with y is irfft(fx * conj(fy)) at lag k >= 0
-    cross = np.fft.irfft(np.einsum("m,mfi,mfj->fij", w, fx, np.conj(fy)), n=size, axis=0)[:max_lag + 1]
+    # sum_t x(t + k) y(t): the correlation of x with y is irfft(fx * conj(fy)) at lag k >= 0; members in
+    # batches whose spectra take about 64 MB, so the memory does not grow with the members
+    batch = max(1, (1 << 26) // (16 * size * (x.shape[2] + y.shape[2])))
+    spectrum = 0.0
+    for lo in range(0, members, batch):
+        fx = np.fft.rfft(x[lo:lo + batch], n=size, axis=1)  # (m, F, d)
+        fy = np.fft.rfft(y[lo:lo + batch], n=size, axis=1)  # (m, F, e)
+        spectrum = spectrum + np.einsum("m,mfi,mfj->fij", w[lo:lo + batch], fx, np.conj(fy))
+    cross = np.fft.irfft(spectrum, n=size, axis=0)[:max_lag + 1]
     pairs = w.sum() * (n - np.arange(max_lag + 1))
     return cross / pairs[:, None, None]
 

@@ -7,7 +7,8 @@ import numpy as np
 
 from .density import relative_entropy
 
-__all__ = ["one_point_pdf", "two_point_pdfs", "decorrelation_time", "integrated_time", "ks_statistics"]
+__all__ = ["one_point_pdf", "two_point_pdfs", "decorrelation_time", "integrated_time", "lag_products",
+           "ks_statistics"]
 
 
 def _check_samples(samples, name="samples") -> np.ndarray:
@@ -98,11 +99,22 @@ def decorrelation_time(samples, spacing: float) -> np.ndarray:
     members, n, _ = samples.shape
     if n < 2:
         raise ValueError(f"need at least 2 snapshots per member, got {n}")
-    dev = samples - samples.mean(axis=(0, 1))
-    size = 1 << int(np.ceil(np.log2(2 * n)))  # zero padding: linear, not circular, correlation
-    spec = np.fft.rfft(dev, n=size, axis=1)
-    acov = np.fft.irfft(np.abs(spec) ** 2, n=size, axis=1)[:, :n].mean(axis=0) / (n - np.arange(n))[:, None]
+    acov = lag_products(samples, n - 1, samples.mean(axis=(0, 1))) / members / (n - np.arange(n))[:, None]
     return np.array([integrated_time(r, spacing) for r in (acov / acov[0]).T])
+
+
+def lag_products(series, max_lag: int, mean) -> np.ndarray:
+    """``sum_{m, t < n - k} (x_mt - mean)(x_m,t+k - mean)`` per coordinate, ``k = 0 .. max_lag``:
+    ``(max_lag + 1, d)`` from series ``(members, n, d)``, by zero-padded FFT (linear correlation) over
+    batches of members whose spectra take about 64 MB, so the memory does not grow with the members."""
+    members, n, d = series.shape
+    size = 1 << int(np.ceil(np.log2(2 * n)))
+    batch = max(1, (1 << 26) // (16 * size * d))
+    total = 0.0
+    for lo in range(0, members, batch):
+        spec = np.fft.rfft(np.asarray(series[lo:lo + batch], np.float64) - mean, n=size, axis=1)
+        total = total + np.fft.irfft(np.abs(spec) ** 2, n=size, axis=1)[:, :max_lag + 1].sum(axis=0)
+    return total
 
 
 def integrated_time(rho, spacing: float) -> float:

@@ -37,6 +37,7 @@ import numpy as np
 from ..bayes.score import coefficient_score, score_coefficients, score_draws
 from ..bayes.stacking import draw_allocation
 from ..metrics import gaussian_kde_1d, marginal_relative_entropies
+from ..metrics.series import lag_products
 from ..progress import bar
 from .interpolant import fit_interpolant_ensemble
 from .langevin import check_settings, mobility_noise, trajectory, with_mobility
@@ -205,10 +206,8 @@ def autocorrelation(series, max_lag: int, mean=None, variance=None) -> np.ndarra
     if not 0 <= max_lag < length:
         raise ValueError(f"max_lag must be in [0, {length - 1}] for series of length {length}, got {max_lag}")
     mean = x.mean(axis=(0, 1)) if mean is None else mean
-    x = x - mean
-    variance = np.mean(x**2, axis=(0, 1)) if variance is None else variance
-    spectrum = np.fft.rfft(x, n=2 * length, axis=1)
-    lagged = np.fft.irfft(np.abs(spectrum) ** 2, n=2 * length, axis=1)[:, : max_lag + 1].sum(axis=0)
+    variance = np.mean((x - mean)**2, axis=(0, 1)) if variance is None else variance
+    lagged = lag_products(x, max_lag, mean)
     counts = n_series * (length - np.arange(max_lag + 1))
     return lagged / counts[:, None] / variance
 
