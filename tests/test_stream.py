@@ -62,6 +62,7 @@ def _passes(source, fraction, client=None, fit_snapshots=5_000):
 @pytest.mark.parametrize("fraction", [0.2, 0.5])  # members held out (6 x 0.2 -> 1) / time held out (< 5 members)
 def test_streamed_cell_statistics_equal_the_in_memory_ones_exactly(stores, monkeypatch, fraction):
     monkeypatch.setattr(stream, "BLOCK", SMALL_BLOCK)
+    monkeypatch.setattr(stream, "GROUP", 3)
     folder, x = stores
     if fraction == 0.5:  # fewer than 5 members: the held-out part is the end of each member
         x = x[:3]
@@ -94,6 +95,7 @@ def test_streamed_cell_statistics_equal_the_in_memory_ones_exactly(stores, monke
 
 def test_in_memory_partition_is_the_blocked_statistics_of_the_fitted_tree(monkeypatch):
     monkeypatch.setattr(stream, "BLOCK", SMALL_BLOCK)
+    monkeypatch.setattr(stream, "GROUP", 3)
     z = ZScore.fit(trajectory(members=2, n=15_000).reshape(-1, 3)).forward(trajectory(members=2, n=15_000)
                                                                         .reshape(-1, 3))
     part = partition.fit_partition(jax.random.key(3), z, 200, 4)
@@ -123,6 +125,7 @@ def test_passes_on_a_local_cluster_give_the_same_floats_as_this_process(stores, 
     from dask.distributed import Client
 
     monkeypatch.setattr(stream, "BLOCK", SMALL_BLOCK)
+    monkeypatch.setattr(stream, "GROUP", 3)
     folder, _ = stores
     source = stream.open_source(folder / "x.zarr")
     here = _passes(source, 0.2)

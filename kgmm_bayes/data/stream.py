@@ -12,13 +12,14 @@ it do what needs every snapshot:
    both sets (:class:`~kgmm_bayes.metrics.density.BinnedDensity`).
 
 Every pass is a fold over fixed blocks of :data:`BLOCK` snapshots in their order, each block's
-partial result computed from zero. The same floats come out whatever the storage's chunking and
+partial result computed from zero (the second pass folds groups of :data:`GROUP` blocks, then the groups). The same floats come out whatever the storage's chunking and
 wherever the blocks run: in this process, or as tasks on a ``dask.distributed`` cluster
 (:func:`open_client`), whose partial results are folded here in block order. In-memory arrays go
 through the same blocks (:func:`cell_statistics`), so the streamed statistics equal them exactly.
 """
 from __future__ import annotations
 
+import copy
 import glob
 import hashlib
 import os
@@ -31,7 +32,7 @@ import numpy as np
 from ..errors import InputError
 from ..metrics.density import BinnedDensity, kde_mesh, linear_bins
 
-__all__ = ["BLOCK", "FIT_SNAPSHOTS", "fit_positions", "cell_statistics", "block_statistics", "Source", "open_source",
+__all__ = ["BLOCK", "GROUP", "FIT_SNAPSHOTS", "fit_positions", "cell_statistics", "block_statistics", "Source", "open_source",
            "split_segments", "scan", "Scan", "cell_pass", "CellPass", "read_sample", "open_client", "STREAM_SUFFIXES"]
 
 STREAM_MESH_STEP = 1e-2  # the reference's binned KDE: mesh spacing in bandwidths (error ~1e-5 of the peak)
@@ -40,6 +41,7 @@ STREAM_SUFFIXES = (".npy", ".nc", ".zarr")
 
 FIT_SNAPSHOTS = 1_000_000  # the fine partition (kgmm_bayes.partition) is fitted on at most this many snapshots
 BLOCK = 1 << 17  # snapshots per block of every pass and of the cell statistics: fixes the order of every sum
+GROUP = 8  # blocks per task of the second pass (a cluster's task costs about half a second to send and return)
 
 
 def fit_positions(n: int, fit_snapshots: int = FIT_SNAPSHOTS) -> np.ndarray:
@@ -64,12 +66,15 @@ def add_statistics(total, part):
 
 
 def cell_statistics(z, labels, cells: int):
-    """The cells' counts, sums and second moments of snapshots ``z`` ``(n, d)``: a fold over blocks of
-    :data:`BLOCK` snapshots in order, each from zero, as the streamed pass over data on disk does
-    (below), so the two give the same floats."""
-    total = None
-    for lo in range(0, len(z), BLOCK):
-        total = add_statistics(total, block_statistics(z[lo:lo + BLOCK], labels[lo:lo + BLOCK], cells))
+    """The cells' counts, sums and second moments of snapshots ``z`` ``(n, d)``: blocks of :data:`BLOCK`
+    snapshots in order, each from zero, folded in groups of :data:`GROUP` blocks and the groups folded in
+    order, as the streamed pass over data on disk does (below), so the two give the same floats."""
+    total, group = None, GROUP * BLOCK
+    for start in range(0, len(z), group):
+        part = None
+        for lo in range(start, min(start + group, len(z)), BLOCK):
+            part = add_statistics(part, block_statistics(z[lo:lo + BLOCK], labels[lo:lo + BLOCK], cells))
+        total = add_statistics(total, part)
     return total
 
 
@@ -350,7 +355,7 @@ def _run(fn, tasks, client, progress_label=None):
     for i, result in enumerate(results):
         if progress_label and (i + 1 == total or time.perf_counter() - last > 5.0):
             last = time.perf_counter()
-            print(f"[kgmm-bayes] {progress_label}: block {i + 1} of {total} "
+            print(f"[kgmm-bayes] {progress_label}: part {i + 1} of {total} "
                   f"({last - start:.0f} s)", file=sys.stderr, flush=True)
         yield result
 
@@ -448,13 +453,29 @@ def read_sample(source: Source, segments, budget: int):
 
 
 # ---------------------------------------------------------------- pass 2: cells and marginals
-def _cell_block(source, runs, zscore, predict, cells, meshes):
-    x = _read_block(source, runs)
-    bins = [linear_bins(x[:, i], *mesh) for i, mesh in enumerate(meshes)]
-    if predict is None:
-        return None, bins
-    z = (x - zscore.mean) / zscore.std
-    return block_statistics(z, np.asarray(predict(z)), cells), bins
+def _cell_group(source, blocks, zscore, predict, cells, meshes):
+    """The statistics and marginal bins of consecutive blocks (their runs), folded in order."""
+    stats, bins = None, None
+    for runs in blocks:
+        x = _read_block(source, runs)
+        part_bins = [linear_bins(x[:, i], *mesh) for i, mesh in enumerate(meshes)]
+        bins = part_bins if bins is None else [a + b for a, b in zip(bins, part_bins)]
+        if predict is not None:
+            z = (x - zscore.mean) / zscore.std
+            stats = add_statistics(stats, block_statistics(z, np.asarray(predict(z)), cells))
+    return stats, bins
+
+
+def _one_thread(predict):
+    """A fitted scikit-learn estimator's ``predict`` on one OpenMP thread, for a cluster's workers: each
+    runs its own tasks, and the thread count the estimator fixed when it was fitted here oversubscribes
+    the cores (two workers of two threads on two cores: 20 times slower, measured). Labels are unchanged."""
+    estimator = getattr(predict, "__self__", None)
+    if estimator is None or not hasattr(estimator, "_n_threads"):
+        return predict
+    estimator = copy.copy(estimator)
+    estimator._n_threads = 1
+    return estimator.predict
 
 
 class CellPass(NamedTuple):
@@ -479,15 +500,18 @@ def cell_pass(source: Source, train, heldout, found: Scan, zscore, predict, cell
     statistics, and both sets' marginals binned (``predict`` None: the marginals only)."""
     start = time.perf_counter()
     result = {}
+    if client is not None and predict is not None:  # the fitted tree sent to each worker once, not with every task
+        predict = client.scatter(_one_thread(predict), broadcast=True)
     for name, segs, mom in (("training", train, found.train), ("held-out", heldout, found.heldout)):
         if not segs:
             continue
         meshes = marginal_meshes(mom)
         grids = [m[:3] for m in meshes]
-        tasks = [(source, runs, zscore, predict if name == "training" else None, cells, grids)
-                 for _, runs in _blocks(segs)]
+        runs = [r for _, r in _blocks(segs)]
+        tasks = [(source, runs[i:i + GROUP], zscore, predict if name == "training" else None, cells, grids)
+                 for i in range(0, len(runs), GROUP)]
         stats, bins = None, None
-        for part, part_bins in _run(_cell_block, tasks, client, progress and f"data pass 2 ({name} set)"):
+        for part, part_bins in _run(_cell_group, tasks, client, progress and f"data pass 2 ({name} set)"):
             if part is not None:
                 stats = add_statistics(stats, part)
             bins = part_bins if bins is None else [a + b for a, b in zip(bins, part_bins)]
