@@ -62,6 +62,7 @@ def block_statistics(z, labels, cells: int):
 
 
 def add_statistics(total, part):
+    """``total + part`` element by element (statistics or bins of consecutive blocks); ``total`` None: ``part``."""
     return part if total is None else tuple(a + b for a, b in zip(total, part))
 
 
@@ -459,7 +460,7 @@ def _cell_group(source, blocks, zscore, predict, cells, meshes):
     for runs in blocks:
         x = _read_block(source, runs)
         part_bins = [linear_bins(x[:, i], *mesh) for i, mesh in enumerate(meshes)]
-        bins = part_bins if bins is None else [a + b for a, b in zip(bins, part_bins)]
+        bins = add_statistics(bins, part_bins)
         if predict is not None:
             z = (x - zscore.mean) / zscore.std
             stats = add_statistics(stats, block_statistics(z, np.asarray(predict(z)), cells))
@@ -514,7 +515,7 @@ def cell_pass(source: Source, train, heldout, found: Scan, zscore, predict, cell
         for part, part_bins in _run(_cell_group, tasks, client, progress and f"data pass 2 ({name} set)"):
             if part is not None:
                 stats = add_statistics(stats, part)
-            bins = part_bins if bins is None else [a + b for a, b in zip(bins, part_bins)]
+            bins = add_statistics(bins, part_bins)
         result[name] = (stats, [BinnedDensity(*mesh[:3], b, mom.n, mesh[3], low, high)
                                 for mesh, b, low, high in zip(meshes, bins, mom.low, mom.high)])
     stats, train_marginals = result["training"]
@@ -552,8 +553,9 @@ class StreamedData:
                  sample_snapshots: int = SAMPLE_SNAPSHOTS, fit_snapshots: int | None = None):
         self.source, self.progress = source, progress
         self.train_segments, self.heldout_segments = split_segments(source.shape, heldout_fraction)
-        self.client = open_client(scheduler or os.environ.get("KGMM_BAYES_SCHEDULER", ""))
-        self.scheduler = "" if self.client is None else (scheduler or os.environ.get("KGMM_BAYES_SCHEDULER", ""))
+        address = scheduler or os.environ.get("KGMM_BAYES_SCHEDULER", "")
+        self.client = open_client(address)
+        self.scheduler = "" if self.client is None else address
         try:
             self.scan = scan(source, self.train_segments, self.heldout_segments,
                              FIT_SNAPSHOTS if fit_snapshots is None else fit_snapshots, self.client, progress)
