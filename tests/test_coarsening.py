@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from kgmm_bayes.bayes.coarsening import (KEEP_STANDARD, alpha_from_zeta, choose_zeta, error_terms,
-                                   posterior_score_variance, zeta_from_alpha)
+                                         needs_variance, posterior_score_variance, zeta_from_alpha,
+                                         zeta_without_variance)
 
 POINTS = np.linspace(-2.0, 2.0, 41)[:, None]
 COUNTS = np.exp(-0.5 * POINTS[:, 0] ** 2)
@@ -96,6 +97,27 @@ def test_the_standard_posterior_is_kept_when_it_is_as_wide_as_the_error():
     expected = min(1.0 / terms["score"][0], 1.0 / terms["log density"][0])
     assert choice.zeta == (1.0 if expected > KEEP_STANDARD else pytest.approx(expected, rel=1e-12))
     assert (choice.alpha == math.inf) == (choice.zeta == 1.0)
+
+
+def test_without_a_bias_zeta_is_known_before_any_posterior_is_sampled():
+    """AR(1) snapshots fitted by a Gaussian: inflation, no bias.  zeta = 1 / R then does not depend on
+    the posterior's variance, so the study samples only the coarsened posterior: the zeta chosen before
+    sampling equals choose_zeta's for draws of any width, and the variance reported from draws sampled
+    at zeta is zeta times theirs (the standard posterior's)."""
+    x = ar1(np.random.default_rng(9), 0.96, N)
+    terms = error_terms(x, 1, POINTS, COUNTS, seed=0)
+    assert terms["score"][1] == 0.0 and terms["log density"][1] == 0.0 and terms["score"][0] > 5
+    assert not needs_variance(terms) and needs_variance(terms, use_gap=True)
+    zeta = zeta_without_variance(terms)
+    assert zeta == min(1.0 / terms["score"][0], 1.0 / terms["log density"][0]) < KEEP_STANDARD
+    rng = np.random.default_rng(10)
+    for width in (1e-3, 1.0, 1e3):
+        draws, logps = width * rng.normal(size=(400, len(POINTS), 1)), width * rng.normal(size=(400, len(POINTS)))
+        choice = choose_zeta(draws, logps, POINTS, COUNTS, x, 1, seed=0, terms=terms, tempered=zeta)
+        assert choice.zeta == zeta
+        assert choice.posterior_variance == pytest.approx(zeta * posterior_score_variance(draws, COUNTS), rel=1e-12)
+    biased = dict(terms, score=(terms["score"][0], 0.1))
+    assert needs_variance(biased)
 
 
 def test_alpha_and_zeta_are_inverse():

@@ -46,8 +46,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Coarsening", "zeta_from_alpha", "alpha_from_zeta", "error_terms",
-           "posterior_score_variance", "choose_zeta", "OFF"]
+__all__ = ["Coarsening", "zeta_from_alpha", "alpha_from_zeta", "error_terms", "needs_variance",
+           "zeta_without_variance", "posterior_score_variance", "choose_zeta", "OFF"]
 
 REFERENCE_FACTORS = (2, 4)  # reference mixtures: these many times K components, the best by BIC ...
 REG_COVAR = 1e-4  # added to covariances of the maximum-likelihood fits (z-scored units): no spikes
@@ -172,23 +172,50 @@ def posterior_score_variance(posterior_scores, counts) -> float:
     return float(np.sum(w / w.sum() * np.sum(np.asarray(posterior_scores, np.float64).var(axis=0), axis=1)))
 
 
+def needs_variance(terms: dict, use_gap: bool = False) -> bool:
+    """Whether ``zeta`` depends on the standard posterior's variance ``v``: only through a squared bias
+    or the score-matching floor.  Without either, ``zeta = 1 / R`` (the autocorrelation alone), so the
+    coarsened posterior can be sampled straight away."""
+    return bool(use_gap) or any(terms[name][1] > 0 for name in ("score", "log density"))
+
+
+def _ratios(v: dict, terms: dict, floor: dict) -> dict:
+    """``min(1, v / max(v R + b^2, g))`` for the score and the log density; exactly ``1 / R`` where
+    ``b^2 = 0`` and there is no floor (``v`` cancels)."""
+    ratios = {}
+    for name in ("score", "log density"):
+        inflation, bias2 = terms[name]
+        if bias2 <= 0 and floor[name] <= 0:
+            ratios[name] = min(1.0, 1.0 / inflation)
+            continue
+        error = max(v[name] * inflation + bias2, floor[name])
+        ratios[name] = 1.0 if error <= 0 or not math.isfinite(error) else min(1.0, v[name] / error)
+    return ratios
+
+
+def zeta_without_variance(terms: dict) -> float:
+    """``zeta`` when :func:`needs_variance` is false: the smaller ``1 / R``, 1 above ``KEEP_STANDARD``."""
+    zeta = min(_ratios({"score": 1.0, "log density": 1.0}, terms, {"score": 0.0, "log density": 0.0}).values())
+    return 1.0 if zeta > KEEP_STANDARD else float(zeta)
+
+
 def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k: int, seed: int = 0,
-                score_gap=None, use_gap: bool = True, snapshots: int | None = None) -> Coarsening:
+                score_gap=None, use_gap: bool = True, snapshots: int | None = None, terms: dict | None = None,
+                tempered: float = 1.0) -> Coarsening:
     """The plug-in ``zeta = v / (v R + b^2)``, the smaller for the score and for the log density, from
     the standard posterior's draws at the cells ``points`` ``(M, d)`` (scores ``(S, M, d)``, log
     densities ``(S, M)``) with ``counts`` ``(M,)``, and the snapshots ``z`` ``(N, d)`` in time order.
     ``score_gap``: a :class:`~.score_matching.FisherGap`, reported; with ``use_gap`` the score's error is
     then at least its bound. ``snapshots``: the data's size N (default ``len(z)``; more when ``z`` is a
-    sample of the data, as in a streamed study)."""
-    terms = error_terms(z, k, points, counts, seed)
+    sample of the data, as in a streamed study).  ``terms``: :func:`error_terms`, when already computed.
+    ``tempered``: the ``zeta`` the draws were sampled at (a coarsened posterior's variance is ``v / zeta``,
+    so ``v`` is ``tempered`` times the draws' variance; used when ``zeta`` does not depend on ``v``)."""
+    if terms is None:
+        terms = error_terms(z, k, points, counts, seed)
     floor = {"score": score_gap.bound if score_gap is not None and use_gap else 0.0, "log density": 0.0}
-    v = {"score": posterior_score_variance(posterior_scores, counts),
-         "log density": posterior_score_variance(np.asarray(posterior_log_densities)[..., None], counts)}
-    ratios = {}
-    for name in ("score", "log density"):
-        inflation, bias2 = terms[name]
-        error = max(v[name] * inflation + bias2, floor[name])
-        ratios[name] = 1.0 if error <= 0 or not math.isfinite(error) else min(1.0, v[name] / error)
+    v = {"score": tempered * posterior_score_variance(posterior_scores, counts),
+         "log density": tempered * posterior_score_variance(np.asarray(posterior_log_densities)[..., None], counts)}
+    ratios = _ratios(v, terms, floor)
     limited_by = min(ratios, key=ratios.get)
     zeta = ratios[limited_by]
     if zeta > KEEP_STANDARD:

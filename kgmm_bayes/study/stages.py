@@ -18,7 +18,15 @@ import jax
 import numpy as np
 
 from .._version import __version__
-from ..bayes.coarsening import OFF, Coarsening, choose_zeta, zeta_from_alpha
+from ..bayes.coarsening import (
+    OFF,
+    Coarsening,
+    choose_zeta,
+    error_terms,
+    needs_variance,
+    zeta_from_alpha,
+    zeta_without_variance,
+)
 from ..bayes.diagnostics import (
     convergence_summary,
     to_inference_data,
@@ -191,10 +199,12 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     ``(posterior, coarsening)``.
 
     ``[mixture] coarsening``: every count times ``zeta = alpha / (alpha + N)``
-    (:mod:`kgmm_bayes.bayes.coarsening`).  With ``"auto"`` the standard posterior (sampled
-    with ``key``, as with ``"off"``) gives the score variance that ``alpha`` is chosen
-    from, and the coarsened posterior is sampled (with ``fold_in(key, 1)``) only when
-    ``zeta < 1``, so a well-specified fit costs one posterior and keeps its numbers.
+    (:mod:`kgmm_bayes.bayes.coarsening`).  With ``"auto"`` the error terms come first; where
+    ``zeta`` needs the standard posterior's score variance (a squared bias, or the score-matching
+    floor) the standard posterior (sampled with ``key``, as with ``"off"``) gives it, and the
+    coarsened posterior is sampled (with ``fold_in(key, 1)``) only when ``zeta < 1``.  Otherwise
+    ``zeta = 1 / R`` and only the kept posterior is sampled, with the same key it would get after
+    a standard one.  A well-specified fit costs one posterior and keeps its numbers.
     ``z``: the snapshots in their time order (the error estimate splits them in halves).
     """
     snapshots = int(round(float(np.sum(part.counts))))  # all of them (z may be a streamed study's sample)
@@ -216,15 +226,31 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         zeta = zeta_from_alpha(float(m.coarsening), snapshots)
         return run(key, zeta), Coarsening(method="fixed", zeta=zeta, alpha=float(m.coarsening))
     start = time.perf_counter()
-    standard = run(key, 1.0)
-    scores, logps = score_draws(*thin_draws(standard, spec.score.max_draws), part.points)
     sk_seed = int(np.asarray(jax.random.key_data(key)).ravel()[-1] % (2**31 - 1))
-    mean_draws = thin_draws(standard, GAP_DRAWS)
-    gap = fisher_gap(jax.random.fold_in(key, 2), z, lambda x: posterior_mean_fields(*mean_draws, x))
-    choice = choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed, score_gap=gap,
-                         use_gap=m.coarsening_bound == "score_matching", snapshots=snapshots)
+    use_gap = m.coarsening_bound == "score_matching"
+    terms = error_terms(z, m.components, part.points, part.counts, seed=sk_seed)
+
+    def gap_of(post):  # the score-matching gap of a posterior's mean score
+        return fisher_gap(jax.random.fold_in(key, 2), z, lambda x: posterior_mean_fields(*thin_draws(post, GAP_DRAWS), x))
+
+    def choice_from(post, gap, tempered):
+        scores, logps = score_draws(*thin_draws(post, spec.score.max_draws), part.points)
+        return choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed, score_gap=gap,
+                           use_gap=use_gap, snapshots=snapshots, terms=terms, tempered=tempered)
+
+    if not needs_variance(terms, use_gap):
+        # no bias and no floor: zeta = 1 / R whatever the posterior's variance, so only the posterior the
+        # study keeps is sampled (with the key it would get after a standard one), and the score-matching
+        # gap (reported only) is that of its mean
+        zeta = zeta_without_variance(terms)
+        post = run(key if zeta == 1.0 else jax.random.fold_in(key, 1), zeta)
+        choice = choice_from(post, gap_of(post), zeta)
+        assert choice.zeta == zeta, (choice.zeta, zeta)
+        return post._replace(wall_time=time.perf_counter() - start), choice
+    standard = run(key, 1.0)
+    choice = choice_from(standard, gap_of(standard), 1.0)
     if choice.zeta == 1.0:
-        return standard, choice
+        return standard._replace(wall_time=time.perf_counter() - start), choice
     post = run(jax.random.fold_in(key, 1), choice.zeta)
     return post._replace(wall_time=time.perf_counter() - start), choice
 
