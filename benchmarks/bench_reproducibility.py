@@ -46,13 +46,19 @@ class _NoCache:
         pass
 
 
-def run(spec, keys):
+def study_partition(spec):
+    """The study's data (its seed's), z-scored training snapshots and partition, not cached."""
     seed = spec.study.seed
     data_key, reference_key, partition_key, *_ = study_keys(seed)
     data = prepare_data(spec, data_key, reference_key)
     cells = check_sizes(spec, len(data.train), data.train.shape[1])
     z = data.zscore.forward(data.train)
     part, _ = partition_stage(spec, _NoCache(), partition_key, z, cells, stage_key("bench", seed))
+    return data, z, part
+
+
+def run(spec, keys):
+    data, z, part = study_partition(spec)
     probes = probe_points(part.points, part.counts)
     rows, summaries = [], []
     for key in keys:

@@ -61,6 +61,61 @@ def test_recovers_two_component_mixture_and_runs_chains_in_parallel():
     assert len(summary["bfmi_per_chain"]) == 2 and min(summary["bfmi_per_chain"]) > 0.3
 
 
+def _two_component_problem(n=4000):
+    rng = np.random.default_rng(0)
+    labels = rng.random(n) < 0.3
+    x = np.where(labels, rng.normal(-2.0, 0.5, n), rng.normal(1.0, 0.8, n))[:, None]
+    zs = ZScore.fit(x)
+    part = fit_partition(jax.random.key(0), zs.forward(x), num_cells=400, num_components=2)
+    prior = build_prior(part, dirichlet_alpha=2.0, mean_scale=0.25, scale_prior=1.0, lkj_eta=2.0)
+    return zs, part, prior
+
+
+def test_whitened_dense_metric_samples_the_same_posterior(monkeypatch):
+    """Beyond DENSE_ADAPTATION_MAX parameters the dense metric runs NUTS in Laplace-whitened coordinates
+    and maps the draws back.  Forced here on a small posterior: every returned draw's potential, recomputed
+    from its constrained sites, equals the potential the sampler recorded (an exact identity: the map back
+    is right), and the weight is recovered within its binomial error, as with the diagonal metric."""
+    from numpyro.infer.util import potential_energy, unconstrain_fn
+
+    import kgmm_bayes.bayes.sampler as sampler
+    from kgmm_bayes.bayes.mixture import expected_quadratic_features, mixture_model
+
+    zs, part, prior = _two_component_problem()
+    monkeypatch.setattr(sampler, "DENSE_ADAPTATION_MAX", 0)
+    post = run_nuts(jax.random.key(1), part.points, part.counts, prior, initial_values(part),
+                    SamplerConfig(chains=2, warmup=200, draws=200, metric="dense"),
+                    point_covariances=part.cell_covariances)
+    assert post.weights.shape == (2, 200, 2) and int(post.sample_stats["diverging"].sum()) == 0
+    args = (expected_quadratic_features(part.points, part.cell_covariances), jax.numpy.asarray(part.counts), prior)
+    for chain, draw in ((0, 0), (1, 123)):
+        sites = {k: post.sites[k][chain, draw] for k in ("weights", "means", "scales")}
+        energy = potential_energy(mixture_model, args, {}, unconstrain_fn(mixture_model, args, {}, sites))
+        assert float(energy) == pytest.approx(float(post.sample_stats["potential_energy"][chain, draw]), rel=1e-10)
+    w = np.sort(post.weights.reshape(-1, 2), axis=1)[:, 0]
+    assert abs(w.mean() - 0.3) < 5 * max(w.std(), np.sqrt(0.21 / 4000))
+
+
+def test_map_search_polished_by_lbfgs_reaches_a_stationary_point():
+    """Adam's steps find the basin, L-BFGS its optimum: the polished optimum's potential is no higher than
+    Adam's alone, and its gradient vanishes (float64)."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import potential_energy, unconstrain_fn
+
+    from kgmm_bayes.bayes.mixture import expected_quadratic_features, mixture_model
+    from kgmm_bayes.bayes.sampler import find_map
+
+    _, part, prior = _two_component_problem()
+    args = (expected_quadratic_features(part.points, part.cell_covariances), jax.numpy.asarray(part.counts), prior)
+    init = unconstrain_fn(mixture_model, args, {}, initial_values(part))
+    _, adam = find_map(jax.random.key(2), args, init, 4, 200, polish=0)
+    best, polished = find_map(jax.random.key(2), args, init, 4, 200, polish=500)
+    assert polished.min() <= adam.min() + 1e-9
+    flat, unravel = ravel_pytree(best)
+    grad = jax.grad(lambda v: potential_energy(mixture_model, args, {}, unravel(v)))(flat)
+    assert float(np.linalg.norm(grad)) < 1e-5
+
+
 def test_chain_rounds():
     from kgmm_bayes.bayes.sampler import chain_rounds
 
@@ -195,6 +250,32 @@ def test_laplace_scales_are_the_inverse_sqrt_hessian_diagonal():
     expected = 1.0 / np.sqrt(np.where(np.diag(matrix) > 0, np.diag(matrix), np.nan))
     np.testing.assert_allclose(np.asarray(got)[np.arange(10) != 7], expected[np.arange(10) != 7], rtol=1e-13)
     assert np.isinf(got[7])
+
+
+def test_laplace_covariance_is_the_inverse_hessian_with_flat_directions_capped():
+    """Exact identity in float64: for 0.5 v^T A v with A positive definite (eigenvalues above 1) the
+    dense metric is A^-1; an eigen-direction of A made negative, or flatter than the cap (variance 4),
+    gets the capped variance (1) instead, the others keep theirs."""
+    from jax.flatten_util import ravel_pytree
+
+    from kgmm_bayes.bayes.sampler import laplace_covariance
+
+    rng = np.random.default_rng(4)
+    params = {"a": np.zeros((2, 3)), "b": np.zeros(4)}
+    flat, unravel = ravel_pytree(params)
+    q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+    lam = np.exp(rng.uniform(0.1, 4.0, size=10))
+    matrix = (q * lam) @ q.T
+    potential = lambda p: 0.5 * ravel_pytree(p)[0] @ matrix @ ravel_pytree(p)[0]  # noqa: E731
+    at = unravel(jax.numpy.asarray(rng.normal(size=10)))
+    got = np.asarray(laplace_covariance(potential, at))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, np.linalg.inv(matrix), rtol=1e-10, atol=1e-13)
+    lam_bad = lam.copy()
+    lam_bad[3], lam_bad[6] = -2.0, 0.25
+    potential_bad = lambda p: 0.5 * ravel_pytree(p)[0] @ ((q * lam_bad) @ q.T) @ ravel_pytree(p)[0]  # noqa: E731
+    got_bad = np.asarray(laplace_covariance(potential_bad, at))
+    np.testing.assert_allclose(got_bad, (q * np.where(lam_bad > 1, 1.0 / lam_bad, 1.0)) @ q.T, rtol=1e-10, atol=1e-13)
 
 
 def test_r_hat_warning_names_the_chain_in_another_mode():
