@@ -11,11 +11,7 @@ Importing the package, before JAX initialises, (1) exposes one CPU device per
 core so that NUTS chains run in parallel (unless ``XLA_FLAGS`` already sets a
 device count), and (2) enables float64, which the posterior's Cholesky
 algebra and the tested identities need; speed-critical stages (simulation,
-interpolant, Langevin model) cast to float32 themselves; (3) keeps JAX's compiled
-programs on disk (``~/.cache/kgmm-bayes/xla``, or ``$XDG_CACHE_HOME``), so that a
-second study of the same shapes does not compile the sampler again.  Set
-``KGMM_BAYES_COMPILATION_CACHE`` to another folder, or to ``off``; a cache folder
-already configured for JAX (``JAX_COMPILATION_CACHE_DIR``) is left as it is.
+interpolant, Langevin model) cast to float32 themselves.
 """
 import os as _os
 
@@ -26,22 +22,6 @@ if "xla_force_host_platform_device_count" not in _os.environ.get("XLA_FLAGS", ""
 import jax as _jax  # noqa: E402
 
 _jax.config.update("jax_enable_x64", True)
-
-
-def _compilation_cache():
-    setting = _os.environ.get("KGMM_BAYES_COMPILATION_CACHE", "").strip()
-    if setting.lower() in ("off", "0", "false", "no", "none") or _jax.config.jax_compilation_cache_dir:
-        return
-    base = _os.environ.get("XDG_CACHE_HOME") or _os.path.join(_os.path.expanduser("~"), ".cache")
-    path = setting or _os.path.join(base, "kgmm-bayes", "xla")
-    try:
-        _os.makedirs(path, exist_ok=True)
-    except OSError:  # a read-only home: compile every time, as without the cache
-        return
-    _jax.config.update("jax_compilation_cache_dir", path)
-
-
-_compilation_cache()
 
 from ._version import __version__  # noqa: E402
 from .api import fit  # noqa: E402

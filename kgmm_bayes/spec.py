@@ -89,7 +89,7 @@ class SamplerSection(NamedTuple):
     target_accept: float = 0.8
     max_tree_depth: int = 10
     dense_mass: bool = False  # true: the same as metric = "dense" (the older spelling)
-    metric: str = "diagonal"  # or "dense": from the Laplace covariance (whitened coordinates beyond 100 parameters)
+    metric: str = "diagonal"  # or "dense": from the Laplace covariance (whitened beyond 100 parameters, unsharded)
     map_starts: int = 8  # chains start at the best of this many MAP searches; 0: at the partition
     map_steps: int = 1000
     shard_data: bool = False  # split the likelihood's points over all devices (chains then run in turn)
@@ -360,6 +360,8 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     if sections["mixture"].coarsening_bound not in ("report", "score_matching"):
         raise SpecError("[mixture] coarsening_bound must be 'report' or 'score_matching', got "
                         f"{sections['mixture'].coarsening_bound!r}")
+    if sections["sampler"].dense_mass and raw.get("sampler", {}).get("metric") == "diagonal":
+        raise SpecError("[sampler] dense_mass = true contradicts metric = 'diagonal'; give only metric")
     if sections["sampler"].metric not in ("diagonal", "dense"):
         raise SpecError(f"[sampler] metric must be 'diagonal' or 'dense', got {sections['sampler'].metric!r}")
     if sections["sampler"].chain_starts not in ("best", "spread"):

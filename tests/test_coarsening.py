@@ -116,6 +116,7 @@ def test_without_a_bias_zeta_is_known_before_any_posterior_is_sampled():
         choice = choose_zeta(draws, logps, POINTS, COUNTS, x, 1, seed=0, terms=terms, tempered=zeta)
         assert choice.zeta == zeta
         assert choice.posterior_variance == pytest.approx(zeta * posterior_score_variance(draws, COUNTS), rel=1e-12)
+        assert choice.variance_from == "kept posterior x zeta"
     biased = dict(terms, score=(terms["score"][0], 0.1))
     assert needs_variance(biased)
 

@@ -108,12 +108,16 @@ def test_map_search_polished_by_lbfgs_reaches_a_stationary_point():
     _, part, prior = _two_component_problem()
     args = (expected_quadratic_features(part.points, part.cell_covariances), jax.numpy.asarray(part.counts), prior)
     init = unconstrain_fn(mixture_model, args, {}, initial_values(part))
-    _, adam = find_map(jax.random.key(2), args, init, 4, 200, polish=0)
-    best, polished = find_map(jax.random.key(2), args, init, 4, 200, polish=500)
+    adam_best, adam = find_map(jax.random.key(2), args, init, 4, 30, polish=0)
+    best, polished = find_map(jax.random.key(2), args, init, 4, 30, polish=500)
     assert polished.min() <= adam.min() + 1e-9
-    flat, unravel = ravel_pytree(best)
-    grad = jax.grad(lambda v: potential_energy(mixture_model, args, {}, unravel(v)))(flat)
-    assert float(np.linalg.norm(grad)) < 1e-5
+
+    def grad_norm(params):
+        flat, unravel = ravel_pytree(params)
+        return float(np.linalg.norm(jax.grad(lambda v: potential_energy(mixture_model, args, {}, unravel(v)))(flat)))
+
+    # the potential is ~1e4 (4,000 snapshots); L-BFGS stops once an iteration gains < 1e-13 of it
+    assert grad_norm(best) < 1e-4 and grad_norm(best) < 1e-2 * grad_norm(adam_best)
 
 
 def test_chain_rounds():
@@ -166,9 +170,9 @@ def test_map_search_finds_the_higher_mode_and_chains_start_there():
 
     at_best = float(potential_energy(mixture_model, args, {}, best))
     assert at_best == pytest.approx(np.min(energies), rel=1e-9)
-    # at the optimum the gradient vanishes (Adam with a decayed rate: small, not exact)
+    # at the optimum the gradient vanishes (Adam's basin, polished by L-BFGS)
     grads = jax.grad(lambda p: potential_energy(mixture_model, args, {}, p))(best)
-    assert max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(grads)) < 1.0
+    assert max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(grads)) < 1e-5
     # and the weights match the cluster sizes (MAP of a well-separated mixture)
     w = np.sort(np.asarray(constrain_fn(mixture_model, args, {}, best)["weights"]))
     np.testing.assert_allclose(w, [0.25, 0.75], atol=0.02)
@@ -274,8 +278,10 @@ def test_laplace_covariance_is_the_inverse_hessian_with_flat_directions_capped()
     lam_bad = lam.copy()
     lam_bad[3], lam_bad[6] = -2.0, 0.25
     potential_bad = lambda p: 0.5 * ravel_pytree(p)[0] @ ((q * lam_bad) @ q.T) @ ravel_pytree(p)[0]  # noqa: E731
-    got_bad = np.asarray(laplace_covariance(potential_bad, at))
+    got_bad, root, inverse = (np.asarray(a) for a in laplace_covariance(potential_bad, at, root=True))
     np.testing.assert_allclose(got_bad, (q * np.where(lam_bad > 1, 1.0 / lam_bad, 1.0)) @ q.T, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(root @ root.T, got_bad, rtol=1e-10, atol=1e-13)  # a square root, and its inverse
+    np.testing.assert_allclose(inverse @ root, np.eye(10), atol=1e-10)
 
 
 def test_r_hat_warning_names_the_chain_in_another_mode():

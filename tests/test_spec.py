@@ -311,6 +311,11 @@ def test_overrides_replace_single_keys_and_are_validated():
     with pytest.raises(SpecError, match=r"override of \[sampler\] must be a table"):
         load_spec(None, overrides={"sampler": 10})
     assert load_spec(MODELS / "lorenz63.toml") == load_spec(MODELS / "lorenz63.toml", overrides={})
+    assert load_spec(None, overrides={"sampler": {"metric": "dense"}}).sampler.metric == "dense"
+    with pytest.raises(SpecError, match=r"\[sampler\] metric must be 'diagonal' or 'dense'"):
+        load_spec(None, overrides={"sampler": {"metric": "Dense"}})
+    with pytest.raises(SpecError, match=r"dense_mass = true contradicts metric = 'diagonal'"):
+        load_spec(None, overrides={"sampler": {"metric": "diagonal", "dense_mass": True}})
 
 
 def test_k_is_10_for_a_system_and_chosen_from_the_data_for_user_data(tmp_path):

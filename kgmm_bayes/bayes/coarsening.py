@@ -47,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["Coarsening", "zeta_from_alpha", "alpha_from_zeta", "error_terms", "needs_variance",
-           "zeta_without_variance", "posterior_score_variance", "choose_zeta", "OFF"]
+           "zeta_without_variance", "posterior_score_variance", "choose_zeta", "with_gap", "OFF"]
 
 REFERENCE_FACTORS = (2, 4)  # reference mixtures: these many times K components, the best by BIC ...
 REG_COVAR = 1e-4  # added to covariances of the maximum-likelihood fits (z-scored units): no spikes
@@ -80,6 +80,9 @@ class Coarsening(NamedTuple):
     score_matching_se: float = math.nan  # its standard error (batch means in time order)
     score_matching_bound: float = math.nan  # g = max(gap - se, 0), a lower bound on the score's squared error
     bound_used: bool = False  # whether g entered zeta ([mixture] coarsening_bound = "score_matching")
+    # "standard posterior": v from the standard posterior's draws; "kept posterior x zeta": zeta needed no v
+    # (no bias, no floor), so only the kept posterior was sampled and v is zeta times its variance
+    variance_from: str = "standard posterior"
     def to_json(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self._asdict().items()}
 
@@ -220,13 +223,20 @@ def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k:
     zeta = ratios[limited_by]
     if zeta > KEEP_STANDARD:
         zeta = 1.0
-    return Coarsening(method="auto", zeta=float(zeta), alpha=alpha_from_zeta(zeta, len(z) if snapshots is None else snapshots),
+    choice = Coarsening(method="auto", zeta=float(zeta), alpha=alpha_from_zeta(zeta, len(z) if snapshots is None else snapshots),
                       posterior_variance=v["score"], autocorrelation_inflation=terms["score"][0],
                       squared_bias=terms["score"][1], posterior_variance_log_density=v["log density"],
                       autocorrelation_inflation_log_density=terms["log density"][0],
                       squared_bias_log_density=terms["log density"][1],
                       reference_components=int(terms["reference"]), limited_by=limited_by if zeta < 1 else "",
-                      **({} if score_gap is None else dict(score_matching_gap=score_gap.gap,
-                                                          score_matching_se=score_gap.se,
-                                                          score_matching_bound=score_gap.bound,
-                                                          bound_used=bool(use_gap))))
+                      variance_from="standard posterior" if tempered == 1.0 else "kept posterior x zeta")
+    return choice if score_gap is None else with_gap(choice, score_gap, used=use_gap)
+
+
+def with_gap(choice: Coarsening, score_gap, used: bool = False) -> Coarsening:
+    """``choice`` with the score-matching gap reported (``score_gap``: a FisherGap, or ``None``:
+    not measured); ``used``: whether its bound entered ``zeta``."""
+    if score_gap is None:
+        return choice
+    return choice._replace(score_matching_gap=score_gap.gap, score_matching_se=score_gap.se,
+                           score_matching_bound=score_gap.bound, bound_used=bool(used))

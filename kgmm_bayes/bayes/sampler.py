@@ -57,7 +57,7 @@ class SamplerConfig(NamedTuple):
     map_polish: int = 500  # L-BFGS iterations after the Adam steps of each MAP search (0: Adam alone)
     chain_starts: str = "best"  # "best": every chain at the best MAP optimum; "spread": at the best distinct ones
     shard_data: bool = False  # rows of the likelihood split over all devices (chains run in turn)
-    laplace_metric: bool = True  # warmup starts from the Laplace variances as inverse mass, not the identity
+    laplace_metric: bool = True  # warmup starts in the Laplace metric, not the identity (whitened: always)
     chain_method: str = "auto"  # "auto" (see chain_plan), "parallel", "vectorized" or "sequential"
     progress: bool = False
 
@@ -189,14 +189,17 @@ def laplace_scales(potential, params: dict) -> dict:
     return unravel(jnp.where(h > 0, 1.0 / jnp.sqrt(jnp.where(h > 0, h, 1.0)), jnp.inf))
 
 
-def laplace_covariance(potential, params: dict, max_variance: float = 1.0, min_variance: float = 1e-16):
+def laplace_covariance(potential, params: dict, max_variance: float = 1.0, min_ratio: float = 1e-12,
+                       root: bool = False):
     """Dense covariance ``(P, P)`` of the Laplace approximation of ``exp(-potential)`` at ``params``.
 
     The Hessian ``H`` of ``potential`` (flattened unconstrained parameters, as numpyro ravels
     them) from one Hessian-vector product per coordinate; ``H^-1`` through its eigenvectors,
-    each eigenvalue's variance ``1 / lambda`` clipped to ``[min_variance, max_variance]``
-    (directions of zero or negative curvature get ``max_variance``: they are prior-dominated,
-    e.g. a dead component's parameters, and no wider than the unconstrained prior's scale).
+    each eigenvalue's variance ``1 / lambda`` clipped to ``max_variance`` (directions of zero or
+    negative curvature get ``max_variance``: they are prior-dominated, e.g. a dead component's
+    parameters, and no wider than the unconstrained prior's scale) and from below to ``min_ratio``
+    times the largest, so that the matrix stays well conditioned.  ``root``: also its square root
+    ``R = V sqrt(var)`` (``R R^T`` = the covariance) and ``R^-1``, for whitened coordinates.
     """
     from jax.flatten_util import ravel_pytree
 
@@ -211,9 +214,13 @@ def laplace_covariance(potential, params: dict, max_variance: float = 1.0, min_v
     h = 0.5 * (h + h.T)
     lam, vec = np.linalg.eigh(h)
     safe = np.where(lam > 0, lam, 1.0)
-    var = np.where(lam > 0, np.clip(1.0 / safe, min_variance, max_variance), max_variance)
+    var = np.where(lam > 0, np.minimum(1.0 / safe, max_variance), max_variance)
+    var = np.maximum(var, min_ratio * var.max())
     cov = (vec * var) @ vec.T
-    return jnp.asarray(0.5 * (cov + cov.T))
+    cov = jnp.asarray(0.5 * (cov + cov.T))
+    if root:
+        return cov, jnp.asarray(vec * np.sqrt(var)), jnp.asarray((vec / np.sqrt(var)).T)
+    return cov
 
 
 SPREAD_NATS = 10.0  # "spread" chain starts: MAP optima at most this far below the best in log posterior
@@ -233,12 +240,15 @@ def spread_starts(params, energies, chains: int):
 
 
 DENSE_ADAPTATION_MAX = 100  # parameters: numpyro adapts a dense metric up to this many; whitened diagonal beyond
-POLISH_GRADIENT = 1e-8  # L-BFGS stops when the gradient's norm (potential per unconstrained unit) is below this
+POLISH_GRADIENT = 1e-8  # L-BFGS stops when the gradient's norm (potential per unconstrained unit) is below this ...
+POLISH_DECREASE = 1e-13  # ... or when an iteration lowers the potential by less than this fraction of it
 
 
 def _lbfgs(potential, params, max_steps: int):
-    """``params`` moved to a nearby minimum of ``potential`` by L-BFGS (at most ``max_steps`` iterations;
-    a non-finite step leaves the last finite point)."""
+    """``params`` moved to a nearby minimum of ``potential`` by L-BFGS: at most ``max_steps`` iterations,
+    stopping early at a vanishing gradient or once an iteration no longer lowers the potential (a failed
+    line search).  The point returned is never worse than ``params``: a non-finite or higher result
+    gives ``params`` back."""
     import optax
     from jax.flatten_util import ravel_pytree
 
@@ -251,21 +261,25 @@ def _lbfgs(potential, params, max_steps: int):
     value_and_grad = optax.value_and_grad_from_state(f)
 
     def body(carry):
-        v, state, _ = carry
+        v, state, _, last = carry
         value, grad = value_and_grad(v, state=state)
         updates, state = solver.update(grad, state, v, value=value, grad=grad, value_fn=f)
         new = optax.apply_updates(v, updates)
-        ok = jnp.all(jnp.isfinite(new))
-        return jnp.where(ok, new, v), state, ~ok
+        new_value = optax.tree_utils.tree_get(state, "value")
+        finite = jnp.all(jnp.isfinite(new)) & jnp.isfinite(new_value)
+        stalled = ~(new_value < last - POLISH_DECREASE * jnp.abs(last))
+        return jnp.where(finite, new, v), state, ~finite | stalled, jnp.where(finite, new_value, last)
 
     def cond(carry):
-        _, state, failed = carry
+        _, state, stop, _ = carry
         count = optax.tree_utils.tree_get(state, "count")
         grad = optax.tree_utils.tree_get(state, "grad")
-        return ~failed & ((count == 0) | ((count < max_steps) & (optax.tree_utils.tree_l2_norm(grad) > POLISH_GRADIENT)))
+        return ~stop & ((count == 0) | ((count < max_steps) & (optax.tree_utils.tree_l2_norm(grad) > POLISH_GRADIENT)))
 
-    flat, _, _ = jax.lax.while_loop(cond, body, (flat, solver.init(flat), jnp.asarray(False)))
-    return unravel(flat)
+    start = f(flat)
+    out, _, _, _ = jax.lax.while_loop(cond, body, (flat, solver.init(flat), jnp.asarray(False), start))
+    end = f(out)
+    return unravel(jnp.where(jnp.isfinite(end) & (end <= start), out, flat))
 
 
 def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int, jitter: float = 0.3,
@@ -318,7 +332,7 @@ def _potential(model, model_args, params):
 
 def _whitened_model(model, model_args, centre, chol, unravel):
     """The posterior of ``model`` in whitened coordinates ``u`` (``theta = centre + chol @ u``, flat
-    unconstrained parameters): an improper flat site plus the model's potential as a factor (the linear
+    unconstrained parameters; ``chol`` any square root of the Laplace covariance): an improper flat site plus the model's potential as a factor (the linear
     map's Jacobian is a constant).  The model's own sites are hidden from the sampler (``block``)."""
     import numpyro
     import numpyro.distributions as dist
@@ -396,9 +410,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     dense = config.dense_mass or config.metric == "dense"
     whiten = dense and not sharded and centre.size > DENSE_ADAPTATION_MAX
     if whiten:
-        chol = jnp.linalg.cholesky(laplace_covariance(potential, init_unconstrained))
-        init_params = {"u": jax.vmap(lambda p: jax.scipy.linalg.solve_triangular(
-            chol, ravel_pytree(p)[0] - centre, lower=True))(init_params)}
+        _, chol, inverse = laplace_covariance(potential, init_unconstrained, root=True)
+        init_params = {"u": jax.vmap(lambda p: inverse @ (ravel_pytree(p)[0] - centre))(init_params)}
         kernel = NUTS(_whitened_model, target_accept_prob=config.target_accept,
                       max_tree_depth=config.max_tree_depth, adapt_mass_matrix=config.adapt_mass)
         run_args = (model, model_args, centre, chol, unravel)

@@ -69,7 +69,10 @@ def _coarsening_lines(c, n) -> list:
         return ["- Coarsening: off (the standard posterior; its bands ignore the mixture's misspecification)"]
     if c["method"] == "fixed":
         return [f"- Coarsening: fixed alpha = {_fmt(c['alpha'])}: likelihood^zeta, zeta = {_fmt(c['zeta'])}"]
-    line = (f"- Coarsening (auto): the standard posterior's score variance {_fmt(c['posterior_variance'])} "
+    source = ("the standard posterior's score variance" if c.get("variance_from", "standard posterior")
+              == "standard posterior" else "the score variance (zeta x the kept posterior's: with no bias, "
+              "zeta = 1 / inflation needs no standard posterior)")
+    line = (f"- Coarsening (auto): {source} {_fmt(c['posterior_variance'])} "
             f"x autocorrelation inflation {_fmt(c['autocorrelation_inflation'])} + squared bias "
             f"{_fmt(c['squared_bias'])} (against a {c['reference_components'] or 'no richer'}-component reference, "
             f"from {n} snapshots in 4 blocks); log density: {_fmt(c['posterior_variance_log_density'])} x "

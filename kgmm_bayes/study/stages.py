@@ -25,6 +25,7 @@ from ..bayes.coarsening import (
     error_terms,
     needs_variance,
     zeta_from_alpha,
+    with_gap,
     zeta_without_variance,
 )
 from ..bayes.diagnostics import (
@@ -80,9 +81,10 @@ __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare
 # Part of every stage key: raise it whenever what a stage computes or stores changes (2: coreset
 # cells enter through their moments; Partition gained cell_covariances. 3: stage files carry a
 # SHA-256 of their arrays; the posterior stage holds its coarsening. 4: the coarsening's error
-# estimate has the held-out score-matching gap).
-STAGE_SCHEMA = 5
-GAP_DRAWS = 64  # standard-posterior draws whose mean score the score-matching gap is measured for
+# estimate has the held-out score-matching gap. 6: MAP searches polished by L-BFGS; one posterior
+# where zeta needs no standard posterior).
+STAGE_SCHEMA = 6
+GAP_DRAWS = 64  # posterior draws whose mean score the score-matching gap is measured for
 
 
 def study_keys(seed: int):
@@ -193,6 +195,11 @@ def marginals_from_arrays(prefix, arrays):
 
 
 # ---------------------------------------------------------------- posterior
+def coarsening_seed(key) -> int:
+    """The scikit-learn seed of the coarsening's maximum-likelihood fits, from the posterior's key."""
+    return int(np.asarray(jax.random.key_data(key)).ravel()[-1] % (2**31 - 1))
+
+
 def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False):
     """NUTS on the spec's mixture posterior: the partition's cells as a weighted coreset (their
     moments), or every z-scored snapshot with ``[partition] coreset = false``; returns
@@ -205,7 +212,7 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     coarsened posterior is sampled (with ``fold_in(key, 1)``) only when ``zeta < 1``.  Otherwise
     ``zeta = 1 / R`` and only the kept posterior is sampled, with the same key it would get after
     a standard one.  A well-specified fit costs one posterior and keeps its numbers.
-    ``z``: the snapshots in their time order (the error estimate splits them in halves).
+    ``z``: the snapshots in their time order (the error estimate fits contiguous blocks of them).
     """
     snapshots = int(round(float(np.sum(part.counts))))  # all of them (z may be a streamed study's sample)
     if spec.partition.coreset:
@@ -226,7 +233,7 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         zeta = zeta_from_alpha(float(m.coarsening), snapshots)
         return run(key, zeta), Coarsening(method="fixed", zeta=zeta, alpha=float(m.coarsening))
     start = time.perf_counter()
-    sk_seed = int(np.asarray(jax.random.key_data(key)).ravel()[-1] % (2**31 - 1))
+    sk_seed = coarsening_seed(key)
     use_gap = m.coarsening_bound == "score_matching"
     terms = error_terms(z, m.components, part.points, part.counts, seed=sk_seed)
 
@@ -238,21 +245,20 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         return choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed, score_gap=gap,
                            use_gap=use_gap, snapshots=snapshots, terms=terms, tempered=tempered)
 
+    def reported(choice, kept):  # the reported gap (not used for zeta) is that of the kept posterior's mean
+        return choice if use_gap else with_gap(choice, gap_of(kept))
+
     if not needs_variance(terms, use_gap):
         # no bias and no floor: zeta = 1 / R whatever the posterior's variance, so only the posterior the
-        # study keeps is sampled (with the key it would get after a standard one), and the score-matching
-        # gap (reported only) is that of its mean
+        # study keeps is sampled, with the key it would get after a standard one
         zeta = zeta_without_variance(terms)
         post = run(key if zeta == 1.0 else jax.random.fold_in(key, 1), zeta)
-        choice = choice_from(post, gap_of(post), zeta)
-        assert choice.zeta == zeta, (choice.zeta, zeta)
+        choice = reported(choice_from(post, None, zeta), post)
         return post._replace(wall_time=time.perf_counter() - start), choice
     standard = run(key, 1.0)
-    choice = choice_from(standard, gap_of(standard), 1.0)
-    if choice.zeta == 1.0:
-        return standard._replace(wall_time=time.perf_counter() - start), choice
-    post = run(jax.random.fold_in(key, 1), choice.zeta)
-    return post._replace(wall_time=time.perf_counter() - start), choice
+    choice = choice_from(standard, gap_of(standard) if use_gap else None, 1.0)
+    post = standard if choice.zeta == 1.0 else run(jax.random.fold_in(key, 1), choice.zeta)
+    return post._replace(wall_time=time.perf_counter() - start), reported(choice, post)
 
 
 def _posterior_from_arrays(cached):
