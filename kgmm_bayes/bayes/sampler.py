@@ -198,8 +198,9 @@ def laplace_covariance(potential, params: dict, max_variance: float = 1.0, min_r
     each eigenvalue's variance ``1 / lambda`` clipped to ``max_variance`` (directions of zero or
     negative curvature get ``max_variance``: they are prior-dominated, e.g. a dead component's
     parameters, and no wider than the unconstrained prior's scale) and from below to ``min_ratio``
-    times the largest, so that the matrix stays well conditioned.  ``root``: also its square root
-    ``R = V sqrt(var)`` (``R R^T`` = the covariance) and ``R^-1``, for whitened coordinates.
+    times the largest, so that the matrix stays well conditioned.  ``root``: also its Cholesky factor
+    ``R`` (``R R^T`` = the covariance) and ``R^-1``, for whitened coordinates (the diagonal adapted in
+    them depends on which square root).
     """
     from jax.flatten_util import ravel_pytree
 
@@ -219,7 +220,10 @@ def laplace_covariance(potential, params: dict, max_variance: float = 1.0, min_r
     cov = (vec * var) @ vec.T
     cov = jnp.asarray(0.5 * (cov + cov.T))
     if root:
-        return cov, jnp.asarray(vec * np.sqrt(var)), jnp.asarray((vec / np.sqrt(var)).T)
+        import scipy.linalg
+
+        chol = np.linalg.cholesky(np.asarray(cov))
+        return cov, jnp.asarray(chol), jnp.asarray(scipy.linalg.solve_triangular(chol, np.eye(len(chol)), lower=True))
     return cov
 
 
@@ -401,12 +405,13 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # itself; beyond, NUTS runs in the Laplace-whitened coordinates u (theta = theta* + L u, L L^T the
     # Laplace covariance) and adapts a diagonal there (the metric L D L^T): a dense matrix re-estimated
     # from the first windows' 25-100 draws is worse than none at large P (Lorenz-63, P = 319: 42 leapfrog
-    # steps per iteration in the Laplace metric, 270-390 once numpyro re-estimated it; 60 whitened, against
-    # 128 diagonal).  The Laplace metric kept fixed misses the directions in which a mixture's posterior is
-    # far wider than its curvature at the mode (default study, P = 29: up to 9x in sd; dead components).
-    # Diagonal stays the default: on the default study the dense metric took 34 steps per iteration
-    # against 76 but gave half the ESS per second (more autocorrelated draws, divergences), and on
-    # Lorenz-63 its chains settled in several modes where the diagonal metric's did not.
+    # steps per iteration in the Laplace metric, 270-390 once numpyro re-estimated it).  The Laplace
+    # metric kept fixed misses the directions in which a mixture's posterior is far wider than its
+    # curvature at the mode (default study, P = 29: up to 9x in sd; dead components).  Diagonal stays
+    # the default (benchmarks/bench_sampler.py --metric-studies): on the default study the dense metric
+    # takes 38 steps per iteration against 104 at about the same ESS per second, and on Lorenz-63 the
+    # whitened one takes 28-65 against 128 but its chains diverge (28-139 divergences) and split into
+    # modes (r_hat within modes 1.24-1.27).
     dense = config.dense_mass or config.metric == "dense"
     whiten = dense and not sharded and centre.size > DENSE_ADAPTATION_MAX
     if whiten:
