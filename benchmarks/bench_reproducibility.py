@@ -46,6 +46,13 @@ class _NoCache:
         pass
 
 
+def spec_with(name, overrides: dict):
+    """The spec (file or shipped study's name) with the ``overrides`` (section -> key -> value) that are
+    not None."""
+    overrides = {s: {k: v for k, v in d.items() if v is not None} for s, d in overrides.items()}
+    return load_spec(name, overrides={s: d for s, d in overrides.items() if d})
+
+
 def study_partition(spec):
     """The study's data (its seed's), z-scored training snapshots and partition, not cached."""
     seed = spec.study.seed
@@ -100,11 +107,10 @@ def main(argv=None):
     coarsening = args.coarsening
     if coarsening not in (None, "auto", "off"):
         coarsening = float(coarsening)
-    overrides = {"data": {"members": args.members}, "partition": {"cells": args.cells},
-                 "mixture": {"components": args.components, "coarsening": coarsening},
-                 "sampler": {"warmup": args.warmup, "draws": args.draws, "chain_starts": args.chain_starts}}
-    overrides = {s: {k: v for k, v in d.items() if v is not None} for s, d in overrides.items()}
-    spec = load_spec(args.spec, overrides={s: d for s, d in overrides.items() if d})
+    spec = spec_with(args.spec, {"data": {"members": args.members}, "partition": {"cells": args.cells},
+                                 "mixture": {"components": args.components, "coarsening": coarsening},
+                                 "sampler": {"warmup": args.warmup, "draws": args.draws,
+                                             "chain_starts": args.chain_starts}})
     rows, (ratio, pair, probe) = run(spec, args.keys)
     print(f"study {spec.study.name}: K = {spec.mixture.components}, {spec.sampler.chains} chains x "
           f"({spec.sampler.warmup} + {spec.sampler.draws}), seed {spec.study.seed}")

@@ -132,19 +132,17 @@ METRIC_COLUMNS = ("study", "N", "K", "D", "zeta", "metric", "chains x (warmup+dr
 
 def metric_studies(args):
     """One row per (study, metric): the study's own posterior, diagonal against dense metric."""
-    from bench_reproducibility import study_partition
+    from bench_reproducibility import spec_with, study_partition
 
-    from kgmm_bayes.bayes.coarsening import error_terms, needs_variance, zeta_without_variance
-    from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.bayes.coarsening import error_terms, needs_variance, zeta_from_alpha, zeta_without_variance
     from kgmm_bayes.study.stages import coarsening_seed
 
     print(f"device: {jax.devices()[0].device_kind} x {jax.local_device_count()}")
     print("| " + " | ".join(METRIC_COLUMNS) + " |")
     print("|" + "---|" * len(METRIC_COLUMNS), flush=True)
     for name in args.metric_studies:
-        overrides = {"data": {"members": args.members}, "sampler": {"warmup": args.warmup, "draws": args.draws}}
-        overrides = {s: {k: v for k, v in d.items() if v is not None} for s, d in overrides.items()}
-        spec = load_spec(name, overrides={s: d for s, d in overrides.items() if d})
+        spec = spec_with(name, {"data": {"members": args.members}, "sampler": {"warmup": args.warmup,
+                                                                               "draws": args.draws}})
         _, z, part = study_partition(spec)
         m, k = spec.mixture, spec.mixture.components
         zeta = 1.0
@@ -152,7 +150,7 @@ def metric_studies(args):
             terms = error_terms(z, k, part.points, part.counts, seed=coarsening_seed(jax.random.key(args.seed)))
             zeta = 1.0 if needs_variance(terms, m.coarsening_bound == "score_matching") else zeta_without_variance(terms)
         elif m.coarsening != "off":
-            zeta = float(m.coarsening) / (float(m.coarsening) + len(z))
+            zeta = zeta_from_alpha(float(m.coarsening), len(z))
         prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
         zs = ZScore(np.zeros(z.shape[1]), np.ones(z.shape[1]))
         probes = probe_points(part.points, part.counts)
@@ -213,7 +211,7 @@ if __name__ == "__main__":
     parser.add_argument("--snapshots", type=int, default=None, help="override N (e.g. 2000 for a quick run)")
     parser.add_argument("--components", type=int, default=None, help="override K")
     parser.add_argument("--metric-studies", nargs="+", default=None,
-                        help="diagonal against dense metric on these studies' posteriors (names or spec files)")
+                        help="old and new sampler defaults and the dense metric on these studies' posteriors")
     parser.add_argument("--members", type=int, default=None, help="--metric-studies: fewer members (built-in systems)")
     parser.add_argument("--variants", type=int, nargs="+", default=[0, 1, 2],
                         help="--metric-studies: which rows (0 old default, 1 new default, 2 dense metric)")

@@ -196,10 +196,14 @@ def _ratios(v: dict, terms: dict, floor: dict) -> dict:
     return ratios
 
 
+def _kept(zeta: float) -> float:
+    """``zeta``, or 1 (the standard posterior kept) above :data:`KEEP_STANDARD`."""
+    return 1.0 if zeta > KEEP_STANDARD else float(zeta)
+
+
 def zeta_without_variance(terms: dict) -> float:
     """``zeta`` when :func:`needs_variance` is false: the smaller ``1 / R``, 1 above ``KEEP_STANDARD``."""
-    zeta = min(_ratios({"score": 1.0, "log density": 1.0}, terms, {"score": 0.0, "log density": 0.0}).values())
-    return 1.0 if zeta > KEEP_STANDARD else float(zeta)
+    return _kept(min(min(1.0, 1.0 / terms[name][0]) for name in ("score", "log density")))
 
 
 def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k: int, seed: int = 0,
@@ -220,9 +224,7 @@ def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k:
          "log density": tempered * posterior_score_variance(np.asarray(posterior_log_densities)[..., None], counts)}
     ratios = _ratios(v, terms, floor)
     limited_by = min(ratios, key=ratios.get)
-    zeta = ratios[limited_by]
-    if zeta > KEEP_STANDARD:
-        zeta = 1.0
+    zeta = _kept(ratios[limited_by])
     choice = Coarsening(method="auto", zeta=float(zeta), alpha=alpha_from_zeta(zeta, len(z) if snapshots is None else snapshots),
                       posterior_variance=v["score"], autocorrelation_inflation=terms["score"][0],
                       squared_bias=terms["score"][1], posterior_variance_log_density=v["log density"],

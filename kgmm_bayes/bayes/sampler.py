@@ -26,6 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
@@ -50,7 +51,6 @@ class SamplerConfig(NamedTuple):
     max_tree_depth: int = 10
     dense_mass: bool = False  # true: metric = "dense"
     metric: str = "diagonal"  # or "dense" (whitened coordinates beyond DENSE_ADAPTATION_MAX parameters)
-    adapt_mass: bool = True  # False: the starting metric is kept through warmup (only the step size adapts)
     init_jitter: float = 0.05  # chains start at the start point + N(0, min(init_jitter, Laplace sd)^2) noise
     map_starts: int = 8  # > 0: start chains at the best of this many MAP searches (find_map)
     map_steps: int = 1000
@@ -167,43 +167,33 @@ def _jittered(key, tree, copies: int, scale, keep_first: bool = False):
     return jax.tree_util.tree_unflatten(treedef, noisy)
 
 
-def laplace_scales(potential, params: dict) -> dict:
+def laplace_scales(potential, params: dict, hessian=None) -> dict:
     """Per-coordinate sd of the Laplace approximation of ``exp(-potential)`` at ``params``.
 
     ``1 / sqrt(H_ii)`` with ``H`` the Hessian of ``potential`` (a function of the pytree
     ``params``), its diagonal from one Hessian-vector product per coordinate (``lax.map``);
-    ``inf`` where the curvature is not positive.
+    ``inf`` where the curvature is not positive.  ``hessian``: the full matrix
+    (:func:`hessian_matrix`), when already computed.
     """
-    from jax.flatten_util import ravel_pytree
-
     flat, unravel = ravel_pytree(params)
-    grad = jax.grad(lambda v: potential(unravel(v)))
+    if hessian is not None:
+        h = jnp.diagonal(jnp.asarray(hessian))
+    else:
+        grad = jax.grad(lambda v: potential(unravel(v)))
 
-    @jax.jit
-    def diagonal(flat):
-        def curvature(e):
-            return jnp.vdot(e, jax.jvp(grad, (flat,), (e,))[1])
-        return jax.lax.map(curvature, jnp.eye(flat.size, dtype=flat.dtype))
+        @jax.jit
+        def diagonal(flat):
+            def curvature(e):
+                return jnp.vdot(e, jax.jvp(grad, (flat,), (e,))[1])
+            return jax.lax.map(curvature, jnp.eye(flat.size, dtype=flat.dtype))
 
-    h = diagonal(flat)
+        h = diagonal(flat)
     return unravel(jnp.where(h > 0, 1.0 / jnp.sqrt(jnp.where(h > 0, h, 1.0)), jnp.inf))
 
 
-def laplace_covariance(potential, params: dict, max_variance: float = 1.0, min_ratio: float = 1e-12,
-                       root: bool = False):
-    """Dense covariance ``(P, P)`` of the Laplace approximation of ``exp(-potential)`` at ``params``.
-
-    The Hessian ``H`` of ``potential`` (flattened unconstrained parameters, as numpyro ravels
-    them) from one Hessian-vector product per coordinate; ``H^-1`` through its eigenvectors,
-    each eigenvalue's variance ``1 / lambda`` clipped to ``max_variance`` (directions of zero or
-    negative curvature get ``max_variance``: they are prior-dominated, e.g. a dead component's
-    parameters, and no wider than the unconstrained prior's scale) and from below to ``min_ratio``
-    times the largest, so that the matrix stays well conditioned.  ``root``: also its Cholesky factor
-    ``R`` (``R R^T`` = the covariance) and ``R^-1``, for whitened coordinates (the diagonal adapted in
-    them depends on which square root).
-    """
-    from jax.flatten_util import ravel_pytree
-
+def hessian_matrix(potential, params: dict) -> np.ndarray:
+    """The Hessian ``(P, P)`` of ``potential`` at ``params`` (flattened unconstrained parameters, as
+    numpyro ravels them), one Hessian-vector product per coordinate, symmetrised, float64."""
     flat, unravel = ravel_pytree(params)
     grad = jax.grad(lambda v: potential(unravel(v)))
 
@@ -212,7 +202,22 @@ def laplace_covariance(potential, params: dict, max_variance: float = 1.0, min_r
         return jax.lax.map(lambda e: jax.jvp(grad, (flat,), (e,))[1], jnp.eye(flat.size, dtype=flat.dtype))
 
     h = np.asarray(hessian(flat), np.float64)
-    h = 0.5 * (h + h.T)
+    return 0.5 * (h + h.T)
+
+
+def laplace_covariance(potential, params: dict, max_variance: float = 1.0, min_ratio: float = 1e-12,
+                       root: bool = False, hessian=None):
+    """Dense covariance ``(P, P)`` of the Laplace approximation of ``exp(-potential)`` at ``params``.
+
+    ``H^-1`` (``H``: :func:`hessian_matrix`, or ``hessian`` when already computed) through its
+    eigenvectors, each eigenvalue's variance ``1 / lambda`` clipped to ``max_variance`` (directions of
+    zero or negative curvature get ``max_variance``: they are prior-dominated, e.g. a dead component's
+    parameters, and no wider than the unconstrained prior's scale) and from below to ``min_ratio``
+    times the largest, so that the matrix stays well conditioned.  ``root``: also its Cholesky factor
+    ``R`` (``R R^T`` = the covariance) and ``R^-1``, for whitened coordinates (the diagonal adapted in
+    them depends on which square root).
+    """
+    h = hessian_matrix(potential, params) if hessian is None else np.asarray(hessian, np.float64)
     lam, vec = np.linalg.eigh(h)
     safe = np.where(lam > 0, lam, 1.0)
     var = np.where(lam > 0, np.minimum(1.0 / safe, max_variance), max_variance)
@@ -254,8 +259,6 @@ def _lbfgs(potential, params, max_steps: int):
     line search).  The point returned is never worse than ``params``: a non-finite or higher result
     gives ``params`` back."""
     import optax
-    from jax.flatten_util import ravel_pytree
-
     flat, unravel = ravel_pytree(params)
 
     def f(v):
@@ -390,15 +393,17 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # Chains start within the posterior's width of the start point: the Laplace sd, at most
     # init_jitter.  A fixed jitter of 0.05 is tens of posterior sds for a mean fitted on 1e5
     # snapshots: chains then fall back from far off and can land in another local mode.
-    sd = laplace_scales(functools.partial(_potential, model, model_args), init_unconstrained)
+    potential = functools.partial(_potential, model, model_args)
+    dense = config.dense_mass or config.metric == "dense"
+    # the dense metric needs the whole Hessian: computed once, its diagonal gives the scales too
+    hessian = hessian_matrix(potential, init_unconstrained) if dense else None
+    sd = laplace_scales(potential, init_unconstrained, hessian=hessian)
     scale = jax.tree_util.tree_map(lambda v: jnp.minimum(v, config.init_jitter), sd)
     init_params = _jittered(jitter_key, init_unconstrained, config.chains, scale)
     if starts is not None:  # each chain at its own optimum, with the same jitter
         init_params = jax.tree_util.tree_map(lambda s, p, c: s + (p - c[None]), starts, init_params,
                                              init_unconstrained)
     potential = functools.partial(_potential, model, model_args)
-    from jax.flatten_util import ravel_pytree
-
     centre, unravel = ravel_pytree(init_unconstrained)
     # The metric ([sampler] metric).  Dense: warmup starts in the Laplace covariance at the start point
     # and adapts from there.  Up to DENSE_ADAPTATION_MAX parameters numpyro adapts the dense matrix
@@ -412,13 +417,12 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # takes 38 steps per iteration against 104 at about the same ESS per second, and on Lorenz-63 the
     # whitened one takes 28-65 against 128 but its chains diverge (28-139 divergences) and split into
     # modes (r_hat within modes 1.24-1.27).
-    dense = config.dense_mass or config.metric == "dense"
     whiten = dense and not sharded and centre.size > DENSE_ADAPTATION_MAX
     if whiten:
-        _, chol, inverse = laplace_covariance(potential, init_unconstrained, root=True)
+        _, chol, inverse = laplace_covariance(potential, init_unconstrained, root=True, hessian=hessian)
         init_params = {"u": jax.vmap(lambda p: inverse @ (ravel_pytree(p)[0] - centre))(init_params)}
         kernel = NUTS(_whitened_model, target_accept_prob=config.target_accept,
-                      max_tree_depth=config.max_tree_depth, adapt_mass_matrix=config.adapt_mass)
+                      max_tree_depth=config.max_tree_depth)
         run_args = (model, model_args, centre, chol, unravel)
     else:
         # The first warmup window runs in the Laplace metric instead of the identity: with the identity,
@@ -426,12 +430,11 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         # (posterior sds of means ~1e-3 at 1e5 snapshots).  Diagonal: the Laplace variances, at most 1.
         inverse_mass = None
         if dense and config.laplace_metric:
-            inverse_mass = laplace_covariance(potential, init_unconstrained)
+            inverse_mass = laplace_covariance(potential, init_unconstrained, hessian=hessian)
         elif config.laplace_metric:
             inverse_mass = ravel_pytree(jax.tree_util.tree_map(lambda v: jnp.clip(v, 1e-8, 1.0) ** 2, sd))[0]
         kernel = NUTS(model, target_accept_prob=config.target_accept, inverse_mass_matrix=inverse_mass,
-                      max_tree_depth=config.max_tree_depth, dense_mass=dense,
-                      adapt_mass_matrix=config.adapt_mass)
+                      max_tree_depth=config.max_tree_depth, dense_mass=dense)
         run_args = model_args
     fields = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy")
     site_parts, extra_parts = [], []
