@@ -147,7 +147,7 @@ def metric_studies(args):
         m, k = spec.mixture, spec.mixture.components
         zeta = 1.0
         if m.coarsening == "auto":
-            terms = error_terms(z, k, part.points, part.counts, seed=coarsening_seed(jax.random.key(args.seed)))
+            terms = error_terms(z, k, part.points, part.counts, seed=coarsening_seed())
             zeta = 1.0 if needs_variance(terms, m.coarsening_bound == "score_matching") else zeta_without_variance(terms)
         elif m.coarsening != "off":
             zeta = zeta_from_alpha(float(m.coarsening), len(z))

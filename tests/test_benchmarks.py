@@ -15,6 +15,11 @@ CASES = {
                           '[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
                           '[ensemble]\\nmembers = 2\\nparticles = 20\\nsteps = 200\\nthin = 10\\nmax_lag = 5\\n'
                           '[langevin]\\nparticles = 50\\nsteps = 2000\\nburn_in = 0'],
+    "bench_interpolant.py": ["reduced_1d", "300:50:8", "--settings",
+                             '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 60\\n[mixture]\\n'
+                             'components = 3\\ncoarsening = "off"\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n'
+                             '[interpolant]\\nsteps = 50\\n[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 0\\n'
+                             'thin = 10', "--simulate"],
     "bench_coreset.py": ["--members", "4", "--cells", "100", "--iterations", "40"],
     "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],
     "bench_reproducibility.py": ["reduced_1d", "--keys", "0", "1", "--members", "4", "--cells", "60",

@@ -132,3 +132,31 @@ def test_too_few_snapshots_per_block_give_no_evidence_not_an_error():
     x = np.random.default_rng(8).normal(size=(60, 1))  # blocks of 15 snapshots for K = 10 components
     terms = error_terms(x, 10, POINTS, COUNTS, seed=0)
     assert terms == {"reference": 0, "score": (1.0, 0.0), "log density": (1.0, 0.0)}
+
+
+def test_the_coarsening_does_not_follow_the_nuts_key(monkeypatch):
+    """The same data sampled with other NUTS keys get the same error terms, so the same zeta: the
+    scikit-learn fits behind them take one fixed seed, not the key's bits."""
+    import jax
+
+    from kgmm_bayes.partition import fit_partition
+    from kgmm_bayes.spec import spec_from_dict
+    from kgmm_bayes.study import stages
+
+    seeds = []
+
+    class Stop(Exception):
+        pass
+
+    def recording(*args, seed, **kwargs):
+        seeds.append(seed)
+        raise Stop
+
+    monkeypatch.setattr(stages, "error_terms", recording)
+    x = ar1(np.random.default_rng(3), 0.5, 2000)
+    part = fit_partition(jax.random.key(0), x, 40, 2)
+    spec = spec_from_dict({"data": {"path": "unused.npy"}, "mixture": {"components": 2}})
+    for key in range(3):
+        with pytest.raises(Stop):
+            stages.sample_posterior(spec, jax.random.key(key), part, x)
+    assert seeds == [stages.COARSENING_SEED] * 3

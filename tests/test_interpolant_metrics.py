@@ -73,3 +73,43 @@ def test_score_error_and_coverage_definitions():
     lower, upper = truth - 0.1, truth + 0.1
     upper[1, 1] = 1.0  # one of four pairs outside, on the point of weight 1
     assert band_coverage(truth, lower, upper, w) == pytest.approx((2 * 2 + 1 * 1) / (3 * 2))
+
+
+def test_minibatch_training_draws_points_by_weight():
+    """Batches drawn in proportion to the weights: points of weight 0 (with wild targets) are never
+    drawn, the rest are fitted; the same key gives the same network."""
+    x = np.linspace(-2, 2, 3000)[:, None]
+    y = np.sin(2 * x)
+    w = np.exp(-x[:, 0] ** 2)
+    junk = np.arange(len(x)) % 3 == 0  # a third of the points: weight 0, target 100
+    y_all, w_all = np.where(junk[:, None], 100.0, y), np.where(junk, 0.0, w)
+    fit = lambda: fit_interpolant(jax.random.key(1), x, y_all, w_all, hidden=(32, 32), steps=2000,
+                                  learning_rate=3e-3, batch=256)
+    interp = fit()
+    pred = np.asarray(interp(jnp.asarray(x, jnp.float32)), np.float64)
+    assert weighted_score_error(pred[~junk], y[~junk], w[~junk]) < 2e-2
+    np.testing.assert_array_equal(np.asarray(fit()(jnp.asarray(x, jnp.float32))), pred)
+
+
+def test_interpolant_snapshots_leave_out_the_heldout_ones():
+    from kgmm_bayes.bayes.score import posterior_mean_score, score_draws
+    from kgmm_bayes.study.stages import HELDOUT_POINTS, heldout_indices, interpolant_snapshots
+
+    n = 3 * HELDOUT_POINTS + 7
+    z = np.arange(n, dtype=np.float64)[:, None]  # a snapshot's value is its index
+    held = heldout_indices(n)
+    assert len(held) == HELDOUT_POINTS and held[0] == 0 and held[-1] == n - 1
+    picked = interpolant_snapshots(z, 5000)[:, 0].astype(int)
+    assert len(picked) == 5000 and len(np.unique(picked)) == 5000
+    assert not np.isin(picked, held).any()
+    assert len(interpolant_snapshots(z, 10 * n)) == n - HELDOUT_POINTS  # every snapshot not held out
+    assert len(interpolant_snapshots(z, 0)) == 0
+    # the posterior-mean score in chunks: the mean of the draws' scores
+    rng = np.random.default_rng(0)
+    S, K, d = 5, 3, 2
+    weights = rng.dirichlet(np.ones(K), size=S)
+    means = rng.normal(size=(S, K, d))
+    chol = np.tile(np.eye(d), (S, K, 1, 1)) * rng.uniform(0.5, 1.5, size=(S, K, 1, 1))
+    x = rng.normal(size=(301, d))
+    np.testing.assert_allclose(posterior_mean_score(weights, means, chol, x, chunk=64),
+                               score_draws(weights, means, chol, x)[0].mean(axis=0), rtol=1e-12, atol=1e-12)

@@ -183,6 +183,22 @@ def test_without_an_interval_time_scales_are_reported_unavailable(tmp_path):
         load_spec(tmp_path / "system.toml")
 
 
+def test_an_interval_longer_than_the_correlation_identifies_no_mobility():
+    """AR(1) coordinates with lag-one correlations 0.6, -0.1 and -0.4 (64,000 snapshots: the sample
+    correlation's standard error is 0.004): only the first is resolved at this interval."""
+    from kgmm_bayes.study.dynamics import unresolved_coordinates
+
+    rng = np.random.default_rng(0)
+    members, n, phi = 16, 4000, np.array([0.6, -0.1, -0.4])
+    noise = rng.normal(size=(members, n, 3)) * np.sqrt(1 - phi**2)
+    x = np.empty((members, n, 3))
+    x[:, 0] = rng.normal(size=(members, 3))
+    for t in range(1, n):
+        x[:, t] = phi * x[:, t - 1] + noise[:, t]
+    assert unresolved_coordinates(x, 0.5) == [1, 2]
+    assert unresolved_coordinates(x[..., :1], 0.5) == []
+
+
 def test_indirect_correction_removes_the_estimators_bias_on_a_nonlinear_flow():
     # dX = -(I + J) grad U dt + sqrt(2) dW, U a double well in x: the true mobility is I + J exactly and
     # the score is known, so the only error left in E_data (the matrix-log estimator at interval 0.1) is

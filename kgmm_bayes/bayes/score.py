@@ -35,7 +35,8 @@ from .mixture import (
 __all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "mixture_fields", "ScoreCoefficients",
            "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores",
            "thin_draws", "predictive_score_fn", "predictive_drift", "field_draws", "physical_draws",
-           "summarize_log_densities", "summarize_divergences", "band_around", "posterior_mean_fields"]
+           "summarize_log_densities", "summarize_divergences", "band_around", "posterior_mean_fields",
+           "posterior_mean_score"]
 
 
 def _whitened(weights, means, cov_chol, x):
@@ -172,6 +173,14 @@ def posterior_mean_fields(weights, means, cov_chol, x, chunk: int = 2048):
         scores.append(s.mean(axis=0))
         divs.append(div.mean(axis=0))
     return np.concatenate(scores), np.concatenate(divs)
+
+
+def posterior_mean_score(weights, means, cov_chol, x, chunk: int = 2048):
+    """The posterior-mean score ``(n, d)`` of S draws at points ``x``, in chunks of points (the
+    draws' scores are never held for all points at once)."""
+    x = np.asarray(x)
+    return np.concatenate([score_draws(weights, means, cov_chol, x[i:i + chunk], chunk)[0].mean(axis=0)
+                           for i in range(0, len(x), chunk)]) if len(x) else np.zeros((0, np.shape(means)[-1]))
 
 
 def physical_draws(draws, mean, std):

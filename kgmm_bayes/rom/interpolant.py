@@ -72,18 +72,29 @@ def _init(key, sizes):
     return nnx.split(MLP(sizes, rngs=nnx.Rngs(seed)))
 
 
-def _train_loop(graphdef, params, x, y, weights, steps, learning_rate, progress):
-    """The traced training loop of one MLP (jitted by :func:`_train`, vmapped by the ensemble)."""
+def _train_loop(graphdef, params, x, y, weights, steps, learning_rate, progress, batch=0, batch_key=None):
+    """The traced training loop of one MLP (jitted by :func:`_train`, vmapped by the ensemble).
+
+    ``batch`` 0: full batch, the loss weighted by ``weights``.  Otherwise each step draws ``batch``
+    points with probabilities ``weights / sum(weights)`` (with replacement, the key
+    ``fold_in(batch_key, step)``) and takes their plain mean: the same loss in expectation.
+    """
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
     weights = weights / jnp.sum(weights)
+    cdf = jnp.cumsum(weights)
 
-    def loss_fn(p):
-        pred = nnx.merge(graphdef, p)(x)
-        return jnp.sum(weights * jnp.sum((pred - y) ** 2, axis=-1))
+    def loss_fn(p, i):
+        if not batch:
+            pred = nnx.merge(graphdef, p)(x)
+            return jnp.sum(weights * jnp.sum((pred - y) ** 2, axis=-1))
+        u = jax.random.uniform(jax.random.fold_in(batch_key, i), (batch,), dtype=cdf.dtype) * cdf[-1]
+        idx = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), x.shape[0] - 1)
+        pred = nnx.merge(graphdef, p)(x[idx])
+        return jnp.mean(jnp.sum((pred - y[idx]) ** 2, axis=-1))
 
     def step(carry, i):
         p, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(p)
+        loss, grads = jax.value_and_grad(loss_fn)(p, i)
         updates, opt_state = optimizer.update(grads, opt_state, p)
         if progress:
             tick(i + 1, max(1, steps // 100))
@@ -93,7 +104,7 @@ def _train_loop(graphdef, params, x, y, weights, steps, learning_rate, progress)
     return params, losses
 
 
-_train = partial(jax.jit, static_argnums=(0, 5, 6, 7))(_train_loop)
+_train = partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))(_train_loop)
 # S MLPs in one optax loop: parameters, targets and weights batched, points shared
 _train_ensemble = partial(jax.jit, static_argnums=(0, 5, 6))(
     lambda graphdef, params, x, y, weights, steps, learning_rate: jax.vmap(
@@ -101,17 +112,26 @@ _train_ensemble = partial(jax.jit, static_argnums=(0, 5, 6))(
 
 
 def fit_interpolant(key, points, targets, weights, hidden=(128, 64), steps: int = 3000,
-                    learning_rate: float = 3e-3, progress: bool = False) -> Interpolant:
-    """Fit the MLP to ``targets`` ``(M, d)`` at ``points`` ``(M, d)`` with ``weights`` ``(M,)``."""
+                    learning_rate: float = 3e-3, progress: bool = False, batch: int = 0) -> Interpolant:
+    """Fit the MLP to ``targets`` ``(M, d)`` at ``points`` ``(M, d)`` with ``weights`` ``(M,)``.
+
+    ``batch``: with more than this many points, each Adam step uses ``batch`` points drawn in
+    proportion to ``weights`` (the key split into the network's and the batches'); 0 or
+    ``M <= batch``: full batch, the network drawn from ``key`` itself.
+    """
     points = jnp.asarray(points, dtype=jnp.float32)
     targets = jnp.asarray(targets, dtype=jnp.float32)
     weights = jnp.asarray(weights, dtype=jnp.float32)
     d = points.shape[-1]
     sizes = (d, *[int(h) for h in hidden], targets.shape[-1])
+    batch = int(batch) if 0 < int(batch) < points.shape[0] else 0
+    batch_key = None
+    if batch:
+        key, batch_key = jax.random.split(key)
     graphdef, params = _init(key, sizes)
     with bar("training interpolant", int(steps), progress):
         params, losses = _train(graphdef, params, points, targets, weights, int(steps), float(learning_rate),
-                                bool(progress))
+                                bool(progress), batch, batch_key)
     return Interpolant(graphdef=graphdef, params=params, sizes=sizes, final_loss=float(losses[-1]))
 
 

@@ -38,7 +38,7 @@ from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin, with_mobi
 from ..rom.mobility import (fit_mobility, impulse_responses, second_moment_responses, step_responses,
                             to_physical)
 
-__all__ = ["Dynamics", "fit_dynamics", "rom_schedule", "dynamics_metrics", "dynamics_outputs", "time_scale_factor",
+__all__ = ["Dynamics", "fit_dynamics", "unresolved_coordinates", "rom_schedule", "dynamics_metrics", "dynamics_outputs", "time_scale_factor",
            "rescaled", "RESCALE_TOLERANCE", "robust_mobility", "member_mobilities", "run_in_data_time",
            "point_dynamics", "indirect_correction", "rescaled_clock", "PILOT_SUBSAMPLE", "PILOT_MIN_PARTICLES", "lagged_series", "draw_mobilities", "member_dynamics",
            "DYNAMICS_DRAWS", "MOBILITY_METHOD", "DECORRELATION_TIMES", "ENSEMBLE_ROWS_PER_LAG"]
@@ -120,6 +120,15 @@ def point_dynamics(series, interval: float, drift_fn, drift_params) -> Dynamics:
                     lags=interval * np.arange(max_lag + 1), impulse=impulse_responses(series, score, max_lag)[None],
                     second=second_moment_responses(series, score, max_lag)[None],
                     data_correlation=correlation_functions(series, max_lag), data_tau=tau, data_tau_se=tau_se)
+
+
+def unresolved_coordinates(series, interval: float) -> list:
+    """Coordinates whose lag-one autocorrelation is <= 0 in the z-scored training ``series`` (the first
+    :data:`MAX_SNAPSHOTS`): their decorrelation time is half the ``interval`` (the trapezoid rule's least,
+    :func:`~kgmm_bayes.metrics.series.decorrelation_time`), so the snapshots say only that the dynamics
+    decorrelate within one interval, not how fast; a mobility fitted to them is not identified."""
+    tau = decorrelation_time(lagged_series(series), interval)
+    return [int(i) for i in np.flatnonzero(tau <= 0.5 * interval * (1 + 1e-9))]
 
 
 def lagged_series(series) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._version import __version__
 from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
-from ..bayes.score import band_around, score_draws
+from ..bayes.score import band_around, posterior_mean_score
 from ..data.stream import StreamedData
 from ..partition import BLOCK
 from ..files import atomic_write_bytes, json_floats, npy_bytes, npz_bytes
@@ -37,7 +37,7 @@ from .checks import (
     load_user_data,
 )
 from .dynamics import (DYNAMICS_DRAWS, dynamics_metrics, dynamics_outputs, fit_dynamics, indirect_correction,
-                       run_in_data_time)
+                       run_in_data_time, unresolved_coordinates)
 from .ensemble import ensemble_stage
 from .figures import plot_dynamics, plot_marginals, plot_score, plot_score_field
 from .load import DATA_FILE, PARTITION_FILE
@@ -46,6 +46,7 @@ from .report import numerical_faults, write_report
 from .stages import (
     STAGE_SCHEMA,
     choose_components,
+    heldout_indices,
     interpolant_stage,
     langevin_stage,
     log,
@@ -152,13 +153,19 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     clock("score")
 
     log(progress, "interpolant: training")
-    interp, ikey, interp_cached = interpolant_stage(spec, out, train_key, part, fit.summary, post_key, progress)
+    interp, ikey, interp_cached = interpolant_stage(spec, out, train_key, part, fit.summary, post_key, progress,
+                                                    draws=fit.draws, z=z)
     if interp_cached:
         cached_stages.append("interpolant")
     clock("interpolant")
 
-    dynamics = None
-    if uses_mobility(spec) and data.series_length is not None:
+    dynamics, unresolved = None, []
+    if uses_mobility(spec) and data.series_length is not None and spec.langevin.mobility == "auto":
+        unresolved = unresolved_coordinates(data.train_series(z), data_interval_of(spec.data))
+        if unresolved:
+            log(progress, f"dynamics: the data decorrelate within one interval in coordinates {unresolved}: "
+                          "no mobility is identified, the model runs in Langevin time")
+    if uses_mobility(spec) and data.series_length is not None and not unresolved:
         log(progress, "dynamics: mobility and responses from the training trajectories")
         drift_fn, drift_params = model_drift(spec, interp, fit.draws)
         picks = np.linspace(0, len(fit.draws[0]) - 1, min(DYNAMICS_DRAWS, len(fit.draws[0]))).round().astype(int)
@@ -209,7 +216,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
 
     log(progress, "metrics, figures, report")
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-                           cached_stages, dynamics, members)
+                           cached_stages, dynamics, members, unresolved)
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
     if screening:
         metrics["model_selection"]["chosen_from_data"] = {
@@ -243,7 +250,7 @@ class _Evaluation(NamedTuple):
 
 
 def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-              cached_stages, dynamics=None, members=None) -> _Evaluation:
+              cached_stages, dynamics=None, members=None, unresolved=()) -> _Evaluation:
     """The model against the data (and the truth where known)."""
     rom, lg, summary = langevin.rom, spec.langevin, fit.summary
     kept = rom.kept_samples()
@@ -253,7 +260,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     else:  # reported, not hidden: the model has no stationary samples to compare
         rel_ent = np.full(z.shape[1], np.nan)
     interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
-    interp_error = interpolant_heldout_error(interp, fit.draws, z)
+    interp_error, interp_relative = interpolant_heldout_error(interp, fit.draws, z)
     interp_band = band_around(summary, interp_at_points, interp_error)
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,
@@ -269,7 +276,8 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                                                                                  part.counts),
                         # at training snapshots (the network saw only the cell centres), z-scored units: the
                         # error term of the interpolant's band (result.score(x, drift="interpolant"))
-                        "heldout_rms_error": json_floats(interp_error)},
+                        "heldout_rms_error": json_floats(interp_error),
+                        "heldout_relative_error": json_floats(interp_relative)},
         "langevin": {"particles": int(lg.particles), "escaped": rom.escaped, "non_finite": rom.non_finite,
                      "kept_samples": int(len(kept)), "drift": lg.drift,
                      "mobility": "identity" if dynamics is None else "fitted",
@@ -306,8 +314,16 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     arrays, paths = None, None
     if dynamics is None:
-        metrics["dynamics"] = {"available": False, "why": "no data interval: time scales are not available"
-                               if data_interval_of(spec.data) is None else "[langevin] mobility = 'identity'"}
+        why = "[langevin] mobility = 'identity'"
+        if data_interval_of(spec.data) is None:
+            why = "no data interval: time scales are not available"
+        elif unresolved:
+            names = [(spec.data.variables or [])[i] if i < len(spec.data.variables or []) else f"x{i}"
+                     for i in unresolved]
+            why = (f"the data's lag-one autocorrelation is <= 0 in {', '.join(names)}: the interval "
+                   f"({data_interval_of(spec.data):g}) is longer than their correlation, so no mobility is "
+                   "identified ([langevin] mobility = 'auto'; 'fitted' forces one)")
+        metrics["dynamics"] = {"available": False, "why": why}
     else:
         alive = rom.samples[:, rom.alive].astype(np.float64)  # (T, P, d) z-scored, one interval apart
         series = np.swapaxes(alive, 0, 1)
@@ -334,17 +350,16 @@ def streamed_summary(data) -> dict:
             "marginals": "binned KDE over every snapshot (relative entropy, data floor)"}
 
 
-HELDOUT_POINTS = 4096  # training snapshots at which the interpolant's error is measured
-
-
-def interpolant_heldout_error(interp, draws, z) -> np.ndarray:
-    """RMS error per coordinate (z-scored) of the interpolant against the posterior-mean score at up to
-    :data:`HELDOUT_POINTS` training snapshots, evenly spaced through the data (it was trained on the
-    cell centres only, so these are points it did not see)."""
-    pts = np.asarray(z)[np.linspace(0, len(z) - 1, min(len(z), HELDOUT_POINTS)).round().astype(int)]
-    scores, _ = score_draws(*draws, pts)
-    error = np.asarray(interp(jnp.asarray(pts, jnp.float32)), np.float64) - scores.mean(axis=0)
-    return np.sqrt(np.mean(error**2, axis=0))
+def interpolant_heldout_error(interp, draws, z):
+    """``(rms (d,), relative)``: the interpolant's RMS error per coordinate (z-scored) against the
+    posterior-mean score at up to :data:`~kgmm_bayes.study.stages.HELDOUT_POINTS` training snapshots,
+    evenly spaced through the data (:func:`~kgmm_bayes.study.stages.heldout_indices`: the network never
+    trains on them), and its squared norm relative to the score's, ``sum |f - s|^2 / sum |s|^2`` (the
+    measure of ``relative_error_vs_posterior_mean`` at the cells)."""
+    pts = np.asarray(z)[heldout_indices(len(z))]
+    target = posterior_mean_score(*draws, pts)
+    error = np.asarray(interp(jnp.asarray(pts, jnp.float32)), np.float64) - target
+    return np.sqrt(np.mean(error**2, axis=0)), float(np.sum(error**2) / max(np.sum(target**2), 1e-300))
 
 
 def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation):
