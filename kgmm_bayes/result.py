@@ -207,8 +207,8 @@ class BayesianKGMM(NamedTuple):
 
         path = None if self.out_dir is None else os.path.join(self.out_dir, "responses.npz")
         if path is None or not os.path.exists(path):
-            raise InputError("this result has no responses.npz: the data's time was not known ([data] interval) "
-                             "or the model ran with [langevin] mobility = 'identity'")
+            raise InputError("this result has no responses.npz: the data's time was not known ([data] interval), "
+                             "did not resolve the data's correlation, or [langevin] mobility = 'identity'")
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
 
@@ -361,7 +361,8 @@ class BayesianKGMM(NamedTuple):
             if mobility != "fitted":
                 raise InputError(f"mobility must be None, 'fitted' or a (d, d) array, got {mobility!r}")
             if not dyn.get("available"):
-                raise InputError("mobility='fitted': this result has no fitted mobility (no data interval)")
+                raise InputError("mobility='fitted': this result has no fitted mobility: "
+                                 + dyn.get("why", "no data interval"))
             mobility = dyn["mobility"]
         phi = np.asarray(mobility, np.float64)
         if phi.shape != (d, d) or not np.all(np.isfinite(phi)):

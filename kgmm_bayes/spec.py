@@ -119,7 +119,8 @@ class LangevinSection(NamedTuple):
     burn_in: int = 2000
     thin: int = 200  # 1 time unit at dt = 0.005: snapshots nearly independent
     box: float = 10.0  # z-scored units
-    # "auto": "fitted" when the data's interval is known, else "identity"; "fitted": dx = Phi s dt + Sigma dW
+    # "auto": "fitted" when the data's interval is known and resolves their correlation (every coordinate's
+    # lag-one autocorrelation > 0), else "identity"; "fitted": dx = Phi s dt + Sigma dW
     # with Phi fitted from the data's lagged statistics (kgmm_bayes.rom.mobility), time in the data's units
     mobility: str = "auto"
 
@@ -307,7 +308,9 @@ def data_interval_of(data: DataSection) -> Optional[float]:
 
 
 def uses_mobility(spec: "Spec") -> bool:
-    """Whether the reduced-order model runs with a fitted mobility, in the data's time."""
+    """Whether the reduced-order model may run with a fitted mobility, in the data's time: with
+    ``"auto"`` the study still keeps Langevin time where the data decorrelate within one interval
+    (:func:`kgmm_bayes.study.dynamics.unresolved_coordinates`)."""
     mode = spec.langevin.mobility
     return mode == "fitted" or (mode == "auto" and data_interval_of(spec.data) is not None)
 

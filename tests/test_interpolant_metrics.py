@@ -75,9 +75,14 @@ def test_score_error_and_coverage_definitions():
     assert band_coverage(truth, lower, upper, w) == pytest.approx((2 * 2 + 1 * 1) / (3 * 2))
 
 
-def test_minibatch_training_draws_points_by_weight():
+def test_minibatch_training_draws_points_by_weight(monkeypatch):
     """Batches drawn in proportion to the weights: points of weight 0 (with wild targets) are never
-    drawn, the rest are fitted; the same key gives the same network."""
+    drawn (their running sum is flat), the rest are fitted; the same key gives the same network."""
+    from kgmm_bayes.rom import interpolant as module
+
+    calls = []
+    train = module._train
+    monkeypatch.setattr(module, "_train", lambda *a: calls.append(a[8:]) or train(*a))
     x = np.linspace(-2, 2, 3000)[:, None]
     y = np.sin(2 * x)
     w = np.exp(-x[:, 0] ** 2)
@@ -89,21 +94,30 @@ def test_minibatch_training_draws_points_by_weight():
     pred = np.asarray(interp(jnp.asarray(x, jnp.float32)), np.float64)
     assert weighted_score_error(pred[~junk], y[~junk], w[~junk]) < 2e-2
     np.testing.assert_array_equal(np.asarray(fit()(jnp.asarray(x, jnp.float32))), pred)
+    assert [c[0] for c in calls] == [256, 256]  # the batched loop ran
+    cdf = np.asarray(calls[0][2])
+    assert np.all(np.diff(cdf) >= 0) and cdf[-1] == 1.0
+    assert np.all(np.diff(np.concatenate([[0.0], cdf]))[junk] == 0)  # weight 0: never drawn
 
 
 def test_interpolant_snapshots_leave_out_the_heldout_ones():
     from kgmm_bayes.bayes.score import posterior_mean_score, score_draws
-    from kgmm_bayes.study.stages import HELDOUT_POINTS, heldout_indices, interpolant_snapshots
+    from kgmm_bayes.study.stages import HELDOUT_POINTS, _heldout_blocks, heldout_indices, interpolant_snapshots
 
-    n = 3 * HELDOUT_POINTS + 7
+    n = 64 * HELDOUT_POINTS // 4 + 7  # held-out blocks of about HELDOUT_POINTS / 2 snapshots each
     z = np.arange(n, dtype=np.float64)[:, None]  # a snapshot's value is its index
+    blocks = _heldout_blocks(n)
+    assert abs(len(blocks) - n / 8) <= 8 and len(np.unique(blocks)) == len(blocks)
     held = heldout_indices(n)
-    assert len(held) == HELDOUT_POINTS and held[0] == 0 and held[-1] == n - 1
+    assert len(held) == HELDOUT_POINTS and np.isin(held, blocks).all()
+    assert held.min() < n / 8 and held.max() > 7 * n / 8  # spread through the data
     picked = interpolant_snapshots(z, 5000)[:, 0].astype(int)
     assert len(picked) == 5000 and len(np.unique(picked)) == 5000
-    assert not np.isin(picked, held).any()
-    assert len(interpolant_snapshots(z, 10 * n)) == n - HELDOUT_POINTS  # every snapshot not held out
+    assert not np.isin(picked, blocks).any()
+    assert len(interpolant_snapshots(z, 10 * n)) == n - len(blocks)  # every snapshot outside the blocks
     assert len(interpolant_snapshots(z, 0)) == 0
+    small = heldout_indices(50)  # fewer snapshots than blocks: still some held out, none picked
+    assert 0 < len(small) and not np.isin(interpolant_snapshots(z[:50], 50)[:, 0], small).any()
     # the posterior-mean score in chunks: the mean of the draws' scores
     rng = np.random.default_rng(0)
     S, K, d = 5, 3, 2
@@ -113,3 +127,28 @@ def test_interpolant_snapshots_leave_out_the_heldout_ones():
     x = rng.normal(size=(301, d))
     np.testing.assert_allclose(posterior_mean_score(weights, means, chol, x, chunk=64),
                                score_draws(weights, means, chol, x)[0].mean(axis=0), rtol=1e-12, atol=1e-12)
+
+
+def test_training_set_gives_cells_and_snapshots_half_the_loss_each():
+    from types import SimpleNamespace
+
+    from kgmm_bayes.bayes.score import posterior_mean_score
+    from kgmm_bayes.spec import spec_from_dict
+    from kgmm_bayes.study.stages import interpolant_snapshots, interpolant_training_set
+
+    rng = np.random.default_rng(4)
+    S, K, d = 3, 2, 2
+    draws = (rng.dirichlet(np.ones(K), size=S), rng.normal(size=(S, K, d)), np.tile(np.eye(d), (S, K, 1, 1)))
+    z = rng.normal(size=(5000, d))
+    part = SimpleNamespace(points=rng.normal(size=(40, d)), counts=rng.integers(1, 200, size=40).astype(float))
+    summary = SimpleNamespace(mean=posterior_mean_score(*draws, part.points))
+    spec = spec_from_dict({"data": {"path": "unused.npy"}, "interpolant": {"snapshots": 700}})
+    points, targets, weights = interpolant_training_set(spec, part, summary, draws, z)
+    assert points.shape == (740, d) and targets.shape == (740, d)
+    np.testing.assert_allclose([weights[:40].sum(), weights[40:].sum()], [1.0, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(weights[:40], part.counts / part.counts.sum(), rtol=1e-12)
+    np.testing.assert_array_equal(points[40:], interpolant_snapshots(z, 700))
+    np.testing.assert_allclose(targets[40:], posterior_mean_score(*draws, points[40:]), rtol=1e-12)
+    none = spec_from_dict({"data": {"path": "unused.npy"}})  # the default: the cells alone, as before
+    cells = interpolant_training_set(none, part, summary, draws, z)
+    assert cells[0] is part.points and cells[2] is part.counts

@@ -72,22 +72,24 @@ def _init(key, sizes):
     return nnx.split(MLP(sizes, rngs=nnx.Rngs(seed)))
 
 
-def _train_loop(graphdef, params, x, y, weights, steps, learning_rate, progress, batch=0, batch_key=None):
+def _train_loop(graphdef, params, x, y, weights, steps, learning_rate, progress, batch=0, batch_key=None,
+                cdf=None):
     """The traced training loop of one MLP (jitted by :func:`_train`, vmapped by the ensemble).
 
     ``batch`` 0: full batch, the loss weighted by ``weights``.  Otherwise each step draws ``batch``
     points with probabilities ``weights / sum(weights)`` (with replacement, the key
-    ``fold_in(batch_key, step)``) and takes their plain mean: the same loss in expectation.
+    ``fold_in(batch_key, step)``) and takes their plain mean: the same loss in expectation.  ``cdf``:
+    the weights' normalised running sum, made on the host in float64 (:func:`_batch_cdf`), so it never
+    decreases and a point of weight 0 is never drawn.
     """
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01))
     weights = weights / jnp.sum(weights)
-    cdf = jnp.cumsum(weights)
 
     def loss_fn(p, i):
         if not batch:
             pred = nnx.merge(graphdef, p)(x)
             return jnp.sum(weights * jnp.sum((pred - y) ** 2, axis=-1))
-        u = jax.random.uniform(jax.random.fold_in(batch_key, i), (batch,), dtype=cdf.dtype) * cdf[-1]
+        u = jax.random.uniform(jax.random.fold_in(batch_key, i), (batch,), dtype=cdf.dtype)  # [0, 1)
         idx = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), x.shape[0] - 1)
         pred = nnx.merge(graphdef, p)(x[idx])
         return jnp.mean(jnp.sum((pred - y[idx]) ** 2, axis=-1))
@@ -105,6 +107,13 @@ def _train_loop(graphdef, params, x, y, weights, steps, learning_rate, progress,
 
 
 _train = partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))(_train_loop)
+
+
+def _batch_cdf(weights) -> np.ndarray:
+    """``cumsum(w) / sum(w)`` in float64, last entry exactly 1, then float32: rounding keeps it
+    non-decreasing and keeps the steps of weight-0 points flat."""
+    cdf = np.cumsum(np.asarray(weights, np.float64))
+    return (cdf / cdf[-1]).astype(np.float32)
 # S MLPs in one optax loop: parameters, targets and weights batched, points shared
 _train_ensemble = partial(jax.jit, static_argnums=(0, 5, 6))(
     lambda graphdef, params, x, y, weights, steps, learning_rate: jax.vmap(
@@ -125,14 +134,19 @@ def fit_interpolant(key, points, targets, weights, hidden=(128, 64), steps: int 
     d = points.shape[-1]
     sizes = (d, *[int(h) for h in hidden], targets.shape[-1])
     batch = int(batch) if 0 < int(batch) < points.shape[0] else 0
-    batch_key = None
+    batch_key = cdf = None
     if batch:
         key, batch_key = jax.random.split(key)
+        cdf = jnp.asarray(_batch_cdf(weights))
     graphdef, params = _init(key, sizes)
     with bar("training interpolant", int(steps), progress):
         params, losses = _train(graphdef, params, points, targets, weights, int(steps), float(learning_rate),
-                                bool(progress), batch, batch_key)
-    return Interpolant(graphdef=graphdef, params=params, sizes=sizes, final_loss=float(losses[-1]))
+                                bool(progress), batch, batch_key, cdf)
+    final = float(losses[-1])
+    if batch:  # the last batch's loss is noisy: the weighted loss over every point instead
+        pred = nnx.merge(graphdef, params)(points)
+        final = float(jnp.sum(weights * jnp.sum((pred - targets) ** 2, axis=-1)) / jnp.sum(weights))
+    return Interpolant(graphdef=graphdef, params=params, sizes=sizes, final_loss=final)
 
 
 def fit_interpolant_ensemble(keys, points, targets, weights, hidden=(128, 64), steps: int = 3000,

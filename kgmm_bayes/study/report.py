@@ -155,8 +155,8 @@ def write_report(path, spec, metrics: dict) -> None:
         f"{_fmt(metrics['interpolant']['relative_error_vs_posterior_mean'])}; RMS error at training snapshots it "
         f"did not see {', '.join(_fmt(v) for v in metrics['interpolant'].get('heldout_rms_error', []))} "
         "(z-scored units; added to the band of the interpolant's score)"
-        + (f", relative error there {_fmt(metrics['interpolant']['heldout_relative_error'])}"
-           if "heldout_relative_error" in metrics["interpolant"] else ""),
+        + (f", relative RMS error there {_fmt(metrics['interpolant']['heldout_relative_rms_error'])}"
+           if "heldout_relative_rms_error" in metrics["interpolant"] else ""),
         f"- Drift: {metrics['langevin']['drift']}; particles that left the box: {metrics['langevin']['escaped']}, "
         f"non-finite: {metrics['langevin']['non_finite']}; dt x max |drift Jacobian eigenvalue| = "
         f"{_fmt(metrics['langevin']['dt_times_max_jacobian_eigenvalue'])} (Euler-Maruyama unstable above 2)",

@@ -274,10 +274,12 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
         "interpolant": {"final_loss": interp.final_loss,
                         "relative_error_vs_posterior_mean": weighted_score_error(interp_at_points, summary.mean,
                                                                                  part.counts),
-                        # at training snapshots (the network saw only the cell centres), z-scored units: the
+                        # at held-out training snapshots (never trained on), z-scored units: the
                         # error term of the interpolant's band (result.score(x, drift="interpolant"))
                         "heldout_rms_error": json_floats(interp_error),
-                        "heldout_relative_error": json_floats(interp_relative)},
+                        # sqrt(sum |f - s|^2 / sum |s|^2) there (relative_error_vs_posterior_mean is the
+                        # count-weighted ratio at the cells, not its square root)
+                        "heldout_relative_rms_error": json_floats(interp_relative)},
         "langevin": {"particles": int(lg.particles), "escaped": rom.escaped, "non_finite": rom.non_finite,
                      "kept_samples": int(len(kept)), "drift": lg.drift,
                      "mobility": "identity" if dynamics is None else "fitted",
@@ -346,20 +348,20 @@ def streamed_summary(data) -> dict:
             "in_memory_sample": {"train_series": list(stream.train_sample.shape[:2]),
                                  "reference_series": list(stream.reference_sample.shape[:2]),
                                  "used_by": "time-ordered statistics (mobility, responses), the coarsening's "
-                                            "error terms, held-out checks of the interpolant, figures, ensemble"},
+                                            "error terms, the interpolant's training snapshots and held-out "
+                                            "checks, figures, ensemble"},
             "marginals": "binned KDE over every snapshot (relative entropy, data floor)"}
 
 
 def interpolant_heldout_error(interp, draws, z):
     """``(rms (d,), relative)``: the interpolant's RMS error per coordinate (z-scored) against the
-    posterior-mean score at up to :data:`~kgmm_bayes.study.stages.HELDOUT_POINTS` training snapshots,
-    evenly spaced through the data (:func:`~kgmm_bayes.study.stages.heldout_indices`: the network never
-    trains on them), and its squared norm relative to the score's, ``sum |f - s|^2 / sum |s|^2`` (the
-    measure of ``relative_error_vs_posterior_mean`` at the cells)."""
+    posterior-mean score at up to :data:`~kgmm_bayes.study.stages.HELDOUT_POINTS` training snapshots of
+    the held-out blocks (:func:`~kgmm_bayes.study.stages.heldout_indices`: the network never trains on
+    them), and the relative RMS error there, ``sqrt(sum |f - s|^2 / sum |s|^2)``."""
     pts = np.asarray(z)[heldout_indices(len(z))]
     target = posterior_mean_score(*draws, pts)
     error = np.asarray(interp(jnp.asarray(pts, jnp.float32)), np.float64) - target
-    return np.sqrt(np.mean(error**2, axis=0)), float(np.sum(error**2) / max(np.sum(target**2), 1e-300))
+    return np.sqrt(np.mean(error**2, axis=0)), float(np.sqrt(np.sum(error**2) / max(np.sum(target**2), 1e-300)))
 
 
 def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation):

@@ -360,31 +360,48 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
 
 # ---------------------------------------------------------------- interpolant
 HELDOUT_POINTS = 4096  # training snapshots at which the interpolant's error is measured
+HELDOUT_BLOCKS = (64, 8)  # ... taken from every 8th of 64 contiguous blocks of the training snapshots
+
+
+def _heldout_blocks(n: int) -> np.ndarray:
+    """Every index of the held-out blocks: blocks 4, 12, 20, ... of :data:`HELDOUT_BLOCKS`' 64
+    contiguous pieces of ``range(n)`` (an eighth of the snapshots, spread through the data)."""
+    blocks, every = HELDOUT_BLOCKS
+    edges = np.linspace(0, n, blocks + 1).round().astype(int)
+    return np.concatenate([np.arange(edges[b], edges[b + 1]) for b in range(every // 2, blocks, every)])
 
 
 def heldout_indices(n: int) -> np.ndarray:
-    """Indices of the :data:`HELDOUT_POINTS` training snapshots (evenly spaced through the data) at
-    which the interpolant's error is measured; the network never trains on them."""
-    return np.unique(np.linspace(0, n - 1, min(n, HELDOUT_POINTS)).round().astype(int))
+    """Indices of the (up to) :data:`HELDOUT_POINTS` training snapshots at which the interpolant's error
+    is measured: evenly spaced through the held-out blocks (:func:`_heldout_blocks`), contiguous pieces
+    of the time series that the network never trains on, so that no training snapshot is a near
+    neighbour in time of a held-out one except at a block's two ends."""
+    held = _heldout_blocks(n)
+    if len(held) == 0:  # fewer than 64 snapshots: every 8th one
+        held = np.arange(HELDOUT_BLOCKS[1] // 2, n, HELDOUT_BLOCKS[1])
+    return held[np.unique(np.linspace(0, len(held) - 1, min(len(held), HELDOUT_POINTS)).round().astype(int))] \
+        if len(held) else held
 
 
 def interpolant_snapshots(z, count: int) -> np.ndarray:
-    """Up to ``count`` training snapshots for the interpolant, evenly spaced through ``z``, none of
-    :func:`heldout_indices`."""
+    """Up to ``count`` training snapshots for the interpolant, evenly spaced through ``z`` outside the
+    held-out blocks (:func:`heldout_indices`)."""
     z = np.asarray(z)
     if count <= 0 or len(z) == 0:
         return z[:0]
-    free = np.setdiff1d(np.arange(len(z)), heldout_indices(len(z)), assume_unique=True)
+    held = _heldout_blocks(len(z))
+    held = held if len(held) else heldout_indices(len(z))
+    free = np.setdiff1d(np.arange(len(z)), held, assume_unique=True)
     return z[free[np.linspace(0, len(free) - 1, min(len(free), count)).round().astype(int)]] if len(free) else z[:0]
 
 
-def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary, draws=None, z=None):
+def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary, draws, z):
     """``(points, targets, weights)``: the cell centres with the posterior-mean score, weighted by their
     counts, and ``[interpolant] snapshots`` training snapshots with the posterior-mean score there
     (closed form over the same draws), each snapshot's weight ``1 / snapshots``: cells and snapshots
     carry half the loss each, both estimates of the mean squared error over the data."""
     counts = np.asarray(part.counts, np.float64)
-    snaps = interpolant_snapshots(z, spec.interpolant.snapshots) if z is not None else np.zeros((0, 0))
+    snaps = interpolant_snapshots(z, spec.interpolant.snapshots)
     if len(snaps) == 0:
         return part.points, summary.mean, part.counts
     targets = posterior_mean_score(*draws, snaps)
@@ -393,7 +410,7 @@ def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary,
 
 
 def interpolant_stage(spec: Spec, out, key, part: Partition, summary: ScoreSummary, upstream, progress,
-                      draws=None, z=None):
+                      draws, z):
     """``(interpolant, stage key, read from the cache)``: the network fitted to the posterior-mean score
     at the cell centres and (``[interpolant] snapshots``) at training snapshots ``z`` (``draws``: the
     posterior draws the summary came from)."""
