@@ -106,7 +106,7 @@ class InterpolantSection(NamedTuple):
     steps: int = 4000
     learning_rate: float = 3e-3
     # training snapshots the network also learns from, with the posterior-mean score there in closed form
-    # (evenly spaced, none of those its held-out error is measured at); 0: the cell centres alone
+    # (evenly spaced outside the held-out blocks, an eighth of the series); 0: the cell centres alone
     snapshots: int = 0
     batch: int = 2048  # with snapshots: points per Adam step (drawn by weight) once there are more than this
 

@@ -359,6 +359,8 @@ def interpolant_heldout_error(interp, draws, z):
     the held-out blocks (:func:`~kgmm_bayes.study.stages.heldout_indices`: the network never trains on
     them), and the relative RMS error there, ``sqrt(sum |f - s|^2 / sum |s|^2)``."""
     pts = np.asarray(z)[heldout_indices(len(z))]
+    if len(pts) == 0:  # nothing held out (a handful of snapshots): no measure, not a perfect one
+        return np.full(np.shape(z)[-1], np.nan), float("nan")
     target = posterior_mean_score(*draws, pts)
     error = np.asarray(interp(jnp.asarray(pts, jnp.float32)), np.float64) - target
     return np.sqrt(np.mean(error**2, axis=0)), float(np.sqrt(np.sum(error**2) / max(np.sum(target**2), 1e-300)))

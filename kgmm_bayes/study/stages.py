@@ -84,8 +84,9 @@ __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare
 # SHA-256 of their arrays; the posterior stage holds its coarsening. 4: the coarsening's error
 # estimate has the held-out score-matching gap. 6: MAP searches polished by L-BFGS; one posterior
 # where zeta needs no standard posterior. 7: the coarsening's scikit-learn seed no longer follows the
-# NUTS key).
-STAGE_SCHEMA = 7
+# NUTS key. 8: the interpolant's snapshots come from outside held-out blocks, batches from a float64
+# running sum).
+STAGE_SCHEMA = 8
 GAP_DRAWS = 64  # posterior draws whose mean score the score-matching gap is measured for
 
 
@@ -377,7 +378,7 @@ def heldout_indices(n: int) -> np.ndarray:
     of the time series that the network never trains on, so that no training snapshot is a near
     neighbour in time of a held-out one except at a block's two ends."""
     held = _heldout_blocks(n)
-    if len(held) == 0:  # fewer than 64 snapshots: every 8th one
+    if len(held) == 0:  # a few dozen snapshots or fewer, where rounding left the blocks empty: every 8th one
         held = np.arange(HELDOUT_BLOCKS[1] // 2, n, HELDOUT_BLOCKS[1])
     return held[np.unique(np.linspace(0, len(held) - 1, min(len(held), HELDOUT_POINTS)).round().astype(int))] \
         if len(held) else held
@@ -385,7 +386,7 @@ def heldout_indices(n: int) -> np.ndarray:
 
 def interpolant_snapshots(z, count: int) -> np.ndarray:
     """Up to ``count`` training snapshots for the interpolant, evenly spaced through ``z`` outside the
-    held-out blocks (:func:`heldout_indices`)."""
+    held-out blocks (:func:`_heldout_blocks`; with none, outside :func:`heldout_indices`)."""
     z = np.asarray(z)
     if count <= 0 or len(z) == 0:
         return z[:0]
