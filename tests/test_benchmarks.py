@@ -38,7 +38,8 @@ def test_every_benchmark_is_listed():
     assert sorted(p.name for p in BENCH.glob("bench_*.py")) == sorted(CASES)
 
 
-SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_user_calibration.py", "bench_scale.py")  # about 40-50 s each: `-m slow`
+SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_user_calibration.py", "bench_scale.py",
+        "bench_interpolant.py")  # about 40-60 s each: `-m slow`
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(CASES)])
