@@ -171,23 +171,14 @@ def laplace_scales(potential, params: dict, hessian=None) -> dict:
     """Per-coordinate sd of the Laplace approximation of ``exp(-potential)`` at ``params``.
 
     ``1 / sqrt(H_ii)`` with ``H`` the Hessian of ``potential`` (a function of the pytree
-    ``params``), its diagonal from one Hessian-vector product per coordinate (``lax.map``);
-    ``inf`` where the curvature is not positive.  ``hessian``: the full matrix
-    (:func:`hessian_matrix`), when already computed.
+    ``params``): the diagonal of :func:`hessian_matrix` (``hessian``, when already computed; a
+    diagonal alone would cost the same Hessian-vector products); ``inf`` where the curvature is
+    not positive.
     """
     flat, unravel = ravel_pytree(params)
-    if hessian is not None:
-        h = jnp.diagonal(jnp.asarray(hessian))
-    else:
-        grad = jax.grad(lambda v: potential(unravel(v)))
-
-        @jax.jit
-        def diagonal(flat):
-            def curvature(e):
-                return jnp.vdot(e, jax.jvp(grad, (flat,), (e,))[1])
-            return jax.lax.map(curvature, jnp.eye(flat.size, dtype=flat.dtype))
-
-        h = diagonal(flat)
+    if hessian is None:
+        hessian = hessian_matrix(potential, params)
+    h = jnp.diagonal(jnp.asarray(hessian))
     return unravel(jnp.where(h > 0, 1.0 / jnp.sqrt(jnp.where(h > 0, h, 1.0)), jnp.inf))
 
 
@@ -403,7 +394,6 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     if starts is not None:  # each chain at its own optimum, with the same jitter
         init_params = jax.tree_util.tree_map(lambda s, p, c: s + (p - c[None]), starts, init_params,
                                              init_unconstrained)
-    potential = functools.partial(_potential, model, model_args)
     centre, unravel = ravel_pytree(init_unconstrained)
     # The metric ([sampler] metric).  Dense: warmup starts in the Laplace covariance at the start point
     # and adapts from there.  Up to DENSE_ADAPTATION_MAX parameters numpyro adapts the dense matrix

@@ -109,6 +109,12 @@ def _train_loop(graphdef, params, x, y, weights, steps, learning_rate, progress,
 _train = partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))(_train_loop)
 
 
+# S MLPs in one optax loop: parameters, targets and weights batched, points shared
+_train_ensemble = partial(jax.jit, static_argnums=(0, 5, 6))(
+    lambda graphdef, params, x, y, weights, steps, learning_rate: jax.vmap(
+        lambda p, t, w: _train_loop(graphdef, p, x, t, w, steps, learning_rate, False))(params, y, weights))
+
+
 FINAL_LOSS_CHUNK = 65536  # points per forward pass of the batched fit's final loss
 
 
@@ -118,10 +124,6 @@ def _batch_cdf(weights) -> np.ndarray:
     about its probability (float32 would round it by up to a quarter)."""
     cdf = np.cumsum(np.asarray(weights, np.float64))
     return cdf / cdf[-1]
-# S MLPs in one optax loop: parameters, targets and weights batched, points shared
-_train_ensemble = partial(jax.jit, static_argnums=(0, 5, 6))(
-    lambda graphdef, params, x, y, weights, steps, learning_rate: jax.vmap(
-        lambda p, t, w: _train_loop(graphdef, p, x, t, w, steps, learning_rate, False))(params, y, weights))
 
 
 def fit_interpolant(key, points, targets, weights, hidden=(128, 64), steps: int = 3000,

@@ -160,20 +160,22 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     clock("interpolant")
 
     dynamics, unresolved = None, []
-    if uses_mobility(spec) and data.series_length is not None and spec.langevin.mobility == "auto":
-        unresolved = unresolved_coordinates(data.train_series(z), data_interval_of(spec.data))
+    if uses_mobility(spec) and data.series_length is not None:
+        series, interval = data.train_series(z), data_interval_of(spec.data)
+        if spec.langevin.mobility == "auto":
+            unresolved = unresolved_coordinates(series, interval)
         if unresolved:
             log(progress, f"dynamics: the data decorrelate within one interval in coordinates {unresolved}: "
                           "no mobility is identified, the model runs in Langevin time")
-    if uses_mobility(spec) and data.series_length is not None and not unresolved:
-        log(progress, "dynamics: mobility and responses from the training trajectories")
-        drift_fn, drift_params = model_drift(spec, interp, fit.draws)
-        picks = np.linspace(0, len(fit.draws[0]) - 1, min(DYNAMICS_DRAWS, len(fit.draws[0]))).round().astype(int)
-        dynamics = fit_dynamics(data.train_series(z), data_interval_of(spec.data), drift_fn, drift_params,
-                                tuple(np.asarray(a)[picks] for a in fit.draws), key=jax.random.fold_in(langevin_key, 2))
-        dynamics = indirect_correction(dynamics, jax.random.fold_in(langevin_key, 3), data.train_series(z), drift_fn,
-                                       drift_params, spec.langevin, part.points)
-        clock("dynamics")
+        else:
+            log(progress, "dynamics: mobility and responses from the training trajectories")
+            drift_fn, drift_params = model_drift(spec, interp, fit.draws)
+            picks = np.linspace(0, len(fit.draws[0]) - 1, min(DYNAMICS_DRAWS, len(fit.draws[0]))).round().astype(int)
+            dynamics = fit_dynamics(series, interval, drift_fn, drift_params,
+                                    tuple(np.asarray(a)[picks] for a in fit.draws), key=jax.random.fold_in(langevin_key, 2))
+            dynamics = indirect_correction(dynamics, jax.random.fold_in(langevin_key, 3), series, drift_fn,
+                                           drift_params, spec.langevin, part.points)
+            clock("dynamics")
 
     lg = spec.langevin
     log(progress, f"langevin: {lg.particles} particles (drift: {lg.drift}"
