@@ -45,6 +45,15 @@ def relative_rms(pred, target, weights=None):
     return float(np.sqrt(np.sum(w[:, None] * (pred - target) ** 2) / np.sum(w[:, None] * target**2)))
 
 
+def study_result(target: str, settings: str, prefix: str):
+    """A finished study's folder loaded, or a study (name or spec file) run first into a temporary
+    folder with ``settings`` (TOML, ``\\n`` for newlines) overriding its sections."""
+    if os.path.isdir(target):
+        return load_result(target)
+    overrides = tomllib.loads(settings.replace("\\n", "\n")) if settings else None
+    return run_study(load_spec(target, overrides), tempfile.mkdtemp(prefix=prefix))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="a study's output folder, or a study name / spec to run first")
@@ -54,11 +63,7 @@ def main():
     parser.add_argument("--settings", default="", help="spec sections overriding a study run first (TOML, \\n)")
     args = parser.parse_args()
 
-    if os.path.isdir(args.folder):
-        res = load_result(args.folder)
-    else:
-        overrides = tomllib.loads(args.settings.replace("\\n", "\n")) if args.settings else None
-        res = run_study(load_spec(args.folder, overrides), tempfile.mkdtemp(prefix="bench-interpolant-"))
+    res = study_result(args.folder, args.settings, "bench-interpolant-")
     spec, itp = res.spec, res.spec.interpolant
     z = res.zscore.forward(res.data.train)
     held = z[heldout_indices(len(z))]

@@ -20,6 +20,10 @@ CASES = {
                              'components = 3\\ncoarsening = "off"\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n'
                              '[interpolant]\\nsteps = 50\\n[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 0\\n'
                              'thin = 10', "--simulate"],
+    "bench_floor.py": ["reduced_1d", "--factor", "2", "--settings",
+                       '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 60\\n[mixture]\\ncomponents = 3\\n'
+                       'coarsening = "off"\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
+                       '[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 0\\nthin = 10'],
     "bench_coreset.py": ["--members", "4", "--cells", "100", "--iterations", "40"],
     "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],
     "bench_reproducibility.py": ["reduced_1d", "--keys", "0", "1", "--members", "4", "--cells", "60",
@@ -39,7 +43,7 @@ def test_every_benchmark_is_listed():
 
 
 SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_user_calibration.py", "bench_scale.py",
-        "bench_interpolant.py")  # about 40-60 s each: `-m slow`
+        "bench_interpolant.py", "bench_floor.py")  # about 30-60 s each: `-m slow`
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(CASES)])
