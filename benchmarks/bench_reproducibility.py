@@ -64,32 +64,39 @@ def study_partition(spec):
     return data, z, part
 
 
-def run(spec, keys):
+def run(spec, keys, save=None):
     data, z, part = study_partition(spec)
     probes = probe_points(part.points, part.counts)
-    rows, summaries = [], []
+    rows, summaries, saved = [], [], {}
     for key in keys:
         start = time.perf_counter()
         post, coarsening = sample_posterior(spec, jax.random.key(key), part, z)
         wall = time.perf_counter() - start
         idata = to_inference_data(post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances)
-        conv = convergence_summary(idata)
+        conv = convergence_summary(idata, chains_as_units=spec.sampler.chain_starts == "distinct")
         draws = thin_draws(post, spec.score.max_draws, chain_weights=stacked_weights(conv))
         scores, logps = score_draws(*draws, probes)
         summaries.append(summarize_scores(scores, logps, spec.score.band))
+        if save:  # every chain's scores at the probes (all its draws), for other combinations offline
+            chains = post.weights.shape[0]
+            saved[f"key{key}_chain_scores"] = np.stack([score_draws(post.weights[c], post.means[c], post.cov_chol[c],
+                                                                    probes)[0] for c in range(chains)])
+            saved[f"key{key}_chain_weights"] = np.asarray(stacked_weights(conv) if stacked_weights(conv) is not None
+                                                          else np.full(chains, 1.0 / chains))
         modes = conv.get("chain_modes", {})
         weights = modes.get("chain_weights", [])
         mode_text = "; ".join(f"{m} w {sum(weights[c] for c in m):.2f} r_hat {_num(r)}"
                               for m, r in zip(modes.get("modes", []), modes.get("mode_r_hat", [])))
         rows.append((key, wall, coarsening.zeta, _num(conv["max_r_hat"]), _num(conv.get("max_mode_r_hat")),
-                     mode_text, conv["divergences"]))
-    worst = (0.0, None, None)
+                     mode_text, conv["divergences"], _num(modes.get("max_pareto_k")), len(conv["warnings"])))
+    if save:
+        np.savez(save, probes=probes, keys=np.asarray(keys), **saved)
+    pairs = []  # (ratio, keys, probe) for every pair of keys
     for (i, a), (j, b) in itertools.combinations(enumerate(summaries), 2):
         width = 0.5 * ((a.upper - a.lower) + (b.upper - b.lower))
         ratio = np.abs(a.mean - b.mean) / width
-        if ratio.max() > worst[0]:
-            worst = (float(ratio.max()), (keys[i], keys[j]), int(np.unravel_index(np.argmax(ratio), ratio.shape)[0]))
-    return rows, worst
+        pairs.append((float(ratio.max()), (keys[i], keys[j]), int(np.unravel_index(np.argmax(ratio), ratio.shape)[0])))
+    return rows, pairs
 
 
 def main(argv=None):
@@ -102,26 +109,33 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--coarsening", default=None, help='"auto", "off" or alpha (default: the spec\'s)')
-    parser.add_argument("--chain-starts", default=None, choices=("best", "spread"), help="[sampler] chain_starts")
+    parser.add_argument("--chains", type=int, default=None)
+    parser.add_argument("--map-starts", type=int, default=None)
+    parser.add_argument("--save", default=None, help="npz file: every chain's scores at the probes, per key")
+    parser.add_argument("--chain-starts", default=None, choices=("best", "spread", "distinct"), help="[sampler] chain_starts")
     args = parser.parse_args(argv)
     coarsening = args.coarsening
     if coarsening not in (None, "auto", "off"):
         coarsening = float(coarsening)
     spec = spec_with(args.spec, {"data": {"members": args.members}, "partition": {"cells": args.cells},
                                  "mixture": {"components": args.components, "coarsening": coarsening},
-                                 "sampler": {"warmup": args.warmup, "draws": args.draws,
+                                 "sampler": {"warmup": args.warmup, "draws": args.draws, "chains": args.chains,
+                                             "map_starts": args.map_starts,
                                              "chain_starts": args.chain_starts}})
-    rows, (ratio, pair, probe) = run(spec, args.keys)
+    rows, pairs = run(spec, args.keys, args.save)
+    ratio, pair, probe = max(pairs, key=lambda p: p[0])
     print(f"study {spec.study.name}: K = {spec.mixture.components}, {spec.sampler.chains} chains x "
           f"({spec.sampler.warmup} + {spec.sampler.draws}), seed {spec.study.seed}")
     print("| NUTS key | posterior s | zeta | r_hat (all chains) | max r_hat within a mode | modes: chains, weight, "
-          "r_hat | divergences |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for key, wall, zeta, rhat, mode_rhat, modes, div in rows:
-        print(f"| {key} | {wall:.1f} | {zeta:.3f} | {rhat} | {mode_rhat} | {modes} | {div} |")
+          "r_hat | divergences | max PSIS k | faults |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for key, wall, zeta, rhat, mode_rhat, modes, div, khat, faults in rows:
+        print(f"| {key} | {wall:.1f} | {zeta:.3f} | {rhat} | {mode_rhat} | {modes} | {div} | {khat} | {faults} |")
+    for r, (a, b), p in pairs:
+        print(f"| keys {a} and {b} | max abs(mean difference) / band width {r:.3f} (probe {p}) | | | | | | | |")
     verdict = "reproducible" if ratio < REPRODUCIBLE else "NOT reproducible"
     print(f"| max over key pairs of max over probes of abs(mean difference) / band width | {ratio:.3f} "
-          f"(keys {pair}, probe {probe}) | threshold {REPRODUCIBLE} | {verdict} | | | |")
+          f"(keys {pair}, probe {probe}) | threshold {REPRODUCIBLE} | {verdict} | | | | | |")
 
 
 if __name__ == "__main__":

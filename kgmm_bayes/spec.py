@@ -93,7 +93,8 @@ class SamplerSection(NamedTuple):
     map_starts: int = 8  # chains start at the best of this many MAP searches; 0: at the partition
     map_steps: int = 1000
     shard_data: bool = False  # split the likelihood's points over all devices (chains then run in turn)
-    chain_starts: str = "best"  # "spread": chains at the best distinct MAP optima (stacked if in several modes)
+    chain_starts: str = "best"  # "spread": chains at the best distinct MAP optima within 10 nats; "distinct":
+    # at the best distinct ones however far below the best (stacked when in several modes)
 
 
 class ScoreSection(NamedTuple):
@@ -371,8 +372,9 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
         raise SpecError("[sampler] dense_mass = true contradicts metric = 'diagonal'; give only metric")
     if sections["sampler"].metric not in ("diagonal", "dense"):
         raise SpecError(f"[sampler] metric must be 'diagonal' or 'dense', got {sections['sampler'].metric!r}")
-    if sections["sampler"].chain_starts not in ("best", "spread"):
-        raise SpecError(f"[sampler] chain_starts must be 'best' or 'spread', got {sections['sampler'].chain_starts!r}")
+    if sections["sampler"].chain_starts not in ("best", "spread", "distinct"):
+        raise SpecError("[sampler] chain_starts must be 'best', 'spread' or 'distinct', "
+                        f"got {sections['sampler'].chain_starts!r}")
     if data.interval is not None and data.system is not None:
         raise SpecError("[data] interval is set by the built-in system (dt x thin); remove it")
     mobility = sections["langevin"].mobility

@@ -108,3 +108,47 @@ def test_spread_starts_take_the_best_distinct_optima_within_ten_nats():
     np.testing.assert_array_equal(spread_starts(None, energies, 4), [1, 4, 0, 6])
     np.testing.assert_array_equal(spread_starts(None, energies, 6), [1, 4, 0, 6, 1, 4])
     np.testing.assert_array_equal(spread_starts(None, np.array([2.0, 40.0]), 3), [0, 0, 0])
+    # "distinct": no window, every distinct finite optimum, best first
+    np.testing.assert_array_equal(spread_starts(None, energies, 6, window=np.inf), [1, 4, 0, 6, 3, 1])
+
+
+def _idata(probe_values, cell_ll, counts):
+    chains, draws = probe_values.shape[:2]
+    rng = np.random.default_rng(5)
+    energy = rng.normal(0, 1, (chains, draws)).cumsum(axis=1) * 0.1 + rng.normal(0, 1, (chains, draws))
+    return az.from_dict(
+        posterior={"probe_log_density": probe_values, "probe_score": probe_values[..., None],
+                   "sorted_weights": np.abs(probe_values[..., :2])},
+        sample_stats={"diverging": np.zeros((chains, draws), bool), "n_steps": np.full((chains, draws), 7),
+                      "lp": rng.normal(0, 1, (chains, draws)), "energy": energy},
+        log_likelihood={"cells": cell_ll}, constant_data={"counts": counts})
+
+
+def test_lone_chains_fault_unless_they_are_stacking_units_and_unreliable_loo_faults():
+    from kgmm_bayes.bayes.diagnostics import convergence_summary
+
+    rng = np.random.default_rng(6)
+    draws, cells = 400, 30
+    drifting = np.concatenate([rng.normal(6.0, 1.0, (draws // 2, 3)), rng.normal(9.0, 1.0, (draws // 2, 3))])
+    values = np.stack([rng.normal(0.0, 1.0, (draws, 3)), rng.normal(0.0, 1.0, (draws, 3)), drifting])
+    counts = rng.integers(1, 10, cells).astype(float)
+    better = np.arange(cells) < cells // 2  # chains 0, 1 predict the first half of the cells better, chain 2 the rest
+    per_point = np.where(better, -1.0, -4.0)[None, None] * np.ones((2, draws, 1))
+    cell_ll = np.concatenate([per_point, np.where(better, -4.0, -1.0)[None, None] * np.ones((1, draws, 1))]) * counts
+    cell_ll = cell_ll + rng.normal(0, 1e-3, cell_ll.shape)
+    plain = convergence_summary(_idata(values, cell_ll, counts))
+    units = convergence_summary(_idata(values, cell_ll, counts), chains_as_units=True)
+    for out in (plain, units):
+        modes = out["chain_modes"]
+        assert modes["stacked"] and modes["modes"][0] in ([0, 1], [2]) and len(modes["modes"]) == 2
+        assert 0.2 < modes["chain_weights"][2] < 0.8  # each side predicts half the cells better
+        assert out["max_mode_r_hat"] > 1.5  # the drifting chain's halves disagree: reported either way
+    assert any("split r_hat" in w for w in plain["warnings"]) and "chains_as_units" not in plain
+    assert units["chains_as_units"] and not any("r_hat" in w for w in units["warnings"])
+    assert not any("PSIS" in w for w in plain["warnings"] + units["warnings"])
+    # a chain whose draws' likelihoods have a heavy left tail: importance ratios 1/p too heavy for PSIS
+    heavy = cell_ll.copy()
+    heavy[2] -= np.exp(rng.normal(0.0, 1.5, (draws, cells))) * counts
+    out = convergence_summary(_idata(values, heavy, counts), chains_as_units=True)
+    assert out["chain_modes"]["max_pareto_k"] > 0.7
+    assert any("PSIS shape k" in w and "stacking weights are unreliable" in w for w in out["warnings"])

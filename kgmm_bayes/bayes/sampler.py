@@ -7,9 +7,10 @@ partition (centroids, cluster spreads and correlations, cluster fractions),
 or by default at the best of several MAP searches started there
 (:func:`find_map`), with a small independent jitter in unconstrained space so
 that the between-chain diagnostics mean something.  With ``chain_starts =
-"spread"`` each chain starts at one of the best distinct optima instead
-(:func:`spread_starts`), so that chains can settle in different modes, which
-:mod:`kgmm_bayes.bayes.stacking` then weighs.
+"spread"`` each chain starts at one of the best distinct optima within
+:data:`SPREAD_NATS` of the best instead, and with ``"distinct"`` at one of the
+best distinct optima however far below (:func:`spread_starts`), so that chains
+settle in different modes, which :mod:`kgmm_bayes.bayes.stacking` then weighs.
 
 With ``shard_data`` the likelihood's points are instead split by rows over all
 devices (``jax.sharding``): each device holds ``M / devices`` rows of the
@@ -56,6 +57,7 @@ class SamplerConfig(NamedTuple):
     map_steps: int = 1000
     map_polish: int = 500  # L-BFGS iterations after the Adam steps of each MAP search (0: Adam alone)
     chain_starts: str = "best"  # "best": every chain at the best MAP optimum; "spread": at the best distinct ones
+    # within SPREAD_NATS; "distinct": at the best distinct ones, however far below the best
     shard_data: bool = False  # rows of the likelihood split over all devices (chains run in turn)
     laplace_metric: bool = True  # warmup starts in the Laplace metric, not the identity (whitened: always)
     chain_method: str = "auto"  # "auto" (see chain_plan), "parallel", "vectorized" or "sequential"
@@ -226,12 +228,12 @@ def laplace_covariance(potential, params: dict, max_variance: float = 1.0, min_r
 SPREAD_NATS = 10.0  # "spread" chain starts: MAP optima at most this far below the best in log posterior
 
 
-def spread_starts(params, energies, chains: int):
+def spread_starts(params, energies, chains: int, window: float = SPREAD_NATS):
     """Indices ``(chains,)`` of MAP optima to start the chains at: the distinct optima within
-    :data:`SPREAD_NATS` of the best, best first, in turn (an optimum several starts reached counts once)."""
+    ``window`` nats of the best, best first, in turn (an optimum several starts reached counts once)."""
     energies = np.asarray(energies)
     order = [int(i) for i in np.argsort(energies)
-             if np.isfinite(energies[i]) and energies[i] <= energies.min() + SPREAD_NATS]
+             if np.isfinite(energies[i]) and energies[i] <= energies.min() + window]
     distinct = []
     for i in order:
         if all(abs(energies[i] - energies[j]) > 1e-6 * max(1.0, abs(energies[j])) for j in distinct):
@@ -378,8 +380,9 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         init_unconstrained, map_energies, optima = find_map(map_key, model_args, init_unconstrained,
                                                             config.map_starts, config.map_steps, model=model,
                                                             return_all=True, polish=config.map_polish)
-        if config.chain_starts == "spread":
-            picks = spread_starts(optima, map_energies, config.chains)
+        if config.chain_starts in ("spread", "distinct"):
+            picks = spread_starts(optima, map_energies, config.chains,
+                                  SPREAD_NATS if config.chain_starts == "spread" else np.inf)
             starts = jax.tree_util.tree_map(lambda leaf: leaf[picks], optima)
     # Chains start within the posterior's width of the start point: the Laplace sd, at most
     # init_jitter.  A fixed jitter of 0.05 is tens of posterior sds for a mean fitted on 1e5
