@@ -124,7 +124,7 @@ def _idata(probe_values, cell_ll, counts):
         log_likelihood={"cells": cell_ll}, constant_data={"counts": counts})
 
 
-def test_lone_chains_fault_unless_they_are_stacking_units_and_unreliable_loo_faults():
+def test_lone_chains_fault_unless_they_are_stacking_units():
     from kgmm_bayes.bayes.diagnostics import convergence_summary
 
     rng = np.random.default_rng(6)
@@ -145,10 +145,3 @@ def test_lone_chains_fault_unless_they_are_stacking_units_and_unreliable_loo_fau
         assert out["max_mode_r_hat"] > 1.5  # the drifting chain's halves disagree: reported either way
     assert any("split r_hat" in w for w in plain["warnings"]) and "chains_as_units" not in plain
     assert units["chains_as_units"] and not any("r_hat" in w for w in units["warnings"])
-    assert not any("PSIS" in w for w in plain["warnings"] + units["warnings"])
-    # a chain whose draws' likelihoods have a heavy left tail: importance ratios 1/p too heavy for PSIS
-    heavy = cell_ll.copy()
-    heavy[2] -= np.exp(rng.normal(0.0, 1.5, (draws, cells))) * counts
-    out = convergence_summary(_idata(values, heavy, counts), chains_as_units=True)
-    assert out["chain_modes"]["max_pareto_k"] > 0.7
-    assert any("PSIS shape k" in w and "stacking weights are unreliable" in w for w in out["warnings"])

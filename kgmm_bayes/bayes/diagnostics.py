@@ -145,17 +145,13 @@ def chain_weights(idata: az.InferenceData):
     return None
 
 
-MAX_PARETO_K = 0.7  # PSIS shape above which a chain's leave-one-out densities, so the stacking weights, are unreliable
-
-
 def convergence_summary(idata: az.InferenceData, chains_as_units: bool = False) -> dict:
     """Worst label-invariant r_hat and ESS, the divergence count, and the chains' modes.
 
     With more than one chain, chains are grouped into modes and, when they settled in
     several, stacked (:mod:`kgmm_bayes.bayes.stacking`): ``chain_modes`` holds the modes,
     r_hat within each and the chains' weights.  r_hat over all chains then measures how far
-    apart the modes are, and only r_hat within a mode is a convergence fault, or a PSIS shape
-    above :data:`MAX_PARETO_K` (the weights' leave-one-out densities unreliable).
+    apart the modes are, and only r_hat within a mode is a convergence fault.
 
     ``chains_as_units``: the chains were started at distinct optima on purpose (``[sampler]
     chain_starts = "distinct"``), each a stacking unit of its own, as in Yao, Vehtari & Gelman's
@@ -199,11 +195,8 @@ def convergence_summary(idata: az.InferenceData, chains_as_units: bool = False) 
         out["max_mode_r_hat"] = json_floats(np.nanmax(modes.mode_r_hat) if np.any(np.isfinite(modes.mode_r_hat))
                                             else np.nan)
     if modes is not None and modes.stacked:
-        # chains in several modes, combined by stacking: the weights' LOO densities must be reliable ...
-        if not modes.max_pareto_k <= MAX_PARETO_K:  # NaN: the smoothing failed, no more reliable
-            warn.append(f"PSIS shape k {modes.max_pareto_k:.2f} > {MAX_PARETO_K} in a chain's leave-one-out "
-                        "densities: the stacking weights are unreliable")
-        # ... and each mode must mix within itself, unless every chain is a unit of its own
+        # chains in several modes, combined by stacking: each mode must mix within itself, unless every
+        # chain is a unit of its own
         if chains_as_units:
             out["chains_as_units"] = True
         elif out["max_mode_r_hat"] is not None and out["max_mode_r_hat"] > 1.01:
