@@ -300,7 +300,7 @@ def test_sampler_section_defaults_match_sampler_config():
 
 def test_overrides_replace_single_keys_and_are_validated():
     spec = load_spec(MODELS / "lorenz63.toml", overrides={"sampler": {"draws": 200}, "ensemble": {"members": 0}})
-    assert spec.sampler.draws == 200 and spec.sampler.warmup == 500  # the file's other keys kept
+    assert spec.sampler.draws == 200 and spec.sampler.warmup == 250  # the file's other keys kept
     assert spec.mixture.components == 32 and spec.ensemble.members == 0
     assert load_spec(None, overrides={"mixture": {"components": 4}}).mixture.components == 4
     assert load_spec(None, overrides={"mixture": {"components": 4}}).data.system == "reduced_1d"
