@@ -73,7 +73,7 @@ def run(spec, keys, save=None):
         post, coarsening = sample_posterior(spec, jax.random.key(key), part, z)
         wall = time.perf_counter() - start
         idata = to_inference_data(post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances)
-        conv = convergence_summary(idata, chains_as_units=spec.sampler.chain_starts == "distinct")
+        conv = convergence_summary(idata)
         draws = thin_draws(post, spec.score.max_draws, chain_weights=stacked_weights(conv))
         scores, logps = score_draws(*draws, probes)
         summaries.append(summarize_scores(scores, logps, spec.score.band))

@@ -375,6 +375,12 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     if sections["sampler"].chain_starts not in ("best", "spread", "distinct"):
         raise SpecError("[sampler] chain_starts must be 'best', 'spread' or 'distinct', "
                         f"got {sections['sampler'].chain_starts!r}")
+    if sections["sampler"].chain_starts != "best" and sections["sampler"].map_starts == 0:
+        raise SpecError(f"[sampler] chain_starts = {sections['sampler'].chain_starts!r} starts chains at MAP optima; "
+                        "it needs map_starts > 0")
+    if sections["sampler"].chain_starts != "best" and not sections["partition"].coreset:
+        raise SpecError(f"[sampler] chain_starts = {sections['sampler'].chain_starts!r} puts chains in several modes, "
+                        "which are stacked by the cells' log-likelihood; it needs [partition] coreset = true")
     if data.interval is not None and data.system is not None:
         raise SpecError("[data] interval is set by the built-in system (dt x thin); remove it")
     mobility = sections["langevin"].mobility

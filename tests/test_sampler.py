@@ -304,3 +304,16 @@ def test_r_hat_warning_names_the_chain_in_another_mode():
     (message,) = [w for w in summary["warnings"] if "r_hat" in w]
     assert "chain 2 is the odd one: probe_log_density[5]" in message
     assert f"{lp.mean(axis=1).max() - lp[2].mean():.1f} nats below" in message
+
+
+def test_distinct_chain_starts_record_the_optima_each_chain_starts_at():
+    from kgmm_bayes.bayes.sampler import spread_starts
+
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(-2.0, 0.3, 300), rng.normal(2.0, 0.5, 900)])[:, None]
+    part = fit_partition(jax.random.key(0), x, num_cells=120, num_components=2)
+    prior = build_prior(part, dirichlet_alpha=2.0, mean_scale=0.25, scale_prior=1.0, lkj_eta=2.0)
+    config = SamplerConfig(chains=2, warmup=10, draws=10, map_starts=4, map_steps=50, chain_starts="distinct")
+    post = run_nuts(jax.random.key(1), part.points, part.counts, prior, initial_values(part), config)
+    energies = post.sample_stats["map_potential_energies"]
+    np.testing.assert_array_equal(post.sample_stats["start_optima"], spread_starts(None, energies, 2, np.inf))

@@ -145,20 +145,13 @@ def chain_weights(idata: az.InferenceData):
     return None
 
 
-def convergence_summary(idata: az.InferenceData, chains_as_units: bool = False) -> dict:
+def convergence_summary(idata: az.InferenceData) -> dict:
     """Worst label-invariant r_hat and ESS, the divergence count, and the chains' modes.
 
     With more than one chain, chains are grouped into modes and, when they settled in
     several, stacked (:mod:`kgmm_bayes.bayes.stacking`): ``chain_modes`` holds the modes,
     r_hat within each and the chains' weights.  r_hat over all chains then measures how far
-    apart the modes are, and only r_hat within a mode is a convergence fault.
-
-    ``chains_as_units``: the chains were started at distinct optima on purpose (``[sampler]
-    chain_starts = "distinct"``), each a stacking unit of its own, as in Yao, Vehtari & Gelman's
-    stacking of non-mixing parallel runs: a chain alone in its basin need not mix beyond it,
-    and stacking's cross-validated weights judge what it contributes, so its split r_hat is
-    reported but is not a fault.  The run's convergence is then its reproducibility over keys
-    (``benchmarks/bench_reproducibility.py``)."""
+    apart the modes are, and only r_hat within a mode is a convergence fault."""
     post = idata.posterior[PROBE_VARS]
     chains = idata.posterior.sizes["chain"]
     out = {"divergences": int(idata.sample_stats["diverging"].sum()),
@@ -195,11 +188,8 @@ def convergence_summary(idata: az.InferenceData, chains_as_units: bool = False) 
         out["max_mode_r_hat"] = json_floats(np.nanmax(modes.mode_r_hat) if np.any(np.isfinite(modes.mode_r_hat))
                                             else np.nan)
     if modes is not None and modes.stacked:
-        # chains in several modes, combined by stacking: each mode must mix within itself, unless every
-        # chain is a unit of its own
-        if chains_as_units:
-            out["chains_as_units"] = True
-        elif out["max_mode_r_hat"] is not None and out["max_mode_r_hat"] > 1.01:
+        # chains in several modes, combined by stacking: each mode must mix within itself
+        if out["max_mode_r_hat"] is not None and out["max_mode_r_hat"] > 1.01:
             worst = modes.modes[int(np.nanargmax(modes.mode_r_hat))]
             what = (f"split r_hat {out['max_mode_r_hat']:.3f} > 1.01 of chain {worst[0]}, alone in its mode: its "
                     "halves disagree (it mixes too slowly)" if len(worst) == 1 else

@@ -147,10 +147,12 @@ def chain_modes(probes, cell_log_lik=None, counts=None) -> ChainModes:
 def draw_allocation(weights, total: int, available: int) -> np.ndarray:
     """Draws to take from each chain, ``(chains,)`` summing to ``total`` (at most ``available`` each):
     proportional to ``weights``, by largest remainder, so the thinned draws are the weighted mixture
-    of the chains."""
+    of the chains.  Where the heaviest chain's share would exceed its ``available`` draws the total
+    shrinks until it does not: filling up with other chains' draws would move weight to them."""
     weights = np.asarray(weights, np.float64)
-    total = int(min(total, available * np.count_nonzero(weights > 0)))
-    share = weights / weights.sum() * total
+    weights = weights / weights.sum()
+    total = int(min(total, np.floor(available / weights.max() + 1e-9)))
+    share = weights * total
     take = np.minimum(np.floor(share).astype(int), available)
     order = np.argsort(-(share - np.floor(share)), kind="stable")
     i = 0

@@ -174,8 +174,9 @@ def write_report(path, spec, metrics: dict) -> None:
     ]
     if post.get("map_search_log_posteriors"):
         optima = [v for v in post["map_search_log_posteriors"] if v is not None]
-        where = {"spread": "each at one of the best distinct optima within 10 nats",
-                 "distinct": "each at one of the best distinct optima"}.get(post.get("chain_starts"), "at the best")
+        n = post.get("distinct_starts")
+        where = ("at the best" if n is None else f"at {n} distinct optima (the best"
+                 + (" within 10 nats)" if post.get("chain_starts") == "spread" else ")"))
         lines.append(f"- chains started {where} of {len(post['map_search_log_posteriors'])} MAP searches; "
                      f"optima span {optima[0] - optima[-1]:.1f} nats of log posterior (local modes)")
     modes = post.get("chain_modes")
@@ -186,10 +187,6 @@ def write_report(path, spec, metrics: dict) -> None:
                "uses the stacked mixture" if modes["stacked"] else "pooled with equal weights (no per-cell "
                "log-likelihood to stack them)")
         lines.append(f"- chains settled in {len(modes['modes'])} modes: " + "; ".join(parts) + f"; {how}")
-        if post.get("chains_as_units"):
-            lines.append("- every chain started at its own MAP optimum (`chain_starts = \"distinct\"`) and is a "
-                         "stacking unit of its own: a lone chain's split r_hat is reported, not a fault; the "
-                         "run's convergence is its reproducibility over NUTS keys (bench_reproducibility.py)")
     for warning in post["warnings"]:
         lines.append(f"- **Warning**: {warning}")
     lines += _coarsening_lines(post.get("coarsening"), metrics["data"]["train_snapshots"])

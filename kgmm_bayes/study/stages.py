@@ -344,12 +344,14 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
     if idata is None:
         idata = to_inference_data(post, zscore, part.points, part.counts, point_covariances=part.cell_covariances,
                                   log_likelihood=spec.partition.coreset)
-    convergence = convergence_summary(idata, chains_as_units=spec.sampler.chain_starts == "distinct")
+    convergence = convergence_summary(idata)
     convergence["coarsening"] = coarsening.to_json()
     if "map_potential_energies" in post.sample_stats:
         optima = np.sort(-np.asarray(post.sample_stats["map_potential_energies"]))[::-1]
         convergence["map_search_log_posteriors"] = json_floats(optima)  # best first
-        convergence["chain_starts"] = spec.sampler.chain_starts  # "best": all at the first; else at distinct ones
+        convergence["chain_starts"] = spec.sampler.chain_starts
+    if "start_optima" in post.sample_stats:  # "spread" or "distinct": how many distinct optima the chains start at
+        convergence["distinct_starts"] = int(np.unique(post.sample_stats["start_optima"]).size)
     for message in convergence["warnings"]:
         warnings.warn(f"posterior: {message}", RuntimeWarning, stacklevel=3)
     weights = stacked_weights(convergence)
