@@ -87,6 +87,9 @@ def test_draw_allocation_and_weighted_thinning():
     take = draw_allocation(np.r_[0.9, np.full(15, 0.1 / 15)], 992, 250)
     assert take.sum() == 277 and take[0] == 249  # 0.9 x 277 = 249.3 (the old code: 250 of 992, a quarter)
     np.testing.assert_allclose(take / take.sum(), np.r_[0.9, np.full(15, 0.1 / 15)], atol=1 / 277)
+    for bad in ([0.0, 0.0], [np.nan, 1.0], [-0.1, 1.1]):
+        with pytest.raises(ValueError, match="chain weights"):
+            draw_allocation(bad, 10, 6)
     take = draw_allocation([0.34, 0.33, 0.33], 7, 100)
     assert take.sum() == 7 and set(take) <= {2, 3}
 

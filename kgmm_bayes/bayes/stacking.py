@@ -150,6 +150,8 @@ def draw_allocation(weights, total: int, available: int) -> np.ndarray:
     of the chains.  Where the heaviest chain's share would exceed its ``available`` draws the total
     shrinks until it does not: filling up with other chains' draws would move weight to them."""
     weights = np.asarray(weights, np.float64)
+    if not (np.all(np.isfinite(weights)) and np.all(weights >= 0) and weights.sum() > 0):
+        raise ValueError(f"chain weights must be finite, non-negative and not all zero, got {weights}")
     weights = weights / weights.sum()
     total = int(min(total, np.floor(available / weights.max() + 1e-9)))
     share = weights * total

@@ -83,11 +83,12 @@ class Band(NamedTuple):
 
 
 def select_draws(posterior, members: int, chain_weights=None):
-    """Exactly ``members`` draws ``(weights, means, cov_chol)``, each with a leading member axis.
+    """``members`` draws ``(weights, means, cov_chol)``, each with a leading member axis.
 
     Chains share the members as evenly as possible (the first ``members % chains``
     chains give one more), or in proportion to ``chain_weights`` (stacked chains,
-    :func:`kgmm_bayes.bayes.stacking.draw_allocation`); within a chain the draws are
+    :func:`kgmm_bayes.bayes.stacking.draw_allocation`: fewer members when the heaviest
+    chain has too few draws for its share); within a chain the draws are
     evenly spaced, so the ensemble spans every chain and the whole of each.
     """
     chains, draws = posterior.weights.shape[:2]

@@ -153,9 +153,10 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
                       str(arrays["reference_acf_label"]) if has_acf else "reference", names=names)
     plot_relative_entropy(out.path("figures", "relative_entropy.png"), rel, floor, names=names)
     steps, burn_in = int(arrays["steps"]), int(arrays["burn_in"])
-    particle_steps = es.members * es.particles * (steps + burn_in)
+    members = len(draws[0])  # es.members, or fewer where a heavy stacked chain has too few draws
+    particle_steps = members * es.particles * (steps + burn_in)
     block = {
-        "members": int(es.members), "drift": es.drift, "particles_per_member": int(es.particles),
+        "members": int(members), "drift": es.drift, "particles_per_member": int(es.particles),
         "mobility": "identity" if dynamics is None else "fitted, one per member",
         "steps": steps, "burn_in": burn_in, "thin": int(arrays["thin"]), "dt": float(arrays["dt"]),
         "relative_entropy": {"band": 0.9, **{which: {q: json_floats(v) for q, v in quantiles.items()}
@@ -173,7 +174,7 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
         block["interpolant_final_loss_median"] = float(np.median(arrays["interpolant_final_loss"]))
     lost = arrays["escaped"] + arrays["non_finite"]
     if np.any(lost):
-        block["warning"] = (f"ensemble: {int(lost.sum())} of {es.members * es.particles} particles left the box "
-                            f"or became non-finite, in {int(np.sum(lost > 0))} of {es.members} members")
+        block["warning"] = (f"ensemble: {int(lost.sum())} of {members * es.particles} particles left the box "
+                            f"or became non-finite, in {int(np.sum(lost > 0))} of {members} members")
         warnings.warn(block["warning"], RuntimeWarning, stacklevel=3)
     return block, arrays

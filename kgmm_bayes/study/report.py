@@ -174,9 +174,12 @@ def write_report(path, spec, metrics: dict) -> None:
     ]
     if post.get("map_search_log_posteriors"):
         optima = [v for v in post["map_search_log_posteriors"] if v is not None]
-        n = post.get("distinct_starts")
-        where = ("at the best" if n is None else f"at {n} distinct optima (the best"
-                 + (" within 10 nats)" if post.get("chain_starts") == "spread" else ")"))
+        n, how = post.get("distinct_starts"), post.get("chain_starts", "best")
+        if how == "best" or n == 1:
+            where = "at the best"
+        else:
+            where = ("each at one of the " + ("" if n is None else f"{n} ") + "best distinct optima"
+                     + (" (within 10 nats of the best)" if how == "spread" else ""))
         lines.append(f"- chains started {where} of {len(post['map_search_log_posteriors'])} MAP searches; "
                      f"optima span {optima[0] - optima[-1]:.1f} nats of log posterior (local modes)")
     modes = post.get("chain_modes")
