@@ -74,15 +74,14 @@ def run(spec, keys, save=None):
         wall = time.perf_counter() - start
         idata = to_inference_data(post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances)
         conv = convergence_summary(idata)
-        draws = thin_draws(post, spec.score.max_draws, chain_weights=stacked_weights(conv))
+        stack_w = stacked_weights(conv)
+        draws = thin_draws(post, spec.score.max_draws, chain_weights=stack_w)
         scores, logps = score_draws(*draws, probes)
         summaries.append(summarize_scores(scores, logps, spec.score.band))
-        if save:  # every chain's scores at the probes (all its draws), for other combinations offline
+        if save:  # every chain's scores at the probes (all its draws, as idata holds them), for offline combinations
             chains = post.weights.shape[0]
-            saved[f"key{key}_chain_scores"] = np.stack([score_draws(post.weights[c], post.means[c], post.cov_chol[c],
-                                                                    probes)[0] for c in range(chains)])
-            saved[f"key{key}_chain_weights"] = np.asarray(stacked_weights(conv) if stacked_weights(conv) is not None
-                                                          else np.full(chains, 1.0 / chains))
+            saved[f"key{key}_chain_scores"] = idata.posterior["probe_score"].values
+            saved[f"key{key}_chain_weights"] = np.full(chains, 1.0 / chains) if stack_w is None else stack_w
         modes = conv.get("chain_modes", {})
         weights = modes.get("chain_weights", [])
         mode_text = "; ".join(f"{m} w {sum(weights[c] for c in m):.2f} r_hat {_num(r)}"

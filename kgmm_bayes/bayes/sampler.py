@@ -375,7 +375,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     start = time.perf_counter()  # the MAP search is part of the fit's cost
     init_unconstrained = unconstrain_fn(model, model_args, {}, init)
     jitter_key, run_key, map_key = jax.random.split(key, 3)
-    map_energies, starts, extra_stats = None, None, {}
+    map_energies, starts, picks = None, None, None
     if config.map_starts > 0:
         init_unconstrained, map_energies, optima = find_map(map_key, model_args, init_unconstrained,
                                                             config.map_starts, config.map_steps, model=model,
@@ -384,7 +384,6 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
             picks = spread_starts(optima, map_energies, config.chains,
                                   SPREAD_NATS if config.chain_starts == "spread" else np.inf)
             starts = jax.tree_util.tree_map(lambda leaf: leaf[picks], optima)
-            extra_stats["start_optima"] = np.asarray(picks)  # (chains,): the MAP search each chain starts at
     # Chains start within the posterior's width of the start point: the Laplace sd, at most
     # init_jitter.  A fixed jitter of 0.05 is tens of posterior sds for a mean fitted on 1e5
     # snapshots: chains then fall back from far off and can land in another local mode.
@@ -463,6 +462,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     cov_chol = sites["cov_chol"]
     if map_energies is not None:
         extra["map_potential_energies"] = map_energies  # (starts,), one per MAP search
-    extra.update(extra_stats)
+    if picks is not None:
+        extra["start_optima"] = np.asarray(picks)  # (chains,): the MAP search each chain started at
     return PosteriorSamples(weights=sites["weights"], means=sites["means"], cov_chol=cov_chol,
                             sites=sites, sample_stats=extra, wall_time=wall)
