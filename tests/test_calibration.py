@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kgmm_bayes.study.calibrate import COLUMNS, check_calibration_specs, mixture_marginals, true_marginals
+from kgmm_bayes.study.calibrate import (COLUMNS, check_calibration_specs, mixture_marginals, seed_standard_error,
+                                        true_marginals)
 from kgmm_bayes.cli import main
 from kgmm_bayes.data import InputError, ZScore
 from kgmm_bayes.spec import load_spec, spec_from_dict
@@ -92,6 +93,12 @@ def test_two_specs_with_one_name_are_refused():
 
 
 
+def test_seed_standard_error_is_the_spread_over_seeds_over_their_root():
+    assert seed_standard_error([0.8, 0.9, 1.0]) == pytest.approx(0.1 / np.sqrt(3), rel=1e-12)
+    assert seed_standard_error([0.7, 0.7]) == 0.0
+    assert seed_standard_error([0.9]) is None  # one seed: no spread to measure
+
+
 def test_calibrate_end_to_end_and_resume(tmp_path, capsys):
     (tmp_path / "tiny.toml").write_text(TINY)
     args = ["calibrate", str(tmp_path / "tiny.toml"), "--sizes", "200", "400", "--seeds", "1",
@@ -111,6 +118,7 @@ def test_calibrate_end_to_end_and_resume(tmp_path, capsys):
         assert int(r["cells"]) == min(100, int(r["n"]) // 2)
     assert (out / "figures" / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first = json.loads((out / "calibration.json").read_text())
+    assert all(e["score_coverage"]["se"] is None for e in first["summary"])  # one seed
 
     assert main(args) == 0  # every fit read back from the stage cache: identical numbers
     assert json.loads((out / "calibration.json").read_text())["rows"] == first["rows"]
