@@ -95,6 +95,9 @@ class SamplerSection(NamedTuple):
     shard_data: bool = False  # split the likelihood's points over all devices (chains then run in turn)
     chain_starts: str = "best"  # "spread": chains at the best distinct MAP optima within 10 nats; "distinct":
     # at the best distinct ones however far below the best (stacked when in several modes)
+    # chains whose label-invariant r_hat (within their mode; split r_hat for a chain alone) exceeds 1.01 run on
+    # from their last draw, their draws so far then counting as warmup, at most this many times
+    extend: int = 0
 
 
 class ScoreSection(NamedTuple):
@@ -181,7 +184,7 @@ POSITIVE_INT = {
     ("ensemble", "particles"), ("ensemble", "steps"), ("ensemble", "thin"), ("ensemble", "max_lag"),
 }
 NON_NEGATIVE_INT = {("study", "seed"), ("data", "burn_in"), ("interpolant", "snapshots"), ("langevin", "burn_in"), ("sampler", "map_starts"),
-                    ("baselines", "sklearn_components"), ("ensemble", "members"), ("ensemble", "burn_in")}
+                    ("sampler", "extend"), ("baselines", "sklearn_components"), ("ensemble", "members"), ("ensemble", "burn_in")}
 POSITIVE_FLOAT = {
     ("data", "dt"), ("data", "interval"), ("mixture", "dirichlet_alpha"), ("mixture", "mean_scale"),
     ("mixture", "scale_prior"), ("mixture", "lkj_eta"), ("interpolant", "learning_rate"),

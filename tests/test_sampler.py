@@ -317,3 +317,70 @@ def test_distinct_chain_starts_record_the_optima_each_chain_starts_at():
     post = run_nuts(jax.random.key(1), part.points, part.counts, prior, initial_values(part), config)
     energies = post.sample_stats["map_potential_energies"]
     np.testing.assert_array_equal(post.sample_stats["start_optima"], spread_starts(None, energies, 2, np.inf))
+
+
+def test_flagged_chains_run_on_and_their_draws_are_replaced():
+    """``extend``: the round holding a chain the ``drifting`` check flags runs on from its last state
+    (no warmup), its draws replaced by as many new ones; other rounds keep theirs; at most ``extend``
+    continuations; the continued chain still samples the posterior the others do."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(-1.0, 0.3, 600), rng.normal(1.0, 0.3, 600)])[:, None]
+    part = fit_partition(jax.random.key(0), x, num_cells=100, num_components=2)
+    prior = build_prior(part, dirichlet_alpha=2.0, mean_scale=0.25, scale_prior=1.0, lkj_eta=2.0)
+    chains = jax.local_device_count() + 1  # one full round and a last round of one chain
+    seen = []
+
+    def drifting(post):
+        seen.append(post.weights.copy())
+        return [chains - 1]  # always flags the last chain
+
+    post = run_nuts(jax.random.key(2), part.points, part.counts, prior, initial_values(part),
+                    SamplerConfig(chains=chains, warmup=100, draws=100, extend=2),
+                    point_covariances=part.cell_covariances, drifting=drifting)
+    assert len(seen) == 2  # checked before each continuation, never after the last
+    np.testing.assert_array_equal(post.sample_stats["continuations"], [0] * (chains - 1) + [2])
+    assert post.weights.shape == (chains, 100, 2) and post.sample_stats["num_steps"].shape == (chains, 100)
+    for before in seen:
+        np.testing.assert_array_equal(post.weights[:-1], before[:-1])  # the full round is untouched
+    last = [seen[0][-1], seen[1][-1], post.weights[-1]]
+    assert not np.any(np.isin(last[1], last[0])) and not np.any(np.isin(last[2], last[1]))  # new draws each time
+    w_small = np.sort(post.weights, axis=-1)[..., 0]
+    spread = w_small.mean(axis=1)
+    assert np.ptp(spread) < 6 * w_small.std() / np.sqrt(100 / 10)
+    # without a check, or with extend = 0, nothing runs on and nothing is recorded
+    plain = run_nuts(jax.random.key(2), part.points, part.counts, prior, initial_values(part),
+                     SamplerConfig(chains=chains, warmup=100, draws=100),
+                     point_covariances=part.cell_covariances, drifting=drifting)
+    assert len(seen) == 2 and "continuations" not in plain.sample_stats
+    np.testing.assert_array_equal(plain.weights, seen[0])  # the same first draws: extend changes nothing before
+
+
+def test_drifting_chains_are_those_of_modes_with_r_hat_above_the_limit():
+    """Three chains of iid draws around one mixture, a fourth whose means drift: only the fourth (alone
+    in its mode, its halves disagreeing) is flagged; with every chain iid, none is."""
+    from kgmm_bayes.bayes.diagnostics import drifting_chains
+    from kgmm_bayes.bayes.sampler import PosteriorSamples
+
+    rng = np.random.default_rng(3)
+    c, s = 4, 1000
+    means = np.array([-1.0, 1.0])[None, None, :, None] + 0.01 * rng.normal(size=(c, s, 2, 1))
+    weights = np.broadcast_to(np.array([0.4, 0.6]), (c, s, 2)).copy()
+    chol = np.ones((c, s, 2, 1, 1))
+    points = np.linspace(-2.0, 2.0, 50)[:, None]
+    counts = np.ones(50)
+
+    def samples(m):
+        return PosteriorSamples(weights, m, chol, {}, {}, 0.0)
+
+    assert drifting_chains(samples(means), points, counts) == []
+    drifted = means.copy()
+    drifted[3, :, 0, 0] += np.linspace(0.0, 0.5, s)
+    assert drifting_chains(samples(drifted), points, counts) == [3]
+
+
+def test_report_names_the_chains_that_ran_on():
+    from kgmm_bayes.study.report import continuation_lines
+
+    assert continuation_lines(None) == [] and continuation_lines([0, 0, 0]) == []
+    (line,) = continuation_lines([0, 2, 0, 1])
+    assert line.endswith("chain 1 2 times, chain 3 1 time")

@@ -142,6 +142,7 @@ BAD_SPECS = [
     ("hidden-float", SYS + "[interpolant]\nhidden = [128.0]\n", ["[interpolant] hidden"]),
     ("hidden-not-list", SYS + "[interpolant]\nhidden = 128\n", ["[interpolant] hidden"]),
     ("negative-draws", SYS + "[sampler]\ndraws = -1\n", ["[sampler] draws"]),
+    ("negative-extend", SYS + "[sampler]\nextend = -1\n", ["[sampler] extend"]),
     ("zero-components", SYS + "[mixture]\ncomponents = 0\n", ["[mixture] components"]),
     ("chain-starts-unknown", SYS + '[sampler]\nchain_starts = "random"\n', ["[sampler] chain_starts", "spread"]),
     ("distinct-without-map", SYS + '[sampler]\nchain_starts = "distinct"\nmap_starts = 0\n',

@@ -37,10 +37,12 @@ from .score import score_draws
 from .stacking import chain_modes
 
 __all__ = ["probe_points", "to_inference_data", "netcdf_bytes", "convergence_summary", "probe_summary",
+           "drifting_chains", "MAX_R_HAT",
            "with_chain_weights", "chain_weights",
            "zscore_from_idata", "posterior_from_idata", "pointwise_log_likelihood", "plot_diagnostics"]
 
 PROBE_VARS = ["probe_log_density", "probe_score", "sorted_weights"]
+MAX_R_HAT = 1.01  # label-invariant r_hat above this (over all chains, or within a mode) is a convergence fault
 
 
 def probe_points(points, counts, num: int = 8) -> np.ndarray:
@@ -84,27 +86,32 @@ def netcdf_bytes(idata) -> bytes:
     return buffer.getvalue()
 
 
+PROBE_DIMS = {"sorted_weights": ["rank"], "probe_log_density": ["probe"], "probe_score": ["probe", "dim"]}
+
+
+def _probe_values(posterior: PosteriorSamples, probes) -> dict:
+    """The label-invariant quantities :data:`PROBE_VARS`, ``(chains, draws, ...)``."""
+    chains, draws = posterior.weights.shape[:2]
+    scores, logps = score_draws(*posterior.flat(), probes)
+    return {"sorted_weights": np.sort(posterior.weights, axis=-1)[..., ::-1],
+            "probe_log_density": np.asarray(logps).reshape(chains, draws, -1),
+            "probe_score": np.asarray(scores).reshape(chains, draws, -1, posterior.means.shape[-1])}
+
+
 def to_inference_data(posterior: PosteriorSamples, zscore: ZScore, points, counts,
                       probes=None, point_covariances=None, log_likelihood: bool = True) -> az.InferenceData:
     """arviz InferenceData of a mixture posterior (see module docstring)."""
     if probes is None:
         probes = probe_points(points, counts)
-    chains, draws = posterior.weights.shape[:2]
-    w, m, L = posterior.flat()
-    scores, logps = score_draws(w, m, L, probes)
-    d = posterior.means.shape[-1]
     data = dict(posterior.sites)
     data["weights"] = posterior.weights
     data["means"] = posterior.means
     data["cov_chol"] = posterior.cov_chol
-    data["sorted_weights"] = np.sort(posterior.weights, axis=-1)[..., ::-1]
-    data["probe_log_density"] = logps.reshape(chains, draws, -1)
-    data["probe_score"] = scores.reshape(chains, draws, -1, d)
+    data.update(_probe_values(posterior, probes))
     dims = {
-        "weights": ["component"], "sorted_weights": ["rank"], "means": ["component", "dim"],
+        "weights": ["component"], "means": ["component", "dim"],
         "scales": ["component", "dim"], "corr_chol": ["component", "dim", "dim_"],
-        "cov_chol": ["component", "dim", "dim_"], "probe_log_density": ["probe"],
-        "probe_score": ["probe", "dim"],
+        "cov_chol": ["component", "dim", "dim_"], **PROBE_DIMS,
     }
     stats = posterior.sample_stats
     sample_stats = {
@@ -189,19 +196,34 @@ def convergence_summary(idata: az.InferenceData) -> dict:
                                             else np.nan)
     if modes is not None and modes.stacked:
         # chains in several modes, combined by stacking: each mode must mix within itself
-        if out["max_mode_r_hat"] is not None and out["max_mode_r_hat"] > 1.01:
+        if out["max_mode_r_hat"] is not None and out["max_mode_r_hat"] > MAX_R_HAT:
             worst = modes.modes[int(np.nanargmax(modes.mode_r_hat))]
-            what = (f"split r_hat {out['max_mode_r_hat']:.3f} > 1.01 of chain {worst[0]}, alone in its mode: its "
-                    "halves disagree (it mixes too slowly)" if len(worst) == 1 else
-                    f"label-invariant r_hat {out['max_mode_r_hat']:.3f} > 1.01 within the mode of chains "
+            what = (f"split r_hat {out['max_mode_r_hat']:.3f} > {MAX_R_HAT} of chain {worst[0]}, alone in its mode: "
+                    "its halves disagree (it mixes too slowly)" if len(worst) == 1 else
+                    f"label-invariant r_hat {out['max_mode_r_hat']:.3f} > {MAX_R_HAT} within the mode of chains "
                     f"{list(worst)}: its chains disagree or mix too slowly")
             warn.append(what)
-    elif chains > 1 and out["max_r_hat"] > 1.01:
-        warn.append(f"label-invariant r_hat {out['max_r_hat']:.3f} > 1.01: chains disagree ({_odd_chain(post, rhat, lp)})")
+    elif chains > 1 and out["max_r_hat"] > MAX_R_HAT:
+        warn.append(f"label-invariant r_hat {out['max_r_hat']:.3f} > {MAX_R_HAT}: chains disagree "
+                    f"({_odd_chain(post, rhat, lp)})")
     if chains == 1:
         warn.append("one chain: r_hat cannot be computed")
     out["warnings"] = warn
     return out
+
+
+def drifting_chains(posterior: PosteriorSamples, points, counts) -> list[int]:
+    """The chains whose draws :func:`convergence_summary` would fault on r_hat: every chain of a mode
+    (:func:`~kgmm_bayes.bayes.stacking.chain_modes`, by the label-invariant probes) whose r_hat,
+    split r_hat for a chain alone, exceeds :data:`MAX_R_HAT`; with one mode, all chains when r_hat
+    over them does.  ``run_nuts``'s ``drifting`` check: these chains are run on."""
+    if posterior.num_chains < 2:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        probes = az.from_dict(posterior=_probe_values(posterior, probe_points(points, counts)), dims=PROBE_DIMS)
+    modes = chain_modes(probes.posterior[PROBE_VARS])  # r_hat is scale-free: the z-scored probes serve
+    return sorted(c for mode, r_hat in zip(modes.modes, modes.mode_r_hat) if r_hat > MAX_R_HAT for c in mode)
 
 
 def _odd_chain(post, rhat, lp) -> str:

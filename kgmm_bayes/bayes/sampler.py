@@ -61,6 +61,9 @@ class SamplerConfig(NamedTuple):
     shard_data: bool = False  # rows of the likelihood split over all devices (chains run in turn)
     laplace_metric: bool = True  # warmup starts in the Laplace metric, not the identity (whitened: always)
     chain_method: str = "auto"  # "auto" (see chain_plan), "parallel", "vectorized" or "sequential"
+    # at most this many continuations of chains the ``drifting`` check of run_nuts flags: their draws so far
+    # become warmup (adaptation frozen) and as many new draws replace them
+    extend: int = 0
     progress: bool = False
 
 
@@ -354,11 +357,18 @@ def _unwhiten(u, model, model_args, centre, chol, unravel):
 
 
 def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: SamplerConfig,
-             point_covariances=None) -> PosteriorSamples:
+             point_covariances=None, drifting=None) -> PosteriorSamples:
     """Sample the mixture posterior with NUTS on weighted points ``(M, d)``.
 
     With ``point_covariances`` ``(M, d, d)`` the points are cells (a coreset) entering
     through their means and within-cell covariances (:func:`expected_quadratic_features`).
+
+    ``drifting``: a function of the draws (a :class:`PosteriorSamples`) returning the chains whose
+    draws are not yet stationary.  Up to ``config.extend`` times, the rounds holding such chains
+    run on from their last state with the adapted step size and metric (numpyro's
+    ``post_warmup_state``): their draws so far count as warmup and as many new draws replace them
+    (every chain keeps ``config.draws``).  ``sample_stats["continuations"]`` ``(chains,)`` counts
+    how many times each chain's draws were replaced.
     """
     if point_covariances is None:
         features = quadratic_features(jnp.asarray(points))
@@ -430,7 +440,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
                       max_tree_depth=config.max_tree_depth, dense_mass=dense)
         run_args = model_args
     fields = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy")
-    site_parts, extra_parts = [], []
+    site_parts, extra_parts, states, firsts = [], [], [], []
     first = 0
     # More chains than devices: rounds of device-parallel chains (numpyro alone would run
     # them all one after another); one MCMC object per round size, so compilation is reused.
@@ -439,6 +449,14 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # with the data passed as traced arguments (jit_model_args) so that their sharding is kept.
     rounds = chain_plan(config.chains, jax.local_device_count(), jax.default_backend(), config.chain_method,
                         sharded)
+
+    def collect(mcmc):  # one round's draws (the model's sites) and extra fields, as numpy arrays
+        samples = mcmc.get_samples(group_by_chain=True)
+        if whiten:  # back to the model's sites: theta = theta* + L u, constrained
+            samples = _unwhiten(samples["u"], model, model_args, centre, chol, unravel)
+        return ({k: np.asarray(v) for k, v in samples.items()},
+                {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()})
+
     for round_key, (n_round, method) in zip(jax.random.split(run_key, len(rounds)), rounds):
         if n_round not in samplers:
             samplers[n_round] = MCMC(kernel, num_warmup=config.warmup, num_samples=config.draws,
@@ -449,20 +467,42 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         if n_round == 1:
             init_round = jax.tree_util.tree_map(lambda leaf: leaf[0], init_round)
         mcmc.run(round_key, *run_args, init_params=init_round, extra_fields=fields)
-        samples = mcmc.get_samples(group_by_chain=True)
-        if whiten:  # back to the model's sites: theta = theta* + L u, constrained
-            samples = _unwhiten(samples["u"], model, model_args, centre, chol, unravel)
-        site_parts.append({k: np.asarray(v) for k, v in samples.items()})
-        extra_parts.append({k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()})
+        sites_r, extra_r = collect(mcmc)
+        site_parts.append(sites_r)
+        extra_parts.append(extra_r)
+        states.append(mcmc.last_state)
+        firsts.append(first)
         first += n_round
-    wall = time.perf_counter() - start
-    sites = {k: np.concatenate([part[k] for part in site_parts]) for k in site_parts[0]}
-    extra = {k: np.concatenate([part[k] for part in extra_parts]) for k in extra_parts[0]}
-    extra["tree_depth"] = np.ceil(np.log2(extra["num_steps"] + 1.0)).astype(np.int64)
-    cov_chol = sites["cov_chol"]
-    if map_energies is not None:
-        extra["map_potential_energies"] = map_energies  # (starts,), one per MAP search
-    if picks is not None:
-        extra["start_optima"] = np.asarray(picks)  # (chains,): the MAP search each chain started at
-    return PosteriorSamples(weights=sites["weights"], means=sites["means"], cov_chol=cov_chol,
-                            sites=sites, sample_stats=extra, wall_time=wall)
+    continuations = np.zeros(config.chains, np.int64)
+
+    def assembled():
+        sites = {k: np.concatenate([part[k] for part in site_parts]) for k in site_parts[0]}
+        extra = {k: np.concatenate([part[k] for part in extra_parts]) for k in extra_parts[0]}
+        extra["tree_depth"] = np.ceil(np.log2(extra["num_steps"] + 1.0)).astype(np.int64)
+        if map_energies is not None:
+            extra["map_potential_energies"] = map_energies  # (starts,), one per MAP search
+        if picks is not None:
+            extra["start_optima"] = np.asarray(picks)  # (chains,): the MAP search each chain started at
+        if config.extend > 0:
+            extra["continuations"] = continuations.copy()
+        return PosteriorSamples(weights=sites["weights"], means=sites["means"], cov_chol=sites["cov_chol"],
+                                sites=sites, sample_stats=extra, wall_time=time.perf_counter() - start)
+
+    post = assembled()
+    for _ in range(config.extend if drifting is not None else 0):
+        flagged = {int(c) for c in drifting(post)}
+        if not flagged:
+            break
+        for r, (n_round, _method) in enumerate(rounds):
+            chains_r = range(firsts[r], firsts[r] + n_round)
+            if not flagged.intersection(chains_r):
+                continue
+            mcmc = samplers[n_round]
+            mcmc.post_warmup_state = states[r]  # no warmup: on from the last draw, adaptation kept
+            mcmc.run(states[r].rng_key, *run_args, extra_fields=fields)
+            mcmc.post_warmup_state = None
+            site_parts[r], extra_parts[r] = collect(mcmc)
+            states[r] = mcmc.last_state
+            continuations[list(chains_r)] += 1
+        post = assembled()
+    return post

@@ -93,6 +93,16 @@ def _coarsening_lines(c, n) -> list:
                    "the mixture's own error."]
 
 
+def continuation_lines(continuations) -> list:
+    """The report's line on chains run on by ``[sampler] extend`` (none when none was)."""
+    ran_on = [(c, n) for c, n in enumerate(continuations or []) if n > 0]
+    if not ran_on:
+        return []
+    return ["- chains run on because their draws drifted (r_hat above 1.01 within their mode), their earlier "
+            "draws then counted as warmup: " + ", ".join(f"chain {c} {n} time{'s' if n > 1 else ''}"
+                                                          for c, n in ran_on)]
+
+
 def _dynamics_lines(dyn, names) -> list:
     """The model in the data's time, in words (see kgmm_bayes.study.dynamics)."""
     if not dyn:
@@ -190,6 +200,7 @@ def write_report(path, spec, metrics: dict) -> None:
                "uses the stacked mixture" if modes["stacked"] else "pooled with equal weights (no per-cell "
                "log-likelihood to stack them)")
         lines.append(f"- chains settled in {len(modes['modes'])} modes: " + "; ".join(parts) + f"; {how}")
+    lines += continuation_lines(post.get("continuations"))
     for warning in post["warnings"]:
         lines.append(f"- **Warning**: {warning}")
     lines += _coarsening_lines(post.get("coarsening"), metrics["data"]["train_snapshots"])

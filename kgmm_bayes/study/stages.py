@@ -30,6 +30,7 @@ from ..bayes.coarsening import (
 )
 from ..bayes.diagnostics import (
     convergence_summary,
+    drifting_chains,
     to_inference_data,
     with_chain_weights,
 )
@@ -232,9 +233,13 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
     config = SamplerConfig(**spec.sampler._asdict(), progress=progress)
 
+    def drifting(post):  # chains that convergence_summary would fault on r_hat: run_nuts runs them on
+        return drifting_chains(post, part.points, part.counts)
+
     def run(run_key, zeta):
         scaled = counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
-        return run_nuts(run_key, points, scaled, prior, initial_values(part), config, point_covariances=covs)
+        return run_nuts(run_key, points, scaled, prior, initial_values(part), config, point_covariances=covs,
+                        drifting=drifting)
 
     if m.coarsening == "off":
         return run(key, 1.0), OFF
@@ -352,6 +357,8 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         convergence["chain_starts"] = spec.sampler.chain_starts
     if "start_optima" in post.sample_stats:  # "spread" or "distinct": how many distinct optima the chains start at
         convergence["distinct_starts"] = int(np.unique(post.sample_stats["start_optima"]).size)
+    if "continuations" in post.sample_stats:  # [sampler] extend: how often each chain's draws were replaced
+        convergence["continuations"] = [int(c) for c in post.sample_stats["continuations"]]
     for message in convergence["warnings"]:
         warnings.warn(f"posterior: {message}", RuntimeWarning, stacklevel=3)
     weights = stacked_weights(convergence)
