@@ -26,12 +26,11 @@ import numpy as np
 
 from kgmm_bayes.bayes.diagnostics import convergence_summary, probe_points, to_inference_data
 from kgmm_bayes.bayes.score import score_draws, summarize_scores, thin_draws
+from kgmm_bayes.bayes.stacking import REPRODUCIBLE_BAND_FRACTION as REPRODUCIBLE  # largest |mean_a - mean_b| / width
 from kgmm_bayes.spec import load_spec
 from kgmm_bayes.study.checks import check_sizes
 from kgmm_bayes.study.stages import partition_stage, prepare_data, sample_posterior, stacked_weights, study_keys
 from kgmm_bayes.study.outputs import stage_key
-
-REPRODUCIBLE = 0.25  # largest |mean_a - mean_b| / band width allowed
 
 
 def _num(value) -> str:
@@ -73,7 +72,7 @@ def run(spec, keys, save=None):
         post, coarsening = sample_posterior(spec, jax.random.key(key), part, z)
         wall = time.perf_counter() - start
         idata = to_inference_data(post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances)
-        conv = convergence_summary(idata)
+        conv = convergence_summary(idata, spec.score.band)
         stack_w = stacked_weights(conv)
         draws = thin_draws(post, spec.score.max_draws, chain_weights=stack_w)
         scores, logps = score_draws(*draws, probes)
@@ -86,8 +85,9 @@ def run(spec, keys, save=None):
         weights = modes.get("chain_weights", [])
         mode_text = "; ".join(f"{m} w {sum(weights[c] for c in m):.2f} r_hat {_num(r)}"
                               for m, r in zip(modes.get("modes", []), modes.get("mode_r_hat", [])))
+        predicted = _num(conv.get("stacked_mean_error", {}).get("expected_max_difference"))
         rows.append((key, wall, coarsening.zeta, _num(conv["max_r_hat"]), _num(conv.get("max_mode_r_hat")),
-                     mode_text, conv["divergences"], _num(modes.get("max_pareto_k")), len(conv["warnings"])))
+                     mode_text, conv["divergences"], _num(modes.get("max_pareto_k")), predicted, len(conv["warnings"])))
     if save:
         np.savez(save, probes=probes, keys=np.asarray(keys), **saved)
     pairs = []  # (ratio, keys, probe) for every pair of keys
@@ -126,15 +126,16 @@ def main(argv=None):
     print(f"study {spec.study.name}: K = {spec.mixture.components}, {spec.sampler.chains} chains x "
           f"({spec.sampler.warmup} + {spec.sampler.draws}), seed {spec.study.seed}")
     print("| NUTS key | posterior s | zeta | r_hat (all chains) | max r_hat within a mode | modes: chains, weight, "
-          "r_hat | divergences | max PSIS k | faults |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for key, wall, zeta, rhat, mode_rhat, modes, div, khat, faults in rows:
-        print(f"| {key} | {wall:.1f} | {zeta:.3f} | {rhat} | {mode_rhat} | {modes} | {div} | {khat} | {faults} |")
+          "r_hat | divergences | max PSIS k | predicted difference of another run (band widths) | faults |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for key, wall, zeta, rhat, mode_rhat, modes, div, khat, predicted, faults in rows:
+        print(f"| {key} | {wall:.1f} | {zeta:.3f} | {rhat} | {mode_rhat} | {modes} | {div} | {khat} | {predicted} "
+              f"| {faults} |")
     for r, (a, b), p in pairs:
-        print(f"| keys {a} and {b} | max abs(mean difference) / band width {r:.3f} (probe {p}) | | | | | | | |")
+        print(f"| keys {a} and {b} | max abs(mean difference) / band width {r:.3f} (probe {p}) | | | | | | | | |")
     verdict = "reproducible" if ratio < REPRODUCIBLE else "NOT reproducible"
     print(f"| max over key pairs of max over probes of abs(mean difference) / band width | {ratio:.3f} "
-          f"(keys {pair}, probe {probe}) | threshold {REPRODUCIBLE} | {verdict} | | | | | |")
+          f"(keys {pair}, probe {probe}) | threshold {REPRODUCIBLE} | {verdict} | | | | | | |")
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def _idata(probe_values, cell_ll, counts):
         log_likelihood={"cells": cell_ll}, constant_data={"counts": counts})
 
 
-def test_a_drifting_lone_chain_is_stacked_and_its_split_r_hat_is_a_fault():
+def test_a_drifting_lone_chain_is_stacked_its_r_hat_reported_and_the_stacked_result_judged_by_its_error():
     from kgmm_bayes.bayes.diagnostics import convergence_summary
 
     rng = np.random.default_rng(6)
@@ -147,7 +147,52 @@ def test_a_drifting_lone_chain_is_stacked_and_its_split_r_hat_is_a_fault():
     modes = out["chain_modes"]
     assert modes["stacked"] and sorted(modes["modes"]) == [[0, 1], [2]]
     assert 0.2 < modes["chain_weights"][2] < 0.8  # each side predicts half the cells better
-    assert out["max_mode_r_hat"] > 1.5  # the drifting chain's halves disagree
-    assert any("split r_hat" in w and "chain 2, alone in its mode" in w for w in out["warnings"])
-    steady = convergence_summary(_idata(np.concatenate([values[:2], values[:1] + 6.0]), cell_ll, counts))
-    assert steady["chain_modes"]["stacked"] and not any("r_hat" in w for w in steady["warnings"])
+    assert out["max_mode_r_hat"] > 1.5  # the drifting chain's halves disagree: reported, not the fault
+    assert not any("r_hat" in w for w in out["warnings"])
+    # two modes 7.5 apart, one chain on one side: another run could land anywhere between them
+    (fault,) = [w for w in out["warnings"] if "not reproducible" in w]
+    assert out["stacked_mean_error"]["expected_max_difference"] > 0.25
+    assert f"{out['stacked_mean_error']['expected_max_difference']:.2f} band widths" in fault
+
+
+def test_stacked_mean_error_is_the_weighted_mean_s_standard_error_with_chains_as_units():
+    from kgmm_bayes.bayes.stacking import stacked_mean_error
+
+    rng = np.random.default_rng(11)
+    chains, draws = 5, 40
+    values = rng.normal(size=(chains, draws, 2, 3))
+    w = np.array([0.1, 0.3, 0.2, 0.15, 0.25])
+    out = stacked_mean_error(values, w, band=0.8)
+    m_c = values.mean(axis=1).reshape(chains, -1)
+    se = np.sqrt(chains / (chains - 1) * np.sum(w[:, None] ** 2 * (m_c - w @ m_c) ** 2, axis=0))
+    # the stacked draws: the weights' shares of floor(40 / 0.3) = 133, so that the heaviest chain gives all its 40
+    take = [13, 40, 27, 20, 33]
+    pooled = np.concatenate([values[c, np.linspace(0, draws - 1, n).round().astype(int)] for c, n in enumerate(take)])
+    lo, hi = np.quantile(pooled.reshape(len(pooled), -1), [0.1, 0.9], axis=0)
+    np.testing.assert_allclose(out["max_se_over_width"], np.max(se / (hi - lo)), rtol=1e-12)
+    np.testing.assert_allclose(out["median_se_over_width"], np.median(se / (hi - lo)), rtol=1e-12)
+    np.testing.assert_allclose(out["effective_chains"], 1.0 / np.sum(w ** 2), rtol=1e-12)
+
+
+def test_stacked_mean_error_predicts_how_far_two_independent_runs_differ():
+    """Runs of 16 chains, each chain in a mode of its own drawn at random (centres N(0, 1) per entry),
+    its draws N(centre, 1): the mean over 300 runs of the predicted largest difference matches the mean
+    over 300 pairs of runs of the actual largest difference, in band widths (both estimated to about 3%;
+    the prediction's square root of a chi-square with 15 degrees of freedom biases it by -1.7%)."""
+    from kgmm_bayes.bayes.stacking import stacked_mean_error
+
+    rng = np.random.default_rng(12)
+    chains, draws, entries, runs = 16, 200, 8, 300
+
+    def one_run():
+        return rng.normal(size=(chains, 1, entries)) + rng.normal(size=(chains, draws, entries))
+
+    w = np.full(chains, 1.0 / chains)
+    predicted, actual = [], []
+    for _ in range(runs):
+        a, b = one_run(), one_run()
+        out = stacked_mean_error(a, w, band=0.9)
+        predicted.append(out["expected_max_difference"])
+        width = np.diff(np.quantile(a.reshape(-1, entries), [0.05, 0.95], axis=0), axis=0)[0]
+        actual.append(np.max(np.abs(a.mean(axis=(0, 1)) - b.mean(axis=(0, 1))) / width))
+    assert abs(np.mean(predicted) / np.mean(actual) - 1.0) < 0.12

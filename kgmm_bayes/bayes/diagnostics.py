@@ -34,7 +34,7 @@ from .mixture import (
 )
 from .sampler import PosteriorSamples
 from .score import score_draws
-from .stacking import chain_modes
+from .stacking import REPRODUCIBLE_BAND_FRACTION, chain_modes, r_hat_of, stacked_mean_error
 
 __all__ = ["probe_points", "to_inference_data", "netcdf_bytes", "convergence_summary", "probe_summary",
            "drifting_chains", "MAX_R_HAT",
@@ -42,7 +42,8 @@ __all__ = ["probe_points", "to_inference_data", "netcdf_bytes", "convergence_sum
            "zscore_from_idata", "posterior_from_idata", "pointwise_log_likelihood", "plot_diagnostics"]
 
 PROBE_VARS = ["probe_log_density", "probe_score", "sorted_weights"]
-MAX_R_HAT = 1.01  # label-invariant r_hat above this (over all chains, or within a mode) is a convergence fault
+MAX_R_HAT = 1.01  # label-invariant r_hat over the chains of one mode above this is a convergence fault
+NEGLIGIBLE_WEIGHT = 1e-3  # a stacked chain weighing less gives no draw to bands of at most 1,000 draws
 
 
 def probe_points(points, counts, num: int = 8) -> np.ndarray:
@@ -152,13 +153,19 @@ def chain_weights(idata: az.InferenceData):
     return None
 
 
-def convergence_summary(idata: az.InferenceData) -> dict:
+def convergence_summary(idata: az.InferenceData, band: float = 0.9) -> dict:
     """Worst label-invariant r_hat and ESS, the divergence count, and the chains' modes.
 
     With more than one chain, chains are grouped into modes and, when they settled in
     several, stacked (:mod:`kgmm_bayes.bayes.stacking`): ``chain_modes`` holds the modes,
     r_hat within each and the chains' weights.  r_hat over all chains then measures how far
-    apart the modes are, and only r_hat within a mode is a convergence fault."""
+    apart the modes are.  The fault of a stacked result is then that it is not reproducible:
+    ``stacked_mean_error`` (the probe scores' Monte Carlo error with the chains as independent
+    units, against the width of the ``band``) predicts that another run's stacked mean would
+    differ by more than :data:`~kgmm_bayes.bayes.stacking.REPRODUCIBLE_BAND_FRACTION` of the
+    band width.  r_hat within each mode is reported, not a fault: chains that drift within a
+    basin show up in that error in proportion to their weight.  A chain whose stacking weight
+    is below :data:`NEGLIGIBLE_WEIGHT` gives no draw to any band; its energy BFMI is a note."""
     post = idata.posterior[PROBE_VARS]
     chains = idata.posterior.sizes["chain"]
     out = {"divergences": int(idata.sample_stats["diverging"].sum()),
@@ -179,11 +186,7 @@ def convergence_summary(idata: az.InferenceData) -> dict:
         warnings.simplefilter("ignore")
         bfmi = np.atleast_1d(az.bfmi(idata))
     out["bfmi_per_chain"] = [float(v) for v in bfmi]
-    warn = []
-    if np.min(bfmi) < 0.3:
-        warn.append(f"energy BFMI {np.min(bfmi):.2f} < 0.3: momentum resampling explores the energy poorly")
-    if out["divergences"] > 0:
-        warn.append(f"{out['divergences']} divergent transitions")
+    warn, notes = [], []
     lp = idata.sample_stats["lp"].values  # (chain, draw) log posterior (unnormalised)
     out["chain_mean_log_posterior"] = [float(v) for v in lp.mean(axis=1)]
     modes = None
@@ -194,36 +197,51 @@ def convergence_summary(idata: az.InferenceData) -> dict:
         out["chain_modes"] = modes.to_json()
         out["max_mode_r_hat"] = json_floats(np.nanmax(modes.mode_r_hat) if np.any(np.isfinite(modes.mode_r_hat))
                                             else np.nan)
-    if modes is not None and modes.stacked:
-        # chains in several modes, combined by stacking: each mode must mix within itself
-        if out["max_mode_r_hat"] is not None and out["max_mode_r_hat"] > MAX_R_HAT:
-            worst = modes.modes[int(np.nanargmax(modes.mode_r_hat))]
-            what = (f"split r_hat {out['max_mode_r_hat']:.3f} > {MAX_R_HAT} of chain {worst[0]}, alone in its mode: "
-                    "its halves disagree (it mixes too slowly)" if len(worst) == 1 else
-                    f"label-invariant r_hat {out['max_mode_r_hat']:.3f} > {MAX_R_HAT} within the mode of chains "
-                    f"{list(worst)}: its chains disagree or mix too slowly")
-            warn.append(what)
+    stacked = modes is not None and modes.stacked
+    counted = np.asarray(modes.weights) >= NEGLIGIBLE_WEIGHT if stacked else np.ones(len(bfmi), bool)
+    if np.min(bfmi[counted]) < 0.3:
+        warn.append(f"energy BFMI {np.min(bfmi[counted]):.2f} < 0.3: momentum resampling explores the energy poorly")
+    if np.any(bfmi[~counted] < 0.3):
+        notes.append(f"energy BFMI {np.min(bfmi[~counted]):.2f} < 0.3 in chains {np.flatnonzero(~counted).tolist()}, "
+                     f"whose stacking weights (below {NEGLIGIBLE_WEIGHT:g}) give them no draw in any band")
+    if out["divergences"] > 0:
+        warn.append(f"{out['divergences']} divergent transitions")
+    if stacked:
+        # chains in several modes, combined by stacking: the combined result must be reproducible
+        error = stacked_mean_error(post["probe_score"].values, modes.weights, band)
+        out["stacked_mean_error"] = error
+        if error["expected_max_difference"] > REPRODUCIBLE_BAND_FRACTION:
+            warn.append(f"the stacked posterior is not reproducible: its Monte Carlo error (chains as independent "
+                        f"units, {error['effective_chains']:.1f} effective) predicts that another run's mean score at "
+                        f"the probes differs by up to {error['expected_max_difference']:.2f} band widths "
+                        f"(> {REPRODUCIBLE_BAND_FRACTION:g}); more chains at distinct optima would narrow it")
     elif chains > 1 and out["max_r_hat"] > MAX_R_HAT:
         warn.append(f"label-invariant r_hat {out['max_r_hat']:.3f} > {MAX_R_HAT}: chains disagree "
                     f"({_odd_chain(post, rhat, lp)})")
     if chains == 1:
         warn.append("one chain: r_hat cannot be computed")
     out["warnings"] = warn
+    out["notes"] = notes
     return out
 
 
-def drifting_chains(posterior: PosteriorSamples, points, counts) -> list[int]:
-    """The chains whose draws :func:`convergence_summary` would fault on r_hat: every chain of a mode
-    (:func:`~kgmm_bayes.bayes.stacking.chain_modes`, by the label-invariant probes) whose r_hat,
-    split r_hat for a chain alone, exceeds :data:`MAX_R_HAT`; with one mode, all chains when r_hat
-    over them does.  ``run_nuts``'s ``drifting`` check: these chains are run on."""
+def drifting_chains(posterior: PosteriorSamples, points, counts, stacks: bool = True) -> list[int]:
+    """The chains :func:`convergence_summary` would fault on r_hat: all of them when they sample one
+    mode (:func:`~kgmm_bayes.bayes.stacking.chain_modes`, by the label-invariant probes) and their
+    r_hat exceeds :data:`MAX_R_HAT`, or settle in several that will not be stacked (``stacks``
+    false: no per-cell log-likelihood).  Stacked modes are judged by the reproducibility of the
+    stacked mean, which more chains improve, not longer ones: none.  ``run_nuts``'s ``drifting``
+    check: these chains are run on."""
     if posterior.num_chains < 2:
         return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        probes = az.from_dict(posterior=_probe_values(posterior, probe_points(points, counts)), dims=PROBE_DIMS)
-    modes = chain_modes(probes.posterior[PROBE_VARS])  # r_hat is scale-free: the z-scored probes serve
-    return sorted(c for mode, r_hat in zip(modes.modes, modes.mode_r_hat) if r_hat > MAX_R_HAT for c in mode)
+        idata = az.from_dict(posterior=_probe_values(posterior, probe_points(points, counts)), dims=PROBE_DIMS)
+    probes = idata.posterior[PROBE_VARS]  # r_hat is scale-free: the z-scored probes serve
+    if stacks and len(chain_modes(probes).modes) > 1:
+        return []
+    chains = list(range(posterior.num_chains))
+    return chains if r_hat_of(probes, chains) > MAX_R_HAT else []
 
 
 def _odd_chain(post, rhat, lp) -> str:

@@ -254,17 +254,12 @@ def thin_draws(posterior, max_draws: int, chain_weights=None):
     draws in proportion to its weight, so the merged draws sample the weighted mixture of the
     chains; ``None``: every chain gives the same number.
     """
+    from .stacking import draw_allocation, draw_picks
+
     chains, draws = posterior.weights.shape[:2]
     per_chain = max(1, min(draws, max_draws // chains))
-    if chain_weights is None:
-        takes = [per_chain] * chains
-    else:
-        from .stacking import draw_allocation
-
-        takes = draw_allocation(chain_weights, per_chain * chains, draws)
-    picks = [(c, i) for c, take in enumerate(takes) if take
-             for i in np.linspace(0, draws - 1, int(take)).round().astype(int)]
-    chain_idx, draw_idx = (np.asarray(v) for v in zip(*picks))
+    takes = [per_chain] * chains if chain_weights is None else draw_allocation(chain_weights, per_chain * chains, draws)
+    chain_idx, draw_idx = draw_picks(takes, draws)
 
     def take(a):
         return np.asarray(a)[chain_idx, draw_idx]

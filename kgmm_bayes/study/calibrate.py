@@ -186,7 +186,7 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     post, coarsening = sample_posterior(spec, mcmc_key, part, z)
     wall = post.wall_time
     conv = convergence_summary(to_inference_data(post, zscore, part.points, part.counts,
-                                                 point_covariances=part.cell_covariances))
+                                                 point_covariances=part.cell_covariances), spec.score.band)
     draws = thin_draws(post, spec.score.max_draws, chain_weights=stacked_weights(conv))
 
     scores, logps = score_draws(*draws, zscore.forward(evaluation))

@@ -200,9 +200,15 @@ def write_report(path, spec, metrics: dict) -> None:
                "uses the stacked mixture" if modes["stacked"] else "pooled with equal weights (no per-cell "
                "log-likelihood to stack them)")
         lines.append(f"- chains settled in {len(modes['modes'])} modes: " + "; ".join(parts) + f"; {how}")
+    error = post.get("stacked_mean_error")
+    if error:
+        lines.append(f"- stacked mean's Monte Carlo error (chains as independent units, {error['effective_chains']:.1f} "
+                     f"effective): at most {_fmt(error['max_se_over_width'])} band widths at the probes; another run's "
+                     f"mean is expected to differ by up to {_fmt(error['expected_max_difference'])} band widths")
     lines += continuation_lines(post.get("continuations"))
     for warning in post["warnings"]:
         lines.append(f"- **Warning**: {warning}")
+    lines += [f"- Note: {note}" for note in post.get("notes", [])]
     lines += _coarsening_lines(post.get("coarsening"), metrics["data"]["train_snapshots"])
     if "score" in metrics:
         sc = metrics["score"]

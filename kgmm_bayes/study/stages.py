@@ -234,7 +234,7 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     config = SamplerConfig(**spec.sampler._asdict(), progress=progress)
 
     def drifting(post):  # chains that convergence_summary would fault on r_hat: run_nuts runs them on
-        return drifting_chains(post, part.points, part.counts)
+        return drifting_chains(post, part.points, part.counts, stacks=spec.partition.coreset)
 
     def run(run_key, zeta):
         scaled = counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
@@ -349,7 +349,7 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
     if idata is None:
         idata = to_inference_data(post, zscore, part.points, part.counts, point_covariances=part.cell_covariances,
                                   log_likelihood=spec.partition.coreset)
-    convergence = convergence_summary(idata)
+    convergence = convergence_summary(idata, spec.score.band)
     convergence["coarsening"] = coarsening.to_json()
     if "map_potential_energies" in post.sample_stats:
         optima = np.sort(-np.asarray(post.sample_stats["map_potential_energies"]))[::-1]
