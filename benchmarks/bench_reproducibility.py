@@ -24,7 +24,7 @@ import kgmm_bayes  # noqa: F401
 import jax
 import numpy as np
 
-from kgmm_bayes.bayes.diagnostics import convergence_summary, probe_points, to_inference_data
+from kgmm_bayes.bayes.diagnostics import convergence_summary, independent_starts, probe_points, to_inference_data
 from kgmm_bayes.bayes.score import score_draws, summarize_scores, thin_draws
 from kgmm_bayes.bayes.stacking import REPRODUCIBLE_BAND_FRACTION as REPRODUCIBLE  # largest |mean_a - mean_b| / width
 from kgmm_bayes.spec import load_spec
@@ -72,7 +72,7 @@ def run(spec, keys, save=None):
         post, coarsening = sample_posterior(spec, jax.random.key(key), part, z)
         wall = time.perf_counter() - start
         idata = to_inference_data(post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances)
-        conv = convergence_summary(idata, spec.score.band)
+        conv = convergence_summary(idata, spec.score.band, independent_starts(post), spec.score.max_draws)
         stack_w = stacked_weights(conv)
         draws = thin_draws(post, spec.score.max_draws, chain_weights=stack_w)
         scores, logps = score_draws(*draws, probes)

@@ -356,9 +356,10 @@ def test_flagged_chains_run_on_and_their_draws_are_replaced():
 
 
 def test_drifting_chains_are_those_convergence_summary_would_fault_on_r_hat():
-    """Four chains of iid draws around one mixture: none flagged.  A fourth whose means drift lands in a
-    mode of its own: with stacking, none flagged (a stacked result is judged by its reproducibility);
-    without, all four (r_hat over them exceeds 1.01)."""
+    """Four chains of iid draws around one mixture: none flagged; all four when one of them drifts a
+    little, staying in their mode.  A fourth whose means drift far lands in a mode of its own: stacked
+    chains from one start, the drifting one (alone, its halves disagree); stacked chains at distinct
+    optima, none (judged by reproducibility); unstacked, all four."""
     from kgmm_bayes.bayes.diagnostics import drifting_chains
     from kgmm_bayes.bayes.sampler import PosteriorSamples
 
@@ -370,14 +371,19 @@ def test_drifting_chains_are_those_convergence_summary_would_fault_on_r_hat():
     points = np.linspace(-2.0, 2.0, 50)[:, None]
     counts = np.ones(50)
 
-    def samples(m):
-        return PosteriorSamples(weights, m, chol, {}, {}, 0.0)
+    def samples(m, stats=None):
+        return PosteriorSamples(weights, m, chol, {}, stats or {}, 0.0)
 
     assert drifting_chains(samples(means), points, counts) == []
+    slightly = means.copy()
+    slightly[3, :, 0, 0] += np.linspace(0.0, 0.01, s)  # one sd of the means: one mode, r_hat over 1.01
+    assert drifting_chains(samples(slightly), points, counts) == [0, 1, 2, 3]
     drifted = means.copy()
     drifted[3, :, 0, 0] += np.linspace(0.0, 0.5, s)
-    assert drifting_chains(samples(drifted), points, counts) == []
-    assert drifting_chains(samples(drifted), points, counts, stacks=False) == [0, 1, 2, 3]
+    assert drifting_chains(samples(drifted), points, counts) == [3]
+    distinct = {"start_optima": np.array([4, 0, 7, 2])}
+    assert drifting_chains(samples(drifted, distinct), points, counts) == []
+    assert drifting_chains(samples(drifted, distinct), points, counts, stacks=False) == [0, 1, 2, 3]
 
 
 def test_report_names_the_chains_that_ran_on():

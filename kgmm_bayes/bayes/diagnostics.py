@@ -34,16 +34,16 @@ from .mixture import (
 )
 from .sampler import PosteriorSamples
 from .score import score_draws
-from .stacking import REPRODUCIBLE_BAND_FRACTION, chain_modes, r_hat_of, stacked_mean_error
+from .stacking import REPRODUCIBLE_BAND_FRACTION, chain_modes, draw_allocation, r_hat_of, stacked_mean_error
 
 __all__ = ["probe_points", "to_inference_data", "netcdf_bytes", "convergence_summary", "probe_summary",
-           "drifting_chains", "MAX_R_HAT",
+           "drifting_chains", "independent_starts", "MAX_R_HAT",
            "with_chain_weights", "chain_weights",
            "zscore_from_idata", "posterior_from_idata", "pointwise_log_likelihood", "plot_diagnostics"]
 
 PROBE_VARS = ["probe_log_density", "probe_score", "sorted_weights"]
 MAX_R_HAT = 1.01  # label-invariant r_hat over the chains of one mode above this is a convergence fault
-NEGLIGIBLE_WEIGHT = 1e-3  # a stacked chain weighing less gives no draw to bands of at most 1,000 draws
+MIN_EFFECTIVE_CHAINS = 4  # 1 / sum(w^2) of stacked chains at distinct optima: fewer cannot judge reproducibility
 
 
 def probe_points(points, counts, num: int = 8) -> np.ndarray:
@@ -153,19 +153,33 @@ def chain_weights(idata: az.InferenceData):
     return None
 
 
-def convergence_summary(idata: az.InferenceData, band: float = 0.9) -> dict:
+def independent_starts(posterior: PosteriorSamples) -> bool:
+    """Whether every chain started at its own MAP search's optimum (``chain_starts = "distinct"``, or
+    ``"spread"`` with enough optima in its window): only then are the chains independent units for
+    the stacked result's reproducibility (:func:`~kgmm_bayes.bayes.stacking.stacked_mean_error`)."""
+    starts = posterior.sample_stats.get("start_optima")
+    return starts is not None and np.unique(starts).size == posterior.num_chains
+
+
+def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent: bool = False,
+                        max_draws: int = 1000) -> dict:
     """Worst label-invariant r_hat and ESS, the divergence count, and the chains' modes.
 
     With more than one chain, chains are grouped into modes and, when they settled in
     several, stacked (:mod:`kgmm_bayes.bayes.stacking`): ``chain_modes`` holds the modes,
     r_hat within each and the chains' weights.  r_hat over all chains then measures how far
-    apart the modes are.  The fault of a stacked result is then that it is not reproducible:
+    apart the modes are.  When the chains started at distinct MAP optima (``independent``, see
+    :func:`independent_starts`) the fault of a stacked result is that it is not reproducible:
     ``stacked_mean_error`` (the probe scores' Monte Carlo error with the chains as independent
     units, against the width of the ``band``) predicts that another run's stacked mean would
     differ by more than :data:`~kgmm_bayes.bayes.stacking.REPRODUCIBLE_BAND_FRACTION` of the
-    band width.  r_hat within each mode is reported, not a fault: chains that drift within a
-    basin show up in that error in proportion to their weight.  A chain whose stacking weight
-    is below :data:`NEGLIGIBLE_WEIGHT` gives no draw to any band; its energy BFMI is a note."""
+    band width, or there are fewer than :data:`MIN_EFFECTIVE_CHAINS` effective chains to judge it
+    by.  r_hat within each mode is then reported, not a fault: chains that drift within a basin
+    show up in that error in proportion to their weight.  Chains that all started at one point
+    are not independent units (which modes they find says nothing of which another search would):
+    r_hat within a mode above :data:`MAX_R_HAT` stays their fault.  A stacked chain that gives no
+    draw to the bands (its weight's share of ``max_draws`` rounds to none, as in
+    :func:`~kgmm_bayes.bayes.score.thin_draws`) has its energy BFMI as a note, not a fault."""
     post = idata.posterior[PROBE_VARS]
     chains = idata.posterior.sizes["chain"]
     out = {"divergences": int(idata.sample_stats["diverging"].sum()),
@@ -198,23 +212,41 @@ def convergence_summary(idata: az.InferenceData, band: float = 0.9) -> dict:
         out["max_mode_r_hat"] = json_floats(np.nanmax(modes.mode_r_hat) if np.any(np.isfinite(modes.mode_r_hat))
                                             else np.nan)
     stacked = modes is not None and modes.stacked
-    counted = np.asarray(modes.weights) >= NEGLIGIBLE_WEIGHT if stacked else np.ones(len(bfmi), bool)
+    counted = np.ones(len(bfmi), bool)
+    if stacked:  # chains the bands draw from (score.thin_draws' allocation)
+        draws = out["draws"]
+        counted = draw_allocation(modes.weights, max(1, min(draws, max_draws // chains)) * chains, draws) > 0
     if np.min(bfmi[counted]) < 0.3:
         warn.append(f"energy BFMI {np.min(bfmi[counted]):.2f} < 0.3: momentum resampling explores the energy poorly")
-    if np.any(bfmi[~counted] < 0.3):
-        notes.append(f"energy BFMI {np.min(bfmi[~counted]):.2f} < 0.3 in chains {np.flatnonzero(~counted).tolist()}, "
-                     f"whose stacking weights (below {NEGLIGIBLE_WEIGHT:g}) give them no draw in any band")
+    poor = np.flatnonzero(~counted & (bfmi < 0.3))
+    if poor.size:
+        notes.append(f"energy BFMI {np.min(bfmi[poor]):.2f} < 0.3 in chains {poor.tolist()}, whose stacking weights "
+                     f"give them no draw in the bands")
     if out["divergences"] > 0:
         warn.append(f"{out['divergences']} divergent transitions")
-    if stacked:
-        # chains in several modes, combined by stacking: the combined result must be reproducible
+    if stacked and independent:
+        # chains at distinct optima, combined by stacking: the combined result must be reproducible
         error = stacked_mean_error(post["probe_score"].values, modes.weights, band)
         out["stacked_mean_error"] = error
-        if error["expected_max_difference"] > REPRODUCIBLE_BAND_FRACTION:
+        predicted, units = error["expected_max_difference"], error["effective_chains"]
+        if predicted is None or units is None or units < MIN_EFFECTIVE_CHAINS:
+            warn.append(f"the stacked posterior's reproducibility cannot be judged: "
+                        f"{'non-finite probe scores' if units is None else f'{units:.1f} effective chains'} "
+                        f"(at least {MIN_EFFECTIVE_CHAINS} needed); run more chains at distinct optima")
+        elif predicted > REPRODUCIBLE_BAND_FRACTION:
             warn.append(f"the stacked posterior is not reproducible: its Monte Carlo error (chains as independent "
-                        f"units, {error['effective_chains']:.1f} effective) predicts that another run's mean score at "
-                        f"the probes differs by up to {error['expected_max_difference']:.2f} band widths "
-                        f"(> {REPRODUCIBLE_BAND_FRACTION:g}); more chains at distinct optima would narrow it")
+                        f"units, {units:.1f} effective) predicts that another run's mean score at the probes differs "
+                        f"by about {predicted:.2f} band widths at most (> {REPRODUCIBLE_BAND_FRACTION:g}); more chains "
+                        "at distinct optima would narrow it")
+    elif stacked:
+        # chains from one start, combined by stacking: each mode must mix within itself
+        if out["max_mode_r_hat"] is not None and out["max_mode_r_hat"] > MAX_R_HAT:
+            worst = modes.modes[int(np.nanargmax(modes.mode_r_hat))]
+            what = (f"split r_hat {out['max_mode_r_hat']:.3f} > {MAX_R_HAT} of chain {worst[0]}, alone in its mode: "
+                    "its halves disagree (it mixes too slowly)" if len(worst) == 1 else
+                    f"label-invariant r_hat {out['max_mode_r_hat']:.3f} > {MAX_R_HAT} within the mode of chains "
+                    f"{list(worst)}: its chains disagree or mix too slowly")
+            warn.append(what)
     elif chains > 1 and out["max_r_hat"] > MAX_R_HAT:
         warn.append(f"label-invariant r_hat {out['max_r_hat']:.3f} > {MAX_R_HAT}: chains disagree "
                     f"({_odd_chain(post, rhat, lp)})")
@@ -226,11 +258,12 @@ def convergence_summary(idata: az.InferenceData, band: float = 0.9) -> dict:
 
 
 def drifting_chains(posterior: PosteriorSamples, points, counts, stacks: bool = True) -> list[int]:
-    """The chains :func:`convergence_summary` would fault on r_hat: all of them when they sample one
-    mode (:func:`~kgmm_bayes.bayes.stacking.chain_modes`, by the label-invariant probes) and their
-    r_hat exceeds :data:`MAX_R_HAT`, or settle in several that will not be stacked (``stacks``
-    false: no per-cell log-likelihood).  Stacked modes are judged by the reproducibility of the
-    stacked mean, which more chains improve, not longer ones: none.  ``run_nuts``'s ``drifting``
+    """The chains :func:`convergence_summary` would fault on r_hat above :data:`MAX_R_HAT`: with the
+    chains in one mode (:func:`~kgmm_bayes.bayes.stacking.chain_modes`, by the label-invariant
+    probes), or in several that will not be stacked (``stacks`` false: no per-cell log-likelihood),
+    all of them when r_hat over them exceeds it; stacked chains from one start, those of each mode
+    whose r_hat within it does; stacked chains at distinct optima, none (their result is judged by
+    its reproducibility, which more chains improve, not longer ones).  ``run_nuts``'s ``drifting``
     check: these chains are run on."""
     if posterior.num_chains < 2:
         return []
@@ -238,8 +271,11 @@ def drifting_chains(posterior: PosteriorSamples, points, counts, stacks: bool = 
         warnings.simplefilter("ignore", FutureWarning)
         idata = az.from_dict(posterior=_probe_values(posterior, probe_points(points, counts)), dims=PROBE_DIMS)
     probes = idata.posterior[PROBE_VARS]  # r_hat is scale-free: the z-scored probes serve
-    if stacks and len(chain_modes(probes).modes) > 1:
-        return []
+    modes = chain_modes(probes)
+    if stacks and len(modes.modes) > 1:
+        if independent_starts(posterior):
+            return []
+        return sorted(c for mode, r_hat in zip(modes.modes, modes.mode_r_hat) if r_hat > MAX_R_HAT for c in mode)
     chains = list(range(posterior.num_chains))
     return chains if r_hat_of(probes, chains) > MAX_R_HAT else []
 

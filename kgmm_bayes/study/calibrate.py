@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 from .._version import __version__
-from ..bayes.diagnostics import convergence_summary, to_inference_data
+from ..bayes.diagnostics import convergence_summary, independent_starts, to_inference_data
 from ..bayes.score import score_draws, summarize_scores, thin_draws
 from ..data.systems import get_system, simulate
 from ..data.zscore import ZScore
@@ -186,7 +186,8 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     post, coarsening = sample_posterior(spec, mcmc_key, part, z)
     wall = post.wall_time
     conv = convergence_summary(to_inference_data(post, zscore, part.points, part.counts,
-                                                 point_covariances=part.cell_covariances), spec.score.band)
+                                                 point_covariances=part.cell_covariances), spec.score.band,
+                               independent_starts(post), spec.score.max_draws)
     draws = thin_draws(post, spec.score.max_draws, chain_weights=stacked_weights(conv))
 
     scores, logps = score_draws(*draws, zscore.forward(evaluation))

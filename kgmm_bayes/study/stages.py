@@ -31,6 +31,7 @@ from ..bayes.coarsening import (
 from ..bayes.diagnostics import (
     convergence_summary,
     drifting_chains,
+    independent_starts,
     to_inference_data,
     with_chain_weights,
 )
@@ -349,7 +350,7 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
     if idata is None:
         idata = to_inference_data(post, zscore, part.points, part.counts, point_covariances=part.cell_covariances,
                                   log_likelihood=spec.partition.coreset)
-    convergence = convergence_summary(idata, spec.score.band)
+    convergence = convergence_summary(idata, spec.score.band, independent_starts(post), spec.score.max_draws)
     convergence["coarsening"] = coarsening.to_json()
     if "map_potential_energies" in post.sample_stats:
         optima = np.sort(-np.asarray(post.sample_stats["map_potential_energies"]))[::-1]
