@@ -72,7 +72,7 @@ def run(spec, keys, save=None):
         post, coarsening = sample_posterior(spec, jax.random.key(key), part, z)
         wall = time.perf_counter() - start
         idata = to_inference_data(post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances)
-        conv = convergence_summary(idata, spec.score.band, independent_starts(post), spec.score.max_draws)
+        conv = convergence_summary(idata, spec.score.band, independent_starts(post))
         stack_w = stacked_weights(conv)
         draws = thin_draws(post, spec.score.max_draws, chain_weights=stack_w)
         scores, logps = score_draws(*draws, probes)

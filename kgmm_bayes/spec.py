@@ -95,8 +95,8 @@ class SamplerSection(NamedTuple):
     shard_data: bool = False  # split the likelihood's points over all devices (chains then run in turn)
     chain_starts: str = "best"  # "spread": chains at the best distinct MAP optima within 10 nats; "distinct":
     # at the best distinct ones however far below the best (stacked when in several modes)
-    # chains in one mode whose label-invariant r_hat exceeds 1.01 run on from their last draw, their draws so far
-    # then counting as warmup, at most this many times (stacked modes are judged by their reproducibility instead)
+    # the chains label-invariant r_hat > 1.01 faults on (diagnostics.drifting_chains) run on from their last draw,
+    # their draws so far then counting as warmup, at most this many times
     extend: int = 0
 
 

@@ -321,29 +321,36 @@ def test_distinct_chain_starts_record_the_optima_each_chain_starts_at():
 
 def test_flagged_chains_run_on_and_their_draws_are_replaced():
     """``extend``: the round holding a chain the ``drifting`` check flags runs on from its last state
-    (no warmup), its draws replaced by as many new ones; other rounds keep theirs; at most ``extend``
-    continuations; the continued chain still samples the posterior the others do."""
+    (no warmup: the adapted step size is kept), its draws replaced by as many new ones; other rounds
+    keep theirs; at most ``extend`` continuations; the continued chains still sample the posterior
+    the others do.  A round of parallel chains and a round of one chain are both run on."""
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(-1.0, 0.3, 600), rng.normal(1.0, 0.3, 600)])[:, None]
     part = fit_partition(jax.random.key(0), x, num_cells=100, num_components=2)
     prior = build_prior(part, dirichlet_alpha=2.0, mean_scale=0.25, scale_prior=1.0, lkj_eta=2.0)
-    chains = jax.local_device_count() + 1  # one full round and a last round of one chain
-    seen = []
+    devices = jax.local_device_count()
+    chains = devices + 1  # one full round and a last round of one chain
+    seen, steps = [], []
 
     def drifting(post):
         seen.append(post.weights.copy())
-        return [chains - 1]  # always flags the last chain
+        steps.append(post.sample_stats["step_size"].copy())
+        return [0] if len(seen) == 1 else [chains - 1, 0, 0]  # then the last chain (chain 0 again, ignored)
 
     post = run_nuts(jax.random.key(2), part.points, part.counts, prior, initial_values(part),
                     SamplerConfig(chains=chains, warmup=100, draws=100, extend=2),
                     point_covariances=part.cell_covariances, drifting=drifting)
     assert len(seen) == 2  # checked before each continuation, never after the last
-    np.testing.assert_array_equal(post.sample_stats["continuations"], [0] * (chains - 1) + [2])
+    np.testing.assert_array_equal(post.sample_stats["continuations"], [1] * chains)
     assert post.weights.shape == (chains, 100, 2) and post.sample_stats["num_steps"].shape == (chains, 100)
-    for before in seen:
-        np.testing.assert_array_equal(post.weights[:-1], before[:-1])  # the full round is untouched
-    last = [seen[0][-1], seen[1][-1], post.weights[-1]]
-    assert not np.any(np.isin(last[1], last[0])) and not np.any(np.isin(last[2], last[1]))  # new draws each time
+    first, second = seen
+    assert not np.any(np.isin(second[:devices], first[:devices]))  # the first round ran on: new draws
+    np.testing.assert_array_equal(second[-1], first[-1])  # the last round did not
+    assert not np.any(np.isin(post.weights[devices:], second[devices:]))  # then the last round ran on
+    np.testing.assert_array_equal(post.weights[:devices], second[:devices])
+    # continuations, not fresh runs: every chain keeps the step size its warmup adapted
+    assert np.all(np.ptp(steps[0], axis=1) == 0.0)
+    np.testing.assert_array_equal(post.sample_stats["step_size"], steps[0])
     w_small = np.sort(post.weights, axis=-1)[..., 0]
     spread = w_small.mean(axis=1)
     assert np.ptp(spread) < 6 * w_small.std() / np.sqrt(100 / 10)
@@ -352,7 +359,7 @@ def test_flagged_chains_run_on_and_their_draws_are_replaced():
                      SamplerConfig(chains=chains, warmup=100, draws=100),
                      point_covariances=part.cell_covariances, drifting=drifting)
     assert len(seen) == 2 and "continuations" not in plain.sample_stats
-    np.testing.assert_array_equal(plain.weights, seen[0])  # the same first draws: extend changes nothing before
+    np.testing.assert_array_equal(plain.weights, first)  # the same first draws: extend changes nothing before
 
 
 def test_drifting_chains_are_those_convergence_summary_would_fault_on_r_hat():

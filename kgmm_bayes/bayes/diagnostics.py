@@ -34,7 +34,7 @@ from .mixture import (
 )
 from .sampler import PosteriorSamples
 from .score import score_draws
-from .stacking import REPRODUCIBLE_BAND_FRACTION, chain_modes, draw_allocation, r_hat_of, stacked_mean_error
+from .stacking import REPRODUCIBLE_BAND_FRACTION, chain_modes, r_hat_of, stacked_mean_error
 
 __all__ = ["probe_points", "to_inference_data", "netcdf_bytes", "convergence_summary", "probe_summary",
            "drifting_chains", "independent_starts", "MAX_R_HAT",
@@ -44,6 +44,9 @@ __all__ = ["probe_points", "to_inference_data", "netcdf_bytes", "convergence_sum
 PROBE_VARS = ["probe_log_density", "probe_score", "sorted_weights"]
 MAX_R_HAT = 1.01  # label-invariant r_hat over the chains of one mode above this is a convergence fault
 MIN_EFFECTIVE_CHAINS = 4  # 1 / sum(w^2) of stacked chains at distinct optima: fewer cannot judge reproducibility
+# The q-quantile of a mixture (1 - w) G + w H lies between G's (q - w) / (1 - w) and q / (1 - w) quantiles,
+# whatever H: a chain of stacking weight below this moves a band's level by less than one point
+NEGLIGIBLE_WEIGHT = 0.01
 
 
 def probe_points(points, counts, num: int = 8) -> np.ndarray:
@@ -161,8 +164,7 @@ def independent_starts(posterior: PosteriorSamples) -> bool:
     return starts is not None and np.unique(starts).size == posterior.num_chains
 
 
-def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent: bool = False,
-                        max_draws: int = 1000) -> dict:
+def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent: bool = False) -> dict:
     """Worst label-invariant r_hat and ESS, the divergence count, and the chains' modes.
 
     With more than one chain, chains are grouped into modes and, when they settled in
@@ -177,9 +179,9 @@ def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent:
     by.  r_hat within each mode is then reported, not a fault: chains that drift within a basin
     show up in that error in proportion to their weight.  Chains that all started at one point
     are not independent units (which modes they find says nothing of which another search would):
-    r_hat within a mode above :data:`MAX_R_HAT` stays their fault.  A stacked chain that gives no
-    draw to the bands (its weight's share of ``max_draws`` rounds to none, as in
-    :func:`~kgmm_bayes.bayes.score.thin_draws`) has its energy BFMI as a note, not a fault."""
+    r_hat within a mode above :data:`MAX_R_HAT` stays their fault.  A stacked chain whose weight is
+    below :data:`NEGLIGIBLE_WEIGHT` cannot move a band's level by a point, however poor its draws:
+    its energy BFMI is a note, not a fault."""
     post = idata.posterior[PROBE_VARS]
     chains = idata.posterior.sizes["chain"]
     out = {"divergences": int(idata.sample_stats["diverging"].sum()),
@@ -212,16 +214,16 @@ def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent:
         out["max_mode_r_hat"] = json_floats(np.nanmax(modes.mode_r_hat) if np.any(np.isfinite(modes.mode_r_hat))
                                             else np.nan)
     stacked = modes is not None and modes.stacked
-    counted = np.ones(len(bfmi), bool)
-    if stacked:  # chains the bands draw from (score.thin_draws' allocation)
-        draws = out["draws"]
-        counted = draw_allocation(modes.weights, max(1, min(draws, max_draws // chains)) * chains, draws) > 0
+    # a stacked chain of weight w moves any quantile of the stacked mixture by at most w in probability, however
+    # wrong its draws: below NEGLIGIBLE_WEIGHT its energy BFMI cannot move a band's level by a point
+    counted = np.asarray(modes.weights) >= NEGLIGIBLE_WEIGHT if stacked else np.ones(len(bfmi), bool)
     if np.min(bfmi[counted]) < 0.3:
         warn.append(f"energy BFMI {np.min(bfmi[counted]):.2f} < 0.3: momentum resampling explores the energy poorly")
     poor = np.flatnonzero(~counted & (bfmi < 0.3))
     if poor.size:
         notes.append(f"energy BFMI {np.min(bfmi[poor]):.2f} < 0.3 in chains {poor.tolist()}, whose stacking weights "
-                     f"give them no draw in the bands")
+                     f"(below {NEGLIGIBLE_WEIGHT:g}) move no band's level by more than {100 * NEGLIGIBLE_WEIGHT:g} "
+                     "point")
     if out["divergences"] > 0:
         warn.append(f"{out['divergences']} divergent transitions")
     if stacked and independent:

@@ -439,7 +439,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         kernel = NUTS(model, target_accept_prob=config.target_accept, inverse_mass_matrix=inverse_mass,
                       max_tree_depth=config.max_tree_depth, dense_mass=dense)
         run_args = model_args
-    fields = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy")
+    fields = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy", "adapt_state.step_size")
     site_parts, extra_parts, states, firsts = [], [], [], []
     first = 0
     # More chains than devices: rounds of device-parallel chains (numpyro alone would run
@@ -454,8 +454,9 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         samples = mcmc.get_samples(group_by_chain=True)
         if whiten:  # back to the model's sites: theta = theta* + L u, constrained
             samples = _unwhiten(samples["u"], model, model_args, centre, chol, unravel)
-        return ({k: np.asarray(v) for k, v in samples.items()},
-                {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()})
+        extra = {k.replace("adapt_state.", ""): np.asarray(v)  # step_size: the adapted step of each draw
+                 for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+        return {k: np.asarray(v) for k, v in samples.items()}, extra
 
     for round_key, (n_round, method) in zip(jax.random.split(run_key, len(rounds)), rounds):
         if n_round not in samplers:

@@ -98,7 +98,7 @@ def continuation_lines(continuations) -> list:
     ran_on = [(c, n) for c, n in enumerate(continuations or []) if n > 0]
     if not ran_on:
         return []
-    return ["- chains run on because their draws drifted (r_hat above 1.01 within their mode), their earlier "
+    return ["- chains run on because their draws drifted (label-invariant r_hat above 1.01), their earlier "
             "draws then counted as warmup: " + ", ".join(f"chain {c} {n} time{'s' if n > 1 else ''}"
                                                           for c, n in ran_on)]
 

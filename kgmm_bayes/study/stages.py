@@ -350,7 +350,7 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
     if idata is None:
         idata = to_inference_data(post, zscore, part.points, part.counts, point_covariances=part.cell_covariances,
                                   log_likelihood=spec.partition.coreset)
-    convergence = convergence_summary(idata, spec.score.band, independent_starts(post), spec.score.max_draws)
+    convergence = convergence_summary(idata, spec.score.band, independent_starts(post))
     convergence["coarsening"] = coarsening.to_json()
     if "map_potential_energies" in post.sample_stats:
         optima = np.sort(-np.asarray(post.sample_stats["map_potential_energies"]))[::-1]
