@@ -181,12 +181,17 @@ def test_stacked_chains_at_distinct_optima_are_judged_by_their_reproducibility()
     skewed[2:] -= 50.0 * counts  # fourteen chains predict every cell far worse: the weight rests on chains 0 and 1
     idata = _idata(far, skewed, counts)
     idata.sample_stats["energy"].values[15] = np.cumsum(rng.normal(0, 1, draws))  # a random walk: BFMI << 0.3
+    idata.sample_stats["diverging"].values[14, :3] = True
     out = convergence_summary(idata, independent=True)
     assert out["stacked_mean_error"]["effective_chains"] < 4
     assert any("reproducibility cannot be judged" in w for w in out["warnings"])
-    # chain 15 gives no draw to the bands: its BFMI is a note, not a fault
-    assert out["bfmi_per_chain"][15] < 0.3 and not any("BFMI" in w for w in out["warnings"])
-    assert len(out["notes"]) == 1 and "in chains [15]" in out["notes"][0]
+    # chains 14 and 15 weigh too little to move a band: their BFMI and divergences are notes, not faults
+    assert out["bfmi_per_chain"][15] < 0.3 and out["divergences"] == 3
+    assert not any("BFMI" in w or "divergent" in w for w in out["warnings"])
+    assert len(out["notes"]) == 2 and "in chains [15]" in out["notes"][0]
+    assert out["notes"][1].startswith("3 divergent transitions in chains [14]")
+    idata.sample_stats["diverging"].values[0, 5] = True  # chain 0 carries weight: a fault
+    assert "1 divergent transitions" in convergence_summary(idata, independent=True)["warnings"]
 
 
 def test_stacked_mean_error_is_the_weighted_mean_s_standard_error_with_chains_as_units():

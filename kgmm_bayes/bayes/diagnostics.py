@@ -181,7 +181,7 @@ def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent:
     are not independent units (which modes they find says nothing of which another search would):
     r_hat within a mode above :data:`MAX_R_HAT` stays their fault.  A stacked chain whose weight is
     below :data:`NEGLIGIBLE_WEIGHT` cannot move a band's level by a point, however poor its draws:
-    its energy BFMI is a note, not a fault."""
+    its energy BFMI and divergent transitions are notes, not faults."""
     post = idata.posterior[PROBE_VARS]
     chains = idata.posterior.sizes["chain"]
     out = {"divergences": int(idata.sample_stats["diverging"].sum()),
@@ -215,17 +215,21 @@ def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent:
                                             else np.nan)
     stacked = modes is not None and modes.stacked
     # a stacked chain of weight w moves any quantile of the stacked mixture by at most w in probability, however
-    # wrong its draws: below NEGLIGIBLE_WEIGHT its energy BFMI cannot move a band's level by a point
+    # wrong its draws: below NEGLIGIBLE_WEIGHT its energy BFMI or divergences cannot move a band's level by a point
     counted = np.asarray(modes.weights) >= NEGLIGIBLE_WEIGHT if stacked else np.ones(len(bfmi), bool)
+    negligible = (f"whose stacking weights (below {NEGLIGIBLE_WEIGHT:g}) move no band's level by more than "
+                  f"{100 * NEGLIGIBLE_WEIGHT:g} point")
     if np.min(bfmi[counted]) < 0.3:
         warn.append(f"energy BFMI {np.min(bfmi[counted]):.2f} < 0.3: momentum resampling explores the energy poorly")
     poor = np.flatnonzero(~counted & (bfmi < 0.3))
     if poor.size:
-        notes.append(f"energy BFMI {np.min(bfmi[poor]):.2f} < 0.3 in chains {poor.tolist()}, whose stacking weights "
-                     f"(below {NEGLIGIBLE_WEIGHT:g}) move no band's level by more than {100 * NEGLIGIBLE_WEIGHT:g} "
-                     "point")
-    if out["divergences"] > 0:
-        warn.append(f"{out['divergences']} divergent transitions")
+        notes.append(f"energy BFMI {np.min(bfmi[poor]):.2f} < 0.3 in chains {poor.tolist()}, {negligible}")
+    diverging = idata.sample_stats["diverging"].values.reshape(chains, -1).sum(axis=1)
+    if diverging[counted].sum() > 0:
+        warn.append(f"{int(diverging[counted].sum())} divergent transitions")
+    if diverging[~counted].sum() > 0:
+        notes.append(f"{int(diverging[~counted].sum())} divergent transitions in chains "
+                     f"{np.flatnonzero(~counted & (diverging > 0)).tolist()}, {negligible}")
     if stacked and independent:
         # chains at distinct optima, combined by stacking: the combined result must be reproducible
         error = stacked_mean_error(post["probe_score"].values, modes.weights, band)
