@@ -335,7 +335,7 @@ def test_flagged_chains_run_on_and_their_draws_are_replaced():
     def drifting(post):
         seen.append(post.weights.copy())
         steps.append(post.sample_stats["step_size"].copy())
-        return [0] if len(seen) == 1 else [chains - 1, 0, 0]  # then the last chain (chain 0 again, ignored)
+        return [0] if len(seen) == 1 else [chains - 1, chains - 1]  # then the last chain (named twice: once run)
 
     post = run_nuts(jax.random.key(2), part.points, part.counts, prior, initial_values(part),
                     SamplerConfig(chains=chains, warmup=100, draws=100, extend=2),
@@ -344,9 +344,10 @@ def test_flagged_chains_run_on_and_their_draws_are_replaced():
     np.testing.assert_array_equal(post.sample_stats["continuations"], [1] * chains)
     assert post.weights.shape == (chains, 100, 2) and post.sample_stats["num_steps"].shape == (chains, 100)
     first, second = seen
-    assert not np.any(np.isin(second[:devices], first[:devices]))  # the first round ran on: new draws
+    # the first round ran on: new draws (the first may be the old last one, where NUTS can stay put)
+    assert not np.any(np.isin(second[:devices, 1:], first[:devices]))
     np.testing.assert_array_equal(second[-1], first[-1])  # the last round did not
-    assert not np.any(np.isin(post.weights[devices:], second[devices:]))  # then the last round ran on
+    assert not np.any(np.isin(post.weights[devices:, 1:], second[devices:]))  # then the last round ran on
     np.testing.assert_array_equal(post.weights[:devices], second[:devices])
     # continuations, not fresh runs: every chain keeps the step size its warmup adapted
     assert np.all(np.ptp(steps[0], axis=1) == 0.0)
@@ -383,7 +384,7 @@ def test_drifting_chains_are_those_convergence_summary_would_fault_on_r_hat():
 
     assert drifting_chains(samples(means), points, counts) == []
     slightly = means.copy()
-    slightly[3, :, 0, 0] += np.linspace(0.0, 0.01, s)  # one sd of the means: one mode, r_hat over 1.01
+    slightly[3, :, 0, 0] += np.linspace(0.0, 0.007, s)  # under one sd of the means: one mode, r_hat over 1.01
     assert drifting_chains(samples(slightly), points, counts) == [0, 1, 2, 3]
     drifted = means.copy()
     drifted[3, :, 0, 0] += np.linspace(0.0, 0.5, s)

@@ -161,8 +161,8 @@ def test_a_drifting_lone_chain_is_stacked_its_r_hat_reported_and_the_stacked_res
 
 def test_stacked_chains_at_distinct_optima_are_judged_by_their_reproducibility():
     """Sixteen chains, stacked: eight in each of two modes one sd of the draws apart give a reproducible
-    result; when the stacked weights rest on two chains, reproducibility cannot be judged, and a chain
-    weighing too little for any draw of the bands has its low energy BFMI as a note."""
+    result; when the stacked weights rest on two chains, reproducibility cannot be judged, and chains
+    whose total weight is below 0.01 have their low energy BFMI and divergences as notes."""
     from kgmm_bayes.bayes.diagnostics import convergence_summary
 
     rng = np.random.default_rng(8)
@@ -223,8 +223,10 @@ def test_stacked_mean_error_predicts_how_far_two_independent_runs_differ(weights
     """Runs of 16 chains, each chain in a mode of its own drawn at random (centres N(0, 1) per entry),
     its draws N(centre, 1), fixed weights (equal, or 0.8^c: 8.5 effective chains): the mean over 300
     runs of the predicted largest difference matches the mean over 300 pairs of runs of the actual
-    largest difference, in band widths.  Both are estimated to about 2-3%; the prediction is low by
-    4-8% (its covariance comes from 15 degrees of freedom), so it must lie within [0.85, 1.03] of it."""
+    largest difference, in band widths.  Both are estimated to about 2-3%; after its correction for
+    the square root of an estimated variance the prediction is still low by 6-9% (measured: 0.94
+    equal, 0.91 geometric; the old, uncorrected formula gave 0.85 for geometric weights), so it must
+    lie within [0.83, 1.05] of it."""
     from kgmm_bayes.bayes.stacking import stacked_mean_error
 
     rng = np.random.default_rng(12)
@@ -243,4 +245,4 @@ def test_stacked_mean_error_predicts_how_far_two_independent_runs_differ(weights
         pooled = np.concatenate([a[c, :n] for c, n in enumerate(np.round(w * draws / w.max()).astype(int))])
         width = np.diff(np.quantile(pooled, [0.05, 0.95], axis=0), axis=0)[0]
         actual.append(np.max(np.abs(w @ a.mean(axis=1) - w @ b.mean(axis=1)) / width))
-    assert 0.85 < np.mean(predicted) / np.mean(actual) < 1.03
+    assert 0.83 < np.mean(predicted) / np.mean(actual) < 1.05

@@ -45,7 +45,7 @@ PROBE_VARS = ["probe_log_density", "probe_score", "sorted_weights"]
 MAX_R_HAT = 1.01  # label-invariant r_hat over the chains of one mode above this is a convergence fault
 MIN_EFFECTIVE_CHAINS = 4  # 1 / sum(w^2) of stacked chains at distinct optima: fewer cannot judge reproducibility
 # The q-quantile of a mixture (1 - w) G + w H lies between G's (q - w) / (1 - w) and q / (1 - w) quantiles,
-# whatever H: a chain of stacking weight below this moves a band's level by less than one point
+# whatever H: chains of total stacking weight below this move a band's level by less than one point
 NEGLIGIBLE_WEIGHT = 0.01
 
 
@@ -179,9 +179,10 @@ def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent:
     by.  r_hat within each mode is then reported, not a fault: chains that drift within a basin
     show up in that error in proportion to their weight.  Chains that all started at one point
     are not independent units (which modes they find says nothing of which another search would):
-    r_hat within a mode above :data:`MAX_R_HAT` stays their fault.  A stacked chain whose weight is
-    below :data:`NEGLIGIBLE_WEIGHT` cannot move a band's level by a point, however poor its draws:
-    its energy BFMI and divergent transitions are notes, not faults."""
+    r_hat within a mode above :data:`MAX_R_HAT` stays their fault.  Stacked chains whose total weight
+    is below :data:`NEGLIGIBLE_WEIGHT` cannot move a band's level by a point, however poor their
+    draws: the energy BFMI and divergent transitions of the lightest faulty chains, while their
+    total weight stays below it, are notes, not faults."""
     post = idata.posterior[PROBE_VARS]
     chains = idata.posterior.sizes["chain"]
     out = {"divergences": int(idata.sample_stats["diverging"].sum()),
@@ -214,17 +215,24 @@ def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent:
         out["max_mode_r_hat"] = json_floats(np.nanmax(modes.mode_r_hat) if np.any(np.isfinite(modes.mode_r_hat))
                                             else np.nan)
     stacked = modes is not None and modes.stacked
-    # a stacked chain of weight w moves any quantile of the stacked mixture by at most w in probability, however
-    # wrong its draws: below NEGLIGIBLE_WEIGHT its energy BFMI or divergences cannot move a band's level by a point
-    counted = np.asarray(modes.weights) >= NEGLIGIBLE_WEIGHT if stacked else np.ones(len(bfmi), bool)
-    negligible = (f"whose stacking weights (below {NEGLIGIBLE_WEIGHT:g}) move no band's level by more than "
+    # stacked chains of total weight w move any quantile of the stacked mixture by at most w in probability,
+    # however wrong their draws: below NEGLIGIBLE_WEIGHT their energy BFMI or divergences cannot move a band's
+    # level by a point
+    diverging = idata.sample_stats["diverging"].values.reshape(chains, -1).sum(axis=1)
+    counted = np.ones(chains, bool)
+    if stacked:  # the lightest faulty chains, while their total weight stays below NEGLIGIBLE_WEIGHT
+        weights = np.asarray(modes.weights)
+        faulty = np.flatnonzero((bfmi < 0.3) | (diverging > 0))
+        light = faulty[np.argsort(weights[faulty], kind="stable")]
+        light = light[np.cumsum(weights[light]) < NEGLIGIBLE_WEIGHT]
+        counted[light] = False
+    negligible = (f"whose total stacking weight (below {NEGLIGIBLE_WEIGHT:g}) moves no band's level by more than "
                   f"{100 * NEGLIGIBLE_WEIGHT:g} point")
-    if np.min(bfmi[counted]) < 0.3:
+    if np.any(bfmi[counted] < 0.3):
         warn.append(f"energy BFMI {np.min(bfmi[counted]):.2f} < 0.3: momentum resampling explores the energy poorly")
     poor = np.flatnonzero(~counted & (bfmi < 0.3))
     if poor.size:
         notes.append(f"energy BFMI {np.min(bfmi[poor]):.2f} < 0.3 in chains {poor.tolist()}, {negligible}")
-    diverging = idata.sample_stats["diverging"].values.reshape(chains, -1).sum(axis=1)
     if diverging[counted].sum() > 0:
         warn.append(f"{int(diverging[counted].sum())} divergent transitions")
     if diverging[~counted].sum() > 0:
@@ -235,9 +243,10 @@ def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent:
         error = stacked_mean_error(post["probe_score"].values, modes.weights, band)
         out["stacked_mean_error"] = error
         predicted, units = error["expected_max_difference"], error["effective_chains"]
-        if predicted is None or units is None or units < MIN_EFFECTIVE_CHAINS:
-            warn.append(f"the stacked posterior's reproducibility cannot be judged: "
-                        f"{'non-finite probe scores' if units is None else f'{units:.1f} effective chains'} "
+        if predicted is None:
+            warn.append("the stacked posterior's reproducibility cannot be judged: non-finite probe scores")
+        elif units < MIN_EFFECTIVE_CHAINS:
+            warn.append(f"the stacked posterior's reproducibility cannot be judged: {units:.1f} effective chains "
                         f"(at least {MIN_EFFECTIVE_CHAINS} needed); run more chains at distinct optima")
         elif predicted > REPRODUCIBLE_BAND_FRACTION:
             warn.append(f"the stacked posterior is not reproducible: its Monte Carlo error (chains as independent "
