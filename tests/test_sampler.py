@@ -319,6 +319,7 @@ def test_distinct_chain_starts_record_the_optima_each_chain_starts_at():
     np.testing.assert_array_equal(post.sample_stats["start_optima"], spread_starts(None, energies, 2, np.inf))
 
 
+@pytest.mark.slow  # about a minute: three NUTS runs and two continuations
 def test_flagged_chains_run_on_and_their_draws_are_replaced():
     """``extend``: the round holding a chain the ``drifting`` check flags runs on from its last state
     (no warmup: the adapted step size is kept), its draws replaced by as many new ones; other rounds
