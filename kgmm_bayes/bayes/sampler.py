@@ -440,7 +440,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
                       max_tree_depth=config.max_tree_depth, dense_mass=dense)
         run_args = model_args
     fields = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy", "adapt_state.step_size")
-    site_parts, extra_parts, states, firsts = [], [], [], []
+    site_parts, extra_parts, states = [], [], []
     first = 0
     # More chains than devices: rounds of device-parallel chains (numpyro alone would run
     # them all one after another); one MCMC object per round size, so compilation is reused.
@@ -472,9 +472,9 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         site_parts.append(sites_r)
         extra_parts.append(extra_r)
         states.append(mcmc.last_state)
-        firsts.append(first)
         first += n_round
     continuations = np.zeros(config.chains, np.int64)
+    firsts = np.cumsum([0] + [n for n, _ in rounds])  # each round's first chain
 
     def assembled():
         sites = {k: np.concatenate([part[k] for part in site_parts]) for k in site_parts[0]}
