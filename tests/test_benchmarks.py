@@ -43,7 +43,8 @@ def test_every_benchmark_is_listed():
 
 
 SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_user_calibration.py", "bench_scale.py",
-        "bench_interpolant.py", "bench_floor.py")  # about 30-60 s each: `-m slow`
+        "bench_interpolant.py", "bench_floor.py", "bench_coreset.py",
+        "bench_reproducibility.py")  # about 30-60 s each: `-m slow`
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(CASES)])
