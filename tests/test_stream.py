@@ -20,6 +20,7 @@ from kgmm_bayes import InputError, load_result, run_study
 from kgmm_bayes.data.zscore import ZScore
 from kgmm_bayes.metrics.density import BinnedDensity, _exact_kde, kde_mesh, linear_bins, relative_entropy
 from kgmm_bayes.spec import spec_from_dict
+from test_cli_errors import make_previous_output, snapshot  # an earlier study's folder and its exact bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
 SMALL_BLOCK = 7_000  # blocks that cross members and pieces
@@ -203,7 +204,9 @@ def test_a_streamed_study_on_a_local_cluster_gives_the_same_numbers(stores, stre
 
 
 def test_bad_input_in_chunk_731_of_1000_is_named_before_any_stage(tmp_path):
-    out = tmp_path / "study"
+    out = tmp_path / "prev"  # an earlier study's folder, replaced only by a run that succeeds (--force)
+    make_previous_output(out)
+    before = snapshot(out)
     x = trajectory(members=1, n=20_000, d=3)[0]
     pieces = tmp_path / "pieces"
     pieces.mkdir()
@@ -215,13 +218,13 @@ def test_bad_input_in_chunk_731_of_1000_is_named_before_any_stage(tmp_path):
     spec_path = tmp_path / "s.toml"
     spec_path.write_text(f'[data]\npath = "{pieces}"\n[mixture]\ncomponents = 3\n')
     proc = subprocess.run([sys.executable, "-m", "kgmm_bayes.cli", "run", str(spec_path), "--out", str(out),
-                           "--quiet"],
+                           "--force", "--quiet"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "piece 731 of 1000 ('p0730.npy')" in lines[0] and "snapshot 7 " in lines[0]
     assert "NaN" in lines[0]
-    assert not os.path.exists(out) and not os.path.exists(str(out) + ".partial")  # nothing written
+    assert snapshot(out) == before and not os.path.exists(str(out) + ".partial")
     # a piece of the wrong dimension: named from the headers alone
     np.save(pieces / "p0730.npy", np.zeros((20, 4)))
     with pytest.raises(InputError, match=r"data chunk 731 of 1000 .*p0730\.npy.* dimension 4, expected 1 of "
