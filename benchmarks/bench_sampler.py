@@ -19,15 +19,17 @@ per second, and the ratio of ESS/s to the straightforward model's.
     python benchmarks/bench_sampler.py                       # both cases
     python benchmarks/bench_sampler.py --case four_well --snapshots 2000 --components 8  # minutes
 
-``--metric-studies``: the NUTS metric instead, on shipped studies (or spec files).  For each study:
-its data, partition, priors and sampler settings, and the ``zeta`` its coarsening would sample at
-(the error terms; 1 where it would first sample the standard posterior); then the same run (same
-key) three ways: the old default (a diagonal metric adapted from the Laplace variances at the best
-of the Adam MAP searches), the same with each MAP search polished by L-BFGS (the new default), and
-``[sampler] metric = "dense"``: from the Laplace covariance at the polished MAP (whitened
-coordinates beyond 100 parameters).  Reported per metric: wall (MAP search,
+``--metric-studies``: the NUTS metric and likelihood instead, on shipped studies (or spec files).  For
+each study: its data, partition, priors and sampler settings, and the ``zeta`` its coarsening would
+sample at (the error terms; 1 where it would first sample the standard posterior); then the same run
+(same key) four ways, all on the partition's cells but the last: the oldest default (a diagonal metric
+adapted from the Laplace variances at the best of the Adam MAP searches), the same with each MAP search
+polished by L-BFGS (the default before the merged likelihood), ``[sampler] metric = "dense"`` (from the
+Laplace covariance at the polished MAP; whitened coordinates beyond 100 parameters), and the default:
+polished MAP, diagonal metric, NUTS on the merged cells ``kgmm_bayes.bayes.coreset`` chooses (their number
+and the sd of the log-likelihood gap over the draws are printed).  Reported per row: wall (MAP search,
 compilation and every chain), leapfrog steps of the sampling phase, steps per iteration, min
-label-invariant ESS, ESS/s, and ESS/s over the diagonal metric's.
+label-invariant ESS, ESS/s, and ESS/s over the first row's.
 
     python benchmarks/bench_sampler.py --metric-studies reduced_1d lorenz63
 """
@@ -121,13 +123,16 @@ def print_row(case, n, k, d, iterations, r, baseline):
           f"{r['ess_per_s']:.3f} | {r['best_ess_per_s']:.3f} | {ratio:.1f} | {ratio_best:.1f} |", flush=True)
 
 
-VARIANTS = (  # (label, [sampler] metric, L-BFGS iterations after the MAP search's Adam steps)
-    ("diagonal, Adam MAP (old default)", "diagonal", 0),
-    ("diagonal, polished MAP (new default)", "diagonal", SamplerConfig().map_polish),
-    ("dense, polished MAP", "dense", SamplerConfig().map_polish),
+VARIANTS = (  # (label, [sampler] metric, L-BFGS iterations after the MAP search's Adam steps, likelihood:
+    # "cells" = the partition's cells, "auto" = the merge kgmm_bayes.bayes.coreset chooses)
+    ("diagonal, Adam MAP, cells (oldest default)", "diagonal", 0, "cells"),
+    ("diagonal, polished MAP, cells (default before the merge)", "diagonal", SamplerConfig().map_polish, "cells"),
+    ("dense, polished MAP, cells", "dense", SamplerConfig().map_polish, "cells"),
+    ("diagonal, polished MAP, merged cells (default)", "diagonal", SamplerConfig().map_polish, "auto"),
 )
-METRIC_COLUMNS = ("study", "N", "K", "D", "zeta", "metric", "chains x (warmup+draws)", "wall_s", "grads",
-                  "steps/iter", "divergences", "min_ess", "r_hat", "r_hat within modes", "ess/s", "ratio")
+METRIC_COLUMNS = ("study", "N", "K", "D", "zeta", "metric", "chains x (warmup+draws)", "likelihood cells (gap sd)",
+                  "wall_s", "grads", "steps/iter", "divergences", "min_ess", "r_hat", "r_hat within modes", "ess/s",
+                  "ratio")
 
 
 def metric_studies(args):
@@ -155,15 +160,19 @@ def metric_studies(args):
         zs = ZScore(np.zeros(z.shape[1]), np.ones(z.shape[1]))
         probes = probe_points(part.points, part.counts)
         base = None
-        for metric, kind, polish in [VARIANTS[i] for i in args.variants]:
-            config = SamplerConfig(**spec.sampler._asdict())._replace(metric=kind, dense_mass=False,
-                                                                       map_polish=polish)
+        for metric, kind, polish, likelihood in [VARIANTS[i] for i in args.variants]:
+            config = SamplerConfig(**spec.sampler._asdict())._replace(
+                metric=kind, dense_mass=False, map_polish=polish,
+                likelihood_cells=len(part.points) if likelihood == "cells" else likelihood)
             post = run_nuts(jax.random.key(args.seed), part.points, part.counts * zeta, prior, initial_values(part),
                             config, point_covariances=part.cell_covariances)
             r = summarise(metric, post, zs, probes, part.points, part.counts)
             base = base or r
+            stats = post.sample_stats
+            cells = (f"{int(stats['likelihood_cells'])} ({np.std(stats['likelihood_gap']):.3f})"
+                     if "likelihood_cells" in stats else f"{len(part.points)} (cells)")
             print(f"| {spec.study.name} | {len(z)} | {k} | {z.shape[1]} | {zeta:.3f} | {metric} | "
-                  f"{config.chains} x ({config.warmup}+{config.draws}) | {r['wall_s']:.1f} | {r['grads']} | "
+                  f"{config.chains} x ({config.warmup}+{config.draws}) | {cells} | {r['wall_s']:.1f} | {r['grads']} | "
                   f"{r['steps_per_iter']:.1f} | {r['divergences']} | {r['min_ess']:.0f} | {r['r_hat']:.3f} | "
                   f"{r['mode_r_hat']:.3f} | {r['ess_per_s']:.1f} | {r['ess_per_s'] / base['ess_per_s']:.2f} |", flush=True)
 
@@ -213,8 +222,9 @@ if __name__ == "__main__":
     parser.add_argument("--metric-studies", nargs="+", default=None,
                         help="old and new sampler defaults and the dense metric on these studies' posteriors")
     parser.add_argument("--members", type=int, default=None, help="--metric-studies: fewer members (built-in systems)")
-    parser.add_argument("--variants", type=int, nargs="+", default=[0, 1, 2],
-                        help="--metric-studies: which rows (0 old default, 1 new default, 2 dense metric)")
+    parser.add_argument("--variants", type=int, nargs="+", default=[0, 1, 2, 3],
+                        help="--metric-studies: which rows (0 oldest default, 1 cells before the merge, 2 dense metric, "
+                             "3 merged cells, the default)")
     parser.add_argument("--warmup", type=int, default=None, help="--metric-studies: override [sampler] warmup")
     parser.add_argument("--draws", type=int, default=None, help="--metric-studies: override [sampler] draws")
     main(parser.parse_args())

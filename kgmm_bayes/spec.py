@@ -98,6 +98,10 @@ class SamplerSection(NamedTuple):
     # the chains label-invariant r_hat > 1.01 faults on (diagnostics.drifting_chains) run on from their last draw,
     # their draws so far then counting as warmup, at most this many times
     extend: int = 0
+    # cells of the likelihood NUTS samples: "auto", the coarsest merge of the partition's cells that moves no
+    # posterior mean by more than a tenth of its sd (kgmm_bayes.bayes.coreset); a number: that many merged cells
+    # (the partition's cells or more: the cells themselves)
+    likelihood_cells: object = "auto"
 
 
 class ScoreSection(NamedTuple):
@@ -257,6 +261,12 @@ def _check_value(section: str, key: str, value, default):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise SpecError(f"{where} must be \"auto\", \"off\" or a positive number (alpha), got {_show.repr(value)}")
         return float(value)
+    if (section, key) == ("sampler", "likelihood_cells"):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_INT:
+            raise SpecError(f"{where} must be \"auto\" or a positive integer, got {_show.repr(value)}")
+        return value
     if (section, key) == ("data", "variables"):
         if (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value)
                 or len(set(value)) != len(value)):
@@ -405,6 +415,11 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     if sections["mixture"].components is not None and sections["partition"].cells < sections["mixture"].components:
         raise SpecError(f"[partition] cells ({sections['partition'].cells}) must be >= "
                         f"[mixture] components ({sections['mixture'].components})")
+    likelihood_cells = sections["sampler"].likelihood_cells
+    fewest = max([sections["mixture"].components or 1, *sections["mixture"].select_components])
+    if likelihood_cells != "auto" and likelihood_cells < fewest:
+        raise SpecError(f"[sampler] likelihood_cells ({likelihood_cells}) must be >= the mixture's components "
+                        f"({fewest})")
     ensemble = sections["ensemble"]
     if ensemble.drift not in ("interpolant", "mixture"):
         raise SpecError(f"[ensemble] drift must be 'mixture' or 'interpolant', got {ensemble.drift!r}")

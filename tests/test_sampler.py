@@ -84,8 +84,8 @@ def test_whitened_dense_metric_samples_the_same_posterior(monkeypatch):
     zs, part, prior = _two_component_problem()
     monkeypatch.setattr(sampler, "DENSE_ADAPTATION_MAX", 0)
     post = run_nuts(jax.random.key(1), part.points, part.counts, prior, initial_values(part),
-                    SamplerConfig(chains=2, warmup=200, draws=200, metric="dense"),
-                    point_covariances=part.cell_covariances)
+                    SamplerConfig(chains=2, warmup=200, draws=200, metric="dense", likelihood_cells=len(part.points)),
+                    point_covariances=part.cell_covariances)  # the cells' own likelihood, not a merge of them
     assert post.weights.shape == (2, 200, 2) and int(post.sample_stats["diverging"].sum()) == 0
     args = (expected_quadratic_features(part.points, part.cell_covariances), jax.numpy.asarray(part.counts), prior)
     for chain, draw in ((0, 0), (1, 123)):

@@ -33,6 +33,7 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from ..partition import Partition
+from . import coreset as _coreset
 from .mixture import (
     MixturePrior,
     expected_quadratic_features,
@@ -64,6 +65,9 @@ class SamplerConfig(NamedTuple):
     # at most this many continuations of chains the ``drifting`` check of run_nuts flags: their draws so far
     # become warmup (adaptation frozen) and as many new draws replace them
     extend: int = 0
+    # cells of the likelihood's coreset: "auto" (the coarsest merge of the cells that moves no posterior mean by
+    # more than a tenth of its sd, kgmm_bayes.bayes.coreset), or a number (>= the cells: the cells themselves)
+    likelihood_cells: object = "auto"
     progress: bool = False
 
 
@@ -249,40 +253,32 @@ POLISH_GRADIENT = 1e-8  # L-BFGS stops when the gradient's norm (potential per u
 POLISH_DECREASE = 1e-13  # ... or when an iteration lowers the potential by less than this fraction of it
 
 
-def _lbfgs(potential, params, max_steps: int):
-    """``params`` moved to a nearby minimum of ``potential`` by L-BFGS: at most ``max_steps`` iterations,
-    stopping early at a vanishing gradient or once an iteration no longer lowers the potential (a failed
-    line search).  The point returned is never worse than ``params``: a non-finite or higher result
-    gives ``params`` back."""
-    import optax
-    flat, unravel = ravel_pytree(params)
+def _lbfgs(potential, batch, max_steps: int):
+    """Each point of ``batch`` (a pytree with a leading axis) moved to a nearby minimum of ``potential``
+    by L-BFGS (scipy's L-BFGS-B, on this host; one jitted value-and-gradient serves every point): at most
+    ``max_steps`` iterations, stopping early at a vanishing gradient (:data:`POLISH_GRADIENT`) or once an
+    iteration lowers the potential by less than :data:`POLISH_DECREASE` of it.  A point is never made
+    worse: a non-finite or higher result gives the point back.  (optax's L-BFGS inside the jitted search
+    took about 4 s to compile on the default study, for a polish that runs in well under one.)"""
+    import scipy.optimize
 
-    def f(v):
-        return potential(unravel(v))
+    flats, unravel = jax.vmap(lambda p: ravel_pytree(p)[0])(batch), ravel_pytree(
+        jax.tree_util.tree_map(lambda leaf: leaf[0], batch))[1]
+    value_and_grad = jax.jit(jax.value_and_grad(lambda v: potential(unravel(v))))
 
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(f)
+    def fun(v):
+        value, grad = value_and_grad(jnp.asarray(v))
+        value, grad = float(value), np.asarray(grad, np.float64)
+        return (value, grad) if np.isfinite(value) and np.all(np.isfinite(grad)) else (np.inf, np.zeros_like(grad))
 
-    def body(carry):
-        v, state, _, last = carry
-        value, grad = value_and_grad(v, state=state)
-        updates, state = solver.update(grad, state, v, value=value, grad=grad, value_fn=f)
-        new = optax.apply_updates(v, updates)
-        new_value = optax.tree_utils.tree_get(state, "value")
-        finite = jnp.all(jnp.isfinite(new)) & jnp.isfinite(new_value)
-        stalled = ~(new_value < last - POLISH_DECREASE * jnp.abs(last))
-        return jnp.where(finite, new, v), state, ~finite | stalled, jnp.where(finite, new_value, last)
-
-    def cond(carry):
-        _, state, stop, _ = carry
-        count = optax.tree_utils.tree_get(state, "count")
-        grad = optax.tree_utils.tree_get(state, "grad")
-        return ~stop & ((count == 0) | ((count < max_steps) & (optax.tree_utils.tree_l2_norm(grad) > POLISH_GRADIENT)))
-
-    start = f(flat)
-    out, _, _, _ = jax.lax.while_loop(cond, body, (flat, solver.init(flat), jnp.asarray(False), start))
-    end = f(out)
-    return unravel(jnp.where(jnp.isfinite(end) & (end <= start), out, flat))
+    out = []
+    for flat in np.asarray(flats, np.float64):
+        start = fun(flat)[0]
+        res = scipy.optimize.minimize(fun, flat, jac=True, method="L-BFGS-B",
+                                      options={"maxiter": max_steps, "gtol": POLISH_GRADIENT, "ftol": POLISH_DECREASE})
+        value = fun(res.x)[0]
+        out.append(res.x if np.isfinite(value) and value <= start else flat)
+    return jax.vmap(unravel)(jnp.asarray(np.stack(out), flats.dtype))
 
 
 def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int, jitter: float = 0.3,
@@ -291,7 +287,7 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
 
     Starts are the partition's values jittered by ``jitter``; all run at once (``vmap``):
     ``steps`` Adam steps in one ``lax.scan`` find each start's basin, then at most
-    ``polish`` L-BFGS iterations (``optax.lbfgs``, zoom line search) reach its optimum.
+    ``polish`` L-BFGS iterations (:func:`_lbfgs`) reach its optimum.
     Adam alone stops on the flat ridges of a mixture's posterior (default study: 4.4 nats
     below the optimum after 1,000 steps, where the Laplace approximation means nothing).
     Mixture posteriors have many local modes; modes whose log posterior differs by tens
@@ -317,16 +313,57 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
             return (optax.apply_updates(params, updates), state), None
 
         (params, _), _ = jax.lax.scan(step, (params, jax.vmap(optimizer.init)(params)), None, length=steps)
-        if polish > 0:
-            params = jax.vmap(lambda p: _lbfgs(potential, p, polish))(params)
-        return params, jax.vmap(potential)(params)
+        return params
 
-    params, energies = optimise(starts_tree)
+    params = optimise(starts_tree)
+    if polish > 0:
+        params = _lbfgs(potential, params, polish)
+    energies = jax.jit(jax.vmap(potential))(params)
     energies = np.where(np.isfinite(np.asarray(energies)), np.asarray(energies), np.inf)
     best = int(np.argmin(energies))
     if return_all:
         return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies, params
     return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies
+
+
+class _ReusedPmap:
+    """numpyro's ``"parallel"`` chain method (``jax.pmap``), compiled once for every round of one
+    :class:`~numpyro.infer.MCMC`: numpyro wraps each run's chain function in a new ``functools.partial``
+    and ``pmap``s it afresh, which compiles the whole warmup-and-sampling program again for every round of
+    chains (about 3 s each on the default study).  The chain function of a round differs from the first
+    round's only in what it is called with (keys, starts), so its first ``pmap`` serves every later
+    round of the same phase (numpyro's collection window: a continuation's sampling-only run compiles its
+    own)."""
+
+    def __init__(self, mcmc_holder: list):
+        self._holder = mcmc_holder  # [the MCMC using this chain method], set once it exists
+        self._compiled = {}
+
+    def __call__(self, chain_fn):
+        params = tuple(sorted(self._holder[0]._collection_params.items()))
+        if params not in self._compiled:
+            self._compiled[params] = jax.pmap(chain_fn)
+        return self._compiled[params]
+
+
+def _seed(key) -> int:
+    return int(jax.random.randint(key, (), 0, 2**31 - 1))
+
+
+def laplace_draws(key, model, model_args, params: dict, hessian, draws: int):
+    """``draws`` draws of the Laplace approximation at ``params`` (unconstrained; ``hessian`` from
+    :func:`hessian_matrix`, clipped as in :func:`laplace_covariance`), as the model's constrained
+    ``(weights, means, cov_chol)``."""
+    flat, unravel = ravel_pytree(params)
+    cov = np.asarray(laplace_covariance(None, params, hessian=hessian))
+    root = np.linalg.cholesky(cov + 1e-12 * np.max(np.diag(cov)) * np.eye(len(cov)))
+    u = flat[None] + jax.random.normal(key, (draws, flat.size), flat.dtype) @ jnp.asarray(root).T
+
+    def one(v):
+        return constrain_fn(model, model_args, {}, unravel(v), return_deterministic=True)
+
+    sites = jax.jit(jax.vmap(one))(u)
+    return sites["weights"], sites["means"], sites["cov_chol"]
 
 
 def _potential(model, model_args, params):
@@ -399,9 +436,25 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # snapshots: chains then fall back from far off and can land in another local mode.
     potential = functools.partial(_potential, model, model_args)
     dense = config.dense_mass or config.metric == "dense"
-    # the dense metric needs the whole Hessian: computed once, its diagonal gives the scales too
-    hessian = hessian_matrix(potential, init_unconstrained) if dense else None
+    cells = None if point_covariances is None or sharded else _coreset.Coreset(
+        np.asarray(points, np.float64), np.asarray(counts, np.float64), np.asarray(point_covariances, np.float64))
+    choose = cells is not None and config.likelihood_cells == "auto" and config.map_starts > 0
+    # the dense metric and the coreset's choice need the whole Hessian: computed once, its diagonal gives the
+    # scales too (laplace_scales would compute it anyway)
+    hessian = hessian_matrix(potential, init_unconstrained) if dense or choose else None
     sd = laplace_scales(potential, init_unconstrained, hessian=hessian)
+    # The likelihood NUTS samples: the cells, or a coarser merge of them (kgmm_bayes.bayes.coreset) that moves
+    # no posterior mean by more than a tenth of its sd; the MAP search, the metric and the starts use the cells.
+    merged, ladder_table = cells, None
+    if choose:
+        pilot = laplace_draws(jax.random.fold_in(map_key, 1), model, model_args, init_unconstrained, hessian,
+                              _coreset.PILOT_DRAWS)
+        merged, ladder_table = _coreset.choose_cells(cells, prior.centroids.shape[0], pilot,
+                                                     _seed(jax.random.fold_in(map_key, 2)))
+    elif cells is not None and config.likelihood_cells != "auto" and int(config.likelihood_cells) < len(cells.points):
+        merged = _coreset.merge_cells(*cells, int(config.likelihood_cells), _seed(jax.random.fold_in(map_key, 2)))
+    sample_args = model_args if merged is cells else (jnp.asarray(merged.features()), jnp.asarray(merged.counts),
+                                                      prior)
     scale = jax.tree_util.tree_map(lambda v: jnp.minimum(v, config.init_jitter), sd)
     init_params = _jittered(jitter_key, init_unconstrained, config.chains, scale)
     if starts is not None:  # each chain at its own optimum, with the same jitter
@@ -426,7 +479,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         init_params = {"u": jax.vmap(lambda p: inverse @ (ravel_pytree(p)[0] - centre))(init_params)}
         kernel = NUTS(_whitened_model, target_accept_prob=config.target_accept,
                       max_tree_depth=config.max_tree_depth)
-        run_args = (model, model_args, centre, chol, unravel)
+        run_args = (model, sample_args, centre, chol, unravel)
     else:
         # The first warmup window runs in the Laplace metric instead of the identity: with the identity,
         # steps sized for the widest coordinates throw chains out of the start's mode along the narrowest
@@ -438,7 +491,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
             inverse_mass = ravel_pytree(jax.tree_util.tree_map(lambda v: jnp.clip(v, 1e-8, 1.0) ** 2, sd))[0]
         kernel = NUTS(model, target_accept_prob=config.target_accept, inverse_mass_matrix=inverse_mass,
                       max_tree_depth=config.max_tree_depth, dense_mass=dense)
-        run_args = model_args
+        run_args = sample_args
     fields = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy", "adapt_state.step_size")
     site_parts, extra_parts, states = [], [], []
     first = 0
@@ -453,16 +506,18 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     def collect(mcmc):  # one round's draws (the model's sites) and extra fields, as numpy arrays
         samples = mcmc.get_samples(group_by_chain=True)
         if whiten:  # back to the model's sites: theta = theta* + L u, constrained
-            samples = _unwhiten(samples["u"], model, model_args, centre, chol, unravel)
+            samples = _unwhiten(samples["u"], model, sample_args, centre, chol, unravel)
         extra = {k.replace("adapt_state.", ""): np.asarray(v)  # step_size: the adapted step of each draw
                  for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
         return {k: np.asarray(v) for k, v in samples.items()}, extra
 
     for round_key, (n_round, method) in zip(jax.random.split(run_key, len(rounds)), rounds):
         if n_round not in samplers:
+            holder = []
             samplers[n_round] = MCMC(kernel, num_warmup=config.warmup, num_samples=config.draws,
-                                     num_chains=n_round, chain_method=method,
-                                     progress_bar=config.progress, jit_model_args=sharded)
+                                     num_chains=n_round, chain_method=_ReusedPmap(holder) if method == "parallel"
+                                     else method, progress_bar=config.progress, jit_model_args=sharded)
+            holder.append(samplers[n_round])
         mcmc = samplers[n_round]
         init_round = jax.tree_util.tree_map(lambda leaf: leaf[first:first + n_round], init_params)
         if n_round == 1:
@@ -506,4 +561,16 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
             states[r] = mcmc.last_state
             continuations[list(chains_r)] += 1
         post = assembled()
-    return post
+    if merged is cells:
+        return post
+    # the gap D = loglik_cells - loglik_merged at every draw: its sd bounds how far any posterior mean moved
+    gaps = _coreset.loglik_gaps(cells, merged, *post.flat()).reshape(post.weights.shape[:2])
+    if choose and not np.std(gaps) <= 2 * _coreset.GAP_SD:  # the pilot misjudged: sample the cells themselves
+        post = run_nuts(key, points, counts, prior, init, config._replace(likelihood_cells=len(cells.points)),
+                        point_covariances=point_covariances, drifting=drifting)
+        stats = dict(post.sample_stats, likelihood_rejected=np.asarray([len(merged.points), np.std(gaps)]))
+        return post._replace(sample_stats=stats, wall_time=time.perf_counter() - start)
+    stats = dict(post.sample_stats, likelihood_cells=np.asarray(len(merged.points)), likelihood_gap=gaps)
+    if ladder_table is not None:
+        stats["likelihood_ladder"] = np.asarray(ladder_table, np.float64)  # (cells, sd of the gap) tried
+    return post._replace(sample_stats=stats, wall_time=time.perf_counter() - start)

@@ -93,6 +93,21 @@ def _coarsening_lines(c, n) -> list:
                    "the mixture's own error."]
 
 
+def likelihood_lines(post: dict) -> list:
+    """The likelihood NUTS sampled: merged cells (kgmm_bayes.bayes.coreset), and what that moved."""
+    lines = []
+    if "likelihood_gap_sd" in post:
+        lines.append(f"- NUTS sampled the likelihood of {post['likelihood_cells']} merged cells (exact counts and "
+                     f"moments of the partition's cells); over the draws its log-likelihood differs from the "
+                     f"cells' by sd {post['likelihood_gap_sd']:.3f} nats, so no posterior mean moved by more than "
+                     f"about that many posterior sds")
+    rejected = post.get("likelihood_rejected")
+    if rejected:
+        lines.append(f"- a merge into {rejected['cells']} cells was rejected on its draws (gap sd "
+                     f"{rejected['gap_sd']:.3f} nats): the posterior was sampled again on the partition's cells")
+    return lines
+
+
 def continuation_lines(continuations) -> list:
     """The report's line on chains run on by ``[sampler] extend`` (none when none was)."""
     ran_on = [(c, n) for c, n in enumerate(continuations or []) if n > 0]
@@ -192,6 +207,7 @@ def write_report(path, spec, metrics: dict) -> None:
                      + (" (within 10 nats of the best)" if how == "spread" else ""))
         lines.append(f"- chains started {where} of {len(post['map_search_log_posteriors'])} MAP searches; "
                      f"optima span {optima[0] - optima[-1]:.1f} nats of log posterior (local modes)")
+    lines += likelihood_lines(post)
     modes = post.get("chain_modes")
     if modes and len(modes["modes"]) > 1:
         parts = [f"chains {m} (weight {sum(modes['chain_weights'][c] for c in m):.2f}, r_hat within "

@@ -343,6 +343,22 @@ class ScoreStage(NamedTuple):
     summary: ScoreSummary  # score band at the partition's points
 
 
+def likelihood_coreset(stats: dict, cells: int) -> dict:
+    """What the sampler's likelihood was (:mod:`kgmm_bayes.bayes.coreset`), for ``metrics.json``:
+    ``likelihood_cells``, and where they are merged cells, the sd over the draws of the log-likelihood
+    gap to the partition's cells, the sizes tried with their Laplace-draw sd, and a merge rejected on
+    the draws (the cells then sampled themselves)."""
+    out = {"likelihood_cells": int(stats.get("likelihood_cells", cells))}
+    if "likelihood_gap" in stats:
+        out["likelihood_gap_sd"] = float(np.std(stats["likelihood_gap"]))
+    if "likelihood_ladder" in stats:
+        out["likelihood_ladder"] = [[int(c), float(sd)] for c, sd in np.asarray(stats["likelihood_ladder"])]
+    if "likelihood_rejected" in stats:
+        rejected_cells, rejected_sd = np.asarray(stats["likelihood_rejected"])
+        out["likelihood_rejected"] = {"cells": int(rejected_cells), "gap_sd": float(rejected_sd)}
+    return out
+
+
 def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=None) -> ScoreStage:
     """Diagnostics of the posterior and its score band at the cells; ``idata``: already built while
     choosing K.  Convergence warnings are issued here."""
@@ -360,6 +376,7 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         convergence["distinct_starts"] = int(np.unique(post.sample_stats["start_optima"]).size)
     if "continuations" in post.sample_stats:  # [sampler] extend: how often each chain's draws were replaced
         convergence["continuations"] = [int(c) for c in post.sample_stats["continuations"]]
+    convergence.update(likelihood_coreset(post.sample_stats, len(part.points)))
     for message in convergence["warnings"]:
         warnings.warn(f"posterior: {message}", RuntimeWarning, stacklevel=3)
     weights = stacked_weights(convergence)

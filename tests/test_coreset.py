@@ -1,0 +1,152 @@
+"""The likelihood coreset of merged cells (kgmm_bayes.bayes.coreset) and the sampler's use of it."""
+import jax
+import numpy as np
+import pytest
+
+import kgmm_bayes  # noqa: F401
+from kgmm_bayes.bayes import coreset
+from kgmm_bayes.bayes.coreset import Coreset, choose_cells, ladder, loglik_gaps, merge_cells
+from kgmm_bayes.partition import fit_partition
+
+
+def _cells(d=2, n=6000, cells=300, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(-1.0, 0.6, (n // 2, d)), rng.normal(1.2, 0.4, (n - n // 2, d))])
+    part = fit_partition(jax.random.key(seed), x, num_cells=cells, num_components=2)
+    return x, part, Coreset(part.points, part.counts, part.cell_covariances)
+
+
+def _random_mixtures(draws, k, d, seed=1):
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.ones(k), draws)
+    means = rng.normal(0.0, 1.0, (draws, k, d))
+    a = rng.normal(0.0, 0.3, (draws, k, d, d))
+    cov = a @ np.swapaxes(a, -1, -2) + 0.2 * np.eye(d)
+    return weights, means, np.linalg.cholesky(cov)
+
+
+def test_merged_cells_keep_the_data_moments_exactly():
+    x, _, fine = _cells()
+    merged = merge_cells(*fine, 40, seed=0)
+    assert len(merged.points) <= 40 and np.all(merged.counts > 0)
+    for cells in (fine, merged):  # count, first and second moments of all snapshots, from the cells
+        assert cells.counts.sum() == len(x)
+        np.testing.assert_allclose((cells.counts[:, None] * cells.points).sum(0), x.sum(0), rtol=1e-10, atol=1e-9)
+        second = (cells.counts[:, None, None] * (cells.covariances + cells.points[:, :, None] * cells.points[:, None, :]))
+        np.testing.assert_allclose(second.sum(0), x.T @ x, rtol=1e-10)
+    assert np.all(np.linalg.eigvalsh(merged.covariances) > -1e-12)  # covariances stay positive semidefinite
+    assert merge_cells(*fine, len(fine.points), seed=0) == fine  # as many cells or more: the cells themselves
+
+
+def test_the_merged_likelihood_is_a_lower_bound_and_exact_for_one_gaussian():
+    _, _, fine = _cells()
+    merged = merge_cells(*fine, 30, seed=0)
+    w, m, c = _random_mixtures(20, 3, 2)
+    gaps = loglik_gaps(fine, merged, w, m, c)
+    assert gaps.shape == (20,) and np.all(gaps >= -1e-8)  # Jensen: merging can only lower the bound
+    assert gaps.max() > 1e-3
+    np.testing.assert_allclose(loglik_gaps(fine, fine, w, m, c), 0.0, atol=1e-9)
+    # one component: its log density is linear in the features, so a merged cell's is exact
+    w1, m1, c1 = _random_mixtures(10, 1, 2)
+    np.testing.assert_allclose(loglik_gaps(fine, merged, w1, m1, c1), 0.0, atol=1e-7)
+
+
+def test_ladder_and_choice_stop_at_the_first_size_over_the_bound():
+    assert ladder(2000, 10) == [1414, 1000, 707, 500, 354, 250, 177, 125]
+    assert ladder(100, 10) == []
+    _, _, fine = _cells()
+    draws = _random_mixtures(32, 2, 2)
+    chosen, table = choose_cells(fine, 2, draws, seed=0, gap_sd=0.0)  # nothing merged passes a zero bound
+    assert chosen is fine and table[0] == (len(fine.points), 0.0) and len(table) == 2 and table[1][1] > 0
+    chosen, table = choose_cells(fine, 2, draws, seed=0, gap_sd=np.inf)  # everything passes: the coarsest
+    assert len(chosen.points) == table[-1][0] and len(table) == 1 + len(ladder(len(fine.points), 2))
+    sds = [sd for _, sd in table]
+    bound = 0.5 * (sds[2] + sds[3])
+    chosen, table = choose_cells(fine, 2, draws, seed=0, gap_sd=bound)
+    assert len(chosen.points) == table[2][0] and table[-1][1] > bound and len(table) == 4
+
+
+def _run(cells_setting, monkeypatch=None, chooser=None):
+    from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
+
+    _, part, _ = _cells(d=1, n=20000, cells=400)
+    prior = build_prior(part, 5.0, 0.25, 1.0, 2.0)
+    config = SamplerConfig(chains=2, warmup=200, draws=200, map_starts=4, map_steps=200,
+                           likelihood_cells=cells_setting)
+    return part, run_nuts(jax.random.key(3), part.points, part.counts, prior, initial_values(part), config,
+                          point_covariances=part.cell_covariances)
+
+
+def test_the_sampler_samples_a_merge_that_moves_its_posterior_by_less_than_the_bound():
+    part, post = _run("auto")
+    stats = post.sample_stats
+    merged = int(stats["likelihood_cells"])
+    assert merged < len(part.points) and stats["likelihood_gap"].shape == post.weights.shape[:2]
+    assert np.std(stats["likelihood_gap"]) <= 2 * coreset.GAP_SD
+    ladder_sizes = stats["likelihood_ladder"]
+    assert ladder_sizes[0, 0] == len(part.points) and merged in ladder_sizes[:, 0]
+    # every size kept passed the pilot's bound; the next one tried (if any) failed it
+    kept = list(ladder_sizes[:, 0]).index(merged)
+    assert np.all(ladder_sizes[:kept + 1, 1] <= coreset.GAP_SD)
+    assert np.all(stats["likelihood_gap"] >= -1e-8)  # the merged likelihood is a lower bound of the cells'
+
+
+def test_a_merge_whose_draws_break_the_bound_is_sampled_again_on_the_cells(monkeypatch):
+    """The pilot is only a Laplace picture: if the draws' gap sd exceeds twice the bound, the sampler
+    samples the partition's cells and says so (here a merge into 10 cells is forced on the pilot)."""
+    monkeypatch.setattr(coreset, "choose_cells",
+                        lambda fine, k, draws, seed: (merge_cells(*fine, 10, seed), [(len(fine.points), 0.0)]))
+    part, post = _run("auto")
+    stats = post.sample_stats
+    assert "likelihood_cells" not in stats and "likelihood_gap" not in stats  # the cells themselves
+    rejected_cells, rejected_sd = stats["likelihood_rejected"]
+    assert rejected_cells == 10 and rejected_sd > 2 * coreset.GAP_SD
+
+
+def test_a_number_of_likelihood_cells_is_used_as_given():
+    part, post = _run(50)
+    assert int(post.sample_stats["likelihood_cells"]) <= 50 and "likelihood_ladder" not in post.sample_stats
+    part, post = _run(len(part.points))  # as many as the partition's cells: the cells, nothing merged
+    assert "likelihood_cells" not in post.sample_stats
+
+
+def test_rounds_of_parallel_chains_reuse_one_compiled_program_and_give_numpyros_draws(monkeypatch):
+    """Four chains on two devices run in two rounds; the second reuses the first's pmap.  The draws are
+    those of numpyro's own 'parallel' method (a fresh pmap per round), bit for bit."""
+    from kgmm_bayes.bayes import sampler
+    from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
+
+    assert jax.local_device_count() == 2  # the CI machine: 2 cores, so 2 rounds of 2 chains
+    _, part, _ = _cells(d=1, n=4000, cells=200)
+    prior = build_prior(part, 5.0, 0.25, 1.0, 2.0)
+    config = SamplerConfig(chains=4, warmup=60, draws=40, map_starts=2, map_steps=50)
+    compiled = []
+    original = sampler._ReusedPmap.__call__
+
+    def counting(self, chain_fn):
+        before = len(self._compiled)
+        out = original(self, chain_fn)
+        compiled.append(len(self._compiled) - before)
+        return out
+
+    monkeypatch.setattr(sampler._ReusedPmap, "__call__", counting)
+    reused = run_nuts(jax.random.key(4), part.points, part.counts, prior, initial_values(part), config)
+    assert compiled == [1, 0]  # the second round compiled nothing
+    monkeypatch.setattr(sampler._ReusedPmap, "__call__", lambda self, chain_fn: jax.pmap(chain_fn))
+    fresh = run_nuts(jax.random.key(4), part.points, part.counts, prior, initial_values(part), config)
+    for name in ("weights", "means", "cov_chol"):
+        np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name))
+
+
+@pytest.mark.parametrize("value, message", [("fine", "must be \"auto\" or a positive integer"),
+                                            (0, "must be \"auto\" or a positive integer"),
+                                            (True, "must be \"auto\" or a positive integer"),
+                                            (5, "must be >= the mixture's components")])
+def test_likelihood_cells_in_a_spec(value, message):
+    from kgmm_bayes.spec import SpecError, spec_from_dict
+
+    assert spec_from_dict({"data": {"system": "reduced_1d"}}).sampler.likelihood_cells == "auto"
+    assert spec_from_dict({"data": {"system": "reduced_1d"}, "sampler": {"likelihood_cells": 300}}
+                          ).sampler.likelihood_cells == 300
+    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+        spec_from_dict({"data": {"system": "reduced_1d"}, "sampler": {"likelihood_cells": value}})
