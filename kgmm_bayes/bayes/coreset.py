@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .mixture import expected_quadratic_features, mixture_loglik_dense
+from .mixture import mixture_loglik_dense
 
 __all__ = ["GAP_SD", "LADDER", "MIN_CELLS", "PILOT_DRAWS", "Coreset", "merge_cells", "ladder", "choose_cells",
            "loglik_gaps"]
@@ -46,8 +46,13 @@ class Coreset(NamedTuple):
     counts: np.ndarray
     covariances: np.ndarray
 
-    def features(self):
-        return expected_quadratic_features(self.points, self.covariances)
+    def features(self) -> np.ndarray:
+        """:func:`~kgmm_bayes.bayes.mixture.expected_quadratic_features` of the cells, in numpy (run op
+        by op in JAX, each new number of cells would compile every operation again)."""
+        d = self.points.shape[1]
+        iu, ju = np.triu_indices(d)
+        quad = self.points[:, iu] * self.points[:, ju] + self.covariances[:, iu, ju]
+        return np.concatenate([np.ones((len(self.points), 1)), self.points, quad], axis=1)
 
 
 def merge_cells(points, counts, covariances, cells: int, seed: int) -> Coreset:
@@ -85,8 +90,9 @@ def ladder(cells: int, components: int) -> list[int]:
 
 
 def _padded(features, counts, rows: int):
+    """Rows of zero count appended (in numpy: a JAX pad would compile for every new number of rows)."""
     pad = rows - features.shape[0]
-    return jnp.pad(jnp.asarray(features), ((0, pad), (0, 0))), jnp.pad(jnp.asarray(counts), (0, pad))
+    return np.pad(np.asarray(features), ((0, pad), (0, 0))), np.pad(np.asarray(counts), (0, pad))
 
 
 @jax.jit

@@ -165,15 +165,21 @@ def shard_rows(features, counts, devices=None):
 def _jittered(key, tree, copies: int, scale, keep_first: bool = False):
     """``copies`` copies of a pytree (new leading axis) plus independent N(0, scale^2) noise.
 
-    ``scale``: a number, or a pytree like ``tree`` of per-coordinate scales."""
+    ``scale``: a number, or a pytree like ``tree`` of per-coordinate scales.  The noise is one draw of
+    ``(copies, P)`` normals, spread over the leaves in numpy: per-leaf draws compiled a random-number
+    program for every leaf's shape (about 1.4 s on the default study, op by op or jitted alike)."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    scales = (jax.tree_util.tree_leaves(scale) if isinstance(scale, dict)
-              else [scale] * len(leaves))
-    noisy = []
-    for leaf, sd, k in zip(leaves, scales, jax.random.split(key, len(leaves))):
-        noise = sd * jax.random.normal(k, (copies,) + leaf.shape, leaf.dtype)
-        noisy.append(leaf[None] + (noise.at[0].set(0.0) if keep_first else noise))
-    return jax.tree_util.tree_unflatten(treedef, noisy)
+    shapes = [np.shape(leaf) for leaf in leaves]
+    flat = np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves])
+    scales = (np.concatenate([np.ravel(np.broadcast_to(np.asarray(sd), shape))
+                              for sd, shape in zip(jax.tree_util.tree_leaves(scale), shapes)])
+              if isinstance(scale, dict) else np.asarray(scale))
+    noise = np.array(jax.random.normal(key, (copies, flat.size), flat.dtype)) * scales
+    if keep_first:
+        noise[0] = 0.0
+    parts = np.split(flat[None] + noise, np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1], axis=1)
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(part.reshape((copies,) + shape), leaf.dtype)
+                                                  for part, shape, leaf in zip(parts, shapes, leaves)])
 
 
 def laplace_scales(potential, params: dict, hessian=None) -> dict:
@@ -420,7 +426,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     model = functools.partial(mixture_model, block_rows=None if sharded else "auto")
     model_args = (features, counts, prior)
     start = time.perf_counter()  # the MAP search is part of the fit's cost
-    init_unconstrained = unconstrain_fn(model, model_args, {}, init)
+    init_unconstrained = jax.jit(lambda values: unconstrain_fn(model, model_args, {}, values))(init)
     jitter_key, run_key, map_key = jax.random.split(key, 3)
     map_energies, starts, picks = None, None, None
     if config.map_starts > 0:

