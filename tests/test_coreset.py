@@ -150,3 +150,25 @@ def test_likelihood_cells_in_a_spec(value, message):
                           ).sampler.likelihood_cells == 300
     with pytest.raises(SpecError, match=message.replace("(", r"\(")):
         spec_from_dict({"data": {"system": "reduced_1d"}, "sampler": {"likelihood_cells": value}})
+
+
+def test_metrics_and_report_say_which_likelihood_was_sampled():
+    from kgmm_bayes.study.report import likelihood_lines
+    from kgmm_bayes.study.stages import likelihood_coreset
+
+    gaps = np.array([[0.1, 0.3], [0.2, 0.4]])
+    merged = likelihood_coreset({"likelihood_cells": np.asarray(707), "likelihood_gap": gaps,
+                                 "likelihood_ladder": np.array([[2000, 0.0], [1414, 0.006], [1000, 0.11]])}, 2000)
+    assert merged == {"likelihood_cells": 707, "likelihood_gap_sd": pytest.approx(np.std(gaps), rel=1e-12),
+                      "likelihood_ladder": [[2000, 0.0], [1414, 0.006], [1000, 0.11]]}
+    (line,) = likelihood_lines(merged)
+    assert "707 merged cells" in line and f"sd {np.std(gaps):.3f} nats" in line
+    cells = likelihood_coreset({}, 2000)  # the cells themselves, nothing tried: nothing to say
+    assert cells == {"likelihood_cells": 2000} and likelihood_lines(cells) == []
+    kept = likelihood_coreset({"likelihood_ladder": np.array([[2000, 0.0], [1414, 0.25]])}, 2000)
+    (line,) = likelihood_lines(kept)  # a merge tried and refused
+    assert "partition's 2000 cells" in line and "1414" in line and "sd 0.25 nats" in line
+    rejected = likelihood_coreset({"likelihood_rejected": np.array([10, 0.5])}, 2000)
+    assert rejected == {"likelihood_cells": 2000, "likelihood_rejected": {"cells": 10, "gap_sd": 0.5}}
+    (line,) = likelihood_lines(rejected)
+    assert "10 cells was rejected" in line and "0.500" in line

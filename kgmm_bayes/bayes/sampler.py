@@ -609,8 +609,11 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
             states[r] = mcmc.last_state
             continuations[list(chains_r)] += 1
         post = assembled()
-    if merged is cells:
-        return post
+    if merged is cells:  # the cells themselves; the sizes tried, if any, say why
+        if ladder_table is None:
+            return post
+        return post._replace(sample_stats=dict(post.sample_stats,
+                                               likelihood_ladder=np.asarray(ladder_table, np.float64)))
     # the gap D = loglik_cells - loglik_merged at every draw: its sd bounds how far any posterior mean moved
     gaps = _coreset.loglik_gaps(cells, merged, *post.flat()).reshape(post.weights.shape[:2])
     if choose and not np.std(gaps) <= 2 * _coreset.GAP_SD:  # the pilot misjudged: sample the cells themselves

@@ -352,7 +352,8 @@ def likelihood_coreset(stats: dict, cells: int) -> dict:
     if "likelihood_gap" in stats:
         out["likelihood_gap_sd"] = float(np.std(stats["likelihood_gap"]))
     if "likelihood_ladder" in stats:
-        out["likelihood_ladder"] = [[int(c), float(sd)] for c, sd in np.asarray(stats["likelihood_ladder"])]
+        out["likelihood_ladder"] = [[int(c), float(sd) if np.isfinite(sd) else None]
+                                    for c, sd in np.asarray(stats["likelihood_ladder"])]
     if "likelihood_rejected" in stats:
         rejected_cells, rejected_sd = np.asarray(stats["likelihood_rejected"])
         out["likelihood_rejected"] = {"cells": int(rejected_cells), "gap_sd": float(rejected_sd)}
