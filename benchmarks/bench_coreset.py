@@ -49,7 +49,9 @@ def main(args):
     part = fit_partition(keys[1], z, args.cells, k)
     m = MixtureSection()  # the study defaults
     prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
-    config = SamplerConfig(chains=args.chains, warmup=args.iterations, draws=args.iterations)
+    # the partition's cells themselves (not the merge of them a study may sample: kgmm_bayes.bayes.coreset)
+    config = SamplerConfig(chains=args.chains, warmup=args.iterations, draws=args.iterations,
+                           likelihood_cells=len(part.points))
     results = {}
     for label, (points, counts, covs) in {
         "coreset": (part.points, part.counts, part.cell_covariances),

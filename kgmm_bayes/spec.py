@@ -98,9 +98,10 @@ class SamplerSection(NamedTuple):
     # the chains label-invariant r_hat > 1.01 faults on (diagnostics.drifting_chains) run on from their last draw,
     # their draws so far then counting as warmup, at most this many times
     extend: int = 0
-    # cells of the likelihood NUTS samples: "auto", the coarsest merge of the partition's cells that moves no
-    # posterior mean by more than a tenth of its sd (kgmm_bayes.bayes.coreset); a number: that many merged cells
-    # (the partition's cells or more: the cells themselves)
+    # cells of the likelihood NUTS samples: "auto", the coarsest merge of the partition's cells whose log-likelihood
+    # gap has sd <= 0.1 nats over Laplace draws at the MAP (rechecked on the draws at 0.2; to first order posterior
+    # means move by at most that many posterior sds; kgmm_bayes.bayes.coreset; no merge without MAP searches or
+    # with coreset = false); a number: that many merged cells, unchecked (the partition's cells or more: the cells)
     likelihood_cells: object = "auto"
 
 
@@ -416,10 +417,10 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
         raise SpecError(f"[partition] cells ({sections['partition'].cells}) must be >= "
                         f"[mixture] components ({sections['mixture'].components})")
     likelihood_cells = sections["sampler"].likelihood_cells
-    fewest = max([sections["mixture"].components or 1, *sections["mixture"].select_components])
-    if likelihood_cells != "auto" and likelihood_cells < fewest:
+    largest_k = max([sections["mixture"].components or 1, *sections["mixture"].select_components])
+    if likelihood_cells != "auto" and likelihood_cells < largest_k:
         raise SpecError(f"[sampler] likelihood_cells ({likelihood_cells}) must be >= the mixture's components "
-                        f"({fewest})")
+                        f"({largest_k})")
     ensemble = sections["ensemble"]
     if ensemble.drift not in ("interpolant", "mixture"):
         raise SpecError(f"[ensemble] drift must be 'mixture' or 'interpolant', got {ensemble.drift!r}")

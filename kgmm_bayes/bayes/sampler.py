@@ -65,8 +65,10 @@ class SamplerConfig(NamedTuple):
     # at most this many continuations of chains the ``drifting`` check of run_nuts flags: their draws so far
     # become warmup (adaptation frozen) and as many new draws replace them
     extend: int = 0
-    # cells of the likelihood's coreset: "auto" (the coarsest merge of the cells that moves no posterior mean by
-    # more than a tenth of its sd, kgmm_bayes.bayes.coreset), or a number (>= the cells: the cells themselves)
+    # cells of the likelihood's coreset: "auto" (the coarsest merge of the cells whose log-likelihood gap has sd
+    # <= 0.1 nats over Laplace draws at the MAP, rechecked on the draws at 0.2: to first order posterior means move
+    # by at most that many posterior sds; kgmm_bayes.bayes.coreset; never without MAP searches), or a number of
+    # merged cells (unchecked; >= the cells: the cells themselves)
     likelihood_cells: object = "auto"
     progress: bool = False
 
@@ -165,21 +167,15 @@ def shard_rows(features, counts, devices=None):
 def _jittered(key, tree, copies: int, scale, keep_first: bool = False):
     """``copies`` copies of a pytree (new leading axis) plus independent N(0, scale^2) noise.
 
-    ``scale``: a number, or a pytree like ``tree`` of per-coordinate scales.  The noise is one draw of
-    ``(copies, P)`` normals, spread over the leaves in numpy: per-leaf draws compiled a random-number
-    program for every leaf's shape (about 1.4 s on the default study, op by op or jitted alike)."""
+    ``scale``: a number, or a pytree like ``tree`` of per-coordinate scales."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    shapes = [np.shape(leaf) for leaf in leaves]
-    flat = np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves])
-    scales = (np.concatenate([np.ravel(np.broadcast_to(np.asarray(sd), shape))
-                              for sd, shape in zip(jax.tree_util.tree_leaves(scale), shapes)])
-              if isinstance(scale, dict) else np.asarray(scale))
-    noise = np.array(jax.random.normal(key, (copies, flat.size), flat.dtype)) * scales
-    if keep_first:
-        noise[0] = 0.0
-    parts = np.split(flat[None] + noise, np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1], axis=1)
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(part.reshape((copies,) + shape), leaf.dtype)
-                                                  for part, shape, leaf in zip(parts, shapes, leaves)])
+    scales = (jax.tree_util.tree_leaves(scale) if isinstance(scale, dict)
+              else [scale] * len(leaves))
+    noisy = []
+    for leaf, sd, k in zip(leaves, scales, jax.random.split(key, len(leaves))):
+        noise = sd * jax.random.normal(k, (copies,) + leaf.shape, leaf.dtype)
+        noisy.append(leaf[None] + (noise.at[0].set(0.0) if keep_first else noise))
+    return jax.tree_util.tree_unflatten(treedef, noisy)
 
 
 def laplace_scales(potential, params: dict, hessian=None) -> dict:
@@ -388,7 +384,10 @@ class _ReusedPmap:
         self._compiled = {}
 
     def __call__(self, chain_fn):
-        params = tuple(sorted(self._holder[0]._collection_params.items()))
+        keywords = getattr(chain_fn, "keywords", {})
+        params = (tuple(sorted(self._holder[0]._collection_params.items())),
+                  tuple(id(a) for a in keywords.get("args", ())),  # the same data objects in every round
+                  keywords.get("collect_fields"), keywords.get("remove_sites"))
         if params not in self._compiled:
             self._compiled[params] = jax.pmap(chain_fn)
         return self._compiled[params]
@@ -455,6 +454,10 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     (every chain keeps ``config.draws``).  ``sample_stats["continuations"]`` ``(chains,)`` counts
     how many times each chain's draws were replaced.
     """
+    if config.likelihood_cells != "auto" and (isinstance(config.likelihood_cells, bool)
+                                              or not isinstance(config.likelihood_cells, (int, np.integer))
+                                              or config.likelihood_cells < 1):
+        raise ValueError(f"likelihood_cells must be \"auto\" or a positive integer, got {config.likelihood_cells!r}")
     if point_covariances is None:
         features = quadratic_features(jnp.asarray(points))
     else:
@@ -492,7 +495,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     hessian = hessian_matrix(potential, init_unconstrained) if dense or choose else None
     sd = laplace_scales(potential, init_unconstrained, hessian=hessian)
     # The likelihood NUTS samples: the cells, or a coarser merge of them (kgmm_bayes.bayes.coreset) that moves
-    # no posterior mean by more than a tenth of its sd; the MAP search, the metric and the starts use the cells.
+    # posterior means by about a tenth of their sd at most (first order; 0.2 as rechecked on the draws); the MAP
+    # search, the metric and the starts use the cells.
     merged, ladder_table = cells, None
     if choose:
         pilot = laplace_draws(jax.random.fold_in(map_key, 1), model, model_args, init_unconstrained, hessian,
@@ -561,11 +565,12 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
 
     for round_key, (n_round, method) in zip(jax.random.split(run_key, len(rounds)), rounds):
         if n_round not in samplers:
-            holder = []
             samplers[n_round] = MCMC(kernel, num_warmup=config.warmup, num_samples=config.draws,
-                                     num_chains=n_round, chain_method=_ReusedPmap(holder) if method == "parallel"
-                                     else method, progress_bar=config.progress, jit_model_args=sharded)
-            holder.append(samplers[n_round])
+                                     num_chains=n_round, chain_method=method,
+                                     progress_bar=config.progress, jit_model_args=sharded)
+            if method == "parallel":  # set after construction: numpyro's constructor would turn the progress
+                # bar off for a callable chain method (its run handles one, progress bar included)
+                samplers[n_round].chain_method = _ReusedPmap([samplers[n_round]])
         mcmc = samplers[n_round]
         init_round = jax.tree_util.tree_map(lambda leaf: leaf[first:first + n_round], init_params)
         if n_round == 1:
@@ -619,9 +624,13 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     if choose and not np.std(gaps) <= 2 * _coreset.GAP_SD:  # the pilot misjudged: sample the cells themselves
         post = run_nuts(key, points, counts, prior, init, config._replace(likelihood_cells=len(cells.points)),
                         point_covariances=point_covariances, drifting=drifting)
-        stats = dict(post.sample_stats, likelihood_rejected=np.asarray([len(merged.points), np.std(gaps)]))
+        stats = dict(post.sample_stats, likelihood_rejected=np.asarray([len(merged.points), np.std(gaps)]),
+                     likelihood_ladder=np.asarray(ladder_table, np.float64))
         return post._replace(sample_stats=stats, wall_time=time.perf_counter() - start)
-    stats = dict(post.sample_stats, likelihood_cells=np.asarray(len(merged.points)), likelihood_gap=gaps)
+    # the potential (lp in posterior.nc) on the cells' scale, as the MAP searches' are: U_cells = U_merged - D
+    # ("energy", the Hamiltonian NUTS conserved, stays the merged one's: BFMI is about the chains' moves)
+    stats = dict(post.sample_stats, likelihood_cells=np.asarray(len(merged.points)), likelihood_gap=gaps,
+                 potential_energy=post.sample_stats["potential_energy"] - gaps)
     if ladder_table is not None:
         stats["likelihood_ladder"] = np.asarray(ladder_table, np.float64)  # (cells, sd of the gap) tried
     return post._replace(sample_stats=stats, wall_time=time.perf_counter() - start)

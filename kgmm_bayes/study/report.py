@@ -101,14 +101,14 @@ def likelihood_lines(post: dict) -> list:
                      f"moments of the partition's cells); over the draws its log-likelihood differs from the "
                      f"cells' by sd {post['likelihood_gap_sd']:.3f} nats, so no posterior mean moved by more than "
                      f"about that many posterior sds")
-    elif len(post.get("likelihood_ladder") or []) > 1:
+    elif len(post.get("likelihood_ladder") or []) > 1 and not post.get("likelihood_rejected"):
         cells, sd = post["likelihood_ladder"][1]
         lines.append(f"- NUTS sampled the likelihood of the partition's {post['likelihood_cells']} cells: merged into "
                      f"{cells}, its log-likelihood would differ by sd {_fmt(sd)} nats over Laplace draws (more than 0.1)")
     rejected = post.get("likelihood_rejected")
     if rejected:
         lines.append(f"- a merge into {rejected['cells']} cells was rejected on its draws (gap sd "
-                     f"{rejected['gap_sd']:.3f} nats): the posterior was sampled again on the partition's cells")
+                     f"{_fmt(rejected['gap_sd'])} nats): the posterior was sampled again on the partition's cells")
     return lines
 
 

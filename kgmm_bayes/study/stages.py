@@ -348,15 +348,17 @@ def likelihood_coreset(stats: dict, cells: int) -> dict:
     ``likelihood_cells``, and where they are merged cells, the sd over the draws of the log-likelihood
     gap to the partition's cells, the sizes tried with their Laplace-draw sd, and a merge rejected on
     the draws (the cells then sampled themselves)."""
+    def finite(value):
+        return float(value) if np.isfinite(value) else None
+
     out = {"likelihood_cells": int(stats.get("likelihood_cells", cells))}
     if "likelihood_gap" in stats:
-        out["likelihood_gap_sd"] = float(np.std(stats["likelihood_gap"]))
+        out["likelihood_gap_sd"] = finite(np.std(stats["likelihood_gap"]))
     if "likelihood_ladder" in stats:
-        out["likelihood_ladder"] = [[int(c), float(sd) if np.isfinite(sd) else None]
-                                    for c, sd in np.asarray(stats["likelihood_ladder"])]
+        out["likelihood_ladder"] = [[int(c), finite(sd)] for c, sd in np.asarray(stats["likelihood_ladder"])]
     if "likelihood_rejected" in stats:
         rejected_cells, rejected_sd = np.asarray(stats["likelihood_rejected"])
-        out["likelihood_rejected"] = {"cells": int(rejected_cells), "gap_sd": float(rejected_sd)}
+        out["likelihood_rejected"] = {"cells": int(rejected_cells), "gap_sd": finite(rejected_sd)}
     return out
 
 
@@ -377,7 +379,8 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         convergence["distinct_starts"] = int(np.unique(post.sample_stats["start_optima"]).size)
     if "continuations" in post.sample_stats:  # [sampler] extend: how often each chain's draws were replaced
         convergence["continuations"] = [int(c) for c in post.sample_stats["continuations"]]
-    convergence.update(likelihood_coreset(post.sample_stats, len(part.points)))
+    if spec.partition.coreset:  # (without it NUTS sampled every snapshot)
+        convergence.update(likelihood_coreset(post.sample_stats, len(part.points)))
     for message in convergence["warnings"]:
         warnings.warn(f"posterior: {message}", RuntimeWarning, stacklevel=3)
     weights = stacked_weights(convergence)
