@@ -177,3 +177,19 @@ def test_metrics_and_report_say_which_likelihood_was_sampled():
     assert rejected == {"likelihood_cells": 2000, "likelihood_rejected": {"cells": 10, "gap_sd": 0.5}}
     (line,) = likelihood_lines(rejected)
     assert "10 cells was rejected" in line and "gap sd 0.5 nats" in line
+
+
+def test_rounds_with_numpyros_progress_bar_run_and_match_the_quiet_draws():
+    """With a progress bar (the CLI's default) every round compiles its own program, whose callback updates
+    that round's bars: a reused one would update bars that are gone.  Same draws as without the bar."""
+    from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
+
+    devices = jax.local_device_count()
+    if jax.default_backend() != "cpu" or devices < 2:
+        pytest.skip("rounds of parallel chains need several CPU devices")
+    _, part, _ = _cells(d=1, n=4000, cells=200)
+    prior = build_prior(part, 5.0, 0.25, 1.0, 2.0)
+    config = SamplerConfig(chains=2 * devices, warmup=30, draws=20, map_starts=2, map_steps=50)
+    posts = [run_nuts(jax.random.key(5), part.points, part.counts, prior, initial_values(part),
+                      config._replace(progress=progress)) for progress in (True, False)]
+    np.testing.assert_array_equal(posts[0].weights, posts[1].weights)

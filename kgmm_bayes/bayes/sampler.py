@@ -568,8 +568,10 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
             samplers[n_round] = MCMC(kernel, num_warmup=config.warmup, num_samples=config.draws,
                                      num_chains=n_round, chain_method=method,
                                      progress_bar=config.progress, jit_model_args=sharded)
-            if method == "parallel":  # set after construction: numpyro's constructor would turn the progress
-                # bar off for a callable chain method (its run handles one, progress bar included)
+            # Not with numpyro's progress bar: its callback, compiled into the first round's program, would
+            # update that round's bars (gone by the next round).  Set after construction (the constructor
+            # would warn about a callable chain method).
+            if method == "parallel" and not config.progress:
                 samplers[n_round].chain_method = _ReusedPmap([samplers[n_round]])
         mcmc = samplers[n_round]
         init_round = jax.tree_util.tree_map(lambda leaf: leaf[first:first + n_round], init_params)
