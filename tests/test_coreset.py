@@ -113,10 +113,9 @@ def test_a_number_of_likelihood_cells_is_used_as_given():
     assert "likelihood_cells" not in post.sample_stats
 
 
-def test_rounds_of_parallel_chains_reuse_one_compiled_program_and_give_numpyros_draws(monkeypatch):
-    """Twice as many chains as CPU devices run in two rounds; the second reuses the first's pmap.  The draws
-    are those of numpyro's own 'parallel' method (a fresh pmap per round), bit for bit."""
-    from kgmm_bayes.bayes import sampler
+def _rounds(warmup, draws):
+    """A small posterior with twice as many chains as CPU devices (two rounds of parallel chains) and a
+    function of the key and config that samples it; skipped without several CPU devices."""
     from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
 
     devices = jax.local_device_count()
@@ -124,7 +123,17 @@ def test_rounds_of_parallel_chains_reuse_one_compiled_program_and_give_numpyros_
         pytest.skip("rounds of parallel chains need several CPU devices")
     _, part, _ = _cells(d=1, n=4000, cells=200)
     prior = build_prior(part, 5.0, 0.25, 1.0, 2.0)
-    config = SamplerConfig(chains=2 * devices, warmup=60, draws=40, map_starts=2, map_steps=50)
+    config = SamplerConfig(chains=2 * devices, warmup=warmup, draws=draws, map_starts=2, map_steps=50)
+    return config, lambda key, cfg: run_nuts(jax.random.key(key), part.points, part.counts, prior,
+                                             initial_values(part), cfg)
+
+
+def test_rounds_of_parallel_chains_reuse_one_compiled_program_and_give_numpyros_draws(monkeypatch):
+    """Twice as many chains as CPU devices run in two rounds; the second reuses the first's pmap.  The draws
+    are those of numpyro's own 'parallel' method (a fresh pmap per round), bit for bit."""
+    from kgmm_bayes.bayes import sampler
+
+    config, sample = _rounds(60, 40)
     compiled = []
     original = sampler._ReusedPmap.__call__
 
@@ -135,10 +144,10 @@ def test_rounds_of_parallel_chains_reuse_one_compiled_program_and_give_numpyros_
         return out
 
     monkeypatch.setattr(sampler._ReusedPmap, "__call__", counting)
-    reused = run_nuts(jax.random.key(4), part.points, part.counts, prior, initial_values(part), config)
+    reused = sample(4, config)
     assert compiled == [1, 0]  # the second round compiled nothing
     monkeypatch.setattr(sampler._ReusedPmap, "__call__", lambda self, chain_fn: jax.pmap(chain_fn))
-    fresh = run_nuts(jax.random.key(4), part.points, part.counts, prior, initial_values(part), config)
+    fresh = sample(4, config)
     for name in ("weights", "means", "cov_chol"):
         np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name))
 
@@ -182,14 +191,6 @@ def test_metrics_and_report_say_which_likelihood_was_sampled():
 def test_rounds_with_numpyros_progress_bar_run_and_match_the_quiet_draws():
     """With a progress bar (the CLI's default) every round compiles its own program, whose callback updates
     that round's bars: a reused one would update bars that are gone.  Same draws as without the bar."""
-    from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
-
-    devices = jax.local_device_count()
-    if jax.default_backend() != "cpu" or devices < 2:
-        pytest.skip("rounds of parallel chains need several CPU devices")
-    _, part, _ = _cells(d=1, n=4000, cells=200)
-    prior = build_prior(part, 5.0, 0.25, 1.0, 2.0)
-    config = SamplerConfig(chains=2 * devices, warmup=30, draws=20, map_starts=2, map_steps=50)
-    posts = [run_nuts(jax.random.key(5), part.points, part.counts, prior, initial_values(part),
-                      config._replace(progress=progress)) for progress in (True, False)]
+    config, sample = _rounds(30, 20)
+    posts = [sample(5, config._replace(progress=progress)) for progress in (True, False)]
     np.testing.assert_array_equal(posts[0].weights, posts[1].weights)
