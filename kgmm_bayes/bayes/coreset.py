@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .mixture import mixture_loglik_dense
+from .mixture import expected_quadratic_features, mixture_loglik_dense
 
 __all__ = ["GAP_SD", "LADDER", "MIN_CELLS", "PILOT_DRAWS", "Coreset", "merge_cells", "ladder", "choose_cells",
            "loglik_gaps"]
@@ -46,13 +46,9 @@ class Coreset(NamedTuple):
     counts: np.ndarray
     covariances: np.ndarray
 
-    def features(self) -> np.ndarray:
-        """:func:`~kgmm_bayes.bayes.mixture.expected_quadratic_features` of the cells, in numpy (run op
-        by op in JAX, each new number of cells would compile every operation again)."""
-        d = self.points.shape[1]
-        iu, ju = np.triu_indices(d)
-        quad = self.points[:, iu] * self.points[:, ju] + self.covariances[:, iu, ju]
-        return np.concatenate([np.ones((len(self.points), 1)), self.points, quad], axis=1)
+    def features(self):
+        """:func:`~kgmm_bayes.bayes.mixture.expected_quadratic_features` of the cells."""
+        return expected_quadratic_features(self.points, self.covariances)
 
 
 def merge_cells(points, counts, covariances, cells: int, seed: int) -> Coreset:

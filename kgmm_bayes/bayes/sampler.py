@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
-from ..partition import Partition
+from ..partition import Partition, _seed_from_key
 from . import coreset as _coreset
 from .mixture import (
     MixturePrior,
@@ -317,8 +317,7 @@ def _lbfgs(potential, batch, max_steps: int):
         start = fun(flat)[0]
         res = scipy.optimize.minimize(fun, flat, jac=True, method="L-BFGS-B",
                                       options={"maxiter": max_steps, "gtol": POLISH_GRADIENT, "ftol": POLISH_DECREASE})
-        value = fun(res.x)[0]
-        out.append(res.x if np.isfinite(value) and value <= start else flat)
+        out.append(res.x if np.isfinite(res.fun) and res.fun <= start else flat)
     return jax.vmap(unravel)(jnp.asarray(np.stack(out), flats.dtype))
 
 
@@ -393,18 +392,13 @@ class _ReusedPmap:
         return self._compiled[params]
 
 
-def _seed(key) -> int:
-    return int(jax.random.randint(key, (), 0, 2**31 - 1))
-
-
 def laplace_draws(key, model, model_args, params: dict, hessian, draws: int):
     """``draws`` draws of the Laplace approximation at ``params`` (unconstrained; ``hessian`` from
     :func:`hessian_matrix`, clipped as in :func:`laplace_covariance`), as the model's constrained
     ``(weights, means, cov_chol)``."""
     flat, unravel = ravel_pytree(params)
-    cov = np.asarray(laplace_covariance(None, params, hessian=hessian))
-    root = np.linalg.cholesky(cov + 1e-12 * np.max(np.diag(cov)) * np.eye(len(cov)))
-    u = flat[None] + jax.random.normal(key, (draws, flat.size), flat.dtype) @ jnp.asarray(root).T
+    _, root, _ = laplace_covariance(None, params, root=True, hessian=hessian)
+    u = flat[None] + jax.random.normal(key, (draws, flat.size), flat.dtype) @ root.T
 
     def one(v):
         return constrain_fn(model, model_args, {}, unravel(v), return_deterministic=True)
@@ -502,11 +496,10 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         pilot = laplace_draws(jax.random.fold_in(map_key, 1), model, model_args, init_unconstrained, hessian,
                               _coreset.PILOT_DRAWS)
         merged, ladder_table = _coreset.choose_cells(cells, prior.centroids.shape[0], pilot,
-                                                     _seed(jax.random.fold_in(map_key, 2)))
+                                                     _seed_from_key(jax.random.fold_in(map_key, 2)))
     elif cells is not None and config.likelihood_cells != "auto" and int(config.likelihood_cells) < len(cells.points):
-        merged = _coreset.merge_cells(*cells, int(config.likelihood_cells), _seed(jax.random.fold_in(map_key, 2)))
-    sample_args = model_args if merged is cells else (jnp.asarray(merged.features()), jnp.asarray(merged.counts),
-                                                      prior)
+        merged = _coreset.merge_cells(*cells, int(config.likelihood_cells), _seed_from_key(jax.random.fold_in(map_key, 2)))
+    sample_args = model_args if merged is cells else (merged.features(), jnp.asarray(merged.counts), prior)
     scale = jax.tree_util.tree_map(lambda v: jnp.minimum(v, config.init_jitter), sd)
     init_params = _jittered(jitter_key, init_unconstrained, config.chains, scale)
     if starts is not None:  # each chain at its own optimum, with the same jitter
