@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 
 import jax
 
@@ -18,12 +19,16 @@ __all__ = ["bar", "tick"]
 _active = []
 
 
+_lock = threading.Lock()  # parallel chains (one per device) report from their own threads
+
+
 def _report(step):
-    if _active:
-        progress_bar = _active[-1]
-        step = int(step)
-        if step > progress_bar.n:
-            progress_bar.update(step - progress_bar.n)
+    with _lock:
+        if _active:
+            progress_bar = _active[-1]
+            step = int(step)
+            if step > progress_bar.n:
+                progress_bar.update(step - progress_bar.n)
 
 
 def tick(step, every: int):
@@ -32,14 +37,15 @@ def tick(step, every: int):
 
 
 @contextlib.contextmanager
-def bar(label: str, total: int, enabled: bool):
-    """Open a tqdm bar on stderr for the duration of a stage (no-op when disabled)."""
+def bar(label: str, total: int, enabled: bool, initial: int = 0):
+    """Open a tqdm bar on stderr for the duration of a stage (no-op when disabled); ``initial``: the
+    step count the stage's ticks start from (a continued loop)."""
     if not enabled:
         yield
         return
     from tqdm.auto import tqdm
 
-    progress_bar = tqdm(total=total, desc=label, file=sys.stderr, mininterval=0.5)
+    progress_bar = tqdm(total=total, initial=initial, desc=label, file=sys.stderr, mininterval=0.5)
     _active.append(progress_bar)
     try:
         yield

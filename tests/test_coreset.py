@@ -188,9 +188,55 @@ def test_metrics_and_report_say_which_likelihood_was_sampled():
     assert "10 cells was rejected" in line and "gap sd 0.5 nats" in line
 
 
-def test_rounds_with_numpyros_progress_bar_run_and_match_the_quiet_draws():
-    """With a progress bar (the CLI's default) every round compiles its own program, whose callback updates
-    that round's bars: a reused one would update bars that are gone.  Same draws as without the bar."""
+def test_rounds_with_a_progress_bar_reuse_the_program_report_every_iteration_and_match_the_quiet_draws(
+        monkeypatch):
+    """With a progress display (the CLI's default) the chains report their iterations from inside the
+    compiled program to the round's bar, so the second round still reuses the first's pmap; the draws are
+    the quiet run's."""
+    import contextlib
+
+    from kgmm_bayes import progress
+    from kgmm_bayes.bayes import sampler
+
     config, sample = _rounds(30, 20)
-    posts = [sample(5, config._replace(progress=progress)) for progress in (True, False)]
-    np.testing.assert_array_equal(posts[0].weights, posts[1].weights)
+    seen = []
+
+    class Counter:
+        def __init__(self, initial):
+            self.n = initial
+
+        def update(self, k):
+            self.n += k
+
+    @contextlib.contextmanager
+    def recording_bar(label, total, enabled, initial=0):
+        if not enabled:
+            yield
+            return
+        counter = Counter(initial)
+        progress._active.append(counter)
+        try:
+            yield
+        finally:
+            progress._active.remove(counter)
+            seen.append((label, total, counter.n))
+
+    compiled = []
+    original = sampler._ReusedPmap.__call__
+
+    def counting(self, chain_fn):
+        before = len(self._compiled)
+        out = original(self, chain_fn)
+        compiled.append(len(self._compiled) - before)
+        return out
+
+    monkeypatch.setattr(sampler, "bar", recording_bar)
+    monkeypatch.setattr(sampler._ReusedPmap, "__call__", counting)
+    shown = sample(5, config._replace(progress=True))
+    devices = config.chains // 2
+    assert compiled == [1, 0]
+    assert seen == [(f"NUTS chains 1-{devices} of {config.chains}", 50, 50),
+                    (f"NUTS chains {devices + 1}-{config.chains} of {config.chains}", 50, 50)]
+    quiet = sample(5, config)
+    for name in ("weights", "means", "cov_chol"):
+        np.testing.assert_array_equal(getattr(shown, name), getattr(quiet, name))

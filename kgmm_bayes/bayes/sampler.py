@@ -33,6 +33,7 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from ..partition import Partition, _seed_from_key
+from ..progress import bar, tick
 from . import coreset as _coreset
 from .mixture import (
     MixturePrior,
@@ -369,6 +370,28 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
     return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies
 
 
+class _TickingNUTS(NUTS):
+    """NUTS that reports each chain's iteration to the open progress bar (:mod:`kgmm_bayes.progress`)
+    from inside the compiled sampler, instead of numpyro's progress bar, whose callback is bound to one
+    run's bars and so cannot serve the parallel chains' program reused by later rounds
+    (:class:`_ReusedPmap`).  Parallel chains report the same iteration count; the bar keeps the
+    furthest."""
+
+    def __init__(self, *args, every: int = 10, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._every = every
+
+    def sample(self, state, model_args, model_kwargs):
+        state = super().sample(state, model_args, model_kwargs)
+        tick(state.i, self._every)
+        return state
+
+
+def _round_label(first: int, n_round: int, chains: int, prefix: str = "") -> str:
+    chain_range = f"chain {first + 1}" if n_round == 1 else f"chains {first + 1}-{first + n_round}"
+    return f"NUTS {prefix}{chain_range} of {chains}"
+
+
 class _ReusedPmap:
     """numpyro's ``"parallel"`` chain method (``jax.pmap``), compiled once for every round of one
     :class:`~numpyro.infer.MCMC`: numpyro wraps each run's chain function in a new ``functools.partial``
@@ -519,10 +542,13 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # whitened one takes 28-65 against 128 but its chains diverge (28-139 divergences) and split into
     # modes (r_hat within modes 1.24-1.27).
     whiten = dense and not sharded and centre.size > DENSE_ADAPTATION_MAX
+    # the progress display: reported from inside the compiled chains (numpyro's own bar is off)
+    nuts = functools.partial(_TickingNUTS, every=max(1, (config.warmup + config.draws) // 100)) \
+        if config.progress else NUTS
     if whiten:
         _, chol, inverse = laplace_covariance(potential, init_unconstrained, root=True, hessian=hessian)
         init_params = {"u": jax.vmap(lambda p: inverse @ (ravel_pytree(p)[0] - centre))(init_params)}
-        kernel = NUTS(_whitened_model, target_accept_prob=config.target_accept,
+        kernel = nuts(_whitened_model, target_accept_prob=config.target_accept,
                       max_tree_depth=config.max_tree_depth)
         run_args = (model, sample_args, centre, chol, unravel)
     else:
@@ -534,7 +560,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
             inverse_mass = laplace_covariance(potential, init_unconstrained, hessian=hessian)
         elif config.laplace_metric:
             inverse_mass = ravel_pytree(jax.tree_util.tree_map(lambda v: jnp.clip(v, 1e-8, 1.0) ** 2, sd))[0]
-        kernel = NUTS(model, target_accept_prob=config.target_accept, inverse_mass_matrix=inverse_mass,
+        kernel = nuts(model, target_accept_prob=config.target_accept, inverse_mass_matrix=inverse_mass,
                       max_tree_depth=config.max_tree_depth, dense_mass=dense)
         run_args = sample_args
     fields = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy", "adapt_state.step_size")
@@ -560,17 +586,17 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         if n_round not in samplers:
             samplers[n_round] = MCMC(kernel, num_warmup=config.warmup, num_samples=config.draws,
                                      num_chains=n_round, chain_method=method,
-                                     progress_bar=config.progress, jit_model_args=sharded)
-            # Not with numpyro's progress bar: its callback, compiled into the first round's program, would
-            # update that round's bars (gone by the next round).  Set after construction (the constructor
-            # would warn about a callable chain method).
-            if method == "parallel" and not config.progress:
+                                     progress_bar=False, jit_model_args=sharded)
+            # Set after construction (the constructor would warn about a callable chain method).
+            if method == "parallel":
                 samplers[n_round].chain_method = _ReusedPmap([samplers[n_round]])
         mcmc = samplers[n_round]
         init_round = jax.tree_util.tree_map(lambda leaf: leaf[first:first + n_round], init_params)
         if n_round == 1:
             init_round = jax.tree_util.tree_map(lambda leaf: leaf[0], init_round)
-        mcmc.run(round_key, *run_args, init_params=init_round, extra_fields=fields)
+        with bar(_round_label(first, n_round, config.chains), config.warmup + config.draws, config.progress):
+            mcmc.run(round_key, *run_args, init_params=init_round, extra_fields=fields)
+            jax.block_until_ready(mcmc.last_state)  # every tick reported while the round's bar is open
         sites_r, extra_r = collect(mcmc)
         site_parts.append(sites_r)
         extra_parts.append(extra_r)
@@ -603,7 +629,11 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
                 continue
             mcmc = samplers[n_round]
             mcmc.post_warmup_state = states[r]  # no warmup: on from the last draw, adaptation kept
-            mcmc.run(states[r].rng_key, *run_args, extra_fields=fields)
+            done = config.warmup + config.draws * (1 + int(continuations[firsts[r]]))  # the chains' iterations
+            with bar(_round_label(firsts[r], n_round, config.chains, "more draws: "), done + config.draws,
+                     config.progress, initial=done):
+                mcmc.run(states[r].rng_key, *run_args, extra_fields=fields)
+                jax.block_until_ready(mcmc.last_state)
             mcmc.post_warmup_state = None
             site_parts[r], extra_parts[r] = collect(mcmc)
             states[r] = mcmc.last_state
