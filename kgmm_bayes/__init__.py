@@ -25,10 +25,11 @@ _jax.config.update("jax_enable_x64", True)
 
 from ._version import __version__  # noqa: E402
 from .api import fit  # noqa: E402
+from .compilation_cache import enable as enable_compilation_cache  # noqa: E402
 from .data import InputError, ZScore, load_trajectory  # noqa: E402
 from .result import BayesianKGMM  # noqa: E402
 from .spec import Spec, SpecError, load_spec, spec_from_dict  # noqa: E402
 from .study import load_result, run_study  # noqa: E402
 
-__all__ = ["fit", "run_study", "load_spec", "spec_from_dict", "load_result", "BayesianKGMM", "Spec",
+__all__ = ["fit", "enable_compilation_cache", "run_study", "load_spec", "spec_from_dict", "load_result", "BayesianKGMM", "Spec",
            "SpecError", "InputError", "ZScore", "load_trajectory", "__version__"]

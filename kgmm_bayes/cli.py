@@ -157,6 +157,10 @@ def main(argv=None) -> int:
     previous_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # each warning one line on the console
     try:
+        if args.command != "list":
+            from .compilation_cache import enable
+
+            enable()  # compiled programs kept on disk: a later run of the same shapes loads them
         return {"run": _run, "score": _score, "compare": _compare, "calibrate": _calibrate,
                 "list": _list}[args.command](args)
     except (InputError, OSError, MemoryError, RecursionError) as err:

@@ -7,3 +7,7 @@ import os
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+
+# The CLI keeps compiled programs in a persistent cache (kgmm_bayes.compilation_cache); tests that call it
+# in this process must not write to the user's cache: off unless the environment names a folder.
+os.environ.setdefault("KGMM_BAYES_COMPILATION_CACHE", "off")

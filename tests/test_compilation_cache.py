@@ -1,0 +1,64 @@
+"""The persistent compilation cache: a second process loads the first's compiled programs and draws
+the same numbers; the switch and the folder rules."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from kgmm_bayes import compilation_cache
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import jax
+    import numpy as np
+    import kgmm_bayes
+    from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
+    from kgmm_bayes.partition import fit_partition
+
+    hits = []
+    jax.monitoring.register_event_listener(
+        lambda event, **kw: hits.append(1) if event == "/jax/compilation_cache/cache_hits" else None)
+    assert kgmm_bayes.enable_compilation_cache(sys.argv[1]) is not None
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-1.0, 0.6, (2000, 1)), rng.normal(1.2, 0.4, (2000, 1))])
+    part = fit_partition(jax.random.key(0), x, num_cells=100, num_components=2)
+    prior = build_prior(part, 5.0, 0.25, 1.0, 2.0)
+    config = SamplerConfig(chains=2, warmup=40, draws=20, map_starts=2, map_steps=50)
+    post = run_nuts(jax.random.key(3), part.points, part.counts, prior, initial_values(part), config)
+    np.save(sys.argv[2], np.concatenate([post.weights.ravel(), post.means.ravel(), post.cov_chol.ravel()]))
+    print("hits", len(hits))
+""")
+
+
+def _run(tmp_path, name):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "cache"), str(tmp_path / name)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.split("hits")[-1]), np.load(tmp_path / name)
+
+
+def test_a_second_process_loads_the_compiled_programs_and_draws_the_same_numbers(tmp_path):
+    hits_first, first = _run(tmp_path, "first.npy")  # hits here: a program compiled again in the process
+    programs = len(list((tmp_path / "cache").glob("*-cache")))  # one file per program (and its -atime)
+    assert programs > 10  # MAP searches, the Hessian, NUTS, ...
+    hits_second, second = _run(tmp_path, "second.npy")
+    assert hits_second >= hits_first + programs - 1  # every kept program loaded, none compiled and added
+    assert len(list((tmp_path / "cache").glob("*-cache"))) == programs
+    np.testing.assert_array_equal(first, second)
+
+
+def test_the_switch_and_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(compilation_cache.ENV, "off")
+    assert compilation_cache.enable() is None
+    monkeypatch.setenv(compilation_cache.ENV, "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compilation_cache.default_dir() == tmp_path / "xdg" / "kgmm-bayes" / "jax"
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.warns(RuntimeWarning, match="compilation cache off: cannot use"):
+        assert compilation_cache.enable(blocked / "cache") is None
+    assert blocked.read_text() == "not a folder"
