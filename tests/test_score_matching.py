@@ -111,3 +111,75 @@ def test_a_reported_bound_leaves_zeta_alone():
     plain = choose_zeta(draws, wide_logp, points, counts, x, 1, seed=0)
     assert reported.zeta == plain.zeta and used.zeta < 0.01
     assert reported.score_matching_bound == 0.99 and not reported.bound_used and used.bound_used
+
+
+# ---------------------------------------------------------------- the bumps' cross-fitted gap (stein_gap)
+def _ar1(seed, n, rho):
+    """A stationary AR(1) series of standard Gaussian snapshots in D dimensions: correlated in time like a
+    trajectory (decorrelation time about (1 + rho) / (1 - rho) snapshots)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(n, D)) * math.sqrt(1 - rho**2)
+    x = np.empty((n, D))
+    x[0] = rng.normal(size=D)
+    for t in range(1, n):
+        x[t] = rho * x[t - 1] + noise[t]
+    return x
+
+
+def _bumped(amplitude):
+    return lambda x: -x + amplitude * np.stack([np.sin(x[:, 0]), np.zeros(len(x))], axis=-1)
+
+
+def test_stein_gap_of_the_true_score_is_zero_within_its_standard_error_on_correlated_snapshots():
+    from kgmm_bayes.bayes.score_matching import stein_gap
+
+    x = _ar1(5, 40_000, 0.9)  # 40,000 snapshots carry about 2,100 independent ones
+    cells = gaussian(6, 1000)
+    gap = stein_gap(x, _bumped(0.0), cells, np.ones(len(cells)))
+    assert abs(gap.gap) < 4 * gap.se  # cross-fitting over non-adjacent blocks: no noise term left
+    assert gap.se < 0.05
+
+
+def test_stein_gap_estimates_the_error_projected_on_the_bumps_and_stays_below_the_error():
+    """s = -x + 0.3 sin(x_1) e_1: the squared error is 0.09 E sin^2 = 0.09 (1 - e^-2) / 2 = 0.0389.  The
+    population projection b^T A^-1 b on the chosen bumps is computed from 400,000 other snapshots."""
+    from kgmm_bayes.bayes import score_matching as sm
+
+    x, cells = gaussian(7, 60_000), gaussian(8, 1000)
+    gap = sm.stein_gap(x, _bumped(0.3), cells, np.ones(len(cells)))
+    error = 0.09 * (1 - math.exp(-2)) / 2
+    assert gap.basis in sm.STEIN_LADDER  # the basis of the largest lower limit
+    centres, width = sm._bump_basis(cells, np.ones(len(cells)), gap.basis, 0)
+    big = gaussian(9, 400_000)
+    g = np.exp(-np.sum((big[:, None] - centres[None]) ** 2, axis=-1) / (2 * width**2))
+    b = g.T @ (0.3 * np.sin(big[:, 0])) / len(big)
+    projection = float(b @ np.linalg.solve(g.T @ g / len(big), b))
+    assert projection <= error and projection > 0.8 * error  # the bumps see most of this smooth error
+    assert gap.gap == pytest.approx(projection, abs=4 * gap.se) and gap.se < 0.01
+    assert sm.stein_gap(x[:160], _bumped(0.3), cells, np.ones(len(cells))) is None  # blocks smaller than any basis
+
+
+def test_a_significant_bumps_gap_is_the_scores_squared_bias_and_an_insignificant_one_is_not():
+    rng = np.random.default_rng(6)
+    points = np.linspace(-2.0, 2.0, 41)[:, None]
+    counts = np.exp(-0.5 * points[:, 0] ** 2)
+    x = rng.normal(size=(N, 1))  # Gaussian snapshots, a one-component fit: the richer mixture sees no bias
+    draws = 1e-2 * rng.normal(size=(4000, len(points), 1))
+    wide_logp = 1e3 * rng.normal(size=(4000, len(points)))
+    terms = error_terms(x, 1, points, counts, seed=0)
+    assert terms["score"][1] == 0.0
+    v = posterior_score_variance(draws, counts)
+
+    def chosen(gap, se):
+        return choose_zeta(draws, wide_logp, points, counts, x, 1, seed=0, terms=terms, gap_as_bias=True,
+                           score_gap=FisherGap(gap=gap, se=se, bound=max(gap - se, 0.0), reference_loss=math.nan,
+                                               snapshots=N))
+
+    significant = chosen(0.01, 0.004)  # 2.5 standard errors
+    assert significant.zeta == pytest.approx(v / (v * terms["score"][0] + 0.01), rel=1e-12)
+    assert significant.bound_used and significant.score_matching_reference == "bumps"
+    assert significant.squared_bias == 0.01
+    insignificant = chosen(0.01, 0.006)  # 1.7 standard errors: no evidence of a bias
+    plain = choose_zeta(draws, wide_logp, points, counts, x, 1, seed=0, terms=terms)
+    assert insignificant.zeta == plain.zeta and not insignificant.bound_used
+    assert insignificant.score_matching_gap == 0.01  # reported all the same

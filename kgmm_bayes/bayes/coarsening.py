@@ -27,14 +27,18 @@ to be as wide as the estimate's actual error:
     squared after averaging over blocks, less its own noise (the across-block variance of the
     gap over the number of blocks), at least 0;
 
-* ``zeta = min(1, v / max(v R + b^2, g))``: the coarsened posterior's variance equals the error,
-  where ``g`` is a second, independent lower bound on the score's squared error: the held-out
-  score-matching gap of :mod:`.score_matching` (Hyvarinen's score of the posterior-mean score
-  less that of a network trained by score matching).  It sees what a richer mixture cannot: a
-  mixture that is close to the density in likelihood while its score ripples (four-well: K = 16
-  is within 0.003 nats of the true density, its score 25% off).  The
-  same ratio is formed for the log density at the cells (the band of the stationary PDF), and
-  the smaller ``zeta`` of the two is used.
+* by default (``[mixture] coarsening_bound = "stein"``) the score's ``b^2`` is the larger of the
+  richer mixture's and the score-matching gap of :func:`.score_matching.stein_gap` where that gap is
+  significant (above 2 standard errors): the squared error of the posterior-mean score projected on
+  Gaussian bumps, measured by Stein's identity on the snapshots themselves (no truth needed) and
+  cross-fitted over blocks of them in time order, so their noise and autocorrelation do not enter it.
+  It sees what a richer mixture cannot: a mixture close to the density in likelihood whose score
+  ripples (four-well: K = 16 is within 0.003 nats of the true density, its score 25% off);
+* ``zeta = min(1, v / (v R + b^2))``: the coarsened posterior's variance equals the error.  (With
+  ``coarsening_bound = "score_matching"``, ``zeta = min(1, v / max(v R + b^2, g))`` instead, ``g`` the
+  held-out gap of a network trained by score matching, a floor on the error.)  The same ratio is
+  formed for the log density at the cells (the band of the stationary PDF), and the smaller ``zeta``
+  of the two is used.
 
 With a well-specified mixture (``b = 0``) and independent snapshots (``R ~ 1``), ``zeta ~ 1``:
 the standard posterior is kept (zeta above ``KEEP_STANDARD`` counts as 1).
@@ -48,7 +52,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["Coarsening", "zeta_from_alpha", "alpha_from_zeta", "error_terms", "needs_variance",
-           "zeta_without_variance", "posterior_score_variance", "choose_zeta", "with_gap", "OFF"]
+           "zeta_without_variance", "posterior_score_variance", "choose_zeta", "with_gap", "significant_gap", "OFF"]
 
 REFERENCE_FACTORS = (2, 4)  # reference mixtures: these many times K components, the best by BIC ...
 REG_COVAR = 1e-4  # added to covariances of the maximum-likelihood fits (z-scored units): no spikes
@@ -77,10 +81,13 @@ class Coarsening(NamedTuple):
     squared_bias_log_density: float = math.nan
     reference_components: int = 0
     limited_by: str = ""  # "score" or "log density": which asked for the smaller zeta
-    score_matching_gap: float = math.nan  # g before its noise margin: H(posterior mean) - H(network)
-    score_matching_se: float = math.nan  # its standard error (batch means in time order)
+    score_matching_gap: float = math.nan  # g before its noise margin: H(posterior mean) - H(reference)
+    score_matching_se: float = math.nan  # its standard error
     score_matching_bound: float = math.nan  # g = max(gap - se, 0), a lower bound on the score's squared error
-    bound_used: bool = False  # whether g entered zeta ([mixture] coarsening_bound = "score_matching")
+    bound_used: bool = False  # whether the gap entered zeta ([mixture] coarsening_bound "stein" / "score_matching")
+    # the gap's reference: "bumps" (the best linear correction by Gaussian bumps, cross-fitted over blocks;
+    # enters as a squared bias where significant) or "network" (held-out, a floor on the error)
+    score_matching_reference: str = ""
     # "standard posterior": v from the standard posterior's draws; "kept posterior x zeta": zeta needed no v
     # (no bias, no floor), so only the kept posterior was sampled and v is zeta times its variance
     variance_from: str = "standard posterior"
@@ -185,6 +192,16 @@ def posterior_score_variance(posterior_scores, counts) -> float:
     return float(np.sum(w / w.sum() * np.sum(np.asarray(posterior_scores, np.float64).var(axis=0), axis=1)))
 
 
+def significant_gap(score_gap) -> float:
+    """The bumps' gap (:func:`~.score_matching.stein_gap`) where it exceeds :data:`SIGNIFICANT_SE`
+    standard errors, else 0: a squared bias of the score that the data show."""
+    from .score_matching import SIGNIFICANT_SE
+
+    if score_gap is None or not score_gap.gap > SIGNIFICANT_SE * score_gap.se:
+        return 0.0
+    return float(score_gap.gap)
+
+
 def needs_variance(terms: dict, use_gap: bool = False) -> bool:
     """Whether ``zeta`` depends on the standard posterior's variance ``v``: only through a squared bias
     or the score-matching floor.  Without either, ``zeta = 1 / R`` (the autocorrelation alone), so the
@@ -218,7 +235,7 @@ def zeta_without_variance(terms: dict) -> float:
 
 def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k: int, seed: int = 0,
                 score_gap=None, use_gap: bool = True, snapshots: int | None = None, terms: dict | None = None,
-                tempered: float = 1.0) -> Coarsening:
+                tempered: float = 1.0, gap_as_bias: bool = False) -> Coarsening:
     """The plug-in ``zeta = v / (v R + b^2)``, the smaller for the score and for the log density, from
     the standard posterior's draws at the cells ``points`` ``(M, d)`` (scores ``(S, M, d)``, log
     densities ``(S, M)``) with ``counts`` ``(M,)``, and the snapshots ``z`` ``(N, d)`` in time order.
@@ -226,10 +243,15 @@ def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k:
     then at least its bound. ``snapshots``: the data's size N (default ``len(z)``; more when ``z`` is a
     sample of the data, as in a streamed study).  ``terms``: :func:`error_terms`, when already computed.
     ``tempered``: the ``zeta`` the draws were sampled at (a coarsened posterior's variance is ``v / zeta``,
-    so ``v`` is ``tempered`` times the draws' variance; used when ``zeta`` does not depend on ``v``)."""
+    so ``v`` is ``tempered`` times the draws' variance).  ``gap_as_bias``: ``score_gap`` is the bumps' gap
+    (:func:`~.score_matching.stein_gap`), used, where significant (:func:`significant_gap`), as the score's
+    squared bias if larger than the richer mixture's; otherwise (a network's gap) its bound is a floor."""
     if terms is None:
         terms = error_terms(z, k, points, counts, seed)
-    floor = {"score": score_gap.bound if score_gap is not None and use_gap else 0.0, "log density": 0.0}
+    floor = {"score": score_gap.bound if score_gap is not None and use_gap and not gap_as_bias else 0.0,
+             "log density": 0.0}
+    if gap_as_bias and use_gap and significant_gap(score_gap) > terms["score"][1]:
+        terms = dict(terms, score=(terms["score"][0], significant_gap(score_gap)))
     v = {"score": tempered * posterior_score_variance(posterior_scores, counts),
          "log density": tempered * posterior_score_variance(np.asarray(posterior_log_densities)[..., None], counts)}
     ratios = _ratios(v, terms, floor)
@@ -242,13 +264,16 @@ def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k:
                       squared_bias_log_density=terms["log density"][1],
                       reference_components=int(terms["reference"]), limited_by=limited_by if zeta < 1 else "",
                       variance_from="standard posterior" if tempered == 1.0 else "kept posterior x zeta")
-    return choice if score_gap is None else with_gap(choice, score_gap, used=use_gap)
+    used = use_gap and (significant_gap(score_gap) > 0 if gap_as_bias else True)
+    return choice if score_gap is None else with_gap(choice, score_gap, used=used,
+                                                     reference="bumps" if gap_as_bias else "network")
 
 
-def with_gap(choice: Coarsening, score_gap, used: bool = False) -> Coarsening:
+def with_gap(choice: Coarsening, score_gap, used: bool = False, reference: str = "bumps") -> Coarsening:
     """``choice`` with the score-matching gap reported (``score_gap``: a FisherGap, or ``None``:
-    not measured); ``used``: whether its bound entered ``zeta``."""
+    not measured); ``used``: whether it entered ``zeta``; ``reference``: "bumps" or "network"."""
     if score_gap is None:
         return choice
     return choice._replace(score_matching_gap=score_gap.gap, score_matching_se=score_gap.se,
-                           score_matching_bound=score_gap.bound, bound_used=bool(used))
+                           score_matching_bound=score_gap.bound, bound_used=bool(used),
+                           score_matching_reference=reference)

@@ -77,15 +77,22 @@ def _coarsening_lines(c, n) -> list:
             f"{_fmt(c['squared_bias'])} (against a {c['reference_components'] or 'no richer'}-component reference, "
             f"from {n} snapshots in 4 blocks); log density: {_fmt(c['posterior_variance_log_density'])} x "
             f"{_fmt(c['autocorrelation_inflation_log_density'])} + {_fmt(c['squared_bias_log_density'])}. ")
-    if c.get("score_matching_gap") is not None:
+    if c.get("score_matching_gap") is not None and c.get("score_matching_reference", "network") == "network":
         line += (f"The score's error is at least {_fmt(c['score_matching_bound'])}: Hyvarinen's score of the "
                  f"posterior-mean score exceeds a score-matching network's by {_fmt(c['score_matching_gap'])} "
                  f"+- {_fmt(c['score_matching_se'])} on held-out snapshots"
-                 + (" (used: [mixture] coarsening_bound = 'score_matching'). " if c.get("bound_used") else
-                    "; not used for the band ([mixture] coarsening_bound = 'report')"
-                    + (f"; the band's variance of the score ({_fmt(c['posterior_variance'] / c['zeta'])}) is below it: "
-                       "the band is too narrow. " if c["score_matching_bound"] > c["posterior_variance"] / c["zeta"]
-                       else ". ")))
+                 + (" (used: [mixture] coarsening_bound = 'score_matching'). " if c.get("bound_used") else ". "))
+    elif c.get("score_matching_gap") is not None:
+        line += (f"The posterior-mean score's squared error projected on Gaussian bumps (the score-matching gap of "
+                 f"their best correction, cross-fitted over blocks of snapshots) is {_fmt(c['score_matching_gap'])} "
+                 f"+- {_fmt(c['score_matching_se'])}"
+                 + (": significant, used as the score's squared bias. " if c.get("bound_used") else
+                    (": not significant (below 2 standard errors). " if c["score_matching_gap"]
+                     <= 2 * c["score_matching_se"] else
+                     "; not used for the band ([mixture] coarsening_bound = 'report')"
+                     + (f"; the band's variance of the score ({_fmt(c['posterior_variance'] / c['zeta'])}) is "
+                        "below it: the band is too narrow. " if c["score_matching_bound"]
+                        > c["posterior_variance"] / c["zeta"] else ". "))))
     if c["zeta"] >= 1:
         return [line + "The posterior is as wide as the error: the standard posterior is kept (zeta = 1)."]
     return [line + f"Likelihood^zeta with zeta = {_fmt(c['zeta'])} (set by the {c['limited_by']}): the posterior's "

@@ -25,7 +25,6 @@ from ..bayes.coarsening import (
     error_terms,
     needs_variance,
     zeta_from_alpha,
-    with_gap,
     zeta_without_variance,
 )
 from ..bayes.diagnostics import (
@@ -51,7 +50,7 @@ from ..bayes.score import (
     summarize_scores,
     thin_draws,
 )
-from ..bayes.score_matching import fisher_gap
+from ..bayes.score_matching import fisher_gap, stein_gap
 from ..bayes.selection import select_components
 from ..data.systems import get_system, simulate
 from ..data.stream import StreamedData
@@ -222,7 +221,9 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     floor) the standard posterior (sampled with ``key``, as with ``"off"``) gives it, and the
     coarsened posterior is sampled (with ``fold_in(key, 1)``) only when ``zeta < 1``.  Otherwise
     ``zeta = 1 / R`` and only the kept posterior is sampled, with the same key it would get after
-    a standard one.  A well-specified fit costs one posterior and keeps its numbers.
+    a standard one; with ``[mixture] coarsening_bound = "stein"`` a significant bias that the bumps'
+    score-matching gap then finds asks for a second, more coarsened posterior.  A well-specified fit
+    costs one posterior and keeps its numbers.
     ``z``: the snapshots in their time order (the error estimate fits contiguous blocks of them).
     """
     snapshots = int(round(float(np.sum(part.counts))))  # all of them (z may be a streamed study's sample)
@@ -249,31 +250,35 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         return run(key, zeta), Coarsening(method="fixed", zeta=zeta, alpha=float(m.coarsening))
     start = time.perf_counter()
     sk_seed = coarsening_seed()
-    use_gap = m.coarsening_bound == "score_matching"
+    mode = m.coarsening_bound  # "stein" (the default), "report" or "score_matching"
+    use_gap, as_bias = mode != "report", mode != "score_matching"
     terms = error_terms(z, m.components, part.points, part.counts, seed=sk_seed)
 
-    def gap_of(post):  # the score-matching gap of a posterior's mean score
-        return fisher_gap(jax.random.fold_in(key, 2), z, lambda x: posterior_mean_fields(*thin_draws(post, GAP_DRAWS), x))
+    def gap_of(post):  # the score-matching gap of a posterior's mean score: bumps (stein_gap) or a network
+        draws = thin_draws(post, GAP_DRAWS)
+        if as_bias:
+            return stein_gap(z, lambda x: posterior_mean_score(*draws, x), part.points, part.counts, seed=sk_seed)
+        return fisher_gap(jax.random.fold_in(key, 2), z, lambda x: posterior_mean_fields(*draws, x))
 
     def choice_from(post, gap, tempered):
         scores, logps = score_draws(*thin_draws(post, spec.score.max_draws), part.points)
         return choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed, score_gap=gap,
-                           use_gap=use_gap, snapshots=snapshots, terms=terms, tempered=tempered)
+                           use_gap=use_gap, snapshots=snapshots, terms=terms, tempered=tempered, gap_as_bias=as_bias)
 
-    def reported(choice, kept):  # the reported gap (not used for zeta) is that of the kept posterior's mean
-        return choice if use_gap else with_gap(choice, gap_of(kept))
-
-    if not needs_variance(terms, use_gap):
-        # no bias and no floor: zeta = 1 / R whatever the posterior's variance, so only the posterior the
-        # study keeps is sampled, with the key it would get after a standard one
+    if not needs_variance(terms, mode == "score_matching"):
+        # no bias the richer mixture sees: zeta = 1 / R whatever the posterior's variance, so the posterior is
+        # sampled at once with the key it would get after a standard one; only a bias the bumps then find
+        # (mode "stein") asks for a second, more coarsened posterior
         zeta = zeta_without_variance(terms)
         post = run(key if zeta == 1.0 else jax.random.fold_in(key, 1), zeta)
-        choice = reported(choice_from(post, None, zeta), post)
+        choice = choice_from(post, gap_of(post), zeta)
+        if choice.zeta < zeta:
+            post = run(jax.random.fold_in(key, 1 if zeta == 1.0 else 3), choice.zeta)
         return post._replace(wall_time=time.perf_counter() - start), choice
     standard = run(key, 1.0)
-    choice = choice_from(standard, gap_of(standard) if use_gap else None, 1.0)
+    choice = choice_from(standard, gap_of(standard), 1.0)
     post = standard if choice.zeta == 1.0 else run(jax.random.fold_in(key, 1), choice.zeta)
-    return post._replace(wall_time=time.perf_counter() - start), reported(choice, post)
+    return post._replace(wall_time=time.perf_counter() - start), choice
 
 
 def _posterior_from_arrays(cached):
