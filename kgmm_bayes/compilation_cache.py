@@ -17,6 +17,7 @@ in a folder only you can write.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -59,10 +60,7 @@ def enable(path: str | os.PathLike | None = None) -> Path | None:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     # every program, not only those over a second: most of a study's are 0.05-0.5 s each
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    try:
-        import filelock  # noqa: F401  (JAX needs it to bound the cache's size)
+    if importlib.util.find_spec("filelock") is not None:  # JAX needs it to bound the cache's size
         jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
-    except ImportError:
-        pass
     compilation_cache.reset_cache()  # programs compiled before this call had found no cache: look again
     return folder
