@@ -13,7 +13,9 @@ environment variable ``KGMM_BAYES_COMPILATION_CACHE``, else ``$XDG_CACHE_HOME/kg
 (``~/.cache/kgmm-bayes/jax``); ``KGMM_BAYES_COMPILATION_CACHE=off`` turns it off, and a cache the
 user set up for JAX (``JAX_COMPILATION_CACHE_DIR``) is left as it is.  Its size is bounded
 (:data:`MAX_BYTES`, least recently used programs evicted).  The cache is code JAX will run: keep it
-in a folder only you can write.
+in a folder only you can write.  JAX does not keep programs with host callbacks, which the progress
+display puts into the loops it follows (NUTS's chains, the networks' training, the Langevin runs):
+with the display on, those compile every run; ``--quiet`` runs load them too.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ def enable(path: str | os.PathLike | None = None) -> Path | None:
     :data:`ENV`, else :func:`default_dir`); returns the folder used, or None when it is off
     (``ENV`` says so, or the folder cannot be made: a one-line warning, and the run goes on compiling
     as usual).  A compilation cache already set for JAX is kept and returned."""
+    if not jax.config.jax_enable_compilation_cache:  # turned off for JAX itself
+        return None
     configured = jax.config.jax_compilation_cache_dir
     if configured:
         return Path(configured)
@@ -49,7 +53,7 @@ def enable(path: str | os.PathLike | None = None) -> Path | None:
         return None
     folder = Path(path if path is not None else (setting.strip() or default_dir())).expanduser()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK):
             raise PermissionError(f"{folder} is not writable")
     except OSError as err:

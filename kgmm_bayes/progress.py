@@ -46,10 +46,12 @@ def bar(label: str, total: int, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
     progress_bar = tqdm(total=total, initial=initial, desc=label, file=sys.stderr, mininterval=0.5)
-    _active.append(progress_bar)
+    with _lock:
+        _active.append(progress_bar)
     try:
         yield
     finally:
-        _active.remove(progress_bar)
+        with _lock:
+            _active.remove(progress_bar)
         progress_bar.update(max(0, total - progress_bar.n))
         progress_bar.close()

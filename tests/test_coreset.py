@@ -240,3 +240,17 @@ def test_rounds_with_a_progress_bar_reuse_the_program_report_every_iteration_and
     quiet = sample(5, config)
     for name in ("weights", "means", "cov_chol"):
         np.testing.assert_array_equal(getattr(shown, name), getattr(quiet, name))
+
+
+def test_vectorized_chains_with_a_progress_bar_give_the_quiet_draws():
+    """Vectorised chains (the default on one GPU) carry one iteration count per chain: the progress report
+    takes their common value; the draws are the quiet run's."""
+    from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
+
+    _, part, _ = _cells(d=1, n=4000, cells=200)
+    prior = build_prior(part, 5.0, 0.25, 1.0, 2.0)
+    config = SamplerConfig(chains=2, warmup=20, draws=10, map_starts=2, map_steps=50, chain_method="vectorized")
+    posts = [run_nuts(jax.random.key(6), part.points, part.counts, prior, initial_values(part),
+                      config._replace(progress=progress)) for progress in (True, False)]
+    np.testing.assert_array_equal(posts[0].weights, posts[1].weights)
+    assert posts[0].weights.shape[:2] == (2, 10)

@@ -183,3 +183,7 @@ def test_a_significant_bumps_gap_is_the_scores_squared_bias_and_an_insignificant
     plain = choose_zeta(draws, wide_logp, points, counts, x, 1, seed=0, terms=terms)
     assert insignificant.zeta == plain.zeta and not insignificant.bound_used
     assert insignificant.score_matching_gap == 0.01  # reported all the same
+    richer = dict(terms, score=(terms["score"][0], 0.05))  # the richer mixture sees more: its bias is kept
+    kept = choose_zeta(draws, wide_logp, points, counts, x, 1, seed=0, terms=richer, gap_as_bias=True,
+                       score_gap=FisherGap(gap=0.01, se=0.004, bound=0.006, reference_loss=math.nan, snapshots=N))
+    assert kept.squared_bias == 0.05 and not kept.bound_used

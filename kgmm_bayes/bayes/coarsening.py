@@ -89,7 +89,8 @@ class Coarsening(NamedTuple):
     # enters as a squared bias where significant) or "network" (held-out, a floor on the error)
     score_matching_reference: str = ""
     # "standard posterior": v from the standard posterior's draws; "kept posterior x zeta": zeta needed no v
-    # (no bias, no floor), so only the kept posterior was sampled and v is zeta times its variance
+    # (no bias, no floor), so only the kept posterior was sampled and v is zeta times its variance; "first
+    # posterior x its zeta": that posterior (at 1 / R) gave v, then the bumps' bias asked for a smaller zeta
     variance_from: str = "standard posterior"
     def to_json(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self._asdict().items()}
@@ -250,7 +251,8 @@ def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k:
         terms = error_terms(z, k, points, counts, seed)
     floor = {"score": score_gap.bound if score_gap is not None and use_gap and not gap_as_bias else 0.0,
              "log density": 0.0}
-    if gap_as_bias and use_gap and significant_gap(score_gap) > terms["score"][1]:
+    bumps_larger = gap_as_bias and use_gap and significant_gap(score_gap) > terms["score"][1]
+    if bumps_larger:  # the bumps see more bias than the richer mixture
         terms = dict(terms, score=(terms["score"][0], significant_gap(score_gap)))
     v = {"score": tempered * posterior_score_variance(posterior_scores, counts),
          "log density": tempered * posterior_score_variance(np.asarray(posterior_log_densities)[..., None], counts)}
@@ -264,7 +266,7 @@ def choose_zeta(posterior_scores, posterior_log_densities, points, counts, z, k:
                       squared_bias_log_density=terms["log density"][1],
                       reference_components=int(terms["reference"]), limited_by=limited_by if zeta < 1 else "",
                       variance_from="standard posterior" if tempered == 1.0 else "kept posterior x zeta")
-    used = use_gap and (significant_gap(score_gap) > 0 if gap_as_bias else True)
+    used = bumps_larger if gap_as_bias else use_gap
     return choice if score_gap is None else with_gap(choice, score_gap, used=used,
                                                      reference="bumps" if gap_as_bias else "network")
 

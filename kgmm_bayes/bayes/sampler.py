@@ -383,7 +383,7 @@ class _TickingNUTS(NUTS):
 
     def sample(self, state, model_args, model_kwargs):
         state = super().sample(state, model_args, model_kwargs)
-        tick(state.i, self._every)
+        tick(jnp.max(state.i), self._every)  # vectorized chains: one count per chain, all equal
         return state
 
 

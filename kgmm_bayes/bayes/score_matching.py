@@ -181,8 +181,9 @@ def _cross_fitted(z, s, centres, width: float, blocks: int):
 def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BLOCKS,
               ladder=STEIN_LADDER) -> FisherGap | None:
     """The score-matching gap ``H(s_K) - H(s_K + G theta*)`` of a linear correction by Gaussian bumps
-    ``G``, cross-fitted over contiguous blocks of the snapshots: an estimate, unbiased up to the blocks'
-    dependence, of ``b^T A^-1 b``, the squared error of ``s_K`` projected on the bumps
+    ``G``, cross-fitted over contiguous blocks of the snapshots: for a fixed score field an estimate,
+    unbiased up to the blocks' dependence, of ``b^T A^-1 b``, the squared error of ``s_K`` projected on
+    the bumps
     (``b_jk = E_p[(s_K - grad log p)_k g_j] = E_p[s_K,k g_j + d_k g_j]`` by Stein's identity, ``A`` the
     bumps' Gram matrix), so at most the squared error ``E_p|s_K - grad log p|^2``; None with too few
     snapshots or cells.
@@ -190,7 +191,9 @@ def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BL
     Unlike :func:`fisher_gap`, no network is trained: the reference is the best linear correction, in
     closed form.  ``b`` is estimated on each block; the mean over pairs of non-adjacent blocks of
     ``b_a^T A^-1 b_c`` has no noise term (independent blocks), and its standard error is the jackknife
-    over blocks.  A richer basis sees more of the error and is noisier, so each bump count of ``ladder``
+    over blocks.  A score fitted to these same snapshots follows every block's noise, so for it the
+    estimate reads low, by about the fit's own variance projected on the bumps (a Gaussian location fit
+    with one constant bump: ``-1/N`` where the truth is 0): it errs towards less coarsening.  A richer basis sees more of the error and is noisier, so each bump count of ``ladder``
     is tried and the one with the largest lower limit ``gap - SIGNIFICANT_SE se`` kept: the richest
     basis the data resolve.  ``score_fn(x)``: the estimate's score ``(n, d)`` at snapshots ``(n, d)``.
     The bumps sit at a weighted K-means of the cells ``points`` (``counts``)."""

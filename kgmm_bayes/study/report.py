@@ -69,15 +69,18 @@ def _coarsening_lines(c, n) -> list:
         return ["- Coarsening: off (the standard posterior; its bands ignore the mixture's misspecification)"]
     if c["method"] == "fixed":
         return [f"- Coarsening: fixed alpha = {_fmt(c['alpha'])}: likelihood^zeta, zeta = {_fmt(c['zeta'])}"]
-    source = ("the standard posterior's score variance" if c.get("variance_from", "standard posterior")
-              == "standard posterior" else "the score variance (zeta x the kept posterior's: with no bias, "
-              "zeta = 1 / inflation needs no standard posterior)")
+    source = {"standard posterior": "the standard posterior's score variance",
+              "first posterior x its zeta": "the score variance (a first posterior's, sampled at zeta = 1 / inflation "
+                                            "before the bumps showed a bias, times that zeta)"}.get(
+        c.get("variance_from", "standard posterior"),
+        "the score variance (zeta x the kept posterior's: with no bias, zeta = 1 / inflation needs no standard "
+        "posterior)")
     line = (f"- Coarsening (auto): {source} {_fmt(c['posterior_variance'])} "
             f"x autocorrelation inflation {_fmt(c['autocorrelation_inflation'])} + squared bias "
             f"{_fmt(c['squared_bias'])} (against a {c['reference_components'] or 'no richer'}-component reference, "
             f"from {n} snapshots in 4 blocks); log density: {_fmt(c['posterior_variance_log_density'])} x "
             f"{_fmt(c['autocorrelation_inflation_log_density'])} + {_fmt(c['squared_bias_log_density'])}. ")
-    if c.get("score_matching_gap") is not None and c.get("score_matching_reference", "network") == "network":
+    if c.get("score_matching_gap") is not None and (c.get("score_matching_reference") or "network") == "network":
         line += (f"The score's error is at least {_fmt(c['score_matching_bound'])}: Hyvarinen's score of the "
                  f"posterior-mean score exceeds a score-matching network's by {_fmt(c['score_matching_gap'])} "
                  f"+- {_fmt(c['score_matching_se'])} on held-out snapshots"

@@ -86,8 +86,8 @@ __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare
 # estimate has the held-out score-matching gap. 6: MAP searches polished by L-BFGS; one posterior
 # where zeta needs no standard posterior. 7: the coarsening's scikit-learn seed no longer follows the
 # NUTS key. 8: the interpolant's snapshots come from outside held-out blocks, batches from a float64
-# running sum).
-STAGE_SCHEMA = 8
+# running sum). 9: the coarsening's bias also from the bumps' score-matching gap (coarsening_bound "stein").
+STAGE_SCHEMA = 9
 GAP_DRAWS = 64  # posterior draws whose mean score the score-matching gap is measured for
 
 
@@ -274,6 +274,8 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         choice = choice_from(post, gap_of(post), zeta)
         if choice.zeta < zeta:
             post = run(jax.random.fold_in(key, 1 if zeta == 1.0 else 3), choice.zeta)
+            if zeta < 1.0:  # v came from the first posterior, sampled at 1 / R, not from the one kept
+                choice = choice._replace(variance_from="first posterior x its zeta")
         return post._replace(wall_time=time.perf_counter() - start), choice
     standard = run(key, 1.0)
     choice = choice_from(standard, gap_of(standard), 1.0)
