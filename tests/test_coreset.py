@@ -128,12 +128,10 @@ def _rounds(warmup, draws):
                                              initial_values(part), cfg)
 
 
-def test_rounds_of_parallel_chains_reuse_one_compiled_program_and_give_numpyros_draws(monkeypatch):
-    """Twice as many chains as CPU devices run in two rounds; the second reuses the first's pmap.  The draws
-    are those of numpyro's own 'parallel' method (a fresh pmap per round), bit for bit."""
+def _count_compilations(monkeypatch) -> list:
+    """A list that gets, for every round of parallel chains, how many programs it compiled."""
     from kgmm_bayes.bayes import sampler
 
-    config, sample = _rounds(60, 40)
     compiled = []
     original = sampler._ReusedPmap.__call__
 
@@ -144,6 +142,16 @@ def test_rounds_of_parallel_chains_reuse_one_compiled_program_and_give_numpyros_
         return out
 
     monkeypatch.setattr(sampler._ReusedPmap, "__call__", counting)
+    return compiled
+
+
+def test_rounds_of_parallel_chains_reuse_one_compiled_program_and_give_numpyros_draws(monkeypatch):
+    """Twice as many chains as CPU devices run in two rounds; the second reuses the first's pmap.  The draws
+    are those of numpyro's own 'parallel' method (a fresh pmap per round), bit for bit."""
+    from kgmm_bayes.bayes import sampler
+
+    config, sample = _rounds(60, 40)
+    compiled = _count_compilations(monkeypatch)
     reused = sample(4, config)
     assert compiled == [1, 0]  # the second round compiled nothing
     monkeypatch.setattr(sampler._ReusedPmap, "__call__", lambda self, chain_fn: jax.pmap(chain_fn))
@@ -221,17 +229,8 @@ def test_rounds_with_a_progress_bar_reuse_the_program_report_every_iteration_and
             progress._active.remove(counter)
             seen.append((label, total, counter.n))
 
-    compiled = []
-    original = sampler._ReusedPmap.__call__
-
-    def counting(self, chain_fn):
-        before = len(self._compiled)
-        out = original(self, chain_fn)
-        compiled.append(len(self._compiled) - before)
-        return out
-
     monkeypatch.setattr(sampler, "bar", recording_bar)
-    monkeypatch.setattr(sampler._ReusedPmap, "__call__", counting)
+    compiled = _count_compilations(monkeypatch)
     shown = sample(5, config._replace(progress=True))
     devices = config.chains // 2
     assert compiled == [1, 0]
