@@ -401,13 +401,13 @@ class _ReusedPmap:
     round of the same phase (numpyro's collection window: a continuation's sampling-only run compiles its
     own)."""
 
-    def __init__(self, mcmc_holder: list):
-        self._holder = mcmc_holder  # [the MCMC using this chain method], set once it exists
+    def __init__(self, mcmc):
+        self._mcmc = mcmc  # the MCMC using this chain method
         self._compiled = {}
 
     def __call__(self, chain_fn):
         keywords = getattr(chain_fn, "keywords", {})
-        params = (tuple(sorted(self._holder[0]._collection_params.items())),
+        params = (tuple(sorted(self._mcmc._collection_params.items())),
                   tuple(id(a) for a in keywords.get("args", ())),  # the same data objects in every round
                   keywords.get("collect_fields"), keywords.get("remove_sites"))
         if params not in self._compiled:
@@ -589,7 +589,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
                                      progress_bar=False, jit_model_args=sharded)
             # Set after construction (the constructor would warn about a callable chain method).
             if method == "parallel":
-                samplers[n_round].chain_method = _ReusedPmap([samplers[n_round]])
+                samplers[n_round].chain_method = _ReusedPmap(samplers[n_round])
         mcmc = samplers[n_round]
         init_round = jax.tree_util.tree_map(lambda leaf: leaf[first:first + n_round], init_params)
         if n_round == 1:

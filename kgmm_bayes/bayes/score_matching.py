@@ -193,9 +193,11 @@ def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BL
     ``b_a^T A^-1 b_c`` has no noise term (independent blocks), and its standard error is the jackknife
     over blocks.  A score fitted to these same snapshots follows every block's noise, so for it the
     estimate reads low, by about the fit's own variance projected on the bumps (a Gaussian location fit
-    with one constant bump: ``-1/N`` where the truth is 0): it errs towards less coarsening.  A richer basis sees more of the error and is noisier, so each bump count of ``ladder``
-    is tried and the one with the largest lower limit ``gap - SIGNIFICANT_SE se`` kept: the richest
-    basis the data resolve.  ``score_fn(x)``: the estimate's score ``(n, d)`` at snapshots ``(n, d)``.
+    with one constant bump: ``-1/N`` where the truth is 0): it errs towards less coarsening.  A richer
+    basis sees more of the error and is noisier, so each bump count of ``ladder`` is tried and the one
+    with the largest lower limit ``gap - SIGNIFICANT_SE se`` kept: the richest basis the data resolve.
+    ``score_fn(x)``: the estimate's score ``(n, d)`` at all the snapshots used ``(n, d)``, in bounded
+    memory (:func:`~kgmm_bayes.bayes.score.posterior_mean_score` works in chunks).
     The bumps sit at a weighted K-means of the cells ``points`` (``counts``)."""
     z = np.asarray(z, np.float64)
     if len(z) > STEIN_MAX_SNAPSHOTS:
@@ -205,8 +207,7 @@ def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BL
     if not sizes or blocks < 4:
         return None
     z = z[:step * blocks]
-    s = np.concatenate([np.asarray(score_fn(z[i:i + STEIN_CHUNK]), np.float64)
-                        for i in range(0, len(z), STEIN_CHUNK)])
+    s = np.asarray(score_fn(z), np.float64)
     points, counts = np.asarray(points, np.float64), np.asarray(counts, np.float64)
     best = None
     for n_basis in sizes:
