@@ -29,7 +29,7 @@ to be as wide as the estimate's actual error:
 
 * by default (``[mixture] coarsening_bound = "stein"``) the score's ``b^2`` is the larger of the
   richer mixture's and the score-matching gap of :func:`.score_matching.stein_gap` where that gap is
-  significant (above 2 standard errors): the squared error of the posterior-mean score projected on
+  significant (above 3 standard errors): the squared error of the posterior-mean score projected on
   Gaussian bumps, measured by Stein's identity on the snapshots themselves (no truth needed) and
   cross-fitted over blocks of them in time order, so their noise and autocorrelation do not enter it.
   It sees what a richer mixture cannot: a mixture close to the density in likelihood whose score
@@ -88,6 +88,7 @@ class Coarsening(NamedTuple):
     # the gap's reference: "bumps" (the best linear correction by Gaussian bumps, cross-fitted over blocks;
     # enters as a squared bias where significant) or "network" (held-out, a floor on the error)
     score_matching_reference: str = ""
+    score_matching_basis: int = 0  # the bumps' gap: bumps per coordinate of the basis the ladder chose
     # "standard posterior": v from the standard posterior's draws; "kept posterior x zeta": zeta needed no v
     # (no bias, no floor), so only the kept posterior was sampled and v is zeta times its variance; "first
     # posterior x its zeta": that posterior (at 1 / R) gave v, then the bumps' bias asked for a smaller zeta
@@ -278,4 +279,4 @@ def with_gap(choice: Coarsening, score_gap, used: bool = False, reference: str =
         return choice
     return choice._replace(score_matching_gap=score_gap.gap, score_matching_se=score_gap.se,
                            score_matching_bound=score_gap.bound, bound_used=bool(used),
-                           score_matching_reference=reference)
+                           score_matching_reference=reference, score_matching_basis=int(score_gap.basis))

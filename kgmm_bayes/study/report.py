@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..files import atomic_write_bytes
+from ..bayes.score_matching import SIGNIFICANT_SE
 
 __all__ = ["write_report", "numerical_faults"]
 
@@ -87,11 +88,12 @@ def _coarsening_lines(c, n) -> list:
                  + (" (used: [mixture] coarsening_bound = 'score_matching'). " if c.get("bound_used") else ". "))
     elif c.get("score_matching_gap") is not None:
         line += (f"The posterior-mean score's squared error projected on Gaussian bumps (the score-matching gap of "
-                 f"their best correction, cross-fitted over blocks of snapshots) is {_fmt(c['score_matching_gap'])} "
+                 f"their best correction, cross-fitted over blocks of snapshots; {c.get('score_matching_basis') or '?'} "
+                 f"bumps per coordinate, the richest basis the data resolve) is {_fmt(c['score_matching_gap'])} "
                  f"+- {_fmt(c['score_matching_se'])}"
                  + (": significant, used as the score's squared bias. " if c.get("bound_used") else
-                    (": not significant (below 2 standard errors). " if c["score_matching_gap"]
-                     <= 2 * c["score_matching_se"] else
+                    (f": not significant (below {SIGNIFICANT_SE:g} standard errors). " if c["score_matching_gap"]
+                     <= SIGNIFICANT_SE * c["score_matching_se"] else
                      "; not used for the band ([mixture] coarsening_bound = 'report')"
                      + (f"; the band's variance of the score ({_fmt(c['posterior_variance'] / c['zeta'])}) is "
                         "below it: the band is too narrow. " if c["score_matching_bound"]
