@@ -187,3 +187,23 @@ def test_a_significant_bumps_gap_is_the_scores_squared_bias_and_an_insignificant
     kept = choose_zeta(draws, wide_logp, points, counts, x, 1, seed=0, terms=richer, gap_as_bias=True,
                        score_gap=FisherGap(gap=0.01, se=0.003, bound=0.007, reference_loss=math.nan, snapshots=N))
     assert kept.squared_bias == 0.05 and not kept.bound_used
+
+
+def test_the_ladder_keeps_the_largest_lower_limit_among_significant_bases(monkeypatch):
+    """The primary basis (100 bumps) is significant above 2 standard errors, the others above 3; among the
+    significant ones the largest ``gap - 3 se`` wins; with none, the largest lower limit is reported."""
+    from kgmm_bayes.bayes import score_matching as sm
+
+    x, cells = gaussian(10, 8000), gaussian(11, 1600)  # 400 cells per 4: every size of the ladder
+
+    def chosen(table):
+        monkeypatch.setattr(sm, "_cross_fitted", lambda z, s, centres, width, blocks: table[len(centres)])
+        return sm.stein_gap(x, _bumped(0.0), cells, np.ones(len(cells)))
+
+    quiet = {25: (0.0, 1.0), 50: (0.0, 1.0), 200: (0.0, 1.0), 400: (0.0, 1.0)}
+    primary = chosen({**quiet, 100: (2.5, 1.0)})  # 2.5 se: significant as the primary basis only
+    assert (primary.basis, primary.threshold) == (100, 2.0) and primary.gap > primary.threshold * primary.se
+    richer = chosen({**quiet, 100: (2.5, 1.0), 200: (6.5, 1.1)})  # 6.5 - 3.3 > 2.5 - 3
+    assert (richer.basis, richer.threshold, richer.gap) == (200, 3.0, 6.5)
+    none = chosen({**quiet, 50: (2.9, 1.0), 100: (1.5, 1.0)})  # 2.9 se of a non-primary basis: not enough
+    assert none.basis == 50 and not none.gap > none.threshold * none.se

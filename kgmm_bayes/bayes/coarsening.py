@@ -29,9 +29,10 @@ to be as wide as the estimate's actual error:
 
 * by default (``[mixture] coarsening_bound = "stein"``) the score's ``b^2`` is the larger of the
   richer mixture's and the score-matching gap of :func:`.score_matching.stein_gap` where that gap is
-  significant (above 3 standard errors): the squared error of the posterior-mean score projected on
-  Gaussian bumps, measured by Stein's identity on the snapshots themselves (no truth needed) and
-  cross-fitted over blocks of them in time order, so their noise and autocorrelation do not enter it.
+  significant (above 2 standard errors with 100 bumps, 3 with the ladder's other sizes): the squared
+  error of the posterior-mean score projected on Gaussian bumps, measured by Stein's identity on the
+  snapshots themselves (no truth needed) and cross-fitted over blocks of them in time order, so their
+  noise and autocorrelation do not enter it.
   It sees what a richer mixture cannot: a mixture close to the density in likelihood whose score
   ripples (four-well: K = 16 is within 0.003 nats of the true density, its score 25% off);
 * ``zeta = min(1, v / (v R + b^2))``: the coarsened posterior's variance equals the error.  (With
@@ -89,6 +90,7 @@ class Coarsening(NamedTuple):
     # enters as a squared bias where significant) or "network" (held-out, a floor on the error)
     score_matching_reference: str = ""
     score_matching_basis: int = 0  # the bumps' gap: bumps per coordinate of the basis the ladder chose
+    score_matching_threshold: float = math.nan  # ... and the standard errors it had to exceed to be significant
     # "standard posterior": v from the standard posterior's draws; "kept posterior x zeta": zeta needed no v
     # (no bias, no floor), so only the kept posterior was sampled and v is zeta times its variance; "first
     # posterior x its zeta": that posterior (at 1 / R) gave v, then the bumps' bias asked for a smaller zeta
@@ -195,11 +197,9 @@ def posterior_score_variance(posterior_scores, counts) -> float:
 
 
 def significant_gap(score_gap) -> float:
-    """The bumps' gap (:func:`~.score_matching.stein_gap`) where it exceeds :data:`SIGNIFICANT_SE`
-    standard errors, else 0: a squared bias of the score that the data show."""
-    from .score_matching import SIGNIFICANT_SE
-
-    if score_gap is None or not score_gap.gap > SIGNIFICANT_SE * score_gap.se:
+    """The bumps' gap (:func:`~.score_matching.stein_gap`) where it exceeds its basis' threshold
+    (``score_gap.threshold`` standard errors), else 0: a squared bias of the score that the data show."""
+    if score_gap is None or not score_gap.gap > score_gap.threshold * score_gap.se:
         return 0.0
     return float(score_gap.gap)
 
@@ -279,4 +279,5 @@ def with_gap(choice: Coarsening, score_gap, used: bool = False, reference: str =
         return choice
     return choice._replace(score_matching_gap=score_gap.gap, score_matching_se=score_gap.se,
                            score_matching_bound=score_gap.bound, bound_used=bool(used),
-                           score_matching_reference=reference, score_matching_basis=int(score_gap.basis))
+                           score_matching_reference=reference, score_matching_basis=int(score_gap.basis),
+                           score_matching_threshold=float(score_gap.threshold))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from ..files import atomic_write_bytes
-from ..bayes.score_matching import SIGNIFICANT_SE
 
 __all__ = ["write_report", "numerical_faults"]
 
@@ -62,6 +61,11 @@ def _ensemble_lines(ens: dict) -> list[str]:
     return lines
 
 
+def _threshold(c) -> float:
+    """The standard errors the bumps' gap had to exceed (2 in results written before it was stored)."""
+    return c.get("score_matching_threshold") or 2.0
+
+
 def _coarsening_lines(c, n) -> list:
     """What the coarsening of the likelihood did, in words."""
     if not c:
@@ -92,8 +96,8 @@ def _coarsening_lines(c, n) -> list:
                  f"bumps per coordinate, the richest basis the data resolve) is {_fmt(c['score_matching_gap'])} "
                  f"+- {_fmt(c['score_matching_se'])}"
                  + (": significant, used as the score's squared bias. " if c.get("bound_used") else
-                    (f": not significant (below {SIGNIFICANT_SE:g} standard errors). " if c["score_matching_gap"]
-                     <= SIGNIFICANT_SE * c["score_matching_se"] else
+                    (f": not significant (below {_threshold(c):g} standard errors). " if c["score_matching_gap"]
+                     <= _threshold(c) * c["score_matching_se"] else
                      "; not used for the band ([mixture] coarsening_bound = 'report')"
                      + (f"; the band's variance of the score ({_fmt(c['posterior_variance'] / c['zeta'])}) is "
                         "below it: the band is too narrow. " if c["score_matching_bound"]
