@@ -260,7 +260,8 @@ class BayesianKGMM(NamedTuple):
         dt : float, optional
             Euler-Maruyama step in the model's time (default: the spec's ``[langevin] dt``).
         drift : {"interpolant", "mixture"}
-            The network, or the posterior-predictive mixture score (closed form).
+            The network, or the posterior-predictive mixture score (closed form) of the spec's
+            ``[langevin] mixture_draws`` draws, as the study's model pools them.
         key : jax PRNG key or int
             Required: the run's randomness (an int is made into ``jax.random.key``).
         members : int
@@ -333,7 +334,7 @@ class BayesianKGMM(NamedTuple):
             lost = int(np.sum(~run.alive))
         else:
             drift_fn, params = ((self.interpolant.apply_fn(), self.interpolant.params) if drift == "interpolant"
-                                else predictive_drift(self.draws))
+                                else predictive_drift(self.draws, count=getattr(lg, "mixture_draws", 0)))
             run = simulate_langevin(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, box, mobility=phi)
             paths = np.where(run.alive[None, :, None], run.samples, np.nan)
             lost = int(np.sum(~run.alive))

@@ -124,6 +124,9 @@ class InterpolantSection(NamedTuple):
 
 class LangevinSection(NamedTuple):
     drift: str = "interpolant"  # or "mixture": the posterior-predictive mixture score
+    # the "mixture" drift pools this many posterior draws (evenly spaced among the study's; 0: all of them).
+    # Lorenz-96, one standard posterior, 200 particles: relative entropy 0.0072 with 16 draws, 0.0073 with 64
+    mixture_draws: int = 16
     particles: int = 1000
     dt: float = 0.005
     steps: int = 40000
@@ -191,7 +194,8 @@ POSITIVE_INT = {
     ("ensemble", "particles"), ("ensemble", "steps"), ("ensemble", "thin"), ("ensemble", "max_lag"),
 }
 NON_NEGATIVE_INT = {("study", "seed"), ("data", "burn_in"), ("interpolant", "snapshots"), ("langevin", "burn_in"), ("sampler", "map_starts"),
-                    ("sampler", "extend"), ("baselines", "sklearn_components"), ("ensemble", "members"), ("ensemble", "burn_in")}
+                    ("sampler", "extend"), ("baselines", "sklearn_components"), ("ensemble", "members"), ("ensemble", "burn_in"),
+                    ("langevin", "mixture_draws")}
 POSITIVE_FLOAT = {
     ("data", "dt"), ("data", "interval"), ("mixture", "dirichlet_alpha"), ("mixture", "mean_scale"),
     ("mixture", "scale_prior"), ("mixture", "lkj_eta"), ("interpolant", "learning_rate"),

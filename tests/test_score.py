@@ -70,6 +70,15 @@ def test_predictive_score_is_gradient_of_log_mean_density():
     np.testing.assert_allclose(predictive_score_fn((w, mu, chol), jnp.asarray(x)), expected, rtol=1e-9, atol=1e-9)
     drift_fn, coeffs = predictive_drift((w, mu, chol), dtype=jnp.float64)  # the Langevin drift, same function
     np.testing.assert_allclose(drift_fn(coeffs, jnp.asarray(x)), expected, rtol=1e-9, atol=1e-9)
+    # [langevin] mixture_draws: the predictive score of that many evenly spaced draws (0 or more than S: all)
+    picks = [0, 2, 3, 5]  # np.linspace(0, 5, 4).round()
+    sub = predictive_score_fn((w[picks], mu[picks], chol[picks]), jnp.asarray(x))
+    drift_fn, coeffs = predictive_drift((w, mu, chol), dtype=jnp.float64, count=4)
+    np.testing.assert_allclose(drift_fn(coeffs, jnp.asarray(x)), sub, rtol=1e-9, atol=1e-9)
+    assert np.max(np.abs(sub - expected)) > 1e-3  # the subset is another mixture
+    for every in (0, 6, 50):
+        drift_fn, coeffs = predictive_drift((w, mu, chol), dtype=jnp.float64, count=every)
+        np.testing.assert_allclose(drift_fn(coeffs, jnp.asarray(x)), expected, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(summary.mean, scores.mean(axis=0), rtol=1e-12)
     assert np.all(summary.lower <= summary.mean + 1e-12) and np.all(summary.mean <= summary.upper + 1e-12)
     # the band is the equal-tailed quantile interval of the draws

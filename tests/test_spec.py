@@ -215,7 +215,7 @@ POSITIVE_INT_FIELDS = [
     ("sampler", "max_tree_depth"), ("score", "max_draws"), ("interpolant", "steps"),
     ("langevin", "particles"), ("langevin", "steps"), ("langevin", "thin"), ("metrics", "grid_points"),
 ]
-NON_NEGATIVE_INT_FIELDS = [("study", "seed"), ("data", "burn_in"), ("langevin", "burn_in")]
+NON_NEGATIVE_INT_FIELDS = [("study", "seed"), ("data", "burn_in"), ("langevin", "burn_in"), ("langevin", "mixture_draws")]
 FAST = settings(max_examples=50, deadline=None, database=None)
 
 

@@ -283,14 +283,20 @@ def predictive_score_fn(draws, x):
     return score
 
 
-def predictive_drift(draws, dtype=jnp.float32):
+def predictive_drift(draws, dtype=jnp.float32, count: int = 0):
     """``(drift_fn, drift_params)`` of the posterior-predictive score for a Langevin run.
 
     The same function as :func:`predictive_score_fn`, with the pooled S*K-component
     mixture's :class:`ScoreCoefficients` computed once (in the draws'
     precision, then cast to ``dtype``), so each step is two dense matrix products.
+    ``count > 0``: only that many of the draws, evenly spaced (``[langevin] mixture_draws``): each step
+    costs S*K components.
     """
-    return coefficient_score, score_coefficients(*_pooled(tuple(np.asarray(a) for a in draws)), dtype=dtype)
+    draws = tuple(np.asarray(a) for a in draws)
+    if 0 < count < len(draws[0]):
+        picks = np.linspace(0, len(draws[0]) - 1, int(count)).round().astype(int)
+        draws = tuple(a[picks] for a in draws)
+    return coefficient_score, score_coefficients(*_pooled(draws), dtype=dtype)
 
 
 def band_around(summary: ScoreSummary, center, extra_sd) -> ScoreSummary:

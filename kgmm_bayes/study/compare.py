@@ -262,7 +262,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     if spec.langevin.drift == "interpolant":
         bayes_drift = (result.interpolant.apply_fn(), result.interpolant.params)
     else:
-        bayes_drift = predictive_drift(result.draws)
+        bayes_drift = predictive_drift(result.draws, count=spec.langevin.mixture_draws)
     bayes_error = None
     if truth is not None:
         predicted = np.asarray(bayes_drift[0](bayes_drift[1], jnp.asarray(part.points, jnp.float32)), np.float64)

@@ -487,7 +487,7 @@ def model_drift(spec: Spec, interp, draws):
     posterior-predictive mixture score (``[langevin] drift``)."""
     if spec.langevin.drift == "interpolant":
         return interp.apply_fn(), interp.params
-    return predictive_drift(draws)
+    return predictive_drift(draws, count=spec.langevin.mixture_draws)
 
 
 def langevin_stage(spec: Spec, out, key, part: Partition, interp, draws, upstream, progress,
