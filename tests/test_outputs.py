@@ -443,3 +443,19 @@ def test_cli_full_disk_one_line_exit_2(tmp_path, small_filesystem):
             assert read_stage_file(str(small_filesystem / rel)) is not None
     if left:
         assert "completed stages kept" in errors[0]
+
+
+def test_a_study_saved_before_mixture_draws_existed_loads_with_every_draw(tmp_path):
+    """The mixture drift pooled every draw before ``[langevin] mixture_draws``: a folder written then loads with 0
+    (all draws), so ``result.simulate(drift="mixture")`` reruns the model it ran; a current folder keeps its value."""
+    from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.study.load import _read_spec
+
+    spec = load_spec("lorenz96_slow")
+    saved = {"spec": spec.identity(), "seed": 3}
+    (tmp_path / "spec.json").write_text(json.dumps(saved, default=list))
+    assert _read_spec(str(tmp_path), {})[0].langevin.mixture_draws == 16
+    del saved["spec"]["langevin"]["mixture_draws"]
+    (tmp_path / "spec.json").write_text(json.dumps(saved, default=list))
+    loaded, seed = _read_spec(str(tmp_path), {})
+    assert loaded.langevin.mixture_draws == 0 and seed == 3 and loaded.langevin.drift == "mixture"

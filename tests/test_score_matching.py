@@ -148,10 +148,11 @@ def test_stein_gap_estimates_the_error_projected_on_the_bumps_and_stays_below_th
     x, cells = gaussian(7, 60_000), gaussian(8, 1000)
     gap = sm.stein_gap(x, _bumped(0.3), cells, np.ones(len(cells)))
     error = 0.09 * (1 - math.exp(-2)) / 2
-    assert gap.basis in sm.STEIN_LADDER  # the basis of the largest lower limit
+    assert gap.basis in {min(n, len(cells) // 4) for n in sm.STEIN_LADDER}  # each size capped at cells / 4
     centres, width = sm._bump_basis(cells, np.ones(len(cells)), gap.basis, 0)
     big = gaussian(9, 400_000)
-    g = np.exp(-np.sum((big[:, None] - centres[None]) ** 2, axis=-1) / (2 * width**2))
+    sq = np.sum(big**2, axis=-1)[:, None] + np.sum(centres**2, axis=-1)[None] - 2.0 * big @ centres.T
+    g = np.exp(-np.maximum(sq, 0.0) / (2 * width**2))
     b = g.T @ (0.3 * np.sin(big[:, 0])) / len(big)
     projection = float(b @ np.linalg.solve(g.T @ g / len(big), b))
     assert projection <= error and projection > 0.8 * error  # the bumps see most of this smooth error
@@ -207,3 +208,26 @@ def test_the_ladder_keeps_the_largest_lower_limit_among_significant_bases(monkey
     assert (richer.basis, richer.threshold, richer.gap) == (200, 3.0, 6.5)
     none = chosen({**quiet, 50: (2.9, 1.0), 100: (1.5, 1.0)})  # 2.9 se of a non-primary basis: not enough
     assert none.basis == 50 and not none.gap > none.threshold * none.se
+
+
+def test_the_report_says_why_the_bumps_gap_was_or_was_not_used():
+    from kgmm_bayes.bayes.coarsening import Coarsening
+    from kgmm_bayes.study.report import _coarsening_lines
+
+    base = Coarsening(method="auto", zeta=0.5, alpha=1000.0, posterior_variance=0.01, autocorrelation_inflation=1.0,
+                      squared_bias=0.05, reference_components=8, limited_by="score", score_matching_gap=0.02,
+                      score_matching_se=0.005, score_matching_bound=0.015, score_matching_reference="bumps",
+                      score_matching_basis=200, score_matching_threshold=3.0)
+
+    def said(c, mode="stein"):
+        return _coarsening_lines(c.to_json(), 10_000, mode)[0]
+
+    assert "significant, but below the richer mixture's squared bias" in said(base)  # 4 se < 0.05
+    assert "200 bumps per coordinate, the richest basis" in said(base)
+    assert "used as the score's squared bias" in said(base._replace(bound_used=True))
+    weak = said(base._replace(score_matching_se=0.01))  # 2 se of a 3-se basis
+    assert "not significant (below 3 standard errors)" in weak and "richest" not in weak
+    assert "coarsening_bound = 'report'" in said(base, mode="report")
+    old = base.to_json()
+    del old["score_matching_basis"], old["score_matching_threshold"]  # metrics.json written before they existed
+    assert "bumps per coordinate" not in _coarsening_lines(old, 10_000)[0]

@@ -131,12 +131,13 @@ def fisher_gap(key, z, estimate_fields, steps: int = REFERENCE_STEPS) -> FisherG
 
 
 # ---------------------------------------------------------------- the linear, cross-fitted gap
-# bump counts tried (each at most a quarter of the cells); the largest lower limit ``gap - SIGNIFICANT_SE se``
-# kept.  Measured on calibrate-like data (dt / 10, iid snapshots; maximum-likelihood K-mixtures; 3 data seeds,
-# 16 blocks): on four-well at N = 1e5 the ladder sees 0.87-0.92 of a K = 16 fit's squared error, 100 bumps alone
-# 0.62-0.69; on reduced_1d at 1e5 0.81-0.92 of a K = 10 fit's, where 100 bumps alone were never significant.  The
-# analytic score's gap was never significant (0 of 11 data sets), where 8 blocks and 2 se had 3 false positives
-# (one of 157 times the error, from narrow bumps in reduced_1d's heavy tails)
+# bump counts tried (each at most a quarter of the cells); among the significant ones (PRIMARY_SE, SIGNIFICANT_SE
+# below) the largest lower limit ``gap - SIGNIFICANT_SE se`` is kept.  Measured on calibrate-like data (dt / 10,
+# iid snapshots; maximum-likelihood K-mixtures; 3 data seeds, 16 blocks): on four-well at N = 1e5 the ladder sees
+# 0.76-0.92 of a K = 16 fit's squared error, 100 bumps alone 0.58-0.69; on reduced_1d at 1e5 0.81-0.92 of a K = 10
+# fit's, where 100 bumps alone were never significant.  The analytic score's gap was never significant (0 of 12
+# data sets), where 8 blocks and 2 se for every size had 3 false positives (one of 157 times the error, from
+# narrow bumps in reduced_1d's heavy tails)
 STEIN_LADDER = (25, 50, 100, 200, 400)
 STEIN_WIDTH = 1.5  # bump width, in median distances between neighbouring bump centres
 STEIN_BLOCKS = 16  # contiguous blocks of the snapshots in time order (the jackknife's 15 degrees of freedom)

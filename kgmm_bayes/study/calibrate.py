@@ -51,7 +51,7 @@ from ..partition import fit_partition
 from ..spec import Spec
 from .checks import check_seed
 from .outputs import OutputFolder, stage_key
-from .stages import sample_posterior, stacked_weights
+from .stages import STAGE_SCHEMA, sample_posterior, stacked_weights
 
 __all__ = ["calibrate", "check_calibration_specs", "true_marginals", "mixture_marginals", "CalibrationResult",
            "seed_standard_error",
@@ -343,7 +343,7 @@ def _calibration_rows(specs, sizes, seeds, first_seed, out, progress) -> Calibra
         for n in sizes:
             for seed in range(first_seed, first_seed + seeds):
                 key = stage_key("calibration", spec.section_json(*FIT_SECTIONS), n, seed, first_seed + seeds, REFINE,
-                                EVAL_POINTS, MARGINAL_GRID, __version__)
+                                EVAL_POINTS, MARGINAL_GRID, __version__, STAGE_SCHEMA)
                 row = out.load_stage("calibration", key, build=lambda a: dict(json.loads(str(a["row"]))))
                 if row is None:
                     row = _fit_one(spec, system, n, seed, evaluation, grid, truth_pdf, progress)

@@ -146,6 +146,8 @@ def _read_spec(out_dir: str, metrics: dict):
             saved = json.load(fh)
         raw = {section: {k: v for k, v in values.items() if v is not None}
                for section, values in saved["spec"].items()}
+        if "langevin" in raw and "mixture_draws" not in raw["langevin"]:
+            raw["langevin"]["mixture_draws"] = 0  # written before it existed: the mixture drift pooled every draw
         data_given = "system" not in raw.get("data", {}) and "path" not in raw.get("data", {})
         spec = spec_from_dict(raw, data_given=data_given)
         seed = int(saved["seed"])

@@ -66,8 +66,8 @@ def _threshold(c) -> float:
     return c.get("score_matching_threshold") or 2.0
 
 
-def _coarsening_lines(c, n) -> list:
-    """What the coarsening of the likelihood did, in words."""
+def _coarsening_lines(c, n, bound_mode: str = "stein") -> list:
+    """What the coarsening of the likelihood did, in words (``bound_mode``: ``[mixture] coarsening_bound``)."""
     if not c:
         return []
     if c["method"] == "off":
@@ -91,17 +91,24 @@ def _coarsening_lines(c, n) -> list:
                  f"+- {_fmt(c['score_matching_se'])} on held-out snapshots"
                  + (" (used: [mixture] coarsening_bound = 'score_matching'). " if c.get("bound_used") else ". "))
     elif c.get("score_matching_gap") is not None:
-        line += (f"The posterior-mean score's squared error projected on Gaussian bumps (the score-matching gap of "
-                 f"their best correction, cross-fitted over blocks of snapshots; {c.get('score_matching_basis') or '?'} "
-                 f"bumps per coordinate, the richest basis the data resolve) is {_fmt(c['score_matching_gap'])} "
-                 f"+- {_fmt(c['score_matching_se'])}"
-                 + (": significant, used as the score's squared bias. " if c.get("bound_used") else
-                    (f": not significant (below {_threshold(c):g} standard errors). " if c["score_matching_gap"]
-                     <= _threshold(c) * c["score_matching_se"] else
-                     "; not used for the band ([mixture] coarsening_bound = 'report')"
+        significant = c["score_matching_gap"] > _threshold(c) * c["score_matching_se"]
+        basis = c.get("score_matching_basis")
+        line += ("The posterior-mean score's squared error projected on Gaussian bumps (the score-matching gap of "
+                 "their best correction, cross-fitted over blocks of snapshots"
+                 + (f"; {basis} bumps per coordinate" if basis else "")
+                 + (", the richest basis the data resolve" if basis and significant else "")
+                 + f") is {_fmt(c['score_matching_gap'])} +- {_fmt(c['score_matching_se'])}")
+        if c.get("bound_used"):
+            line += ": significant, used as the score's squared bias. "
+        elif not significant:
+            line += f": not significant (below {_threshold(c):g} standard errors). "
+        elif bound_mode == "stein":
+            line += ": significant, but below the richer mixture's squared bias, which is used. "
+        else:
+            line += ("; not used for the band ([mixture] coarsening_bound = 'report')"
                      + (f"; the band's variance of the score ({_fmt(c['posterior_variance'] / c['zeta'])}) is "
                         "below it: the band is too narrow. " if c["score_matching_bound"]
-                        > c["posterior_variance"] / c["zeta"] else ". "))))
+                        > c["posterior_variance"] / c["zeta"] else ". "))
     if c["zeta"] >= 1:
         return [line + "The posterior is as wide as the error: the standard posterior is kept (zeta = 1)."]
     return [line + f"Likelihood^zeta with zeta = {_fmt(c['zeta'])} (set by the {c['limited_by']}): the posterior's "
@@ -245,7 +252,8 @@ def write_report(path, spec, metrics: dict) -> None:
     for warning in post["warnings"]:
         lines.append(f"- **Warning**: {warning}")
     lines += [f"- Note: {note}" for note in post.get("notes", [])]
-    lines += _coarsening_lines(post.get("coarsening"), metrics["data"]["train_snapshots"])
+    lines += _coarsening_lines(post.get("coarsening"), metrics["data"]["train_snapshots"],
+                               spec.mixture.coarsening_bound)
     if "score" in metrics:
         sc = metrics["score"]
         lines += [
