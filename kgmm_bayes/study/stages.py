@@ -87,7 +87,7 @@ __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare
 # where zeta needs no standard posterior. 7: the coarsening's scikit-learn seed no longer follows the
 # NUTS key. 8: the interpolant's snapshots come from outside held-out blocks, batches from a float64
 # running sum). 9: the coarsening's bias also from the bumps' score-matching gap (coarsening_bound "stein").
-# 10: the bumps' gap over a ladder of bump counts, 16 blocks, 3 standard errors.
+# 10: the bumps' gap over a ladder of bump counts, 16 blocks, 3 standard errors (2 for 100 bumps).
 STAGE_SCHEMA = 10
 GAP_DRAWS = 64  # posterior draws whose mean score the score-matching gap is measured for
 
