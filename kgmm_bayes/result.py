@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._picks import evenly_spaced
 from .bayes.score import (
     ScoreSummary,
     band_around,
@@ -327,7 +328,7 @@ class BayesianKGMM(NamedTuple):
                 raise InputError(f"x0 must be finite with shape ({particles}, {d}), got {np.shape(x0)}")
             x0, run_key = self.zscore.forward(x0), key
         if members:
-            picks = np.linspace(0, len(self.draws[0]) - 1, int(members)).round().astype(int)
+            picks = evenly_spaced(len(self.draws[0]), members)
             drift_fn, params = mixture_members(tuple(np.asarray(a)[picks] for a in self.draws))
             run = simulate_ensemble(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, box)
             paths = np.where(run.alive[:, None, :, None], run.samples, np.nan)

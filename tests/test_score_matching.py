@@ -210,6 +210,34 @@ def test_the_ladder_keeps_the_largest_lower_limit_among_significant_bases(monkey
     assert none.basis == 50 and not none.gap > none.threshold * none.se
 
 
+def test_bump_bases_kept_by_the_caller_are_placed_once_and_give_the_same_gap(monkeypatch):
+    """The first and a second posterior are measured on the same cells: the K-means placements are kept."""
+    from kgmm_bayes.bayes import score_matching as sm
+
+    x, cells = gaussian(12, 4000), gaussian(13, 400)
+    fresh = sm.stein_gap(x, _bumped(0.3), cells, np.ones(len(cells)))
+    bases = {}
+    first = sm.stein_gap(x, _bumped(0.3), cells, np.ones(len(cells)), bases=bases)
+    assert sorted(bases) == [25, 50, 100] and first == fresh
+    placed = []
+    original = sm._bump_basis
+    monkeypatch.setattr(sm, "_bump_basis", lambda *a: placed.append(a[2]) or original(*a))
+    again = sm.stein_gap(x, _bumped(0.0), cells, np.ones(len(cells)), bases=bases)
+    assert placed == [] and again.gap < first.gap
+
+
+def test_evenly_spaced_picks_are_distinct_ascending_and_span_the_range():
+    from kgmm_bayes._picks import evenly_spaced
+
+    for n in (1, 2, 7, 100, 1001):
+        for count in (0, 1, 2, 3, n - 1, n, n + 5):
+            picks = evenly_spaced(n, count)
+            assert len(picks) == max(0, min(n, count))
+            assert np.all(np.diff(picks) > 0) and (len(picks) == 0 or picks.max() < n)
+            if len(picks) >= 2:
+                assert (picks[0], picks[-1]) == (0, n - 1)
+
+
 def test_the_report_says_why_the_bumps_gap_was_or_was_not_used():
     from kgmm_bayes.bayes.coarsening import Coarsening
     from kgmm_bayes.study.report import _coarsening_lines

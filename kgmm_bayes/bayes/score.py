@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._picks import evenly_spaced
 from .mixture import (
     LOG_2PI,
     component_coefficients,
@@ -294,7 +295,7 @@ def predictive_drift(draws, dtype=jnp.float32, count: int = 0):
     """
     draws = tuple(np.asarray(a) for a in draws)
     if 0 < count < len(draws[0]):
-        picks = np.linspace(0, len(draws[0]) - 1, int(count)).round().astype(int)
+        picks = evenly_spaced(len(draws[0]), count)
         draws = tuple(a[picks] for a in draws)
     return coefficient_score, score_coefficients(*_pooled(draws), dtype=dtype)
 

@@ -192,7 +192,7 @@ def _cross_fitted(z, s, centres, width: float, blocks: int):
 
 
 def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BLOCKS,
-              ladder=STEIN_LADDER) -> FisherGap | None:
+              ladder=STEIN_LADDER, bases: dict | None = None) -> FisherGap | None:
     """The score-matching gap ``H(s_K) - H(s_K + G theta*)`` of a linear correction by Gaussian bumps
     ``G``, cross-fitted over contiguous blocks of the snapshots: for a fixed score field an estimate,
     unbiased up to the blocks' dependence, of ``b^T A^-1 b``, the squared error of ``s_K`` projected on
@@ -213,7 +213,8 @@ def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BL
     richest basis the data resolve (with none significant, the largest lower limit, for the report).
     ``score_fn(x)``: the estimate's score ``(n, d)`` at all the snapshots used ``(n, d)``, in bounded
     memory (:func:`~kgmm_bayes.bayes.score.posterior_mean_score` works in chunks).
-    The bumps sit at a weighted K-means of the cells ``points`` (``counts``)."""
+    The bumps sit at a weighted K-means of the cells ``points`` (``counts``); ``bases``, a dict kept by the
+    caller for these cells and ``seed``, keeps the placements (by bump count) for a later call."""
     z = np.asarray(z, np.float64)
     if len(z) > STEIN_MAX_SNAPSHOTS:
         z = z[np.linspace(0, len(z) - 1, STEIN_MAX_SNAPSHOTS).astype(np.int64)]
@@ -225,8 +226,11 @@ def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BL
     s = np.asarray(score_fn(z), np.float64)
     points, counts = np.asarray(points, np.float64), np.asarray(counts, np.float64)
     primary, tried = min(PRIMARY_BASIS, len(points) // 4), []
+    bases = {} if bases is None else bases
     for n_basis in sizes:
-        gap, se = _cross_fitted(z, s, *_bump_basis(points, counts, n_basis, seed), blocks)
+        if n_basis not in bases:
+            bases[n_basis] = _bump_basis(points, counts, n_basis, seed)
+        gap, se = _cross_fitted(z, s, *bases[n_basis], blocks)
         tried.append(FisherGap(gap=gap, se=se, bound=max(gap - LOWER_SE * se, 0.0), reference_loss=math.nan,
                                snapshots=len(z), basis=n_basis,
                                threshold=PRIMARY_SE if n_basis == primary else SIGNIFICANT_SE))

@@ -48,6 +48,7 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
+from .._picks import evenly_spaced
 from ..files import json_floats
 
 __all__ = ["SAME_MODE_R_HAT", "ChainModes", "chain_loo_densities", "stacking_weights", "chain_modes",
@@ -188,7 +189,7 @@ def draw_allocation(weights, total: int, available: int) -> np.ndarray:
 def draw_picks(takes, draws: int):
     """``(chain indices, draw indices)`` of ``takes[c]`` draws evenly spaced within each chain of ``draws``."""
     picks = [(c, i) for c, take in enumerate(takes) if take
-             for i in np.linspace(0, draws - 1, int(take)).round().astype(int)]
+             for i in evenly_spaced(draws, take)]
     return tuple(np.asarray(v) for v in zip(*picks))
 
 

@@ -29,6 +29,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .._picks import evenly_spaced
 from ..errors import InputError
 from ..metrics.density import BinnedDensity, kde_mesh, linear_bins
 
@@ -46,7 +47,7 @@ GROUP = 8  # blocks per task of the second pass (a cluster's task costs about ha
 
 def fit_positions(n: int, fit_snapshots: int = FIT_SNAPSHOTS) -> np.ndarray:
     """The evenly spaced positions (of ``n`` snapshots in order) that the fine partition is fitted on."""
-    return np.unique(np.linspace(0, n - 1, min(n, fit_snapshots)).round().astype(np.int64))
+    return evenly_spaced(n, fit_snapshots)
 
 
 def block_statistics(z, labels, cells: int):
@@ -449,7 +450,7 @@ def read_sample(source: Source, segments, budget: int):
     per_segment = [(m, s + off, s + off + length) for m, s, e in segments
                    for off in range(0, e - s - length + 1, length)]
     count = max(1, min(len(per_segment), budget // length))
-    picks = np.linspace(0, len(per_segment) - 1, count).round().astype(int)
+    picks = evenly_spaced(len(per_segment), count)
     return np.stack([source.read(per_segment[i][0], per_segment[i][0] + 1, *per_segment[i][1:])[0] for i in picks])
 
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..bayes.score import coefficient_score, score_coefficients, score_draws
-from ..bayes.stacking import draw_allocation
+from ..bayes.stacking import draw_allocation, draw_picks
 from ..metrics import gaussian_kde_1d, marginal_relative_entropies
 from ..metrics.series import lag_products
 from ..progress import bar
@@ -98,13 +98,7 @@ def select_draws(posterior, members: int, chain_weights=None):
         takes = [members // chains + (c < members % chains) for c in range(chains)]
     else:
         takes = draw_allocation(chain_weights, members, draws)
-    chain_idx, draw_idx = [], []
-    for c in range(chains):
-        take = takes[c]
-        if take:
-            draw_idx.extend(np.linspace(0, draws - 1, take).round().astype(int))
-            chain_idx.extend([c] * take)
-    chain_idx, draw_idx = np.asarray(chain_idx), np.asarray(draw_idx)
+    chain_idx, draw_idx = draw_picks(takes, draws)
     return tuple(np.asarray(a)[chain_idx, draw_idx] for a in (posterior.weights, posterior.means, posterior.cov_chol))
 
 

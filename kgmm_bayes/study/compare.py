@@ -43,7 +43,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..baselines import BaselineFit, fit_dsm, fit_kgmm, fit_sklearn
-from ..bayes.score import predictive_drift
 from ..data.systems import get_system
 from ..data.systems.ks import fine_reference_series
 from ..files import atomic_write_bytes
@@ -67,7 +66,7 @@ from .compare_tables import (
 )
 from .outputs import OutputFolder
 from .run import run_study
-from .stages import StudyData, langevin_start, study_keys
+from .stages import StudyData, langevin_start, model_drift, study_keys
 
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 
@@ -259,10 +258,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
             np.asarray(data.analytic_score(data.zscore.inverse(part.points)), dtype=np.float64))
 
     m = result.metrics
-    if spec.langevin.drift == "interpolant":
-        bayes_drift = (result.interpolant.apply_fn(), result.interpolant.params)
-    else:
-        bayes_drift = predictive_drift(result.draws, count=spec.langevin.mixture_draws)
+    bayes_drift = model_drift(spec, result.interpolant, result.draws)
     bayes_error = None
     if truth is not None:
         predicted = np.asarray(bayes_drift[0](bayes_drift[1], jnp.asarray(part.points, jnp.float32)), np.float64)

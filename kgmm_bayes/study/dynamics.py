@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import norm
 
+from .._picks import evenly_spaced
 from ..bayes.score import score_draws
 from ..metrics.correlation import correlation_functions
 from ..metrics.series import decorrelation_time, integrated_time
@@ -358,7 +359,7 @@ def indirect_correction(dyn: Dynamics, key, series, drift_fn, drift_params, lg, 
     draw's symmetric part is floored as in :func:`robust_mobility`."""
     series = lagged_series(series)
     flat = series.reshape(-1, series.shape[-1])
-    starts = flat[np.linspace(0, len(flat) - 1, min(len(flat), CORRECTION_STARTS)).round().astype(int)]
+    starts = flat[evenly_spaced(len(flat), CORRECTION_STARTS)]
     drift = lambda x: drift_fn(drift_params, x)  # noqa: E731
     start_score = _evaluate(drift, starts)
     target, phi, best, residuals = dyn.phi, dyn.phi, None, []

@@ -8,6 +8,7 @@ from matplotlib.figure import (
     Figure,  # figures drawn without pyplot: no backend is switched
 )
 
+from .._picks import evenly_spaced
 from ..bayes.score import score_draws, summarize_scores
 from ..data.labelled import variable_names
 from ..metrics import gaussian_kde_1d
@@ -106,7 +107,7 @@ def score_field(draws, zscore, data, band=0.9, grid_points=48, max_draws=200, qu
         raise ValueError(f"band must lie in (0, 1); got {band}")
     data = data.reshape(-1, 2)
     n_draws = len(weights)
-    keep = np.unique(np.linspace(0, n_draws - 1, min(n_draws, max(1, int(max_draws)))).round().astype(int))
+    keep = evenly_spaced(n_draws, max(1, int(max_draws)))
     weights, means, cov_chol = weights[keep], means[keep], cov_chol[keep]
     lo, hi = np.quantile(data, quantiles, axis=0)
     span = np.where(hi > lo, hi - lo, 1.0)
@@ -127,7 +128,7 @@ def _data_density(data, x, y, max_points=2000):
     """Gaussian KDE of 2-D ``data`` on the grid ``(len(y), len(x))`` (Scott bandwidth, evenly
     strided subsample), the density levels (ascending) whose contours enclose about 99%, 90%
     and 50% of the data, and those masses as labels."""
-    data = data[np.linspace(0, len(data) - 1, min(len(data), max_points)).round().astype(int)]
+    data = data[evenly_spaced(len(data), max_points)]
     h = np.maximum(data.std(axis=0), 1e-12) * len(data) ** (-1.0 / 6.0)
 
     def kde(px, py):

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._picks import evenly_spaced
 from .._version import __version__
 from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
 from ..bayes.score import band_around, posterior_mean_score
@@ -170,7 +171,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         else:
             log(progress, "dynamics: mobility and responses from the training trajectories")
             drift_fn, drift_params = model_drift(spec, interp, fit.draws)
-            picks = np.linspace(0, len(fit.draws[0]) - 1, min(DYNAMICS_DRAWS, len(fit.draws[0]))).round().astype(int)
+            picks = evenly_spaced(len(fit.draws[0]), DYNAMICS_DRAWS)
             dynamics = fit_dynamics(series, interval, drift_fn, drift_params,
                                     tuple(np.asarray(a)[picks] for a in fit.draws), key=jax.random.fold_in(langevin_key, 2))
             dynamics = indirect_correction(dynamics, jax.random.fold_in(langevin_key, 3), series, drift_fn,

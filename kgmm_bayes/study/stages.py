@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from .._picks import evenly_spaced
 from .._version import __version__
 from ..bayes.coarsening import (
     OFF,
@@ -255,10 +256,13 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     use_gap, as_bias = mode != "report", mode != "score_matching"
     terms = error_terms(z, m.components, part.points, part.counts, seed=sk_seed)
 
+    bump_bases = {}  # placed once on these cells, for the first and any second posterior
+
     def gap_of(post):  # the score-matching gap of a posterior's mean score: bumps (stein_gap) or a network
         draws = thin_draws(post, GAP_DRAWS)
         if as_bias:
-            return stein_gap(z, lambda x: posterior_mean_score(*draws, x), part.points, part.counts, seed=sk_seed)
+            return stein_gap(z, lambda x: posterior_mean_score(*draws, x), part.points, part.counts, seed=sk_seed,
+                             bases=bump_bases)
         return fisher_gap(jax.random.fold_in(key, 2), z, lambda x: posterior_mean_fields(*draws, x))
 
     def choice_from(post, gap, tempered):
@@ -420,7 +424,7 @@ def heldout_indices(n: int) -> np.ndarray:
     held = _heldout_blocks(n)
     if len(held) == 0:  # a few dozen snapshots or fewer, where rounding left the blocks empty: every 8th one
         held = np.arange(HELDOUT_BLOCKS[1] // 2, n, HELDOUT_BLOCKS[1])
-    return held[np.unique(np.linspace(0, len(held) - 1, min(len(held), HELDOUT_POINTS)).round().astype(int))] \
+    return held[evenly_spaced(len(held), HELDOUT_POINTS)] \
         if len(held) else held
 
 
@@ -433,7 +437,7 @@ def interpolant_snapshots(z, count: int) -> np.ndarray:
     held = _heldout_blocks(len(z))
     held = held if len(held) else heldout_indices(len(z))
     free = np.setdiff1d(np.arange(len(z)), held, assume_unique=True)
-    return z[free[np.linspace(0, len(free) - 1, min(len(free), count)).round().astype(int)]] if len(free) else z[:0]
+    return z[free[evenly_spaced(len(free), count)]] if len(free) else z[:0]
 
 
 def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary, draws, z):
