@@ -254,6 +254,12 @@ def spread_starts(params, energies, chains: int, window: float = SPREAD_NATS):
 DENSE_ADAPTATION_MAX = 100  # parameters: numpyro adapts a dense metric up to this many; whitened diagonal beyond
 POLISH_GRADIENT = 1e-8  # L-BFGS stops when the gradient's norm (potential per unconstrained unit) is below this ...
 POLISH_DECREASE = 1e-13  # ... or when an iteration lowers the potential by less than this fraction of it
+# The progress display counts NUTS iterations from inside the compiled chains (a host callback) only for samplers
+# of at least this much work (likelihood rows x quadratic features x components x chain iterations): JAX's
+# persistent compilation cache cannot keep a program holding a host callback, so the ticking chains are compiled
+# afresh in every process (about 3 s on the default study, 6.8e7 of work, whose rounds take 3 s each).  Smaller
+# samplers show one step per round of chains.  About 7x the default study: a minute of sampling on 2 cores.
+TICKING_MIN_WORK = 5e8
 HOST_POLISH_MAX_STARTS = 16  # up to this many MAP searches are polished one by one on the host (scipy); more at
 # once, vmapped in one compiled program (optax): the host's ~0.4 ms per iteration outgrows the compilation
 
@@ -542,9 +548,12 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # whitened one takes 28-65 against 128 but its chains diverge (28-139 divergences) and split into
     # modes (r_hat within modes 1.24-1.27).
     whiten = dense and not sharded and centre.size > DENSE_ADAPTATION_MAX
-    # the progress display: reported from inside the compiled chains (numpyro's own bar is off)
+    # the progress display: reported from inside the compiled chains (numpyro's own bar is off) for long samplers,
+    # else by rounds of chains (TICKING_MIN_WORK)
+    work = float(np.prod(sample_args[0].shape[-2:])) * prior.centroids.shape[0] * config.chains * (
+        config.warmup + config.draws)
     nuts = functools.partial(_TickingNUTS, every=max(1, (config.warmup + config.draws) // 100)) \
-        if config.progress else NUTS
+        if config.progress and work >= TICKING_MIN_WORK else NUTS
     if whiten:
         _, chol, inverse = laplace_covariance(potential, init_unconstrained, root=True, hessian=hessian)
         init_params = {"u": jax.vmap(lambda p: inverse @ (ravel_pytree(p)[0] - centre))(init_params)}
