@@ -21,6 +21,7 @@ from ._picks import evenly_spaced
 from .bayes.score import (
     ScoreSummary,
     band_around,
+    band_with_bias,
     field_draws,
     physical_draws,
     predictive_drift,
@@ -62,6 +63,7 @@ class BayesianKGMM(NamedTuple):
     out_dir: Optional[str]
     draws: tuple  # (weights, means, cov_chol) of the draws used for scores
     data: Any = None  # .train, .reference (n, d) physical units, .source; None if not kept
+    score_bias: Any = None  # the posterior mean's local error field (BiasField, z-scored), widening score bands
     def _points(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         d = len(self.zscore.mean)
@@ -102,6 +104,8 @@ class BayesianKGMM(NamedTuple):
         std = self.zscore.std
         parts = [summarize_scores(s, lp, band) for s, lp in self._blocks(x, chunk)]
         summary = _joined(parts, (x.shape[1],), band, divisor=std)
+        if self.score_bias is not None:  # at least the local bias wide, as the study's band (band_with_bias)
+            summary = band_with_bias(summary, self.score_bias.squared(self.zscore.forward(x)) / np.square(std))
         if error is None:
             return summary
         return band_around(summary, self.interpolant_score(x), np.asarray(error, np.float64) / std)

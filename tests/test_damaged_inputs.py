@@ -14,7 +14,7 @@ import kgmm_bayes.result as result_module
 import kgmm_bayes.spec as spec_module
 from kgmm_bayes import InputError, load_result, load_trajectory, run_study
 from kgmm_bayes.study.load import score_to_file
-from kgmm_bayes.bayes.score import score_draws, summarize_scores
+from kgmm_bayes.bayes.score import band_with_bias, score_draws, summarize_scores
 from kgmm_bayes.spec import SpecError, load_spec, spec_from_dict
 
 TINY_STUDY = {
@@ -165,6 +165,9 @@ DAMAGE = [
     ("interpolant.npz", _npz(sizes=np.array([1, 10**9, 1]))), ("interpolant.npz", _npz(sizes=np.array([2, 8, 8, 2]))),
     ("interpolant.npz", _npz(sizes=np.array(["a", "b"]))), ("interpolant.npz", _npy(np.ones(3))),
     ("interpolant.npz", _npz(final_loss=np.ones(3))),
+    ("score_bias.npz", _empty), ("score_bias.npz", _garbage), ("score_bias.npz", _truncate),
+    ("score_bias.npz", _npz(drop=("score_bias_coefficients",))), ("score_bias.npz", _npz(drop=("score_bias_width",))),
+    ("score_bias.npz", _npz(score_bias_centres=np.ones((3, 2)))), ("score_bias.npz", _npz(score_bias_width=-1.0)),
     ("rom_samples.npy", _empty), ("rom_samples.npy", _garbage), ("rom_samples.npy", _truncate),
     ("rom_samples.npy", _npy(np.array([{"x": 1}, None], dtype=object))), ("rom_samples.npy", _npy(np.ones(5))),
     ("rom_samples.npy", _npy(np.ones((5, 2)))), ("rom_samples.npy", _npy(np.array([["a"]]))),
@@ -195,6 +198,8 @@ def test_chunked_score_equals_one_evaluation(tiny_study):
     x = np.random.default_rng(1).normal(size=(1037, 1)) * 2  # not a multiple of any chunk
     scores, logps = score_draws(*result.draws, result.zscore.forward(x), chunk=len(x))
     whole = summarize_scores(scores, logps, 0.8)
+    assert result.score_bias is not None  # the band is at least the posterior mean's local bias wide
+    whole = band_with_bias(whole, result.score_bias.squared(result.zscore.forward(x)))
     for chunk in (7, 64, None):
         chunked = result.score(x, band=0.8, chunk=chunk)
         for field in ("mean", "std", "lower", "upper", "predictive"):

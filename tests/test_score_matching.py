@@ -198,7 +198,7 @@ def test_the_ladder_keeps_the_largest_lower_limit_among_significant_bases(monkey
     x, cells = gaussian(10, 8000), gaussian(11, 1600)  # 400 cells per 4: every size of the ladder
 
     def chosen(table):
-        monkeypatch.setattr(sm, "_cross_fitted", lambda z, s, centres, width, blocks: table[len(centres)])
+        monkeypatch.setattr(sm, "_cross_fitted", lambda z, s, centres, width, blocks: table[len(centres)] + (None,))
         return sm.stein_gap(x, _bumped(0.0), cells, np.ones(len(cells)))
 
     quiet = {25: (0.0, 1.0), 50: (0.0, 1.0), 200: (0.0, 1.0), 400: (0.0, 1.0)}
@@ -218,12 +218,66 @@ def test_bump_bases_kept_by_the_caller_are_placed_once_and_give_the_same_gap(mon
     fresh = sm.stein_gap(x, _bumped(0.3), cells, np.ones(len(cells)))
     bases = {}
     first = sm.stein_gap(x, _bumped(0.3), cells, np.ones(len(cells)), bases=bases)
-    assert sorted(bases) == [25, 50, 100] and first == fresh
+    assert sorted(bases) == [25, 50, 100] and first._replace(field=None) == fresh._replace(field=None)
+    np.testing.assert_array_equal(first.field.coefficients, fresh.field.coefficients)
     placed = []
     original = sm._bump_basis
     monkeypatch.setattr(sm, "_bump_basis", lambda *a: placed.append(a[2]) or original(*a))
     again = sm.stein_gap(x, _bumped(0.0), cells, np.ones(len(cells)), bases=bases)
     assert placed == [] and again.gap < first.gap
+
+
+def test_the_local_error_field_is_the_cross_fit_of_block_fields_and_averages_to_the_gap():
+    """``BiasField.squared`` is the mean over non-adjacent block pairs of ``c_a(x) c_c(x)`` (checked against the
+    explicit pairs), clipped at 0; averaged over the snapshots the gap was measured on it is the gap itself
+    (``theta_a^T A theta_c = b_a^T A^-1 b_c``, up to the ridge)."""
+    from kgmm_bayes.bayes import score_matching as sm
+
+    x, cells = gaussian(14, 16_000), gaussian(15, 1600)
+    gap = sm.stein_gap(x, _bumped(0.3), cells, np.ones(len(cells)))
+    field = gap.field
+    assert gap.gap > gap.threshold * gap.se and len(field.centres) == gap.basis  # significant: its own basis
+    probe = gaussian(16, 50)
+    g = np.exp(-np.sum((probe[:, None] - field.centres[None]) ** 2, axis=-1) / (2 * field.width ** 2))
+    c = np.einsum("nj,ajk->ank", g, field.coefficients)
+    blocks = len(c)
+    explicit = np.mean([c[a] * c[b] for a in range(blocks) for b in range(a + 2, blocks)], axis=0)
+    np.testing.assert_allclose(field.cross_products(probe), explicit, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(field.squared(probe), np.maximum(explicit, 0.0), rtol=1e-10, atol=1e-14)
+    assert np.all(field.squared(probe) >= 0.0)
+    used = x[:len(x) // sm.STEIN_BLOCKS * sm.STEIN_BLOCKS]
+    bumps = np.exp(-np.sum((used[:, None] - field.centres[None]) ** 2, axis=-1) / (2 * field.width ** 2))
+    gram = bumps.T @ bumps / len(used)
+    ridge = sm.STEIN_RIDGE * np.trace(gram) / len(gram)  # b_a^T (A + ridge)^-1 b_c = theta_a^T (A + ridge) theta_c
+    theta = field.coefficients
+    ridge_term = np.mean([np.sum(theta[a] * theta[b]) for a in range(blocks) for b in range(a + 2, blocks)]) * ridge
+    np.testing.assert_allclose(np.sum(field.cross_products(used).mean(axis=0)) + ridge_term, gap.gap, rtol=1e-8)
+    # the error is 0.3 sin(x_1) on the first coordinate only: the field sees it there, much less on the second
+    squared = field.squared(used).mean(axis=0)
+    assert squared[0] > 5 * squared[1] and 0.5 * 0.0389 < squared[0] < 1.5 * 0.0389
+    stats = sm.field_from_stats(sm.field_stats(field))
+    np.testing.assert_array_equal(stats.squared(probe), field.squared(probe))
+    assert sm.field_from_stats({}) is None
+
+
+def test_a_band_with_bias_is_at_least_z_times_the_local_bias_and_otherwise_unchanged():
+    from scipy.stats import norm
+
+    from kgmm_bayes.bayes.score import band_with_bias, summarize_scores
+
+    rng = np.random.default_rng(17)
+    scores = rng.normal(size=(400, 30, 2)) * np.array([0.1, 1.0])
+    summary = summarize_scores(scores, rng.normal(size=(400, 30)), 0.9)
+    bias2 = np.full((30, 2), 0.25)  # beta = 0.5: wider than the first coordinate's band, narrower than the second's
+    wide = band_with_bias(summary, bias2)
+    z = norm.ppf(0.95)
+    np.testing.assert_allclose(wide.mean - wide.lower, np.maximum(summary.mean - summary.lower, z * 0.5), rtol=1e-14)
+    np.testing.assert_allclose(wide.upper - wide.mean, np.maximum(summary.upper - summary.mean, z * 0.5), rtol=1e-14)
+    np.testing.assert_array_equal(wide.lower[:, 1], summary.lower[:, 1])
+    np.testing.assert_array_equal(wide.std, np.maximum(summary.std, 0.5))
+    same = band_with_bias(summary, np.zeros((30, 2)))
+    for a, b in zip(same, summary):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_evenly_spaced_picks_are_distinct_ascending_and_span_the_range():

@@ -109,6 +109,16 @@ def test_outputs_are_complete_and_loadable(small_run):
     per_draw = result.score_draws(x)
     assert per_draw.shape == (len(result.draws[0]), 7, 1)
     np.testing.assert_allclose(per_draw.mean(axis=0), result.score(x).mean, rtol=1e-12, atol=1e-12)
+    # the default coarsening keeps the posterior mean's local error field: the band is the draws' quantiles,
+    # each half-width at least z times the local bias (physical units)
+    assert (out / "score_bias.npz").is_file() and result.score_bias is not None
+    from scipy.stats import norm
+
+    summary = result.score(x)
+    beta = np.sqrt(result.score_bias.squared(result.zscore.forward(x))) / result.zscore.std
+    lower, upper = np.quantile(per_draw, [0.05, 0.95], axis=0)
+    np.testing.assert_allclose(summary.lower, np.minimum(lower, summary.mean - norm.ppf(0.95) * beta), rtol=1e-10)
+    np.testing.assert_allclose(summary.upper, np.maximum(upper, summary.mean + norm.ppf(0.95) * beta), rtol=1e-10)
     report = (out / "report.md").read_text()
     assert "relative entropy" in report.lower()
     assert ("narrower than the error" in report) == (metrics["score"]["band_coverage"] < 0.9 - 0.1)

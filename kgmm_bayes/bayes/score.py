@@ -35,7 +35,7 @@ from .mixture import (
 
 __all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "mixture_fields", "ScoreCoefficients",
            "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores",
-           "thin_draws", "predictive_score_fn", "predictive_drift", "field_draws", "physical_draws",
+           "thin_draws", "predictive_score_fn", "predictive_drift", "field_draws", "physical_draws", "band_with_bias",
            "summarize_log_densities", "summarize_divergences", "band_around", "posterior_mean_fields",
            "posterior_mean_score"]
 
@@ -298,6 +298,23 @@ def predictive_drift(draws, dtype=jnp.float32, count: int = 0):
         picks = evenly_spaced(len(draws[0]), count)
         draws = tuple(a[picks] for a in draws)
     return coefficient_score, score_coefficients(*_pooled(draws), dtype=dtype)
+
+
+def band_with_bias(summary: ScoreSummary, squared_bias) -> ScoreSummary:
+    """``summary``'s band, each half-width at least the local bias ``beta = sqrt(squared_bias)`` times ``z``,
+    the normal quantile of the band (``squared_bias`` per point and coordinate, e.g.
+    :meth:`~kgmm_bayes.bayes.score_matching.BiasField.squared`); ``std`` at least ``beta``.
+
+    The coarsened posterior's band already carries the score's squared bias averaged over the data
+    (:mod:`kgmm_bayes.bayes.coarsening`); where the bias is concentrated (a Gaussian mixture's tails on a
+    quartic potential) the band is widened to it there, and left alone where it is already wider."""
+    from scipy.stats import norm
+
+    beta = np.sqrt(np.maximum(np.asarray(squared_bias, np.float64), 0.0))
+    half = norm.ppf(0.5 + 0.5 * summary.band) * beta
+    return summary._replace(std=np.maximum(summary.std, beta),
+                            lower=np.minimum(summary.lower, summary.mean - half),
+                            upper=np.maximum(summary.upper, summary.mean + half))
 
 
 def band_around(summary: ScoreSummary, center, extra_sd) -> ScoreSummary:

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-__all__ = ["FisherGap", "train_reference", "hyvarinen_terms", "fisher_gap", "stein_gap", "REFERENCE_STEPS"]
+__all__ = ["FisherGap", "BiasField", "field_stats", "field_from_stats", "train_reference", "hyvarinen_terms", "fisher_gap", "stein_gap", "REFERENCE_STEPS"]
 
 REFERENCE_WIDTH = 64  # hidden units of each of the network's layers
 REFERENCE_DEPTH = 3  # hidden layers
@@ -58,6 +58,42 @@ class FisherGap(NamedTuple):
     snapshots: int  # snapshots used
     basis: int = 0  # the bumps' gap: how many bumps (per coordinate) the chosen basis has
     threshold: float = 3.0  # ... and the standard errors it must exceed to be significant (SIGNIFICANT_SE, PRIMARY_SE)
+    # the bumps' gap: the error field per block of that basis where significant, else of the primary basis
+    # (PRIMARY_BASIS), for the score band's local bias (BiasField.squared)
+    field: "BiasField | None" = None
+
+
+class BiasField(NamedTuple):
+    """The score's error ``s_K - grad log p`` as the bumps see it, once per block of the snapshots:
+    ``c_a(x) = sum_j g_j(x) theta_aj`` with ``theta_a = A^-1 b_a`` (:func:`stein_gap`).  The cross-fitted
+    product of two non-adjacent blocks' fields has no noise term, so its mean over pairs estimates the
+    projected error's square at ``x`` (:meth:`squared`)."""
+
+    centres: np.ndarray  # (J, d) bump centres (z-scored units)
+    width: float  # the bumps' common width
+    coefficients: np.ndarray  # (blocks, J, d): theta_a of each block
+
+    def squared(self, x) -> np.ndarray:
+        """``(n, d)``: the mean over pairs of non-adjacent blocks of ``c_a(x) c_c(x)`` per coordinate, at
+        least 0: the local squared error of the score (projected on the bumps) at the points ``x`` ``(n, d)``."""
+        return np.maximum(self.cross_products(x), 0.0)
+
+    def cross_products(self, x) -> np.ndarray:
+        """``(n, d)``: :meth:`squared` before it is clipped at 0 (its mean over the snapshots the field was
+        estimated on is the bumps' gap, up to the Gram matrix's ridge)."""
+        x = np.asarray(x, np.float64)
+        blocks = len(self.coefficients)
+        pairs = blocks * (blocks - 1) // 2 - (blocks - 1)
+        out = np.empty_like(x)
+        centre_sq = np.sum(self.centres ** 2, axis=-1)
+        for i in range(0, len(x), STEIN_CHUNK):
+            g = _bumps(x[i:i + STEIN_CHUNK], self.centres, centre_sq, self.width)
+            c = np.einsum("nj,ajk->ank", g, self.coefficients)  # (blocks, n, d)
+            total = c.sum(axis=0)
+            # sum over a < c - 1 of c_a c_c = (total^2 - sum c_a^2) / 2 - sum of adjacent products
+            out[i:i + STEIN_CHUNK] = (0.5 * (total ** 2 - np.sum(c ** 2, axis=0))
+                                      - np.sum(c[1:] * c[:-1], axis=0)) / pairs
+        return out
 
 
 class _Net(nnx.Module):
@@ -164,9 +200,30 @@ def _bump_basis(points, counts, n_basis: int, seed: int):
     return centres, STEIN_WIDTH * float(np.median(gaps.min(axis=1)))
 
 
+def field_stats(field: BiasField) -> dict:
+    """``field`` as arrays for a posterior's ``sample_stats`` (kept with the posterior's stage)."""
+    return {"score_bias_centres": np.asarray(field.centres), "score_bias_width": np.asarray(float(field.width)),
+            "score_bias_coefficients": np.asarray(field.coefficients)}
+
+
+def field_from_stats(stats) -> BiasField | None:
+    """The :class:`BiasField` kept in ``stats`` by :func:`field_stats`, or ``None``."""
+    if "score_bias_coefficients" not in stats:
+        return None
+    return BiasField(np.asarray(stats["score_bias_centres"], np.float64), float(stats["score_bias_width"]),
+                     np.asarray(stats["score_bias_coefficients"], np.float64))
+
+
+def _bumps(x, centres, centre_sq, width: float):
+    """``(n, J)``: the Gaussian bumps at ``centres`` evaluated at ``x`` ``(n, d)``."""
+    sq = np.maximum(np.sum(x ** 2, axis=-1)[:, None] + centre_sq[None] - 2.0 * x @ centres.T, 0.0)
+    return np.exp(-sq / (2 * width * width))
+
+
 def _cross_fitted(z, s, centres, width: float, blocks: int):
-    """``(gap, se)``: the mean over pairs of non-adjacent blocks of ``b_a^T A^-1 b_c`` and its jackknife
-    standard error over blocks, for bumps at ``centres`` (see :func:`stein_gap`)."""
+    """``(gap, se, theta)``: the mean over pairs of non-adjacent blocks of ``b_a^T A^-1 b_c``, its jackknife
+    standard error over blocks, and each block's ``A^-1 b_a`` ``(blocks, J, d)``, for bumps at ``centres``
+    (see :func:`stein_gap`)."""
     n_basis, d = len(centres), z.shape[1]
     step = len(z) // blocks
     b = np.zeros((blocks, n_basis, d))
@@ -175,8 +232,7 @@ def _cross_fitted(z, s, centres, width: float, blocks: int):
     for a in range(blocks):
         for i in range(a * step, (a + 1) * step, STEIN_CHUNK):
             x = z[i:min(i + STEIN_CHUNK, (a + 1) * step)]
-            sq = np.maximum(np.sum(x ** 2, axis=-1)[:, None] + centre_sq[None] - 2.0 * x @ centres.T, 0.0)
-            g = np.exp(-sq / (2 * width * width))  # (n, J)
+            g = _bumps(x, centres, centre_sq, width)  # (n, J)
             # sum over snapshots of s_k g_j + d_k g_j, with d_k g_j = -(x_k - c_jk) g_j / width^2
             b[a] += g.T @ s[i:i + len(x)] - (g.T @ x - g.sum(axis=0)[:, None] * centres) / (width * width)
             gram += g.T @ g
@@ -188,7 +244,8 @@ def _cross_fitted(z, s, centres, width: float, blocks: int):
     pairs = [(a, c) for a in range(blocks) for c in range(a + 2, blocks)]  # non-adjacent: independent noise
     gap = float(np.mean([cross[a, c] for a, c in pairs]))
     left_out = np.array([np.mean([cross[a, c] for a, c in pairs if j not in (a, c)]) for j in range(blocks)])
-    return gap, float(np.sqrt((blocks - 1) / blocks * np.sum((left_out - left_out.mean()) ** 2)))
+    return gap, float(np.sqrt((blocks - 1) / blocks * np.sum((left_out - left_out.mean()) ** 2))), \
+        solved.transpose(1, 0, 2)
 
 
 def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BLOCKS,
@@ -230,9 +287,13 @@ def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BL
     for n_basis in sizes:
         if n_basis not in bases:
             bases[n_basis] = _bump_basis(points, counts, n_basis, seed)
-        gap, se = _cross_fitted(z, s, *bases[n_basis], blocks)
+        gap, se, theta = _cross_fitted(z, s, *bases[n_basis], blocks)
         tried.append(FisherGap(gap=gap, se=se, bound=max(gap - LOWER_SE * se, 0.0), reference_loss=math.nan,
                                snapshots=len(z), basis=n_basis,
-                               threshold=PRIMARY_SE if n_basis == primary else SIGNIFICANT_SE))
+                               threshold=PRIMARY_SE if n_basis == primary else SIGNIFICANT_SE,
+                               field=BiasField(*bases[n_basis], theta)))
     significant = [g for g in tried if g.gap > g.threshold * g.se]
-    return max(significant or tried, key=lambda g: g.gap - SIGNIFICANT_SE * g.se)
+    chosen = max(significant or tried, key=lambda g: g.gap - SIGNIFICANT_SE * g.se)
+    if not significant:  # the local error field at the primary resolution (its cross-fit has no noise term either)
+        chosen = chosen._replace(field=next((g.field for g in tried if g.basis == primary), chosen.field))
+    return chosen

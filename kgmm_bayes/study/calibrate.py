@@ -42,7 +42,7 @@ import numpy as np
 
 from .._version import __version__
 from ..bayes.diagnostics import convergence_summary, independent_starts, to_inference_data
-from ..bayes.score import score_draws, summarize_scores, thin_draws
+from ..bayes.score import score_draws, thin_draws
 from ..data.systems import get_system, simulate
 from ..data.zscore import ZScore
 from ..errors import InputError
@@ -51,7 +51,7 @@ from ..partition import fit_partition
 from ..spec import Spec
 from .checks import check_seed
 from .outputs import OutputFolder, stage_key
-from .stages import STAGE_SCHEMA, sample_posterior, stacked_weights
+from .stages import STAGE_SCHEMA, sample_posterior, score_band, stacked_weights
 
 __all__ = ["calibrate", "check_calibration_specs", "true_marginals", "mixture_marginals", "CalibrationResult",
            "seed_standard_error",
@@ -190,8 +190,9 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
                                independent_starts(post))
     draws = thin_draws(post, spec.score.max_draws, chain_weights=stacked_weights(conv))
 
-    scores, logps = score_draws(*draws, zscore.forward(evaluation))
-    summary = summarize_scores(np.asarray(scores) / zscore.std, np.asarray(logps), spec.score.band)  # physical
+    at = zscore.forward(evaluation)
+    scores, logps = score_draws(*draws, at)
+    summary = score_band(post, scores, np.asarray(logps), at, spec.score.band, divisor=zscore.std)  # physical
     true_score = np.asarray(system.score(evaluation), np.float64)
     inside = (true_score >= summary.lower) & (true_score <= summary.upper)
     err_sd = np.abs(true_score - summary.mean) / np.maximum(summary.std, 1e-300)

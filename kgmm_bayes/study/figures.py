@@ -9,7 +9,7 @@ from matplotlib.figure import (
 )
 
 from .._picks import evenly_spaced
-from ..bayes.score import score_draws, summarize_scores
+from ..bayes.score import band_with_bias, score_draws, summarize_scores
 from ..data.labelled import variable_names
 from ..metrics import gaussian_kde_1d
 
@@ -92,8 +92,10 @@ def _check_2d(data, means):
 
 
 def score_field(draws, zscore, data, band=0.9, grid_points=48, max_draws=200, quantiles=(0.005, 0.995),
-                pad=0.05):
+                pad=0.05, score_bias=None):
     """Posterior score field over a grid covering 2-D ``data`` (physical units), see :class:`ScoreField`.
+    ``score_bias``: the posterior's :class:`~kgmm_bayes.bayes.score_matching.BiasField`, if it has one (the band
+    is then at least the local bias wide, as the study's score band).
 
     ``draws`` = ``(weights (S, K), means (S, K, 2), cov_chol (S, K, 2, 2))`` in z-scored
     coordinates, thinned evenly to at most ``max_draws``.  The grid spans the
@@ -117,6 +119,8 @@ def score_field(draws, zscore, data, band=0.9, grid_points=48, max_draws=200, qu
     points = np.stack([g.ravel() for g in np.meshgrid(x, y)], axis=-1)  # (ny * nx, 2), x fastest
     scores, logps = score_draws(weights, means, cov_chol, zscore.forward(points))
     summary = summarize_scores(scores, logps, band)
+    if score_bias is not None:  # the posterior mean's local bias (kgmm_bayes.bayes.score.band_with_bias)
+        summary = band_with_bias(summary, score_bias.squared(zscore.forward(points)))
     std = np.asarray(zscore.std)
     shape = (len(y), len(x), 2)
     mean, lower, upper = (np.reshape(a / std, shape) for a in (summary.mean, summary.lower, summary.upper))
@@ -147,7 +151,8 @@ def _data_density(data, x, y, max_points=2000):
     return density, np.array(levels), names
 
 
-def plot_score_field(path, draws, zscore, data, band=0.9, grid_points=48, max_draws=200, names=None):
+def plot_score_field(path, draws, zscore, data, band=0.9, grid_points=48, max_draws=200, names=None,
+                     score_bias=None):
     """Score field of a 2-D model over its data, physical units: two panels.
 
     Left: posterior-mean score as streamlines coloured by its magnitude, over the data
@@ -156,7 +161,7 @@ def plot_score_field(path, draws, zscore, data, band=0.9, grid_points=48, max_dr
     components, with the same data-density contours as lines: bands widen away from data.
     Arguments as :func:`score_field`; ``ValueError`` unless the data and model are 2-D.
     """
-    field = score_field(draws, zscore, data, band, grid_points, max_draws)
+    field = score_field(draws, zscore, data, band, grid_points, max_draws, score_bias=score_bias)
     data = np.asarray(data, dtype=np.float64).reshape(-1, 2)
     density, levels, level_names = _data_density(data, field.x, field.y)
     extent = (field.x[0], field.x[-1], field.y[0], field.y[-1])

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..bayes.diagnostics import chain_weights
 from ..bayes.score import thin_draws
+from ..bayes.score_matching import field_from_stats
 from ..data.stream import SAMPLE_SNAPSHOTS, open_source, read_sample, split_segments
 from ..data.trajectory import as_series, load_trajectory, split_members, train_series_length, validate_snapshots
 from ..data.zscore import ZScore
@@ -28,7 +29,7 @@ from ..spec import spec_from_dict
 from .outputs import SPEC_FILE, StageReader
 from .stages import prepare_data, study_keys
 
-__all__ = ["load_result", "score_to_file", "PARTITION_FILE", "DATA_FILE"]
+__all__ = ["load_result", "score_to_file", "PARTITION_FILE", "SCORE_BIAS_FILE", "DATA_FILE"]
 
 
 class _Chains(NamedTuple):  # stored draws (chain, draw, ...), as thin_draws takes them
@@ -37,6 +38,7 @@ class _Chains(NamedTuple):  # stored draws (chain, draw, ...), as thin_draws tak
     cov_chol: np.ndarray
 
 PARTITION_FILE = "partition.npz"
+SCORE_BIAS_FILE = "score_bias.npz"  # the posterior mean's local error field (kgmm_bayes.bayes.score_matching)
 DATA_FILE = "data.npy"  # an array given to kgmm_bayes.fit, as given
 
 
@@ -179,6 +181,25 @@ def _read_partition(out_dir: str, d: int):
     return part
 
 
+def _read_score_bias(out_dir: str, d: int):
+    """The posterior mean's local error field, or ``None`` (a study without one, or written before it was kept)."""
+    path = os.path.join(out_dir, SCORE_BIAS_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            field = field_from_stats({key: np.asarray(f[key]) for key in f.files})
+        if field is None:
+            raise ValueError("no score_bias_coefficients")
+        j = len(field.centres)
+        if field.centres.shape != (j, d) or field.coefficients.shape[1:] != (j, d) or not field.width > 0:
+            raise ValueError(f"centres {field.centres.shape}, coefficients {field.coefficients.shape}, "
+                             f"width {field.width} for {d} coordinates")
+    except Exception as err:  # noqa: BLE001 - zip, npy, missing fields, shapes: all damage
+        raise _damaged(out_dir, SCORE_BIAS_FILE, err) from None
+    return field
+
+
 class StoredData:
     """A loaded study's training and reference snapshots ``(n, d)``, physical units, read from their
     source on first use: a system's from the folder's stage cache (simulated again from the seed
@@ -285,7 +306,7 @@ def load_result(out_dir) -> BayesianKGMM:
     return BayesianKGMM(spec=spec, zscore=zscore, inference_data=idata, partition=partition,
                         target_summary=None, interpolant=interpolant, rom_samples=rom_samples,
                         metrics=metrics, out_dir=out_dir, draws=draws,
-                        data=StoredData(out_dir, spec, seed, metrics))
+                        data=StoredData(out_dir, spec, seed, metrics), score_bias=_read_score_bias(out_dir, d))
 
 
 def score_to_file(study_dir, points_path, out_path, band: float = 0.9) -> int:

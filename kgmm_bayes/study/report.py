@@ -254,6 +254,12 @@ def write_report(path, spec, metrics: dict) -> None:
     lines += [f"- Note: {note}" for note in post.get("notes", [])]
     lines += _coarsening_lines(post.get("coarsening"), metrics["data"]["train_snapshots"],
                                spec.mixture.coarsening_bound)
+    if post.get("score_bias"):
+        bias = post["score_bias"]
+        lines.append(f"- Local bias: the score band is at least z times the posterior mean's local error as "
+                     f"{bias['bumps']} bumps per coordinate see it (cross-fitted over blocks; mean squared "
+                     f"{_fmt(bias['mean_squared_bias'])}, z-scored units); that widened it at "
+                     f"{100 * bias['widened_fraction']:.0f}% of the (cell, coordinate) pairs, weighted by the cells' counts.")
     if "score" in metrics:
         sc = metrics["score"]
         lines += [

@@ -22,6 +22,7 @@ from .._picks import evenly_spaced
 from .._version import __version__
 from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
 from ..bayes.score import band_around, posterior_mean_score
+from ..bayes.score_matching import field_stats
 from ..data.stream import StreamedData
 from ..partition import BLOCK
 from ..files import atomic_write_bytes, json_floats, npy_bytes, npz_bytes
@@ -41,7 +42,7 @@ from .dynamics import (DYNAMICS_DRAWS, dynamics_metrics, dynamics_outputs, fit_d
                        run_in_data_time, unresolved_coordinates)
 from .ensemble import ensemble_stage
 from .figures import plot_dynamics, plot_marginals, plot_score, plot_score_field
-from .load import DATA_FILE, PARTITION_FILE
+from .load import DATA_FILE, PARTITION_FILE, SCORE_BIAS_FILE
 from .outputs import OutputFolder, stage_key
 from .report import numerical_faults, write_report
 from .stages import (
@@ -239,7 +240,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     log(progress, f"done in {clock.timings['total']:.1f} s -> {final}")
     return BayesianKGMM(spec=spec, zscore=data.zscore, inference_data=fit.idata, partition=part,
                         target_summary=fit.summary, interpolant=interp, rom_samples=rom_phys,
-                        metrics=metrics, out_dir=final, draws=fit.draws, data=data)
+                        metrics=metrics, out_dir=final, draws=fit.draws, data=data, score_bias=fit.score_bias)
 
 
 class _Evaluation(NamedTuple):
@@ -379,6 +380,8 @@ def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation):
     save_interpolant(out.path("interpolant.npz"), interp)
     atomic_write_bytes(out.path(PARTITION_FILE), npz_bytes(part._asdict()))
     atomic_write_bytes(out.path("rom_samples.npy"), npy_bytes(rom_phys))
+    if fit.score_bias is not None:
+        atomic_write_bytes(out.path(SCORE_BIAS_FILE), npz_bytes(field_stats(fit.score_bias)))
     if evaluation.dynamics is not None:
         atomic_write_bytes(out.path("responses.npz"), npz_bytes(evaluation.dynamics))
         atomic_write_bytes(out.path("rom_paths.npy"), npy_bytes(evaluation.rom_paths))
@@ -391,7 +394,7 @@ def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation):
                None if true_at_points is None else true_at_points / std, spec.score.band, names=names)
     if part.points.shape[1] == 2:
         plot_score_field(out.path("figures", "score_field.png"), fit.draws, data.zscore, data.train, spec.score.band,
-                         names=names)
+                         names=names, score_bias=fit.score_bias)
     if len(rom_phys) >= 2:
         plot_marginals(out.path("figures", "marginals.png"), data.reference, rom_phys, evaluation.relative_entropy,
                        names=names)

@@ -44,6 +44,7 @@ from ..bayes.sampler import (
 )
 from ..bayes.score import (
     ScoreSummary,
+    band_with_bias,
     predictive_drift,
     score_draws,
     posterior_mean_fields,
@@ -51,7 +52,7 @@ from ..bayes.score import (
     summarize_scores,
     thin_draws,
 )
-from ..bayes.score_matching import fisher_gap, stein_gap
+from ..bayes.score_matching import STEIN_LADDER, field_from_stats, field_stats, fisher_gap, stein_gap
 from ..bayes.selection import select_components
 from ..data.systems import get_system, simulate
 from ..data.stream import StreamedData
@@ -89,7 +90,8 @@ __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare
 # NUTS key. 8: the interpolant's snapshots come from outside held-out blocks, batches from a float64
 # running sum). 9: the coarsening's bias also from the bumps' score-matching gap (coarsening_bound "stein").
 # 10: the bumps' gap over a ladder of bump counts, 16 blocks, 3 standard errors (2 for 100 bumps).
-STAGE_SCHEMA = 10
+# 11: the posterior keeps its mean's local error field (score_bias_* in sample_stats) for the score band.
+STAGE_SCHEMA = 11
 GAP_DRAWS = 64  # posterior draws whose mean score the score-matching gap is measured for
 
 
@@ -258,12 +260,21 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
 
     bump_bases = {}  # placed once on these cells, for the first and any second posterior
 
-    def gap_of(post):  # the score-matching gap of a posterior's mean score: bumps (stein_gap) or a network
+    def gap_of(post, ladder=STEIN_LADDER):  # the score-matching gap of a posterior's mean score: bumps or a network
         draws = thin_draws(post, GAP_DRAWS)
         if as_bias:
             return stein_gap(z, lambda x: posterior_mean_score(*draws, x), part.points, part.counts, seed=sk_seed,
-                             bases=bump_bases)
+                             ladder=ladder, bases=bump_bases)
         return fisher_gap(jax.random.fold_in(key, 2), z, lambda x: posterior_mean_fields(*draws, x))
+
+    def kept(post, gap, first):  # the posterior kept, with its mean's local error field ("stein": the score band's)
+        if mode != "stein" or gap is None or gap.field is None:
+            return post._replace(wall_time=time.perf_counter() - start)
+        field = gap.field
+        if post is not first:  # the field of the kept posterior's mean, on the same bumps
+            field = gap_of(post, (len(field.centres),)).field
+        return post._replace(sample_stats={**post.sample_stats, **field_stats(field)},
+                             wall_time=time.perf_counter() - start)
 
     def choice_from(post, gap, tempered):
         scores, logps = score_draws(*thin_draws(post, spec.score.max_draws), part.points)
@@ -275,17 +286,19 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         # sampled at once with the key it would get after a standard one; only a bias the bumps then find
         # (mode "stein") asks for a second, more coarsened posterior
         zeta = zeta_without_variance(terms)
-        post = run(key if zeta == 1.0 else jax.random.fold_in(key, 1), zeta)
-        choice = choice_from(post, gap_of(post), zeta)
+        first = post = run(key if zeta == 1.0 else jax.random.fold_in(key, 1), zeta)
+        gap = gap_of(first)
+        choice = choice_from(first, gap, zeta)
         if choice.zeta < zeta:
             post = run(jax.random.fold_in(key, 1 if zeta == 1.0 else 3), choice.zeta)
             if zeta < 1.0:  # v came from the first posterior, sampled at 1 / R, not from the one kept
                 choice = choice._replace(variance_from="first posterior x its zeta")
-        return post._replace(wall_time=time.perf_counter() - start), choice
+        return kept(post, gap, first), choice
     standard = run(key, 1.0)
-    choice = choice_from(standard, gap_of(standard), 1.0)
+    gap = gap_of(standard)
+    choice = choice_from(standard, gap, 1.0)
     post = standard if choice.zeta == 1.0 else run(jax.random.fold_in(key, 1), choice.zeta)
-    return post._replace(wall_time=time.perf_counter() - start), choice
+    return kept(post, gap, standard), choice
 
 
 def _posterior_from_arrays(cached):
@@ -353,6 +366,7 @@ class ScoreStage(NamedTuple):
     convergence: dict  # convergence_summary, with the coarsening and the MAP search
     draws: tuple  # (weights, means, cov_chol), at most [score] max_draws
     summary: ScoreSummary  # score band at the partition's points
+    score_bias: object = None  # the posterior mean's local error field (BiasField) widening the band, or None
 
 
 def likelihood_coreset(stats: dict, cells: int) -> dict:
@@ -400,7 +414,28 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         idata = with_chain_weights(idata, weights)
     draws = thin_draws(post, spec.score.max_draws, chain_weights=weights)
     scores, logps = score_draws(*draws, part.points)
-    return ScoreStage(idata, convergence, draws, summarize_scores(scores, logps, spec.score.band))
+    summary = score_band(post, scores, logps, part.points, spec.score.band)
+    field = field_from_stats(post.sample_stats)
+    if field is not None:  # how much of the band the local bias decides (metrics.json, report.md)
+        quantiles = summarize_scores(scores, logps, spec.score.band)
+        w = np.asarray(part.counts, np.float64) / np.sum(part.counts)
+        widened = (summary.upper - summary.lower) > (quantiles.upper - quantiles.lower)
+        convergence["score_bias"] = {"bumps": int(len(field.centres)),
+                                     "widened_fraction": float(np.sum(w[:, None] * widened) / widened.shape[1]),
+                                     "mean_squared_bias": float(np.sum(w * field.squared(part.points).sum(axis=1)))}
+    return ScoreStage(idata, convergence, draws, summary, field)
+
+
+def score_band(post, scores, logps, points, band: float, divisor=1.0) -> ScoreSummary:
+    """The score band at ``points`` (z-scored) of the draws' ``scores``: their ``band`` quantiles, each half-width
+    at least the local bias of the posterior mean (its bumps' error field, kept with the posterior by the
+    coarsening's ``"stein"`` rule; :func:`~kgmm_bayes.bayes.score.band_with_bias`).  ``divisor``: the z-score's
+    sd, for a band in physical units."""
+    summary = summarize_scores(np.asarray(scores) / divisor, logps, band)
+    field = field_from_stats(post.sample_stats)
+    if field is None:
+        return summary
+    return band_with_bias(summary, field.squared(points) / np.square(divisor))
 
 
 # ---------------------------------------------------------------- interpolant
