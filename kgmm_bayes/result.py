@@ -86,6 +86,11 @@ class BayesianKGMM(NamedTuple):
         (``metrics["interpolant"]["heldout_rms_error"]``, measured at training snapshots the
         network did not see), added in quadrature (:func:`kgmm_bayes.bayes.score.band_around`).
 
+        A study with the default coarsening keeps its posterior mean's local error field
+        (``score_bias``, :class:`~kgmm_bayes.bayes.score_matching.BiasField`): each half-width is then at
+        least ``z`` times that local bias (:func:`~kgmm_bayes.bayes.score.band_with_bias`), before the
+        interpolant's error is added for ``drift="interpolant"``.
+
         Evaluated ``chunk`` points at a time (default :func:`score_chunk`), each chunk
         summarised on its own (every summary is per point), so memory stays bounded
         for any ``n`` and the result equals a single evaluation of all points.

@@ -160,3 +160,43 @@ def test_the_coarsening_does_not_follow_the_nuts_key(monkeypatch):
         with pytest.raises(Stop):
             stages.sample_posterior(spec, jax.random.key(key), part, x)
     assert seeds == [stages.COARSENING_SEED] * 3
+
+
+def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_bumps(monkeypatch):
+    """When the bumps ask for more coarsening, the posterior kept is the second one: the band's local bias is that
+    posterior mean's error field, measured on the bumps placed for the first (sample_posterior's ``kept``)."""
+    import jax
+
+    from kgmm_bayes.bayes.coarsening import Coarsening
+    from kgmm_bayes.bayes.sampler import PosteriorSamples
+    from kgmm_bayes.bayes.score import posterior_mean_score, thin_draws
+    from kgmm_bayes.bayes.score_matching import field_from_stats, stein_gap
+    from kgmm_bayes.partition import fit_partition
+    from kgmm_bayes.spec import spec_from_dict
+    from kgmm_bayes.study import stages
+
+    x = np.random.default_rng(21).normal(size=(8000, 2))
+    part = fit_partition(jax.random.key(0), x, 400, 2)
+
+    def fake(shift):  # two chains of two draws of a 2-component mixture, means shifted by `shift`
+        means = np.broadcast_to(np.array([[-0.5 + shift, 0.0], [0.5 + shift, 0.0]]), (2, 2, 2, 2)).copy()
+        chol = np.broadcast_to(0.8 * np.eye(2), (2, 2, 2, 2, 2)).copy()
+        weights = np.full((2, 2, 2), 0.5)
+        return PosteriorSamples(weights, means, chol, {"weights": weights, "means": means, "cov_chol": chol}, {}, 0.0)
+
+    runs = [fake(0.3), fake(0.0)]
+    monkeypatch.setattr(stages, "run_nuts", lambda *args, **kwargs: runs.pop(0))
+    monkeypatch.setattr(stages, "error_terms", lambda *args, **kwargs: {"reference": 0, "score": (1.0, 0.0),
+                                                                         "log density": (1.0, 0.0)})
+    monkeypatch.setattr(stages, "choose_zeta", lambda *args, **kwargs: Coarsening(method="auto", zeta=0.5, alpha=8e3))
+    spec = spec_from_dict({"data": {"path": "unused.npy"}, "mixture": {"components": 2}})
+    post, choice = stages.sample_posterior(spec, jax.random.key(0), part, x)
+    assert runs == [] and choice.zeta == 0.5  # both posteriors were sampled; the second is kept
+    field = field_from_stats(post.sample_stats)
+    first = stein_gap(x, lambda z: posterior_mean_score(*thin_draws(fake(0.3), stages.GAP_DRAWS), z), part.points,
+                      part.counts, seed=stages.COARSENING_SEED)
+    second = stein_gap(x, lambda z: posterior_mean_score(*thin_draws(fake(0.0), stages.GAP_DRAWS), z), part.points,
+                       part.counts, seed=stages.COARSENING_SEED, ladder=(len(first.field.centres),))
+    np.testing.assert_array_equal(field.centres, first.field.centres)
+    np.testing.assert_allclose(field.coefficients, second.field.coefficients, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(field.coefficients, first.field.coefficients)

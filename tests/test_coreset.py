@@ -250,6 +250,22 @@ def test_rounds_with_a_progress_bar_reuse_the_program_report_every_iteration_and
     np.testing.assert_array_equal(by_rounds.weights, quiet.weights)
 
 
+def test_the_default_study_s_chains_come_from_the_compilation_cache_with_the_display_on():
+    """The default study's sampler is below TICKING_MIN_WORK even on all its cells, unmerged (rows x quadratic
+    features x components x chain iterations), so its chains hold no host callback; Lorenz-63's is above."""
+    from kgmm_bayes.bayes.sampler import TICKING_MIN_WORK
+    from kgmm_bayes.spec import load_spec
+
+    def work(name):
+        spec = load_spec(name)
+        d = {"reduced_1d": 1, "lorenz63": 3}[spec.data.system]
+        features = 1 + d + d * (d + 1) // 2
+        return spec.partition.cells * features * spec.mixture.components * spec.sampler.chains * (
+            spec.sampler.warmup + spec.sampler.draws)
+
+    assert work(None) < TICKING_MIN_WORK < work("lorenz63")
+
+
 def test_vectorized_chains_with_a_progress_bar_give_the_quiet_draws(monkeypatch):
     """Vectorised chains (the default on one GPU) carry one iteration count per chain: the progress report
     takes their common value; the draws are the quiet run's."""

@@ -168,6 +168,8 @@ DAMAGE = [
     ("score_bias.npz", _empty), ("score_bias.npz", _garbage), ("score_bias.npz", _truncate),
     ("score_bias.npz", _npz(drop=("score_bias_coefficients",))), ("score_bias.npz", _npz(drop=("score_bias_width",))),
     ("score_bias.npz", _npz(score_bias_centres=np.ones((3, 2)))), ("score_bias.npz", _npz(score_bias_width=-1.0)),
+    ("score_bias.npz", _npz(score_bias_coefficients=np.full((16, 15, 1), np.nan))),
+    ("score_bias.npz", _npz(score_bias_coefficients=np.ones((2, 15, 1)))),
     ("rom_samples.npy", _empty), ("rom_samples.npy", _garbage), ("rom_samples.npy", _truncate),
     ("rom_samples.npy", _npy(np.array([{"x": 1}, None], dtype=object))), ("rom_samples.npy", _npy(np.ones(5))),
     ("rom_samples.npy", _npy(np.ones((5, 2)))), ("rom_samples.npy", _npy(np.array([["a"]]))),
@@ -181,6 +183,13 @@ def test_damaged_study_file(study_copy, name, damage):
     with pytest.raises(InputError) as excinfo:
         load_result(study_copy)
     _one_line_error(excinfo, name, "is damaged or not a kgmm-bayes file", str(study_copy))
+
+
+def test_a_lost_score_bias_file_is_damage_when_the_metrics_report_one(study_copy):
+    os.unlink(study_copy / "score_bias.npz")  # the band would silently lose its local bias
+    with pytest.raises(InputError) as excinfo:
+        load_result(study_copy)
+    _one_line_error(excinfo, "score_bias.npz", "missing")
 
 
 def test_folder_holding_a_folder_instead_of_a_file(study_copy):

@@ -50,6 +50,25 @@ def test_identical_gaussian_draws_give_the_analytic_score_and_zero_band_width():
     np.testing.assert_array_equal(field.lower, field.upper)
 
 
+def test_a_local_bias_widens_zero_width_bands_to_z_times_the_bias_in_physical_units():
+    """Identical draws (no posterior spread) and a bias field whose blocks all agree, ``c(x) = g(x) (1, 1)``: its
+    cross-fit is ``g(x)^2``, so the band is ``2 z g(x)`` wide per coordinate, divided by the z-score's sd."""
+    from scipy.stats import norm
+
+    from kgmm_bayes.bayes.score_matching import BiasField
+
+    draws = gaussian_draws(30, np.zeros(2), np.eye(2))
+    data = ZS.inverse(np.random.default_rng(4).normal(size=(2000, 2)))
+    bias = BiasField(np.zeros((1, 2)), 1.0, np.ones((16, 1, 2)))
+    field = score_field(draws, ZS, data, band=0.9, grid_points=11, score_bias=bias)
+    gx, gy = np.meshgrid(field.x, field.y)
+    z = ZS.forward(np.stack([gx.ravel(), gy.ravel()], axis=-1))
+    g = np.exp(-np.sum(z ** 2, axis=-1) / 2).reshape(gx.shape)
+    expected = 2 * norm.ppf(0.95) * g[..., None] / ZS.std
+    np.testing.assert_allclose(field.upper - field.lower, expected, rtol=1e-10)
+    np.testing.assert_allclose(field.mean - field.lower, field.upper - field.mean, rtol=1e-10)
+
+
 def test_band_width_grows_away_from_the_data():
     rng = np.random.default_rng(1)
     data = ZS.inverse(rng.normal(size=(4000, 2)))  # the data sit around the draws' common centre

@@ -283,7 +283,7 @@ def test_a_band_with_bias_is_at_least_z_times_the_local_bias_and_otherwise_uncha
 def test_evenly_spaced_picks_are_distinct_ascending_and_span_the_range():
     from kgmm_bayes._picks import evenly_spaced
 
-    for n in (1, 2, 7, 100, 1001):
+    for n in (0, 1, 2, 7, 100, 1001):
         for count in (0, 1, 2, 3, n - 1, n, n + 5):
             picks = evenly_spaced(n, count)
             assert len(picks) == max(0, min(n, count))

@@ -83,6 +83,8 @@ class BiasField(NamedTuple):
         estimated on is the bumps' gap, up to the Gram matrix's ridge)."""
         x = np.asarray(x, np.float64)
         blocks = len(self.coefficients)
+        if blocks < 3:
+            raise ValueError(f"a bias field needs at least 3 blocks (a pair two apart), got {blocks}")
         pairs = blocks * (blocks - 1) // 2 - (blocks - 1)
         out = np.empty_like(x)
         centre_sq = np.sum(self.centres ** 2, axis=-1)
@@ -274,6 +276,7 @@ def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BL
     caller for these cells and ``seed``, keeps the placements (by bump count) for a later call."""
     z = np.asarray(z, np.float64)
     if len(z) > STEIN_MAX_SNAPSHOTS:
+        # (truncated, not rounded as kgmm_bayes._picks.evenly_spaced: kept so that studies' gaps stay as measured)
         z = z[np.linspace(0, len(z) - 1, STEIN_MAX_SNAPSHOTS).astype(np.int64)]
     step = len(z) // blocks
     sizes = sorted({min(n, len(points) // 4) for n in ladder if min(n, len(points) // 4) >= 2 and step >= n})

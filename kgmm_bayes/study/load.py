@@ -181,10 +181,14 @@ def _read_partition(out_dir: str, d: int):
     return part
 
 
-def _read_score_bias(out_dir: str, d: int):
-    """The posterior mean's local error field, or ``None`` (a study without one, or written before it was kept)."""
+def _read_score_bias(out_dir: str, d: int, metrics: dict):
+    """The posterior mean's local error field, or ``None`` (a study without one, or written before it was kept);
+    a study whose metrics say it had one and whose file is gone is damaged."""
     path = os.path.join(out_dir, SCORE_BIAS_FILE)
     if not os.path.exists(path):
+        if (metrics.get("posterior") or {}).get("score_bias"):
+            raise _damaged(out_dir, SCORE_BIAS_FILE, "missing, although metrics.json reports the score band's "
+                                                     "local bias")
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -192,9 +196,12 @@ def _read_score_bias(out_dir: str, d: int):
         if field is None:
             raise ValueError("no score_bias_coefficients")
         j = len(field.centres)
-        if field.centres.shape != (j, d) or field.coefficients.shape[1:] != (j, d) or not field.width > 0:
+        if (field.centres.shape != (j, d) or field.coefficients.ndim != 3 or field.coefficients.shape[1:] != (j, d)
+                or len(field.coefficients) < 3 or not field.width > 0 or not np.isfinite(field.width)):
             raise ValueError(f"centres {field.centres.shape}, coefficients {field.coefficients.shape}, "
                              f"width {field.width} for {d} coordinates")
+        if not (np.all(np.isfinite(field.centres)) and np.all(np.isfinite(field.coefficients))):
+            raise ValueError("non-finite centres or coefficients")
     except Exception as err:  # noqa: BLE001 - zip, npy, missing fields, shapes: all damage
         raise _damaged(out_dir, SCORE_BIAS_FILE, err) from None
     return field
@@ -306,7 +313,7 @@ def load_result(out_dir) -> BayesianKGMM:
     return BayesianKGMM(spec=spec, zscore=zscore, inference_data=idata, partition=partition,
                         target_summary=None, interpolant=interpolant, rom_samples=rom_samples,
                         metrics=metrics, out_dir=out_dir, draws=draws,
-                        data=StoredData(out_dir, spec, seed, metrics), score_bias=_read_score_bias(out_dir, d))
+                        data=StoredData(out_dir, spec, seed, metrics), score_bias=_read_score_bias(out_dir, d, metrics))
 
 
 def score_to_file(study_dir, points_path, out_path, band: float = 0.9) -> int:

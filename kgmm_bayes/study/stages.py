@@ -414,15 +414,18 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         idata = with_chain_weights(idata, weights)
     draws = thin_draws(post, spec.score.max_draws, chain_weights=weights)
     scores, logps = score_draws(*draws, part.points)
-    summary = score_band(post, scores, logps, part.points, spec.score.band)
+    quantiles = summarize_scores(scores, logps, spec.score.band)
     field = field_from_stats(post.sample_stats)
-    if field is not None:  # how much of the band the local bias decides (metrics.json, report.md)
-        quantiles = summarize_scores(scores, logps, spec.score.band)
-        w = np.asarray(part.counts, np.float64) / np.sum(part.counts)
-        widened = (summary.upper - summary.lower) > (quantiles.upper - quantiles.lower)
-        convergence["score_bias"] = {"bumps": int(len(field.centres)),
-                                     "widened_fraction": float(np.sum(w[:, None] * widened) / widened.shape[1]),
-                                     "mean_squared_bias": float(np.sum(w * field.squared(part.points).sum(axis=1)))}
+    if field is None:
+        return ScoreStage(idata, convergence, draws, quantiles)
+    squared_bias = field.squared(part.points)
+    summary = band_with_bias(quantiles, squared_bias)
+    # how much of the band the local bias decides (metrics.json, report.md)
+    w = np.asarray(part.counts, np.float64) / np.sum(part.counts)
+    widened = (summary.upper - summary.lower) > (quantiles.upper - quantiles.lower)
+    convergence["score_bias"] = {"bumps": int(len(field.centres)),
+                                 "widened_fraction": float(np.sum(w[:, None] * widened) / widened.shape[1]),
+                                 "mean_squared_bias": float(np.sum(w * squared_bias.sum(axis=1)))}
     return ScoreStage(idata, convergence, draws, summary, field)
 
 
