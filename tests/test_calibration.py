@@ -112,8 +112,10 @@ def test_calibrate_end_to_end_and_resume(tmp_path, capsys):
     assert [r["n"] for r in rows] == ["200", "400"] and all(r["seed"] == "2" for r in rows)
     assert list(rows[0]) == list(COLUMNS)
     for r in rows:
-        for col in ("score_coverage", "pdf_coverage"):
+        for col in ("score_coverage", "score_coverage_posterior_band", "pdf_coverage"):
             assert 0.0 <= float(r[col]) <= 1.0
+        # the band widened to the local bias holds the draws' quantile band: it covers at least as often
+        assert float(r["score_coverage"]) >= float(r["score_coverage_posterior_band"])
         assert float(r["score_band_width"]) > 0 and float(r["pdf_band_width"]) > 0
         assert int(r["cells"]) == min(100, int(r["n"]) // 2)
     assert (out / "figures" / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -42,7 +42,7 @@ import numpy as np
 
 from .._version import __version__
 from ..bayes.diagnostics import convergence_summary, independent_starts, to_inference_data
-from ..bayes.score import score_draws, thin_draws
+from ..bayes.score import score_draws, summarize_scores, thin_draws
 from ..data.systems import get_system, simulate
 from ..data.zscore import ZScore
 from ..errors import InputError
@@ -66,7 +66,8 @@ MARGINAL_GRID = 512  # grid points per coordinate for the true and the mixture m
 # the analytic score; at dt / 10 the analytic score is ahead by 0.28 +- 0.03 (Fisher divergence 0.37).
 REFINE = 10
 FIT_SECTIONS = ("data", "partition", "mixture", "sampler", "score")  # what a fit and its coverages depend on
-COLUMNS = ("system", "n", "seed", "cells", "components", "zeta", "alpha", "score_coverage", "pdf_coverage",
+COLUMNS = ("system", "n", "seed", "cells", "components", "zeta", "alpha", "score_coverage",
+           "score_coverage_posterior_band", "pdf_coverage",
            "score_error_over_sd", "score_band_width", "median_score_band_width", "pdf_band_width", "max_r_hat",
            "min_ess_bulk", "divergences", "posterior_s")
 
@@ -195,6 +196,8 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     summary = score_band(post, scores, np.asarray(logps), at, spec.score.band, divisor=zscore.std)  # physical
     true_score = np.asarray(system.score(evaluation), np.float64)
     inside = (true_score >= summary.lower) & (true_score <= summary.upper)
+    quantiles = summarize_scores(np.asarray(scores) / zscore.std, np.asarray(logps), spec.score.band)
+    inside_quantiles = (true_score >= quantiles.lower) & (true_score <= quantiles.upper)  # without the local bias
     err_sd = np.abs(true_score - summary.mean) / np.maximum(summary.std, 1e-300)
 
     pdfs = mixture_marginals(*draws, zscore, grid)  # (S, d, G)
@@ -205,6 +208,7 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     mass = truth_pdf * dx  # density weights of the grid points, per coordinate
     row = {"system": system.name, "n": int(n), "seed": int(seed), "cells": int(len(part.points)), "components": int(k),
            "score_coverage": float(inside.mean()),
+           "score_coverage_posterior_band": float(inside_quantiles.mean()),
            "pdf_coverage": float(np.sum(mass * pdf_inside) / np.sum(mass)),
            "score_error_over_sd": float(np.median(err_sd)),
            "score_band_width": float(np.mean(summary.upper - summary.lower)),
@@ -249,8 +253,11 @@ def _summary_rows(rows):
         for n in sorted({r["n"] for r in rows if r["system"] == name}):
             group = [r for r in rows if r["system"] == name and r["n"] == n]
             entry = {"system": name, "n": n, "seeds": len(group)}
-            for col in ("score_coverage", "pdf_coverage", "score_error_over_sd", "max_r_hat", "zeta",
-                        "median_score_band_width", "components"):
+            for col in ("score_coverage", "score_coverage_posterior_band", "pdf_coverage", "score_error_over_sd",
+                        "max_r_hat", "zeta", "median_score_band_width", "components"):
+                if any(r.get(col) is None for r in group):  # rows cached before the column existed
+                    entry[col] = None
+                    continue
                 vals = np.array([r[col] for r in group], dtype=np.float64)
                 entry[col] = {"mean": float(vals.mean()), "min": float(vals.min()), "max": float(vals.max()),
                               "se": seed_standard_error(vals)}
@@ -273,19 +280,23 @@ def _write_markdown(path, rows, band):
              "|error|/sd: median over pairs of |truth - posterior mean| / posterior sd (0.67 for a calibrated "
              "Gaussian posterior). zeta: the coarsening of the likelihood (1: the standard posterior), alpha = "
              "zeta N / (1 - zeta) the effective sample size the posterior levels off at (median over seeds). "
-             "Band width: median over pairs of the score band's width (physical units), mean over seeds.", "",
-             "| system | N | seeds | K | zeta | alpha | score coverage | PDF coverage | band width | abs(error)/sd "
-             "| max r_hat | divergences |",
-             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
+             "Band width: median over pairs of the score band's width (physical units), mean over seeds. "
+             "Posterior band alone: the score coverage of the draws' quantile band, before it is widened to the "
+             "posterior mean's local bias (kgmm_bayes.bayes.score.band_with_bias).", "",
+             "| system | N | seeds | K | zeta | alpha | score coverage | posterior band alone | PDF coverage "
+             "| band width | abs(error)/sd | max r_hat | divergences |",
+             "|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|"]
     for e in _summary_rows(rows):
         def cell(col):
             v = e[col]
+            if v is None:
+                return "-"
             se = "" if v["se"] is None else f" +- {v['se']:.3f}"
             return f"{v['mean']:.3f}{se} [{v['min']:.3f}, {v['max']:.3f}]"
         alpha = e["alpha_median"]
         lines.append(f"| {e['system']} | {e['n']} | {e['seeds']} | {e['components']['mean']:.0f} "
                      f"| {e['zeta']['mean']:.3g} | {'inf' if alpha is None else f'{alpha:.3g}'} "
-                     f"| {cell('score_coverage')} | {cell('pdf_coverage')} "
+                     f"| {cell('score_coverage')} | {cell('score_coverage_posterior_band')} | {cell('pdf_coverage')} "
                      f"| {e['median_score_band_width']['mean']:.3g} "
                      f"| {e['score_error_over_sd']['mean']:.2f} | {e['max_r_hat']['max']:.3f} | {e['divergences']} |")
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
@@ -350,7 +361,7 @@ def _calibration_rows(specs, sizes, seeds, first_seed, out, progress) -> Calibra
                     row = _fit_one(spec, system, n, seed, evaluation, grid, truth_pdf, progress)
                     out.save_stage("calibration", key, {"row": np.asarray(json.dumps(row))})
                 rows.append(row)
-    csv = ",".join(COLUMNS) + "\n" + "".join(",".join(str(r[c]) for c in COLUMNS) + "\n" for r in rows)
+    csv = ",".join(COLUMNS) + "\n" + "".join(",".join(str(r.get(c)) for c in COLUMNS) + "\n" for r in rows)
     atomic_write_bytes(out.path("calibration.csv"), csv.encode())
     atomic_write_bytes(out.path("calibration.json"),
                        json.dumps({"band": band, "rows": rows, "summary": _summary_rows(rows)}, indent=2).encode())

@@ -256,10 +256,14 @@ def write_report(path, spec, metrics: dict) -> None:
                                spec.mixture.coarsening_bound)
     if post.get("score_bias"):
         bias = post["score_bias"]
+        clipped = bias.get("mean_squared_bias_clipped")
         lines.append(f"- Local bias: the score band is at least z times the posterior mean's local error as "
-                     f"{bias['bumps']} bumps per coordinate see it (cross-fitted over blocks; mean squared "
-                     f"{_fmt(bias['mean_squared_bias'])}, z-scored units); that widened it at "
-                     f"{100 * bias['widened_fraction']:.0f}% of the (cell, coordinate) pairs, weighted by the cells' counts.")
+                     f"{bias['bumps']} bumps per coordinate see it (cross-fitted over blocks; its square averages "
+                     f"{_fmt(bias['mean_squared_bias'])} over the cells, z-scored units"
+                     + (f", and {_fmt(clipped)} with its negative values, noise, counted as 0 as the band counts "
+                        "them" if clipped is not None else "")
+                     + f"); that widened the band at {100 * bias['widened_fraction']:.0f}% of the (cell, coordinate) "
+                       "pairs, weighted by the cells' counts.")
     if "score" in metrics:
         sc = metrics["score"]
         lines += [

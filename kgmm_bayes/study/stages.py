@@ -418,14 +418,16 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
     field = field_from_stats(post.sample_stats)
     if field is None:
         return ScoreStage(idata, convergence, draws, quantiles)
-    squared_bias = field.squared(part.points)
-    summary = band_with_bias(quantiles, squared_bias)
-    # how much of the band the local bias decides (metrics.json, report.md)
+    cross = field.cross_products(part.points)
+    summary = band_with_bias(quantiles, np.maximum(cross, 0.0))  # as field.squared
+    # how much of the band the local bias decides (metrics.json, report.md): the local estimate's count-weighted
+    # mean (about the bumps' gap) and its mean with negative values (noise) counted as 0, as the band uses it
     w = np.asarray(part.counts, np.float64) / np.sum(part.counts)
     widened = (summary.upper - summary.lower) > (quantiles.upper - quantiles.lower)
     convergence["score_bias"] = {"bumps": int(len(field.centres)),
                                  "widened_fraction": float(np.sum(w[:, None] * widened) / widened.shape[1]),
-                                 "mean_squared_bias": float(np.sum(w * squared_bias.sum(axis=1)))}
+                                 "mean_squared_bias": float(np.sum(w * cross.sum(axis=1))),
+                                 "mean_squared_bias_clipped": float(np.sum(w * np.maximum(cross, 0.0).sum(axis=1)))}
     return ScoreStage(idata, convergence, draws, summary, field)
 
 
