@@ -1,6 +1,7 @@
 """Damaged and hostile inputs end in one-line InputErrors, never tracebacks: a damaged study
 folder (load_result), the score command's arguments (score_to_file), bounded-memory scoring,
 a CSV without newlines, hostile TOML specs and seeds out of jax.random.key's range."""
+import json
 import io
 import os
 import shutil
@@ -38,10 +39,28 @@ def tiny_study(tmp_path_factory):
     return out
 
 
+def with_score_bias(folder):
+    """A valid local error field (16 blocks, 15 bumps, 1-D) and the metrics that report it, as a study whose bumps'
+    gap was significant has them (the tiny study's need not be)."""
+    from kgmm_bayes.bayes.score_matching import BiasField, field_stats
+    from kgmm_bayes.files import npz_bytes
+
+    rng = np.random.default_rng(3)
+    field = BiasField(np.linspace(-2, 2, 15)[:, None], 0.4, rng.normal(size=(16, 15, 1)))
+    (folder / "score_bias.npz").write_bytes(npz_bytes(field_stats(field)))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["posterior"]["score_bias"] = {"bumps": 15, "widened_fraction": 0.5, "mean_squared_bias": 0.1,
+                                          "mean_squared_bias_clipped": 0.2}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return field
+
+
 @pytest.fixture
 def study_copy(tiny_study, tmp_path):
     copy = tmp_path / "study"
     shutil.copytree(tiny_study, copy)
+    if not (copy / "score_bias.npz").exists():
+        with_score_bias(copy)
     return copy
 
 
@@ -202,13 +221,15 @@ def test_folder_holding_a_folder_instead_of_a_file(study_copy):
 
 # --- bounded-memory scoring ---------------------------------------------------------------------
 
-def test_chunked_score_equals_one_evaluation(tiny_study):
-    result = load_result(tiny_study)
+def test_chunked_score_equals_one_evaluation(study_copy):
+    result = load_result(study_copy)
     x = np.random.default_rng(1).normal(size=(1037, 1)) * 2  # not a multiple of any chunk
     scores, logps = score_draws(*result.draws, result.zscore.forward(x), chunk=len(x))
     whole = summarize_scores(scores, logps, 0.8)
     assert result.score_bias is not None  # the band is at least the posterior mean's local bias wide
     whole = band_with_bias(whole, result.score_bias.squared(result.zscore.forward(x)))
+    assert np.any(whole.upper - whole.lower > summarize_scores(scores, logps, 0.8).upper
+                  - summarize_scores(scores, logps, 0.8).lower)  # the field widens the band somewhere
     for chunk in (7, 64, None):
         chunked = result.score(x, band=0.8, chunk=chunk)
         for field in ("mean", "std", "lower", "upper", "predictive"):

@@ -58,8 +58,8 @@ class FisherGap(NamedTuple):
     snapshots: int  # snapshots used
     basis: int = 0  # the bumps' gap: how many bumps (per coordinate) the chosen basis has
     threshold: float = 3.0  # ... and the standard errors it must exceed to be significant (SIGNIFICANT_SE, PRIMARY_SE)
-    # the bumps' gap: the error field per block of that basis where significant, else of the primary basis
-    # (PRIMARY_BASIS), for the score band's local bias (BiasField.squared)
+    # the bumps' gap: the error field per block of that basis where its gap is significant (else None), for the
+    # score band's local bias (BiasField.squared)
     field: "BiasField | None" = None
 
 
@@ -297,6 +297,6 @@ def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BL
                                field=BiasField(*bases[n_basis], theta)))
     significant = [g for g in tried if g.gap > g.threshold * g.se]
     chosen = max(significant or tried, key=lambda g: g.gap - SIGNIFICANT_SE * g.se)
-    if not significant:  # the local error field at the primary resolution (its cross-fit has no noise term either)
-        chosen = chosen._replace(field=next((g.field for g in tried if g.basis == primary), chosen.field))
+    if not significant:  # no bias the data show: no local field (pointwise, its noise would be all it holds)
+        chosen = chosen._replace(field=None)
     return chosen
