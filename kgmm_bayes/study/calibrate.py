@@ -51,7 +51,7 @@ from ..partition import fit_partition
 from ..spec import Spec
 from .checks import check_seed
 from .outputs import OutputFolder, stage_key
-from .stages import STAGE_SCHEMA, sample_posterior, score_band, stacked_weights
+from .stages import STAGE_SCHEMA, sample_posterior, stacked_weights, with_local_bias
 
 __all__ = ["calibrate", "check_calibration_specs", "true_marginals", "mixture_marginals", "CalibrationResult",
            "seed_standard_error",
@@ -193,10 +193,10 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
 
     at = zscore.forward(evaluation)
     scores, logps = score_draws(*draws, at)
-    summary = score_band(post, scores, np.asarray(logps), at, spec.score.band, divisor=zscore.std)  # physical
+    quantiles = summarize_scores(np.asarray(scores) / zscore.std, np.asarray(logps), spec.score.band)  # physical
+    summary = with_local_bias(post, quantiles, at, divisor=zscore.std)
     true_score = np.asarray(system.score(evaluation), np.float64)
     inside = (true_score >= summary.lower) & (true_score <= summary.upper)
-    quantiles = summarize_scores(np.asarray(scores) / zscore.std, np.asarray(logps), spec.score.band)
     inside_quantiles = (true_score >= quantiles.lower) & (true_score <= quantiles.upper)  # without the local bias
     err_sd = np.abs(true_score - summary.mean) / np.maximum(summary.std, 1e-300)
 

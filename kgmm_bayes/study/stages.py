@@ -431,12 +431,11 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
     return ScoreStage(idata, convergence, draws, summary, field)
 
 
-def score_band(post, scores, logps, points, band: float, divisor=1.0) -> ScoreSummary:
-    """The score band at ``points`` (z-scored) of the draws' ``scores``: their ``band`` quantiles, each half-width
-    at least the local bias of the posterior mean (its bumps' error field, kept with the posterior by the
-    coarsening's ``"stein"`` rule; :func:`~kgmm_bayes.bayes.score.band_with_bias`).  ``divisor``: the z-score's
-    sd, for a band in physical units."""
-    summary = summarize_scores(np.asarray(scores) / divisor, logps, band)
+def with_local_bias(post, summary: ScoreSummary, points, divisor=1.0) -> ScoreSummary:
+    """``summary`` (the draws' quantile band at ``points``, z-scored) with each half-width at least the local bias
+    of the posterior mean (its bumps' error field, kept with the posterior by the coarsening's ``"stein"`` rule
+    where significant; :func:`~kgmm_bayes.bayes.score.band_with_bias`).  ``divisor``: the z-score's sd, for a
+    ``summary`` in physical units."""
     field = field_from_stats(post.sample_stats)
     if field is None:
         return summary
