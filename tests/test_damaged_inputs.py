@@ -40,13 +40,13 @@ def tiny_study(tmp_path_factory):
 
 
 def with_score_bias(folder):
-    """A valid local error field (16 blocks, 15 bumps, 1-D) and the metrics that report it, as a study whose bumps'
+    """A valid local error field (16 blocks, 15 bumps, 8 draws' spread, 1-D) and the metrics that report it, as a study whose bumps'
     gap was significant has them (the tiny study's need not be)."""
     from kgmm_bayes.bayes.score_matching import BiasField, field_stats
     from kgmm_bayes.files import npz_bytes
 
     rng = np.random.default_rng(3)
-    field = BiasField(np.linspace(-2, 2, 15)[:, None], 0.4, rng.normal(size=(16, 15, 1)))
+    field = BiasField(np.linspace(-2, 2, 15)[:, None], 0.4, rng.normal(size=(16, 15, 1)), rng.normal(size=(8, 15, 1)))
     (folder / "score_bias.npz").write_bytes(npz_bytes(field_stats(field)))
     metrics = json.loads((folder / "metrics.json").read_text())
     metrics["posterior"]["score_bias"] = {"bumps": 15, "widened_fraction": 0.5, "mean_squared_bias": 0.1,
@@ -189,6 +189,8 @@ DAMAGE = [
     ("score_bias.npz", _npz(score_bias_centres=np.ones((3, 2)))), ("score_bias.npz", _npz(score_bias_width=-1.0)),
     ("score_bias.npz", _npz(score_bias_coefficients=np.full((16, 15, 1), np.nan))),
     ("score_bias.npz", _npz(score_bias_coefficients=np.ones((2, 15, 1)))),
+    ("score_bias.npz", _npz(score_bias_spread=np.ones((8, 14, 1)))),
+    ("score_bias.npz", _npz(score_bias_spread=np.full((8, 15, 1), np.inf))),
     ("rom_samples.npy", _empty), ("rom_samples.npy", _garbage), ("rom_samples.npy", _truncate),
     ("rom_samples.npy", _npy(np.array([{"x": 1}, None], dtype=object))), ("rom_samples.npy", _npy(np.ones(5))),
     ("rom_samples.npy", _npy(np.ones((5, 2)))), ("rom_samples.npy", _npy(np.array([["a"]]))),

@@ -200,8 +200,12 @@ def _read_score_bias(out_dir: str, d: int, metrics: dict):
                 or len(field.coefficients) < 3 or not field.width > 0 or not np.isfinite(field.width)):
             raise ValueError(f"centres {field.centres.shape}, coefficients {field.coefficients.shape}, "
                              f"width {field.width} for {d} coordinates")
-        if not (np.all(np.isfinite(field.centres)) and np.all(np.isfinite(field.coefficients))):
-            raise ValueError("non-finite centres or coefficients")
+        if field.spread is not None and (field.spread.ndim != 3 or field.spread.shape[1:] != (j, d)
+                                         or len(field.spread) < 2):
+            raise ValueError(f"spread {field.spread.shape} for {j} bumps and {d} coordinates")
+        if not (np.all(np.isfinite(field.centres)) and np.all(np.isfinite(field.coefficients))
+                and (field.spread is None or np.all(np.isfinite(field.spread)))):
+            raise ValueError("non-finite centres, coefficients or spread")
     except Exception as err:  # noqa: BLE001 - zip, npy, missing fields, shapes: all damage
         raise _damaged(out_dir, SCORE_BIAS_FILE, err) from None
     return field

@@ -91,7 +91,8 @@ __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare
 # running sum). 9: the coarsening's bias also from the bumps' score-matching gap (coarsening_bound "stein").
 # 10: the bumps' gap over a ladder of bump counts, 16 blocks, 3 standard errors (2 for 100 bumps).
 # 11: the posterior keeps its mean's local error field (score_bias_* in sample_stats) for the score band.
-STAGE_SCHEMA = 11
+# 12: the bumps' gap and field add back the posterior mean's own projected sampling variance.
+STAGE_SCHEMA = 12
 GAP_DRAWS = 64  # posterior draws whose mean score the score-matching gap is measured for
 
 
@@ -260,19 +261,20 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
 
     bump_bases = {}  # placed once on these cells, for the first and any second posterior
 
-    def gap_of(post, ladder=STEIN_LADDER):  # the score-matching gap of a posterior's mean score: bumps or a network
-        draws = thin_draws(post, GAP_DRAWS)
-        if as_bias:
+    def gap_of(post, zeta, ladder=STEIN_LADDER, keep_field=False):  # the score-matching gap of a posterior's mean
+        draws = thin_draws(post, GAP_DRAWS)  # score (sampled at zeta): bumps or a network
+        if as_bias:  # the draws' spread times R zeta: the mean's own sampling variance, which the bumps read low by
             return stein_gap(z, lambda x: posterior_mean_score(*draws, x), part.points, part.counts, seed=sk_seed,
-                             ladder=ladder, bases=bump_bases)
+                             ladder=ladder, bases=bump_bases, draw_scores=lambda x: score_draws(*draws, x)[0],
+                             spread_factor=terms["score"][0] * zeta, keep_field=keep_field)
         return fisher_gap(jax.random.fold_in(key, 2), z, lambda x: posterior_mean_fields(*draws, x))
 
-    def kept(post, gap, first):  # the posterior kept, with its mean's local error field ("stein": the score band's)
-        if mode != "stein" or gap is None or gap.field is None:
+    def kept(post, gap, first, zeta):  # the posterior kept (sampled at zeta), with its mean's local error field
+        if mode != "stein" or gap is None or gap.field is None:  # ("stein": the score band's)
             return post._replace(wall_time=time.perf_counter() - start)
         field = gap.field
         if post is not first:  # the field of the kept posterior's mean, on the same bumps
-            field = gap_of(post, (len(field.centres),)).field
+            field = gap_of(post, zeta, (len(field.centres),), keep_field=True).field
         return post._replace(sample_stats={**post.sample_stats, **field_stats(field)},
                              wall_time=time.perf_counter() - start)
 
@@ -287,18 +289,18 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         # (mode "stein") asks for a second, more coarsened posterior
         zeta = zeta_without_variance(terms)
         first = post = run(key if zeta == 1.0 else jax.random.fold_in(key, 1), zeta)
-        gap = gap_of(first)
+        gap = gap_of(first, zeta)
         choice = choice_from(first, gap, zeta)
         if choice.zeta < zeta:
             post = run(jax.random.fold_in(key, 1 if zeta == 1.0 else 3), choice.zeta)
             if zeta < 1.0:  # v came from the first posterior, sampled at 1 / R, not from the one kept
                 choice = choice._replace(variance_from="first posterior x its zeta")
-        return kept(post, gap, first), choice
+        return kept(post, gap, first, choice.zeta), choice
     standard = run(key, 1.0)
-    gap = gap_of(standard)
+    gap = gap_of(standard, 1.0)
     choice = choice_from(standard, gap, 1.0)
     post = standard if choice.zeta == 1.0 else run(jax.random.fold_in(key, 1), choice.zeta)
-    return kept(post, gap, standard), choice
+    return kept(post, gap, standard, choice.zeta), choice
 
 
 def _posterior_from_arrays(cached):
@@ -418,7 +420,7 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
     field = field_from_stats(post.sample_stats)
     if field is None:
         return ScoreStage(idata, convergence, draws, quantiles)
-    cross = field.cross_products(part.points)
+    cross = field.estimate(part.points)
     summary = band_with_bias(quantiles, np.maximum(cross, 0.0))  # as field.squared
     # how much of the band the local bias decides (metrics.json, report.md): the local estimate's count-weighted
     # mean (about the bumps' gap) and its mean with negative values (noise) counted as 0, as the band uses it
