@@ -156,24 +156,29 @@ def chain_weights(idata: az.InferenceData):
     return None
 
 
-def independent_starts(posterior: PosteriorSamples) -> bool:
-    """Whether every chain started at its own MAP search's optimum (``chain_starts = "distinct"``, or
-    ``"spread"`` with enough optima in its window): only then are the chains independent units for
-    the stacked result's reproducibility (:func:`~kgmm_bayes.bayes.stacking.stacked_mean_error`)."""
+def independent_starts(posterior: PosteriorSamples) -> np.ndarray | None:
+    """The MAP search whose optimum each chain started at ``(chains,)``, when the chains started at two or
+    more distinct optima (``chain_starts = "distinct"`` or ``"spread"``), else ``None``: the units of the
+    stacked result's reproducibility (:func:`~kgmm_bayes.bayes.stacking.stacked_mean_error`).  Optima come
+    from independent searches, so each is an independent unit; chains that share one (fewer distinct optima
+    than chains: several searches converged to the same point) are one unit together."""
     starts = posterior.sample_stats.get("start_optima")
-    return starts is not None and np.unique(starts).size == posterior.num_chains
+    if starts is None or np.unique(starts).size < 2:
+        return None
+    return np.asarray(starts)
 
 
-def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent: bool = False) -> dict:
+def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent=None) -> dict:
     """Worst label-invariant r_hat and ESS, the divergence count, and the chains' modes.
 
     With more than one chain, chains are grouped into modes and, when they settled in
     several, stacked (:mod:`kgmm_bayes.bayes.stacking`): ``chain_modes`` holds the modes,
     r_hat within each and the chains' weights.  r_hat over all chains then measures how far
-    apart the modes are.  When the chains started at distinct MAP optima (``independent``, see
-    :func:`independent_starts`) the fault of a stacked result is that it is not reproducible:
-    ``stacked_mean_error`` (the probe scores' Monte Carlo error with the chains as independent
-    units, against the width of the ``band``) predicts that another run's stacked mean would
+    apart the modes are.  When the chains started at distinct MAP optima (``independent``: the optimum
+    of each chain, see :func:`independent_starts`; chains sharing one form one unit) the fault of a
+    stacked result is that it is not reproducible: ``stacked_mean_error`` (the probe scores' Monte
+    Carlo error with the optima as independent units, against the width of the ``band``) predicts that
+    another run's stacked mean would
     differ by more than :data:`~kgmm_bayes.bayes.stacking.REPRODUCIBLE_BAND_FRACTION` of the
     band width, or there are fewer than :data:`MIN_EFFECTIVE_CHAINS` effective chains to judge it
     by.  r_hat within each mode is then reported, not a fault: chains that drift within a basin
@@ -238,18 +243,21 @@ def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent:
     if diverging[~counted].sum() > 0:
         notes.append(f"{int(diverging[~counted].sum())} divergent transitions in chains "
                      f"{np.flatnonzero(~counted & (diverging > 0)).tolist()}, {negligible}")
-    if stacked and independent:
-        # chains at distinct optima, combined by stacking: the combined result must be reproducible
-        error = stacked_mean_error(post["probe_score"].values, modes.weights, band)
+    if stacked and independent is not None and independent is not False:
+        # chains at distinct optima, combined by stacking: the combined result must be reproducible (True: every
+        # chain at its own optimum; labels: chains at one optimum are one unit)
+        error = stacked_mean_error(post["probe_score"].values, modes.weights, band,
+                                   units=None if independent is True else independent)
         out["stacked_mean_error"] = error
         predicted, units = error["expected_max_difference"], error["effective_chains"]
         if predicted is None:
             warn.append("the stacked posterior's reproducibility cannot be judged: non-finite probe scores")
         elif units < MIN_EFFECTIVE_CHAINS:
             warn.append(f"the stacked posterior's reproducibility cannot be judged: {units:.1f} effective chains "
-                        f"(at least {MIN_EFFECTIVE_CHAINS} needed); run more chains at distinct optima")
+                        f"(chains at one optimum count as one; at least {MIN_EFFECTIVE_CHAINS} needed); run more "
+                        "chains at distinct optima")
         elif predicted > REPRODUCIBLE_BAND_FRACTION:
-            warn.append(f"the stacked posterior is not reproducible: its Monte Carlo error (chains as independent "
+            warn.append(f"the stacked posterior is not reproducible: its Monte Carlo error (optima as independent "
                         f"units, {units:.1f} effective) predicts that another run's mean score at the probes differs "
                         f"by about {predicted:.2f} band widths at most (> {REPRODUCIBLE_BAND_FRACTION:g}); more chains "
                         "at distinct optima would narrow it")
@@ -288,7 +296,7 @@ def drifting_chains(posterior: PosteriorSamples, points, counts, stacks: bool = 
     probes = idata.posterior[PROBE_VARS]  # r_hat is scale-free: the z-scored probes serve
     modes = chain_modes(probes)
     if stacks and len(modes.modes) > 1:
-        if independent_starts(posterior):
+        if independent_starts(posterior) is not None:
             return []
         return sorted(c for mode, r_hat in zip(modes.modes, modes.mode_r_hat) if r_hat > MAX_R_HAT for c in mode)
     chains = list(range(posterior.num_chains))

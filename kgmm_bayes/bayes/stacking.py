@@ -193,12 +193,15 @@ def draw_picks(takes, draws: int):
     return tuple(np.asarray(v) for v in zip(*picks))
 
 
-def stacked_mean_error(chain_values, weights, band: float, seed: int = 0) -> dict:
+def stacked_mean_error(chain_values, weights, band: float, seed: int = 0, units=None) -> dict:
     """How far another run's stacked mean may lie from this one's, in band widths.
 
     ``chain_values`` ``(chains, draws, ...)``: a label-invariant quantity per draw (the score at the
-    probe points); ``weights`` ``(chains,)``: the stacking weights.  Returns the standard error of the
-    stacked mean with the chains as independent units (module docstring) over the width of the
+    probe points); ``weights`` ``(chains,)``: the stacking weights.  ``units`` ``(chains,)``: labels of
+    the independent units (the MAP optimum each chain started at: chains that share one are one unit,
+    their weighted mean its mean, their summed weight its weight); ``None``: every chain is one.
+    Returns the standard error of the
+    stacked mean with the units as independent (module docstring) over the width of the
     stacked ``band`` (its central credible interval), the worst over the quantity's entries
     (``max_se_over_width``), and ``expected_max_difference``: the mean over 4,000 simulations of
     the largest ``|difference|`` between two independent runs' means over the entries, in width
@@ -208,23 +211,28 @@ def stacked_mean_error(chain_values, weights, band: float, seed: int = 0) -> dic
     """
     x = np.asarray(chain_values, np.float64)
     chains, draws = x.shape[:2]
-    w = np.asarray(weights, np.float64)
-    w = w / w.sum()
+    w_chains = np.asarray(weights, np.float64)
+    w_chains = w_chains / w_chains.sum()
     chain_means = x.mean(axis=1).reshape(chains, -1)
+    labels = np.arange(chains) if units is None else np.asarray(units)
+    groups = [np.flatnonzero(labels == u) for u in np.unique(labels)]
+    w = np.array([w_chains[g].sum() for g in groups])
+    chain_means = np.stack([w_chains[g] @ chain_means[g] / max(w_chains[g].sum(), np.finfo(np.float64).tiny)
+                            for g in groups])
     mean = w @ chain_means
     # chain c's residual m_c - m has variance (1 - 2 w_c + sum w^2) s^2 when the chain means scatter
     # independently with variance s^2, so dividing by it makes sum_c w_c^2 r_c^2 unbiased for the variance
     # of the weighted mean, sum_c w_c^2 s^2 (equal weights: the factor C / (C - 1))
     scaled = w[:, None] * (chain_means - mean) / np.sqrt(np.maximum(1.0 - 2.0 * w + np.sum(w ** 2), 1e-12))[:, None]
     se = np.sqrt(np.sum(scaled ** 2, axis=0))
-    pooled = x[draw_picks(draw_allocation(w, chains * draws, draws), draws)].reshape(-1, mean.size)  # stacked
+    pooled = x[draw_picks(draw_allocation(w_chains, chains * draws, draws), draws)].reshape(-1, mean.size)  # stacked
     tail = 0.5 * (1.0 - band)
     lo, hi = np.quantile(pooled, [tail, 1.0 - tail], axis=0)
     width = np.maximum(hi - lo, np.finfo(np.float64).tiny)
     ratio = se / width
     # two runs' difference, normal with twice the estimate's covariance over the entries (a mode found or
     # missed moves every probe at once): sqrt(2) sum_c g_c (scaled residual of chain c), g_c iid N(0, 1)
-    g = np.random.default_rng(seed).standard_normal((4000, chains))
+    g = np.random.default_rng(seed).standard_normal((4000, len(groups)))
     diffs = np.sqrt(2.0) * g @ scaled / width
     # the standard error is the square root of an estimate from few units: E[sqrt(chi2_nu / nu)] < 1 biases
     # the prediction low; nu = (sum w^2)^2 / sum w^4 - 1 (Satterthwaite; C - 1 for equal weights)
@@ -232,5 +240,5 @@ def stacked_mean_error(chain_values, weights, band: float, seed: int = 0) -> dic
     shrink = math.exp(0.5 * math.log(2.0 / nu) + math.lgamma(0.5 * (nu + 1.0)) - math.lgamma(0.5 * nu))
     expected = float(np.mean(np.max(np.abs(diffs), axis=1))) / shrink
     out = {"max_se_over_width": ratio.max(), "median_se_over_width": np.median(ratio),
-           "expected_max_difference": expected, "effective_chains": 1.0 / np.sum(w ** 2)}
+           "expected_max_difference": expected, "effective_chains": 1.0 / np.sum(w ** 2), "units": len(groups)}
     return {k: json_floats(v) for k, v in out.items()}  # None where not finite (non-finite probe scores)

@@ -245,8 +245,9 @@ def write_report(path, spec, metrics: dict) -> None:
         lines.append(f"- chains settled in {len(modes['modes'])} modes: " + "; ".join(parts) + f"; {how}")
     error = post.get("stacked_mean_error")
     if error:
-        lines.append(f"- stacked mean's Monte Carlo error (chains as independent units, {error['effective_chains']:.1f} "
-                     f"effective): at most {_fmt(error['max_se_over_width'])} band widths at the probes; another run's "
+        units = f", {error['units']} distinct MAP optima" if error.get("units") is not None else ""
+        lines.append(f"- stacked mean's Monte Carlo error (optima as independent units{units}, "
+                     f"{error['effective_chains']:.1f} effective): at most {_fmt(error['max_se_over_width'])} band widths at the probes; another run's "
                      f"mean is expected to differ by up to {_fmt(error['expected_max_difference'])} band widths")
     lines += continuation_lines(post.get("continuations"))
     for warning in post["warnings"]:
