@@ -28,8 +28,9 @@ optima are not meant to agree, and which modes a run finds is itself random.  Th
 the one the result must pass, reproducibility: would another run (other NUTS keys, so other
 MAP searches, other chains) give the same stacked posterior mean?  :func:`stacked_mean_error`
 answers it from one run, treating the chains as independent units (which they are when each
-starts at its own MAP search's optimum, ``chain_starts = "distinct"``): the standard error of the
-weighted mean of the chains' means, ``sqrt(sum_c w_c^2 (m_c - m)^2 / (1 - 2 w_c + sum_j w_j^2))``
+starts at its own MAP search's optimum, ``chain_starts = "distinct"``; chains that start at one
+optimum, reached by several searches, are one unit with their summed weight): the standard error of
+the weighted mean of the units' means, ``sqrt(sum_c w_c^2 (m_c - m)^2 / (1 - 2 w_c + sum_j w_j^2))``
 (``C / (C - 1)`` for equal weights), holds both each chain's own Monte Carlo error (a drifting
 chain's mean is off) and the chance of which modes were found.  The weights are treated as
 fixed although they are fitted to the same chains, and with few chains the covariance over
