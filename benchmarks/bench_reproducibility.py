@@ -71,7 +71,8 @@ def run(spec, keys, save=None):
         start = time.perf_counter()
         post, coarsening = sample_posterior(spec, jax.random.key(key), part, z)
         wall = time.perf_counter() - start
-        idata = to_inference_data(post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances)
+        idata = to_inference_data(post, data.zscore, part.points, part.counts, point_covariances=part.cell_covariances,
+                                  likelihood_power=coarsening.zeta)
         conv = convergence_summary(idata, spec.score.band, independent_starts(post))
         stack_w = stacked_weights(conv)
         draws = thin_draws(post, spec.score.max_draws, chain_weights=stack_w)

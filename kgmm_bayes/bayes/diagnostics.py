@@ -37,7 +37,7 @@ from .score import score_draws
 from .stacking import REPRODUCIBLE_BAND_FRACTION, chain_modes, r_hat_of, stacked_mean_error
 
 __all__ = ["probe_points", "to_inference_data", "netcdf_bytes", "convergence_summary", "probe_summary",
-           "drifting_chains", "independent_starts", "MAX_R_HAT",
+           "drifting_chains", "independent_starts", "likelihood_power", "MAX_R_HAT",
            "with_chain_weights", "chain_weights",
            "zscore_from_idata", "posterior_from_idata", "pointwise_log_likelihood", "plot_diagnostics"]
 
@@ -103,8 +103,11 @@ def _probe_values(posterior: PosteriorSamples, probes) -> dict:
 
 
 def to_inference_data(posterior: PosteriorSamples, zscore: ZScore, points, counts,
-                      probes=None, point_covariances=None, log_likelihood: bool = True) -> az.InferenceData:
-    """arviz InferenceData of a mixture posterior (see module docstring)."""
+                      probes=None, point_covariances=None, log_likelihood: bool = True,
+                      likelihood_power: float = 1.0) -> az.InferenceData:
+    """arviz InferenceData of a mixture posterior (see module docstring).  ``likelihood_power``: the
+    coarsening's ``zeta`` the posterior was sampled at (``constant_data["likelihood_power"]``; the
+    chains' stacking reweights left-out snapshots by it)."""
     if probes is None:
         probes = probe_points(points, counts)
     data = dict(posterior.sites)
@@ -134,13 +137,21 @@ def to_inference_data(posterior: PosteriorSamples, zscore: ZScore, points, count
             posterior=data, sample_stats=sample_stats, **extra,
             constant_data={"zscore_mean": np.asarray(zscore.mean), "zscore_std": np.asarray(zscore.std),
                            "probe_points": np.asarray(probes), "points": np.asarray(points),
-                           "counts": np.asarray(counts)},
+                           "counts": np.asarray(counts), "likelihood_power": np.asarray(float(likelihood_power))},
             dims={**dims, "zscore_mean": ["dim"], "zscore_std": ["dim"], "cells": ["point"],
                   "probe_points": ["probe", "dim"], "points": ["point", "dim"], "counts": ["point"]},
             attrs={"coordinates": "z-scored: x_z = (x - zscore_mean) / zscore_std",
                    "library": "kgmm_bayes"},
         )
     return idata
+
+
+def likelihood_power(idata: az.InferenceData) -> float:
+    """The coarsening's ``zeta`` the posterior was sampled at (1 for a ``posterior.nc`` written before it
+    was kept)."""
+    if "constant_data" in idata.groups() and "likelihood_power" in idata.constant_data:
+        return float(np.ravel(idata.constant_data["likelihood_power"].values)[0])  # arviz may give it a dim
+    return 1.0
 
 
 def with_chain_weights(idata: az.InferenceData, weights) -> az.InferenceData:
@@ -215,7 +226,7 @@ def convergence_summary(idata: az.InferenceData, band: float = 0.9, independent=
     if chains > 1:
         has_ll = "log_likelihood" in idata.groups() and "cells" in idata.log_likelihood
         modes = chain_modes(post, idata.log_likelihood["cells"].values if has_ll else None,
-                            idata.constant_data["counts"].values if has_ll else None)
+                            idata.constant_data["counts"].values if has_ll else None, likelihood_power(idata))
         out["chain_modes"] = modes.to_json()
         out["max_mode_r_hat"] = json_floats(np.nanmax(modes.mode_r_hat) if np.any(np.isfinite(modes.mode_r_hat))
                                             else np.nan)

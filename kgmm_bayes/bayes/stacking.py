@@ -81,12 +81,16 @@ class ChainModes(NamedTuple):
                 "max_pareto_k": json_floats(self.max_pareto_k)}
 
 
-def chain_loo_densities(cell_log_lik, counts):
+def chain_loo_densities(cell_log_lik, counts, power: float = 1.0):
     """Each chain's PSIS-LOO log predictive density of one snapshot of each cell.
 
     ``cell_log_lik`` ``(chains, draws, M)``: the cells' log-likelihood terms ``c_m log p(x_m | theta)``
-    (``posterior.nc``'s ``log_likelihood``); ``counts`` ``(M,)``.  Returns ``(lpd (chains, M),
-    pareto_k (chains, M))``.
+    (``posterior.nc``'s ``log_likelihood``); ``counts`` ``(M,)``.  ``power``: the likelihood's power in
+    the posterior the draws come from (the coarsening's ``zeta``): one snapshot enters it as
+    ``p(x_m | theta)^zeta``, so leaving it out reweights the draws by ``p(x_m | theta)^-zeta`` (the full
+    ratio ``1 / p`` would remove ``1 / zeta`` snapshots' worth of evidence, and its heavier tail shows
+    as Pareto k near 1), while the predictive density stays ``p(x_m | theta)``.
+    Returns ``(lpd (chains, M), pareto_k (chains, M))``.
     """
     cell_log_lik = np.asarray(cell_log_lik, np.float64)
     counts = np.asarray(counts, np.float64)
@@ -97,7 +101,7 @@ def chain_loo_densities(cell_log_lik, counts):
     for chain in point:  # (draws, M)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            log_w, k = az.psislw(-chain.T)  # (M, draws), normalised
+            log_w, k = az.psislw(-power * chain.T)  # (M, draws), normalised
         terms = np.asarray(log_w) + chain.T
         top = terms.max(axis=1, keepdims=True)
         lpd.append(top[:, 0] + np.log(np.exp(terms - top).sum(axis=1)))
@@ -137,10 +141,11 @@ def r_hat_of(post, chains) -> float:
     return float(max(float(rhat[v].max()) for v in rhat.data_vars))
 
 
-def chain_modes(probes, cell_log_lik=None, counts=None) -> ChainModes:
+def chain_modes(probes, cell_log_lik=None, counts=None, power: float = 1.0) -> ChainModes:
     """Group chains into modes by their label-invariant ``probes`` (an xarray Dataset with ``chain``
     and ``draw`` dimensions) and, when there is more than one mode and the cells' log-likelihood
-    terms are given, stack the chains; otherwise the chains share equal weights."""
+    terms are given, stack the chains; otherwise the chains share equal weights.  ``power``: the
+    likelihood's power in the sampled posterior (:func:`chain_loo_densities`)."""
     chains = int(probes.sizes["chain"])
     parent = list(range(chains))
 
@@ -159,7 +164,7 @@ def chain_modes(probes, cell_log_lik=None, counts=None) -> ChainModes:
     modes = [tuple(g) for g in groups.values()]
     weights, stacked, max_k = np.full(chains, 1.0 / chains), False, float("nan")
     if len(modes) > 1 and cell_log_lik is not None:
-        lpd, khat = chain_loo_densities(cell_log_lik, counts)
+        lpd, khat = chain_loo_densities(cell_log_lik, counts, power)
         weights, stacked, max_k = stacking_weights(lpd, counts), True, float(np.max(khat))
     modes.sort(key=lambda m: (-float(weights[list(m)].sum()), m))
     return ChainModes(tuple(modes), tuple(r_hat_of(probes, m) for m in modes), weights, stacked, max_k)

@@ -187,7 +187,8 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     post, coarsening = sample_posterior(spec, mcmc_key, part, z)
     wall = post.wall_time
     conv = convergence_summary(to_inference_data(post, zscore, part.points, part.counts,
-                                                 point_covariances=part.cell_covariances), spec.score.band,
+                                                 point_covariances=part.cell_covariances,
+                                                 likelihood_power=coarsening.zeta), spec.score.band,
                                independent_starts(post))
     draws = thin_draws(post, spec.score.max_draws, chain_weights=stacked_weights(conv))
 

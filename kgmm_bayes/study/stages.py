@@ -396,7 +396,7 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
     # pointwise log-likelihood terms (for az.loo) when the likelihood's observations are the cells
     if idata is None:
         idata = to_inference_data(post, zscore, part.points, part.counts, point_covariances=part.cell_covariances,
-                                  log_likelihood=spec.partition.coreset)
+                                  log_likelihood=spec.partition.coreset, likelihood_power=coarsening.zeta)
     convergence = convergence_summary(idata, spec.score.band, independent_starts(post))
     convergence["coarsening"] = coarsening.to_json()
     if "map_potential_energies" in post.sample_stats:
