@@ -70,8 +70,9 @@ class BiasField(NamedTuple):
     """The score's error ``s_K - grad log p`` as the bumps see it, once per block of the snapshots:
     ``c_a(x) = sum_j g_j(x) theta_aj`` with ``theta_a = A^-1 b_a`` (:func:`stein_gap`).  The cross-fitted
     product of two non-adjacent blocks' fields has no noise term, so its mean over pairs estimates the
-    projected error's square at ``x`` (:meth:`cross_products`), less the fit's own variance there when the
-    score was fitted to these snapshots; ``spread`` puts that back (:meth:`fit_variance`)."""
+    projected error's square at ``x`` (:meth:`cross_products`) for a fixed score; for a score fitted to these
+    snapshots, its squared bias there less its own sampling variance, which ``spread`` puts back
+    (:meth:`fit_variance`)."""
 
     centres: np.ndarray  # (J, d) bump centres (z-scored units)
     width: float  # the bumps' common width
@@ -81,7 +82,7 @@ class BiasField(NamedTuple):
     spread: np.ndarray | None = None
 
     def squared(self, x) -> np.ndarray:
-        """``(n, d)``: :meth:`estimate` at least 0: the local squared error of the score (projected on the
+        """``(n, d)``: :meth:`estimate` at least 0: the local squared bias of the score (projected on the
         bumps) at the points ``x`` ``(n, d)``."""
         return np.maximum(self.estimate(x), 0.0)
 
