@@ -100,9 +100,11 @@ class BiasField(NamedTuple):
             return np.zeros_like(x)
         out = np.empty_like(x)
         centre_sq = np.sum(self.centres ** 2, axis=-1)
+        draws, n_basis, d = self.spread.shape
+        spread = self.spread.transpose(1, 0, 2).reshape(n_basis, draws * d)  # one matrix product per chunk
         for i in range(0, len(x), STEIN_CHUNK):
             g = _bumps(x[i:i + STEIN_CHUNK], self.centres, centre_sq, self.width)
-            out[i:i + STEIN_CHUNK] = np.mean(np.einsum("nj,sjk->snk", g, self.spread) ** 2, axis=0)
+            out[i:i + STEIN_CHUNK] = np.mean(((g @ spread) ** 2).reshape(len(g), draws, d), axis=1)
         return out
 
     def cross_products(self, x) -> np.ndarray:
@@ -289,13 +291,13 @@ def _fit_spread(x, deviations, centres, width: float, gram, factor: float):
     by ``sqrt(factor S / (S - 1))`` so that the mean over draws of its square form is ``factor`` times the
     draws' projected variance (see :func:`stein_gap`)."""
     draws, n_basis, d = len(deviations), len(centres), x.shape[1]
-    projected = np.zeros((draws, n_basis, d))
+    flat = deviations.transpose(1, 0, 2).reshape(len(x), draws * d)  # (n, S d): one matrix product per chunk
+    projected = np.zeros((n_basis, draws * d))
     centre_sq = np.sum(centres ** 2, axis=-1)
     for i in range(0, len(x), STEIN_CHUNK):
         g = _bumps(x[i:i + STEIN_CHUNK], centres, centre_sq, width)
-        projected += np.einsum("nj,snk->sjk", g, deviations[:, i:i + STEIN_CHUNK])
-    projected /= len(x)
-    solved = np.linalg.solve(gram, projected.transpose(1, 0, 2).reshape(n_basis, -1))
+        projected += g.T @ flat[i:i + STEIN_CHUNK]
+    solved = np.linalg.solve(gram, projected / len(x))
     return np.sqrt(factor * draws / (draws - 1)) * solved.reshape(n_basis, draws, d).transpose(1, 0, 2)
 
 
