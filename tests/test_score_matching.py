@@ -409,6 +409,8 @@ def test_the_report_says_why_the_bumps_gap_was_or_was_not_used():
 
     assert "significant, but below the richer mixture's squared bias" in said(base)  # 4 se < 0.05
     assert "200 bumps per coordinate, the richest basis" in said(base)
+    assert "own projected variance 0.004 added back" in said(base._replace(score_matching_correction=0.004))
+    assert "added back" not in said(base)  # a gap measured before the correction (or without draws)
     assert "used as the score's squared bias" in said(base._replace(bound_used=True))
     weak = said(base._replace(score_matching_se=0.01))  # 2 se of a 3-se basis
     assert "not significant (below 3 standard errors)" in weak and "richest" not in weak

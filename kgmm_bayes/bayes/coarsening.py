@@ -91,6 +91,8 @@ class Coarsening(NamedTuple):
     score_matching_reference: str = ""
     score_matching_basis: int = 0  # the bumps' gap: bumps per coordinate of the basis the ladder chose
     score_matching_threshold: float = math.nan  # ... and the standard errors it had to exceed to be significant
+    # ... and the posterior mean's own projected sampling variance added back to it (included in the gap)
+    score_matching_correction: float = math.nan
     # "standard posterior": v from the standard posterior's draws; "kept posterior x zeta": zeta needed no v
     # (no bias, no floor), so only the kept posterior was sampled and v is zeta times its variance; "first
     # posterior x its zeta": that posterior (at 1 / R) gave v, then the bumps' bias asked for a smaller zeta
@@ -280,4 +282,5 @@ def with_gap(choice: Coarsening, score_gap, used: bool = False, reference: str =
     return choice._replace(score_matching_gap=score_gap.gap, score_matching_se=score_gap.se,
                            score_matching_bound=score_gap.bound, bound_used=bool(used),
                            score_matching_reference=reference, score_matching_basis=int(score_gap.basis),
-                           score_matching_threshold=float(score_gap.threshold))
+                           score_matching_threshold=float(score_gap.threshold),
+                           score_matching_correction=float(getattr(score_gap, "correction", math.nan)))

@@ -93,8 +93,11 @@ def _coarsening_lines(c, n, bound_mode: str = "stein") -> list:
     elif c.get("score_matching_gap") is not None:
         significant = c["score_matching_gap"] > _threshold(c) * c["score_matching_se"]
         basis = c.get("score_matching_basis")
-        line += ("The posterior-mean score's squared error projected on Gaussian bumps (the score-matching gap of "
+        correction = c.get("score_matching_correction")
+        line += ("The posterior-mean score's squared bias projected on Gaussian bumps (the score-matching gap of "
                  "their best correction, cross-fitted over blocks of snapshots"
+                 + (f", with the posterior mean's own projected variance {_fmt(correction)} added back"
+                    if correction else "")
                  + (f"; {basis} bumps per coordinate" if basis else "")
                  + (", the richest basis the data resolve" if basis and significant else "")
                  + f") is {_fmt(c['score_matching_gap'])} +- {_fmt(c['score_matching_se'])}")
