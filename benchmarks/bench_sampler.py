@@ -95,10 +95,10 @@ def run_straightforward(key, z, k, chains, warmup, draws):
     return PosteriorSamples(samples["weights"], samples["means"], samples["cov_chol"], samples, stats, wall)
 
 
-def summarise(label, post, zs, probes, points, counts):
+def summarise(label, post, zs, probes, points, counts, zeta=1.0):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        conv = convergence_summary(to_inference_data(post, zs, points, counts, probes=probes))
+        conv = convergence_summary(to_inference_data(post, zs, points, counts, probes=probes, likelihood_power=zeta))
     steps = post.sample_stats["num_steps"]
     ess = conv["min_ess_bulk"]
     draws = post.weights.shape[0] * post.weights.shape[1]
@@ -166,7 +166,7 @@ def metric_studies(args):
                 likelihood_cells=len(part.points) if likelihood == "cells" else likelihood)
             post = run_nuts(jax.random.key(args.seed), part.points, part.counts * zeta, prior, initial_values(part),
                             config, point_covariances=part.cell_covariances)
-            r = summarise(metric, post, zs, probes, part.points, part.counts)
+            r = summarise(metric, post, zs, probes, part.points, part.counts, zeta)
             base = base or r
             stats = post.sample_stats
             cells = (f"{int(stats['likelihood_cells'])} ({np.std(stats['likelihood_gap']):.3f})"

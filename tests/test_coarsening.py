@@ -186,12 +186,20 @@ def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_
 
     runs = [fake(0.3), fake(0.0)]
     monkeypatch.setattr(stages, "run_nuts", lambda *args, **kwargs: runs.pop(0))
-    monkeypatch.setattr(stages, "error_terms", lambda *args, **kwargs: {"reference": 0, "score": (1.0, 0.0),
-                                                                         "log density": (1.0, 0.0)})
-    monkeypatch.setattr(stages, "choose_zeta", lambda *args, **kwargs: Coarsening(method="auto", zeta=0.5, alpha=8e3))
+    # autocorrelation inflation R = 2: the first posterior is sampled at zeta = 1 / R = 0.5, the second at 0.25
+    monkeypatch.setattr(stages, "error_terms", lambda *args, **kwargs: {"reference": 0, "score": (2.0, 0.0),
+                                                                         "log density": (2.0, 0.0)})
+    monkeypatch.setattr(stages, "choose_zeta", lambda *args, **kwargs: Coarsening(method="auto", zeta=0.25, alpha=8e3))
+    factors = []  # the draws' spread times R zeta is the posterior mean's sampling variance: R / R, then R x 0.25
+
+    def recorded(*args, **kwargs):
+        factors.append(kwargs["spread_factor"])
+        return stein_gap(*args, **kwargs)
+    monkeypatch.setattr(stages, "stein_gap", recorded)
     spec = spec_from_dict({"data": {"path": "unused.npy"}, "mixture": {"components": 2}})
     post, choice = stages.sample_posterior(spec, jax.random.key(0), part, x)
-    assert runs == [] and choice.zeta == 0.5  # both posteriors were sampled; the second is kept
+    assert runs == [] and choice.zeta == 0.25  # both posteriors were sampled; the second is kept
+    assert factors == [1.0, 0.5]
     field = field_from_stats(post.sample_stats)
     first = stein_gap(x, lambda z: posterior_mean_score(*thin_draws(fake(0.3), stages.GAP_DRAWS), z), part.points,
                       part.counts, seed=stages.COARSENING_SEED)

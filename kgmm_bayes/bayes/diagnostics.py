@@ -14,7 +14,9 @@ acceptance, energy, log posterior), ``observed_data`` (the weighted points the
 likelihood saw: cells of the coreset, or snapshots) and ``log_likelihood``
 (``cells``: each weighted point's log-likelihood term ``c_m log p(x_m | theta)``
 per draw, the cell-moment form for a coreset, so that the terms sum to the
-model's log-likelihood; float32), which PSIS-LOO (``az.loo``) reads.
+model's log-likelihood; float32), which PSIS-LOO (``az.loo``) reads.  A coarsened posterior (likelihood
+to the power ``zeta``) keeps that power in ``constant_data["likelihood_power"]``: its leave-one-out ratios
+are ``p^-zeta`` (``kgmm_bayes.bayes.stacking.chain_loo_densities``), while ``az.loo`` would use ``1 / p``.
 """
 from __future__ import annotations
 
@@ -296,7 +298,7 @@ def drifting_chains(posterior: PosteriorSamples, points, counts, stacks: bool = 
     chains in one mode (:func:`~kgmm_bayes.bayes.stacking.chain_modes`, by the label-invariant
     probes), or in several that will not be stacked (``stacks`` false: no per-cell log-likelihood),
     all of them when r_hat over them exceeds it; stacked chains from one start, those of each mode
-    whose r_hat within it does; stacked chains at distinct optima, none (their result is judged by
+    whose r_hat within it does; stacked chains at two or more distinct optima, none (their result is judged by
     its reproducibility, which more chains improve, not longer ones).  ``run_nuts``'s ``drifting``
     check: these chains are run on."""
     if posterior.num_chains < 2:

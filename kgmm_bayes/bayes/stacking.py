@@ -221,6 +221,8 @@ def stacked_mean_error(chain_values, weights, band: float, seed: int = 0, units=
     w_chains = w_chains / w_chains.sum()
     chain_means = x.mean(axis=1).reshape(chains, -1)
     labels = np.arange(chains) if units is None else np.asarray(units)
+    if labels.shape != (chains,):
+        raise ValueError(f"units must label each of the {chains} chains, got shape {labels.shape}")
     groups = [np.flatnonzero(labels == u) for u in np.unique(labels)]
     w = np.array([w_chains[g].sum() for g in groups])
     chain_means = np.stack([w_chains[g] @ chain_means[g] / max(w_chains[g].sum(), np.finfo(np.float64).tiny)
