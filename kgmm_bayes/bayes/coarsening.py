@@ -283,4 +283,4 @@ def with_gap(choice: Coarsening, score_gap, used: bool = False, reference: str =
                            score_matching_bound=score_gap.bound, bound_used=bool(used),
                            score_matching_reference=reference, score_matching_basis=int(score_gap.basis),
                            score_matching_threshold=float(score_gap.threshold),
-                           score_matching_correction=float(getattr(score_gap, "correction", math.nan)))
+                           score_matching_correction=float(score_gap.correction))

@@ -34,6 +34,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from .._picks import evenly_spaced
+
 __all__ = ["FisherGap", "BiasField", "field_stats", "field_from_stats", "train_reference", "hyvarinen_terms", "fisher_gap", "stein_gap", "REFERENCE_STEPS"]
 
 REFERENCE_WIDTH = 64  # hidden units of each of the network's layers
@@ -285,13 +287,13 @@ def _cross_fitted(z, s, centres, width: float, blocks: int):
         solved.transpose(1, 0, 2), gram
 
 
-def _fit_spread(x, deviations, centres, width: float, gram, factor: float):
+def _fit_spread(x, flat, draws: int, centres, width: float, gram, factor: float):
     """``(S, J, d)``: ``A^-1`` times each draw's deviation from the posterior mean projected on the bumps,
-    ``E_x[g(x) (s_k - s_mean)(x)]`` over the snapshots ``x`` ``(n, d)`` (``deviations`` ``(S, n, d)``), scaled
-    by ``sqrt(factor S / (S - 1))`` so that the mean over draws of its square form is ``factor`` times the
-    draws' projected variance (see :func:`stein_gap`)."""
-    draws, n_basis, d = len(deviations), len(centres), x.shape[1]
-    flat = deviations.transpose(1, 0, 2).reshape(len(x), draws * d)  # (n, S d): one matrix product per chunk
+    ``E_x[g(x) (s_k - s_mean)(x)]`` over the snapshots ``x`` ``(n, d)`` (``flat`` ``(n, S d)``: the ``draws``
+    deviations side by side, so each chunk is one matrix product), scaled by ``sqrt(factor S / (S - 1))`` so
+    that the mean over draws of its square form is ``factor`` times the draws' projected variance (see
+    :func:`stein_gap`)."""
+    n_basis, d = len(centres), x.shape[1]
     projected = np.zeros((n_basis, draws * d))
     centre_sq = np.sum(centres ** 2, axis=-1)
     for i in range(0, len(x), STEIN_CHUNK):
@@ -349,18 +351,19 @@ def stein_gap(z, score_fn, points, counts, seed: int = 0, blocks: int = STEIN_BL
     points, counts = np.asarray(points, np.float64), np.asarray(counts, np.float64)
     primary, tried = min(PRIMARY_BASIS, len(points) // 4), []
     bases = {} if bases is None else bases
-    deviations = sample = None
-    if draw_scores is not None:  # the draws' deviations from their mean, on evenly spaced snapshots
-        sample = z[np.linspace(0, len(z) - 1, min(len(z), STEIN_SPREAD_SNAPSHOTS)).round().astype(np.int64)]
+    flat = sample = None
+    if draw_scores is not None:  # the draws' deviations from their mean, on evenly spaced snapshots, as (n, S d)
+        sample = z[evenly_spaced(len(z), STEIN_SPREAD_SNAPSHOTS)]
         deviations = np.asarray(draw_scores(sample), np.float64)
-        deviations = deviations - deviations.mean(axis=0)
+        draws = len(deviations)
+        flat = (deviations - deviations.mean(axis=0)).transpose(1, 0, 2).reshape(len(sample), -1)
     for n_basis in sizes:
         if n_basis not in bases:
             bases[n_basis] = _bump_basis(points, counts, n_basis, seed)
         gap, se, theta, gram = _cross_fitted(z, s, *bases[n_basis], blocks)
         spread, correction = None, 0.0
-        if deviations is not None and len(deviations) > 1:
-            spread = _fit_spread(sample, deviations, *bases[n_basis], gram, spread_factor)
+        if flat is not None and draws > 1:
+            spread = _fit_spread(sample, flat, draws, *bases[n_basis], gram, spread_factor)
             correction = float(np.mean(np.einsum("sjk,ji,sik->s", spread, gram, spread)))
         gap += correction
         tried.append(FisherGap(gap=gap, se=se, bound=max(gap - LOWER_SE * se, 0.0), reference_loss=math.nan,

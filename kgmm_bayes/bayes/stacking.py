@@ -224,14 +224,14 @@ def stacked_mean_error(chain_values, weights, band: float, seed: int = 0, units=
     if labels.shape != (chains,):
         raise ValueError(f"units must label each of the {chains} chains, got shape {labels.shape}")
     groups = [np.flatnonzero(labels == u) for u in np.unique(labels)]
-    w = np.array([w_chains[g].sum() for g in groups])
-    chain_means = np.stack([w_chains[g] @ chain_means[g] / max(w_chains[g].sum(), np.finfo(np.float64).tiny)
-                            for g in groups])
-    mean = w @ chain_means
-    # chain c's residual m_c - m has variance (1 - 2 w_c + sum w^2) s^2 when the chain means scatter
+    w = np.array([w_chains[g].sum() for g in groups])  # the units' weights and weighted means
+    unit_means = np.stack([w_chains[g] @ chain_means[g] / max(w_chains[g].sum(), np.finfo(np.float64).tiny)
+                           for g in groups])
+    mean = w @ unit_means
+    # unit c's residual m_c - m has variance (1 - 2 w_c + sum w^2) s^2 when the unit means scatter
     # independently with variance s^2, so dividing by it makes sum_c w_c^2 r_c^2 unbiased for the variance
     # of the weighted mean, sum_c w_c^2 s^2 (equal weights: the factor C / (C - 1))
-    scaled = w[:, None] * (chain_means - mean) / np.sqrt(np.maximum(1.0 - 2.0 * w + np.sum(w ** 2), 1e-12))[:, None]
+    scaled = w[:, None] * (unit_means - mean) / np.sqrt(np.maximum(1.0 - 2.0 * w + np.sum(w ** 2), 1e-12))[:, None]
     se = np.sqrt(np.sum(scaled ** 2, axis=0))
     pooled = x[draw_picks(draw_allocation(w_chains, chains * draws, draws), draws)].reshape(-1, mean.size)  # stacked
     tail = 0.5 * (1.0 - band)
@@ -239,7 +239,7 @@ def stacked_mean_error(chain_values, weights, band: float, seed: int = 0, units=
     width = np.maximum(hi - lo, np.finfo(np.float64).tiny)
     ratio = se / width
     # two runs' difference, normal with twice the estimate's covariance over the entries (a mode found or
-    # missed moves every probe at once): sqrt(2) sum_c g_c (scaled residual of chain c), g_c iid N(0, 1)
+    # missed moves every probe at once): sqrt(2) sum_c g_c (scaled residual of unit c), g_c iid N(0, 1)
     g = np.random.default_rng(seed).standard_normal((4000, len(groups)))
     diffs = np.sqrt(2.0) * g @ scaled / width
     # the standard error is the square root of an estimate from few units: E[sqrt(chi2_nu / nu)] < 1 biases
