@@ -21,15 +21,18 @@ per second, and the ratio of ESS/s to the straightforward model's.
 
 ``--metric-studies``: the NUTS metric and likelihood instead, on shipped studies (or spec files).  For
 each study: its data, partition, priors and sampler settings, and the ``zeta`` its coarsening would
-sample at (the error terms; 1 where it would first sample the standard posterior); then the same run
-(same key) four ways, all on the partition's cells but the last: the oldest default (a diagonal metric
-adapted from the Laplace variances at the best of the Adam MAP searches), the same with each MAP search
-polished by L-BFGS (the default before the merged likelihood), ``[sampler] metric = "dense"`` (from the
-Laplace covariance at the polished MAP; whitened coordinates beyond 100 parameters), and the default:
-polished MAP, diagonal metric, NUTS on the merged cells ``kgmm_bayes.bayes.coreset`` chooses (their number
-and the sd of the log-likelihood gap over the draws are printed).  Reported per row: wall (MAP search,
-compilation and every chain), leapfrog steps of the sampling phase, steps per iteration, min
-label-invariant ESS, ESS/s, and ESS/s over the first row's.
+sample at first (the error terms; 1 where it would first sample the standard posterior; ``--zeta`` sets
+it, e.g. to the zeta a study's metrics.json reports); then the same run (same key) several ways
+(``--variants``): 0, the oldest default (a diagonal metric adapted from the Laplace variances at the
+best of the Adam MAP searches, the partition's cells); 1, the same with each MAP search polished by
+L-BFGS; 2, the dense metric on the cells; 3, the diagonal metric on the merged cells
+``kgmm_bayes.bayes.coreset`` chooses (the default before the dense metric); 4, the dense metric on the
+merged cells (from the Laplace covariance at the polished MAP, adapted by numpyro; Laplace-whitened
+coordinates with a diagonal adapted there beyond 100 parameters), ``metric = "auto"``'s choice up to
+50 parameters; 5, the Laplace covariance kept fixed.  The metric NUTS ran in is printed in brackets
+(``resolved_metric``).  Reported per row: wall (MAP search, compilation and every chain), leapfrog
+steps of the sampling phase, steps per iteration, min label-invariant ESS, ESS/s, and ESS/s over the
+first row's.  The first row of a process also pays the process's one-time compilations.
 
     python benchmarks/bench_sampler.py --metric-studies reduced_1d lorenz63
 """
@@ -128,7 +131,10 @@ VARIANTS = (  # (label, [sampler] metric, L-BFGS iterations after the MAP search
     ("diagonal, Adam MAP, cells (oldest default)", "diagonal", 0, "cells"),
     ("diagonal, polished MAP, cells (default before the merge)", "diagonal", SamplerConfig().map_polish, "cells"),
     ("dense, polished MAP, cells", "dense", SamplerConfig().map_polish, "cells"),
-    ("diagonal, polished MAP, merged cells (default)", "diagonal", SamplerConfig().map_polish, "auto"),
+    ("diagonal, polished MAP, merged cells (default before the dense metric)", "diagonal", SamplerConfig().map_polish,
+     "auto"),
+    ("dense, polished MAP, merged cells (default up to 50 parameters)", "dense", SamplerConfig().map_polish, "auto"),
+    ("Laplace covariance fixed, polished MAP, merged cells", "laplace", SamplerConfig().map_polish, "auto"),
 )
 METRIC_COLUMNS = ("study", "N", "K", "D", "zeta", "metric", "chains x (warmup+draws)", "likelihood cells (gap sd)",
                   "wall_s", "grads", "steps/iter", "divergences", "min_ess", "r_hat", "r_hat within modes", "ess/s",
@@ -151,7 +157,9 @@ def metric_studies(args):
         _, z, part = study_partition(spec)
         m, k = spec.mixture, spec.mixture.components
         zeta = 1.0
-        if m.coarsening == "auto":
+        if args.zeta is not None:
+            zeta = args.zeta
+        elif m.coarsening == "auto":
             terms = error_terms(z, k, part.points, part.counts, seed=coarsening_seed())
             zeta = 1.0 if needs_variance(terms, m.coarsening_bound == "score_matching") else zeta_without_variance(terms)
         elif m.coarsening != "off":
@@ -171,7 +179,7 @@ def metric_studies(args):
             stats = post.sample_stats
             cells = (f"{int(stats['likelihood_cells'])} ({np.std(stats['likelihood_gap']):.3f})"
                      if "likelihood_cells" in stats else f"{len(part.points)} (cells)")
-            print(f"| {spec.study.name} | {len(z)} | {k} | {z.shape[1]} | {zeta:.3f} | {metric} | "
+            print(f"| {spec.study.name} | {len(z)} | {k} | {z.shape[1]} | {zeta:.3f} | {metric} [{stats['metric']}] | "
                   f"{config.chains} x ({config.warmup}+{config.draws}) | {cells} | {r['wall_s']:.1f} | {r['grads']} | "
                   f"{r['steps_per_iter']:.1f} | {r['divergences']} | {r['min_ess']:.0f} | {r['r_hat']:.3f} | "
                   f"{r['mode_r_hat']:.3f} | {r['ess_per_s']:.1f} | {r['ess_per_s'] / base['ess_per_s']:.2f} |", flush=True)
@@ -222,9 +230,14 @@ if __name__ == "__main__":
     parser.add_argument("--metric-studies", nargs="+", default=None,
                         help="old and new sampler defaults and the dense metric on these studies' posteriors")
     parser.add_argument("--members", type=int, default=None, help="--metric-studies: fewer members (built-in systems)")
-    parser.add_argument("--variants", type=int, nargs="+", default=[0, 1, 2, 3],
-                        help="--metric-studies: which rows (0 oldest default, 1 cells before the merge, 2 dense metric, "
-                             "3 merged cells, the default)")
+    parser.add_argument("--variants", type=int, nargs="+", default=[3, 4],
+                        help="--metric-studies: which rows (0 oldest default, 1 cells before the merge, 2 dense metric on "
+                             "the cells, 3 merged cells with the diagonal metric, the default before the dense metric, "
+                             "4 merged cells with the dense metric (whitened beyond 100 parameters), the default up to "
+                             "50, 5 the Laplace covariance fixed)")
+    parser.add_argument("--zeta", type=float, default=None,
+                        help="--metric-studies: sample likelihood^zeta at this zeta (a study's coarsening, from its "
+                             "metrics.json) instead of the error terms' first choice")
     parser.add_argument("--warmup", type=int, default=None, help="--metric-studies: override [sampler] warmup")
     parser.add_argument("--draws", type=int, default=None, help="--metric-studies: override [sampler] draws")
     main(parser.parse_args())

@@ -91,7 +91,8 @@ class SamplerSection(NamedTuple):
     target_accept: float = 0.8
     max_tree_depth: int = 10
     dense_mass: bool = False  # true: the same as metric = "dense" (the older spelling)
-    metric: str = "diagonal"  # or "dense": from the Laplace covariance (whitened beyond 100 parameters, unsharded)
+    metric: str = "auto"  # "dense" up to 50 parameters, "diagonal" beyond; or "diagonal", "dense" (from the Laplace
+    # covariance, whitened beyond 100 parameters, unsharded), "laplace" (the Laplace covariance fixed)
     map_starts: int = 8  # chains start at the best of this many MAP searches; 0: at the partition
     map_steps: int = 1000
     shard_data: bool = False  # split the likelihood's points over all devices (chains then run in turn)
@@ -390,8 +391,9 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
                         f"{sections['mixture'].coarsening_bound!r}")
     if sections["sampler"].dense_mass and raw.get("sampler", {}).get("metric") == "diagonal":
         raise SpecError("[sampler] dense_mass = true contradicts metric = 'diagonal'; give only metric")
-    if sections["sampler"].metric not in ("diagonal", "dense"):
-        raise SpecError(f"[sampler] metric must be 'diagonal' or 'dense', got {sections['sampler'].metric!r}")
+    if sections["sampler"].metric not in ("auto", "diagonal", "dense", "laplace"):
+        raise SpecError("[sampler] metric must be 'auto', 'diagonal', 'dense' or 'laplace', "
+                        f"got {sections['sampler'].metric!r}")
     if sections["sampler"].chain_starts not in ("best", "spread", "distinct"):
         raise SpecError("[sampler] chain_starts must be 'best', 'spread' or 'distinct', "
                         f"got {sections['sampler'].chain_starts!r}")

@@ -71,9 +71,29 @@ def _two_component_problem(n=4000):
     return zs, part, prior
 
 
-def test_whitened_dense_metric_samples_the_same_posterior(monkeypatch):
+def test_resolved_metric():
+    """``metric = "auto"``: dense up to DENSE_AUTO_MAX parameters, diagonal beyond; "dense" becomes whitened
+    coordinates beyond DENSE_ADAPTATION_MAX unless the rows are sharded; dense_mass is the old spelling."""
+    from kgmm_bayes.bayes.sampler import DENSE_ADAPTATION_MAX, DENSE_AUTO_MAX, resolved_metric
+
+    assert DENSE_AUTO_MAX <= DENSE_ADAPTATION_MAX
+    assert resolved_metric("auto", 29) == "dense" and resolved_metric("auto", DENSE_AUTO_MAX) == "dense"
+    assert resolved_metric("auto", DENSE_AUTO_MAX + 1) == "diagonal" and resolved_metric("auto", 319) == "diagonal"
+    assert resolved_metric("diagonal", 29) == "diagonal"
+    assert resolved_metric("dense", DENSE_ADAPTATION_MAX) == "dense"
+    assert resolved_metric("dense", DENSE_ADAPTATION_MAX + 1) == "whitened"
+    assert resolved_metric("dense", DENSE_ADAPTATION_MAX + 1, sharded=True) == "dense"
+    assert resolved_metric("auto", 319, dense_mass=True) == "whitened"
+    assert resolved_metric("laplace", 29) == "laplace"
+    with pytest.raises(ValueError, match="metric must be one of"):
+        resolved_metric("Dense", 29)
+
+
+@pytest.mark.parametrize("metric", ["dense", "laplace"])
+def test_whitened_dense_metric_samples_the_same_posterior(metric, monkeypatch):
     """Beyond DENSE_ADAPTATION_MAX parameters the dense metric runs NUTS in Laplace-whitened coordinates
-    and maps the draws back.  Forced here on a small posterior: every returned draw's potential, recomputed
+    and maps the draws back; so does the fixed Laplace metric ("laplace", no adaptation but the step size).
+    Forced here on a small posterior: every returned draw's potential, recomputed
     from its constrained sites, equals the potential the sampler recorded (an exact identity: the map back
     is right), and the weight is recovered within its binomial error, as with the diagonal metric."""
     from numpyro.infer.util import potential_energy, unconstrain_fn
@@ -84,8 +104,9 @@ def test_whitened_dense_metric_samples_the_same_posterior(monkeypatch):
     zs, part, prior = _two_component_problem()
     monkeypatch.setattr(sampler, "DENSE_ADAPTATION_MAX", 0)
     post = run_nuts(jax.random.key(1), part.points, part.counts, prior, initial_values(part),
-                    SamplerConfig(chains=2, warmup=200, draws=200, metric="dense", likelihood_cells=len(part.points)),
+                    SamplerConfig(chains=2, warmup=200, draws=200, metric=metric, likelihood_cells=len(part.points)),
                     point_covariances=part.cell_covariances)  # the cells' own likelihood, not a merge of them
+    assert str(post.sample_stats["metric"]) == {"dense": "whitened", "laplace": "laplace"}[metric]
     assert post.weights.shape == (2, 200, 2) and int(post.sample_stats["diverging"].sum()) == 0
     args = (expected_quadratic_features(part.points, part.cell_covariances), jax.numpy.asarray(part.counts), prior)
     for chain, draw in ((0, 0), (1, 123)):

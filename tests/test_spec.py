@@ -317,7 +317,7 @@ def test_overrides_replace_single_keys_and_are_validated():
         load_spec(None, overrides={"sampler": 10})
     assert load_spec(MODELS / "lorenz63.toml") == load_spec(MODELS / "lorenz63.toml", overrides={})
     assert load_spec(None, overrides={"sampler": {"metric": "dense"}}).sampler.metric == "dense"
-    with pytest.raises(SpecError, match=r"\[sampler\] metric must be 'diagonal' or 'dense'"):
+    with pytest.raises(SpecError, match=r"\[sampler\] metric must be 'auto', 'diagonal', 'dense' or 'laplace'"):
         load_spec(None, overrides={"sampler": {"metric": "Dense"}})
     with pytest.raises(SpecError, match=r"dense_mass = true contradicts metric = 'diagonal'"):
         load_spec(None, overrides={"sampler": {"metric": "diagonal", "dense_mass": True}})

@@ -131,6 +131,9 @@ def test_outputs_are_complete_and_loadable(small_run):
     assert "relative entropy" in report.lower()
     assert ("narrower than the error" in report) == (metrics["score"]["band_coverage"] < 0.9 - 0.1)
     assert len(metrics["posterior"]["chain_mean_log_posterior"]) == 2
+    # a 1D mixture has 3K - 1 parameters: metric = "auto" ran the dense metric, and the report says so
+    assert 3 * metrics["partition"]["components"] - 1 <= 50 and metrics["posterior"]["metric"] == "dense"
+    assert "(dense metric adapted from the Laplace covariance)" in report
     header = (out / "diagnostics.csv").read_text().splitlines()[0]
     assert "r_hat" in header and "ess_bulk" in header and "ess_tail" in header
     assert "relative entropy" in proc.stdout

@@ -53,7 +53,9 @@ class SamplerConfig(NamedTuple):
     target_accept: float = 0.8
     max_tree_depth: int = 10
     dense_mass: bool = False  # true: metric = "dense"
-    metric: str = "diagonal"  # or "dense" (whitened coordinates beyond DENSE_ADAPTATION_MAX parameters)
+    metric: str = "auto"  # resolved_metric: "dense" up to DENSE_AUTO_MAX parameters, "diagonal" beyond; or
+    # "diagonal"; "dense" (whitened coordinates beyond DENSE_ADAPTATION_MAX parameters); "laplace": the Laplace
+    # covariance at the start point kept fixed (warmup tunes the step size alone)
     init_jitter: float = 0.05  # chains start at the start point + N(0, min(init_jitter, Laplace sd)^2) noise
     map_starts: int = 8  # > 0: start chains at the best of this many MAP searches (find_map)
     map_steps: int = 1000
@@ -252,6 +254,36 @@ def spread_starts(params, energies, chains: int, window: float = SPREAD_NATS):
 
 
 DENSE_ADAPTATION_MAX = 100  # parameters: numpyro adapts a dense metric up to this many; whitened diagonal beyond
+METRICS = ("auto", "diagonal", "dense", "laplace")
+# metric = "auto": dense up to this many parameters.  numpyro estimates the dense matrix from the last slow
+# warmup window (200 draws of a 500-draw warmup): 7 draws per parameter on the default study (P = 29), where
+# the dense metric takes 40-52 leapfrog steps per iteration against 106-116 (run_nuts 2 s shorter, ESS/s
+# 0.85-1.2x over NUTS keys 0-3); 2 on four-well (P = 95), where it halves the steps but gains 1-5 s of 26 at
+# 0.8-1.0x the ESS/s and did worse on the key whose chains leave their mode (min ESS 34 against 124)
+DENSE_AUTO_MAX = 50
+
+
+def resolved_metric(metric: str, n_params: int, sharded: bool = False, dense_mass: bool = False) -> str:
+    """The metric NUTS runs in, from ``[sampler] metric`` and the number of unconstrained parameters:
+
+    - ``"diagonal"``: a diagonal adapted by numpyro, from the Laplace variances at the start point;
+    - ``"dense"``: a dense matrix adapted by numpyro, from the Laplace covariance;
+    - ``"whitened"``: NUTS in Laplace-whitened coordinates with a diagonal adapted there (a dense metric
+      beyond ``DENSE_ADAPTATION_MAX`` parameters, unsharded);
+    - ``"laplace"``: the Laplace covariance kept fixed (whitened coordinates unless sharded), warmup tuning
+      the step size alone.
+
+    ``"auto"`` (the default) is ``"dense"`` up to ``DENSE_AUTO_MAX`` parameters and ``"diagonal"`` beyond
+    (benchmarks/bench_sampler.py --metric-studies)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if dense_mass and metric in ("auto", "diagonal"):
+        metric = "dense"
+    if metric == "auto":
+        metric = "dense" if n_params <= DENSE_AUTO_MAX else "diagonal"
+    if metric == "dense" and not sharded and n_params > DENSE_ADAPTATION_MAX:
+        return "whitened"
+    return metric
 POLISH_GRADIENT = 1e-8  # L-BFGS stops when the gradient's norm (potential per unconstrained unit) is below this ...
 POLISH_DECREASE = 1e-13  # ... or when an iteration lowers the potential by less than this fraction of it
 # The progress display counts NUTS iterations from inside the compiled chains (a host callback) only for samplers
@@ -495,6 +527,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     model_args = (features, counts, prior)
     start = time.perf_counter()  # the MAP search is part of the fit's cost
     init_unconstrained = jax.jit(lambda values: unconstrain_fn(model, model_args, {}, values))(init)
+    metric = resolved_metric(config.metric, ravel_pytree(init_unconstrained)[0].size, sharded, config.dense_mass)
     jitter_key, run_key, map_key = jax.random.split(key, 3)
     map_energies, starts, picks = None, None, None
     if config.map_starts > 0:
@@ -509,7 +542,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # init_jitter.  A fixed jitter of 0.05 is tens of posterior sds for a mean fitted on 1e5
     # snapshots: chains then fall back from far off and can land in another local mode.
     potential = functools.partial(_potential, model, model_args)
-    dense = config.dense_mass or config.metric == "dense"
+    dense = metric != "diagonal"
+    fixed = metric == "laplace"
     cells = None if point_covariances is None or sharded else _coreset.Coreset(
         np.asarray(points, np.float64), np.asarray(counts, np.float64), np.asarray(point_covariances, np.float64))
     choose = cells is not None and config.likelihood_cells == "auto" and config.map_starts > 0
@@ -547,7 +581,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # takes 38 steps per iteration against 104 at about the same ESS per second, and on Lorenz-63 the
     # whitened one takes 28-65 against 128 but its chains diverge (28-139 divergences) and split into
     # modes (r_hat within modes 1.24-1.27).
-    whiten = dense and not sharded and centre.size > DENSE_ADAPTATION_MAX
+    whiten = metric == "whitened" or (fixed and not sharded)
     # the progress display: reported from inside the compiled chains (numpyro's own bar is off) for long samplers,
     # else by rounds of chains (TICKING_MIN_WORK)
     work = float(np.prod(sample_args[0].shape[-2:])) * prior.centroids.shape[0] * config.chains * (
@@ -558,7 +592,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         _, chol, inverse = laplace_covariance(potential, init_unconstrained, root=True, hessian=hessian)
         init_params = {"u": jax.vmap(lambda p: inverse @ (ravel_pytree(p)[0] - centre))(init_params)}
         kernel = nuts(_whitened_model, target_accept_prob=config.target_accept,
-                      max_tree_depth=config.max_tree_depth)
+                      max_tree_depth=config.max_tree_depth, adapt_mass_matrix=not fixed)
         run_args = (model, sample_args, centre, chol, unravel)
     else:
         # The first warmup window runs in the Laplace metric instead of the identity: with the identity,
@@ -570,7 +604,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         elif config.laplace_metric:
             inverse_mass = ravel_pytree(jax.tree_util.tree_map(lambda v: jnp.clip(v, 1e-8, 1.0) ** 2, sd))[0]
         kernel = nuts(model, target_accept_prob=config.target_accept, inverse_mass_matrix=inverse_mass,
-                      max_tree_depth=config.max_tree_depth, dense_mass=dense)
+                      max_tree_depth=config.max_tree_depth, dense_mass=dense, adapt_mass_matrix=not fixed)
         run_args = sample_args
     fields = ("diverging", "num_steps", "accept_prob", "energy", "potential_energy", "adapt_state.step_size")
     site_parts, extra_parts, states = [], [], []
@@ -618,6 +652,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         sites = {k: np.concatenate([part[k] for part in site_parts]) for k in site_parts[0]}
         extra = {k: np.concatenate([part[k] for part in extra_parts]) for k in extra_parts[0]}
         extra["tree_depth"] = np.ceil(np.log2(extra["num_steps"] + 1.0)).astype(np.int64)
+        extra["metric"] = np.asarray(metric)  # resolved_metric's name
         if map_energies is not None:
             extra["map_potential_energies"] = map_energies  # (starts,), one per MAP search
         if picks is not None:

@@ -119,6 +119,14 @@ def _coarsening_lines(c, n, bound_mode: str = "stein") -> list:
                    "the mixture's own error."]
 
 
+METRIC_WORDS = {  # metrics.json posterior.metric (kgmm_bayes.bayes.sampler.resolved_metric)
+    "diagonal": "diagonal metric",
+    "dense": "dense metric adapted from the Laplace covariance",
+    "whitened": "Laplace-whitened coordinates, diagonal metric adapted there",
+    "laplace": "the Laplace covariance as a fixed metric",
+}
+
+
 def likelihood_lines(post: dict) -> list:
     """The likelihood NUTS sampled: merged cells (kgmm_bayes.bayes.coreset), and what that moved."""
     lines = []
@@ -223,7 +231,8 @@ def write_report(path, spec, metrics: dict) -> None:
         "",
         "## Posterior (label-invariant diagnostics)",
         f"- {post['chains']} chains x {post['draws']} draws; divergences {post['divergences']}; "
-        f"mean leapfrog steps per iteration {_fmt(post['mean_steps_per_iteration'])}",
+        f"mean leapfrog steps per iteration {_fmt(post['mean_steps_per_iteration'])}"
+        + (f" ({METRIC_WORDS[post['metric']]})" if post.get("metric") in METRIC_WORDS else ""),
         f"- max r_hat {_fmt(post['max_r_hat'])}, min bulk ESS {_fmt(post['min_ess_bulk'])}, "
         f"min tail ESS {_fmt(post['min_ess_tail'])} (log density and score at probe points, sorted weights)",
     ]
