@@ -133,7 +133,7 @@ VARIANTS = (  # (label, [sampler] metric, L-BFGS iterations after the MAP search
     ("dense, polished MAP, cells", "dense", SamplerConfig().map_polish, "cells"),
     ("diagonal, polished MAP, merged cells (default before the dense metric)", "diagonal", SamplerConfig().map_polish,
      "auto"),
-    ("dense, polished MAP, merged cells (default up to 50 parameters)", "dense", SamplerConfig().map_polish, "auto"),
+    ("dense, polished MAP, merged cells (\"auto\" up to 50 parameters)", "dense", SamplerConfig().map_polish, "auto"),
     ("Laplace covariance fixed, polished MAP, merged cells", "laplace", SamplerConfig().map_polish, "auto"),
 )
 METRIC_COLUMNS = ("study", "N", "K", "D", "zeta", "metric", "chains x (warmup+draws)", "likelihood cells (gap sd)",

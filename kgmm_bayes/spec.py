@@ -91,8 +91,9 @@ class SamplerSection(NamedTuple):
     target_accept: float = 0.8
     max_tree_depth: int = 10
     dense_mass: bool = False  # true: the same as metric = "dense" (the older spelling)
-    metric: str = "auto"  # "dense" up to 50 parameters, "diagonal" beyond; or "diagonal", "dense" (from the Laplace
-    # covariance, whitened beyond 100 parameters, unsharded), "laplace" (the Laplace covariance fixed)
+    metric: str = "auto"  # "dense" up to 50 parameters at 500 warmup iterations (sampler.resolved_metric), else
+    # "diagonal"; or "diagonal", "dense" (from the Laplace covariance, whitened beyond 100 parameters, unsharded),
+    # "laplace" (the Laplace covariance fixed)
     map_starts: int = 8  # chains start at the best of this many MAP searches; 0: at the partition
     map_steps: int = 1000
     shard_data: bool = False  # split the likelihood's points over all devices (chains then run in turn)
@@ -389,8 +390,9 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     if sections["mixture"].coarsening_bound not in ("stein", "report", "score_matching"):
         raise SpecError("[mixture] coarsening_bound must be 'stein', 'report' or 'score_matching', got "
                         f"{sections['mixture'].coarsening_bound!r}")
-    if sections["sampler"].dense_mass and raw.get("sampler", {}).get("metric") == "diagonal":
-        raise SpecError("[sampler] dense_mass = true contradicts metric = 'diagonal'; give only metric")
+    if sections["sampler"].dense_mass and raw.get("sampler", {}).get("metric") in ("diagonal", "laplace"):
+        raise SpecError(f"[sampler] dense_mass = true contradicts metric = '{sections['sampler'].metric}'; "
+                        "give only metric")
     if sections["sampler"].metric not in ("auto", "diagonal", "dense", "laplace"):
         raise SpecError("[sampler] metric must be 'auto', 'diagonal', 'dense' or 'laplace', "
                         f"got {sections['sampler'].metric!r}")

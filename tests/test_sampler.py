@@ -11,7 +11,8 @@ from kgmm_bayes.partition import fit_partition
 from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
 
 
-def test_recovers_two_component_mixture_and_runs_chains_in_parallel():
+@pytest.mark.parametrize("metric", ["auto", "diagonal"])
+def test_recovers_two_component_mixture_and_runs_chains_in_parallel(metric):
     assert jax.local_device_count() >= 2  # set by kgmm_bayes before JAX initialises
     rng = np.random.default_rng(0)
     n = 4000
@@ -23,8 +24,9 @@ def test_recovers_two_component_mixture_and_runs_chains_in_parallel():
     part = fit_partition(jax.random.key(0), z, num_cells=400, num_components=2)
     prior = build_prior(part, dirichlet_alpha=2.0, mean_scale=0.25, scale_prior=1.0, lkj_eta=2.0)
     post = run_nuts(jax.random.key(1), part.points, part.counts, prior, initial_values(part),
-                    SamplerConfig(chains=2, warmup=300, draws=300))
+                    SamplerConfig(chains=2, warmup=300, draws=300, metric=metric))
     assert post.weights.shape == (2, 300, 2) and post.cov_chol.shape == (2, 300, 2, 1, 1)
+    assert str(post.sample_stats["metric"]) == {"auto": "dense", "diagonal": "diagonal"}[metric]  # 5 parameters
     # label-invariant recovery: sorted weights and the component of the smaller weight
     w = np.sort(post.weights.reshape(-1, 2), axis=1)
     post_sd = w.std(axis=0)
@@ -72,21 +74,26 @@ def _two_component_problem(n=4000):
 
 
 def test_resolved_metric():
-    """``metric = "auto"``: dense up to DENSE_AUTO_MAX parameters, diagonal beyond; "dense" becomes whitened
-    coordinates beyond DENSE_ADAPTATION_MAX unless the rows are sharded; dense_mass is the old spelling."""
-    from kgmm_bayes.bayes.sampler import DENSE_ADAPTATION_MAX, DENSE_AUTO_MAX, resolved_metric
+    """``metric = "auto"``: dense where numpyro's last slow warmup window holds DENSE_DRAWS_PER_PARAMETER draws
+    per parameter (50 parameters at 500 warmup iterations, whose last slow window is 200 draws; 12 at 200),
+    diagonal elsewhere; "dense" becomes whitened coordinates beyond DENSE_ADAPTATION_MAX unless the rows are
+    sharded; dense_mass is the old spelling of "dense"."""
+    from kgmm_bayes.bayes.sampler import DENSE_ADAPTATION_MAX, DENSE_DRAWS_PER_PARAMETER, last_slow_window, resolved_metric
 
-    assert DENSE_AUTO_MAX <= DENSE_ADAPTATION_MAX
-    assert resolved_metric("auto", 29) == "dense" and resolved_metric("auto", DENSE_AUTO_MAX) == "dense"
-    assert resolved_metric("auto", DENSE_AUTO_MAX + 1) == "diagonal" and resolved_metric("auto", 319) == "diagonal"
-    assert resolved_metric("diagonal", 29) == "diagonal"
-    assert resolved_metric("dense", DENSE_ADAPTATION_MAX) == "dense"
-    assert resolved_metric("dense", DENSE_ADAPTATION_MAX + 1) == "whitened"
-    assert resolved_metric("dense", DENSE_ADAPTATION_MAX + 1, sharded=True) == "dense"
-    assert resolved_metric("auto", 319, dense_mass=True) == "whitened"
-    assert resolved_metric("laplace", 29) == "laplace"
+    assert (last_slow_window(500), last_slow_window(200), last_slow_window(10)) == (200, 50, 0)
+    assert DENSE_DRAWS_PER_PARAMETER == 4
+    assert resolved_metric("auto", 29, 500) == "dense" and resolved_metric("auto", 50, 500) == "dense"
+    assert resolved_metric("auto", 51, 500) == "diagonal" and resolved_metric("auto", 319, 500) == "diagonal"
+    assert resolved_metric("auto", 12, 200) == "dense" and resolved_metric("auto", 13, 200) == "diagonal"
+    assert resolved_metric("auto", 5, 10) == "diagonal"  # no slow window at all
+    assert resolved_metric("diagonal", 29, 500) == "diagonal"
+    assert resolved_metric("dense", DENSE_ADAPTATION_MAX, 500) == "dense"
+    assert resolved_metric("dense", DENSE_ADAPTATION_MAX + 1, 500) == "whitened"
+    assert resolved_metric("dense", DENSE_ADAPTATION_MAX + 1, 500, sharded=True) == "dense"
+    assert resolved_metric("auto", 319, 500, dense_mass=True) == "whitened"
+    assert resolved_metric("laplace", 29, 500) == "laplace" and resolved_metric("laplace", 319, 500, sharded=True) == "laplace"
     with pytest.raises(ValueError, match="metric must be one of"):
-        resolved_metric("Dense", 29)
+        resolved_metric("Dense", 29, 500)
 
 
 @pytest.mark.parametrize("metric", ["dense", "laplace"])

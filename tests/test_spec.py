@@ -321,6 +321,8 @@ def test_overrides_replace_single_keys_and_are_validated():
         load_spec(None, overrides={"sampler": {"metric": "Dense"}})
     with pytest.raises(SpecError, match=r"dense_mass = true contradicts metric = 'diagonal'"):
         load_spec(None, overrides={"sampler": {"metric": "diagonal", "dense_mass": True}})
+    with pytest.raises(SpecError, match=r"dense_mass = true contradicts metric = 'laplace'"):
+        load_spec(None, overrides={"sampler": {"metric": "laplace", "dense_mass": True}})
 
 
 def test_k_is_10_for_a_system_and_chosen_from_the_data_for_user_data(tmp_path):

@@ -53,7 +53,7 @@ class SamplerConfig(NamedTuple):
     target_accept: float = 0.8
     max_tree_depth: int = 10
     dense_mass: bool = False  # true: metric = "dense"
-    metric: str = "auto"  # resolved_metric: "dense" up to DENSE_AUTO_MAX parameters, "diagonal" beyond; or
+    metric: str = "auto"  # resolved_metric: "dense" up to 50 parameters (500 warmup iterations), "diagonal" beyond; or
     # "diagonal"; "dense" (whitened coordinates beyond DENSE_ADAPTATION_MAX parameters); "laplace": the Laplace
     # covariance at the start point kept fixed (warmup tunes the step size alone)
     init_jitter: float = 0.05  # chains start at the start point + N(0, min(init_jitter, Laplace sd)^2) noise
@@ -63,7 +63,7 @@ class SamplerConfig(NamedTuple):
     chain_starts: str = "best"  # "best": every chain at the best MAP optimum; "spread": at the best distinct ones
     # within SPREAD_NATS; "distinct": at the best distinct ones, however far below the best
     shard_data: bool = False  # rows of the likelihood split over all devices (chains run in turn)
-    laplace_metric: bool = True  # warmup starts in the Laplace metric, not the identity (whitened: always)
+    laplace_metric: bool = True  # warmup starts in the Laplace metric, not the identity (whitened, "laplace": always)
     chain_method: str = "auto"  # "auto" (see chain_plan), "parallel", "vectorized" or "sequential"
     # at most this many continuations of chains the ``drifting`` check of run_nuts flags: their draws so far
     # become warmup (adaptation frozen) and as many new draws replace them
@@ -255,16 +255,26 @@ def spread_starts(params, energies, chains: int, window: float = SPREAD_NATS):
 
 DENSE_ADAPTATION_MAX = 100  # parameters: numpyro adapts a dense metric up to this many; whitened diagonal beyond
 METRICS = ("auto", "diagonal", "dense", "laplace")
-# metric = "auto": dense up to this many parameters.  numpyro estimates the dense matrix from the last slow
-# warmup window (200 draws of a 500-draw warmup): 7 draws per parameter on the default study (P = 29), where
-# the dense metric takes 40-52 leapfrog steps per iteration against 106-116 (run_nuts 2 s shorter, ESS/s
-# 0.85-1.2x over NUTS keys 0-3); 2 on four-well (P = 95), where it halves the steps but gains 1-5 s of 26 at
-# 0.8-1.0x the ESS/s and did worse on the key whose chains leave their mode (min ESS 34 against 124)
-DENSE_AUTO_MAX = 50
+# metric = "auto": dense where numpyro's last slow warmup window, from whose draws it estimates the dense matrix,
+# holds at least this many draws per parameter (200 draws of a 500-iteration warmup: up to 50 parameters).  The
+# default study (P = 29, 7 per parameter): the dense metric takes 40-52 leapfrog steps per iteration against
+# 106-116, run_nuts 2 s shorter at 0.85-1.2x the ESS per second (NUTS keys 0-3).  Four-well (P = 95, 2 per
+# parameter): it halves the steps, run_nuts 1-5 s shorter of 26, at 0.8-1.0x the ESS per second, and did worse
+# on the key whose chains leave their mode (min ESS 34 against 124).
+DENSE_DRAWS_PER_PARAMETER = 4
 
 
-def resolved_metric(metric: str, n_params: int, sharded: bool = False, dense_mass: bool = False) -> str:
-    """The metric NUTS runs in, from ``[sampler] metric`` and the number of unconstrained parameters:
+def last_slow_window(warmup: int) -> int:
+    """Draws in numpyro's last slow adaptation window of a ``warmup``-iteration warmup (0: none)."""
+    from numpyro.infer.hmc_util import build_adaptation_schedule
+
+    schedule = build_adaptation_schedule(int(warmup))
+    return schedule[-2].end - schedule[-2].start + 1 if len(schedule) >= 3 else 0
+
+
+def resolved_metric(metric: str, n_params: int, warmup: int, sharded: bool = False, dense_mass: bool = False) -> str:
+    """The metric NUTS runs in, from ``[sampler] metric``, the number of unconstrained parameters and the
+    warmup's length:
 
     - ``"diagonal"``: a diagonal adapted by numpyro, from the Laplace variances at the start point;
     - ``"dense"``: a dense matrix adapted by numpyro, from the Laplace covariance;
@@ -273,14 +283,15 @@ def resolved_metric(metric: str, n_params: int, sharded: bool = False, dense_mas
     - ``"laplace"``: the Laplace covariance kept fixed (whitened coordinates unless sharded), warmup tuning
       the step size alone.
 
-    ``"auto"`` (the default) is ``"dense"`` up to ``DENSE_AUTO_MAX`` parameters and ``"diagonal"`` beyond
-    (benchmarks/bench_sampler.py --metric-studies)."""
+    ``"auto"`` (the default) is ``"dense"`` where the last slow warmup window holds at least
+    ``DENSE_DRAWS_PER_PARAMETER`` draws per parameter (up to 50 parameters with 500 warmup iterations, 12
+    with 200) and ``"diagonal"`` elsewhere (benchmarks/bench_sampler.py --metric-studies)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if dense_mass and metric in ("auto", "diagonal"):
         metric = "dense"
     if metric == "auto":
-        metric = "dense" if n_params <= DENSE_AUTO_MAX else "diagonal"
+        metric = "dense" if last_slow_window(warmup) >= DENSE_DRAWS_PER_PARAMETER * n_params else "diagonal"
     if metric == "dense" and not sharded and n_params > DENSE_ADAPTATION_MAX:
         return "whitened"
     return metric
@@ -527,7 +538,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     model_args = (features, counts, prior)
     start = time.perf_counter()  # the MAP search is part of the fit's cost
     init_unconstrained = jax.jit(lambda values: unconstrain_fn(model, model_args, {}, values))(init)
-    metric = resolved_metric(config.metric, ravel_pytree(init_unconstrained)[0].size, sharded, config.dense_mass)
+    metric = resolved_metric(config.metric, ravel_pytree(init_unconstrained)[0].size, config.warmup, sharded,
+                             config.dense_mass)
     jitter_key, run_key, map_key = jax.random.split(key, 3)
     map_energies, starts, picks = None, None, None
     if config.map_starts > 0:
@@ -577,7 +589,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # steps per iteration in the Laplace metric, 270-390 once numpyro re-estimated it).  The Laplace
     # metric kept fixed misses the directions in which a mixture's posterior is far wider than its
     # curvature at the mode (default study, P = 29: whitened by it, the posterior's variances span 0.07-40).
-    # "auto" (resolved_metric) takes the dense metric up to DENSE_AUTO_MAX parameters, the diagonal beyond
+    # "auto" (resolved_metric) takes the dense metric up to 50 parameters (500 warmup iterations), the diagonal beyond
     # (benchmarks/bench_sampler.py --metric-studies): on Lorenz-63 (P = 319) at its coarsened zeta 0.125,
     # the whitened metric takes 45 steps per iteration against 91 but its min ESS is 69 against 245 (r_hat
     # within modes 1.79 against 1.14), and the fixed Laplace metric 44 steps, min ESS 48; at zeta 1 the
@@ -600,7 +612,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         # steps sized for the widest coordinates throw chains out of the start's mode along the narrowest
         # (posterior sds of means ~1e-3 at 1e5 snapshots).  Diagonal: the Laplace variances, at most 1.
         inverse_mass = None
-        if dense and config.laplace_metric:
+        if dense and (config.laplace_metric or fixed):  # a fixed metric is always the Laplace covariance
             inverse_mass = laplace_covariance(potential, init_unconstrained, hessian=hessian)
         elif config.laplace_metric:
             inverse_mass = ravel_pytree(jax.tree_util.tree_map(lambda v: jnp.clip(v, 1e-8, 1.0) ** 2, sd))[0]
