@@ -593,8 +593,10 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # (benchmarks/bench_sampler.py --metric-studies): on Lorenz-63 (P = 319) at its coarsened zeta 0.125,
     # the whitened metric takes 45 steps per iteration against 91 but its min ESS is 69 against 245 (r_hat
     # within modes 1.79 against 1.14), and the fixed Laplace metric 44 steps, min ESS 48.  Those chains start at
-    # 11 distinct optima but are all whitened by the best one's Laplace covariance: 4 chains at the best optimum
-    # (same zeta, key 0) take 31 steps whitened, min ESS 78, against 89 steps, min ESS 25 diagonal.  At zeta 1 the
+    # 11 distinct optima, all whitened by the best one's Laplace covariance; but whitening each optimum by its own
+    # does not settle it: 4 chains at the best optimum (same zeta, key 0) take 31 steps whitened, min ESS 78,
+    # against 89 steps, min ESS 25 diagonal; 2 chains at each of two other optima, whitened by their own, min
+    # ESS 16 and 3 against 42 and 73 diagonal.  At zeta 1 the
     # whitened chains diverged (28-139 divergences) and split into modes (r_hat within modes 1.24-1.27).
     whiten = metric == "whitened" or (fixed and not sharded)
     # the progress display: reported from inside the compiled chains (numpyro's own bar is off) for long samplers,
