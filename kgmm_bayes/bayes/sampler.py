@@ -267,7 +267,8 @@ DENSE_DRAWS_PER_PARAMETER = 4
 # is the better metric (Lorenz-63, zeta 0.125, 4 chains at the best optimum: 60 steps per iteration against 89, min
 # ESS 67 against 25; triad: min ESS 636 against 437 at equal steps), but the chains that fail are those that change
 # modes, which blocks do not prevent: four-well keys 0-3 min ESS 1048 / 1357 / 98 / 82 against the diagonal's
-# 684 / 124 / 1069 / 1044 (keys 0, 1 with numpyro's own one-site-per-block metric), and Lorenz-63's 16 chains at distinct optima min ESS 53, r_hat 1.22 against 245, 1.05.
+# 684 / 124 / 1069 / 1044 (keys 0, 1 with numpyro's own one-site-per-block metric), and Lorenz-63's 16 chains
+# at distinct optima min ESS 53, r_hat 1.22 against 245, 1.05.
 
 
 def last_slow_window(warmup: int) -> int:
