@@ -64,6 +64,10 @@ class BayesianKGMM(NamedTuple):
     draws: tuple  # (weights, means, cov_chol) of the draws used for scores
     data: Any = None  # .train, .reference (n, d) physical units, .source; None if not kept
     score_bias: Any = None  # the posterior mean's local error field (BiasField, z-scored), widening score bands
+    # (weights, means, cov_chol) of the first posterior where the coarsening sampled two: the draws the study's
+    # model drift came from (the interpolant's targets, the "mixture" drift); None: ``draws``
+    model_draws: Any = None
+
     def _points(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         d = len(self.zscore.mean)
@@ -271,7 +275,8 @@ class BayesianKGMM(NamedTuple):
             Euler-Maruyama step in the model's time (default: the spec's ``[langevin] dt``).
         drift : {"interpolant", "mixture"}
             The network, or the posterior-predictive mixture score (closed form) of the spec's
-            ``[langevin] mixture_draws`` draws, as the study's model pools them.
+            ``[langevin] mixture_draws`` draws, as the study's model pools them (the first posterior's
+            draws where the study sampled two: ``model_draws``).
         key : jax PRNG key or int
             Required: the run's randomness (an int is made into ``jax.random.key``).
         members : int
@@ -344,7 +349,8 @@ class BayesianKGMM(NamedTuple):
             lost = int(np.sum(~run.alive))
         else:
             drift_fn, params = ((self.interpolant.apply_fn(), self.interpolant.params) if drift == "interpolant"
-                                else predictive_drift(self.draws, count=getattr(lg, "mixture_draws", 0)))
+                                else predictive_drift(self.draws if self.model_draws is None else self.model_draws,
+                                                      count=getattr(lg, "mixture_draws", 0)))
             run = simulate_langevin(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, box, mobility=phi)
             paths = np.where(run.alive[None, :, None], run.samples, np.nan)
             lost = int(np.sum(~run.alive))

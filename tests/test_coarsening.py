@@ -200,6 +200,12 @@ def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_
     post, choice = stages.sample_posterior(spec, jax.random.key(0), part, x)
     assert runs == [] and choice.zeta == 0.25  # both posteriors were sampled; the second is kept
     assert factors == [1.0, 0.5]
+    # the first posterior's draws (sampled at 1 / R = 0.5) are kept with the second to drive the model
+    drive, zeta = stages.model_draws(post, "the kept posterior's draws")
+    assert zeta == 0.5
+    for a, b in zip(drive, thin_draws(fake(0.3), spec.score.max_draws)):
+        np.testing.assert_array_equal(a, b)
+    assert stages.model_draws(fake(0.0), "the kept posterior's draws") == ("the kept posterior's draws", None)
     field = field_from_stats(post.sample_stats)
     first = stein_gap(x, lambda z: posterior_mean_score(*thin_draws(fake(0.3), stages.GAP_DRAWS), z), part.points,
                       part.counts, seed=stages.COARSENING_SEED)

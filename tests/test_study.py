@@ -349,3 +349,59 @@ def test_fit_api_on_a_dataarray_and_the_notebook_round_trip(tmp_path):
     ds = loaded.dataset()
     assert list(ds["variable"].values) == ["temperature"]
     np.testing.assert_array_equal(ds["rom_samples"].values, result.rom_samples)
+
+
+def test_a_second_posterior_leaves_the_model_s_drift_to_the_first(tmp_path, monkeypatch):
+    """Where the coarsening samples two posteriors, the kept (more coarsened) one sets the bands and the first
+    one's draws drive the model: the interpolant learns the first posterior's mean (its held-out error in
+    metrics.json is measured against that mean, an identity), the draws are written to model_draws.npz and read
+    back exactly, the report says so, and a study without the file it reports is damaged."""
+    import os
+
+    from kgmm_bayes.bayes.score import posterior_mean_score
+    from kgmm_bayes.errors import InputError
+    from kgmm_bayes.study import stages
+    from kgmm_bayes.study.load import MODEL_DRAWS_FILE
+    from kgmm_bayes.study.run import interpolant_heldout_error
+
+    real = stages.choose_zeta
+    tempered = []
+
+    def coarser(*args, **kwargs):  # the bias asks for half the first posterior's zeta: a second posterior
+        choice = real(*args, **kwargs)
+        tempered.append(kwargs["tempered"])
+        zeta = kwargs["tempered"] / 2
+        return choice._replace(zeta=zeta, alpha=zeta * kwargs["snapshots"] / (1 - zeta))
+
+    monkeypatch.setattr(stages, "choose_zeta", coarser)
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(-2.0, 0.5, 2000), rng.normal(1.0, 0.7, 2000)])[rng.permutation(4000)]
+    result = kgmm_bayes.fit(x.reshape(4, -1, 1), settings={
+        "partition": {"cells": 200}, "mixture": {"components": 3},
+        "sampler": {"chains": 2, "warmup": 200, "draws": 200}, "score": {"max_draws": 200},
+        "interpolant": {"hidden": [32, 32], "steps": 500},
+        "langevin": {"particles": 100, "steps": 2000, "burn_in": 200}},
+        out_dir=str(tmp_path / "fit"), seed=2)
+    metrics, out = result.metrics, tmp_path / "fit"
+    assert len(tempered) == 1
+    assert metrics["langevin"]["drift_posterior"] == "first"
+    assert metrics["langevin"]["drift_posterior_zeta"] == tempered[0]
+    assert metrics["posterior"]["coarsening"]["zeta"] == pytest.approx(tempered[0] / 2, rel=1e-12)
+    w, m, L = result.model_draws
+    assert w.shape == (200, 3) and m.shape == (200, 3, 1) and L.shape == (200, 3, 1, 1)
+    assert not np.allclose(m, result.draws[1])  # another posterior's draws
+    z = result.zscore.forward(result.data.train)
+    _, relative = interpolant_heldout_error(result.interpolant, result.model_draws, z)
+    assert metrics["interpolant"]["heldout_relative_rms_error"] == pytest.approx(relative, rel=1e-9)
+    pts = result.partition.points
+    first_mean = posterior_mean_score(*result.model_draws, pts)
+    kept_mean = posterior_mean_score(*result.draws, pts)
+    learnt = np.asarray(result.interpolant(np.asarray(pts, np.float32)), np.float64)
+    assert np.mean((learnt - first_mean) ** 2) < np.mean((learnt - kept_mean) ** 2)
+    assert "from the first posterior's draws" in (out / "report.md").read_text()
+    loaded = load_result(out)
+    for a, b in zip(loaded.model_draws, result.model_draws):
+        np.testing.assert_array_equal(a, b)
+    os.remove(out / MODEL_DRAWS_FILE)
+    with pytest.raises(InputError, match=MODEL_DRAWS_FILE):
+        load_result(out)

@@ -29,7 +29,7 @@ from ..spec import spec_from_dict
 from .outputs import SPEC_FILE, StageReader
 from .stages import prepare_data, study_keys
 
-__all__ = ["load_result", "score_to_file", "PARTITION_FILE", "SCORE_BIAS_FILE", "DATA_FILE"]
+__all__ = ["load_result", "score_to_file", "PARTITION_FILE", "SCORE_BIAS_FILE", "DATA_FILE", "MODEL_DRAWS_FILE"]
 
 
 class _Chains(NamedTuple):  # stored draws (chain, draw, ...), as thin_draws takes them
@@ -39,6 +39,8 @@ class _Chains(NamedTuple):  # stored draws (chain, draw, ...), as thin_draws tak
 
 PARTITION_FILE = "partition.npz"
 SCORE_BIAS_FILE = "score_bias.npz"  # the posterior mean's local error field (kgmm_bayes.bayes.score_matching)
+# the first posterior's draws, which drove the model where the coarsening sampled two (kgmm_bayes.study.stages)
+MODEL_DRAWS_FILE = "model_draws.npz"
 DATA_FILE = "data.npy"  # an array given to kgmm_bayes.fit, as given
 
 
@@ -211,6 +213,29 @@ def _read_score_bias(out_dir: str, d: int, metrics: dict):
     return field
 
 
+def _read_model_draws(out_dir: str, k: int, d: int, metrics: dict):
+    """The draws that drove the model where they are not the posterior's (``None``: the posterior's); a study whose
+    metrics say its model came from a first posterior and whose file is gone is damaged."""
+    path = os.path.join(out_dir, MODEL_DRAWS_FILE)
+    if not os.path.exists(path):
+        if (metrics.get("langevin") or {}).get("drift_posterior") == "first":
+            raise _damaged(out_dir, MODEL_DRAWS_FILE, "missing, although metrics.json says the model's drift came "
+                                                      "from the first posterior")
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            w, m, L = (np.asarray(f[name], np.float64) for name in ("weights", "means", "cov_chol"))
+        s = len(w)
+        if w.shape != (s, k) or m.shape != (s, k, d) or L.shape != (s, k, d, d) or s < 1:
+            raise ValueError(f"weights {w.shape}, means {m.shape}, cov_chol {L.shape} for {k} components "
+                             f"and {d} coordinates")
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(m)) and np.all(np.isfinite(L))):
+            raise ValueError("non-finite draws")
+    except Exception as err:  # noqa: BLE001 - zip, npy, missing fields, shapes: all damage
+        raise _damaged(out_dir, MODEL_DRAWS_FILE, err) from None
+    return w, m, L
+
+
 class StoredData:
     """A loaded study's training and reference snapshots ``(n, d)``, physical units, read from their
     source on first use: a system's from the folder's stage cache (simulated again from the seed
@@ -317,7 +342,8 @@ def load_result(out_dir) -> BayesianKGMM:
     return BayesianKGMM(spec=spec, zscore=zscore, inference_data=idata, partition=partition,
                         target_summary=None, interpolant=interpolant, rom_samples=rom_samples,
                         metrics=metrics, out_dir=out_dir, draws=draws,
-                        data=StoredData(out_dir, spec, seed, metrics), score_bias=_read_score_bias(out_dir, d, metrics))
+                        data=StoredData(out_dir, spec, seed, metrics), score_bias=_read_score_bias(out_dir, d, metrics),
+                        model_draws=_read_model_draws(out_dir, w.shape[-1], d, metrics))
 
 
 def score_to_file(study_dir, points_path, out_path, band: float = 0.9) -> int:

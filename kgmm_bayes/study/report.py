@@ -119,6 +119,14 @@ def _coarsening_lines(c, n, bound_mode: str = "stein") -> list:
                    "the mixture's own error."]
 
 
+def _drift_posterior_words(langevin: dict) -> str:
+    """Which posterior's draws drove the model (kgmm_bayes.study.stages.model_draws)."""
+    if langevin.get("drift_posterior") != "first":
+        return ""
+    return (f", from the first posterior's draws (sampled at zeta = {_fmt(langevin['drift_posterior_zeta'])}): the "
+            "kept, more coarsened posterior sets the bands, but its mean is pulled further towards the prior")
+
+
 METRIC_WORDS = {  # metrics.json posterior.metric (kgmm_bayes.bayes.sampler.resolved_metric)
     "diagonal": "diagonal metric",
     "dense": "dense metric adapted from the Laplace covariance",
@@ -220,7 +228,8 @@ def write_report(path, spec, metrics: dict) -> None:
         "(z-scored units; added to the band of the interpolant's score)"
         + (f", relative RMS error there {_fmt(metrics['interpolant']['heldout_relative_rms_error'])}"
            if "heldout_relative_rms_error" in metrics["interpolant"] else ""),
-        f"- Drift: {metrics['langevin']['drift']}; particles that left the box: {metrics['langevin']['escaped']}, "
+        f"- Drift: {metrics['langevin']['drift']}{_drift_posterior_words(metrics['langevin'])}; particles that left "
+        f"the box: {metrics['langevin']['escaped']}, "
         f"non-finite: {metrics['langevin']['non_finite']}; dt x max |drift Jacobian eigenvalue| = "
         f"{_fmt(metrics['langevin']['dt_times_max_jacobian_eigenvalue'])} (Euler-Maruyama unstable above 2)",
     ]

@@ -42,7 +42,7 @@ from .dynamics import (DYNAMICS_DRAWS, dynamics_metrics, dynamics_outputs, fit_d
                        run_in_data_time, unresolved_coordinates)
 from .ensemble import ensemble_stage
 from .figures import plot_dynamics, plot_marginals, plot_score, plot_score_field
-from .load import DATA_FILE, PARTITION_FILE, SCORE_BIAS_FILE
+from .load import DATA_FILE, MODEL_DRAWS_FILE, PARTITION_FILE, SCORE_BIAS_FILE
 from .outputs import OutputFolder, stage_key
 from .report import numerical_faults, write_report
 from .stages import (
@@ -52,6 +52,7 @@ from .stages import (
     interpolant_stage,
     langevin_stage,
     log,
+    model_draws,
     model_drift,
     partition_stage,
     posterior_stage,
@@ -152,11 +153,16 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         cached_stages.append("posterior")
 
     fit = score_stage(spec, post, coarsening, part, data.zscore, idata=best_idata)
+    # the model's drift: from the first posterior's draws where the coarsening sampled two (stages.model_draws);
+    # the bands, the ensemble and the responses' bands from the kept posterior's
+    drive, drive_zeta = model_draws(post, fit.draws)
+    targets = fit.summary if drive_zeta is None else fit.summary._replace(
+        mean=np.asarray(posterior_mean_score(*drive, part.points)))
     clock("score")
 
     log(progress, "interpolant: training")
-    interp, ikey, interp_cached = interpolant_stage(spec, out, train_key, part, fit.summary, post_key, progress,
-                                                    draws=fit.draws, z=z)
+    interp, ikey, interp_cached = interpolant_stage(spec, out, train_key, part, targets, post_key, progress,
+                                                    draws=drive, z=z)
     if interp_cached:
         cached_stages.append("interpolant")
     clock("interpolant")
@@ -171,7 +177,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
                           "no mobility is identified, the model runs in Langevin time")
         else:
             log(progress, "dynamics: mobility and responses from the training trajectories")
-            drift_fn, drift_params = model_drift(spec, interp, fit.draws)
+            drift_fn, drift_params = model_drift(spec, interp, drive)
             picks = evenly_spaced(len(fit.draws[0]), DYNAMICS_DRAWS)
             dynamics = fit_dynamics(series, interval, drift_fn, drift_params,
                                     tuple(np.asarray(a)[picks] for a in fit.draws), key=jax.random.fold_in(langevin_key, 2))
@@ -186,7 +192,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     def simulate(dyn, particles=None, subsample=1):
         if dyn is not None and dyn.time_scale != 1.0 and particles is None:
             log(progress, f"langevin: the model's clock corrected by {dyn.time_scale:.3g} to the data's")
-        stage = langevin_stage(spec, out, langevin_key, part, interp, fit.draws, ikey, progress, dynamics=dyn,
+        stage = langevin_stage(spec, out, langevin_key, part, interp, drive, ikey, progress, dynamics=dyn,
                                particles=particles, subsample=subsample)
         if particles is None:
             stages.append(stage)
@@ -220,13 +226,13 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
 
     log(progress, "metrics, figures, report")
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-                           cached_stages, dynamics, members, unresolved)
+                           cached_stages, dynamics, members, unresolved, drive=(drive, drive_zeta))
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
     if screening:
         metrics["model_selection"]["chosen_from_data"] = {
             "why": "no [mixture] components given for user data",
             "candidates": [int(k) for k in selection.elpd_loo], "screening_warmup_and_draws": SCREENING_DRAWS}
-    _write_outputs(out, spec, data, part, fit, interp, evaluation)
+    _write_outputs(out, spec, data, part, fit, interp, evaluation, None if drive_zeta is None else drive)
     if user_data is not None and spec.data.path is None:  # an array given to fit(): kept, as given
         atomic_write_bytes(out.path(DATA_FILE), npy_bytes(user_data))
     clock("metrics")
@@ -240,7 +246,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     log(progress, f"done in {clock.timings['total']:.1f} s -> {final}")
     return BayesianKGMM(spec=spec, zscore=data.zscore, inference_data=fit.idata, partition=part,
                         target_summary=fit.summary, interpolant=interp, rom_samples=rom_phys,
-                        metrics=metrics, out_dir=final, draws=fit.draws, data=data, score_bias=fit.score_bias)
+                        metrics=metrics, out_dir=final, draws=fit.draws, data=data, score_bias=fit.score_bias,
+                        model_draws=None if drive_zeta is None else drive)
 
 
 class _Evaluation(NamedTuple):
@@ -254,8 +261,9 @@ class _Evaluation(NamedTuple):
 
 
 def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-              cached_stages, dynamics=None, members=None, unresolved=()) -> _Evaluation:
-    """The model against the data (and the truth where known)."""
+              cached_stages, dynamics=None, members=None, unresolved=(), drive=(None, None)) -> _Evaluation:
+    """The model against the data (and the truth where known); ``drive``: ``(draws, zeta)`` of the posterior the
+    model's drift came from (:func:`~kgmm_bayes.study.stages.model_draws`)."""
     rom, lg, summary = langevin.rom, spec.langevin, fit.summary
     kept = rom.kept_samples()
     rom_phys = data.zscore.inverse(kept.astype(np.float64))
@@ -264,7 +272,9 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     else:  # reported, not hidden: the model has no stationary samples to compare
         rel_ent = np.full(z.shape[1], np.nan)
     interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
-    interp_error, interp_relative = interpolant_heldout_error(interp, fit.draws, z)
+    drive_draws, drive_zeta = drive
+    interp_error, interp_relative = interpolant_heldout_error(interp, fit.draws if drive_draws is None else drive_draws,
+                                                              z)
     interp_band = band_around(summary, interp_at_points, interp_error)
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,
@@ -286,6 +296,11 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                         "heldout_relative_rms_error": json_floats(interp_relative)},
         "langevin": {"particles": int(lg.particles), "escaped": rom.escaped, "non_finite": rom.non_finite,
                      "kept_samples": int(len(kept)), "drift": lg.drift,
+                     # the zeta of the posterior whose draws drive the model: the kept one's, or the first one's
+                     # where the coarsening sampled two (kgmm_bayes.study.stages.model_draws)
+                     "drift_posterior": "kept" if drive_zeta is None else "first",
+                     "drift_posterior_zeta": float(fit.convergence["coarsening"]["zeta"] if drive_zeta is None
+                                                   else drive_zeta),
                      "mobility": "identity" if dynamics is None else "fitted",
                      # the run's schedule (with a fitted mobility: in the data's time, a snapshot per interval)
                      "dt": langevin.dt, "thin": int(langevin.thin), "steps": int(langevin.steps),
@@ -370,8 +385,9 @@ def interpolant_heldout_error(interp, draws, z):
     return np.sqrt(np.mean(error**2, axis=0)), float(np.sqrt(np.sum(error**2) / max(np.sum(target**2), 1e-300)))
 
 
-def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation):
-    """The study's files, written into the staging folder (one atomic write each); the commit swaps it in."""
+def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation, drive=None):
+    """The study's files, written into the staging folder (one atomic write each); the commit swaps it in.
+    ``drive``: the first posterior's draws that drove the model, where the coarsening sampled two."""
     rom_phys, interp_at_points, true_at_points = (evaluation.rom_samples, evaluation.interpolant_at_points,
                                                   evaluation.true_at_points)
     # netCDF built in memory, then one atomic write: a full disk is an OSError, never an HDF5 crash
@@ -382,6 +398,8 @@ def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation):
     atomic_write_bytes(out.path("rom_samples.npy"), npy_bytes(rom_phys))
     if fit.score_bias is not None:
         atomic_write_bytes(out.path(SCORE_BIAS_FILE), npz_bytes(field_stats(fit.score_bias)))
+    if drive is not None:
+        atomic_write_bytes(out.path(MODEL_DRAWS_FILE), npz_bytes(dict(zip(("weights", "means", "cov_chol"), drive))))
     if evaluation.dynamics is not None:
         atomic_write_bytes(out.path("responses.npz"), npz_bytes(evaluation.dynamics))
         atomic_write_bytes(out.path("rom_paths.npy"), npy_bytes(evaluation.rom_paths))
