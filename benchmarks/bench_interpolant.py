@@ -67,8 +67,9 @@ def main():
     spec, itp = res.spec, res.spec.interpolant
     z = res.zscore.forward(res.data.train)
     held = z[heldout_indices(len(z))]
-    held_target = posterior_mean_score(*res.draws, held)
-    summary = SimpleNamespace(mean=posterior_mean_score(*res.draws, res.partition.points))
+    draws = res.draws if res.model_draws is None else res.model_draws  # the draws the study's interpolant learnt
+    held_target = posterior_mean_score(*draws, held)
+    summary = SimpleNamespace(mean=posterior_mean_score(*draws, res.partition.points))
     lg = spec.langevin
     study = f"{itp.snapshots}:{itp.steps}:{'x'.join(str(h) for h in itp.hidden)}"
     print(f"study {spec.study.name}: {len(res.partition.points)} cells, {len(z)} training snapshots, "
@@ -80,7 +81,7 @@ def main():
         sp = spec._replace(interpolant=itp._replace(snapshots=int(snapshots), steps=int(steps),
                                                     hidden=tuple(int(h) for h in hidden.split("x"))))
         t0 = time.perf_counter()
-        points, targets, weights = interpolant_training_set(sp, res.partition, summary, res.draws, z)
+        points, targets, weights = interpolant_training_set(sp, res.partition, summary, draws, z)
         t_targets = time.perf_counter() - t0
         it = sp.interpolant
         net = fit_interpolant(jax.random.key(args.key), points, targets, weights, it.hidden, it.steps,

@@ -182,7 +182,10 @@ def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_
         means = np.broadcast_to(np.array([[-0.5 + shift, 0.0], [0.5 + shift, 0.0]]), (2, 2, 2, 2)).copy()
         chol = np.broadcast_to(0.8 * np.eye(2), (2, 2, 2, 2, 2)).copy()
         weights = np.full((2, 2, 2), 0.5)
-        return PosteriorSamples(weights, means, chol, {"weights": weights, "means": means, "cov_chol": chol}, {}, 0.0)
+        stats = {name: np.zeros((2, 2)) for name in ("diverging", "num_steps", "tree_depth", "accept_prob", "energy",
+                                                     "potential_energy")}
+        return PosteriorSamples(weights, means, chol, {"weights": weights, "means": means, "cov_chol": chol}, stats,
+                                0.0)
 
     runs = [fake(0.3), fake(0.0)]
     monkeypatch.setattr(stages, "run_nuts", lambda *args, **kwargs: runs.pop(0))
@@ -201,11 +204,13 @@ def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_
     assert runs == [] and choice.zeta == 0.25  # both posteriors were sampled; the second is kept
     assert factors == [1.0, 0.5]
     # the first posterior's draws (sampled at 1 / R = 0.5) are kept with the second to drive the model
-    drive, zeta = stages.model_draws(post, "the kept posterior's draws")
+    drive, zeta = stages.model_draws(post, "the kept posterior's draws", spec.score.max_draws)
     assert zeta == 0.5
-    for a, b in zip(drive, thin_draws(fake(0.3), spec.score.max_draws)):
+    weights = post.sample_stats["model_chain_weights"] if bool(post.sample_stats["model_stacked"]) else None
+    for a, b in zip(drive, thin_draws(fake(0.3), spec.score.max_draws, chain_weights=weights)):
         np.testing.assert_array_equal(a, b)
-    assert stages.model_draws(fake(0.0), "the kept posterior's draws") == ("the kept posterior's draws", None)
+    assert stages.model_draws(fake(0.0), "the kept posterior's draws", 10) == ("the kept posterior's draws", None)
+
     field = field_from_stats(post.sample_stats)
     first = stein_gap(x, lambda z: posterior_mean_score(*thin_draws(fake(0.3), stages.GAP_DRAWS), z), part.points,
                       part.counts, seed=stages.COARSENING_SEED)
@@ -214,3 +219,27 @@ def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_
     np.testing.assert_array_equal(field.centres, first.field.centres)
     np.testing.assert_allclose(field.coefficients, second.field.coefficients, rtol=1e-12, atol=1e-12)
     assert not np.allclose(field.coefficients, first.field.coefficients)
+
+
+def test_the_model_s_draws_follow_the_first_posterior_s_stacking_weights():
+    """The first posterior's chains are weighed by their own stacking weights when they settled in several modes
+    (a chain of weight 0 gives no draw), and thinned to [score] max_draws when the study asks for them."""
+    from kgmm_bayes.study import stages
+
+    chains, draws, k, d = 3, 40, 2, 1
+    means = np.arange(chains * draws * k * d, dtype=np.float64).reshape(chains, draws, k, d)
+    stats = {"model_weights": np.full((chains, draws, k), 0.5), "model_means": means,
+             "model_cov_chol": np.ones((chains, draws, k, d, d)), "model_zeta": np.asarray(1.0),
+             "model_chain_weights": np.array([0.5, 0.0, 0.5]), "model_stacked": np.asarray(True),
+             "model_max_r_hat": np.asarray(1.0)}
+
+    class Post:
+        sample_stats = stats
+
+    (w, m, L), zeta = stages.model_draws(Post, None, 30)
+    assert zeta == 1.0 and w.shape == (30, k) and m.shape == (30, k, d) and L.shape == (30, k, d, d)
+    chain_of = m[:, 0, 0] // (draws * k * d)
+    assert set(chain_of) == {0, 2} and np.sum(chain_of == 0) == np.sum(chain_of == 2) == 15
+    stats["model_stacked"] = np.asarray(False)  # equal weights: 10 draws from each chain
+    (_, m, _), _ = stages.model_draws(Post, None, 30)
+    assert np.bincount((m[:, 0, 0] // (draws * k * d)).astype(int)).tolist() == [10, 10, 10]

@@ -55,12 +55,28 @@ def with_score_bias(folder):
     return field
 
 
+def with_model_draws(folder):
+    """Valid first-posterior draws (5 of them) and the metrics that say they drove the model, as a study whose
+    coarsening sampled two posteriors has them (the tiny study's need not)."""
+    from kgmm_bayes.files import npz_bytes
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    k, d = metrics["partition"]["components"], metrics["data"]["dim"]
+    draws = {"weights": np.full((5, k), 1.0 / k), "means": np.zeros((5, k, d)),
+             "cov_chol": np.broadcast_to(np.eye(d), (5, k, d, d)).copy()}
+    (folder / "model_draws.npz").write_bytes(npz_bytes(draws))
+    metrics["langevin"]["drift_posterior"] = "first"
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
 @pytest.fixture
 def study_copy(tiny_study, tmp_path):
     copy = tmp_path / "study"
     shutil.copytree(tiny_study, copy)
     if not (copy / "score_bias.npz").exists():
         with_score_bias(copy)
+    if not (copy / "model_draws.npz").exists():
+        with_model_draws(copy)
     return copy
 
 
@@ -191,6 +207,10 @@ DAMAGE = [
     ("score_bias.npz", _npz(score_bias_coefficients=np.ones((2, 15, 1)))),
     ("score_bias.npz", _npz(score_bias_spread=np.ones((8, 14, 1)))),
     ("score_bias.npz", _npz(score_bias_spread=np.full((8, 15, 1), np.inf))),
+    ("model_draws.npz", _empty), ("model_draws.npz", _garbage), ("model_draws.npz", _truncate),
+    ("model_draws.npz", _npz(drop=("means",))), ("model_draws.npz", _npz(means=np.zeros((5, 1, 7)))),
+    ("model_draws.npz", _npz(cov_chol=np.full((5, 1, 1, 1), np.nan))),
+    ("model_draws.npz", _npz(weights=np.array([{"x": 1}], dtype=object))),
     ("rom_samples.npy", _empty), ("rom_samples.npy", _garbage), ("rom_samples.npy", _truncate),
     ("rom_samples.npy", _npy(np.array([{"x": 1}, None], dtype=object))), ("rom_samples.npy", _npy(np.ones(5))),
     ("rom_samples.npy", _npy(np.ones((5, 2)))), ("rom_samples.npy", _npy(np.array([["a"]]))),
@@ -204,6 +224,26 @@ def test_damaged_study_file(study_copy, name, damage):
     with pytest.raises(InputError) as excinfo:
         load_result(study_copy)
     _one_line_error(excinfo, name, "is damaged or not a kgmm-bayes file", str(study_copy))
+
+
+def test_model_draws_must_match_what_the_metrics_say_drove_the_model(study_copy):
+    """The first posterior's draws drive Result.simulate: a lost file, or a file the metrics do not account for,
+    is damage, not a silent switch of the model's drift."""
+    loaded = load_result(study_copy)
+    assert loaded.model_draws is not None and loaded.model_draws[1].shape[0] == 5
+    metrics = json.loads((study_copy / "metrics.json").read_text())
+    metrics["langevin"]["drift_posterior"] = "kept"
+    (study_copy / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(InputError) as excinfo:
+        load_result(study_copy)
+    _one_line_error(excinfo, "model_draws.npz", "did not come from")
+    os.unlink(study_copy / "model_draws.npz")
+    assert load_result(study_copy).model_draws is None
+    metrics["langevin"]["drift_posterior"] = "first"
+    (study_copy / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(InputError) as excinfo:
+        load_result(study_copy)
+    _one_line_error(excinfo, "model_draws.npz", "missing")
 
 
 def test_a_lost_score_bias_file_is_damage_when_the_metrics_report_one(study_copy):

@@ -217,11 +217,15 @@ def _read_model_draws(out_dir: str, k: int, d: int, metrics: dict):
     """The draws that drove the model where they are not the posterior's (``None``: the posterior's); a study whose
     metrics say its model came from a first posterior and whose file is gone is damaged."""
     path = os.path.join(out_dir, MODEL_DRAWS_FILE)
+    first = (metrics.get("langevin") or {}).get("drift_posterior") == "first"
     if not os.path.exists(path):
-        if (metrics.get("langevin") or {}).get("drift_posterior") == "first":
+        if first:
             raise _damaged(out_dir, MODEL_DRAWS_FILE, "missing, although metrics.json says the model's drift came "
                                                       "from the first posterior")
         return None
+    if not first:
+        raise _damaged(out_dir, MODEL_DRAWS_FILE, "present, although metrics.json says the model's drift did not "
+                                                  "come from a first posterior")
     try:
         with np.load(path, allow_pickle=False) as f:
             w, m, L = (np.asarray(f[name], np.float64) for name in ("weights", "means", "cov_chol"))

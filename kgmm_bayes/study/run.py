@@ -155,7 +155,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     fit = score_stage(spec, post, coarsening, part, data.zscore, idata=best_idata)
     # the model's drift: from the first posterior's draws where the coarsening sampled two (stages.model_draws);
     # the bands, the ensemble and the responses' bands from the kept posterior's
-    drive, drive_zeta = model_draws(post, fit.draws)
+    drive, drive_zeta = model_draws(post, fit.draws, spec.score.max_draws)
     targets = fit.summary if drive_zeta is None else fit.summary._replace(
         mean=np.asarray(posterior_mean_score(*drive, part.points)))
     clock("score")
@@ -225,8 +225,13 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         clock("ensemble")
 
     log(progress, "metrics, figures, report")
+    drive_meta = {} if drive_zeta is None else {  # the first posterior's mixing, as it drives the model
+        "drift_posterior_max_r_hat": json_floats(float(post.sample_stats["model_max_r_hat"])),
+        "drift_posterior_stacked": bool(post.sample_stats["model_stacked"])}
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-                           cached_stages, dynamics, members, unresolved, drive=(drive, drive_zeta))
+                           cached_stages, dynamics, members, unresolved,
+                           drive=(None, None, None, {}) if drive_zeta is None else (drive, drive_zeta, targets.mean,
+                                                                                    drive_meta))
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
     if screening:
         metrics["model_selection"]["chosen_from_data"] = {
@@ -261,9 +266,10 @@ class _Evaluation(NamedTuple):
 
 
 def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-              cached_stages, dynamics=None, members=None, unresolved=(), drive=(None, None)) -> _Evaluation:
-    """The model against the data (and the truth where known); ``drive``: ``(draws, zeta)`` of the posterior the
-    model's drift came from (:func:`~kgmm_bayes.study.stages.model_draws`)."""
+              cached_stages, dynamics=None, members=None, unresolved=(), drive=(None, None, None, {})) -> _Evaluation:
+    """The model against the data (and the truth where known); ``drive``: ``(draws, zeta, mean score at the cells,
+    metrics)`` of the first posterior where its draws drove the model (:func:`~kgmm_bayes.study.stages.model_draws`),
+    else ``(None, None, None, {})``."""
     rom, lg, summary = langevin.rom, spec.langevin, fit.summary
     kept = rom.kept_samples()
     rom_phys = data.zscore.inverse(kept.astype(np.float64))
@@ -272,9 +278,10 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     else:  # reported, not hidden: the model has no stationary samples to compare
         rel_ent = np.full(z.shape[1], np.nan)
     interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
-    drive_draws, drive_zeta = drive
+    drive_draws, drive_zeta, drive_mean, drive_meta = drive
     interp_error, interp_relative = interpolant_heldout_error(interp, fit.draws if drive_draws is None else drive_draws,
                                                               z)
+    learnt_mean = summary.mean if drive_mean is None else drive_mean  # the posterior-mean score it learnt
     interp_band = band_around(summary, interp_at_points, interp_error)
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,
@@ -286,7 +293,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                              "data_floor_per_marginal": floor.tolist(), "data_floor_mean": float(floor.mean())},
         "posterior": fit.convergence,
         "interpolant": {"final_loss": interp.final_loss,
-                        "relative_error_vs_posterior_mean": weighted_score_error(interp_at_points, summary.mean,
+                        "relative_error_vs_posterior_mean": weighted_score_error(interp_at_points, learnt_mean,
                                                                                  part.counts),
                         # at held-out training snapshots (never trained on), z-scored units: the
                         # error term of the interpolant's band (result.score(x, drift="interpolant"))
@@ -299,6 +306,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                      # the zeta of the posterior whose draws drive the model: the kept one's, or the first one's
                      # where the coarsening sampled two (kgmm_bayes.study.stages.model_draws)
                      "drift_posterior": "kept" if drive_zeta is None else "first",
+                     **drive_meta,
                      "drift_posterior_zeta": float(fit.convergence["coarsening"]["zeta"] if drive_zeta is None
                                                    else drive_zeta),
                      "mobility": "identity" if dynamics is None else "fitted",

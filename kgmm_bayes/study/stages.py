@@ -275,7 +275,7 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         # error field and, when a second posterior was sampled, the first one's draws that drive the model
         stats = dict(post.sample_stats)
         if post is not first:
-            stats.update(model_draw_stats(first, spec.score.max_draws, first_zeta))
+            stats.update(model_draw_stats(first, first_zeta, part, spec.partition.coreset, spec.score.band))
         if mode == "stein" and gap is not None and gap.field is not None:  # ("stein": the score band's)
             field = gap.field
             if post is not first:  # the field of the kept posterior's mean, on the same bumps
@@ -311,28 +311,48 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
 # The reduced-order model's drift when the coarsening sampled two posteriors: the first (standard, or at 1 / R)
 # posterior's draws, not the kept one's.  The kept posterior's likelihood counts zeta N snapshots, so its mean is
 # pulled towards the prior by 1 / zeta more; its draws set the bands, the first one's mean the model.  Measured
-# (kgmm-bayes run, seed 0, same Langevin noise): four-well (zeta 0.630 then 0.103) relative entropy 0.000419 with
-# the first posterior's draws against 0.000612 with the kept one's (classic KGMM 0.000489); Lorenz-96 (zeta 1
-# then 0.0109) ... ; triad ... .
+# (kgmm-bayes run, seed 0, same Langevin noise; README "What a band means"): relative entropy with the first
+# posterior's draws against the kept one's, four-well (zeta 0.630 then 0.103) 0.000419 against 0.000612 (classic
+# KGMM 0.000489), triad 0.000451 against 0.000574, Lorenz-96 (zeta 1 then 0.0109) 0.00254 against 0.00955,
+# Lorenz-63 (zeta 0.937 then 0.132, the first posterior's 16 chains stacked) 0.000698 against 0.000705.
 MODEL_DRAW_FIELDS = ("model_weights", "model_means", "model_cov_chol")
 
 
-def model_draw_stats(post, max_draws: int, zeta: float) -> dict:
-    """``post``'s draws (at most ``max_draws``, thinned within chains, chains weighed equally) and the zeta it
-    was sampled at, as ``sample_stats`` entries of the kept posterior (its stage keeps them)."""
-    draws = thin_draws(post, max_draws)
-    stats = {name: np.asarray(a) for name, a in zip(MODEL_DRAW_FIELDS, draws)}
+class _Draws(NamedTuple):  # draws with their (chain, draw) axes, as thin_draws takes them
+    weights: np.ndarray
+    means: np.ndarray
+    cov_chol: np.ndarray
+
+
+def model_draw_stats(post, zeta: float, part: Partition, coreset: bool, band: float) -> dict:
+    """``post``'s draws (with their chain axis), the chains' stacking weights (from ``post``'s own convergence
+    summary, as :func:`score_stage` weighs the kept posterior's chains), its worst r_hat within modes and the zeta
+    it was sampled at, as ``sample_stats`` entries of the kept posterior (its stage keeps them)."""
+    idata = to_inference_data(post, ZScore(np.zeros(part.points.shape[1]), np.ones(part.points.shape[1])),
+                              part.points, part.counts, point_covariances=part.cell_covariances,
+                              log_likelihood=coreset, likelihood_power=zeta)
+    convergence = convergence_summary(idata, band, independent_starts(post))
+    weights = stacked_weights(convergence)
+    chains = post.weights.shape[0]
+    stats = {name: np.asarray(a) for name, a in zip(MODEL_DRAW_FIELDS, (post.weights, post.means, post.cov_chol))}
+    stats["model_chain_weights"] = np.full(chains, 1.0 / chains) if weights is None else np.asarray(weights)
+    stats["model_stacked"] = np.asarray(weights is not None)
+    r_hat = convergence.get("max_mode_r_hat", convergence.get("max_r_hat"))
+    stats["model_max_r_hat"] = np.asarray(np.nan if r_hat is None else float(r_hat))
     stats["model_zeta"] = np.asarray(float(zeta))
     return stats
 
 
-def model_draws(post, draws) -> tuple:
-    """``(draws, zeta or None)``: the draws that drive the reduced-order model (``post``'s first posterior's,
-    kept by :func:`model_draw_stats`), or ``draws`` (the study's own) when only one posterior was sampled."""
+def model_draws(post, draws, max_draws: int) -> tuple:
+    """``(draws, zeta or None)``: the draws that drive the reduced-order model, ``post``'s first posterior's (at
+    most ``max_draws``, thinned within chains by their stacking weights; kept by :func:`model_draw_stats`), or
+    ``draws`` (the study's own) when only one posterior was sampled."""
     stats = post.sample_stats
     if MODEL_DRAW_FIELDS[0] not in stats:
         return draws, None
-    return tuple(np.asarray(stats[name]) for name in MODEL_DRAW_FIELDS), float(stats["model_zeta"])
+    chains = _Draws(*(np.asarray(stats[name]) for name in MODEL_DRAW_FIELDS))
+    weights = np.asarray(stats["model_chain_weights"]) if bool(stats["model_stacked"]) else None
+    return thin_draws(chains, max_draws, chain_weights=weights), float(stats["model_zeta"])
 
 
 def _posterior_from_arrays(cached):
