@@ -67,7 +67,7 @@ def main():
     spec, itp = res.spec, res.spec.interpolant
     z = res.zscore.forward(res.data.train)
     held = z[heldout_indices(len(z))]
-    draws = res.draws if res.model_draws is None else res.model_draws  # the draws the study's interpolant learnt
+    draws = res.drift_draws  # the draws the study's interpolant learnt
     held_target = posterior_mean_score(*draws, held)
     summary = SimpleNamespace(mean=posterior_mean_score(*draws, res.partition.points))
     lg = spec.langevin

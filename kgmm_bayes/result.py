@@ -68,6 +68,12 @@ class BayesianKGMM(NamedTuple):
     # model drift came from (the interpolant's targets, the "mixture" drift); None: ``draws``
     model_draws: Any = None
 
+    @property
+    def drift_draws(self) -> tuple:
+        """The draws the study's model drift came from: ``model_draws``, or ``draws`` where one posterior was
+        sampled."""
+        return self.draws if self.model_draws is None else self.model_draws
+
     def _points(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         d = len(self.zscore.mean)
@@ -349,8 +355,7 @@ class BayesianKGMM(NamedTuple):
             lost = int(np.sum(~run.alive))
         else:
             drift_fn, params = ((self.interpolant.apply_fn(), self.interpolant.params) if drift == "interpolant"
-                                else predictive_drift(self.draws if self.model_draws is None else self.model_draws,
-                                                      count=getattr(lg, "mixture_draws", 0)))
+                                else predictive_drift(self.drift_draws, count=getattr(lg, "mixture_draws", 0)))
             run = simulate_langevin(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, box, mobility=phi)
             paths = np.where(run.alive[None, :, None], run.samples, np.nan)
             lost = int(np.sum(~run.alive))

@@ -37,7 +37,7 @@ __all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "mixtur
            "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores",
            "thin_draws", "predictive_score_fn", "predictive_drift", "field_draws", "physical_draws", "band_with_bias",
            "summarize_log_densities", "summarize_divergences", "band_around", "posterior_mean_fields",
-           "posterior_mean_score"]
+           "posterior_mean_score", "ChainDraws"]
 
 
 def _whitened(weights, means, cov_chol, x):
@@ -246,6 +246,14 @@ def summarize_scores(scores, log_densities, band: float = 0.9) -> ScoreSummary:
     predictive = np.einsum("sn,snd->nd", _predictive_weights(log_densities), scores)
     return ScoreSummary(mean=scores.mean(axis=0), std=scores.std(axis=0), lower=lower,
                         upper=upper, predictive=predictive, band=band)
+
+
+class ChainDraws(NamedTuple):
+    """Stored draws with their ``(chain, draw)`` axes, as :func:`thin_draws` takes them."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    cov_chol: np.ndarray
 
 
 def thin_draws(posterior, max_draws: int, chain_weights=None):

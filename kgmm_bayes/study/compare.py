@@ -258,8 +258,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
             np.asarray(data.analytic_score(data.zscore.inverse(part.points)), dtype=np.float64))
 
     m = result.metrics
-    bayes_drift = model_drift(spec, result.interpolant,
-                              result.draws if result.model_draws is None else result.model_draws)
+    bayes_drift = model_drift(spec, result.interpolant, result.drift_draws)
     bayes_error = None
     if truth is not None:
         predicted = np.asarray(bayes_drift[0](bayes_drift[1], jnp.asarray(part.points, jnp.float32)), np.float64)

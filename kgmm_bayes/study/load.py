@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import NamedTuple
 
 import numpy as np
 
 from ..bayes.diagnostics import chain_weights
-from ..bayes.score import thin_draws
+from ..bayes.score import ChainDraws, thin_draws
 from ..bayes.score_matching import field_from_stats
 from ..data.stream import SAMPLE_SNAPSHOTS, open_source, read_sample, split_segments
 from ..data.trajectory import as_series, load_trajectory, split_members, train_series_length, validate_snapshots
@@ -31,11 +30,6 @@ from .stages import prepare_data, study_keys
 
 __all__ = ["load_result", "score_to_file", "PARTITION_FILE", "SCORE_BIAS_FILE", "DATA_FILE", "MODEL_DRAWS_FILE"]
 
-
-class _Chains(NamedTuple):  # stored draws (chain, draw, ...), as thin_draws takes them
-    weights: np.ndarray
-    means: np.ndarray
-    cov_chol: np.ndarray
 
 PARTITION_FILE = "partition.npz"
 SCORE_BIAS_FILE = "score_bias.npz"  # the posterior mean's local error field (kgmm_bayes.bayes.score_matching)
@@ -341,7 +335,7 @@ def load_result(out_dir) -> BayesianKGMM:
     interpolant = _read_interpolant(out_dir, d)
     # the draws the study used: at most [score] max_draws, thinned within each chain as it thinned them
     chains = int(idata.posterior.sizes["chain"])
-    draws = thin_draws(_Chains(*(a.reshape((chains, -1) + a.shape[1:]) for a in (w, m, L))), spec.score.max_draws,
+    draws = thin_draws(ChainDraws(*(a.reshape((chains, -1) + a.shape[1:]) for a in (w, m, L))), spec.score.max_draws,
                        chain_weights=chain_weights(idata))
     return BayesianKGMM(spec=spec, zscore=zscore, inference_data=idata, partition=partition,
                         target_summary=None, interpolant=interpolant, rom_samples=rom_samples,

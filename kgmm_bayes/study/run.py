@@ -225,13 +225,14 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         clock("ensemble")
 
     log(progress, "metrics, figures, report")
-    drive_meta = {} if drive_zeta is None else {  # the first posterior's mixing, as it drives the model
-        "drift_posterior_max_r_hat": json_floats(float(post.sample_stats["model_max_r_hat"])),
-        "drift_posterior_stacked": bool(post.sample_stats["model_stacked"])}
+    # which posterior's draws drove the model (metrics.json langevin), with the first posterior's mixing
+    drift_metrics = {"drift_posterior": "kept" if drive_zeta is None else "first",
+                     "drift_posterior_zeta": float(coarsening.zeta if drive_zeta is None else drive_zeta)}
+    if drive_zeta is not None:
+        drift_metrics.update(drift_posterior_max_r_hat=json_floats(float(post.sample_stats["model_max_r_hat"])),
+                             drift_posterior_stacked=bool(post.sample_stats["model_stacked"]))
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-                           cached_stages, dynamics, members, unresolved,
-                           drive=(None, None, None, {}) if drive_zeta is None else (drive, drive_zeta, targets.mean,
-                                                                                    drive_meta))
+                           cached_stages, dynamics, members, unresolved, drive=(drive, targets.mean, drift_metrics))
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
     if screening:
         metrics["model_selection"]["chosen_from_data"] = {
@@ -266,10 +267,10 @@ class _Evaluation(NamedTuple):
 
 
 def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-              cached_stages, dynamics=None, members=None, unresolved=(), drive=(None, None, None, {})) -> _Evaluation:
-    """The model against the data (and the truth where known); ``drive``: ``(draws, zeta, mean score at the cells,
-    metrics)`` of the first posterior where its draws drove the model (:func:`~kgmm_bayes.study.stages.model_draws`),
-    else ``(None, None, None, {})``."""
+              cached_stages, dynamics=None, members=None, unresolved=(), drive=None) -> _Evaluation:
+    """The model against the data (and the truth where known); ``drive``: ``(draws, mean score at the cells,
+    langevin metrics)`` of the posterior whose draws drove the model (:func:`~kgmm_bayes.study.stages.model_draws`;
+    ``None``: the study's own draws)."""
     rom, lg, summary = langevin.rom, spec.langevin, fit.summary
     kept = rom.kept_samples()
     rom_phys = data.zscore.inverse(kept.astype(np.float64))
@@ -278,10 +279,9 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     else:  # reported, not hidden: the model has no stationary samples to compare
         rel_ent = np.full(z.shape[1], np.nan)
     interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
-    drive_draws, drive_zeta, drive_mean, drive_meta = drive
-    interp_error, interp_relative = interpolant_heldout_error(interp, fit.draws if drive_draws is None else drive_draws,
-                                                              z)
-    learnt_mean = summary.mean if drive_mean is None else drive_mean  # the posterior-mean score it learnt
+    # the draws the model came from and the posterior-mean score the interpolant learnt
+    drive_draws, learnt_mean, drift_metrics = (fit.draws, summary.mean, {}) if drive is None else drive
+    interp_error, interp_relative = interpolant_heldout_error(interp, drive_draws, z)
     interp_band = band_around(summary, interp_at_points, interp_error)
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,
@@ -303,12 +303,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                         "heldout_relative_rms_error": json_floats(interp_relative)},
         "langevin": {"particles": int(lg.particles), "escaped": rom.escaped, "non_finite": rom.non_finite,
                      "kept_samples": int(len(kept)), "drift": lg.drift,
-                     # the zeta of the posterior whose draws drive the model: the kept one's, or the first one's
-                     # where the coarsening sampled two (kgmm_bayes.study.stages.model_draws)
-                     "drift_posterior": "kept" if drive_zeta is None else "first",
-                     **drive_meta,
-                     "drift_posterior_zeta": float(fit.convergence["coarsening"]["zeta"] if drive_zeta is None
-                                                   else drive_zeta),
+                     **drift_metrics,
                      "mobility": "identity" if dynamics is None else "fitted",
                      # the run's schedule (with a fitted mobility: in the data's time, a snapshot per interval)
                      "dt": langevin.dt, "thin": int(langevin.thin), "steps": int(langevin.steps),

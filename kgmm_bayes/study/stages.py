@@ -43,6 +43,7 @@ from ..bayes.sampler import (
     run_nuts,
 )
 from ..bayes.score import (
+    ChainDraws,
     ScoreSummary,
     band_with_bias,
     predictive_drift,
@@ -318,12 +319,6 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
 MODEL_DRAW_FIELDS = ("model_weights", "model_means", "model_cov_chol")
 
 
-class _Draws(NamedTuple):  # draws with their (chain, draw) axes, as thin_draws takes them
-    weights: np.ndarray
-    means: np.ndarray
-    cov_chol: np.ndarray
-
-
 def model_draw_stats(post, zeta: float, part: Partition, coreset: bool, band: float) -> dict:
     """``post``'s draws (with their chain axis), the chains' stacking weights (from ``post``'s own convergence
     summary, as :func:`score_stage` weighs the kept posterior's chains), its worst r_hat within modes and the zeta
@@ -350,7 +345,7 @@ def model_draws(post, draws, max_draws: int) -> tuple:
     stats = post.sample_stats
     if MODEL_DRAW_FIELDS[0] not in stats:
         return draws, None
-    chains = _Draws(*(np.asarray(stats[name]) for name in MODEL_DRAW_FIELDS))
+    chains = ChainDraws(*(np.asarray(stats[name]) for name in MODEL_DRAW_FIELDS))
     weights = np.asarray(stats["model_chain_weights"]) if bool(stats["model_stacked"]) else None
     return thin_draws(chains, max_draws, chain_weights=weights), float(stats["model_zeta"])
 
