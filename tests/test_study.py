@@ -197,6 +197,33 @@ def test_rerun_reuses_stages_and_reproduces_numbers(small_run):
             == {k: v for k, v in before[key].items() if k != "particle_steps_per_second"})
 
 
+def test_posterior_stage_key_follows_every_section_the_stage_reads():
+    """The posterior stage reads [score] (the coarsening thins draws at max_draws to choose zeta; the model's
+    draws are summarised at its band): changing either asks for a new posterior, changing [langevin] does not."""
+    from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.study import stages
+
+    class Looked(Exception):
+        pass
+
+    class Out:  # records the key the stage looks up, then stops before sampling
+        def load_stage(self, name, key, build=None):
+            keys.append((name, key))
+            raise Looked
+
+    base = load_spec(None)
+    variants = [base, base._replace(score=base.score._replace(max_draws=base.score.max_draws // 2)),
+                base._replace(score=base.score._replace(band=0.8)),
+                base._replace(langevin=base.langevin._replace(particles=base.langevin.particles + 1))]
+    keys = []
+    for spec in variants:
+        with pytest.raises(Looked):
+            stages.posterior_stage(spec, Out(), None, None, None, "upstream", None)
+    assert [name for name, _ in keys] == ["posterior"] * 4
+    found = [key for _, key in keys]
+    assert len(set(found[:3])) == 3 and found[3] == found[0]
+
+
 def test_killed_run_resumes_and_gives_the_same_numbers(small_run, tmp_path):
     """SIGKILL a fresh run of the same spec and seed once its posterior is on disk (it is then
     training the interpolant or simulating): no output folder appears, and the same command

@@ -361,7 +361,8 @@ def _posterior_from_arrays(cached):
 
 def posterior_stage(spec, out, key, part, z, upstream, progress):
     """``((posterior, coarsening), stage key, read from the cache)``."""
-    skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition"))
+    # [score]: the coarsening's choice of zeta reads the draws thinned at max_draws, the model's draws their band
+    skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition", "score"))
     cached = out.load_stage("posterior", skey, build=_posterior_from_arrays)
     if cached is not None:
         return cached, skey, True
