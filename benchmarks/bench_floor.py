@@ -9,7 +9,8 @@ size (the reference set against the training set, as the study's own floor, and 
 disjoint pairs cut from the long run; the floor is their mean).  Both sides of the floor carry
 sampling noise while the long run carries little, so the training set's own relative entropy
 against the long run is printed as well: the stricter yardstick.  Also measured against the long run: draws straight from the
-posterior-predictive mixture (as many as the model's samples; no interpolant, no time step) and
+posterior-predictive mixture of the draws that drive the model (``BayesianKGMM.drift_draws``; as many as
+the model's samples; no interpolant, no time step) and
 the training set itself.  Built-in systems only (user data have no true system to re-run).
 
     python benchmarks/bench_floor.py kgmm-runs/reduced_1d --factor 10
@@ -86,8 +87,9 @@ def main(argv=None):
     floor = floors.mean(axis=0)
     rows = [("floor: two independent training-size sets (mean of %d pairs)" % len(pairs), floor),
             ("reduced-order model (rom_samples.npy)", rel(long_run, result.rom_samples)),
-            ("posterior-predictive mixture draws",
-             rel(long_run, predictive_samples(predictive_key, result.draws, result.zscore, len(result.rom_samples)))),
+            ("posterior-predictive mixture draws (of the draws that drive the model)",
+             rel(long_run, predictive_samples(predictive_key, result.drift_draws, result.zscore,
+                                              len(result.rom_samples)))),
             ("training set", rel(long_run, train)),
             ("study's own figure: model vs reference set", rel(reference, result.rom_samples))]
     print(f"study {result.spec.study.name} ({args.folder}): {n} training snapshots; long run {len(long_run)} "

@@ -24,6 +24,11 @@ CASES = {
                        '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 60\\n[mixture]\\ncomponents = 3\\n'
                        'coarsening = "off"\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
                        '[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 0\\nthin = 10'],
+    "bench_mixture_fits.py": ["reduced_1d", "--seeds", "1", "--draws", "8", "--resamples", "1", "--settings",
+                              '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 60\\n[mixture]\\n'
+                              'components = 3\\ncoarsening = "off"\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n'
+                              '[interpolant]\\nsteps = 50\\n[langevin]\\nparticles = 20\\nsteps = 200\\n'
+                              'burn_in = 0\\nthin = 10'],
     "bench_coreset.py": ["--members", "4", "--cells", "100", "--iterations", "40"],
     "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],
     "bench_reproducibility.py": ["reduced_1d", "--keys", "0", "1", "--members", "4", "--cells", "60",
@@ -43,7 +48,7 @@ def test_every_benchmark_is_listed():
 
 
 SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_user_calibration.py", "bench_scale.py",
-        "bench_interpolant.py", "bench_floor.py", "bench_coreset.py",
+        "bench_interpolant.py", "bench_floor.py", "bench_coreset.py", "bench_mixture_fits.py",
         "bench_reproducibility.py")  # about 30-60 s each: `-m slow`
 
 
