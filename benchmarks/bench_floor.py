@@ -9,8 +9,9 @@ size (the reference set against the training set, as the study's own floor, and 
 disjoint pairs cut from the long run; the floor is their mean).  Both sides of the floor carry
 sampling noise while the long run carries little, so the training set's own relative entropy
 against the long run is printed as well: the stricter yardstick.  Also measured against the long run: draws straight from the
-posterior-predictive mixture of the draws that drive the model (``BayesianKGMM.drift_draws``; as many as
-the model's samples; no interpolant, no time step) and
+posterior-predictive mixture of the draws that drive the model (``BayesianKGMM.drift_draws``, as many as
+the ``"mixture"`` drift pools, all of them for the interpolant's; as many samples as the model's; no
+interpolant, no time step) and
 the training set itself.  Built-in systems only (user data have no true system to re-run).
 
     python benchmarks/bench_floor.py kgmm-runs/reduced_1d --factor 10
@@ -31,6 +32,7 @@ import kgmm_bayes  # noqa: F401
 import jax
 import numpy as np
 
+from kgmm_bayes._picks import evenly_spaced
 from kgmm_bayes.data.systems import get_system
 from kgmm_bayes.data.systems.base import simulate
 from kgmm_bayes.errors import InputError
@@ -39,6 +41,20 @@ from kgmm_bayes.metrics.density import marginal_relative_entropies
 from bench_interpolant import study_result
 
 LONG_RUN_KEY = 2**31 - 1  # split from jax.random.key(LONG_RUN_KEY): the keys of study seed 2**31 - 1, no shipped study's
+
+
+def evenly(draws, count: int):
+    """``count`` of the draws ``(S, ...)`` evenly spaced, as the model's ``"mixture"`` drift picks them (0: all)."""
+    s = np.asarray(draws[0]).shape[0]
+    keep = evenly_spaced(s, s if count <= 0 else count)
+    return tuple(np.asarray(a)[keep] for a in draws)
+
+
+def model_mixture(result):
+    """The draws whose posterior-predictive mixture the study's model follows: the ``"mixture"`` drift's
+    ``[langevin] mixture_draws`` of ``drift_draws``, or all of them (the interpolant learns their mean)."""
+    lg = result.spec.langevin
+    return evenly(result.drift_draws, lg.mixture_draws if lg.drift == "mixture" else 0)
 
 
 def predictive_samples(key, draws, zscore, n: int) -> np.ndarray:
@@ -88,7 +104,7 @@ def main(argv=None):
     rows = [("floor: two independent training-size sets (mean of %d pairs)" % len(pairs), floor),
             ("reduced-order model (rom_samples.npy)", rel(long_run, result.rom_samples)),
             ("posterior-predictive mixture draws (of the draws that drive the model)",
-             rel(long_run, predictive_samples(predictive_key, result.drift_draws, result.zscore,
+             rel(long_run, predictive_samples(predictive_key, model_mixture(result), result.zscore,
                                               len(result.rom_samples)))),
             ("training set", rel(long_run, train)),
             ("study's own figure: model vs reference set", rel(reference, result.rom_samples))]

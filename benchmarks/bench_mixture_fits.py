@@ -7,10 +7,12 @@ themselves are compared, sampled directly (no interpolant, no time step, so what
 density alone):
 
 * the study's model: the posterior-predictive mixture of the draws that drive its reduced-order model
-  (``BayesianKGMM.drift_draws``: the first posterior's where the coarsening sampled two), ``--draws``
-  of them evenly spaced; and the kept posterior's (the bands'), where it is another;
-* scikit-learn's ``BayesianGaussianMixture`` (compare's baseline, :func:`kgmm_bayes.baselines.fit_sklearn`)
-  and ``GaussianMixture`` (maximum likelihood by EM on every training snapshot), ``--seeds`` seeds each;
+  (``BayesianKGMM.drift_draws``: the first posterior's where the coarsening sampled two), as many of them
+  evenly spaced as its ``"mixture"`` drift pools (``[langevin] mixture_draws``; ``--draws`` to change);
+  and the kept posterior's (the bands'), where it is another;
+* scikit-learn's ``BayesianGaussianMixture`` (compare's baseline, :func:`kgmm_bayes.baselines.fit_sklearn`
+  with the spec's ``[baselines]`` settings) and ``GaussianMixture`` (maximum likelihood by EM on every
+  training snapshot), ``--seeds`` seeds each;
 * the equal-weight average of the EM fits: what averaging over optima alone gives.
 
 Columns: the relative entropy (mean over marginals, against the reference set; as many samples as
@@ -39,17 +41,10 @@ from kgmm_bayes.bayes.score import score_draws
 from kgmm_bayes.errors import InputError
 from kgmm_bayes.metrics.density import marginal_relative_entropies
 
-from bench_floor import predictive_samples
+from bench_floor import evenly, predictive_samples
 from bench_interpolant import study_result
 
 BENCH_KEY = 20261201  # the samples' and the fits' keys: none of a study's
-
-
-def evenly(draws, count: int):
-    """``count`` of the draws ``(S, ...)`` evenly spaced (all of them when there are no more)."""
-    s = np.asarray(draws[0]).shape[0]
-    keep = np.arange(s) if count <= 0 or count >= s else np.linspace(0, s - 1, count).round().astype(int)
-    return tuple(np.asarray(a)[keep] for a in draws)
 
 
 def heldout_log_density(draws, z) -> float:
@@ -68,7 +63,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="a finished study's output folder, or a study to run first")
     parser.add_argument("--seeds", type=int, default=4, help="seeds of each point fit")
-    parser.add_argument("--draws", type=int, default=64, help="posterior draws pooled (evenly spaced; 0: all)")
+    parser.add_argument("--draws", type=int, default=None,
+                        help="posterior draws pooled (evenly spaced; 0: all); default [langevin] mixture_draws")
     parser.add_argument("--resamples", type=int, default=3, help="sample sets of one mixture: the figure's noise")
     parser.add_argument("--settings", default="", help="spec sections overriding a study run first (TOML, \\n)")
     args = parser.parse_args(argv)
@@ -76,6 +72,9 @@ def main(argv=None):
         raise SystemExit("--seeds and --resamples must be at least 1")
     result = study_result(args.folder, args.settings, "bench-mixture-fits-")
     zscore, k = result.zscore, result.spec.mixture.components
+    count = result.spec.langevin.mixture_draws if args.draws is None else args.draws
+    baselines = result.spec.baselines
+    k_fits = baselines.sklearn_components or k  # the point fits' components, as compare's
     train, reference = result.data.train, result.data.reference
     z, z_ref = (np.asarray(zscore.forward(a), np.float64) for a in (train, reference))
     n = len(result.rom_samples)
@@ -87,17 +86,17 @@ def main(argv=None):
         return float(np.mean(re)), heldout_log_density(draws, z_ref)
 
     rows = []  # (name, relative entropy, held-out log density, fit seconds)
-    model = evenly(result.drift_draws, args.draws)
+    model = evenly(result.drift_draws, count)  # as bench_floor.model_mixture, with --draws
     rows.append((f"study's model: posterior-predictive mixture of {len(model[0])} drift draws", *measure(model), None))
     if result.model_draws is not None:
-        rows.append((f"study's kept posterior (the bands'), {args.draws} draws",
-                     *measure(evenly(result.draws, args.draws)), None))
+        kept = evenly(result.draws, count)
+        rows.append((f"study's kept posterior (the bands'), {len(kept[0])} draws", *measure(kept), None))
     families = {"scikit-learn BayesianGaussianMixture": [], "scikit-learn GaussianMixture (EM)": []}
     em_fits = []
     for seed in range(args.seeds):
         key = jax.random.fold_in(fit_key, seed)
         start = time.perf_counter()
-        fit = fit_sklearn(key, z, k)
+        fit = fit_sklearn(key, z, k_fits, baselines.sklearn_max_iter)
         seconds = time.perf_counter() - start
         values = measure(tuple(np.asarray(a)[None] for a in fit.mixture))
         families["scikit-learn BayesianGaussianMixture"].append(values)
@@ -105,7 +104,7 @@ def main(argv=None):
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=ConvergenceWarning)
-            em = GaussianMixture(k, covariance_type="full", max_iter=500,
+            em = GaussianMixture(k_fits, covariance_type="full", max_iter=500,
                                  random_state=int(jax.random.randint(key, (), 0, 2**31 - 1))).fit(z)
         seconds = time.perf_counter() - start
         em_fits.append(point(em.weights_, em.means_, em.covariances_))
@@ -119,8 +118,8 @@ def main(argv=None):
     noise = [np.mean(marginal_relative_entropies(
         reference, predictive_samples(jax.random.fold_in(sample_key, i + 1), model, zscore, n), grid))
         for i in range(args.resamples)]
-    print(f"study {result.spec.study.name} ({args.folder}): K = {k}, {len(z)} training and {len(z_ref)} reference "
-          f"snapshots, {n} samples per mixture")
+    print(f"study {result.spec.study.name} ({args.folder}): K = {k} (point fits {k_fits}), {len(z)} training and "
+          f"{len(z_ref)} reference snapshots, {n} samples per mixture")
     print("| mixture | relative entropy (mean) | held-out log density per snapshot | ratio to baseline | fit (s) |")
     print("| --- | --- | --- | --- | --- |")
     for name, re, ll, seconds in rows:

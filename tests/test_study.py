@@ -197,9 +197,9 @@ def test_rerun_reuses_stages_and_reproduces_numbers(small_run):
             == {k: v for k, v in before[key].items() if k != "particle_steps_per_second"})
 
 
-def test_posterior_stage_key_follows_every_section_the_stage_reads():
-    """The posterior stage reads [score] (the coarsening thins draws at max_draws to choose zeta; the model's
-    draws are summarised at its band): changing either asks for a new posterior, changing [langevin] does not."""
+def test_posterior_stage_key_follows_what_the_stage_reads():
+    """The coarsening ("auto") chooses zeta from the draws thinned at [score] max_draws: changing it asks for a new
+    posterior; [score] band (no stored array depends on it) and [langevin] do not, nor max_draws without "auto"."""
     from kgmm_bayes.spec import load_spec
     from kgmm_bayes.study import stages
 
@@ -211,17 +211,23 @@ def test_posterior_stage_key_follows_every_section_the_stage_reads():
             keys.append((name, key))
             raise Looked
 
+    def fewer_draws(spec):
+        return spec._replace(score=spec.score._replace(max_draws=spec.score.max_draws // 2))
+
     base = load_spec(None)
-    variants = [base, base._replace(score=base.score._replace(max_draws=base.score.max_draws // 2)),
-                base._replace(score=base.score._replace(band=0.8)),
-                base._replace(langevin=base.langevin._replace(particles=base.langevin.particles + 1))]
+    assert base.mixture.coarsening == "auto"
+    off = base._replace(mixture=base.mixture._replace(coarsening="off"))
+    variants = [base, fewer_draws(base), base._replace(score=base.score._replace(band=0.8)),
+                base._replace(langevin=base.langevin._replace(particles=base.langevin.particles + 1)),
+                off, fewer_draws(off)]
     keys = []
     for spec in variants:
         with pytest.raises(Looked):
             stages.posterior_stage(spec, Out(), None, None, None, "upstream", None)
-    assert [name for name, _ in keys] == ["posterior"] * 4
+    assert [name for name, _ in keys] == ["posterior"] * len(variants)
     found = [key for _, key in keys]
-    assert len(set(found[:3])) == 3 and found[3] == found[0]
+    assert found[1] != found[0] and found[2] == found[3] == found[0]
+    assert found[4] not in found[:4] and found[5] == found[4]
 
 
 def test_killed_run_resumes_and_gives_the_same_numbers(small_run, tmp_path):
