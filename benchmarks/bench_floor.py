@@ -32,7 +32,7 @@ import kgmm_bayes  # noqa: F401
 import jax
 import numpy as np
 
-from kgmm_bayes._picks import evenly_spaced
+from kgmm_bayes.bayes.score import evenly_spaced_draws
 from kgmm_bayes.data.systems import get_system
 from kgmm_bayes.data.systems.base import simulate
 from kgmm_bayes.errors import InputError
@@ -43,18 +43,11 @@ from bench_interpolant import study_result
 LONG_RUN_KEY = 2**31 - 1  # split from jax.random.key(LONG_RUN_KEY): the keys of study seed 2**31 - 1, no shipped study's
 
 
-def evenly(draws, count: int):
-    """``count`` of the draws ``(S, ...)`` evenly spaced, as the model's ``"mixture"`` drift picks them (0: all)."""
-    s = np.asarray(draws[0]).shape[0]
-    keep = evenly_spaced(s, s if count <= 0 else count)
-    return tuple(np.asarray(a)[keep] for a in draws)
-
-
 def model_mixture(result):
     """The draws whose posterior-predictive mixture the study's model follows: the ``"mixture"`` drift's
     ``[langevin] mixture_draws`` of ``drift_draws``, or all of them (the interpolant learns their mean)."""
     lg = result.spec.langevin
-    return evenly(result.drift_draws, lg.mixture_draws if lg.drift == "mixture" else 0)
+    return evenly_spaced_draws(result.drift_draws, lg.mixture_draws if lg.drift == "mixture" else 0)
 
 
 def predictive_samples(key, draws, zscore, n: int) -> np.ndarray:

@@ -37,11 +37,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from kgmm_bayes.baselines import fit_sklearn
-from kgmm_bayes.bayes.score import score_draws
+from kgmm_bayes.bayes.score import evenly_spaced_draws, score_draws
 from kgmm_bayes.errors import InputError
 from kgmm_bayes.metrics.density import marginal_relative_entropies
 
-from bench_floor import evenly, predictive_samples
+from bench_floor import predictive_samples
 from bench_interpolant import study_result
 
 BENCH_KEY = 20261201  # the samples' and the fits' keys: none of a study's
@@ -86,10 +86,10 @@ def main(argv=None):
         return float(np.mean(re)), heldout_log_density(draws, z_ref)
 
     rows = []  # (name, relative entropy, held-out log density, fit seconds)
-    model = evenly(result.drift_draws, count)  # as bench_floor.model_mixture, with --draws
+    model = evenly_spaced_draws(result.drift_draws, count)  # as the "mixture" drift picks them
     rows.append((f"study's model: posterior-predictive mixture of {len(model[0])} drift draws", *measure(model), None))
     if result.model_draws is not None:
-        kept = evenly(result.draws, count)
+        kept = evenly_spaced_draws(result.draws, count)
         rows.append((f"study's kept posterior (the bands'), {len(kept[0])} draws", *measure(kept), None))
     families = {"scikit-learn BayesianGaussianMixture": [], "scikit-learn GaussianMixture (EM)": []}
     em_fits = []

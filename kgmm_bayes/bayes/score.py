@@ -37,7 +37,7 @@ __all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "mixtur
            "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores",
            "thin_draws", "predictive_score_fn", "predictive_drift", "field_draws", "physical_draws", "band_with_bias",
            "summarize_log_densities", "summarize_divergences", "band_around", "posterior_mean_fields",
-           "posterior_mean_score", "ChainDraws"]
+           "posterior_mean_score", "ChainDraws", "evenly_spaced_draws"]
 
 
 def _whitened(weights, means, cov_chol, x):
@@ -292,6 +292,16 @@ def predictive_score_fn(draws, x):
     return score
 
 
+def evenly_spaced_draws(draws, count: int = 0) -> tuple:
+    """``count`` of the draws ``(S, ...)``, evenly spaced (all of them for ``count`` 0 or at least S): the draws
+    the ``"mixture"`` drift pools (``[langevin] mixture_draws``)."""
+    draws = tuple(np.asarray(a) for a in draws)
+    if 0 < count < len(draws[0]):
+        picks = evenly_spaced(len(draws[0]), count)
+        draws = tuple(a[picks] for a in draws)
+    return draws
+
+
 def predictive_drift(draws, dtype=jnp.float32, count: int = 0):
     """``(drift_fn, drift_params)`` of the posterior-predictive score for a Langevin run.
 
@@ -301,11 +311,7 @@ def predictive_drift(draws, dtype=jnp.float32, count: int = 0):
     ``count > 0``: only that many of the draws, evenly spaced (``[langevin] mixture_draws``): each step
     costs S*K components.
     """
-    draws = tuple(np.asarray(a) for a in draws)
-    if 0 < count < len(draws[0]):
-        picks = evenly_spaced(len(draws[0]), count)
-        draws = tuple(a[picks] for a in draws)
-    return coefficient_score, score_coefficients(*_pooled(draws), dtype=dtype)
+    return coefficient_score, score_coefficients(*_pooled(evenly_spaced_draws(draws, count)), dtype=dtype)
 
 
 def band_with_bias(summary: ScoreSummary, squared_bias) -> ScoreSummary:

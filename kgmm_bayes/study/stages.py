@@ -276,7 +276,7 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         # error field and, when a second posterior was sampled, the first one's draws that drive the model
         stats = dict(post.sample_stats)
         if post is not first:
-            stats.update(model_draw_stats(first, first_zeta, part, spec.partition.coreset, spec.score.band))
+            stats.update(model_draw_stats(first, first_zeta, part, spec.partition.coreset))
         if mode == "stein" and gap is not None and gap.field is not None:  # ("stein": the score band's)
             field = gap.field
             if post is not first:  # the field of the kept posterior's mean, on the same bumps
@@ -320,14 +320,14 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
 MODEL_DRAW_FIELDS = ("model_weights", "model_means", "model_cov_chol")
 
 
-def model_draw_stats(post, zeta: float, part: Partition, coreset: bool, band: float) -> dict:
+def model_draw_stats(post, zeta: float, part: Partition, coreset: bool) -> dict:
     """``post``'s draws (with their chain axis), the chains' stacking weights (from ``post``'s own convergence
     summary, as :func:`score_stage` weighs the kept posterior's chains), its worst r_hat within modes and the zeta
     it was sampled at, as ``sample_stats`` entries of the kept posterior (its stage keeps them)."""
     idata = to_inference_data(post, ZScore(np.zeros(part.points.shape[1]), np.ones(part.points.shape[1])),
                               part.points, part.counts, point_covariances=part.cell_covariances,
                               log_likelihood=coreset, likelihood_power=zeta)
-    convergence = convergence_summary(idata, band, independent_starts(post))
+    convergence = convergence_summary(idata, independent=independent_starts(post))  # no band: no stored figure uses it
     weights = stacked_weights(convergence)
     chains = post.weights.shape[0]
     stats = {name: np.asarray(a) for name, a in zip(MODEL_DRAW_FIELDS, (post.weights, post.means, post.cov_chol))}
@@ -364,8 +364,8 @@ def posterior_stage(spec, out, key, part, z, upstream, progress):
     """``((posterior, coarsening), stage key, read from the cache)``."""
     # [score] max_draws: the coarsening's choice of zeta reads the draws thinned at it ([score] band changes no
     # stored array of the stage)
-    reads = {"score_max_draws": spec.score.max_draws} if spec.mixture.coarsening == "auto" else {}
-    skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition"), *reads.items())
+    max_draws = spec.score.max_draws if spec.mixture.coarsening == "auto" else None
+    skey = stage_key("posterior", upstream, spec.section_json("mixture", "sampler", "partition"), max_draws)
     cached = out.load_stage("posterior", skey, build=_posterior_from_arrays)
     if cached is not None:
         return cached, skey, True
