@@ -243,3 +243,19 @@ def test_the_model_s_draws_follow_the_first_posterior_s_stacking_weights():
     stats["model_stacked"] = np.asarray(False)  # equal weights: 10 draws from each chain
     (_, m, _), _ = stages.model_draws(Post, None, 30)
     assert np.bincount((m[:, 0, 0] // (draws * k * d)).astype(int)).tolist() == [10, 10, 10]
+
+
+def test_error_terms_on_threads_are_the_fits_one_after_another(monkeypatch):
+    """The maximum-likelihood fits run on threads (coarsening.FIT_THREADS): every fit is the same
+    computation as alone, so the terms are bit for bit those of the fits one after another, the
+    richer references and BIC's choice among them included (a two-Gaussian mixture fitted by one)."""
+    from kgmm_bayes.bayes import coarsening
+
+    rng = np.random.default_rng(4)
+    x = (np.where(rng.random(N) < 0.5, -1.5, 1.5) + 0.5 * rng.normal(size=N))[:, None]
+    terms = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(coarsening, "FIT_THREADS", threads)
+        terms[threads] = error_terms(x, 1, POINTS, COUNTS, seed=0)
+    assert terms[1]["reference"] >= 2 and terms[1]["score"][1] > 0
+    assert terms[3] == terms[1]

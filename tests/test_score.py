@@ -7,7 +7,8 @@ import pytest
 import kgmm_bayes  # noqa: F401
 from kgmm_bayes.bayes.score import predictive_drift, predictive_score_fn
 from kgmm_bayes.bayes.score import (coefficient_score, mixture_divergence, mixture_log_density, mixture_score,
-                              score_coefficients, score_draws, summarize_scores)
+                              posterior_mean_score, score_coefficients, score_draws,
+                              summarize_scores)
 from test_mixture import random_mixture
 
 
@@ -41,6 +42,16 @@ def test_coefficient_score_is_the_closed_form_score(d):
                                    rtol=1e-10, atol=1e-10)
         member = jax.tree.map(lambda a: a[s], stacked)
         np.testing.assert_allclose(coefficient_score(member, jnp.asarray(x)), expected, rtol=1e-10, atol=1e-10)
+    # score_draws and posterior_mean_score (the dense form, in chunks, the last one padded) against it,
+    # log densities included, at points up to 6 sds out
+    w, mu, chol = (np.stack(parts) for parts in zip(*draws))
+    far = np.concatenate([x, 6.0 * rng.normal(size=(13, d))])
+    scores, logps = score_draws(w, mu, chol, far, chunk=16)
+    closed = [mixture_score(*draw, far) for draw in draws]
+    np.testing.assert_allclose(scores, np.stack([c[0] for c in closed]), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(logps, np.stack([c[1] for c in closed]), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(posterior_mean_score(w, mu, chol, far, chunk=16), np.mean([c[0] for c in closed], axis=0),
+                               rtol=1e-10, atol=1e-10)
 
 
 def test_score_is_invariant_to_relabelling():

@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -61,6 +63,7 @@ MIN_POINTS_PER_COMPONENT = 5  # a block's K-mixture fit needs this many snapshot
 POINTS_PER_REFERENCE_COMPONENT = 50  # ... with at least this many snapshots of a block per component
 KEEP_STANDARD = 0.95  # zeta above this: the band would widen by < 2.6%; the standard posterior is kept
 BLOCKS = 4  # contiguous blocks of the snapshots: independent fits whose spread is the sampling variance
+FIT_THREADS = max(1, min(4, os.cpu_count() or 1))  # error_terms' maximum-likelihood fits at once
 MAX_BLOCK = 50_000  # snapshots per block used by the maximum-likelihood fits
 
 
@@ -165,17 +168,24 @@ def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS) 
     def spread(fits):  # count-weighted mean of the across-block variance (unbiased, ddof = 1)
         return float(np.sum(w * np.sum(np.var(fits, axis=0, ddof=1), axis=-1)))
 
-    fits = [_fit_scores(part, k, points, seed) for part in contiguous]
-    iid_fits = [_fit_scores(part, k, points, seed) for part in scattered]
-    # the reference: the richer mixture that BIC prefers on the blocks; none preferred to K: no measurable bias
-    best_k, best_bic, best = k, sum(f[2] for f in fits), None
-    tried = {k}
+    references = []  # the richer mixtures tried, in REFERENCE_FACTORS order
     for factor in REFERENCE_FACTORS:
         k_ref = min(factor * k, size // POINTS_PER_REFERENCE_COMPONENT)
-        if k_ref in tried or k_ref < k:
-            continue
-        tried.add(k_ref)
-        ref = [_fit_scores(part, k_ref, points, seed) for part in contiguous]
+        if k_ref > k and k_ref not in references:
+            references.append(k_ref)
+    jobs = [(part, k) for part in contiguous + scattered] + [(part, k_ref) for k_ref in references
+                                                             for part in contiguous]
+    # every fit is independent (its own data, seed and K): they run on FIT_THREADS threads, each fit the same as
+    # alone (scikit-learn's EM is numpy, which releases the interpreter between operations)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1 if FIT_THREADS > 1 else None), ThreadPoolExecutor(FIT_THREADS) as pool:
+        done = list(pool.map(lambda job: _fit_scores(job[0], job[1], points, seed), jobs))
+    fits, iid_fits = done[:blocks], done[blocks:2 * blocks]
+    # the reference: the richer mixture that BIC prefers on the blocks; none preferred to K: no measurable bias
+    best_k, best_bic, best = k, sum(f[2] for f in fits), None
+    for j, k_ref in enumerate(references):
+        ref = done[(2 + j) * blocks:(3 + j) * blocks]
         bic = sum(f[2] for f in ref)
         if bic < best_bic:
             best_k, best_bic, best = k_ref, bic, ref

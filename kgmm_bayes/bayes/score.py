@@ -34,7 +34,7 @@ from .mixture import (
 )
 
 __all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "mixture_fields", "ScoreCoefficients",
-           "score_coefficients", "coefficient_score", "ScoreSummary", "score_draws", "summarize_scores",
+           "score_coefficients", "coefficient_score", "coefficient_fields", "ScoreSummary", "score_draws", "summarize_scores",
            "thin_draws", "predictive_score_fn", "predictive_drift", "field_draws", "physical_draws", "band_with_bias",
            "summarize_log_densities", "summarize_divergences", "band_around", "posterior_mean_fields",
            "posterior_mean_score", "ChainDraws", "evenly_spaced_draws"]
@@ -120,18 +120,33 @@ def score_coefficients(weights, means, cov_chol, dtype=None) -> ScoreCoefficient
     return coeffs if dtype is None else ScoreCoefficients(*(a.astype(dtype) for a in coeffs))
 
 
-def coefficient_score(coeffs: ScoreCoefficients, x):
-    """Score ``(n, d)`` at points ``(n, d)`` from :func:`score_coefficients` (a drift function)."""
-    x = x.astype(coeffs.gamma.dtype)
-    resp = jax.nn.softmax(quadratic_features(x) @ coeffs.gamma, axis=-1)
+def _score_from_responsibilities(coeffs: ScoreCoefficients, resp, x):
     d = x.shape[-1]
     weighted_prec = (resp @ coeffs.prec).reshape(-1, d, d)
     return resp @ coeffs.prec_mu - jnp.einsum("nij,nj->ni", weighted_prec, x)
 
 
+def coefficient_score(coeffs: ScoreCoefficients, x):
+    """Score ``(n, d)`` at points ``(n, d)`` from :func:`score_coefficients` (a drift function)."""
+    x = x.astype(coeffs.gamma.dtype)
+    return _score_from_responsibilities(coeffs, jax.nn.softmax(quadratic_features(x) @ coeffs.gamma, axis=-1), x)
+
+
+def coefficient_fields(coeffs: ScoreCoefficients, x):
+    """Score ``(n, d)`` and log density ``(n,)`` at points ``(n, d)`` from :func:`score_coefficients`."""
+    x = x.astype(coeffs.gamma.dtype)
+    log_joint = quadratic_features(x) @ coeffs.gamma
+    log_p = jax.nn.logsumexp(log_joint, axis=-1)
+    return _score_from_responsibilities(coeffs, jnp.exp(log_joint - log_p[:, None]), x), log_p
+
+
+# Draws' scores and log densities at many points go through the dense form (ScoreCoefficients): one
+# (n, F) @ (F, K) product per draw instead of K small triangular products per point, the same numbers to
+# ~1e-13 relative in float64 (z-scored data) and 5-30 times faster on this project's CPU (64 Lorenz-63 draws,
+# K = 32, at 100,000 points: 8.7 s by whitened residuals, 0.3 s as products).
 @jax.jit
 def _scores_of_draws(weights, means, cov_chol, x):
-    return jax.vmap(mixture_score, in_axes=(0, 0, 0, None))(weights, means, cov_chol, x)
+    return jax.vmap(coefficient_fields, in_axes=(0, None))(score_coefficients(weights, means, cov_chol), x)
 
 
 CHUNK_ELEMENTS = 1 << 24  # per chunk of points, S x points x K x d x d at most: about 128 MB per intermediate
@@ -176,12 +191,34 @@ def posterior_mean_fields(weights, means, cov_chol, x, chunk: int = 2048):
     return np.concatenate(scores), np.concatenate(divs)
 
 
-def posterior_mean_score(weights, means, cov_chol, x, chunk: int = 2048):
+@jax.jit
+def _mean_score_of(coeffs: ScoreCoefficients, x):
+    """The mean over draws (the leading axis of ``coeffs``) of their scores at points ``(n, d)``, summed one
+    draw after another (memory: one draw's ``(n, K)`` at a time)."""
+    def add(total, one):
+        return total + coefficient_score(ScoreCoefficients(*one), x), None
+
+    total, _ = jax.lax.scan(add, jnp.zeros(x.shape, coeffs.gamma.dtype), tuple(coeffs))
+    return total / coeffs.gamma.shape[0]
+
+
+MEAN_SCORE_CHUNK = 8192  # points per call of the posterior-mean score (every call the same shape: one compilation)
+
+
+def posterior_mean_score(weights, means, cov_chol, x, chunk: int = MEAN_SCORE_CHUNK):
     """The posterior-mean score ``(n, d)`` of S draws at points ``x``, in chunks of points (the
-    draws' scores are never held for all points at once)."""
-    x = np.asarray(x)
-    return np.concatenate([score_draws(weights, means, cov_chol, x[i:i + chunk], chunk)[0].mean(axis=0)
-                           for i in range(0, len(x), chunk)]) if len(x) else np.zeros((0, np.shape(means)[-1]))
+    draws' scores are never held for all points at once; the last chunk is padded to the same shape)."""
+    x = np.asarray(x, np.float64)
+    if not len(x):
+        return np.zeros((0, np.shape(means)[-1]))
+    coeffs = score_coefficients(weights, means, cov_chol)
+    chunk = min(int(chunk), len(x))
+    parts = []
+    for i in range(0, len(x), chunk):
+        block = x[i:i + chunk]
+        padded = np.concatenate([block, np.zeros((chunk - len(block), x.shape[1]))]) if len(block) < chunk else block
+        parts.append(np.asarray(_mean_score_of(coeffs, jnp.asarray(padded)))[:len(block)])
+    return np.concatenate(parts)
 
 
 def physical_draws(draws, mean, std):
