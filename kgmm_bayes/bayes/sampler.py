@@ -49,7 +49,7 @@ __all__ = ["SamplerConfig", "PosteriorSamples", "build_prior", "initial_values",
 class SamplerConfig(NamedTuple):
     chains: int = 4
     warmup: int = 500
-    draws: int = 300  # per chain, as [sampler] draws
+    draws: int = 400  # per chain, as [sampler] draws
     target_accept: float = 0.8
     max_tree_depth: int = 10
     dense_mass: bool = False  # true: metric = "dense"
