@@ -29,6 +29,8 @@ CASES = {
                               'components = 3\\ncoarsening = "off"\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n'
                               '[interpolant]\\nsteps = 50\\n[langevin]\\nparticles = 20\\nsteps = 200\\n'
                               'burn_in = 0\\nthin = 10'],
+    "bench_posterior_overheads.py": ["reduced_1d", "--members", "4", "--cells", "60", "--components", "3", "--draws",
+                                     "4", "--points", "2000", "--starts", "4", "--adam", "20"],
     "bench_coreset.py": ["--members", "4", "--cells", "100", "--iterations", "40"],
     "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],
     "bench_reproducibility.py": ["reduced_1d", "--keys", "0", "1", "--members", "4", "--cells", "60",
@@ -49,7 +51,7 @@ def test_every_benchmark_is_listed():
 
 SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_user_calibration.py", "bench_scale.py",
         "bench_interpolant.py", "bench_floor.py", "bench_coreset.py", "bench_mixture_fits.py",
-        "bench_reproducibility.py")  # about 30-60 s each: `-m slow`
+        "bench_reproducibility.py", "bench_posterior_overheads.py")  # about 30-60 s each: `-m slow`
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(CASES)])

@@ -1,0 +1,143 @@
+"""The posterior stage's work around NUTS: each piece the old way and the new way, same run, same inputs.
+
+For one study (a spec file or a shipped study's name; its data, partition and priors at its seed):
+
+1. ``error_terms``: the coarsening's scikit-learn fits (K on contiguous and scattered blocks, the
+   richer references) one after another, BLAS free to use every core (the old way), against
+   ``FIT_THREADS`` fits at once, BLAS on one thread each, after one untimed run (the score both ways share
+   is compiled once).  The terms must come out identical.
+2. The posterior-mean score of ``--draws`` draws at ``--points`` snapshots (the bumps' gap and the
+   interpolant's training targets): each draw's score by whitened residuals (``mixture_score``, the old
+   way), against the dense coefficient form summed over draws (``posterior_mean_score``).  The draws are
+   Laplace draws at the best MAP search of row 3; reported: the largest difference relative to the score.
+3. The L-BFGS polish of ``--starts`` MAP searches (Adam's ``--adam`` steps first, as ``find_map``): all
+   starts in one program on one device (the old way), against split over the devices
+   (``sampler._over_devices``).  Compilation is included in both, as a study pays it.
+
+Each row: seconds the old way, the new way, their ratio, and the check.
+
+    python benchmarks/bench_posterior_overheads.py lorenz63
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import kgmm_bayes  # noqa: F401
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from numpyro.infer.util import potential_energy, unconstrain_fn
+
+from kgmm_bayes.bayes import coarsening, sampler
+from kgmm_bayes.bayes.mixture import expected_quadratic_features, mixture_model
+from kgmm_bayes.bayes.sampler import build_prior, initial_values
+from kgmm_bayes.bayes.score import mixture_score, posterior_mean_score
+from kgmm_bayes.spec import load_spec
+from kgmm_bayes.study.checks import check_sizes
+from kgmm_bayes.study.outputs import stage_key
+from kgmm_bayes.study.stages import partition_stage, prepare_data, study_keys
+
+
+class _NoCache:
+    def load_stage(self, stage, key, build=None):
+        return None
+
+    def save_stage(self, stage, key, arrays):
+        pass
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return time.perf_counter() - start, out
+
+
+def residual_mean_score(weights, means, cov_chol, x, chunk: int = 512):
+    """The old posterior-mean score: every draw's score by whitened residuals, averaged, in chunks of points."""
+    one = jax.jit(jax.vmap(mixture_score, in_axes=(0, 0, 0, None)))
+    return np.concatenate([np.asarray(one(weights, means, cov_chol, jnp.asarray(x[i:i + chunk]))[0]).mean(axis=0)
+                           for i in range(0, len(x), chunk)])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", nargs="?", default="lorenz63", help="spec file or shipped study name")
+    parser.add_argument("--members", type=int, default=None, help="smaller data (built-in systems)")
+    parser.add_argument("--cells", type=int, default=None)
+    parser.add_argument("--components", type=int, default=None)
+    parser.add_argument("--draws", type=int, default=64, help="draws of the posterior-mean score (the gap's 64)")
+    parser.add_argument("--points", type=int, default=100_000, help="snapshots it is evaluated at (at most the data's)")
+    parser.add_argument("--starts", type=int, default=None, help="MAP searches (default: the spec's map_starts)")
+    parser.add_argument("--adam", type=int, default=None, help="Adam steps before the polish (default: the spec's)")
+    args = parser.parse_args(argv)
+    overrides = {"data": {"members": args.members}, "partition": {"cells": args.cells},
+                 "mixture": {"components": args.components}}
+    spec = load_spec(args.spec, overrides={s: {k: v for k, v in d.items() if v is not None}
+                                           for s, d in overrides.items() if any(v is not None for v in d.values())})
+    data_key, reference_key, partition_key, *_ = study_keys(spec.study.seed)
+    data = prepare_data(spec, data_key, reference_key)
+    z = data.zscore.forward(data.train)
+    part, _ = partition_stage(spec, _NoCache(), partition_key, z, check_sizes(spec, len(z), z.shape[1]),
+                              stage_key("bench", spec.study.seed))
+    k = spec.mixture.components
+    rows = []
+
+    # 1. the error terms' fits
+    saved = coarsening.FIT_THREADS
+    coarsening.error_terms(z, k, part.points, part.counts, seed=0)  # untimed: compiles the fits' shared score
+    try:
+        coarsening.FIT_THREADS = 1
+        old_s, old = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0))
+        coarsening.FIT_THREADS = saved
+        new_s, new = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0))
+    finally:
+        coarsening.FIT_THREADS = saved
+    rows.append(("error_terms (scikit-learn fits)", old_s, new_s, f"identical: {'yes' if old == new else 'NO'}"))
+
+    # 3. the MAP searches' polish (first: its optimum gives the draws of row 2)
+    m = spec.mixture
+    prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
+    model = functools.partial(mixture_model, block_rows="auto")
+    model_args = (expected_quadratic_features(part.points, part.cell_covariances), jnp.asarray(part.counts), prior)
+    init = unconstrain_fn(model, model_args, {}, initial_values(part))
+    starts = args.starts or max(spec.sampler.map_starts, 2)
+    adam = args.adam if args.adam is not None else spec.sampler.map_steps
+    _, _, searched = sampler.find_map(jax.random.key(0), model_args, init, starts, adam, model=model,
+                                      return_all=True, polish=0)
+
+    def potential(params):
+        return potential_energy(model, model_args, {}, params)
+
+    polish = sampler.SamplerConfig().map_polish  # find_map's polish (not a spec setting)
+    batched = jax.vmap(lambda p: sampler._lbfgs_traced(potential, p, polish))
+    one_s, one = _timed(lambda: jax.jit(batched)(searched))
+    split_s, split = _timed(lambda: sampler._over_devices(batched, searched))
+    e_one, e_split = (np.asarray(jax.vmap(potential)(p)) for p in (one, split))
+    rows.append((f"L-BFGS polish of {starts} MAP searches ({jax.local_device_count()} devices)", one_s, split_s,
+                 f"best potential {e_one.min():.6f} / {e_split.min():.6f}"))
+
+    # 2. the posterior-mean score of Laplace draws at the best optimum
+    best = jax.tree_util.tree_map(lambda leaf: leaf[int(np.argmin(e_split))], split)
+    hessian = sampler.hessian_matrix(potential, best)
+    w, mu, chol = sampler.laplace_draws(jax.random.key(1), model, model_args, best, hessian, args.draws)
+    w, mu, chol = (np.asarray(a, np.float64) for a in (w, mu, chol))
+    x = np.asarray(z[:args.points], np.float64)
+    old_s, old = _timed(lambda: residual_mean_score(w, mu, chol, x))
+    new_s, new = _timed(lambda: posterior_mean_score(w, mu, chol, x))
+    rel = float(np.max(np.linalg.norm(old - new, axis=1) / np.maximum(np.linalg.norm(old, axis=1), 1e-12)))
+    rows.insert(1, (f"posterior-mean score, {args.draws} draws at {len(x):,} snapshots", old_s, new_s,
+                    f"max relative difference {rel:.1e}"))
+
+    print(f"study {spec.study.name}: K = {k}, {len(z):,} snapshots, {len(part.points)} cells, "
+          f"P = {ravel_pytree(init)[0].size}")
+    print("| piece | old way s | new way s | old / new | check |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, old_s, new_s, check in rows:
+        print(f"| {name} | {old_s:.2f} | {new_s:.2f} | {old_s / new_s:.2f} | {check} |")
+
+
+if __name__ == "__main__":
+    main()
