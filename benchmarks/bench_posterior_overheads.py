@@ -3,24 +3,28 @@
 For one study (a spec file or a shipped study's name; its data, partition and priors at its seed):
 
 1. ``error_terms``: the coarsening's scikit-learn fits (K on contiguous and scattered blocks, the
-   richer references) one after another, BLAS free to use every core (the old way), against
-   ``FIT_THREADS`` fits at once, BLAS on one thread each, after one untimed run (the score both ways share
-   is compiled once).  The terms must come out identical.
-2. The posterior-mean score of ``--draws`` draws at ``--points`` snapshots (the bumps' gap and the
-   interpolant's training targets): each draw's score by whitened residuals (``mixture_score``, the old
-   way), against the dense coefficient form summed over draws (``posterior_mean_score``).  The draws are
-   Laplace draws at the best MAP search of row 3; reported: the largest difference relative to the score.
-3. The L-BFGS polish of ``--starts`` MAP searches (Adam's ``--adam`` steps first, as ``find_map``): all
+   richer references) one after another, BLAS free to use every core (the old way), against the same
+   one after another with BLAS on one thread, and against ``FIT_THREADS`` fits at once, BLAS on one
+   thread each; after one untimed run (the score both ways share is compiled once).  The terms must
+   come out identical.
+2. The L-BFGS polish of ``--starts`` MAP searches (Adam's ``--adam`` steps first, as ``find_map``): all
    starts in one program on one device (the old way), against split over the devices
    (``sampler._over_devices``).  Compilation is included in both, as a study pays it.
+3. The posterior-mean score of ``--draws`` draws at ``--points`` snapshots (the bumps' gap and the
+   interpolant's training targets): each draw's score by whitened residuals (``mixture_score``, the old
+   way), against the dense coefficient form summed over draws (``posterior_mean_score``).  The draws are
+   Laplace draws at the best optimum of row 2; both ways compiled before they are timed.
+4. ``--cell-draws`` draws' scores and log densities at the cells (the coarsening's choice and the score
+   stage, ``score_draws``): whitened residuals against the dense form, in the same chunks of points.
 
-Each row: seconds the old way, the new way, their ratio, and the check.
+Each row: seconds the old way, the new way, their ratio, and the check; a failed check exits with status 1.
 
     python benchmarks/bench_posterior_overheads.py lorenz63
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import time
 
@@ -34,7 +38,7 @@ from numpyro.infer.util import potential_energy, unconstrain_fn
 from kgmm_bayes.bayes import coarsening, sampler
 from kgmm_bayes.bayes.mixture import expected_quadratic_features, mixture_model
 from kgmm_bayes.bayes.sampler import build_prior, initial_values
-from kgmm_bayes.bayes.score import mixture_score, posterior_mean_score
+from kgmm_bayes.bayes.score import _in_chunks, mixture_score, posterior_mean_score, score_draws
 from kgmm_bayes.spec import load_spec
 from kgmm_bayes.study.checks import check_sizes
 from kgmm_bayes.study.outputs import stage_key
@@ -49,16 +53,29 @@ class _NoCache:
         pass
 
 
+FAILED = []
+
+
+def _check(ok: bool, text: str) -> str:
+    """The check's text; a failed check is remembered and makes the script exit with status 1."""
+    if not ok:
+        FAILED.append(text)
+    return text if ok else f"FAILED: {text}"
+
+
 def _timed(fn):
     start = time.perf_counter()
     out = jax.block_until_ready(fn())
     return time.perf_counter() - start, out
 
 
-def residual_mean_score(weights, means, cov_chol, x, chunk: int = 512):
-    """The old posterior-mean score: every draw's score by whitened residuals, averaged, in chunks of points."""
-    one = jax.jit(jax.vmap(mixture_score, in_axes=(0, 0, 0, None)))
-    return np.concatenate([np.asarray(one(weights, means, cov_chol, jnp.asarray(x[i:i + chunk]))[0]).mean(axis=0)
+_RESIDUAL_DRAWS = jax.jit(jax.vmap(mixture_score, in_axes=(0, 0, 0, None)))  # the old score_draws' program
+
+
+def residual_mean_score(weights, means, cov_chol, x, chunk: int = 2048):
+    """The old posterior-mean score: every draw's score by whitened residuals, in the old chunks of points
+    (blocks of ``chunk``, each in ``_in_chunks``' memory-bounded pieces), averaged over draws."""
+    return np.concatenate([_in_chunks(_RESIDUAL_DRAWS, (weights, means, cov_chol), x[i:i + chunk], chunk)[0].mean(axis=0)
                            for i in range(0, len(x), chunk)])
 
 
@@ -70,6 +87,7 @@ def main(argv=None):
     parser.add_argument("--components", type=int, default=None)
     parser.add_argument("--draws", type=int, default=64, help="draws of the posterior-mean score (the gap's 64)")
     parser.add_argument("--points", type=int, default=100_000, help="snapshots it is evaluated at (at most the data's)")
+    parser.add_argument("--cell-draws", type=int, default=1000, help="draws scored at the cells ([score] max_draws)")
     parser.add_argument("--starts", type=int, default=None, help="MAP searches (default: the spec's map_starts)")
     parser.add_argument("--adam", type=int, default=None, help="Adam steps before the polish (default: the spec's)")
     args = parser.parse_args(argv)
@@ -86,16 +104,24 @@ def main(argv=None):
     rows = []
 
     # 1. the error terms' fits
-    saved = coarsening.FIT_THREADS
+    import threadpoolctl
+
+    saved, limits = coarsening.FIT_THREADS, threadpoolctl.threadpool_limits
     coarsening.error_terms(z, k, part.points, part.counts, seed=0)  # untimed: compiles the fits' shared score
     try:
         coarsening.FIT_THREADS = 1
+        threadpoolctl.threadpool_limits = lambda **kw: contextlib.nullcontext()  # BLAS free, as before
         old_s, old = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0))
+        threadpoolctl.threadpool_limits = limits
+        one_s, one = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0))
         coarsening.FIT_THREADS = saved
         new_s, new = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0))
     finally:
-        coarsening.FIT_THREADS = saved
-    rows.append(("error_terms (scikit-learn fits)", old_s, new_s, f"identical: {'yes' if old == new else 'NO'}"))
+        coarsening.FIT_THREADS, threadpoolctl.threadpool_limits = saved, limits
+    rows.append(("error_terms: one fit after another, BLAS on one thread", old_s, one_s,
+                 _check(one == old, "identical")))
+    rows.append((f"error_terms: {saved} fits at once, BLAS on one thread each", old_s, new_s,
+                 _check(new == old, "identical")))
 
     # 3. the MAP searches' polish (first: its optimum gives the draws of row 2)
     m = spec.mixture
@@ -116,8 +142,9 @@ def main(argv=None):
     one_s, one = _timed(lambda: jax.jit(batched)(searched))
     split_s, split = _timed(lambda: sampler._over_devices(batched, searched))
     e_one, e_split = (np.asarray(jax.vmap(potential)(p)) for p in (one, split))
-    rows.append((f"L-BFGS polish of {starts} MAP searches ({jax.local_device_count()} devices)", one_s, split_s,
-                 f"best potential {e_one.min():.6f} / {e_split.min():.6f}"))
+    rows.append((f"L-BFGS polish of {starts} MAP searches ({jax.local_device_count()} devices, compilation included)",
+                 one_s, split_s, _check(abs(e_one.min() - e_split.min()) <= 1e-6 * abs(e_one.min()),
+                                        f"best potential {e_one.min():.6f} / {e_split.min():.6f}")))
 
     # 2. the posterior-mean score of Laplace draws at the best optimum
     best = jax.tree_util.tree_map(lambda leaf: leaf[int(np.argmin(e_split))], split)
@@ -125,11 +152,24 @@ def main(argv=None):
     w, mu, chol = sampler.laplace_draws(jax.random.key(1), model, model_args, best, hessian, args.draws)
     w, mu, chol = (np.asarray(a, np.float64) for a in (w, mu, chol))
     x = np.asarray(z[:args.points], np.float64)
+    residual_mean_score(w, mu, chol, x)  # untimed: both ways compiled first, so the rows time the work alone
+    posterior_mean_score(w, mu, chol, x)
     old_s, old = _timed(lambda: residual_mean_score(w, mu, chol, x))
     new_s, new = _timed(lambda: posterior_mean_score(w, mu, chol, x))
     rel = float(np.max(np.linalg.norm(old - new, axis=1) / np.maximum(np.linalg.norm(old, axis=1), 1e-12)))
-    rows.insert(1, (f"posterior-mean score, {args.draws} draws at {len(x):,} snapshots", old_s, new_s,
-                    f"max relative difference {rel:.1e}"))
+    rows.append((f"posterior-mean score, {args.draws} draws at {len(x):,} snapshots", old_s, new_s,
+                    _check(rel < 1e-9, f"max relative difference {rel:.1e}")))
+    w, mu, chol = (np.asarray(a, np.float64) for a in sampler.laplace_draws(jax.random.key(2), model, model_args,
+                                                                              best, hessian, args.cell_draws))
+    residual_draws = _RESIDUAL_DRAWS
+    _in_chunks(residual_draws, (w, mu, chol), part.points, 2048)  # untimed, as above
+    score_draws(w, mu, chol, part.points)
+    old_s, old = _timed(lambda: _in_chunks(residual_draws, (w, mu, chol), part.points, 2048))
+    new_s, new = _timed(lambda: score_draws(w, mu, chol, part.points))
+    rel = float(np.max(np.abs(old[0] - new[0]) / np.maximum(np.abs(old[0]), 1.0)))
+    rows.append((f"draws' scores and log densities, {args.cell_draws} draws at the {len(part.points):,} cells",
+                    old_s, new_s, _check(rel < 1e-9 and np.allclose(old[1], new[1], rtol=1e-12, atol=1e-9),
+                                         f"largest score difference over max(1, abs(score)) {rel:.1e}")))
 
     print(f"study {spec.study.name}: K = {k}, {len(z):,} snapshots, {len(part.points)} cells, "
           f"P = {ravel_pytree(init)[0].size}")
@@ -137,6 +177,8 @@ def main(argv=None):
     print("| --- | --- | --- | --- | --- |")
     for name, old_s, new_s, check in rows:
         print(f"| {name} | {old_s:.2f} | {new_s:.2f} | {old_s / new_s:.2f} | {check} |")
+    if FAILED:
+        raise SystemExit(f"checks failed: {'; '.join(FAILED)}")
 
 
 if __name__ == "__main__":

@@ -248,7 +248,9 @@ def test_the_model_s_draws_follow_the_first_posterior_s_stacking_weights():
 def test_error_terms_on_threads_are_the_fits_one_after_another(monkeypatch):
     """The maximum-likelihood fits run on threads (coarsening.FIT_THREADS): every fit is the same
     computation as alone, so the terms are bit for bit those of the fits one after another, the
-    richer references and BIC's choice among them included (a two-Gaussian mixture fitted by one)."""
+    richer references and BIC's choice among them included (a two-Gaussian mixture fitted by one);
+    and each fit is the one asked for: K on the contiguous and the scattered blocks, then every
+    reference on the contiguous ones, whatever order the threads finish in."""
     from kgmm_bayes.bayes import coarsening
 
     rng = np.random.default_rng(4)
@@ -259,3 +261,16 @@ def test_error_terms_on_threads_are_the_fits_one_after_another(monkeypatch):
         terms[threads] = error_terms(x, 1, POINTS, COUNTS, seed=0)
     assert terms[1]["reference"] >= 2 and terms[1]["score"][1] > 0
     assert terms[3] == terms[1]
+    asked, fit = [], coarsening._fit_scores
+
+    def recording(part, k, points, seed):
+        asked.append((float(part[0, 0]), len(part), k))
+        return fit(part, k, points, seed)
+
+    monkeypatch.setattr(coarsening, "_fit_scores", recording)
+    assert error_terms(x, 1, POINTS, COUNTS, seed=0) == terms[1]
+    step = N // coarsening.BLOCKS
+    contiguous = [(float(x[j * step, 0]), step, 1) for j in range(coarsening.BLOCKS)]
+    assert sorted(asked) == sorted(contiguous + [(f, n, kr) for f, n, _ in contiguous for kr in (2, 4)]
+                                   + [a for a in asked if a[2] == 1 and a not in contiguous])
+    assert sum(1 for a in asked if a[2] == 1) == 2 * coarsening.BLOCKS

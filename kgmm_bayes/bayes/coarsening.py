@@ -49,6 +49,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -63,7 +64,9 @@ MIN_POINTS_PER_COMPONENT = 5  # a block's K-mixture fit needs this many snapshot
 POINTS_PER_REFERENCE_COMPONENT = 50  # ... with at least this many snapshots of a block per component
 KEEP_STANDARD = 0.95  # zeta above this: the band would widen by < 2.6%; the standard posterior is kept
 BLOCKS = 4  # contiguous blocks of the snapshots: independent fits whose spread is the sampling variance
-FIT_THREADS = max(1, min(4, os.cpu_count() or 1))  # error_terms' maximum-likelihood fits at once
+# error_terms' maximum-likelihood fits at once: the cores this process may use, at most 4
+FIT_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+_FITTING = threading.Lock()  # BLAS's thread limit is process-wide: one error_terms' fits at a time
 MAX_BLOCK = 50_000  # snapshots per block used by the maximum-likelihood fits
 
 
@@ -176,10 +179,15 @@ def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS) 
     jobs = [(part, k) for part in contiguous + scattered] + [(part, k_ref) for k_ref in references
                                                              for part in contiguous]
     # every fit is independent (its own data, seed and K): they run on FIT_THREADS threads, each fit the same as
-    # alone (scikit-learn's EM is numpy, which releases the interpreter between operations)
+    # alone (scikit-learn's EM is numpy, which releases the interpreter between operations), BLAS on one thread
+    # each (the limit holds for the whole process while the fits run; on 2 cores, Lorenz-63's 8 fits took 23.0 s
+    # one after another with BLAS free, 9.2 s this way: benchmarks/bench_posterior_overheads.py).  The imports and
+    # the jitted score are made here, not raced for by the threads.
+    from sklearn.mixture import GaussianMixture  # noqa: F401
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1 if FIT_THREADS > 1 else None), ThreadPoolExecutor(FIT_THREADS) as pool:
+    _jitted_mixture_score()
+    with _FITTING, threadpool_limits(limits=1), ThreadPoolExecutor(FIT_THREADS) as pool:
         done = list(pool.map(lambda job: _fit_scores(job[0], job[1], points, seed), jobs))
     fits, iid_fits = done[:blocks], done[blocks:2 * blocks]
     # the reference: the richer mixture that BIC prefers on the blocks; none preferred to K: no measurable bias

@@ -142,14 +142,14 @@ def coefficient_fields(coeffs: ScoreCoefficients, x):
 
 # Draws' scores and log densities at many points go through the dense form (ScoreCoefficients): one
 # (n, F) @ (F, K) product per draw instead of K small triangular products per point, the same numbers to
-# ~1e-13 relative in float64 (z-scored data) and 5-30 times faster on this project's CPU (64 Lorenz-63 draws,
-# K = 32, at 100,000 points: 8.7 s by whitened residuals, 0.3 s as products).
+# ~1e-13 relative in float64 (z-scored data; benchmarks/bench_posterior_overheads.py times both forms).
 @jax.jit
 def _scores_of_draws(weights, means, cov_chol, x):
     return jax.vmap(coefficient_fields, in_axes=(0, None))(score_coefficients(weights, means, cov_chol), x)
 
 
-CHUNK_ELEMENTS = 1 << 24  # per chunk of points, S x points x K x d x d at most: about 128 MB per intermediate
+CHUNK_ELEMENTS = 1 << 24  # per chunk of points, S x points x K x d x d at most: about 128 MB per intermediate (the
+# whitened residuals' size; the dense form's intermediates, S x points x (2 K + d x d), are smaller)
 
 
 def _in_chunks(evaluate, draws, x, chunk: int):
@@ -165,9 +165,18 @@ def _in_chunks(evaluate, draws, x, chunk: int):
     return tuple(np.concatenate([p[j] for p in parts], axis=1) for j in range(len(parts[0])))
 
 
+def _promoted(draws, x):
+    """The draws in the precision of the draws and points together (float32 draws at float64 points: float64)."""
+    dtype = np.result_type(*(np.asarray(a).dtype for a in draws), np.asarray(x).dtype)
+    return tuple(np.asarray(a, dtype) for a in draws)
+
+
 def score_draws(weights, means, cov_chol, x, chunk: int = 2048):
     """Scores ``(S, n, d)`` and log densities ``(S, n)`` of S draws, in chunks of points."""
-    return _in_chunks(_scores_of_draws, (weights, means, cov_chol), x, chunk)
+    draws = _promoted((weights, means, cov_chol), x)
+    if not len(x):
+        return np.zeros((len(draws[0]), 0, np.shape(x)[-1]), draws[1].dtype), np.zeros((len(draws[0]), 0), draws[1].dtype)
+    return _in_chunks(_scores_of_draws, draws, x, chunk)
 
 
 @jax.jit
@@ -202,17 +211,19 @@ def _mean_score_of(coeffs: ScoreCoefficients, x):
     return total / coeffs.gamma.shape[0]
 
 
-MEAN_SCORE_CHUNK = 8192  # points per call of the posterior-mean score (every call the same shape: one compilation)
+MEAN_SCORE_CHUNK = 8192  # points per call of the posterior-mean score (the calls' shapes: this, or fewer points'
+# next power of two, so that few programs are compiled)
 
 
 def posterior_mean_score(weights, means, cov_chol, x, chunk: int = MEAN_SCORE_CHUNK):
     """The posterior-mean score ``(n, d)`` of S draws at points ``x``, in chunks of points (the
     draws' scores are never held for all points at once; the last chunk is padded to the same shape)."""
-    x = np.asarray(x, np.float64)
+    x = np.asarray(x)
     if not len(x):
         return np.zeros((0, np.shape(means)[-1]))
-    coeffs = score_coefficients(weights, means, cov_chol)
-    chunk = min(int(chunk), len(x))
+    coeffs = score_coefficients(*_promoted((weights, means, cov_chol), x))
+    x = x.astype(coeffs.gamma.dtype)
+    chunk = min(int(chunk), 1 << int(np.ceil(np.log2(len(x)))))  # fewer points: the next power of two
     parts = []
     for i in range(0, len(x), chunk):
         block = x[i:i + chunk]
