@@ -50,8 +50,6 @@ def test_study_picks_k_by_loo_and_continues_with_it(tmp_path):
     reduced-order model with it; the comparison is written and reported."""
     import json
 
-    import kgmm_bayes
-
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(-4.0, 0.5, 1500), rng.normal(0.0, 0.5, 1500), rng.normal(4.0, 0.5, 1500)])
     x = rng.permutation(x).reshape(6, -1, 1)  # 6 members: the last one is held out as the reference
