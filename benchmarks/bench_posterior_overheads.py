@@ -39,18 +39,8 @@ from kgmm_bayes.bayes import coarsening, sampler
 from kgmm_bayes.bayes.mixture import expected_quadratic_features, mixture_model
 from kgmm_bayes.bayes.sampler import build_prior, initial_values
 from kgmm_bayes.bayes.score import _in_chunks, mixture_score, posterior_mean_score, score_draws
-from kgmm_bayes.spec import load_spec
-from kgmm_bayes.study.checks import check_sizes
-from kgmm_bayes.study.outputs import stage_key
-from kgmm_bayes.study.stages import partition_stage, prepare_data, study_keys
 
-
-class _NoCache:
-    def load_stage(self, stage, key, build=None):
-        return None
-
-    def save_stage(self, stage, key, arrays):
-        pass
+from bench_reproducibility import spec_with, study_partition
 
 
 FAILED = []
@@ -91,15 +81,9 @@ def main(argv=None):
     parser.add_argument("--starts", type=int, default=None, help="MAP searches (default: the spec's map_starts)")
     parser.add_argument("--adam", type=int, default=None, help="Adam steps before the polish (default: the spec's)")
     args = parser.parse_args(argv)
-    overrides = {"data": {"members": args.members}, "partition": {"cells": args.cells},
-                 "mixture": {"components": args.components}}
-    spec = load_spec(args.spec, overrides={s: {k: v for k, v in d.items() if v is not None}
-                                           for s, d in overrides.items() if any(v is not None for v in d.values())})
-    data_key, reference_key, partition_key, *_ = study_keys(spec.study.seed)
-    data = prepare_data(spec, data_key, reference_key)
-    z = data.zscore.forward(data.train)
-    part, _ = partition_stage(spec, _NoCache(), partition_key, z, check_sizes(spec, len(z), z.shape[1]),
-                              stage_key("bench", spec.study.seed))
+    spec = spec_with(args.spec, {"data": {"members": args.members}, "partition": {"cells": args.cells},
+                                 "mixture": {"components": args.components}})
+    _, z, part = study_partition(spec)
     k = spec.mixture.components
     rows = []
 
