@@ -177,6 +177,7 @@ class BaselinesSection(NamedTuple):
     dsm_checkpoints: int = 4  # DSM evaluated after every dsm_epochs / dsm_checkpoints epochs
     sklearn_components: int = 0  # 0: as many as [mixture] components
     sklearn_max_iter: int = 100  # scikit-learn's own default
+    model_runs: int = 1  # every estimator's model run this many times (the study's key, then keys folded from it)
 
 
 SECTIONS = {
@@ -193,6 +194,7 @@ POSITIVE_INT = {
     ("interpolant", "batch"), ("langevin", "particles"), ("langevin", "steps"), ("langevin", "thin"),
     ("metrics", "grid_points"), ("baselines", "max_passes"), ("baselines", "dsm_epochs"),
     ("baselines", "dsm_batch"), ("baselines", "dsm_checkpoints"), ("baselines", "sklearn_max_iter"),
+    ("baselines", "model_runs"),
     ("ensemble", "particles"), ("ensemble", "steps"), ("ensemble", "thin"), ("ensemble", "max_lag"),
 }
 NON_NEGATIVE_INT = {("study", "seed"), ("data", "burn_in"), ("interpolant", "snapshots"), ("langevin", "burn_in"), ("sampler", "map_starts"),

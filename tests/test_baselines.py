@@ -190,6 +190,8 @@ def test_baselines_section_defaults_are_the_authors_settings():
     ({"dsm_batch": True}, ["[baselines] dsm_batch"]),
     ({"dsm_checkpoints": 10, "dsm_epochs": 5}, ["[baselines] dsm_checkpoints", "dsm_epochs"]),
     ({"sklearn_components": -1}, ["[baselines] sklearn_components"]),
+    ({"model_runs": 0}, ["[baselines] model_runs"]),
+    ({"model_runs": 2.0}, ["[baselines] model_runs"]),
 ])
 def test_bad_baselines_section_raises_one_line(values, words):
     with pytest.raises(SpecError) as info:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import numpy as np
 import pytest
 from test_study import run_cli  # the console script in a subprocess
@@ -60,7 +61,7 @@ sklearn_max_iter = 30
 def tiny_compare(tmp_path_factory):
     folder = tmp_path_factory.mktemp("compare")
     (folder / "tiny.toml").write_text(TINY)
-    proc = run_cli("compare", "tiny.toml", "--out", "cmp", "--quiet", cwd=folder)
+    proc = run_cli("compare", "tiny.toml", "--out", "cmp", "--quiet", "--model-runs", "3", cwd=folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder / "cmp", proc
 
@@ -125,6 +126,66 @@ def test_every_estimator_gets_its_own_mobility_and_responses_in_the_data_time(ti
     assert "## In the data's time" in (out / "comparison.md").read_text()
 
 
+def test_model_runs_give_each_estimator_a_mean_and_its_standard_error(tiny_compare):
+    # --model-runs 3 ([baselines] model_runs): the study's run and two more from further starts and noise
+    out, proc = tiny_compare
+    payload = json.loads((out / "comparison.json").read_text())
+    with open(out / "comparison.csv", newline="") as fh:
+        rows = {row["estimator"]: row for row in csv.DictReader(fh)}
+    firsts = set()
+    for row in payload["estimators"]:
+        runs = row["info"]["model_runs"]
+        per_run = np.array(runs["relative_entropy_mean_per_run"], np.float64)
+        assert runs["runs"] == 3 and per_run.shape == (3,) and np.all(np.isfinite(per_run)), row["estimator"]
+        assert per_run[0] == row["relative_entropy_mean"]  # the first run is the table's
+        assert len(set(per_run)) == 3  # other starts and noise: other numbers
+        assert runs["relative_entropy_mean_over_runs"] == pytest.approx(per_run.mean(), rel=1e-12)
+        assert runs["standard_error"] == pytest.approx(per_run.std(ddof=1) / np.sqrt(3), rel=1e-12)
+        csv_row = rows[row["estimator"]]
+        assert float(csv_row["relative_entropy_mean_over_runs"]) == runs["relative_entropy_mean_over_runs"]
+        assert int(csv_row["model_runs"]) == 3
+        firsts.add(tuple(per_run[1:]))
+    assert len(firsts) == 4  # each estimator's own model
+    assert "over 3 model runs" in (out / "comparison.md").read_text()
+    assert proc.stdout.count("over 3 model runs") == 4
+
+
+def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_compare, tmp_path):
+    # the further runs use the first run's model: its schedule (the full run's, not the pilot's), its mobility
+    # in the data's time, its drift; started where the study's run started they give its numbers again
+    import jax
+
+    from kgmm_bayes.baselines import fit_sklearn
+    from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.study.compare import _data_time, _evaluate, _model_runs
+    from kgmm_bayes.study.run import run_study
+    from kgmm_bayes.study.stages import langevin_start, model_drift, study_keys
+
+    out, _ = tiny_compare
+    again = tmp_path / "again"
+    shutil.copytree(out / "bayesian", again)  # the study again, from its stage cache
+    result = run_study(load_spec(out.parent / "tiny.toml"), out_dir=str(again), force=True)
+    spec, data, part = result.spec, result.data, result.partition
+    langevin_key = study_keys(spec.study.seed)[5]
+    own = langevin_start(langevin_key, part, spec.langevin.particles)
+    run = result.metrics["langevin"]
+    assert run["mobility"] == "fitted"
+    bayes = _model_runs(data, spec, *model_drift(spec, result.interpolant, result.drift_draws),
+                        result.metrics["relative_entropy"]["per_marginal"], [own], run["dt"], run["steps"],
+                        run["thin"], result._mobility("fitted", 1))
+    first, again = bayes["relative_entropy_mean_per_run"]
+    assert again == pytest.approx(first, rel=1e-9)  # the mobility went through physical units and back
+
+    z = data.zscore.forward(data.train)
+    fit = fit_sklearn(jax.random.key(5), z, 3, 30)
+    row = _evaluate("sklearn", fit.drift_fn, fit.drift_params, fit.timings, data, spec, *own, part.points,
+                    part.counts, None, fit.info, data_time=_data_time(result, data, z, spec,
+                                                                      jax.random.fold_in(langevin_key, 3)),
+                    starts=[own])
+    first, again = row.info["model_runs"]["relative_entropy_mean_per_run"]
+    assert again == first
+
+
 def test_compare_bad_input_one_line(tmp_path, monkeypatch, capsys):
     from kgmm_bayes.cli import main
 
@@ -136,7 +197,8 @@ def test_compare_bad_input_one_line(tmp_path, monkeypatch, capsys):
     for args, words in ((["compare", "missing.toml"], ["missing.toml"]),
                         (["compare", "s.toml"], ["[baselines] which", "bogus"]),
                         (["compare", "ok.toml", "--out", "mine", "--quiet"], ["mine", "holds no kgmm-bayes result"]),
-                        (["compare", "ok.toml", "--seed", "-3", "--quiet"], ["--seed"])):
+                        (["compare", "ok.toml", "--seed", "-3", "--quiet"], ["--seed"]),
+                        (["compare", "ok.toml", "--model-runs", "0", "--quiet"], ["[baselines] model_runs"])):
         assert main(args) == 2
         captured = capsys.readouterr()
         lines = captured.err.splitlines()

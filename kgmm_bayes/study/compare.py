@@ -21,6 +21,12 @@ two-point PDFs at separations 1-3 and the decorrelation time of each coordinate,
 against the data's (the latter from a finely sampled independent run);
 ``figures/ks_statistics.png`` shows them.
 
+With ``[baselines] model_runs = R > 1`` every estimator's model is run ``R`` times: the study's own run
+and ``R - 1`` more on the same schedule (and, in the data's time, the same mobility), each from its own
+starting particles and noise, the same for every estimator (:func:`model_run_starts`).  One run's relative
+entropy moves with its Langevin key as much as estimators differ (reduced 1D: 0.00094-0.00124 for keys 1-3),
+so the table then gives each estimator's mean over the runs and its standard error.
+
 Wall time counts what builds the score (Bayesian: partition, posterior, score
 summaries, interpolant; classic KGMM: clustering with the noisy passes, network
 training; DSM: training; scikit-learn: fitting), compilation included; the
@@ -60,6 +66,7 @@ from .compare_tables import (
     EstimatorRow,
     comparison_csv,
     comparison_markdown,
+    finite_or_none,
     plot_comparison,
     plot_ks,
     row_dict,
@@ -71,6 +78,7 @@ from .stages import StudyData, langevin_start, model_drift, study_keys
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 
 BAYESIAN_STAGES = ("partition", "posterior", "score", "interpolant")
+MODEL_RUN_OFFSET = 1_000  # the r-th extra model run's key: fold_in(the study's Langevin key, MODEL_RUN_OFFSET + r)
 
 
 class Comparison(NamedTuple):
@@ -107,14 +115,42 @@ class _DataTime(NamedTuple):
     key: object  # the study's key of the mobility's indirect correction (the same noise for every estimator)
 
 
+def model_run_starts(langevin_key, part, particles: int, runs: int) -> list:
+    """``(x0, run_key)`` of the ``runs - 1`` model runs after the study's own: starting particles and noise
+    drawn as the study draws its own (:func:`kgmm_bayes.study.stages.langevin_start`), from keys folded
+    out of the study's Langevin key; every estimator's model is rerun from the same ones."""
+    return [langevin_start(jax.random.fold_in(langevin_key, MODEL_RUN_OFFSET + r), part, particles)
+            for r in range(1, runs)]
+
+
+def _model_runs(data, spec, drift_fn, drift_params, first, starts, dt, steps, thin, mobility) -> dict:
+    """The relative entropies of a model's runs: ``first`` (the run already made, per marginal) and one run from
+    each of ``starts`` on the same schedule; their means, and the mean over runs with its standard error."""
+    lg = spec.langevin
+    per_run = [np.asarray(first, np.float64)]
+    for x0, run_key in starts:
+        rom = simulate_langevin(run_key, drift_fn, drift_params, x0, dt, steps, lg.burn_in, thin, lg.box,
+                                mobility=mobility)
+        per_run.append(_rom_relative_entropy(data, rom, spec.metrics.grid_points))
+    means = np.array([float(np.mean(r)) for r in per_run])
+    finite = means[np.isfinite(means)]
+    se = float(np.std(finite, ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else float("nan")
+    return {"runs": len(per_run), "relative_entropy_mean_per_run": [finite_or_none(v) for v in means],
+            "relative_entropy_per_run": [[finite_or_none(v) for v in r] for r in per_run],
+            "relative_entropy_mean_over_runs": finite_or_none(float(np.mean(finite)) if len(finite) else np.nan),
+            "standard_error": finite_or_none(se)}
+
+
 def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key, points, counts, truth, info,
-              band=None, ks_tau=None, data_time: Optional[_DataTime] = None):
-    """Langevin model and metrics of one drift (in the data's time with its own mobility, given ``data_time``)."""
+              band=None, ks_tau=None, data_time: Optional[_DataTime] = None, starts=()):
+    """Langevin model and metrics of one drift (in the data's time with its own mobility, given ``data_time``);
+    ``starts``: those of the further model runs (:func:`model_run_starts`)."""
     lg = spec.langevin
     info = dict(info or {})
     if data_time is None:
         rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box)
         dt, spacing = lg.dt, lg.dt * lg.thin
+        schedule = {"dt": lg.dt, "steps": lg.steps, "thin": lg.thin, "mobility": None}
     else:
         dyn = indirect_correction(point_dynamics(data_time.series, data_time.interval, drift_fn, drift_params),
                                   data_time.key, data_time.series, drift_fn, drift_params, lg, points)
@@ -125,7 +161,7 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
             dt_, thin, steps, stiffness = rom_schedule(lg, d.interval, d.phi, drift_fn, drift_params, points,
                                                        min_rows=2 * len(d.lags))
             thin = max(1, thin // subsample)
-            schedule.update(dt=dt_, stiffness=stiffness)
+            schedule.update(dt=dt_, stiffness=stiffness, steps=steps // thin * thin, thin=thin, mobility=d.phi)
             return simulate_langevin(run_key, drift_fn, drift_params, x0[:particles], dt_, steps // thin * thin,
                                      lg.burn_in, thin, lg.box, mobility=d.phi), dt_ * thin
 
@@ -134,6 +170,9 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
         info["dt_times_max_jacobian_eigenvalue"] = schedule["stiffness"]  # of Phi s, as the study's
         info["dynamics"] = _dynamics_row(dyn, rom, data, spec, data_time)
     rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)
+    if starts:  # the full run's schedule (the last simulate call made it)
+        info["model_runs"] = _model_runs(data, spec, drift_fn, drift_params, rel_ent, starts, schedule["dt"],
+                                         schedule["steps"], schedule["thin"], schedule["mobility"])
     if ks_tau is not None and rom.alive.any():
         series = data.zscore.inverse(np.swapaxes(rom.samples[:, rom.alive], 0, 1).astype(np.float64))
         info["ks"] = _ks_block(data, series, spec, ks_tau, spacing)
@@ -270,6 +309,12 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
                          int(m["langevin"]["escaped"] + m["langevin"]["non_finite"]),
                          {"cached_stages": m["cached_stages"], "band": spec.score.band,
                           "dt_times_max_jacobian_eigenvalue": m["langevin"]["dt_times_max_jacobian_eigenvalue"]})]
+    starts = model_run_starts(langevin_key, part, spec.langevin.particles, spec.baselines.model_runs)
+    if starts:  # the study's model again, on its own schedule (and mobility), from the further starts
+        run = m["langevin"]
+        mobility = result._mobility("fitted", z.shape[1]) if run.get("mobility") == "fitted" else None
+        rows[0].info["model_runs"] = _model_runs(data, spec, *bayes_drift, rows[0].relative_entropy, starts,
+                                                 run["dt"], run["steps"], run["thin"], mobility)
     data_time = _data_time(result, data, z, spec, jax.random.fold_in(langevin_key, 3))
     if data_time is not None:
         keep = ("mobility", "mobility_lower", "mobility_upper", "mobility_method", "mobility_time_scale",
@@ -294,7 +339,8 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
         _log(progress, f"baseline {name}")
         fit = _fit_baseline(name, baseline_keys[BASELINES.index(name)], z, spec)
         rows.append(_evaluate(name, fit.drift_fn, fit.drift_params, fit.timings, data, spec, x0, run_key,
-                              part.points, part.counts, truth, fit.info, ks_tau=ks_tau, data_time=data_time))
+                              part.points, part.counts, truth, fit.info, ks_tau=ks_tau, data_time=data_time,
+                              starts=starts))
         if name == "dsm":
             _log(progress, f"dsm: {len(fit.checkpoints)} checkpoints, quarter-length Langevin runs")
             dsm_reach = _dsm_reach(fit, bayes_drift, data, spec, x0, run_key)

@@ -53,12 +53,22 @@ def row_dict(r: EstimatorRow) -> dict:
             "langevin_s": r.langevin_s, "escaped": r.escaped, "info": r.info}
 
 
+def _over_runs(r: EstimatorRow):
+    """``(mean over the model runs, its standard error, runs)``, or None with one run (``[baselines] model_runs``)."""
+    runs = r.info.get("model_runs")
+    if not runs:
+        return None
+    return (runs["relative_entropy_mean_over_runs"], runs["standard_error"], runs["runs"])
+
+
 def comparison_csv(rows, dsm_reach) -> str:
     stages = _stages(rows)
     d = len(rows[0].relative_entropy)
+    runs = any(_over_runs(r) for r in rows)
     header = (["estimator", "wall_s", "relative_entropy_mean"] + [f"time_{s}_s" for s in stages]
               + [f"relative_entropy_x{i}" for i in range(d)]
-              + ["score_error", "band_coverage", "langevin_s", "escaped", "time_to_bayesian_s"])
+              + ["score_error", "band_coverage", "langevin_s", "escaped", "time_to_bayesian_s"]
+              + (["model_runs", "relative_entropy_mean_over_runs", "relative_entropy_standard_error"] if runs else []))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -70,7 +80,9 @@ def comparison_csv(rows, dsm_reach) -> str:
         reach = dsm_reach["reached_at_s"] if r.estimator == "dsm" and dsm_reach else None
         writer.writerow([r.estimator, fmt(r.wall_s), fmt(r.relative_entropy_mean)]
                         + [fmt(r.timings.get(s)) for s in stages] + [fmt(v) for v in r.relative_entropy]
-                        + [fmt(r.score_error), fmt(r.band_coverage), fmt(r.langevin_s), r.escaped, fmt(reach)])
+                        + [fmt(r.score_error), fmt(r.band_coverage), fmt(r.langevin_s), r.escaped, fmt(reach)]
+                        + ([] if not runs else ["", "", ""] if _over_runs(r) is None else
+                           [_over_runs(r)[2], fmt(_over_runs(r)[0]), fmt(_over_runs(r)[1])]))
     return buf.getvalue()
 
 
@@ -78,9 +90,15 @@ def _g(v, digits=3):
     return "—" if v is None or not np.isfinite(v) else f"{v:.{digits}g}"
 
 
+def _none_nan(v):
+    return np.nan if v is None else v
+
+
 def comparison_markdown(rows, dsm_reach, payload) -> str:
     d = len(rows[0].relative_entropy)
+    runs = next((_over_runs(r)[2] for r in rows if _over_runs(r)), None)
     head = (["estimator", "wall s", "stages (s)", "rel. entropy (mean)"]
+            + ([f"over {runs} model runs (± s.e.)"] if runs else [])
             + ([f"x{i}" for i in range(d)] if d > 1 else [])
             + ["score error", "band coverage", "Langevin s", "particles lost"])
     lines = [f"# Comparison: {payload['study']} (seed {payload['seed']})", "",
@@ -90,7 +108,10 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stages = ", ".join(f"{s} {v:.1f}" for s, v in r.timings.items())
+        over = _over_runs(r)
         cells = ([r.estimator, f"{r.wall_s:.1f}", stages, _g(r.relative_entropy_mean)]
+                 + ([] if not runs else ["—"] if over is None else
+                    [f"{_g(_none_nan(over[0]))} ± {_g(_none_nan(over[1]), 2)}"])
                  + ([_g(v) for v in r.relative_entropy] if d > 1 else [])
                  + [_g(r.score_error), _g(r.band_coverage), f"{r.langevin_s:.1f}", str(r.escaped)])
         lines.append("| " + " | ".join(cells) + " |")
@@ -99,6 +120,12 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
               "Bayesian score-target points. Band coverage: share of those points inside the Bayesian "
               f"{int(rows[0].info.get('band', 0.9) * 100)}% band. Particles lost: left the box or became "
               "non-finite; the relative entropy uses the others."]
+    if runs:
+        lines += ["", (f"Model runs: each estimator's model was run {runs} times, the first with the study's Langevin "
+                       "key and the others from further starting particles and noise, the same for every estimator, "
+                       "on the first run's schedule; the column gives the mean over the runs of each run's mean "
+                       "relative entropy and its standard error (the sd over runs / sqrt(runs)). The other columns "
+                       "are the first run's.")]
     cached = rows[0].info.get("cached_stages")
     if cached:
         lines += ["", f"Bayesian stages read from the stage cache: {', '.join(cached)} (the posterior's time is "
