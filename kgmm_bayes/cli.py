@@ -83,21 +83,19 @@ def _run(args) -> int:
     return 0
 
 
-def _nan(value) -> float:
-    return float("nan") if value is None else value
-
-
 def _compare(args) -> int:
-    from .spec import load_spec
+    from .errors import InputError
+    from .spec import MAX_MODEL_RUNS, load_spec
     from .study.compare import compare_study
+    from .study.compare_tables import over_runs_text
 
+    if args.model_runs is not None and not 1 <= args.model_runs <= MAX_MODEL_RUNS:
+        raise InputError(f"--model-runs must be between 1 and {MAX_MODEL_RUNS}, got {args.model_runs}")
     spec = load_spec(args.spec, None if args.model_runs is None else {"baselines": {"model_runs": args.model_runs}})
     result = compare_study(spec, out_dir=args.out, seed=args.seed, progress=not args.quiet, force=args.force)
     for row in result.rows:
         runs = row.info.get("model_runs")
-        over = "" if not runs else (f", over {runs['runs']} model runs "
-                                    f"{_nan(runs['relative_entropy_mean_over_runs']):.4g} +- "
-                                    f"{_nan(runs['standard_error']):.2g}")
+        over = f", over {runs['runs']} model runs {over_runs_text(row)}" if runs else ""
         print(f"{row.estimator:>9}: wall {row.wall_s:7.1f} s, relative entropy (mean) {row.relative_entropy_mean:.4g}"
               + over)
     print(f"outputs: {result.out_dir} (comparison.md, comparison.csv, figures/comparison.png)")

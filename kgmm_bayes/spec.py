@@ -214,6 +214,7 @@ DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d
 
 MAX_INT = 2**63 - 1  # integer keys: the int64 range (jax.random.key(seed) overflows above it)
 MAX_SEED = 2**62 - 1  # seeds: calibrate and compare derive seeds by adding to the study's
+MAX_MODEL_RUNS = 100  # [baselines] model_runs: each run costs a Langevin run per estimator
 MAX_SPEC_BYTES = 2**20  # a spec is a few kilobytes; more is not a spec
 # dots outside strings and comments (dotted keys, decimals): tomllib's memory is quadratic in a key's
 # parts (a 200 kB line of 'a.a.a...' takes tens of GB)
@@ -446,6 +447,8 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     if baselines.dsm_checkpoints > baselines.dsm_epochs:
         raise SpecError(f"[baselines] dsm_checkpoints ({baselines.dsm_checkpoints}) must be <= "
                         f"dsm_epochs ({baselines.dsm_epochs})")
+    if baselines.model_runs > MAX_MODEL_RUNS:
+        raise SpecError(f"[baselines] model_runs must be at most {MAX_MODEL_RUNS}, got {baselines.model_runs}")
     return Spec(**sections)
 
 

@@ -192,6 +192,7 @@ def test_baselines_section_defaults_are_the_authors_settings():
     ({"sklearn_components": -1}, ["[baselines] sklearn_components"]),
     ({"model_runs": 0}, ["[baselines] model_runs"]),
     ({"model_runs": 2.0}, ["[baselines] model_runs"]),
+    ({"model_runs": 101}, ["[baselines] model_runs", "100"]),
 ])
 def test_bad_baselines_section_raises_one_line(values, words):
     with pytest.raises(SpecError) as info:

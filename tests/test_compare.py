@@ -4,8 +4,10 @@ bad input ending with one error line before anything runs."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
+
 import numpy as np
 import pytest
 from test_study import run_cli  # the console script in a subprocess
@@ -145,36 +147,44 @@ def test_model_runs_give_each_estimator_a_mean_and_its_standard_error(tiny_compa
         assert float(csv_row["relative_entropy_mean_over_runs"]) == runs["relative_entropy_mean_over_runs"]
         assert int(csv_row["model_runs"]) == 3
         firsts.add(tuple(per_run[1:]))
+        if row["estimator"] != "bayesian":  # paired with the Bayesian model's runs from the same starts
+            bayes = np.array(payload["estimators"][0]["info"]["model_runs"]["relative_entropy_mean_per_run"])
+            assert runs["minus_bayesian_mean"] == pytest.approx(np.mean(per_run - bayes), rel=1e-12, abs=1e-15)
+            assert runs["minus_bayesian_standard_error"] == pytest.approx(
+                np.std(per_run - bayes, ddof=1) / np.sqrt(3), rel=1e-12)
     assert len(firsts) == 4  # each estimator's own model
     assert "over 3 model runs" in (out / "comparison.md").read_text()
     assert proc.stdout.count("over 3 model runs") == 4
 
 
 def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_compare, tmp_path):
-    # the further runs use the first run's model: its schedule (the full run's, not the pilot's), its mobility
-    # in the data's time, its drift; started where the study's run started they give its numbers again
+    # the further runs use the first run's model: its schedule (the full run's, not the pilot's: with 400
+    # particles the rate is measured on a pilot of 100), its mobility in the data's time, its drift; started
+    # where the study's run started they give its numbers again
     import jax
 
     from kgmm_bayes.baselines import fit_sklearn
     from kgmm_bayes.spec import load_spec
-    from kgmm_bayes.study.compare import _data_time, _evaluate, _model_runs
+    from kgmm_bayes.study.compare import _data_time, _evaluate, study_model_runs
+    from kgmm_bayes.study.dynamics import PILOT_MIN_PARTICLES
     from kgmm_bayes.study.run import run_study
-    from kgmm_bayes.study.stages import langevin_start, model_drift, study_keys
+    from kgmm_bayes.study.stages import langevin_start, study_keys
 
     out, _ = tiny_compare
     again = tmp_path / "again"
-    shutil.copytree(out / "bayesian", again)  # the study again, from its stage cache
-    result = run_study(load_spec(out.parent / "tiny.toml"), out_dir=str(again), force=True)
+    shutil.copytree(out / "bayesian", again)  # the study again from its stage cache, its model with more particles
+    particles = 4 * PILOT_MIN_PARTICLES
+    result = run_study(load_spec(out.parent / "tiny.toml", {"langevin": {"particles": particles}}),
+                       out_dir=str(again), force=True)
     spec, data, part = result.spec, result.data, result.partition
     langevin_key = study_keys(spec.study.seed)[5]
-    own = langevin_start(langevin_key, part, spec.langevin.particles)
-    run = result.metrics["langevin"]
-    assert run["mobility"] == "fitted"
-    bayes = _model_runs(data, spec, *model_drift(spec, result.interpolant, result.drift_draws),
-                        result.metrics["relative_entropy"]["per_marginal"], [own], run["dt"], run["steps"],
-                        run["thin"], result._mobility("fitted", 1))
-    first, again = bayes["relative_entropy_mean_per_run"]
-    assert again == pytest.approx(first, rel=1e-9)  # the mobility went through physical units and back
+    own = langevin_start(langevin_key, part, particles)
+    assert result.metrics["langevin"]["mobility"] == "fitted"
+    first, rerun = study_model_runs(result, data, [own])["relative_entropy_mean_per_run"]
+    assert first == result.metrics["relative_entropy"]["mean"]
+    assert rerun == pytest.approx(first, rel=1e-9)  # the mobility went through physical units and back
+    other = study_model_runs(result, data, [langevin_start(jax.random.fold_in(langevin_key, 1), part, particles)])
+    assert other["relative_entropy_mean_per_run"][1] != first
 
     z = data.zscore.forward(data.train)
     fit = fit_sklearn(jax.random.key(5), z, 3, 30)
@@ -182,8 +192,53 @@ def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_co
                     part.counts, None, fit.info, data_time=_data_time(result, data, z, spec,
                                                                       jax.random.fold_in(langevin_key, 3)),
                     starts=[own])
-    first, again = row.info["model_runs"]["relative_entropy_mean_per_run"]
-    assert again == first
+    first, rerun = row.info["model_runs"]["relative_entropy_mean_per_run"]
+    assert rerun == first
+
+
+def test_model_run_summary_counts_runs_that_lost_every_particle_apart():
+    from kgmm_bayes.study.compare import model_run_summary
+
+    per_run = np.array([[1e-3, 3e-3], [2e-3, 2e-3], [np.nan, np.nan], [4e-3, 4e-3]])
+    summary = model_run_summary(per_run)
+    assert summary["runs"] == 4 and summary["finite_runs"] == 3
+    assert summary["relative_entropy_mean_per_run"] == [2e-3, 2e-3, None, 4e-3]
+    assert summary["relative_entropy_mean_over_runs"] == pytest.approx(8e-3 / 3, rel=1e-14)
+    sd = np.sqrt(((2e-3 - 8e-3 / 3) ** 2 * 2 + (4e-3 - 8e-3 / 3) ** 2) / 2)
+    assert summary["standard_error"] == pytest.approx(sd / np.sqrt(3), rel=1e-12)
+    assert model_run_summary(per_run[2:3])["standard_error"] is None
+    assert model_run_summary(per_run[:1])["standard_error"] is None  # one run: no spread
+
+
+def test_tables_gain_the_model_runs_columns_only_with_more_than_one_run():
+    from kgmm_bayes.study.compare import model_run_summary, paired_with_bayesian
+    from kgmm_bayes.study.compare_tables import (
+        EstimatorRow,
+        comparison_csv,
+        comparison_markdown,
+    )
+
+    def row(name, info):
+        return EstimatorRow(name, {"fit": 1.0}, np.array([2e-3]), None, None, 1.0, 0, info)
+
+    payload = {"study": "s", "seed": 0, "train_snapshots": 1, "reference_snapshots": 1, "dim": 1,
+               "data_floor_relative_entropy_mean": 1e-4, "baselines": {
+                   "sigma": 0.05, "min_leaf_probability": 1e-3, "max_passes": 1, "tolerance": 0.1,
+                   "dsm_epochs": 1, "dsm_batch": 1, "dsm_learning_rate": 1e-3, "sklearn_max_iter": 1}}
+    plain = [row("bayesian", {}), row("sklearn", {})]
+    assert "model_runs" not in comparison_csv(plain, None) and "model runs" not in comparison_markdown(plain, None, payload)
+    runs = [row("bayesian", {"model_runs": model_run_summary([[2e-3], [4e-3]])}),
+            row("sklearn", {"model_runs": model_run_summary([[2e-3], [np.nan]])})]
+    paired_with_bayesian(runs)
+    assert runs[1].info["model_runs"]["minus_bayesian_mean"] == 0.0  # the run both have
+    assert runs[1].info["model_runs"]["minus_bayesian_standard_error"] is None
+    with io.StringIO(comparison_csv(runs, None)) as fh:
+        table = {r["estimator"]: r for r in csv.DictReader(fh)}
+    assert table["bayesian"]["model_runs"] == "2" and float(table["bayesian"]["relative_entropy_mean_over_runs"]) == 3e-3
+    assert table["sklearn"]["finite_model_runs"] == "1" and table["sklearn"]["relative_entropy_standard_error"] == ""
+    text = comparison_markdown(runs, None, payload)
+    assert "| over 2 model runs (± s.e.) |" in text
+    assert "| 0.003 ± 0.001 | — |" in text and "| 0.002 ± — (1 of 2 runs) | +0 ± — |" in text
 
 
 def test_compare_bad_input_one_line(tmp_path, monkeypatch, capsys):
@@ -198,7 +253,8 @@ def test_compare_bad_input_one_line(tmp_path, monkeypatch, capsys):
                         (["compare", "s.toml"], ["[baselines] which", "bogus"]),
                         (["compare", "ok.toml", "--out", "mine", "--quiet"], ["mine", "holds no kgmm-bayes result"]),
                         (["compare", "ok.toml", "--seed", "-3", "--quiet"], ["--seed"]),
-                        (["compare", "ok.toml", "--model-runs", "0", "--quiet"], ["[baselines] model_runs"])):
+                        (["compare", "ok.toml", "--model-runs", "0", "--quiet"], ["--model-runs", "0"]),
+                        (["compare", "ok.toml", "--model-runs", "101", "--quiet"], ["--model-runs", "100"])):
         assert main(args) == 2
         captured = capsys.readouterr()
         lines = captured.err.splitlines()

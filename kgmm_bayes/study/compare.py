@@ -25,7 +25,8 @@ With ``[baselines] model_runs = R > 1`` every estimator's model is run ``R`` tim
 and ``R - 1`` more on the same schedule (and, in the data's time, the same mobility), each from its own
 starting particles and noise, the same for every estimator (:func:`model_run_starts`).  One run's relative
 entropy moves with its Langevin key as much as estimators differ (reduced 1D: 0.00094-0.00124 for keys 1-3),
-so the table then gives each estimator's mean over the runs and its standard error.
+so the table then gives each estimator's mean over the runs and its standard error.  That error is the
+spread of one fitted model over Langevin starts and noise only: not over the baselines' seeds or NUTS keys.
 
 Wall time counts what builds the score (Bayesian: partition, posterior, score
 summaries, interpolant; classic KGMM: clustering with the noisy passes, network
@@ -51,16 +52,14 @@ import numpy as np
 from ..baselines import BaselineFit, fit_dsm, fit_kgmm, fit_sklearn
 from ..data.systems import get_system
 from ..data.systems.ks import fine_reference_series
+from ..errors import InputError
 from ..files import atomic_write_bytes
 from ..metrics import marginal_relative_entropies, weighted_score_error
 from ..metrics.series import decorrelation_time, ks_statistics
 from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin
 from ..rom.mobility import impulse_responses, to_physical
 from ..spec import BASELINES, Spec, data_interval_of
-from ..errors import InputError
 from .checks import check_seed, load_user_data
-from .dynamics import (dynamics_metrics, dynamics_outputs, indirect_correction, lagged_series, point_dynamics,
-                       rom_schedule, run_in_data_time)
 from .compare_tables import (
     KS_SPACING,
     EstimatorRow,
@@ -70,6 +69,15 @@ from .compare_tables import (
     plot_comparison,
     plot_ks,
     row_dict,
+)
+from .dynamics import (
+    dynamics_metrics,
+    dynamics_outputs,
+    indirect_correction,
+    lagged_series,
+    point_dynamics,
+    rom_schedule,
+    run_in_data_time,
 )
 from .outputs import OutputFolder
 from .run import run_study
@@ -123,22 +131,59 @@ def model_run_starts(langevin_key, part, particles: int, runs: int) -> list:
             for r in range(1, runs)]
 
 
+def model_run_summary(per_run) -> dict:
+    """Each run's mean relative entropy over the marginals, and the mean over the runs with its standard error
+    (sd over runs / sqrt(runs)), from every run's per-marginal relative entropies ``per_run`` ``(runs, d)``.
+    Runs without a finite figure (every particle lost) are counted apart (``finite_runs``) and left out of the
+    mean and its error, so a model that loses runs shows it."""
+    per_run = np.asarray(per_run, np.float64)
+    means = per_run.mean(axis=1)
+    finite = means[np.isfinite(means)]
+    se = float(np.std(finite, ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else np.nan
+    return {"runs": len(means), "finite_runs": len(finite),
+            "relative_entropy_mean_per_run": [finite_or_none(v) for v in means],
+            "relative_entropy_per_run": [[finite_or_none(v) for v in r] for r in per_run],
+            "relative_entropy_mean_over_runs": finite_or_none(float(np.mean(finite)) if len(finite) else np.nan),
+            "standard_error": finite_or_none(se)}
+
+
+def paired_with_bayesian(rows) -> None:
+    """Each baseline's ``model_runs`` gains its runs' differences from the Bayesian model's runs (the same starts
+    and noise: paired), as the mean difference (baseline minus Bayesian) and its standard error over the runs
+    where both have a figure; in place."""
+    bayes = rows[0].info.get("model_runs")
+    if not bayes:
+        return
+    first = np.array([np.nan if v is None else v for v in bayes["relative_entropy_mean_per_run"]])
+    for r in rows[1:]:
+        runs = r.info["model_runs"]
+        diff = np.array([np.nan if v is None else v for v in runs["relative_entropy_mean_per_run"]]) - first
+        diff = diff[np.isfinite(diff)]
+        runs["minus_bayesian_mean"] = finite_or_none(float(np.mean(diff)) if len(diff) else np.nan)
+        runs["minus_bayesian_standard_error"] = finite_or_none(
+            float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.nan)
+
+
 def _model_runs(data, spec, drift_fn, drift_params, first, starts, dt, steps, thin, mobility) -> dict:
-    """The relative entropies of a model's runs: ``first`` (the run already made, per marginal) and one run from
-    each of ``starts`` on the same schedule; their means, and the mean over runs with its standard error."""
+    """:func:`model_run_summary` of a model's runs: ``first`` (the run already made, per marginal) and one run
+    from each of ``starts`` on the same schedule (``dt, steps, thin``, ``mobility``; the spec's burn-in and box)."""
     lg = spec.langevin
     per_run = [np.asarray(first, np.float64)]
     for x0, run_key in starts:
         rom = simulate_langevin(run_key, drift_fn, drift_params, x0, dt, steps, lg.burn_in, thin, lg.box,
                                 mobility=mobility)
         per_run.append(_rom_relative_entropy(data, rom, spec.metrics.grid_points))
-    means = np.array([float(np.mean(r)) for r in per_run])
-    finite = means[np.isfinite(means)]
-    se = float(np.std(finite, ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else float("nan")
-    return {"runs": len(per_run), "relative_entropy_mean_per_run": [finite_or_none(v) for v in means],
-            "relative_entropy_per_run": [[finite_or_none(v) for v in r] for r in per_run],
-            "relative_entropy_mean_over_runs": finite_or_none(float(np.mean(finite)) if len(finite) else np.nan),
-            "standard_error": finite_or_none(se)}
+    return model_run_summary(per_run)
+
+
+def study_model_runs(result, data, starts) -> dict:
+    """The Bayesian study's model run again from each of ``starts``: its drift (:func:`model_drift`), and the
+    schedule and mobility its Langevin stage used (``metrics.json`` ``langevin``, ``dynamics.mobility``)."""
+    spec, run = result.spec, result.metrics["langevin"]
+    mobility = result._mobility("fitted", data.train.shape[1]) if run.get("mobility") == "fitted" else None
+    return _model_runs(data, spec, *model_drift(spec, result.interpolant, result.drift_draws),
+                       result.metrics["relative_entropy"]["per_marginal"], starts, run["dt"], run["steps"],
+                       run["thin"], mobility)
 
 
 def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key, points, counts, truth, info,
@@ -161,7 +206,9 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
             dt_, thin, steps, stiffness = rom_schedule(lg, d.interval, d.phi, drift_fn, drift_params, points,
                                                        min_rows=2 * len(d.lags))
             thin = max(1, thin // subsample)
-            schedule.update(dt=dt_, stiffness=stiffness, steps=steps // thin * thin, thin=thin, mobility=d.phi)
+            schedule.update(dt=dt_, stiffness=stiffness)
+            if particles == len(x0) and subsample == 1:  # a full run (not the pilot): the further runs' schedule
+                schedule.update(steps=steps // thin * thin, thin=thin, mobility=d.phi)
             return simulate_langevin(run_key, drift_fn, drift_params, x0[:particles], dt_, steps // thin * thin,
                                      lg.burn_in, thin, lg.box, mobility=d.phi), dt_ * thin
 
@@ -170,7 +217,7 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
         info["dt_times_max_jacobian_eigenvalue"] = schedule["stiffness"]  # of Phi s, as the study's
         info["dynamics"] = _dynamics_row(dyn, rom, data, spec, data_time)
     rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)
-    if starts:  # the full run's schedule (the last simulate call made it)
+    if starts:  # the last full run's schedule
         info["model_runs"] = _model_runs(data, spec, drift_fn, drift_params, rel_ent, starts, schedule["dt"],
                                          schedule["steps"], schedule["thin"], schedule["mobility"])
     if ks_tau is not None and rom.alive.any():
@@ -310,11 +357,9 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
                          {"cached_stages": m["cached_stages"], "band": spec.score.band,
                           "dt_times_max_jacobian_eigenvalue": m["langevin"]["dt_times_max_jacobian_eigenvalue"]})]
     starts = model_run_starts(langevin_key, part, spec.langevin.particles, spec.baselines.model_runs)
-    if starts:  # the study's model again, on its own schedule (and mobility), from the further starts
-        run = m["langevin"]
-        mobility = result._mobility("fitted", z.shape[1]) if run.get("mobility") == "fitted" else None
-        rows[0].info["model_runs"] = _model_runs(data, spec, *bayes_drift, rows[0].relative_entropy, starts,
-                                                 run["dt"], run["steps"], run["thin"], mobility)
+    if starts:
+        _log(progress, f"bayesian: {len(starts)} more model runs")
+        rows[0].info["model_runs"] = study_model_runs(result, data, starts)
     data_time = _data_time(result, data, z, spec, jax.random.fold_in(langevin_key, 3))
     if data_time is not None:
         keep = ("mobility", "mobility_lower", "mobility_upper", "mobility_method", "mobility_time_scale",
@@ -336,7 +381,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     baseline_keys = study_keys(seed + 1_000_003)  # a stream apart from the study's; one key per baseline name
     dsm_reach = None
     for name in spec.baselines.which:
-        _log(progress, f"baseline {name}")
+        _log(progress, f"baseline {name}" + (f" ({len(starts) + 1} model runs)" if starts else ""))
         fit = _fit_baseline(name, baseline_keys[BASELINES.index(name)], z, spec)
         rows.append(_evaluate(name, fit.drift_fn, fit.drift_params, fit.timings, data, spec, x0, run_key,
                               part.points, part.counts, truth, fit.info, ks_tau=ks_tau, data_time=data_time,
@@ -345,11 +390,12 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
             _log(progress, f"dsm: {len(fit.checkpoints)} checkpoints, quarter-length Langevin runs")
             dsm_reach = _dsm_reach(fit, bayes_drift, data, spec, x0, run_key)
 
+    paired_with_bayesian(rows)
     if ks_tau is not None:
         plot_ks(out.path("figures", "ks_statistics.png"), rows, ks_tau)
     payload = {"study": spec.study.name, "seed": seed, "dim": int(z.shape[1]),
                "ks_data_decorrelation_time": None if ks_tau is None else [float(v) for v in ks_tau],
-               "train_snapshots": int(len(z)), "reference_snapshots": int(len(data.reference)),
+               "train_snapshots": len(z), "reference_snapshots": len(data.reference),
                "data_floor_relative_entropy_mean": m["relative_entropy"]["data_floor_mean"],
                "baselines": spec.baselines._asdict(),
                "estimators": [row_dict(r) for r in rows], "dsm_reach": dsm_reach}

@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 __all__ = ["EstimatorRow", "KS_SPACING", "row_dict", "comparison_csv", "comparison_markdown", "plot_comparison",
-           "plot_ks", "finite_or_none"]
+           "plot_ks", "finite_or_none", "over_runs_text"]
 
 KS_SPACING = 1.0  # time units between the snapshots of the KS decorrelation-time reference run
 
@@ -54,11 +54,30 @@ def row_dict(r: EstimatorRow) -> dict:
 
 
 def _over_runs(r: EstimatorRow):
-    """``(mean over the model runs, its standard error, runs)``, or None with one run (``[baselines] model_runs``)."""
+    """``(mean over the model runs, its standard error, runs, runs with a finite figure)``, or None with one run
+    (``[baselines] model_runs``)."""
     runs = r.info.get("model_runs")
     if not runs:
         return None
-    return (runs["relative_entropy_mean_over_runs"], runs["standard_error"], runs["runs"])
+    return (runs["relative_entropy_mean_over_runs"], runs["standard_error"], runs["runs"], runs["finite_runs"])
+
+
+def over_runs_text(r: EstimatorRow) -> str:
+    """``mean ± s.e.`` over an estimator's model runs, ``(k of N runs)`` appended when some lost every particle;
+    ``—`` with one run."""
+    over = _over_runs(r)
+    if over is None:
+        return "—"
+    mean, se, runs, finite = over
+    return f"{_g(mean)} ± {_g(se, 2)}" + (f" ({finite} of {runs} runs)" if finite < runs else "")
+
+
+def minus_bayesian_text(r: EstimatorRow) -> str:
+    """``+d ± s.e.``: the mean over the model runs of this estimator's figure minus the Bayesian one's (paired)."""
+    runs = r.info.get("model_runs") or {}
+    if runs.get("minus_bayesian_mean") is None:
+        return "—"
+    return f"{runs['minus_bayesian_mean']:+.3g} ± {_g(runs.get('minus_bayesian_standard_error'), 2)}"
 
 
 def comparison_csv(rows, dsm_reach) -> str:
@@ -68,7 +87,9 @@ def comparison_csv(rows, dsm_reach) -> str:
     header = (["estimator", "wall_s", "relative_entropy_mean"] + [f"time_{s}_s" for s in stages]
               + [f"relative_entropy_x{i}" for i in range(d)]
               + ["score_error", "band_coverage", "langevin_s", "escaped", "time_to_bayesian_s"]
-              + (["model_runs", "relative_entropy_mean_over_runs", "relative_entropy_standard_error"] if runs else []))
+              + (["model_runs", "finite_model_runs", "relative_entropy_mean_over_runs",
+                  "relative_entropy_standard_error", "minus_bayesian_mean", "minus_bayesian_standard_error"]
+                 if runs else []))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -78,11 +99,14 @@ def comparison_csv(rows, dsm_reach) -> str:
 
     for r in rows:
         reach = dsm_reach["reached_at_s"] if r.estimator == "dsm" and dsm_reach else None
+        over = _over_runs(r)
         writer.writerow([r.estimator, fmt(r.wall_s), fmt(r.relative_entropy_mean)]
                         + [fmt(r.timings.get(s)) for s in stages] + [fmt(v) for v in r.relative_entropy]
                         + [fmt(r.score_error), fmt(r.band_coverage), fmt(r.langevin_s), r.escaped, fmt(reach)]
-                        + ([] if not runs else ["", "", ""] if _over_runs(r) is None else
-                           [_over_runs(r)[2], fmt(_over_runs(r)[0]), fmt(_over_runs(r)[1])]))
+                        + ([] if not runs else [""] * 6 if over is None else
+                           [over[2], over[3], fmt(over[0]), fmt(over[1]),
+                            fmt(r.info["model_runs"].get("minus_bayesian_mean")),
+                            fmt(r.info["model_runs"].get("minus_bayesian_standard_error"))]))
     return buf.getvalue()
 
 
@@ -90,15 +114,11 @@ def _g(v, digits=3):
     return "—" if v is None or not np.isfinite(v) else f"{v:.{digits}g}"
 
 
-def _none_nan(v):
-    return np.nan if v is None else v
-
-
 def comparison_markdown(rows, dsm_reach, payload) -> str:
     d = len(rows[0].relative_entropy)
     runs = next((_over_runs(r)[2] for r in rows if _over_runs(r)), None)
     head = (["estimator", "wall s", "stages (s)", "rel. entropy (mean)"]
-            + ([f"over {runs} model runs (± s.e.)"] if runs else [])
+            + ([f"over {runs} model runs (± s.e.)", "minus Bayesian, paired (± s.e.)"] if runs else [])
             + ([f"x{i}" for i in range(d)] if d > 1 else [])
             + ["score error", "band coverage", "Langevin s", "particles lost"])
     lines = [f"# Comparison: {payload['study']} (seed {payload['seed']})", "",
@@ -108,10 +128,8 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stages = ", ".join(f"{s} {v:.1f}" for s, v in r.timings.items())
-        over = _over_runs(r)
         cells = ([r.estimator, f"{r.wall_s:.1f}", stages, _g(r.relative_entropy_mean)]
-                 + ([] if not runs else ["—"] if over is None else
-                    [f"{_g(_none_nan(over[0]))} ± {_g(_none_nan(over[1]), 2)}"])
+                 + ([over_runs_text(r), minus_bayesian_text(r)] if runs else [])
                  + ([_g(v) for v in r.relative_entropy] if d > 1 else [])
                  + [_g(r.score_error), _g(r.band_coverage), f"{r.langevin_s:.1f}", str(r.escaped)])
         lines.append("| " + " | ".join(cells) + " |")
@@ -124,8 +142,12 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
         lines += ["", (f"Model runs: each estimator's model was run {runs} times, the first with the study's Langevin "
                        "key and the others from further starting particles and noise, the same for every estimator, "
                        "on the first run's schedule; the column gives the mean over the runs of each run's mean "
-                       "relative entropy and its standard error (the sd over runs / sqrt(runs)). The other columns "
-                       "are the first run's.")]
+                       "relative entropy and its standard error (the sd over runs / sqrt(runs)): the spread over "
+                       "Langevin starts and noise of one fitted model, not over the baselines' seeds or the posterior's "
+                       "NUTS key. Runs that lost every particle are left out and counted (k of N runs). The next "
+                       "column is the mean over the runs of the estimator's figure minus the Bayesian model's in the "
+                       "same run (same starts and noise) with its standard error: negative where the estimator is "
+                       "better. The other columns are the first run's.")]
     cached = rows[0].info.get("cached_stages")
     if cached:
         lines += ["", f"Bayesian stages read from the stage cache: {', '.join(cached)} (the posterior's time is "
