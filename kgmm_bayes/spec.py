@@ -209,6 +209,7 @@ POSITIVE_FLOAT = {
 OPEN_UNIT = {("sampler", "target_accept"), ("score", "band"), ("baselines", "min_leaf_probability")}
 
 WHERE_IT_RUNS = {("data", "scheduler")}  # keys that say where a study runs, not what it computes
+COMPARE_ONLY = ("baselines",)  # sections only `kgmm-bayes compare` reads: not part of a study folder's identity
 SYSTEM_COMPONENTS = 10  # [mixture] components of a built-in system's study that does not set it
 DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d"}}
 
@@ -250,8 +251,10 @@ class Spec(NamedTuple):
                            for n in names}, sort_keys=True, default=list)
 
     def identity(self) -> dict:
-        """:meth:`to_dict` less :data:`WHERE_IT_RUNS`: what an output folder's study is."""
-        return {n: {k: v for k, v in sec.items() if (n, k) not in WHERE_IT_RUNS} for n, sec in self.to_dict().items()}
+        """:meth:`to_dict` less :data:`WHERE_IT_RUNS` and the sections a study does not read
+        (:data:`COMPARE_ONLY`): what an output folder's study is."""
+        return {n: {k: v for k, v in sec.items() if (n, k) not in WHERE_IT_RUNS} for n, sec in self.to_dict().items()
+                if n not in COMPARE_ONLY}
 
 
 def _check_value(section: str, key: str, value, default):

@@ -344,3 +344,13 @@ def test_k_is_10_for_a_system_and_chosen_from_the_data_for_user_data(tmp_path):
     assert auto_components(given, 4800, 2) == given
     quick = screening_spec(user)
     assert (quick.sampler.warmup, quick.sampler.draws) == (200, 200) and quick.sampler.chains == user.sampler.chains
+
+
+def test_a_study_s_identity_leaves_out_the_sections_only_compare_reads():
+    # [baselines] (compare's alone) does not make another study: a study folder accepts the same study run with
+    # other baselines or model runs; any section the study reads does
+    base = {"data": {"system": "reduced_1d"}}
+    plain = spec_from_dict(base)
+    assert plain.identity() == spec_from_dict({**base, "baselines": {"model_runs": 5, "sigma": 0.1}}).identity()
+    assert "baselines" not in plain.identity() and "baselines" in plain.to_dict()
+    assert plain.identity() != spec_from_dict({**base, "sampler": {"draws": 300}}).identity()

@@ -63,7 +63,7 @@ def _over_runs(r: EstimatorRow):
 
 
 def over_runs_text(r: EstimatorRow) -> str:
-    """``mean ± s.e.`` over an estimator's model runs, ``(k of N runs)`` appended when some lost every particle;
+    """``mean ± s.e.`` over an estimator's model runs, ``(k of N runs)`` appended when some had no finite figure;
     ``—`` with one run."""
     over = _over_runs(r)
     if over is None:
@@ -144,10 +144,11 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
                        "on the first run's schedule; the column gives the mean over the runs of each run's mean "
                        "relative entropy and its standard error (the sd over runs / sqrt(runs)): the spread over "
                        "Langevin starts and noise of one fitted model, not over the baselines' seeds or the posterior's "
-                       "NUTS key. Runs that lost every particle are left out and counted (k of N runs). The next "
+                       "NUTS key. Runs without a finite figure (every particle lost) are left out and counted (k of N "
+                       "runs). The next "
                        "column is the mean over the runs of the estimator's figure minus the Bayesian model's in the "
                        "same run (same starts and noise) with its standard error: negative where the estimator is "
-                       "better. The other columns are the first run's.")]
+                       "better. The other columns and figures/comparison.png are the first run's.")]
     cached = rows[0].info.get("cached_stages")
     if cached:
         lines += ["", f"Bayesian stages read from the stage cache: {', '.join(cached)} (the posterior's time is "
