@@ -131,6 +131,16 @@ def model_run_starts(langevin_key, part, particles: int, runs: int) -> list:
             for r in range(1, runs)]
 
 
+def _mean_and_se(values):
+    """The mean of the finite ``values`` and its standard error (sd / sqrt(count); None below two), as JSON
+    numbers (None where not finite), and how many were finite."""
+    values = np.asarray([np.nan if v is None else v for v in values], np.float64)
+    finite = values[np.isfinite(values)]
+    mean = float(np.mean(finite)) if len(finite) else np.nan
+    se = float(np.std(finite, ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else np.nan
+    return finite_or_none(mean), finite_or_none(se), len(finite)
+
+
 def model_run_summary(per_run) -> dict:
     """Each run's mean relative entropy over the marginals, and the mean over the runs with its standard error
     (sd over runs / sqrt(runs)), from every run's per-marginal relative entropies ``per_run`` ``(runs, d)``.
@@ -138,13 +148,11 @@ def model_run_summary(per_run) -> dict:
     (``finite_runs``) and left out of the mean and its error, so a model that loses runs shows it."""
     per_run = np.asarray(per_run, np.float64)
     means = per_run.mean(axis=1)
-    finite = means[np.isfinite(means)]
-    se = float(np.std(finite, ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else np.nan
-    return {"runs": len(means), "finite_runs": len(finite),
+    mean, se, finite = _mean_and_se(means)
+    return {"runs": len(means), "finite_runs": finite,
             "relative_entropy_mean_per_run": [finite_or_none(v) for v in means],
             "relative_entropy_per_run": [[finite_or_none(v) for v in r] for r in per_run],
-            "relative_entropy_mean_over_runs": finite_or_none(float(np.mean(finite)) if len(finite) else np.nan),
-            "standard_error": finite_or_none(se)}
+            "relative_entropy_mean_over_runs": mean, "standard_error": se}
 
 
 def paired_with_bayesian(rows) -> None:
@@ -154,14 +162,14 @@ def paired_with_bayesian(rows) -> None:
     bayes = rows[0].info.get("model_runs")
     if not bayes:
         return
-    first = np.array([np.nan if v is None else v for v in bayes["relative_entropy_mean_per_run"]])
+
+    def per_run(runs):
+        return np.array([np.nan if v is None else v for v in runs["relative_entropy_mean_per_run"]], np.float64)
+
     for r in rows[1:]:
         runs = r.info["model_runs"]
-        diff = np.array([np.nan if v is None else v for v in runs["relative_entropy_mean_per_run"]]) - first
-        diff = diff[np.isfinite(diff)]
-        runs["minus_bayesian_mean"] = finite_or_none(float(np.mean(diff)) if len(diff) else np.nan)
-        runs["minus_bayesian_standard_error"] = finite_or_none(
-            float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.nan)
+        runs["minus_bayesian_mean"], runs["minus_bayesian_standard_error"], _ = _mean_and_se(
+            per_run(runs) - per_run(bayes))
 
 
 def _model_runs(data, spec, drift_fn, drift_params, first, starts, dt, steps, thin, mobility) -> dict:
@@ -176,12 +184,14 @@ def _model_runs(data, spec, drift_fn, drift_params, first, starts, dt, steps, th
     return model_run_summary(per_run)
 
 
-def study_model_runs(result, data, starts) -> dict:
-    """The Bayesian study's model run again from each of ``starts``: its drift (:func:`model_drift`), and the
-    schedule and mobility its Langevin stage used (``metrics.json`` ``langevin``, ``dynamics.mobility``)."""
+def study_model_runs(result, data, starts, drift=None) -> dict:
+    """The Bayesian study's model run again from each of ``starts``: its drift (:func:`model_drift`; ``drift``
+    when the caller has it already), and the schedule and mobility its Langevin stage used (``metrics.json``
+    ``langevin``, ``dynamics.mobility``)."""
     spec, run = result.spec, result.metrics["langevin"]
     mobility = result._mobility("fitted", data.train.shape[1]) if run.get("mobility") == "fitted" else None
-    return _model_runs(data, spec, *model_drift(spec, result.interpolant, result.drift_draws),
+    drift = model_drift(spec, result.interpolant, result.drift_draws) if drift is None else drift
+    return _model_runs(data, spec, *drift,
                        result.metrics["relative_entropy"]["per_marginal"], starts, run["dt"], run["steps"],
                        run["thin"], mobility)
 
@@ -360,7 +370,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     starts = model_run_starts(langevin_key, part, spec.langevin.particles, spec.baselines.model_runs)
     if starts:
         _log(progress, f"bayesian: {len(starts)} more model runs")
-        rows[0].info["model_runs"] = study_model_runs(result, data, starts)
+        rows[0].info["model_runs"] = study_model_runs(result, data, starts, bayes_drift)
     data_time = _data_time(result, data, z, spec, jax.random.fold_in(langevin_key, 3))
     if data_time is not None:
         keep = ("mobility", "mobility_lower", "mobility_upper", "mobility_method", "mobility_time_scale",

@@ -53,23 +53,14 @@ def row_dict(r: EstimatorRow) -> dict:
             "langevin_s": r.langevin_s, "escaped": r.escaped, "info": r.info}
 
 
-def _over_runs(r: EstimatorRow):
-    """``(mean over the model runs, its standard error, runs, runs with a finite figure)``, or None with one run
-    (``[baselines] model_runs``)."""
-    runs = r.info.get("model_runs")
-    if not runs:
-        return None
-    return (runs["relative_entropy_mean_over_runs"], runs["standard_error"], runs["runs"], runs["finite_runs"])
-
-
 def over_runs_text(r: EstimatorRow) -> str:
     """``mean ± s.e.`` over an estimator's model runs, ``(k of N runs)`` appended when some had no finite figure;
     ``—`` with one run."""
-    over = _over_runs(r)
-    if over is None:
+    runs = r.info.get("model_runs")
+    if not runs:
         return "—"
-    mean, se, runs, finite = over
-    return f"{_g(mean)} ± {_g(se, 2)}" + (f" ({finite} of {runs} runs)" if finite < runs else "")
+    return (f"{_g(runs['relative_entropy_mean_over_runs'])} ± {_g(runs['standard_error'], 2)}"
+            + (f" ({runs['finite_runs']} of {runs['runs']} runs)" if runs["finite_runs"] < runs["runs"] else ""))
 
 
 def minus_bayesian_text(r: EstimatorRow) -> str:
@@ -83,7 +74,9 @@ def minus_bayesian_text(r: EstimatorRow) -> str:
 def comparison_csv(rows, dsm_reach) -> str:
     stages = _stages(rows)
     d = len(rows[0].relative_entropy)
-    runs = any(_over_runs(r) for r in rows)
+    run_fields = ("runs", "finite_runs", "relative_entropy_mean_over_runs", "standard_error", "minus_bayesian_mean",
+                  "minus_bayesian_standard_error")
+    runs = any(r.info.get("model_runs") for r in rows)
     header = (["estimator", "wall_s", "relative_entropy_mean"] + [f"time_{s}_s" for s in stages]
               + [f"relative_entropy_x{i}" for i in range(d)]
               + ["score_error", "band_coverage", "langevin_s", "escaped", "time_to_bayesian_s"]
@@ -99,14 +92,12 @@ def comparison_csv(rows, dsm_reach) -> str:
 
     for r in rows:
         reach = dsm_reach["reached_at_s"] if r.estimator == "dsm" and dsm_reach else None
-        over = _over_runs(r)
+        over = r.info.get("model_runs")
         writer.writerow([r.estimator, fmt(r.wall_s), fmt(r.relative_entropy_mean)]
                         + [fmt(r.timings.get(s)) for s in stages] + [fmt(v) for v in r.relative_entropy]
                         + [fmt(r.score_error), fmt(r.band_coverage), fmt(r.langevin_s), r.escaped, fmt(reach)]
-                        + ([] if not runs else [""] * 6 if over is None else
-                           [over[2], over[3], fmt(over[0]), fmt(over[1]),
-                            fmt(r.info["model_runs"].get("minus_bayesian_mean")),
-                            fmt(r.info["model_runs"].get("minus_bayesian_standard_error"))]))
+                        + ([] if not runs else [""] * len(run_fields) if not over else
+                           [over["runs"], over["finite_runs"]] + [fmt(over.get(f)) for f in run_fields[2:]]))
     return buf.getvalue()
 
 
@@ -116,7 +107,7 @@ def _g(v, digits=3):
 
 def comparison_markdown(rows, dsm_reach, payload) -> str:
     d = len(rows[0].relative_entropy)
-    runs = next((_over_runs(r)[2] for r in rows if _over_runs(r)), None)
+    runs = next((r.info["model_runs"]["runs"] for r in rows if r.info.get("model_runs")), None)
     head = (["estimator", "wall s", "stages (s)", "rel. entropy (mean)"]
             + ([f"over {runs} model runs (± s.e.)", "minus Bayesian, paired (± s.e.)"] if runs else [])
             + ([f"x{i}" for i in range(d)] if d > 1 else [])
@@ -145,10 +136,9 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
                        "relative entropy and its standard error (the sd over runs / sqrt(runs)): the spread over "
                        "Langevin starts and noise of one fitted model, not over the baselines' seeds or the posterior's "
                        "NUTS key. Runs without a finite figure (every particle lost) are left out and counted (k of N "
-                       "runs). The next "
-                       "column is the mean over the runs of the estimator's figure minus the Bayesian model's in the "
-                       "same run (same starts and noise) with its standard error: negative where the estimator is "
-                       "better. The other columns and figures/comparison.png are the first run's.")]
+                       "runs). The next column is the mean over the runs of the estimator's figure minus the Bayesian "
+                       "model's in the same run (same starts and noise) with its standard error: negative where the "
+                       "estimator is better. The other columns and figures/comparison.png are the first run's.")]
     cached = rows[0].info.get("cached_stages")
     if cached:
         lines += ["", f"Bayesian stages read from the stage cache: {', '.join(cached)} (the posterior's time is "
