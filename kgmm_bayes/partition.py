@@ -6,8 +6,8 @@ Two levels, both in z-scored coordinates:
   the score-target points, and with their counts they form a weighted coreset
   of the data: ``sum_n log p(x_n) ~= sum_m c_m log p(x~_m)``;
 * the **coarse** partition into K clusters (bisecting K-means on the cell
-  centres, weighted by counts), whose centroids, spreads and fractions centre
-  the mixture priors and initialise the sampler.
+  centres, weighted by counts; ``split``: :data:`SPLITS`), whose centroids,
+  spreads and fractions centre the mixture priors and initialise the sampler.
 
 Cluster statistics are exact: they are aggregated from per-cell sums of ``x``
 and ``x x^T``, so the within-cell spread is not lost.
@@ -23,7 +23,7 @@ from sklearn.cluster import BisectingKMeans
 
 from .data.stream import BLOCK, FIT_SNAPSHOTS, cell_statistics, fit_positions
 
-__all__ = ["Partition", "fit_partition", "fit_fine", "partition_from_cells", "cell_statistics", "fit_positions",
+__all__ = ["SPLITS", "Partition", "fit_partition", "fit_fine", "partition_from_cells", "cell_statistics", "fit_positions",
            "BLOCK", "FIT_SNAPSHOTS"]
 
 
@@ -40,15 +40,22 @@ class Partition(NamedTuple):
     cell_cluster: np.ndarray  # (M,) coarse cluster of each cell
 
 
+# ``[partition] split``: which coarse cluster bisecting K-means splits next.  "size": the most populous (clusters
+# of similar mass); "inertia": the one of largest weighted inertia (greedy K-means), which sends components into a
+# heavy tail.  On a heavy tail "size" leaves the tail one component whose prior holds its mean near a bulk-heavy
+# centroid, and the mixture's tail comes out too light: on the default study the MAP mixture's score at the
+# reference's 99.99th percentile is -1.63 with "size", -0.79 with "inertia", -0.90 analytic (z units).
+SPLITS = {"size": "largest_cluster", "inertia": "biggest_inertia"}
+
+
 def _seed_from_key(key) -> int:
     return int(jax.random.randint(key, (), 0, 2**31 - 1))
 
 
-def _bisecting(n_clusters: int, seed: int) -> BisectingKMeans:
-    # "largest_cluster" is robust to repeated snapshot values, where the default
-    # "biggest_inertia" can fail to split a cell of identical points.
-    return BisectingKMeans(n_clusters=n_clusters, bisecting_strategy="largest_cluster",
-                           random_state=seed, n_init=1)
+def _bisecting(n_clusters: int, seed: int, strategy: str = "largest_cluster") -> BisectingKMeans:
+    # Fine cells: "largest_cluster" is robust to repeated snapshot values, where "biggest_inertia" can fail
+    # to split a cell of identical points.
+    return BisectingKMeans(n_clusters=n_clusters, bisecting_strategy=strategy, random_state=seed, n_init=1)
 
 
 def fit_fine(key, sample, num_cells: int, num_components: int) -> BisectingKMeans:
@@ -67,8 +74,10 @@ def fit_fine(key, sample, num_cells: int, num_components: int) -> BisectingKMean
         return _bisecting(num_cells, _seed_from_key(key)).fit(distinct, sample_weight=multiplicity)
 
 
-def fit_partition(key, x, num_cells: int, num_components: int, min_spread: float = 1e-3) -> Partition:
-    """Fine (``num_cells``) and coarse (``num_components``) partitions of ``x`` ``(n, d)``."""
+def fit_partition(key, x, num_cells: int, num_components: int, min_spread: float = 1e-3,
+                  split: str = "size") -> Partition:
+    """Fine (``num_cells``) and coarse (``num_components``, split by ``split``: :data:`SPLITS`) partitions of
+    ``x`` ``(n, d)``."""
     x = np.asarray(x, dtype=np.float64)
     n, d = x.shape
     if num_components < 1:
@@ -80,11 +89,11 @@ def fit_partition(key, x, num_cells: int, num_components: int, min_spread: float
     fine_key, coarse_key = jax.random.split(key)
     fine = fit_fine(fine_key, x[fit_positions(n)], num_cells, num_components)
     stats = cell_statistics(x, fine.predict(x), fine.n_clusters)
-    return partition_from_cells(coarse_key, *stats, num_components, min_spread)
+    return partition_from_cells(coarse_key, *stats, num_components, min_spread, split)
 
 
 def partition_from_cells(coarse_key, counts, sums, second, num_components: int,
-                         min_spread: float = 1e-3) -> Partition:
+                         min_spread: float = 1e-3, split: str = "size") -> Partition:
     """The partition from the fine cells' statistics (empty cells dropped) and the coarse clusters
     (bisecting K-means on the cell centres, weighted by counts)."""
     d = sums.shape[1]
@@ -97,7 +106,7 @@ def partition_from_cells(coarse_key, counts, sums, second, num_components: int,
     if num_components == 1:
         cell_cluster = np.zeros(len(points), dtype=np.int64)
     else:
-        coarse = _bisecting(num_components, _seed_from_key(coarse_key)).fit(points, sample_weight=counts)
+        coarse = _bisecting(num_components, _seed_from_key(coarse_key), SPLITS[split]).fit(points, sample_weight=counts)
         cell_cluster = coarse.labels_
     k_counts = np.bincount(cell_cluster, weights=counts, minlength=num_components)
     if np.any(k_counts == 0):

@@ -64,6 +64,9 @@ class DataSection(NamedTuple):
 class PartitionSection(NamedTuple):
     cells: int = 2000  # fine cells: score-target points and weighted coreset
     coreset: bool = True  # False: the likelihood uses every snapshot
+    # the coarse cluster bisecting K-means splits next (kgmm_bayes.partition.SPLITS): "size", the most populous;
+    # "inertia", the one of largest inertia (greedy K-means: components reach a heavy tail)
+    split: str = "size"
 
 
 class MixtureSection(NamedTuple):
@@ -210,8 +213,12 @@ OPEN_UNIT = {("sampler", "target_accept"), ("score", "band"), ("baselines", "min
 
 WHERE_IT_RUNS = {("data", "scheduler")}  # keys that say where a study runs, not what it computes
 COMPARE_ONLY = ("baselines",)  # sections only `kgmm-bayes compare` reads: not part of a study folder's identity
+# keys added after study folders were written: left out of a folder's identity at these values, so that a folder
+# written before them still holds the same study
+LATER_DEFAULTS = {("partition", "split"): "size"}
 SYSTEM_COMPONENTS = 10  # [mixture] components of a built-in system's study that does not set it
-DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d"}}
+DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d"},
+                 "partition": {"split": "inertia"}}  # as models/reduced_1d.toml
 
 MAX_INT = 2**63 - 1  # integer keys: the int64 range (jax.random.key(seed) overflows above it)
 MAX_SEED = 2**62 - 1  # seeds: calibrate and compare derive seeds by adding to the study's
@@ -253,8 +260,9 @@ class Spec(NamedTuple):
     def identity(self) -> dict:
         """:meth:`to_dict` less :data:`WHERE_IT_RUNS` and the sections a study does not read
         (:data:`COMPARE_ONLY`): what an output folder's study is."""
-        return {n: {k: v for k, v in sec.items() if (n, k) not in WHERE_IT_RUNS} for n, sec in self.to_dict().items()
-                if n not in COMPARE_ONLY}
+        return {n: {k: v for k, v in sec.items()
+                    if (n, k) not in WHERE_IT_RUNS and ((n, k) not in LATER_DEFAULTS or LATER_DEFAULTS[n, k] != v)}
+                for n, sec in self.to_dict().items() if n not in COMPARE_ONLY}
 
 
 def _check_value(section: str, key: str, value, default):
@@ -393,6 +401,8 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
         raise SpecError(f"[data] streaming must be 'auto', 'always' or 'never', got {data.streaming!r}")
     if (data.streaming == "always" or data.scheduler) and data.path is None:
         raise SpecError("[data] streaming and scheduler apply to a data file ([data] path)")
+    if sections["partition"].split not in ("size", "inertia"):
+        raise SpecError(f"[partition] split must be 'size' or 'inertia', got {sections['partition'].split!r}")
     if sections["mixture"].coarsening_bound not in ("stein", "report", "score_matching"):
         raise SpecError("[mixture] coarsening_bound must be 'stein', 'report' or 'score_matching', got "
                         f"{sections['mixture'].coarsening_bound!r}")

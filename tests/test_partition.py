@@ -1,7 +1,9 @@
-"""Bisecting K-means partition: exact aggregated statistics, robustness to repeated values."""
+"""Bisecting K-means partition: exact aggregated statistics, coarse clusters by the K-means objective,
+robustness to repeated values."""
 import jax
 import numpy as np
 import pytest
+from sklearn.cluster import KMeans
 
 import kgmm_bayes  # noqa: F401
 from kgmm_bayes.partition import fit_partition
@@ -22,6 +24,24 @@ def test_statistics_are_exact_aggregates():
     np.testing.assert_allclose(total, np.cov(x.T, bias=True), rtol=1e-10, atol=1e-12)
     # each cell belongs to one cluster, and cluster fractions are sums of cell counts
     np.testing.assert_allclose(np.bincount(part.cell_cluster, part.counts) / len(x), part.fractions, rtol=1e-14)
+
+
+def test_the_inertia_split_follows_the_k_means_objective_into_a_heavy_tail():
+    # split = "inertia" bisects the coarse cluster of largest (weighted) inertia: greedy K-means, whose
+    # within-cluster variance is close to Lloyd's with restarts, and a centroid reaches the tail.  "size" (the
+    # most populous cluster) keeps clusters of similar mass: several times Lloyd's variance, no centroid there.
+    rng = np.random.default_rng(3)
+    x = rng.gamma(2.0, size=(20_000, 1)) ** 1.5
+    lloyd = KMeans(8, n_init=10, random_state=0).fit(x).inertia_ / len(x)  # K-means with restarts, all snapshots
+    tail = np.percentile(x, 99)
+    for split in ("inertia", "size"):
+        part = fit_partition(jax.random.key(0), x, num_cells=500, num_components=8, split=split)
+        within = float(np.sum(part.fractions * (part.covariances[:, 0, 0] - 1e-3**2)))  # less the min_spread floor
+        assert within >= lloyd * (1 - 1e-9), split  # Lloyd's (all snapshots, 10 restarts) is the better optimum
+        if split == "inertia":
+            assert within <= 1.25 * lloyd and part.centroids.max() > tail
+        else:
+            assert within >= 4 * lloyd and part.centroids.max() < tail
 
 
 def test_repeated_values_do_not_break_fine_partition():

@@ -144,6 +144,7 @@ BAD_SPECS = [
     ("negative-draws", SYS + "[sampler]\ndraws = -1\n", ["[sampler] draws"]),
     ("negative-extend", SYS + "[sampler]\nextend = -1\n", ["[sampler] extend"]),
     ("zero-components", SYS + "[mixture]\ncomponents = 0\n", ["[mixture] components"]),
+    ("split-unknown", SYS + '[partition]\nsplit = "largest"\n', ["[partition] split", "'inertia'", "'largest'"]),
     ("chain-starts-unknown", SYS + '[sampler]\nchain_starts = "random"\n', ["[sampler] chain_starts", "spread"]),
     ("distinct-without-map", SYS + '[sampler]\nchain_starts = "distinct"\nmap_starts = 0\n',
      ["[sampler] chain_starts", "map_starts > 0"]),
@@ -354,3 +355,14 @@ def test_a_study_s_identity_leaves_out_the_sections_only_compare_reads():
     assert plain.identity() == spec_from_dict({**base, "baselines": {"model_runs": 5, "sigma": 0.1}}).identity()
     assert "baselines" not in plain.identity() and "baselines" in plain.to_dict()
     assert plain.identity() != spec_from_dict({**base, "sampler": {"draws": 300}}).identity()
+
+
+def test_a_key_added_later_leaves_the_identity_of_older_folders_alone_at_its_default():
+    # [partition] split came after study folders were written: at "size" (what they ran) it is not in the identity
+    # a folder's study is checked against; any other value makes another study
+    base = {"data": {"system": "reduced_1d"}}
+    plain = spec_from_dict(base)
+    assert plain.partition.split == "size" and "split" not in plain.identity()["partition"]
+    assert plain.identity() == spec_from_dict({**base, "partition": {"split": "size"}}).identity()
+    inertia = spec_from_dict({**base, "partition": {"split": "inertia"}}).identity()
+    assert inertia["partition"]["split"] == "inertia" and inertia != plain.identity()

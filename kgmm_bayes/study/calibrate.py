@@ -183,7 +183,7 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     z = zscore.forward(train)
     k = spec.mixture.components
     cells = min(spec.partition.cells, n // 2)
-    part = fit_partition(partition_key, z, cells, k)
+    part = fit_partition(partition_key, z, cells, k, split=spec.partition.split)
     post, coarsening = sample_posterior(spec, mcmc_key, part, z)
     wall = post.wall_time
     conv = convergence_summary(to_inference_data(post, zscore, part.points, part.counts,

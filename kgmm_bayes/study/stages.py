@@ -160,7 +160,8 @@ def prepare_data(spec: Spec, data_key, reference_key, out: OutputFolder | None =
 def partition_stage(spec, out, key, z, cells, upstream, data: StudyData | None = None):
     """The partition of the z-scored snapshots ``z``; of every snapshot on disk when ``data`` is
     streamed (the fine cells from the second pass, cached apart from K; their marginals go to ``data``)."""
-    skey = stage_key("partition", upstream, cells, spec.mixture.components)
+    split = spec.partition.split
+    skey = stage_key("partition", upstream, cells, spec.mixture.components, *(() if split == "size" else (split,)))
     if data is not None and data.stream is not None:
         fine_key, coarse_key = jax.random.split(key)
         ckey = stage_key("cells", upstream, cells)
@@ -180,12 +181,12 @@ def partition_stage(spec, out, key, z, cells, upstream, data: StudyData | None =
         data.set_marginals(marginals_from_arrays("train", cached),
                            marginals_from_arrays("heldout", cached) if "heldout_lo" in cached else None, seconds)
         part = partition_from_cells(coarse_key, cached["counts"], cached["sums"], cached["second"],
-                                    spec.mixture.components)
+                                    spec.mixture.components, split=split)
         return part, skey
     cached = out.load_stage("partition", skey, build=lambda a: Partition(**a))
     if cached is not None:
         return cached, skey
-    part = fit_partition(key, z, cells, spec.mixture.components)
+    part = fit_partition(key, z, cells, spec.mixture.components, split=split)
     out.save_stage("partition", skey, part._asdict())
     return part, skey
 
