@@ -40,9 +40,9 @@ class Partition(NamedTuple):
     cell_cluster: np.ndarray  # (M,) coarse cluster of each cell
 
 
-# ``[partition] split``: which coarse cluster bisecting K-means splits next.  "size": the most populous (clusters
-# of similar mass); "inertia": the one of largest weighted inertia (greedy K-means), which sends components into a
-# heavy tail.  On a heavy tail "size" leaves the tail one component whose prior holds its mean near a bulk-heavy
+# ``[partition] split``: which coarse cluster bisecting K-means splits next.  "size": the one of most cells
+# (scikit-learn counts the cells, not their snapshots; cells hold similar counts, so clusters of about equal mass);
+# "inertia": the one of largest count-weighted inertia (greedy K-means), which sends components into a heavy tail.  On a heavy tail "size" leaves the tail one component whose prior holds its mean near a bulk-heavy
 # centroid, and the mixture's tail comes out too light: on the default study the MAP mixture's score at the
 # reference's 99.99th percentile is -1.63 with "size", -0.79 with "inertia", -0.90 analytic (z units).
 SPLITS = {"size": "largest_cluster", "inertia": "biggest_inertia"}
@@ -96,6 +96,8 @@ def partition_from_cells(coarse_key, counts, sums, second, num_components: int,
                          min_spread: float = 1e-3, split: str = "size") -> Partition:
     """The partition from the fine cells' statistics (empty cells dropped) and the coarse clusters
     (bisecting K-means on the cell centres, weighted by counts)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
     d = sums.shape[1]
     keep = counts > 0
     counts, sums, second = counts[keep], sums[keep], second[keep]

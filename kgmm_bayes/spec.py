@@ -64,8 +64,9 @@ class DataSection(NamedTuple):
 class PartitionSection(NamedTuple):
     cells: int = 2000  # fine cells: score-target points and weighted coreset
     coreset: bool = True  # False: the likelihood uses every snapshot
-    # the coarse cluster bisecting K-means splits next (kgmm_bayes.partition.SPLITS): "size", the most populous;
-    # "inertia", the one of largest inertia (greedy K-means: components reach a heavy tail)
+    # the coarse cluster bisecting K-means splits next (kgmm_bayes.partition.SPLITS): "size", the one of most cells
+    # (cells hold similar counts: about the most populous); "inertia", the one of largest inertia (greedy K-means:
+    # components reach a heavy tail)
     split: str = "size"
 
 
@@ -213,9 +214,17 @@ OPEN_UNIT = {("sampler", "target_accept"), ("score", "band"), ("baselines", "min
 
 WHERE_IT_RUNS = {("data", "scheduler")}  # keys that say where a study runs, not what it computes
 COMPARE_ONLY = ("baselines",)  # sections only `kgmm-bayes compare` reads: not part of a study folder's identity
-# keys added after study folders were written: left out of a folder's identity at these values, so that a folder
-# written before them still holds the same study
+# keys added after study, compare and calibrate folders were written: at these values they are left out of
+# Spec.to_dict (and so of a folder's identity and of the stage keys), so that a folder written before them still
+# holds the same study and its cached stages
 LATER_DEFAULTS = {("partition", "split"): "size"}
+SPLIT_VALUES = ("size", "inertia")  # [partition] split: kgmm_bayes.partition.SPLITS
+_ABSENT = object()
+
+
+def _stated(name: str, section) -> dict:
+    """A section's keys and values less :data:`LATER_DEFAULTS` at their defaults."""
+    return {k: v for k, v in section._asdict().items() if LATER_DEFAULTS.get((name, k), _ABSENT) != v}
 SYSTEM_COMPONENTS = 10  # [mixture] components of a built-in system's study that does not set it
 DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d"},
                  "partition": {"split": "inertia"}}  # as models/reduced_1d.toml
@@ -247,21 +256,22 @@ class Spec(NamedTuple):
     ensemble: EnsembleSection = EnsembleSection()
 
     def to_dict(self) -> dict:
-        return {name: dict(getattr(self, name)._asdict()) for name in SECTIONS}
+        """Every section's keys, less :data:`LATER_DEFAULTS` at their defaults (what folders and stage keys
+        written before those keys existed computed)."""
+        return {name: _stated(name, getattr(self, name)) for name in SECTIONS}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, default=list)
 
     def section_json(self, *names) -> str:
         """Sections as JSON for stage keys: what they compute, not where (:data:`WHERE_IT_RUNS` left out)."""
-        return json.dumps({n: {k: v for k, v in getattr(self, n)._asdict().items() if (n, k) not in WHERE_IT_RUNS}
+        return json.dumps({n: {k: v for k, v in _stated(n, getattr(self, n)).items() if (n, k) not in WHERE_IT_RUNS}
                            for n in names}, sort_keys=True, default=list)
 
     def identity(self) -> dict:
         """:meth:`to_dict` less :data:`WHERE_IT_RUNS` and the sections a study does not read
         (:data:`COMPARE_ONLY`): what an output folder's study is."""
-        return {n: {k: v for k, v in sec.items()
-                    if (n, k) not in WHERE_IT_RUNS and ((n, k) not in LATER_DEFAULTS or LATER_DEFAULTS[n, k] != v)}
+        return {n: {k: v for k, v in sec.items() if (n, k) not in WHERE_IT_RUNS}
                 for n, sec in self.to_dict().items() if n not in COMPARE_ONLY}
 
 
@@ -401,7 +411,7 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
         raise SpecError(f"[data] streaming must be 'auto', 'always' or 'never', got {data.streaming!r}")
     if (data.streaming == "always" or data.scheduler) and data.path is None:
         raise SpecError("[data] streaming and scheduler apply to a data file ([data] path)")
-    if sections["partition"].split not in ("size", "inertia"):
+    if sections["partition"].split not in SPLIT_VALUES:
         raise SpecError(f"[partition] split must be 'size' or 'inertia', got {sections['partition'].split!r}")
     if sections["mixture"].coarsening_bound not in ("stein", "report", "score_matching"):
         raise SpecError("[mixture] coarsening_bound must be 'stein', 'report' or 'score_matching', got "

@@ -29,7 +29,7 @@ def test_statistics_are_exact_aggregates():
 def test_the_inertia_split_follows_the_k_means_objective_into_a_heavy_tail():
     # split = "inertia" bisects the coarse cluster of largest (weighted) inertia: greedy K-means, whose
     # within-cluster variance is close to Lloyd's with restarts, and a centroid reaches the tail.  "size" (the
-    # most populous cluster) keeps clusters of similar mass: several times Lloyd's variance, no centroid there.
+    # cluster of most cells) keeps clusters of similar mass: several times Lloyd's variance, no centroid there.
     rng = np.random.default_rng(3)
     x = rng.gamma(2.0, size=(20_000, 1)) ** 1.5
     lloyd = KMeans(8, n_init=10, random_state=0).fit(x).inertia_ / len(x)  # K-means with restarts, all snapshots
@@ -42,6 +42,13 @@ def test_the_inertia_split_follows_the_k_means_objective_into_a_heavy_tail():
             assert within <= 1.25 * lloyd and part.centroids.max() > tail
         else:
             assert within >= 4 * lloyd and part.centroids.max() < tail
+
+
+def test_an_unknown_split_is_named():
+    x = np.random.default_rng(4).normal(size=(400, 1))
+    for k in (1, 3):  # also where no coarse split runs
+        with pytest.raises(ValueError, match="split must be one of 'size', 'inertia', got 'largest'"):
+            fit_partition(jax.random.key(0), x, num_cells=20, num_components=k, split="largest")
 
 
 def test_repeated_values_do_not_break_fine_partition():

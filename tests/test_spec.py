@@ -364,5 +364,16 @@ def test_a_key_added_later_leaves_the_identity_of_older_folders_alone_at_its_def
     plain = spec_from_dict(base)
     assert plain.partition.split == "size" and "split" not in plain.identity()["partition"]
     assert plain.identity() == spec_from_dict({**base, "partition": {"split": "size"}}).identity()
-    inertia = spec_from_dict({**base, "partition": {"split": "inertia"}}).identity()
-    assert inertia["partition"]["split"] == "inertia" and inertia != plain.identity()
+    inertia = spec_from_dict({**base, "partition": {"split": "inertia"}})
+    assert inertia.identity()["partition"]["split"] == "inertia" and inertia.identity() != plain.identity()
+    # the same for compare's and calibrate's folders (to_dict) and the stage keys (section_json): the partition
+    # section at "size" reads as it did before the key existed
+    assert plain.to_dict()["partition"] == {"cells": 2000, "coreset": True}
+    assert plain.section_json("partition") == '{"partition": {"cells": 2000, "coreset": true}}'
+    assert '"split": "inertia"' in inertia.section_json("partition") and "split" in inertia.to_dict()["partition"]
+
+
+def test_the_spec_s_split_values_are_the_partition_s():
+    from kgmm_bayes.partition import SPLITS
+    from kgmm_bayes.spec import SPLIT_VALUES
+    assert SPLIT_VALUES == tuple(SPLITS)

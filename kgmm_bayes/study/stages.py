@@ -161,6 +161,7 @@ def partition_stage(spec, out, key, z, cells, upstream, data: StudyData | None =
     """The partition of the z-scored snapshots ``z``; of every snapshot on disk when ``data`` is
     streamed (the fine cells from the second pass, cached apart from K; their marginals go to ``data``)."""
     split = spec.partition.split
+    # the split joins the key where it is not the default (LATER_DEFAULTS): older folders keep their partitions
     skey = stage_key("partition", upstream, cells, spec.mixture.components, *(() if split == "size" else (split,)))
     if data is not None and data.stream is not None:
         fine_key, coarse_key = jax.random.split(key)
