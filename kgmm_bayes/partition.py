@@ -42,9 +42,10 @@ class Partition(NamedTuple):
 
 # ``[partition] split``: which coarse cluster bisecting K-means splits next.  "size": the one of most cells
 # (scikit-learn counts the cells, not their snapshots; cells hold similar counts, so clusters of about equal mass);
-# "inertia": the one of largest count-weighted inertia (greedy K-means), which sends components into a heavy tail.  On a heavy tail "size" leaves the tail one component whose prior holds its mean near a bulk-heavy
-# centroid, and the mixture's tail comes out too light: on the default study the MAP mixture's score at the
-# reference's 99.99th percentile is -1.63 with "size", -0.79 with "inertia", -0.90 analytic (z units).
+# "inertia": the one of largest count-weighted inertia (greedy K-means), which sends components into a heavy tail.
+# On a heavy tail "size" leaves the tail one component whose prior holds its mean near a bulk-heavy centroid, and
+# the mixture's tail comes out too light: on the default study the MAP mixture's score at the reference's 99.99th
+# percentile is -1.63 with "size", -0.79 with "inertia", -0.90 analytic (z units).
 SPLITS = {"size": "largest_cluster", "inertia": "biggest_inertia"}
 
 

@@ -225,6 +225,8 @@ _ABSENT = object()
 def _stated(name: str, section) -> dict:
     """A section's keys and values less :data:`LATER_DEFAULTS` at their defaults."""
     return {k: v for k, v in section._asdict().items() if LATER_DEFAULTS.get((name, k), _ABSENT) != v}
+
+
 SYSTEM_COMPONENTS = 10  # [mixture] components of a built-in system's study that does not set it
 DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d"},
                  "partition": {"split": "inertia"}}  # as models/reduced_1d.toml
