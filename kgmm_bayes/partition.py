@@ -49,6 +49,11 @@ class Partition(NamedTuple):
 SPLITS = {"size": "largest_cluster", "inertia": "biggest_inertia"}
 
 
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+
+
 def _seed_from_key(key) -> int:
     return int(jax.random.randint(key, (), 0, 2**31 - 1))
 
@@ -79,6 +84,7 @@ def fit_partition(key, x, num_cells: int, num_components: int, min_spread: float
                   split: str = "size") -> Partition:
     """Fine (``num_cells``) and coarse (``num_components``, split by ``split``: :data:`SPLITS`) partitions of
     ``x`` ``(n, d)``."""
+    _check_split(split)  # before the fine cells are fitted
     x = np.asarray(x, dtype=np.float64)
     n, d = x.shape
     if num_components < 1:
@@ -97,8 +103,7 @@ def partition_from_cells(coarse_key, counts, sums, second, num_components: int,
                          min_spread: float = 1e-3, split: str = "size") -> Partition:
     """The partition from the fine cells' statistics (empty cells dropped) and the coarse clusters
     (bisecting K-means on the cell centres, weighted by counts)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    _check_split(split)
     d = sums.shape[1]
     keep = counts > 0
     counts, sums, second = counts[keep], sums[keep], second[keep]

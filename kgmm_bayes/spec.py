@@ -414,7 +414,8 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     if (data.streaming == "always" or data.scheduler) and data.path is None:
         raise SpecError("[data] streaming and scheduler apply to a data file ([data] path)")
     if sections["partition"].split not in SPLIT_VALUES:
-        raise SpecError(f"[partition] split must be 'size' or 'inertia', got {sections['partition'].split!r}")
+        raise SpecError(f"[partition] split must be {' or '.join(map(repr, SPLIT_VALUES))}, "
+                        f"got {sections['partition'].split!r}")
     if sections["mixture"].coarsening_bound not in ("stein", "report", "score_matching"):
         raise SpecError("[mixture] coarsening_bound must be 'stein', 'report' or 'score_matching', got "
                         f"{sections['mixture'].coarsening_bound!r}")

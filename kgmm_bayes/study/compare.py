@@ -131,10 +131,15 @@ def model_run_starts(langevin_key, part, particles: int, runs: int) -> list:
             for r in range(1, runs)]
 
 
+def _floats(values) -> np.ndarray:
+    """JSON numbers (None where not finite) back as float64, NaN for None."""
+    return np.asarray([np.nan if v is None else v for v in values], np.float64)
+
+
 def _mean_and_se(values):
     """The mean of the finite ``values`` and its standard error (sd / sqrt(count); None below two), as JSON
     numbers (None where not finite), and how many were finite."""
-    values = np.asarray([np.nan if v is None else v for v in values], np.float64)
+    values = _floats(values)
     finite = values[np.isfinite(values)]
     mean = float(np.mean(finite)) if len(finite) else np.nan
     se = float(np.std(finite, ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else np.nan
@@ -162,14 +167,11 @@ def paired_with_bayesian(rows) -> None:
     bayes = rows[0].info.get("model_runs")
     if not bayes:
         return
-
-    def per_run(runs):
-        return np.array([np.nan if v is None else v for v in runs["relative_entropy_mean_per_run"]], np.float64)
-
+    first = _floats(bayes["relative_entropy_mean_per_run"])
     for r in rows[1:]:
         runs = r.info["model_runs"]
         runs["minus_bayesian_mean"], runs["minus_bayesian_standard_error"], _ = _mean_and_se(
-            per_run(runs) - per_run(bayes))
+            _floats(runs["relative_entropy_mean_per_run"]) - first)
 
 
 def _model_runs(data, spec, drift_fn, drift_params, first, starts, dt, steps, thin, mobility) -> dict:

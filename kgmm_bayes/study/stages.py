@@ -161,8 +161,10 @@ def partition_stage(spec, out, key, z, cells, upstream, data: StudyData | None =
     """The partition of the z-scored snapshots ``z``; of every snapshot on disk when ``data`` is
     streamed (the fine cells from the second pass, cached apart from K; their marginals go to ``data``)."""
     split = spec.partition.split
-    # the split joins the key where it is not the default (LATER_DEFAULTS): older folders keep their partitions
-    skey = stage_key("partition", upstream, cells, spec.mixture.components, *(() if split == "size" else (split,)))
+    # the split joins the key as Spec.to_dict states it (not at its LATER_DEFAULTS value): older folders keep theirs
+    stated = spec.to_dict()["partition"]
+    skey = stage_key("partition", upstream, cells, spec.mixture.components,
+                     *[stated[k] for k in ("split",) if k in stated])
     if data is not None and data.stream is not None:
         fine_key, coarse_key = jax.random.split(key)
         ckey = stage_key("cells", upstream, cells)
