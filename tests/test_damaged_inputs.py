@@ -246,6 +246,23 @@ def test_model_draws_must_match_what_the_metrics_say_drove_the_model(study_copy)
     _one_line_error(excinfo, "model_draws.npz", "missing")
 
 
+@pytest.mark.parametrize("box", [None, "wide", -1.0, True])
+def test_an_auto_box_needs_the_box_the_study_resolved(study_copy, box):
+    """[langevin] box = "auto" is resolved from the data when the study runs; Result.simulate reads it back from
+    metrics.json: a lost or bad one is damage, not a silent box of 10."""
+    assert load_result(study_copy).spec.langevin.box == json.loads((study_copy / "metrics.json").read_text())[
+        "langevin"]["box"] >= 10.0
+    metrics = json.loads((study_copy / "metrics.json").read_text())
+    if box is None:
+        del metrics["langevin"]["box"]
+    else:
+        metrics["langevin"]["box"] = box
+    (study_copy / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(InputError) as excinfo:
+        load_result(study_copy)
+    _one_line_error(excinfo, "metrics.json", "langevin box")
+
+
 def test_a_lost_score_bias_file_is_damage_when_the_metrics_report_one(study_copy):
     os.unlink(study_copy / "score_bias.npz")  # the band would silently lose its local bias
     with pytest.raises(InputError) as excinfo:

@@ -162,6 +162,8 @@ BAD_SPECS = [
     ("nan-float", SYS + "[mixture]\nlkj_eta = nan\n", ["[mixture] lkj_eta"]),
     ("inf-float", SYS + "[langevin]\ndt = inf\n", ["[langevin] dt"]),
     ("negative-float", SYS + "[langevin]\nbox = -1.0\n", ["[langevin] box"]),
+    ("box-word", SYS + '[langevin]\nbox = "wide"\n', ["[langevin] box", "auto", "wide"]),
+    ("box-nan", SYS + "[langevin]\nbox = nan\n", ["[langevin] box"]),
     ("drift-foo", SYS + '[langevin]\ndrift = "foo"\n', ["[langevin] drift", "foo"]),
     ("cells-below-components", SYS + "[partition]\ncells = 5\n[mixture]\ncomponents = 6\n",
      ["[partition] cells", "[mixture] components"]),
@@ -345,6 +347,36 @@ def test_k_is_10_for_a_system_and_chosen_from_the_data_for_user_data(tmp_path):
     assert auto_components(given, 4800, 2) == given
     quick = screening_spec(user)
     assert (quick.sampler.warmup, quick.sampler.draws) == (200, 200) and quick.sampler.chains == user.sampler.chains
+
+
+def test_an_auto_box_is_twice_the_training_data_s_largest_z_and_at_least_10():
+    import types
+
+    import numpy as np
+
+    from kgmm_bayes.data import ZScore
+    from kgmm_bayes.data.stream import _moments
+    from kgmm_bayes.data.trajectory import StudyData
+    from kgmm_bayes.study.checks import resolved_box
+
+    spec = spec_from_dict({"data": {"system": "triad_3d"}})
+    assert spec.langevin.box == "auto"
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(500, 3)) * [1.0, 2.0, 0.5] + [3.0, -1.0, 0.0]
+    train[17, 1] = 30.0  # a heavy tail in coordinate 1: its z there is the largest
+    zscore = ZScore.fit(train)
+    z17 = (30.0 - zscore.mean[1]) / zscore.std[1]
+    data = StudyData(train, train, zscore)
+    assert z17 > 10 and resolved_box(spec, data).langevin.box == pytest.approx(2 * z17, rel=1e-14)
+    # streamed data: every training snapshot's minima and maxima from the first pass give the same box
+    streamed = StudyData(train[:50], train[:50], zscore,
+                         stream=types.SimpleNamespace(scan=types.SimpleNamespace(train=_moments(train))))
+    assert resolved_box(spec, streamed).langevin.box == resolved_box(spec, data).langevin.box
+    # Gaussian data reach |z| of about 3-4: the box stays at 10; a number is kept as it is
+    calm = StudyData(train[:, [0, 2]], train[:, [0, 2]], ZScore.fit(train[:, [0, 2]]))
+    assert resolved_box(spec, calm).langevin.box == 10.0
+    fixed = spec_from_dict({"data": {"system": "triad_3d"}, "langevin": {"box": 4}})
+    assert fixed.langevin.box == 4.0 and resolved_box(fixed, data) == fixed
 
 
 def test_a_study_s_identity_leaves_out_the_sections_only_compare_reads():

@@ -149,8 +149,14 @@ def test_a_loaded_result_keeps_spec_partition_and_data_and_reruns_the_model(smal
 
     folder, _ = small_run
     result = load_result(folder / "out")
-    assert result.spec == load_spec(folder / "small.toml")
     metrics = result.metrics
+    # the spec as written, its [langevin] box = "auto" resolved from the training data: twice their largest |z|,
+    # at least 10 (the reduced model's right tail reaches beyond 5 standard deviations)
+    given = load_spec(folder / "small.toml")
+    assert given.langevin.box == "auto"
+    extent = np.max(np.abs(result.data.train - result.zscore.mean) / result.zscore.std)
+    assert extent > 5.0 and metrics["langevin"]["box"] == pytest.approx(2.0 * extent, rel=1e-12)
+    assert result.spec == given._replace(langevin=given.langevin._replace(box=metrics["langevin"]["box"]))
     assert result.partition.points.shape == (metrics["partition"]["cells"], 1)
     assert result.partition.counts.sum() == metrics["data"]["train_snapshots"]
     # the data come back from the folder's stage cache, as the study used them

@@ -151,6 +151,11 @@ def _read_spec(out_dir: str, metrics: dict):
         seed = int(saved["seed"])
     except Exception as err:  # noqa: BLE001 - JSON, keys, validation: all damage
         raise _damaged(out_dir, name, err) from None
+    if spec.langevin.box == "auto":  # the box the study resolved from its data (kgmm_bayes.study.checks.resolved_box)
+        box = metrics.get("langevin", {}).get("box")
+        if not isinstance(box, (int, float)) or isinstance(box, bool) or not box > 0:
+            raise _damaged(out_dir, "metrics.json", ValueError(f"langevin box {box!r} is not a positive number"))
+        spec = spec._replace(langevin=spec.langevin._replace(box=float(box)))
     if "model_selection" in metrics:
         chosen = int(metrics.get("partition", {}).get("components", spec.mixture.components))
         spec = spec._replace(mixture=spec.mixture._replace(components=chosen, select_components=()))

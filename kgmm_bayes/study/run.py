@@ -37,6 +37,7 @@ from .checks import (
     check_sizes,
     data_size,
     load_user_data,
+    resolved_box,
 )
 from .dynamics import (DYNAMICS_DRAWS, dynamics_metrics, dynamics_outputs, fit_dynamics, indirect_correction,
                        run_in_data_time, unresolved_coordinates)
@@ -120,6 +121,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     log(progress, f"data: {spec.data.system or spec.data.path}")
     data = prepare_data(spec, data_key, reference_key, out, user_data=user_data)
     cells = check_sizes(spec, data.snapshots, data.train.shape[1])
+    spec = resolved_box(spec, data)  # [langevin] box = "auto": from the training data's range
     z = data.zscore.forward(data.train)
     upstream = stage_key(spec.section_json("data"), seed, __version__, STAGE_SCHEMA, data_hash)
     clock("data")
@@ -301,7 +303,8 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                         # sqrt(sum |f - s|^2 / sum |s|^2) there (relative_error_vs_posterior_mean is the
                         # count-weighted ratio at the cells, not its square root)
                         "heldout_relative_rms_error": json_floats(interp_relative)},
-        "langevin": {"particles": int(lg.particles), "escaped": rom.escaped, "non_finite": rom.non_finite,
+        "langevin": {"particles": int(lg.particles), "box": float(lg.box), "escaped": rom.escaped,
+                     "non_finite": rom.non_finite,
                      "kept_samples": int(len(kept)), "drift": lg.drift,
                      **drift_metrics,
                      "mobility": "identity" if dynamics is None else "fitted",
@@ -332,7 +335,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                                                        part.counts),
         }
     if rom.escaped or rom.non_finite:
-        message = (f"langevin: {rom.escaped} of {lg.particles} particles left the box |x| <= {lg.box}, "
+        message = (f"langevin: {rom.escaped} of {lg.particles} particles left the box |x| <= {lg.box:.4g}, "
                    f"{rom.non_finite} became non-finite")
         metrics["langevin"]["warning"] = message
         warnings.warn(message, RuntimeWarning, stacklevel=3)
