@@ -129,6 +129,7 @@ def test_outputs_are_complete_and_loadable(small_run):
         assert "Local bias: the score band" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     assert "relative entropy" in report.lower()
+    assert f"particles that left the box |z| <= {metrics['langevin']['box']:.4g}: " in report
     assert ("narrower than the error" in report) == (metrics["score"]["band_coverage"] < 0.9 - 0.1)
     assert len(metrics["posterior"]["chain_mean_log_posterior"]) == 2
     # metric = "auto": a 1D mixture has 3K - 1 parameters; 200 warmup iterations end in a slow window of 50 draws,

@@ -119,6 +119,11 @@ def _coarsening_lines(c, n, bound_mode: str = "stein") -> list:
                    "the mixture's own error."]
 
 
+def _box_words(langevin: dict) -> str:
+    """`` |z| <= B`` for the box a study resolved (metrics.json ``langevin.box``; folders before it: nothing)."""
+    return f" |z| <= {langevin['box']:.4g}" if isinstance(langevin.get("box"), (int, float)) else ""
+
+
 def _drift_posterior_words(langevin: dict) -> str:
     """Which posterior's draws drove the model (kgmm_bayes.study.stages.model_draws)."""
     if langevin.get("drift_posterior") != "first":
@@ -229,7 +234,7 @@ def write_report(path, spec, metrics: dict) -> None:
         + (f", relative RMS error there {_fmt(metrics['interpolant']['heldout_relative_rms_error'])}"
            if "heldout_relative_rms_error" in metrics["interpolant"] else ""),
         f"- Drift: {metrics['langevin']['drift']}{_drift_posterior_words(metrics['langevin'])}; particles that left "
-        f"the box: {metrics['langevin']['escaped']}, "
+        f"the box{_box_words(metrics['langevin'])}: {metrics['langevin']['escaped']}, "
         f"non-finite: {metrics['langevin']['non_finite']}; dt x max |drift Jacobian eigenvalue| = "
         f"{_fmt(metrics['langevin']['dt_times_max_jacobian_eigenvalue'])} (Euler-Maruyama unstable above 2)",
     ]
