@@ -246,7 +246,7 @@ def test_model_draws_must_match_what_the_metrics_say_drove_the_model(study_copy)
     _one_line_error(excinfo, "model_draws.npz", "missing")
 
 
-@pytest.mark.parametrize("box", [None, "wide", -1.0, True])
+@pytest.mark.parametrize("box", [None, "wide", -1.0, True, float("inf")])
 def test_an_auto_box_needs_the_box_the_study_resolved(study_copy, box):
     """[langevin] box = "auto" is resolved from the data when the study runs; Result.simulate reads it back from
     metrics.json: a lost or bad one is damage, not a silent box of 10."""

@@ -49,3 +49,13 @@ def test_non_finite_drift_is_reported():
     res = simulate_langevin(jax.random.key(2), drift, jnp.float32(0.0), x0, dt=0.01, steps=100, burn_in=0, thin=50)
     assert res.non_finite >= 1
     assert np.all(np.isfinite(res.kept_samples()))
+
+
+def test_a_box_that_is_not_a_number_is_refused_before_tracing():
+    import pytest
+
+    # a spec's [langevin] box = "auto" is resolved from the data by the study; passed on as it is, it is named
+    for box in ("auto", True):
+        with pytest.raises(ValueError, match="langevin box must be a number.*resolved_box"):
+            simulate_langevin(jax.random.key(0), ou_drift, jnp.float32(1.0), jnp.zeros((4, 1)), dt=0.01, steps=10,
+                              burn_in=0, thin=5, box=box)

@@ -453,6 +453,7 @@ def test_a_study_saved_before_mixture_draws_existed_loads_with_every_draw(tmp_pa
 
     spec = load_spec("lorenz96_slow")
     saved = {"spec": spec.identity(), "seed": 3}
+    saved["spec"]["langevin"]["box"] = 10.0  # folders of then stated the box ("auto" came later)
     (tmp_path / "spec.json").write_text(json.dumps(saved, default=list))
     assert _read_spec(str(tmp_path), {})[0].langevin.mixture_draws == 16
     del saved["spec"]["langevin"]["mixture_draws"]

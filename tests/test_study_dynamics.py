@@ -230,7 +230,7 @@ def test_indirect_correction_removes_the_estimators_bias_on_a_nonlinear_flow():
     groups = np.stack([point_dynamics(g, thin * dt, score, None).phi for g in np.split(series, 10)])
     se = groups.std(axis=0, ddof=1) / np.sqrt(10)  # the data estimate's sampling error
     assert np.abs(raw.phi - true_phi).max() > 0.2  # the bias at this interval: diagonal ~30% low
-    fixed = indirect_correction(raw, jax.random.key(0), series, score, None, LangevinSection(dt=dt),
+    fixed = indirect_correction(raw, jax.random.key(0), series, score, None, LangevinSection(dt=dt, box=10.0),
                                 series.reshape(-1, 2)[::200])
     # 4 standard errors of the data's estimate, plus 0.03 for the model's Euler step (chosen by rom_schedule
     # from the stiffness, not the data's 0.002) and the 20,000 one-interval runs' own noise

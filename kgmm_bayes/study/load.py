@@ -9,6 +9,7 @@ the seed if the cache was removed), a data file's from the file, an array's from
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -152,8 +153,9 @@ def _read_spec(out_dir: str, metrics: dict):
     except Exception as err:  # noqa: BLE001 - JSON, keys, validation: all damage
         raise _damaged(out_dir, name, err) from None
     if spec.langevin.box == "auto":  # the box the study resolved from its data (kgmm_bayes.study.checks.resolved_box)
-        box = metrics.get("langevin", {}).get("box")
-        if not isinstance(box, (int, float)) or isinstance(box, bool) or not box > 0:
+        langevin = metrics.get("langevin")
+        box = langevin.get("box") if isinstance(langevin, dict) else None
+        if not isinstance(box, (int, float)) or isinstance(box, bool) or not 0 < box < math.inf:
             raise _damaged(out_dir, "metrics.json", ValueError(f"langevin box {box!r} is not a positive number"))
         spec = spec._replace(langevin=spec.langevin._replace(box=float(box)))
     if "model_selection" in metrics:
