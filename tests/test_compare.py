@@ -141,6 +141,8 @@ def test_model_runs_give_each_estimator_a_mean_and_its_standard_error(tiny_compa
         assert runs["runs"] == 3 and per_run.shape == (3,) and np.all(np.isfinite(per_run)), row["estimator"]
         assert per_run[0] == row["relative_entropy_mean"]  # the first run is the table's
         assert len(set(per_run)) == 3  # other starts and noise: other numbers
+        lost = runs["particles_lost_per_run"]  # every run's, the first the table's column
+        assert len(lost) == 3 and lost[0] == row["escaped"] and all(isinstance(v, int) and v >= 0 for v in lost)
         assert runs["relative_entropy_mean_over_runs"] == pytest.approx(per_run.mean(), rel=1e-12)
         assert runs["standard_error"] == pytest.approx(per_run.std(ddof=1) / np.sqrt(3), rel=1e-12)
         csv_row = rows[row["estimator"]]
@@ -180,8 +182,11 @@ def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_co
     langevin_key = study_keys(spec.study.seed)[5]
     own = langevin_start(langevin_key, part, particles)
     assert result.metrics["langevin"]["mobility"] == "fitted"
-    first, rerun = study_model_runs(result, data, [own])["relative_entropy_mean_per_run"]
+    runs = study_model_runs(result, data, [own])
+    first, rerun = runs["relative_entropy_mean_per_run"]
     assert rerun == pytest.approx(first, rel=1e-9)  # the mobility went through physical units and back
+    assert runs["particles_lost_per_run"][1] == runs["particles_lost_per_run"][0] == (
+        result.metrics["langevin"]["escaped"] + result.metrics["langevin"]["non_finite"])
     other = study_model_runs(result, data, [langevin_start(jax.random.fold_in(langevin_key, 1), part, particles)])
     assert other["relative_entropy_mean_per_run"][1] != first
 
@@ -193,6 +198,7 @@ def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_co
                     starts=[own])
     first, rerun = row.info["model_runs"]["relative_entropy_mean_per_run"]
     assert rerun == first
+    assert row.info["model_runs"]["particles_lost_per_run"] == [row.escaped] * 2
 
 
 def test_model_run_summary_counts_runs_that_lost_every_particle_apart():
@@ -207,6 +213,9 @@ def test_model_run_summary_counts_runs_that_lost_every_particle_apart():
     assert summary["standard_error"] == pytest.approx(sd / np.sqrt(3), rel=1e-12)
     assert model_run_summary(per_run[2:3])["standard_error"] is None
     assert model_run_summary(per_run[:1])["standard_error"] is None  # one run: no spread
+    # each run's lost particles, the third run's every one of 200
+    assert "particles_lost_per_run" not in summary
+    assert model_run_summary(per_run, np.array([3, 0, 200, 1]))["particles_lost_per_run"] == [3, 0, 200, 1]
 
 
 def test_tables_gain_the_model_runs_columns_only_with_more_than_one_run():

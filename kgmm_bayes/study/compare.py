@@ -146,18 +146,22 @@ def _mean_and_se(values):
     return finite_or_none(mean), finite_or_none(se), len(finite)
 
 
-def model_run_summary(per_run) -> dict:
+def model_run_summary(per_run, lost=None) -> dict:
     """Each run's mean relative entropy over the marginals, and the mean over the runs with its standard error
     (sd over runs / sqrt(runs)), from every run's per-marginal relative entropies ``per_run`` ``(runs, d)``.
+    ``lost``: each run's lost particles, kept as ``particles_lost_per_run``.
     Runs without a finite figure (fewer than two samples kept, e.g. every particle lost) are counted apart
     (``finite_runs``) and left out of the mean and its error, so a model that loses runs shows it."""
     per_run = np.asarray(per_run, np.float64)
     means = per_run.mean(axis=1)
     mean, se, finite = _mean_and_se(means)
-    return {"runs": len(means), "finite_runs": finite,
-            "relative_entropy_mean_per_run": [finite_or_none(v) for v in means],
-            "relative_entropy_per_run": [[finite_or_none(v) for v in r] for r in per_run],
-            "relative_entropy_mean_over_runs": mean, "standard_error": se}
+    summary = {"runs": len(means), "finite_runs": finite,
+               "relative_entropy_mean_per_run": [finite_or_none(v) for v in means],
+               "relative_entropy_per_run": [[finite_or_none(v) for v in r] for r in per_run],
+               "relative_entropy_mean_over_runs": mean, "standard_error": se}
+    if lost is not None:  # each run's particles that left the box or became non-finite (the table's column: the first)
+        summary["particles_lost_per_run"] = [int(v) for v in lost]
+    return summary
 
 
 def paired_with_bayesian(rows) -> None:
@@ -174,16 +178,18 @@ def paired_with_bayesian(rows) -> None:
             _floats(runs["relative_entropy_mean_per_run"]) - first)
 
 
-def _model_runs(data, spec, drift_fn, drift_params, first, starts, dt, steps, thin, mobility) -> dict:
-    """:func:`model_run_summary` of a model's runs: ``first`` (the run already made, per marginal) and one run
-    from each of ``starts`` on the same schedule (``dt, steps, thin``, ``mobility``; the spec's burn-in and box)."""
+def _model_runs(data, spec, drift_fn, drift_params, first, starts, dt, steps, thin, mobility, first_lost: int) -> dict:
+    """:func:`model_run_summary` of a model's runs: ``first`` (the run already made, per marginal; ``first_lost``
+    particles lost) and one run from each of ``starts`` on the same schedule (``dt, steps, thin``, ``mobility``; the
+    spec's burn-in and box)."""
     lg = spec.langevin
-    per_run = [np.asarray(first, np.float64)]
+    per_run, lost = [np.asarray(first, np.float64)], [first_lost]
     for x0, run_key in starts:
         rom = simulate_langevin(run_key, drift_fn, drift_params, x0, dt, steps, lg.burn_in, thin, lg.box,
                                 mobility=mobility)
         per_run.append(_rom_relative_entropy(data, rom, spec.metrics.grid_points))
-    return model_run_summary(per_run)
+        lost.append(rom.escaped + rom.non_finite)
+    return model_run_summary(per_run, lost)
 
 
 def study_model_runs(result, data, starts, drift=None) -> dict:
@@ -195,7 +201,7 @@ def study_model_runs(result, data, starts, drift=None) -> dict:
     drift = model_drift(spec, result.interpolant, result.drift_draws) if drift is None else drift
     return _model_runs(data, spec, *drift,
                        result.metrics["relative_entropy"]["per_marginal"], starts, run["dt"], run["steps"],
-                       run["thin"], mobility)
+                       run["thin"], mobility, int(run["escaped"] + run["non_finite"]))
 
 
 def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key, points, counts, truth, info,
@@ -232,7 +238,8 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
     rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)
     if starts:  # the last full run's schedule
         info["model_runs"] = _model_runs(data, spec, drift_fn, drift_params, rel_ent, starts, schedule["dt"],
-                                         schedule["steps"], schedule["thin"], schedule["mobility"])
+                                         schedule["steps"], schedule["thin"], schedule["mobility"],
+                                         rom.escaped + rom.non_finite)
     if ks_tau is not None and rom.alive.any():
         series = data.zscore.inverse(np.swapaxes(rom.samples[:, rom.alive], 0, 1).astype(np.float64))
         info["ks"] = _ks_block(data, series, spec, ks_tau, spacing)
