@@ -94,7 +94,7 @@ _run = partial(jax.jit, static_argnums=(0, 4, 5, 6, 9))(trajectory)
 
 def check_settings(dt, steps: int, burn_in: int, thin: int, box) -> int:
     """Validate Langevin settings before tracing; returns the number of snapshots kept."""
-    if isinstance(box, str) or isinstance(box, bool):  # a spec's [langevin] box = "auto" is resolved by the study
+    if isinstance(box, (str, bool)):  # a spec's [langevin] box = "auto" is resolved by the study
         raise ValueError(f"langevin box must be a number (z-scored units), got {box!r}: a spec's \"auto\" is resolved "
                          "from the data by kgmm_bayes.study.checks.resolved_box")
     for label, value in (("dt", dt), ("steps", steps), ("thin", thin), ("box", box)):

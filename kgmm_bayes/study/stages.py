@@ -164,7 +164,7 @@ def partition_stage(spec, out, key, z, cells, upstream, data: StudyData | None =
     # the split joins the key as Spec.to_dict states it (not at its LATER_DEFAULTS value): older folders keep theirs
     stated = spec.to_dict()["partition"]
     skey = stage_key("partition", upstream, cells, spec.mixture.components,
-                     *[stated[k] for k in ("split",) if k in stated])
+                     *((stated["split"],) if "split" in stated else ()))
     if data is not None and data.stream is not None:
         fine_key, coarse_key = jax.random.split(key)
         ckey = stage_key("cells", upstream, cells)
