@@ -71,8 +71,10 @@ def _run(args) -> int:
     m = result.metrics
     rel_ent = m["relative_entropy"]["mean"]
     rel_text = "n/a (no reduced-order model samples)" if rel_ent is None else f"{rel_ent:.4g}"
+    work = m.get("jax_work", {}).get("posterior")
+    compiled = "" if work is None else f" ({work['compiling']:.1f} s of it compiling, {work['tracing']:.1f} s tracing)"
     print(f"study {m['study']}: relative entropy (mean over marginals) {rel_text}; "
-          f"posterior {m['timings']['posterior']:.1f} s; total {m['timings']['total']:.1f} s")
+          f"posterior {m['timings']['posterior']:.1f} s{compiled}; total {m['timings']['total']:.1f} s")
     for fault in m["faults"]:
         print(f"warning: {fault}")
     print(f"outputs: {result.out_dir}")

@@ -16,17 +16,23 @@ user set up for JAX (``JAX_COMPILATION_CACHE_DIR``) is left as it is.  Its size 
 in a folder only you can write.  JAX does not keep programs with host callbacks, which the progress
 display puts into the loops it follows (NUTS's chains, the networks' training, the Langevin runs):
 with the display on, those compile every run; ``--quiet`` runs load them too.
+
+:class:`JaxWork` measures how much of a stretch of wall time went to JAX's one-time work: tracing
+and lowering Python functions, and compiling them (or loading them from this cache), from JAX's own
+monitoring events; a study reports it per stage.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import warnings
 from pathlib import Path
 
 import jax
+from jax import monitoring
 
-__all__ = ["enable", "default_dir", "ENV", "MAX_BYTES"]
+__all__ = ["enable", "default_dir", "ENV", "MAX_BYTES", "JaxWork"]
 
 ENV = "KGMM_BAYES_COMPILATION_CACHE"
 MAX_BYTES = 1 << 30  # 1 GiB; the default study's programs take about 2 MB
@@ -68,3 +74,70 @@ def enable(path: str | os.PathLike | None = None) -> Path | None:
         jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     compilation_cache.reset_cache()  # programs compiled before this call had found no cache: look again
     return folder
+
+
+# JAX's monitoring events (jax._src.dispatch): a function traced to a jaxpr, a jaxpr lowered to an MLIR module,
+# a module compiled by XLA or loaded from the persistent cache (the compile event spans both), a cache hit
+_TRACING_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration")
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+def _union_seconds(spans) -> float:
+    """Seconds covered by the union of ``(start, end)`` spans: nested spans (a function traced while
+    tracing another) and spans of concurrent threads count once."""
+    total, reach = 0.0, -float("inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+class JaxWork:
+    """Wall seconds that went to tracing (and lowering) and to compiling (or loading compiled programs
+    from the cache) since the last :meth:`mark`, with the persistent cache's hits.
+
+    One set of listeners serves every instance: JAX offers no way to remove one without private API, so
+    they are registered once per process and only append to shared lists."""
+
+    _lock = threading.Lock()
+    _spans: dict = {"tracing": [], "compiling": []}
+    _hits: list = []
+    _registered = False
+
+    def __init__(self):
+        self._register()
+        self._cursor = self._position()
+
+    @classmethod
+    def _register(cls):
+        with cls._lock:
+            if cls._registered:
+                return
+
+            def on_span(event, start, end, **_):
+                if event == _COMPILE_EVENT:
+                    cls._spans["compiling"].append((start, end))
+                elif event in _TRACING_EVENTS:
+                    cls._spans["tracing"].append((start, end))
+
+            def on_event(event, **_):
+                if event == _CACHE_HIT_EVENT:
+                    cls._hits.append(1)
+
+            monitoring.register_event_time_span_listener(on_span)
+            monitoring.register_event_listener(on_event)
+            cls._registered = True
+
+    def _position(self):
+        return len(self._spans["tracing"]), len(self._spans["compiling"]), len(self._hits)
+
+    def mark(self) -> dict:
+        """``{"tracing": s, "compiling": s, "cache_hits": n}`` since the last mark (or construction); starts the
+        next stretch.  Tracing spans that fall inside a compile span (none do in practice) count in both."""
+        now = self._position()
+        (t0, c0, h0), self._cursor = self._cursor, now
+        return {"tracing": _union_seconds(self._spans["tracing"][t0:now[0]]),
+                "compiling": _union_seconds(self._spans["compiling"][c0:now[1]]),
+                "cache_hits": now[2] - h0}

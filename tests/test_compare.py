@@ -91,6 +91,16 @@ def test_comparison_table_has_every_estimator_with_finite_metrics(tiny_compare):
     assert float(rows["bayesian"]["band_coverage"]) == pytest.approx(metrics["score"]["band_coverage"])
     for name in rows:
         assert name in proc.stdout
+    # each estimator's JAX compiling is part of its wall time, and comparison.md states it beside the wall
+    payload = json.loads((out / "comparison.json").read_text())
+    table = (out / "comparison.md").read_text()
+    for row in payload["estimators"]:
+        info = row["info"]
+        assert 0 < info["jax_compiling_s"] and info["jax_tracing_s"] + info["jax_compiling_s"] <= row["wall_s"] + 0.01
+        assert f"| {row['estimator']} | {row['wall_s']:.1f} ({info['jax_compiling_s']:.1f} compiling) |" in table
+    bayes = payload["estimators"][0]["info"]
+    assert bayes["jax_compiling_s"] == pytest.approx(sum(metrics["jax_work"][s]["compiling"] for s in
+                                                         ("partition", "posterior", "score", "interpolant")), rel=1e-12)
 
 
 def test_comparison_outputs_exist(tiny_compare):

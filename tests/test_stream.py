@@ -162,7 +162,7 @@ def _tiny(path, **data):
 
 def _numbers(metrics):
     """metrics.json without what measures the machine (wall times) or names the scheduler."""
-    skip = ("timings", "wall_time", "per_second", "scheduler", "cached")
+    skip = ("timings", "wall_time", "per_second", "scheduler", "cached", "jax_work")
 
     def walk(v, path=""):
         if isinstance(v, dict):

@@ -142,6 +142,19 @@ def test_outputs_are_complete_and_loadable(small_run):
     header = (out / "diagnostics.csv").read_text().splitlines()[0]
     assert "r_hat" in header and "ess_bulk" in header and "ess_tail" in header
     assert "relative entropy" in proc.stdout
+    # each stage's JAX work fits in its wall time; the tests run with the compilation cache off: nothing loaded
+    work = metrics["jax_work"]
+    assert set(work) == set(metrics["timings"]) - set(metrics["cached_stages"])  # every stage timed here, the total
+    for stage, w in work.items():
+        assert w["tracing"] >= 0 and w["compiling"] >= 0 and w["cache_hits"] == 0, stage
+        assert w["tracing"] + w["compiling"] <= metrics["timings"][stage] + 0.01, stage
+    assert work["posterior"]["tracing"] > 0 and work["posterior"]["compiling"] > 0
+    assert work["total"]["compiling"] >= sum(w["compiling"] for s, w in work.items() if s != "total") - 0.01
+    posterior = work["posterior"]
+    assert f"posterior {metrics['timings']['posterior']:.1f} s ({posterior['compiling']:.1f} s of it compiling" \
+        in proc.stdout
+    assert (f"| posterior | {metrics['timings']['posterior']:.2f} | {posterior['tracing']:.2f} | "
+            f"{posterior['compiling']:.2f} | 0 |") in report
 
 
 def test_a_loaded_result_keeps_spec_partition_and_data_and_reruns_the_model(small_run):

@@ -43,6 +43,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from typing import NamedTuple, Optional
 
 import jax
@@ -50,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..baselines import BaselineFit, fit_dsm, fit_kgmm, fit_sklearn
+from ..compilation_cache import JaxWork
 from ..data.systems import get_system
 from ..data.systems.ks import fine_reference_series
 from ..errors import InputError
@@ -293,6 +295,21 @@ def _data_time(result, data: StudyData, z, spec, key) -> Optional[_DataTime]:
     return _DataTime(series, float(data_interval_of(spec.data)), bayes, true_response, key)
 
 
+def _jax_work_info(work: dict) -> dict:
+    """An estimator's ``info`` entries for the part of its wall time that went to JAX's tracing and compiling."""
+    return {"jax_tracing_s": work["tracing"], "jax_compiling_s": work["compiling"], "jax_cache_hits": work["cache_hits"]}
+
+
+def _bayesian_jax_work(metrics: dict) -> dict:
+    """:func:`_jax_work_info` of the study's :data:`BAYESIAN_STAGES` (metrics.json ``jax_work``); nothing when one of
+    them was read from the cache (its time is its first run's)."""
+    work = metrics.get("jax_work", {})
+    if not all(stage in work for stage in BAYESIAN_STAGES):
+        return {}
+    return _jax_work_info({name: sum(work[stage][name] for stage in BAYESIAN_STAGES)
+                           for name in ("tracing", "compiling", "cache_hits")})
+
+
 def _fit_baseline(name, key, z, spec) -> BaselineFit:
     b, itp = spec.baselines, spec.interpolant
     if name == "kgmm":
@@ -375,7 +392,8 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
                          m.get("score", {}).get("band_coverage"), float(m["timings"]["langevin"]),
                          int(m["langevin"]["escaped"] + m["langevin"]["non_finite"]),
                          {"cached_stages": m["cached_stages"], "band": spec.score.band,
-                          "dt_times_max_jacobian_eigenvalue": m["langevin"]["dt_times_max_jacobian_eigenvalue"]})]
+                          "dt_times_max_jacobian_eigenvalue": m["langevin"]["dt_times_max_jacobian_eigenvalue"],
+                          **_bayesian_jax_work(m)})]
     starts = model_run_starts(langevin_key, part, spec.langevin.particles, spec.baselines.model_runs)
     if starts:
         _log(progress, f"bayesian: {len(starts)} more model runs")
@@ -402,9 +420,14 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     dsm_reach = None
     for name in spec.baselines.which:
         _log(progress, f"baseline {name}" + (f" ({len(starts) + 1} model runs)" if starts else ""))
+        work, start = JaxWork(), time.perf_counter()
         fit = _fit_baseline(name, baseline_keys[BASELINES.index(name)], z, spec)
-        rows.append(_evaluate(name, fit.drift_fn, fit.drift_params, fit.timings, data, spec, x0, run_key,
-                              part.points, part.counts, truth, fit.info, ks_tau=ks_tau, data_time=data_time,
+        # "setup": the rest of the fit's call, outside its own timers (networks and optimisers set up, the sklearn
+        # mixture's score coefficients), compilation included as in the Bayesian stages
+        timings = dict(fit.timings, setup=max(0.0, time.perf_counter() - start - sum(fit.timings.values())))
+        info = dict(fit.info, **_jax_work_info(work.mark()))
+        rows.append(_evaluate(name, fit.drift_fn, fit.drift_params, timings, data, spec, x0, run_key,
+                              part.points, part.counts, truth, info, ks_tau=ks_tau, data_time=data_time,
                               starts=starts))
         if name == "dsm":
             _log(progress, f"dsm: {len(fit.checkpoints)} checkpoints, quarter-length Langevin runs")

@@ -119,12 +119,15 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stages = ", ".join(f"{s} {v:.1f}" for s, v in r.timings.items())
-        cells = ([r.estimator, f"{r.wall_s:.1f}", stages, _g(r.relative_entropy_mean)]
+        compiling = r.info.get("jax_compiling_s")
+        wall = f"{r.wall_s:.1f}" + ("" if compiling is None else f" ({compiling:.1f} compiling)")
+        cells = ([r.estimator, wall, stages, _g(r.relative_entropy_mean)]
                  + ([over_runs_text(r), minus_bayesian_text(r)] if runs else [])
                  + ([_g(v) for v in r.relative_entropy] if d > 1 else [])
                  + [_g(r.score_error), _g(r.band_coverage), f"{r.langevin_s:.1f}", str(r.escaped)])
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Wall time: building the score, compilation included; the Langevin run is apart. "
+    lines += ["", "Wall time: building the score, compilation included (in brackets: JAX's compiling, or loading "
+              "compiled programs from the cache); the Langevin run is apart. "
               "Score error: density-weighted relative squared error against the analytic score at the "
               "Bayesian score-target points. Band coverage: share of those points inside the Bayesian "
               f"{int(rows[0].info.get('band', 0.9) * 100)}% band. Particles lost: left the box or became "

@@ -20,6 +20,7 @@ import numpy as np
 
 from .._picks import evenly_spaced
 from .._version import __version__
+from ..compilation_cache import JaxWork
 from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
 from ..bayes.score import band_around, posterior_mean_score
 from ..bayes.score_matching import field_stats
@@ -97,17 +98,28 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
 
 
 class _Clock:
-    """Wall seconds per stage, in the order the stages ran."""
+    """Wall seconds per stage, in the order the stages ran, and of the stages timed in this run (not those
+    read from the cache with their first run's time) how many went to JAX's tracing and compiling
+    (:class:`~kgmm_bayes.compilation_cache.JaxWork`)."""
 
     def __init__(self):
-        self.timings, self.total_start, self.start = {}, time.perf_counter(), None
+        self.timings, self.jax, self.total_start, self.start = {}, {}, time.perf_counter(), None
+        self._stage_work, self._whole_work = JaxWork(), JaxWork()
 
     def __call__(self, stage, seconds=None):
+        work = self._stage_work.mark()
+        if seconds is None:
+            self.jax[stage] = work
         self.timings[stage] = time.perf_counter() - self.start if seconds is None else seconds
         self.start = time.perf_counter()
 
     def begin(self):
+        self._stage_work.mark()
         self.start = time.perf_counter()
+
+    def jax_work(self) -> dict:
+        """``{stage: {"tracing", "compiling", "cache_hits"}}`` with the whole run's as ``"total"``."""
+        return dict(self.jax, total=self._whole_work.mark())
 
 
 def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: str, progress: bool,
@@ -247,6 +259,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     # the total counts a streamed study's first pass, which ran before the output folder was taken
     clock.timings["total"] = time.perf_counter() - clock.total_start + clock.timings.get("data_pass_1", 0.0)
     metrics["timings"] = clock.timings
+    metrics["jax_work"] = clock.jax_work()  # seconds of each timed stage spent tracing and compiling
     metrics["faults"] = numerical_faults(metrics)  # what --strict turns into a non-zero exit
     atomic_write_bytes(out.path("metrics.json"), json.dumps(metrics, indent=2).encode())
     write_report(out.path("report.md"), spec, metrics)
