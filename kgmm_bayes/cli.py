@@ -98,8 +98,10 @@ def _compare(args) -> int:
     for row in result.rows:
         runs = row.info.get("model_runs")
         over = f", over {runs['runs']} model runs {over_runs_text(row)}" if runs else ""
-        print(f"{row.estimator:>9}: wall {row.wall_s:7.1f} s, relative entropy (mean) {row.relative_entropy_mean:.4g}"
-              + over)
+        compiling = row.info.get("jax_compiling_s")
+        compiled = "" if compiling is None else f" ({compiling:.1f} s compiling)"
+        print(f"{row.estimator:>9}: wall {row.wall_s:7.1f} s{compiled}, relative entropy (mean) "
+              f"{row.relative_entropy_mean:.4g}" + over)
     print(f"outputs: {result.out_dir} (comparison.md, comparison.csv, figures/comparison.png)")
     return 0
 

@@ -98,6 +98,8 @@ def test_comparison_table_has_every_estimator_with_finite_metrics(tiny_compare):
         info = row["info"]
         assert 0 < info["jax_compiling_s"] and info["jax_tracing_s"] + info["jax_compiling_s"] <= row["wall_s"] + 0.01
         assert f"| {row['estimator']} | {row['wall_s']:.1f} ({info['jax_compiling_s']:.1f} compiling) |" in table
+        assert f"{row['estimator']:>9}: wall {row['wall_s']:7.1f} s ({info['jax_compiling_s']:.1f} s compiling)" \
+            in proc.stdout
     bayes = payload["estimators"][0]["info"]
     assert bayes["jax_compiling_s"] == pytest.approx(sum(metrics["jax_work"][s]["compiling"] for s in
                                                          ("partition", "posterior", "score", "interpolant")), rel=1e-12)
