@@ -24,6 +24,11 @@ CASES = {
                        '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 60\\n[mixture]\\ncomponents = 3\\n'
                        'coarsening = "off"\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
                        '[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 0\\nthin = 10'],
+    "bench_geometry.py": ["reduced_1d", "--starts", "2", "--rows", "2", "--settings",
+                          '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 60\\n[mixture]\\ncomponents = 3\\n'
+                          'coarsening = "off"\\n[sampler]\\nwarmup = 30\\ndraws = 30\\nmap_steps = 50\\n'
+                          '[interpolant]\\nsteps = 50\\n[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 0\\n'
+                          'thin = 10'],
     "bench_mixture_fits.py": ["reduced_1d", "--seeds", "1", "--draws", "8", "--resamples", "1", "--settings",
                               '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 60\\n[mixture]\\n'
                               'components = 3\\ncoarsening = "off"\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n'
@@ -49,7 +54,7 @@ def test_every_benchmark_is_listed():
     assert sorted(p.name for p in BENCH.glob("bench_*.py")) == sorted(CASES)
 
 
-SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_user_calibration.py", "bench_scale.py",
+SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_geometry.py", "bench_user_calibration.py", "bench_scale.py",
         "bench_interpolant.py", "bench_floor.py", "bench_coreset.py", "bench_mixture_fits.py",
         "bench_reproducibility.py", "bench_posterior_overheads.py")  # about 30-60 s each: `-m slow`
 
