@@ -71,8 +71,10 @@ def _run(args) -> int:
     m = result.metrics
     rel_ent = m["relative_entropy"]["mean"]
     rel_text = "n/a (no reduced-order model samples)" if rel_ent is None else f"{rel_ent:.4g}"
-    work = m.get("jax_work", {}).get("posterior")
-    compiled = "" if work is None else f" ({work['compiling']:.1f} s of it compiling, {work['tracing']:.1f} s tracing)"
+    work, compiled = m.get("jax_work", {}).get("posterior"), ""
+    if work is not None:  # JAX's compile spans also cover loading a program from the compilation cache
+        how = "compiling" if not work["cache_hits"] else f"compiling or loading ({work['cache_hits']} from the cache)"
+        compiled = f" ({work['compiling']:.1f} s of it {how}, {work['tracing']:.1f} s tracing)"
     print(f"study {m['study']}: relative entropy (mean over marginals) {rel_text}; "
           f"posterior {m['timings']['posterior']:.1f} s{compiled}; total {m['timings']['total']:.1f} s")
     for fault in m["faults"]:
@@ -89,7 +91,7 @@ def _compare(args) -> int:
     from .errors import InputError
     from .spec import MAX_MODEL_RUNS, load_spec
     from .study.compare import compare_study
-    from .study.compare_tables import over_runs_text
+    from .study.compare_tables import compiling_text, over_runs_text
 
     if args.model_runs is not None and not 1 <= args.model_runs <= MAX_MODEL_RUNS:
         raise InputError(f"--model-runs must be between 1 and {MAX_MODEL_RUNS}, got {args.model_runs}")
@@ -98,8 +100,7 @@ def _compare(args) -> int:
     for row in result.rows:
         runs = row.info.get("model_runs")
         over = f", over {runs['runs']} model runs {over_runs_text(row)}" if runs else ""
-        compiling = row.info.get("jax_compiling_s")
-        compiled = "" if compiling is None else f" ({compiling:.1f} s compiling)"
+        compiled = compiling_text(row, " s")
         print(f"{row.estimator:>9}: wall {row.wall_s:7.1f} s{compiled}, relative entropy (mean) "
               f"{row.relative_entropy_mean:.4g}" + over)
     print(f"outputs: {result.out_dir} (comparison.md, comparison.csv, figures/comparison.png)")

@@ -84,30 +84,36 @@ _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 
 def _union_seconds(spans) -> float:
-    """Seconds covered by the union of ``(start, end)`` spans: nested spans (a function traced while
-    tracing another) and spans of concurrent threads count once."""
+    """Seconds covered by the union of ``(start, end)`` spans: nested spans and spans of concurrent threads
+    count once (a span whose end precedes its start, from a step of the wall clock, counts nothing)."""
     total, reach = 0.0, -float("inf")
     for start, end in sorted(spans):
         if end > reach:
-            total += end - max(start, reach)
+            total += max(0.0, end - max(start, reach))
             reach = end
     return total
 
 
 class JaxWork:
-    """Wall seconds that went to tracing (and lowering) and to compiling (or loading compiled programs
-    from the cache) since the last :meth:`mark`, with the persistent cache's hits.
+    """Wall seconds that went to JAX's compiling (or loading compiled programs from the cache: JAX's compile
+    span covers both) and, apart from that, to tracing and lowering, since the last :meth:`mark`, with the
+    persistent cache's hits.  Compile spans can fall inside tracing spans (a value computed while tracing, a
+    thread compiling while another traces): tracing is the time tracing spans cover outside compile spans, so
+    the two add up to the union of all of them, within the stretch's wall time.
 
-    One set of listeners serves every instance: JAX offers no way to remove one without private API, so
-    they are registered once per process and only append to shared lists."""
+    The listeners are registered once per process and only append to shared lists: a pair per instance would
+    pile up on JAX's listener lists.  With a JAX older than its time-span events :attr:`available` is False and
+    :meth:`mark` returns None."""
 
     _lock = threading.Lock()
     _spans: dict = {"tracing": [], "compiling": []}
     _hits: list = []
     _registered = False
+    available = hasattr(monitoring, "register_event_time_span_listener")
 
     def __init__(self):
-        self._register()
+        if self.available:
+            self._register()
         self._cursor = self._position()
 
     @classmethod
@@ -133,11 +139,14 @@ class JaxWork:
     def _position(self):
         return len(self._spans["tracing"]), len(self._spans["compiling"]), len(self._hits)
 
-    def mark(self) -> dict:
-        """``{"tracing": s, "compiling": s, "cache_hits": n}`` since the last mark (or construction); starts the
-        next stretch.  Tracing spans that fall inside a compile span (none do in practice) count in both."""
+    def mark(self) -> dict | None:
+        """``{"tracing": s, "compiling": s, "cache_hits": n}`` since the last mark (or construction), and the
+        next stretch starts; None where JAX has no time-span events."""
         now = self._position()
         (t0, c0, h0), self._cursor = self._cursor, now
-        return {"tracing": _union_seconds(self._spans["tracing"][t0:now[0]]),
-                "compiling": _union_seconds(self._spans["compiling"][c0:now[1]]),
-                "cache_hits": now[2] - h0}
+        if not self.available:
+            return None
+        compiling = self._spans["compiling"][c0:now[1]]
+        both = _union_seconds(self._spans["tracing"][t0:now[0]] + compiling)
+        compiled = _union_seconds(compiling)
+        return {"tracing": both - compiled, "compiling": compiled, "cache_hits": now[2] - h0}

@@ -72,6 +72,27 @@ def test_union_seconds_counts_nested_and_overlapping_spans_once():
     assert union([(0.0, 1.0), (2.0, 2.5)]) == 1.5  # apart: summed
     assert union([(0.0, 4.0), (1.0, 2.0)]) == 4.0  # a function traced inside another's trace: once
     assert union([(3.0, 5.0), (0.0, 1.0), (0.5, 3.5)]) == 5.0  # overlapping (threads), in any order
+    assert union([(2.0, 1.0)]) == 0.0  # the wall clock stepped back during the span
+
+
+def test_tracing_is_counted_outside_compiling_so_the_two_fit_in_the_wall_time():
+    import jax
+    import jax.numpy as jnp
+    import time
+
+    def f(x):
+        with jax.ensure_compile_time_eval():  # values computed while tracing: compiles inside a tracing span
+            offset = jnp.sum(jnp.arange(7.0) ** 2)
+        return jnp.sin(x) + offset
+
+    work = compilation_cache.JaxWork()
+    start = time.perf_counter()
+    jax.jit(f)(jnp.ones(13)).block_until_ready()
+    wall = time.perf_counter() - start
+    measured = work.mark()
+    assert measured["tracing"] > 0 and measured["compiling"] > 0
+    assert measured["tracing"] + measured["compiling"] <= wall
+    assert work.mark() == {"tracing": 0.0, "compiling": 0.0, "cache_hits": 0}  # nothing since
 
 
 def test_the_switch_and_the_folder(tmp_path, monkeypatch):

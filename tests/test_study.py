@@ -1,6 +1,7 @@
 """End to end: a small real study through the CLI, the score command, the stage cache,
 reproducibility, the Python API on an array and a spec naming only a data file."""
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -142,11 +143,12 @@ def test_outputs_are_complete_and_loadable(small_run):
     header = (out / "diagnostics.csv").read_text().splitlines()[0]
     assert "r_hat" in header and "ess_bulk" in header and "ess_tail" in header
     assert "relative entropy" in proc.stdout
-    # each stage's JAX work fits in its wall time; the tests run with the compilation cache off: nothing loaded
+    # each stage's JAX work fits in its wall time (a fresh run: every stage was timed here)
     work = metrics["jax_work"]
-    assert set(work) == set(metrics["timings"]) - set(metrics["cached_stages"])  # every stage timed here, the total
+    assert set(work) == set(metrics["timings"])
+    cache_off = os.environ.get("KGMM_BAYES_COMPILATION_CACHE") == "off" and not os.environ.get("JAX_COMPILATION_CACHE_DIR")
     for stage, w in work.items():
-        assert w["tracing"] >= 0 and w["compiling"] >= 0 and w["cache_hits"] == 0, stage
+        assert w["tracing"] >= 0 and w["compiling"] >= 0 and (w["cache_hits"] == 0 or not cache_off), stage
         assert w["tracing"] + w["compiling"] <= metrics["timings"][stage] + 0.01, stage
     assert work["posterior"]["tracing"] > 0 and work["posterior"]["compiling"] > 0
     assert work["total"]["compiling"] >= sum(w["compiling"] for s, w in work.items() if s != "total") - 0.01
@@ -154,7 +156,7 @@ def test_outputs_are_complete_and_loadable(small_run):
     assert f"posterior {metrics['timings']['posterior']:.1f} s ({posterior['compiling']:.1f} s of it compiling" \
         in proc.stdout
     assert (f"| posterior | {metrics['timings']['posterior']:.2f} | {posterior['tracing']:.2f} | "
-            f"{posterior['compiling']:.2f} | 0 |") in report
+            f"{posterior['compiling']:.2f} | {posterior['cache_hits']:d} |") in report
 
 
 def test_a_loaded_result_keeps_spec_partition_and_data_and_reruns_the_model(small_run):

@@ -30,7 +30,8 @@ spread of one fitted model over Langevin starts and noise only: not over the bas
 
 Wall time counts what builds the score (Bayesian: partition, posterior, score
 summaries, interpolant; classic KGMM: clustering with the noisy passes, network
-training; DSM: training; scikit-learn: fitting), compilation included; the
+training; DSM: training; scikit-learn: fitting; for each baseline also its ``setup``, the rest of its fit
+call), compilation included (how much of it: ``info.jax_compiling_s``); the
 Langevin run is reported apart.  For DSM, the models kept every
 ``dsm_epochs / dsm_checkpoints`` epochs are each run through a quarter-length
 Langevin model, and so is the Bayesian drift: the first checkpoint whose mean
@@ -295,14 +296,18 @@ def _data_time(result, data: StudyData, z, spec, key) -> Optional[_DataTime]:
     return _DataTime(series, float(data_interval_of(spec.data)), bayes, true_response, key)
 
 
-def _jax_work_info(work: dict) -> dict:
-    """An estimator's ``info`` entries for the part of its wall time that went to JAX's tracing and compiling."""
+def _jax_work_info(work: dict | None) -> dict:
+    """An estimator's ``info`` entries for the part of its wall time that went to JAX's tracing and compiling (or
+    loading compiled programs from the cache); nothing where JAX could not say (``work`` None)."""
+    if work is None:
+        return {}
     return {"jax_tracing_s": work["tracing"], "jax_compiling_s": work["compiling"], "jax_cache_hits": work["cache_hits"]}
 
 
 def _bayesian_jax_work(metrics: dict) -> dict:
     """:func:`_jax_work_info` of the study's :data:`BAYESIAN_STAGES` (metrics.json ``jax_work``); nothing when one of
-    them was read from the cache (its time is its first run's)."""
+    them was not timed in this run (read from the cache, or the posterior taken from model selection: their times
+    are their first runs')."""
     work = metrics.get("jax_work", {})
     if not all(stage in work for stage in BAYESIAN_STAGES):
         return {}

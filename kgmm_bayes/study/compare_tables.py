@@ -53,6 +53,16 @@ def row_dict(r: EstimatorRow) -> dict:
             "langevin_s": r.langevin_s, "escaped": r.escaped, "info": r.info}
 
 
+def compiling_text(r: EstimatorRow, unit: str = "") -> str:
+    """`` (x compiling)`` after an estimator's wall time: the part that went to JAX's compiling, ``compiling or
+    loading`` where programs came from the compilation cache (JAX's compile spans cover both); empty when not
+    measured."""
+    seconds = r.info.get("jax_compiling_s")
+    if seconds is None:
+        return ""
+    return f" ({seconds:.1f}{unit} compiling{' or loading' if r.info.get('jax_cache_hits') else ''})"
+
+
 def over_runs_text(r: EstimatorRow) -> str:
     """``mean ± s.e.`` over an estimator's model runs, ``(k of N runs)`` appended when some had no finite figure;
     ``—`` with one run."""
@@ -119,9 +129,7 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stages = ", ".join(f"{s} {v:.1f}" for s, v in r.timings.items())
-        compiling = r.info.get("jax_compiling_s")
-        wall = f"{r.wall_s:.1f}" + ("" if compiling is None else f" ({compiling:.1f} compiling)")
-        cells = ([r.estimator, wall, stages, _g(r.relative_entropy_mean)]
+        cells = ([r.estimator, f"{r.wall_s:.1f}{compiling_text(r)}", stages, _g(r.relative_entropy_mean)]
                  + ([over_runs_text(r), minus_bayesian_text(r)] if runs else [])
                  + ([_g(v) for v in r.relative_entropy] if d > 1 else [])
                  + [_g(r.score_error), _g(r.band_coverage), f"{r.langevin_s:.1f}", str(r.escaped)])

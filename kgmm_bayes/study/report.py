@@ -211,15 +211,17 @@ def _dynamics_lines(dyn, names) -> list:
 
 def _timing_lines(metrics: dict) -> list:
     """The wall time table: each stage's seconds and, for stages timed in this run, how many of them went to
-    JAX's tracing and compiling (or loading compiled programs from the cache; metrics.json ``jax_work``).  A
-    stage read from the cache shows its first run's seconds; a streamed study's passes over the data are parts
-    of other rows (the first pass ran before the study's clock started, and counts in the total only)."""
+    JAX's tracing and compiling (or loading compiled programs from the cache; metrics.json ``jax_work``).  The
+    posterior and Langevin stages read from the cache show their first run's seconds ("cached"), as does a
+    posterior taken from model selection ("-"); a streamed study's passes over the data are parts of other rows
+    (the first pass ran before the study's clock started, and counts in the total only)."""
     work = metrics.get("jax_work", {})
     cached = set(metrics.get("cached_stages", []))
     lines = ["", "## Wall time (s)", "",
              "Tracing and compiling are JAX's one-time work: a later run with the compilation cache on (the CLI's "
              "default) loads the compiled programs instead of compiling them again.", "",
-             "| stage | seconds | tracing | compiling | programs from the cache |", "| --- | --- | --- | --- | --- |"]
+             "| stage | seconds | tracing | compiling or loading | programs from the cache |",
+             "| --- | --- | --- | --- | --- |"]
     for stage, seconds in metrics["timings"].items():
         if stage in work:
             w = work[stage]

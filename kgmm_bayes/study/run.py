@@ -98,9 +98,10 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
 
 
 class _Clock:
-    """Wall seconds per stage, in the order the stages ran, and of the stages timed in this run (not those
-    read from the cache with their first run's time) how many went to JAX's tracing and compiling
-    (:class:`~kgmm_bayes.compilation_cache.JaxWork`)."""
+    """Wall seconds per stage, in the order the stages ran, and of the stages timed in this run how many went
+    to JAX's tracing and compiling (:class:`~kgmm_bayes.compilation_cache.JaxWork`): not the posterior or
+    Langevin stage read from the cache, or the posterior taken from model selection, which keep their first
+    run's seconds; a re-timed stage read from the cache (the interpolant, the ensemble) counts its loading."""
 
     def __init__(self):
         self.timings, self.jax, self.total_start, self.start = {}, {}, time.perf_counter(), None
@@ -108,7 +109,7 @@ class _Clock:
 
     def __call__(self, stage, seconds=None):
         work = self._stage_work.mark()
-        if seconds is None:
+        if seconds is None and work is not None:
             self.jax[stage] = work
         self.timings[stage] = time.perf_counter() - self.start if seconds is None else seconds
         self.start = time.perf_counter()
@@ -118,8 +119,10 @@ class _Clock:
         self.start = time.perf_counter()
 
     def jax_work(self) -> dict:
-        """``{stage: {"tracing", "compiling", "cache_hits"}}`` with the whole run's as ``"total"``."""
-        return dict(self.jax, total=self._whole_work.mark())
+        """``{stage: {"tracing", "compiling", "cache_hits"}}`` with the whole run's as ``"total"`` (empty where JAX
+        has no time-span events)."""
+        whole = self._whole_work.mark()
+        return {} if whole is None else dict(self.jax, total=whole)
 
 
 def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: str, progress: bool,
