@@ -73,8 +73,8 @@ def _run(args) -> int:
     rel_text = "n/a (no reduced-order model samples)" if rel_ent is None else f"{rel_ent:.4g}"
     work, compiled = m.get("jax_work", {}).get("posterior"), ""
     if work is not None:  # JAX's compile spans also cover loading a program from the compilation cache
-        how = "compiling" if not work["cache_hits"] else f"compiling or loading ({work['cache_hits']} from the cache)"
-        compiled = f" ({work['compiling']:.1f} s of it {how}, {work['tracing']:.1f} s tracing)"
+        how = "compiling" if not work["cache_hits"] else f"compiling, or loading {work['cache_hits']} programs from the cache"
+        compiled = f" ({work['compiling']:.1f} s of it {how}; {work['tracing']:.1f} s tracing)"
     print(f"study {m['study']}: relative entropy (mean over marginals) {rel_text}; "
           f"posterior {m['timings']['posterior']:.1f} s{compiled}; total {m['timings']['total']:.1f} s")
     for fault in m["faults"]:
