@@ -449,3 +449,29 @@ def test_report_names_the_chains_that_ran_on():
     assert continuation_lines(None) == [] and continuation_lines([0, 0, 0]) == []
     (line,) = continuation_lines([0, 2, 0, 1])
     assert line.endswith("chain 1 2 times, chain 3 1 time")
+
+
+def test_jittered_copies_draw_the_asked_noise_from_the_key():
+    # _jittered draws its noise on the host from the key's bits: copies of the tree plus N(0, scale^2) per
+    # coordinate (the sample's mean and sd within 5 standard errors of n = 20,000 copies), the first copy kept
+    # exact when asked, the same key giving the same numbers (typed and raw keys alike) and another key others
+    from kgmm_bayes.bayes.sampler import _jittered
+
+    tree = {"a": np.array([1.0, -2.0]), "b": np.array([[0.5, 3.0, -1.0]])}
+    scale = {"a": np.array([0.1, 2.0]), "b": np.array([[1e-3, 0.5, 1.0]])}
+    n = 20_000
+    out = _jittered(jax.random.key(3), tree, n, scale, keep_first=True)
+    for name in tree:
+        noise = np.asarray(out[name]) - tree[name][None]
+        assert out[name].shape == (n,) + tree[name].shape
+        np.testing.assert_array_equal(noise[0], 0.0)
+        rest = noise[1:] / scale[name][None]
+        assert np.all(np.abs(rest.mean(axis=0)) < 5 / np.sqrt(n - 1))
+        assert np.all(np.abs(rest.std(axis=0) - 1.0) < 5 / np.sqrt(2 * (n - 1)))
+    again = _jittered(jax.random.key(3), tree, n, scale, keep_first=True)
+    np.testing.assert_array_equal(np.asarray(again["b"]), np.asarray(out["b"]))
+    raw = _jittered(jax.random.key_data(jax.random.key(3)), tree, n, scale, keep_first=True)
+    np.testing.assert_array_equal(np.asarray(raw["a"]), np.asarray(out["a"]))
+    other = _jittered(jax.random.key(4), tree, 3, 0.5)
+    assert not np.allclose(np.asarray(other["a"])[0], tree["a"])
+    assert not np.allclose(np.asarray(other["a"]), np.asarray(out["a"])[:3])

@@ -265,11 +265,16 @@ def mixture_model(features, counts, prior: MixturePrior, block_rows="auto"):
     ``block_rows``: as in :func:`mixture_loglik_dense`.
     """
     k, d = prior.centroids.shape
-    weights = numpyro.sample("weights", dist.Dirichlet(jnp.full((k,), prior.dirichlet_alpha)))
-    means = numpyro.sample("means", dist.Normal(prior.centroids, prior.mean_scales).to_event(2))
-    scales = numpyro.sample("scales", dist.HalfCauchy(jnp.full((k, d), prior.scale_prior)).to_event(2))
+    # validate_args=False: the prior's parameters are checked where the spec is read (build_prior); numpyro's
+    # checks would run eagerly whenever the model is run outside a compiled program (numpyro's initialisation),
+    # each compiling small programs (0.5 s of a cold posterior on the default study)
+    weights = numpyro.sample("weights", dist.Dirichlet(jnp.full((k,), prior.dirichlet_alpha), validate_args=False))
+    means = numpyro.sample("means", dist.Normal(prior.centroids, prior.mean_scales, validate_args=False).to_event(2))
+    scales = numpyro.sample("scales", dist.HalfCauchy(jnp.full((k, d), prior.scale_prior),
+                                                      validate_args=False).to_event(2))
     if d > 1:
-        corr_chol = numpyro.sample("corr_chol", dist.LKJCholesky(d, prior.lkj_eta).expand([k]).to_event(1))
+        corr_chol = numpyro.sample("corr_chol", dist.LKJCholesky(d, prior.lkj_eta, validate_args=False)
+                                   .expand([k]).to_event(1))
     else:
         corr_chol = jnp.ones((k, 1, 1), dtype=scales.dtype)
     cov_chol = numpyro.deterministic("cov_chol", cov_cholesky(scales, corr_chol))

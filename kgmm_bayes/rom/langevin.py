@@ -32,7 +32,7 @@ import numpy as np
 from ..progress import bar, tick
 from .mobility import noise_factor
 
-__all__ = ["LangevinResult", "simulate_langevin", "max_jacobian_eigenvalue", "with_mobility", "mobility_noise"]
+__all__ = ["LangevinResult", "simulate_langevin", "max_jacobian_eigenvalue", "with_mobility", "mobility_noise", "jit_drift"]
 
 
 class LangevinResult(NamedTuple):
@@ -161,13 +161,32 @@ def max_jacobian_eigenvalue(drift_fn: Callable, drift_params, points) -> float:
     close a step size is to that limit.
     """
     x = jnp.asarray(points, dtype=jnp.float32)
-    jac = jax.vmap(jax.jacfwd(lambda xi: drift_fn(drift_params, xi[None])[0]))(x)
+    jac = _jacobians(drift_fn)(drift_params, x)
     return float(np.max(np.abs(np.linalg.eigvals(np.asarray(jac, dtype=np.float64)))))
+
+
+@functools.lru_cache(maxsize=64)
+def jit_drift(drift_fn: Callable):
+    """``drift_fn`` compiled, once per drift function object (evaluations outside the simulation)."""
+    return jax.jit(drift_fn)
+
+
+@functools.lru_cache(maxsize=64)
+def _jacobians(drift_fn: Callable):
+    """The drift's Jacobians at points, compiled once per drift function (op by op, each call compiled a dozen
+    small programs; a new jitted closure per call compiled the whole again)."""
+    return jax.jit(jax.vmap(lambda params, xi: jax.jacfwd(lambda y: drift_fn(params, y[None])[0])(xi),
+                            in_axes=(None, 0)))
 
 
 def initial_particles(key, points, counts, particles: int):
     """``particles`` starting points drawn from weighted ``points`` by count, and the key left for the noise."""
     init_key, run_key = jax.random.split(key)
     counts = np.asarray(counts, dtype=np.float64)
-    pick = jax.random.choice(init_key, len(points), (particles,), p=jnp.asarray(counts / counts.sum()))
+    pick = _choice(init_key, jnp.asarray(counts / counts.sum()), int(particles))
     return np.asarray(points)[np.asarray(pick)], run_key
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _choice(key, p, size: int):  # one program (op by op, jax.random.choice compiled nine: 0.6 s on a cold start)
+    return jax.random.choice(key, p.shape[0], (size,), p=p)

@@ -59,7 +59,7 @@ from ..errors import InputError
 from ..files import atomic_write_bytes
 from ..metrics import marginal_relative_entropies, weighted_score_error
 from ..metrics.series import decorrelation_time, ks_statistics
-from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin
+from ..rom.langevin import jit_drift, max_jacobian_eigenvalue, simulate_langevin
 from ..rom.mobility import impulse_responses, to_physical
 from ..spec import BASELINES, Spec, data_interval_of
 from .checks import check_seed, load_user_data
@@ -248,7 +248,7 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
         info["ks"] = _ks_block(data, series, spec, ks_tau, spacing)
     error = None
     if truth is not None:
-        predicted = np.asarray(drift_fn(drift_params, jnp.asarray(points, jnp.float32)), dtype=np.float64)
+        predicted = np.asarray(jit_drift(drift_fn)(drift_params, jnp.asarray(points, jnp.float32)), dtype=np.float64)
         error = weighted_score_error(predicted, truth, counts)
     if data_time is None:
         info["dt_times_max_jacobian_eigenvalue"] = dt * max_jacobian_eigenvalue(drift_fn, drift_params, points)

@@ -30,12 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import norm
 
+from .._keys import host_rng
 from .._picks import evenly_spaced
 from ..bayes.score import score_draws
 from ..metrics.correlation import correlation_functions
 from ..metrics.series import decorrelation_time, integrated_time
 from ..rom.ensemble import autocorrelation
-from ..rom.langevin import max_jacobian_eigenvalue, simulate_langevin, with_mobility
+from ..rom.langevin import jit_drift, max_jacobian_eigenvalue, simulate_langevin, with_mobility
 from ..rom.mobility import (fit_mobility, impulse_responses, second_moment_responses, step_responses,
                             to_physical)
 
@@ -76,9 +77,20 @@ class Dynamics(NamedTuple):
     data_tau_se: Optional[np.ndarray] = None  # (d,) sampling standard error of data_tau (groups of members)
 
 
-def _evaluate(fn, z) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(jnp.asarray(z[i:i + CHUNK], jnp.float32)), np.float64)
-                           for i in range(0, len(z), CHUNK)])
+def _evaluate(drift_fn, drift_params, z) -> np.ndarray:
+    """``drift_fn(drift_params, x)`` at points ``z`` ``(n, d)``, in float32 chunks of :data:`CHUNK` points, the
+    last one padded to a power of two: one compiled program per drift and shape (op by op, an interpolant's layers
+    compiled about 30 small programs)."""
+    fn = jit_drift(drift_fn)
+    parts = []
+    for i in range(0, len(z), CHUNK):
+        block = np.asarray(z[i:i + CHUNK], np.float32)
+        size = len(block)
+        padded = min(CHUNK, 1 << max(4, int(np.ceil(np.log2(max(size, 1))))))
+        if size < padded:
+            block = np.concatenate([block, np.repeat(block[-1:], padded - size, axis=0)])
+        parts.append(np.asarray(fn(drift_params, jnp.asarray(block)), np.float64)[:size])
+    return np.concatenate(parts)
 
 
 def fit_dynamics(series, interval: float, drift_fn, drift_params, draws, key=None) -> Dynamics:
@@ -110,7 +122,7 @@ def point_dynamics(series, interval: float, drift_fn, drift_params) -> Dynamics:
     members, n, d = series.shape
     tau = decorrelation_time(series, interval)
     max_lag = int(min(n - 1, MAX_LAGS, max(2, math.ceil(DECORRELATION_TIMES * float(np.max(tau)) / interval))))
-    score = _evaluate(lambda x: drift_fn(drift_params, x), series.reshape(-1, d)).reshape(series.shape)
+    score = _evaluate(drift_fn, drift_params, series.reshape(-1, d)).reshape(series.shape)
     phi, method = robust_mobility(series, score, interval)
     blocks = _stretches(series, series)[0]
     tau_se = None
@@ -184,10 +196,8 @@ def _bootstrap_weights(key, members: int, draws: int):
     """Dirichlet(1) weights ``(draws, blocks)`` (mean 1) over :func:`_stretches`' blocks; None without a key."""
     if key is None:
         return None
-    import jax
-
     blocks = members if members >= SE_GROUPS else members * SE_GROUPS
-    return np.asarray(jax.random.dirichlet(key, jnp.ones(blocks, jnp.float64), (draws,)), np.float64) * blocks
+    return host_rng(key).dirichlet(np.ones(blocks), draws) * blocks  # on the host: no program compiled for it
 
 
 def _draw_mobility(series, score, interval: float, weights=None, method: Optional[str] = None) -> np.ndarray:
@@ -360,8 +370,7 @@ def indirect_correction(dyn: Dynamics, key, series, drift_fn, drift_params, lg, 
     series = lagged_series(series)
     flat = series.reshape(-1, series.shape[-1])
     starts = flat[evenly_spaced(len(flat), CORRECTION_STARTS)]
-    drift = lambda x: drift_fn(drift_params, x)  # noqa: E731
-    start_score = _evaluate(drift, starts)
+    start_score = _evaluate(drift_fn, drift_params, starts)
     target, phi, best, residuals = dyn.phi, dyn.phi, None, []
     for _ in range(CORRECTION_ITERATIONS):
         dt, thin, _, _ = rom_schedule(lg, dyn.interval, phi, drift_fn, drift_params, points)
@@ -371,7 +380,7 @@ def indirect_correction(dyn: Dynamics, key, series, drift_fn, drift_params, lg, 
             break
         ends = run.samples[0][alive].astype(np.float64)
         pairs = np.stack([starts[alive], ends], axis=1)  # (starts, 2, d): two snapshots each
-        scores = np.stack([start_score[alive], _evaluate(drift, ends)], axis=1)
+        scores = np.stack([start_score[alive], _evaluate(drift_fn, drift_params, ends)], axis=1)
         try:  # the data's estimator, not a fallback: the two estimates must be the same function
             estimate = robust_mobility(pairs, scores, dyn.interval, method=dyn.method)[0]
         except ValueError:
