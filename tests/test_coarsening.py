@@ -263,9 +263,9 @@ def test_error_terms_on_threads_are_the_fits_one_after_another(monkeypatch):
     assert terms[3] == terms[1]
     asked, fit = [], coarsening._fit_scores
 
-    def recording(part, k, points, seed):
+    def recording(part, k, points, seed, padded=0):
         asked.append((float(part[0, 0]), len(part), k))
-        return fit(part, k, points, seed)
+        return fit(part, k, points, seed, padded)
 
     monkeypatch.setattr(coarsening, "_fit_scores", recording)
     assert error_terms(x, 1, POINTS, COUNTS, seed=0) == terms[1]
@@ -274,3 +274,7 @@ def test_error_terms_on_threads_are_the_fits_one_after_another(monkeypatch):
     assert sorted(asked) == sorted(contiguous + [(f, n, kr) for f, n, _ in contiguous for kr in (2, 4)]
                                    + [a for a in asked if a[2] == 1 and a not in contiguous])
     assert sum(1 for a in asked if a[2] == 1) == 2 * coarsening.BLOCKS
+    # the fits are evaluated with K padded by components of weight 0 (one compiled program): the same mixture
+    plain, padded = fit(x[:2000], 2, POINTS, 0), fit(x[:2000], 2, POINTS, 0, padded=4)
+    for a, b in zip(plain, padded):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -120,7 +120,7 @@ def alpha_from_zeta(zeta: float, n: int) -> float:
 
 @functools.cache
 def _jitted_mixture_score():
-    """:func:`~kgmm_bayes.bayes.score.mixture_score` compiled: one program per K, instead of one per
+    """:func:`~kgmm_bayes.bayes.score.mixture_score` compiled: one program per shape (the fits pad K), instead of one per
     operation and K when run op by op (about 2.5 s of the default study's error terms)."""
     import jax
 
@@ -129,17 +129,23 @@ def _jitted_mixture_score():
     return jax.jit(mixture_score)
 
 
-def _fit_scores(z, k: int, points, seed: int):
+def _fit_scores(z, k: int, points, seed: int, padded: int = 0):
     """Score ``(M, d)`` and log density ``(M, 1)`` at ``points``, and the BIC on ``z``, of a
-    maximum-likelihood K-component mixture fitted to ``z``."""
+    maximum-likelihood K-component mixture fitted to ``z``.  ``padded`` (at least ``k``): the mixture
+    is evaluated with that many components, the extra ones of weight 0 (they add nothing), so that fits
+    of different K share one compiled program."""
     import jax.numpy as jnp
     from sklearn.mixture import GaussianMixture
 
     gm = GaussianMixture(n_components=k, covariance_type="full", reg_covar=REG_COVAR, max_iter=300,
                          random_state=seed, init_params="k-means++").fit(z)
-    chol = np.linalg.cholesky(gm.covariances_)
-    score, logp = _jitted_mixture_score()(jnp.asarray(gm.weights_), jnp.asarray(gm.means_),
-                                          jnp.asarray(chol), jnp.asarray(points))
+    extra = max(int(padded) - k, 0)
+    d = gm.means_.shape[1]
+    weights = np.concatenate([gm.weights_, np.zeros(extra)])
+    means = np.concatenate([gm.means_, np.zeros((extra, d))])
+    chol = np.concatenate([np.linalg.cholesky(gm.covariances_), np.broadcast_to(np.eye(d), (extra, d, d))])
+    score, logp = _jitted_mixture_score()(jnp.asarray(weights), jnp.asarray(means), jnp.asarray(chol),
+                                          jnp.asarray(points))
     return np.asarray(score, np.float64), np.asarray(logp, np.float64)[:, None], float(gm.bic(z))
 
 
@@ -188,7 +194,8 @@ def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS) 
 
     _jitted_mixture_score()
     with _FITTING, threadpool_limits(limits=1), ThreadPoolExecutor(FIT_THREADS) as pool:
-        done = list(pool.map(lambda job: _fit_scores(job[0], job[1], points, seed), jobs))
+        done = list(pool.map(lambda job: _fit_scores(job[0], job[1], points, seed, padded=max([k, *references])),
+                             jobs))
     fits, iid_fits = done[:blocks], done[blocks:2 * blocks]
     # the reference: the richer mixture that BIC prefers on the blocks; none preferred to K: no measurable bias
     best_k, best_bic, best = k, sum(f[2] for f in fits), None
