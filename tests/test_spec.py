@@ -409,3 +409,11 @@ def test_the_spec_s_split_values_are_the_partition_s():
     from kgmm_bayes.partition import SPLITS
     from kgmm_bayes.spec import SPLIT_VALUES
     assert SPLIT_VALUES == tuple(SPLITS)
+
+
+def test_the_default_study_is_the_shipped_reduced_1d_spec():
+    # `kgmm-bayes run` without a spec runs DEFAULT_STUDY: the same study as models/reduced_1d.toml (only the
+    # description, which changes no number, differs)
+    default, shipped = load_spec(None), load_spec("reduced_1d")
+    assert default._replace(study=shipped.study) == shipped
+    assert default.mixture.components == shipped.mixture.components == 8
