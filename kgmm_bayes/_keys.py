@@ -3,7 +3,8 @@
 Small draws made outside compiled code (chain starts' jitter, Laplace draws, bootstrap weights) cost no
 XLA program this way: run op by op, a JAX normal or Dirichlet draw compiles a program per shape, 0.2-0.5 s
 each on a cold start, more than the draws themselves.  The key is still the one split at the boundary, so
-the same key gives the same numbers.
+the same key gives the same numbers (with the same numpy: NumPy does not promise its generators' streams across
+versions, NEP 19, so a study cached under another numpy may not rerun to the same draws).
 """
 import jax
 import jax.numpy as jnp

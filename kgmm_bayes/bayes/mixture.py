@@ -265,9 +265,10 @@ def mixture_model(features, counts, prior: MixturePrior, block_rows="auto"):
     ``block_rows``: as in :func:`mixture_loglik_dense`.
     """
     k, d = prior.centroids.shape
-    # validate_args=False: the prior's parameters are checked where the spec is read (build_prior); numpyro's
-    # checks would run eagerly whenever the model is run outside a compiled program (numpyro's initialisation),
-    # each compiling small programs (0.5 s of a cold posterior on the default study)
+    # validate_args=False: the prior's parameters come from the spec's checked numbers and the partition's floored
+    # spreads (a hand-built MixturePrior is not checked); numpyro's checks would run eagerly whenever the model is
+    # run outside a compiled program (numpyro's initialisation), each compiling small programs (0.5 s of a cold
+    # posterior on the default study)
     weights = numpyro.sample("weights", dist.Dirichlet(jnp.full((k,), prior.dirichlet_alpha), validate_args=False))
     means = numpyro.sample("means", dist.Normal(prior.centroids, prior.mean_scales, validate_args=False).to_event(2))
     scales = numpyro.sample("scales", dist.HalfCauchy(jnp.full((k, d), prior.scale_prior),

@@ -196,11 +196,22 @@ def laplace_scales(potential, params: dict, hessian=None) -> dict:
     diagonal alone would cost the same Hessian-vector products); ``inf`` where the curvature is
     not positive.
     """
-    flat, unravel = ravel_pytree(params)
     if hessian is None:
         hessian = hessian_matrix(potential, params)
     h = np.diagonal(np.asarray(hessian))
-    return jax.jit(unravel)(jnp.asarray(np.where(h > 0, 1.0 / np.sqrt(np.where(h > 0, h, 1.0)), np.inf), flat.dtype))
+    return _host_unravel(params, np.where(h > 0, 1.0 / np.sqrt(np.where(h > 0, h, 1.0)), np.inf))
+
+
+def _host_unravel(tree, flat) -> dict:
+    """``flat`` ``(..., P)`` (in ravel_pytree's order of ``tree``'s leaves) as a pytree like ``tree`` with the
+    leading axes of ``flat``: split and reshaped on the host (run op by op, JAX compiled a program per step, and
+    a jitted ``unravel`` is a new closure, compiled again, at every call)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    flat = np.asarray(flat)
+    parts = np.split(flat, np.cumsum([np.size(leaf) for leaf in leaves])[:-1], axis=-1)
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(part.reshape(flat.shape[:-1] + np.shape(leaf)),
+                                                              jnp.result_type(leaf))
+                                                  for part, leaf in zip(parts, leaves)])
 
 
 def hessian_matrix(potential, params: dict) -> np.ndarray:
@@ -264,7 +275,7 @@ DENSE_ADAPTATION_MAX = 100  # parameters: numpyro adapts a dense metric up to th
 METRICS = ("auto", "diagonal", "dense", "laplace")
 # metric = "auto": dense where numpyro's last slow warmup window, from whose draws it estimates the dense matrix,
 # holds at least this many draws per parameter (200 draws of a 500-iteration warmup: up to 50 parameters).  The
-# default study (P = 29, 7 per parameter): the dense metric takes 40-52 leapfrog steps per iteration against
+# default study at K = 10 (P = 29, 7 per parameter): the dense metric takes 40-52 leapfrog steps per iteration against
 # 106-116, run_nuts 2 s shorter at 0.85-1.2x the ESS per second (NUTS keys 0-3).  Four-well (P = 95, 2 per
 # parameter): it halves the steps, run_nuts 1-5 s shorter of 26, at 0.8-1.0x the ESS per second, and did worse
 # on the key whose chains leave their mode (min ESS 34 against 124).
@@ -366,14 +377,19 @@ def _lbfgs(potential, batch, max_steps: int):
     ``max_steps`` iterations, stopping early at a vanishing gradient (:data:`POLISH_GRADIENT`) or once an
     iteration lowers the potential by less than :data:`POLISH_DECREASE` of it.  A point is never made
     worse: a non-finite or higher result gives the point back.  (optax's L-BFGS inside the jitted search
-    took about 4 s to compile on the default study, for a polish that runs in well under one.)"""
+    took about 4 s to compile on the default study, for a polish that runs in well under one.)
+
+    Returns ``(points, potentials)``: the polished batch and each point's potential there (non-finite where
+    the potential is)."""
     import scipy.optimize
 
     # flattened and rebuilt on the host, in ravel_pytree's order (run op by op, JAX compiled a program per step)
     leaves, treedef = jax.tree_util.tree_flatten(batch)
     leaves = [np.asarray(leaf) for leaf in leaves]
     flats = np.concatenate([leaf.reshape(len(leaf), -1) for leaf in leaves], axis=1)
-    unravel = ravel_pytree(jax.tree_util.tree_unflatten(treedef, [leaf[0] for leaf in leaves]))[1]
+    first = jax.tree_util.tree_unflatten(treedef, [leaf[0] for leaf in leaves])
+    unravel = ravel_pytree(first)[1]
+
     def packed(v):  # the value and gradient in one array: one transfer to the host per call (a third faster)
         value, grad = jax.value_and_grad(lambda u: potential(unravel(u)))(v)
         return jnp.concatenate([value[None], grad])
@@ -387,15 +403,15 @@ def _lbfgs(potential, batch, max_steps: int):
 
     out, energies = [], []
     for flat in np.asarray(flats, np.float64):
-        start = fun(flat)[0]
+        both = np.asarray(value_and_grad(flat), np.float64)
+        raw = float(both[0])  # the potential itself, also where its gradient is not finite
+        start = raw if np.all(np.isfinite(both)) else np.inf
         res = scipy.optimize.minimize(fun, flat, jac=True, method="L-BFGS-B",
                                       options={"maxiter": max_steps, "gtol": POLISH_GRADIENT, "ftol": POLISH_DECREASE})
         moved = np.isfinite(res.fun) and res.fun <= start
         out.append(res.x if moved else flat)
-        energies.append(float(res.fun) if moved else start)
-    columns = np.split(np.stack(out), np.cumsum([leaf[0].size for leaf in leaves])[:-1], axis=1)
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(c.reshape(leaf.shape), leaf.dtype)
-                                                  for c, leaf in zip(columns, leaves)]), np.asarray(energies)
+        energies.append(float(res.fun) if moved else raw)
+    return _host_unravel(first, np.stack(out)), np.asarray(energies)
 
 
 def _over_devices(batched, tree):
@@ -644,7 +660,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # from the first windows' 25-100 draws is worse than none at large P (Lorenz-63, P = 319: 42 leapfrog
     # steps per iteration in the Laplace metric, 270-390 once numpyro re-estimated it).  The Laplace
     # metric kept fixed misses the directions in which a mixture's posterior is far wider than its
-    # curvature at the mode (default study, P = 29: whitened by it, the posterior's variances span 0.07-40).
+    # curvature at the mode (default study at K = 10, P = 29: whitened by it, the posterior's variances span 0.07-40).
     # "auto" (resolved_metric) takes the dense metric up to 50 parameters (500 warmup iterations), the diagonal beyond
     # (benchmarks/bench_sampler.py --metric-studies): on Lorenz-63 (P = 319) at its coarsened zeta 0.125,
     # the whitened metric takes 45 steps per iteration against 91 but its min ESS is 69 against 245 (r_hat
