@@ -37,7 +37,7 @@ __all__ = ["mixture_score", "mixture_log_density", "mixture_divergence", "mixtur
            "score_coefficients", "coefficient_score", "coefficient_fields", "ScoreSummary", "score_draws", "summarize_scores",
            "thin_draws", "predictive_score_fn", "predictive_drift", "field_draws", "physical_draws", "band_with_bias",
            "summarize_log_densities", "summarize_divergences", "band_around", "posterior_mean_fields",
-           "posterior_mean_score", "ChainDraws", "evenly_spaced_draws"]
+           "posterior_mean_score", "ChainDraws", "evenly_spaced_draws", "pad_rows"]
 
 
 def _whitened(weights, means, cov_chol, x):
@@ -157,6 +157,14 @@ CHUNK_ELEMENTS = 1 << 24  # per chunk of points, S x points x K x d x d at most:
 # whitened residuals' size; the dense form's intermediates, S x points x (2 K + d x d), are smaller)
 
 
+def pad_rows(block, rows: int) -> np.ndarray:
+    """``block`` ``(n, d)`` with its last row repeated up to ``rows`` rows (as it is when it has that many): a
+    last chunk of points padded to the others' shape, so that one compiled program serves every chunk (the
+    functions evaluated are pointwise; the padding's outputs are dropped)."""
+    block = np.asarray(block)
+    return block if len(block) >= rows else np.concatenate([block, np.repeat(block[-1:], rows - len(block), axis=0)])
+
+
 def _in_chunks(evaluate, draws, x, chunk: int):
     """``evaluate(*draws, block)`` over chunks of points ``x``; each output joined along axis 1 (the points).
     The chunk shrinks (by powers of two) so that the draws' intermediates stay bounded: a thousand draws
@@ -169,8 +177,8 @@ def _in_chunks(evaluate, draws, x, chunk: int):
     for i in range(0, len(x), chunk):
         block = x[i:i + chunk]
         size = len(block)
-        if size < chunk < len(x):  # the last chunk padded (its last point repeated) to the others' shape: one program
-            block = np.concatenate([block, np.repeat(block[-1:], chunk - size, axis=0)])
+        if size < chunk < len(x):  # the last chunk padded to the others' shape: one program
+            block = pad_rows(block, chunk)
         parts.append(tuple(np.asarray(a)[:, :size] for a in evaluate(*draws, jnp.asarray(block))))
     return tuple(np.concatenate([p[j] for p in parts], axis=1) for j in range(len(parts[0])))
 
@@ -237,8 +245,7 @@ def posterior_mean_score(weights, means, cov_chol, x, chunk: int = MEAN_SCORE_CH
     parts = []
     for i in range(0, len(x), chunk):
         block = x[i:i + chunk]
-        padded = np.concatenate([block, np.zeros((chunk - len(block), x.shape[1]))]) if len(block) < chunk else block
-        parts.append(np.asarray(_mean_score_of(coeffs, jnp.asarray(padded)))[:len(block)])
+        parts.append(np.asarray(_mean_score_of(coeffs, jnp.asarray(pad_rows(block, chunk))))[:len(block)])
     return np.concatenate(parts)
 
 

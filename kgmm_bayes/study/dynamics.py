@@ -32,7 +32,7 @@ from scipy.stats import norm
 
 from .._keys import host_rng
 from .._picks import evenly_spaced
-from ..bayes.score import score_draws
+from ..bayes.score import pad_rows, score_draws
 from ..metrics.correlation import correlation_functions
 from ..metrics.series import decorrelation_time, integrated_time
 from ..rom.ensemble import autocorrelation
@@ -86,9 +86,7 @@ def _evaluate(drift_fn, drift_params, z) -> np.ndarray:
     for i in range(0, len(z), CHUNK):
         block = np.asarray(z[i:i + CHUNK], np.float32)
         size = len(block)
-        padded = min(CHUNK, 1 << max(4, int(np.ceil(np.log2(max(size, 1))))))
-        if size < padded:
-            block = np.concatenate([block, np.repeat(block[-1:], padded - size, axis=0)])
+        block = pad_rows(block, min(CHUNK, 1 << max(4, int(np.ceil(np.log2(max(size, 1)))))))
         parts.append(np.asarray(fn(drift_params, jnp.asarray(block)), np.float64)[:size])
     return np.concatenate(parts)
 
