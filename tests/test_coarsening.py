@@ -188,7 +188,13 @@ def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_
                                 0.0)
 
     runs = [fake(0.3), fake(0.0)]
-    monkeypatch.setattr(stages, "run_nuts", lambda *args, **kwargs: runs.pop(0))
+    first_run, warm_starts = runs[0], []
+
+    def fake_run(*args, **kwargs):
+        warm_starts.append(kwargs.get("warm"))
+        return runs.pop(0)
+
+    monkeypatch.setattr(stages, "run_nuts", fake_run)
     # autocorrelation inflation R = 2: the first posterior is sampled at zeta = 1 / R = 0.5, the second at 0.25
     monkeypatch.setattr(stages, "error_terms", lambda *args, **kwargs: {"reference": 0, "score": (2.0, 0.0),
                                                                          "log density": (2.0, 0.0)})
@@ -202,6 +208,8 @@ def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_
     spec = spec_from_dict({"data": {"path": "unused.npy"}, "mixture": {"components": 2}})
     post, choice = stages.sample_posterior(spec, jax.random.key(0), part, x)
     assert runs == [] and choice.zeta == 0.25  # both posteriors were sampled; the second is kept
+    # the second starts at the first's draws, its metric the first's spread times 0.5 / 0.25
+    assert warm_starts[0] is None and warm_starts[1][0] is first_run and warm_starts[1][1] == 2.0
     assert factors == [1.0, 0.5]
     # the first posterior's draws (sampled at 1 / R = 0.5) are kept with the second to drive the model
     drive, zeta = stages.model_draws(post, "the kept posterior's draws", spec.score.max_draws)

@@ -475,3 +475,37 @@ def test_jittered_copies_draw_the_asked_noise_from_the_key():
     other = _jittered(jax.random.key(4), tree, 3, 0.5)
     assert not np.allclose(np.asarray(other["a"])[0], tree["a"])
     assert not np.allclose(np.asarray(other["a"]), np.asarray(out["a"])[:3])
+
+
+def test_a_warm_start_begins_at_the_first_posterior_s_draws_and_samples_its_own_posterior():
+    """A second posterior of the same model at a quarter of the likelihood (the coarsening's kept posterior
+    after its first) started warm (run_nuts' ``warm``): its chains start at the first's last draws, its
+    metric is the first's pooled within-chain spread times 4 (an identity, checked against the transforms
+    written out by hand), no MAP search runs, and it samples its own, wider posterior: the weight's sd
+    doubles (binomial error of zeta N = 1000 snapshots), its mean stays within 5 sd."""
+    from kgmm_bayes.bayes.mixture import mixture_model, quadratic_features
+    from kgmm_bayes.bayes.sampler import warm_start_values
+
+    zs, part, prior = _two_component_problem()
+    config = SamplerConfig(chains=2, warmup=200, draws=200)
+    first = run_nuts(jax.random.key(1), part.points, part.counts, prior, initial_values(part), config)
+    args = (quadratic_features(jax.numpy.asarray(part.points)), jax.numpy.asarray(part.counts), prior)
+    last, metric = warm_start_values(first, mixture_model, args, ("weights", "means", "scales"), 4.0, dense=False)
+    # ravel_pytree's order: means (2), scales (2), weights (stick-breaking: 1)
+    w = first.sites["weights"]
+    u = np.concatenate([first.sites["means"].reshape(2, 200, 2), np.log(first.sites["scales"]).reshape(2, 200, 2),
+                        np.log(w[..., :1] / w[..., 1:])], axis=-1)
+    np.testing.assert_allclose(last, u[:, -1], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(metric, 4.0 * np.mean(np.var(u, axis=1, ddof=1), axis=0), rtol=1e-10)
+    _, dense = warm_start_values(first, mixture_model, args, ("weights", "means", "scales"), 4.0, dense=True)
+    np.testing.assert_allclose(np.diag(dense), metric, rtol=1e-12)
+
+    counts = np.asarray(part.counts) * 0.25
+    second = run_nuts(jax.random.key(2), part.points, counts, prior, initial_values(part), config, warm=(first, 4.0))
+    assert bool(second.sample_stats["warm_start"]) and "map_potential_energies" not in second.sample_stats
+    assert "map_potential_energies" in first.sample_stats and "warm_start" not in first.sample_stats
+    small = np.sort(second.weights.reshape(-1, 2), axis=1)[:, 0]
+    binom_sd = np.sqrt(0.21 / 1000)
+    assert abs(small.mean() - 0.3) < 5 * binom_sd
+    np.testing.assert_allclose(small.std(), binom_sd, rtol=0.5)
+    assert int(second.sample_stats["diverging"].sum()) == 0

@@ -11,6 +11,8 @@ that the between-chain diagnostics mean something.  With ``chain_starts =
 :data:`SPREAD_NATS` of the best instead, and with ``"distinct"`` at one of the
 best distinct optima however far below (:func:`spread_starts`), so that chains
 settle in different modes, which :mod:`kgmm_bayes.bayes.stacking` then weighs.
+A second posterior of the same model (the coarsening's kept one) can instead start
+where a first one ended (``run_nuts``' ``warm``), each chain at its own chain's last draw.
 
 With ``shard_data`` the likelihood's points are instead split by rows over all
 devices (``jax.sharding``): each device holds ``M / devices`` rows of the
@@ -577,8 +579,32 @@ def _unwhiten(u, model, model_args, centre, chol, unravel):
     return {k: jnp.reshape(v, shape + v.shape[1:]) for k, v in sites.items()}
 
 
+def warm_start_values(post: PosteriorSamples, model, model_args, names, scale: float, dense: bool):
+    """Where a second posterior of the same model starts when a first one was sampled (the coarsening's kept
+    posterior after its first, :func:`kgmm_bayes.study.stages.sample_posterior`): each chain's last draw of
+    ``post`` in unconstrained space ``(chains, P)``, and the pooled within-chain covariance of all its draws
+    (``dense``, as a diagonal matrix when the draws are too few for it to have full rank; else its diagonal)
+    times ``scale``, as NUTS's initial inverse metric.  A posterior whose
+    likelihood counts ``zeta`` times the snapshots is about ``1 / zeta`` times wider, so ``scale`` is the
+    first posterior's zeta over the second's.  ``names``: the model's sampled sites."""
+    chains, draws = post.weights.shape[:2]
+    if draws < 2:
+        raise ValueError(f"a warm start needs at least 2 draws per chain, got {draws}")
+    sites = {n: jnp.asarray(np.reshape(post.sites[n], (chains * draws,) + np.shape(post.sites[n])[2:])) for n in names}
+    flat = jax.jit(jax.vmap(lambda v: ravel_pytree(unconstrain_fn(model, model_args, {}, v))[0]))(sites)
+    u = np.asarray(flat, np.float64).reshape(chains, draws, -1)
+    centred = u - u.mean(axis=1, keepdims=True)
+    if dense:
+        metric = np.einsum("csp,csq->pq", centred, centred) / (chains * (draws - 1))
+        if chains * (draws - 1) <= u.shape[-1]:  # too few draws for a full-rank covariance: its diagonal
+            metric = np.diag(np.diag(metric))
+    else:
+        metric = np.sum(centred ** 2, axis=(0, 1)) / (chains * (draws - 1))
+    return u[:, -1], float(scale) * metric
+
+
 def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: SamplerConfig,
-             point_covariances=None, drifting=None) -> PosteriorSamples:
+             point_covariances=None, drifting=None, warm=None) -> PosteriorSamples:
     """Sample the mixture posterior with NUTS on weighted points ``(M, d)``.
 
     With ``point_covariances`` ``(M, d, d)`` the points are cells (a coreset) entering
@@ -590,6 +616,16 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     ``post_warmup_state``): their draws so far count as warmup and as many new draws replace them
     (every chain keeps ``config.draws``).  ``sample_stats["continuations"]`` ``(chains,)`` counts
     how many times each chain's draws were replaced.
+
+    ``warm``: ``(post, scale)``, a posterior of the same model already sampled with as many chains (the
+    coarsening's first posterior) and the ratio of its likelihood power to this one's.  Each chain then starts
+    at its own chain's last draw and warmup starts in ``post``'s pooled within-chain covariance times
+    ``scale`` (:func:`warm_start_values`), instead of at MAP searches in their Laplace metric: no MAP
+    search, Hessian or pilot draws are computed.  Where ``post`` sampled merged cells ("auto"), this posterior
+    samples as many (merged with its own key), rechecked on its draws as a choice of the cells is.  Ignored
+    in whitened coordinates (``metric = "laplace"`` or a dense metric beyond :data:`DENSE_ADAPTATION_MAX`
+    parameters), which the Laplace covariance defines.  ``sample_stats["start_optima"]`` stays ``post``'s:
+    each chain is still the unit of the MAP optimum its first chain started at.
     """
     if config.likelihood_cells != "auto" and (isinstance(config.likelihood_cells, bool)
                                               or not isinstance(config.likelihood_cells, (int, np.integer))
@@ -611,9 +647,22 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     init_unconstrained = jax.jit(lambda values: unconstrain_fn(model, model_args, {}, values))(init)
     metric = resolved_metric(config.metric, ravel_pytree(init_unconstrained)[0].size, config.warmup, sharded,
                              config.dense_mass)
+    dense = metric != "diagonal"
+    fixed = metric == "laplace"
+    whiten = metric == "whitened" or (fixed and not sharded)
+    if warm is not None and (whiten or warm[0].num_chains != config.chains):
+        warm = None  # whitened coordinates are the Laplace covariance's; other chains are other units
     jitter_key, run_key, map_key = jax.random.split(key, 3)
     map_energies, starts, picks = None, None, None
-    if config.map_starts > 0:
+    warm_inverse = None
+    if warm is not None:
+        last, warm_inverse = warm_start_values(warm[0], model, model_args, tuple(init), warm[1], dense)
+        _, unravel_one = ravel_pytree(init_unconstrained)
+        init_unconstrained = unravel_one(jnp.asarray(last[0]))
+        starts = jax.vmap(unravel_one)(jnp.asarray(last))
+        if "start_optima" in warm[0].sample_stats:
+            picks = np.asarray(warm[0].sample_stats["start_optima"])
+    elif config.map_starts > 0:
         init_unconstrained, map_energies, optima = find_map(map_key, model_args, init_unconstrained,
                                                             config.map_starts, config.map_steps, model=model,
                                                             return_all=True, polish=config.map_polish,
@@ -626,15 +675,17 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # init_jitter.  A fixed jitter of 0.05 is tens of posterior sds for a mean fitted on 1e5
     # snapshots: chains then fall back from far off and can land in another local mode.
     potential = functools.partial(_potential, model, model_args)
-    dense = metric != "diagonal"
-    fixed = metric == "laplace"
     cells = None if point_covariances is None or sharded else _coreset.Coreset(
         np.asarray(points, np.float64), np.asarray(counts, np.float64), np.asarray(point_covariances, np.float64))
-    choose = cells is not None and config.likelihood_cells == "auto" and config.map_starts > 0
+    choose = cells is not None and config.likelihood_cells == "auto" and config.map_starts > 0 and warm is None
+    # a warm start samples as many cells as its first posterior did, rechecked on the draws as a choice is
+    warm_cells = None
+    if warm is not None and cells is not None and config.likelihood_cells == "auto":
+        warm_cells = int(warm[0].sample_stats.get("likelihood_cells", len(cells.points)))
     # the dense metric and the coreset's choice need the whole Hessian: computed once, its diagonal gives the
     # scales too (laplace_scales would compute it anyway)
-    hessian = hessian_matrix(potential, init_unconstrained) if dense or choose else None
-    sd = laplace_scales(potential, init_unconstrained, hessian=hessian)
+    hessian = hessian_matrix(potential, init_unconstrained) if warm is None and (dense or choose) else None
+    sd = None if warm is not None else laplace_scales(potential, init_unconstrained, hessian=hessian)
     # The likelihood NUTS samples: the cells, or a coarser merge of them (kgmm_bayes.bayes.coreset) that moves
     # posterior means by about a tenth of their sd at most (first order; 0.2 as rechecked on the draws); the MAP
     # search, the metric and the starts use the cells.
@@ -644,12 +695,17 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
                               _coreset.PILOT_DRAWS)
         merged, ladder_table = _coreset.choose_cells(cells, prior.centroids.shape[0], pilot,
                                                      _seed_from_key(jax.random.fold_in(map_key, 2)))
-    elif cells is not None and config.likelihood_cells != "auto" and int(config.likelihood_cells) < len(cells.points):
-        merged = _coreset.merge_cells(*cells, int(config.likelihood_cells), _seed_from_key(jax.random.fold_in(map_key, 2)))
+    elif cells is not None and (warm_cells or config.likelihood_cells != "auto") and \
+            int(warm_cells or config.likelihood_cells) < len(cells.points):
+        merged = _coreset.merge_cells(*cells, int(warm_cells or config.likelihood_cells),
+                                      _seed_from_key(jax.random.fold_in(map_key, 2)))
     sample_args = model_args if merged is cells else (merged.features(), jnp.asarray(merged.counts), prior)
-    scale = jax.tree_util.tree_map(lambda v: np.minimum(np.asarray(v), config.init_jitter), sd)
-    init_params = _jittered(jitter_key, init_unconstrained, config.chains, scale)
-    if starts is not None:  # each chain at its own optimum, with the same jitter
+    if warm is not None:  # each chain at its own chain's last draw
+        init_params = starts
+    else:
+        scale = jax.tree_util.tree_map(lambda v: np.minimum(np.asarray(v), config.init_jitter), sd)
+        init_params = _jittered(jitter_key, init_unconstrained, config.chains, scale)
+    if starts is not None and warm is None:  # each chain at its own optimum, with the same jitter
         init_params = jax.tree_util.tree_map(lambda s, p, c: s + (p - c[None]), starts, init_params,
                                              init_unconstrained)
     centre, unravel = ravel_pytree(init_unconstrained)
@@ -670,7 +726,6 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # against 89 steps, min ESS 25 diagonal; 2 chains at each of two other optima, whitened by their own, min
     # ESS 16 and 3 against 42 and 73 diagonal.  At zeta 1 the
     # whitened chains diverged (28-139 divergences) and split into modes (r_hat within modes 1.24-1.27).
-    whiten = metric == "whitened" or (fixed and not sharded)
     # the progress display: reported from inside the compiled chains (numpyro's own bar is off) for long samplers,
     # else by rounds of chains (TICKING_MIN_WORK)
     work = float(np.prod(sample_args[0].shape[-2:])) * prior.centroids.shape[0] * config.chains * (
@@ -688,7 +743,9 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         # steps sized for the widest coordinates throw chains out of the start's mode along the narrowest
         # (posterior sds of means ~1e-3 at 1e5 snapshots).  Diagonal: the Laplace variances, at most 1.
         inverse_mass = None
-        if dense and (config.laplace_metric or fixed):  # a fixed metric is always the Laplace covariance
+        if warm_inverse is not None:
+            inverse_mass = jnp.asarray(warm_inverse)
+        elif dense and (config.laplace_metric or fixed):  # a fixed metric is always the Laplace covariance
             inverse_mass = laplace_covariance(potential, init_unconstrained, hessian=hessian)
         elif config.laplace_metric:
             inverse_mass = ravel_pytree(jax.tree_util.tree_map(lambda v: jnp.clip(v, 1e-8, 1.0) ** 2, sd))[0]
@@ -746,6 +803,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
             extra["map_potential_energies"] = map_energies  # (starts,), one per MAP search
         if picks is not None:
             extra["start_optima"] = np.asarray(picks)  # (chains,): the MAP search each chain started at
+        if warm is not None:
+            extra["warm_start"] = np.asarray(True)  # started at another posterior's draws (no MAP search)
         if config.extend > 0:
             extra["continuations"] = continuations.copy()
         return PosteriorSamples(weights=sites["weights"], means=sites["means"], cov_chol=sites["cov_chol"],
@@ -779,11 +838,12 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
                                                likelihood_ladder=np.asarray(ladder_table, np.float64)))
     # the gap D = loglik_cells - loglik_merged at every draw: its sd bounds how far any posterior mean moved
     gaps = _coreset.loglik_gaps(cells, merged, *post.flat()).reshape(post.weights.shape[:2])
-    if choose and not np.std(gaps) <= 2 * _coreset.GAP_SD:  # the pilot misjudged: sample the cells themselves
+    if (choose or warm_cells) and not np.std(gaps) <= 2 * _coreset.GAP_SD:  # misjudged: sample the cells themselves
         post = run_nuts(key, points, counts, prior, init, config._replace(likelihood_cells=len(cells.points)),
-                        point_covariances=point_covariances, drifting=drifting)
-        stats = dict(post.sample_stats, likelihood_rejected=np.asarray([len(merged.points), np.std(gaps)]),
-                     likelihood_ladder=np.asarray(ladder_table, np.float64))
+                        point_covariances=point_covariances, drifting=drifting, warm=warm)
+        stats = dict(post.sample_stats, likelihood_rejected=np.asarray([len(merged.points), np.std(gaps)]))
+        if ladder_table is not None:
+            stats["likelihood_ladder"] = np.asarray(ladder_table, np.float64)
         return post._replace(sample_stats=stats, wall_time=time.perf_counter() - start)
     # the potential (lp in posterior.nc) on the cells' scale, as the MAP searches' are: U_cells = U_merged - D
     # ("energy", the Hamiltonian NUTS conserved, stays the merged one's: BFMI is about the chains' moves)

@@ -235,7 +235,9 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     ``zeta = 1 / R`` and only the kept posterior is sampled, with the same key it would get after
     a standard one; with ``[mixture] coarsening_bound = "stein"`` a significant bias that the bumps'
     score-matching gap then finds asks for a second, more coarsened posterior.  A well-specified fit
-    costs one posterior and keeps its numbers.
+    costs one posterior and keeps its numbers.  A second posterior starts where the first ended (``run_nuts``'
+    ``warm``: each chain at its own chain's last draw, its metric the first's spread times the ratio of the two
+    zetas), without MAP searches of its own.
     ``z``: the snapshots in their time order (the error estimate fits contiguous blocks of them).
     """
     snapshots = int(round(float(np.sum(part.counts))))  # all of them (z may be a streamed study's sample)
@@ -250,10 +252,11 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     def drifting(post):  # chains that convergence_summary would fault on r_hat: run_nuts runs them on
         return drifting_chains(post, part.points, part.counts, stacks=spec.partition.coreset)
 
-    def run(run_key, zeta):
+    def run(run_key, zeta, after=None):  # after: (first posterior, its zeta), where this one starts (warm start)
         scaled = counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
+        warm = None if after is None else (after[0], after[1] / zeta)
         return run_nuts(run_key, points, scaled, prior, initial_values(part), config, point_covariances=covs,
-                        drifting=drifting)
+                        drifting=drifting, warm=warm)
 
     if m.coarsening == "off":
         return run(key, 1.0), OFF
@@ -302,14 +305,14 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         gap = gap_of(first, zeta)
         choice = choice_from(first, gap, zeta)
         if choice.zeta < zeta:
-            post = run(jax.random.fold_in(key, 1 if zeta == 1.0 else 3), choice.zeta)
+            post = run(jax.random.fold_in(key, 1 if zeta == 1.0 else 3), choice.zeta, after=(first, zeta))
             if zeta < 1.0:  # v came from the first posterior, sampled at 1 / R, not from the one kept
                 choice = choice._replace(variance_from="first posterior x its zeta")
         return kept(post, gap, first, choice.zeta, zeta), choice
     standard = run(key, 1.0)
     gap = gap_of(standard, 1.0)
     choice = choice_from(standard, gap, 1.0)
-    post = standard if choice.zeta == 1.0 else run(jax.random.fold_in(key, 1), choice.zeta)
+    post = standard if choice.zeta == 1.0 else run(jax.random.fold_in(key, 1), choice.zeta, after=(standard, 1.0))
     return kept(post, gap, standard, choice.zeta, 1.0), choice
 
 
