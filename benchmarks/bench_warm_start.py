@@ -29,7 +29,7 @@ WAYS = ("cold", "warm")
 
 def one_way(spec_name: str, way: str, settings: str = "") -> dict:
     """The second posterior's figures, started ``way``; ``{}`` when the study samples one posterior."""
-    import kgmm_bayes  # noqa: F401
+    import kgmm_bayes  # noqa: F401  (float64 on, host devices)
     import numpy as np
 
     import tomllib
@@ -90,7 +90,7 @@ def main(argv=None):
         return 0
     base = results["cold"]["min_ess"] / results["cold"]["wall"]
     print(f"second posterior of {args.spec} (fresh process each, compilation cache off)")
-    print(f"| start | wall s | steps/iteration | gradients | divergences | min ESS | r_hat | ESS/s | ESS/s ratio |")
+    print("| start | wall s | steps/iteration | gradients | divergences | min ESS | r_hat | ESS/s | ESS/s ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
     for way, r in results.items():
         rate = r["min_ess"] / r["wall"]
