@@ -451,6 +451,16 @@ def test_report_names_the_chains_that_ran_on():
     assert line.endswith("chain 1 2 times, chain 3 1 time")
 
 
+def test_report_says_a_second_posterior_started_where_the_first_ended():
+    from kgmm_bayes.study.report import warm_start_lines
+
+    assert warm_start_lines({}) == [] and warm_start_lines({"distinct_starts": 3}) == []
+    (line,) = warm_start_lines({"warm_start": True, "distinct_starts": 11})
+    assert "where the first posterior's chains ended" in line and line.endswith("(theirs started at 11 distinct MAP optima)")
+    (line,) = warm_start_lines({"warm_start": True})
+    assert line.endswith("with no MAP search of their own")
+
+
 def test_jittered_copies_draw_the_asked_noise_from_the_key():
     # _jittered draws its noise on the host from the key's bits: copies of the tree plus N(0, scale^2) per
     # coordinate (the sample's mean and sd within 5 standard errors of n = 20,000 copies), the first copy kept

@@ -169,6 +169,15 @@ def continuation_lines(continuations) -> list:
                                                           for c, n in ran_on)]
 
 
+def warm_start_lines(post: dict) -> list:
+    """The report's line on a second posterior started where the first one's chains ended (none otherwise)."""
+    if not post.get("warm_start"):
+        return []
+    n = post.get("distinct_starts")
+    return ["- the coarsening's second posterior: its chains started where the first posterior's chains ended, "
+            "with no MAP search of their own" + (f" (theirs started at {n} distinct MAP optima)" if n else "")]
+
+
 def _dynamics_lines(dyn, names) -> list:
     """The model in the data's time, in words (see kgmm_bayes.study.dynamics)."""
     if not dyn:
@@ -283,6 +292,7 @@ def write_report(path, spec, metrics: dict) -> None:
                      + (" (within 10 nats of the best)" if how == "spread" else ""))
         lines.append(f"- chains started {where} of {len(post['map_search_log_posteriors'])} MAP searches; "
                      f"optima span {optima[0] - optima[-1]:.1f} nats of log posterior (local modes)")
+    lines += warm_start_lines(post)
     lines += likelihood_lines(post)
     modes = post.get("chain_modes")
     if modes and len(modes["modes"]) > 1:

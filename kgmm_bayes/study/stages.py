@@ -463,6 +463,8 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         convergence["chain_starts"] = spec.sampler.chain_starts
     if "start_optima" in post.sample_stats:  # "spread" or "distinct": how many distinct optima the chains start at
         convergence["distinct_starts"] = int(np.unique(post.sample_stats["start_optima"]).size)
+    if "warm_start" in post.sample_stats:  # a second posterior, started where the first one's chains ended
+        convergence["warm_start"] = True
     if "metric" in post.sample_stats:  # the metric NUTS ran in (sampler.resolved_metric)
         convergence["metric"] = str(post.sample_stats["metric"])
     if "continuations" in post.sample_stats:  # [sampler] extend: how often each chain's draws were replaced
