@@ -7,7 +7,8 @@ first posterior, its error terms and gap, then the second posterior either way. 
 (the first is the same run in both; the model's drift comes from it, so the model does not change).
 Reported per way: the second posterior's wall time (its MAP searches and compilation included, as a study
 pays them), mean leapfrog steps per iteration, gradients of its sampling phase, divergences, min bulk ESS of
-the label-invariant probes, worst r_hat, ESS per second, and ESS per second over the cold way's.  A study
+the label-invariant probes, worst r_hat, ESS per second, and ESS per second over the cold way's; "warm start
+used" says whether the sampler took it (it ignores it with the Laplace metric, fixed or whitened).  A study
 whose coarsening samples one posterior has nothing to compare and says so.
 
     python benchmarks/bench_warm_start.py four_well_2d      # about 2 minutes
@@ -90,11 +91,12 @@ def main(argv=None):
         return 0
     base = results["cold"]["min_ess"] / results["cold"]["wall"]
     print(f"second posterior of {args.spec} (fresh process each, compilation cache off)")
-    print("| start | wall s | steps/iteration | gradients | divergences | min ESS | r_hat | ESS/s | ESS/s ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| start | warm start used | wall s | steps/iteration | gradients | divergences | min ESS | r_hat | ESS/s "
+          "| ESS/s ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for way, r in results.items():
         rate = r["min_ess"] / r["wall"]
-        print(f"| {way} | {r['wall']:.1f} | {r['steps']:.1f} | {r['gradients']:,} | {r['divergences']} | {r['min_ess']:.0f} "
+        print(f"| {way} | {'yes' if r['warm'] else 'no'} | {r['wall']:.1f} | {r['steps']:.1f} | {r['gradients']:,} | {r['divergences']} | {r['min_ess']:.0f} "
               f"| {r['r_hat']:.4f} | {rate:.2f} | {rate / base:.2f} |")
     return 0
 

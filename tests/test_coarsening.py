@@ -162,9 +162,12 @@ def test_the_coarsening_does_not_follow_the_nuts_key(monkeypatch):
     assert seeds == [stages.COARSENING_SEED] * 3
 
 
-def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_bumps(monkeypatch):
+@pytest.mark.parametrize("bias", [0.0, 0.1])
+def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_bumps(monkeypatch, bias):
     """When the bumps ask for more coarsening, the posterior kept is the second one: the band's local bias is that
-    posterior mean's error field, measured on the bumps placed for the first (sample_posterior's ``kept``)."""
+    posterior mean's error field, measured on the bumps placed for the first (sample_posterior's ``kept``).
+    Without a bias the first posterior is sampled at 1 / R, with one at zeta = 1 (the standard posterior); the
+    second starts where the first ended either way."""
     import jax
 
     from kgmm_bayes.bayes.coarsening import Coarsening
@@ -195,9 +198,11 @@ def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_
         return runs.pop(0)
 
     monkeypatch.setattr(stages, "run_nuts", fake_run)
-    # autocorrelation inflation R = 2: the first posterior is sampled at zeta = 1 / R = 0.5, the second at 0.25
-    monkeypatch.setattr(stages, "error_terms", lambda *args, **kwargs: {"reference": 0, "score": (2.0, 0.0),
-                                                                         "log density": (2.0, 0.0)})
+    # autocorrelation inflation R = 2: the first posterior is sampled at zeta = 1 / R = 0.5 (with a bias: the
+    # standard posterior, zeta = 1), the second at 0.25
+    first_zeta = 0.5 if bias == 0.0 else 1.0
+    monkeypatch.setattr(stages, "error_terms", lambda *args, **kwargs: {"reference": 0, "score": (2.0, bias),
+                                                                         "log density": (2.0, bias)})
     monkeypatch.setattr(stages, "choose_zeta", lambda *args, **kwargs: Coarsening(method="auto", zeta=0.25, alpha=8e3))
     factors = []  # the draws' spread times R zeta is the posterior mean's sampling variance: R / R, then R x 0.25
 
@@ -208,12 +213,12 @@ def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_
     spec = spec_from_dict({"data": {"path": "unused.npy"}, "mixture": {"components": 2}})
     post, choice = stages.sample_posterior(spec, jax.random.key(0), part, x)
     assert runs == [] and choice.zeta == 0.25  # both posteriors were sampled; the second is kept
-    # the second starts at the first's draws, its metric the first's spread times 0.5 / 0.25
-    assert warm_starts[0] is None and warm_starts[1][0] is first_run and warm_starts[1][1] == 2.0
-    assert factors == [1.0, 0.5]
-    # the first posterior's draws (sampled at 1 / R = 0.5) are kept with the second to drive the model
+    # the second starts at the first's draws, its metric the first's spread times first_zeta / 0.25
+    assert warm_starts[0] is None and warm_starts[1][0] is first_run and warm_starts[1][1] == first_zeta / 0.25
+    assert factors == [2.0 * first_zeta, 0.5]
+    # the first posterior's draws (sampled at first_zeta) are kept with the second to drive the model
     drive, zeta = stages.model_draws(post, "the kept posterior's draws", spec.score.max_draws)
-    assert zeta == 0.5
+    assert zeta == first_zeta
     weights = post.sample_stats["model_chain_weights"] if bool(post.sample_stats["model_stacked"]) else None
     for a, b in zip(drive, thin_draws(fake(0.3), spec.score.max_draws, chain_weights=weights)):
         np.testing.assert_array_equal(a, b)

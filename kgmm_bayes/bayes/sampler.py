@@ -583,10 +583,11 @@ def warm_start_values(post: PosteriorSamples, model, model_args, names, scale: f
     """Where a second posterior of the same model starts when a first one was sampled (the coarsening's kept
     posterior after its first, :func:`kgmm_bayes.study.stages.sample_posterior`): each chain's last draw of
     ``post`` in unconstrained space ``(chains, P)``, and the pooled within-chain covariance of all its draws
-    (``dense``, as a diagonal matrix when the draws are too few for it to have full rank; else its diagonal)
-    times ``scale``, as NUTS's initial inverse metric.  A posterior whose
-    likelihood counts ``zeta`` times the snapshots is about ``1 / zeta`` times wider, so ``scale`` is the
-    first posterior's zeta over the second's.  ``names``: the model's sampled sites."""
+    (``dense``, as a diagonal matrix when the draws are too few for it to have full rank; else its diagonal),
+    shrunk towards 1e-3 as numpyro shrinks the metrics it adapts, times ``scale``, as NUTS's initial inverse
+    metric.  The variances of a posterior whose likelihood counts ``zeta`` times the snapshots are about
+    ``1 / zeta`` times larger, so ``scale`` is the first posterior's zeta over the second's.  ``names``: the
+    model's sampled sites."""
     chains, draws = post.weights.shape[:2]
     if draws < 2:
         raise ValueError(f"a warm start needs at least 2 draws per chain, got {draws}")
@@ -594,12 +595,14 @@ def warm_start_values(post: PosteriorSamples, model, model_args, names, scale: f
     flat = jax.jit(jax.vmap(lambda v: ravel_pytree(unconstrain_fn(model, model_args, {}, v))[0]))(sites)
     u = np.asarray(flat, np.float64).reshape(chains, draws, -1)
     centred = u - u.mean(axis=1, keepdims=True)
+    n = chains * (draws - 1)
     if dense:
-        metric = np.einsum("csp,csq->pq", centred, centred) / (chains * (draws - 1))
-        if chains * (draws - 1) <= u.shape[-1]:  # too few draws for a full-rank covariance: its diagonal
+        metric = np.einsum("csp,csq->pq", centred, centred) / n
+        if n <= u.shape[-1]:  # too few draws for a full-rank covariance: its diagonal
             metric = np.diag(np.diag(metric))
+        metric = n / (n + 5.0) * metric + 1e-3 * 5.0 / (n + 5.0) * np.eye(u.shape[-1])
     else:
-        metric = np.sum(centred ** 2, axis=(0, 1)) / (chains * (draws - 1))
+        metric = n / (n + 5.0) * np.sum(centred ** 2, axis=(0, 1)) / n + 1e-3 * 5.0 / (n + 5.0)
     return u[:, -1], float(scale) * metric
 
 
@@ -623,9 +626,10 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     ``scale`` (:func:`warm_start_values`), instead of at MAP searches in their Laplace metric: no MAP
     search, Hessian or pilot draws are computed.  Where ``post`` sampled merged cells ("auto"), this posterior
     samples as many (merged with its own key), rechecked on its draws as a choice of the cells is.  Ignored
-    in whitened coordinates (``metric = "laplace"`` or a dense metric beyond :data:`DENSE_ADAPTATION_MAX`
-    parameters), which the Laplace covariance defines.  ``sample_stats["start_optima"]`` stays ``post``'s:
-    each chain is still the unit of the MAP optimum its first chain started at.
+    with ``metric = "laplace"`` and in whitened coordinates (a dense metric beyond
+    :data:`DENSE_ADAPTATION_MAX` parameters), which the Laplace covariance defines, and when the chains
+    differ in number; ``laplace_metric`` does not apply to it.  ``sample_stats["start_optima"]`` stays
+    ``post``'s: each chain is still the unit of the MAP optimum its first chain started at.
     """
     if config.likelihood_cells != "auto" and (isinstance(config.likelihood_cells, bool)
                                               or not isinstance(config.likelihood_cells, (int, np.integer))
@@ -650,16 +654,14 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     dense = metric != "diagonal"
     fixed = metric == "laplace"
     whiten = metric == "whitened" or (fixed and not sharded)
-    if warm is not None and (whiten or warm[0].num_chains != config.chains):
-        warm = None  # whitened coordinates are the Laplace covariance's; other chains are other units
+    if warm is not None and (whiten or fixed or warm[0].num_chains != config.chains):
+        warm = None  # the fixed metric and whitened coordinates are the Laplace covariance's; other chains, other units
     jitter_key, run_key, map_key = jax.random.split(key, 3)
     map_energies, starts, picks = None, None, None
     warm_inverse = None
     if warm is not None:
         last, warm_inverse = warm_start_values(warm[0], model, model_args, tuple(init), warm[1], dense)
-        _, unravel_one = ravel_pytree(init_unconstrained)
-        init_unconstrained = unravel_one(jnp.asarray(last[0]))
-        starts = jax.vmap(unravel_one)(jnp.asarray(last))
+        starts = jax.vmap(ravel_pytree(init_unconstrained)[1])(jnp.asarray(last))
         if "start_optima" in warm[0].sample_stats:
             picks = np.asarray(warm[0].sample_stats["start_optima"])
     elif config.map_starts > 0:
@@ -739,7 +741,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
                       max_tree_depth=config.max_tree_depth, adapt_mass_matrix=not fixed)
         run_args = (model, sample_args, centre, chol, unravel)
     else:
-        # The first warmup window runs in the Laplace metric instead of the identity: with the identity,
+        # A warm start's first warmup window runs in the first posterior's spread (warm_start_values).  Otherwise
+        # the first warmup window runs in the Laplace metric instead of the identity: with the identity,
         # steps sized for the widest coordinates throw chains out of the start's mode along the narrowest
         # (posterior sds of means ~1e-3 at 1e5 snapshots).  Diagonal: the Laplace variances, at most 1.
         inverse_mass = None

@@ -140,6 +140,13 @@ METRIC_WORDS = {  # metrics.json posterior.metric (kgmm_bayes.bayes.sampler.reso
 }
 
 
+def _metric_words(post: dict) -> str:
+    """METRIC_WORDS of the metric NUTS ran in; a warm-started posterior's adapted from the first posterior's spread."""
+    if post.get("warm_start") and post["metric"] in ("diagonal", "dense"):
+        return f"{post['metric']} metric adapted from the first posterior's spread"
+    return METRIC_WORDS[post["metric"]]
+
+
 def likelihood_lines(post: dict) -> list:
     """The likelihood NUTS sampled: merged cells (kgmm_bayes.bayes.coreset), and what that moved."""
     lines = []
@@ -174,8 +181,9 @@ def warm_start_lines(post: dict) -> list:
     if not post.get("warm_start"):
         return []
     n = post.get("distinct_starts")
+    optima = "" if not n else f" (theirs started at {n} distinct MAP optim{'um' if n == 1 else 'a'})"
     return ["- the coarsening's second posterior: its chains started where the first posterior's chains ended, "
-            "with no MAP search of their own" + (f" (theirs started at {n} distinct MAP optima)" if n else "")]
+            "with no MAP search of their own" + optima]
 
 
 def _dynamics_lines(dyn, names) -> list:
@@ -278,7 +286,7 @@ def write_report(path, spec, metrics: dict) -> None:
         "## Posterior (label-invariant diagnostics)",
         f"- {post['chains']} chains x {post['draws']} draws; divergences {post['divergences']}; "
         f"mean leapfrog steps per iteration {_fmt(post['mean_steps_per_iteration'])}"
-        + (f" ({METRIC_WORDS[post['metric']]})" if post.get("metric") in METRIC_WORDS else ""),
+        + (f" ({_metric_words(post)})" if post.get("metric") in METRIC_WORDS else ""),
         f"- max r_hat {_fmt(post['max_r_hat'])}, min bulk ESS {_fmt(post['min_ess_bulk'])}, "
         f"min tail ESS {_fmt(post['min_ess_tail'])} (log density and score at probe points, sorted weights)",
     ]
