@@ -95,7 +95,9 @@ __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare
 # 11: the posterior keeps its mean's local error field (score_bias_* in sample_stats) for the score band.
 # 12: the bumps' gap and field add back the posterior mean's own projected sampling variance.
 # 13: a second posterior keeps the first one's draws (model_* in sample_stats), which drive the model.
-STAGE_SCHEMA = 13
+# 14: the chains' start jitter drawn on the host (kgmm_bayes._keys.host_rng); a second posterior starts where the
+# first one's chains ended (run_nuts' warm): other draws from the same key.
+STAGE_SCHEMA = 14
 GAP_DRAWS = 64  # posterior draws whose mean score the score-matching gap is measured for
 
 
