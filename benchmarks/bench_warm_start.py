@@ -42,7 +42,7 @@ def one_way(spec_name: str, way: str, settings: str = "") -> dict:
 
     spec = load_spec(spec_name, tomllib.loads(settings.replace("\\n", "\n")) if settings else None)
     data, z, part = study_partition(spec)
-    *_, mcmc_key = stages.study_keys(spec.study.seed)[:4]
+    mcmc_key = stages.study_keys(spec.study.seed)[3]  # (data, reference, partition, mcmc, ...)
     run_nuts, seconds = stages.run_nuts, []
 
     def timed(*args, warm=None, **kwargs):

@@ -596,13 +596,14 @@ def warm_start_values(post: PosteriorSamples, model, model_args, names, scale: f
     u = np.asarray(flat, np.float64).reshape(chains, draws, -1)
     centred = u - u.mean(axis=1, keepdims=True)
     n = chains * (draws - 1)
+    shrinkage = 1e-3 * 5.0 / (n + 5.0)  # the covariance times n / (n + 5), plus this (numpyro's, Stan's)
     if dense:
-        metric = np.einsum("csp,csq->pq", centred, centred) / n
+        metric = np.einsum("csp,csq->pq", centred, centred) / (n + 5.0)
         if n <= u.shape[-1]:  # too few draws for a full-rank covariance: its diagonal
             metric = np.diag(np.diag(metric))
-        metric = n / (n + 5.0) * metric + 1e-3 * 5.0 / (n + 5.0) * np.eye(u.shape[-1])
+        metric = metric + shrinkage * np.eye(u.shape[-1])
     else:
-        metric = n / (n + 5.0) * np.sum(centred ** 2, axis=(0, 1)) / n + 1e-3 * 5.0 / (n + 5.0)
+        metric = np.sum(centred ** 2, axis=(0, 1)) / (n + 5.0) + shrinkage
     return u[:, -1], float(scale) * metric
 
 
@@ -697,7 +698,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
                               _coreset.PILOT_DRAWS)
         merged, ladder_table = _coreset.choose_cells(cells, prior.centroids.shape[0], pilot,
                                                      _seed_from_key(jax.random.fold_in(map_key, 2)))
-    elif cells is not None and (warm_cells or config.likelihood_cells != "auto") and \
+    elif cells is not None and (warm_cells or config.likelihood_cells) != "auto" and \
             int(warm_cells or config.likelihood_cells) < len(cells.points):
         merged = _coreset.merge_cells(*cells, int(warm_cells or config.likelihood_cells),
                                       _seed_from_key(jax.random.fold_in(map_key, 2)))
