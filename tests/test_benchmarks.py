@@ -43,7 +43,7 @@ CASES = {
     "bench_scale.py": ["--sizes", "6000", "--per-member", "1000", "--data-dir", ".", "--settings",
                        '[partition]\\ncells = 100\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
                        '[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 0\\nthin = 10'],
-    "bench_warm_start.py": ["four_well_2d", "--settings",
+    "bench_warm_start.py": ["four_well_2d", "--keys", "2", "--warm-warmup", "20", "--settings",
                             '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 100\\n[mixture]\\n'
                             'components = 3\\n[sampler]\\nwarmup = 40\\ndraws = 40\\nmap_starts = 2\\nmap_steps = 50'],
     "bench_user_calibration.py": ["--sizes", "2000", "--members", "10", "--points", "200", "--settings",
@@ -67,6 +67,15 @@ def test_benchmark_prints_table(script, tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / script), *CASES[script]], capture_output=True, text=True,
                           timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
-    assert len(table) >= 3  # header, separator, at least one row
-    assert all(line.count("|") == table[0].count("|") for line in table)
+    tables, previous = [], False  # runs of consecutive table lines
+    for line in proc.stdout.splitlines():
+        row = line.startswith("|")
+        if row and previous:
+            tables[-1].append(line)
+        elif row:
+            tables.append([line])
+        previous = row
+    assert tables
+    for table in tables:
+        assert len(table) >= 3  # header, separator, at least one row
+        assert all(line.count("|") == table[0].count("|") for line in table)
