@@ -8,7 +8,8 @@ first posterior, its error terms and gap, then the second posterior either way. 
 Reported per way: the second posterior's wall time (its MAP searches and compilation included, as a study
 pays them), mean leapfrog steps per iteration, gradients of its sampling phase, divergences, min bulk ESS of
 the label-invariant probes, worst r_hat, ESS per second, and ESS per second over the cold way's; "warm start
-used" says whether the sampler took it (it ignores it with the Laplace metric, fixed or whitened).  A study
+used" says whether the sampler took it (it ignores it with the Laplace metric, fixed or whitened; a spec's
+``[sampler] warm_start = false`` is overridden here, so that its study can be measured both ways).  A study
 whose coarsening samples one posterior has nothing to compare and says so.
 
     python benchmarks/bench_warm_start.py four_well_2d      # about 2 minutes
@@ -50,6 +51,7 @@ def one_way(spec_name: str, way: str, settings: str = "", key_index: int = 0) ->
     from kgmm_bayes.study import stages
 
     spec = load_spec(spec_name, tomllib.loads(settings.replace("\\n", "\n")) if settings else None)
+    spec = spec._replace(sampler=spec.sampler._replace(warm_start=True))  # (a spec may turn it off; "cold" passes none)
     data, z, part = study_partition(spec)
     mcmc_key = stages.study_keys(spec.study.seed)[3]  # (data, reference, partition, mcmc, ...)
     if key_index:

@@ -111,6 +111,9 @@ class SamplerSection(NamedTuple):
     # means move by at most that many posterior sds; kgmm_bayes.bayes.coreset; no merge without MAP searches or
     # with coreset = false); a number: that many merged cells, unchecked (the partition's cells or more: the cells)
     likelihood_cells: object = "auto"
+    # the coarsening's second posterior starts where the first one's chains ended (sampler.run_nuts' warm); false:
+    # from its own MAP searches, as the first
+    warm_start: bool = True
 
 
 class ScoreSection(NamedTuple):

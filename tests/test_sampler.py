@@ -549,14 +549,15 @@ def test_a_warm_start_begins_at_the_first_posterior_s_draws_and_samples_its_own_
 
 def test_a_warm_start_is_ignored_where_the_laplace_covariance_defines_the_metric():
     """The fixed Laplace metric and whitened coordinates need the MAP search's Laplace covariance: a warm start
-    is ignored there (the MAP searches run), as it is for another number of chains."""
+    is ignored there (the MAP searches run), as it is for another number of chains and with ``[sampler]
+    warm_start = false``."""
     from kgmm_bayes.bayes.sampler import PosteriorSamples
 
     zs, part, prior = _two_component_problem()
     config = SamplerConfig(chains=2, warmup=20, draws=20, map_starts=2, map_steps=20)
     draws = np.broadcast_to(np.array([0.3, 0.7]), (2, 20, 2))
     stub = PosteriorSamples(draws, None, None, {}, {}, 0.0)  # never read: the warm start is dropped first
-    for metric, chains in (("laplace", 2), ("diagonal", 3)):
+    for metric, chains, warm_start in (("laplace", 2, True), ("diagonal", 3, True), ("diagonal", 2, False)):
         post = run_nuts(jax.random.key(2), part.points, part.counts, prior, initial_values(part),
-                        config._replace(metric=metric, chains=chains), warm=(stub, 4.0))
+                        config._replace(metric=metric, chains=chains, warm_start=warm_start), warm=(stub, 4.0))
         assert "warm_start" not in post.sample_stats and "map_potential_energies" in post.sample_stats

@@ -76,6 +76,7 @@ class SamplerConfig(NamedTuple):
     # by at most that many posterior sds; kgmm_bayes.bayes.coreset; never without MAP searches), or a number of
     # merged cells (unchecked; >= the cells: the cells themselves)
     likelihood_cells: object = "auto"
+    warm_start: bool = True  # false: run_nuts ignores ``warm`` (a second posterior from its own MAP searches)
     progress: bool = False
 
 
@@ -628,8 +629,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     search, Hessian or pilot draws are computed.  Where ``post`` sampled merged cells ("auto"), this posterior
     samples as many (merged with its own key), rechecked on its draws as a choice of the cells is.  Ignored
     with ``metric = "laplace"`` and in whitened coordinates (a dense metric beyond
-    :data:`DENSE_ADAPTATION_MAX` parameters), which the Laplace covariance defines, and when the chains
-    differ in number; ``laplace_metric`` does not apply to it.  ``sample_stats["start_optima"]`` stays
+    :data:`DENSE_ADAPTATION_MAX` parameters), which the Laplace covariance defines, when the chains
+    differ in number, and with ``config.warm_start`` false; ``laplace_metric`` does not apply to it.  ``sample_stats["start_optima"]`` stays
     ``post``'s: each chain is still the unit of the MAP optimum its first chain started at.
     """
     if config.likelihood_cells != "auto" and (isinstance(config.likelihood_cells, bool)
@@ -655,7 +656,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     dense = metric != "diagonal"
     fixed = metric == "laplace"
     whiten = metric == "whitened" or (fixed and not sharded)
-    if warm is not None and (whiten or fixed or warm[0].num_chains != config.chains):
+    if warm is not None and (whiten or fixed or warm[0].num_chains != config.chains or not config.warm_start):
         warm = None  # the fixed metric and whitened coordinates are the Laplace covariance's; other chains, other units
     jitter_key, run_key, map_key = jax.random.split(key, 3)
     map_energies, starts, picks = None, None, None

@@ -237,9 +237,9 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     ``zeta = 1 / R`` and only the kept posterior is sampled, with the same key it would get after
     a standard one; with ``[mixture] coarsening_bound = "stein"`` a significant bias that the bumps'
     score-matching gap then finds asks for a second, more coarsened posterior.  A well-specified fit
-    costs one posterior and keeps its numbers.  A second posterior starts where the first ended (``run_nuts``'
-    ``warm``: each chain at its own chain's last draw, its metric the first's spread times the ratio of the two
-    zetas), without MAP searches of its own (except with the Laplace metric, fixed or whitened, whose
+    costs one posterior and keeps its numbers.  A second posterior starts where the first ended unless
+    ``[sampler] warm_start = false`` (``run_nuts``' ``warm``: each chain at its own chain's last draw, its
+    metric the first's spread times the ratio of the two zetas), without MAP searches of its own (except with the Laplace metric, fixed or whitened, whose
     covariance only a MAP search gives).
     ``z``: the snapshots in their time order (the error estimate fits contiguous blocks of them).
     """
