@@ -223,7 +223,7 @@ COMPARE_ONLY = ("baselines",)  # sections only `kgmm-bayes compare` reads: not p
 # keys added after study, compare and calibrate folders were written: at these values they are left out of
 # Spec.to_dict (and so of a folder's identity and of the stage keys), so that a folder written before them still
 # holds the same study and its cached stages
-LATER_DEFAULTS = {("partition", "split"): "size"}
+LATER_DEFAULTS = {("partition", "split"): "size", ("sampler", "warm_start"): True}
 SPLIT_VALUES = ("size", "inertia")  # [partition] split: kgmm_bayes.partition.SPLITS
 _ABSENT = object()
 

@@ -403,6 +403,13 @@ def test_a_key_added_later_leaves_the_identity_of_older_folders_alone_at_its_def
     assert plain.to_dict()["partition"] == {"cells": 2000, "coreset": True}
     assert plain.section_json("partition") == '{"partition": {"cells": 2000, "coreset": true}}'
     assert '"split": "inertia"' in inertia.section_json("partition") and "split" in inertia.to_dict()["partition"]
+    # [sampler] warm_start (true: the computation before the key existed) likewise; false is part of the identity
+    assert plain.sampler.warm_start is True and "warm_start" not in plain.section_json("sampler")
+    cold = spec_from_dict({**base, "sampler": {"warm_start": False}})
+    assert cold.identity()["sampler"]["warm_start"] is False and cold.identity() != plain.identity()
+    assert '"warm_start": false' in cold.section_json("sampler")
+    with pytest.raises(SpecError, match=r"warm_start must be true or false"):
+        spec_from_dict({**base, "sampler": {"warm_start": "no"}})
 
 
 def test_the_spec_s_split_values_are_the_partition_s():
