@@ -630,8 +630,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     samples as many (merged with its own key), rechecked on its draws as a choice of the cells is.  Ignored
     with ``metric = "laplace"`` and in whitened coordinates (a dense metric beyond
     :data:`DENSE_ADAPTATION_MAX` parameters), which the Laplace covariance defines, when the chains
-    differ in number, and with ``config.warm_start`` false; ``laplace_metric`` does not apply to it.  ``sample_stats["start_optima"]`` stays
-    ``post``'s: each chain is still the unit of the MAP optimum its first chain started at.
+    differ in number, and with ``config.warm_start`` false; ``laplace_metric`` does not apply to it.
+    ``sample_stats["start_optima"]`` stays ``post``'s: each chain is still the unit of the MAP optimum its first chain started at.
     """
     if config.likelihood_cells != "auto" and (isinstance(config.likelihood_cells, bool)
                                               or not isinstance(config.likelihood_cells, (int, np.integer))

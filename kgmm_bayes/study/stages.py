@@ -239,8 +239,8 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     score-matching gap then finds asks for a second, more coarsened posterior.  A well-specified fit
     costs one posterior and keeps its numbers.  A second posterior starts where the first ended unless
     ``[sampler] warm_start = false`` (``run_nuts``' ``warm``: each chain at its own chain's last draw, its
-    metric the first's spread times the ratio of the two zetas), without MAP searches of its own (except with the Laplace metric, fixed or whitened, whose
-    covariance only a MAP search gives).
+    metric the first's spread times the ratio of the two zetas), without MAP searches of its own (except with
+    the Laplace metric, fixed or whitened, whose covariance only a MAP search gives).
     ``z``: the snapshots in their time order (the error estimate fits contiguous blocks of them).
     """
     snapshots = int(round(float(np.sum(part.counts))))  # all of them (z may be a streamed study's sample)
