@@ -216,6 +216,49 @@ def test_a_failed_run_removes_its_staging_folder_unless_it_holds_completed_stage
     assert litter(tmp_path) == []
 
 
+def test_a_failed_run_keeps_a_nested_study_s_result_and_its_kept_stages(tmp_path):
+    """compare's layout: a study folder inside the comparison's staging folder, with no stage of the comparison's
+    own.  A failure after the study (a baseline) must keep the finished study; a failure inside it (a kill during
+    its posterior) must keep the stages it completed; the next run resumes from either."""
+    with pytest.raises(RuntimeError) as err:
+        with OutputFolder(str(tmp_path / "cmp"), SPEC_A) as out:
+            make_result(out.path("bayesian"), SPEC_B, "finished")
+            raise RuntimeError("a baseline failed")
+    assert "completed stages kept" in err.value.kgmm_note
+    assert litter(tmp_path) == ["cmp.partial"]
+    staging = tmp_path / "cmp.partial"
+    assert label_of(staging / "bayesian") == "finished" and (staging / "bayesian" / MANIFEST).is_file()
+    assert litter(staging) == []
+    with OutputFolder(str(tmp_path / "cmp"), SPEC_A) as out:  # the next run finds the study whole
+        with OutputFolder(out.path("bayesian"), SPEC_B) as inner:
+            assert inner.load_stage("data", "k1")["label"] == "finished"
+            write_result(inner, "finished")
+            inner.commit()
+        out.commit()
+    assert litter(tmp_path) == [] and label_of(tmp_path / "cmp" / "bayesian") == "finished"
+
+    with pytest.raises(RuntimeError):
+        with OutputFolder(str(tmp_path / "cmp2"), SPEC_A) as out:
+            with OutputFolder(out.path("bayesian"), SPEC_B) as inner:
+                inner.save_stage("posterior", "k", {"x": np.arange(4.0)})
+                raise RuntimeError("killed during the study")
+    assert litter(tmp_path) == ["cmp2.partial"]
+    assert litter(tmp_path / "cmp2.partial") == ["bayesian.partial"]
+    with OutputFolder(str(tmp_path / "cmp2"), SPEC_A) as out:
+        with OutputFolder(out.path("bayesian"), SPEC_B) as inner:
+            np.testing.assert_array_equal(inner.load_stage("posterior", "k")["x"], np.arange(4.0))
+            write_result(inner, "resumed")
+            inner.commit()
+        out.commit()
+    assert litter(tmp_path) == [] and label_of(tmp_path / "cmp2" / "bayesian") == "resumed"
+
+    with pytest.raises(RuntimeError):  # a nested folder holding nothing finished is not kept
+        with OutputFolder(str(tmp_path / "cmp3"), SPEC_A) as out:
+            with OutputFolder(out.path("bayesian"), SPEC_B):
+                raise RuntimeError("failed before any stage")
+    assert litter(tmp_path) == [] and not os.path.exists(tmp_path / "cmp3")
+
+
 # --------------------------------------------------------------------------- stage-cache damage
 
 def _damage(path, kind):

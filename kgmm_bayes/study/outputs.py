@@ -230,6 +230,18 @@ def _is_complete(folder: str) -> bool:
     return os.path.isdir(folder) and _manifest(folder) is not None
 
 
+def _stage_names(folder: str) -> list[str]:
+    """The completed stage entries of a study folder (or its staging folder)."""
+    stage_dir = os.path.join(folder, STAGES)
+    return [n for n in os.listdir(stage_dir) if not n.startswith(".tmp-")] if os.path.isdir(stage_dir) else []
+
+
+def _holds_work(folder: str) -> bool:
+    """A nested study's folder worth keeping after a failure: a complete result, or a staging folder that its own
+    failed run kept for its completed stages."""
+    return os.path.isdir(folder) and (_is_complete(folder) or bool(_stage_names(folder)))
+
+
 def _listing(names, limit=3) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -353,24 +365,25 @@ class OutputFolder:
         return self.final
 
     def abandon(self) -> None:
-        """After a failure: keep the staging folder only if it holds completed stages (and then only them);
-        release the lock."""
+        """After a failure: keep the staging folder only if it holds completed stages (and then only them,
+        with any nested study's complete result or kept stages: compare's ``bayesian/``); release the lock."""
         try:
             stage_dir = os.path.join(self.staging, STAGES)
-            stages = [n for n in os.listdir(stage_dir) if not n.startswith(".tmp-")] if os.path.isdir(stage_dir) else []
-            if stages and not _is_complete(self.staging):
+            nested = [n for n in os.listdir(self.staging) if n not in (STAGES, "figures")
+                      and _holds_work(os.path.join(self.staging, n))] if os.path.isdir(self.staging) else []
+            if (_stage_names(self.staging) or nested) and not _is_complete(self.staging):
                 self.kept_staging = True  # the next run resumes from the stages; outputs are rewritten then
                 for name in os.listdir(self.staging):
                     path = os.path.join(self.staging, name)
                     if name == "figures":
                         shutil.rmtree(path, ignore_errors=True)
                         os.makedirs(path, exist_ok=True)
-                    elif name not in (STAGES, SPEC_FILE) and not _is_complete(path):  # compare's bayesian/ stays
+                    elif name not in (STAGES, SPEC_FILE, *nested):
                         if os.path.isdir(path):
                             shutil.rmtree(path, ignore_errors=True)
                         else:
                             os.unlink(path)
-                for name in os.listdir(stage_dir):
+                for name in os.listdir(stage_dir) if os.path.isdir(stage_dir) else []:
                     if name.startswith(".tmp-"):
                         os.unlink(os.path.join(stage_dir, name))
             elif os.path.isdir(self.staging) and not _is_complete(self.staging):
