@@ -232,6 +232,24 @@ def test_model_run_summary_counts_runs_that_lost_every_particle_apart():
     assert model_run_summary(per_run, np.array([3, 0, 200, 1]))["particles_lost_per_run"] == [3, 0, 200, 1]
 
 
+def test_bayesian_cost_counts_choosing_k_once():
+    """Where K was chosen from the data, the candidates' posteriors are part of the Bayesian cost; the chosen K's is
+    not counted twice when the study reused it, and is counted when the study sampled its own posterior again."""
+    from kgmm_bayes.study.compare import BAYESIAN_STAGES, bayesian_timings
+
+    timings = {"data": 9.0, "partition": 1.0, "posterior": 20.0, "score": 2.0, "interpolant": 5.0, "langevin": 7.0,
+               "model_selection": 0.5}  # the selection read back from the cache: its wall is a load time
+    plain = bayesian_timings({"timings": timings})
+    assert plain == {s: timings[s] for s in BAYESIAN_STAGES}  # no K chosen: the four stages, nothing else
+    chosen = {"best": 8, "posterior_s": {"4": 11.0, "8": 20.0, "16": 40.0}, "reused_best": True}
+    reused = bayesian_timings({"timings": timings, "model_selection": chosen})
+    assert reused["model_selection"] == 51.0 and reused["posterior"] == 20.0
+    again = bayesian_timings({"timings": timings, "model_selection": dict(chosen, reused_best=False)})
+    assert again["model_selection"] == 71.0
+    older = bayesian_timings({"timings": timings, "model_selection": {"best": 8}})  # written before the seconds
+    assert older["model_selection"] == 0.5
+
+
 def test_tables_gain_the_model_runs_columns_only_with_more_than_one_run():
     from kgmm_bayes.study.compare import model_run_summary, paired_with_bayesian
     from kgmm_bayes.study.compare_tables import (

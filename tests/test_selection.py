@@ -60,6 +60,9 @@ def test_study_picks_k_by_loo_and_continues_with_it(tmp_path):
     result = kgmm_bayes.fit(x, settings=settings, out_dir=str(tmp_path / "run"))
     sel = result.metrics["model_selection"]
     assert sel["best"] == 3 and set(sel["elpd_loo"]) == {"1", "3"}
+    # each candidate's sampling time, for compare's cost; with the default coarsening the chosen K is sampled again
+    assert set(sel["posterior_s"]) == {"1", "3"} and min(sel["posterior_s"].values()) > 0
+    assert sel["reused_best"] is False
     assert result.inference_data.posterior.sizes["component"] == 3
     assert result.metrics["partition"]["components"] == 3
     assert (tmp_path / "run" / "model_selection.csv").is_file()

@@ -37,12 +37,20 @@ class ComponentSelection(NamedTuple):
     se: dict  # K -> standard error of the estimate
     high_pareto_k: dict  # K -> number of points with Pareto k > PARETO_K_LIMIT
     warnings: list
+    # K -> seconds its posterior took to sample (its first run's, when read back from the stage cache); set by the
+    # study, which also says whether the chosen K's posterior was reused as the study's own
+    posterior_s: dict | None = None
+    reused_best: bool = False
 
     def to_json(self) -> dict:
-        return {"best": int(self.best), "elpd_loo": {str(k): float(v) for k, v in self.elpd_loo.items()},
-                "se": {str(k): float(v) for k, v in self.se.items()},
-                "high_pareto_k": {str(k): int(v) for k, v in self.high_pareto_k.items()},
-                "warnings": list(self.warnings)}
+        out = {"best": int(self.best), "elpd_loo": {str(k): float(v) for k, v in self.elpd_loo.items()},
+               "se": {str(k): float(v) for k, v in self.se.items()},
+               "high_pareto_k": {str(k): int(v) for k, v in self.high_pareto_k.items()},
+               "warnings": list(self.warnings)}
+        if self.posterior_s is not None:
+            out.update(posterior_s={str(k): float(v) for k, v in self.posterior_s.items()},
+                       reused_best=bool(self.reused_best))
+        return out
 
 
 def select_components(idatas: dict) -> ComponentSelection:

@@ -150,6 +150,10 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
                        "runs). The next column is the mean over the runs of the estimator's figure minus the Bayesian "
                        "model's in the same run (same starts and noise) with its standard error: negative where the "
                        "estimator is better. The other columns and figures/comparison.png are the first run's.")]
+    if "model_selection" in rows[0].timings:
+        lines += ["", ("K was chosen from the data: the Bayesian model_selection time is the sampling of the candidate "
+                       "posteriors the study did not keep (their first runs' seconds), apart from its own posterior; "
+                       "the baselines were given the chosen K for nothing.")]
     cached = rows[0].info.get("cached_stages")
     if cached:
         lines += ["", f"Bayesian stages read from the stage cache: {', '.join(cached)} (the posterior's time is "

@@ -395,7 +395,7 @@ def choose_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells
     posterior came from the cache, and its InferenceData.  The fine cells do not depend on K, so the
     candidates' LOO terms are over the same cells.  ``screening``: the candidates are sampled with
     :func:`~kgmm_bayes.study.checks.screening_spec`'s shorter chains and the chosen K again in full."""
-    candidates, cached = {}, {}
+    candidates, cached, seconds = {}, {}, {}
     for k in spec.mixture.select_components:
         # candidates are compared by the standard posterior: PSIS-LOO's importance ratios are those of the
         # untempered likelihood; the chosen K is then fitted with the spec's coarsening
@@ -404,13 +404,15 @@ def choose_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells
         log(progress, f"model selection: K = {k}")
         part_k, part_key = partition_stage(spec_k, out, partition_key, z, cells, upstream, data)
         (post_k, _), _, cached[k] = posterior_stage(spec_k, out, mcmc_key, part_k, z, part_key, progress)
+        seconds[k] = float(post_k.wall_time)  # its first run's, when read back
         candidates[k] = to_inference_data(post_k, zscore, part_k.points, part_k.counts,
                                           point_covariances=part_k.cell_covariances)
-    selection = select_components(candidates)
+    reused = spec.mixture.coarsening == "off" and not screening  # else the chosen K is sampled again, in full
+    selection = select_components(candidates)._replace(posterior_s=seconds, reused_best=reused)
     if selection.table is not None:
         atomic_write_bytes(out.path("model_selection.csv"), selection.table.to_csv().encode())
     best = spec._replace(mixture=spec.mixture._replace(components=selection.best, select_components=()))
-    if best.mixture.coarsening != "off" or screening:  # the chosen K's posterior is sampled again, in full
+    if not reused:
         return best, selection, None, None
     return best, selection, cached[selection.best], candidates[selection.best]
 
