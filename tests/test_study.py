@@ -213,6 +213,11 @@ def test_rerun_reuses_stages_and_reproduces_numbers(small_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     after = json.loads((folder / "out" / "metrics.json").read_text())
     assert set(after["cached_stages"]) == {"posterior", "interpolant", "langevin"}
+    # a stage read back reports the seconds of the run which computed it, not its load time
+    (entry,) = (folder / "out" / ".stages").glob("interpolant-*.npz")
+    with np.load(entry, allow_pickle=False) as f:
+        trained_s = float(f["wall_time"])
+    assert after["timings"]["interpolant"] == trained_s and 0 < trained_s <= before["timings"]["interpolant"]
     for key in ("relative_entropy", "score", "posterior", "langevin"):
         assert after[key] == before[key] if key != "langevin" else (
             {k: v for k, v in after[key].items() if k != "particle_steps_per_second"}

@@ -156,8 +156,9 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
                        "the baselines were given the chosen K for nothing.")]
     cached = rows[0].info.get("cached_stages")
     if cached:
-        lines += ["", f"Bayesian stages read from the stage cache: {', '.join(cached)} (the posterior's time is "
-                  "that of the run which computed it; the others are load times)."]
+        lines += ["", f"Bayesian stages read from the stage cache: {', '.join(cached)} (their times are "
+                  "those of the run which computed them, except an interpolant cached by an earlier version; on such a "
+                  "rerun the partition's time is its load time)."]
     b = payload["baselines"]
     lines += ["", f"Baselines: sigma = {b['sigma']}, classic KGMM with round(1/{b['min_leaf_probability']}) leaves "
               f"and at most {b['max_passes']} noisy passes (relative tolerance {b['tolerance']}); DSM "

@@ -100,8 +100,9 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
 class _Clock:
     """Wall seconds per stage, in the order the stages ran, and of the stages timed in this run how many went
     to JAX's tracing and compiling (:class:`~kgmm_bayes.compilation_cache.JaxWork`): not the posterior or
-    Langevin stage read from the cache, or the posterior taken from model selection, which keep their first
-    run's seconds; a re-timed stage read from the cache (the interpolant, the ensemble) counts its loading."""
+    Langevin stage or interpolant read from the cache, or the posterior taken from model selection, which keep
+    their first run's seconds; a re-timed stage read from the cache (the partition, the ensemble, an interpolant
+    cached before its seconds were kept) counts its loading."""
 
     def __init__(self):
         self.timings, self.jax, self.total_start, self.start = {}, {}, time.perf_counter(), None
@@ -178,11 +179,11 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     clock("score")
 
     log(progress, "interpolant: training")
-    interp, ikey, interp_cached = interpolant_stage(spec, out, train_key, part, targets, post_key, progress,
-                                                    draws=drive, z=z)
+    interp, ikey, interp_cached, interp_s = interpolant_stage(spec, out, train_key, part, targets, post_key,
+                                                              progress, draws=drive, z=z)
     if interp_cached:
         cached_stages.append("interpolant")
-    clock("interpolant")
+    clock("interpolant", interp_s if interp_cached else None)  # read back: the run which trained it
 
     dynamics, unresolved = None, []
     if uses_mobility(spec) and data.series_length is not None:

@@ -564,19 +564,23 @@ def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary,
 
 def interpolant_stage(spec: Spec, out, key, part: Partition, summary: ScoreSummary, upstream, progress,
                       draws, z):
-    """``(interpolant, stage key, read from the cache)``: the network fitted to the posterior-mean score
+    """``(interpolant, stage key, read from the cache, seconds)``: the network fitted to the posterior-mean score
     at the cell centres and (``[interpolant] snapshots``) at training snapshots ``z`` (``draws``: the
-    posterior draws the summary came from)."""
+    posterior draws the summary came from); ``seconds``: the training's, kept with the cache entry, so a run that
+    reads it back reports the run which computed it (``None`` for entries written before it was kept)."""
     ikey = stage_key("interpolant", upstream, spec.section_json("interpolant", "score"))
-    interp = out.load_stage("interpolant", ikey, build=interpolant_from_arrays)
-    if interp is not None:
-        return interp, ikey, True
+    cached = out.load_stage("interpolant", ikey, build=lambda a: (
+        interpolant_from_arrays(a), float(a["wall_time"]) if "wall_time" in a else None))
+    if cached is not None:
+        return cached[0], ikey, True, cached[1]
+    start = time.perf_counter()
     itp = spec.interpolant
     points, targets, weights = interpolant_training_set(spec, part, summary, draws, z)
     interp = fit_interpolant(key, points, targets, weights, itp.hidden, itp.steps, itp.learning_rate,
                              progress=progress, batch=itp.batch if len(points) > len(part.points) else 0)
-    out.save_stage("interpolant", ikey, interpolant_arrays(interp))
-    return interp, ikey, False
+    seconds = time.perf_counter() - start
+    out.save_stage("interpolant", ikey, {**interpolant_arrays(interp), "wall_time": np.asarray(seconds)})
+    return interp, ikey, False, seconds
 
 
 # ---------------------------------------------------------------- Langevin model
