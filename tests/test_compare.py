@@ -89,6 +89,10 @@ def test_comparison_table_has_every_estimator_with_finite_metrics(tiny_compare):
     metrics = json.loads((out / "bayesian" / "metrics.json").read_text())
     assert float(rows["bayesian"]["relative_entropy_mean"]) == pytest.approx(metrics["relative_entropy"]["mean"])
     assert float(rows["bayesian"]["band_coverage"]) == pytest.approx(metrics["score"]["band_coverage"])
+    # its cost is the study's own clock, stage by stage (K was given: no model selection to count)
+    for stage in ("partition", "posterior", "score", "interpolant"):
+        assert float(rows["bayesian"][f"time_{stage}_s"]) == metrics["timings"][stage], stage
+    assert not rows["bayesian"].get("time_model_selection_s")
     for name in rows:
         assert name in proc.stdout
     # each estimator's JAX compiling is part of its wall time, and comparison.md states it beside the wall

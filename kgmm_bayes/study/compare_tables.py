@@ -137,7 +137,8 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
     lines += ["", "Wall time: building the score, compilation included (in brackets: JAX's compiling, or loading "
               "compiled programs from the cache); the Langevin run is apart. "
               "Score error: density-weighted relative squared error against the analytic score at the "
-              "Bayesian score-target points. Band coverage: share of those points inside the Bayesian "
+              "Bayesian score-target points (the cell centres the Bayesian interpolant was trained on; the "
+              "baselines never saw them as such). Band coverage: share of those points inside the Bayesian "
               f"{int(rows[0].info.get('band', 0.9) * 100)}% band. Particles lost: left the box or became "
               "non-finite; the relative entropy uses the others."]
     if runs:
