@@ -140,6 +140,11 @@ def test_every_estimator_gets_its_own_mobility_and_responses_in_the_data_time(ti
         assert 0 <= dyn["response_inside_bayesian_band"] <= 1
         # every score here is a fair estimate of the same system: responses within a factor of the truth's size
         assert dyn["response_relative_error_vs_true_score"] < 1.0, row["estimator"]
+    # every model makes the Bayesian model's number of snapshots (the relative entropy's sample size), whatever its
+    # own step: the study's run has it from [langevin] steps and its thinning
+    run = json.loads((bayes_dir / "metrics.json").read_text())["langevin"]
+    counts = {row["estimator"]: row["info"]["model_snapshots"] for row in payload["estimators"]}
+    assert set(counts.values()) == {run["steps"] // run["thin"]}, counts
     bayes = payload["estimators"][0]["info"]["dynamics"]
     assert bayes["response_relative_difference_from_bayesian"] == 0.0
     assert bayes["mobility"] == bayes_metrics["mobility"]

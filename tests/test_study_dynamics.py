@@ -271,3 +271,27 @@ def test_rescaled_clock_recovers_the_clock_of_an_oscillating_correlation(interva
     t = interval * np.arange(400)
     target = integrated_time(np.exp(-c0 * t) * np.cos(1.2 * c0 * t), interval)
     assert rescaled_clock(np.exp(-fine) * np.cos(1.2 * fine), target, interval, interval / 8) == pytest.approx(c0, rel=0.005)
+
+
+def test_rom_schedule_makes_the_snapshots_it_is_asked_for():
+    """In the data's time a stiffer model takes more steps per interval; by default it keeps the spec's step count
+    (fewer snapshots), and with ``snapshots`` it makes exactly that many, one interval apart, whatever its step."""
+    import jax.numpy as jnp
+
+    from kgmm_bayes.spec import LangevinSection
+    from kgmm_bayes.study.dynamics import rom_schedule
+
+    lg = LangevinSection(dt=0.01, steps=4000)
+    drift = lambda params, x: -params * x  # noqa: E731  (Jacobian eigenvalue params)
+    points = np.linspace(-2.0, 2.0, 5)[:, None]
+    interval, phi = 0.5, np.eye(1)
+    soft = rom_schedule(lg, interval, phi, drift, jnp.float32(1.0), points)
+    stiff = rom_schedule(lg, interval, 4.0 * phi, drift, jnp.float32(1.0), points)  # the mobility scales it 4x
+    for dt, thin, steps, _ in (soft, stiff):
+        assert dt * thin == pytest.approx(interval, rel=1e-12)
+    assert stiff[1] == 4 * soft[1] == 200 and soft[2] == stiff[2] == 4000  # the spec's count: 80 against 20 rows
+    for phi_ in (phi, 4.0 * phi):
+        dt, thin, steps, _ = rom_schedule(lg, interval, phi_, drift, jnp.float32(1.0), points, snapshots=80)
+        assert steps == 80 * thin
+    # min_rows still wins where it asks for more
+    assert rom_schedule(lg, interval, phi, drift, jnp.float32(1.0), points, min_rows=100, snapshots=80)[2] == 100 * 50

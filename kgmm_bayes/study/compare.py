@@ -124,6 +124,7 @@ class _DataTime(NamedTuple):
     bayes: dict  # the Bayesian study's responses.npz (physical units)
     true_response: Optional[np.ndarray]  # (L, d, d) physical: the analytic score's, on the same trajectories
     key: object  # the study's key of the mobility's indirect correction (the same noise for every estimator)
+    snapshots: int  # the Bayesian model's snapshots per particle, one interval apart: every model makes as many
 
 
 def model_run_starts(langevin_key, part, particles: int, runs: int) -> list:
@@ -225,7 +226,7 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
         def simulate(d, particles=None, subsample=1):
             particles = len(x0) if particles is None else particles
             dt_, thin, steps, stiffness = rom_schedule(lg, d.interval, d.phi, drift_fn, drift_params, points,
-                                                       min_rows=2 * len(d.lags))
+                                                       min_rows=2 * len(d.lags), snapshots=data_time.snapshots)
             thin = max(1, thin // subsample)
             schedule.update(dt=dt_, stiffness=stiffness)
             # the further runs' schedule: a full run's (run_in_data_time ends on one; a safeguard, not the pilot's)
@@ -238,6 +239,7 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
         dt, spacing = schedule["dt"], dyn.interval
         info["dt_times_max_jacobian_eigenvalue"] = schedule["stiffness"]  # of Phi s, as the study's
         info["dynamics"] = _dynamics_row(dyn, rom, data, spec, data_time)
+    info["model_snapshots"] = int(schedule["steps"]) // int(schedule["thin"])  # per particle
     rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)
     if starts:  # the last full run's schedule
         info["model_runs"] = _model_runs(data, spec, drift_fn, drift_params, rel_ent, starts, schedule["dt"],
@@ -293,7 +295,9 @@ def _data_time(result, data: StudyData, z, spec, key) -> Optional[_DataTime]:
         kept = lagged_series(series)
         true = data.zscore.score_to_zscored(np.asarray(data.analytic_score(data.zscore.inverse(kept)), np.float64))
         true_response = to_physical(data.zscore.std, responses=impulse_responses(kept, true, len(bayes["lags"]) - 1))[1]
-    return _DataTime(series, float(data_interval_of(spec.data)), bayes, true_response, key)
+    run = result.metrics["langevin"]
+    return _DataTime(series, float(data_interval_of(spec.data)), bayes, true_response, key,
+                     int(run["steps"]) // int(run["thin"]))
 
 
 def _jax_work_info(work: dict | None) -> dict:
@@ -414,6 +418,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
                          int(m["langevin"]["escaped"] + m["langevin"]["non_finite"]),
                          {"cached_stages": m["cached_stages"], "band": spec.score.band,
                           "dt_times_max_jacobian_eigenvalue": m["langevin"]["dt_times_max_jacobian_eigenvalue"],
+                          "model_snapshots": int(m["langevin"]["steps"]) // int(m["langevin"]["thin"]),
                           **_bayesian_jax_work(m)})]
     starts = model_run_starts(langevin_key, part, spec.langevin.particles, spec.baselines.model_runs)
     if starts:

@@ -206,7 +206,10 @@ def _data_time_markdown(rows) -> list:
     lines = ["", "## In the data's time", "",
              "Each estimator's score gets its own mobility Phi = M V^-1 from the training trajectories (the "
              "estimator's bias at the data's interval removed by indirect inference), its model runs on a schedule "
-             "made the same way with the same rate correction c (to the data's decorrelation times), and "
+             "made the same way with the same rate correction c (to the data's decorrelation times) and the "
+             f"Bayesian model's number of snapshots per particle ({rows[0].info.get('model_snapshots', '—')}, one "
+             "interval apart: the same span of the data's time and the same sample size for the relative entropy, "
+             "whose estimate falls with it), and "
              "its responses R_ij(t) = -E[x_i(t) s_j(x(0))] are averaged over the same trajectories.", "",
              "| estimator | mobility (physical units) | rate factor c | decorrelation time model / data | "
              "correlation rel. error | response rel. difference from Bayesian mean | response inside Bayesian band"

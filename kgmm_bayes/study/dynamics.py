@@ -404,19 +404,23 @@ def rescaled(dyn: Dynamics, factor: float) -> Dynamics:
     return dyn._replace(phi=dyn.phi * factor, phi_draws=dyn.phi_draws * factor, time_scale=dyn.time_scale * factor)
 
 
-def rom_schedule(lg, interval: float, phi, drift_fn, drift_params, points, min_rows: int = 2):
+def rom_schedule(lg, interval: float, phi, drift_fn, drift_params, points, min_rows: int = 2,
+                 snapshots: int | None = None):
     """``(dt, thin, steps, stiffness)`` of the model with mobility ``phi``: the step is the spec's
     ``[langevin] dt`` scaled so that ``dt x max |eigenvalue|`` of the drift's Jacobian stays what it is
     without the mobility, then shortened so that ``thin`` steps make one data interval; ``steps`` keeps
     the spec's count (a multiple of ``thin``), so the run costs what it did, or makes ``min_rows``
-    snapshots if that is more."""
+    snapshots if that is more.  ``snapshots``: make that many instead (``compare`` gives every
+    estimator's model the Bayesian model's number of snapshots, so the same span of the data's time
+    and the same sample size for the relative entropy, whose estimate falls with it)."""
     plain = max_jacobian_eigenvalue(drift_fn, drift_params, points)
     mobile_fn, mobile_params = with_mobility(drift_fn), (drift_params, jnp.asarray(phi, jnp.float32))
     mobile = max_jacobian_eigenvalue(mobile_fn, mobile_params, points)
     dt_max = lg.dt * plain / max(mobile, 1e-300)
     thin = max(1, math.ceil(interval / dt_max))
     dt = interval / thin
-    steps = max(thin * max(1, min_rows), lg.steps // thin * thin)
+    rows = lg.steps // thin if snapshots is None else int(snapshots)
+    steps = thin * max(1, min_rows, rows)
     return dt, thin, steps, dt * mobile
 
 
