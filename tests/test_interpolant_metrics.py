@@ -65,6 +65,24 @@ def test_relative_entropy_of_gaussians():
     assert relative_entropy(p, q) == pytest.approx(0.125 / (1 + h2), abs=0.01)
 
 
+def test_relative_entropy_of_a_perfect_model_falls_with_its_sample_size():
+    """Why compare gives every estimator's model the same number of snapshots: draws of the reference's own density
+    score a relative entropy that shrinks with their number (the kernel estimate's bias and noise), at the size of
+    the estimators' differences.  Two-Gaussian density, 200,000 reference draws, 20 repeats per size; the gap
+    between 25,000 and 50,000 draws is many of its standard errors (measured 0.0011 +- 0.00005 against 0.00041 +-
+    0.00002)."""
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        return np.where(rng.random(n) < 0.5, rng.normal(-1.5, 0.6, n), rng.normal(1.5, 0.6, n))
+
+    ref = draw(200_000)
+    small, large = (np.array([relative_entropy(ref, draw(n)) for _ in range(20)]) for n in (25_000, 50_000))
+    gap = small.mean() - large.mean()
+    se = np.sqrt(small.var(ddof=1) / 20 + large.var(ddof=1) / 20)
+    assert gap > 6 * se and gap > 2e-4, (small.mean(), large.mean(), se)
+
+
 def test_score_error_and_coverage_definitions():
     truth = np.array([[1.0, 0.0], [0.0, 2.0]])
     pred = np.array([[1.5, 0.0], [0.0, 2.0]])
