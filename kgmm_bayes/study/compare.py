@@ -239,7 +239,7 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
         dt, spacing = schedule["dt"], dyn.interval
         info["dt_times_max_jacobian_eigenvalue"] = schedule["stiffness"]  # of Phi s, as the study's
         info["dynamics"] = _dynamics_row(dyn, rom, data, spec, data_time)
-    info["model_snapshots"] = int(schedule["steps"]) // int(schedule["thin"])  # per particle
+    info["model_snapshots"] = _snapshots(schedule)
     rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)
     if starts:  # the last full run's schedule
         info["model_runs"] = _model_runs(data, spec, drift_fn, drift_params, rel_ent, starts, schedule["dt"],
@@ -295,9 +295,13 @@ def _data_time(result, data: StudyData, z, spec, key) -> Optional[_DataTime]:
         kept = lagged_series(series)
         true = data.zscore.score_to_zscored(np.asarray(data.analytic_score(data.zscore.inverse(kept)), np.float64))
         true_response = to_physical(data.zscore.std, responses=impulse_responses(kept, true, len(bayes["lags"]) - 1))[1]
-    run = result.metrics["langevin"]
     return _DataTime(series, float(data_interval_of(spec.data)), bayes, true_response, key,
-                     int(run["steps"]) // int(run["thin"]))
+                     _snapshots(result.metrics["langevin"]))
+
+
+def _snapshots(run: dict) -> int:
+    """Snapshots per particle of a model run's schedule (``steps``, ``thin``: metrics.json ``langevin``'s keys)."""
+    return int(run["steps"]) // int(run["thin"])
 
 
 def _jax_work_info(work: dict | None) -> dict:
@@ -418,7 +422,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
                          int(m["langevin"]["escaped"] + m["langevin"]["non_finite"]),
                          {"cached_stages": m["cached_stages"], "band": spec.score.band,
                           "dt_times_max_jacobian_eigenvalue": m["langevin"]["dt_times_max_jacobian_eigenvalue"],
-                          "model_snapshots": int(m["langevin"]["steps"]) // int(m["langevin"]["thin"]),
+                          "model_snapshots": _snapshots(m["langevin"]),
                           **_bayesian_jax_work(m)})]
     starts = model_run_starts(langevin_key, part, spec.langevin.particles, spec.baselines.model_runs)
     if starts:
@@ -439,7 +443,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
         run = m["langevin"]  # the run's schedule (in the data's time with a fitted mobility)
         rom = result.rom_samples  # kept particles, time-major: (n_snap * particles, D)
         if len(rom):
-            rows[0].info["ks"] = _ks_block(data, np.swapaxes(rom.reshape(run["steps"] // run["thin"], -1, rom.shape[1]),
+            rows[0].info["ks"] = _ks_block(data, np.swapaxes(rom.reshape(_snapshots(run), -1, rom.shape[1]),
                                                              0, 1), spec, ks_tau, run["dt"] * run["thin"])
 
     baseline_keys = study_keys(seed + 1_000_003)  # a stream apart from the study's; one key per baseline name
