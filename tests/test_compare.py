@@ -224,6 +224,51 @@ def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_co
     assert row.info["model_runs"]["particles_lost_per_run"] == [row.escaped] * 2
 
 
+def test_a_stopped_comparison_resumes_after_the_last_estimator_it_finished(tiny_compare, tmp_path, monkeypatch):
+    # each estimator's row is kept in <out>.partial/.stages as it finishes: a baseline that fails (a kill, hours
+    # into a Lorenz-96 comparison) loses only itself; the next run reads the others back, with the numbers and
+    # seconds of the run that computed them, and never fits them again
+    import kgmm_bayes.study.compare as compare
+    from kgmm_bayes.spec import load_spec
+
+    out, _ = tiny_compare
+    spec = load_spec(out.parent / "tiny.toml", {"baselines": {"model_runs": 3}})
+    kept = sorted(p.name.split("-")[1] for p in (out / ".stages").glob("compare-*"))
+    assert kept == ["bayesian", "dsm", "kgmm", "sklearn"]  # a finished comparison keeps them: a rerun reads them
+    target, staging = tmp_path / "cmp", tmp_path / "cmp.partial"
+    (staging / ".stages").mkdir(parents=True)  # a comparison stopped after its Bayesian study, as it keeps itself
+    shutil.copy(out / "spec.json", staging / "spec.json")
+    shutil.copytree(out / "bayesian", staging / "bayesian")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("stopped during the sklearn baseline")
+
+    with monkeypatch.context() as m:
+        m.setattr(compare, "fit_sklearn", fails)
+        with pytest.raises(RuntimeError, match="stopped during"):
+            compare.compare_study(spec, out_dir=str(target))
+    assert not target.exists()
+    assert sorted(p.name.split("-")[1] for p in (staging / ".stages").glob("compare-*")) == ["bayesian", "dsm", "kgmm"]
+
+    with monkeypatch.context() as m:
+        m.setattr(compare, "fit_kgmm", fails)  # read back, never fitted again
+        m.setattr(compare, "fit_dsm", fails)
+        resumed = compare.compare_study(spec, out_dir=str(target))
+    assert not staging.exists()
+    payload = json.loads((target / "comparison.json").read_text())
+    assert payload["read_back"] == ["bayesian model runs", "kgmm", "dsm"]
+    assert "Read back from this comparison's stage cache" in (target / "comparison.md").read_text()
+    first = {r["estimator"]: r for r in json.loads((out / "comparison.json").read_text())["estimators"]}
+    for row in resumed.rows:  # same seed, same machine: the numbers of the uninterrupted run, whichever run made them
+        assert row.info["model_runs"]["relative_entropy_per_run"] == first[row.estimator]["info"]["model_runs"][
+            "relative_entropy_per_run"]
+        np.testing.assert_array_equal(row.relative_entropy, np.array(first[row.estimator]["relative_entropy"],
+                                                                     dtype=np.float64))
+    reach = json.loads((out / "comparison.json").read_text())["dsm_reach"]
+    assert [c["relative_entropy_mean"] for c in payload["dsm_reach"]["checkpoints"]] == [
+        c["relative_entropy_mean"] for c in reach["checkpoints"]]
+
+
 def test_model_run_summary_counts_runs_that_lost_every_particle_apart():
     from kgmm_bayes.study.compare import model_run_summary
 

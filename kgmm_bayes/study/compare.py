@@ -61,6 +61,7 @@ from ..metrics import marginal_relative_entropies, weighted_score_error
 from ..metrics.series import decorrelation_time, ks_statistics
 from ..rom.langevin import jit_drift, max_jacobian_eigenvalue, simulate_langevin
 from ..rom.mobility import impulse_responses, to_physical
+from .._version import __version__
 from ..spec import BASELINES, Spec, data_interval_of
 from .checks import check_seed, load_user_data
 from .compare_tables import (
@@ -72,6 +73,7 @@ from .compare_tables import (
     plot_comparison,
     plot_ks,
     row_dict,
+    row_from_dict,
 )
 from .dynamics import (
     dynamics_metrics,
@@ -82,9 +84,9 @@ from .dynamics import (
     rom_schedule,
     run_in_data_time,
 )
-from .outputs import OutputFolder
+from .outputs import OutputFolder, _checksum, json_stage, stage_key
 from .run import run_study
-from .stages import StudyData, langevin_start, model_drift, study_keys
+from .stages import STAGE_SCHEMA, StudyData, langevin_start, model_drift, study_keys
 
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 
@@ -424,10 +426,19 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
                           "dt_times_max_jacobian_eigenvalue": m["langevin"]["dt_times_max_jacobian_eigenvalue"],
                           "model_snapshots": _snapshots(m["langevin"]),
                           **_bayesian_jax_work(m)})]
+    # what the further model runs and the baselines' rows depend on beyond the spec and seed: the code's version, the
+    # training data and the cells (the models' starting particles); each is kept in <out>/.stages as it finishes,
+    # so a comparison that stops (hours on Lorenz-96) resumes after the last estimator it finished
+    rows_key = stage_key("compare", spec.to_dict(), seed, __version__, STAGE_SCHEMA,
+                         _checksum({"z": z, "points": part.points}))
+    read_back = []
     starts = model_run_starts(langevin_key, part, spec.langevin.particles, spec.baselines.model_runs)
     if starts:
-        _log(progress, f"bayesian: {len(starts)} more model runs")
-        rows[0].info["model_runs"] = study_model_runs(result, data, starts, bayes_drift)
+        runs, cached = json_stage(out, "compare-bayesian-runs", rows_key,
+                                  lambda: study_model_runs(result, data, starts, bayes_drift))
+        _log(progress, f"bayesian: {len(starts)} more model runs" + (" (read back)" if cached else ""))
+        rows[0].info["model_runs"] = runs
+        read_back += ["bayesian model runs"] if cached else []
     data_time = _data_time(result, data, z, spec, jax.random.fold_in(langevin_key, 3))
     if data_time is not None:
         keep = ("mobility", "mobility_lower", "mobility_upper", "mobility_method", "mobility_time_scale",
@@ -449,19 +460,28 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     baseline_keys = study_keys(seed + 1_000_003)  # a stream apart from the study's; one key per baseline name
     dsm_reach = None
     for name in spec.baselines.which:
-        _log(progress, f"baseline {name}" + (f" ({len(starts) + 1} model runs)" if starts else ""))
-        work, start = JaxWork(), time.perf_counter()
-        fit = _fit_baseline(name, baseline_keys[BASELINES.index(name)], z, spec)
-        # "setup": the rest of the fit's call, outside its own timers (networks and optimisers set up, the sklearn
-        # mixture's score coefficients), compilation included as in the Bayesian stages
-        timings = dict(fit.timings, setup=max(0.0, time.perf_counter() - start - sum(fit.timings.values())))
-        info = dict(fit.info, **_jax_work_info(work.mark()))
-        rows.append(_evaluate(name, fit.drift_fn, fit.drift_params, timings, data, spec, x0, run_key,
-                              part.points, part.counts, truth, info, ks_tau=ks_tau, data_time=data_time,
-                              starts=starts))
-        if name == "dsm":
-            _log(progress, f"dsm: {len(fit.checkpoints)} checkpoints, quarter-length Langevin runs")
-            dsm_reach = _dsm_reach(fit, bayes_drift, data, spec, x0, run_key)
+        def fit_and_run(name=name):
+            _log(progress, f"baseline {name}" + (f" ({len(starts) + 1} model runs)" if starts else ""))
+            work, start = JaxWork(), time.perf_counter()
+            fit = _fit_baseline(name, baseline_keys[BASELINES.index(name)], z, spec)
+            # "setup": the rest of the fit's call, outside its own timers (networks and optimisers set up, the
+            # sklearn mixture's score coefficients), compilation included as in the Bayesian stages
+            timings = dict(fit.timings, setup=max(0.0, time.perf_counter() - start - sum(fit.timings.values())))
+            info = dict(fit.info, **_jax_work_info(work.mark()))
+            row = _evaluate(name, fit.drift_fn, fit.drift_params, timings, data, spec, x0, run_key, part.points,
+                            part.counts, truth, info, ks_tau=ks_tau, data_time=data_time, starts=starts)
+            reach = None
+            if name == "dsm":
+                _log(progress, f"dsm: {len(fit.checkpoints)} checkpoints, quarter-length Langevin runs")
+                reach = _dsm_reach(fit, bayes_drift, data, spec, x0, run_key)
+            return {"row": row_dict(row), "dsm_reach": reach}
+
+        kept, cached = json_stage(out, f"compare-{name}", rows_key, fit_and_run)
+        if cached:
+            _log(progress, f"baseline {name}: read back from an earlier run of this comparison")
+            read_back.append(name)
+        rows.append(row_from_dict(kept["row"]))
+        dsm_reach = kept["dsm_reach"] if name == "dsm" else dsm_reach
 
     paired_with_bayesian(rows)
     if ks_tau is not None:
@@ -471,7 +491,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
                "train_snapshots": len(z), "reference_snapshots": len(data.reference),
                "data_floor_relative_entropy_mean": m["relative_entropy"]["data_floor_mean"],
                "baselines": spec.baselines._asdict(),
-               "estimators": [row_dict(r) for r in rows], "dsm_reach": dsm_reach}
+               "estimators": [row_dict(r) for r in rows], "dsm_reach": dsm_reach, "read_back": read_back}
     atomic_write_bytes(out.path("comparison.json"), json.dumps(payload, indent=2, default=list).encode())
     atomic_write_bytes(out.path("comparison.csv"), comparison_csv(rows, dsm_reach).encode())
     atomic_write_bytes(out.path("comparison.md"), comparison_markdown(rows, dsm_reach, payload).encode())

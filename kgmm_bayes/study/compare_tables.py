@@ -53,6 +53,13 @@ def row_dict(r: EstimatorRow) -> dict:
             "langevin_s": r.langevin_s, "escaped": r.escaped, "info": r.info}
 
 
+def row_from_dict(d: dict) -> EstimatorRow:
+    """The :class:`EstimatorRow` of :func:`row_dict`'s (JSON-decoded) dict: ``None`` marginals back to NaN."""
+    return EstimatorRow(d["estimator"], d["timings"],
+                        np.array([np.nan if v is None else v for v in d["relative_entropy"]], dtype=np.float64),
+                        d["score_error"], d["band_coverage"], d["langevin_s"], d["escaped"], d["info"])
+
+
 def compiling_text(r: EstimatorRow, unit: str = "") -> str:
     """`` (x compiling)`` after an estimator's wall time: the part that went to JAX's compiling, ``compiling or
     loading`` where programs came from the compilation cache (JAX's compile spans cover both); empty when not
@@ -160,6 +167,10 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
         lines += ["", f"Bayesian stages read from the stage cache: {', '.join(cached)} (their times are "
                   "those of the run which computed them, except an interpolant cached by an earlier version; on such a "
                   "rerun the partition's time is its load time)."]
+    if payload.get("read_back"):
+        lines += ["", f"Read back from this comparison's stage cache, as an earlier run of the same comparison (one that "
+                  f"stopped, or an identical one) computed them, with that run's times: "
+                  f"{', '.join(payload['read_back'])}."]
     b = payload["baselines"]
     lines += ["", f"Baselines: sigma = {b['sigma']}, classic KGMM with round(1/{b['min_leaf_probability']}) leaves "
               f"and at most {b['max_passes']} noisy passes (relative tolerance {b['tolerance']}); DSM "

@@ -119,6 +119,18 @@ def read_stage_file(path: str, build=None):
         return None
 
 
+def json_stage(out, stage: str, key: str, compute):
+    """``(value, read back)``: a JSON value kept as ``stage`` in ``out``'s stage cache (an :class:`OutputFolder`),
+    or ``compute()``'s, stored there first (``json.dumps(..., default=list)``).  Either way the value is the one
+    decoded from its JSON, so a run that resumes from the entry gets exactly what the run that computed it got."""
+    value = out.load_stage(stage, key, build=lambda a: json.loads(str(a["json"])))
+    if value is not None:
+        return value, True
+    text = json.dumps(compute(), default=list)
+    out.save_stage(stage, key, {"json": np.asarray(text)})
+    return json.loads(text), False
+
+
 class FolderLock:
     """An exclusive lock on ``path`` held by this process until :meth:`release`.
 
