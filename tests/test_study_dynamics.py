@@ -70,6 +70,22 @@ def ou_study(tmp_path_factory):
     return folder / "out"
 
 
+def test_a_rerun_reports_the_langevin_seconds_of_the_runs_it_reads_back(ou_study):
+    # 400 particles: the rate is measured on a pilot of 100 first; a rerun of the study reads both runs back and
+    # reports their recorded seconds together, as the first run counted them (not the full run's alone).  In place:
+    # a rerun reads every stage back and writes the same results, only the timings and cached stages change
+    proc = run_cli("run", "ou.toml", "--out", "out", "--quiet", cwd=ou_study.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((ou_study / "metrics.json").read_text())
+    assert "langevin" in metrics["cached_stages"]
+    walls = []
+    for entry in (ou_study / ".stages").glob("langevin-*.npz"):
+        with np.load(entry, allow_pickle=False) as f:
+            walls.append(float(f["wall_time"]))
+    assert len(walls) >= 2  # the pilot and the full run, each kept
+    assert metrics["timings"]["langevin"] == pytest.approx(sum(walls), rel=1e-12)
+
+
 def test_mobility_is_minus_a_s_and_its_band_holds_it(ou_study):
     dyn = json.loads((ou_study / "metrics.json").read_text())["dynamics"]
     assert dyn["available"] and dyn["interval"] == H

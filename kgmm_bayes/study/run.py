@@ -77,11 +77,7 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     seed = check_seed(spec.study.seed if seed is None else seed)
     user_data = load_user_data(spec, data, progress)  # bad user data fail here, before JAX and disk
     try:
-        data_hash, fitted = "", spec
-        if isinstance(user_data, StreamedData):
-            data_hash = user_data.scan.digest
-        elif user_data is not None:
-            data_hash = hashlib.sha256(np.ascontiguousarray(user_data).tobytes()).hexdigest()
+        data_hash, fitted = user_data_hash(user_data), spec
         if user_data is not None:
             n_train, d = data_size(user_data, spec.data.heldout_fraction)
             fitted = auto_components(spec, n_train, d)  # no K given: chosen from the data
@@ -95,6 +91,16 @@ def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, p
     finally:
         if isinstance(user_data, StreamedData) and user_data is not data:
             user_data.close()
+
+
+def user_data_hash(user_data) -> str:
+    """What names user data in stage keys: a streamed scan's digest, an array's SHA-256; "" for a built-in
+    system's data (they follow from the spec's ``[data]`` and the seed, which the keys hold)."""
+    if isinstance(user_data, StreamedData):
+        return user_data.scan.digest
+    if user_data is None:
+        return ""
+    return hashlib.sha256(np.ascontiguousarray(user_data).tobytes()).hexdigest()
 
 
 class _Clock:
@@ -212,11 +218,12 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
             log(progress, f"langevin: the model's clock corrected by {dyn.time_scale:.3g} to the data's")
         stage = langevin_stage(spec, out, langevin_key, part, interp, drive, ikey, progress, dynamics=dyn,
                                particles=particles, subsample=subsample)
+        runs.append(stage)
         if particles is None:
             stages.append(stage)
         return stage.rom, stage.dt * stage.thin
 
-    stages = []
+    stages, runs = [], []  # the full runs; every run (a data-time pilot and any rerun for the rate too)
     if dynamics is None:
         simulate(None)
     else:
@@ -224,7 +231,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     langevin = stages[-1]
     if langevin.cached:
         cached_stages.append("langevin")
-    clock("langevin", langevin.rom.wall_time if langevin.cached else None)
+    # read back: the runs' recorded walls, the pilot's included, as the stage counted them when it ran them
+    clock("langevin", sum(r.rom.wall_time for r in runs) if langevin.cached else None)
 
     floor = marginal_relative_entropies(data.reference_density(), data.train_density(),  # data vs data
                                         spec.metrics.grid_points)
