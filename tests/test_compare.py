@@ -182,7 +182,7 @@ def test_model_runs_give_each_estimator_a_mean_and_its_standard_error(tiny_compa
     assert proc.stdout.count("over 3 model runs") == 4
 
 
-def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_compare, tmp_path):
+def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_compare, tmp_path, monkeypatch):
     # the further runs use the first run's model: its schedule (with 400 particles the rate is measured on a
     # pilot of 100 first), its mobility in the data's time, its drift; started where the study's run started
     # they give its numbers again
@@ -190,8 +190,9 @@ def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_co
 
     from kgmm_bayes.baselines import fit_sklearn
     from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.study import compare
     from kgmm_bayes.study.compare import _data_time, _evaluate, study_model_runs
-    from kgmm_bayes.study.dynamics import PILOT_MIN_PARTICLES
+    from kgmm_bayes.study.dynamics import PILOT_MIN_PARTICLES, run_in_data_time
     from kgmm_bayes.study.run import run_study
     from kgmm_bayes.study.stages import langevin_start, study_keys
 
@@ -215,6 +216,16 @@ def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_co
 
     z = data.zscore.forward(data.train)
     fit = fit_sklearn(jax.random.key(5), z, 3, 30)
+    walls = []  # every run the model makes for its first figure: the pilot for the rate, the full run, any rerun
+
+    def recorded(simulate, dyn, particles):
+        def run(*args, **kwargs):
+            rom, spacing = simulate(*args, **kwargs)
+            walls.append(rom.wall_time)
+            return rom, spacing
+        return run_in_data_time(run, dyn, particles)
+
+    monkeypatch.setattr(compare, "run_in_data_time", recorded)
     row = _evaluate("sklearn", fit.drift_fn, fit.drift_params, fit.timings, data, spec, *own, part.points,
                     part.counts, None, fit.info, data_time=_data_time(result, data, z, spec,
                                                                       jax.random.fold_in(langevin_key, 3)),
@@ -222,14 +233,16 @@ def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_co
     first, rerun = row.info["model_runs"]["relative_entropy_mean_per_run"]
     assert rerun == first
     assert row.info["model_runs"]["particles_lost_per_run"] == [row.escaped] * 2
+    # its Langevin seconds count them all, as the study's Langevin stage does (not the last run's alone)
+    assert len(walls) >= 2 and row.langevin_s >= sum(walls)
 
 
 def test_a_stopped_comparison_resumes_after_the_last_estimator_it_finished(tiny_compare, tmp_path, monkeypatch):
     # each estimator's row is kept in <out>.partial/.stages as it finishes: a baseline that fails (a kill, hours
     # into a Lorenz-96 comparison) loses only itself; the next run reads the others back, with the numbers and
     # seconds of the run that computed them, and never fits them again
-    import kgmm_bayes.study.compare as compare
     from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.study import compare
 
     out, _ = tiny_compare
     spec = load_spec(out.parent / "tiny.toml", {"baselines": {"model_runs": 3}})
@@ -243,8 +256,15 @@ def test_a_stopped_comparison_resumes_after_the_last_estimator_it_finished(tiny_
     def fails(*args, **kwargs):
         raise RuntimeError("stopped during the sklearn baseline")
 
+    computed, evaluate_row = {}, compare._evaluate  # the rows of the run that stops, as it computed them
+
+    def evaluate(name, *args, **kwargs):
+        computed[name] = evaluate_row(name, *args, **kwargs)
+        return computed[name]
+
     with monkeypatch.context() as m:
         m.setattr(compare, "fit_sklearn", fails)
+        m.setattr(compare, "_evaluate", evaluate)
         with pytest.raises(RuntimeError, match="stopped during"):
             compare.compare_study(spec, out_dir=str(target))
     assert not target.exists()
@@ -264,6 +284,9 @@ def test_a_stopped_comparison_resumes_after_the_last_estimator_it_finished(tiny_
             "relative_entropy_per_run"]
         np.testing.assert_array_equal(row.relative_entropy, np.array(first[row.estimator]["relative_entropy"],
                                                                      dtype=np.float64))
+    for row in resumed.rows[1:3]:  # read back with the seconds of the run that computed them, not refitted
+        assert (row.estimator, row.timings, row.langevin_s) == (
+            row.estimator, computed[row.estimator].timings, computed[row.estimator].langevin_s)
     reach = json.loads((out / "comparison.json").read_text())["dsm_reach"]
     assert [c["relative_entropy_mean"] for c in payload["dsm_reach"]["checkpoints"]] == [
         c["relative_entropy_mean"] for c in reach["checkpoints"]]
@@ -284,6 +307,40 @@ def test_model_run_summary_counts_runs_that_lost_every_particle_apart():
     # each run's lost particles, the third run's every one of 200
     assert "particles_lost_per_run" not in summary
     assert model_run_summary(per_run, np.array([3, 0, 200, 1]))["particles_lost_per_run"] == [3, 0, 200, 1]
+
+
+def test_a_row_read_back_from_the_stage_cache_makes_the_same_tables(tmp_path):
+    """A kept row comes back as JSON decodes it (lists for arrays, strings for keys, None for NaN): the tables
+    and the KS figure read it as they read the row that was computed."""
+    from scipy.signal import lfilter
+
+    from kgmm_bayes.metrics import series as ts
+    from kgmm_bayes.study.compare_tables import (
+        EstimatorRow,
+        comparison_csv,
+        comparison_markdown,
+        plot_ks,
+        row_dict,
+        row_from_dict,
+    )
+
+    series = lfilter([0.6], [1, -0.8], np.random.default_rng(3).normal(size=(4, 600, 3)), axis=1)[:, 50:]
+    tau = ts.decorrelation_time(series, 0.5)
+    ks = ts.ks_statistics(series.reshape(-1, 3), series + 0.3, 0.5, tau, grid_points=256)
+    fresh = EstimatorRow("kgmm", {"fit": 1.5, "setup": 0.25}, np.array([1e-3, np.nan, 2e-3]), 0.02, None, 3.0, 1,
+                         {"ks": ks, "model_snapshots": 550})
+    decoded = row_from_dict(json.loads(json.dumps(row_dict(fresh), default=list)))
+    np.testing.assert_array_equal(decoded.relative_entropy, fresh.relative_entropy)  # NaN where it was
+    bayes = fresh._replace(estimator="bayesian", band_coverage=0.9)
+    payload = {"study": "s", "seed": 0, "train_snapshots": 1, "reference_snapshots": 1, "dim": 3,
+               "data_floor_relative_entropy_mean": 1e-4, "ks_data_decorrelation_time": list(tau), "baselines": {
+                   "sigma": 0.05, "min_leaf_probability": 1e-3, "max_passes": 1, "tolerance": 0.1,
+                   "dsm_epochs": 1, "dsm_batch": 1, "dsm_learning_rate": 1e-3, "sklearn_max_iter": 1}}
+    table = comparison_markdown([bayes, decoded], None, payload)
+    assert table == comparison_markdown([bayes, fresh], None, payload) and "two-point L1" in table
+    assert comparison_csv([bayes, decoded], None) == comparison_csv([bayes, fresh], None)
+    plot_ks(tmp_path / "ks.png", [bayes, decoded], tau)
+    assert (tmp_path / "ks.png").stat().st_size > 10_000
 
 
 def test_bayesian_cost_counts_choosing_k_once():

@@ -135,7 +135,8 @@ def ks_statistics(reference, model_series, model_spacing: float, data_tau, bins:
     ``data_tau`` ``(D,)``: the data's decorrelation times (:func:`decorrelation_time` of
     :func:`fine_reference_series`).  Returns the pooled one-point PDF's relative entropy
     (KDE, as the marginals) and L1 distance (histograms on common edges), the L1
-    distance of the two-point PDFs at each separation in ``lags``, and the model's
+    distance of the two-point PDFs at each separation in ``lags`` (keyed by the separation as a string, as
+    JSON writes it: a comparison row read back from its stage cache reads the same), and the model's
     decorrelation time per coordinate with its ratio to the data's.
     """
     ref = np.asarray(reference, dtype=np.float64)[None]
@@ -152,7 +153,7 @@ def ks_statistics(reference, model_series, model_spacing: float, data_tau, bins:
     tau = decorrelation_time(model, model_spacing)
     return {"one_point_relative_entropy": relative_entropy(ref.ravel(), model.ravel(), grid_points),
             "one_point_l1": float(np.sum(np.abs(p_ref - p_mod) * np.diff(edges))),
-            "two_point_l1": {int(lag): float(np.sum(np.abs(pp_ref[j] - pp_mod[j]) * area)) for j, lag in enumerate(lags)},
+            "two_point_l1": {str(int(lag)): float(np.sum(np.abs(pp_ref[j] - pp_mod[j]) * area)) for j, lag in enumerate(lags)},
             "decorrelation_time_model": [float(v) for v in tau],
             "decorrelation_time_ratio_model_over_data": [float(v) for v in tau / np.asarray(data_tau)],
             "one_point_pdf": {"edges": edges.tolist(), "reference": p_ref.tolist(), "model": p_mod.tolist()}}

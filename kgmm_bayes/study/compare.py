@@ -85,12 +85,15 @@ from .dynamics import (
     run_in_data_time,
 )
 from .outputs import OutputFolder, _checksum, json_stage, stage_key
-from .run import run_study
+from .run import run_study, user_data_hash
 from .stages import STAGE_SCHEMA, StudyData, langevin_start, model_drift, study_keys
 
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 
 BAYESIAN_STAGES = ("partition", "posterior", "score", "interpolant")
+# bumped when what a comparison keeps of an estimator in <out>/.stages (its row, its further model runs, DSM's reach)
+# changes in content or meaning, so that rows kept by earlier code are recomputed, not mixed with new ones
+COMPARE_ROWS_SCHEMA = 2  # 2: a row's Langevin s counts the data-time pilot and any rerun
 MODEL_RUN_OFFSET = 1_000  # the r-th extra model run's key: fold_in(the study's Langevin key, MODEL_RUN_OFFSET + r)
 
 
@@ -218,7 +221,7 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
     info = dict(info or {})
     if data_time is None:
         rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, lg.box)
-        dt, spacing = lg.dt, lg.dt * lg.thin
+        dt, spacing, langevin_s = lg.dt, lg.dt * lg.thin, rom.wall_time
         schedule = {"dt": lg.dt, "steps": lg.steps, "thin": lg.thin, "mobility": None}
     else:
         dyn = indirect_correction(point_dynamics(data_time.series, data_time.interval, drift_fn, drift_params),
@@ -237,7 +240,9 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
             return simulate_langevin(run_key, drift_fn, drift_params, x0[:particles], dt_, steps // thin * thin,
                                      lg.burn_in, thin, lg.box, mobility=d.phi), dt_ * thin
 
+        start = time.perf_counter()  # the pilot, the full run and any rerun, as the study's Langevin stage counts
         rom, dyn = run_in_data_time(simulate, dyn, len(x0))  # the study's pilot: the first of the same starts
+        langevin_s = time.perf_counter() - start
         dt, spacing = schedule["dt"], dyn.interval
         info["dt_times_max_jacobian_eigenvalue"] = schedule["stiffness"]  # of Phi s, as the study's
         info["dynamics"] = _dynamics_row(dyn, rom, data, spec, data_time)
@@ -256,7 +261,7 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
         error = weighted_score_error(predicted, truth, counts)
     if data_time is None:
         info["dt_times_max_jacobian_eigenvalue"] = dt * max_jacobian_eigenvalue(drift_fn, drift_params, points)
-    return EstimatorRow(fit_name, timings, rel_ent, error, band, rom.wall_time, rom.escaped + rom.non_finite, info)
+    return EstimatorRow(fit_name, timings, rel_ent, error, band, langevin_s, rom.escaped + rom.non_finite, info)
 
 
 def _response_scores(impulse, data_time: _DataTime) -> dict:
@@ -426,11 +431,12 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
                           "dt_times_max_jacobian_eigenvalue": m["langevin"]["dt_times_max_jacobian_eigenvalue"],
                           "model_snapshots": _snapshots(m["langevin"]),
                           **_bayesian_jax_work(m)})]
-    # what the further model runs and the baselines' rows depend on beyond the spec and seed: the code's version, the
-    # training data and the cells (the models' starting particles); each is kept in <out>/.stages as it finishes,
-    # so a comparison that stops (hours on Lorenz-96) resumes after the last estimator it finished
-    rows_key = stage_key("compare", spec.to_dict(), seed, __version__, STAGE_SCHEMA,
-                         _checksum({"z": z, "points": part.points}))
+    # what the further model runs and the baselines' rows depend on beyond the spec and seed: the code's version and
+    # the rows' layout, the user's data (the held-out members the models are scored against too), the training
+    # data and the cells (the models' starting particles); each is kept in <out>/.stages as it finishes, so a
+    # comparison that stops (hours on Lorenz-96) resumes after the last estimator it finished
+    rows_key = stage_key("compare", COMPARE_ROWS_SCHEMA, spec.to_dict(), seed, __version__, STAGE_SCHEMA,
+                         user_data_hash(user_data), _checksum({"z": z, "points": part.points}))
     read_back = []
     starts = model_run_starts(langevin_key, part, spec.langevin.particles, spec.baselines.model_runs)
     if starts:

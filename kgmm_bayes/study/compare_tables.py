@@ -142,7 +142,8 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
                  + [_g(r.score_error), _g(r.band_coverage), f"{r.langevin_s:.1f}", str(r.escaped)])
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Wall time: building the score, compilation included (in brackets: JAX's compiling, or loading "
-              "compiled programs from the cache); the Langevin run is apart. "
+              "compiled programs from the cache); the Langevin run is apart (Langevin s: the model's run, in the "
+              "data's time with its pilot and any rerun for the rate). "
               "Score error: density-weighted relative squared error against the analytic score at the "
               "Bayesian score-target points (the cell centres the Bayesian interpolant was trained on; the "
               "baselines never saw them as such). Band coverage: share of those points inside the Bayesian "
@@ -157,7 +158,8 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
                        "NUTS key. Runs without a finite figure (every particle lost) are left out and counted (k of N "
                        "runs). The next column is the mean over the runs of the estimator's figure minus the Bayesian "
                        "model's in the same run (same starts and noise) with its standard error: negative where the "
-                       "estimator is better. The other columns and figures/comparison.png are the first run's.")]
+                       "estimator is better. The other columns (Langevin s too) and figures/comparison.png are the first "
+                       "run's.")]
     if "model_selection" in rows[0].timings:
         lines += ["", ("K was chosen from the data: the Bayesian model_selection time is the sampling of the candidate "
                        "posteriors the study did not keep (their first runs' seconds), apart from its own posterior; "
@@ -193,7 +195,7 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
                 lines.append(f"| {r.estimator} | — | — | — | — | — | — | — |")
                 continue
             lines.append(f"| {r.estimator} | {_g(k['one_point_relative_entropy'])} | {_g(k['one_point_l1'])} | "
-                         + " | ".join(_g(k["two_point_l1"][s]) for s in (1, 2, 3))
+                         + " | ".join(_g(k["two_point_l1"][str(s)]) for s in (1, 2, 3))
                          + f" | {_g(float(np.mean(k['decorrelation_time_model'])))} | "
                          f"{_g(float(np.mean(k['decorrelation_time_ratio_model_over_data'])))} |")
     lines += _data_time_markdown(rows)
@@ -309,7 +311,7 @@ def plot_ks(path, rows, data_tau):
     axes[0].legend(fontsize=7)
     width = 0.8 / max(1, len(measured))
     for n, (k, r) in enumerate(measured):
-        l1 = [r.info["ks"]["two_point_l1"][s] for s in (1, 2, 3)]
+        l1 = [r.info["ks"]["two_point_l1"][str(s)] for s in (1, 2, 3)]
         axes[1].bar(np.arange(3) + n * width, l1, width, color=f"C{k}", label=r.estimator)
         tau = r.info["ks"]["decorrelation_time_ratio_model_over_data"]
         axes[2].bar(np.arange(len(tau)) + n * width, tau, width, color=f"C{k}", label=r.estimator)
