@@ -291,6 +291,21 @@ def test_a_stopped_comparison_resumes_after_the_last_estimator_it_finished(tiny_
     assert [c["relative_entropy_mean"] for c in payload["dsm_reach"]["checkpoints"]] == [
         c["relative_entropy_mean"] for c in reach["checkpoints"]]
 
+    # which baselines run, and in which order, is not in a row's key: each baseline draws from its own key stream,
+    # so a rerun that reorders them and drops one (--force: the folder's spec changes) reads the others back and
+    # fits nothing
+    fewer = load_spec(out.parent / "tiny.toml", {"baselines": {"model_runs": 3, "which": ["sklearn", "kgmm"]}})
+    with monkeypatch.context() as m:
+        for fit in ("fit_kgmm", "fit_dsm", "fit_sklearn"):
+            m.setattr(compare, fit, fails)
+        reordered = compare.compare_study(fewer, out_dir=str(target), force=True)
+    assert json.loads((target / "comparison.json").read_text())["read_back"] == [
+        "bayesian model runs", "sklearn", "kgmm"]
+    assert [r.estimator for r in reordered.rows] == ["bayesian", "sklearn", "kgmm"]
+    for row in reordered.rows:
+        np.testing.assert_array_equal(row.relative_entropy, np.array(first[row.estimator]["relative_entropy"],
+                                                                     dtype=np.float64))
+
 
 def test_model_run_summary_counts_runs_that_lost_every_particle_apart():
     from kgmm_bayes.study.compare import model_run_summary

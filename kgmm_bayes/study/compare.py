@@ -434,8 +434,12 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     # what the further model runs and the baselines' rows depend on beyond the spec and seed: the code's version and
     # the rows' layout, the user's data (the held-out members the models are scored against too), the training
     # data and the cells (the models' starting particles); each is kept in <out>/.stages as it finishes, so a
-    # comparison that stops (hours on Lorenz-96) resumes after the last estimator it finished
-    rows_key = stage_key("compare", COMPARE_ROWS_SCHEMA, spec.to_dict(), seed, __version__, STAGE_SCHEMA,
+    # comparison that stops (hours on Lorenz-96) resumes after the last estimator it finished. Not on which
+    # baselines run, nor in which order: each has its own key stream, so adding, dropping or reordering one
+    # refits none of the others
+    keyed = spec.to_dict()
+    keyed["baselines"] = {k: v for k, v in keyed["baselines"].items() if k != "which"}
+    rows_key = stage_key("compare", COMPARE_ROWS_SCHEMA, keyed, seed, __version__, STAGE_SCHEMA,
                          user_data_hash(user_data), _checksum({"z": z, "points": part.points}))
     read_back = []
     starts = model_run_starts(langevin_key, part, spec.langevin.particles, spec.baselines.model_runs)
