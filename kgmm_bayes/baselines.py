@@ -190,9 +190,9 @@ def fit_kgmm(key, z, sigma: float = 0.05, min_leaf_probability: float = 1e-3, ma
 
 # --------------------------------------------------------------------------- denoising score matching
 
-@partial(jax.jit, static_argnums=(0, 5, 6, 7))
-def _dsm_epochs(graphdef, params, opt_state, key, z, epochs, batch_size, learning_rate, sigma):
-    """``epochs`` epochs of minibatch Adam on the DSM loss, fresh noise and order every epoch."""
+@partial(jax.jit, static_argnums=(0, 5, 6))
+def _dsm_epochs(graphdef, params, opt_state, epoch_keys, z, batch_size, learning_rate, sigma):
+    """One epoch of minibatch Adam on the DSM loss per key of ``epoch_keys``, fresh noise and order every epoch."""
     optimizer = optax.adam(learning_rate)
     n, d = z.shape
     batches = n // batch_size
@@ -215,14 +215,16 @@ def _dsm_epochs(graphdef, params, opt_state, key, z, epochs, batch_size, learnin
         carry, losses = jax.lax.scan(batch_step, carry, (x, noise))
         return carry, jnp.mean(losses)
 
-    (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, epochs))
+    (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), epoch_keys)
     return params, opt_state, losses
 
 
 def fit_dsm(key, z, sigma: float = 0.05, hidden=(128, 64), epochs: int = 200, batch_size: int = 512,
             learning_rate: float = 1e-3, checkpoints: int = 1) -> BaselineFit:
     """Denoising score matching with the interpolant's MLP; parameters kept at ``checkpoints``
-    evenly spaced epochs (the last at ``epochs``).  ``batch_size`` is capped at ``n``."""
+    evenly spaced epochs (the last at ``epochs``).  ``batch_size`` is capped at ``n``.  Each epoch has its own
+    key, whatever the checkpoints: a checkpoint at epoch e is the fit of ``epochs = e``, and keeping checkpoints
+    does not change the final fit."""
     z = _check_z(z)
     _positive("sigma", sigma)
     _positive("learning_rate", learning_rate)
@@ -241,10 +243,11 @@ def fit_dsm(key, z, sigma: float = 0.05, hidden=(128, 64), epochs: int = 200, ba
     per = epochs // checkpoints
     lengths = [per] * (checkpoints - 1) + [epochs - per * (checkpoints - 1)]
     saved, done, elapsed = [], 0, 0.0
-    for segment_key, length in zip(jax.random.split(train_key, checkpoints), lengths):
+    epoch_keys = jax.random.split(train_key, epochs)
+    for length in lengths:
         start = time.perf_counter()
-        params, opt_state, losses = _dsm_epochs(graphdef, params, opt_state, segment_key, z32, length, batch_size,
-                                                float(learning_rate), jnp.float32(sigma))
+        params, opt_state, losses = _dsm_epochs(graphdef, params, opt_state, epoch_keys[done:done + length], z32,
+                                                batch_size, float(learning_rate), jnp.float32(sigma))
         losses = np.asarray(losses)  # waits for the computation
         elapsed += time.perf_counter() - start
         done += length

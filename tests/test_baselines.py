@@ -161,6 +161,25 @@ def test_dsm_learns_the_smoothed_gaussian_score():
     assert 0 < fit.checkpoints[0].wall_time < fit.checkpoints[1].wall_time == fit.timings["training"]
 
 
+def test_dsm_checkpoints_do_not_change_the_fit():
+    """Each epoch has its own key: the fit with checkpoints ends where the fit without them does, and a
+    checkpoint at epoch e is the fit of e epochs, to the bit (the reach curve of ``compare`` is one
+    training, not several)."""
+    z = _gaussian_1d(1024, seed=3)
+    kwargs = dict(hidden=(8, 8), batch_size=128, learning_rate=3e-3)
+    whole = fit_dsm(jax.random.key(1), z, 0.5, epochs=6, checkpoints=1, **kwargs)
+    kept = fit_dsm(jax.random.key(1), z, 0.5, epochs=6, checkpoints=3, **kwargs)
+    short = fit_dsm(jax.random.key(1), z, 0.5, epochs=4, checkpoints=1, **kwargs)
+    assert [c.epochs for c in kept.checkpoints] == [2, 4, 6]
+    same = jax.tree_util.tree_map(np.array_equal, whole.drift_params, kept.drift_params)
+    assert all(jax.tree_util.tree_leaves(same))
+    same = jax.tree_util.tree_map(np.array_equal, short.drift_params, kept.checkpoints[1].params)
+    assert all(jax.tree_util.tree_leaves(same))
+    other = fit_dsm(jax.random.key(2), z, 0.5, epochs=6, checkpoints=1, **kwargs)  # the check can fail
+    assert not all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, whole.drift_params,
+                                                                    other.drift_params)))
+
+
 # --------------------------------------------------------------------------- [baselines] spec section
 
 SYSTEM = {"data": {"system": "reduced_1d"}}

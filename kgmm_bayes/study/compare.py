@@ -93,7 +93,8 @@ __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 BAYESIAN_STAGES = ("partition", "posterior", "score", "interpolant")
 # bumped when what a comparison keeps of an estimator in <out>/.stages (its row, its further model runs, DSM's reach)
 # changes in content or meaning, so that rows kept by earlier code are recomputed, not mixed with new ones
-COMPARE_ROWS_SCHEMA = 2  # 2: a row's Langevin s counts the data-time pilot and any rerun
+# 2: a row's Langevin s counts the data-time pilot and any rerun; 3: DSM's epochs each have their own key
+COMPARE_ROWS_SCHEMA = 3
 MODEL_RUN_OFFSET = 1_000  # the r-th extra model run's key: fold_in(the study's Langevin key, MODEL_RUN_OFFSET + r)
 
 
