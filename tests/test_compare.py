@@ -120,6 +120,8 @@ def test_comparison_outputs_exist(tiny_compare):
     payload = json.loads((out / "comparison.json").read_text())
     reach = payload["dsm_reach"]
     assert [c["epochs"] for c in reach["checkpoints"]] == [2, 4]
+    assert reach["particles"] == 100 and 0 <= reach["bayesian_particles_lost"] <= 100
+    assert all(0 <= c["particles_lost"] <= 100 for c in reach["checkpoints"])
     assert payload["train_snapshots"] == 10 * 200  # the Bayesian study's training set
     assert not (out.parent / "cmp.partial").exists()
 
@@ -324,6 +326,28 @@ def test_model_run_summary_counts_runs_that_lost_every_particle_apart():
     assert model_run_summary(per_run, np.array([3, 0, 200, 1]))["particles_lost_per_run"] == [3, 0, 200, 1]
 
 
+def _payload(dim: int) -> dict:
+    """comparison.json's fields that the tables read, for rows made up in a test."""
+    return {"study": "s", "seed": 0, "train_snapshots": 1, "reference_snapshots": 1, "dim": dim,
+            "data_floor_relative_entropy_mean": 1e-4, "baselines": {
+                "sigma": 0.05, "min_leaf_probability": 1e-3, "max_passes": 1, "tolerance": 0.1,
+                "dsm_epochs": 1, "dsm_batch": 1, "dsm_learning_rate": 1e-3, "sklearn_max_iter": 1}}
+
+
+def test_dsm_reach_names_the_particles_a_short_run_lost():
+    """A checkpoint whose short run lost particles has its relative entropy over the others: the text says how
+    many, and says nothing where none were lost."""
+    from kgmm_bayes.study.compare_tables import EstimatorRow, comparison_markdown
+
+    rows = [EstimatorRow(n, {"fit": 1.0}, np.array([2e-3]), None, None, 1.0, 0, {}) for n in ("bayesian", "dsm")]
+    reach = {"langevin_steps": 100, "bayesian_relative_entropy_mean": 2e-3, "bayesian_particles_lost": 0,
+             "particles": 500, "budget_epochs": 20, "reached_at_s": 2.0, "reached_at_epochs": 20, "checkpoints": [
+                 {"epochs": 10, "training_s": 1.0, "relative_entropy_mean": 0.03, "particles_lost": 7},
+                 {"epochs": 20, "training_s": 2.0, "relative_entropy_mean": 1e-3, "particles_lost": 0}]}
+    text = comparison_markdown(rows, reach, _payload(1))
+    assert "Bayesian 0.002; DSM 10 epochs (1.0 s): 0.03 (7 of 500 particles lost), 20 epochs (2.0 s): 0.001." in text
+
+
 def test_a_row_read_back_from_the_stage_cache_makes_the_same_tables(tmp_path):
     """A kept row comes back as JSON decodes it (lists for arrays, strings for keys, None for NaN): the tables
     and the KS figure read it as they read the row that was computed."""
@@ -347,10 +371,7 @@ def test_a_row_read_back_from_the_stage_cache_makes_the_same_tables(tmp_path):
     decoded = row_from_dict(json.loads(json.dumps(row_dict(fresh), default=list)))
     np.testing.assert_array_equal(decoded.relative_entropy, fresh.relative_entropy)  # NaN where it was
     bayes = fresh._replace(estimator="bayesian", band_coverage=0.9)
-    payload = {"study": "s", "seed": 0, "train_snapshots": 1, "reference_snapshots": 1, "dim": 3,
-               "data_floor_relative_entropy_mean": 1e-4, "ks_data_decorrelation_time": list(tau), "baselines": {
-                   "sigma": 0.05, "min_leaf_probability": 1e-3, "max_passes": 1, "tolerance": 0.1,
-                   "dsm_epochs": 1, "dsm_batch": 1, "dsm_learning_rate": 1e-3, "sklearn_max_iter": 1}}
+    payload = dict(_payload(3), ks_data_decorrelation_time=list(tau))
     table = comparison_markdown([bayes, decoded], None, payload)
     assert table == comparison_markdown([bayes, fresh], None, payload) and "two-point L1" in table
     assert comparison_csv([bayes, decoded], None) == comparison_csv([bayes, fresh], None)
@@ -387,10 +408,7 @@ def test_tables_gain_the_model_runs_columns_only_with_more_than_one_run():
     def row(name, info):
         return EstimatorRow(name, {"fit": 1.0}, np.array([2e-3]), None, None, 1.0, 0, info)
 
-    payload = {"study": "s", "seed": 0, "train_snapshots": 1, "reference_snapshots": 1, "dim": 1,
-               "data_floor_relative_entropy_mean": 1e-4, "baselines": {
-                   "sigma": 0.05, "min_leaf_probability": 1e-3, "max_passes": 1, "tolerance": 0.1,
-                   "dsm_epochs": 1, "dsm_batch": 1, "dsm_learning_rate": 1e-3, "sklearn_max_iter": 1}}
+    payload = _payload(1)
     plain = [row("bayesian", {}), row("sklearn", {})]
     assert "model_runs" not in comparison_csv(plain, None) and "model runs" not in comparison_markdown(plain, None, payload)
     runs = [row("bayesian", {"model_runs": model_run_summary([[2e-3], [4e-3]])}),

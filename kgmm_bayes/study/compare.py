@@ -93,7 +93,8 @@ __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 BAYESIAN_STAGES = ("partition", "posterior", "score", "interpolant")
 # bumped when what a comparison keeps of an estimator in <out>/.stages (its row, its further model runs, DSM's reach)
 # changes in content or meaning, so that rows kept by earlier code are recomputed, not mixed with new ones
-# 2: a row's Langevin s counts the data-time pilot and any rerun; 3: DSM's epochs each have their own key
+# 2: a row's Langevin s counts the data-time pilot and any rerun; 3: DSM's epochs each have their own key, and its
+# reach counts each short run's particles lost
 COMPARE_ROWS_SCHEMA = 3
 MODEL_RUN_OFFSET = 1_000  # the r-th extra model run's key: fold_in(the study's Langevin key, MODEL_RUN_OFFSET + r)
 
@@ -363,15 +364,20 @@ def _dsm_reach(fit: BaselineFit, bayes_drift, data, spec, x0, run_key) -> dict:
     lg = spec.langevin
     steps = max(lg.thin, (lg.steps // 4) // lg.thin * lg.thin)
 
-    def mean_rel_ent(drift_fn, params):
+    def short_run(drift_fn, params):  # the mean relative entropy over the particles kept, and the particles lost
         rom = simulate_langevin(run_key, drift_fn, params, x0, lg.dt, steps, lg.burn_in, lg.thin, lg.box)
-        return float(np.mean(_rom_relative_entropy(data, rom, spec.metrics.grid_points)))
+        return float(np.mean(_rom_relative_entropy(data, rom, spec.metrics.grid_points))), int(
+            rom.escaped + rom.non_finite)
 
-    target = mean_rel_ent(*bayes_drift)
-    points = [{"epochs": c.epochs, "training_s": c.wall_time,
-               "relative_entropy_mean": mean_rel_ent(fit.drift_fn, c.params)} for c in fit.checkpoints]
+    target, target_lost = short_run(*bayes_drift)
+    points = []
+    for c in fit.checkpoints:
+        rel_ent, lost = short_run(fit.drift_fn, c.params)
+        points.append({"epochs": c.epochs, "training_s": c.wall_time, "relative_entropy_mean": rel_ent,
+                       "particles_lost": lost})
     reached = next((p for p in points if p["relative_entropy_mean"] <= target), None)
-    return {"langevin_steps": int(steps), "bayesian_relative_entropy_mean": target, "checkpoints": points,
+    return {"langevin_steps": int(steps), "bayesian_relative_entropy_mean": target,
+            "bayesian_particles_lost": target_lost, "particles": int(len(x0)), "checkpoints": points,
             "reached_at_s": None if reached is None else reached["training_s"],
             "reached_at_epochs": None if reached is None else reached["epochs"],
             "budget_epochs": int(spec.baselines.dsm_epochs)}
