@@ -205,12 +205,12 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
         def lost(n):  # none lost: nothing said
             return f" ({n} of {dsm_reach['particles']} particles lost)" if n else ""
         curve = ", ".join(f"{p['epochs']} epochs ({p['training_s']:.1f} s): {_g(p['relative_entropy_mean'])}"
-                          f"{lost(p.get('particles_lost'))}" for p in dsm_reach["checkpoints"])
+                          f"{lost(p['particles_lost'])}" for p in dsm_reach["checkpoints"])
         verdict = (f"DSM reaches it after {dsm_reach['reached_at_epochs']} epochs, {dsm_reach['reached_at_s']:.1f} s "
                    "of training." if dsm_reach["reached_at_s"] is not None else
                    f"DSM does not reach it within its budget of {dsm_reach['budget_epochs']} epochs.")
         lines += ["", f"DSM against time (quarter-length Langevin runs, {dsm_reach['langevin_steps']} steps): "
-                  f"Bayesian {_g(target)}{lost(dsm_reach.get('bayesian_particles_lost'))}; DSM {curve}. {verdict}"]
+                  f"Bayesian {_g(target)}{lost(dsm_reach['bayesian_particles_lost'])}; DSM {curve}. {verdict}"]
     return "\n".join(lines) + "\n"
 
 
