@@ -185,6 +185,9 @@ class BaselinesSection(NamedTuple):
     dsm_batch: int = 512
     dsm_learning_rate: float = 1e-3
     dsm_checkpoints: int = 4  # DSM evaluated after every dsm_epochs / dsm_checkpoints epochs
+    dsm_ema: float = 0.999  # DSM's network: the moving average of its parameters with this decay per Adam step
+    # (kgmm_bayes.baselines.fit_dsm); 0: the parameters themselves, whose model wandered (default study, seeds 0-3,
+    # relative entropy 0.0011-0.0099; with the average 0.0022-0.0041: README, "Comparison")
     sklearn_components: int = 0  # 0: as many as [mixture] components
     sklearn_max_iter: int = 100  # scikit-learn's own default
     model_runs: int = 1  # every estimator's model run this many times (the study's key, then keys folded from it)
@@ -483,6 +486,8 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
         raise SpecError(f"[ensemble] max_lag ({ensemble.max_lag}) must be < steps // thin "
                         f"({ensemble.steps // ensemble.thin} snapshots)")
     baselines = sections["baselines"]
+    if not 0 <= baselines.dsm_ema < 1:
+        raise SpecError(f"[baselines] dsm_ema must be in [0, 1), got {baselines.dsm_ema}")
     if baselines.dsm_checkpoints > baselines.dsm_epochs:
         raise SpecError(f"[baselines] dsm_checkpoints ({baselines.dsm_checkpoints}) must be <= "
                         f"dsm_epochs ({baselines.dsm_epochs})")

@@ -144,15 +144,17 @@ def test_sklearn_score_matches_finite_differences_of_score_samples(sklearn_fit):
 
 # --------------------------------------------------------------------------- denoising score matching
 
-def test_dsm_learns_the_smoothed_gaussian_score():
+@pytest.mark.parametrize("ema", [0.0, 0.99])
+def test_dsm_learns_the_smoothed_gaussian_score(ema):
     """The DSM loss is minimised by the smoothed score -x / (1 + sigma^2).  Tolerance: relative
     L2 error (over the data) below 0.1, against ~1 for the untrained network; the noise left
-    after 1,200 Adam steps with batch 256 and per-sample target variance 1/sigma^2 = 4 is
-    ~ (4 / (256 * 1200))^(1/2) ~ 0.004 per unit, far below it."""
+    after 1,280 Adam steps with batch 256 and per-sample target variance 1/sigma^2 = 4 is
+    ~ (4 / (256 * 1280))^(1/2) ~ 0.004 per unit, far below it.  The same for the moving average of the
+    parameters over the last ~100 steps."""
     sigma = 0.5
     z = _gaussian_1d(4096, seed=5)
     fit = fit_dsm(jax.random.key(6), z, sigma, hidden=(32, 32), epochs=80, batch_size=256, learning_rate=3e-3,
-                  checkpoints=2)
+                  checkpoints=2, ema=ema)
     pred = np.asarray(fit.drift_fn(fit.drift_params, z.astype(np.float32)), dtype=np.float64)
     truth = -z / (1 + sigma**2)
     error = np.sqrt(np.mean((pred - truth) ** 2) / np.mean(truth**2))
@@ -178,6 +180,31 @@ def test_dsm_checkpoints_do_not_change_the_fit():
     other = fit_dsm(jax.random.key(2), z, 0.5, epochs=6, checkpoints=1, **kwargs)  # the check can fail
     assert not all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, whole.drift_params,
                                                                     other.drift_params)))
+
+
+def test_dsm_moving_average_is_the_bias_corrected_average_of_the_steps():
+    """One batch per epoch, so one Adam step per epoch, and the parameters' path does not depend on the average:
+    with decay d the network kept after one step is that step's parameters p1, after two (d p1 + p2) / (1 + d),
+    each from the fits without the average (float32 arithmetic: rtol 1e-5)."""
+    z = _gaussian_1d(256, seed=7)
+    kwargs = dict(hidden=(8, 8), batch_size=256, learning_rate=3e-2)
+    p1 = fit_dsm(jax.random.key(3), z, 0.5, epochs=1, **kwargs).drift_params
+    p2 = fit_dsm(jax.random.key(3), z, 0.5, epochs=2, **kwargs).drift_params
+    averaged = fit_dsm(jax.random.key(3), z, 0.5, epochs=2, checkpoints=2, ema=0.5, **kwargs)
+    assert averaged.info["ema"] == 0.5
+    leaves = jax.tree_util.tree_leaves
+    for got, want in zip(leaves(averaged.checkpoints[0].params), leaves(p1)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+    expected = jax.tree_util.tree_map(lambda a, b: (0.5 * np.asarray(a) + np.asarray(b)) / 1.5, p1, p2)
+    for got, want in zip(leaves(averaged.drift_params), leaves(expected)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(leaves(averaged.drift_params)[-1], leaves(p2)[-1])  # the check can fail
+
+
+@pytest.mark.parametrize("ema", [-0.1, 1.0])
+def test_dsm_rejects_a_bad_moving_average(ema):
+    with pytest.raises(ValueError, match="ema"):
+        fit_dsm(jax.random.key(0), _gaussian_1d(100), ema=ema)
 
 
 # --------------------------------------------------------------------------- [baselines] spec section
@@ -208,6 +235,9 @@ def test_baselines_section_defaults_are_the_authors_settings():
     ({"dsm_epochs": 2.5}, ["[baselines] dsm_epochs"]),
     ({"dsm_batch": True}, ["[baselines] dsm_batch"]),
     ({"dsm_checkpoints": 10, "dsm_epochs": 5}, ["[baselines] dsm_checkpoints", "dsm_epochs"]),
+    ({"dsm_ema": 1.0}, ["[baselines] dsm_ema"]),
+    ({"dsm_ema": -0.1}, ["[baselines] dsm_ema"]),
+    ({"dsm_ema": float("nan")}, ["[baselines] dsm_ema"]),
     ({"sklearn_components": -1}, ["[baselines] sklearn_components"]),
     ({"model_runs": 0}, ["[baselines] model_runs"]),
     ({"model_runs": 2.0}, ["[baselines] model_runs"]),

@@ -117,7 +117,9 @@ def test_comparison_outputs_exist(tiny_compare):
     table = (out / "comparison.md").read_text()
     assert table.count("\n| ") >= 5  # header and four estimators
     assert "DSM" in table and ("reaches it" in table or "does not reach it" in table)
+    assert "moving average of the parameters (decay 0.999 per step)" in table  # [baselines] dsm_ema's default
     payload = json.loads((out / "comparison.json").read_text())
+    assert next(r for r in payload["estimators"] if r["estimator"] == "dsm")["info"]["ema"] == 0.999
     reach = payload["dsm_reach"]
     assert [c["epochs"] for c in reach["checkpoints"]] == [2, 4]
     assert reach["particles"] == 100 and 0 <= reach["bayesian_particles_lost"] <= 100

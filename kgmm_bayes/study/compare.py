@@ -36,7 +36,8 @@ Langevin run is reported apart.  For DSM, the models kept every
 ``dsm_epochs / dsm_checkpoints`` epochs are each run through a quarter-length
 Langevin model, and so is the Bayesian drift: the first checkpoint whose mean
 relative entropy is no worse than the Bayesian one gives the DSM training time
-needed to reach it.
+needed to reach it.  DSM's networks (row and checkpoints) have the moving average of its parameters over
+Adam's steps (``dsm_ema``), as score-based models are commonly trained: the parameters themselves wander.
 """
 from __future__ import annotations
 
@@ -94,8 +95,9 @@ BAYESIAN_STAGES = ("partition", "posterior", "score", "interpolant")
 # bumped when what a comparison keeps of an estimator in <out>/.stages (its row, its further model runs, DSM's reach)
 # changes in content or meaning, so that rows kept by earlier code are recomputed, not mixed with new ones
 # 2: a row's Langevin s counts the data-time pilot and any rerun; 3: DSM's epochs each have their own key, and its
-# reach counts each short run's particles lost
-COMPARE_ROWS_SCHEMA = 3
+# reach counts each short run's particles lost; 4: DSM's network has the moving average of its parameters
+# ([baselines] dsm_ema)
+COMPARE_ROWS_SCHEMA = 4
 MODEL_RUN_OFFSET = 1_000  # the r-th extra model run's key: fold_in(the study's Langevin key, MODEL_RUN_OFFSET + r)
 
 
@@ -355,7 +357,7 @@ def _fit_baseline(name, key, z, spec) -> BaselineFit:
                         itp.learning_rate)
     if name == "dsm":
         return fit_dsm(key, z, b.sigma, itp.hidden, b.dsm_epochs, b.dsm_batch, b.dsm_learning_rate,
-                       b.dsm_checkpoints)
+                       b.dsm_checkpoints, b.dsm_ema)
     return fit_sklearn(key, z, b.sklearn_components or spec.mixture.components, b.sklearn_max_iter)
 
 

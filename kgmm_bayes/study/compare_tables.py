@@ -122,6 +122,10 @@ def _g(v, digits=3):
     return "—" if v is None or not np.isfinite(v) else f"{v:.{digits}g}"
 
 
+def _dsm_average(ema) -> str:
+    return f", its network the moving average of the parameters (decay {ema:g} per step)" if ema else ""
+
+
 def comparison_markdown(rows, dsm_reach, payload) -> str:
     d = len(rows[0].relative_entropy)
     runs = next((r.info["model_runs"]["runs"] for r in rows if r.info.get("model_runs")), None)
@@ -176,7 +180,8 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
     b = payload["baselines"]
     lines += ["", f"Baselines: sigma = {b['sigma']}, classic KGMM with round(1/{b['min_leaf_probability']}) leaves "
               f"and at most {b['max_passes']} noisy passes (relative tolerance {b['tolerance']}); DSM "
-              f"{b['dsm_epochs']} epochs, batch {b['dsm_batch']}, Adam {b['dsm_learning_rate']}; both networks "
+              f"{b['dsm_epochs']} epochs, batch {b['dsm_batch']}, Adam {b['dsm_learning_rate']}"
+              f"{_dsm_average(b.get('dsm_ema', 0))}; both networks "
               "as the Bayesian interpolant ([interpolant]); scikit-learn BayesianGaussianMixture (full "
               f"covariances, max_iter {b['sklearn_max_iter']})."]
     if payload.get("ks_data_decorrelation_time") is not None:
