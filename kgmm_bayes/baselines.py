@@ -195,7 +195,7 @@ def fit_kgmm(key, z, sigma: float = 0.05, min_leaf_probability: float = 1e-3, ma
 def _dsm_epochs(graphdef, carry, epoch_keys, z, batch_size, learning_rate, sigma, ema):
     """One epoch of minibatch Adam on the DSM loss per key of ``epoch_keys``, fresh noise and order every epoch.
     ``carry``: ``(params, opt_state, average)``; ``ema`` > 0: ``average`` is the moving average of the parameters
-    over the steps, started at zero (:func:`_ema_debiased`)."""
+    over the steps, started at zero (:func:`_ema_debiased`), else ``None``."""
     optimizer = optax.adam(learning_rate)
     n, d = z.shape
     batches = n // batch_size
@@ -257,7 +257,8 @@ def fit_dsm(key, z, sigma: float = 0.05, hidden=(128, 64), epochs: int = 200, ba
     init_key, train_key = jax.random.split(key)
     graphdef, params = nnx.split(MLP(sizes, rngs=nnx.Rngs(_seed(init_key))))
     opt_state = optax.adam(float(learning_rate)).init(params)
-    carry = (params, opt_state, jax.tree_util.tree_map(jnp.zeros_like, params))
+    carry = (params, opt_state, jax.tree_util.tree_map(jnp.zeros_like, params) if ema > 0 else None)
+    batches = len(z) // batch_size  # Adam steps per epoch
     z32 = jnp.asarray(z, dtype=jnp.float32)
     per = epochs // checkpoints
     lengths = [per] * (checkpoints - 1) + [epochs - per * (checkpoints - 1)]
@@ -269,7 +270,7 @@ def fit_dsm(key, z, sigma: float = 0.05, hidden=(128, 64), epochs: int = 200, ba
                                     float(learning_rate), jnp.float32(sigma), ema)
         losses = np.asarray(losses)  # waits for the computation
         done += length
-        params = _ema_debiased(carry[2], done * (len(z) // batch_size), ema) if ema > 0 else carry[0]
+        params = _ema_debiased(carry[2], done * batches, ema) if ema > 0 else carry[0]
         jax.block_until_ready(params)
         elapsed += time.perf_counter() - start
         saved.append(DSMCheckpoint(epochs=done, wall_time=elapsed, params=params, loss=float(losses[-1])))

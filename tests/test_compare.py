@@ -333,7 +333,7 @@ def _payload(dim: int) -> dict:
     return {"study": "s", "seed": 0, "train_snapshots": 1, "reference_snapshots": 1, "dim": dim,
             "data_floor_relative_entropy_mean": 1e-4, "baselines": {
                 "sigma": 0.05, "min_leaf_probability": 1e-3, "max_passes": 1, "tolerance": 0.1,
-                "dsm_epochs": 1, "dsm_batch": 1, "dsm_learning_rate": 1e-3, "sklearn_max_iter": 1}}
+                "dsm_epochs": 1, "dsm_batch": 1, "dsm_learning_rate": 1e-3, "dsm_ema": 0.0, "sklearn_max_iter": 1}}
 
 
 def test_dsm_reach_names_the_particles_a_short_run_lost():

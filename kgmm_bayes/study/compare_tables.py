@@ -181,7 +181,7 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
     lines += ["", f"Baselines: sigma = {b['sigma']}, classic KGMM with round(1/{b['min_leaf_probability']}) leaves "
               f"and at most {b['max_passes']} noisy passes (relative tolerance {b['tolerance']}); DSM "
               f"{b['dsm_epochs']} epochs, batch {b['dsm_batch']}, Adam {b['dsm_learning_rate']}"
-              f"{_dsm_average(b.get('dsm_ema', 0))}; both networks "
+              f"{_dsm_average(b['dsm_ema'])}; both networks "
               "as the Bayesian interpolant ([interpolant]); scikit-learn BayesianGaussianMixture (full "
               f"covariances, max_iter {b['sklearn_max_iter']})."]
     if payload.get("ks_data_decorrelation_time") is not None:
