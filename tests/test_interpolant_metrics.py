@@ -173,3 +173,34 @@ def test_training_set_gives_cells_and_snapshots_half_the_loss_each():
     none = spec_from_dict({"data": {"path": "unused.npy"}})  # the default: the cells alone, as before
     cells = interpolant_training_set(none, part, summary, draws, z)
     assert cells[0] is part.points and cells[2] is part.counts
+
+
+def test_corrected_targets_and_the_correction_stage():
+    from types import SimpleNamespace
+
+    from kgmm_bayes.bayes.score import posterior_mean_score
+    from kgmm_bayes.spec import spec_from_dict
+    from kgmm_bayes.study.stages import correction_stage, interpolant_training_set
+
+    rng = np.random.default_rng(5)
+    draws = (np.ones((1, 1)), np.zeros((1, 1, 2)), np.tile(1.5 * np.eye(2), (1, 1, 1, 1)))  # one N(0, 2.25 I)
+    z = rng.normal(size=(16_000, 2))  # N(0, I): the draws' score -x / 2.25 is off by a factor 2.25
+    stored = {}
+    out = SimpleNamespace(load_stage=lambda stage, key, build: build(stored[key]) if key in stored else None,
+                          save_stage=lambda stage, key, arrays: stored.__setitem__(key, arrays))
+    spec = spec_from_dict({"data": {"path": "unused.npy"}, "interpolant": {"snapshots": 300, "correction": "auto"}})
+    correction, _, cached = correction_stage(spec, out, "up", draws, z, seed=0)
+    assert correction.applied and not cached and len(stored) == 1
+    again, _, cached = correction_stage(spec, out, "up", draws, z, seed=0)
+    assert cached and np.array_equal(again.theta, correction.theta)
+    held = rng.normal(size=(2000, 2))
+    before = np.mean(np.sum((posterior_mean_score(*draws, held) + held) ** 2, axis=1))
+    after = np.mean(np.sum((posterior_mean_score(*draws, held) + correction(held) + held) ** 2, axis=1))
+    assert after < 0.1 * before
+    part = SimpleNamespace(points=rng.normal(size=(30, 2)), counts=np.ones(30))
+    summary = SimpleNamespace(mean=posterior_mean_score(*draws, part.points) + correction(part.points))
+    points, targets, _ = interpolant_training_set(spec, part, summary, draws, z, correction)
+    np.testing.assert_allclose(targets[30:], posterior_mean_score(*draws, points[30:]) + correction(points[30:]),
+                               rtol=1e-12)
+    off = spec_from_dict({"data": {"path": "unused.npy"}})  # the default: no correction, nothing cached
+    assert correction_stage(off, out, "up", draws, z, seed=0) == (None, 0.0, False) and len(stored) == 1

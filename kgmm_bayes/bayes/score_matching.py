@@ -259,24 +259,29 @@ def _bumps(x, centres, centre_sq, width: float):
     return np.exp(-sq / (2 * width * width))
 
 
+def _block_moments(z, s, centres, width: float, blocks: int):
+    """Per block: ``b_a`` ``(blocks, J, d)`` and ``A_a`` ``(blocks, J, J)`` (means over the block's snapshots)."""
+    n_basis, d = len(centres), z.shape[1]
+    step = len(z) // blocks
+    b = np.zeros((blocks, n_basis, d))
+    gram = np.zeros((blocks, n_basis, n_basis))
+    centre_sq = np.sum(centres ** 2, axis=-1)
+    for a in range(blocks):
+        for i in range(a * step, (a + 1) * step, STEIN_CHUNK):
+            x = z[i:min(i + STEIN_CHUNK, (a + 1) * step)]
+            g = _bumps(x, centres, centre_sq, width)
+            b[a] += g.T @ s[i:i + len(x)] - (g.T @ x - g.sum(axis=0)[:, None] * centres) / (width * width)
+            gram[a] += g.T @ g
+    return b / step, gram / step
+
+
 def _cross_fitted(z, s, centres, width: float, blocks: int):
     """``(gap, se, theta)``: the mean over pairs of non-adjacent blocks of ``b_a^T A^-1 b_c``, its jackknife
     standard error over blocks, and each block's ``A^-1 b_a`` ``(blocks, J, d)``, for bumps at ``centres``
     (see :func:`stein_gap`)."""
     n_basis, d = len(centres), z.shape[1]
-    step = len(z) // blocks
-    b = np.zeros((blocks, n_basis, d))
-    gram = np.zeros((n_basis, n_basis))
-    centre_sq = np.sum(centres ** 2, axis=-1)
-    for a in range(blocks):
-        for i in range(a * step, (a + 1) * step, STEIN_CHUNK):
-            x = z[i:min(i + STEIN_CHUNK, (a + 1) * step)]
-            g = _bumps(x, centres, centre_sq, width)  # (n, J)
-            # sum over snapshots of s_k g_j + d_k g_j, with d_k g_j = -(x_k - c_jk) g_j / width^2
-            b[a] += g.T @ s[i:i + len(x)] - (g.T @ x - g.sum(axis=0)[:, None] * centres) / (width * width)
-            gram += g.T @ g
-    b /= step
-    gram /= step * blocks
+    b, grams = _block_moments(z, s, centres, width, blocks)
+    gram = grams.mean(axis=0)
     gram += STEIN_RIDGE * np.trace(gram) / n_basis * np.eye(n_basis)
     solved = np.linalg.solve(gram, b.transpose(1, 0, 2).reshape(n_basis, -1)).reshape(n_basis, blocks, d)
     cross = np.einsum("ajk,jck->ac", b, solved)  # (blocks, blocks): b_a^T A^-1 b_c

@@ -50,6 +50,7 @@ from .report import numerical_faults, write_report
 from .stages import (
     STAGE_SCHEMA,
     choose_components,
+    correction_stage,
     heldout_indices,
     interpolant_stage,
     langevin_stage,
@@ -184,9 +185,16 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         mean=np.asarray(posterior_mean_score(*drive, part.points)))
     clock("score")
 
+    # the interpolant's targets: the posterior-mean score corrected by score matching where the data support it
+    correction, correction_s, correction_cached = correction_stage(spec, out, post_key, drive, z, seed)
+    if correction is not None and correction.applied:
+        targets = targets._replace(mean=np.asarray(targets.mean) + correction(part.points))
+    if spec.interpolant.correction != "off":
+        clock("correction", correction_s if correction_cached else None)
+
     log(progress, "interpolant: training")
     interp, ikey, interp_cached, interp_s = interpolant_stage(spec, out, train_key, part, targets, post_key,
-                                                              progress, draws=drive, z=z)
+                                                              progress, draws=drive, z=z, correction=correction)
     if interp_cached:
         cached_stages.append("interpolant")
     clock("interpolant", interp_s if interp_cached else None)  # read back: the run which trained it
@@ -258,7 +266,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         drift_metrics.update(drift_posterior_max_r_hat=json_floats(float(post.sample_stats["model_max_r_hat"])),
                              drift_posterior_stacked=bool(post.sample_stats["model_stacked"]))
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-                           cached_stages, dynamics, members, unresolved, drive=(drive, targets.mean, drift_metrics))
+                           cached_stages, dynamics, members, unresolved, drive=(drive, targets.mean, drift_metrics),
+                           correction=correction)
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
     if screening:
         metrics["model_selection"]["chosen_from_data"] = {
@@ -294,7 +303,7 @@ class _Evaluation(NamedTuple):
 
 
 def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-              cached_stages, dynamics=None, members=None, unresolved=(), drive=None) -> _Evaluation:
+              cached_stages, dynamics=None, members=None, unresolved=(), drive=None, correction=None) -> _Evaluation:
     """The model against the data (and the truth where known); ``drive``: ``(draws, mean score at the cells,
     langevin metrics)`` of the posterior whose draws drove the model (:func:`~kgmm_bayes.study.stages.model_draws`;
     ``None``: the study's own draws)."""
@@ -308,7 +317,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
     # the draws the model came from and the posterior-mean score the interpolant learnt
     drive_draws, learnt_mean, drift_metrics = (fit.draws, summary.mean, {}) if drive is None else drive
-    interp_error, interp_relative = interpolant_heldout_error(interp, drive_draws, z)
+    interp_error, interp_relative = interpolant_heldout_error(interp, drive_draws, z, correction)
     interp_band = band_around(summary, interp_at_points, interp_error)
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,
@@ -327,7 +336,9 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                         "heldout_rms_error": json_floats(interp_error),
                         # sqrt(sum |f - s|^2 / sum |s|^2) there (relative_error_vs_posterior_mean is the
                         # count-weighted ratio at the cells, not its square root)
-                        "heldout_relative_rms_error": json_floats(interp_relative)},
+                        "heldout_relative_rms_error": json_floats(interp_relative),
+                        # its targets' score-matching correction (kgmm_bayes.bayes.correction), when fitted
+                        **({} if correction is None else {"correction": correction.to_json()})},
         "langevin": {"particles": int(lg.particles), "box": float(lg.box), "escaped": rom.escaped,
                      "non_finite": rom.non_finite,
                      "kept_samples": int(len(kept)), "drift": lg.drift,
@@ -403,15 +414,17 @@ def streamed_summary(data) -> dict:
             "marginals": "binned KDE over every snapshot (relative entropy, data floor)"}
 
 
-def interpolant_heldout_error(interp, draws, z):
-    """``(rms (d,), relative)``: the interpolant's RMS error per coordinate (z-scored) against the
-    posterior-mean score at up to :data:`~kgmm_bayes.study.stages.HELDOUT_POINTS` training snapshots of
+def interpolant_heldout_error(interp, draws, z, correction=None):
+    """``(rms (d,), relative)``: the interpolant's RMS error per coordinate (z-scored) against its target, the
+    posterior-mean score (plus ``correction`` where applied: :mod:`kgmm_bayes.bayes.correction`) at up to :data:`~kgmm_bayes.study.stages.HELDOUT_POINTS` training snapshots of
     the held-out blocks (:func:`~kgmm_bayes.study.stages.heldout_indices`: the network never trains on
     them), and the relative RMS error there, ``sqrt(sum |f - s|^2 / sum |s|^2)``."""
     pts = np.asarray(z)[heldout_indices(len(z))]
     if len(pts) == 0:  # nothing held out (a handful of snapshots): no measure, not a perfect one
         return np.full(np.shape(z)[-1], np.nan), float("nan")
-    target = posterior_mean_score(*draws, pts)
+    target = np.asarray(posterior_mean_score(*draws, pts))
+    if correction is not None and correction.applied:
+        target = target + correction(pts)
     error = np.asarray(interp(jnp.asarray(pts, jnp.float32)), np.float64) - target
     return np.sqrt(np.mean(error**2, axis=0)), float(np.sqrt(np.sum(error**2) / max(np.sum(target**2), 1e-300)))
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .._picks import evenly_spaced
 from .._version import __version__
+from ..bayes.correction import correction_arrays, correction_from_arrays, fit_correction
 from ..bayes.coarsening import (
     OFF,
     Coarsening,
@@ -81,7 +82,7 @@ from .report import STIFFNESS_LIMIT
 
 __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare_data", "sample_posterior",
            "partition_stage", "posterior_stage", "choose_components", "score_stage", "interpolant_stage",
-           "interpolant_training_set", "heldout_indices", "HELDOUT_POINTS", "langevin_stage", "ScoreStage",
+           "interpolant_training_set", "correction_stage", "heldout_indices", "HELDOUT_POINTS", "langevin_stage", "ScoreStage",
            "LangevinStage", "stacked_weights", "model_drift", "model_draws"]
 
 # Part of every stage key: raise it whenever what a stage computes or stores changes (2: coreset
@@ -548,7 +549,27 @@ def interpolant_snapshots(z, count: int) -> np.ndarray:
     return z[free[evenly_spaced(len(free), count)]] if len(free) else z[:0]
 
 
-def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary, draws, z):
+def correction_stage(spec: Spec, out, upstream, draws, z, seed: int):
+    """``(correction, seconds, read from the cache)``: the score-matching correction of the posterior-mean score
+    of ``draws`` on the training snapshots ``z`` (:func:`~kgmm_bayes.bayes.correction.fit_correction`;
+    ``[interpolant] correction``), ``None`` with ``"off"`` or too few snapshots; ``seconds``: the fit's (the run
+    which computed it, when read back)."""
+    if spec.interpolant.correction == "off":
+        return None, 0.0, False
+    ckey = stage_key("correction", upstream, spec.interpolant.correction, seed)
+    cached = out.load_stage("correction", ckey, build=lambda a: (
+        correction_from_arrays(a) if "theta" in a else None, float(a["wall_time"])))
+    if cached is not None:
+        return (*cached, True)
+    start = time.perf_counter()
+    correction = fit_correction(z, lambda x: posterior_mean_score(*draws, x), seed=seed)
+    seconds = time.perf_counter() - start
+    out.save_stage("correction", ckey, {**({} if correction is None else correction_arrays(correction)),
+                                        "wall_time": np.asarray(seconds)})
+    return correction, seconds, False
+
+
+def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary, draws, z, correction=None):
     """``(points, targets, weights)``: the cell centres with the posterior-mean score, weighted by their
     counts, and ``[interpolant] snapshots`` training snapshots with the posterior-mean score there
     (closed form over the same draws), each snapshot's weight ``1 / snapshots``: cells and snapshots
@@ -557,13 +578,15 @@ def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary,
     snaps = interpolant_snapshots(z, spec.interpolant.snapshots)
     if len(snaps) == 0:
         return part.points, summary.mean, part.counts
-    targets = posterior_mean_score(*draws, snaps)
+    targets = np.asarray(posterior_mean_score(*draws, snaps))
+    if correction is not None and correction.applied:
+        targets = targets + correction(snaps)
     return (np.concatenate([part.points, snaps]), np.concatenate([summary.mean, targets]),
             np.concatenate([counts / counts.sum(), np.full(len(snaps), 1.0 / len(snaps))]))
 
 
 def interpolant_stage(spec: Spec, out, key, part: Partition, summary: ScoreSummary, upstream, progress,
-                      draws, z):
+                      draws, z, correction=None):
     """``(interpolant, stage key, read from the cache, seconds)``: the network fitted to the posterior-mean score
     at the cell centres and (``[interpolant] snapshots``) at training snapshots ``z`` (``draws``: the
     posterior draws the summary came from); ``seconds``: the training's, kept with the cache entry, so a run that
@@ -575,7 +598,7 @@ def interpolant_stage(spec: Spec, out, key, part: Partition, summary: ScoreSumma
         return cached[0], ikey, True, cached[1]
     start = time.perf_counter()
     itp = spec.interpolant
-    points, targets, weights = interpolant_training_set(spec, part, summary, draws, z)
+    points, targets, weights = interpolant_training_set(spec, part, summary, draws, z, correction)
     interp = fit_interpolant(key, points, targets, weights, itp.hidden, itp.steps, itp.learning_rate,
                              progress=progress, batch=itp.batch if len(points) > len(part.points) else 0)
     seconds = time.perf_counter() - start
