@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._picks import evenly_spaced
+from .bayes.correction import corrected_drift
 from .bayes.score import (
     ScoreSummary,
     band_around,
@@ -67,6 +68,9 @@ class BayesianKGMM(NamedTuple):
     # (weights, means, cov_chol) of the first posterior where the coarsening sampled two: the draws the study's
     # model drift came from (the interpolant's targets, the "mixture" drift); None: ``draws``
     model_draws: Any = None
+    # the model score's score-matching correction where applied (kgmm_bayes.bayes.correction.ScoreCorrection): the
+    # interpolant learnt it; the "mixture" drift adds it
+    correction: Any = None
 
     @property
     def drift_draws(self) -> tuple:
@@ -355,7 +359,9 @@ class BayesianKGMM(NamedTuple):
             lost = int(np.sum(~run.alive))
         else:
             drift_fn, params = ((self.interpolant.apply_fn(), self.interpolant.params) if drift == "interpolant"
-                                else predictive_drift(self.drift_draws, count=getattr(lg, "mixture_draws", 0)))
+                                else corrected_drift(*predictive_drift(self.drift_draws,
+                                                                       count=getattr(lg, "mixture_draws", 0)),
+                                                     self.correction))
             run = simulate_langevin(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, box, mobility=phi)
             paths = np.where(run.alive[None, :, None], run.samples, np.nan)
             lost = int(np.sum(~run.alive))

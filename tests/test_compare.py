@@ -90,7 +90,7 @@ def test_comparison_table_has_every_estimator_with_finite_metrics(tiny_compare):
     assert float(rows["bayesian"]["relative_entropy_mean"]) == pytest.approx(metrics["relative_entropy"]["mean"])
     assert float(rows["bayesian"]["band_coverage"]) == pytest.approx(metrics["score"]["band_coverage"])
     # its cost is the study's own clock, stage by stage (K was given: no model selection to count)
-    for stage in ("partition", "posterior", "score", "interpolant"):
+    for stage in ("partition", "posterior", "score", "correction", "interpolant"):
         assert float(rows["bayesian"][f"time_{stage}_s"]) == metrics["timings"][stage], stage
     assert not rows["bayesian"].get("time_model_selection_s")
     for name in rows:
@@ -108,7 +108,8 @@ def test_comparison_table_has_every_estimator_with_finite_metrics(tiny_compare):
     bayes = payload["estimators"][0]["info"]
     assert bayes["jax_compiling_s"] > 0
     assert bayes["jax_compiling_s"] == pytest.approx(sum(metrics["jax_work"][s]["compiling"] for s in
-                                                         ("partition", "posterior", "score", "interpolant")), rel=1e-12)
+                                                         ("partition", "posterior", "score", "correction",
+                                                          "interpolant")), rel=1e-12)
 
 
 def test_comparison_outputs_exist(tiny_compare):
@@ -397,6 +398,8 @@ def test_bayesian_cost_counts_choosing_k_once():
     assert again["model_selection"] == 71.0
     older = bayesian_timings({"timings": timings, "model_selection": {"best": 8}})  # written before the seconds
     assert older["model_selection"] == 0.5
+    corrected = bayesian_timings({"timings": dict(timings, correction=3.0)})  # [interpolant] correction ran
+    assert corrected == {**plain, "correction": 3.0}
 
 
 def test_tables_gain_the_model_runs_columns_only_with_more_than_one_run():

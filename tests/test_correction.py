@@ -83,3 +83,48 @@ def test_correction_round_trips_and_needs_data():
 def test_bad_correction_setting_is_one_line():
     with pytest.raises(SpecError, match=r"\[interpolant\] correction must be 'auto' or 'off', got 'yes'"):
         spec_from_dict({"data": {"system": "reduced_1d"}, "interpolant": {"correction": "yes"}})
+
+
+def test_report_says_whether_the_targets_were_corrected():
+    from kgmm_bayes.study.report import _correction_words
+
+    c = fit_correction(_gaussian(8000, 4), lambda x: -x / 2, ladder=LADDER).to_json()
+    words = _correction_words(c)
+    assert words.startswith("; targets: the posterior-mean score corrected by score matching in ")
+    assert f"{c['bumps']} Gaussian bumps" in words
+    none = _correction_words({**c, "applied": False})
+    assert "no score-matching correction the data support" in none
+    assert _correction_words(None) == ""
+
+
+def test_corrected_drift_adds_the_field_exactly():
+    import jax.numpy as jnp
+
+    from kgmm_bayes.bayes.correction import corrected_drift
+
+    c = fit_correction(_gaussian(8000, 4), lambda x: -x / 2, ladder=LADDER)
+    x = _gaussian(64, 7)
+
+    def base(params, x):
+        return -params * x
+
+    fn, params = corrected_drift(base, jnp.asarray(0.5, jnp.float64), c)
+    np.testing.assert_allclose(np.asarray(fn(params, jnp.asarray(x))), -0.5 * x + c(x), rtol=1e-12, atol=1e-12)
+    assert corrected_drift(base, jnp.asarray(0.5), c)[0] is fn  # one function object: jitted consumers compile once
+    off = c._replace(applied=False)
+    assert corrected_drift(base, 0.5, off) == (base, 0.5) and corrected_drift(base, 0.5, None) == (base, 0.5)
+
+
+def test_a_study_folder_keeps_its_correction(tmp_path):
+    from kgmm_bayes.files import npz_bytes
+    from kgmm_bayes.study.load import CORRECTION_FILE, _read_correction
+
+    c = fit_correction(_gaussian(8000, 4), lambda x: -x / 2, ladder=LADDER)
+    metrics = {"interpolant": {"correction": c.to_json()}}
+    with pytest.raises(Exception, match="score_correction.npz.*missing"):
+        _read_correction(str(tmp_path), 2, metrics)
+    (tmp_path / CORRECTION_FILE).write_bytes(npz_bytes(correction_arrays(c)))
+    back = _read_correction(str(tmp_path), 2, metrics)
+    np.testing.assert_array_equal(back.theta, c.theta)
+    with pytest.raises(Exception, match="score_correction.npz.*for 3 coordinates"):
+        _read_correction(str(tmp_path), 3, metrics)

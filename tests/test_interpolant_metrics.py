@@ -200,7 +200,8 @@ def test_corrected_targets_and_the_correction_stage():
     part = SimpleNamespace(points=rng.normal(size=(30, 2)), counts=np.ones(30))
     summary = SimpleNamespace(mean=posterior_mean_score(*draws, part.points) + correction(part.points))
     points, targets, _ = interpolant_training_set(spec, part, summary, draws, z, correction)
+    assert len(points) == 30 + 14_000  # the snapshots outside the held-out blocks (20,000 asked for: all of them)
     np.testing.assert_allclose(targets[30:], posterior_mean_score(*draws, points[30:]) + correction(points[30:]),
                                rtol=1e-12)
-    off = spec_from_dict({"data": {"path": "unused.npy"}})  # the default: no correction, nothing cached
+    off = spec_from_dict({"data": {"path": "unused.npy"}, "interpolant": {"correction": "off"}})  # nothing cached
     assert correction_stage(off, out, "up", draws, z, seed=0) == (None, 0.0, False) and len(stored) == 1

@@ -212,7 +212,7 @@ def test_rerun_reuses_stages_and_reproduces_numbers(small_run):
     proc = run_cli("run", "small.toml", "--out", "out", "--quiet", cwd=folder)
     assert proc.returncode == 0, proc.stderr[-2000:]
     after = json.loads((folder / "out" / "metrics.json").read_text())
-    assert set(after["cached_stages"]) == {"posterior", "interpolant", "langevin"}
+    assert set(after["cached_stages"]) == {"posterior", "correction", "interpolant", "langevin"}
     # a stage read back reports the seconds of the run which computed it, not its load time
     (entry,) = (folder / "out" / ".stages").glob("interpolant-*.npz")
     with np.load(entry, allow_pickle=False) as f:
@@ -313,7 +313,7 @@ def test_strict_exits_3_on_numerical_faults_and_still_writes_outputs(small_run, 
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["langevin"]["escaped"] > 0
     assert metrics["faults"] == before["faults"] + [metrics["langevin"]["warning"]]
-    assert set(metrics["cached_stages"]) == {"posterior", "interpolant"}
+    assert set(metrics["cached_stages"]) == {"posterior", "correction", "interpolant"}
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"## Numerical faults: {len(metrics['faults'])}" in report
     assert all(f"- {fault}" in report for fault in metrics["faults"])

@@ -92,6 +92,7 @@ from .stages import STAGE_SCHEMA, StudyData, langevin_start, model_drift, study_
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 
 BAYESIAN_STAGES = ("partition", "posterior", "score", "interpolant")
+OPTIONAL_STAGES = ("correction",)  # counted where the study ran it ([interpolant] correction)
 # bumped when what a comparison keeps of an estimator in <out>/.stages (its row, its further model runs, DSM's reach)
 # changes in content or meaning, so that rows kept by earlier code are recomputed, not mixed with new ones
 # 2: a row's Langevin s counts the data-time pilot and any rerun; 3: DSM's epochs each have their own key, and its
@@ -211,7 +212,7 @@ def study_model_runs(result, data, starts, drift=None) -> dict:
     ``langevin``, ``dynamics.mobility``)."""
     spec, run = result.spec, result.metrics["langevin"]
     mobility = result._mobility("fitted", data.train.shape[1]) if run.get("mobility") == "fitted" else None
-    drift = model_drift(spec, result.interpolant, result.drift_draws) if drift is None else drift
+    drift = model_drift(spec, result.interpolant, result.drift_draws, result.correction) if drift is None else drift
     return _model_runs(data, spec, *drift,
                        result.metrics["relative_entropy"]["per_marginal"], starts, run["dt"], run["steps"],
                        run["thin"], mobility, int(run["escaped"] + run["non_finite"]))
@@ -324,10 +325,12 @@ def _jax_work_info(work: dict | None) -> dict:
 
 
 def bayesian_timings(metrics: dict) -> dict:
-    """The Bayesian estimator's cost by stage (metrics.json): :data:`BAYESIAN_STAGES`, and where K was chosen from
-    the data, ``model_selection``: the candidates' posteriors (their first runs' seconds) less the chosen K's when the
-    study's own posterior reused it, so that no sampling is counted twice or left out."""
-    timings = {stage: float(metrics["timings"][stage]) for stage in BAYESIAN_STAGES}
+    """The Bayesian estimator's cost by stage (metrics.json): :data:`BAYESIAN_STAGES`, :data:`OPTIONAL_STAGES` where
+    the study ran them, and where K was chosen from the data, ``model_selection``: the candidates' posteriors (their
+    first runs' seconds) less the chosen K's when the study's own posterior reused it, so that no sampling is counted
+    twice or left out."""
+    timings = {stage: float(metrics["timings"][stage]) for stage in BAYESIAN_STAGES + OPTIONAL_STAGES
+               if stage in BAYESIAN_STAGES or stage in metrics["timings"]}
     selection = metrics.get("model_selection")
     if selection is not None:
         posterior_s = selection.get("posterior_s")
@@ -346,7 +349,8 @@ def _bayesian_jax_work(metrics: dict) -> dict:
     work = metrics.get("jax_work", {})
     if not all(stage in work for stage in BAYESIAN_STAGES):
         return {}
-    return _jax_work_info({name: sum(work[stage][name] for stage in BAYESIAN_STAGES)
+    stages = BAYESIAN_STAGES + tuple(s for s in OPTIONAL_STAGES if s in work)
+    return _jax_work_info({name: sum(work[stage][name] for stage in stages)
                            for name in ("tracing", "compiling", "cache_hits")})
 
 
@@ -426,7 +430,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
             np.asarray(data.analytic_score(data.zscore.inverse(part.points)), dtype=np.float64))
 
     m = result.metrics
-    bayes_drift = model_drift(spec, result.interpolant, result.drift_draws)
+    bayes_drift = model_drift(spec, result.interpolant, result.drift_draws, result.correction)
     bayes_error = None
     if truth is not None:
         predicted = np.asarray(bayes_drift[0](bayes_drift[1], jnp.asarray(part.points, jnp.float32)), np.float64)

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from ..bayes.correction import correction_from_arrays
 from ..bayes.diagnostics import chain_weights
 from ..bayes.score import ChainDraws, thin_draws
 from ..bayes.score_matching import field_from_stats
@@ -29,10 +30,12 @@ from ..spec import spec_from_dict
 from .outputs import SPEC_FILE, StageReader
 from .stages import prepare_data, study_keys
 
-__all__ = ["load_result", "score_to_file", "PARTITION_FILE", "SCORE_BIAS_FILE", "DATA_FILE", "MODEL_DRAWS_FILE"]
+__all__ = ["load_result", "score_to_file", "PARTITION_FILE", "SCORE_BIAS_FILE", "DATA_FILE", "MODEL_DRAWS_FILE",
+           "CORRECTION_FILE"]
 
 
 PARTITION_FILE = "partition.npz"
+CORRECTION_FILE = "score_correction.npz"  # the model score's score-matching correction (kgmm_bayes.bayes.correction)
 SCORE_BIAS_FILE = "score_bias.npz"  # the posterior mean's local error field (kgmm_bayes.bayes.score_matching)
 # the first posterior's draws, which drove the model where the coarsening sampled two (kgmm_bayes.study.stages)
 MODEL_DRAWS_FILE = "model_draws.npz"
@@ -214,6 +217,31 @@ def _read_score_bias(out_dir: str, d: int, metrics: dict):
     return field
 
 
+def _read_correction(out_dir: str, d: int, metrics: dict):
+    """The model score's applied correction, or ``None`` (none applied, or a study written before it existed); a
+    study whose metrics say one was applied and whose file is gone is damaged."""
+    path = os.path.join(out_dir, CORRECTION_FILE)
+    applied = bool(((metrics.get("interpolant") or {}).get("correction") or {}).get("applied"))
+    if not os.path.exists(path):
+        if applied:
+            raise _damaged(out_dir, CORRECTION_FILE, "missing, although metrics.json says the model's score was "
+                                                     "corrected")
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            correction = correction_from_arrays(f)
+        j = len(correction.centres)
+        if correction.centres.shape != (j, d) or correction.theta.shape != (j, d) or not correction.width > 0:
+            raise ValueError(f"centres {correction.centres.shape}, theta {correction.theta.shape}, width "
+                             f"{correction.width} for {d} coordinates")
+        if not (np.all(np.isfinite(correction.centres)) and np.all(np.isfinite(correction.theta))
+                and np.isfinite(correction.width)):
+            raise ValueError("non-finite centres, coefficients or width")
+    except Exception as err:  # noqa: BLE001 - zip, npy, missing fields, shapes: all damage
+        raise _damaged(out_dir, CORRECTION_FILE, err) from None
+    return correction
+
+
 def _read_model_draws(out_dir: str, k: int, d: int, metrics: dict):
     """The draws that drove the model where they are not the posterior's (``None``: the posterior's); a study whose
     metrics say its model came from a first posterior and whose file is gone is damaged."""
@@ -348,7 +376,8 @@ def load_result(out_dir) -> BayesianKGMM:
                         target_summary=None, interpolant=interpolant, rom_samples=rom_samples,
                         metrics=metrics, out_dir=out_dir, draws=draws,
                         data=StoredData(out_dir, spec, seed, metrics), score_bias=_read_score_bias(out_dir, d, metrics),
-                        model_draws=_read_model_draws(out_dir, w.shape[-1], d, metrics))
+                        model_draws=_read_model_draws(out_dir, w.shape[-1], d, metrics),
+                        correction=_read_correction(out_dir, d, metrics))
 
 
 def score_to_file(study_dir, points_path, out_path, band: float = 0.9) -> int:

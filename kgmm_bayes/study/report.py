@@ -124,6 +124,16 @@ def _box_words(langevin: dict) -> str:
     return f" |z| <= {langevin['box']:.4g}" if isinstance(langevin.get("box"), (int, float)) else ""
 
 
+def _correction_words(correction) -> str:
+    """The interpolant's targets' score-matching correction (kgmm_bayes.bayes.correction), for the report."""
+    if not correction:
+        return ""
+    fit = (f"{correction['bumps']} Gaussian bumps (ridge {_fmt(correction['ridge'])}), Hyvarinen's score lowered by "
+           f"{_fmt(correction['decrease'])} ± {_fmt(correction['se'])} cross-validated over blocks of the snapshots")
+    return ("; targets: the posterior-mean score corrected by score matching in " + fit if correction["applied"]
+            else "; targets: the posterior-mean score (no score-matching correction the data support: best, " + fit + ")")
+
+
 def _drift_posterior_words(langevin: dict) -> str:
     """Which posterior's draws drove the model (kgmm_bayes.study.stages.model_draws)."""
     if langevin.get("drift_posterior") != "first":
@@ -272,7 +282,8 @@ def write_report(path, spec, metrics: dict) -> None:
         f"did not see {', '.join(_fmt(v) for v in metrics['interpolant'].get('heldout_rms_error', []))} "
         "(z-scored units; added to the band of the interpolant's score)"
         + (f", relative RMS error there {_fmt(metrics['interpolant']['heldout_relative_rms_error'])}"
-           if "heldout_relative_rms_error" in metrics["interpolant"] else ""),
+           if "heldout_relative_rms_error" in metrics["interpolant"] else "")
+        + _correction_words(metrics["interpolant"].get("correction")),
         f"- Drift: {metrics['langevin']['drift']}{_drift_posterior_words(metrics['langevin'])}; particles that left "
         f"the box{_box_words(metrics['langevin'])}: {metrics['langevin']['escaped']}, "
         f"non-finite: {metrics['langevin']['non_finite']}; dt x max |drift Jacobian eigenvalue| = "

@@ -21,6 +21,7 @@ import numpy as np
 from .._picks import evenly_spaced
 from .._version import __version__
 from ..compilation_cache import JaxWork
+from ..bayes.correction import correction_arrays
 from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
 from ..bayes.score import band_around, posterior_mean_score
 from ..bayes.score_matching import field_stats
@@ -44,7 +45,7 @@ from .dynamics import (DYNAMICS_DRAWS, dynamics_metrics, dynamics_outputs, fit_d
                        run_in_data_time, unresolved_coordinates)
 from .ensemble import ensemble_stage
 from .figures import plot_dynamics, plot_marginals, plot_score, plot_score_field
-from .load import DATA_FILE, MODEL_DRAWS_FILE, PARTITION_FILE, SCORE_BIAS_FILE
+from .load import CORRECTION_FILE, DATA_FILE, MODEL_DRAWS_FILE, PARTITION_FILE, SCORE_BIAS_FILE
 from .outputs import OutputFolder, stage_key
 from .report import numerical_faults, write_report
 from .stages import (
@@ -191,6 +192,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         targets = targets._replace(mean=np.asarray(targets.mean) + correction(part.points))
     if spec.interpolant.correction != "off":
         clock("correction", correction_s if correction_cached else None)
+        if correction_cached:
+            cached_stages.append("correction")
 
     log(progress, "interpolant: training")
     interp, ikey, interp_cached, interp_s = interpolant_stage(spec, out, train_key, part, targets, post_key,
@@ -209,7 +212,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
                           "no mobility is identified, the model runs in Langevin time")
         else:
             log(progress, "dynamics: mobility and responses from the training trajectories")
-            drift_fn, drift_params = model_drift(spec, interp, drive)
+            drift_fn, drift_params = model_drift(spec, interp, drive, correction)
             picks = evenly_spaced(len(fit.draws[0]), DYNAMICS_DRAWS)
             dynamics = fit_dynamics(series, interval, drift_fn, drift_params,
                                     tuple(np.asarray(a)[picks] for a in fit.draws), key=jax.random.fold_in(langevin_key, 2))
@@ -225,7 +228,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         if dyn is not None and dyn.time_scale != 1.0 and particles is None:
             log(progress, f"langevin: the model's clock corrected by {dyn.time_scale:.3g} to the data's")
         stage = langevin_stage(spec, out, langevin_key, part, interp, drive, ikey, progress, dynamics=dyn,
-                               particles=particles, subsample=subsample)
+                               particles=particles, subsample=subsample, correction=correction)
         runs.append(stage)
         if particles is None:
             stages.append(stage)
@@ -273,7 +276,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         metrics["model_selection"]["chosen_from_data"] = {
             "why": "no [mixture] components given for user data",
             "candidates": [int(k) for k in selection.elpd_loo], "screening_warmup_and_draws": SCREENING_DRAWS}
-    _write_outputs(out, spec, data, part, fit, interp, evaluation, None if drive_zeta is None else drive)
+    _write_outputs(out, spec, data, part, fit, interp, evaluation, None if drive_zeta is None else drive, correction)
     if user_data is not None and spec.data.path is None:  # an array given to fit(): kept, as given
         atomic_write_bytes(out.path(DATA_FILE), npy_bytes(user_data))
     clock("metrics")
@@ -289,7 +292,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     return BayesianKGMM(spec=spec, zscore=data.zscore, inference_data=fit.idata, partition=part,
                         target_summary=fit.summary, interpolant=interp, rom_samples=rom_phys,
                         metrics=metrics, out_dir=final, draws=fit.draws, data=data, score_bias=fit.score_bias,
-                        model_draws=None if drive_zeta is None else drive)
+                        model_draws=None if drive_zeta is None else drive, correction=correction)
 
 
 class _Evaluation(NamedTuple):
@@ -429,9 +432,10 @@ def interpolant_heldout_error(interp, draws, z, correction=None):
     return np.sqrt(np.mean(error**2, axis=0)), float(np.sqrt(np.sum(error**2) / max(np.sum(target**2), 1e-300)))
 
 
-def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation, drive=None):
+def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation, drive=None, correction=None):
     """The study's files, written into the staging folder (one atomic write each); the commit swaps it in.
-    ``drive``: the first posterior's draws that drove the model, where the coarsening sampled two."""
+    ``drive``: the first posterior's draws that drove the model, where the coarsening sampled two; ``correction``:
+    the model score's score-matching correction, written where it is applied."""
     rom_phys, interp_at_points, true_at_points = (evaluation.rom_samples, evaluation.interpolant_at_points,
                                                   evaluation.true_at_points)
     # netCDF built in memory, then one atomic write: a full disk is an OSError, never an HDF5 crash
@@ -442,6 +446,8 @@ def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation, 
     atomic_write_bytes(out.path("rom_samples.npy"), npy_bytes(rom_phys))
     if fit.score_bias is not None:
         atomic_write_bytes(out.path(SCORE_BIAS_FILE), npz_bytes(field_stats(fit.score_bias)))
+    if correction is not None and correction.applied:
+        atomic_write_bytes(out.path(CORRECTION_FILE), npz_bytes(correction_arrays(correction)))
     if drive is not None:
         atomic_write_bytes(out.path(MODEL_DRAWS_FILE), npz_bytes(dict(zip(("weights", "means", "cov_chol"), drive))))
     if evaluation.dynamics is not None:
