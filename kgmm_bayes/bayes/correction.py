@@ -85,7 +85,8 @@ def correction_arrays(c: ScoreCorrection) -> dict:
 def correction_from_arrays(a) -> ScoreCorrection:
     return ScoreCorrection(np.asarray(a["centres"], np.float64), float(a["width"]), np.asarray(a["theta"], np.float64),
                            float(a["ridge"]), float(a["decrease"]), float(a["se"]),
-                           tuple((int(j), float(r), float(dec), float(se)) for j, r, dec, se in np.asarray(a["ladder"])),
+                           tuple((int(j), float(r), float(dec), float(se))
+                                 for j, r, dec, se in np.asarray(a["ladder"])),
                            bool(a["applied"]))
 
 

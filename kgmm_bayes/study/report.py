@@ -130,8 +130,9 @@ def _correction_words(correction) -> str:
         return ""
     fit = (f"{correction['bumps']} Gaussian bumps (ridge {_fmt(correction['ridge'])}), Hyvarinen's score lowered by "
            f"{_fmt(correction['decrease'])} ± {_fmt(correction['se'])} cross-validated over blocks of the snapshots")
-    return ("; targets: the posterior-mean score corrected by score matching in " + fit if correction["applied"]
-            else "; targets: the posterior-mean score (no score-matching correction the data support: best, " + fit + ")")
+    if correction["applied"]:
+        return "; targets: the posterior-mean score corrected by score matching in " + fit
+    return "; targets: the posterior-mean score (no score-matching correction the data support: best, " + fit + ")"
 
 
 def _drift_posterior_words(langevin: dict) -> str:

@@ -419,9 +419,10 @@ def streamed_summary(data) -> dict:
 
 def interpolant_heldout_error(interp, draws, z, correction=None):
     """``(rms (d,), relative)``: the interpolant's RMS error per coordinate (z-scored) against its target, the
-    posterior-mean score (plus ``correction`` where applied: :mod:`kgmm_bayes.bayes.correction`) at up to :data:`~kgmm_bayes.study.stages.HELDOUT_POINTS` training snapshots of
-    the held-out blocks (:func:`~kgmm_bayes.study.stages.heldout_indices`: the network never trains on
-    them), and the relative RMS error there, ``sqrt(sum |f - s|^2 / sum |s|^2)``."""
+    posterior-mean score (plus ``correction`` where applied: :mod:`kgmm_bayes.bayes.correction`) at up to
+    :data:`~kgmm_bayes.study.stages.HELDOUT_POINTS` training snapshots of the held-out blocks
+    (:func:`~kgmm_bayes.study.stages.heldout_indices`: the network never trains on them), and the relative RMS
+    error there, ``sqrt(sum |f - s|^2 / sum |s|^2)``."""
     pts = np.asarray(z)[heldout_indices(len(z))]
     if len(pts) == 0:  # nothing held out (a handful of snapshots): no measure, not a perfect one
         return np.full(np.shape(z)[-1], np.nan), float("nan")

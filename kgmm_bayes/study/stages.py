@@ -82,7 +82,8 @@ from .report import STIFFNESS_LIMIT
 
 __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare_data", "sample_posterior",
            "partition_stage", "posterior_stage", "choose_components", "score_stage", "interpolant_stage",
-           "interpolant_training_set", "correction_stage", "heldout_indices", "HELDOUT_POINTS", "langevin_stage", "ScoreStage",
+           "interpolant_training_set", "correction_stage", "heldout_indices", "HELDOUT_POINTS", "langevin_stage",
+           "ScoreStage",
            "LangevinStage", "stacked_weights", "model_drift", "model_draws"]
 
 # Part of every stage key: raise it whenever what a stage computes or stores changes (2: coreset
