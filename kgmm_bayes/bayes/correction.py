@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._picks import evenly_spaced
-from .score_matching import _block_moments, _bumps
+from .score_matching import STEIN_CHUNK, _block_moments, _bump_basis, _bumps
 
 __all__ = ["ScoreCorrection", "fit_correction", "CORRECTION_LADDER", "correction_arrays", "correction_from_arrays",
            "corrected_drift"]
@@ -43,9 +43,7 @@ RIDGES = (1e-6, 1e-4, 1e-2)  # added to the Gram matrix, relative to its mean di
 BLOCKS = 16  # contiguous blocks in time order (the cross-validation's folds)
 MAX_SNAPSHOTS = 200_000  # evenly spaced in time beyond this
 CENTRE_SNAPSHOTS = 20_000  # the bumps sit at a K-means of this many evenly spaced snapshots
-WIDTH = 1.5  # bump width, in median distances between neighbouring bump centres
 MIN_SE = 2.0  # the cross-validated decrease of H must exceed this many standard errors
-CHUNK = 4096  # snapshots per pass (bounded memory)
 
 
 class ScoreCorrection(NamedTuple):
@@ -65,8 +63,8 @@ class ScoreCorrection(NamedTuple):
         x = np.asarray(x, np.float64)
         out = np.empty_like(x)
         centre_sq = np.sum(self.centres ** 2, axis=-1)
-        for i in range(0, len(x), CHUNK):
-            out[i:i + CHUNK] = _bumps(x[i:i + CHUNK], self.centres, centre_sq, self.width) @ self.theta
+        for i in range(0, len(x), STEIN_CHUNK):
+            out[i:i + STEIN_CHUNK] = _bumps(x[i:i + STEIN_CHUNK], self.centres, centre_sq, self.width) @ self.theta
         return out
 
     def to_json(self) -> dict:
@@ -88,16 +86,6 @@ def correction_from_arrays(a) -> ScoreCorrection:
                            tuple((int(j), float(r), float(dec), float(se))
                                  for j, r, dec, se in np.asarray(a["ladder"])),
                            bool(a["applied"]))
-
-
-def _placement(z, bumps: int, seed: int):
-    from sklearn.cluster import KMeans
-
-    sample = z[evenly_spaced(len(z), CENTRE_SNAPSHOTS)]
-    centres = KMeans(bumps, n_init=1, random_state=seed).fit(sample).cluster_centers_
-    gaps = np.sqrt(np.sum((centres[:, None] - centres[None]) ** 2, axis=-1))
-    np.fill_diagonal(gaps, np.inf)
-    return centres, WIDTH * float(np.median(gaps.min(axis=1)))
 
 
 def _solve(gram, b, ridge: float):
@@ -137,7 +125,8 @@ def fit_correction(z, score_fn, seed: int = 0, ladder=CORRECTION_LADDER, ridges=
     s = np.asarray(score_fn(z), np.float64)
     tried, best = [], None
     for n_basis in sizes:
-        centres, width = _placement(z, n_basis, seed)
+        # the Stein gap's placement (K-means, width STEIN_WIDTH neighbour distances), on evenly spaced snapshots
+        centres, width = _bump_basis(z[evenly_spaced(len(z), CENTRE_SNAPSHOTS)], None, n_basis, seed)
         b, gram = _block_moments(z, s, centres, width, blocks)
         improved = False
         for ridge in ridges:

@@ -329,8 +329,9 @@ def bayesian_timings(metrics: dict) -> dict:
     the study ran them, and where K was chosen from the data, ``model_selection``: the candidates' posteriors (their
     first runs' seconds) less the chosen K's when the study's own posterior reused it, so that no sampling is counted
     twice or left out."""
-    timings = {stage: float(metrics["timings"][stage]) for stage in BAYESIAN_STAGES + OPTIONAL_STAGES
-               if stage in BAYESIAN_STAGES or stage in metrics["timings"]}
+    timings = {stage: float(metrics["timings"][stage]) for stage in BAYESIAN_STAGES}
+    timings.update({stage: float(metrics["timings"][stage]) for stage in OPTIONAL_STAGES
+                    if stage in metrics["timings"]})
     selection = metrics.get("model_selection")
     if selection is not None:
         posterior_s = selection.get("posterior_s")

@@ -187,8 +187,9 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     clock("score")
 
     # the interpolant's targets: the posterior-mean score corrected by score matching where the data support it
-    correction, correction_s, correction_cached = correction_stage(spec, out, post_key, drive, z, seed)
-    if correction is not None and correction.applied:
+    fitted, correction_s, correction_cached = correction_stage(spec, out, post_key, drive, z, seed)
+    correction = fitted if fitted is not None and fitted.applied else None  # what the model uses from here on
+    if correction is not None:
         targets = targets._replace(mean=np.asarray(targets.mean) + correction(part.points))
     if spec.interpolant.correction != "off":
         clock("correction", correction_s if correction_cached else None)
@@ -270,7 +271,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
                              drift_posterior_stacked=bool(post.sample_stats["model_stacked"]))
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
                            cached_stages, dynamics, members, unresolved, drive=(drive, targets.mean, drift_metrics),
-                           correction=correction)
+                           correction=correction, correction_report=None if fitted is None else fitted.to_json())
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
     if screening:
         metrics["model_selection"]["chosen_from_data"] = {
@@ -306,7 +307,8 @@ class _Evaluation(NamedTuple):
 
 
 def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
-              cached_stages, dynamics=None, members=None, unresolved=(), drive=None, correction=None) -> _Evaluation:
+              cached_stages, dynamics=None, members=None, unresolved=(), drive=None, correction=None,
+              correction_report=None) -> _Evaluation:
     """The model against the data (and the truth where known); ``drive``: ``(draws, mean score at the cells,
     langevin metrics)`` of the posterior whose draws drove the model (:func:`~kgmm_bayes.study.stages.model_draws`;
     ``None``: the study's own draws)."""
@@ -341,7 +343,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
                         # count-weighted ratio at the cells, not its square root)
                         "heldout_relative_rms_error": json_floats(interp_relative),
                         # its targets' score-matching correction (kgmm_bayes.bayes.correction), when fitted
-                        **({} if correction is None else {"correction": correction.to_json()})},
+                        **({} if correction_report is None else {"correction": correction_report})},
         "langevin": {"particles": int(lg.particles), "box": float(lg.box), "escaped": rom.escaped,
                      "non_finite": rom.non_finite,
                      "kept_samples": int(len(kept)), "drift": lg.drift,
@@ -419,7 +421,7 @@ def streamed_summary(data) -> dict:
 
 def interpolant_heldout_error(interp, draws, z, correction=None):
     """``(rms (d,), relative)``: the interpolant's RMS error per coordinate (z-scored) against its target, the
-    posterior-mean score (plus ``correction`` where applied: :mod:`kgmm_bayes.bayes.correction`) at up to
+    posterior-mean score (plus ``correction``, an applied one: :mod:`kgmm_bayes.bayes.correction`) at up to
     :data:`~kgmm_bayes.study.stages.HELDOUT_POINTS` training snapshots of the held-out blocks
     (:func:`~kgmm_bayes.study.stages.heldout_indices`: the network never trains on them), and the relative RMS
     error there, ``sqrt(sum |f - s|^2 / sum |s|^2)``."""
@@ -427,7 +429,7 @@ def interpolant_heldout_error(interp, draws, z, correction=None):
     if len(pts) == 0:  # nothing held out (a handful of snapshots): no measure, not a perfect one
         return np.full(np.shape(z)[-1], np.nan), float("nan")
     target = np.asarray(posterior_mean_score(*draws, pts))
-    if correction is not None and correction.applied:
+    if correction is not None:
         target = target + correction(pts)
     error = np.asarray(interp(jnp.asarray(pts, jnp.float32)), np.float64) - target
     return np.sqrt(np.mean(error**2, axis=0)), float(np.sqrt(np.sum(error**2) / max(np.sum(target**2), 1e-300)))
@@ -436,7 +438,7 @@ def interpolant_heldout_error(interp, draws, z, correction=None):
 def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation, drive=None, correction=None):
     """The study's files, written into the staging folder (one atomic write each); the commit swaps it in.
     ``drive``: the first posterior's draws that drove the model, where the coarsening sampled two; ``correction``:
-    the model score's score-matching correction, written where it is applied."""
+    the model score's applied score-matching correction, or None."""
     rom_phys, interp_at_points, true_at_points = (evaluation.rom_samples, evaluation.interpolant_at_points,
                                                   evaluation.true_at_points)
     # netCDF built in memory, then one atomic write: a full disk is an OSError, never an HDF5 crash
@@ -447,7 +449,7 @@ def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation, 
     atomic_write_bytes(out.path("rom_samples.npy"), npy_bytes(rom_phys))
     if fit.score_bias is not None:
         atomic_write_bytes(out.path(SCORE_BIAS_FILE), npz_bytes(field_stats(fit.score_bias)))
-    if correction is not None and correction.applied:
+    if correction is not None:
         atomic_write_bytes(out.path(CORRECTION_FILE), npz_bytes(correction_arrays(correction)))
     if drive is not None:
         atomic_write_bytes(out.path(MODEL_DRAWS_FILE), npz_bytes(dict(zip(("weights", "means", "cov_chol"), drive))))

@@ -578,18 +578,17 @@ CORRECTED_SNAPSHOTS = 20_000
 
 def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary, draws, z, correction=None):
     """``(points, targets, weights)``: the cell centres with the posterior-mean score (``summary.mean``,
-    corrected where ``correction`` is applied), weighted by their counts, and ``[interpolant] snapshots``
-    training snapshots (:data:`CORRECTED_SNAPSHOTS` at least with an applied ``correction``) with the
+    corrected where there is a ``correction``, an applied one), weighted by their counts, and ``[interpolant]
+    snapshots`` training snapshots (:data:`CORRECTED_SNAPSHOTS` at least with a ``correction``) with the
     posterior-mean score there (closed form over the same draws, plus the correction), each snapshot's
     weight ``1 / snapshots``: cells and snapshots carry half the loss each, both estimates of the mean
     squared error over the data."""
     counts = np.asarray(part.counts, np.float64)
-    corrected = correction is not None and correction.applied
-    snaps = interpolant_snapshots(z, max(spec.interpolant.snapshots, CORRECTED_SNAPSHOTS if corrected else 0))
+    snaps = interpolant_snapshots(z, max(spec.interpolant.snapshots, 0 if correction is None else CORRECTED_SNAPSHOTS))
     if len(snaps) == 0:
         return part.points, summary.mean, part.counts
     targets = np.asarray(posterior_mean_score(*draws, snaps))
-    if corrected:
+    if correction is not None:
         targets = targets + correction(snaps)
     return (np.concatenate([part.points, snaps]), np.concatenate([summary.mean, targets]),
             np.concatenate([counts / counts.sum(), np.full(len(snaps), 1.0 / len(snaps))]))
@@ -665,10 +664,7 @@ def langevin_stage(spec: Spec, out, key, part: Partition, interp, draws, upstrea
                       "(Euler-Maruyama is unstable above 2): lower [langevin] dt", RuntimeWarning, stacklevel=3)
     lkey = stage_key("langevin", upstream, spec.section_json("langevin"),
                      "" if mobility is None else np.asarray(mobility, np.float64).tobytes().hex(), dt, thin, steps,
-                     *(() if particles == lg.particles else (particles,)),
-                     # the "mixture" drift plus an applied correction (the interpolant's key already says it)
-                     *(("corrected",) if lg.drift == "mixture" and correction is not None and correction.applied
-                       else ()))
+                     *(() if particles == lg.particles else (particles,)))
     cached = out.load_stage("langevin", lkey, build=_langevin_from_arrays)
     if cached is not None:
         return LangevinStage(cached, stiffness, True, dt, thin, steps)
