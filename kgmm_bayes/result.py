@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._picks import evenly_spaced
-from .bayes.correction import corrected_drift
+from .bayes.correction import corrected_drift, corrected_members, theta_draws
 from .bayes.score import (
     ScoreSummary,
     band_around,
@@ -354,6 +354,9 @@ class BayesianKGMM(NamedTuple):
         if members:
             picks = evenly_spaced(len(self.draws[0]), members)
             drift_fn, params = mixture_members(tuple(np.asarray(a)[picks] for a in self.draws))
+            if self.correction is not None:  # each member with its own draw of the model's score correction
+                drift_fn, params = corrected_members(drift_fn, params, self.correction, theta_draws(
+                    self.correction, jax.random.fold_in(run_key, 1), members))
             run = simulate_ensemble(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, box)
             paths = np.where(run.alive[:, None, :, None], run.samples, np.nan)
             lost = int(np.sum(~run.alive))

@@ -132,11 +132,11 @@ class InterpolantSection(NamedTuple):
     # the targets: "auto", the posterior-mean score corrected by score matching in a basis of Gaussian bumps where
     # that lowers Hyvarinen's score cross-validated over blocks of the training snapshots
     # (kgmm_bayes.bayes.correction; the network then learns at 20,000 training snapshots at least); "off": the
-    # posterior-mean score.  The "mixture" drift adds the same correction to the posterior-predictive score; the
-    # score bands and the posterior ensemble's members stay the posterior's.  Model relative entropy, 3 model
-    # runs, uncorrected -> "auto": Kuramoto-Sivashinsky D = 4 0.0047 -> 0.0005, four-well 0.00044 -> 0.00015,
-    # triad 0.00044 -> 0.00048, Lorenz-63 0.00039 -> 0.00039 (README, "Comparison"); the default study: no
-    # correction the data support
+    # posterior-mean score.  The "mixture" drift adds the same correction to the posterior-predictive score, the
+    # posterior ensemble's members each a draw of it (its sampling error); the score bands stay the posterior's.
+    # Model relative entropy, 3 model runs, uncorrected -> "auto": Kuramoto-Sivashinsky D = 4 0.0047 -> 0.0005,
+    # four-well 0.00044 -> 0.00015, triad 0.00044 -> 0.00048, Lorenz-63 0.00039 -> 0.00039 (README,
+    # "Comparison"); the default study: no correction the data support
     correction: str = "auto"
 
 

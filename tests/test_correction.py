@@ -76,6 +76,7 @@ def test_correction_round_trips_and_needs_data():
     back = correction_from_arrays(correction_arrays(c))
     x = _gaussian(50, 5)
     np.testing.assert_array_equal(back(x), c(x))
+    np.testing.assert_array_equal(back.spread, c.spread)
     assert back.to_json() == c.to_json()
     assert fit_correction(_gaussian(300, 6), lambda x: -x, ladder=LADDER) is None  # a block holds < 25 snapshots
 
@@ -126,5 +127,113 @@ def test_a_study_folder_keeps_its_correction(tmp_path):
     (tmp_path / CORRECTION_FILE).write_bytes(npz_bytes(correction_arrays(c)))
     back = _read_correction(str(tmp_path), 2, metrics)
     np.testing.assert_array_equal(back.theta, c.theta)
+    np.testing.assert_array_equal(back.spread, c.spread)
     with pytest.raises(Exception, match="score_correction.npz.*for 3 coordinates"):
         _read_correction(str(tmp_path), 3, metrics)
+    torn = {**correction_arrays(c), "spread": c.spread[:, :-1]}
+    (tmp_path / CORRECTION_FILE).write_bytes(npz_bytes(torn))
+    with pytest.raises(Exception, match="score_correction.npz.*spread"):
+        _read_correction(str(tmp_path), 2, metrics)
+    older = {k: v for k, v in correction_arrays(c).items() if k != "spread"}  # a study written before it was kept
+    (tmp_path / CORRECTION_FILE).write_bytes(npz_bytes(older))
+    assert _read_correction(str(tmp_path), 2, metrics).spread is None
+
+
+def test_the_spread_is_the_coefficients_sampling_error():
+    # over independent data sets on a fixed basis, the corrected field's variance at a few points matches what each
+    # data set's block spread predicts: the sample variance over R sets is chi-square with R - 1 degrees of
+    # freedom around the truth (99.9% bounds; the prediction is averaged over the sets, so its own noise is small)
+    from scipy.stats import chi2
+
+    from kgmm_bayes.bayes.correction import _spread
+    from kgmm_bayes.bayes.score_matching import _bumps
+
+    rng = np.random.default_rng(11)
+    centres, width, ridge, sets = rng.standard_normal((12, 2)), 0.9, 1e-4, 60
+    points = np.array([[0.0, 0.0], [1.0, -0.5], [-1.2, 0.8]])
+    g = _bumps(points, centres, np.sum(centres ** 2, axis=1), width)
+
+    def wrong(x):
+        return -(x - 0.3) / 1.5
+
+    fields, predicted = [], []
+    for r in range(sets):
+        z = _gaussian(4800, 100 + r)
+        b, gram = _block_moments(z, wrong(z), centres, width, 16)
+        theta = _solve(gram.mean(axis=0), b.mean(axis=0), ridge)
+        spread = _spread(b, gram, theta, ridge)
+        fields.append(g @ theta)
+        predicted.append(np.einsum("pj,bjk->bpk", g, spread) ** 2)  # (blocks, points, d): summed over blocks below
+    empirical = np.var(fields, axis=0, ddof=1)
+    predicted = np.mean(predicted, axis=0).sum(axis=0)
+    ratio = empirical / predicted
+    low, high = chi2.ppf([0.0005, 0.9995], sets - 1) / (sets - 1)
+    assert np.all((ratio > low) & (ratio < high)), ratio
+
+
+def test_theta_draws_and_corrected_members():
+    import jax
+    import jax.numpy as jnp
+
+    from kgmm_bayes.bayes.correction import corrected_members, theta_draws
+
+    c = fit_correction(_gaussian(8000, 4), lambda x: -x / 2, ladder=LADDER)
+    key = jax.random.key(3)
+    thetas = theta_draws(c, key, 4000)
+    np.testing.assert_array_equal(thetas[:5], theta_draws(c, key, 5 + 3995)[:5])  # same key, same draws
+    assert not np.array_equal(thetas, theta_draws(c, jax.random.key(4), 4000))
+    # draws are theta plus spread's span: their mean and covariance those of the sandwich estimate (4000 draws:
+    # the mean within 5 standard errors, each coordinate's variance within 15%)
+    sd = np.sqrt(np.sum(c.spread ** 2, axis=0))
+    assert np.all(np.abs(thetas.mean(axis=0) - c.theta) < 5 * sd / np.sqrt(4000) + 1e-15)
+    np.testing.assert_allclose(thetas.var(axis=0), sd ** 2, rtol=0.15)
+    np.testing.assert_array_equal(theta_draws(c._replace(spread=None), key, 3), np.stack([c.theta] * 3))
+
+    def base(params, x):  # one member's drift
+        return -params * x
+
+    x = _gaussian(32, 8)
+    fn, params = corrected_members(base, jnp.asarray([0.5, 0.7, 0.9], jnp.float64), c, thetas[:3])
+    for s in range(3):
+        one = jax.tree_util.tree_map(lambda leaf: leaf[s], params)
+        np.testing.assert_allclose(np.asarray(fn(one, jnp.asarray(x))), -(0.5 + 0.2 * s) * x + c(x, thetas[s]),
+                                   rtol=1e-12, atol=1e-12)
+    assert corrected_members(base, 0.5, c._replace(applied=False), thetas) == (base, 0.5)
+
+
+def test_corrected_members_and_their_mobilities_follow_the_data():
+    # Ornstein-Uhlenbeck data (score -x, mobility I) with a posterior whose draws say N(0, 2.25 I): the members'
+    # mixture scores are off by 2.25, so uncorrected they spread 2.25 times too wide and their fitted mobilities
+    # are 2.25 times too large; each corrected with its own draw of the correction, they follow the data
+    import jax
+
+    from kgmm_bayes.bayes.correction import corrected_members, theta_draws
+    from kgmm_bayes.rom.ensemble import mixture_members, simulate_ensemble
+    from kgmm_bayes.study.dynamics import draw_mobilities
+
+    rng = np.random.default_rng(21)
+    interval, members, n = 0.1, 16, 4000
+    a = np.exp(-interval)
+    series = np.empty((members, n, 2))
+    series[:, 0] = rng.standard_normal((members, 2))
+    for t in range(1, n):
+        series[:, t] = a * series[:, t - 1] + np.sqrt(1 - a * a) * rng.standard_normal((members, 2))
+    draws = (np.ones((4, 1)), 0.01 * rng.standard_normal((4, 1, 2)), np.tile(1.5 * np.eye(2), (4, 1, 1, 1)))
+    c = fit_correction(series.reshape(-1, 2), lambda x: -x / 2.25, ladder=LADDER)
+    assert c.applied
+    thetas = theta_draws(c, jax.random.key(0), 4)
+
+    plain = draw_mobilities(series, interval, draws)
+    corrected = draw_mobilities(series, interval, draws, corrections=(c, thetas))
+    np.testing.assert_allclose(np.diagonal(plain, axis1=1, axis2=2), 2.25, rtol=0.1)
+    np.testing.assert_allclose(np.diagonal(corrected, axis1=1, axis2=2), 1.0, rtol=0.1)
+
+    x0 = rng.standard_normal((200, 2))
+    runs = {}
+    for name, drift in (("plain", mixture_members(draws, np.float64)),
+                        ("corrected", corrected_members(*mixture_members(draws, np.float64), c, thetas))):
+        run = simulate_ensemble(jax.random.key(1), *drift, x0, 0.01, 4000, 1000, 20)
+        assert run.alive.all()
+        runs[name] = np.var(run.samples, axis=(1, 2))  # (members, d)
+    np.testing.assert_allclose(runs["plain"], 2.25, rtol=0.15)
+    np.testing.assert_allclose(runs["corrected"], 1.0, rtol=0.15)

@@ -141,6 +141,25 @@ def test_simulate_mixture_ensemble_member_equals_a_single_run_of_its_draw():
     np.testing.assert_allclose(ens[2], alone, rtol=1e-5, atol=1e-5)
 
 
+def test_simulate_corrected_ensemble_member_equals_a_corrected_single_run():
+    from kgmm_bayes.bayes.correction import ScoreCorrection
+
+    result, weights, means, covs = _result()
+    rng = np.random.default_rng(12)
+    c = ScoreCorrection(centres=rng.normal(size=(4, D)), width=0.7, theta=rng.normal(size=(4, D)), ridge=0.0,
+                        decrease=1.0, se=0.1, ladder=())  # no spread kept: every member adds theta itself
+    x0 = np.tile(result.zscore.mean, (6, 1))
+    corrected = BayesianKGMM(**{**result._asdict(), "correction": c})
+    ens = corrected.simulate(6, 200, dt=0.01, key=7, drift="mixture", members=S, x0=x0, thin=10)
+    single = BayesianKGMM(**{**corrected._asdict(),
+                             "draws": (weights[2:3], means[2:3], np.linalg.cholesky(covs[2:3]))})
+    alone = single.simulate(6, 200, dt=0.01, key=jax.random.split(jax.random.key(7), S)[2], drift="mixture",
+                            x0=x0, thin=10)
+    np.testing.assert_allclose(ens[2], alone, rtol=1e-5, atol=1e-5)
+    plain = result.simulate(6, 200, dt=0.01, key=7, drift="mixture", members=S, x0=x0, thin=10)
+    assert np.max(np.abs(plain[2] - ens[2])) > 0.1  # the correction moved the member
+
+
 def test_the_interpolant_band_is_the_posterior_band_recentred_and_widened_by_its_error():
     from scipy.stats import norm
 

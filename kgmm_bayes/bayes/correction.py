@@ -22,21 +22,27 @@ correction is applied only where that decrease exceeds :data:`MIN_SE` standard e
 the blocks): a correction the data do not support is not made.  The bump counts are tried in
 increasing order until one does no better than the one before (the default study: 50 and 100
 bumps, both worse than none; Kuramoto-Sivashinsky D = 4: all six, 2,000 bumps best).
+
+The coefficients' sampling error is the blocks' (:func:`_spread`: the sandwich covariance of the
+least-squares solution from the spread of the blocks' gradients at ``theta``), so that the
+posterior ensemble's members can each carry a draw of the correction (:func:`theta_draws`,
+:func:`corrected_members`) rather than the fitted one alone.
 """
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._keys import host_rng
 from .._picks import evenly_spaced
 from .score_matching import STEIN_CHUNK, _block_moments, _bump_basis, _bumps
 
 __all__ = ["ScoreCorrection", "fit_correction", "CORRECTION_LADDER", "correction_arrays", "correction_from_arrays",
-           "corrected_drift"]
+           "corrected_drift", "theta_draws", "corrected_members"]
 
 CORRECTION_LADDER = (50, 100, 250, 500, 1000, 2000)  # bump counts tried (each at most a block's snapshots)
 RIDGES = (1e-6, 1e-4, 1e-2)  # added to the Gram matrix, relative to its mean diagonal
@@ -57,14 +63,18 @@ class ScoreCorrection(NamedTuple):
     se: float  # its standard error over the blocks
     ladder: tuple  # ((bumps, ridge, decrease, se), ...) every fit tried
     applied: bool = True  # False: no fit's decrease was significant (theta is 0: nothing is corrected)
+    # (B, J, d): theta's sampling error, Cov(theta[:, k]) = sum_b spread[b, :, k] spread[b, :, k]^T (_spread);
+    # None where not applied (or read from a study written before it was kept)
+    spread: Optional[np.ndarray] = None
 
-    def __call__(self, x) -> np.ndarray:
-        """The correction ``(n, d)`` at points ``(n, d)`` (z-scored)."""
+    def __call__(self, x, theta=None) -> np.ndarray:
+        """The correction ``(n, d)`` at points ``(n, d)`` (z-scored); with ``theta`` ``(J, d)``, that draw's."""
         x = np.asarray(x, np.float64)
+        theta = self.theta if theta is None else np.asarray(theta, np.float64)
         out = np.empty_like(x)
         centre_sq = np.sum(self.centres ** 2, axis=-1)
         for i in range(0, len(x), STEIN_CHUNK):
-            out[i:i + STEIN_CHUNK] = _bumps(x[i:i + STEIN_CHUNK], self.centres, centre_sq, self.width) @ self.theta
+            out[i:i + STEIN_CHUNK] = _bumps(x[i:i + STEIN_CHUNK], self.centres, centre_sq, self.width) @ theta
         return out
 
     def to_json(self) -> dict:
@@ -77,7 +87,8 @@ def correction_arrays(c: ScoreCorrection) -> dict:
     """``c`` as arrays (a stage cache entry)."""
     return {"centres": c.centres, "width": np.asarray(c.width), "theta": c.theta, "ridge": np.asarray(c.ridge),
             "decrease": np.asarray(c.decrease), "se": np.asarray(c.se),
-            "ladder": np.asarray(c.ladder, np.float64).reshape(-1, 4), "applied": np.asarray(c.applied)}
+            "ladder": np.asarray(c.ladder, np.float64).reshape(-1, 4), "applied": np.asarray(c.applied),
+            **({} if c.spread is None else {"spread": c.spread})}
 
 
 def correction_from_arrays(a) -> ScoreCorrection:
@@ -85,7 +96,7 @@ def correction_from_arrays(a) -> ScoreCorrection:
                            float(a["ridge"]), float(a["decrease"]), float(a["se"]),
                            tuple((int(j), float(r), float(dec), float(se))
                                  for j, r, dec, se in np.asarray(a["ladder"])),
-                           bool(a["applied"]))
+                           bool(a["applied"]), np.asarray(a["spread"], np.float64) if "spread" in a else None)
 
 
 def _solve(gram, b, ridge: float):
@@ -106,6 +117,21 @@ def _cross_validated(b, gram, ridge: float):
         theta = _solve((gram_sum - gram[out].sum(axis=0)) / kept, (b_sum - b[out].sum(axis=0)) / kept, ridge)
         changes[a] = 2.0 * np.sum(theta * b[a]) + np.sum(theta * (gram[a] @ theta))
     return changes
+
+
+def _spread(b, gram, theta, ridge: float):
+    """``(B, J, d)``: the sampling error of ``theta = _solve(mean gram, mean b, ridge)`` from the ``B`` blocks'
+    moments.  ``theta`` solves ``mean_a g_a = -ridge' theta`` with each block's gradient ``g_a = b_a + gram_a
+    theta``, so to first order its error is ``-G^-1`` times the error of the blocks' mean gradient, whose
+    covariance is the blocks' sample covariance over ``B``: ``spread[a] = G^-1 (g_a - mean g) / sqrt(B (B - 1))``
+    (``G`` the ridged mean Gram matrix)."""
+    blocks, n_basis = len(b), len(theta)
+    gram_mean = gram.mean(axis=0)
+    regular = gram_mean + ridge * np.trace(gram_mean) / n_basis * np.eye(n_basis)
+    grads = b + np.einsum("aij,jk->aik", gram, theta)
+    centred = (grads - grads.mean(axis=0)) / np.sqrt(blocks * (blocks - 1.0))
+    return np.linalg.solve(regular, np.moveaxis(centred, 0, 1).reshape(n_basis, -1)).reshape(
+        n_basis, blocks, -1).transpose(1, 0, 2)
 
 
 def fit_correction(z, score_fn, seed: int = 0, ladder=CORRECTION_LADDER, ridges=RIDGES,
@@ -141,7 +167,18 @@ def fit_correction(z, score_fn, seed: int = 0, ladder=CORRECTION_LADDER, ridges=
     if decrease <= MIN_SE * se:  # kept for the report, correcting nothing
         return ScoreCorrection(centres, width, np.zeros_like(centres), ridge, decrease, se, tuple(tried), False)
     theta = _solve(gram.mean(axis=0), b.mean(axis=0), ridge)
-    return ScoreCorrection(centres, width, theta, ridge, decrease, se, tuple(tried))
+    return ScoreCorrection(centres, width, theta, ridge, decrease, se, tuple(tried),
+                           spread=_spread(b, gram, theta, ridge))
+
+
+def theta_draws(correction: ScoreCorrection, key, draws: int) -> np.ndarray:
+    """``(draws, J, d)``: the coefficients with their sampling error, ``theta + sum_b e_b spread[b]`` with
+    standard normal ``e`` (from ``key``), one draw per posterior ensemble member; ``theta`` itself repeated
+    where no ``spread`` was kept."""
+    if correction.spread is None:
+        return np.broadcast_to(correction.theta, (draws, *correction.theta.shape)).copy()
+    e = host_rng(key).standard_normal((draws, len(correction.spread)))
+    return correction.theta + np.einsum("sb,bjk->sjk", e, correction.spread)
 
 
 def corrected_drift(drift_fn, drift_params, correction: ScoreCorrection):
@@ -155,6 +192,17 @@ def corrected_drift(drift_fn, drift_params, correction: ScoreCorrection):
     return _with_correction(drift_fn), (drift_params, (centres, jnp.sum(centres ** 2, axis=-1),
                                                        jnp.asarray(correction.theta, dtype),
                                                        jnp.asarray(-0.5 / correction.width ** 2, dtype)))
+
+
+def corrected_members(drift_fn, member_params, correction: ScoreCorrection, thetas):
+    """:func:`corrected_drift` for an ensemble's members (every leaf of ``member_params`` with a leading member
+    axis ``S``): member ``s`` adds the correction with coefficients ``thetas[s]`` (:func:`theta_draws`)."""
+    if correction is None or not correction.applied:
+        return drift_fn, member_params
+    fn, (_, (c, c_sq, _, scale)) = corrected_drift(drift_fn, member_params, correction)
+    members = len(thetas)
+    repeat = lambda a: jnp.broadcast_to(a, (members, *a.shape))  # noqa: E731
+    return fn, (member_params, (repeat(c), repeat(c_sq), jnp.asarray(thetas, c.dtype), repeat(scale)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -91,16 +91,17 @@ def _evaluate(drift_fn, drift_params, z) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def fit_dynamics(series, interval: float, drift_fn, drift_params, draws, key=None) -> Dynamics:
+def fit_dynamics(series, interval: float, drift_fn, drift_params, draws, key=None, corrections=None) -> Dynamics:
     """Mobilities, responses and the data's correlation functions from the z-scored training
     ``series`` ``(members, n, d)`` sampled every ``interval``; ``drift_fn(drift_params, x)`` is the
     model's drift (a score), ``draws`` ``(weights, means, cov_chol)`` the posterior draws to use;
-    ``key``: each draw's mobility on a Bayesian bootstrap of the trajectories (:func:`draw_mobilities`)."""
+    ``key``: each draw's mobility on a Bayesian bootstrap of the trajectories (:func:`draw_mobilities`);
+    ``corrections``: each draw's score corrected (:func:`_draw_scores`), as the model's is."""
     dyn = point_dynamics(series, interval, drift_fn, drift_params)
     series, max_lag = lagged_series(series), len(dyn.lags) - 1
     phis, impulse, second, mean_score = [], [], [], 0.0
     weights = _bootstrap_weights(key, series.shape[0], len(draws[0]))
-    for s, score in enumerate(_draw_scores(series, draws)):
+    for s, score in enumerate(_draw_scores(series, draws, corrections)):
         mean_score = mean_score + score / len(draws[0])
         phis.append(_draw_mobility(series, score, interval, None if weights is None else weights[s], dyn.method))
         impulse.append(impulse_responses(series, score, max_lag))
@@ -150,30 +151,38 @@ def lagged_series(series) -> np.ndarray:
     return series[:keep]
 
 
-def _draw_scores(series, draws):
-    """Each draw's mixture score at every snapshot of ``series``, shaped like it (one draw at a time)."""
+def _draw_scores(series, draws, corrections=None):
+    """Each draw's mixture score at every snapshot of ``series``, shaped like it (one draw at a time);
+    ``corrections``: ``(correction, thetas (S, J, d))``, each draw's score plus the correction with its own
+    coefficients (:func:`~kgmm_bayes.bayes.correction.theta_draws`)."""
     flat = series.reshape(-1, series.shape[-1])
     for s in range(len(draws[0])):
         one = tuple(np.asarray(a)[s:s + 1] for a in draws)
-        yield score_draws(*one, flat)[0][0].reshape(series.shape)
+        score = score_draws(*one, flat)[0][0]
+        if corrections is not None:
+            score = np.asarray(score, np.float64) + corrections[0](flat, corrections[1][s])
+        yield score.reshape(series.shape)
 
 
-def draw_mobilities(series, interval: float, draws, key=None, method: Optional[str] = None) -> np.ndarray:
+def draw_mobilities(series, interval: float, draws, key=None, method: Optional[str] = None,
+                    corrections=None) -> np.ndarray:
     """``(S, d, d)``: the mobility fitted with each draw's mixture score (:func:`robust_mobility`)
     from the series :func:`lagged_series` keeps.  With ``key``, each draw's on its own Bayesian
     bootstrap of the trajectories (Dirichlet(1) weights over independent blocks: the members, or
     :data:`SE_GROUPS` stretches of each when there are fewer members), so that the spread of the
-    mobilities holds the lagged statistics' sampling error as well as the score's posterior spread."""
+    mobilities holds the lagged statistics' sampling error as well as the score's posterior spread.
+    ``corrections``: each draw's score corrected (:func:`_draw_scores`)."""
     series = lagged_series(series)
     weights = _bootstrap_weights(key, series.shape[0], len(draws[0]))
     return np.stack([_draw_mobility(series, score, interval, None if weights is None else weights[s], method)
-                     for s, score in enumerate(_draw_scores(series, draws))])
+                     for s, score in enumerate(_draw_scores(series, draws, corrections))])
 
 
-def member_mobilities(dyn: Dynamics, series, draws, key) -> np.ndarray:
+def member_mobilities(dyn: Dynamics, series, draws, key, corrections=None) -> np.ndarray:
     """``(S, d, d)``: the posterior ensemble's mobilities, each draw's own (:func:`draw_mobilities`, on its
-    own bootstrap) with the study model's corrections (:func:`indirect_correction`, the rate factor)."""
-    phis = draw_mobilities(series, dyn.interval, draws, key, dyn.method)
+    own bootstrap, its score corrected with ``corrections``) with the study model's corrections
+    (:func:`indirect_correction`, the rate factor)."""
+    phis = draw_mobilities(series, dyn.interval, draws, key, dyn.method, corrections)
     if dyn.correction is not None:
         phis = np.stack([_floored(phi @ dyn.correction) for phi in phis])
     return phis * dyn.time_scale

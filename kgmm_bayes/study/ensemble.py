@@ -11,6 +11,10 @@ mobility, fitted from the training trajectories with its draw's score and correc
 rate factor, and runs on the study model's schedule (a snapshot per data interval) for at least
 :data:`~kgmm_bayes.study.dynamics.ENSEMBLE_ROWS_PER_LAG` correlation windows: the members'
 correlation functions and decorrelation times give their credible bands.
+
+Where the study model's score is corrected by score matching (:mod:`kgmm_bayes.bayes.correction`), every
+member's score is too, each with its own draw of the correction's coefficients (their sampling error over
+the training snapshots' blocks), in its drift and its mobility: the bands are around the corrected model.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import warnings
 import jax
 import numpy as np
 
+from ..bayes.correction import correction_arrays, corrected_members, theta_draws
 from ..data.systems import get_system
 from ..spec import data_interval_of
 from ..files import atomic_write_bytes, json_floats, npz_bytes
@@ -40,7 +45,7 @@ from ..spec import Spec
 from ..data.stream import StreamedData
 from .dynamics import ENSEMBLE_ROWS_PER_LAG, member_dynamics, member_mobilities
 from .figures import plot_ensemble_acf, plot_ensemble_marginals, plot_relative_entropy
-from .outputs import stage_key
+from .outputs import _checksum, stage_key
 
 __all__ = ["ensemble_stage", "reference_series"]
 
@@ -84,18 +89,21 @@ def reference_series(spec: Spec, reference, user_data):
 
 
 def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, floor, progress,
-                   chain_weights=None, dynamics=None, schedule=None, series=None):
+                   chain_weights=None, dynamics=None, schedule=None, series=None, correction=None):
     """Posterior ensemble of reduced-order models: ``ensemble.npz``, three figures; returns the metrics
     block and the stage's arrays.  With ``dynamics`` (:class:`~kgmm_bayes.study.dynamics.Dynamics`),
     the study model's ``schedule`` ``(dt, thin)`` and the z-scored training ``series``, the members run
-    in the data's time, each with its own mobility."""
+    in the data's time, each with its own mobility.  ``correction``: the study model's applied score
+    correction, added to every member's score with the member's own draw of its coefficients."""
     es, lg = spec.ensemble, spec.langevin
     dt, thin, steps, burn_in, max_lag, lag_time = lg.dt, es.thin, es.steps, es.burn_in, es.max_lag, lg.dt * es.thin
     draws = select_draws(post, es.members, chain_weights)
     drift_key, start_key, run_key = jax.random.split(key, 3)
+    thetas = None if correction is None else theta_draws(correction, jax.random.fold_in(key, 4), len(draws[0]))
     mobility = None
     if dynamics is not None:  # each member's own mobility, on its own bootstrap of the trajectories
-        mobility = member_mobilities(dynamics, series, draws, jax.random.fold_in(key, 3))
+        mobility = member_mobilities(dynamics, series, draws, jax.random.fold_in(key, 3),
+                                     None if correction is None else (correction, thetas))
         (dt, thin), max_lag, lag_time = schedule, len(dynamics.lags) - 1, dynamics.interval
         # the study model's step keeps its stiffness; a member with a larger mobility gets a shorter step
         stiffer = max(np.linalg.norm(m, 2) for m in mobility) / np.linalg.norm(dynamics.phi, 2)
@@ -107,6 +115,7 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
     skey = stage_key("ensemble", post_key, spec.section_json("ensemble"), lg.dt, lg.box, spec.metrics.grid_points,
                      spec.section_json("interpolant") if es.drift == "interpolant" else "",
                      *(() if chain_weights is None else (np.asarray(chain_weights).tolist(),)),
+                     *(() if correction is None else (_checksum(correction_arrays(correction)),)),
                      *(() if mobility is None else (mobility.tobytes().hex(), dt, thin, steps, burn_in, max_lag)))
     arrays = out.load_stage("ensemble", skey)
     was_cached = arrays is not None
@@ -118,6 +127,7 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
                                                            itp.steps, itp.learning_rate)
         else:
             (drift_fn, params), losses = mixture_members(draws), None
+        drift_fn, params = corrected_members(drift_fn, params, correction, thetas)
         x0, _ = initial_particles(start_key, part.points, part.counts, es.particles)  # one start shared by the members
         run = simulate_ensemble(run_key, drift_fn, params, x0, dt, steps, burn_in, thin, lg.box,
                                 progress=progress, mobility=mobility)

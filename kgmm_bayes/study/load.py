@@ -234,9 +234,12 @@ def _read_correction(out_dir: str, d: int, metrics: dict):
         if correction.centres.shape != (j, d) or correction.theta.shape != (j, d) or not correction.width > 0:
             raise ValueError(f"centres {correction.centres.shape}, theta {correction.theta.shape}, width "
                              f"{correction.width} for {d} coordinates")
+        spread = correction.spread  # absent from studies written before it was kept
+        if spread is not None and (spread.ndim != 3 or spread.shape[1:] != (j, d)):
+            raise ValueError(f"spread {spread.shape} for {j} bumps and {d} coordinates")
         if not (np.all(np.isfinite(correction.centres)) and np.all(np.isfinite(correction.theta))
-                and np.isfinite(correction.width)):
-            raise ValueError("non-finite centres, coefficients or width")
+                and np.isfinite(correction.width) and (spread is None or np.all(np.isfinite(spread)))):
+            raise ValueError("non-finite centres, coefficients, spread or width")
     except Exception as err:  # noqa: BLE001 - zip, npy, missing fields, shapes: all damage
         raise _damaged(out_dir, CORRECTION_FILE, err) from None
     return correction

@@ -21,7 +21,7 @@ import numpy as np
 from .._picks import evenly_spaced
 from .._version import __version__
 from ..compilation_cache import JaxWork
-from ..bayes.correction import correction_arrays
+from ..bayes.correction import correction_arrays, theta_draws
 from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
 from ..bayes.score import band_around, posterior_mean_score
 from ..bayes.score_matching import field_stats
@@ -216,7 +216,9 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
             drift_fn, drift_params = model_drift(spec, interp, drive, correction)
             picks = evenly_spaced(len(fit.draws[0]), DYNAMICS_DRAWS)
             dynamics = fit_dynamics(series, interval, drift_fn, drift_params,
-                                    tuple(np.asarray(a)[picks] for a in fit.draws), key=jax.random.fold_in(langevin_key, 2))
+                                    tuple(np.asarray(a)[picks] for a in fit.draws), key=jax.random.fold_in(langevin_key, 2),
+                                    corrections=None if correction is None else (correction, theta_draws(
+                                        correction, jax.random.fold_in(langevin_key, 5), len(picks))))
             dynamics = indirect_correction(dynamics, jax.random.fold_in(langevin_key, 3), series, drift_fn,
                                            drift_params, spec.langevin, part.points)
             clock("dynamics")
@@ -256,7 +258,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         ensemble_metrics, ensemble_arrays = ensemble_stage(
             spec, out, jax.random.fold_in(langevin_key, 1), post, part, data, user_data, post_key,
             float(floor.mean()), progress, chain_weights=stacked_weights(fit.convergence), dynamics=dynamics,
-            schedule=(langevin.dt, langevin.thin), series=None if dynamics is None else data.train_series(z))
+            schedule=(langevin.dt, langevin.thin), series=None if dynamics is None else data.train_series(z),
+            correction=correction)
         if "member_correlation" in ensemble_arrays:
             members = tuple(ensemble_arrays[k] for k in ("member_correlation", "member_decorrelation_time",
                                                          "member_mobility"))

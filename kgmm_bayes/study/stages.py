@@ -557,7 +557,7 @@ def correction_stage(spec: Spec, out, upstream, draws, z, seed: int):
     which computed it, when read back)."""
     if spec.interpolant.correction == "off":
         return None, 0.0, False
-    ckey = stage_key("correction", upstream, spec.interpolant.correction, seed)
+    ckey = stage_key("correction", upstream, spec.interpolant.correction, seed, "spread")  # with its sampling error
     cached = out.load_stage("correction", ckey, build=lambda a: (
         correction_from_arrays(a) if "theta" in a else None, float(a["wall_time"])))
     if cached is not None:
