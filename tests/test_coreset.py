@@ -266,6 +266,7 @@ def test_the_default_study_s_chains_come_from_the_compilation_cache_with_the_dis
     assert work(None) < TICKING_MIN_WORK < work("lorenz63")
 
 
+@pytest.mark.slow  # 53 s; vectorised chains are the default only on one accelerator
 def test_vectorized_chains_with_a_progress_bar_give_the_quiet_draws(monkeypatch):
     """Vectorised chains (the default on one GPU) carry one iteration count per chain: the progress report
     takes their common value; the draws are the quiet run's."""
