@@ -237,3 +237,18 @@ def test_corrected_members_and_their_mobilities_follow_the_data():
         runs[name] = np.var(run.samples, axis=(1, 2))  # (members, d)
     np.testing.assert_allclose(runs["plain"], 2.25, rtol=0.15)
     np.testing.assert_allclose(runs["corrected"], 1.0, rtol=0.15)
+
+
+def test_the_report_says_the_members_carry_the_correction():
+    from kgmm_bayes.study.report import _ensemble_lines
+
+    q = {"median": [0.1], "q05": [0.05], "q95": [0.2]}
+    band = {"median": [0.0], "lower90": [-1.0], "upper90": [1.0]}
+    ens = {"members": 4, "drift": "mixture", "particles_per_member": 10, "burn_in": 5, "steps": 10,
+           "particle_steps_per_second": 1e6, "relative_entropy": {"mean": {k: v[0] for k, v in q.items()},
+                                                                  "per_marginal": q},
+           "moments": {"mean": band, "variance": band}, "escaped_per_member": [0] * 4,
+           "non_finite_per_member": [0] * 4, "reference_acf": None, "score_correction": "100 bumps, a draw per member"}
+    assert "(drift: mixture; plus the model's score correction, 100 bumps, a draw per member)" in \
+        "\n".join(_ensemble_lines(ens))
+    assert "(drift: mixture), " in "\n".join(_ensemble_lines({**ens, "score_correction": None}))

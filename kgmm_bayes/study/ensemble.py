@@ -168,6 +168,8 @@ def ensemble_stage(spec: Spec, out, key, post, part, data, user_data, post_key, 
     block = {
         "members": int(members), "drift": es.drift, "particles_per_member": int(es.particles),
         "mobility": "identity" if dynamics is None else "fitted, one per member",
+        # the model's score correction, each member with its own draw of the coefficients (none: not applied)
+        "score_correction": None if correction is None else f"{len(correction.centres)} bumps, a draw per member",
         "steps": steps, "burn_in": burn_in, "thin": int(arrays["thin"]), "dt": float(arrays["dt"]),
         "relative_entropy": {"band": 0.9, **{which: {q: json_floats(v) for q, v in quantiles.items()}
                                              for which, quantiles in dist.items()}},

@@ -43,7 +43,9 @@ def _ensemble_lines(ens: dict) -> list[str]:
     lines = [
         "",
         "## Posterior ensemble of reduced-order models",
-        f"- {ens['members']} posterior draws, one model each (drift: {ens['drift']}), "
+        f"- {ens['members']} posterior draws, one model each (drift: {ens['drift']}"
+        + (f"; plus the model's score correction, {ens['score_correction']}" if ens.get("score_correction") else "")
+        + "), "
         f"{ens['particles_per_member']} particles x {ens['burn_in'] + ens['steps']} steps per member, "
         f"{_fmt(ens['particle_steps_per_second'])} particle-steps/s",
         f"- Relative entropy, median [90% band] across members: mean over marginals {span(re['mean'])}; "
