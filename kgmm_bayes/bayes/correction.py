@@ -181,6 +181,13 @@ def theta_draws(correction: ScoreCorrection, key, draws: int) -> np.ndarray:
     return correction.theta + np.einsum("sb,bjk->sjk", e, correction.spread)
 
 
+def _bump_params(correction: ScoreCorrection, dtype, theta):
+    """The bumps' arrays :func:`_with_correction`'s drift reads: centres, their squared norms, ``theta``, scale."""
+    centres = jnp.asarray(correction.centres, dtype)
+    return (centres, jnp.sum(centres ** 2, axis=-1), jnp.asarray(theta, dtype),
+            jnp.asarray(-0.5 / correction.width ** 2, dtype))
+
+
 def corrected_drift(drift_fn, drift_params, correction: ScoreCorrection):
     """``(drift_fn, drift_params)`` of a drift plus ``correction`` (a Langevin drift: ``(params, x (n, d)) ->
     (n, d)``), the bumps in the dtype of ``drift_params``' first array; the drift itself where the correction is
@@ -188,10 +195,7 @@ def corrected_drift(drift_fn, drift_params, correction: ScoreCorrection):
     if correction is None or not correction.applied:
         return drift_fn, drift_params
     dtype = jax.tree_util.tree_leaves(drift_params)[0].dtype
-    centres = jnp.asarray(correction.centres, dtype)
-    return _with_correction(drift_fn), (drift_params, (centres, jnp.sum(centres ** 2, axis=-1),
-                                                       jnp.asarray(correction.theta, dtype),
-                                                       jnp.asarray(-0.5 / correction.width ** 2, dtype)))
+    return _with_correction(drift_fn), (drift_params, _bump_params(correction, dtype, correction.theta))
 
 
 def corrected_members(drift_fn, member_params, correction: ScoreCorrection, thetas):
@@ -199,10 +203,11 @@ def corrected_members(drift_fn, member_params, correction: ScoreCorrection, thet
     axis ``S``): member ``s`` adds the correction with coefficients ``thetas[s]`` (:func:`theta_draws`)."""
     if correction is None or not correction.applied:
         return drift_fn, member_params
-    fn, (_, (c, c_sq, _, scale)) = corrected_drift(drift_fn, member_params, correction)
+    dtype = jax.tree_util.tree_leaves(member_params)[0].dtype
+    centres, centre_sq, thetas, scale = _bump_params(correction, dtype, thetas)
     members = len(thetas)
     repeat = lambda a: jnp.broadcast_to(a, (members, *a.shape))  # noqa: E731
-    return fn, (member_params, (repeat(c), repeat(c_sq), jnp.asarray(thetas, c.dtype), repeat(scale)))
+    return _with_correction(drift_fn), (member_params, (repeat(centres), repeat(centre_sq), thetas, repeat(scale)))
 
 
 @functools.lru_cache(maxsize=None)
