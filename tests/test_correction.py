@@ -252,3 +252,57 @@ def test_the_report_says_the_members_carry_the_correction():
     assert "(drift: mixture; plus the model's score correction, 100 bumps, a draw per member)" in \
         "\n".join(_ensemble_lines(ens))
     assert "(drift: mixture), " in "\n".join(_ensemble_lines({**ens, "score_correction": None}))
+
+
+def test_the_corrected_model_is_checked_before_the_correction_is_used():
+    # N(0, I) data and a posterior that says N(0, 2.25 I) (score -x / 2.25): the fitted correction brings the pilot
+    # model's variance to 1 (kept); three times it overshoots to a variance of about 0.47, farther from the data
+    # than the uncorrected model's 2.25 (relative entropy 0.19 against 0.13: dropped); its negative makes the
+    # drift +0.11 x where the data are, which pushes the particles out to a ring where the bumps end (dropped); a
+    # pilot that loses more particles is dropped however close its kept ones are
+    from types import SimpleNamespace
+
+    import jax
+
+    from kgmm_bayes.data.zscore import ZScore
+    from kgmm_bayes.study.report import _correction_words, correction_used
+    from kgmm_bayes.study.stages import CHECK_PARTICLES, correction_check_stage
+
+    rng = np.random.default_rng(8)
+    z = rng.standard_normal((16_000, 2))
+    draws = (np.ones((1, 1)), np.zeros((1, 1, 2)), np.tile(1.5 * np.eye(2), (1, 1, 1, 1)))
+    c = fit_correction(z, lambda x: -x / 2.25, ladder=LADDER)
+    assert c.applied
+    data = SimpleNamespace(zscore=ZScore(np.zeros(2), np.ones(2)), train_density=lambda: z)
+    part = SimpleNamespace(points=z[:400], counts=np.ones(400))
+    stored = {}
+    out = SimpleNamespace(load_stage=lambda stage, key, build: build(stored[key]) if key in stored else None,
+                          save_stage=lambda stage, key, arrays: stored.__setitem__(key, arrays))
+    spec = spec_from_dict({"data": {"path": "unused.npy"}, "langevin": {
+        "drift": "mixture", "dt": 0.01, "steps": 16_000, "burn_in": 1000, "thin": 16, "box": 10.0}})
+    key = jax.random.key(3)
+
+    good, cached = correction_check_stage(spec, out, key, part, data, draws, c, "up")
+    assert not cached and good.kept and good.lost == (0, 0)
+    assert (good.particles, good.steps) == (CHECK_PARTICLES, 2000)
+    assert good.uncorrected == pytest.approx(0.5 * (1 / 2.25 - 1 + np.log(2.25)), rel=0.25)  # KL(N(0,1)|N(0,2.25))
+    assert good.corrected < 0.1 * good.uncorrected
+    again, cached = correction_check_stage(spec, out, key, part, data, draws, c, "up")
+    assert cached and again == good._replace(seconds=again.seconds) and len(stored) == 1
+
+    over, _ = correction_check_stage(spec, out, key, part, data, draws, c._replace(theta=3 * c.theta), "up")
+    assert not over.kept and over.lost == (0, 0) and over.corrected > 1.2 * over.uncorrected
+    assert over.uncorrected == good.uncorrected  # the same particles and noise
+    wrong, _ = correction_check_stage(spec, out, key, part, data, draws, c._replace(theta=-c.theta), "up")
+    assert not wrong.kept and wrong.corrected > 2 * wrong.uncorrected
+    assert not good._replace(lost=(0, 1)).kept and good._replace(lost=(2, 1)).kept
+
+    report = {**c.to_json(), "model_check": over.to_json()}
+    assert not correction_used(report) and correction_used({**report, "model_check": good.to_json()})
+    assert correction_used(c.to_json()) and not correction_used({**c.to_json(), "applied": False})
+    words = _correction_words(report)
+    assert words.startswith("; targets: the posterior-mean score (the score-matching correction in ")
+    assert "made a worse model and is not used: pilot runs of the model (256 particles, 2000 steps)" in words
+    assert "particles lost" not in words and "particles lost 1 and 0" in _correction_words(
+        {**c.to_json(), "model_check": good._replace(lost=(0, 1)).to_json()})
+    assert "corrected by score matching in" in _correction_words({**c.to_json(), "model_check": good.to_json()})

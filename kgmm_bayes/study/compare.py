@@ -92,7 +92,7 @@ from .stages import STAGE_SCHEMA, StudyData, langevin_start, model_drift, study_
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 
 BAYESIAN_STAGES = ("partition", "posterior", "score", "interpolant")
-OPTIONAL_STAGES = ("correction",)  # counted where the study ran it ([interpolant] correction)
+OPTIONAL_STAGES = ("correction", "correction_check")  # counted where the study ran them ([interpolant] correction)
 # bumped when what a comparison keeps of an estimator in <out>/.stages (its row, its further model runs, DSM's reach)
 # changes in content or meaning, so that rows kept by earlier code are recomputed, not mixed with new ones
 # 2: a row's Langevin s counts the data-time pilot and any rerun; 3: DSM's epochs each have their own key, and its

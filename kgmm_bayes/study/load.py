@@ -28,6 +28,7 @@ from ..partition import Partition
 from ..result import BayesianKGMM
 from ..spec import spec_from_dict
 from .outputs import SPEC_FILE, StageReader
+from .report import correction_used
 from .stages import prepare_data, study_keys
 
 __all__ = ["load_result", "score_to_file", "PARTITION_FILE", "SCORE_BIAS_FILE", "DATA_FILE", "MODEL_DRAWS_FILE",
@@ -221,7 +222,7 @@ def _read_correction(out_dir: str, d: int, metrics: dict):
     """The model score's applied correction, or ``None`` (none applied, or a study written before it existed); a
     study whose metrics say one was applied and whose file is gone is damaged."""
     path = os.path.join(out_dir, CORRECTION_FILE)
-    applied = bool(((metrics.get("interpolant") or {}).get("correction") or {}).get("applied"))
+    applied = correction_used((metrics.get("interpolant") or {}).get("correction"))
     if not os.path.exists(path):
         if applied:
             raise _damaged(out_dir, CORRECTION_FILE, "missing, although metrics.json says the model's score was "

@@ -126,15 +126,32 @@ def _box_words(langevin: dict) -> str:
     return f" |z| <= {langevin['box']:.4g}" if isinstance(langevin.get("box"), (int, float)) else ""
 
 
+def correction_used(correction) -> bool:
+    """Whether the model's score carries the score-matching correction (metrics.json ``interpolant.correction``):
+    applied (significant) and, where the model was checked with it (``model_check``), kept."""
+    return bool(correction and correction.get("applied") and (correction.get("model_check") or {}).get("kept", True))
+
+
 def _correction_words(correction) -> str:
     """The interpolant's targets' score-matching correction (kgmm_bayes.bayes.correction), for the report."""
     if not correction:
         return ""
     fit = (f"{correction['bumps']} Gaussian bumps (ridge {_fmt(correction['ridge'])}), Hyvarinen's score lowered by "
            f"{_fmt(correction['decrease'])} ± {_fmt(correction['se'])} cross-validated over blocks of the snapshots")
-    if correction["applied"]:
+    if not correction["applied"]:
+        return "; targets: the posterior-mean score (no score-matching correction the data support: best, " + fit + ")"
+    check = correction.get("model_check")
+    if check is None:  # a study written before the model was checked
         return "; targets: the posterior-mean score corrected by score matching in " + fit
-    return "; targets: the posterior-mean score (no score-matching correction the data support: best, " + fit + ")"
+    lost = check["lost_particles"]
+    pilots = (f"pilot runs of the model ({check['particles']} particles, {check['steps']} steps) with and without "
+              f"it: relative entropy against the training data {_fmt(check['corrected_relative_entropy'])} and "
+              f"{_fmt(check['uncorrected_relative_entropy'])}"
+              + (f", particles lost {lost[1]} and {lost[0]}" if any(lost) else ""))
+    if check["kept"]:
+        return "; targets: the posterior-mean score corrected by score matching in " + fit + "; " + pilots
+    return ("; targets: the posterior-mean score (the score-matching correction in " + fit
+            + " made a worse model and is not used: " + pilots + ")")
 
 
 def _drift_posterior_words(langevin: dict) -> str:

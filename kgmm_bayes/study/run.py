@@ -51,6 +51,7 @@ from .report import numerical_faults, write_report
 from .stages import (
     STAGE_SCHEMA,
     choose_components,
+    correction_check_stage,
     correction_stage,
     heldout_indices,
     interpolant_stage,
@@ -188,16 +189,27 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
 
     # the interpolant's targets: the posterior-mean score corrected by score matching where the data support it
     fitted, correction_s, correction_cached = correction_stage(spec, out, post_key, drive, z, seed)
-    correction = fitted if fitted is not None and fitted.applied else None  # what the model uses from here on
-    if correction is not None:
-        targets = targets._replace(mean=np.asarray(targets.mean) + correction(part.points))
     if spec.interpolant.correction != "off":
         clock("correction", correction_s if correction_cached else None)
         if correction_cached:
             cached_stages.append("correction")
+    correction, check, interp_upstream = None, None, post_key
+    if fitted is not None and fitted.applied:  # the model tried with and without it: used where it does no worse
+        clock.begin()
+        log(progress, f"correction: {len(fitted.centres)} bumps; pilot runs of the model with and without it")
+        check, check_cached = correction_check_stage(spec, out, jax.random.fold_in(langevin_key, 6), part, data,
+                                                     drive, fitted, post_key)
+        clock("correction_check", check.seconds if check_cached else None)
+        if check_cached:
+            cached_stages.append("correction_check")
+        if check.kept:
+            correction = fitted  # what the model uses from here on
+            targets = targets._replace(mean=np.asarray(targets.mean) + correction(part.points))
+        else:
+            interp_upstream = stage_key(post_key, "correction dropped by its model check")
 
     log(progress, "interpolant: training")
-    interp, ikey, interp_cached, interp_s = interpolant_stage(spec, out, train_key, part, targets, post_key,
+    interp, ikey, interp_cached, interp_s = interpolant_stage(spec, out, train_key, part, targets, interp_upstream,
                                                               progress, draws=drive, z=z, correction=correction)
     if interp_cached:
         cached_stages.append("interpolant")
@@ -274,7 +286,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
                              drift_posterior_stacked=bool(post.sample_stats["model_stacked"]))
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
                            cached_stages, dynamics, members, unresolved, drive=(drive, targets.mean, drift_metrics),
-                           correction=correction, correction_report=None if fitted is None else fitted.to_json())
+                           correction=correction, correction_report=None if fitted is None else {
+                               **fitted.to_json(), **({} if check is None else {"model_check": check.to_json()})})
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
     if screening:
         metrics["model_selection"]["chosen_from_data"] = {
