@@ -124,6 +124,8 @@ def test_a_study_folder_keeps_its_correction(tmp_path):
     metrics = {"interpolant": {"correction": c.to_json()}}
     with pytest.raises(Exception, match="score_correction.npz.*missing"):
         _read_correction(str(tmp_path), 2, metrics)
+    dropped = {"interpolant": {"correction": {**c.to_json(), "model_check": {"kept": False}}}}
+    assert _read_correction(str(tmp_path), 2, dropped) is None  # fitted, then dropped by the model's check
     (tmp_path / CORRECTION_FILE).write_bytes(npz_bytes(correction_arrays(c)))
     back = _read_correction(str(tmp_path), 2, metrics)
     np.testing.assert_array_equal(back.theta, c.theta)
