@@ -308,3 +308,46 @@ def test_the_corrected_model_is_checked_before_the_correction_is_used():
     assert "particles lost" not in words and "particles lost 1 and 0" in _correction_words(
         {**c.to_json(), "model_check": good._replace(lost=(0, 1)).to_json()})
     assert "corrected by score matching in" in _correction_words({**c.to_json(), "model_check": good.to_json()})
+
+
+def test_a_study_uses_its_correction_only_where_the_model_check_keeps_it(tmp_path, monkeypatch):
+    # three well-separated modes and a two-component mixture: its posterior-mean score is far off, the correction is
+    # applied and the model's check keeps it (its pilot keeps the three modes); forced to drop it, in the same
+    # folder (the posterior, the correction and the check read back), the interpolant learns the uncorrected mean,
+    # no correction file is written and the folder loads without one
+    import kgmm_bayes
+    from kgmm_bayes import load_result
+    from kgmm_bayes.bayes.score import posterior_mean_score
+    from kgmm_bayes.study.load import CORRECTION_FILE
+    from kgmm_bayes.study.stages import CorrectionCheck
+
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.normal(c, 0.35, 2000) for c in (-3.0, 0.0, 3.0)])[rng.permutation(6000)]
+    settings = {"partition": {"cells": 200}, "mixture": {"components": 2},
+                "sampler": {"chains": 2, "warmup": 200, "draws": 200}, "score": {"max_draws": 200},
+                "interpolant": {"hidden": [32, 32], "steps": 500},
+                "langevin": {"particles": 100, "steps": 8000, "burn_in": 1000}}
+    out = tmp_path / "fit"
+    first = kgmm_bayes.fit(x.reshape(4, -1, 1), settings=settings, out_dir=str(out), seed=1)
+    report = first.metrics["interpolant"]["correction"]
+    check = report["model_check"]
+    assert report["applied"] and check["kept"] and first.correction is not None and (out / CORRECTION_FILE).exists()
+    assert check["corrected_relative_entropy"] < 0.5 * check["uncorrected_relative_entropy"]
+    assert "correction_check" in first.metrics["timings"] and first.metrics["langevin"]["escaped"] == 0
+
+    monkeypatch.setattr(CorrectionCheck, "kept", property(lambda self: False))
+    second = kgmm_bayes.fit(x.reshape(4, -1, 1), settings=settings, out_dir=str(out), seed=1, force=True)
+    m = second.metrics
+    assert {"posterior", "correction", "correction_check"} <= set(m["cached_stages"])
+    assert "interpolant" not in m["cached_stages"]  # its targets changed
+    assert not m["interpolant"]["correction"]["model_check"]["kept"]
+    assert m["interpolant"]["correction"]["model_check"]["corrected_relative_entropy"] == \
+        check["corrected_relative_entropy"]
+    assert second.correction is None and not (out / CORRECTION_FILE).exists()
+    assert "made a worse model and is not used" in (out / "report.md").read_text()
+    pts = second.partition.points
+    plain = posterior_mean_score(*second.drift_draws, pts)
+    learnt = np.asarray(second.interpolant(np.asarray(pts, np.float32)), np.float64)
+    corrected = plain + first.correction(pts)
+    assert np.mean((learnt - plain) ** 2) < 0.1 * np.mean((learnt - corrected) ** 2)
+    assert load_result(out).correction is None

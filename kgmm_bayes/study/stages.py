@@ -82,9 +82,9 @@ from .report import STIFFNESS_LIMIT
 
 __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare_data", "sample_posterior",
            "partition_stage", "posterior_stage", "choose_components", "score_stage", "interpolant_stage",
-           "interpolant_training_set", "correction_stage", "correction_check_stage", "CorrectionCheck", "heldout_indices", "HELDOUT_POINTS", "langevin_stage",
-           "ScoreStage",
-           "LangevinStage", "stacked_weights", "model_drift", "model_draws"]
+           "interpolant_training_set", "correction_stage", "correction_check_stage", "CorrectionCheck",
+           "heldout_indices", "HELDOUT_POINTS", "langevin_stage", "ScoreStage", "LangevinStage", "stacked_weights",
+           "model_drift", "model_draws"]
 
 # Part of every stage key: raise it whenever what a stage computes or stores changes (2: coreset
 # cells enter through their moments; Partition gained cell_covariances. 3: stage files carry a
