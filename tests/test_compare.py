@@ -242,6 +242,7 @@ def test_a_model_run_from_the_study_s_own_start_reproduces_the_first_run(tiny_co
     assert len(walls) >= 2 and row.langevin_s >= sum(walls)
 
 
+@pytest.mark.slow  # about 55 s on 2 cores: the default suite's margin to 20 minutes (a study's own resume stays in it)
 def test_a_stopped_comparison_resumes_after_the_last_estimator_it_finished(tiny_compare, tmp_path, monkeypatch):
     # each estimator's row is kept in <out>.partial/.stages as it finishes: a baseline that fails (a kill, hours
     # into a Lorenz-96 comparison) loses only itself; the next run reads the others back, with the numbers and
