@@ -58,7 +58,7 @@ from ..data.systems import get_system
 from ..data.systems.ks import fine_reference_series
 from ..errors import InputError
 from ..files import atomic_write_bytes
-from ..metrics import marginal_relative_entropies, weighted_score_error
+from ..metrics import weighted_score_error
 from ..metrics.series import decorrelation_time, ks_statistics
 from ..rom.langevin import jit_drift, max_jacobian_eigenvalue, simulate_langevin
 from ..rom.mobility import impulse_responses, to_physical
@@ -87,7 +87,7 @@ from .dynamics import (
 )
 from .outputs import OutputFolder, _checksum, json_stage, stage_key
 from .run import run_study, user_data_hash
-from .stages import STAGE_SCHEMA, StudyData, langevin_start, model_drift, study_keys
+from .stages import STAGE_SCHEMA, StudyData, langevin_start, model_drift, rom_relative_entropies, study_keys
 
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 
@@ -111,13 +111,6 @@ class Comparison(NamedTuple):
 def _log(progress, message):
     if progress:
         print(f"[kgmm-bayes compare] {message}", file=sys.stderr, flush=True)
-
-
-def _rom_relative_entropy(data: StudyData, rom, grid_points) -> np.ndarray:
-    kept = rom.kept_samples()
-    if len(kept) < 2:
-        return np.full(data.train.shape[1], np.nan)
-    return marginal_relative_entropies(data.reference, data.zscore.inverse(kept.astype(np.float64)), grid_points)
 
 
 def _ks_block(data: StudyData, series, spec, data_tau, spacing: float) -> dict:
@@ -201,7 +194,7 @@ def _model_runs(data, spec, drift_fn, drift_params, first, starts, dt, steps, th
     for x0, run_key in starts:
         rom = simulate_langevin(run_key, drift_fn, drift_params, x0, dt, steps, lg.burn_in, thin, lg.box,
                                 mobility=mobility)
-        per_run.append(_rom_relative_entropy(data, rom, spec.metrics.grid_points))
+        per_run.append(rom_relative_entropies(rom, data.zscore, data.reference, spec.metrics.grid_points))
         lost.append(rom.escaped + rom.non_finite)
     return model_run_summary(per_run, lost)
 
@@ -252,7 +245,7 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
         info["dt_times_max_jacobian_eigenvalue"] = schedule["stiffness"]  # of Phi s, as the study's
         info["dynamics"] = _dynamics_row(dyn, rom, data, spec, data_time)
     info["model_snapshots"] = _snapshots(schedule)
-    rel_ent = _rom_relative_entropy(data, rom, spec.metrics.grid_points)
+    rel_ent = rom_relative_entropies(rom, data.zscore, data.reference, spec.metrics.grid_points)
     if starts:  # the last full run's schedule
         info["model_runs"] = _model_runs(data, spec, drift_fn, drift_params, rel_ent, starts, schedule["dt"],
                                          schedule["steps"], schedule["thin"], schedule["mobility"],
@@ -373,8 +366,8 @@ def _dsm_reach(fit: BaselineFit, bayes_drift, data, spec, x0, run_key) -> dict:
 
     def short_run(drift_fn, params):  # the mean relative entropy over the particles kept, and the particles lost
         rom = simulate_langevin(run_key, drift_fn, params, x0, lg.dt, steps, lg.burn_in, lg.thin, lg.box)
-        return float(np.mean(_rom_relative_entropy(data, rom, spec.metrics.grid_points))), int(
-            rom.escaped + rom.non_finite)
+        rel_ent = rom_relative_entropies(rom, data.zscore, data.reference, spec.metrics.grid_points)
+        return float(np.mean(rel_ent)), int(rom.escaped + rom.non_finite)
 
     target, target_lost = short_run(*bayes_drift)
     points = []

@@ -84,7 +84,7 @@ __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare
            "partition_stage", "posterior_stage", "choose_components", "score_stage", "interpolant_stage",
            "interpolant_training_set", "correction_stage", "correction_check_stage", "CorrectionCheck",
            "heldout_indices", "HELDOUT_POINTS", "langevin_stage", "ScoreStage", "LangevinStage", "stacked_weights",
-           "model_drift", "model_draws"]
+           "model_drift", "model_draws", "rom_relative_entropies"]
 
 # Part of every stage key: raise it whenever what a stage computes or stores changes (2: coreset
 # cells enter through their moments; Partition gained cell_covariances. 3: stage files carry a
@@ -599,12 +599,19 @@ class CorrectionCheck(NamedTuple):
                 "particles": self.particles, "steps": self.steps, "seconds": self.seconds, "kept": self.kept}
 
 
-def _pilot_relative_entropy(rom: LangevinResult, data: StudyData, grid_points: int) -> float:
+def rom_relative_entropies(rom: LangevinResult, zscore: ZScore, reference, grid_points: int) -> np.ndarray:
+    """``(d,)``: the marginal relative entropies of a model run's kept samples (z-scored) against ``reference``
+    (physical samples or binned marginals); NaN where fewer than two samples were kept."""
     kept = rom.kept_samples()
     if len(kept) < 2:
-        return math.inf
-    model = data.zscore.inverse(kept.astype(np.float64))
-    return float(np.mean(marginal_relative_entropies(data.train_density(), model, grid_points)))
+        return np.full(rom.samples.shape[-1], np.nan)
+    return marginal_relative_entropies(reference, zscore.inverse(kept.astype(np.float64)), grid_points)
+
+
+def _pilot_relative_entropy(rom: LangevinResult, data: StudyData, grid_points: int) -> float:
+    """The mean of :func:`rom_relative_entropies` against the training data; inf without samples."""
+    per_marginal = rom_relative_entropies(rom, data.zscore, data.train_density(), grid_points)
+    return math.inf if np.isnan(per_marginal).any() else float(np.mean(per_marginal))
 
 
 def correction_check_stage(spec: Spec, out, key, part: Partition, data: StudyData, draws, correction, upstream):
@@ -637,8 +644,9 @@ def correction_check_stage(spec: Spec, out, key, part: Partition, data: StudyDat
     (plain_re, plain_lost), (corrected_re, corrected_lost) = results
     check = CorrectionCheck(plain_re, corrected_re, (plain_lost, corrected_lost), particles, steps,
                             time.perf_counter() - start)
-    out.save_stage("correction_check", ckey, {"uncorrected": np.asarray(plain_re), "corrected": np.asarray(corrected_re),
-                                              "lost": np.asarray(check.lost), "seconds": np.asarray(check.seconds)})
+    out.save_stage("correction_check", ckey, {"uncorrected": np.asarray(plain_re),
+                                              "corrected": np.asarray(corrected_re), "lost": np.asarray(check.lost),
+                                              "seconds": np.asarray(check.seconds)})
     return check, False
 
 
