@@ -268,7 +268,7 @@ def test_the_corrected_model_is_checked_before_the_correction_is_used():
 
     from kgmm_bayes.data.zscore import ZScore
     from kgmm_bayes.study.report import _correction_words, correction_used
-    from kgmm_bayes.study.stages import CHECK_PARTICLES, correction_check_stage
+    from kgmm_bayes.study.stages import CHECK_PARTICLES, correction_check_stage, model_drift
 
     rng = np.random.default_rng(8)
     z = rng.standard_normal((16_000, 2))
@@ -284,18 +284,22 @@ def test_the_corrected_model_is_checked_before_the_correction_is_used():
         "drift": "mixture", "dt": 0.01, "steps": 16_000, "burn_in": 1000, "thin": 16, "box": 10.0}})
     key = jax.random.key(3)
 
-    good, cached = correction_check_stage(spec, out, key, part, data, draws, c, "up")
+    def check(correction):  # the model's mixture drift without and with it
+        drifts = [model_drift(spec, None, draws), model_drift(spec, None, draws, correction)]
+        return correction_check_stage(spec, out, key, part, data, drifts, correction, "up")
+
+    good, cached = check(c)
     assert not cached and good.kept and good.lost == (0, 0)
     assert (good.particles, good.steps) == (CHECK_PARTICLES, 2000)
     assert good.uncorrected == pytest.approx(0.5 * (1 / 2.25 - 1 + np.log(2.25)), rel=0.25)  # KL(N(0,1)|N(0,2.25))
     assert good.corrected < 0.1 * good.uncorrected
-    again, cached = correction_check_stage(spec, out, key, part, data, draws, c, "up")
+    again, cached = check(c)
     assert cached and again == good._replace(seconds=again.seconds) and len(stored) == 1
 
-    over, _ = correction_check_stage(spec, out, key, part, data, draws, c._replace(theta=3 * c.theta), "up")
+    over, _ = check(c._replace(theta=3 * c.theta))
     assert not over.kept and over.lost == (0, 0) and over.corrected > 1.2 * over.uncorrected
     assert over.uncorrected == good.uncorrected  # the same particles and noise
-    wrong, _ = correction_check_stage(spec, out, key, part, data, draws, c._replace(theta=-c.theta), "up")
+    wrong, _ = check(c._replace(theta=-c.theta))
     assert not wrong.kept and wrong.corrected > 2 * wrong.uncorrected
     assert not good._replace(lost=(0, 1)).kept and good._replace(lost=(2, 1)).kept
 
@@ -313,13 +317,29 @@ def test_the_corrected_model_is_checked_before_the_correction_is_used():
 def test_a_study_uses_its_correction_only_where_the_model_check_keeps_it(tmp_path, monkeypatch):
     # three well-separated modes and a two-component mixture: its posterior-mean score is far off, the correction is
     # applied and the model's check keeps it (its pilot keeps the three modes); forced to drop it, in the same
-    # folder (the posterior, the correction and the check read back), the interpolant learns the uncorrected mean,
-    # no correction file is written and the folder loads without one
+    # folder (the posterior, the correction, both networks and the check read back), the model's network is the one
+    # trained on the uncorrected mean, no correction file is written and the folder loads without one.  The check's
+    # pilots run the model's own drift: the interpolant (the default drift), the network trained on each set of
+    # targets, the model's network among them
     import kgmm_bayes
     from kgmm_bayes import load_result
     from kgmm_bayes.bayes.score import posterior_mean_score
+    from kgmm_bayes.study import run as run_module
     from kgmm_bayes.study.load import CORRECTION_FILE
     from kgmm_bayes.study.stages import CorrectionCheck
+
+    tried = []  # the pilots' drifts, each run's
+
+    def recorded(spec, out, key, part, data, drifts, correction, upstream):
+        tried.append(drifts)
+        return check_stage(spec, out, key, part, data, drifts, correction, upstream)
+
+    check_stage = run_module.correction_check_stage
+    monkeypatch.setattr(run_module, "correction_check_stage", recorded)
+
+    def pilot_drift(i, which, x):  # run i's pilot drift without (0) or with (1) the correction, at x
+        fn, params = tried[i][which]
+        return np.asarray(fn(params, np.asarray(x, np.float32)), np.float64)
 
     rng = np.random.default_rng(6)
     x = np.concatenate([rng.normal(c, 0.35, 2000) for c in (-3.0, 0.0, 3.0)])[rng.permutation(6000)]
@@ -332,22 +352,25 @@ def test_a_study_uses_its_correction_only_where_the_model_check_keeps_it(tmp_pat
     report = first.metrics["interpolant"]["correction"]
     check = report["model_check"]
     assert report["applied"] and check["kept"] and first.correction is not None and (out / CORRECTION_FILE).exists()
-    assert check["corrected_relative_entropy"] < 0.5 * check["uncorrected_relative_entropy"]
+    assert check["corrected_relative_entropy"] < check["uncorrected_relative_entropy"]
     assert "correction_check" in first.metrics["timings"] and first.metrics["langevin"]["escaped"] == 0
+    pts = first.partition.points
+    model = np.asarray(first.interpolant(np.asarray(pts, np.float32)), np.float64)
+    np.testing.assert_allclose(pilot_drift(0, 1, pts), model, rtol=1e-5, atol=1e-5)  # the corrected pilot's network
+    assert np.max(np.abs(pilot_drift(0, 0, pts) - model)) > 0.1 * np.max(np.abs(model))  # another network
 
     monkeypatch.setattr(CorrectionCheck, "kept", property(lambda self: False))
     second = kgmm_bayes.fit(x.reshape(4, -1, 1), settings=settings, out_dir=str(out), seed=1, force=True)
     m = second.metrics
-    assert {"posterior", "correction", "correction_check"} <= set(m["cached_stages"])
-    assert "interpolant" not in m["cached_stages"]  # its targets changed
+    assert {"posterior", "correction", "correction_check", "interpolant"} <= set(m["cached_stages"])
     assert not m["interpolant"]["correction"]["model_check"]["kept"]
     assert m["interpolant"]["correction"]["model_check"]["corrected_relative_entropy"] == \
         check["corrected_relative_entropy"]
     assert second.correction is None and not (out / CORRECTION_FILE).exists()
     assert "made a worse model and is not used" in (out / "report.md").read_text()
-    pts = second.partition.points
     plain = posterior_mean_score(*second.drift_draws, pts)
     learnt = np.asarray(second.interpolant(np.asarray(pts, np.float32)), np.float64)
+    np.testing.assert_allclose(pilot_drift(1, 0, pts), learnt, rtol=1e-5, atol=1e-5)  # the uncorrected pilot's
     corrected = plain + first.correction(pts)
     assert np.mean((learnt - plain) ** 2) < 0.1 * np.mean((learnt - corrected) ** 2)
     assert load_result(out).correction is None

@@ -194,26 +194,48 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         if correction_cached:
             cached_stages.append("correction")
     correction, check, interp_upstream = None, None, post_key
+    dropped = stage_key(post_key, "correction dropped by its model check")  # the uncorrected network's upstream
+    candidates = {}  # the interpolant drift's check: the network trained on each set of targets, by "corrected"
     if fitted is not None and fitted.applied:  # the model tried with and without it: used where it does no worse
+        corrected_targets = targets._replace(mean=np.asarray(targets.mean) + fitted(part.points))
+        check_upstream = (post_key, spec.langevin.drift)
+        if spec.langevin.drift == "interpolant":  # the check runs the model's own drift: both networks
+            log(progress, "interpolant: training on the posterior-mean score without and with the correction")
+            for corrected, (goal, up, used) in ((False, (targets, dropped, None)),
+                                                (True, (corrected_targets, post_key, fitted))):
+                candidates[corrected] = interpolant_stage(spec, out, train_key, part, goal, up, progress,
+                                                          draws=drive, z=z, correction=used)
+            seconds = [c[3] for c in candidates.values()]
+            clock("interpolant", sum(seconds) if all(c[2] for c in candidates.values()) and None not in seconds
+                  else None)
+            check_upstream += tuple(c[1] for c in candidates.values())
         clock.begin()
         log(progress, f"correction: {len(fitted.centres)} bumps; pilot runs of the model with and without it")
+        drifts = [model_drift(spec, candidates[False][0] if candidates else None, drive),
+                  model_drift(spec, candidates[True][0] if candidates else None, drive, fitted)]
         check, check_cached = correction_check_stage(spec, out, jax.random.fold_in(langevin_key, 6), part, data,
-                                                     drive, fitted, post_key)
+                                                     drifts, fitted, stage_key(*check_upstream))
         clock("correction_check", check.seconds if check_cached else None)
         if check_cached:
             cached_stages.append("correction_check")
         if check.kept:
             correction = fitted  # what the model uses from here on
-            targets = targets._replace(mean=np.asarray(targets.mean) + correction(part.points))
+            targets = corrected_targets
         else:
-            interp_upstream = stage_key(post_key, "correction dropped by its model check")
+            interp_upstream = dropped
 
-    log(progress, "interpolant: training")
-    interp, ikey, interp_cached, interp_s = interpolant_stage(spec, out, train_key, part, targets, interp_upstream,
-                                                              progress, draws=drive, z=z, correction=correction)
-    if interp_cached:
-        cached_stages.append("interpolant")
-    clock("interpolant", interp_s if interp_cached else None)  # read back: the run which trained it
+    if candidates:  # trained for the check: the one it chose
+        interp, ikey, interp_cached, interp_s = candidates[correction is not None]
+        if all(c[2] for c in candidates.values()):
+            cached_stages.append("interpolant")
+    else:
+        log(progress, "interpolant: training")
+        interp, ikey, interp_cached, interp_s = interpolant_stage(spec, out, train_key, part, targets,
+                                                                  interp_upstream, progress, draws=drive, z=z,
+                                                                  correction=correction)
+        if interp_cached:
+            cached_stages.append("interpolant")
+        clock("interpolant", interp_s if interp_cached else None)  # read back: the run which trained it
 
     dynamics, unresolved = None, []
     if uses_mobility(spec) and data.series_length is not None:

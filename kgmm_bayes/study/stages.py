@@ -570,10 +570,11 @@ def correction_stage(spec: Spec, out, upstream, draws, z, seed: int):
     return correction, seconds, False
 
 
-# The corrected model's check (:func:`correction_check_stage`): two pilot runs of the mixture drift, a fraction of the
-# model's run each.  A significant cross-validated decrease of Hyvarinen's score did not make a better model on
-# Lorenz-96 (2,000 bumps, decrease 408 +- 4.6: relative entropy 0.0019 -> 0.047, dt x the drift's largest Jacobian
-# eigenvalue 0.63 -> 1.15), so the model itself is tried before the correction is used.
+# The corrected model's check (:func:`correction_check_stage`): two pilot runs of the model's own drift (the mixture
+# drift, or the network trained on each set of targets), a fraction of the model's run each.  A significant
+# cross-validated decrease of Hyvarinen's score did not make a better model on Lorenz-96 (2,000 bumps, decrease 408
+# +- 4.6: relative entropy 0.0019 -> 0.047, dt x the drift's largest Jacobian eigenvalue 0.63 -> 1.15), so the model
+# itself is tried before the correction is used.
 CHECK_PARTICLES = 256  # at most: the model's first ones
 CHECK_FRACTION = 8  # the pilots' sampling steps and thinning are the model's over this (its burn-in whole)
 
@@ -614,15 +615,16 @@ def _pilot_relative_entropy(rom: LangevinResult, data: StudyData, grid_points: i
     return math.inf if np.isnan(per_marginal).any() else float(np.mean(per_marginal))
 
 
-def correction_check_stage(spec: Spec, out, key, part: Partition, data: StudyData, draws, correction, upstream):
+def correction_check_stage(spec: Spec, out, key, part: Partition, data: StudyData, drifts, correction, upstream):
     """``(check, read from the cache)``: :class:`CorrectionCheck` of an applied ``correction`` of the posterior-mean
-    score of ``draws``.  Both pilots run the posterior-predictive mixture drift (``[langevin] mixture_draws``; also
-    where the model's drift is the interpolant, which learns the same targets) in Langevin time at the spec's
-    ``dt`` (a fitted mobility keeps ``dt`` x the drift's largest Jacobian eigenvalue, so the time stepping's error
-    is the same), from the same starting particles with the same noise: at most :data:`CHECK_PARTICLES`
-    particles, the spec's burn-in and 1/:data:`CHECK_FRACTION` of its sampling steps and thinning.  Each is
-    judged by its marginals' relative entropy against the training data (the model's metric, which uses the
-    held-out reference: not seen here)."""
+    score.  ``drifts``: the model's drift without and with it, two ``(drift_fn, drift_params)`` (:func:`model_drift`:
+    the posterior-predictive mixture score, or the interpolant trained on each set of targets); ``upstream`` must
+    name them (the posterior, and the networks' stage keys).  Both pilots run in Langevin time at the spec's ``dt``
+    (a fitted mobility keeps ``dt`` x the drift's largest Jacobian eigenvalue, so the time stepping's error is the
+    same), from the same starting particles with the same noise: at most :data:`CHECK_PARTICLES` particles, the
+    spec's burn-in and 1/:data:`CHECK_FRACTION` of its sampling steps and thinning.  Each is judged by its
+    marginals' relative entropy against the training data (the model's metric, which uses the held-out
+    reference: not seen here)."""
     lg = spec.langevin
     particles = min(lg.particles, CHECK_PARTICLES)
     thin = max(1, lg.thin // CHECK_FRACTION)
@@ -636,9 +638,8 @@ def correction_check_stage(spec: Spec, out, key, part: Partition, data: StudyDat
         return cached, True
     start = time.perf_counter()
     x0, run_key = langevin_start(key, part, particles)
-    plain = predictive_drift(draws, count=lg.mixture_draws)
     results = []
-    for drift_fn, drift_params in (plain, corrected_drift(*plain, correction)):
+    for drift_fn, drift_params in drifts:
         rom = simulate_langevin(run_key, drift_fn, drift_params, x0, lg.dt, steps, lg.burn_in, thin, lg.box)
         results.append((_pilot_relative_entropy(rom, data, spec.metrics.grid_points), rom.escaped + rom.non_finite))
     (plain_re, plain_lost), (corrected_re, corrected_lost) = results
