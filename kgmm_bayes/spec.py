@@ -134,8 +134,8 @@ class InterpolantSection(NamedTuple):
     # (kgmm_bayes.bayes.correction; the network then learns at 20,000 training snapshots at least); "off": the
     # posterior-mean score.  The "mixture" drift adds the same correction to the posterior-predictive score, the
     # posterior ensemble's members each a draw of it (its sampling error); the score bands stay the posterior's.
-    # A significant correction is used only where two pilot runs of the model, with and without it, say it does no
-    # worse against the training data (kgmm_bayes.study.stages.correction_check_stage; metrics.json
+    # A significant correction is used unless two pilot runs of the model, with and without it, say it does worse
+    # (by more than two standard errors) against the training data (kgmm_bayes.study.stages.correction_check_stage; metrics.json
     # interpolant.correction.model_check); with the "interpolant" drift the pilots run the networks trained on the
     # uncorrected and the corrected targets, and the model keeps the one the check chose (no third training).
     # Model relative entropy, 3 model runs, uncorrected -> "auto": Kuramoto-Sivashinsky D = 4 0.0047 -> 0.0005,

@@ -296,12 +296,17 @@ def test_the_corrected_model_is_checked_before_the_correction_is_used():
     again, cached = check(c)
     assert cached and again == good._replace(seconds=again.seconds) and len(stored) == 1
 
+    assert 0 < good.difference_se < 0.25 * (good.uncorrected - good.corrected)
     over, _ = check(c._replace(theta=3 * c.theta))
     assert not over.kept and over.lost == (0, 0) and over.corrected > 1.2 * over.uncorrected
+    assert over.corrected - over.uncorrected > 2 * over.difference_se
     assert over.uncorrected == good.uncorrected  # the same particles and noise
     wrong, _ = check(c._replace(theta=-c.theta))
     assert not wrong.kept and wrong.corrected > 2 * wrong.uncorrected
     assert not good._replace(lost=(0, 1)).kept and good._replace(lost=(2, 1)).kept
+    # within two standard errors the correction stands (its decrease of Hyvarinen's score was significant)
+    tie = good._replace(corrected=good.uncorrected + 1.9 * good.difference_se)
+    assert tie.kept and not tie._replace(corrected=good.uncorrected + 2.1 * good.difference_se).kept
 
     report = {**c.to_json(), "model_check": over.to_json()}
     assert not correction_used(report) and correction_used({**report, "model_check": good.to_json()})
@@ -309,9 +314,40 @@ def test_the_corrected_model_is_checked_before_the_correction_is_used():
     words = _correction_words(report)
     assert words.startswith("; targets: the posterior-mean score (the score-matching correction in ")
     assert "made a worse model and is not used: pilot runs of the model (256 particles, 2000 steps)" in words
+    assert f"(difference ± {over.difference_se:.4g})" in words
     assert "particles lost" not in words and "particles lost 1 and 0" in _correction_words(
         {**c.to_json(), "model_check": good._replace(lost=(0, 1)).to_json()})
     assert "corrected by score matching in" in _correction_words({**c.to_json(), "model_check": good.to_json()})
+
+
+def test_the_model_checks_standard_error_matches_the_spread_of_its_difference_over_pilots():
+    # two Ornstein-Uhlenbeck drifts (stationary variances 1 and 1.2) against N(0, 1) data: the check's standard error
+    # of the difference of the pilots' relative entropies (from 8 groups of its 256 particles) against the sd of that
+    # difference over 12 pilots with their own starts and noise.  The rms se (12 x 7 degrees of freedom) over the sd
+    # (11) has a sampling sd of about 0.23 (1.04 with this seed): outside [0.6, 1.6] the se is miscalibrated
+    from types import SimpleNamespace
+
+    import jax
+    import jax.numpy as jnp
+
+    from kgmm_bayes.data.zscore import ZScore
+    from kgmm_bayes.study.stages import correction_check_stage
+
+    rng = np.random.default_rng(12)
+    z = rng.standard_normal((24_000, 2))  # a binned density, as a study's training data of this size
+    data = SimpleNamespace(zscore=ZScore(np.zeros(2), np.ones(2)), train_density=lambda: z)
+    part = SimpleNamespace(points=z[:400], counts=np.ones(400))
+    out = SimpleNamespace(load_stage=lambda *a, **k: None, save_stage=lambda *a: None)
+    spec = spec_from_dict({"data": {"path": "unused.npy"}, "langevin": {
+        "drift": "mixture", "dt": 0.01, "steps": 16_000, "burn_in": 1000, "thin": 16, "box": 10.0}})
+    c = fit_correction(z, lambda x: -x / 2.25, ladder=LADDER)
+    drifts = [(lambda a, x: x @ a, jnp.asarray(-np.eye(2) / v, jnp.float32)) for v in (1.0, 1.2)]
+    checks = [correction_check_stage(spec, out, jax.random.key(100 + i), part, data, drifts, c, "up")[0]
+              for i in range(12)]
+    diffs = np.array([k.corrected - k.uncorrected for k in checks])
+    ses = np.array([k.difference_se for k in checks])
+    assert np.all(diffs > 0) and np.all(np.isfinite(ses))
+    assert 0.6 < np.sqrt(np.mean(ses ** 2)) / np.std(diffs, ddof=1) < 1.6
 
 
 def test_a_study_uses_its_correction_only_where_the_model_check_keeps_it(tmp_path, monkeypatch):

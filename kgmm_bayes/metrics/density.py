@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["gaussian_kde_1d", "relative_entropy", "marginal_relative_entropies", "BinnedDensity", "kde_mesh",
-           "linear_bins",
+           "linear_bins", "binned_density",
            "weighted_score_error", "band_coverage"]
 
 
@@ -70,6 +70,17 @@ def _binned_kde(samples, grid, bandwidth) -> np.ndarray:
     reach = 8.0 * bandwidth  # the kernel below exp(-32) ~ 1e-14 is left out
     mesh = kde_mesh(min(samples.min(), grid.min()) - reach, max(samples.max(), grid.max()) + reach, bandwidth)
     return BinnedDensity(*mesh, linear_bins(samples, *mesh), samples.size, bandwidth).pdf(grid)
+
+
+def binned_density(samples) -> "BinnedDensity":
+    """The Gaussian KDE of 1-D ``samples`` (Scott's bandwidth) binned once on a mesh over their range and 8
+    bandwidths either side: evaluated on many grids at the cost of one binning and one FFT (the binned KDE
+    :func:`gaussian_kde_1d` uses beyond ``_EXACT_MAX`` samples, to about 1e-7 of its peak)."""
+    samples = np.asarray(samples, dtype=np.float64).ravel()
+    bandwidth = samples.std(ddof=1) * samples.size ** (-0.2)
+    reach = 8.0 * bandwidth
+    mesh = kde_mesh(samples.min() - reach, samples.max() + reach, bandwidth)
+    return BinnedDensity(*mesh, linear_bins(samples, *mesh), samples.size, bandwidth)
 
 
 def kde_mesh(lo, hi, bandwidth, mesh_step=_MESH_STEP):

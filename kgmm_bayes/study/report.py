@@ -147,6 +147,7 @@ def _correction_words(correction) -> str:
     pilots = (f"pilot runs of the model ({check['particles']} particles, {check['steps']} steps) with and without "
               f"it: relative entropy against the training data {_fmt(check['corrected_relative_entropy'])} and "
               f"{_fmt(check['uncorrected_relative_entropy'])}"
+              + (f" (difference ± {_fmt(check['difference_se'])})" if check.get("difference_se") is not None else "")
               + (f", particles lost {lost[1]} and {lost[0]}" if any(lost) else ""))
     if check["kept"]:
         return "; targets: the posterior-mean score corrected by score matching in " + fit + "; " + pilots

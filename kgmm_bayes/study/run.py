@@ -196,7 +196,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     correction, check, interp_upstream = None, None, post_key
     dropped = stage_key(post_key, "correction dropped by its model check")  # the uncorrected network's upstream
     candidates = {}  # the interpolant drift's check: the network trained on each set of targets, by "corrected"
-    if fitted is not None and fitted.applied:  # the model tried with and without it: used where it does no worse
+    if fitted is not None and fitted.applied:  # the model tried with and without it: used unless it does worse
         corrected_targets = targets._replace(mean=np.asarray(targets.mean) + fitted(part.points))
         check_upstream = (post_key, spec.langevin.drift)
         if spec.langevin.drift == "interpolant":  # the check runs the model's own drift: both networks
