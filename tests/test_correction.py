@@ -201,6 +201,17 @@ def test_theta_draws_and_corrected_members():
         np.testing.assert_allclose(np.asarray(fn(one, jnp.asarray(x))), -(0.5 + 0.2 * s) * x + c(x, thetas[s]),
                                    rtol=1e-12, atol=1e-12)
     assert corrected_members(base, 0.5, c._replace(applied=False), thetas) == (base, 0.5)
+    # every draw's correction at once (the bumps evaluated once per chunk of points, two chunks here): the bumps'
+    # sum written out
+    from kgmm_bayes.bayes import correction as correction_module
+
+    many = _gaussian(300, 9)
+    bumps = np.exp(-np.sum((many[:, None, :] - c.centres[None]) ** 2, axis=-1) / (2 * c.width ** 2))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(correction_module, "STEIN_CHUNK", 256)
+        np.testing.assert_allclose(c.draws_at(many, thetas[:3]), np.einsum("nj,sjd->snd", bumps, thetas[:3]),
+                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(c(many), bumps @ c.theta, rtol=1e-10, atol=1e-12)
 
 
 def test_corrected_members_and_their_mobilities_follow_the_data():

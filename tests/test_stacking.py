@@ -1,4 +1,6 @@
 """Stacking of chains (Yao, Vehtari & Gelman 2022) with the coreset's counts as observation weights."""
+import warnings
+
 import arviz as az
 import numpy as np
 import pytest
@@ -62,6 +64,30 @@ def _probe_chains(means, draws=400, seed=3):
     rng = np.random.default_rng(seed)
     values = np.stack([rng.normal(m, 1.0, size=(draws, 3)) for m in means])  # (chain, draw, probe)
     return az.convert_to_dataset({"probe_log_density": values}).rename({"probe_log_density_dim_0": "probe"})
+
+
+def test_rank_r_hat_is_arviz_rank_r_hat():
+    # chains that mix, chains apart, a heavy tail, odd and even draws, a column of one value and one with a NaN: the
+    # vectorised rank-normalised split r_hat equals arviz's column by column (NaN where arviz's is)
+    from kgmm_bayes.bayes.stacking import r_hat_of, rank_r_hat
+
+    rng = np.random.default_rng(7)
+    for chains, draws in ((2, 150), (4, 151), (3, 8)):
+        x = rng.normal(size=(chains, draws, 6))
+        x[..., 1] += np.arange(chains)[:, None]  # chains apart
+        x[..., 2] = rng.standard_t(1.5, size=(chains, draws))  # heavy tail
+        x[..., 3] = np.round(x[..., 3], 1)  # ties
+        x[..., 4] = 2.0  # one value
+        x[0, 3, 5] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = np.array([float(az.rhat(x[..., v])) for v in range(6)])
+        np.testing.assert_allclose(rank_r_hat(x), expected, rtol=1e-12, equal_nan=True)
+        assert np.isnan(expected[4]) and np.isnan(expected[5])
+    probes = az.convert_to_dataset({"a": x[..., :3], "b": x[..., 3:]})
+    assert r_hat_of(probes, (0, 2)) == pytest.approx(np.nanmax(rank_r_hat(x[[0, 2]])), rel=1e-12)
+    halves = np.stack([x[1, :4], x[1, 4:8]])
+    assert r_hat_of(probes, (1,)) == pytest.approx(np.nanmax(rank_r_hat(halves)), rel=1e-12)
 
 
 def test_chains_in_two_modes_are_grouped_and_stacked():

@@ -69,13 +69,20 @@ class ScoreCorrection(NamedTuple):
 
     def __call__(self, x, theta=None) -> np.ndarray:
         """The correction ``(n, d)`` at points ``(n, d)`` (z-scored); with ``theta`` ``(J, d)``, that draw's."""
+        return self.draws_at(x, (self.theta if theta is None else np.asarray(theta, np.float64))[None])[0]
+
+    def draws_at(self, x, thetas) -> np.ndarray:
+        """``(S, n, d)``: the correction with each of the coefficients ``thetas`` ``(S, J, d)`` at points ``x``
+        ``(n, d)`` (z-scored), the bumps evaluated once (a chunk of points at a time) for all of them."""
         x = np.asarray(x, np.float64)
-        theta = self.theta if theta is None else np.asarray(theta, np.float64)
-        out = np.empty_like(x)
+        thetas = np.asarray(thetas, np.float64)
+        draws, bumps, d = thetas.shape
+        stacked = thetas.transpose(1, 0, 2).reshape(bumps, draws * d)
+        out = np.empty((len(x), draws * d))
         centre_sq = np.sum(self.centres ** 2, axis=-1)
         for i in range(0, len(x), STEIN_CHUNK):
-            out[i:i + STEIN_CHUNK] = _bumps(x[i:i + STEIN_CHUNK], self.centres, centre_sq, self.width) @ theta
-        return out
+            out[i:i + STEIN_CHUNK] = _bumps(x[i:i + STEIN_CHUNK], self.centres, centre_sq, self.width) @ stacked
+        return out.reshape(len(x), draws, d).transpose(1, 0, 2)
 
     def to_json(self) -> dict:
         return {"bumps": int(len(self.centres)), "width": float(self.width), "ridge": float(self.ridge),
