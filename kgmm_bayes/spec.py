@@ -135,9 +135,10 @@ class InterpolantSection(NamedTuple):
     # posterior-mean score.  The "mixture" drift adds the same correction to the posterior-predictive score, the
     # posterior ensemble's members each a draw of it (its sampling error); the score bands stay the posterior's.
     # A significant correction is used unless two pilot runs of the model, with and without it, say it does worse
-    # (by more than two standard errors) against the training data (kgmm_bayes.study.stages.correction_check_stage; metrics.json
-    # interpolant.correction.model_check); with the "interpolant" drift the pilots run the networks trained on the
-    # uncorrected and the corrected targets, and the model keeps the one the check chose (no third training).
+    # (by more than two standard errors) against the training data (kgmm_bayes.study.stages.correction_check_stage;
+    # metrics.json interpolant.correction.model_check); with the "interpolant" drift the pilots run the networks
+    # trained on the uncorrected and the corrected targets, and the model keeps the one the check chose (no third
+    # training).
     # Model relative entropy, 3 model runs, uncorrected -> "auto": Kuramoto-Sivashinsky D = 4 0.0047 -> 0.0005,
     # four-well 0.00044 -> 0.00015, triad 0.00044 -> 0.00048, Lorenz-63 0.00039 -> 0.00039 (README,
     # "Comparison"); the default study: no correction the data support; Lorenz-96 (one run) 0.0019 -> 0.047: a
