@@ -607,13 +607,18 @@ class CorrectionCheck(NamedTuple):
                 "particles": self.particles, "steps": self.steps, "seconds": self.seconds, "kept": self.kept}
 
 
-def rom_relative_entropies(rom: LangevinResult, zscore: ZScore, reference, grid_points: int) -> np.ndarray:
+def rom_relative_entropies(rom: LangevinResult, zscore: ZScore, reference, grid_points: int,
+                           binned: bool = False) -> np.ndarray:
     """``(d,)``: the marginal relative entropies of a model run's kept samples (z-scored) against ``reference``
-    (physical samples or binned marginals); NaN where fewer than two samples were kept."""
+    (physical samples or binned marginals); NaN where fewer than two samples were kept.  ``binned``: the samples'
+    densities binned KDEs (:func:`~kgmm_bayes.metrics.density.binned_density`) whatever their number."""
     kept = rom.kept_samples()
     if len(kept) < 2:
         return np.full(rom.samples.shape[-1], np.nan)
-    return marginal_relative_entropies(reference, zscore.inverse(kept.astype(np.float64)), grid_points)
+    model = zscore.inverse(kept.astype(np.float64))
+    if binned:
+        model = [binned_density(column) for column in model.T]
+    return marginal_relative_entropies(reference, model, grid_points)
 
 
 def _pilot_relative_entropies(rom: LangevinResult, data: StudyData, grid_points: int) -> np.ndarray:
@@ -623,14 +628,9 @@ def _pilot_relative_entropies(rom: LangevinResult, data: StudyData, grid_points:
     train = data.train_density()
     values = [rom_relative_entropies(rom, data.zscore, train, grid_points)]
     reference = train if isinstance(train, list) else [binned_density(c) for c in np.asarray(train).T]
-    d = rom.samples.shape[-1]
     for b in range(CHECK_BATCHES):
-        kept = rom.samples[:, b::CHECK_BATCHES][:, rom.alive[b::CHECK_BATCHES]].reshape(-1, d)
-        if len(kept) < 2:
-            values.append(np.full(d, np.nan))
-            continue
-        model = [binned_density(c) for c in data.zscore.inverse(kept.astype(np.float64)).T]
-        values.append(marginal_relative_entropies(reference, model, grid_points))
+        group = rom._replace(samples=rom.samples[:, b::CHECK_BATCHES], alive=rom.alive[b::CHECK_BATCHES])
+        values.append(rom_relative_entropies(group, data.zscore, reference, grid_points, binned=True))
     return np.asarray([math.inf if np.isnan(v).any() else float(np.mean(v)) for v in values])
 
 
