@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._picks import evenly_spaced
-from .bayes.correction import corrected_drift, corrected_members, theta_draws
+from .bayes.correction import corrected_drift, corrected_members, corrected_summary, theta_draws
 from .bayes.score import (
     ScoreSummary,
     band_around,
@@ -105,6 +105,12 @@ class BayesianKGMM(NamedTuple):
         least ``z`` times that local bias (:func:`~kgmm_bayes.bayes.score.band_with_bias`), before the
         interpolant's error is added for ``drift="interpolant"``.
 
+        Where the study applied a score-matching correction to the posterior-mean score (``correction``, which
+        the model's drift carries), the band is that of the corrected score: moved by the correction at ``x``
+        (``mean`` and ``predictive``), each half-width widened in quadrature by the correction's own sampling
+        error (:func:`~kgmm_bayes.bayes.correction.corrected_summary`), after the local bias and before the
+        interpolant's error.
+
         Evaluated ``chunk`` points at a time (default :func:`score_chunk`), each chunk
         summarised on its own (every summary is per point), so memory stays bounded
         for any ``n`` and the result equals a single evaluation of all points.
@@ -125,6 +131,7 @@ class BayesianKGMM(NamedTuple):
         summary = _joined(parts, (x.shape[1],), band, divisor=std)
         if self.score_bias is not None:  # at least the local bias wide, as the study's band (band_with_bias)
             summary = band_with_bias(summary, self.score_bias.squared(self.zscore.forward(x)) / np.square(std))
+        summary = corrected_summary(summary, self.correction, self.zscore.forward(x), std)
         if error is None:
             return summary
         return band_around(summary, self.interpolant_score(x), np.asarray(error, np.float64) / std)

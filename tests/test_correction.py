@@ -214,6 +214,37 @@ def test_theta_draws_and_corrected_members():
         np.testing.assert_allclose(c(many), bumps @ c.theta, rtol=1e-10, atol=1e-12)
 
 
+def test_the_corrections_sd_and_the_corrected_band_match_its_draws():
+    # sd_at is the sd of c(x) over theta_draws (4000 draws: the sample variance within chi-square 99.9% bounds);
+    # corrected_summary moves a Gaussian posterior band by c(x) and widens it so that each posterior draw plus its
+    # own draw of the correction falls inside it at the band's rate (2000 pairs per point: binomial 4.5 se)
+    import jax
+    from scipy.stats import chi2, norm
+
+    from kgmm_bayes.bayes.correction import corrected_summary, theta_draws
+    from kgmm_bayes.bayes.score import ScoreSummary
+
+    c = fit_correction(_gaussian(8000, 4), lambda x: -x / 2, ladder=LADDER)
+    x = _gaussian(6, 10)
+    fields = c.draws_at(x, theta_draws(c, jax.random.key(5), 4000))  # (draws, n, d)
+    ratio = fields.var(axis=0, ddof=1) / c.sd_at(x) ** 2
+    low, high = chi2.ppf([0.0005, 0.9995], 3999) / 3999
+    assert np.all((ratio > low) & (ratio < high)), ratio
+    np.testing.assert_array_equal(c._replace(spread=None).sd_at(x), np.zeros_like(x))
+    rng = np.random.default_rng(3)
+    mean, sd, band = rng.normal(size=x.shape), 0.5 * c.sd_at(x) + 0.01, 0.9
+    h = norm.ppf(0.95) * sd
+    summary = ScoreSummary(mean=mean, std=sd, lower=mean - h, upper=mean + h, predictive=mean + 0.1, band=band)
+    moved = corrected_summary(summary, c, x)
+    np.testing.assert_allclose(moved.mean, mean + c(x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(moved.predictive, mean + 0.1 + c(x), rtol=1e-12, atol=1e-12)
+    draws = mean + sd * rng.standard_normal((2000, *x.shape)) + fields[:2000]
+    inside = np.mean((draws >= moved.lower) & (draws <= moved.upper), axis=0)
+    assert np.all(np.abs(inside - band) < 4.5 * np.sqrt(band * (1 - band) / 2000)), inside
+    assert corrected_summary(summary, c._replace(applied=False), x) is summary
+    assert corrected_summary(summary, None, x) is summary
+
+
 def test_corrected_members_and_their_mobilities_follow_the_data():
     # Ornstein-Uhlenbeck data (score -x, mobility I) with a posterior whose draws say N(0, 2.25 I): the members'
     # mixture scores are off by 2.25, so uncorrected they spread 2.25 times too wide and their fitted mobilities
@@ -405,6 +436,10 @@ def test_a_study_uses_its_correction_only_where_the_model_check_keeps_it(tmp_pat
     model = np.asarray(first.interpolant(np.asarray(pts, np.float32)), np.float64)
     np.testing.assert_allclose(pilot_drift(0, 1, pts), model, rtol=1e-5, atol=1e-5)  # the corrected pilot's network
     assert np.max(np.abs(pilot_drift(0, 0, pts) - model)) > 0.1 * np.max(np.abs(model))  # another network
+    # the result's score band is the corrected score's (the one the network learnt): its mean moved by c exactly
+    phys = first.zscore.inverse(pts)
+    moved = first.score(phys).mean - first._replace(correction=None).score(phys).mean
+    np.testing.assert_allclose(moved * first.zscore.std, first.correction(pts), rtol=1e-9, atol=1e-12)
 
     monkeypatch.setattr(CorrectionCheck, "kept", property(lambda self: False))
     second = kgmm_bayes.fit(x.reshape(4, -1, 1), settings=settings, out_dir=str(out), seed=1, force=True)

@@ -179,3 +179,36 @@ def test_the_interpolant_band_is_the_posterior_band_recentred_and_widened_by_its
                                rtol=1e-12)
     with pytest.raises(InputError, match="held-out interpolant error"):
         result._replace(metrics={}).score(POINTS, drift="interpolant")
+
+
+def test_a_corrected_results_score_band_is_the_corrected_score_with_the_corrections_error():
+    # where the study applied a correction the band is centred on the corrected score (what the model's drift
+    # runs), mean and predictive both moved by c(z(x)) / std exactly, each half-width widened in quadrature by the
+    # correction's sd; the interpolant's band is built on that one
+    from scipy.stats import norm
+
+    from kgmm_bayes.bayes.correction import ScoreCorrection
+
+    result, *_ = _result()
+    rng = np.random.default_rng(13)
+    c = ScoreCorrection(centres=rng.normal(size=(4, D)), width=0.9, theta=rng.normal(size=(4, D)), ridge=0.0,
+                        decrease=1.0, se=0.1, ladder=(), spread=0.2 * rng.normal(size=(16, 4, D)))
+    corrected = result._replace(correction=c)
+    plain, band = result.score(POINTS, band=0.8), corrected.score(POINTS, band=0.8)
+    z, std = result.zscore.forward(POINTS), result.zscore.std
+    np.testing.assert_allclose(band.mean, plain.mean + c(z) / std, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(band.predictive, plain.predictive + c(z) / std, rtol=1e-12, atol=1e-12)
+    sd = c.sd_at(z) / std
+    assert np.all(sd > 0)
+    np.testing.assert_allclose(band.std, np.sqrt(plain.std ** 2 + sd ** 2), rtol=1e-12)
+    extra = (norm.ppf(0.9) * sd) ** 2
+    np.testing.assert_allclose(band.upper - band.mean, np.sqrt((plain.upper - plain.mean) ** 2 + extra), rtol=1e-10)
+    np.testing.assert_allclose(band.mean - band.lower, np.sqrt((plain.mean - plain.lower) ** 2 + extra), rtol=1e-10)
+    shift = np.array([0.3, -0.2])
+    metrics = {"interpolant": {"heldout_rms_error": [0.1, 0.4]}}
+    interp = corrected._replace(interpolant=lambda q: jnp.asarray(q) * 0.0 + shift, metrics=metrics)
+    ib = interp.score(POINTS, band=0.8, drift="interpolant")
+    extra_i = (norm.ppf(0.9) * np.array([0.1, 0.4]) / std) ** 2
+    np.testing.assert_allclose(ib.upper - ib.mean, np.sqrt((band.upper - band.mean) ** 2 + extra_i), rtol=1e-10)
+    unapplied = result._replace(correction=c._replace(applied=False)).score(POINTS, band=0.8)
+    np.testing.assert_array_equal(unapplied.mean, plain.mean)

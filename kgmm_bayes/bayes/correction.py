@@ -39,10 +39,11 @@ import numpy as np
 
 from .._keys import host_rng
 from .._picks import evenly_spaced
+from .score import ScoreSummary, band_around
 from .score_matching import STEIN_CHUNK, _block_moments, _bump_basis, _bumps
 
 __all__ = ["ScoreCorrection", "fit_correction", "CORRECTION_LADDER", "correction_arrays", "correction_from_arrays",
-           "corrected_drift", "theta_draws", "corrected_members"]
+           "corrected_drift", "theta_draws", "corrected_members", "corrected_summary"]
 
 CORRECTION_LADDER = (50, 100, 250, 500, 1000, 2000)  # bump counts tried (each at most a block's snapshots)
 RIDGES = (1e-6, 1e-4, 1e-2)  # added to the Gram matrix, relative to its mean diagonal
@@ -83,6 +84,14 @@ class ScoreCorrection(NamedTuple):
         for i in range(0, len(x), STEIN_CHUNK):
             out[i:i + STEIN_CHUNK] = _bumps(x[i:i + STEIN_CHUNK], self.centres, centre_sq, self.width) @ stacked
         return out.reshape(len(x), draws, d).transpose(1, 0, 2)
+
+    def sd_at(self, x) -> np.ndarray:
+        """``(n, d)``: the correction's standard deviation at points ``x`` (z-scored) from its coefficients'
+        sampling error: ``Var c_k(x) = sum_b (g(x) spread[b, :, k])^2`` (:func:`_spread`); zeros where no
+        ``spread`` was kept."""
+        if self.spread is None:
+            return np.zeros(np.shape(x))
+        return np.sqrt(np.sum(self.draws_at(x, self.spread) ** 2, axis=0))
 
     def to_json(self) -> dict:
         return {"bumps": int(len(self.centres)), "width": float(self.width), "ridge": float(self.ridge),
@@ -226,3 +235,19 @@ def _with_correction(drift_fn):
         sq = jnp.maximum(jnp.sum(x ** 2, axis=-1)[:, None] + c_sq[None] - 2.0 * x.astype(c.dtype) @ c.T, 0.0)
         return drift_fn(base, x) + (jnp.exp(scale * sq) @ theta).astype(x.dtype)
     return drift
+
+
+def corrected_summary(summary: ScoreSummary, correction: Optional[ScoreCorrection], x, divisor=1.0) -> ScoreSummary:
+    """The score band of a posterior whose mean is corrected: ``summary`` (the draws' score at points ``x``
+    ``(n, d)``, z-scored, in units of the z-scored score over ``divisor``: the z-score's sd for physical units)
+    moved by the correction ``c(x)``, its mean and posterior-predictive score both, each half-width widened in
+    quadrature by the correction's own standard deviation (:meth:`ScoreCorrection.sd_at`,
+    :func:`~kgmm_bayes.bayes.score.band_around`): the band of the score the corrected model uses, each posterior
+    draw carrying an independent draw of the coefficients (:func:`theta_draws`).  ``summary`` itself where no
+    correction is applied."""
+    if correction is None or not correction.applied:
+        return summary
+    divisor = np.asarray(divisor, np.float64)
+    shift = correction(x) / divisor
+    moved = band_around(summary, np.asarray(summary.mean) + shift, correction.sd_at(x) / divisor)
+    return moved._replace(predictive=np.asarray(summary.predictive) + shift)

@@ -9,6 +9,7 @@ from matplotlib.figure import (
 )
 
 from .._picks import evenly_spaced
+from ..bayes.correction import corrected_summary
 from ..bayes.score import band_with_bias, score_draws, summarize_scores
 from ..data.labelled import variable_names
 from ..metrics import gaussian_kde_1d
@@ -92,10 +93,12 @@ def _check_2d(data, means):
 
 
 def score_field(draws, zscore, data, band=0.9, grid_points=48, max_draws=200, quantiles=(0.005, 0.995),
-                pad=0.05, score_bias=None):
+                pad=0.05, score_bias=None, correction=None):
     """Posterior score field over a grid covering 2-D ``data`` (physical units), see :class:`ScoreField`.
     ``score_bias``: the posterior's :class:`~kgmm_bayes.bayes.score_matching.BiasField`, if it has one (the band
-    is then at least the local bias wide, as the study's score band).
+    is then at least the local bias wide, as the study's score band); ``correction``: the posterior-mean score's
+    applied :class:`~kgmm_bayes.bayes.correction.ScoreCorrection`, if any (the field and band of the corrected
+    score, :func:`~kgmm_bayes.bayes.correction.corrected_summary`).
 
     ``draws`` = ``(weights (S, K), means (S, K, 2), cov_chol (S, K, 2, 2))`` in z-scored
     coordinates, thinned evenly to at most ``max_draws``.  The grid spans the
@@ -121,6 +124,7 @@ def score_field(draws, zscore, data, band=0.9, grid_points=48, max_draws=200, qu
     summary = summarize_scores(scores, logps, band)
     if score_bias is not None:  # the posterior mean's local bias (kgmm_bayes.bayes.score.band_with_bias)
         summary = band_with_bias(summary, score_bias.squared(zscore.forward(points)))
+    summary = corrected_summary(summary, correction, zscore.forward(points))
     std = np.asarray(zscore.std)
     shape = (len(y), len(x), 2)
     mean, lower, upper = (np.reshape(a / std, shape) for a in (summary.mean, summary.lower, summary.upper))
@@ -152,7 +156,7 @@ def _data_density(data, x, y, max_points=2000):
 
 
 def plot_score_field(path, draws, zscore, data, band=0.9, grid_points=48, max_draws=200, names=None,
-                     score_bias=None):
+                     score_bias=None, correction=None):
     """Score field of a 2-D model over its data, physical units: two panels.
 
     Left: posterior-mean score as streamlines coloured by its magnitude, over the data
@@ -161,7 +165,8 @@ def plot_score_field(path, draws, zscore, data, band=0.9, grid_points=48, max_dr
     components, with the same data-density contours as lines: bands widen away from data.
     Arguments as :func:`score_field`; ``ValueError`` unless the data and model are 2-D.
     """
-    field = score_field(draws, zscore, data, band, grid_points, max_draws, score_bias=score_bias)
+    field = score_field(draws, zscore, data, band, grid_points, max_draws, score_bias=score_bias,
+                        correction=correction)
     data = np.asarray(data, dtype=np.float64).reshape(-1, 2)
     density, levels, level_names = _data_density(data, field.x, field.y)
     extent = (field.x[0], field.x[-1], field.y[0], field.y[-1])

@@ -21,9 +21,9 @@ import numpy as np
 from .._picks import evenly_spaced
 from .._version import __version__
 from ..compilation_cache import JaxWork
-from ..bayes.correction import correction_arrays, theta_draws
+from ..bayes.correction import corrected_summary, correction_arrays, theta_draws
 from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
-from ..bayes.score import band_around, posterior_mean_score
+from ..bayes.score import ScoreSummary, band_around, posterior_mean_score
 from ..bayes.score_matching import field_stats
 from ..data.stream import StreamedData
 from ..partition import BLOCK
@@ -342,6 +342,7 @@ class _Evaluation(NamedTuple):
     relative_entropy: np.ndarray  # (d,) per marginal, NaN without samples
     interpolant_at_points: np.ndarray  # (cells, d), z-scored
     true_at_points: Optional[np.ndarray]  # (cells, d), z-scored; None without an analytic score
+    model_band: ScoreSummary  # the score band at the cells of the score the model uses (z-scored; corrected_summary)
 
 
 def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
@@ -361,7 +362,9 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     # the draws the model came from and the posterior-mean score the interpolant learnt
     drive_draws, learnt_mean, drift_metrics = (fit.draws, summary.mean, {}) if drive is None else drive
     interp_error, interp_relative = interpolant_heldout_error(interp, drive_draws, z, correction)
-    interp_band = band_around(summary, interp_at_points, interp_error)
+    # the band of the score the model uses: the posterior's, moved by an applied correction and widened by its error
+    model_band = corrected_summary(summary, correction, part.points)
+    interp_band = band_around(model_band, interp_at_points, interp_error)
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,
         "data": {"source": data.source, "train_snapshots": int(data.snapshots),
@@ -413,6 +416,11 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
             "band_coverage_interpolant": band_coverage(true_at_points, interp_band.lower, interp_band.upper,
                                                        part.counts),
         }
+        if model_band is not summary:  # the corrected score's error and band (Result.score's)
+            metrics["score"].update({
+                "relative_error_corrected": weighted_score_error(model_band.mean, true_at_points, part.counts),
+                "band_coverage_corrected": band_coverage(true_at_points, model_band.lower, model_band.upper,
+                                                         part.counts)})
     if rom.escaped or rom.non_finite:
         message = (f"langevin: {rom.escaped} of {lg.particles} particles left the box |x| <= {lg.box:.4g}, "
                    f"{rom.non_finite} became non-finite")
@@ -440,7 +448,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
         metrics["dynamics"] = {"available": True, **dynamics_metrics(dynamics, arrays, model_tau, spec.score.band),
                                "rom_paths_rows": int(len(alive))}
         paths = data.zscore.inverse(alive)
-    return _Evaluation(metrics, arrays, paths, rom_phys, rel_ent, interp_at_points, true_at_points)
+    return _Evaluation(metrics, arrays, paths, rom_phys, rel_ent, interp_at_points, true_at_points, model_band)
 
 
 def streamed_summary(data) -> dict:
@@ -495,7 +503,7 @@ def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation, 
         atomic_write_bytes(out.path("responses.npz"), npz_bytes(evaluation.dynamics))
         atomic_write_bytes(out.path("rom_paths.npy"), npy_bytes(evaluation.rom_paths))
         plot_dynamics(out.path("figures"), evaluation.dynamics, names=spec.data.variables or None)
-    std, summary = data.zscore.std, fit.summary
+    std, summary = data.zscore.std, evaluation.model_band
     names = spec.data.variables or None
     plot_score(out.path("figures", "score.png"), data.zscore.inverse(part.points),
                summary._replace(mean=summary.mean / std, lower=summary.lower / std, upper=summary.upper / std),
@@ -503,7 +511,7 @@ def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation, 
                None if true_at_points is None else true_at_points / std, spec.score.band, names=names)
     if part.points.shape[1] == 2:
         plot_score_field(out.path("figures", "score_field.png"), fit.draws, data.zscore, data.train, spec.score.band,
-                         names=names, score_bias=fit.score_bias)
+                         names=names, score_bias=fit.score_bias, correction=correction)
     if len(rom_phys) >= 2:
         plot_marginals(out.path("figures", "marginals.png"), data.reference, rom_phys, evaluation.relative_entropy,
                        names=names)
