@@ -29,8 +29,9 @@ L-BFGS; 2, the dense metric on the cells; 3, the diagonal metric on the merged c
 ``kgmm_bayes.bayes.coreset`` chooses (the default before the dense metric); 4, the dense metric on the
 merged cells (from the Laplace covariance at the polished MAP, adapted by numpyro; Laplace-whitened
 coordinates with a diagonal adapted there beyond 100 parameters), ``metric = "auto"``'s choice up to
-50 parameters; 5, the Laplace covariance kept fixed.  The metric NUTS ran in is printed in brackets
-(``resolved_metric``).  Reported per row: wall (MAP search, compilation and every chain), leapfrog
+50 parameters; 5, the Laplace covariance kept fixed; 6, the default (``metric = "auto"``, merged cells, the
+likelihood in float32 where its gap allows: ``likelihood_precision = "auto"``); 7, the same in float64.  The
+metric NUTS ran in is printed in brackets (``resolved_metric``), the likelihood's precision after its cells.  Reported per row: wall (MAP search, compilation and every chain), leapfrog
 steps of the sampling phase, steps per iteration, min label-invariant ESS, ESS/s, and ESS/s over the
 first row's.  The first row of a process also pays the process's one-time compilations.
 
@@ -131,15 +132,17 @@ def print_row(case, n, k, d, iterations, r, baseline):
           f"{r['ess_per_s']:.3f} | {r['best_ess_per_s']:.3f} | {ratio:.1f} | {ratio_best:.1f} |", flush=True)
 
 
+POLISH = SamplerConfig().map_polish
 VARIANTS = (  # (label, [sampler] metric, L-BFGS iterations after the MAP search's Adam steps, likelihood:
-    # "cells" = the partition's cells, "auto" = the merge kgmm_bayes.bayes.coreset chooses)
-    ("diagonal, Adam MAP, cells (oldest default)", "diagonal", 0, "cells"),
-    ("diagonal, polished MAP, cells (default before the merge)", "diagonal", SamplerConfig().map_polish, "cells"),
-    ("dense, polished MAP, cells", "dense", SamplerConfig().map_polish, "cells"),
-    ("diagonal, polished MAP, merged cells (default before the dense metric)", "diagonal", SamplerConfig().map_polish,
-     "auto"),
-    ("dense, polished MAP, merged cells (\"auto\" up to 50 parameters)", "dense", SamplerConfig().map_polish, "auto"),
-    ("Laplace covariance fixed, polished MAP, merged cells", "laplace", SamplerConfig().map_polish, "auto"),
+    # "cells" = the partition's cells, "auto" = the merge kgmm_bayes.bayes.coreset chooses; its precision)
+    ("diagonal, Adam MAP, cells (oldest default)", "diagonal", 0, "cells", "float64"),
+    ("diagonal, polished MAP, cells (default before the merge)", "diagonal", POLISH, "cells", "float64"),
+    ("dense, polished MAP, cells", "dense", POLISH, "cells", "float64"),
+    ("diagonal, polished MAP, merged cells (default before the dense metric)", "diagonal", POLISH, "auto", "float64"),
+    ("dense, polished MAP, merged cells (\"auto\" up to 50 parameters)", "dense", POLISH, "auto", "float64"),
+    ("Laplace covariance fixed, polished MAP, merged cells", "laplace", POLISH, "auto", "float64"),
+    ("auto metric, merged cells, float32 where its gap allows (the default)", "auto", POLISH, "auto", "auto"),
+    ("auto metric, merged cells, float64 (the default before float32)", "auto", POLISH, "auto", "float64"),
 )
 METRIC_COLUMNS = ("study", "N", "K", "D", "zeta", "metric", "chains x (warmup+draws)", "likelihood cells (gap sd)",
                   "wall_s", "grads", "steps/iter", "divergences", "min_ess", "r_hat", "r_hat within modes", "ess/s",
@@ -173,11 +176,12 @@ def metric_studies(args):
         zs = ZScore(np.zeros(z.shape[1]), np.ones(z.shape[1]))
         probes = probe_points(part.points, part.counts)
         base = None
-        for (metric, kind, polish, likelihood), method in [(VARIANTS[i], c) for i in args.variants
-                                                           for c in args.chain_methods]:
+        for (metric, kind, polish, likelihood, precision), method in [(VARIANTS[i], c) for i in args.variants
+                                                                      for c in args.chain_methods]:
             config = SamplerConfig(**spec.sampler._asdict())._replace(
                 metric=kind, dense_mass=False, map_polish=polish, chain_method=method,
-                likelihood_cells=len(part.points) if likelihood == "cells" else likelihood)
+                likelihood_cells=len(part.points) if likelihood == "cells" else likelihood,
+                likelihood_precision=precision)
             if len(args.chain_methods) > 1:
                 metric = f"{metric}, chains {method}"
             post = run_nuts(jax.random.key(args.seed), part.points, part.counts * zeta, prior, initial_values(part),
@@ -187,6 +191,7 @@ def metric_studies(args):
             stats = post.sample_stats
             cells = (f"{int(stats['likelihood_cells'])} ({np.std(stats['likelihood_gap']):.3f})"
                      if "likelihood_cells" in stats else f"{len(part.points)} (cells)")
+            cells += f" {stats['likelihood_precision']}"
             print(f"| {spec.study.name} | {len(z)} | {k} | {z.shape[1]} | {zeta:.3f} | {metric} [{stats['metric']}] | "
                   f"{config.chains} x ({config.warmup}+{config.draws}) | {cells} | {r['wall_s']:.1f} | {r['grads']} | "
                   f"{r['steps_per_iter']:.1f} | {r['divergences']} | {r['min_ess']:.0f} | {r['r_hat']:.3f} | "
@@ -242,7 +247,8 @@ if __name__ == "__main__":
                         help="--metric-studies: which rows (0 oldest default, 1 cells before the merge, 2 dense metric on "
                              "the cells, 3 merged cells with the diagonal metric, the default before the dense metric, "
                              "4 merged cells with the dense metric (whitened beyond 100 parameters), the default up to "
-                             "50, 5 the Laplace covariance fixed)")
+                             "50, 5 the Laplace covariance fixed, 6 the default: auto metric, merged cells, float32 "
+                             "where its gap allows, 7 the same in float64)")
     parser.add_argument("--zeta", type=float, default=None,
                         help="--metric-studies: sample likelihood^zeta at this zeta (a study's coarsening, from its "
                              "metrics.json) instead of the error terms' first choice")

@@ -68,13 +68,13 @@ def test_ladder_and_choice_stop_at_the_first_size_over_the_bound():
     assert len(chosen.points) == table[2][0] and table[-1][1] > bound and len(table) == 4
 
 
-def _run(cells_setting, monkeypatch=None, chooser=None):
+def _run(cells_setting, precision="float64"):
     from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, run_nuts
 
     _, part, _ = _cells(d=1, n=20000, cells=400)
     prior = build_prior(part, 5.0, 0.25, 1.0, 2.0)
     config = SamplerConfig(chains=2, warmup=200, draws=200, map_starts=4, map_steps=200,
-                           likelihood_cells=cells_setting)
+                           likelihood_cells=cells_setting, likelihood_precision=precision)
     return part, run_nuts(jax.random.key(3), part.points, part.counts, prior, initial_values(part), config,
                           point_covariances=part.cell_covariances)
 
@@ -104,6 +104,45 @@ def test_a_merge_whose_draws_break_the_bound_is_sampled_again_on_the_cells(monke
     assert stats["likelihood_ladder"][0, 0] == len(part.points)  # what the pilot tried is kept
     rejected_cells, rejected_sd = stats["likelihood_rejected"]
     assert rejected_cells == 10 and rejected_sd > 2 * coreset.GAP_SD
+
+
+def test_the_likelihood_in_float32_where_its_gap_keeps_the_bound(monkeypatch):
+    """"auto" precision: the float32 likelihood (here of the merged cells) is sampled where its gap to the cells'
+    float64 likelihood keeps sd <= GAP_SD over the pilot's Laplace draws, and checked again on the draws; a gap
+    made wider than the bound on the pilot keeps float64 (and says by how much), on the draws only, samples the
+    cells again in float64.  (This sampler is below FLOAT32_MIN_WORK, where "auto" keeps float64.)"""
+    from kgmm_bayes.bayes import sampler
+
+    part, post = _run("auto", "auto")
+    assert str(post.sample_stats["likelihood_precision"]) == "float64"
+    assert "likelihood_precision_gap" not in post.sample_stats
+    monkeypatch.setattr(sampler, "FLOAT32_MIN_WORK", 0.0)
+    part, post = _run("auto", "auto")
+    stats = post.sample_stats
+    assert str(stats["likelihood_precision"]) == "float32"
+    assert 0 < float(stats["likelihood_precision_gap"]) <= coreset.GAP_SD
+    assert np.std(stats["likelihood_gap"]) <= 2 * coreset.GAP_SD
+    # float32 noise: the gap is no longer a lower bound to the last digit, but to a few thousandths of a nat
+    assert np.all(stats["likelihood_gap"] >= -1e-2)
+    gaps = coreset.loglik_gaps
+
+    def widened(fine, merged, weights, means, cov_chol, dtype=np.float64, pilot_only=True):
+        out = gaps(fine, merged, weights, means, cov_chol, dtype=dtype)
+        noisy = dtype == np.float32 and (len(weights) == coreset.PILOT_DRAWS) == pilot_only
+        return out + (np.random.default_rng(0).normal(0.0, 1.0, out.shape) if noisy else 0.0)
+
+    monkeypatch.setattr(coreset, "loglik_gaps", widened)
+    part, post = _run("auto", "auto")
+    stats = post.sample_stats
+    assert str(stats["likelihood_precision"]) == "float64" and float(stats["likelihood_precision_gap"]) > 0.5
+    assert "likelihood_rejected" not in stats and int(stats["likelihood_cells"]) < len(part.points)
+    monkeypatch.setattr(coreset, "loglik_gaps", lambda *a, dtype=np.float64: widened(*a, dtype=dtype,
+                                                                                     pilot_only=False))
+    part, post = _run("auto", "auto")
+    stats = post.sample_stats
+    assert str(stats["likelihood_precision"]) == "float64" and "likelihood_cells" not in stats
+    rejected_cells, rejected_sd = stats["likelihood_rejected"]
+    assert rejected_sd > 2 * coreset.GAP_SD
 
 
 def test_a_number_of_likelihood_cells_is_used_as_given():
@@ -181,19 +220,37 @@ def test_metrics_and_report_say_which_likelihood_was_sampled():
     gaps = np.array([[0.1, 0.3], [0.2, 0.4]])
     merged = likelihood_coreset({"likelihood_cells": np.asarray(707), "likelihood_gap": gaps,
                                  "likelihood_ladder": np.array([[2000, 0.0], [1414, 0.006], [1000, 0.11]])}, 2000)
-    assert merged == {"likelihood_cells": 707, "likelihood_gap_sd": pytest.approx(np.std(gaps), rel=1e-12),
+    assert merged == {"likelihood_cells": 707, "likelihood_merged": True, "likelihood_precision": "float64",
+                      "likelihood_gap_sd": pytest.approx(np.std(gaps), rel=1e-12),
                       "likelihood_ladder": [[2000, 0.0], [1414, 0.006], [1000, 0.11]]}
     (line,) = likelihood_lines(merged)
     assert "707 merged cells" in line and f"sd {np.std(gaps):.3f} nats" in line
     cells = likelihood_coreset({}, 2000)  # the cells themselves, nothing tried: nothing to say
-    assert cells == {"likelihood_cells": 2000} and likelihood_lines(cells) == []
+    assert cells == {"likelihood_cells": 2000, "likelihood_merged": False, "likelihood_precision": "float64"}
+    assert likelihood_lines(cells) == []
     kept = likelihood_coreset({"likelihood_ladder": np.array([[2000, 0.0], [1414, 0.25]])}, 2000)
     (line,) = likelihood_lines(kept)  # a merge tried and refused
     assert "partition's 2000 cells" in line and "1414" in line and "sd 0.25 nats" in line
     rejected = likelihood_coreset({"likelihood_rejected": np.array([10, 0.5])}, 2000)
-    assert rejected == {"likelihood_cells": 2000, "likelihood_rejected": {"cells": 10, "gap_sd": 0.5}}
+    assert rejected == {"likelihood_cells": 2000, "likelihood_merged": False, "likelihood_precision": "float64",
+                        "likelihood_rejected": {"cells": 10, "gap_sd": 0.5}}
     (line,) = likelihood_lines(rejected)
-    assert "10 cells was rejected" in line and "gap sd 0.5 nats" in line
+    assert "10 cells was rejected" in line and "gap sd 0.5 nats" in line and "in float64" in line
+    # the cells in float32 (its gap to float64 over the draws), merged cells in float32, float32 refused
+    single = likelihood_coreset({"likelihood_cells": np.asarray(2000), "likelihood_gap": gaps,
+                                 "likelihood_precision": np.asarray("float32"),
+                                 "likelihood_precision_gap": np.asarray(0.04)}, 2000)
+    assert single["likelihood_precision_gap_sd"] == pytest.approx(0.04) and not single["likelihood_merged"]
+    (line,) = likelihood_lines(single)
+    assert "the partition's 2000 cells in float32" in line and "(in float64)" in line
+    both = likelihood_coreset({"likelihood_cells": np.asarray(707), "likelihood_gap": gaps,
+                               "likelihood_precision": np.asarray("float32")}, 2000)
+    (line,) = likelihood_lines(both)
+    assert "707 merged cells" in line and "in float32" in line
+    refused = likelihood_coreset({"likelihood_precision": np.asarray("float64"),
+                                  "likelihood_precision_gap": np.asarray(0.3)}, 2000)
+    (line,) = likelihood_lines(refused)
+    assert "float32 was not used" in line and "sd 0.3 nats" in line
 
 
 def test_rounds_with_a_progress_bar_reuse_the_program_report_every_iteration_and_match_the_quiet_draws(

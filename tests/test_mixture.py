@@ -74,6 +74,26 @@ def test_fused_derivative_equals_autodiff_of_the_plain_expression(block_rows):
     np.testing.assert_allclose(hvp(fused), want, rtol=1e-10, atol=1e-10 * float(jnp.max(jnp.abs(want))))
 
 
+def test_float32_features_compute_the_likelihood_in_float32_and_return_float64():
+    """The sampler's float32 likelihood: float32 features with float64 Gamma and counts give float64 value and
+    gradient within float32's rounding of the float64 ones (in blocks and in one), the HVP too."""
+    rng = np.random.default_rng(9)
+    weights, means, chol = random_mixture(rng, 5, 3)
+    feats = quadratic_features(1.5 * rng.normal(size=(700, 3)))
+    counts = jnp.asarray(rng.integers(1, 40, size=700).astype(float))
+    gamma = component_coefficients(weights, means, chol)
+    single = feats.astype(jnp.float32)
+    for rows in (None, 256):
+        value, grad = jax.value_and_grad(loglik_from_coefficients, argnums=2)(feats, counts, gamma, rows)
+        value32, grad32 = jax.value_and_grad(loglik_from_coefficients, argnums=2)(single, counts, gamma, rows)
+        assert value32.dtype == grad32.dtype == jnp.float64
+        # each row's log density is a sum of terms up to |phi| |gamma| in size, rounded at 2^-24 of it
+        scale = float(jnp.sum(counts * jnp.max(jnp.abs(feats) @ jnp.abs(gamma), axis=1)))
+        assert abs(float(value32) - float(value)) < 8 * 2.0 ** -24 * scale
+        assert abs(float(value32) - float(value)) > 0  # computed in float32 indeed
+        np.testing.assert_allclose(grad32, grad, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(grad))))
+
+
 def test_blocked_loglik_accepts_counts_of_another_dtype():
     """float32 features and Gamma with float64 or integer counts, in blocks: same value and gradient
     as one block (float32 tolerances)."""

@@ -100,12 +100,13 @@ def _gaps(fine_features, fine_counts, features, counts, weights, means, cov_chol
     return jax.lax.map(one, (weights, means, cov_chol), batch_size=64)
 
 
-def loglik_gaps(fine: Coreset, merged: Coreset, weights, means, cov_chol):
-    """``D = loglik_fine - loglik_merged`` ``(S,)`` at each of ``S`` mixtures (constrained draws).
+def loglik_gaps(fine: Coreset, merged: Coreset, weights, means, cov_chol, dtype=np.float64):
+    """``D = loglik_fine - loglik_merged`` ``(S,)`` at each of ``S`` mixtures (constrained draws), the merged
+    likelihood computed in ``dtype`` (float32: the sampler's ``likelihood_precision``; the fine one in float64).
     The merged rows are padded with zero counts to the fine rows' number, so that every merged
-    coreset of the same fine one uses one compiled function."""
+    coreset of the same fine one uses one compiled function (per ``dtype``)."""
     fine_f = fine.features()
-    merged_f, merged_c = _padded(merged.features(), merged.counts, fine_f.shape[0])
+    merged_f, merged_c = _padded(np.asarray(merged.features(), dtype), merged.counts, fine_f.shape[0])
     return np.asarray(_gaps(fine_f, jnp.asarray(fine.counts), merged_f, merged_c, jnp.asarray(weights),
                             jnp.asarray(means), jnp.asarray(cov_chol)))
 

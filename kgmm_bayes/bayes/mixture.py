@@ -167,15 +167,21 @@ def _block_terms(features, counts, gamma):
 
     The gradient is ``Phi^T (c * softmax(Phi @ Gamma))``: the softmax comes from the same
     exponentials as the value, so each entry is exponentiated once.
+
+    The block is computed in the features' precision (float32 features: the sampler's
+    ``likelihood_precision``, :func:`~kgmm_bayes.bayes.sampler.run_nuts`), the value and gradient
+    returned in ``gamma``'s, each row's term weighted by its count in that precision.
     """
+    out = gamma.dtype
+    gamma = gamma.astype(features.dtype)
     log_comp = features @ gamma  # (rows, K)
     top = jnp.max(log_comp, axis=1, keepdims=True)
     # Rows where every component has log density -inf get -inf (not nan) as their value.
     top = jax.lax.stop_gradient(jnp.maximum(top, jnp.finfo(log_comp.dtype).min))
     scaled = jnp.exp(log_comp - top)
     total = jnp.sum(scaled, axis=1, keepdims=True)
-    value = jnp.sum(counts * (top[:, 0] + jnp.log(total[:, 0])))
-    return value, features.T @ (scaled * (counts[:, None] / total))
+    value = jnp.sum(counts * (top[:, 0] + jnp.log(total[:, 0])).astype(out))
+    return value, (features.T @ (scaled * (counts[:, None].astype(features.dtype) / total))).astype(out)
 
 
 def _loglik_and_grad(features, counts, gamma, block_rows):

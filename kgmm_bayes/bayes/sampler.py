@@ -76,6 +76,10 @@ class SamplerConfig(NamedTuple):
     # by at most that many posterior sds; kgmm_bayes.bayes.coreset; never without MAP searches), or a number of
     # merged cells (unchecked; >= the cells: the cells themselves)
     likelihood_cells: object = "auto"
+    # the precision of the likelihood NUTS samples (PRECISIONS): "auto", float32 where the sampled likelihood's gap to
+    # the cells' in float64 keeps sd <= 0.1 nats over the same Laplace draws (and on the draws at 0.2, as a merge
+    # is checked; the MAP searches, Hessian and starts stay float64); "float64"; "float32" (unchecked)
+    likelihood_precision: str = "auto"
     warm_start: bool = True  # false: run_nuts ignores ``warm`` (a second posterior from its own MAP searches)
     progress: bool = False
 
@@ -292,6 +296,9 @@ DENSE_DRAWS_PER_PARAMETER = 4
 # at distinct optima min ESS 53, r_hat 1.22 against 245, 1.05.
 
 
+PRECISIONS = ("auto", "float64", "float32")
+
+
 def last_slow_window(warmup: int) -> int:
     """Draws in numpyro's last slow adaptation window of a ``warmup``-iteration warmup (0: none)."""
     from numpyro.infer.hmc_util import build_adaptation_schedule
@@ -331,10 +338,18 @@ POLISH_DECREASE = 1e-13  # ... or when an iteration lowers the potential by less
 # afresh in every process (about 3 s on the default study, 6.8e7 of work, whose rounds take 3 s each).  Smaller
 # samplers show one step per round of chains.  About 7x the default study: a minute of sampling on 2 cores.
 TICKING_MIN_WORK = 5e8
+# "auto" precision tries float32 only for samplers of at least this much work (as TICKING_MIN_WORK): on the default
+# study (7e7) it saved nothing (posterior 10.1-10.5 s against 9.7 s in float64, its extra checks included)
+FLOAT32_MIN_WORK = 5e8
 HOST_POLISH_MAX_STARTS = 16  # up to this many MAP searches are polished one by one on the host (scipy); more at
 # once, vmapped in one compiled program (optax): the host's ~0.4 ms per iteration outgrows the compilation.  (Host
 # polishes on one thread per device were measured and not kept: 8 Lorenz-63 starts 2.4-2.7 s on one thread, 2.1-2.2
 # s on two, 3.4-3.6 s with each thread's gradients on its own device: the interpreter, not the gradient, binds.)
+
+
+def likelihood_work(rows: int, features: int, components: int, config: SamplerConfig) -> float:
+    """The sampler's likelihood work: rows x quadratic features x components x chain iterations."""
+    return float(rows) * features * components * config.chains * (config.warmup + config.draws)
 
 
 def _lbfgs_traced(potential, params, max_steps: int):
@@ -633,6 +648,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     differ in number, and with ``config.warm_start`` false; ``laplace_metric`` does not apply to it.
     ``sample_stats["start_optima"]`` stays ``post``'s: each chain is still the unit of the MAP optimum its first chain started at.
     """
+    if config.likelihood_precision not in PRECISIONS:
+        raise ValueError(f"likelihood_precision must be one of {PRECISIONS}, got {config.likelihood_precision!r}")
     if config.likelihood_cells != "auto" and (isinstance(config.likelihood_cells, bool)
                                               or not isinstance(config.likelihood_cells, (int, np.integer))
                                               or config.likelihood_cells < 1):
@@ -703,7 +720,26 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
             int(warm_cells or config.likelihood_cells) < len(cells.points):
         merged = _coreset.merge_cells(*cells, int(warm_cells or config.likelihood_cells),
                                       _seed_from_key(jax.random.fold_in(map_key, 2)))
-    sample_args = model_args if merged is cells else (merged.features(), jnp.asarray(merged.counts), prior)
+    # The likelihood's precision ([sampler] likelihood_precision): float32 computes its value and gradient in
+    # about two thirds of the time (Lorenz-63's 2,000 cells x 32 components: 145 against 214 us, one thread); "auto"
+    # takes it where the gap of the float32 likelihood (merged or not) to the cells' float64 one keeps the merge's
+    # bound over the same Laplace draws, and rechecks it on the draws as a merge is rechecked
+    precision, precision_sd = config.likelihood_precision, None
+    if precision == "auto":
+        precision = "float64"
+        rows = len(merged.points) if cells is not None else features.shape[0]
+        if choose and likelihood_work(rows, features.shape[-1], prior.centroids.shape[0], config) >= FLOAT32_MIN_WORK:
+            precision_sd = float(np.std(_coreset.loglik_gaps(cells, merged, *pilot, dtype=np.float32)))
+            precision = "float32" if precision_sd <= _coreset.GAP_SD else "float64"
+        elif warm is not None and cells is not None and config.likelihood_cells == "auto":
+            precision = str(warm[0].sample_stats.get("likelihood_precision", "float64"))  # rechecked as its cells
+    dtype = np.float32 if precision == "float32" else np.float64
+    if merged is cells and dtype == np.float64:
+        sample_args = model_args
+    else:
+        sampled = model_args[0] if merged is cells else merged.features()
+        sample_args = (jnp.asarray(sampled, dtype), jnp.asarray(model_args[1] if merged is cells else merged.counts),
+                       prior)
     if warm is not None:  # each chain at its own chain's last draw
         init_params = starts
     else:
@@ -732,8 +768,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # whitened chains diverged (28-139 divergences) and split into modes (r_hat within modes 1.24-1.27).
     # the progress display: reported from inside the compiled chains (numpyro's own bar is off) for long samplers,
     # else by rounds of chains (TICKING_MIN_WORK)
-    work = float(np.prod(sample_args[0].shape[-2:])) * prior.centroids.shape[0] * config.chains * (
-        config.warmup + config.draws)
+    work = likelihood_work(*sample_args[0].shape[-2:], prior.centroids.shape[0], config)
     nuts = functools.partial(_TickingNUTS, every=max(1, (config.warmup + config.draws) // 100)) \
         if config.progress and work >= TICKING_MIN_WORK else NUTS
     if whiten:
@@ -804,6 +839,9 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         extra = {k: np.concatenate([part[k] for part in extra_parts]) for k in extra_parts[0]}
         extra["tree_depth"] = np.ceil(np.log2(extra["num_steps"] + 1.0)).astype(np.int64)
         extra["metric"] = np.asarray(metric)  # resolved_metric's name
+        extra["likelihood_precision"] = np.asarray(precision)
+        if precision_sd is not None:  # sd of the float32 likelihood's gap over the Laplace draws
+            extra["likelihood_precision_gap"] = np.asarray(precision_sd)
         if map_energies is not None:
             extra["map_potential_energies"] = map_energies  # (starts,), one per MAP search
         if picks is not None:
@@ -836,15 +874,18 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
             states[r] = mcmc.last_state
             continuations[list(chains_r)] += 1
         post = assembled()
-    if merged is cells:  # the cells themselves; the sizes tried, if any, say why
+    if cells is None or (merged is cells and dtype == np.float64):  # the cells themselves, in float64
         if ladder_table is None:
             return post
         return post._replace(sample_stats=dict(post.sample_stats,
                                                likelihood_ladder=np.asarray(ladder_table, np.float64)))
-    # the gap D = loglik_cells - loglik_merged at every draw: its sd bounds how far any posterior mean moved
-    gaps = _coreset.loglik_gaps(cells, merged, *post.flat()).reshape(post.weights.shape[:2])
-    if (choose or warm_cells) and not np.std(gaps) <= 2 * _coreset.GAP_SD:  # misjudged: sample the cells themselves
-        post = run_nuts(key, points, counts, prior, init, config._replace(likelihood_cells=len(cells.points)),
+    # the gap D = loglik_cells - loglik_merged (in its precision) at every draw: its sd bounds how far any posterior
+    # mean moved
+    gaps = _coreset.loglik_gaps(cells, merged, *post.flat(), dtype=dtype).reshape(post.weights.shape[:2])
+    checked = choose or warm_cells or (config.likelihood_precision == "auto" and dtype == np.float32)
+    if checked and not np.std(gaps) <= 2 * _coreset.GAP_SD:  # misjudged: the cells themselves, in float64
+        post = run_nuts(key, points, counts, prior, init, config._replace(likelihood_cells=len(cells.points),
+                                                                          likelihood_precision="float64"),
                         point_covariances=point_covariances, drifting=drifting, warm=warm)
         stats = dict(post.sample_stats, likelihood_rejected=np.asarray([len(merged.points), np.std(gaps)]))
         if ladder_table is not None:

@@ -181,19 +181,24 @@ def _metric_words(post: dict) -> str:
 def likelihood_lines(post: dict) -> list:
     """The likelihood NUTS sampled: merged cells (kgmm_bayes.bayes.coreset), and what that moved."""
     lines = []
+    single = post.get("likelihood_precision") == "float32"
     if "likelihood_gap_sd" in post:
-        lines.append(f"- NUTS sampled the likelihood of {post['likelihood_cells']} merged cells (exact counts and "
-                     f"moments of the partition's cells); over the draws its log-likelihood differs from the "
-                     f"cells' by sd {post['likelihood_gap_sd']:.3f} nats, so no posterior mean moved by more than "
-                     f"about that many posterior sds")
+        sampled = (f"{post['likelihood_cells']} merged cells (exact counts and moments of the partition's cells)"
+                   if post.get("likelihood_merged", True) else f"the partition's {post['likelihood_cells']} cells")
+        lines.append(f"- NUTS sampled the likelihood of {sampled}{' in float32' if single else ''}; over the draws "
+                     f"its log-likelihood differs from the cells' (in float64) by sd {post['likelihood_gap_sd']:.3f} "
+                     f"nats, so no posterior mean moved by more than about that many posterior sds")
     elif len(post.get("likelihood_ladder") or []) > 1 and not post.get("likelihood_rejected"):
         cells, sd = post["likelihood_ladder"][1]
         lines.append(f"- NUTS sampled the likelihood of the partition's {post['likelihood_cells']} cells: merged into "
                      f"{cells}, its log-likelihood would differ by sd {_fmt(sd)} nats over Laplace draws (more than 0.1)")
+    if not single and post.get("likelihood_precision_gap_sd") is not None:
+        lines.append(f"- the likelihood in float32 was not used: its log-likelihood would differ by sd "
+                     f"{_fmt(post['likelihood_precision_gap_sd'])} nats over Laplace draws (more than 0.1)")
     rejected = post.get("likelihood_rejected")
     if rejected:
         lines.append(f"- a merge into {rejected['cells']} cells was rejected on its draws (gap sd "
-                     f"{_fmt(rejected['gap_sd'])} nats): the posterior was sampled again on the partition's cells")
+                     f"{_fmt(rejected['gap_sd'])} nats): the posterior was sampled again on the partition's cells in float64")
     return lines
 
 

@@ -440,11 +440,16 @@ def likelihood_coreset(stats: dict, cells: int) -> dict:
     """What the sampler's likelihood was (:mod:`kgmm_bayes.bayes.coreset`), for ``metrics.json``:
     ``likelihood_cells``, and where they are merged cells, the sd over the draws of the log-likelihood
     gap to the partition's cells, the sizes tried with their Laplace-draw sd, and a merge rejected on
-    the draws (the cells then sampled themselves)."""
+    the draws (the cells then sampled themselves); the likelihood's precision (``likelihood_precision``) and,
+    where "auto" tried float32, its gap's sd over the Laplace draws."""
     def finite(value):
         return float(value) if np.isfinite(value) else None
 
-    out = {"likelihood_cells": int(stats.get("likelihood_cells", cells))}
+    sampled = int(stats.get("likelihood_cells", cells))
+    out = {"likelihood_cells": sampled, "likelihood_merged": sampled < cells,
+           "likelihood_precision": str(stats.get("likelihood_precision", "float64"))}
+    if "likelihood_precision_gap" in stats:
+        out["likelihood_precision_gap_sd"] = finite(stats["likelihood_precision_gap"])
     if "likelihood_gap" in stats:
         out["likelihood_gap_sd"] = finite(np.std(stats["likelihood_gap"]))
     if "likelihood_ladder" in stats:
