@@ -338,9 +338,10 @@ POLISH_DECREASE = 1e-13  # ... or when an iteration lowers the potential by less
 # afresh in every process (about 3 s on the default study, 6.8e7 of work, whose rounds take 3 s each).  Smaller
 # samplers show one step per round of chains.  About 7x the default study: a minute of sampling on 2 cores.
 TICKING_MIN_WORK = 5e8
-# "auto" precision tries float32 only for samplers of at least this much work (as TICKING_MIN_WORK): on the default
-# study (7e7) it saved nothing (posterior 10.1-10.5 s against 9.7 s in float64, its extra checks included)
-FLOAT32_MIN_WORK = 5e8
+# "auto" precision tries float32 only for samplers of at least this much work: it saved nothing on the default study
+# (6e7: posterior 10.1-10.5 s against 9.7 s in float64, its extra checks included) or four-well (7.7e8: 48.2 against
+# 48.8 s), 1.10x on the triad (1.9e9), 1.25x on Kuramoto-Sivashinsky D = 4, 1.34-1.50x on Lorenz-63 (5e9)
+FLOAT32_MIN_WORK = 1e9
 HOST_POLISH_MAX_STARTS = 16  # up to this many MAP searches are polished one by one on the host (scipy); more at
 # once, vmapped in one compiled program (optax): the host's ~0.4 ms per iteration outgrows the compilation.  (Host
 # polishes on one thread per device were measured and not kept: 8 Lorenz-63 starts 2.4-2.7 s on one thread, 2.1-2.2
