@@ -728,8 +728,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     precision, precision_sd = config.likelihood_precision, None
     if precision == "auto":
         precision = "float64"
-        rows = len(merged.points) if cells is not None else features.shape[0]
-        if choose and likelihood_work(rows, features.shape[-1], prior.centroids.shape[0], config) >= FLOAT32_MIN_WORK:
+        if choose and likelihood_work(len(merged.points), features.shape[-1], prior.centroids.shape[0],
+                                      config) >= FLOAT32_MIN_WORK:
             precision_sd = float(np.std(_coreset.loglik_gaps(cells, merged, *pilot, dtype=np.float32)))
             precision = "float32" if precision_sd <= _coreset.GAP_SD else "float64"
         elif warm is not None and cells is not None and config.likelihood_cells == "auto":
