@@ -456,3 +456,21 @@ def test_a_study_uses_its_correction_only_where_the_model_check_keeps_it(tmp_pat
     corrected = plain + first.correction(pts)
     assert np.mean((learnt - plain) ** 2) < 0.1 * np.mean((learnt - corrected) ** 2)
     assert load_result(out).correction is None
+
+
+def test_the_report_judges_the_band_the_model_uses():
+    from kgmm_bayes.study.report import _score_lines
+
+    sc = {"band": 0.9, "relative_error_posterior_mean": 0.036, "relative_error_predictive": 0.04,
+          "relative_error_interpolant": 0.05, "band_coverage": 0.7, "band_coverage_interpolant": 0.95}
+    plain = "\n".join(_score_lines(sc, True, 8))
+    assert "Coverage of the 90% band: 0.7" in plain and "Corrected" not in plain
+    assert "**Note**: the band is narrower than the error" in plain
+    corrected = "\n".join(_score_lines({**sc, "relative_error_corrected": 0.018, "band_coverage_corrected": 0.935},
+                                       True, 8))
+    assert "Corrected by score matching, as the model's score is: relative error 0.018, coverage of its band " \
+           "0.935" in corrected
+    assert "**Note**" not in corrected  # the corrected band keeps its promise
+    worse = "\n".join(_score_lines({**sc, "band_coverage": 0.95, "relative_error_corrected": 0.05,
+                                    "band_coverage_corrected": 0.6}, False, 8))
+    assert "not the error of approximating the density by a 8-component mixture" in worse

@@ -171,6 +171,29 @@ METRIC_WORDS = {  # metrics.json posterior.metric (kgmm_bayes.bayes.sampler.reso
 }
 
 
+def _score_lines(sc: dict, coarse: bool, components: int) -> list:
+    """The report's lines on the score against the analytic one (``metrics["score"]``).  Where the model's score
+    carries the score-matching correction, its band (Result.score's) is the one the note judges."""
+    lines = ["", "## Score against the analytic score (density-weighted, z-scored units)",
+             f"- Relative error: posterior mean {_fmt(sc['relative_error_posterior_mean'])}, "
+             f"predictive {_fmt(sc['relative_error_predictive'])}, interpolant {_fmt(sc['relative_error_interpolant'])}",
+             f"- Coverage of the {int(sc['band'] * 100)}% band: {_fmt(sc['band_coverage'])}; of the interpolant's "
+             f"band (its held-out error added): {_fmt(sc.get('band_coverage_interpolant'))}"]
+    coverage = sc["band_coverage"]
+    if "band_coverage_corrected" in sc:
+        coverage = sc["band_coverage_corrected"]
+        lines.append(f"- Corrected by score matching, as the model's score is: relative error "
+                     f"{_fmt(sc['relative_error_corrected'])}, coverage of its band {_fmt(coverage)}")
+    if coverage is not None and coverage < sc["band"] - 0.1:
+        lines.append("- **Note**: the band is narrower than the error. "
+                     + ("The coarsened posterior did not widen it enough here; " if coarse else
+                        "It carries the posterior's uncertainty about the mixture's parameters, not the error "
+                        f"of approximating the density by a {components}-component mixture ([mixture] coarsening "
+                        "is off); ")
+                     + "see `kgmm-bayes calibrate`.")
+    return lines
+
+
 def _metric_words(post: dict) -> str:
     """METRIC_WORDS of the metric NUTS ran in; a warm-started posterior's adapted from the first posterior's spread."""
     if post.get("warm_start") and post["metric"] in ("diagonal", "dense"):
@@ -370,23 +393,8 @@ def write_report(path, spec, metrics: dict) -> None:
                      + f"); that widened the band at {100 * bias['widened_fraction']:.0f}% of the (cell, coordinate) "
                        "pairs, weighted by the cells' counts.")
     if "score" in metrics:
-        sc = metrics["score"]
-        lines += [
-            "",
-            "## Score against the analytic score (density-weighted, z-scored units)",
-            f"- Relative error: posterior mean {_fmt(sc['relative_error_posterior_mean'])}, "
-            f"predictive {_fmt(sc['relative_error_predictive'])}, interpolant {_fmt(sc['relative_error_interpolant'])}",
-            f"- Coverage of the {int(sc['band'] * 100)}% band: {_fmt(sc['band_coverage'])}; of the interpolant's "
-            f"band (its held-out error added): {_fmt(sc.get('band_coverage_interpolant'))}",
-        ]
-        if sc["band_coverage"] is not None and sc["band_coverage"] < sc["band"] - 0.1:
-            coarse = (post.get("coarsening") or {}).get("method") in ("auto", "fixed")
-            lines.append("- **Note**: the band is narrower than the error. "
-                         + ("The coarsened posterior did not widen it enough here; " if coarse else
-                            "It carries the posterior's uncertainty about the mixture's parameters, not the error "
-                            "of approximating the density by a "
-                            f"{metrics['partition']['components']}-component mixture ([mixture] coarsening is off); ")
-                         + "see `kgmm-bayes calibrate`.")
+        lines += _score_lines(metrics["score"], (post.get("coarsening") or {}).get("method") in ("auto", "fixed"),
+                              metrics["partition"]["components"])
     if "model_selection" in metrics:
         sel = metrics["model_selection"]
         lines += ["", "## Number of components (PSIS-LOO over cells)",
