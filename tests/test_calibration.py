@@ -116,6 +116,9 @@ def test_calibrate_end_to_end_and_resume(tmp_path, capsys):
             assert 0.0 <= float(r[col]) <= 1.0
         # the band widened to the local bias holds the draws' quantile band: it covers at least as often
         assert float(r["score_coverage"]) >= float(r["score_coverage_posterior_band"])
+        if int(r["correction_bumps"]) == 0:  # no correction applied: the band itself
+            assert r["score_coverage_corrected"] == r["score_coverage"]
+        assert 0.0 <= float(r["score_coverage_corrected"]) <= 1.0
         assert float(r["score_band_width"]) > 0 and float(r["pdf_band_width"]) > 0
         assert int(r["cells"]) == min(100, int(r["n"]) // 2)
     assert (out / "figures" / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -137,3 +140,31 @@ def test_the_shipped_specs_are_calibratable():
     models = Path(__file__).resolve().parent.parent / "models"
     specs = [load_spec(models / f"{name}.toml") for name in ("reduced_1d", "four_well_2d")]
     check_calibration_specs(specs, [1000, 10000, 100000], 3)
+
+
+def test_the_corrected_band_is_the_band_of_the_score_a_study_would_correct():
+    """A posterior sure of the wrong score (a N(0, 4) fit to N(0, 1) data, band +- 0.01) covers the truth almost
+    nowhere; corrected by score matching on the data, as a study corrects it, its band covers most of it."""
+    from kgmm_bayes.bayes.sampler import PosteriorSamples
+    from kgmm_bayes.bayes.score import ScoreSummary
+    from kgmm_bayes.study.calibrate import corrected_band
+
+    z = np.random.default_rng(5).standard_normal((8000, 1))
+    draws = (np.ones((4, 1)), np.zeros((4, 1, 1)), np.full((4, 1, 1, 1), 2.0))  # score -z / 4; the data's: -z
+    post = PosteriorSamples(*[d[None] for d in draws], sites={}, sample_stats={}, wall_time=0.0)
+    at = np.linspace(-2.5, 2.5, 201)[:, None]
+    std = 2.0  # the z-score's sd: the band in physical units
+    mean = -at / 4 / std
+    summary = ScoreSummary(mean=mean, std=np.full_like(mean, 0.005), lower=mean - 0.01, upper=mean + 0.01,
+                           predictive=mean, band=0.9)
+    truth = -at / std
+
+    def coverage(band):
+        return np.mean((truth >= band.lower) & (truth <= band.upper))
+
+    assert coverage(summary) < 0.05
+    band, bumps = corrected_band(spec_from_dict({"data": {"system": "reduced_1d"}}), post, draws, z, summary, at,
+                                 std, seed=0)
+    assert bumps > 0 and coverage(band) > 0.6
+    off = spec_from_dict({"data": {"system": "reduced_1d"}, "interpolant": {"correction": "off"}})
+    assert corrected_band(off, post, draws, z, summary, at, std, seed=0) == (summary, 0)

@@ -41,8 +41,9 @@ import jax
 import numpy as np
 
 from .._version import __version__
+from ..bayes.correction import corrected_summary, fit_correction
 from ..bayes.diagnostics import convergence_summary, independent_starts, to_inference_data
-from ..bayes.score import score_draws, summarize_scores, thin_draws
+from ..bayes.score import posterior_mean_score, score_draws, summarize_scores, thin_draws
 from ..data.systems import get_system, simulate
 from ..data.zscore import ZScore
 from ..errors import InputError
@@ -51,7 +52,7 @@ from ..partition import fit_partition
 from ..spec import Spec
 from .checks import check_seed
 from .outputs import OutputFolder, stage_key
-from .stages import STAGE_SCHEMA, sample_posterior, stacked_weights, with_local_bias
+from .stages import STAGE_SCHEMA, model_draws, sample_posterior, stacked_weights, with_local_bias
 
 __all__ = ["calibrate", "check_calibration_specs", "true_marginals", "mixture_marginals", "CalibrationResult",
            "seed_standard_error",
@@ -65,9 +66,10 @@ MARGINAL_GRID = 512  # grid points per coordinate for the true and the mixture m
 # 0.00 +- 0.05, z units) although that mean is 0.56 from it in Fisher divergence, so no band could cover
 # the analytic score; at dt / 10 the analytic score is ahead by 0.28 +- 0.03 (Fisher divergence 0.37).
 REFINE = 10
-FIT_SECTIONS = ("data", "partition", "mixture", "sampler", "score")  # what a fit and its coverages depend on
+# what a fit and its coverages depend on ([interpolant] correction: the corrected score's band)
+FIT_SECTIONS = ("data", "partition", "mixture", "sampler", "score", "interpolant")
 COLUMNS = ("system", "n", "seed", "cells", "components", "zeta", "alpha", "score_coverage",
-           "score_coverage_posterior_band", "pdf_coverage",
+           "score_coverage_posterior_band", "score_coverage_corrected", "correction_bumps", "pdf_coverage",
            "score_error_over_sd", "score_band_width", "median_score_band_width", "pdf_band_width", "max_r_hat",
            "min_ess_bulk", "divergences", "posterior_s")
 
@@ -175,6 +177,22 @@ def _training_set(key, system, spec: Spec, n: int) -> np.ndarray:
     return x[np.asarray(jax.random.permutation(pick_key, len(x))[:n])]
 
 
+def corrected_band(spec: Spec, post, draws, z, summary, at, divisor, seed: int):
+    """``(band, bumps)``: the score band a study would give at ``at`` (z-scored points) with its score-matching
+    correction (``[interpolant] correction``): ``summary`` (in units of the z-scored score over ``divisor``) moved by
+    the correction fitted, as a study fits it, to the posterior-mean score of the draws that drive the model, on the
+    training snapshots ``z``, and widened by its sampling error (:func:`~kgmm_bayes.bayes.correction.corrected_summary`);
+    ``(summary, 0)`` where none is applied.  A study's model check (pilot runs of the reduced-order model) may still
+    drop a correction; calibration judges the band of the score alone."""
+    if spec.interpolant.correction == "off":
+        return summary, 0
+    drive, _ = model_draws(post, draws, spec.score.max_draws)
+    fitted = fit_correction(z, lambda x: posterior_mean_score(*drive, x), seed=seed)
+    if fitted is None or not fitted.applied:
+        return summary, 0
+    return corrected_summary(summary, fitted, at, divisor=divisor), int(len(fitted.centres))
+
+
 def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf, progress) -> dict:
     """Fit the posterior on ``n`` snapshots of data set ``seed``; the coverages of its bands."""
     data_key, partition_key, mcmc_key = jax.random.split(jax.random.key(seed), 3)
@@ -200,6 +218,8 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     inside = (true_score >= summary.lower) & (true_score <= summary.upper)
     inside_quantiles = (true_score >= quantiles.lower) & (true_score <= quantiles.upper)  # without the local bias
     err_sd = np.abs(true_score - summary.mean) / np.maximum(summary.std, 1e-300)
+    corrected, bumps = corrected_band(spec, post, draws, z, summary, at, zscore.std, seed)
+    inside_corrected = (true_score >= corrected.lower) & (true_score <= corrected.upper)
 
     pdfs = mixture_marginals(*draws, zscore, grid)  # (S, d, G)
     tail = 0.5 * (1.0 - spec.score.band)
@@ -210,6 +230,7 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     row = {"system": system.name, "n": int(n), "seed": int(seed), "cells": int(len(part.points)), "components": int(k),
            "score_coverage": float(inside.mean()),
            "score_coverage_posterior_band": float(inside_quantiles.mean()),
+           "score_coverage_corrected": float(inside_corrected.mean()), "correction_bumps": bumps,
            "pdf_coverage": float(np.sum(mass * pdf_inside) / np.sum(mass)),
            "score_error_over_sd": float(np.median(err_sd)),
            "score_band_width": float(np.mean(summary.upper - summary.lower)),
@@ -221,7 +242,7 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
            "divergences": int(conv["divergences"]), "posterior_s": float(wall)}
     if progress:
         print(f"[kgmm-bayes] {system.name} N={n} seed={seed}: zeta {row['zeta']:.3g}, "
-              f"score coverage {row['score_coverage']:.3f}, "
+              f"score coverage {row['score_coverage']:.3f} (corrected {row['score_coverage_corrected']:.3f}), "
               f"PDF coverage {row['pdf_coverage']:.3f}, r_hat {row['max_r_hat']:.3f}, posterior {wall:.1f} s",
               file=sys.stderr, flush=True)
     return row
@@ -254,8 +275,8 @@ def _summary_rows(rows):
         for n in sorted({r["n"] for r in rows if r["system"] == name}):
             group = [r for r in rows if r["system"] == name and r["n"] == n]
             entry = {"system": name, "n": n, "seeds": len(group)}
-            for col in ("score_coverage", "score_coverage_posterior_band", "pdf_coverage", "score_error_over_sd",
-                        "max_r_hat", "zeta", "median_score_band_width", "components"):
+            for col in ("score_coverage", "score_coverage_posterior_band", "score_coverage_corrected", "pdf_coverage",
+                        "score_error_over_sd", "max_r_hat", "zeta", "median_score_band_width", "components"):
                 if any(r.get(col) is None for r in group):  # rows cached before the column existed
                     entry[col] = None
                     continue
@@ -263,6 +284,7 @@ def _summary_rows(rows):
                 entry[col] = {"mean": float(vals.mean()), "min": float(vals.min()), "max": float(vals.max()),
                               "se": seed_standard_error(vals)}
             entry["divergences"] = int(sum(r["divergences"] for r in group))
+            entry["corrected_seeds"] = int(sum((r.get("correction_bumps") or 0) > 0 for r in group))
             alpha = float(np.median([math.inf if r["alpha"] is None else r["alpha"] for r in group]))
             entry["alpha_median"] = alpha if math.isfinite(alpha) else None
             out.append(entry)
@@ -283,10 +305,13 @@ def _write_markdown(path, rows, band):
              "zeta N / (1 - zeta) the effective sample size the posterior levels off at (median over seeds). "
              "Band width: median over pairs of the score band's width (physical units), mean over seeds. "
              "Posterior band alone: the score coverage of the draws' quantile band, before it is widened to the "
-             "posterior mean's local bias (kgmm_bayes.bayes.score.band_with_bias).", "",
-             "| system | N | seeds | K | zeta | alpha | score coverage | posterior band alone | PDF coverage "
-             "| band width | abs(error)/sd | max r_hat | divergences |",
-             "|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|"]
+             "posterior mean's local bias (kgmm_bayes.bayes.score.band_with_bias). Corrected: the score coverage "
+             "of the band a study gives where it corrects the posterior-mean score by score matching ([interpolant] "
+             "correction; the band moved by the correction and widened by its sampling error), the band itself where "
+             "no correction is applied; in brackets after it, the seeds whose fit applied one.", "",
+             "| system | N | seeds | K | zeta | alpha | score coverage | posterior band alone | corrected | PDF "
+             "coverage | band width | abs(error)/sd | max r_hat | divergences |",
+             "|---|---:|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|"]
     for e in _summary_rows(rows):
         def cell(col):
             v = e[col]
@@ -297,7 +322,9 @@ def _write_markdown(path, rows, band):
         alpha = e["alpha_median"]
         lines.append(f"| {e['system']} | {e['n']} | {e['seeds']} | {e['components']['mean']:.0f} "
                      f"| {e['zeta']['mean']:.3g} | {'inf' if alpha is None else f'{alpha:.3g}'} "
-                     f"| {cell('score_coverage')} | {cell('score_coverage_posterior_band')} | {cell('pdf_coverage')} "
+                     f"| {cell('score_coverage')} | {cell('score_coverage_posterior_band')} "
+                     f"| {cell('score_coverage_corrected')} ({e['corrected_seeds']} of {e['seeds']}) "
+                     f"| {cell('pdf_coverage')} "
                      f"| {e['median_score_band_width']['mean']:.3g} "
                      f"| {e['score_error_over_sd']['mean']:.2f} | {e['max_r_hat']['max']:.3f} | {e['divergences']} |")
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
