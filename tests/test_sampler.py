@@ -224,6 +224,10 @@ def test_map_search_finds_the_higher_mode_and_chains_start_there():
     # and the weights match the cluster sizes (MAP of a well-separated mixture)
     w = np.sort(np.asarray(constrain_fn(mixture_model, args, {}, best)["weights"]))
     np.testing.assert_allclose(w, [0.25, 0.75], atol=0.02)
+    # each start's search is its own: split over the devices (the default) or on one, the same Adam steps
+    split = find_map(jax.random.key(3), args, init, starts=6, steps=800, polish=0)[1]
+    whole = find_map(jax.random.key(3), args, init, starts=6, steps=800, polish=0, split=False)[1]
+    np.testing.assert_allclose(split, whole, rtol=1e-10)
 
 
 def test_sharded_likelihood_equals_unsharded_and_splits_rows():
