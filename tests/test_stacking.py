@@ -348,3 +348,25 @@ def test_stacked_mean_error_predicts_how_far_two_independent_runs_differ(weights
         width = np.diff(np.quantile(pooled, [0.05, 0.95], axis=0), axis=0)[0]
         actual.append(np.max(np.abs(w @ a.mean(axis=1) - w @ b.mean(axis=1)) / width))
     assert 0.83 < np.mean(predicted) / np.mean(actual) < 1.05
+
+
+@pytest.mark.parametrize("draws", [250, 20, 4])
+def test_psis_of_many_rows_at_once_is_arviz_row_by_row(draws):
+    """The vectorised PSIS equals arviz.psislw on each row (normal and heavy-tailed ratios, one row with the
+    cutoff tied, which is handed to arviz; 20 or 4 draws: a tail of at most 4, unsmoothed, k infinite)."""
+    from kgmm_bayes.bayes.stacking import psis_log_weights
+
+    rng = np.random.default_rng(11)
+    ratios = np.concatenate([rng.standard_normal((60, draws)), 3 * rng.standard_t(2, (60, draws)),
+                             np.zeros((1, draws))])
+    weights, k = psis_log_weights(ratios)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = [az.psislw(row) for row in ratios]
+    np.testing.assert_allclose(weights, np.array([np.asarray(w) for w, _ in expected]), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(k, np.array([float(kk) for _, kk in expected]), rtol=1e-10)
+    if draws <= 20:
+        assert np.isinf(k).all()
+    else:  # smoothed everywhere but the tied row
+        assert np.isinf(k[-1]) and np.isfinite(k[:-1]).all()
+    np.testing.assert_allclose(np.exp(weights).sum(axis=1), 1.0, rtol=1e-12)

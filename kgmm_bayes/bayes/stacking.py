@@ -82,6 +82,84 @@ class ChainModes(NamedTuple):
                 "max_pareto_k": json_floats(self.max_pareto_k)}
 
 
+GPD_PRIOR_B = 3.0  # Zhang & Stephens' (2009) prior on the grid of b = -k / sigma, as arviz uses it
+GPD_PRIOR_K = 10.0  # and its weakly informative prior pulling k towards 0.5 (Vehtari et al.)
+PSIS_ROWS = 256  # rows per block of psis_log_weights (the GPD fit's grid x tail x rows arrays)
+
+
+def _gpd_fit(tails):
+    """Zhang & Stephens' (2009) estimate of the generalised Pareto distribution of each row of ``tails``
+    ``(rows, n)`` (exceedances over the cutoff, ascending): ``(k, sigma)``, ``(rows,)`` each, with k shrunk
+    towards 0.5 by :data:`GPD_PRIOR_K` pseudo-observations, as PSIS (Vehtari et al.) estimates it."""
+    rows, n = tails.shape
+    grid = 30 + int(n ** 0.5)
+    b = 1.0 - np.sqrt(grid / (np.arange(1, grid + 1, dtype=np.float64) - 0.5))
+    b = b[None, :] / (GPD_PRIOR_B * tails[:, int(n / 4 + 0.5) - 1])[:, None] + (1.0 / tails[:, -1])[:, None]
+    k = np.log1p(-b[:, :, None] * tails[:, None, :]).mean(axis=2)  # (rows, grid)
+    profile = n * (np.log(-(b / k)) - k - 1.0)  # the profile log-likelihood at each b
+    weights = 1.0 / np.exp(profile[:, None, :] - profile[:, :, None]).sum(axis=2)
+    weights = np.where(weights >= 10 * np.finfo(np.float64).eps, weights, 0.0)  # negligible ones dropped
+    weights /= weights.sum(axis=1, keepdims=True)
+    b_post = np.sum(b * weights, axis=1)
+    k_post = np.log1p(-b_post[:, None] * tails).mean(axis=1)
+    sigma = -k_post / b_post
+    return (n * k_post + 0.5 * GPD_PRIOR_K) / (n + GPD_PRIOR_K), sigma
+
+
+def _gpd_quantiles(probs, k, sigma):
+    """Quantiles ``probs`` ``(n,)`` of generalised Pareto distributions ``(k, sigma)`` ``(rows,)``: ``(rows, n)``
+    (NaN where sigma <= 0)."""
+    k, sigma = k[:, None], sigma[:, None]
+    small = np.abs(k) < np.finfo(np.float64).eps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(small, -np.log1p(-probs)[None, :], np.expm1(-k * np.log1p(-probs)[None, :]) / k) * sigma
+    return np.where(sigma > 0, q, np.nan)
+
+
+def psis_log_weights(log_ratios):
+    """Pareto-smoothed importance sampling (Vehtari, Simpson, Gelman, Yao & Gabry, JMLR 25, 2024) of every row
+    of ``log_ratios`` ``(rows, draws)`` at once: ``(log_weights, k)``, the normalised smoothed log weights and
+    each row's Pareto k, as ``arviz.psislw`` gives them row by row (equal to 1e-10, except that draws whose
+    ratios tie within the tail may get each other's weights; arviz loops over the rows in Python: 0.22 s for
+    2,000 rows of 250 draws against 0.07 s).  The ``ceil(min(0.2 S, 3 sqrt(S)))`` largest ratios of S draws
+    are the tail; rows where the values above the cutoff are not exactly those (ties at the cutoff, ratios
+    below the smallest normal float) are handed to arviz."""
+    raw = np.asarray(log_ratios, np.float64)
+    if raw.ndim != 2:
+        raise ValueError(f"log_ratios must be (rows, draws), got shape {raw.shape}")
+    rows, n = raw.shape
+    x = raw - raw.max(axis=1, keepdims=True)
+    tail = int(np.ceil(min(0.2 * n, 3 * np.sqrt(n))))
+    k = np.full(rows, np.inf)
+    regular = np.zeros(rows, bool)
+    if tail < n:
+        order = np.argsort(x, axis=1)
+        ordered = np.take_along_axis(x, order, axis=1)
+        cutoff = np.maximum(ordered[:, -tail - 1], np.log(np.finfo(np.float64).tiny))
+        regular = np.sum(x > cutoff[:, None], axis=1) == tail
+    if tail > 4:  # else k stays inf and the ratios unsmoothed, as arviz leaves them
+        regular_rows = np.flatnonzero(regular)
+        for block in np.array_split(regular_rows, max(1, -(-len(regular_rows) // PSIS_ROWS))):
+            if not len(block):
+                continue
+            shift = np.exp(cutoff[block])
+            k_b, sigma = _gpd_fit(np.exp(ordered[block, -tail:]) - shift[:, None])
+            k[block] = k_b
+            fit = np.isfinite(k_b)  # smoothed where k is finite
+            at = block[fit]
+            smooth = np.log(_gpd_quantiles(np.arange(0.5, tail) / tail, k_b[fit], sigma[fit]) + shift[fit, None])
+            rows_at = x[at]
+            np.put_along_axis(rows_at, order[at, -tail:], smooth, axis=1)
+            x[at] = np.minimum(rows_at, 0.0)
+    for r in np.flatnonzero(~regular):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            weights, k_r = az.psislw(raw[r])
+        x[r], k[r] = np.asarray(weights), float(k_r)
+    top = x.max(axis=1, keepdims=True)
+    return x - (np.log(np.exp(x - top).sum(axis=1, keepdims=True)) + top), k
+
+
 def chain_loo_densities(cell_log_lik, counts, power: float = 1.0):
     """Each chain's PSIS-LOO log predictive density of one snapshot of each cell.
 
@@ -99,14 +177,12 @@ def chain_loo_densities(cell_log_lik, counts, power: float = 1.0):
         raise ValueError(f"cell_log_lik must be (chains, draws, {counts.shape[0]}), got {cell_log_lik.shape}")
     point = cell_log_lik / counts  # log p(x_m | theta): one snapshot of the cell
     lpd, khat = [], []
-    for chain in point:  # (draws, M)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            log_w, k = az.psislw(-power * chain.T)  # (M, draws), normalised
-        terms = np.asarray(log_w) + chain.T
+    for chain in point:  # (draws, M): a chain's cells at once
+        log_w, k = psis_log_weights(-power * chain.T)  # (M, draws), normalised
+        terms = log_w + chain.T
         top = terms.max(axis=1, keepdims=True)
         lpd.append(top[:, 0] + np.log(np.exp(terms - top).sum(axis=1)))
-        khat.append(np.asarray(k))
+        khat.append(k)
     return np.asarray(lpd), np.asarray(khat)
 
 
