@@ -9,13 +9,18 @@ For one study (a spec file or a shipped study's name; its data, partition and pr
    come out identical.
 2. The L-BFGS polish of ``--starts`` MAP searches (Adam's ``--adam`` steps first, as ``find_map``): all
    starts in one program on one device (the old way), against split over the devices
-   (``sampler._over_devices``).  Compilation is included in both, as a study pays it.
+   (``sampler._over_devices``).  Compilation is included in both, as a study pays it.  Likewise the Adam
+   steps themselves (``find_map(..., polish=0)``, ``split`` false against true).
 3. The posterior-mean score of ``--draws`` draws at ``--points`` snapshots (the bumps' gap and the
    interpolant's training targets): each draw's score by whitened residuals (``mixture_score``, the old
    way), against the dense coefficient form summed over draws (``posterior_mean_score``).  The draws are
    Laplace draws at the best optimum of row 2; both ways compiled before they are timed.
 4. ``--cell-draws`` draws' scores and log densities at the cells (the coarsening's choice and the score
    stage, ``score_draws``): whitened residuals against the dense form, in the same chunks of points.
+5. The chains' PSIS-LOO densities of the cells (``stacking.chain_loo_densities``, the chains' modes and
+   stacking weights) of those draws, taken as ``--psis-chains`` chains: ``arviz.psislw`` on each chain
+   (looping over the cells in Python, the old way) against every cell of a chain at once
+   (``stacking.psis_log_weights``).
 
 Each row: seconds the old way, the new way, their ratio, and the check; a failed check exits with status 1.
 
@@ -39,6 +44,7 @@ from kgmm_bayes.bayes import coarsening, sampler
 from kgmm_bayes.bayes.mixture import expected_quadratic_features, mixture_model
 from kgmm_bayes.bayes.sampler import build_prior, initial_values
 from kgmm_bayes.bayes.score import _in_chunks, mixture_score, posterior_mean_score, score_draws
+from kgmm_bayes.bayes.stacking import chain_loo_densities
 
 from bench_reproducibility import spec_with, study_partition
 
@@ -69,6 +75,25 @@ def residual_mean_score(weights, means, cov_chol, x, chunk: int = 2048):
                            for i in range(0, len(x), chunk)])
 
 
+def arviz_loo_densities(cell_log_lik, counts):
+    """``stacking.chain_loo_densities`` as it was (power 1): ``arviz.psislw`` on each chain's cells."""
+    import warnings
+
+    import arviz as az
+
+    point = np.asarray(cell_log_lik, np.float64) / np.asarray(counts, np.float64)
+    lpd, khat = [], []
+    for chain in point:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            log_w, k = az.psislw(-chain.T)
+        terms = np.asarray(log_w) + chain.T
+        top = terms.max(axis=1, keepdims=True)
+        lpd.append(top[:, 0] + np.log(np.exp(terms - top).sum(axis=1)))
+        khat.append(np.asarray(k))
+    return np.asarray(lpd), np.asarray(khat)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", nargs="?", default="lorenz63", help="spec file or shipped study name")
@@ -80,6 +105,7 @@ def main(argv=None):
     parser.add_argument("--cell-draws", type=int, default=1000, help="draws scored at the cells ([score] max_draws)")
     parser.add_argument("--starts", type=int, default=None, help="MAP searches (default: the spec's map_starts)")
     parser.add_argument("--adam", type=int, default=None, help="Adam steps before the polish (default: the spec's)")
+    parser.add_argument("--psis-chains", type=int, default=4, help="chains the cell draws are split into (row 5)")
     args = parser.parse_args(argv)
     spec = spec_with(args.spec, {"data": {"members": args.members}, "partition": {"cells": args.cells},
                                  "mixture": {"components": args.components}})
@@ -115,8 +141,13 @@ def main(argv=None):
     init = unconstrain_fn(model, model_args, {}, initial_values(part))
     starts = args.starts or max(spec.sampler.map_starts, 2)
     adam = args.adam if args.adam is not None else spec.sampler.map_steps
-    _, _, searched = sampler.find_map(jax.random.key(0), model_args, init, starts, adam, model=model,
-                                      return_all=True, polish=0)
+    whole_s, (_, e_whole, _) = _timed(lambda: sampler.find_map(jax.random.key(0), model_args, init, starts, adam,
+                                                                model=model, return_all=True, polish=0, split=False))
+    split_s, (_, e_split, searched) = _timed(lambda: sampler.find_map(jax.random.key(0), model_args, init, starts,
+                                                                       adam, model=model, return_all=True, polish=0))
+    gap = float(np.max(np.abs(e_whole - e_split) / np.abs(e_whole)))
+    rows.append((f"Adam steps of {starts} MAP searches, {adam} each ({jax.local_device_count()} devices, compilation "
+                 "included)", whole_s, split_s, _check(gap <= 1e-9, f"largest relative potential difference {gap:.1e}")))
 
     def potential(params):
         return potential_energy(model, model_args, {}, params)
@@ -154,6 +185,16 @@ def main(argv=None):
     rows.append((f"draws' scores and log densities, {args.cell_draws} draws at the {len(part.points):,} cells",
                     old_s, new_s, _check(rel < 1e-9 and np.allclose(old[1], new[1], rtol=1e-12, atol=1e-9),
                                          f"largest score difference over max(1, abs(score)) {rel:.1e}")))
+
+    # 5. PSIS-LOO of the cells per chain: those draws as chains, each cell's log-likelihood term c_m log p(x_m | theta)
+    chains = args.psis_chains
+    cell_ll = (np.asarray(part.counts, np.float64) * new[1][: len(new[1]) // chains * chains]).reshape(
+        chains, -1, len(part.points))
+    old_s, old = _timed(lambda: arviz_loo_densities(cell_ll, part.counts))
+    new_s, new = _timed(lambda: chain_loo_densities(cell_ll, part.counts))
+    diff = float(max(np.max(np.abs(old[0] - new[0])), np.max(np.abs(old[1] - new[1]))))
+    rows.append((f"PSIS-LOO densities of {chains} chains x {cell_ll.shape[1]} draws at the {len(part.points):,} cells",
+                 old_s, new_s, _check(diff < 1e-9, f"largest difference (log density, k) {diff:.1e}")))
 
     print(f"study {spec.study.name}: K = {k}, {len(z):,} snapshots, {len(part.points)} cells, "
           f"P = {ravel_pytree(init)[0].size}")
