@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._picks import evenly_spaced
-from .bayes.correction import corrected_drift, corrected_members, corrected_summary, theta_draws
+from .bayes.correction import corrected_drift, corrected_members, model_score_band, theta_draws
 from .bayes.score import (
     ScoreSummary,
     band_around,
@@ -107,9 +107,9 @@ class BayesianKGMM(NamedTuple):
 
         Where the study applied a score-matching correction to the posterior-mean score (``correction``, which
         the model's drift carries), the band is that of the corrected score: moved by the correction at ``x``
-        (``mean`` and ``predictive``), each half-width widened in quadrature by the correction's own sampling
-        error (:func:`~kgmm_bayes.bayes.correction.corrected_summary`), after the local bias and before the
-        interpolant's error.
+        (``mean`` and ``predictive``), each half-width of the draws' band widened in quadrature by the correction's
+        own sampling error, in the local bias's place (:func:`~kgmm_bayes.bayes.correction.model_score_band`), and
+        before the interpolant's error.
 
         Evaluated ``chunk`` points at a time (default :func:`score_chunk`), each chunk
         summarised on its own (every summary is per point), so memory stays bounded
@@ -128,10 +128,11 @@ class BayesianKGMM(NamedTuple):
                                  "no interpolant band")
         std = self.zscore.std
         parts = [summarize_scores(s, lp, band) for s, lp in self._blocks(x, chunk)]
-        summary = _joined(parts, (x.shape[1],), band, divisor=std)
+        quantiles = _joined(parts, (x.shape[1],), band, divisor=std)
+        widened = quantiles
         if self.score_bias is not None:  # at least the local bias wide, as the study's band (band_with_bias)
-            summary = band_with_bias(summary, self.score_bias.squared(self.zscore.forward(x)) / np.square(std))
-        summary = corrected_summary(summary, self.correction, self.zscore.forward(x), std)
+            widened = band_with_bias(quantiles, self.score_bias.squared(self.zscore.forward(x)) / np.square(std))
+        summary = model_score_band(quantiles, widened, self.correction, self.zscore.forward(x), std)
         if error is None:
             return summary
         return band_around(summary, self.interpolant_score(x), np.asarray(error, np.float64) / std)

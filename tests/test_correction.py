@@ -243,6 +243,16 @@ def test_the_corrections_sd_and_the_corrected_band_match_its_draws():
     assert np.all(np.abs(inside - band) < 4.5 * np.sqrt(band * (1 - band) / 2000)), inside
     assert corrected_summary(summary, c._replace(applied=False), x) is summary
     assert corrected_summary(summary, None, x) is summary
+    # the model's band: from the draws' band where the correction applies (it takes the local bias's place), else
+    # the band widened to the local bias
+    from kgmm_bayes.bayes.correction import model_score_band
+
+    widened = summary._replace(lower=summary.lower - 1.0, upper=summary.upper + 1.0)
+    used = model_score_band(summary, widened, c, x)
+    for field in ("mean", "lower", "upper", "predictive"):
+        np.testing.assert_array_equal(getattr(used, field), getattr(moved, field))
+    assert model_score_band(summary, widened, c._replace(applied=False), x) is widened
+    assert model_score_band(summary, widened, None, x) is widened
 
 
 def test_corrected_members_and_their_mobilities_follow_the_data():

@@ -43,7 +43,8 @@ from .score import ScoreSummary, band_around
 from .score_matching import STEIN_CHUNK, _block_moments, _bump_basis, _bumps
 
 __all__ = ["ScoreCorrection", "fit_correction", "CORRECTION_LADDER", "correction_arrays", "correction_from_arrays",
-           "corrected_drift", "theta_draws", "corrected_members", "corrected_summary"]
+           "corrected_drift", "theta_draws", "corrected_members", "corrected_summary",
+           "model_score_band"]
 
 CORRECTION_LADDER = (50, 100, 250, 500, 1000, 2000)  # bump counts tried (each at most a block's snapshots)
 RIDGES = (1e-6, 1e-4, 1e-2)  # added to the Gram matrix, relative to its mean diagonal
@@ -251,3 +252,17 @@ def corrected_summary(summary: ScoreSummary, correction: Optional[ScoreCorrectio
     shift = correction(x) / divisor
     moved = band_around(summary, np.asarray(summary.mean) + shift, correction.sd_at(x) / divisor)
     return moved._replace(predictive=np.asarray(summary.predictive) + shift)
+
+
+def model_score_band(quantiles: ScoreSummary, widened: ScoreSummary, correction: Optional[ScoreCorrection], x,
+                     divisor=1.0) -> ScoreSummary:
+    """The band of the score the model uses, at points ``x`` ``(n, d)`` (z-scored; the summaries in units of the
+    z-scored score over ``divisor``): where a correction is applied, the draws' quantile band ``quantiles`` moved by
+    it and widened by its sampling error (:func:`corrected_summary`); elsewhere ``widened``, the quantile band made
+    at least the posterior mean's local bias wide (:func:`~kgmm_bayes.bayes.score.band_with_bias`).  The correction
+    takes the local bias's place: both are the bumps' estimate of the posterior mean's error, and the widening
+    kept on top of it made the band cover the analytic score far more often than it says (``kgmm-bayes calibrate``,
+    four-well, N = 1e5, seeds 0-2: 0.978-0.980 for a 90% band; from the quantile band 0.957-0.958, narrower)."""
+    if correction is None or not correction.applied:
+        return widened
+    return corrected_summary(quantiles, correction, x, divisor)

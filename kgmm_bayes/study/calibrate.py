@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 from .._version import __version__
-from ..bayes.correction import corrected_summary, fit_correction
+from ..bayes.correction import fit_correction, model_score_band
 from ..bayes.diagnostics import convergence_summary, independent_starts, to_inference_data
 from ..bayes.score import posterior_mean_score, score_draws, summarize_scores, thin_draws
 from ..data.systems import get_system, simulate
@@ -177,20 +177,20 @@ def _training_set(key, system, spec: Spec, n: int) -> np.ndarray:
     return x[np.asarray(jax.random.permutation(pick_key, len(x))[:n])]
 
 
-def corrected_band(spec: Spec, post, draws, z, summary, at, divisor, seed: int):
+def corrected_band(spec: Spec, post, draws, z, quantiles, widened, at, divisor, seed: int):
     """``(band, bumps)``: the score band a study would give at ``at`` (z-scored points) with its score-matching
-    correction (``[interpolant] correction``): ``summary`` (in units of the z-scored score over ``divisor``) moved by
-    the correction fitted, as a study fits it, to the posterior-mean score of the draws that drive the model, on the
-    training snapshots ``z``, and widened by its sampling error (:func:`~kgmm_bayes.bayes.correction.corrected_summary`);
-    ``(summary, 0)`` where none is applied.  A study's model check (pilot runs of the reduced-order model) may still
-    drop a correction; calibration judges the band of the score alone."""
+    correction (``[interpolant] correction``), fitted as a study fits it to the posterior-mean score of the draws
+    that drive the model, on the training snapshots ``z``: the draws' band ``quantiles`` (in units of the z-scored
+    score over ``divisor``) moved by it and widened by its sampling error, ``widened`` (the band at least the local
+    bias wide) where none is applied, with ``bumps`` 0 (:func:`~kgmm_bayes.bayes.correction.model_score_band`).  A
+    study's model check (pilot runs of the reduced-order model) may still drop a correction; calibration judges the
+    band of the score alone."""
     if spec.interpolant.correction == "off":
-        return summary, 0
+        return widened, 0
     drive, _ = model_draws(post, draws, spec.score.max_draws)
     fitted = fit_correction(z, lambda x: posterior_mean_score(*drive, x), seed=seed)
-    if fitted is None or not fitted.applied:
-        return summary, 0
-    return corrected_summary(summary, fitted, at, divisor=divisor), int(len(fitted.centres))
+    bumps = int(len(fitted.centres)) if fitted is not None and fitted.applied else 0
+    return model_score_band(quantiles, widened, fitted, at, divisor=divisor), bumps
 
 
 def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf, progress) -> dict:
@@ -218,7 +218,7 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
     inside = (true_score >= summary.lower) & (true_score <= summary.upper)
     inside_quantiles = (true_score >= quantiles.lower) & (true_score <= quantiles.upper)  # without the local bias
     err_sd = np.abs(true_score - summary.mean) / np.maximum(summary.std, 1e-300)
-    corrected, bumps = corrected_band(spec, post, draws, z, summary, at, zscore.std, seed)
+    corrected, bumps = corrected_band(spec, post, draws, z, quantiles, summary, at, zscore.std, seed)
     inside_corrected = (true_score >= corrected.lower) & (true_score <= corrected.upper)
 
     pdfs = mixture_marginals(*draws, zscore, grid)  # (S, d, G)

@@ -9,7 +9,7 @@ from matplotlib.figure import (
 )
 
 from .._picks import evenly_spaced
-from ..bayes.correction import corrected_summary
+from ..bayes.correction import model_score_band
 from ..bayes.score import band_with_bias, score_draws, summarize_scores
 from ..data.labelled import variable_names
 from ..metrics import gaussian_kde_1d
@@ -98,7 +98,8 @@ def score_field(draws, zscore, data, band=0.9, grid_points=48, max_draws=200, qu
     ``score_bias``: the posterior's :class:`~kgmm_bayes.bayes.score_matching.BiasField`, if it has one (the band
     is then at least the local bias wide, as the study's score band); ``correction``: the posterior-mean score's
     applied :class:`~kgmm_bayes.bayes.correction.ScoreCorrection`, if any (the field and band of the corrected
-    score, :func:`~kgmm_bayes.bayes.correction.corrected_summary`).
+    score, :func:`~kgmm_bayes.bayes.correction.model_score_band`: the draws' band moved by it and widened by its
+    sampling error, in the local bias's place).
 
     ``draws`` = ``(weights (S, K), means (S, K, 2), cov_chol (S, K, 2, 2))`` in z-scored
     coordinates, thinned evenly to at most ``max_draws``.  The grid spans the
@@ -121,10 +122,10 @@ def score_field(draws, zscore, data, band=0.9, grid_points=48, max_draws=200, qu
     y = np.linspace(lo[1], hi[1], grid_points)
     points = np.stack([g.ravel() for g in np.meshgrid(x, y)], axis=-1)  # (ny * nx, 2), x fastest
     scores, logps = score_draws(weights, means, cov_chol, zscore.forward(points))
-    summary = summarize_scores(scores, logps, band)
+    quantiles = widened = summarize_scores(scores, logps, band)
     if score_bias is not None:  # the posterior mean's local bias (kgmm_bayes.bayes.score.band_with_bias)
-        summary = band_with_bias(summary, score_bias.squared(zscore.forward(points)))
-    summary = corrected_summary(summary, correction, zscore.forward(points))
+        widened = band_with_bias(quantiles, score_bias.squared(zscore.forward(points)))
+    summary = model_score_band(quantiles, widened, correction, zscore.forward(points))
     std = np.asarray(zscore.std)
     shape = (len(y), len(x), 2)
     mean, lower, upper = (np.reshape(a / std, shape) for a in (summary.mean, summary.lower, summary.upper))

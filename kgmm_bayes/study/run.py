@@ -21,7 +21,7 @@ import numpy as np
 from .._picks import evenly_spaced
 from .._version import __version__
 from ..compilation_cache import JaxWork
-from ..bayes.correction import corrected_summary, correction_arrays, theta_draws
+from ..bayes.correction import correction_arrays, model_score_band, theta_draws
 from ..bayes.diagnostics import netcdf_bytes, plot_diagnostics, probe_summary
 from ..bayes.score import ScoreSummary, band_around, posterior_mean_score
 from ..bayes.score_matching import field_stats
@@ -342,7 +342,7 @@ class _Evaluation(NamedTuple):
     relative_entropy: np.ndarray  # (d,) per marginal, NaN without samples
     interpolant_at_points: np.ndarray  # (cells, d), z-scored
     true_at_points: Optional[np.ndarray]  # (cells, d), z-scored; None without an analytic score
-    model_band: ScoreSummary  # the score band at the cells of the score the model uses (z-scored; corrected_summary)
+    model_band: ScoreSummary  # the score band at the cells of the score the model uses (z-scored; model_score_band)
 
 
 def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
@@ -362,8 +362,9 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     # the draws the model came from and the posterior-mean score the interpolant learnt
     drive_draws, learnt_mean, drift_metrics = (fit.draws, summary.mean, {}) if drive is None else drive
     interp_error, interp_relative = interpolant_heldout_error(interp, drive_draws, z, correction)
-    # the band of the score the model uses: the posterior's, moved by an applied correction and widened by its error
-    model_band = corrected_summary(summary, correction, part.points)
+    # the band of the score the model uses: the posterior's, or its draws' moved by an applied correction and widened
+    # by its error
+    model_band = model_score_band(fit.quantiles, summary, correction, part.points)
     interp_band = band_around(model_band, interp_at_points, interp_error)
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,

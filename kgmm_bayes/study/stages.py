@@ -434,6 +434,7 @@ class ScoreStage(NamedTuple):
     draws: tuple  # (weights, means, cov_chol), at most [score] max_draws
     summary: ScoreSummary  # score band at the partition's points
     score_bias: object = None  # the posterior mean's local error field (BiasField) widening the band, or None
+    quantiles: object = None  # the draws' quantile band at the partition's points, before that widening (ScoreSummary)
 
 
 def likelihood_coreset(stats: dict, cells: int) -> dict:
@@ -493,7 +494,7 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
     quantiles = summarize_scores(scores, logps, spec.score.band)
     field = field_from_stats(post.sample_stats)
     if field is None:
-        return ScoreStage(idata, convergence, draws, quantiles)
+        return ScoreStage(idata, convergence, draws, quantiles, quantiles=quantiles)
     cross = field.estimate(part.points)
     summary = band_with_bias(quantiles, np.maximum(cross, 0.0))  # as field.squared
     # how much of the band the local bias decides (metrics.json, report.md): the local estimate's count-weighted
@@ -504,7 +505,7 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
                                  "widened_fraction": float(np.sum(w[:, None] * widened) / widened.shape[1]),
                                  "mean_squared_bias": float(np.sum(w * cross.sum(axis=1))),
                                  "mean_squared_bias_clipped": float(np.sum(w * np.maximum(cross, 0.0).sum(axis=1)))}
-    return ScoreStage(idata, convergence, draws, summary, field)
+    return ScoreStage(idata, convergence, draws, summary, field, quantiles)
 
 
 def with_local_bias(post, summary: ScoreSummary, points, divisor=1.0) -> ScoreSummary:
