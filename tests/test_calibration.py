@@ -116,8 +116,9 @@ def test_calibrate_end_to_end_and_resume(tmp_path, capsys):
             assert 0.0 <= float(r[col]) <= 1.0
         # the band widened to the local bias holds the draws' quantile band: it covers at least as often
         assert float(r["score_coverage"]) >= float(r["score_coverage_posterior_band"])
-        if int(r["correction_bumps"]) == 0:  # no correction applied: the band itself
+        if int(r["correction_bumps"]) == 0:  # no correction applied: the widened band itself
             assert r["score_coverage_corrected"] == r["score_coverage"]
+            assert r["median_corrected_band_width"] == r["median_score_band_width"]
         assert 0.0 <= float(r["score_coverage_corrected"]) <= 1.0
         assert float(r["score_band_width"]) > 0 and float(r["pdf_band_width"]) > 0
         assert int(r["cells"]) == min(100, int(r["n"]) // 2)

@@ -70,7 +70,8 @@ REFINE = 10
 FIT_SECTIONS = ("data", "partition", "mixture", "sampler", "score", "interpolant")
 COLUMNS = ("system", "n", "seed", "cells", "components", "zeta", "alpha", "score_coverage",
            "score_coverage_posterior_band", "score_coverage_corrected", "correction_bumps", "pdf_coverage",
-           "score_error_over_sd", "score_band_width", "median_score_band_width", "pdf_band_width", "max_r_hat",
+           "score_error_over_sd", "score_band_width", "median_score_band_width", "median_corrected_band_width",
+           "pdf_band_width", "max_r_hat",
            "min_ess_bulk", "divergences", "posterior_s")
 
 
@@ -231,6 +232,7 @@ def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf,
            "score_coverage": float(inside.mean()),
            "score_coverage_posterior_band": float(inside_quantiles.mean()),
            "score_coverage_corrected": float(inside_corrected.mean()), "correction_bumps": bumps,
+           "median_corrected_band_width": float(np.median(corrected.upper - corrected.lower)),
            "pdf_coverage": float(np.sum(mass * pdf_inside) / np.sum(mass)),
            "score_error_over_sd": float(np.median(err_sd)),
            "score_band_width": float(np.mean(summary.upper - summary.lower)),
@@ -276,7 +278,8 @@ def _summary_rows(rows):
             group = [r for r in rows if r["system"] == name and r["n"] == n]
             entry = {"system": name, "n": n, "seeds": len(group)}
             for col in ("score_coverage", "score_coverage_posterior_band", "score_coverage_corrected", "pdf_coverage",
-                        "score_error_over_sd", "max_r_hat", "zeta", "median_score_band_width", "components"):
+                        "score_error_over_sd", "max_r_hat", "zeta", "median_score_band_width",
+                        "median_corrected_band_width", "components"):
                 if any(r.get(col) is None for r in group):  # rows cached before the column existed
                     entry[col] = None
                     continue
@@ -307,8 +310,9 @@ def _write_markdown(path, rows, band):
              "Posterior band alone: the score coverage of the draws' quantile band, before it is widened to the "
              "posterior mean's local bias (kgmm_bayes.bayes.score.band_with_bias). Corrected: the score coverage "
              "of the band a study gives where it corrects the posterior-mean score by score matching ([interpolant] "
-             "correction; the band moved by the correction and widened by its sampling error), the band itself where "
-             "no correction is applied; in brackets after it, the seeds whose fit applied one.", "",
+             "correction; the draws' band moved by the correction and widened by its sampling error, in the local "
+             "bias widening's place), the widened band where no correction is applied; in brackets after it, the "
+             "seeds whose fit applied one and the median width of the band (as band width).", "",
              "| system | N | seeds | K | zeta | alpha | score coverage | posterior band alone | corrected | PDF "
              "coverage | band width | abs(error)/sd | max r_hat | divergences |",
              "|---|---:|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|"]
@@ -320,10 +324,11 @@ def _write_markdown(path, rows, band):
             se = "" if v["se"] is None else f" +- {v['se']:.3f}"
             return f"{v['mean']:.3f}{se} [{v['min']:.3f}, {v['max']:.3f}]"
         alpha = e["alpha_median"]
+        width = "-" if e["median_corrected_band_width"] is None else f"{e['median_corrected_band_width']['mean']:.3g}"
         lines.append(f"| {e['system']} | {e['n']} | {e['seeds']} | {e['components']['mean']:.0f} "
                      f"| {e['zeta']['mean']:.3g} | {'inf' if alpha is None else f'{alpha:.3g}'} "
                      f"| {cell('score_coverage')} | {cell('score_coverage_posterior_band')} "
-                     f"| {cell('score_coverage_corrected')} ({e['corrected_seeds']} of {e['seeds']}) "
+                     f"| {cell('score_coverage_corrected')} ({e['corrected_seeds']} of {e['seeds']}; {width}) "
                      f"| {cell('pdf_coverage')} "
                      f"| {e['median_score_band_width']['mean']:.3g} "
                      f"| {e['score_error_over_sd']['mean']:.2f} | {e['max_r_hat']['max']:.3f} | {e['divergences']} |")
