@@ -1,4 +1,6 @@
 """NUTS on a small but real mixture posterior: recovery of a known mixture, chains on devices."""
+import functools
+
 import arviz as az
 import jax
 import pytest
@@ -565,3 +567,77 @@ def test_a_warm_start_is_ignored_where_the_laplace_covariance_defines_the_metric
         post = run_nuts(jax.random.key(2), part.points, part.counts, prior, initial_values(part),
                         config._replace(metric=metric, chains=chains, warm_start=warm_start), warm=(stub, 4.0))
         assert "warm_start" not in post.sample_stats and "map_potential_energies" in post.sample_stats
+
+
+def test_hessians_at_a_batch_of_points_are_each_point_s_hessian():
+    """Exact identity in float64: the potential sum_i a_i cosh(v_i) + (c . v)^2 over a pytree has the Hessian
+    diag(a cosh v) + 2 c c^T; hessian_matrices gives it at each of three points (split over the devices), and
+    hessian_matrix at one of them."""
+    from jax.flatten_util import ravel_pytree
+
+    from kgmm_bayes.bayes.sampler import hessian_matrices, hessian_matrix
+
+    rng = np.random.default_rng(5)
+    a, c = rng.uniform(0.5, 2.0, 7), rng.normal(size=7)
+
+    def potential(p):
+        v = ravel_pytree(p)[0]
+        return jax.numpy.sum(a * jax.numpy.cosh(v)) + (c @ v) ** 2
+
+    points = rng.normal(size=(3, 7))
+    batch = {"x": jax.numpy.asarray(points[:, :4].reshape(3, 2, 2)), "y": jax.numpy.asarray(points[:, 4:])}
+    got = hessian_matrices(potential, batch)
+    expected = np.stack([np.diag(a * np.cosh(p)) + 2.0 * np.outer(c, c) for p in points])
+    assert got.shape == (3, 7, 7) and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    one = hessian_matrix(potential, jax.tree_util.tree_map(lambda leaf: leaf[1], batch))
+    np.testing.assert_allclose(one, expected[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chain_starts", ["best", "distinct"])
+def test_a_laplace_posterior_draws_the_gaussian_at_each_chain_s_optimum(chain_starts):
+    """``laplace_posterior``: each chain's draws, mapped back to unconstrained space and whitened by the Laplace
+    covariance at its optimum (the MAP search recorded in ``start_optima``), are independent standard normals:
+    their mean is within 4 / sqrt(n) of 0 and their variance within 4 sqrt(2 / n) of 1 (n = chains x draws per
+    optimum); chains sharing an optimum hold different draws; ``potential_energy`` is the potential at the draws."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import unconstrain_fn
+
+    from kgmm_bayes.bayes.mixture import expected_quadratic_features, mixture_model
+    from kgmm_bayes.bayes.sampler import (_potential, find_map, hessian_matrix, laplace_covariance,
+                                          laplace_posterior, spread_starts)
+
+    zs, part, prior = _two_component_problem()
+    config = SamplerConfig(chains=4, draws=500, map_starts=4, map_steps=300, chain_starts=chain_starts)
+    post = laplace_posterior(jax.random.key(2), part.points, part.counts, prior, initial_values(part), config,
+                             point_covariances=part.cell_covariances)
+    assert post.weights.shape == (4, 500, 2) and bool(post.sample_stats["laplace"])
+    assert not post.sample_stats["diverging"].any() and not post.sample_stats["num_steps"].any()
+    model = mixture_model
+    args = (expected_quadratic_features(part.points, part.cell_covariances), jax.numpy.asarray(part.counts), prior)
+    init = jax.jit(lambda values: unconstrain_fn(model, args, {}, values))(initial_values(part))
+    # the same MAP searches (laplace_posterior's key split: draws, then MAP)
+    _, energies, optima = find_map(jax.random.split(jax.random.key(2))[1], args, init, 4, 300, model=model,
+                                   return_all=True)
+    np.testing.assert_allclose(post.sample_stats["map_potential_energies"], energies, rtol=1e-9)
+    picks = np.asarray(post.sample_stats["start_optima"])
+    if chain_starts == "best":
+        assert (picks == np.argmin(energies)).all()
+    else:
+        np.testing.assert_array_equal(picks, spread_starts(None, energies, 4, np.inf))
+    sites = {name: post.sites[name] for name in ("weights", "means", "scales")}
+    flat = np.asarray(jax.vmap(jax.vmap(lambda s: ravel_pytree(unconstrain_fn(model, args, {}, s))[0]))(sites))
+    potential = functools.partial(_potential, model, args)
+    for optimum in np.unique(picks):
+        at = jax.tree_util.tree_map(lambda leaf: leaf[optimum], optima)
+        centre = np.asarray(ravel_pytree(at)[0])
+        _, root, inverse = laplace_covariance(None, at, root=True, hessian=hessian_matrix(potential, at))
+        u = (flat[picks == optimum].reshape(-1, centre.size) - centre) @ np.asarray(inverse).T
+        n = len(u)
+        assert np.abs(u.mean(axis=0)).max() < 4 / np.sqrt(n)
+        assert np.abs(u.var(axis=0) - 1.0).max() < 4 * np.sqrt(2.0 / n)
+    assert len(np.unique(flat.reshape(-1, flat.shape[-1]), axis=0)) == 4 * 500  # no draw repeated across chains
+    c, s = 1, 7
+    got = float(post.sample_stats["potential_energy"][c, s])
+    unravel = ravel_pytree(jax.tree_util.tree_map(lambda leaf: leaf[0], optima))[1]
+    assert got == pytest.approx(float(potential(unravel(jax.numpy.asarray(flat[c, s])))), rel=1e-10)

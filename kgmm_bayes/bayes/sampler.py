@@ -45,8 +45,8 @@ from .mixture import (
     quadratic_features,
 )
 
-__all__ = ["SamplerConfig", "PosteriorSamples", "build_prior", "initial_values", "run_nuts", "chain_rounds",
-           "chain_plan", "shard_rows"]
+__all__ = ["SamplerConfig", "PosteriorSamples", "build_prior", "initial_values", "run_nuts", "laplace_posterior",
+           "chain_rounds", "chain_plan", "shard_rows"]
 
 
 class SamplerConfig(NamedTuple):
@@ -81,6 +81,9 @@ class SamplerConfig(NamedTuple):
     # is checked; the MAP searches, Hessian and starts stay float64); "float64"; "float32" (unchecked)
     likelihood_precision: str = "auto"
     warm_start: bool = True  # false: run_nuts ignores ``warm`` (a second posterior from its own MAP searches)
+    # the coarsening's first posterior (kgmm_bayes.study.stages.sample_posterior): "nuts", or "laplace"
+    # (laplace_posterior: the Laplace approximation at the optima the chains would start at, stacked as they are)
+    first_posterior: str = "nuts"
     progress: bool = False
 
 
@@ -224,15 +227,22 @@ def _host_unravel(tree, flat) -> dict:
 def hessian_matrix(potential, params: dict) -> np.ndarray:
     """The Hessian ``(P, P)`` of ``potential`` at ``params`` (flattened unconstrained parameters, as
     numpyro ravels them), one Hessian-vector product per coordinate, symmetrised, float64."""
-    flat, unravel = ravel_pytree(params)
+    return hessian_matrices(potential, jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf)[None], params))[0]
+
+
+def hessian_matrices(potential, batch: dict) -> np.ndarray:
+    """:func:`hessian_matrix` at each of ``batch``'s points (pytrees with a leading axis ``B``): ``(B, P, P)``, in
+    one compiled program, the points split over the devices."""
+    unravel = ravel_pytree(jax.tree_util.tree_map(lambda leaf: leaf[0], batch))[1]
     grad = jax.grad(lambda v: potential(unravel(v)))
 
-    @jax.jit
-    def hessian(flat):
-        return jax.lax.map(lambda e: jax.jvp(grad, (flat,), (e,))[1], jnp.eye(flat.size, dtype=flat.dtype))
+    def hessians(flats):
+        eye = jnp.eye(flats.shape[-1], dtype=flats.dtype)
+        return jax.lax.map(lambda flat: jax.lax.map(lambda e: jax.jvp(grad, (flat,), (e,))[1], eye), flats)
 
-    h = np.asarray(hessian(flat), np.float64)
-    return 0.5 * (h + h.T)
+    flats = jax.vmap(lambda p: ravel_pytree(p)[0])(batch)
+    h = np.asarray(_over_devices(hessians, flats) if flats.shape[0] > 1 else jax.jit(hessians)(flats), np.float64)
+    return 0.5 * (h + np.swapaxes(h, 1, 2))
 
 
 def laplace_covariance(potential, params: dict, max_variance: float = 1.0, min_ratio: float = 1e-12,
@@ -558,16 +568,89 @@ def laplace_draws(key, model, model_args, params: dict, hessian, draws: int):
     """``draws`` draws of the Laplace approximation at ``params`` (unconstrained; ``hessian`` from
     :func:`hessian_matrix`, clipped as in :func:`laplace_covariance`), as the model's constrained
     ``(weights, means, cov_chol)``."""
-    flat, unravel = ravel_pytree(params)
-    _, root, _ = laplace_covariance(None, params, root=True, hessian=hessian)
+    batch = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf)[None], params)
+    u = _laplace_flat(key, batch, np.asarray(hessian)[None], draws)[0]
+    sites = _constrained_sites(model, model_args, ravel_pytree(params)[1], u)
+    return sites["weights"], sites["means"], sites["cov_chol"]
 
+
+def _laplace_flat(key, batch: dict, hessians, draws: int) -> np.ndarray:
+    """``(B, draws, P)``: flat unconstrained draws of the Laplace approximation at each of ``batch``'s ``B`` points
+    (``hessians`` ``(B, P, P)``, clipped as in :func:`laplace_covariance`); the normal draws on the host
+    (``host_rng``): no program compiled for them."""
+    flats = np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(batch))
+    roots = np.stack([np.asarray(laplace_covariance(None, None, root=True, hessian=h)[1]) for h in hessians])
+    z = host_rng(key).standard_normal((len(flats), draws, flats.shape[1])).astype(flats.dtype)
+    return flats[:, None, :] + np.matmul(z, np.swapaxes(roots, 1, 2))
+
+
+def _constrained_sites(model, model_args, unravel, flat) -> dict:
+    """The model's constrained and deterministic sites at flat unconstrained points ``(n, P)``."""
     def one(v):
         return constrain_fn(model, model_args, {}, unravel(v), return_deterministic=True)
 
-    flat = np.asarray(flat)  # the normal draws on the host (host_rng): no program compiled for them
-    u = flat[None] + host_rng(key).standard_normal((draws, flat.size)).astype(flat.dtype) @ np.asarray(root).T
-    sites = jax.jit(jax.vmap(one))(jnp.asarray(u))
-    return sites["weights"], sites["means"], sites["cov_chol"]
+    return jax.jit(jax.vmap(one))(jnp.asarray(flat))
+
+
+def map_optima(key, model_args, init_unconstrained: dict, config: SamplerConfig, model, split: bool = True):
+    """``config.map_starts`` MAP searches (:func:`find_map`) and the optima the chains start at: ``(best,
+    energies (starts,), picks, starts)``; ``picks`` (the search each chain starts at, ``(chains,)``) and ``starts``
+    (their optima, a pytree with a leading chain axis) are ``None`` with ``chain_starts = "best"``."""
+    best, energies, optima = find_map(key, model_args, init_unconstrained, config.map_starts, config.map_steps,
+                                      model=model, return_all=True, polish=config.map_polish, split=split)
+    if config.chain_starts not in ("spread", "distinct"):
+        return best, energies, None, None
+    picks = spread_starts(optima, energies, config.chains,
+                          SPREAD_NATS if config.chain_starts == "spread" else np.inf)
+    return best, energies, picks, jax.tree_util.tree_map(lambda leaf: leaf[picks], optima)
+
+
+def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, config: SamplerConfig,
+                      point_covariances=None) -> PosteriorSamples:
+    """The Laplace approximation of the mixture posterior at the MAP optima :func:`run_nuts`' chains would start
+    at, shaped as its draws: chain ``c`` holds ``config.draws`` independent draws of the Gaussian (in
+    unconstrained space, the inverse Hessian of the potential clipped as in :func:`laplace_covariance`) at its
+    optimum: the best one for every chain with ``chain_starts = "best"``, each chain's own with ``"spread"`` or
+    ``"distinct"`` (then stacked as chains in several modes are).  The likelihood is the cells' (or points') in
+    float64, as the MAP searches'.  No sampler runs: ``sample_stats`` holds no divergences or steps (zeros),
+    ``potential_energy`` the potential at each draw, ``laplace = True``, and the MAP searches' energies and the
+    chains' optima as :func:`run_nuts` keeps them.  The coarsening's first posterior with ``[sampler]
+    first_posterior = "laplace"`` (:func:`kgmm_bayes.study.stages.sample_posterior`)."""
+    if config.map_starts < 1:
+        raise ValueError("a Laplace posterior is centred on MAP optima: it needs map_starts > 0")
+    features = (quadratic_features(jnp.asarray(points)) if point_covariances is None
+                else expected_quadratic_features(points, point_covariances))
+    model = functools.partial(mixture_model, block_rows="auto")
+    model_args = (features, jnp.asarray(counts), prior)
+    start = time.perf_counter()
+    draw_key, map_key = jax.random.split(key)
+    init_unconstrained = jax.jit(lambda values: unconstrain_fn(model, model_args, {}, values))(init)
+    best, energies, picks, starts = map_optima(map_key, model_args, init_unconstrained, config, model)
+    if picks is None:  # every chain at the best optimum
+        picks = np.full(config.chains, int(np.argmin(energies)))
+        starts = jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (config.chains,) + leaf.shape), best)
+    picks = np.asarray(picks)
+    _, first_of, inverse = np.unique(picks, return_index=True, return_inverse=True)
+    potential = functools.partial(_potential, model, model_args)
+    at = jax.tree_util.tree_map(lambda leaf: leaf[first_of], starts)  # each distinct optimum once
+    hessians = hessian_matrices(potential, at)
+    per_optimum = _laplace_flat(draw_key, at, hessians, config.draws * np.bincount(inverse).max())
+    # chain c: the next config.draws of its optimum's draws (chains sharing an optimum take disjoint draws)
+    rank = np.array([np.sum(inverse[:c] == inverse[c]) for c in range(len(picks))])
+    flat = np.stack([per_optimum[inverse[c], rank[c] * config.draws:(rank[c] + 1) * config.draws]
+                     for c in range(len(picks))])
+    unravel = ravel_pytree(best)[1]
+    merged = flat.reshape((-1, flat.shape[-1]))
+    sites = {k: np.asarray(v).reshape(flat.shape[:2] + v.shape[1:])
+             for k, v in _constrained_sites(model, model_args, unravel, merged).items()}
+    energy = jax.jit(lambda u: jax.lax.map(lambda v: potential(unravel(v)), u, batch_size=64))(jnp.asarray(merged))
+    energy = np.asarray(energy).reshape(flat.shape[:2])  # (in batches: a draw's likelihood holds cells x components)
+    zeros = np.zeros(flat.shape[:2], np.int64)
+    stats = {"diverging": zeros.astype(bool), "num_steps": zeros, "tree_depth": zeros,
+             "accept_prob": np.ones(flat.shape[:2]), "energy": energy, "potential_energy": energy,
+             "map_potential_energies": energies, "start_optima": picks, "laplace": np.asarray(True)}
+    return PosteriorSamples(weights=sites["weights"], means=sites["means"], cov_chol=sites["cov_chol"],
+                            sites=sites, sample_stats=stats, wall_time=time.perf_counter() - start)
 
 
 def _potential(model, model_args, params):
@@ -686,14 +769,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         if "start_optima" in warm[0].sample_stats:
             picks = np.asarray(warm[0].sample_stats["start_optima"])
     elif config.map_starts > 0:
-        init_unconstrained, map_energies, optima = find_map(map_key, model_args, init_unconstrained,
-                                                            config.map_starts, config.map_steps, model=model,
-                                                            return_all=True, polish=config.map_polish,
-                                                            split=not sharded)
-        if config.chain_starts in ("spread", "distinct"):
-            picks = spread_starts(optima, map_energies, config.chains,
-                                  SPREAD_NATS if config.chain_starts == "spread" else np.inf)
-            starts = jax.tree_util.tree_map(lambda leaf: leaf[picks], optima)
+        init_unconstrained, map_energies, picks, starts = map_optima(map_key, model_args, init_unconstrained,
+                                                                     config, model, split=not sharded)
     # Chains start within the posterior's width of the start point: the Laplace sd, at most
     # init_jitter.  A fixed jitter of 0.05 is tens of posterior sds for a mean fitted on 1e5
     # snapshots: chains then fall back from far off and can land in another local mode.
