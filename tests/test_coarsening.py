@@ -291,3 +291,76 @@ def test_error_terms_on_threads_are_the_fits_one_after_another(monkeypatch):
     plain, padded = fit(x[:2000], 2, POINTS, 0), fit(x[:2000], 2, POINTS, 0, padded=4)
     for a, b in zip(plain, padded):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("second", [True, False])
+def test_a_laplace_first_posterior_gives_zeta_s_variance_and_nuts_samples_the_posterior_kept(monkeypatch, second):
+    """``[sampler] first_posterior = "laplace"``: the Laplace approximation (at 1 / R) gives the score variance and
+    the gap, and NUTS samples only the posterior kept: at the chosen zeta (from its own MAP searches, no warm start:
+    the Laplace draws are no chains), the Laplace draws then driving the model; or, where no more coarsening is
+    asked for, at the first zeta itself, whose draws then drive the model, its error field its own."""
+    import jax
+
+    from kgmm_bayes.bayes.coarsening import Coarsening
+    from kgmm_bayes.bayes.sampler import PosteriorSamples
+    from kgmm_bayes.bayes.score import posterior_mean_score, thin_draws
+    from kgmm_bayes.bayes.score_matching import field_from_stats, stein_gap
+    from kgmm_bayes.partition import fit_partition
+    from kgmm_bayes.spec import spec_from_dict
+    from kgmm_bayes.study import stages
+
+    x = np.random.default_rng(21).normal(size=(8000, 2))
+    part = fit_partition(jax.random.key(0), x, 400, 2)
+
+    def fake(shift, laplace=False):  # two chains of two draws of a 2-component mixture, means shifted by `shift`
+        means = np.broadcast_to(np.array([[-0.5 + shift, 0.0], [0.5 + shift, 0.0]]), (2, 2, 2, 2)).copy()
+        chol = np.broadcast_to(0.8 * np.eye(2), (2, 2, 2, 2, 2)).copy()
+        weights = np.full((2, 2, 2), 0.5)
+        stats = {name: np.zeros((2, 2)) for name in ("diverging", "num_steps", "tree_depth", "accept_prob", "energy",
+                                                     "potential_energy")}
+        if laplace:
+            stats["laplace"] = np.asarray(True)
+        return PosteriorSamples(weights, means, chol, {"weights": weights, "means": means, "cov_chol": chol}, stats,
+                                0.0)
+
+    laplace_post, nuts_post = fake(0.3, laplace=True), fake(0.0)
+    calls = []
+
+    def fake_laplace(key, points, counts, *args, **kwargs):
+        calls.append(("laplace", np.asarray(counts) / part.counts, None))
+        return laplace_post
+
+    def fake_run(key, points, counts, *args, **kwargs):
+        calls.append(("nuts", np.asarray(counts) / part.counts, kwargs.get("warm")))
+        return nuts_post
+
+    monkeypatch.setattr(stages, "laplace_posterior", fake_laplace)
+    monkeypatch.setattr(stages, "run_nuts", fake_run)
+    # no bias, autocorrelation inflation R = 2: the first posterior at zeta = 1 / R = 0.5
+    monkeypatch.setattr(stages, "error_terms", lambda *args, **kwargs: {"reference": 0, "score": (2.0, 0.0),
+                                                                         "log density": (2.0, 0.0)})
+    chosen = 0.25 if second else 0.5
+    monkeypatch.setattr(stages, "choose_zeta", lambda *args, **kwargs: Coarsening(
+        method="auto", zeta=chosen, alpha=8e3, variance_from="kept posterior x zeta"))
+    spec = spec_from_dict({"data": {"path": "unused.npy"}, "mixture": {"components": 2},
+                           "sampler": {"first_posterior": "laplace"}})
+    post, choice = stages.sample_posterior(spec, jax.random.key(0), part, x)
+    assert [c[0] for c in calls] == ["laplace", "nuts"]  # NUTS once: the posterior kept
+    np.testing.assert_allclose(calls[0][1], 0.5)
+    np.testing.assert_allclose(calls[1][1], chosen)
+    assert calls[1][2] is None  # no warm start from Laplace draws
+    assert choice.zeta == chosen and choice.variance_from == "Laplace approximation x its zeta"
+    assert str(post.sample_stats["first_posterior"]) == "laplace"
+    drive, zeta = stages.model_draws(post, "the kept posterior's draws", spec.score.max_draws)
+    field = field_from_stats(post.sample_stats)
+    own = stein_gap(x, lambda z: posterior_mean_score(*thin_draws(nuts_post, stages.GAP_DRAWS), z), part.points,
+                    part.counts, seed=stages.COARSENING_SEED, ladder=(len(field.centres),))
+    np.testing.assert_allclose(field.coefficients, own.field.coefficients,
+                               rtol=1e-12, atol=1e-12)  # the kept (NUTS) posterior mean's field, either way
+    if second:  # the Laplace draws (at 0.5) drive the model
+        assert zeta == 0.5
+        for a, b in zip(drive, thin_draws(laplace_post, spec.score.max_draws, chain_weights=(
+                post.sample_stats["model_chain_weights"] if bool(post.sample_stats["model_stacked"]) else None))):
+            np.testing.assert_array_equal(a, b)
+    else:  # NUTS at the first zeta is the only posterior kept: its own draws drive the model
+        assert zeta is None and drive == "the kept posterior's draws"

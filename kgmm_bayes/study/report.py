@@ -78,7 +78,11 @@ def _coarsening_lines(c, n, bound_mode: str = "stein") -> list:
         return [f"- Coarsening: fixed alpha = {_fmt(c['alpha'])}: likelihood^zeta, zeta = {_fmt(c['zeta'])}"]
     source = {"standard posterior": "the standard posterior's score variance",
               "first posterior x its zeta": "the score variance (a first posterior's, sampled at zeta = 1 / inflation "
-                                            "before the bumps showed a bias, times that zeta)"}.get(
+                                            "before the bumps showed a bias, times that zeta)",
+              "Laplace approximation": "the standard posterior's score variance (its Laplace approximation at the "
+                                       "MAP optima)",
+              "Laplace approximation x its zeta": "the score variance (the Laplace approximation at the MAP optima "
+                                                  "of the posterior at zeta = 1 / inflation, times that zeta)"}.get(
         c.get("variance_from", "standard posterior"),
         "the score variance (zeta x the kept posterior's: with no bias, zeta = 1 / inflation needs no standard "
         "posterior)")
@@ -159,7 +163,9 @@ def _drift_posterior_words(langevin: dict) -> str:
     """Which posterior's draws drove the model (kgmm_bayes.study.stages.model_draws)."""
     if langevin.get("drift_posterior") != "first":
         return ""
-    return (f", from the first posterior's draws (sampled at zeta = {_fmt(langevin['drift_posterior_zeta'])}): the "
+    source = ("the first posterior's draws (its Laplace approximation at the MAP optima" if
+              langevin.get("drift_posterior_laplace") else "the first posterior's draws (sampled")
+    return (f", from {source} at zeta = {_fmt(langevin['drift_posterior_zeta'])}): the "
             "kept, more coarsened posterior sets the bands, but its mean is pulled further towards the prior")
 
 

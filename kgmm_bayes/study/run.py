@@ -305,7 +305,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
                      "drift_posterior_zeta": float(coarsening.zeta if drive_zeta is None else drive_zeta)}
     if drive_zeta is not None:
         drift_metrics.update(drift_posterior_max_r_hat=json_floats(float(post.sample_stats["model_max_r_hat"])),
-                             drift_posterior_stacked=bool(post.sample_stats["model_stacked"]))
+                             drift_posterior_stacked=bool(post.sample_stats["model_stacked"]),
+                             drift_posterior_laplace=str(post.sample_stats.get("first_posterior", "")) == "laplace")
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
                            cached_stages, dynamics, members, unresolved, drive=(drive, targets.mean, drift_metrics),
                            correction=correction, correction_report=None if fitted is None else {

@@ -41,6 +41,7 @@ from ..bayes.sampler import (
     SamplerConfig,
     build_prior,
     initial_values,
+    laplace_posterior,
     run_nuts,
 )
 from ..bayes.score import (
@@ -284,14 +285,17 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
                              spread_factor=terms["score"][0] * zeta, keep_field=keep_field)
         return fisher_gap(jax.random.fold_in(key, 2), z, lambda x: posterior_mean_fields(*draws, x))
 
-    def kept(post, gap, first, zeta, first_zeta):  # the posterior kept (sampled at zeta), with its mean's local
-        # error field and, when a second posterior was sampled, the first one's draws that drive the model
+    def kept(post, gap, first, zeta, first_zeta, gap_from):  # the posterior kept (sampled at zeta), with its mean's
+        # local error field and, when a second posterior was sampled, the first one's draws that drive the model;
+        # gap_from: the posterior whose mean the gap was measured on
         stats = dict(post.sample_stats)
         if post is not first:
             stats.update(model_draw_stats(first, first_zeta, part, spec.partition.coreset))
+        if gap_from is not post and "laplace" in gap_from.sample_stats:
+            stats["first_posterior"] = np.asarray("laplace")  # the gap and zeta's variance came from a Laplace one
         if mode == "stein" and gap is not None and gap.field is not None:  # ("stein": the score band's)
             field = gap.field
-            if post is not first:  # the field of the kept posterior's mean, on the same bumps
+            if post is not gap_from:  # the field of the kept posterior's mean, on the same bumps
                 field = gap_of(post, zeta, (len(field.centres),), keep_field=True).field
             stats.update(field_stats(field))
         return post._replace(sample_stats=stats, wall_time=time.perf_counter() - start)
@@ -301,24 +305,46 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         return choose_zeta(scores, logps, part.points, part.counts, z, m.components, seed=sk_seed, score_gap=gap,
                            use_gap=use_gap, snapshots=snapshots, terms=terms, tempered=tempered, gap_as_bias=as_bias)
 
+    laplace = spec.sampler.first_posterior == "laplace"
+
+    def first_run(run_key, zeta):  # the first posterior: NUTS, or the Laplace approximation at the chains' optima
+        if not laplace:
+            return run(run_key, zeta)
+        scaled = counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
+        return laplace_posterior(run_key, points, scaled, prior, initial_values(part), config, point_covariances=covs)
+
+    def variance_from(choice, zeta):  # where v came from when the first posterior is not the one kept
+        if laplace:
+            return choice._replace(variance_from="Laplace approximation" + (" x its zeta" if zeta < 1.0 else ""))
+        return choice._replace(variance_from="first posterior x its zeta") if zeta < 1.0 else choice
+
     if not needs_variance(terms, mode == "score_matching"):
         # no bias the richer mixture sees: zeta = 1 / R whatever the posterior's variance, so the posterior is
         # sampled at once with the key it would get after a standard one; only a bias the bumps then find
         # (mode "stein") asks for a second, more coarsened posterior
         zeta = zeta_without_variance(terms)
-        first = post = run(key if zeta == 1.0 else jax.random.fold_in(key, 1), zeta)
+        first_key = key if zeta == 1.0 else jax.random.fold_in(key, 1)
+        first = post = measured = first_run(first_key, zeta)
         gap = gap_of(first, zeta)
         choice = choice_from(first, gap, zeta)
-        if choice.zeta < zeta:
-            post = run(jax.random.fold_in(key, 1 if zeta == 1.0 else 3), choice.zeta, after=(first, zeta))
-            if zeta < 1.0:  # v came from the first posterior, sampled at 1 / R, not from the one kept
-                choice = choice._replace(variance_from="first posterior x its zeta")
-        return kept(post, gap, first, choice.zeta, zeta), choice
-    standard = run(key, 1.0)
-    gap = gap_of(standard, 1.0)
-    choice = choice_from(standard, gap, 1.0)
-    post = standard if choice.zeta == 1.0 else run(jax.random.fold_in(key, 1), choice.zeta, after=(standard, 1.0))
-    return kept(post, gap, standard, choice.zeta, 1.0), choice
+        if choice.zeta < zeta:  # a Laplace first posterior's draws are no chains to start a second one from
+            post = run(jax.random.fold_in(key, 1 if zeta == 1.0 else 3), choice.zeta,
+                       after=None if laplace else (first, zeta))
+            choice = variance_from(choice, zeta)
+        elif laplace:  # the posterior kept is sampled at the first one's zeta, and drives the model too
+            first = post = run(first_key, zeta)
+            choice = variance_from(choice, zeta)
+        return kept(post, gap, first, choice.zeta, zeta, measured), choice
+    first = post = measured = first_run(key, 1.0)
+    gap = gap_of(first, 1.0)
+    choice = choice_from(first, gap, 1.0)
+    if choice.zeta < 1.0:
+        post = run(jax.random.fold_in(key, 1), choice.zeta, after=None if laplace else (first, 1.0))
+    elif laplace:
+        first = post = run(key, 1.0)
+    if laplace:
+        choice = variance_from(choice, 1.0)
+    return kept(post, gap, first, choice.zeta, 1.0, measured), choice
 
 
 # The reduced-order model's drift when the coarsening sampled two posteriors: the first (standard, or at 1 / R)
@@ -476,6 +502,8 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         convergence["chain_starts"] = spec.sampler.chain_starts
     if "start_optima" in post.sample_stats:  # "spread" or "distinct": how many distinct optima the chains start at
         convergence["distinct_starts"] = int(np.unique(post.sample_stats["start_optima"]).size)
+    if "first_posterior" in post.sample_stats:  # zeta's variance and the gap from a Laplace first posterior
+        convergence["first_posterior"] = str(post.sample_stats["first_posterior"])
     if "warm_start" in post.sample_stats:  # a second posterior, started where the first one's chains ended
         convergence["warm_start"] = True
     if "metric" in post.sample_stats:  # the metric NUTS ran in (sampler.resolved_metric)
