@@ -51,7 +51,8 @@ def one_way(spec_name: str, way: str, settings: str = "", key_index: int = 0) ->
     from kgmm_bayes.study import stages
 
     spec = load_spec(spec_name, tomllib.loads(settings.replace("\\n", "\n")) if settings else None)
-    spec = spec._replace(sampler=spec.sampler._replace(warm_start=True))  # (a spec may turn it off; "cold" passes none)
+    # (a spec may turn it off; "cold" passes none); the warm start is from a NUTS first posterior
+    spec = spec._replace(sampler=spec.sampler._replace(warm_start=True, first_posterior="nuts"))
     data, z, part = study_partition(spec)
     mcmc_key = stages.study_keys(spec.study.seed)[3]  # (data, reference, partition, mcmc, ...)
     if key_index:
