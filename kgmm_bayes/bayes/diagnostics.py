@@ -29,11 +29,7 @@ import numpy as np
 
 from ..data.zscore import ZScore
 from ..files import json_floats
-from .mixture import (
-    component_coefficients,
-    expected_quadratic_features,
-    quadratic_features,
-)
+from .mixture import component_coefficients, likelihood_features
 from .sampler import PosteriorSamples
 from .score import score_draws
 from .stacking import REPRODUCIBLE_BAND_FRACTION, chain_modes, r_hat_of, stacked_mean_error
@@ -74,8 +70,7 @@ def pointwise_log_likelihood(posterior: PosteriorSamples, points, counts, point_
     With ``point_covariances`` the points are coreset cells and the term is the
     cell-moment form the sampler uses; the terms of one draw sum to its log-likelihood.
     """
-    features = (quadratic_features(jnp.asarray(points)) if point_covariances is None
-                else expected_quadratic_features(points, point_covariances))
+    features = likelihood_features(points, point_covariances)
     w, m, L = posterior.flat()
     terms = _cell_terms(features, jnp.asarray(counts, features.dtype), jnp.asarray(w), jnp.asarray(m),
                         jnp.asarray(L))

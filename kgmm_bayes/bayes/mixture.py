@@ -42,6 +42,7 @@ __all__ = [
     "MixturePrior",
     "quadratic_features",
     "expected_quadratic_features",
+    "likelihood_features",
     "component_coefficients",
     "precision_terms",
     "mixture_loglik_dense",
@@ -96,6 +97,14 @@ def expected_quadratic_features(means, covariances):
     iu, ju = np.triu_indices(d)
     quad = means[:, iu] * means[:, ju] + covariances[:, iu, ju]
     return jnp.asarray(np.concatenate([np.ones((len(means), 1)), means, quad], axis=1))
+
+
+def likelihood_features(points, point_covariances=None):
+    """The likelihood's features of ``points`` ``(M, d)``: :func:`quadratic_features` of snapshots, or with
+    ``point_covariances`` ``(M, d, d)`` the cells' :func:`expected_quadratic_features`."""
+    if point_covariances is None:
+        return quadratic_features(jnp.asarray(points))
+    return expected_quadratic_features(points, point_covariances)
 
 
 def cov_cholesky(scales, corr_chol):

@@ -38,12 +38,7 @@ from .._keys import host_rng
 from ..partition import Partition, _seed_from_key
 from ..progress import bar, tick
 from . import coreset as _coreset
-from .mixture import (
-    MixturePrior,
-    expected_quadratic_features,
-    mixture_model,
-    quadratic_features,
-)
+from .mixture import MixturePrior, likelihood_features, mixture_model
 
 __all__ = ["SamplerConfig", "PosteriorSamples", "build_prior", "initial_values", "run_nuts", "laplace_posterior",
            "chain_rounds", "chain_plan", "shard_rows"]
@@ -241,7 +236,7 @@ def hessian_matrices(potential, batch: dict) -> np.ndarray:
         return jax.lax.map(lambda flat: jax.lax.map(lambda e: jax.jvp(grad, (flat,), (e,))[1], eye), flats)
 
     flats = jax.vmap(lambda p: ravel_pytree(p)[0])(batch)
-    h = np.asarray(_over_devices(hessians, flats) if flats.shape[0] > 1 else jax.jit(hessians)(flats), np.float64)
+    h = np.asarray(_over_devices(hessians, flats), np.float64)  # (one point: jit on one device)
     return 0.5 * (h + np.swapaxes(h, 1, 2))
 
 
@@ -618,8 +613,7 @@ def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, conf
     first_posterior = "laplace"`` (:func:`kgmm_bayes.study.stages.sample_posterior`)."""
     if config.map_starts < 1:
         raise ValueError("a Laplace posterior is centred on MAP optima: it needs map_starts > 0")
-    features = (quadratic_features(jnp.asarray(points)) if point_covariances is None
-                else expected_quadratic_features(points, point_covariances))
+    features = likelihood_features(points, point_covariances)
     model = functools.partial(mixture_model, block_rows="auto")
     model_args = (features, jnp.asarray(counts), prior)
     start = time.perf_counter()
@@ -713,7 +707,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     """Sample the mixture posterior with NUTS on weighted points ``(M, d)``.
 
     With ``point_covariances`` ``(M, d, d)`` the points are cells (a coreset) entering
-    through their means and within-cell covariances (:func:`expected_quadratic_features`).
+    through their means and within-cell covariances (:func:`~kgmm_bayes.bayes.mixture.expected_quadratic_features`).
 
     ``drifting``: a function of the draws (a :class:`PosteriorSamples`) returning the chains whose
     draws are not yet stationary.  Up to ``config.extend`` times, the rounds holding such chains
@@ -739,10 +733,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
                                               or not isinstance(config.likelihood_cells, (int, np.integer))
                                               or config.likelihood_cells < 1):
         raise ValueError(f"likelihood_cells must be \"auto\" or a positive integer, got {config.likelihood_cells!r}")
-    if point_covariances is None:
-        features = quadratic_features(jnp.asarray(points))
-    else:
-        features = expected_quadratic_features(points, point_covariances)
+    features = likelihood_features(points, point_covariances)
     counts = jnp.asarray(counts)
     sharded = config.shard_data and jax.local_device_count() > 1
     if sharded:

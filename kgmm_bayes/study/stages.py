@@ -291,8 +291,8 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         stats = dict(post.sample_stats)
         if post is not first:
             stats.update(model_draw_stats(first, first_zeta, part, spec.partition.coreset))
-        if gap_from is not post and "laplace" in gap_from.sample_stats:
-            stats["first_posterior"] = np.asarray("laplace")  # the gap and zeta's variance came from a Laplace one
+        if "laplace" in gap_from.sample_stats:  # the gap and zeta's variance came from a Laplace first posterior
+            stats["first_posterior"] = np.asarray("laplace")
         if mode == "stein" and gap is not None and gap.field is not None:  # ("stein": the score band's)
             field = gap.field
             if post is not gap_from:  # the field of the kept posterior's mean, on the same bumps
