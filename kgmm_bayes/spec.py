@@ -115,7 +115,7 @@ class SamplerSection(NamedTuple):
     # bound (sd <= 0.1 nats over the Laplace draws, rechecked on the draws at 0.2); "float64"; "float32" (unchecked)
     likelihood_precision: str = "auto"
     # the coarsening's second posterior starts where the first one's chains ended (sampler.run_nuts' warm); false:
-    # from its own MAP searches, as the first
+    # from MAP optima, the first one's polished at its own zeta (run_nuts' map_from)
     warm_start: bool = True
     # the coarsening's first posterior, which gives the standard posterior's score variance, the score-matching gap
     # and the model's drift where a second, more coarsened posterior is sampled: "nuts"; or "laplace", the Laplace

@@ -320,6 +320,7 @@ def test_a_laplace_first_posterior_gives_zeta_s_variance_and_nuts_samples_the_po
                                                      "potential_energy")}
         if laplace:
             stats["laplace"] = np.asarray(True)
+            stats["map_optima"] = np.arange(12.0).reshape(3, 4)  # its MAP searches' optima (searches, P)
         return PosteriorSamples(weights, means, chol, {"weights": weights, "means": means, "cov_chol": chol}, stats,
                                 0.0)
 
@@ -331,7 +332,7 @@ def test_a_laplace_first_posterior_gives_zeta_s_variance_and_nuts_samples_the_po
         return laplace_post
 
     def fake_run(key, points, counts, *args, **kwargs):
-        calls.append(("nuts", np.asarray(counts) / part.counts, kwargs.get("warm")))
+        calls.append(("nuts", np.asarray(counts) / part.counts, kwargs.get("warm"), kwargs.get("map_from")))
         return nuts_post
 
     monkeypatch.setattr(stages, "laplace_posterior", fake_laplace)
@@ -349,6 +350,8 @@ def test_a_laplace_first_posterior_gives_zeta_s_variance_and_nuts_samples_the_po
     np.testing.assert_allclose(calls[0][1], 0.5)
     np.testing.assert_allclose(calls[1][1], chosen)
     assert calls[1][2] is None  # no warm start from Laplace draws
+    assert calls[1][3] is laplace_post.sample_stats["map_optima"]  # its MAP searches polish the Laplace's optima
+    assert "map_optima" not in post.sample_stats  # not kept with the posterior
     assert choice.zeta == chosen and choice.variance_from == "Laplace approximation x its zeta"
     assert str(post.sample_stats["first_posterior"]) == "laplace"
     drive, zeta = stages.model_draws(post, "the kept posterior's draws", spec.score.max_draws)

@@ -641,3 +641,55 @@ def test_a_laplace_posterior_draws_the_gaussian_at_each_chain_s_optimum(chain_st
     got = float(post.sample_stats["potential_energy"][c, s])
     unravel = ravel_pytree(jax.tree_util.tree_map(lambda leaf: leaf[0], optima))[1]
     assert got == pytest.approx(float(potential(unravel(jax.numpy.asarray(flat[c, s])))), rel=1e-10)
+
+
+def test_map_searches_from_another_posterior_s_optima_polish_them_to_this_posterior_s_map(monkeypatch):
+    """``map_optima(map_from=...)``: another posterior's MAP optima (the coarsening's first, at every count) polished
+    at this posterior's counts (0.3 of them) instead of searched for afresh: each polished point is no worse than
+    where it started, is a stationary point of this potential, the best reaches the MAP that fresh searches find,
+    and the energies are the potential at the optima returned; with ``map_polish = 0`` the fresh searches run."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import unconstrain_fn
+
+    from kgmm_bayes.bayes.mixture import expected_quadratic_features, mixture_model
+    from kgmm_bayes.bayes.sampler import _potential, map_optima, spread_starts
+
+    _, part, prior = _two_component_problem()
+    config = SamplerConfig(chains=4, map_starts=4, map_steps=300, chain_starts="distinct")
+    features = expected_quadratic_features(part.points, part.cell_covariances)
+    model = mixture_model
+
+    def args(power):
+        return features, jax.numpy.asarray(part.counts * power), prior
+
+    init = jax.jit(lambda values: unconstrain_fn(model, args(1.0), {}, values))(initial_values(part))
+    first = map_optima(jax.random.key(5), args(1.0), init, config, model)
+    flat = first[4]
+    assert flat.shape == (4, ravel_pytree(init)[0].size) and flat.dtype == np.float64
+    unravel = ravel_pytree(init)[1]
+    potential_1 = functools.partial(_potential, model, args(1.0))
+    np.testing.assert_allclose([float(potential_1(unravel(jax.numpy.asarray(v)))) for v in flat], first[1], rtol=1e-12)
+
+    potential = functools.partial(_potential, model, args(0.3))
+    from kgmm_bayes.bayes import sampler
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched afresh")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sampler, "find_map", no_search)
+        best, energies, picks, starts, polished = map_optima(jax.random.key(6), args(0.3), init, config, model,
+                                                             map_from=flat)
+    before = np.array([float(potential(unravel(jax.numpy.asarray(v)))) for v in flat])
+    after = np.array([float(potential(unravel(jax.numpy.asarray(v)))) for v in polished])
+    np.testing.assert_allclose(energies, after, rtol=1e-12)
+    assert (after <= before).all() and (after < before - 1e-3).any()  # moved: the optima of counts x 1 are not these
+    gradient = jax.grad(lambda v: potential(unravel(v)))
+    assert max(float(np.linalg.norm(gradient(jax.numpy.asarray(v)))) for v in polished) < 1e-4
+    fresh_best, fresh_energies, *_ = map_optima(jax.random.key(6), args(0.3), init, config, model)
+    assert energies.min() == pytest.approx(fresh_energies.min(), rel=1e-9, abs=1e-6)
+    np.testing.assert_allclose(ravel_pytree(best)[0], ravel_pytree(fresh_best)[0], atol=1e-4)
+    np.testing.assert_array_equal(picks, spread_starts(None, energies, 4, np.inf))
+    unpolished = map_optima(jax.random.key(6), args(0.3), init, config._replace(map_polish=0), model, map_from=flat)
+    searched = map_optima(jax.random.key(6), args(0.3), init, config._replace(map_polish=0), model)
+    np.testing.assert_array_equal(unpolished[1], searched[1])

@@ -75,7 +75,7 @@ class SamplerConfig(NamedTuple):
     # the cells' in float64 keeps sd <= 0.1 nats over the same Laplace draws (and on the draws at 0.2, as a merge
     # is checked; the MAP searches, Hessian and starts stay float64); "float64"; "float32" (unchecked)
     likelihood_precision: str = "auto"
-    warm_start: bool = True  # false: run_nuts ignores ``warm`` (a second posterior from its own MAP searches)
+    warm_start: bool = True  # false: run_nuts ignores ``warm`` (a second posterior from MAP optima: ``map_from``)
     # the coarsening's first posterior (kgmm_bayes.study.stages.sample_posterior): "nuts", or "laplace"
     # (laplace_posterior: the Laplace approximation at the optima the chains would start at, stacked as they are)
     first_posterior: str = "nuts"
@@ -500,6 +500,19 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
     # the starts split over the devices as the polish's are (32 starts, 2,000 cells x 32 components in 3D as Lorenz-63's,
     # 1,000 Adam steps: 5.2 s on two devices against 7.4 s on one)
     params = _over_devices(optimise, starts_tree) if split else jax.jit(optimise)(starts_tree)
+    params, energies = polish_optima(potential, params, polish, split)
+    best = int(np.argmin(energies))
+    if return_all:
+        return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies, params
+    return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies
+
+
+def polish_optima(potential, params, polish: int, split: bool = True):
+    """``params`` (a pytree with a leading axis of starts) moved to nearby minima of ``potential`` by at most
+    ``polish`` L-BFGS iterations (:func:`_lbfgs` on the host for at most :data:`HOST_POLISH_MAX_STARTS` starts, else
+    :func:`_lbfgs_traced`, all at once, split over the devices unless ``split`` is false; ``polish = 0``: left where
+    they are).  Returns ``(params, energies)``, the potential at each (``inf`` where it is not finite)."""
+    starts = jax.tree_util.tree_leaves(params)[0].shape[0]
     if 0 < polish and starts <= HOST_POLISH_MAX_STARTS:  # the polish's own final potentials (no program for them)
         params, energies = _lbfgs(potential, params, polish)
     else:
@@ -507,11 +520,7 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
             polish_all = jax.vmap(lambda p: _lbfgs_traced(potential, p, polish))
             params = _over_devices(polish_all, params) if split else jax.jit(polish_all)(params)
         energies = np.asarray(jax.jit(jax.vmap(potential))(params))
-    energies = np.where(np.isfinite(energies), energies, np.inf)
-    best = int(np.argmin(energies))
-    if return_all:
-        return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies, params
-    return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies
+    return params, np.where(np.isfinite(energies), energies, np.inf)
 
 
 class _TickingNUTS(NUTS):
@@ -587,17 +596,33 @@ def _constrained_sites(model, model_args, unravel, flat) -> dict:
     return jax.jit(jax.vmap(one))(jnp.asarray(flat))
 
 
-def map_optima(key, model_args, init_unconstrained: dict, config: SamplerConfig, model, split: bool = True):
+def map_optima(key, model_args, init_unconstrained: dict, config: SamplerConfig, model, split: bool = True,
+               map_from=None):
     """``config.map_starts`` MAP searches (:func:`find_map`) and the optima the chains start at: ``(best,
-    energies (starts,), picks, starts)``; ``picks`` (the search each chain starts at, ``(chains,)``) and ``starts``
-    (their optima, a pytree with a leading chain axis) are ``None`` with ``chain_starts = "best"``."""
-    best, energies, optima = find_map(key, model_args, init_unconstrained, config.map_starts, config.map_steps,
-                                      model=model, return_all=True, polish=config.map_polish, split=split)
+    energies (starts,), picks, starts, optima)``; ``picks`` (the search each chain starts at, ``(chains,)``) and
+    ``starts`` (their optima, a pytree with a leading chain axis) are ``None`` with ``chain_starts = "best"``;
+    ``optima``: every search's optimum, flat and unconstrained ``(searches, P)``, as ``map_from`` takes them.
+
+    ``map_from``: the flat optima of another posterior of the same model (the coarsening's first, whose likelihood
+    counts the snapshots another number of times): polished at this one (:func:`polish_optima`) instead of searched
+    for from the partition's values, one search each; ignored with ``map_polish = 0``, which could not move them."""
+    if map_from is not None and config.map_polish > 0:
+        def potential(params):
+            return potential_energy(model, model_args, {}, params)
+
+        centre, unravel = ravel_pytree(init_unconstrained)
+        points = jax.vmap(unravel)(jnp.asarray(map_from, centre.dtype))
+        optima, energies = polish_optima(potential, points, config.map_polish, split)
+        best = jax.tree_util.tree_map(lambda leaf: leaf[int(np.argmin(energies))], optima)
+    else:
+        best, energies, optima = find_map(key, model_args, init_unconstrained, config.map_starts, config.map_steps,
+                                          model=model, return_all=True, polish=config.map_polish, split=split)
+    flat = np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(optima), np.float64)
     if config.chain_starts not in ("spread", "distinct"):
-        return best, energies, None, None
+        return best, energies, None, None, flat
     picks = spread_starts(optima, energies, config.chains,
                           SPREAD_NATS if config.chain_starts == "spread" else np.inf)
-    return best, energies, picks, jax.tree_util.tree_map(lambda leaf: leaf[picks], optima)
+    return best, energies, picks, jax.tree_util.tree_map(lambda leaf: leaf[picks], optima), flat
 
 
 def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, config: SamplerConfig,
@@ -619,7 +644,7 @@ def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, conf
     start = time.perf_counter()
     draw_key, map_key = jax.random.split(key)
     init_unconstrained = jax.jit(lambda values: unconstrain_fn(model, model_args, {}, values))(init)
-    best, energies, picks, starts = map_optima(map_key, model_args, init_unconstrained, config, model)
+    best, energies, picks, starts, optima = map_optima(map_key, model_args, init_unconstrained, config, model)
     if picks is None:  # every chain at the best optimum
         picks = np.full(config.chains, int(np.argmin(energies)))
         starts = jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (config.chains,) + leaf.shape), best)
@@ -642,7 +667,8 @@ def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, conf
     zeros = np.zeros(flat.shape[:2], np.int64)
     stats = {"diverging": zeros.astype(bool), "num_steps": zeros, "tree_depth": zeros,
              "accept_prob": np.ones(flat.shape[:2]), "energy": energy, "potential_energy": energy,
-             "map_potential_energies": energies, "start_optima": picks, "laplace": np.asarray(True)}
+             "map_potential_energies": energies, "map_optima": optima, "start_optima": picks,
+             "laplace": np.asarray(True)}
     return PosteriorSamples(weights=sites["weights"], means=sites["means"], cov_chol=sites["cov_chol"],
                             sites=sites, sample_stats=stats, wall_time=time.perf_counter() - start)
 
@@ -703,7 +729,7 @@ def warm_start_values(post: PosteriorSamples, model, model_args, names, scale: f
 
 
 def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: SamplerConfig,
-             point_covariances=None, drifting=None, warm=None) -> PosteriorSamples:
+             point_covariances=None, drifting=None, warm=None, map_from=None) -> PosteriorSamples:
     """Sample the mixture posterior with NUTS on weighted points ``(M, d)``.
 
     With ``point_covariances`` ``(M, d, d)`` the points are cells (a coreset) entering
@@ -726,6 +752,10 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     :data:`DENSE_ADAPTATION_MAX` parameters), which the Laplace covariance defines, when the chains
     differ in number, and with ``config.warm_start`` false; ``laplace_metric`` does not apply to it.
     ``sample_stats["start_optima"]`` stays ``post``'s: each chain is still the unit of the MAP optimum its first chain started at.
+
+    ``map_from``: another posterior's MAP optima (its ``sample_stats["map_optima"]``, ``(searches, P)``), which the
+    MAP searches polish at this posterior instead of searching afresh (:func:`map_optima`); not used by a warm
+    start, which searches for none.  ``sample_stats["map_optima"]`` holds this posterior's own.
     """
     if config.likelihood_precision not in PRECISIONS:
         raise ValueError(f"likelihood_precision must be one of {PRECISIONS}, got {config.likelihood_precision!r}")
@@ -752,7 +782,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     if warm is not None and (whiten or fixed or warm[0].num_chains != config.chains or not config.warm_start):
         warm = None  # the fixed metric and whitened coordinates are the Laplace covariance's; other chains, other units
     jitter_key, run_key, map_key = jax.random.split(key, 3)
-    map_energies, starts, picks = None, None, None
+    map_energies, starts, picks, optima = None, None, None, None
     warm_inverse = None
     if warm is not None:
         last, warm_inverse = warm_start_values(warm[0], model, model_args, tuple(init), warm[1], dense)
@@ -760,8 +790,8 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         if "start_optima" in warm[0].sample_stats:
             picks = np.asarray(warm[0].sample_stats["start_optima"])
     elif config.map_starts > 0:
-        init_unconstrained, map_energies, picks, starts = map_optima(map_key, model_args, init_unconstrained,
-                                                                     config, model, split=not sharded)
+        init_unconstrained, map_energies, picks, starts, optima = map_optima(
+            map_key, model_args, init_unconstrained, config, model, split=not sharded, map_from=map_from)
     # Chains start within the posterior's width of the start point: the Laplace sd, at most
     # init_jitter.  A fixed jitter of 0.05 is tens of posterior sds for a mean fitted on 1e5
     # snapshots: chains then fall back from far off and can land in another local mode.
@@ -914,6 +944,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
             extra["likelihood_precision_gap"] = np.asarray(precision_sd)
         if map_energies is not None:
             extra["map_potential_energies"] = map_energies  # (starts,), one per MAP search
+            extra["map_optima"] = optima  # (starts, P): their optima, flat and unconstrained
         if picks is not None:
             extra["start_optima"] = np.asarray(picks)  # (chains,): the MAP search each chain started at
         if warm is not None:
@@ -956,7 +987,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     if checked and not np.std(gaps) <= 2 * _coreset.GAP_SD:  # misjudged: the cells themselves, in float64
         post = run_nuts(key, points, counts, prior, init, config._replace(likelihood_cells=len(cells.points),
                                                                           likelihood_precision="float64"),
-                        point_covariances=point_covariances, drifting=drifting, warm=warm)
+                        point_covariances=point_covariances, drifting=drifting, warm=warm, map_from=map_from)
         stats = dict(post.sample_stats, likelihood_rejected=np.asarray([len(merged.points), np.std(gaps)]))
         if ladder_table is not None:
             stats["likelihood_ladder"] = np.asarray(ladder_table, np.float64)

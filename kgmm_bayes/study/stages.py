@@ -243,7 +243,9 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     costs one posterior and keeps its numbers.  A second posterior starts where the first ended unless
     ``[sampler] warm_start = false`` (``run_nuts``' ``warm``: each chain at its own chain's last draw, its
     metric the first's spread times the ratio of the two zetas), without MAP searches of its own (except with
-    the Laplace metric, fixed or whitened, whose covariance only a MAP search gives).
+    the Laplace metric, fixed or whitened, whose covariance only a MAP search gives).  Where it does search (no
+    warm start, or a Laplace first posterior), its MAP searches are the first one's optima polished at its own
+    zeta (``run_nuts``' ``map_from``), not searches afresh from the partition's values.
     ``z``: the snapshots in their time order (the error estimate fits contiguous blocks of them).
     """
     snapshots = int(round(float(np.sum(part.counts))))  # all of them (z may be a streamed study's sample)
@@ -258,11 +260,13 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     def drifting(post):  # chains that convergence_summary would fault on r_hat: run_nuts runs them on
         return drifting_chains(post, part.points, part.counts, stacks=spec.partition.coreset)
 
-    def run(run_key, zeta, after=None):  # after: (first posterior, its zeta), where this one starts (warm start)
+    def run(run_key, zeta, after=None, first=None):  # after: (first posterior, its zeta), where this one starts
+        # (warm start); else a first posterior's MAP optima, polished at zeta, are its MAP searches' (map_from)
         scaled = counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
         warm = None if after is None else (after[0], after[1] / zeta)
+        map_from = None if first is None else first.sample_stats.get("map_optima")
         return run_nuts(run_key, points, scaled, prior, initial_values(part), config, point_covariances=covs,
-                        drifting=drifting, warm=warm)
+                        drifting=drifting, warm=warm, map_from=map_from)
 
     if m.coarsening == "off":
         return run(key, 1.0), OFF
@@ -289,6 +293,7 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         # local error field and, when a second posterior was sampled, the first one's draws that drive the model;
         # gap_from: the posterior whose mean the gap was measured on
         stats = dict(post.sample_stats)
+        stats.pop("map_optima", None)  # (searches, P): only a second posterior of this fit needed them
         if post is not first:
             stats.update(model_draw_stats(first, first_zeta, part, spec.partition.coreset))
         if "laplace" in gap_from.sample_stats:  # the gap and zeta's variance came from a Laplace first posterior
@@ -329,19 +334,19 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
         choice = choice_from(first, gap, zeta)
         if choice.zeta < zeta:  # a Laplace first posterior's draws are no chains to start a second one from
             post = run(jax.random.fold_in(key, 1 if zeta == 1.0 else 3), choice.zeta,
-                       after=None if laplace else (first, zeta))
+                       after=None if laplace else (first, zeta), first=first)
             choice = variance_from(choice, zeta)
         elif laplace:  # the posterior kept is sampled at the first one's zeta, and drives the model too
-            first = post = run(first_key, zeta)
+            first = post = run(first_key, zeta, first=first)
             choice = variance_from(choice, zeta)
         return kept(post, gap, first, choice.zeta, zeta, measured), choice
     first = post = measured = first_run(key, 1.0)
     gap = gap_of(first, 1.0)
     choice = choice_from(first, gap, 1.0)
     if choice.zeta < 1.0:
-        post = run(jax.random.fold_in(key, 1), choice.zeta, after=None if laplace else (first, 1.0))
+        post = run(jax.random.fold_in(key, 1), choice.zeta, after=None if laplace else (first, 1.0), first=first)
     elif laplace:
-        first = post = run(key, 1.0)
+        first = post = run(key, 1.0, first=first)
     if laplace:
         choice = variance_from(choice, 1.0)
     return kept(post, gap, first, choice.zeta, 1.0, measured), choice
