@@ -129,10 +129,12 @@ class BayesianKGMM(NamedTuple):
         std = self.zscore.std
         parts = [summarize_scores(s, lp, band) for s, lp in self._blocks(x, chunk)]
         quantiles = _joined(parts, (x.shape[1],), band, divisor=std)
-        widened = quantiles
-        if self.score_bias is not None:  # at least the local bias wide, as the study's band (band_with_bias)
-            widened = band_with_bias(quantiles, self.score_bias.squared(self.zscore.forward(x)) / np.square(std))
-        summary = model_score_band(quantiles, widened, self.correction, self.zscore.forward(x), std)
+        def widen(q):  # at least the local bias wide, as the study's band (band_with_bias)
+            if self.score_bias is None:
+                return q
+            return band_with_bias(q, self.score_bias.squared(self.zscore.forward(x)) / np.square(std))
+
+        summary = model_score_band(quantiles, widen, self.correction, self.zscore.forward(x), std)
         if error is None:
             return summary
         return band_around(summary, self.interpolant_score(x), np.asarray(error, np.float64) / std)

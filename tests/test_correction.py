@@ -248,11 +248,22 @@ def test_the_corrections_sd_and_the_corrected_band_match_its_draws():
     from kgmm_bayes.bayes.correction import model_score_band
 
     widened = summary._replace(lower=summary.lower - 1.0, upper=summary.upper + 1.0)
-    used = model_score_band(summary, widened, c, x)
+
+    def unused(_):
+        raise AssertionError("the local bias evaluated where the correction takes its place")
+
+    used = model_score_band(summary, unused, c, x)
     for field in ("mean", "lower", "upper", "predictive"):
         np.testing.assert_array_equal(getattr(used, field), getattr(moved, field))
-    assert model_score_band(summary, widened, c._replace(applied=False), x) is widened
-    assert model_score_band(summary, widened, None, x) is widened
+    seen = []
+
+    def widen(q):
+        seen.append(q)
+        return widened
+
+    assert model_score_band(summary, widen, c._replace(applied=False), x) is widened
+    assert model_score_band(summary, widen, None, x) is widened
+    assert seen[0] is summary and seen[1] is summary  # widened from the draws' own band
 
 
 def test_corrected_members_and_their_mobilities_follow_the_data():

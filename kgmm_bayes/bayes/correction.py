@@ -254,17 +254,18 @@ def corrected_summary(summary: ScoreSummary, correction: Optional[ScoreCorrectio
     return moved._replace(predictive=np.asarray(summary.predictive) + shift)
 
 
-def model_score_band(quantiles: ScoreSummary, widened: ScoreSummary, correction: Optional[ScoreCorrection], x,
+def model_score_band(quantiles: ScoreSummary, widen, correction: Optional[ScoreCorrection], x,
                      divisor=1.0) -> ScoreSummary:
     """The band of the score the model uses, at points ``x`` ``(n, d)`` (z-scored; the summaries in units of the
     z-scored score over ``divisor``): where a correction is applied, the draws' quantile band ``quantiles`` moved by
-    it and widened by its sampling error (:func:`corrected_summary`); elsewhere ``widened``, the quantile band made
-    at least the posterior mean's local bias wide (:func:`~kgmm_bayes.bayes.score.band_with_bias`).  The correction
+    it and widened by its sampling error (:func:`corrected_summary`); elsewhere ``widen(quantiles)``, the quantile
+    band made at least the posterior mean's local bias wide (:func:`~kgmm_bayes.bayes.score.band_with_bias`; called
+    only there: the local bias is not evaluated where the correction takes its place).  The correction
     takes the local bias's place: both are the bumps' estimate of the posterior mean's error, and the widening
     kept on top of it made the band cover the analytic score far more often than it says (``kgmm-bayes calibrate``'s
     fits, four-well, N = 1e5, seeds 0-2: 0.978-0.983 for a 90% band, median width 1.16-1.30; from the quantile
     band 0.957-0.966, width 1.04-1.11; the uncorrected band widened to the local bias 0.928-0.955, width
     1.06-1.21)."""
     if correction is None or not correction.applied:
-        return widened
+        return widen(quantiles)
     return corrected_summary(quantiles, correction, x, divisor)

@@ -191,7 +191,7 @@ def corrected_band(spec: Spec, post, draws, z, quantiles, widened, at, divisor, 
     drive, _ = model_draws(post, draws, spec.score.max_draws)
     fitted = fit_correction(z, lambda x: posterior_mean_score(*drive, x), seed=seed)
     bumps = int(len(fitted.centres)) if fitted is not None and fitted.applied else 0
-    return model_score_band(quantiles, widened, fitted, at, divisor=divisor), bumps
+    return model_score_band(quantiles, lambda _: widened, fitted, at, divisor=divisor), bumps
 
 
 def _fit_one(spec: Spec, system, n: int, seed: int, evaluation, grid, truth_pdf, progress) -> dict:

@@ -122,10 +122,12 @@ def score_field(draws, zscore, data, band=0.9, grid_points=48, max_draws=200, qu
     y = np.linspace(lo[1], hi[1], grid_points)
     points = np.stack([g.ravel() for g in np.meshgrid(x, y)], axis=-1)  # (ny * nx, 2), x fastest
     scores, logps = score_draws(weights, means, cov_chol, zscore.forward(points))
-    quantiles = widened = summarize_scores(scores, logps, band)
-    if score_bias is not None:  # the posterior mean's local bias (kgmm_bayes.bayes.score.band_with_bias)
-        widened = band_with_bias(quantiles, score_bias.squared(zscore.forward(points)))
-    summary = model_score_band(quantiles, widened, correction, zscore.forward(points))
+    quantiles = summarize_scores(scores, logps, band)
+
+    def widen(q):  # the posterior mean's local bias (kgmm_bayes.bayes.score.band_with_bias)
+        return q if score_bias is None else band_with_bias(q, score_bias.squared(zscore.forward(points)))
+
+    summary = model_score_band(quantiles, widen, correction, zscore.forward(points))
     std = np.asarray(zscore.std)
     shape = (len(y), len(x), 2)
     mean, lower, upper = (np.reshape(a / std, shape) for a in (summary.mean, summary.lower, summary.upper))

@@ -365,7 +365,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     interp_error, interp_relative = interpolant_heldout_error(interp, drive_draws, z, correction)
     # the band of the score the model uses: the posterior's, or its draws' moved by an applied correction and widened
     # by its error
-    model_band = model_score_band(fit.quantiles, summary, correction, part.points)
+    model_band = model_score_band(fit.quantiles, lambda _: summary, correction, part.points)
     interp_band = band_around(model_band, interp_at_points, interp_error)
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,
