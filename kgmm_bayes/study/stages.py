@@ -357,8 +357,8 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
 # pulled towards the prior by 1 / zeta more; its draws set the bands, the first one's mean the model.  Measured
 # (kgmm-bayes run, seed 0, same Langevin noise; README "What a band means"): relative entropy with the first
 # posterior's draws against the kept one's, four-well (zeta 0.630 then 0.103) 0.000419 against 0.000612 (classic
-# KGMM 0.000489), triad 0.000451 against 0.000574, Lorenz-96 (zeta 1 then 0.0109) 0.00254 against 0.00955,
-# Lorenz-63 (zeta 0.937 then 0.132, the first posterior's 16 chains stacked; the interpolant drift) 0.000698 against
+# KGMM 0.000489), triad 0.000451 against 0.000574, Lorenz-96 (zeta 1 then 0.0109, older code: now 0.287) 0.00254
+# against 0.00955, Lorenz-63 (zeta 0.937 then 0.132, the first posterior's 16 chains stacked; the interpolant drift) 0.000698 against
 # 0.000705.
 MODEL_DRAW_FIELDS = ("model_weights", "model_means", "model_cov_chol")
 
