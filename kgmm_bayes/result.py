@@ -129,6 +129,7 @@ class BayesianKGMM(NamedTuple):
         std = self.zscore.std
         parts = [summarize_scores(s, lp, band) for s, lp in self._blocks(x, chunk)]
         quantiles = _joined(parts, (x.shape[1],), band, divisor=std)
+
         def widen(q):  # at least the local bias wide, as the study's band (band_with_bias)
             if self.score_bias is None:
                 return q

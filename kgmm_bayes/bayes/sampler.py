@@ -607,12 +607,10 @@ def map_optima(key, model_args, init_unconstrained: dict, config: SamplerConfig,
     counts the snapshots another number of times): polished at this one (:func:`polish_optima`) instead of searched
     for from the partition's values, one search each; ignored with ``map_polish = 0``, which could not move them."""
     if map_from is not None and config.map_polish > 0:
-        def potential(params):
-            return potential_energy(model, model_args, {}, params)
-
         centre, unravel = ravel_pytree(init_unconstrained)
         points = jax.vmap(unravel)(jnp.asarray(map_from, centre.dtype))
-        optima, energies = polish_optima(potential, points, config.map_polish, split)
+        optima, energies = polish_optima(functools.partial(_potential, model, model_args), points, config.map_polish,
+                                         split)
         best = jax.tree_util.tree_map(lambda leaf: leaf[int(np.argmin(energies))], optima)
     else:
         best, energies, optima = find_map(key, model_args, init_unconstrained, config.map_starts, config.map_steps,
