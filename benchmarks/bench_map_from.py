@@ -1,0 +1,109 @@
+"""A second posterior's MAP searches: searched for afresh against the first posterior's optima polished at its own
+zeta (``run_nuts``' ``map_from``, what the coarsening does since December 2026), each way in a fresh process.
+
+For one study (a spec file or a shipped study's name; its data, partition and ``[sampler]`` MAP settings), each
+process first runs the study's MAP searches (``sampler.map_optima``) on the cells with their counts times
+``--zetas``' first value, as the coarsening's first posterior does, then the second posterior's at the second
+value: ``fresh``, its own ``map_starts`` Adam and L-BFGS searches from the partition's values (what the code did
+before); ``polished``, the first searches' optima polished by L-BFGS at the second zeta.  Reported per way, for the
+second searches only (MAP searches and their compilation, as a study pays them; the compilation cache off): wall
+time, the best potential (lower is better), how many distinct optima the chains could start at (``chain_starts =
+"distinct"``, at most ``[sampler] chains``) and the spread of their potentials above the best; the last column is
+the fresh way's wall time over this way's.  The posterior's draws are not sampled here: ``kgmm-bayes run`` the
+study for that.
+
+    python benchmarks/bench_map_from.py lorenz63 --zetas 0.937 0.151     # about 2 minutes
+    python benchmarks/bench_map_from.py four_well_2d --zetas 0.630 0.133
+
+``--settings``: TOML overriding the study's sections (``\\n`` for newlines).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+WAYS = ("fresh", "polished")
+
+
+def one_way(spec_name: str, way: str, zetas, settings: str = "") -> dict:
+    """The second MAP searches' figures, done ``way``."""
+    import functools
+
+    import kgmm_bayes  # noqa: F401  (float64 on, host devices)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import tomllib
+    from numpyro.infer.util import unconstrain_fn
+
+    from bench_reproducibility import study_partition
+    from kgmm_bayes.bayes.mixture import likelihood_features, mixture_model
+    from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, map_optima, spread_starts
+    from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.study import stages
+
+    spec = load_spec(spec_name, tomllib.loads(settings.replace("\\n", "\n")) if settings else None)
+    _, _, part = study_partition(spec)
+    m = spec.mixture
+    prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
+    config = SamplerConfig(**spec.sampler._asdict())
+    features = likelihood_features(part.points, part.cell_covariances)
+    model = functools.partial(mixture_model, block_rows="auto")
+
+    def args(zeta):
+        return features, jnp.asarray(np.asarray(part.counts, np.float64) * zeta), prior
+
+    init = jax.jit(lambda values: unconstrain_fn(model, args(zetas[0]), {}, values))(initial_values(part))
+    key = stages.study_keys(spec.study.seed)[3]  # the study's MCMC key (data, reference, partition, mcmc, ...)
+    first = map_optima(jax.random.fold_in(key, 0), args(zetas[0]), init, config, model)
+    start = time.perf_counter()
+    _, energies, *_ = map_optima(jax.random.fold_in(key, 1), args(zetas[1]), init, config, model,
+                                 map_from=first[4] if way == "polished" else None)
+    wall = time.perf_counter() - start
+    distinct = np.unique(spread_starts(None, energies, config.chains, np.inf))
+    above = energies[distinct] - energies.min()
+    return {"wall": wall, "best": float(energies.min()), "distinct": int(len(distinct)),
+            "spread": float(above.max()), "searches": int(len(energies))}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", nargs="?", default="four_well_2d", help="spec file or shipped study name")
+    parser.add_argument("--zetas", type=float, nargs=2, default=(1.0, 0.15), metavar=("FIRST", "SECOND"),
+                        help="the two posteriors' likelihood powers (default 1.0 0.15)")
+    parser.add_argument("--settings", default="", help="spec sections overriding the study's (TOML, \\n)")
+    parser.add_argument("--way", choices=WAYS, help=argparse.SUPPRESS)  # one process's way (internal)
+    args = parser.parse_args(argv)
+    if not all(0 < z <= 1 for z in args.zetas):
+        parser.error(f"--zetas must lie in (0, 1], got {args.zetas}")
+    if args.way:
+        print("RESULT " + json.dumps(one_way(args.spec, args.way, args.zetas, args.settings)))
+        return 0
+    env = dict(os.environ, KGMM_BAYES_COMPILATION_CACHE="off")
+    results = {}
+    for way in WAYS:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), args.spec, "--way", way, "--zetas",
+                              *map(str, args.zetas), "--settings", args.settings], env=env, capture_output=True,
+                             text=True)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+        if out.returncode or not lines:
+            sys.exit(f"bench_map_from: the {way} run failed: {out.stderr.strip().splitlines()[-1:]}")
+        results[way] = json.loads(lines[-1][len("RESULT "):])
+    base = results["fresh"]
+    print(f"the second MAP searches of {args.spec} at zeta {args.zetas[1]} after the first at {args.zetas[0]} "
+          "(fresh process each, compilation cache off)")
+    print("| second searches | searches | wall s | best potential | minus fresh's | distinct optima "
+          "| their spread, nats | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for way, r in results.items():
+        print(f"| {way} | {r['searches']} | {r['wall']:.1f} | {r['best']:.3f} | {r['best'] - base['best']:.3f} | "
+              f"{r['distinct']} | {r['spread']:.2f} | {base['wall'] / r['wall']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
