@@ -260,12 +260,14 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     def drifting(post):  # chains that convergence_summary would fault on r_hat: run_nuts runs them on
         return drifting_chains(post, part.points, part.counts, stacks=spec.partition.coreset)
 
+    def scaled(zeta):  # the likelihood's counts at zeta
+        return counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
+
     def run(run_key, zeta, after=None, first=None):  # after: (first posterior, its zeta), where this one starts
         # (warm start); else a first posterior's MAP optima, polished at zeta, are its MAP searches' (map_from)
-        scaled = counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
         warm = None if after is None else (after[0], after[1] / zeta)
         map_from = None if first is None else first.sample_stats.get("map_optima")
-        return run_nuts(run_key, points, scaled, prior, initial_values(part), config, point_covariances=covs,
+        return run_nuts(run_key, points, scaled(zeta), prior, initial_values(part), config, point_covariances=covs,
                         drifting=drifting, warm=warm, map_from=map_from)
 
     if m.coarsening == "off":
@@ -315,8 +317,8 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     def first_run(run_key, zeta):  # the first posterior: NUTS, or the Laplace approximation at the chains' optima
         if not laplace:
             return run(run_key, zeta)
-        scaled = counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
-        return laplace_posterior(run_key, points, scaled, prior, initial_values(part), config, point_covariances=covs)
+        return laplace_posterior(run_key, points, scaled(zeta), prior, initial_values(part), config,
+                                 point_covariances=covs)
 
     def variance_from(choice, zeta):  # where v came from when the first posterior is not the one kept
         if laplace:
