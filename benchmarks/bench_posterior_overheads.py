@@ -7,10 +7,12 @@ For one study (a spec file or a shipped study's name; its data, partition and pr
    one after another with BLAS on one thread, and against ``FIT_THREADS`` fits at once, BLAS on one
    thread each; after one untimed run (the score both ways share is compiled once).  The terms must
    come out identical.
-2. The L-BFGS polish of ``--starts`` MAP searches (Adam's ``--adam`` steps first, as ``find_map``): all
-   starts in one program on one device (the old way), against split over the devices
-   (``sampler._over_devices``).  Compilation is included in both, as a study pays it.  Likewise the Adam
-   steps themselves (``find_map(..., polish=0)``, ``split`` false against true).
+2. The L-BFGS polish of ``--starts`` MAP searches (Adam's ``--adam`` steps first, as ``find_map``): optax's
+   L-BFGS vmapped over all starts in one program, split over the devices (the old way, until December 2026:
+   the starts move in lockstep), against scipy's on the host, one start after another on
+   ``sampler.POLISH_THREADS`` threads (``sampler.polish_optima``).  Compilation is included in both, as a
+   study pays it.  Likewise the Adam steps themselves (``find_map(..., polish=0)``, all starts on one device
+   against split over the devices).
 3. The posterior-mean score of ``--draws`` draws at ``--points`` snapshots (the bumps' gap and the
    interpolant's training targets): each draw's score by whitened residuals (``mixture_score``, the old
    way), against the dense coefficient form summed over draws (``posterior_mean_score``).  The draws are
@@ -73,6 +75,42 @@ def residual_mean_score(weights, means, cov_chol, x, chunk: int = 2048):
     (blocks of ``chunk``, each in ``_in_chunks``' memory-bounded pieces), averaged over draws."""
     return np.concatenate([_in_chunks(_RESIDUAL_DRAWS, (weights, means, cov_chol), x[i:i + chunk], chunk)[0].mean(axis=0)
                            for i in range(0, len(x), chunk)])
+
+
+def traced_lbfgs(potential, params, max_steps: int):
+    """The old polish of one start, traced so that ``vmap`` polishes all starts at once: optax's L-BFGS (zoom line
+    search), at most ``max_steps`` iterations, stopping at a vanishing gradient or once an iteration no longer
+    lowers the potential; never worse than ``params``."""
+    import optax
+    flat, unravel = ravel_pytree(params)
+
+    def f(v):
+        return potential(unravel(v))
+
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(f)
+
+    def body(carry):
+        v, state, _, last = carry
+        value, grad = value_and_grad(v, state=state)
+        updates, state = solver.update(grad, state, v, value=value, grad=grad, value_fn=f)
+        new = optax.apply_updates(v, updates)
+        new_value = optax.tree_utils.tree_get(state, "value")
+        finite = jnp.all(jnp.isfinite(new)) & jnp.isfinite(new_value)
+        stalled = ~(new_value < last - sampler.POLISH_DECREASE * jnp.abs(last))
+        return jnp.where(finite, new, v), state, ~finite | stalled, jnp.where(finite, new_value, last)
+
+    def cond(carry):
+        _, state, stop, _ = carry
+        count = optax.tree_utils.tree_get(state, "count")
+        grad = optax.tree_utils.tree_get(state, "grad")
+        return ~stop & ((count == 0) | ((count < max_steps) &
+                                        (optax.tree_utils.tree_norm(grad) > sampler.POLISH_GRADIENT)))
+
+    start = f(flat)
+    out, _, _, _ = jax.lax.while_loop(cond, body, (flat, solver.init(flat), jnp.asarray(False), start))
+    end = f(out)
+    return unravel(jnp.where(jnp.isfinite(end) & (end <= start), out, flat))
 
 
 def arviz_loo_densities(cell_log_lik, counts):
@@ -153,13 +191,14 @@ def main(argv=None):
         return potential_energy(model, model_args, {}, params)
 
     polish = sampler.SamplerConfig().map_polish  # find_map's polish (not a spec setting)
-    batched = jax.vmap(lambda p: sampler._lbfgs_traced(potential, p, polish))
-    one_s, one = _timed(lambda: jax.jit(batched)(searched))
-    split_s, split = _timed(lambda: sampler._over_devices(batched, searched))
-    e_one, e_split = (np.asarray(jax.vmap(potential)(p)) for p in (one, split))
-    rows.append((f"L-BFGS polish of {starts} MAP searches ({jax.local_device_count()} devices, compilation included)",
-                 one_s, split_s, _check(abs(e_one.min() - e_split.min()) <= 1e-6 * abs(e_one.min()),
-                                        f"best potential {e_one.min():.6f} / {e_split.min():.6f}")))
+    batched = jax.vmap(lambda p: traced_lbfgs(potential, p, polish))
+    old_s, old = _timed(lambda: sampler._over_devices(batched, searched))
+    e_old = np.asarray(jax.vmap(potential)(old))
+    new_s, (split, e_split) = _timed(lambda: sampler.polish_optima(potential, searched, polish))
+    rows.append((f"L-BFGS polish of {starts} MAP searches (old: vmapped, {jax.local_device_count()} devices; new: "
+                 f"host, {sampler.POLISH_THREADS} threads; compilation included)", old_s, new_s,
+                 _check(abs(e_old.min() - e_split.min()) <= 1e-6 * abs(e_old.min()),
+                        f"best potential {e_old.min():.6f} / {e_split.min():.6f}")))
 
     # 2. the posterior-mean score of Laplace draws at the best optimum
     best = jax.tree_util.tree_map(lambda leaf: leaf[int(np.argmin(e_split))], split)

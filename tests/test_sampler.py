@@ -126,14 +126,13 @@ def test_whitened_dense_metric_samples_the_same_posterior(metric, monkeypatch):
     assert abs(w.mean() - 0.3) < 5 * max(w.std(), np.sqrt(0.21 / 4000))
 
 
-@pytest.mark.parametrize("host", [True, False])
-def test_map_search_polished_by_lbfgs_reaches_a_stationary_point(host, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_map_search_polished_by_lbfgs_reaches_a_stationary_point(threads, monkeypatch):
     """Adam's steps find the basin, L-BFGS its optimum: the polished optimum's potential is no higher than
-    Adam's alone, and its gradient vanishes (float64); polished on the host (scipy, few starts) or all
-    starts at once in one compiled program (optax, many starts)."""
+    Adam's alone, and its gradient vanishes (float64); the starts polished one after another or shared among
+    threads, with the same optima to the last bit."""
     import kgmm_bayes.bayes.sampler as sampler
 
-    monkeypatch.setattr(sampler, "HOST_POLISH_MAX_STARTS", 16 if host else 0)
     from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import potential_energy, unconstrain_fn
 
@@ -144,8 +143,14 @@ def test_map_search_polished_by_lbfgs_reaches_a_stationary_point(host, monkeypat
     args = (expected_quadratic_features(part.points, part.cell_covariances), jax.numpy.asarray(part.counts), prior)
     init = unconstrain_fn(mixture_model, args, {}, initial_values(part))
     adam_best, adam = find_map(jax.random.key(2), args, init, 4, 30, polish=0)
-    best, polished = find_map(jax.random.key(2), args, init, 4, 30, polish=500)
+    monkeypatch.setattr(sampler, "POLISH_THREADS", 1)
+    _, alone, alone_all = find_map(jax.random.key(2), args, init, 4, 30, polish=500, return_all=True)
+    monkeypatch.setattr(sampler, "POLISH_THREADS", threads)
+    best, polished, polished_all = find_map(jax.random.key(2), args, init, 4, 30, polish=500, return_all=True)
     assert polished.min() <= adam.min() + 1e-9
+    np.testing.assert_array_equal(polished, alone)
+    for key in polished_all:
+        np.testing.assert_array_equal(np.asarray(polished_all[key]), np.asarray(alone_all[key]))
 
     def grad_norm(params):
         flat, unravel = ravel_pytree(params)
@@ -157,7 +162,7 @@ def test_map_search_polished_by_lbfgs_reaches_a_stationary_point(host, monkeypat
 
 @pytest.mark.parametrize("n", [1, 3, 4])
 def test_batches_split_over_devices_keep_their_order(n):
-    """find_map's polish of many starts runs split over the devices (padded to a multiple of them):
+    """find_map's Adam steps of many starts run split over the devices (padded to a multiple of them):
     every entry comes back in its place, as the one-device program gives it."""
     from kgmm_bayes.bayes.sampler import _over_devices
 

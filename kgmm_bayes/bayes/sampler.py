@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import jax
@@ -34,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
+from .._cpus import usable_cpus
 from .._keys import host_rng
 from ..partition import Partition, _seed_from_key
 from ..progress import bar, tick
@@ -347,10 +349,13 @@ TICKING_MIN_WORK = 5e8
 # (6e7: posterior 10.1-10.5 s against 9.7 s in float64, its extra checks included) or four-well (7.7e8: 48.2 against
 # 48.8 s), 1.10x on the triad (1.9e9), 1.25x on Kuramoto-Sivashinsky D = 4, 1.34-1.50x on Lorenz-63 (5e9)
 FLOAT32_MIN_WORK = 1e9
-HOST_POLISH_MAX_STARTS = 16  # up to this many MAP searches are polished one by one on the host (scipy); more at
-# once, vmapped in one compiled program (optax): the host's ~0.4 ms per iteration outgrows the compilation.  (Host
-# polishes on one thread per device were measured and not kept: 8 Lorenz-63 starts 2.4-2.7 s on one thread, 2.1-2.2
-# s on two, 3.4-3.6 s with each thread's gradients on its own device: the interpreter, not the gradient, binds.)
+# The MAP searches' L-BFGS polish runs on the host (scipy), one start after another on each of this many threads (the
+# jitted gradient releases the interpreter while it runs): the CPUs this process may use.  It replaced optax's L-BFGS
+# vmapped over all starts in one compiled program (split over the devices), whose starts moved in lockstep, each
+# iteration's line search as long as the slowest start's: Kuramoto-Sivashinsky D = 4's 96 starts took 62 s that way,
+# 33 s one after another on the host and 23 s on two threads; Lorenz-63's 32, 16.7 s, 10.6 s and 9.0 s
+# (benchmarks/bench_posterior_overheads.py)
+POLISH_THREADS = usable_cpus()
 
 
 def likelihood_work(rows: int, features: int, components: int, config: SamplerConfig) -> float:
@@ -358,50 +363,14 @@ def likelihood_work(rows: int, features: int, components: int, config: SamplerCo
     return float(rows) * features * components * config.chains * (config.warmup + config.draws)
 
 
-def _lbfgs_traced(potential, params, max_steps: int):
-    """``params`` moved to a nearby minimum of ``potential`` by L-BFGS: at most ``max_steps`` iterations,
-    stopping early at a vanishing gradient or once an iteration no longer lowers the potential (a failed
-    line search).  The point returned is never worse than ``params``: a non-finite or higher result
-    gives ``params`` back.  Traced (optax's L-BFGS, zoom line search), so that many starts are polished
-    at once under ``vmap``; its compilation takes about 4 s."""
-    import optax
-    flat, unravel = ravel_pytree(params)
-
-    def f(v):
-        return potential(unravel(v))
-
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(f)
-
-    def body(carry):
-        v, state, _, last = carry
-        value, grad = value_and_grad(v, state=state)
-        updates, state = solver.update(grad, state, v, value=value, grad=grad, value_fn=f)
-        new = optax.apply_updates(v, updates)
-        new_value = optax.tree_utils.tree_get(state, "value")
-        finite = jnp.all(jnp.isfinite(new)) & jnp.isfinite(new_value)
-        stalled = ~(new_value < last - POLISH_DECREASE * jnp.abs(last))
-        return jnp.where(finite, new, v), state, ~finite | stalled, jnp.where(finite, new_value, last)
-
-    def cond(carry):
-        _, state, stop, _ = carry
-        count = optax.tree_utils.tree_get(state, "count")
-        grad = optax.tree_utils.tree_get(state, "grad")
-        return ~stop & ((count == 0) | ((count < max_steps) & (optax.tree_utils.tree_norm(grad) > POLISH_GRADIENT)))
-
-    start = f(flat)
-    out, _, _, _ = jax.lax.while_loop(cond, body, (flat, solver.init(flat), jnp.asarray(False), start))
-    end = f(out)
-    return unravel(jnp.where(jnp.isfinite(end) & (end <= start), out, flat))
-
-
-def _lbfgs(potential, batch, max_steps: int):
+def _lbfgs(potential, batch, max_steps: int, threads: int = 1):
     """Each point of ``batch`` (a pytree with a leading axis) moved to a nearby minimum of ``potential``
     by L-BFGS (scipy's L-BFGS-B, on this host; one jitted value-and-gradient serves every point): at most
     ``max_steps`` iterations, stopping early at a vanishing gradient (:data:`POLISH_GRADIENT`) or once an
     iteration lowers the potential by less than :data:`POLISH_DECREASE` of it.  A point is never made
-    worse: a non-finite or higher result gives the point back.  (optax's L-BFGS inside the jitted search
-    took about 4 s to compile on the default study, for a polish that runs in well under one.)
+    worse: a non-finite or higher result gives the point back.  The points are shared among ``threads``
+    threads (the value-and-gradient compiled first, in this one); each point's polish is the same whichever
+    thread runs it.
 
     Returns ``(points, potentials)``: the polished batch and each point's potential there (non-finite where
     the potential is)."""
@@ -410,7 +379,7 @@ def _lbfgs(potential, batch, max_steps: int):
     # flattened and rebuilt on the host, in ravel_pytree's order (run op by op, JAX compiled a program per step)
     leaves, treedef = jax.tree_util.tree_flatten(batch)
     leaves = [np.asarray(leaf) for leaf in leaves]
-    flats = np.concatenate([leaf.reshape(len(leaf), -1) for leaf in leaves], axis=1)
+    flats = np.asarray(np.concatenate([leaf.reshape(len(leaf), -1) for leaf in leaves], axis=1), np.float64)
     first = jax.tree_util.tree_unflatten(treedef, [leaf[0] for leaf in leaves])
     unravel = ravel_pytree(first)[1]
 
@@ -419,32 +388,37 @@ def _lbfgs(potential, batch, max_steps: int):
         return jnp.concatenate([value[None], grad])
 
     value_and_grad = jax.jit(packed)
+    # traced and compiled here: the threads then only run it (numpyro's tracing is not thread-safe)
+    starting = [np.asarray(value_and_grad(flat), np.float64) for flat in flats]
 
     def fun(v):
         both = np.asarray(value_and_grad(v), np.float64)
         value, grad = float(both[0]), both[1:]
         return (value, grad) if np.isfinite(value) and np.all(np.isfinite(grad)) else (np.inf, np.zeros_like(grad))
 
-    out, energies = [], []
-    for flat in np.asarray(flats, np.float64):
-        both = np.asarray(value_and_grad(flat), np.float64)
+    def polished(i):
+        flat, both = flats[i], starting[i]
         raw = float(both[0])  # the potential itself, also where its gradient is not finite
         start = raw if np.all(np.isfinite(both)) else np.inf
         res = scipy.optimize.minimize(fun, flat, jac=True, method="L-BFGS-B",
                                       options={"maxiter": max_steps, "gtol": POLISH_GRADIENT, "ftol": POLISH_DECREASE})
         moved = np.isfinite(res.fun) and res.fun <= start
-        out.append(res.x if moved else flat)
-        energies.append(float(res.fun) if moved else raw)
-    return _host_unravel(first, np.stack(out)), np.asarray(energies)
+        return (res.x, float(res.fun)) if moved else (flat, raw)
+
+    threads = max(1, min(int(threads), len(flats)))
+    if threads == 1:
+        done = [polished(i) for i in range(len(flats))]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            done = list(pool.map(polished, range(len(flats))))
+    return _host_unravel(first, np.stack([x for x, _ in done])), np.asarray([e for _, e in done])
 
 
 def _over_devices(batched, tree):
     """``batched`` (a function of a pytree with a leading batch axis) on ``tree``, its batch split over the local
     devices, at most one per entry (``pmap``; padded with copies of the last entry to a multiple of their number);
     one device: ``jit``.  Whatever ``batched`` closes over is copied to every device: only for data that fit on
-    each (``find_map``'s ``split``).
-    A polish of 32 Lorenz-63 MAP searches (optax L-BFGS, 500 iterations at most): 16.9 s on one device, 8.0 s on
-    two."""
+    each (``find_map``'s ``split``)."""
     n = jax.tree_util.tree_leaves(tree)[0].shape[0]
     devices = min(jax.local_device_count(), n)
     if devices == 1:
@@ -469,8 +443,7 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
     Starts are the partition's values jittered by ``jitter``; all run at once (``vmap``, split over the
     devices unless ``split`` is false: rows sharded over the devices stay where they are):
     ``steps`` Adam steps in one ``lax.scan`` find each start's basin, then at most
-    ``polish`` L-BFGS iterations reach its optimum (:func:`_lbfgs` on the host for at most
-    :data:`HOST_POLISH_MAX_STARTS` starts, else :func:`_lbfgs_traced`, all starts at once, split as the Adam steps).
+    ``polish`` L-BFGS iterations reach its optimum (:func:`polish_optima`).
     Adam alone stops on the flat ridges of a mixture's posterior (default study: 4.4 nats
     below the optimum after 1,000 steps, where the Laplace approximation means nothing).
     Mixture posteriors have many local modes; modes whose log posterior differs by tens
@@ -509,16 +482,12 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
 
 def polish_optima(potential, params, polish: int, split: bool = True):
     """``params`` (a pytree with a leading axis of starts) moved to nearby minima of ``potential`` by at most
-    ``polish`` L-BFGS iterations (:func:`_lbfgs` on the host for at most :data:`HOST_POLISH_MAX_STARTS` starts, else
-    :func:`_lbfgs_traced`, all at once, split over the devices unless ``split`` is false; ``polish = 0``: left where
-    they are).  Returns ``(params, energies)``, the potential at each (``inf`` where it is not finite)."""
-    starts = jax.tree_util.tree_leaves(params)[0].shape[0]
-    if 0 < polish and starts <= HOST_POLISH_MAX_STARTS:  # the polish's own final potentials (no program for them)
-        params, energies = _lbfgs(potential, params, polish)
+    ``polish`` L-BFGS iterations each (:func:`_lbfgs` on the host, on :data:`POLISH_THREADS` threads unless ``split`` is
+    false: rows sharded over the devices are polished one start at a time; ``polish = 0``: left where they are).
+    Returns ``(params, energies)``, the potential at each (``inf`` where it is not finite)."""
+    if polish > 0:  # the polish's own final potentials (no program for them)
+        params, energies = _lbfgs(potential, params, polish, threads=POLISH_THREADS if split else 1)
     else:
-        if polish > 0:
-            polish_all = jax.vmap(lambda p: _lbfgs_traced(potential, p, polish))
-            params = _over_devices(polish_all, params) if split else jax.jit(polish_all)(params)
         energies = np.asarray(jax.jit(jax.vmap(potential))(params))
     return params, np.where(np.isfinite(energies), energies, np.inf)
 
