@@ -5,8 +5,9 @@ For one study (a spec file or a shipped study's name; its data, partition and pr
 1. ``error_terms``: the coarsening's scikit-learn fits (K on contiguous and scattered blocks, the
    richer references) one after another, BLAS free to use every core (the old way), against the same
    one after another with BLAS on one thread, and against ``FIT_THREADS`` fits at once, BLAS on one
-   thread each; after one untimed run (the score both ways share is compiled once).  The terms must
-   come out identical.
+   thread each; after one untimed run (the score both ways share is compiled once).  The two ways with
+   BLAS on one thread must give identical terms; BLAS free may sum in another order, within 1e-12 of them
+   (Lorenz-63's full data: 2.4e-15).
 2. The L-BFGS polish of ``--starts`` MAP searches (Adam's ``--adam`` steps first, as ``find_map``): optax's
    L-BFGS vmapped over all starts in one program, split over the devices (the old way, until December 2026:
    the starts move in lockstep), against scipy's on the host, one start after another on
@@ -166,10 +167,14 @@ def main(argv=None):
         new_s, new = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0))
     finally:
         coarsening.FIT_THREADS, threadpoolctl.threadpool_limits = saved, limits
+    gap = max(float(np.max(np.abs(np.asarray(one[name], float) - np.asarray(old[name], float))
+                               / np.maximum(1.0, np.abs(np.asarray(old[name], float))))) for name in old)
     rows.append(("error_terms: one fit after another, BLAS on one thread", old_s, one_s,
-                 _check(one == old, "identical")))
+                 _check(gap <= 1e-12, f"largest relative difference to BLAS free {gap:.1e}")))
+    same = old.keys() == new.keys() == one.keys() and all(
+        np.array_equal(np.asarray(new[name]), np.asarray(one[name])) for name in one)
     rows.append((f"error_terms: {saved} fits at once, BLAS on one thread each", old_s, new_s,
-                 _check(new == old, "identical")))
+                 _check(same, "identical to one after another")))
 
     # 3. the MAP searches' polish (first: its optimum gives the draws of row 2)
     m = spec.mixture
