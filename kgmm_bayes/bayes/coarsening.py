@@ -54,7 +54,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._cpus import usable_cpus
+from .._cpus import worker_threads
 
 __all__ = ["Coarsening", "zeta_from_alpha", "alpha_from_zeta", "error_terms", "needs_variance",
            "zeta_without_variance", "posterior_score_variance", "choose_zeta", "with_gap", "significant_gap", "OFF"]
@@ -66,7 +66,7 @@ POINTS_PER_REFERENCE_COMPONENT = 50  # ... with at least this many snapshots of 
 KEEP_STANDARD = 0.95  # zeta above this: the band would widen by < 2.6%; the standard posterior is kept
 BLOCKS = 4  # contiguous blocks of the snapshots: independent fits whose spread is the sampling variance
 # error_terms' maximum-likelihood fits at once: the cores this process may use, at most 4
-FIT_THREADS = min(4, usable_cpus())
+FIT_THREADS = worker_threads()
 _FITTING = threading.Lock()  # BLAS's thread limit is process-wide: one error_terms' fits at a time
 MAX_BLOCK = 50_000  # snapshots per block used by the maximum-likelihood fits
 

@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
-from .._cpus import usable_cpus
+from .._cpus import worker_threads
 from .._keys import host_rng
 from ..partition import Partition, _seed_from_key
 from ..progress import bar, tick
@@ -350,13 +350,13 @@ TICKING_MIN_WORK = 5e8
 # 48.8 s), 1.10x on the triad (1.9e9), 1.25x on Kuramoto-Sivashinsky D = 4, 1.34-1.50x on Lorenz-63 (5e9)
 FLOAT32_MIN_WORK = 1e9
 # The MAP searches' L-BFGS polish runs on the host (scipy), one start after another on each of this many threads (the
-# jitted gradient releases the interpreter while it runs): the CPUs this process may use, at most 4 (as the
-# coarsening's fits; measured on 2).  It replaced optax's L-BFGS vmapped over all starts in one compiled program
+# jitted gradient releases the interpreter while it runs): as many as the coarsening's fits (_cpus.worker_threads;
+# measured on 2).  It replaced optax's L-BFGS vmapped over all starts in one compiled program
 # (split over the devices), whose starts moved in lockstep, each iteration's line search as long as the slowest
 # start's.  The same Adam endpoints polished each way (one process, 2 cores): Kuramoto-Sivashinsky D = 4's 96 starts
 # 62 s vmapped, 33 s one after another on the host, 23 s on two threads (the same optima); Lorenz-63's 32 (zeta
 # 0.937), 16.7 s, 10.6 s and 9.0 s (benchmarks/bench_posterior_overheads.py times the old way against this one)
-POLISH_THREADS = min(4, usable_cpus())
+POLISH_THREADS = worker_threads()
 
 
 def likelihood_work(rows: int, features: int, components: int, config: SamplerConfig) -> float:
