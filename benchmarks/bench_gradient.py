@@ -18,6 +18,16 @@ Each timing is the median over repeats of ``block_until_ready`` after a warm-up 
 Prints one table with the ratios dense/floor, autodiff/dense and mixture_same_family/dense.
 
     python benchmarks/bench_gradient.py [--repeats 30]
+
+``--layouts``: the whole potential's value and gradient as NUTS evaluates it (the numpyro model: prior,
+transforms and the cells' likelihood; ``LOOP`` gradients in one compiled loop, the best of ``--repeats // 6``
+loops) with the likelihood's log densities laid out ``(rows, K)`` (the baseline, float64's layout) against
+``(K, rows)`` (float32's, ``kgmm_bayes.bayes.mixture._block_terms_by_component``), in float32 and float64
+features, on the shapes of the shipped studies' likelihoods (2,000 cells; K and D of Lorenz-63, Kuramoto-Sivashinsky
+D = 4, the triad, four-well, Lorenz-96 slow; 500 merged cells; the default study's merged cells), with the
+two layouts' largest relative difference in value and gradient.  Run it on one core, as each NUTS chain runs
+(``taskset -c 0 python benchmarks/bench_gradient.py --layouts``): on two, XLA's threads make each compiled
+program's time vary from one compilation to the next (Lorenz-63's float64 row layout 189-302 us).
 """
 from __future__ import annotations
 
@@ -33,6 +43,8 @@ import numpyro.distributions as dist
 from kgmm_bayes.bayes.mixture import component_coefficients, loglik_plain, mixture_loglik_dense, quadratic_features
 
 CASES = [(20_000, 16, 2), (100_000, 32, 3)]
+LAYOUT_CASES = [(2000, 32, 3), (2000, 32, 4), (2000, 24, 3), (2000, 16, 2), (2000, 32, 5), (500, 32, 3), (200, 8, 1)]
+LOOP = 300
 
 
 def median_time(fn, *args, repeats: int) -> float:
@@ -56,7 +68,77 @@ def make_case(n, k, d, dtype, seed=0):
     return cast(x), cast(weights), cast(means), cast(chol)
 
 
+def potential_loop_time(m, k, d, dtype, loops: int):
+    """Seconds per value and gradient of the mixture model's potential on ``m`` random cells, and the value and
+    gradient at the model's initial point."""
+    import functools
+
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import initialize_model
+
+    from kgmm_bayes.bayes.mixture import MixturePrior, expected_quadratic_features, mixture_model
+
+    rng = np.random.default_rng(0)
+    prior = MixturePrior(jnp.asarray(rng.normal(size=(k, d))), jnp.full((k, d), 0.3), 1.0, 1.0, 2.0)
+    feats = jnp.asarray(expected_quadratic_features(rng.normal(size=(m, d)), np.broadcast_to(0.01 * np.eye(d), (m, d, d))),
+                        dtype)
+    counts = jnp.asarray(rng.uniform(1.0, 100.0, size=m), dtype)
+    info = initialize_model(jax.random.PRNGKey(0), functools.partial(mixture_model, block_rows="auto"),
+                            model_args=(feats, counts, prior))
+    flat, unravel = ravel_pytree(info.param_info.z)
+    value_and_grad = jax.value_and_grad(lambda v: info.potential_fn(unravel(v)))
+
+    def loop(v):
+        def body(_, carry):
+            v, acc = carry
+            value, grad = value_and_grad(v)
+            return v - 1e-9 * grad, acc + value
+        return jax.lax.fori_loop(0, LOOP, body, (v, jnp.zeros((), v.dtype)))
+
+    looped = jax.jit(loop)
+    jax.block_until_ready(looped(flat))
+    best = float("inf")
+    for _ in range(loops):
+        start = time.perf_counter()
+        jax.block_until_ready(looped(flat))
+        best = min(best, (time.perf_counter() - start) / LOOP)
+    value, grad = jax.jit(value_and_grad)(flat)
+    return best, float(value), np.asarray(grad)
+
+
+def layouts(args):
+    from kgmm_bayes.bayes import mixture
+
+    chosen = mixture._block_terms  # the layout by the features' dtype
+
+    def forced(layout):
+        return lambda features, counts, gamma: layout(features, counts, gamma.astype(features.dtype), gamma.dtype)
+
+    print(f"device: {jax.devices()[0].device_kind}, {jax.local_device_count()} device(s)")
+    header = ("cells", "K", "D", "features", "(rows, K) us", "(K, rows) us", "ratio", "rel. diff value",
+              "rel. diff gradient")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header), flush=True)
+    cases = LAYOUT_CASES if args.layout_cases is None else [tuple(int(v) for v in c.split(","))
+                                                            for c in args.layout_cases]
+    for m, k, d in cases:
+        for dtype in (jnp.float32, jnp.float64):
+            timed = {}
+            for name, layout in (("row", mixture._block_terms_by_row), ("component", mixture._block_terms_by_component)):
+                mixture._block_terms = forced(layout)
+                try:
+                    timed[name] = potential_loop_time(m, k, d, dtype, max(1, args.repeats // 6))
+                finally:
+                    mixture._block_terms = chosen
+            (t_row, v_row, g_row), (t_comp, v_comp, g_comp) = timed["row"], timed["component"]
+            print(f"| {m} | {k} | {d} | {jnp.dtype(dtype).name} | {t_row * 1e6:.1f} | {t_comp * 1e6:.1f} | "
+                  f"{t_row / t_comp:.2f} | {abs(v_comp - v_row) / abs(v_row):.1e} | "
+                  f"{np.max(np.abs(g_comp - g_row)) / np.max(np.abs(g_row)):.1e} |", flush=True)
+
+
 def main(args):
+    if args.layouts:
+        return layouts(args)
     rows = []
     for n, k, d in (CASES if args.cases is None else [tuple(int(v) for v in c.split(",")) for c in args.cases]):
         for dtype in (jnp.float32, jnp.float64):
@@ -98,4 +180,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--cases", nargs="+", default=None, help="N,K,D triples (default: the issue's two)")
+    parser.add_argument("--layouts", action="store_true",
+                        help="the potential's gradient with the likelihood in (rows, K) against (K, rows) layout")
+    parser.add_argument("--layout-cases", nargs="+", default=None,
+                        help="--layouts: cells,K,D triples (default: the shipped studies' shapes)")
     main(parser.parse_args())

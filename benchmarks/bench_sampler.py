@@ -176,14 +176,18 @@ def metric_studies(args):
         zs = ZScore(np.zeros(z.shape[1]), np.ones(z.shape[1]))
         probes = probe_points(part.points, part.counts)
         base = None
-        for (metric, kind, polish, likelihood, precision), method in [(VARIANTS[i], c) for i in args.variants
-                                                                      for c in args.chain_methods]:
+        for (metric, kind, polish, likelihood, precision), method, depth in [
+                (VARIANTS[i], c, t) for i in args.variants for c in args.chain_methods for t in args.max_tree_depths]:
             config = SamplerConfig(**spec.sampler._asdict())._replace(
                 metric=kind, dense_mass=False, map_polish=polish, chain_method=method,
                 likelihood_cells=len(part.points) if likelihood == "cells" else likelihood,
                 likelihood_precision=precision)
+            if depth is not None:
+                config = config._replace(max_tree_depth=depth)
             if len(args.chain_methods) > 1:
                 metric = f"{metric}, chains {method}"
+            if len(args.max_tree_depths) > 1:
+                metric = f"{metric}, max tree depth {config.max_tree_depth}"
             post = run_nuts(jax.random.key(args.seed), part.points, part.counts * zeta, prior, initial_values(part),
                             config, point_covariances=part.cell_covariances)
             r = summarise(metric, post, zs, probes, part.points, part.counts, zeta)
@@ -256,6 +260,9 @@ if __name__ == "__main__":
                         choices=("auto", "parallel", "vectorized", "sequential"),
                         help="--metric-studies: each variant with each of these chain methods (sampler.chain_plan; "
                              "auto on CPU: rounds of one chain per device, in parallel)")
+    parser.add_argument("--max-tree-depths", type=int, nargs="+", default=[None],
+                        help="--metric-studies: each variant with each of these NUTS tree depth caps ([sampler] "
+                             "max_tree_depth; default the spec's)")
     parser.add_argument("--warmup", type=int, default=None, help="--metric-studies: override [sampler] warmup")
     parser.add_argument("--draws", type=int, default=None, help="--metric-studies: override [sampler] draws")
     main(parser.parse_args())

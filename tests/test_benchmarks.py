@@ -72,8 +72,17 @@ SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_geometry.py", "bench_use
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(CASES)])
 def test_benchmark_prints_table(script, tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH / script), *CASES[script]], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path)
+    assert_prints_tables([sys.executable, str(BENCH / script), *CASES[script]], tmp_path)
+
+
+def test_gradient_layouts_print_table(tmp_path):
+    """bench_gradient.py's other table: the likelihood's two layouts."""
+    assert_prints_tables([sys.executable, str(BENCH / "bench_gradient.py"), "--layouts", "--layout-cases", "200,3,2",
+                          "--repeats", "6"], tmp_path)
+
+
+def assert_prints_tables(command, cwd):
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tables, previous = [], False  # runs of consecutive table lines
     for line in proc.stdout.splitlines():

@@ -115,6 +115,30 @@ def test_fused_loglik_is_minus_inf_where_every_component_is():
     feats = quadratic_features(jnp.ones((4, 2)))
     gamma = jnp.full((feats.shape[1], 3), -jnp.inf)
     assert float(loglik_from_coefficients(feats, jnp.ones(4), gamma, None)) == -np.inf
+    # float32 features take the (K, rows) layout: the same -inf, no nan
+    assert float(loglik_from_coefficients(feats.astype(jnp.float32), jnp.ones(4), gamma, None)) == -np.inf
+
+
+def test_float32_component_layout_equals_the_row_layout():
+    """float32 features' log densities laid out (K, rows) give the value and gradient of the (rows, K) layout in
+    the same precision, to float32's rounding (sums taken in another order), with float64 Gamma and counts."""
+    from kgmm_bayes.bayes import mixture
+
+    rng = np.random.default_rng(13)
+    weights, means, chol = random_mixture(rng, 7, 3)
+    feats = quadratic_features(1.5 * rng.normal(size=(900, 3))).astype(jnp.float32)
+    counts = jnp.asarray(rng.integers(1, 40, size=900).astype(float))
+    gamma = component_coefficients(weights, means, chol)
+    by_row = mixture._block_terms_by_row(feats, counts, gamma.astype(jnp.float32), jnp.float64)
+    by_component = mixture._block_terms(feats, counts, gamma)
+    assert by_component[0].dtype == by_component[1].dtype == jnp.float64
+    scale = float(jnp.sum(counts * jnp.max(jnp.abs(feats) @ jnp.abs(gamma), axis=1)))
+    assert abs(float(by_component[0]) - float(by_row[0])) < 8 * 2.0 ** -24 * scale
+    np.testing.assert_allclose(by_component[1], by_row[1], rtol=1e-5,
+                               atol=1e-5 * float(jnp.max(jnp.abs(by_row[1]))))
+    # and the other layout's gradient is the derivative of its own value: the plain expression's, in float64
+    want = jax.grad(plain_loglik, argnums=2)(feats.astype(jnp.float64), counts, gamma)
+    np.testing.assert_allclose(by_component[1], want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
 
 
 @pytest.mark.parametrize("d", [1, 2])
