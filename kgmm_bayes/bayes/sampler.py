@@ -346,9 +346,11 @@ POLISH_DECREASE = 1e-13  # ... or when an iteration lowers the potential by less
 # samplers show one step per round of chains.  About 7x the default study: a minute of sampling on 2 cores.
 TICKING_MIN_WORK = 5e8
 # "auto" precision tries float32 only for samplers of at least this much work: it saved nothing on the default study
-# (6e7: posterior 10.1-10.5 s against 9.7 s in float64, its extra checks included) or four-well (7.7e8: 48.2 against
-# 48.8 s), 1.10x on the triad (1.9e9), 1.25x on Kuramoto-Sivashinsky D = 4, 1.34-1.50x on Lorenz-63 (5e9)
-FLOAT32_MIN_WORK = 1e9
+# (6e7: posterior 10.1-10.5 s against 9.7 s in float64, its extra checks included), 1.10x on the triad (1.9e9),
+# 1.25x on Kuramoto-Sivashinsky D = 4, 1.34-1.50x on Lorenz-63 (5e9), with the likelihood laid out (rows, K) in
+# both precisions.  Once float32 took the (K, rows) layout (mixture._block_terms_by_component) it paid on four-well
+# too (7.7e8, below the 1e9 this was before: posterior 24.0 s against 32.8 s in float64, kgmm-bayes run, seed 0)
+FLOAT32_MIN_WORK = 3e8
 # The MAP searches' L-BFGS polish runs on the host (scipy), one start after another on each of this many threads (the
 # jitted gradient releases the interpreter while it runs): as many as the coarsening's fits (_cpus.worker_threads;
 # measured on 2).  It replaced optax's L-BFGS vmapped over all starts in one compiled program
