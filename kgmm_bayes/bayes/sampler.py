@@ -349,7 +349,7 @@ TICKING_MIN_WORK = 5e8
 # (6e7: posterior 10.1-10.5 s against 9.7 s in float64, its extra checks included), 1.10x on the triad (1.9e9),
 # 1.25x on Kuramoto-Sivashinsky D = 4, 1.34-1.50x on Lorenz-63 (5e9), with the likelihood laid out (rows, K) in
 # both precisions.  Once float32 took the (K, rows) layout (mixture._block_terms_by_component) it paid on four-well
-# too (7.7e8, below the 1e9 this was before: posterior 24.0 s against 32.8 s in float64, kgmm-bayes run, seed 0)
+# too (7.7e8, below the 1e9 this was before: posterior 23.3 s against 32.8 s in float64, kgmm-bayes run, seed 0)
 FLOAT32_MIN_WORK = 3e8
 # The MAP searches' L-BFGS polish runs on the host (scipy), one start after another on each of this many threads (the
 # jitted gradient releases the interpreter while it runs): as many as the coarsening's fits (_cpus.worker_threads;
