@@ -68,6 +68,11 @@ def make_case(n, k, d, dtype, seed=0):
     return cast(x), cast(weights), cast(means), cast(chol)
 
 
+def parse_cases(given, default):
+    """``"N,K,D"`` strings as integer triples; ``default`` where none are given."""
+    return default if given is None else [tuple(int(v) for v in c.split(",")) for c in given]
+
+
 def potential_loop_time(m, k, d, dtype, loops: int):
     """Seconds per value and gradient of the mixture model's potential on ``m`` random cells, and the value and
     gradient at the model's initial point."""
@@ -119,9 +124,7 @@ def layouts(args):
               "rel. diff gradient")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header), flush=True)
-    cases = LAYOUT_CASES if args.layout_cases is None else [tuple(int(v) for v in c.split(","))
-                                                            for c in args.layout_cases]
-    for m, k, d in cases:
+    for m, k, d in parse_cases(args.layout_cases, LAYOUT_CASES):
         for dtype in (jnp.float32, jnp.float64):
             timed = {}
             for name, layout in (("row", mixture._block_terms_by_row), ("component", mixture._block_terms_by_component)):
@@ -140,7 +143,7 @@ def main(args):
     if args.layouts:
         return layouts(args)
     rows = []
-    for n, k, d in (CASES if args.cases is None else [tuple(int(v) for v in c.split(",")) for c in args.cases]):
+    for n, k, d in parse_cases(args.cases, CASES):
         for dtype in (jnp.float32, jnp.float64):
             x, w, mu, chol = make_case(n, k, d, dtype)
             feats = quadratic_features(x)

@@ -141,6 +141,22 @@ def test_float32_component_layout_equals_the_row_layout():
     np.testing.assert_allclose(by_component[1], want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
 
 
+def test_large_float32_blocks_keep_the_row_layout(monkeypatch):
+    """float32 blocks of more than COMPONENT_LAYOUT_MAX log densities are computed in the (rows, K) layout (the
+    (K, rows) one is several times slower there): the same numbers as it, bit for bit."""
+    from kgmm_bayes.bayes import mixture
+
+    rng = np.random.default_rng(17)
+    feats = quadratic_features(rng.normal(size=(300, 2))).astype(jnp.float32)
+    counts = jnp.asarray(rng.uniform(1, 5, size=300))
+    gamma = jnp.asarray(0.1 * rng.normal(size=(feats.shape[1], 4)))
+    by_row = mixture._block_terms_by_row(feats, counts, gamma.astype(jnp.float32), jnp.float64)
+    monkeypatch.setattr(mixture, "COMPONENT_LAYOUT_MAX", 300 * 4 - 1)
+    got = mixture._block_terms(feats, counts, gamma)
+    assert float(got[0]) == float(by_row[0])
+    np.testing.assert_array_equal(got[1], by_row[1])
+
+
 @pytest.mark.parametrize("d", [1, 2])
 def test_model_log_density_is_prior_plus_likelihood(d):
     rng = np.random.default_rng(11 + d)

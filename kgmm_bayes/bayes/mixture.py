@@ -164,6 +164,11 @@ def component_coefficients(weights, means, cov_chol, terms=None):
 #: about this many bytes (the size of a core's L2 cache here), so that the max, the
 #: exponentials and the weighted softmax of a block are computed while it is in cache.
 BLOCK_BYTES = 4 * 2**20
+#: float32 blocks of at most this many log densities (rows x K, 1 MiB) are laid out (K, rows)
+#: (:func:`_block_terms_by_component`); larger ones are slower so, and keep (rows, K) (one core: 16,000 rows x 16
+#: components 1.80x faster, 20,000 x 16 0.34x; the whole gradient of 100,000 snapshots x 32 components in blocks
+#: of 32,768 rows 8.6x slower; ``bench_gradient.py``, its ``--layouts`` with ``--layout-cases``).
+COMPONENT_LAYOUT_MAX = 2**18
 
 
 def block_rows_for(k: int, dtype) -> int:
@@ -183,7 +188,7 @@ def _block_terms(features, counts, gamma):
     """
     out = gamma.dtype
     gamma = gamma.astype(features.dtype)
-    if features.dtype == jnp.float32:
+    if features.dtype == jnp.float32 and features.shape[0] * gamma.shape[1] <= COMPONENT_LAYOUT_MAX:
         return _block_terms_by_component(features, counts, gamma, out)
     return _block_terms_by_row(features, counts, gamma, out)
 
@@ -207,7 +212,8 @@ def _block_terms_by_component(features, counts, gamma, out):
     chain runs) 1.48-1.54x on Lorenz-63's 2,000 cells x 32 components, 1.35x in four dimensions, 1.33x at K = 24,
     1.93x in two dimensions at K = 16, 1.21x in five at K = 32, 1.30x on 500 merged cells.  In float64 it is
     0.91-0.99x at 2,000 cells, so float64 keeps the ``(rows, K)`` layout
-    (``taskset -c 0 python benchmarks/bench_gradient.py --layouts``)."""
+    (``taskset -c 0 python benchmarks/bench_gradient.py --layouts``), as do blocks of more than
+    :data:`COMPONENT_LAYOUT_MAX` log densities."""
     by_row = features.T  # (F, rows)
     log_comp = gamma.T @ by_row  # (K, rows)
     top = jnp.max(log_comp, axis=0, keepdims=True)
