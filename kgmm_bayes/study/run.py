@@ -307,6 +307,10 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         drift_metrics.update(drift_posterior_max_r_hat=json_floats(float(post.sample_stats["model_max_r_hat"])),
                              drift_posterior_stacked=bool(post.sample_stats["model_stacked"]),
                              drift_posterior_laplace=str(post.sample_stats.get("first_posterior", "")) == "laplace")
+        if "model_newton_decrement" in post.sample_stats:  # the Laplace centres: nats above their optima, at most
+            drift_metrics.update(  # (sampler.newton_refine), and how many have no optimum nearby (not refined)
+                drift_posterior_newton_decrement=json_floats(float(post.sample_stats["model_newton_decrement"])),
+                drift_posterior_centres_not_optima=int(post.sample_stats["model_centres_not_optima"]))
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
                            cached_stages, dynamics, members, unresolved, drive=(drive, targets.mean, drift_metrics),
                            correction=correction, correction_report=None if fitted is None else {

@@ -381,6 +381,11 @@ def model_draw_stats(post, zeta: float, part: Partition, coreset: bool) -> dict:
     r_hat = convergence.get("max_mode_r_hat", convergence.get("max_r_hat"))
     stats["model_max_r_hat"] = np.asarray(np.nan if r_hat is None else float(r_hat))
     stats["model_zeta"] = np.asarray(float(zeta))
+    if "laplace_newton_decrement" in post.sample_stats:  # a Laplace posterior: how far its centres are from optima
+        decrements = np.asarray(post.sample_stats["laplace_newton_decrement"], np.float64)
+        finite = decrements[np.isfinite(decrements)]
+        stats["model_newton_decrement"] = np.asarray(finite.max() if finite.size else np.nan)
+        stats["model_centres_not_optima"] = np.asarray(int(np.sum(~np.isfinite(decrements))))
     return stats
 
 
