@@ -620,6 +620,7 @@ def map_optima(key, model_args, init_unconstrained: dict, config: SamplerConfig,
 
 NEWTON_STEPS = 30  # at most this many Newton steps (the start's Hessian) refine each Laplace centre (newton_refine)
 NEWTON_DECREMENT = 1e-4  # ... until half its Newton decrement (nats) is below this: within 0.014 sd of the optimum
+NEWTON_BATCH = 16  # points whose potential (and gradient) one pass of newton_refine's programs computes at once
 
 
 def newton_refine(potential, points, hessians, steps: int = NEWTON_STEPS, tolerance: float = NEWTON_DECREMENT):
@@ -641,8 +642,12 @@ def newton_refine(potential, points, hessians, steps: int = NEWTON_STEPS, tolera
     first = jax.tree_util.tree_map(lambda leaf: leaf[0], points)
     unravel = ravel_pytree(first)[1]
     flats = np.array(jax.vmap(lambda p: ravel_pytree(p)[0])(points), np.float64)
-    value_and_grad = jax.jit(jax.vmap(jax.value_and_grad(lambda v: potential(unravel(v)))))
-    values = jax.jit(jax.vmap(lambda v: potential(unravel(v))))
+    def one(v):
+        return potential(unravel(v))
+
+    # in batches of points, as laplace_posterior's energies: each point's likelihood holds rows x components
+    value_and_grad = jax.jit(lambda vs: jax.lax.map(jax.value_and_grad(one), vs, batch_size=NEWTON_BATCH))
+    values = jax.jit(lambda vs: jax.lax.map(one, vs, batch_size=NEWTON_BATCH))
     halvings = np.asarray([1.0, 0.5, 0.25, 0.125])
 
     def factors(hessians):  # Cholesky factors, None where not positive definite
