@@ -460,8 +460,8 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
     """
     import optax
 
-    def potential(params):
-        return potential_energy(model, model_args, {}, params)
+    def potential(params, args=model_args):
+        return potential_energy(model, args, {}, params)
 
     if adam_precision not in ("float64", "float32"):
         raise ValueError(f"adam_precision must be float64 or float32, got {adam_precision!r}")
@@ -469,7 +469,7 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
         (jnp.asarray(model_args[0], jnp.float32),) + tuple(model_args[1:])
     starts_tree = _jittered(key, init_unconstrained, starts, jitter, keep_first=True)
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05))
-    value_and_grad = jax.vmap(jax.value_and_grad(lambda params: potential_energy(model, adam_args, {}, params)))
+    value_and_grad = jax.vmap(jax.value_and_grad(functools.partial(potential, args=adam_args)))
 
     def optimise(params):
         def step(carry, _):
@@ -670,6 +670,7 @@ def newton_refine(potential, points, hessians, steps: int = NEWTON_STEPS, tolera
 
     chols = factors(hessians)
     moved = False
+    f, half = None, None
     for _ in range(steps):
         f, step, half = newton(chols)
         active = np.isfinite(half) & (half > tolerance) & np.isfinite(f)
@@ -684,9 +685,9 @@ def newton_refine(potential, points, hessians, steps: int = NEWTON_STEPS, tolera
             flats[i] = trials[int(np.argmax(better[:, i])), i]
         moved = True
     refined = _host_unravel(first, flats)
-    if moved:
-        hessians = hessian_matrices(potential, refined)
-    hessians = np.asarray(hessians, np.float64)
+    if not moved and f is not None:  # nothing moved: the first pass measured these points with these Hessians
+        return refined, np.asarray(hessians, np.float64), half, f
+    hessians = hessian_matrices(potential, refined) if moved else np.asarray(hessians, np.float64)
     f, _, half = newton(factors(hessians))
     return refined, hessians, half, f
 
