@@ -737,6 +737,83 @@ def test_newton_refinement_reaches_the_optimum_and_leaves_saddles_alone():
     assert decrements[0] <= NEWTON_DECREMENT and 0.5 * decrements[0] <= excess <= 2.0 * decrements[0]
 
 
+def test_chain_whitening_centres_each_chain_on_its_own_optimum():
+    """``chain_whitening`` with chains at distinct optima: on ``(x^2 - 1)^2 + 0.4 x^3 + 2 (y - x / 2)^2`` (minima at
+    the roots of ``4 x^2 + 1.2 x - 4``, curvatures ``12 x^2 + 2.4 x - 4`` in x: 6.96 and 9.38), three chains started
+    0.05 off the two minima (picks 0, 1, 0) are each centred on their own minimum (within the Newton steps'
+    tolerance of the analytic root) and whitened by the exact Laplace covariance there (``L L^T = H^-1``, ``L^-1 L = I``); without starts, one
+    whitening at the given point."""
+    from kgmm_bayes.bayes.sampler import NEWTON_DECREMENT, chain_whitening, hessian_matrix
+
+    def potential(p):
+        x, y = p["x"], p["y"]
+        return (x ** 2 - 1) ** 2 + 0.4 * x ** 3 + 2.0 * (y - 0.5 * x) ** 2
+
+    def hessian(x):
+        return np.array([[12 * x ** 2 + 2.4 * x - 4 + 1.0, -2.0], [-2.0, 4.0]])
+
+    roots = (-1.2 + np.array([1.0, -1.0]) * np.sqrt(1.44 + 64.0)) / 8.0  # 0.861, -1.161
+    starts = {"x": jax.numpy.asarray(roots + 0.05), "y": jax.numpy.asarray(0.5 * roots - 0.05)}
+    picks = np.array([0, 1, 0])
+    chain_starts = jax.tree_util.tree_map(lambda leaf: leaf[picks], starts)
+    centres, chols, inverses, decrements = chain_whitening(potential, None, None, chain_starts, picks)
+    assert centres.shape == (3, 2) and chols.shape == inverses.shape == (3, 2, 2) and decrements.shape == (2,)
+    for c, k in enumerate(picks):  # within the Newton steps' tolerance of its own minimum, not the other's
+        x, y = (float(v) for v in centres[c])
+        excess = float(potential({"x": x, "y": y})) - float(potential({"x": roots[k], "y": 0.5 * roots[k]}))
+        assert 0.0 <= excess <= 2 * NEWTON_DECREMENT and abs(x - roots[k]) < 0.01
+        np.testing.assert_allclose(np.asarray(chols[c] @ chols[c].T), np.linalg.inv(hessian(x)), rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(inverses[c] @ chols[c]), np.eye(2), atol=1e-12)
+    assert np.all(decrements <= NEWTON_DECREMENT)
+    at = {"x": jax.numpy.asarray(roots[1]), "y": jax.numpy.asarray(0.5 * roots[1])}
+    centre, chol, _, none = chain_whitening(potential, at, hessian_matrix(potential, at))
+    assert centre.shape == (1, 2) and none is None
+    np.testing.assert_allclose(np.asarray(chol[0] @ chol[0].T), np.linalg.inv(hessian(roots[1])), rtol=1e-10)
+
+
+def test_whitened_chains_map_back_through_their_own_whitening(monkeypatch):
+    """Each chain of a whitened posterior runs in its own coordinates (``theta = centre_c + L_c u``).  Any affine
+    map leaves the posterior as it is, so each chain's centre is moved here by its own offset (0, 0.5, 1 Laplace
+    sds along every coordinate): three chains, a round of parallel chains and a round of one on two devices.  Every
+    draw's potential, recomputed from its constrained sites, equals the potential the sampler recorded (exact
+    identity: each chain is mapped back through its own centre), and the weight is recovered within its
+    binomial error."""
+    from numpyro.infer.util import potential_energy, unconstrain_fn
+
+    import kgmm_bayes.bayes.sampler as sampler
+    from kgmm_bayes.bayes.mixture import expected_quadratic_features, mixture_model
+
+    real = sampler.chain_whitening
+    moved = []
+
+    def shifted(potential, params, hessian, starts=None, picks=None):
+        centres, chols, inverses, decrements = real(potential, params, hessian, starts, picks)
+        centres = jax.numpy.broadcast_to(centres, (3, centres.shape[1]))
+        chols = jax.numpy.broadcast_to(chols, (3,) + chols.shape[1:])
+        inverses = jax.numpy.broadcast_to(inverses, (3,) + inverses.shape[1:])
+        sd = np.sqrt(np.diag(np.asarray(chols[0] @ chols[0].T)))
+        centres = centres + jax.numpy.asarray(np.outer([0.0, 0.5, 1.0], sd))
+        moved.append(np.asarray(centres))
+        return centres, chols, inverses, decrements
+
+    zs, part, prior = _two_component_problem()
+    monkeypatch.setattr(sampler, "DENSE_ADAPTATION_MAX", 0)
+    monkeypatch.setattr(sampler, "chain_whitening", shifted)
+    post = run_nuts(jax.random.key(3), part.points, part.counts, prior, initial_values(part),
+                    SamplerConfig(chains=3, warmup=200, draws=200, metric="dense", likelihood_cells=len(part.points)),
+                    point_covariances=part.cell_covariances)
+    assert len(moved) == 1 and np.ptp(moved[0], axis=0).min() > 0  # three different centres
+    assert str(post.sample_stats["metric"]) == "whitened" and int(post.sample_stats["diverging"].sum()) == 0
+    args = (expected_quadratic_features(part.points, part.cell_covariances), jax.numpy.asarray(part.counts), prior)
+    for chain in range(3):
+        for draw in (0, 199):
+            sites = {k: post.sites[k][chain, draw] for k in ("weights", "means", "scales")}
+            energy = potential_energy(mixture_model, args, {}, unconstrain_fn(mixture_model, args, {}, sites))
+            assert float(energy) == pytest.approx(float(post.sample_stats["potential_energy"][chain, draw]), rel=1e-10)
+    w = np.sort(post.weights.reshape(-1, 2), axis=1)[:, 0]
+    assert abs(w.mean() - 0.3) < 5 * max(w.std(), np.sqrt(0.21 / 600))
+
+
 def test_laplace_centres_are_optima_even_where_the_polish_stops_early():
     """The Laplace posterior's centres (its ``map_optima`` at the chains' searches) are refined by Newton steps:
     with the L-BFGS polish cut to 3 iterations, each centre's potential is within twice ``NEWTON_DECREMENT`` of the

@@ -516,6 +516,12 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         convergence["distinct_starts"] = int(np.unique(post.sample_stats["start_optima"]).size)
     if "first_posterior" in post.sample_stats:  # zeta's variance and the gap from a Laplace first posterior
         convergence["first_posterior"] = str(post.sample_stats["first_posterior"])
+    if "whitening_newton_decrement" in post.sample_stats:  # chains whitened each at its own optimum: the largest
+        # half Newton decrement (nats above the optimum) left at their centres, nan where not positive definite
+        decrements = np.asarray(post.sample_stats["whitening_newton_decrement"], np.float64)
+        convergence["whitening_newton_decrement"] = json_floats(float(np.nanmax(decrements))
+                                                                if np.isfinite(decrements).any() else np.nan)
+        convergence["whitening_centres_not_optima"] = int(np.sum(~np.isfinite(decrements)))
     if "warm_start" in post.sample_stats:  # a second posterior, started where the first one's chains ended
         convergence["warm_start"] = True
     if "metric" in post.sample_stats:  # the metric NUTS ran in (sampler.resolved_metric)
