@@ -771,10 +771,12 @@ def test_chain_whitening_centres_each_chain_on_its_own_optimum():
     np.testing.assert_allclose(np.asarray(chol[0] @ chol[0].T), np.linalg.inv(hessian(roots[1])), rtol=1e-10)
 
 
-def test_whitened_chains_map_back_through_their_own_whitening(monkeypatch):
+@pytest.mark.parametrize("chain_method", ["auto", "vectorized"])
+def test_whitened_chains_map_back_through_their_own_whitening(chain_method, monkeypatch):
     """Each chain of a whitened posterior runs in its own coordinates (``theta = centre_c + L_c u``).  Any affine
     map leaves the posterior as it is, so each chain's centre is moved here by its own offset (0, 0.5, 1 Laplace
-    sds along every coordinate): three chains, a round of parallel chains and a round of one on two devices.  Every
+    sds along every coordinate): three chains, a round of parallel chains and a round of one on two devices
+    ("auto"), or all three vectorised (as on one accelerator).  Every
     draw's potential, recomputed from its constrained sites, equals the potential the sampler recorded (exact
     identity: each chain is mapped back through its own centre), and the weight is recovered within its
     binomial error."""
@@ -800,7 +802,8 @@ def test_whitened_chains_map_back_through_their_own_whitening(monkeypatch):
     monkeypatch.setattr(sampler, "DENSE_ADAPTATION_MAX", 0)
     monkeypatch.setattr(sampler, "chain_whitening", shifted)
     post = run_nuts(jax.random.key(3), part.points, part.counts, prior, initial_values(part),
-                    SamplerConfig(chains=3, warmup=200, draws=200, metric="dense", likelihood_cells=len(part.points)),
+                    SamplerConfig(chains=3, warmup=200, draws=200, metric="dense", likelihood_cells=len(part.points),
+                                  chain_method=chain_method),
                     point_covariances=part.cell_covariances)
     assert len(moved) == 1 and np.ptp(moved[0], axis=0).min() > 0  # three different centres
     assert str(post.sample_stats["metric"]) == "whitened" and int(post.sample_stats["diverging"].sum()) == 0
