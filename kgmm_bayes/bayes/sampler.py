@@ -1048,12 +1048,9 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     rounds = chain_plan(config.chains, jax.local_device_count(), jax.default_backend(), config.chain_method,
                         sharded)
 
-    def round_args(first_r, n_round):  # the model's arguments for a round's chains
-        if not whiten:
-            return run_args
-        if n_round == 1:
-            return (centres[first_r], chols[first_r])
-        return run_args  # the chain method gives each chain its own whitening (_ReusedPmap's rows)
+    def round_args(first_r, n_round):  # the model's arguments for a round's chains: a whitened round of several
+        # takes each chain's own whitening from its chain method (_ReusedPmap's rows, set_rows)
+        return (centres[first_r], chols[first_r]) if whiten and n_round == 1 else run_args
 
     def set_rows(mcmc, first_r, n_round):
         if whiten and n_round > 1:
