@@ -808,15 +808,16 @@ def chain_whitening(potential, params: dict, hessian, starts=None, picks=None):
     (:func:`newton_refine`: the L-BFGS polish stops short of it on flat ridges) and each chain is whitened by its
     own optimum's Laplace covariance; ``decrements``: each distinct optimum's half Newton decrement left.
 
-    Measured on Lorenz-63 (P = 319; 16 chains at distinct optima, zeta 0.151, 250 warmup and 250 draws; kgmm-bayes
-    run, seed 0, one NUTS key each): ``metric = "dense"`` with each chain whitened by its own optimum, 48.6 leapfrog
-    steps per iteration, min bulk ESS 73, r_hat within modes 1.22, no divergent transition, the stacked mean's
-    predicted error 0.019 band widths, posterior 81.0 s; every chain whitened by the best optimum's (before), 46.0
-    steps, ESS 48, 1.39, 3 divergent transitions, 0.056, 74.6 s; ``"laplace"`` (fixed) per chain, 42.1 steps, ESS
-    63, 1.39, 73.9 s; the diagonal metric (the study's), 99.8 steps, ESS 94, 1.04, 103.6 s.  One chain at each
-    of three refined optima (``"laplace"`` against the diagonal, float64): 15-31 steps against 73-127, min bulk
-    ESS 112-124 against 7-210 (the diagonal's worst at the best optimum).  The whitened chains stay at their own
-    optima (4-9 modes of chains against the diagonal's 2) and some drift within them, hence the lower ESS."""
+    Measured on Lorenz-63 (P = 319; 16 chains at distinct optima, zeta 0.145-0.151, 250 warmup and 250 draws;
+    ``metric = "dense"``, NUTS keys 0, 1, 2): each chain whitened by its own optimum, min bulk ESS 73 / 58 / 68, r_hat
+    within modes 1.22 / 1.39 / 1.28, the stacked mean's predicted error 0.019 / 0.050 / 0.064 band widths, 0 / 0 / 1
+    divergent transitions, 48.6 / 45.4 / 38.0 leapfrog steps per iteration; every chain whitened by the best
+    optimum's (before), 48 / 61 / 70, 1.39 / 1.85 / 1.20, 0.056 / 0.042 / 0.072, 3 / 0 / 0, 46.0 / 40.7 / 56.7: no
+    difference three keys resolve, at about 6 s more (the Hessians and Newton steps).  The diagonal metric (the
+    study's, key 0): 99.8 steps, ESS 94, 1.04, 0.013.  One chain at each of three refined optima (the Laplace
+    covariance fixed against the diagonal, float64): 15-31 steps against 73-127, min bulk ESS 112-124 against 7-210;
+    but together the whitened chains stay at their own optima (4-9 modes of chains against the diagonal's 2) and some
+    drift within them."""
     if starts is None:
         _, chol, inverse = laplace_covariance(potential, params, root=True, hessian=hessian)
         return (ravel_pytree(params)[0][None], jnp.asarray(chol)[None], jnp.asarray(inverse)[None], None)
@@ -997,9 +998,10 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # against 89 steps, min ESS 25 diagonal; 2 chains at each of two other optima, whitened by their own, min
     # ESS 16 and 3 against 42 and 73 diagonal.  At zeta 1 the
     # whitened chains diverged (28-139 divergences) and split into modes (r_hat within modes 1.24-1.27).
-    # Those optima were the L-BFGS polish's, up to 1.25 Mahalanobis units short of the optimum; refined by Newton
-    # steps, each chain whitened by its own optimum does better than all by the best one's, still not as well as the
-    # diagonal (chain_whitening), so chains at distinct optima are whitened each by its own.
+    # Those optima were the L-BFGS polish's, up to 1.25 Mahalanobis units short of the optimum.  Refined by Newton
+    # steps, each chain whitened by its own optimum does as well as all by the best one's over three keys (no
+    # difference they resolve; chain_whitening), not as well as the diagonal.  Chains at distinct optima are
+    # whitened each by its own: the best optimum's covariance says nothing of another optimum's geometry.
     # the progress display: reported from inside the compiled chains (numpyro's own bar is off) for long samplers,
     # else by rounds of chains (TICKING_MIN_WORK)
     work = likelihood_work(*sample_args[0].shape[-2:], prior.centroids.shape[0], config)
