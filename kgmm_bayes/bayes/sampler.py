@@ -711,6 +711,24 @@ def newton_refine(potential, points, hessians, steps: int = NEWTON_STEPS, tolera
     return refined, hessians, half, f
 
 
+class RefinedOptima(NamedTuple):
+    """The distinct MAP optima some chains start at, each refined by :func:`newton_refine` (``refine_optima``)."""
+    first_of: np.ndarray  # (D,): the first chain at each distinct optimum
+    which: np.ndarray  # (chains,): each chain's distinct optimum
+    points: dict  # the refined optima, a pytree with a leading axis D
+    hessians: np.ndarray  # (D, P, P) there
+    decrements: np.ndarray  # (D,) half Newton decrements left (nan: not positive definite, not moved)
+    potentials: np.ndarray  # (D,)
+
+
+def refine_optima(potential, starts, picks) -> RefinedOptima:
+    """Each distinct optimum of ``starts`` (the chains' optima, a pytree with a leading chain axis, from MAP searches
+    ``picks`` ``(chains,)``) once, refined by Newton steps from its own Hessian (:func:`newton_refine`)."""
+    _, first_of, which = np.unique(np.asarray(picks), return_index=True, return_inverse=True)
+    at = jax.tree_util.tree_map(lambda leaf: leaf[first_of], starts)
+    return RefinedOptima(first_of, which, *newton_refine(potential, at, hessian_matrices(potential, at)))
+
+
 def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, config: SamplerConfig,
                       point_covariances=None) -> PosteriorSamples:
     """The Laplace approximation of the mixture posterior at the MAP optima :func:`run_nuts`' chains would start
@@ -738,10 +756,8 @@ def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, conf
         picks = np.full(config.chains, int(np.argmin(energies)))
         starts = jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (config.chains,) + leaf.shape), best)
     picks = np.asarray(picks)
-    _, first_of, inverse = np.unique(picks, return_index=True, return_inverse=True)
     potential = functools.partial(_potential, model, model_args)
-    at = jax.tree_util.tree_map(lambda leaf: leaf[first_of], starts)  # each distinct optimum once
-    at, hessians, decrements, refined_energies = newton_refine(potential, at, hessian_matrices(potential, at))
+    first_of, inverse, at, hessians, decrements, refined_energies = refine_optima(potential, starts, picks)
     refined = np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(at), np.float64)
     searches = np.asarray(picks)[first_of]  # the MAP search each distinct optimum came from, now refined
     optima = np.array(optima)
@@ -821,10 +837,7 @@ def chain_whitening(potential, params: dict, hessian, starts=None, picks=None):
     if starts is None:
         _, chol, inverse = laplace_covariance(potential, params, root=True, hessian=hessian)
         return (ravel_pytree(params)[0][None], jnp.asarray(chol)[None], jnp.asarray(inverse)[None], None)
-    picks = np.asarray(picks)
-    _, first_of, which = np.unique(picks, return_index=True, return_inverse=True)
-    at = jax.tree_util.tree_map(lambda leaf: leaf[first_of], starts)
-    at, hessians, decrements, _ = newton_refine(potential, at, hessian_matrices(potential, at))
+    _, which, at, hessians, decrements, _ = refine_optima(potential, starts, picks)
     roots = [laplace_covariance(potential, None, root=True, hessian=h)[1:] for h in hessians]
     centres = np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(at), np.float64)[which]
     chols = np.stack([np.asarray(roots[j][0]) for j in which])

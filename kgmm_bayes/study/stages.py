@@ -365,6 +365,15 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
 MODEL_DRAW_FIELDS = ("model_weights", "model_means", "model_cov_chol")
 
 
+def decrement_summary(decrements) -> tuple:
+    """``(largest, not optima)`` of Newton-refined centres' half decrements (:func:`~kgmm_bayes.bayes.sampler.newton_refine`):
+    the largest finite one (nats above its optimum; nan where none is finite) and how many are ``nan`` (no positive
+    definite Hessian, not refined)."""
+    decrements = np.asarray(decrements, np.float64)
+    finite = decrements[np.isfinite(decrements)]
+    return float(finite.max()) if finite.size else float("nan"), int(np.sum(~np.isfinite(decrements)))
+
+
 def model_draw_stats(post, zeta: float, part: Partition, coreset: bool) -> dict:
     """``post``'s draws (with their chain axis), the chains' stacking weights (from ``post``'s own convergence
     summary, as :func:`score_stage` weighs the kept posterior's chains), its worst r_hat within modes and the zeta
@@ -382,10 +391,9 @@ def model_draw_stats(post, zeta: float, part: Partition, coreset: bool) -> dict:
     stats["model_max_r_hat"] = np.asarray(np.nan if r_hat is None else float(r_hat))
     stats["model_zeta"] = np.asarray(float(zeta))
     if "laplace_newton_decrement" in post.sample_stats:  # a Laplace posterior: how far its centres are from optima
-        decrements = np.asarray(post.sample_stats["laplace_newton_decrement"], np.float64)
-        finite = decrements[np.isfinite(decrements)]
-        stats["model_newton_decrement"] = np.asarray(finite.max() if finite.size else np.nan)
-        stats["model_centres_not_optima"] = np.asarray(int(np.sum(~np.isfinite(decrements))))
+        largest, not_optima = decrement_summary(post.sample_stats["laplace_newton_decrement"])
+        stats["model_newton_decrement"] = np.asarray(largest)
+        stats["model_centres_not_optima"] = np.asarray(not_optima)
     return stats
 
 
@@ -518,10 +526,9 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         convergence["first_posterior"] = str(post.sample_stats["first_posterior"])
     if "whitening_newton_decrement" in post.sample_stats:  # chains whitened each at its own optimum: the largest
         # half Newton decrement (nats above the optimum) left at their centres, nan where not positive definite
-        decrements = np.asarray(post.sample_stats["whitening_newton_decrement"], np.float64)
-        convergence["whitening_newton_decrement"] = json_floats(float(np.nanmax(decrements))
-                                                                if np.isfinite(decrements).any() else np.nan)
-        convergence["whitening_centres_not_optima"] = int(np.sum(~np.isfinite(decrements)))
+        largest, not_optima = decrement_summary(post.sample_stats["whitening_newton_decrement"])
+        convergence["whitening_newton_decrement"] = json_floats(largest)
+        convergence["whitening_centres_not_optima"] = not_optima
     if "warm_start" in post.sample_stats:  # a second posterior, started where the first one's chains ended
         convergence["warm_start"] = True
     if "metric" in post.sample_stats:  # the metric NUTS ran in (sampler.resolved_metric)
