@@ -801,16 +801,15 @@ def _whitened_model(model, model_args, centre, chol, unravel):
     numpyro.factor("posterior", -energy)
 
 
-def _unwhiten(u, model, model_args, centres, chols, unravel):
-    """The model's constrained and deterministic sites of whitened draws ``u`` ``(C, S, P)``, chain ``c``'s
-    through its own ``centres[c]`` ``(C, P)`` and ``chols[c]`` ``(C, P, P)``."""
+def _unwhitener(model, model_args, unravel):
+    """A compiled function of whitened draws ``u`` ``(C, S, P)``, ``centres`` ``(C, P)`` and ``chols`` ``(C, P, P)``:
+    the model's constrained and deterministic sites of chain ``c``'s draws through its own ``centres[c]`` and
+    ``chols[c]``, with leading ``(C, S)`` axes.  Made once per sampler, so that its rounds of chains share one
+    program (made per round, each round traced and compiled it again: 0.3 s a round on Lorenz-63)."""
     def one(v, centre, chol):
         return constrain_fn(model, model_args, {}, unravel(centre + chol @ v), return_deterministic=True)
 
-    chains, draws = u.shape[:2]
-    sites = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, None, None))))(jnp.asarray(u), jnp.asarray(centres),
-                                                                     jnp.asarray(chols))
-    return {k: jnp.reshape(v, (chains, draws) + v.shape[2:]) for k, v in sites.items()}
+    return jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, None, None))))
 
 
 def chain_whitening(potential, params: dict, hessian, starts=None, picks=None):
@@ -1032,6 +1031,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         init_params = {"u": jnp.einsum("cpq,cq->cp", inverses[own], offsets)}
         # the data are the model's constants (as arguments the chains would carry them through their loop, and a
         # float32 gradient of Lorenz-63's likelihood took 371 against 225-286 us); the whitening is its arguments
+        unwhiten = _unwhitener(model, sample_args, unravel)  # draws back to the model's sites, chain by chain
         kernel = nuts(functools.partial(_whitened_model, model, sample_args, unravel=unravel),
                       target_accept_prob=config.target_accept, max_tree_depth=config.max_tree_depth,
                       adapt_mass_matrix=not fixed)
@@ -1074,8 +1074,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     def collect(mcmc, first_r, n_round):  # one round's draws (the model's sites) and extra fields, as numpy arrays
         samples = mcmc.get_samples(group_by_chain=True)
         if whiten:  # back to the model's sites: theta = theta_c + L_c u, constrained
-            samples = _unwhiten(samples["u"], model, sample_args, centres[first_r:first_r + n_round],
-                                chols[first_r:first_r + n_round], unravel)
+            samples = unwhiten(samples["u"], centres[first_r:first_r + n_round], chols[first_r:first_r + n_round])
         extra = {k.replace("adapt_state.", ""): np.asarray(v)  # step_size: the adapted step of each draw
                  for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
         return {k: np.asarray(v) for k, v in samples.items()}, extra
