@@ -7,7 +7,9 @@ For one study (a spec file or a shipped study's name; its data, partition and pr
    one after another with BLAS on one thread, and against ``FIT_THREADS`` fits at once, BLAS on one
    thread each; after one untimed run (the score both ways share is compiled once).  The two ways with
    BLAS on one thread must give identical terms; BLAS free may sum in another order, within 1e-12 of them
-   (Lorenz-63's full data: 2.4e-15).
+   (Lorenz-63's full data: 2.4e-15).  Then every richer reference fitted (``ladder=False``, the old way)
+   against the ladder (each only where BIC preferred the one before it): identical terms, except where 2K
+   lost to K and 4K beat K (the rules' one difference).
 2. The L-BFGS polish of ``--starts`` MAP searches (Adam's ``--adam`` steps first, as ``find_map``): optax's
    L-BFGS vmapped over all starts in one program, split over the devices (the old way, until December 2026:
    the starts move in lockstep), against scipy's on the host, one start after another on
@@ -177,6 +179,14 @@ def main(argv=None):
         np.array_equal(np.asarray(new[name]), np.asarray(one[name])) for name in one)
     rows.append((f"error_terms: {saved} fits at once, BLAS on one thread each", old_s, new_s,
                  _check(same, "identical to one after another")))
+    every_s, every = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0, ladder=False))
+    # the ladder's rule differs from BIC's best of every reference only where 2K lost to K and a richer one beat it
+    same = every == new
+    rows.append((f"error_terms: the richer references as a ladder (old: every one fitted; {saved} fits at once)",
+                 every_s, new_s, _check(same or (new["reference"] == 0 and every["reference"] > 2 * k),
+                                        "identical terms" if same else
+                                        f"references {every['reference']} against {new['reference']} (the rule's "
+                                        "one difference)")))
 
     # 3. the MAP searches' polish (first: its optimum gives the draws of row 2)
     m = spec.mixture

@@ -43,6 +43,31 @@ def test_well_specified_independent_snapshots_no_bias_and_no_inflation(seed):
         assert bias2 == 0.0 and 1.0 <= inflation < 5.3
 
 
+def test_richer_references_stop_where_bic_prefers_the_smaller(monkeypatch):
+    """The references are a ladder: 2K is fitted on every contiguous block, 4K only where BIC preferred 2K to K.
+    Gaussian snapshots fitted by one Gaussian: BIC prefers 1 to 2 components, so no 4-component fit is made and
+    there is no bias; a two-Gaussian mixture: 2 beats 1, and 4 is tried too."""
+    from kgmm_bayes.bayes import coarsening
+
+    asked, fit = [], coarsening._fit_scores
+
+    def recording(part, k, points, seed, padded=0):
+        asked.append(k)
+        return fit(part, k, points, seed, padded)
+
+    monkeypatch.setattr(coarsening, "_fit_scores", recording)
+    x = np.random.default_rng(0).normal(size=(N, 1))
+    terms = error_terms(x, 1, POINTS, COUNTS, seed=0)
+    assert terms["reference"] == 0 and terms["score"][1] == terms["log density"][1] == 0.0
+    assert sorted(asked) == [1] * 2 * coarsening.BLOCKS + [2] * coarsening.BLOCKS
+    asked.clear()
+    rng = np.random.default_rng(4)
+    x = (np.where(rng.random(N) < 0.5, -1.5, 1.5) + 0.5 * rng.normal(size=N))[:, None]
+    terms = error_terms(x, 1, POINTS, COUNTS, seed=0)
+    assert terms["reference"] >= 2
+    assert sorted(asked) == [1] * 2 * coarsening.BLOCKS + [2] * coarsening.BLOCKS + [4] * coarsening.BLOCKS
+
+
 def test_autocorrelated_snapshots_inflate_the_variance():
     x = ar1(np.random.default_rng(3), 0.96, N)
     terms = error_terms(x, 1, POINTS, COUNTS, seed=0, blocks=8)

@@ -22,8 +22,9 @@ to be as wide as the estimate's actual error:
     the same size drawn at random (at least 1: the ratio cancels the fits' own small-sample
     noise, which the regularised posterior does not have);
   - ``b^2``, the squared bias of the K-mixture against the truth: on each contiguous block the
-    gap between the K-mixture fit and a richer reference fit (2K or 4K components, whichever the
-    Bayesian information criterion summed over the blocks prefers; if neither beats K, ``b = 0``),
+    gap between the K-mixture fit and a richer reference fit (2K components where the Bayesian
+    information criterion summed over the blocks prefers them to K, and then 4K where it prefers
+    those to 2K; if 2K does not beat K, ``b = 0``),
     squared after averaging over blocks, less its own noise (the across-block variance of the
     gap over the number of blocks), at least 0;
 
@@ -59,7 +60,7 @@ from .._cpus import worker_threads
 __all__ = ["Coarsening", "zeta_from_alpha", "alpha_from_zeta", "error_terms", "needs_variance",
            "zeta_without_variance", "posterior_score_variance", "choose_zeta", "with_gap", "significant_gap", "OFF"]
 
-REFERENCE_FACTORS = (2, 4)  # reference mixtures: these many times K components, the best by BIC ...
+REFERENCE_FACTORS = (2, 4)  # reference mixtures: these many times K components, up while BIC prefers each ...
 REG_COVAR = 1e-4  # added to covariances of the maximum-likelihood fits (z-scored units): no spikes
 MIN_POINTS_PER_COMPONENT = 5  # a block's K-mixture fit needs this many snapshots per component
 POINTS_PER_REFERENCE_COMPONENT = 50  # ... with at least this many snapshots of a block per component
@@ -150,7 +151,7 @@ def _fit_scores(z, k: int, points, seed: int, padded: int = 0):
     return np.asarray(score, np.float64), np.asarray(logp, np.float64)[:, None], float(gm.bic(z))
 
 
-def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS) -> dict:
+def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS, ladder: bool = True) -> dict:
     """Autocorrelation inflation and squared bias of the K-mixture's score and log density at
     ``points`` (count-weighted means over points, summed over coordinates), from ``blocks`` blocks of
     the snapshots ``z`` ``(N, d)`` in their time order (see the module docstring).
@@ -159,7 +160,10 @@ def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS) 
     the inflation is the across-block variance of K-mixture fits on contiguous blocks over that on
     blocks of the same size drawn at random (both maximum likelihood, so their small-sample noise
     cancels in the ratio), at least 1; ``K_ref = 0``: no richer mixture is preferred by BIC, the
-    biases are 0.
+    biases are 0.  The richer mixtures are a ladder (:data:`REFERENCE_FACTORS` times K): each is fitted only where
+    BIC preferred the one before it (the first to K).  ``ladder = False``: every one is fitted and BIC takes the
+    best of those that beat K (the rule before the ladder; the same terms unless 2K loses to K and 4K beats it;
+    ``benchmarks/bench_posterior_overheads.py`` times both).
     """
     z = np.asarray(z, np.float64)
     step = len(z) // blocks
@@ -183,8 +187,6 @@ def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS) 
         k_ref = min(factor * k, size // POINTS_PER_REFERENCE_COMPONENT)
         if k_ref > k and k_ref not in references:
             references.append(k_ref)
-    jobs = [(part, k) for part in contiguous + scattered] + [(part, k_ref) for k_ref in references
-                                                             for part in contiguous]
     # every fit is independent (its own data, seed and K): they run on FIT_THREADS threads, each fit the same as
     # alone (scikit-learn's EM is numpy, which releases the interpreter between operations), BLAS on one thread
     # each (the limit holds for the whole process while the fits run; on 2 cores, Lorenz-63's 8 fits took 23.0 s
@@ -194,17 +196,28 @@ def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS) 
     from threadpoolctl import threadpool_limits
 
     _jitted_mixture_score()
-    with _FITTING, threadpool_limits(limits=1), ThreadPoolExecutor(FIT_THREADS) as pool:
-        done = list(pool.map(lambda job: _fit_scores(job[0], job[1], points, seed, padded=max([k, *references])),
-                             jobs))
+    padded = max([k, *references])  # every fit evaluated with as many components: one compiled program
+
+    def fitted(jobs):
+        with _FITTING, threadpool_limits(limits=1), ThreadPoolExecutor(FIT_THREADS) as pool:
+            return list(pool.map(lambda job: _fit_scores(job[0], job[1], points, seed, padded=padded), jobs))
+
+    # K on both kinds of blocks and the first reference on the contiguous ones at once; each further reference
+    # only where BIC preferred the one before it (a ladder: on Lorenz-63, K = 32, BIC prefers 32 to 64 by 11,000
+    # summed over the blocks, and the four 128-component fits were half of the fits' work, 11.9 s against 5.8 s)
+    first = references if not ladder else references[:1]
+    done = fitted([(part, k) for part in contiguous + scattered] + [(part, r) for r in first for part in contiguous])
     fits, iid_fits = done[:blocks], done[blocks:2 * blocks]
     # the reference: the richer mixture that BIC prefers on the blocks; none preferred to K: no measurable bias
     best_k, best_bic, best = k, sum(f[2] for f in fits), None
     for j, k_ref in enumerate(references):
-        ref = done[(2 + j) * blocks:(3 + j) * blocks]
+        ref = done[(2 + j) * blocks:(3 + j) * blocks] if j < len(first) else \
+            fitted([(part, k_ref) for part in contiguous])
         bic = sum(f[2] for f in ref)
         if bic < best_bic:
             best_k, best_bic, best = k_ref, bic, ref
+        elif ladder:  # BIC prefers the smaller mixture: no richer one is tried
+            break
     out = {"reference": best_k if best is not None else 0}
     for name, col in (("score", 0), ("log density", 1)):
         a = np.stack([f[col] for f in fits])  # (blocks, M, q)
