@@ -9,7 +9,7 @@ stacked (``kgmm_bayes.bayes.stacking``), and the score band at the study's probe
 The run is called reproducible when every pair of keys gives posterior-mean scores that
 differ by less than a quarter of the band width at every probe point and coordinate
 (the issue "Uncertainty a scientist can trust", item 3).  One row per key: wall time,
-the kept posterior's leapfrog steps per iteration (its draws), its min bulk ESS (label-invariant probes),
+the kept posterior's leapfrog steps per iteration (its draws), its min bulk and tail ESS (label-invariant probes),
 r_hat over all chains and within each mode, the modes and their weights; then the
 largest difference over band width, with its key pair and probe.
 
@@ -89,7 +89,8 @@ def run(spec, keys, save=None):
                               for m, r in zip(modes.get("modes", []), modes.get("mode_r_hat", [])))
         predicted = _num(conv.get("stacked_mean_error", {}).get("expected_max_difference"))
         rows.append((key, wall, coarsening.zeta, f"{float(np.mean(post.sample_stats['num_steps'])):.1f}",
-                     _num(conv.get("min_ess_bulk")), _num(conv["max_r_hat"]), _num(conv.get("max_mode_r_hat")),
+                     _num(conv.get("min_ess_bulk")), _num(conv.get("min_ess_tail")), _num(conv["max_r_hat"]),
+                     _num(conv.get("max_mode_r_hat")),
                      mode_text, conv["divergences"], _num(modes.get("max_pareto_k")), predicted, len(conv["warnings"])))
     if save:
         np.savez(save, probes=probes, keys=np.asarray(keys), **saved)
@@ -129,17 +130,18 @@ def main(argv=None):
     print(f"study {spec.study.name}: K = {spec.mixture.components}, {spec.sampler.chains} chains x "
           f"({spec.sampler.warmup} + {spec.sampler.draws}), seed {spec.study.seed}")
     print("| NUTS key | posterior s | zeta | leapfrog steps per iteration (kept posterior's draws) | min bulk ESS | "
-          "r_hat (all chains) | max r_hat within a mode | modes: chains, weight, r_hat | divergences | max PSIS k | "
-          "predicted difference of another run (band widths) | faults |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for key, wall, zeta, steps, ess, rhat, mode_rhat, modes, div, khat, predicted, faults in rows:
-        print(f"| {key} | {wall:.1f} | {zeta:.3f} | {steps} | {ess} | {rhat} | {mode_rhat} | {modes} | {div} | {khat} "
-              f"| {predicted} | {faults} |")
+          "min tail ESS | r_hat (all chains) | max r_hat within a mode | modes: chains, weight, r_hat | divergences | "
+          "max PSIS k | predicted difference of another run (band widths) | faults |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for key, wall, zeta, steps, ess, tail, rhat, mode_rhat, modes, div, khat, predicted, faults in rows:
+        print(f"| {key} | {wall:.1f} | {zeta:.3f} | {steps} | {ess} | {tail} | {rhat} | {mode_rhat} | {modes} | {div} "
+              f"| {khat} | {predicted} | {faults} |")
     for r, (a, b), p in pairs:
-        print(f"| keys {a} and {b} | max abs(mean difference) / band width {r:.3f} (probe {p}) | | | | | | | | | | |")
+        print(f"| keys {a} and {b} | max abs(mean difference) / band width {r:.3f} (probe {p}) "
+              "| | | | | | | | | | | |")
     verdict = "reproducible" if ratio < REPRODUCIBLE else "NOT reproducible"
     print(f"| max over key pairs of max over probes of abs(mean difference) / band width | {ratio:.3f} "
-          f"(keys {pair}, probe {probe}) | threshold {REPRODUCIBLE} | {verdict} | | | | | | | | |")
+          f"(keys {pair}, probe {probe}) | threshold {REPRODUCIBLE} | {verdict} | | | | | | | | | |")
 
 
 if __name__ == "__main__":
