@@ -116,6 +116,7 @@ def main(argv=None):
     parser.add_argument("--map-starts", type=int, default=None)
     parser.add_argument("--save", default=None, help="npz file: every chain's scores at the probes, per key")
     parser.add_argument("--chain-starts", default=None, choices=("best", "spread", "distinct"), help="[sampler] chain_starts")
+    parser.add_argument("--target-accept", type=float, default=None, help="[sampler] target_accept (NUTS's step size)")
     args = parser.parse_args(argv)
     coarsening = args.coarsening
     if coarsening not in (None, "auto", "off"):
@@ -124,11 +125,12 @@ def main(argv=None):
                                  "mixture": {"components": args.components, "coarsening": coarsening},
                                  "sampler": {"warmup": args.warmup, "draws": args.draws, "chains": args.chains,
                                              "map_starts": args.map_starts,
-                                             "chain_starts": args.chain_starts}})
+                                             "chain_starts": args.chain_starts,
+                                             "target_accept": args.target_accept}})
     rows, pairs = run(spec, args.keys, args.save)
     ratio, pair, probe = max(pairs, key=lambda p: p[0])
     print(f"study {spec.study.name}: K = {spec.mixture.components}, {spec.sampler.chains} chains x "
-          f"({spec.sampler.warmup} + {spec.sampler.draws}), seed {spec.study.seed}")
+          f"({spec.sampler.warmup} + {spec.sampler.draws}), target_accept {spec.sampler.target_accept}, seed {spec.study.seed}")
     print("| NUTS key | posterior s | zeta | leapfrog steps per iteration (kept posterior's draws) | min bulk ESS | "
           "min tail ESS | r_hat (all chains) | max r_hat within a mode | modes: chains, weight, r_hat | divergences | "
           "max PSIS k | predicted difference of another run (band widths) | faults |")

@@ -39,7 +39,8 @@ CASES = {
     "bench_coreset.py": ["--members", "4", "--cells", "100", "--iterations", "40"],
     "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],
     "bench_reproducibility.py": ["reduced_1d", "--keys", "0", "1", "--members", "4", "--cells", "60",
-                                 "--components", "3", "--warmup", "30", "--draws", "30", "--coarsening", "off"],
+                                 "--components", "3", "--warmup", "30", "--draws", "30", "--coarsening", "off",
+                                 "--target-accept", "0.7"],
     "bench_scale.py": ["--sizes", "6000", "--per-member", "1000", "--data-dir", ".", "--settings",
                        '[partition]\\ncells = 100\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
                        '[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 0\\nthin = 10'],
