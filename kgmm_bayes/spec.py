@@ -121,6 +121,10 @@ class SamplerSection(NamedTuple):
     # and the model's drift where a second, more coarsened posterior is sampled: "nuts"; or "laplace", the Laplace
     # approximation at the MAP optima the chains would start at (stacked as they are), NUTS only for the posterior kept
     first_posterior: str = "nuts"
+    # the posterior the coarsening keeps, whose draws set the bands: "nuts"; or "laplace", its Laplace approximation
+    # at MAP optima of its own (the first posterior's polished at its zeta), stacked as chains are: no NUTS at all
+    # with first_posterior = "laplace" too
+    kept_posterior: str = "nuts"
 
 
 class ScoreSection(NamedTuple):
@@ -465,10 +469,12 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
     if sections["sampler"].metric not in ("auto", "diagonal", "dense", "laplace"):
         raise SpecError("[sampler] metric must be 'auto', 'diagonal', 'dense' or 'laplace', "
                         f"got {sections['sampler'].metric!r}")
-    if sections["sampler"].first_posterior not in ("nuts", "laplace"):
-        raise SpecError(f"[sampler] first_posterior must be 'nuts' or 'laplace', got {sections['sampler'].first_posterior!r}")
-    if sections["sampler"].first_posterior == "laplace" and sections["sampler"].map_starts == 0:
-        raise SpecError("[sampler] first_posterior = 'laplace' is centred on MAP optima; it needs map_starts > 0")
+    for field in ("first_posterior", "kept_posterior"):
+        way = getattr(sections["sampler"], field)
+        if way not in ("nuts", "laplace"):
+            raise SpecError(f"[sampler] {field} must be 'nuts' or 'laplace', got {way!r}")
+        if way == "laplace" and sections["sampler"].map_starts == 0:
+            raise SpecError(f"[sampler] {field} = 'laplace' is centred on MAP optima; it needs map_starts > 0")
     if sections["sampler"].likelihood_precision not in ("auto", "float64", "float32"):
         raise SpecError("[sampler] likelihood_precision must be 'auto', 'float64' or 'float32', "
                         f"got {sections['sampler'].likelihood_precision!r}")

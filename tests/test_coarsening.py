@@ -187,6 +187,23 @@ def test_the_coarsening_does_not_follow_the_nuts_key(monkeypatch):
     assert seeds == [stages.COARSENING_SEED] * 3
 
 
+def _fake_posterior(shift, laplace=False):
+    """Two chains of two draws of a 2-component mixture in 2D, means shifted by ``shift``; ``laplace``: marked as
+    a Laplace posterior (``laplace_posterior``'s stats), with its MAP searches' optima."""
+    from kgmm_bayes.bayes.sampler import PosteriorSamples
+
+    means = np.broadcast_to(np.array([[-0.5 + shift, 0.0], [0.5 + shift, 0.0]]), (2, 2, 2, 2)).copy()
+    chol = np.broadcast_to(0.8 * np.eye(2), (2, 2, 2, 2, 2)).copy()
+    weights = np.full((2, 2, 2), 0.5)
+    stats = {name: np.zeros((2, 2)) for name in ("diverging", "num_steps", "tree_depth", "accept_prob", "energy",
+                                                 "potential_energy")}
+    if laplace:
+        stats["laplace"] = np.asarray(True)
+        stats["map_optima"] = np.arange(12.0).reshape(3, 4) + shift  # its MAP searches' optima (searches, P)
+        stats["laplace_newton_decrement"] = np.array([1e-6, 3e-5])
+    return PosteriorSamples(weights, means, chol, {"weights": weights, "means": means, "cov_chol": chol}, stats, 0.0)
+
+
 @pytest.mark.parametrize("bias", [0.0, 0.1])
 def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_bumps(monkeypatch, bias):
     """When the bumps ask for more coarsening, the posterior kept is the second one: the band's local bias is that
@@ -196,7 +213,6 @@ def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_
     import jax
 
     from kgmm_bayes.bayes.coarsening import Coarsening
-    from kgmm_bayes.bayes.sampler import PosteriorSamples
     from kgmm_bayes.bayes.score import posterior_mean_score, thin_draws
     from kgmm_bayes.bayes.score_matching import field_from_stats, stein_gap
     from kgmm_bayes.partition import fit_partition
@@ -206,15 +222,7 @@ def test_a_second_posterior_keeps_its_own_mean_s_error_field_on_the_first_one_s_
     x = np.random.default_rng(21).normal(size=(8000, 2))
     part = fit_partition(jax.random.key(0), x, 400, 2)
 
-    def fake(shift):  # two chains of two draws of a 2-component mixture, means shifted by `shift`
-        means = np.broadcast_to(np.array([[-0.5 + shift, 0.0], [0.5 + shift, 0.0]]), (2, 2, 2, 2)).copy()
-        chol = np.broadcast_to(0.8 * np.eye(2), (2, 2, 2, 2, 2)).copy()
-        weights = np.full((2, 2, 2), 0.5)
-        stats = {name: np.zeros((2, 2)) for name in ("diverging", "num_steps", "tree_depth", "accept_prob", "energy",
-                                                     "potential_energy")}
-        return PosteriorSamples(weights, means, chol, {"weights": weights, "means": means, "cov_chol": chol}, stats,
-                                0.0)
-
+    fake = _fake_posterior
     runs = [fake(0.3), fake(0.0)]
     first_run, warm_starts = runs[0], []
 
@@ -318,6 +326,38 @@ def test_error_terms_on_threads_are_the_fits_one_after_another(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def _sampled_with_fakes(monkeypatch, part, x, sampler: dict, laplace_for, nuts_post, chosen: float):
+    """``stages.sample_posterior`` with ``[sampler]`` settings ``sampler`` on fake posteriors: ``laplace_for(map_from)``
+    is ``laplace_posterior``'s, ``nuts_post`` ``run_nuts``'; no bias and autocorrelation inflation R = 2 (the first
+    posterior at zeta = 1 / R = 0.5), ``chosen`` the zeta chosen.  Returns ``(spec, post, choice, calls)``, calls as
+    ``(way, counts / the cells' counts, warm, map_from)``."""
+    import jax
+
+    from kgmm_bayes.bayes.coarsening import Coarsening
+    from kgmm_bayes.spec import spec_from_dict
+    from kgmm_bayes.study import stages
+
+    calls = []
+
+    def fake_laplace(key, points, counts, *args, map_from=None, **kwargs):
+        calls.append(("laplace", np.asarray(counts) / part.counts, None, map_from))
+        return laplace_for(map_from)
+
+    def fake_run(key, points, counts, *args, **kwargs):
+        calls.append(("nuts", np.asarray(counts) / part.counts, kwargs.get("warm"), kwargs.get("map_from")))
+        return nuts_post
+
+    monkeypatch.setattr(stages, "laplace_posterior", fake_laplace)
+    monkeypatch.setattr(stages, "run_nuts", fake_run)
+    monkeypatch.setattr(stages, "error_terms", lambda *args, **kwargs: {"reference": 0, "score": (2.0, 0.0),
+                                                                         "log density": (2.0, 0.0)})
+    monkeypatch.setattr(stages, "choose_zeta", lambda *args, **kwargs: Coarsening(
+        method="auto", zeta=chosen, alpha=8e3, variance_from="kept posterior x zeta"))
+    spec = spec_from_dict({"data": {"path": "unused.npy"}, "mixture": {"components": 2}, "sampler": sampler})
+    post, choice = stages.sample_posterior(spec, jax.random.key(0), part, x)
+    return spec, post, choice, calls
+
+
 @pytest.mark.parametrize("second", [True, False])
 def test_a_laplace_first_posterior_gives_zeta_s_variance_and_nuts_samples_the_posterior_kept(monkeypatch, second):
     """``[sampler] first_posterior = "laplace"``: the Laplace approximation (at 1 / R) gives the score variance and
@@ -326,51 +366,18 @@ def test_a_laplace_first_posterior_gives_zeta_s_variance_and_nuts_samples_the_po
     asked for, at the first zeta itself, whose draws then drive the model, its error field its own."""
     import jax
 
-    from kgmm_bayes.bayes.coarsening import Coarsening
-    from kgmm_bayes.bayes.sampler import PosteriorSamples
     from kgmm_bayes.bayes.score import posterior_mean_score, thin_draws
     from kgmm_bayes.bayes.score_matching import field_from_stats, stein_gap
     from kgmm_bayes.partition import fit_partition
-    from kgmm_bayes.spec import spec_from_dict
     from kgmm_bayes.study import stages
 
     x = np.random.default_rng(21).normal(size=(8000, 2))
     part = fit_partition(jax.random.key(0), x, 400, 2)
 
-    def fake(shift, laplace=False):  # two chains of two draws of a 2-component mixture, means shifted by `shift`
-        means = np.broadcast_to(np.array([[-0.5 + shift, 0.0], [0.5 + shift, 0.0]]), (2, 2, 2, 2)).copy()
-        chol = np.broadcast_to(0.8 * np.eye(2), (2, 2, 2, 2, 2)).copy()
-        weights = np.full((2, 2, 2), 0.5)
-        stats = {name: np.zeros((2, 2)) for name in ("diverging", "num_steps", "tree_depth", "accept_prob", "energy",
-                                                     "potential_energy")}
-        if laplace:
-            stats["laplace"] = np.asarray(True)
-            stats["map_optima"] = np.arange(12.0).reshape(3, 4)  # its MAP searches' optima (searches, P)
-        return PosteriorSamples(weights, means, chol, {"weights": weights, "means": means, "cov_chol": chol}, stats,
-                                0.0)
-
-    laplace_post, nuts_post = fake(0.3, laplace=True), fake(0.0)
-    calls = []
-
-    def fake_laplace(key, points, counts, *args, **kwargs):
-        calls.append(("laplace", np.asarray(counts) / part.counts, None))
-        return laplace_post
-
-    def fake_run(key, points, counts, *args, **kwargs):
-        calls.append(("nuts", np.asarray(counts) / part.counts, kwargs.get("warm"), kwargs.get("map_from")))
-        return nuts_post
-
-    monkeypatch.setattr(stages, "laplace_posterior", fake_laplace)
-    monkeypatch.setattr(stages, "run_nuts", fake_run)
-    # no bias, autocorrelation inflation R = 2: the first posterior at zeta = 1 / R = 0.5
-    monkeypatch.setattr(stages, "error_terms", lambda *args, **kwargs: {"reference": 0, "score": (2.0, 0.0),
-                                                                         "log density": (2.0, 0.0)})
+    laplace_post, nuts_post = _fake_posterior(0.3, laplace=True), _fake_posterior(0.0)
     chosen = 0.25 if second else 0.5
-    monkeypatch.setattr(stages, "choose_zeta", lambda *args, **kwargs: Coarsening(
-        method="auto", zeta=chosen, alpha=8e3, variance_from="kept posterior x zeta"))
-    spec = spec_from_dict({"data": {"path": "unused.npy"}, "mixture": {"components": 2},
-                           "sampler": {"first_posterior": "laplace"}})
-    post, choice = stages.sample_posterior(spec, jax.random.key(0), part, x)
+    spec, post, choice, calls = _sampled_with_fakes(monkeypatch, part, x, {"first_posterior": "laplace"},
+                                                    lambda map_from: laplace_post, nuts_post, chosen)
     assert [c[0] for c in calls] == ["laplace", "nuts"]  # NUTS once: the posterior kept
     np.testing.assert_allclose(calls[0][1], 0.5)
     np.testing.assert_allclose(calls[1][1], chosen)
@@ -392,3 +399,38 @@ def test_a_laplace_first_posterior_gives_zeta_s_variance_and_nuts_samples_the_po
             np.testing.assert_array_equal(a, b)
     else:  # NUTS at the first zeta is the only posterior kept: its own draws drive the model
         assert zeta is None and drive == "the kept posterior's draws"
+
+
+@pytest.mark.parametrize("first, second", [("laplace", True), ("laplace", False), ("nuts", True)])
+def test_a_laplace_kept_posterior_runs_no_nuts_after_the_first_posterior(monkeypatch, first, second):
+    """``[sampler] kept_posterior = "laplace"``: the posterior kept is the Laplace approximation at its own zeta,
+    centred on the first posterior's MAP optima polished there (``map_from``); with a Laplace first posterior and no
+    more coarsening asked for, that first posterior is the one kept (nothing sampled twice), and no NUTS runs at
+    all; a NUTS first posterior is still sampled by NUTS."""
+    import jax
+
+    from kgmm_bayes.partition import fit_partition
+
+    x = np.random.default_rng(22).normal(size=(8000, 2))
+    part = fit_partition(jax.random.key(0), x, 400, 2)
+    first_post, kept_post = _fake_posterior(0.3, laplace=True), _fake_posterior(0.1, laplace=True)
+    nuts_post = _fake_posterior(0.0)
+    nuts_post.sample_stats["map_optima"] = np.ones((3, 4))
+    chosen = 0.25 if second else 0.5
+    spec, post, choice, calls = _sampled_with_fakes(
+        monkeypatch, part, x, {"first_posterior": first, "kept_posterior": "laplace"},
+        lambda map_from: first_post if map_from is None else kept_post, nuts_post, chosen)
+    assert choice.zeta == chosen
+    if not second:  # the Laplace first posterior at the zeta kept is the posterior kept
+        assert [c[0] for c in calls] == ["laplace"]
+        np.testing.assert_array_equal(post.means, first_post.means)
+        return
+    assert [c[0] for c in calls] == [first, "laplace"]
+    np.testing.assert_allclose(calls[0][1], 0.5, rtol=1e-12)
+    np.testing.assert_allclose(calls[1][1], chosen, rtol=1e-12)
+    opened = first_post if first == "laplace" else nuts_post
+    assert calls[1][3] is opened.sample_stats["map_optima"]  # the first posterior's optima, polished at chosen
+    np.testing.assert_array_equal(post.means, kept_post.means)
+    assert "map_optima" not in post.sample_stats
+    assert float(post.sample_stats["model_zeta"]) == 0.5  # the first posterior's draws drive the model
+    np.testing.assert_array_equal(post.sample_stats["model_means"], opened.means)

@@ -472,6 +472,17 @@ def test_report_says_a_second_posterior_started_where_the_first_ended():
     assert line.endswith("with no MAP search of their own")
 
 
+def test_report_says_a_laplace_kept_posterior_ran_no_sampler():
+    from kgmm_bayes.study.report import sampled_line
+
+    nuts = {"chains": 4, "draws": 500, "divergences": 2, "mean_steps_per_iteration": 31.25, "metric": "dense"}
+    assert sampled_line(nuts).startswith("- 4 chains x 500 draws; divergences 2; mean leapfrog steps per iteration")
+    line = sampled_line({**nuts, "kept_posterior": "laplace", "laplace_newton_decrement": 2.5e-05,
+                         "laplace_centres_not_optima": 1})
+    assert line.startswith("- no sampler: the Laplace approximation at 4 MAP optima") and "leapfrog" not in line
+    assert "2.5e-05 nats above its optimum, 1 without a positive definite Hessian), 500 independent draws" in line
+
+
 def test_jittered_copies_draw_the_asked_noise_from_the_key():
     # _jittered draws its noise on the host from the key's bits: copies of the tree plus N(0, scale^2) per
     # coordinate (the sample's mean and sd within 5 standard errors of n = 20,000 copies), the first copy kept
@@ -698,6 +709,15 @@ def test_map_searches_from_another_posterior_s_optima_polish_them_to_this_poster
     unpolished = map_optima(jax.random.key(6), args(0.3), init, config._replace(map_polish=0), model, map_from=flat)
     searched = map_optima(jax.random.key(6), args(0.3), init, config._replace(map_polish=0), model)
     np.testing.assert_array_equal(unpolished[1], searched[1])
+    with monkeypatch.context() as patch:  # a Laplace posterior at these counts (kept_posterior): the same optima
+        patch.setattr(sampler, "find_map", no_search)
+        post = sampler.laplace_posterior(jax.random.key(7), part.points, part.counts * 0.3, prior,
+                                         initial_values(part), config._replace(draws=10),
+                                         point_covariances=part.cell_covariances, map_from=flat)
+    np.testing.assert_array_equal(post.sample_stats["start_optima"], picks)
+    laplace_energies = np.asarray(post.sample_stats["map_potential_energies"])  # its centres Newton-refined: lower
+    assert (laplace_energies <= energies + 1e-8 * np.abs(energies)).all()
+    assert (laplace_energies >= energies - 1e-3).all()  # (from stationary points: within a Newton decrement)
 
 
 def test_newton_refinement_reaches_the_optimum_and_leaves_saddles_alone():

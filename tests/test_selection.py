@@ -45,21 +45,38 @@ def test_loo_prefers_the_true_number_of_components():
         select_components(candidates)
 
 
-def test_study_picks_k_by_loo_and_continues_with_it(tmp_path):
+def test_study_picks_k_by_loo_and_continues_with_it(tmp_path, monkeypatch):
     """``[mixture] select_components``: the study fits each candidate, keeps the best, and builds the
-    reduced-order model with it; the comparison is written and reported."""
+    reduced-order model with it; the comparison is written and reported.  With ``kept_posterior = "laplace"`` the
+    candidates are still sampled by NUTS (PSIS-LOO's ratios are against the posterior, not an approximation)."""
     import json
+
+    from kgmm_bayes.study import stages
+
+    sampled = []  # (way, K) of every posterior sampled
+
+    def recording(way, function):
+        def wrapped(key, points, counts, prior, init, *args, **kwargs):
+            sampled.append((way, len(init["weights"])))
+            return function(key, points, counts, prior, init, *args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(stages, "run_nuts", recording("nuts", stages.run_nuts))
+    monkeypatch.setattr(stages, "laplace_posterior", recording("laplace", stages.laplace_posterior))
 
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(-4.0, 0.5, 1500), rng.normal(0.0, 0.5, 1500), rng.normal(4.0, 0.5, 1500)])
     x = rng.permutation(x).reshape(6, -1, 1)  # 6 members: the last one is held out as the reference
     settings = {"partition": {"cells": 120}, "mixture": {"components": 2, "select_components": [1, 3]},
-                "sampler": {"chains": 2, "warmup": 100, "draws": 100, "map_starts": 2, "map_steps": 300},
+                "sampler": {"chains": 2, "warmup": 100, "draws": 100, "map_starts": 2, "map_steps": 300,
+                            "kept_posterior": "laplace"},
                 "score": {"max_draws": 100}, "interpolant": {"hidden": [16], "steps": 200},
                 "langevin": {"particles": 50, "steps": 1000, "burn_in": 100, "thin": 100}}
     result = kgmm_bayes.fit(x, settings=settings, out_dir=str(tmp_path / "run"))
     sel = result.metrics["model_selection"]
     assert sel["best"] == 3 and set(sel["elpd_loo"]) == {"1", "3"}
+    assert sampled[:2] == [("nuts", 1), ("nuts", 3)]  # the candidates, then the chosen K's coarsening
+    assert all(k == 3 for _, k in sampled[2:]) and len(sampled) > 2
     # each candidate's sampling time, for compare's cost; with the default coarsening the chosen K is sampled again
     assert set(sel["posterior_s"]) == {"1", "3"} and min(sel["posterior_s"].values()) > 0
     assert sel["reused_best"] is False

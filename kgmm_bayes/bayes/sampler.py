@@ -82,6 +82,8 @@ class SamplerConfig(NamedTuple):
     # the coarsening's first posterior (kgmm_bayes.study.stages.sample_posterior): "nuts", or "laplace"
     # (laplace_posterior: the Laplace approximation at the optima the chains would start at, stacked as they are)
     first_posterior: str = "nuts"
+    # the posterior the coarsening keeps (the bands'): "nuts", or "laplace" (laplace_posterior at its own MAP optima)
+    kept_posterior: str = "nuts"
     progress: bool = False
 
 
@@ -730,7 +732,7 @@ def refine_optima(potential, starts, picks) -> RefinedOptima:
 
 
 def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, config: SamplerConfig,
-                      point_covariances=None) -> PosteriorSamples:
+                      point_covariances=None, map_from=None) -> PosteriorSamples:
     """The Laplace approximation of the mixture posterior at the MAP optima :func:`run_nuts`' chains would start
     at, shaped as its draws: chain ``c`` holds ``config.draws`` independent draws of the Gaussian (in
     unconstrained space, the inverse Hessian of the potential clipped as in :func:`laplace_covariance`) at its
@@ -742,7 +744,9 @@ def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, conf
     float64, as the MAP searches'.  No sampler runs: ``sample_stats`` holds no divergences or steps (zeros),
     ``potential_energy`` the potential at each draw, ``laplace = True``, and the MAP searches' energies and the
     chains' optima as :func:`run_nuts` keeps them.  The coarsening's first posterior with ``[sampler]
-    first_posterior = "laplace"`` (:func:`kgmm_bayes.study.stages.sample_posterior`)."""
+    first_posterior = "laplace"`` (:func:`kgmm_bayes.study.stages.sample_posterior`), and the one kept with
+    ``kept_posterior = "laplace"``, whose optima are another posterior's (``map_from``, as :func:`map_optima` takes
+    them) polished at its own counts."""
     if config.map_starts < 1:
         raise ValueError("a Laplace posterior is centred on MAP optima: it needs map_starts > 0")
     features = likelihood_features(points, point_covariances)
@@ -751,7 +755,8 @@ def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, conf
     start = time.perf_counter()
     draw_key, map_key = jax.random.split(key)
     init_unconstrained = jax.jit(lambda values: unconstrain_fn(model, model_args, {}, values))(init)
-    best, energies, picks, starts, optima = map_optima(map_key, model_args, init_unconstrained, config, model)
+    best, energies, picks, starts, optima = map_optima(map_key, model_args, init_unconstrained, config, model,
+                                                       map_from=map_from)
     if picks is None:  # every chain at the best optimum
         picks = np.full(config.chains, int(np.argmin(energies)))
         starts = jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (config.chains,) + leaf.shape), best)

@@ -207,6 +207,19 @@ def _metric_words(post: dict) -> str:
     return METRIC_WORDS[post["metric"]]
 
 
+def sampled_line(post: dict) -> str:
+    """How the kept posterior's draws were made: NUTS's chains, or its Laplace approximation's independent draws."""
+    if post.get("kept_posterior") == "laplace":
+        return (f"- no sampler: the Laplace approximation at {post['chains']} MAP optima (Newton-refined; the largest "
+                f"left {_fmt(post.get('laplace_newton_decrement'))} nats above its optimum, "
+                f"{post.get('laplace_centres_not_optima', 0)} without a positive definite Hessian), {post['draws']} "
+                "independent draws each, as chains; r_hat and ESS below measure how the optima's Gaussians "
+                "differ, not mixing")
+    return (f"- {post['chains']} chains x {post['draws']} draws; divergences {post['divergences']}; "
+            f"mean leapfrog steps per iteration {_fmt(post['mean_steps_per_iteration'])}"
+            + (f" ({_metric_words(post)})" if post.get("metric") in METRIC_WORDS else ""))
+
+
 def likelihood_lines(post: dict) -> list:
     """The likelihood NUTS sampled: merged cells (kgmm_bayes.bayes.coreset), and what that moved."""
     lines = []
@@ -350,9 +363,7 @@ def write_report(path, spec, metrics: dict) -> None:
     lines += [
         "",
         "## Posterior (label-invariant diagnostics)",
-        f"- {post['chains']} chains x {post['draws']} draws; divergences {post['divergences']}; "
-        f"mean leapfrog steps per iteration {_fmt(post['mean_steps_per_iteration'])}"
-        + (f" ({_metric_words(post)})" if post.get("metric") in METRIC_WORDS else ""),
+        sampled_line(post),
         f"- max r_hat {_fmt(post['max_r_hat'])}, min bulk ESS {_fmt(post['min_ess_bulk'])}, "
         f"min tail ESS {_fmt(post['min_ess_tail'])} (log density and score at probe points, sorted weights)",
     ]

@@ -263,10 +263,14 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     def scaled(zeta):  # the likelihood's counts at zeta
         return counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
 
-    def run(run_key, zeta, after=None, first=None):  # after: (first posterior, its zeta), where this one starts
-        # (warm start); else a first posterior's MAP optima, polished at zeta, are its MAP searches' (map_from)
+    def run(run_key, zeta, after=None, first=None, kept=True):  # after: (first posterior, its zeta), where this one
+        # starts (warm start); else a first posterior's MAP optima, polished at zeta, are its MAP searches' (map_from);
+        # kept: the posterior the coarsening keeps, by its Laplace approximation with kept_posterior = "laplace"
         warm = None if after is None else (after[0], after[1] / zeta)
         map_from = None if first is None else first.sample_stats.get("map_optima")
+        if kept and spec.sampler.kept_posterior == "laplace":
+            return laplace_posterior(run_key, points, scaled(zeta), prior, initial_values(part), config,
+                                     point_covariances=covs, map_from=map_from)
         return run_nuts(run_key, points, scaled(zeta), prior, initial_values(part), config, point_covariances=covs,
                         drifting=drifting, warm=warm, map_from=map_from)
 
@@ -313,10 +317,12 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
                            use_gap=use_gap, snapshots=snapshots, terms=terms, tempered=tempered, gap_as_bias=as_bias)
 
     laplace = spec.sampler.first_posterior == "laplace"
+    # a Laplace first posterior at the zeta kept is the kept posterior's Laplace approximation already
+    rerun = not (laplace and spec.sampler.kept_posterior == "laplace")
 
     def first_run(run_key, zeta):  # the first posterior: NUTS, or the Laplace approximation at the chains' optima
         if not laplace:
-            return run(run_key, zeta)
+            return run(run_key, zeta, kept=False)
         return laplace_posterior(run_key, points, scaled(zeta), prior, initial_values(part), config,
                                  point_covariances=covs)
 
@@ -339,7 +345,8 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
                        after=None if laplace else (first, zeta), first=first)
             choice = variance_from(choice, zeta)
         elif laplace:  # the posterior kept is sampled at the first one's zeta, and drives the model too
-            first = post = run(first_key, zeta, first=first)
+            if rerun:
+                first = post = run(first_key, zeta, first=first)
             choice = variance_from(choice, zeta)
         return kept(post, gap, first, choice.zeta, zeta, measured), choice
     first = post = measured = first_run(key, 1.0)
@@ -347,7 +354,7 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     choice = choice_from(first, gap, 1.0)
     if choice.zeta < 1.0:
         post = run(jax.random.fold_in(key, 1), choice.zeta, after=None if laplace else (first, 1.0), first=first)
-    elif laplace:
+    elif laplace and rerun:
         first = post = run(key, 1.0, first=first)
     if laplace:
         choice = variance_from(choice, 1.0)
@@ -446,8 +453,10 @@ def choose_components(spec: Spec, out, partition_key, mcmc_key, z, zscore, cells
     candidates, cached, seconds = {}, {}, {}
     for k in spec.mixture.select_components:
         # candidates are compared by the standard posterior: PSIS-LOO's importance ratios are those of the
-        # untempered likelihood; the chosen K is then fitted with the spec's coarsening
-        spec_k = spec._replace(mixture=spec.mixture._replace(components=k, select_components=(), coarsening="off"))
+        # untempered likelihood; the chosen K is then fitted with the spec's coarsening.  They take NUTS's draws
+        # (kept_posterior = "laplace" aside): the ratios are against the posterior itself, not an approximation
+        spec_k = spec._replace(mixture=spec.mixture._replace(components=k, select_components=(), coarsening="off"),
+                               sampler=spec.sampler._replace(kept_posterior="nuts"))
         spec_k = screening_spec(spec_k) if screening else spec_k
         log(progress, f"model selection: K = {k}")
         part_k, part_key = partition_stage(spec_k, out, partition_key, z, cells, upstream, data)
@@ -524,6 +533,12 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         convergence["distinct_starts"] = int(np.unique(post.sample_stats["start_optima"]).size)
     if "first_posterior" in post.sample_stats:  # zeta's variance and the gap from a Laplace first posterior
         convergence["first_posterior"] = str(post.sample_stats["first_posterior"])
+    if "laplace_newton_decrement" in post.sample_stats:  # the kept posterior by its Laplace approximation: no NUTS,
+        # and how far above their optima (nats) its centres were left
+        convergence["kept_posterior"] = "laplace"
+        largest, not_optima = decrement_summary(post.sample_stats["laplace_newton_decrement"])
+        convergence["laplace_newton_decrement"] = json_floats(largest)
+        convergence["laplace_centres_not_optima"] = not_optima
     if "whitening_newton_decrement" in post.sample_stats:  # chains whitened each at its own optimum: the largest
         # half Newton decrement (nats above the optimum) left at their centres, nan where not positive definite
         largest, not_optima = decrement_summary(post.sample_stats["whitening_newton_decrement"])
