@@ -123,7 +123,8 @@ class SamplerSection(NamedTuple):
     first_posterior: str = "nuts"
     # the posterior the coarsening keeps, whose draws set the bands: "nuts"; or "laplace", its Laplace approximation
     # at MAP optima of its own (the first posterior's polished at its zeta), stacked as chains are: no NUTS at all
-    # with first_posterior = "laplace" too
+    # with first_posterior = "laplace" too.  Where the first posterior is the one kept (no more coarsening asked for),
+    # it stays as first_posterior sampled it
     kept_posterior: str = "nuts"
 
 
@@ -254,7 +255,7 @@ COMPARE_ONLY = ("baselines",)  # sections only `kgmm-bayes compare` reads: not p
 # Spec.to_dict (and so of a folder's identity and of the stage keys), so that a folder written before them still
 # holds the same study and its cached stages
 LATER_DEFAULTS = {("partition", "split"): "size", ("sampler", "warm_start"): True,
-                  ("interpolant", "correction"): "off"}
+                  ("interpolant", "correction"): "off", ("sampler", "kept_posterior"): "nuts"}
 SPLIT_VALUES = ("size", "inertia")  # [partition] split: kgmm_bayes.partition.SPLITS
 _ABSENT = object()
 

@@ -416,6 +416,11 @@ def test_a_key_added_later_leaves_the_identity_of_older_folders_alone_at_its_def
     assert '"warm_start": false' in cold.section_json("sampler")
     with pytest.raises(SpecError, match=r"warm_start must be true or false"):
         spec_from_dict({**base, "sampler": {"warm_start": "no"}})
+    # [sampler] kept_posterior at "nuts" (what ran before the key existed) likewise
+    assert plain.sampler.kept_posterior == "nuts" and "kept_posterior" not in plain.section_json("sampler")
+    assert "kept_posterior" not in plain.identity()["sampler"]
+    kept = spec_from_dict({**base, "sampler": {"kept_posterior": "laplace"}})
+    assert kept.identity()["sampler"]["kept_posterior"] == "laplace" and kept.identity() != plain.identity()
 
 
 def test_the_spec_s_split_values_are_the_partition_s():
