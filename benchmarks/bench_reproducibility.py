@@ -4,7 +4,9 @@ For one spec (a file or a shipped study's name), the data, partition and priors 
 of the study's seed; only the NUTS key changes (keys 0, 1, 2 by default).  Each run is
 sampled as the study samples it (coarsening included), its chains grouped into modes and
 stacked (``kgmm_bayes.bayes.stacking``), and the score band at the study's probe points
-(the label-invariant probes of ``posterior.nc``) computed from the stacked draws.
+(the label-invariant probes of ``posterior.nc``) computed from the stacked draws.  With a Laplace posterior
+(``[sampler] first_posterior``, ``kept_posterior``, ``--kept-posterior``) the key also changes its MAP searches and
+its Gaussian draws.
 
 The run is called reproducible when every pair of keys gives posterior-mean scores that
 differ by less than a quarter of the band width at every probe point and coordinate
@@ -117,6 +119,8 @@ def main(argv=None):
     parser.add_argument("--save", default=None, help="npz file: every chain's scores at the probes, per key")
     parser.add_argument("--chain-starts", default=None, choices=("best", "spread", "distinct"), help="[sampler] chain_starts")
     parser.add_argument("--target-accept", type=float, default=None, help="[sampler] target_accept (NUTS's step size)")
+    parser.add_argument("--kept-posterior", default=None, choices=("nuts", "laplace"),
+                        help="[sampler] kept_posterior (the posterior the coarsening keeps: NUTS or its Laplace approximation)")
     args = parser.parse_args(argv)
     coarsening = args.coarsening
     if coarsening not in (None, "auto", "off"):
@@ -126,11 +130,13 @@ def main(argv=None):
                                  "sampler": {"warmup": args.warmup, "draws": args.draws, "chains": args.chains,
                                              "map_starts": args.map_starts,
                                              "chain_starts": args.chain_starts,
-                                             "target_accept": args.target_accept}})
+                                             "target_accept": args.target_accept,
+                                             "kept_posterior": args.kept_posterior}})
     rows, pairs = run(spec, args.keys, args.save)
     ratio, pair, probe = max(pairs, key=lambda p: p[0])
     print(f"study {spec.study.name}: K = {spec.mixture.components}, {spec.sampler.chains} chains x "
-          f"({spec.sampler.warmup} + {spec.sampler.draws}), target_accept {spec.sampler.target_accept}, seed {spec.study.seed}")
+          f"({spec.sampler.warmup} + {spec.sampler.draws}), target_accept {spec.sampler.target_accept}, "
+          f"kept posterior {spec.sampler.kept_posterior}, seed {spec.study.seed}")
     header = ("NUTS key", "posterior s", "zeta", "leapfrog steps per iteration (kept posterior's draws)", "min bulk ESS",
               "min tail ESS", "r_hat (all chains)", "max r_hat within a mode", "modes: chains, weight, r_hat",
               "divergences", "max PSIS k", "predicted difference of another run (band widths)", "faults")
