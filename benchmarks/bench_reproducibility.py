@@ -154,5 +154,6 @@ def main(argv=None):
     print(line("max over key pairs of max over probes of abs(mean difference) / band width",
                f"{ratio:.3f} (keys {pair}, probe {probe})", f"threshold {REPRODUCIBLE}", verdict))
 
+
 if __name__ == "__main__":
     main()

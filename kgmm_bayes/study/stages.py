@@ -533,17 +533,15 @@ def score_stage(spec: Spec, post, coarsening, part: Partition, zscore, idata=Non
         convergence["distinct_starts"] = int(np.unique(post.sample_stats["start_optima"]).size)
     if "first_posterior" in post.sample_stats:  # zeta's variance and the gap from a Laplace first posterior
         convergence["first_posterior"] = str(post.sample_stats["first_posterior"])
-    if "laplace_newton_decrement" in post.sample_stats:  # the kept posterior by its Laplace approximation: no NUTS,
-        # and how far above their optima (nats) its centres were left
+    if "laplace_newton_decrement" in post.sample_stats:  # the kept posterior by its Laplace approximation: no NUTS
         convergence["kept_posterior"] = "laplace"
-        largest, not_optima = decrement_summary(post.sample_stats["laplace_newton_decrement"])
-        convergence["laplace_newton_decrement"] = json_floats(largest)
-        convergence["laplace_centres_not_optima"] = not_optima
-    if "whitening_newton_decrement" in post.sample_stats:  # chains whitened each at its own optimum: the largest
-        # half Newton decrement (nats above the optimum) left at their centres, nan where not positive definite
-        largest, not_optima = decrement_summary(post.sample_stats["whitening_newton_decrement"])
-        convergence["whitening_newton_decrement"] = json_floats(largest)
-        convergence["whitening_centres_not_optima"] = not_optima
+    for centres in ("laplace", "whitening"):  # a Laplace posterior's centres, or chains whitened each at its own
+        # optimum: the largest half Newton decrement (nats above the optimum) left at them, and how many had no
+        # positive definite Hessian
+        if f"{centres}_newton_decrement" in post.sample_stats:
+            largest, not_optima = decrement_summary(post.sample_stats[f"{centres}_newton_decrement"])
+            convergence[f"{centres}_newton_decrement"] = json_floats(largest)
+            convergence[f"{centres}_centres_not_optima"] = not_optima
     if "warm_start" in post.sample_stats:  # a second posterior, started where the first one's chains ended
         convergence["warm_start"] = True
     if "metric" in post.sample_stats:  # the metric NUTS ran in (sampler.resolved_metric)
