@@ -757,6 +757,38 @@ def test_newton_refinement_reaches_the_optimum_and_leaves_saddles_alone():
     assert decrements[0] <= NEWTON_DECREMENT and 0.5 * decrements[0] <= excess <= 2.0 * decrements[0]
 
 
+def test_newton_refinement_from_far_off_refreshes_its_hessian():
+    """``newton_refine`` from a point far from its optimum (``v = 4`` on the quartic above: curvature 47 there, 2 at
+    the minimum, so each chord step with the start's Hessian closes about 4% of the gap): one round of 30 chord steps
+    leaves it well above the tolerance; the default rounds, each from the Hessian where the last one stopped, bring it
+    within the tolerance of the minimum (its half decrement, the excess over the minimum to within a factor 2), and
+    the Hessian returned is the analytic one there."""
+    from kgmm_bayes.bayes.sampler import NEWTON_DECREMENT, NEWTON_STEPS, newton_refine
+
+    c = np.array([0.3, -0.2, 0.5])
+
+    def potential(p):
+        v = p["v"]
+        return jax.numpy.sum(v ** 4 / 4 - v ** 2 / 2) + 0.1 * (c @ v) ** 2
+
+    def hessian(v):
+        return np.diag(3 * v ** 2 - 1) + 0.2 * np.outer(c, c)
+
+    grad = jax.grad(lambda v: potential({"v": v}))
+    start = np.array([[4.0, 4.0, 4.0]])
+    _, _, once, _ = newton_refine(potential, {"v": jax.numpy.asarray(start)}, hessian(start[0])[None], rounds=1)
+    assert once[0] > 100 * NEWTON_DECREMENT
+    out, hessians, decrements, _ = newton_refine(potential, {"v": jax.numpy.asarray(start)}, hessian(start[0])[None])
+    v = np.asarray(out["v"][0])
+    assert decrements[0] <= NEWTON_DECREMENT and NEWTON_STEPS == 30
+    np.testing.assert_allclose(hessians[0], hessian(v), rtol=1e-12, atol=1e-12)
+    # the minimum itself (many chord steps from next to it); the decrement predicts the excess left
+    best, _, _, _ = newton_refine(potential, out, hessians, steps=100, tolerance=1e-20)
+    assert np.linalg.norm(np.asarray(grad(jax.numpy.asarray(best["v"][0])))) < 1e-7
+    excess = float(potential({"v": out["v"][0]})) - float(potential({"v": best["v"][0]}))
+    assert 0.5 * decrements[0] <= excess <= 2.0 * decrements[0]
+
+
 def test_chain_whitening_centres_each_chain_on_its_own_optimum():
     """``chain_whitening`` with chains at distinct optima: on ``(x^2 - 1)^2 + 0.4 x^3 + 2 (y - x / 2)^2`` (minima at
     the roots of ``4 x^2 + 1.2 x - 4``, curvatures ``12 x^2 + 2.4 x - 4`` in x: 6.96 and 9.38), three chains started
