@@ -641,15 +641,18 @@ def map_optima(key, model_args, init_unconstrained: dict, config: SamplerConfig,
 
 NEWTON_STEPS = 30  # at most this many Newton steps (the start's Hessian) refine each Laplace centre (newton_refine)
 NEWTON_DECREMENT = 1e-4  # ... until half its Newton decrement (nats) is below this: within 0.014 sd of the optimum
-# ... and while a point is still above it when its chord steps stop, the Hessians where they stopped start another
-# round of them, up to this many rounds in all: from far off the start's Hessian is a poor one (Kuramoto-Sivashinsky
-# D = 4's Laplace first posterior, 30 chord steps: one of 48 centres left 49 nats above its optimum)
+# ... and while a point is still more than NEWTON_REFRESH nats above it (0.14 sd off) when its chord steps stop, the
+# Hessians where they stopped start another round of them, up to NEWTON_ROUNDS rounds in all: from far off the start's
+# Hessian is a poor one (Kuramoto-Sivashinsky D = 4's kept Laplace posterior: one of 48 centres left 0.235 nats above
+# its optimum by one round, 4.6e-5 by more).  Rounds for every point above NEWTON_DECREMENT cost Lorenz-63's first
+# posterior 4 s more (four more Hessians) for one centre left 0.0031 nats (0.08 sd) above its optimum.
 NEWTON_ROUNDS = 4
+NEWTON_REFRESH = 1e-2
 NEWTON_BATCH = 16  # points whose potential (and gradient) one pass of newton_refine's programs computes at once
 
 
 def newton_refine(potential, points, hessians, steps: int = NEWTON_STEPS, tolerance: float = NEWTON_DECREMENT,
-                  rounds: int = NEWTON_ROUNDS):
+                  rounds: int = NEWTON_ROUNDS, refresh: float = NEWTON_REFRESH):
     """Each of ``points`` (a pytree with a leading axis ``B``) moved to its optimum of ``potential`` by Newton steps
     with the Hessian at the point it started from (``hessians`` ``(B, P, P)``, :func:`hessian_matrices`).
 
@@ -661,9 +664,9 @@ def newton_refine(potential, points, hessians, steps: int = NEWTON_STEPS, tolera
     faster the closer that Hessian is to the optimum's) the steps stop once half the Newton decrement ``g^T H^-1 g /
     2`` (nats: how far above its optimum the point is predicted to be) is at most ``tolerance``, or after ``steps``.
     Points whose Hessian is not positive definite (no optimum nearby) do not move.  The steps run on every point at
-    once (one compiled program whatever moves); then one Hessian at every point.  Where a point is still above
-    ``tolerance`` there (the start's Hessian too far from its optimum's for the chord steps to get there), those
-    Hessians start another round of chord steps, up to ``rounds`` rounds in all.
+    once (one compiled program whatever moves); then one Hessian at every point.  Where a point is still more than
+    ``refresh`` (at least ``tolerance``) above its optimum there (the start's Hessian too far from its optimum's for
+    the chord steps to get there), those Hessians start another round of chord steps, up to ``rounds`` rounds in all.
 
     Returns ``(points, hessians, decrements, potentials)``: the refined points, the Hessians there, each point's half
     Newton decrement in them (``nan`` where the Hessian is not positive definite) and the potential there."""
@@ -720,7 +723,7 @@ def newton_refine(potential, points, hessians, steps: int = NEWTON_STEPS, tolera
         hessians = hessian_matrices(potential, _host_unravel(first, flats))
         chols = factors(hessians)
         f, _, half = newton(chols)
-        if not (np.isfinite(half) & (half > tolerance)).any():
+        if not (np.isfinite(half) & (half > max(refresh, tolerance))).any():
             break
     if f is None:  # no step asked for
         f, _, half = newton(chols)
