@@ -760,9 +760,9 @@ def test_newton_refinement_reaches_the_optimum_and_leaves_saddles_alone():
 def test_newton_refinement_from_far_off_refreshes_its_hessian():
     """``newton_refine`` from a point far from its optimum (``v = 4`` on the quartic above: curvature 47 there, 2 at
     the minimum, so each chord step with the start's Hessian closes about 4% of the gap): one round of 30 chord steps
-    leaves it well above the tolerance; the default rounds, each from the Hessian where the last one stopped, bring it
-    within the tolerance of the minimum (its half decrement, the excess over the minimum to within a factor 2), and
-    the Hessian returned is the analytic one there."""
+    leaves it well above the tolerance (and so does any number of rounds with ``refresh`` above that); the default
+    rounds, each from the Hessian where the last one stopped, bring it within the tolerance of the minimum (its half
+    decrement, the excess over the minimum to within a factor 2), and the Hessian returned is the analytic one there."""
     from kgmm_bayes.bayes.sampler import NEWTON_DECREMENT, NEWTON_STEPS, newton_refine
 
     c = np.array([0.3, -0.2, 0.5])
@@ -778,6 +778,10 @@ def test_newton_refinement_from_far_off_refreshes_its_hessian():
     start = np.array([[4.0, 4.0, 4.0]])
     _, _, once, _ = newton_refine(potential, {"v": jax.numpy.asarray(start)}, hessian(start[0])[None], rounds=1)
     assert once[0] > 100 * NEWTON_DECREMENT
+    # a point less than ``refresh`` above its optimum after a round is left there: no further rounds
+    _, _, left, _ = newton_refine(potential, {"v": jax.numpy.asarray(start)}, hessian(start[0])[None],
+                                  refresh=2 * once[0])
+    assert left[0] == once[0]
     out, hessians, decrements, _ = newton_refine(potential, {"v": jax.numpy.asarray(start)}, hessian(start[0])[None])
     v = np.asarray(out["v"][0])
     assert decrements[0] <= NEWTON_DECREMENT and NEWTON_STEPS == 30
