@@ -720,15 +720,9 @@ def test_map_searches_from_another_posterior_s_optima_polish_them_to_this_poster
     assert (laplace_energies >= energies - 1e-3).all()  # (from stationary points: within a Newton decrement)
 
 
-def test_newton_refinement_reaches_the_optimum_and_leaves_saddles_alone():
-    """``newton_refine``: on ``sum(v^4 / 4 - v^2 / 2) + 0.1 (c.v)^2`` (minima near +-1 per coordinate), a point
-    started at 1.3 reaches the minimum (its gradient below 1e-7, where float64 potentials stop telling steps apart;
-    the Hessians returned are the exact ones there, against the analytic Hessian), although every step uses the
-    start's Hessian; a point where the Hessian is not positive definite (0.1: curvature 3 v^2 - 1 < 0) is left where
-    it is with a ``nan`` decrement.  With the default tolerance the half Newton decrement left is at most 1e-4 nats
-    and predicts the potential's remaining excess to within a factor 2."""
-    from kgmm_bayes.bayes.sampler import NEWTON_DECREMENT, newton_refine
-
+def _quartic():
+    """``sum(v^4 / 4 - v^2 / 2) + 0.1 (c.v)^2`` in 3D (minima near +-1 per coordinate) as a potential of ``{"v": v}``,
+    its analytic Hessian in ``v`` and its gradient in ``v``."""
     c = np.array([0.3, -0.2, 0.5])
 
     def potential(p):
@@ -738,7 +732,19 @@ def test_newton_refinement_reaches_the_optimum_and_leaves_saddles_alone():
     def hessian(v):
         return np.diag(3 * v ** 2 - 1) + 0.2 * np.outer(c, c)
 
-    grad = jax.grad(lambda v: potential({"v": v}))
+    return potential, hessian, jax.grad(lambda v: potential({"v": v}))
+
+
+def test_newton_refinement_reaches_the_optimum_and_leaves_saddles_alone():
+    """``newton_refine``: on ``sum(v^4 / 4 - v^2 / 2) + 0.1 (c.v)^2`` (minima near +-1 per coordinate), a point
+    started at 1.3 reaches the minimum (its gradient below 1e-7, where float64 potentials stop telling steps apart;
+    the Hessians returned are the exact ones there, against the analytic Hessian), although every step uses the
+    start's Hessian; a point where the Hessian is not positive definite (0.1: curvature 3 v^2 - 1 < 0) is left where
+    it is with a ``nan`` decrement.  With the default tolerance the half Newton decrement left is at most 1e-4 nats
+    and predicts the potential's remaining excess to within a factor 2."""
+    from kgmm_bayes.bayes.sampler import NEWTON_DECREMENT, newton_refine
+
+    potential, hessian, grad = _quartic()
     starts = np.array([[1.3, 1.3, 1.3], [0.1, 0.1, 0.1]])
     points = {"v": jax.numpy.asarray(starts)}
     out, hessians, decrements, values = newton_refine(potential, points, np.stack([hessian(s) for s in starts]),
@@ -765,16 +771,7 @@ def test_newton_refinement_from_far_off_refreshes_its_hessian():
     decrement, the excess over the minimum to within a factor 2), and the Hessian returned is the analytic one there."""
     from kgmm_bayes.bayes.sampler import NEWTON_DECREMENT, NEWTON_STEPS, newton_refine
 
-    c = np.array([0.3, -0.2, 0.5])
-
-    def potential(p):
-        v = p["v"]
-        return jax.numpy.sum(v ** 4 / 4 - v ** 2 / 2) + 0.1 * (c @ v) ** 2
-
-    def hessian(v):
-        return np.diag(3 * v ** 2 - 1) + 0.2 * np.outer(c, c)
-
-    grad = jax.grad(lambda v: potential({"v": v}))
+    potential, hessian, grad = _quartic()
     start = np.array([[4.0, 4.0, 4.0]])
     _, _, once, _ = newton_refine(potential, {"v": jax.numpy.asarray(start)}, hessian(start[0])[None], rounds=1)
     assert once[0] > 100 * NEWTON_DECREMENT
