@@ -90,6 +90,55 @@ def test_rank_r_hat_is_arviz_rank_r_hat():
     assert r_hat_of(probes, (1,)) == pytest.approx(np.nanmax(rank_r_hat(halves)), rel=1e-12)
 
 
+def test_chain_modes_tells_pairs_apart_by_one_column_as_by_all():
+    """``chain_modes`` skips a pair's other columns when its most separated column alone has r_hat >= 1.05
+    (``_witness_r_hats``, all pairs at once): that column's r_hat equals the same column's in the pair's full
+    ``rank_r_hat``, it never exceeds the pair's largest (``_max_r_hat``), and the modes and their r_hats are those of
+    every pair's every column (as it grouped them before).  Nine chains: three in one mode, two shifted by 0.15 sd in one column
+    (still one mode with them), two and one apart by 3 sd in one column only, a chain with a NaN, a column of ties and
+    one of one value."""
+    from kgmm_bayes.bayes.stacking import SAME_MODE_R_HAT, _max_r_hat, _probe_array, _witness_r_hats, rank_r_hat
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(9, 120, 5))
+    x[3:5, :, 0] += 0.15
+    x[5:7, :, 1] += 3.0
+    x[7, :, 2] += 3.0
+    x[8, 5, 3] = np.nan
+    x[..., 3] = np.round(x[..., 3], 1)
+    x[..., 4] = 1.0
+    probes = az.convert_to_dataset({"a": x[..., :2], "b": x[..., 2:]})
+    values = _probe_array(probes)
+    pairs = [(i, j) for i in range(9) for j in range(i + 1, 9)]
+    witness = _witness_r_hats(values, pairs)
+    full = np.array([_max_r_hat(values, p) for p in pairs])
+    with np.errstate(invalid="ignore"):
+        assert not (witness > full + 1e-12).any()
+    for (i, j), w in zip(pairs, witness):  # the witness is one of the pair's own columns' r_hats
+        per_column = rank_r_hat(values[[i, j]])
+        assert np.isnan(w) or np.isclose(per_column, w, rtol=1e-12, atol=0).any()
+    skipped = witness >= SAME_MODE_R_HAT
+    assert skipped.any() and (~skipped).any()
+    parent = list(range(9))  # every pair's every column, as chain_modes did before
+
+    def root(c):
+        while parent[c] != c:
+            c = parent[c]
+        return c
+
+    for (i, j), r in zip(pairs, full):
+        if root(i) != root(j) and r < SAME_MODE_R_HAT:
+            parent[root(j)] = root(i)
+    groups = {}
+    for c in range(9):
+        groups.setdefault(root(c), []).append(c)
+    modes = chain_modes(probes)
+    assert sorted(modes.modes) == sorted(tuple(g) for g in groups.values())
+    assert len(modes.modes) > 1
+    for mode, r in zip(modes.modes, modes.mode_r_hat):
+        assert r == _max_r_hat(values, mode) or (np.isnan(r) and np.isnan(_max_r_hat(values, mode)))
+
+
 def test_chains_in_two_modes_are_grouped_and_stacked():
     probes = _probe_chains([0.0, 0.0, 6.0, 6.0])
     rng = np.random.default_rng(4)
