@@ -25,22 +25,8 @@ from kgmm_bayes.bayes import stacking
 
 def every_pair(values) -> tuple:
     """The modes and their r_hats by every pair's every column (chain_modes before the one-column test)."""
-    chains = values.shape[0]
-    parent = list(range(chains))
-
-    def root(c):
-        while parent[c] != c:
-            c = parent[c]
-        return c
-
-    for i in range(chains):
-        for j in range(i + 1, chains):
-            if root(i) != root(j) and stacking._max_r_hat(values, (i, j)) < stacking.SAME_MODE_R_HAT:
-                parent[root(j)] = root(i)
-    groups = {}
-    for c in range(chains):
-        groups.setdefault(root(c), []).append(c)
-    modes = sorted(tuple(g) for g in groups.values())
+    modes = sorted(stacking.linked_groups(values.shape[0], lambda i, j: stacking._max_r_hat(values, (i, j))
+                                          < stacking.SAME_MODE_R_HAT))
     return modes, [stacking._max_r_hat(values, m) for m in modes]
 
 

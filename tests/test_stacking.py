@@ -97,7 +97,8 @@ def test_chain_modes_tells_pairs_apart_by_one_column_as_by_all():
     every pair's every column (as it grouped them before).  Nine chains: three in one mode, two shifted by 0.15 sd in one column
     (still one mode with them), two and one apart by 3 sd in one column only, a chain with a NaN, a column of ties and
     one of one value."""
-    from kgmm_bayes.bayes.stacking import SAME_MODE_R_HAT, _max_r_hat, _probe_array, _witness_r_hats, rank_r_hat
+    from kgmm_bayes.bayes.stacking import (SAME_MODE_R_HAT, _max_r_hat, _probe_array, _witness_r_hats, linked_groups,
+                                           rank_r_hat)
 
     rng = np.random.default_rng(11)
     x = rng.normal(size=(9, 120, 5))
@@ -119,21 +120,9 @@ def test_chain_modes_tells_pairs_apart_by_one_column_as_by_all():
         assert np.isnan(w) or np.isclose(per_column, w, rtol=1e-12, atol=0).any()
     skipped = witness >= SAME_MODE_R_HAT
     assert skipped.any() and (~skipped).any()
-    parent = list(range(9))  # every pair's every column, as chain_modes did before
-
-    def root(c):
-        while parent[c] != c:
-            c = parent[c]
-        return c
-
-    for (i, j), r in zip(pairs, full):
-        if root(i) != root(j) and r < SAME_MODE_R_HAT:
-            parent[root(j)] = root(i)
-    groups = {}
-    for c in range(9):
-        groups.setdefault(root(c), []).append(c)
+    every = dict(zip(pairs, full))  # every pair's every column, as chain_modes did before
     modes = chain_modes(probes)
-    assert sorted(modes.modes) == sorted(tuple(g) for g in groups.values())
+    assert sorted(modes.modes) == sorted(linked_groups(9, lambda i, j: every[i, j] < SAME_MODE_R_HAT))
     assert len(modes.modes) > 1
     for mode, r in zip(modes.modes, modes.mode_r_hat):
         assert r == _max_r_hat(values, mode) or (np.isnan(r) and np.isnan(_max_r_hat(values, mode)))

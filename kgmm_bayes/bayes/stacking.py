@@ -53,7 +53,7 @@ from .._picks import evenly_spaced
 from ..files import json_floats
 
 __all__ = ["SAME_MODE_R_HAT", "ChainModes", "chain_loo_densities", "stacking_weights", "chain_modes",
-           "draw_allocation", "draw_picks", "stacked_mean_error", "r_hat_of", "rank_r_hat",
+           "draw_allocation", "draw_picks", "stacked_mean_error", "r_hat_of", "rank_r_hat", "linked_groups",
            "REPRODUCIBLE_BAND_FRACTION"]
 
 SAME_MODE_R_HAT = 1.05  # pairwise label-invariant r_hat below this: the two chains sample one mode
@@ -279,6 +279,27 @@ def r_hat_of(post, chains) -> float:
     return _max_r_hat(_probe_array(post), chains)
 
 
+def linked_groups(n: int, linked) -> list[tuple]:
+    """``range(n)`` grouped by single linkage: the pairs ``i < j`` in order, each asked ``linked(i, j)`` only while
+    ``i`` and ``j`` are in different groups, and joined where it says so.  The groups, each in increasing order, by
+    their smallest member."""
+    parent = list(range(n))
+
+    def root(c):
+        while parent[c] != c:
+            c = parent[c]
+        return c
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if root(i) != root(j) and linked(i, j):
+                parent[root(j)] = root(i)
+    groups = {}
+    for c in range(n):
+        groups.setdefault(root(c), []).append(c)
+    return [tuple(g) for g in groups.values()]
+
+
 def chain_modes(probes, cell_log_lik=None, counts=None, power: float = 1.0) -> ChainModes:
     """Group chains into modes by their label-invariant ``probes`` (an xarray Dataset with ``chain``
     and ``draw`` dimensions) and, when there is more than one mode and the cells' log-likelihood
@@ -286,26 +307,15 @@ def chain_modes(probes, cell_log_lik=None, counts=None, power: float = 1.0) -> C
     likelihood's power in the sampled posterior (:func:`chain_loo_densities`)."""
     chains = int(probes.sizes["chain"])
     values = _probe_array(probes)
-    parent = list(range(chains))
-
-    def root(c):
-        while parent[c] != c:
-            c = parent[c]
-        return c
-
     pairs = [(i, j) for i in range(chains) for j in range(i + 1, chains)]
     # a pair whose most separated column alone has r_hat >= SAME_MODE_R_HAT is two modes whatever the other columns
     # say (their largest is at least that): every column's only for the others.  The same modes and r_hats; on 2 cores
     # (benchmarks/bench_chain_modes.py --posterior, December 2026) Kuramoto-Sivashinsky D = 4's 64 Laplace chains (63
     # modes) 0.33 s against 8.75 s with every pair's every column, its 48 NUTS chains (32 modes) 0.44 s against 4.72 s,
     # Lorenz-63's 16 Laplace chains (13 modes) 0.10 s against 1.04 s; chain_modes runs twice in a study's run
-    for (i, j), witness in zip(pairs, _witness_r_hats(values, pairs)):
-        if root(i) != root(j) and not witness >= SAME_MODE_R_HAT and _max_r_hat(values, (i, j)) < SAME_MODE_R_HAT:
-            parent[root(j)] = root(i)
-    groups = {}
-    for c in range(chains):
-        groups.setdefault(root(c), []).append(c)
-    modes = [tuple(g) for g in groups.values()]
+    witness = dict(zip(pairs, _witness_r_hats(values, pairs)))
+    modes = linked_groups(chains, lambda i, j: not witness[i, j] >= SAME_MODE_R_HAT
+                          and _max_r_hat(values, (i, j)) < SAME_MODE_R_HAT)
     weights, stacked, max_k = np.full(chains, 1.0 / chains), False, float("nan")
     if len(modes) > 1 and cell_log_lik is not None:
         lpd, khat = chain_loo_densities(cell_log_lik, counts, power)

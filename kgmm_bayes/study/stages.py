@@ -263,12 +263,12 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     def scaled(zeta):  # the likelihood's counts at zeta
         return counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
 
-    def run(run_key, zeta, after=None, first=None, kept=True):  # after: (first posterior, its zeta), where this one
-        # starts (warm start); else a first posterior's MAP optima, polished at zeta, are its MAP searches' (map_from);
-        # kept: the posterior the coarsening keeps, by its Laplace approximation with kept_posterior = "laplace"
+    def run(run_key, zeta, after=None, first=None, way=spec.sampler.kept_posterior):  # after: (first posterior, its
+        # zeta), where this one starts (warm start); else a first posterior's MAP optima, polished at zeta, are its MAP
+        # searches' (map_from); way: "nuts", or "laplace" (its Laplace approximation), the kept posterior's by default
         warm = None if after is None else (after[0], after[1] / zeta)
         map_from = None if first is None else first.sample_stats.get("map_optima")
-        if kept and spec.sampler.kept_posterior == "laplace":
+        if way == "laplace":
             return laplace_posterior(run_key, points, scaled(zeta), prior, initial_values(part), config,
                                      point_covariances=covs, map_from=map_from)
         return run_nuts(run_key, points, scaled(zeta), prior, initial_values(part), config, point_covariances=covs,
@@ -321,10 +321,7 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     rerun = not (laplace and spec.sampler.kept_posterior == "laplace")
 
     def first_run(run_key, zeta):  # the first posterior: NUTS, or the Laplace approximation at the chains' optima
-        if not laplace:
-            return run(run_key, zeta, kept=False)
-        return laplace_posterior(run_key, points, scaled(zeta), prior, initial_values(part), config,
-                                 point_covariances=covs)
+        return run(run_key, zeta, way=spec.sampler.first_posterior)
 
     def variance_from(choice, zeta):  # where v came from when the first posterior is not the one kept
         if laplace:
