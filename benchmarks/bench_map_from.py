@@ -5,14 +5,18 @@ For one study (a spec file or a shipped study's name; its data, partition and ``
 process first runs the study's MAP searches (``sampler.map_optima``) on the cells with their counts times
 ``--zetas``' first value, as the coarsening's first posterior does, then the second posterior's at the second
 value: ``fresh``, its own ``map_starts`` Adam and L-BFGS searches from the partition's values (what the code did
-before); ``polished``, the first searches' optima polished by L-BFGS at the second zeta.  Reported per way, for the
-second searches only (MAP searches and their compilation, as a study pays them; the compilation cache off): wall
-time, the best potential (lower is better), how many distinct optima the chains could start at (``chain_starts =
-"distinct"``, at most ``[sampler] chains``) and the spread of their potentials above the best; the last column is
-the fresh way's wall time over this way's.  The posterior's draws are not sampled here: ``kgmm-bayes run`` the
+before); ``polished``, the first searches' optima polished by L-BFGS at the second zeta (what it did until December
+2026); ``whitened``, the same polish in coordinates whitened by each optimum's Hessian at the second zeta (what it
+does now, the Hessians' cost included).  Reported per way, for the second searches only (MAP searches and their
+compilation, as a study pays them; the compilation cache off unless ``--cache``): wall time, the best potential (lower
+is better), how many distinct optima the chains could start at (``chain_starts = "distinct"``, at most ``[sampler]
+chains``), the spread of their potentials above the best, how far above its own optimum the worst of them is left
+(half its Newton decrement) and how many have no positive definite Hessian; the speed-up is the fresh way's wall time
+over this way's, then with the time the distinct optima's Newton refinement takes added (``sampler.refine_optima``,
+as a Laplace posterior centred there pays it).  The posterior's draws are not sampled here: ``kgmm-bayes run`` the
 study for that.
 
-    python benchmarks/bench_map_from.py lorenz63 --zetas 0.937 0.151     # about 2 minutes
+    python benchmarks/bench_map_from.py lorenz63 --zetas 0.937 0.151 --cache     # about 2 minutes
     python benchmarks/bench_map_from.py four_well_2d --zetas 0.630 0.133
 
 ``--settings``: TOML overriding the study's sections (``\\n`` for newlines).
@@ -26,7 +30,7 @@ import subprocess
 import sys
 import time
 
-WAYS = ("fresh", "polished")
+WAYS = ("fresh", "polished", "whitened")
 
 
 def one_way(spec_name: str, way: str, zetas, settings: str = "") -> dict:
@@ -34,14 +38,19 @@ def one_way(spec_name: str, way: str, zetas, settings: str = "") -> dict:
     import functools
 
     import kgmm_bayes  # noqa: F401  (float64 on, host devices)
+    if os.environ.get("KGMM_BAYES_COMPILATION_CACHE") != "off":  # --cache
+        kgmm_bayes.enable_compilation_cache()
     import jax
     import jax.numpy as jnp
     import numpy as np
+    import scipy.linalg
     import tomllib
+    from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import unconstrain_fn
 
     from bench_reproducibility import study_partition
     from kgmm_bayes.bayes.mixture import likelihood_features, mixture_model
+    from kgmm_bayes.bayes import sampler
     from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, map_optima, spread_starts
     from kgmm_bayes.spec import load_spec
     from kgmm_bayes.study import stages
@@ -61,13 +70,29 @@ def one_way(spec_name: str, way: str, zetas, settings: str = "") -> dict:
     key = stages.study_keys(spec.study.seed)[3]  # the study's MCMC key (data, reference, partition, mcmc, ...)
     first = map_optima(jax.random.fold_in(key, 0), args(zetas[0]), init, config, model)
     start = time.perf_counter()
-    _, energies, *_ = map_optima(jax.random.fold_in(key, 1), args(zetas[1]), init, config, model,
-                                 map_from=first[4] if way == "polished" else None)
+    _, energies, _, _, optima = map_optima(jax.random.fold_in(key, 1), args(zetas[1]), init, config, model,
+                                 map_from=None if way == "fresh" else first[4], whiten=way == "whitened")
     wall = time.perf_counter() - start
     distinct = np.unique(spread_starts(None, energies, config.chains, np.inf))
     above = energies[distinct] - energies.min()
+    potential = functools.partial(sampler._potential, model, args(zetas[1]))
+    unravel = ravel_pytree(init)[1]
+    start = time.perf_counter()  # the chains' optima Newton-refined, as a Laplace posterior centred there does
+    sampler.refine_optima(potential, jax.vmap(unravel)(jnp.asarray(optima[distinct])), distinct)
+    refine = time.perf_counter() - start
+    # how far above its own optimum each chain's start is left (half its Newton decrement, nats; after the timing)
+    flats = np.asarray(optima, np.float64)[distinct]
+    at = jax.vmap(unravel)(jnp.asarray(flats))
+    grads = np.asarray(jax.jit(jax.vmap(jax.grad(lambda v: potential(unravel(v)))))(jnp.asarray(flats)), np.float64)
+    halves = []
+    for g, h in zip(grads, sampler.hessian_matrices(potential, at)):
+        try:
+            halves.append(0.5 * float(g @ scipy.linalg.cho_solve((np.linalg.cholesky(h), True), g)))
+        except np.linalg.LinAlgError:
+            halves.append(np.nan)
     return {"wall": wall, "best": float(energies.min()), "distinct": int(len(distinct)),
-            "spread": float(above.max()), "searches": int(len(energies))}
+            "spread": float(above.max()), "searches": int(len(energies)), "decrement": float(np.nanmax(halves)),
+            "not_optima": int(np.sum(np.isnan(halves))), "refine": refine}
 
 
 def main(argv=None):
@@ -76,6 +101,8 @@ def main(argv=None):
     parser.add_argument("--zetas", type=float, nargs=2, default=(1.0, 0.15), metavar=("FIRST", "SECOND"),
                         help="the two posteriors' likelihood powers (default 1.0 0.15)")
     parser.add_argument("--settings", default="", help="spec sections overriding the study's (TOML, \\n)")
+    parser.add_argument("--cache", action="store_true",
+                        help="JAX's persistent compilation cache on (as a study's later runs; default off)")
     parser.add_argument("--way", choices=WAYS, help=argparse.SUPPRESS)  # one process's way (internal)
     args = parser.parse_args(argv)
     if not all(0 < z <= 1 for z in args.zetas):
@@ -83,7 +110,7 @@ def main(argv=None):
     if args.way:
         print("RESULT " + json.dumps(one_way(args.spec, args.way, args.zetas, args.settings)))
         return 0
-    env = dict(os.environ, KGMM_BAYES_COMPILATION_CACHE="off")
+    env = dict(os.environ) if args.cache else dict(os.environ, KGMM_BAYES_COMPILATION_CACHE="off")
     results = {}
     for way in WAYS:
         out = subprocess.run([sys.executable, os.path.abspath(__file__), args.spec, "--way", way, "--zetas",
@@ -95,13 +122,16 @@ def main(argv=None):
         results[way] = json.loads(lines[-1][len("RESULT "):])
     base = results["fresh"]
     print(f"the second MAP searches of {args.spec} at zeta {args.zetas[1]} after the first at {args.zetas[0]} "
-          "(fresh process each, compilation cache off)")
+          f"(fresh process each, compilation cache {'on' if args.cache else 'off'})")
     print("| second searches | searches | wall s | best potential | minus fresh's | distinct optima "
-          "| their spread, nats | speed-up |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| their spread, nats | largest half Newton decrement left, nats | not optima | speed-up "
+          "| their Newton refinement s | speed-up with it |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for way, r in results.items():
         print(f"| {way} | {r['searches']} | {r['wall']:.1f} | {r['best']:.3f} | {r['best'] - base['best']:.3f} | "
-              f"{r['distinct']} | {r['spread']:.2f} | {base['wall'] / r['wall']:.2f} |")
+              f"{r['distinct']} | {r['spread']:.2f} | {r['decrement']:.2g} | {r['not_optima']} | "
+              f"{base['wall'] / r['wall']:.2f} | {r['refine']:.1f} | "
+              f"{(base['wall'] + base['refine']) / (r['wall'] + r['refine']):.2f} |")
     return 0
 
 

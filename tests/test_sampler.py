@@ -160,6 +160,40 @@ def test_map_search_polished_by_lbfgs_reaches_a_stationary_point(threads, monkey
     assert grad_norm(best) < 1e-4 and grad_norm(best) < 1e-2 * grad_norm(adam_best)
 
 
+def test_polish_whitened_by_the_hessian_reaches_an_ill_conditioned_optimum_in_a_few_iterations():
+    """``polish_optima(whiten=True)``: L-BFGS in coordinates whitened by each start's clipped inverse Hessian.  On a
+    quadratic whose curvatures span 1e0-1e6 (rotated) plus a small quartic, five iterations bring starts to the
+    optimum (within 1e-8) where the plain polish's five leave them as far off as they started (it needs about 50); the energies returned are the potential at the points
+    returned, never above the start's; the roots whiten (``R R^T`` the clipped inverse: a negative curvature gets
+    variance 1; a Hessian not finite leaves the plain coordinates)."""
+    from kgmm_bayes.bayes.sampler import polish_optima, whitening_roots
+
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    a = q @ np.diag(np.logspace(0, 6, 6)) @ q.T
+    optimum = np.array([0.5, -1.0, 2.0, 0.0, 1.5, -0.5])
+
+    def potential(p):
+        d = p["v"] - optimum
+        return 0.5 * d @ jax.numpy.asarray(a) @ d + 1e-3 * jax.numpy.sum(d ** 4)
+
+    starts = optimum + 0.3 * rng.standard_normal((4, 6))
+    batch = {"v": jax.numpy.asarray(starts)}
+    white, e_white = polish_optima(potential, batch, 5, whiten=True)
+    plain, e_plain = polish_optima(potential, batch, 5)
+    err_white = np.abs(np.asarray(white["v"]) - optimum).max()
+    err_plain = np.abs(np.asarray(plain["v"]) - optimum).max()
+    assert err_white < 1e-8 and err_plain > 0.1
+    for points, energies in ((white, e_white), (plain, e_plain)):
+        np.testing.assert_allclose(energies, [float(potential({"v": v})) for v in np.asarray(points["v"])], rtol=1e-12)
+        assert (energies <= [float(potential({"v": jax.numpy.asarray(v)})) for v in starts]).all()
+    # the roots whiten: R^T H R = 1 where H is positive definite; a negative curvature gets variance 1
+    h = np.diag([4.0, -2.0, 1e6])
+    root = whitening_roots(h[None])[0]
+    np.testing.assert_allclose(root @ root.T, np.diag([0.25, 1.0, 1e-6]), atol=1e-15)
+    np.testing.assert_array_equal(whitening_roots(np.full((1, 3, 3), np.nan))[0], np.eye(3))  # not finite: plain
+
+
 @pytest.mark.parametrize("n", [1, 3, 4])
 def test_batches_split_over_devices_keep_their_order(n):
     """find_map's Adam steps of many starts run split over the devices (padded to a multiple of them):

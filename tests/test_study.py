@@ -257,6 +257,20 @@ def test_posterior_stage_key_follows_what_the_stage_reads():
     assert found[4] not in found[:4] and found[5] == found[4]
 
 
+def test_the_progress_log_names_how_the_posterior_is_sampled():
+    """The posterior stage's log line says NUTS only where NUTS runs: the default study's chains, Lorenz-63's and
+    Kuramoto-Sivashinsky's Laplace approximations at MAP optima (both posteriors), four-well's Laplace then NUTS."""
+    from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.study.run import posterior_plan
+
+    assert posterior_plan(load_spec(None).sampler) == "NUTS, 4 chains x (500 + 400)"
+    assert posterior_plan(load_spec("lorenz63").sampler) == \
+        "Laplace approximations at 16 MAP optima (32 searches), 250 draws each"
+    assert "NUTS" not in posterior_plan(load_spec("ks_d4").sampler)
+    assert posterior_plan(load_spec("four_well_2d").sampler).startswith("first Laplace approximations at 4 MAP optima")
+    assert posterior_plan(load_spec("four_well_2d").sampler).endswith("; kept NUTS, 4 chains x (500 + 500)")
+
+
 def test_killed_run_resumes_and_gives_the_same_numbers(small_run, tmp_path):
     """SIGKILL a fresh run of the same spec and seed once its posterior is on disk (it is then
     training the interpolant or simulating): no output folder appears, and the same command

@@ -70,6 +70,18 @@ from .stages import (
 __all__ = ["run_study"]
 
 
+def posterior_plan(sampler) -> str:
+    """How the posterior stage samples, for the progress log: NUTS chains, or Laplace approximations at MAP optima
+    (``[sampler] first_posterior`` / ``kept_posterior``)."""
+    s = sampler
+    nuts = f"NUTS, {s.chains} chains x ({s.warmup} + {s.draws})"
+    laplace = f"Laplace approximations at {s.chains} MAP optima ({s.map_starts} searches), {s.draws} draws each"
+    if s.first_posterior == s.kept_posterior:
+        return nuts if s.kept_posterior == "nuts" else laplace
+    return (f"first {laplace if s.first_posterior == 'laplace' else nuts}; kept "
+            f"{laplace if s.kept_posterior == 'laplace' else nuts}")
+
+
 def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, progress: bool = False,
               force: bool = False, data=None) -> BayesianKGMM:
     """Run a study end to end and write its output folder; returns the fitted result.
@@ -170,8 +182,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     if data.cell_pass_time is not None:
         clock.timings["data_pass_2"] = data.cell_pass_time  # cells and binned marginals (cached: its first run)
 
-    log(progress, f"posterior: NUTS, {spec.sampler.chains} chains x ({spec.sampler.warmup} + "
-                  f"{spec.sampler.draws}) on {len(part.points) if spec.partition.coreset else len(z)} points")
+    log(progress, f"posterior: {posterior_plan(spec.sampler)} on "
+                  f"{len(part.points) if spec.partition.coreset else len(z)} points")
     (post, coarsening), post_key, was_cached = posterior_stage(spec, out, mcmc_key, part, z, part_key, progress)
     if best_idata is not None:  # computed (or read back) while choosing K
         was_cached = best_cached
