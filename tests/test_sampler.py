@@ -163,9 +163,10 @@ def test_map_search_polished_by_lbfgs_reaches_a_stationary_point(threads, monkey
 def test_polish_whitened_by_the_hessian_reaches_an_ill_conditioned_optimum_in_a_few_iterations():
     """``polish_optima(whiten=True)``: L-BFGS in coordinates whitened by each start's clipped inverse Hessian.  On a
     quadratic whose curvatures span 1e0-1e6 (rotated) plus a small quartic, five iterations bring starts to the
-    optimum (within 1e-8) where the plain polish's five leave them as far off as they started (it needs about 50); the energies returned are the potential at the points
-    returned, never above the start's; the roots whiten (``R R^T`` the clipped inverse: a negative curvature gets
-    variance 1; a Hessian not finite leaves the plain coordinates)."""
+    optimum (within 1e-8) where the plain polish's five leave them as far off as they started (it needs about 50);
+    the energies returned are the potential at the points returned, never above the start's; the roots whiten
+    (``R R^T`` the clipped inverse: a negative curvature gets variance 1; a Hessian not finite leaves the plain
+    coordinates)."""
     from kgmm_bayes.bayes.sampler import polish_optima, whitening_roots
 
     rng = np.random.default_rng(3)

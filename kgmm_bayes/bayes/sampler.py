@@ -384,13 +384,16 @@ FLOAT32_MIN_WORK = 3e8
 POLISH_THREADS = worker_threads()
 # A second posterior's MAP searches start at a first posterior's optima (map_optima's map_from): there each start's
 # Hessian at this posterior is close to its optimum's, and L-BFGS in the coordinates it whitens (polish_optima's
-# whiten) converges in tens of iterations where the plain polish stops at its 500 on the flat ridges.  Lorenz-63's
-# kept posterior (benchmarks/bench_map_from.py lorenz63 --zetas 0.937 0.1485 --cache, one process per way, 2 cores):
-# 3.5 s with the 32 Hessians against 7.1 s, then 1.2 s against 5.3 s for the chains' 16 distinct optima's Newton
-# refinement (the plain polish leaves them up to 0.29 nats above their optima, the whitened 1.6e-7), the same best
-# optimum; kgmm-bayes run lorenz63: the posterior 40.0 s against 47.5 s, the same model and zeta, bands 1.008x as wide.
-# From Adam's end points (find_map) the Hessians are far from their optima's: whitened there, 17 of Lorenz-63's 32
-# searches still took all 500 iterations (12.4 s against 7.6 s with the Hessians), so those are polished plainly.
+# whiten) converges in 22-304 iterations (Lorenz-63's 32, median 48) where the plain polish stops at its 500 on the
+# ridges.  Lorenz-63's kept posterior (benchmarks/bench_map_from.py lorenz63 --zetas 0.937 0.1485 --cache, one
+# process per way, 2 cores): 3.5 s with the 32 Hessians against 7.1 s, then 1.2 s against 5.3 s for the chains' 16
+# distinct optima's Newton refinement (the plain polish leaves them up to 0.29 nats above their optima, the whitened
+# 1.6e-7), the same best optimum; kgmm-bayes run lorenz63: the posterior 40.0 s against 47.5 s, the same model and
+# zeta, bands 1.008x as wide.  From Adam's end points (find_map) the Hessians are far from their optima's: whitened
+# there, 17 of Lorenz-63's 32 searches still took all 500 iterations (12.4 s against 7.6 s with the Hessians), so
+# those are polished plainly; nor does whitening pay after 50 or 150 plain iterations (8.9 s and 7.3 s against 8.5 s,
+# and more of the searches end at the same optima: after Newton refinement the 8th-16th best distinct optima are
+# 5-24 nats higher than the plain polish's).
 
 
 def likelihood_work(rows: int, features: int, components: int, config: SamplerConfig) -> float:
