@@ -16,7 +16,8 @@ over this way's, then with the time the distinct optima's Newton refinement take
 as a Laplace posterior centred there pays it).  The posterior's draws are not sampled here: ``kgmm-bayes run`` the
 study for that.
 
-    python benchmarks/bench_map_from.py lorenz63 --zetas 0.937 0.151 --cache     # about 2 minutes
+    python benchmarks/bench_map_from.py lorenz63 --zetas 0.937 0.151 --cache     # about 2 minutes; run it twice:
+    # with a cold cache the first way compiles programs (the refinement's) that the later ways then load
     python benchmarks/bench_map_from.py four_well_2d --zetas 0.630 0.133
 
 ``--settings``: TOML overriding the study's sections (``\\n`` for newlines).

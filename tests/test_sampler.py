@@ -165,8 +165,9 @@ def test_polish_whitened_by_the_hessian_reaches_an_ill_conditioned_optimum_in_a_
     quadratic whose curvatures span 1e0-1e6 (rotated) plus a small quartic, five iterations bring starts to the
     optimum (within 1e-8) where the plain polish's five leave them as far off as they started (it needs about 50);
     the energies returned are the potential at the points returned, never above the start's; the roots whiten
-    (``R R^T`` the clipped inverse: a negative curvature gets variance 1; a Hessian not finite leaves the plain
-    coordinates)."""
+    (``R^T H R = 1``; ``R R^T`` the clipped inverse: a negative curvature gets variance 1; a Hessian not finite leaves
+    the plain coordinates); a start whose potential is not finite comes back as it was; with ``split = False`` the
+    plain polish runs."""
     from kgmm_bayes.bayes.sampler import polish_optima, whitening_roots
 
     rng = np.random.default_rng(3)
@@ -188,7 +189,22 @@ def test_polish_whitened_by_the_hessian_reaches_an_ill_conditioned_optimum_in_a_
     for points, energies in ((white, e_white), (plain, e_plain)):
         np.testing.assert_allclose(energies, [float(potential({"v": v})) for v in np.asarray(points["v"])], rtol=1e-12)
         assert (energies <= [float(potential({"v": jax.numpy.asarray(v)})) for v in starts]).all()
-    # the roots whiten: R^T H R = 1 where H is positive definite; a negative curvature gets variance 1
+    # the roots whiten: R^T H R = 1 where every curvature is at least 1 (the quadratic's); a negative one gets variance 1
+    root = whitening_roots(a[None])[0]
+    np.testing.assert_allclose(root.T @ a @ root, np.eye(6), atol=1e-9)
+    # a start where the potential is not finite is given back as it was, with an infinite energy; with split = False
+    # (rows sharded over the devices) whiten is ignored: the plain polish, to the last bit
+    def guarded(p):
+        return jax.numpy.where(p["v"][0] > 5.0, jax.numpy.nan, potential(p))
+
+    bad = np.vstack([starts[:1], starts[1:2] + np.array([10.0, 0, 0, 0, 0, 0])])
+    out, energies = polish_optima(guarded, {"v": jax.numpy.asarray(bad)}, 5, whiten=True)
+    np.testing.assert_array_equal(np.asarray(out["v"])[1], bad[1])
+    assert energies[1] == np.inf and np.abs(np.asarray(out["v"])[0] - optimum).max() < 1e-8
+    unsplit, e_unsplit = polish_optima(potential, batch, 5, split=False, whiten=True)
+    alone, e_alone = polish_optima(potential, batch, 5, split=False)
+    np.testing.assert_array_equal(np.asarray(unsplit["v"]), np.asarray(alone["v"]))
+    np.testing.assert_array_equal(e_unsplit, e_alone)
     h = np.diag([4.0, -2.0, 1e6])
     root = whitening_roots(h[None])[0]
     np.testing.assert_allclose(root @ root.T, np.diag([0.25, 1.0, 1e-6]), atol=1e-15)

@@ -258,17 +258,23 @@ def test_posterior_stage_key_follows_what_the_stage_reads():
 
 
 def test_the_progress_log_names_how_the_posterior_is_sampled():
-    """The posterior stage's log line says NUTS only where NUTS runs: the default study's chains, Lorenz-63's and
-    Kuramoto-Sivashinsky's Laplace approximations at MAP optima (both posteriors), four-well's Laplace then NUTS."""
+    """The posterior stage's log line names the ways that run: the default study's NUTS chains, Lorenz-63's and
+    Kuramoto-Sivashinsky's Laplace approximations (both posteriors), four-well's Laplace then NUTS; with a fixed
+    coarsening only the kept posterior's way; NUTS first and a Laplace second only where the coarsening asks for it."""
     from kgmm_bayes.spec import load_spec
     from kgmm_bayes.study.run import posterior_plan
 
-    assert posterior_plan(load_spec(None).sampler) == "NUTS, 4 chains x (500 + 400)"
-    assert posterior_plan(load_spec("lorenz63").sampler) == \
-        "Laplace approximations at 16 MAP optima (32 searches), 250 draws each"
-    assert "NUTS" not in posterior_plan(load_spec("ks_d4").sampler)
-    assert posterior_plan(load_spec("four_well_2d").sampler).startswith("first Laplace approximations at 4 MAP optima")
-    assert posterior_plan(load_spec("four_well_2d").sampler).endswith("; kept NUTS, 4 chains x (500 + 500)")
+    assert posterior_plan(load_spec(None)) == "NUTS, 4 chains x (500 + 400)"
+    assert posterior_plan(load_spec("lorenz63")) == \
+        "Laplace approximations at the MAP optima of 32 searches, 16 x 250 draws"
+    assert "NUTS" not in posterior_plan(load_spec("ks_d4"))
+    four_well = load_spec("four_well_2d")
+    assert posterior_plan(four_well) == \
+        "first Laplace approximations at the MAP optima of 8 searches, 4 x 500 draws; kept NUTS, 4 chains x (500 + 500)"
+    fixed = four_well._replace(mixture=four_well.mixture._replace(coarsening="0.5"))
+    assert posterior_plan(fixed) == "NUTS, 4 chains x (500 + 500)"
+    swapped = four_well._replace(sampler=four_well.sampler._replace(first_posterior="nuts", kept_posterior="laplace"))
+    assert posterior_plan(swapped).startswith("first NUTS, 4 chains x (500 + 500); a second one, where the coarsening")
 
 
 def test_killed_run_resumes_and_gives_the_same_numbers(small_run, tmp_path):

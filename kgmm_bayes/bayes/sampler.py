@@ -281,7 +281,8 @@ def _clipped_variances(hessian, max_variance: float = 1.0, min_ratio: float = 1e
 def whitening_roots(hessians) -> np.ndarray:
     """``(B, P, P)``: for each of ``hessians`` a square root ``R`` of its clipped inverse (:func:`laplace_covariance`'s
     covariance ``R R^T``; eigenvectors times root variances, no Cholesky factor needed): in ``v = v0 + R w`` that
-    Hessian is the identity; where it is not finite, ``R = 1`` (the plain coordinates)."""
+    Hessian is the identity where its curvature is at least ``1 / max_variance`` = 1 (weaker, flat and negative
+    directions keep unit scale); where it is not finite, ``R = 1`` (the plain coordinates)."""
     out = []
     for h in np.asarray(hessians, np.float64):
         if not np.all(np.isfinite(h)):
@@ -360,7 +361,7 @@ def resolved_metric(metric: str, n_params: int, warmup: int, sharded: bool = Fal
     if metric == "dense" and not sharded and n_params > DENSE_ADAPTATION_MAX:
         return "whitened"
     return metric
-POLISH_GRADIENT = 1e-8  # L-BFGS stops when the gradient's norm (potential per unconstrained unit) is below this ...
+POLISH_GRADIENT = 1e-8  # L-BFGS stops when the gradient's norm (potential per unconstrained or whitened unit) is below this ...
 POLISH_DECREASE = 1e-13  # ... or when an iteration lowers the potential by less than this fraction of it
 # The progress display counts NUTS iterations from inside the compiled chains (a host callback) only for samplers
 # of at least this much work (likelihood rows x quadratic features x components x chain iterations): JAX's
@@ -393,7 +394,11 @@ POLISH_THREADS = worker_threads()
 # there, 17 of Lorenz-63's 32 searches still took all 500 iterations (12.4 s against 7.6 s with the Hessians), so
 # those are polished plainly; nor does whitening pay after 50 or 150 plain iterations (8.9 s and 7.3 s against 8.5 s,
 # and more of the searches end at the same optima: after Newton refinement the 8th-16th best distinct optima are
-# 5-24 nats higher than the plain polish's).
+# 5-24 nats higher than the plain polish's).  Kuramoto-Sivashinsky D = 4 (kgmm-bayes run ks_d4): the posterior 155.9 s
+# against 193.8 s, the same model, every kept centre at an optimum (6 of 64 had no positive definite Hessian before),
+# but the stacking then weighs fewer of them: 8.8 effective chains against 15.3, the stacked mean's predicted largest
+# difference 0.21 band widths against 0.17 (0.25 is a fault).  Rows sharded over the devices (split = False) keep the
+# plain polish: the Hessians would copy them to every device.
 
 
 def likelihood_work(rows: int, features: int, components: int, config: SamplerConfig) -> float:
@@ -401,15 +406,16 @@ def likelihood_work(rows: int, features: int, components: int, config: SamplerCo
     return float(rows) * features * components * config.chains * (config.warmup + config.draws)
 
 
-def _lbfgs(potential, batch, max_steps: int, threads: int = 1, roots=None):
+def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None):
     """Each point of ``batch`` (a pytree with a leading axis) moved to a nearby minimum of ``potential``
     by L-BFGS (scipy's L-BFGS-B, on this host; one jitted value-and-gradient serves every point): at most
     ``max_steps`` iterations, stopping early at a vanishing gradient (:data:`POLISH_GRADIENT`) or once an
     iteration lowers the potential by less than :data:`POLISH_DECREASE` of it.  A point is never made
     worse: a non-finite or higher result gives the point back.  The points are shared among ``threads``
     threads (the value-and-gradient compiled first, in this one); each point's polish is the same whichever
-    thread runs it.  ``roots`` ``(B, P, P)``: point ``i``'s L-BFGS runs in the coordinates ``w`` of
-    ``v = v_i + roots[i] @ w`` (from ``w = 0``; the gradient in them ``roots[i]^T g``; the tolerances apply there).
+    thread runs it.  ``hessians`` ``(B, P, P)``: point ``i``'s L-BFGS runs in the coordinates ``w`` of
+    ``v = v_i + R_i w``, ``R_i`` :func:`whitening_roots`' root of ``hessians[i]`` (computed in the point's thread; from
+    ``w = 0``; the gradient in them ``R_i^T g``; the tolerances apply there).
 
     Returns ``(points, potentials)``: the polished batch and each point's potential there (non-finite where
     the potential is)."""
@@ -440,11 +446,11 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, roots=None):
         raw = float(both[0])  # the potential itself, also where its gradient is not finite
         start = raw if np.all(np.isfinite(both)) else np.inf
         options = {"maxiter": max_steps, "gtol": POLISH_GRADIENT, "ftol": POLISH_DECREASE}
-        if roots is None:
+        if hessians is None:
             res = scipy.optimize.minimize(fun, flat, jac=True, method="L-BFGS-B", options=options)
             x = res.x
         else:
-            root = np.asarray(roots[i], np.float64)
+            root = whitening_roots(np.asarray(hessians[i], np.float64)[None])[0]
 
             def whitened(w):
                 value, grad = fun(flat + root @ w)
@@ -546,8 +552,8 @@ def polish_optima(potential, params, polish: int, split: bool = True, whiten: bo
     optimum's (:func:`map_optima`'s ``map_from``).
     Returns ``(params, energies)``, the potential at each (``inf`` where it is not finite)."""
     if polish > 0:  # the polish's own final potentials (no program for them)
-        roots = whitening_roots(hessian_matrices(potential, params)) if whiten and split else None
-        params, energies = _lbfgs(potential, params, polish, threads=POLISH_THREADS if split else 1, roots=roots)
+        hessians = hessian_matrices(potential, params) if whiten and split else None
+        params, energies = _lbfgs(potential, params, polish, threads=POLISH_THREADS if split else 1, hessians=hessians)
     else:
         energies = np.asarray(jax.jit(jax.vmap(potential))(params))
     return params, np.where(np.isfinite(energies), energies, np.inf)

@@ -70,16 +70,22 @@ from .stages import (
 __all__ = ["run_study"]
 
 
-def posterior_plan(sampler) -> str:
+def posterior_plan(spec: Spec) -> str:
     """How the posterior stage samples, for the progress log: NUTS chains, or Laplace approximations at MAP optima
-    (``[sampler] first_posterior`` / ``kept_posterior``)."""
-    s = sampler
-    nuts = f"NUTS, {s.chains} chains x ({s.warmup} + {s.draws})"
-    laplace = f"Laplace approximations at {s.chains} MAP optima ({s.map_starts} searches), {s.draws} draws each"
-    if s.first_posterior == s.kept_posterior:
-        return nuts if s.kept_posterior == "nuts" else laplace
-    return (f"first {laplace if s.first_posterior == 'laplace' else nuts}; kept "
-            f"{laplace if s.kept_posterior == 'laplace' else nuts}")
+    (``[sampler] first_posterior`` / ``kept_posterior``; with ``[mixture] coarsening = "auto"`` a first posterior,
+    then a second where the coarsening asks for one, or the kept way's where it differs from the first's)."""
+    s = spec.sampler
+
+    def way(name):
+        if name == "nuts":
+            return f"NUTS, {s.chains} chains x ({s.warmup} + {s.draws})"
+        return f"Laplace approximations at the MAP optima of {s.map_starts} searches, {s.chains} x {s.draws} draws"
+
+    if spec.mixture.coarsening != "auto" or s.first_posterior == s.kept_posterior:
+        return way(s.kept_posterior)  # one way (coarsening "auto": one posterior or two of it)
+    if s.first_posterior == "laplace":  # the kept posterior is NUTS whatever zeta the coarsening chooses
+        return f"first {way('laplace')}; kept {way('nuts')}"
+    return f"first {way('nuts')}; a second one, where the coarsening asks for it, {way('laplace')}"
 
 
 def run_study(spec: Spec, out_dir: str | None = None, seed: int | None = None, progress: bool = False,
@@ -182,7 +188,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     if data.cell_pass_time is not None:
         clock.timings["data_pass_2"] = data.cell_pass_time  # cells and binned marginals (cached: its first run)
 
-    log(progress, f"posterior: {posterior_plan(spec.sampler)} on "
+    log(progress, f"posterior: {posterior_plan(spec)} on "
                   f"{len(part.points) if spec.partition.coreset else len(z)} points")
     (post, coarsening), post_key, was_cached = posterior_stage(spec, out, mcmc_key, part, z, part_key, progress)
     if best_idata is not None:  # computed (or read back) while choosing K
