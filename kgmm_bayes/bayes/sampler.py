@@ -395,8 +395,9 @@ POLISH_THREADS = worker_threads()
 # there, 17 of Lorenz-63's 32 searches still took all 500 iterations (12.4 s against 7.6 s with the Hessians), so
 # those are polished plainly; nor does whitening pay after 50 or 150 plain iterations (8.9 s and 7.3 s against 8.5 s,
 # and more of the searches end at the same optima: after Newton refinement the 8th-16th best distinct optima are
-# 5-24 nats higher than the plain polish's).  Kuramoto-Sivashinsky D = 4 (kgmm-bayes run ks_d4): the posterior 155.9 s
-# against 193.8 s, the same model, every kept centre at an optimum (6 of 64 had no positive definite Hessian before),
+# 5-24 nats higher than the plain polish's).  Kuramoto-Sivashinsky D = 4 (P = 479, 128 searches): no time gained that
+# this machine resolves (sample_posterior 160.8 s whitened against 150-171 s plain, one process), the same model,
+# every kept centre at an optimum (6 of 64 had no positive definite Hessian before),
 # but the stacking then weighs fewer of them: 8.8 effective chains against 15.3, the stacked mean's predicted largest
 # difference 0.21 band widths against 0.17 (0.25 is a fault).  Rows sharded over the devices (split = False) keep the
 # plain polish: the Hessians would copy them to every device.
