@@ -44,7 +44,6 @@ def one_way(spec_name: str, way: str, zetas, settings: str = "") -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import scipy.linalg
     import tomllib
     from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import unconstrain_fn
@@ -78,19 +77,13 @@ def one_way(spec_name: str, way: str, zetas, settings: str = "") -> dict:
     above = energies[distinct] - energies.min()
     potential = functools.partial(sampler._potential, model, args(zetas[1]))
     unravel = ravel_pytree(init)[1]
+    at = jax.vmap(unravel)(jnp.asarray(optima[distinct]))
     start = time.perf_counter()  # the chains' optima Newton-refined, as a Laplace posterior centred there does
-    sampler.refine_optima(potential, jax.vmap(unravel)(jnp.asarray(optima[distinct])), distinct)
+    sampler.refine_optima(potential, at, distinct)
     refine = time.perf_counter() - start
-    # how far above its own optimum each chain's start is left (half its Newton decrement, nats; after the timing)
-    flats = np.asarray(optima, np.float64)[distinct]
-    at = jax.vmap(unravel)(jnp.asarray(flats))
-    grads = np.asarray(jax.jit(jax.vmap(jax.grad(lambda v: potential(unravel(v)))))(jnp.asarray(flats)), np.float64)
-    halves = []
-    for g, h in zip(grads, sampler.hessian_matrices(potential, at)):
-        try:
-            halves.append(0.5 * float(g @ scipy.linalg.cho_solve((np.linalg.cholesky(h), True), g)))
-        except np.linalg.LinAlgError:
-            halves.append(np.nan)
+    # how far above its own optimum each chain's start is left (half its Newton decrement, nats, nan where the Hessian
+    # is not positive definite: newton_refine without steps; after the timing)
+    halves = sampler.newton_refine(potential, at, sampler.hessian_matrices(potential, at), steps=0)[2]
     return {"wall": wall, "best": float(energies.min()), "distinct": int(len(distinct)),
             "spread": float(above.max()), "searches": int(len(energies)), "decrement": float(np.nanmax(halves)),
             "not_optima": int(np.sum(np.isnan(halves))), "refine": refine}

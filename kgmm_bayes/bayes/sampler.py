@@ -284,14 +284,15 @@ def whitening_roots(hessians) -> np.ndarray:
     covariance ``R R^T``; eigenvectors times root variances, no Cholesky factor needed): in ``v = v0 + R w`` that
     Hessian is the identity where its curvature is at least ``1 / max_variance`` = 1 (weaker, flat and negative
     directions keep unit scale); where it is not finite, ``R = 1`` (the plain coordinates)."""
-    out = []
-    for h in np.asarray(hessians, np.float64):
-        if not np.all(np.isfinite(h)):
-            out.append(np.eye(len(h)))
-            continue
-        var, vec = _clipped_variances(h)
-        out.append(vec * np.sqrt(var))
-    return np.stack(out)
+    return np.stack([_whitening_root(h) for h in np.asarray(hessians, np.float64)])
+
+
+def _whitening_root(hessian) -> np.ndarray:
+    """:func:`whitening_roots`' ``R`` for one Hessian ``(P, P)``."""
+    if not np.all(np.isfinite(hessian)):
+        return np.eye(len(hessian))
+    var, vec = _clipped_variances(hessian)
+    return vec * np.sqrt(var)
 
 
 SPREAD_NATS = 10.0  # "spread" chain starts: MAP optima at most this far below the best in log posterior
@@ -452,7 +453,7 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None):
             res = scipy.optimize.minimize(fun, flat, jac=True, method="L-BFGS-B", options=options)
             x = res.x
         else:
-            root = whitening_roots(np.asarray(hessians[i], np.float64)[None])[0]
+            root = _whitening_root(np.asarray(hessians[i], np.float64))
 
             def whitened(w):
                 value, grad = fun(flat + root @ w)
@@ -467,11 +468,9 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None):
     # whitened, each evaluation adds two matrix-vector products and each start one eigendecomposition: BLAS on one
     # thread each (its own threads spin against XLA's: Kuramoto-Sivashinsky D = 4's 128 starts, P = 479, took 2.87 ms
     # per evaluation against the plain polish's 1.05 ms)
-    with contextlib.ExitStack() as stack:
-        if hessians is not None:
-            from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits
 
-            stack.enter_context(threadpool_limits(limits=1))
+    with threadpool_limits(limits=1) if hessians is not None else contextlib.nullcontext():
         if threads == 1:
             done = [polished(i) for i in range(len(flats))]
         else:
