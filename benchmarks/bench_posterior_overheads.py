@@ -12,9 +12,10 @@ For one study (a spec file or a shipped study's name; its data, partition and pr
    lost to K and 4K beat K (the rules' one difference).
 2. The L-BFGS polish of ``--starts`` MAP searches (Adam's ``--adam`` steps first, as ``find_map``): optax's
    L-BFGS vmapped over all starts in one program, split over the devices (the old way, until December 2026:
-   the starts move in lockstep), against scipy's on the host, one start after another on
-   ``sampler.POLISH_THREADS`` threads (``sampler.polish_optima``).  Compilation is included in both, as a
-   study pays it.  Likewise the Adam steps themselves (``find_map(..., polish=0)``, all starts on one device
+   the starts move in lockstep), against the same search one start after another, each start's one call of
+   one compiled program, on ``sampler.POLISH_THREADS`` threads (``sampler.polish_optima``; until 6 December
+   2026 scipy's L-BFGS-B ran there: ``bench_polish.py`` times it).  Compilation is included in
+   both, as a study pays it.  Likewise the Adam steps themselves (``find_map(..., polish=0)``, all starts on one device
    against split over the devices).
 3. The posterior-mean score of ``--draws`` draws at ``--points`` snapshots (the bumps' gap and the
    interpolant's training targets): each draw's score by whitened residuals (``mixture_score``, the old
@@ -81,38 +82,10 @@ def residual_mean_score(weights, means, cov_chol, x, chunk: int = 2048):
 
 
 def traced_lbfgs(potential, params, max_steps: int):
-    """The old polish of one start, traced so that ``vmap`` polishes all starts at once: optax's L-BFGS (zoom line
-    search), at most ``max_steps`` iterations, stopping at a vanishing gradient or once an iteration no longer
-    lowers the potential; never worse than ``params``."""
-    import optax
+    """The old polish of one start, traced so that ``vmap`` polishes all starts at once: the polish's own search
+    (``sampler.lbfgs_search``: optax's L-BFGS in one loop), never worse than ``params``."""
     flat, unravel = ravel_pytree(params)
-
-    def f(v):
-        return potential(unravel(v))
-
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(f)
-
-    def body(carry):
-        v, state, _, last = carry
-        value, grad = value_and_grad(v, state=state)
-        updates, state = solver.update(grad, state, v, value=value, grad=grad, value_fn=f)
-        new = optax.apply_updates(v, updates)
-        new_value = optax.tree_utils.tree_get(state, "value")
-        finite = jnp.all(jnp.isfinite(new)) & jnp.isfinite(new_value)
-        stalled = ~(new_value < last - sampler.POLISH_DECREASE * jnp.abs(last))
-        return jnp.where(finite, new, v), state, ~finite | stalled, jnp.where(finite, new_value, last)
-
-    def cond(carry):
-        _, state, stop, _ = carry
-        count = optax.tree_utils.tree_get(state, "count")
-        grad = optax.tree_utils.tree_get(state, "grad")
-        return ~stop & ((count == 0) | ((count < max_steps) &
-                                        (optax.tree_utils.tree_norm(grad) > sampler.POLISH_GRADIENT)))
-
-    start = f(flat)
-    out, _, _, _ = jax.lax.while_loop(cond, body, (flat, solver.init(flat), jnp.asarray(False), start))
-    end = f(out)
+    out, end, start = sampler.lbfgs_search(lambda v: potential(unravel(v)), flat, max_steps)
     return unravel(jnp.where(jnp.isfinite(end) & (end <= start), out, flat))
 
 
@@ -213,7 +186,7 @@ def main(argv=None):
     e_old = np.asarray(jax.vmap(potential)(old))
     new_s, (split, e_split) = _timed(lambda: sampler.polish_optima(potential, searched, polish))
     rows.append((f"L-BFGS polish of {starts} MAP searches (old: vmapped, {jax.local_device_count()} devices; new: "
-                 f"host, {sampler.POLISH_THREADS} threads; compilation included)", old_s, new_s,
+                 f"each start one call, {sampler.POLISH_THREADS} threads; compilation included)", old_s, new_s,
                  _check(abs(e_old.min() - e_split.min()) <= 1e-6 * abs(e_old.min()),
                         f"best potential {e_old.min():.6f} / {e_split.min():.6f}")))
 

@@ -55,6 +55,10 @@ CASES = {
                           '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 100\\n[mixture]\\n'
                           'components = 3\\n[sampler]\\nchains = 2\\nchain_starts = "distinct"\\nmap_starts = 2\\n'
                           'map_steps = 50'],
+    "bench_polish.py": ["four_well_2d", "--settings",
+                        '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 100\\n[mixture]\\n'
+                        'components = 3\\n[sampler]\\nchains = 2\\nchain_starts = "distinct"\\nmap_starts = 2\\n'
+                        'map_steps = 50'],
     "bench_user_calibration.py": ["--sizes", "2000", "--members", "10", "--points", "200", "--settings",
                                   '[partition]\\ncells = 100\\n[mixture]\\ncomponents = 3\\ncoarsening = "off"\\n'
                                   '[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
@@ -69,7 +73,7 @@ def test_every_benchmark_is_listed():
 SLOW = ("bench_dynamics.py", "bench_sampler.py", "bench_geometry.py", "bench_user_calibration.py", "bench_scale.py",
         "bench_interpolant.py", "bench_floor.py", "bench_coreset.py", "bench_mixture_fits.py",
         "bench_reproducibility.py", "bench_posterior_overheads.py", "bench_warm_start.py",
-        "bench_first_posterior.py", "bench_map_from.py")  # about 20-60 s each: `-m slow`
+        "bench_first_posterior.py", "bench_map_from.py", "bench_polish.py")  # about 20-60 s each: `-m slow`
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(CASES)])

@@ -365,6 +365,7 @@ def resolved_metric(metric: str, n_params: int, warmup: int, sharded: bool = Fal
     return metric
 POLISH_GRADIENT = 1e-8  # L-BFGS stops when the gradient's norm (potential per unconstrained or whitened unit) is below this ...
 POLISH_DECREASE = 1e-13  # ... or when an iteration lowers the potential by less than this fraction of it
+POLISH_MEMORY = 10  # L-BFGS's memory (scipy's maxcor, its default): the past steps its inverse Hessian is built from
 # The progress display counts NUTS iterations from inside the compiled chains (a host callback) only for samplers
 # of at least this much work (likelihood rows x quadratic features x components x chain iterations): JAX's
 # persistent compilation cache cannot keep a program holding a host callback, so the ticking chains are compiled
@@ -409,21 +410,50 @@ def likelihood_work(rows: int, features: int, components: int, config: SamplerCo
     return float(rows) * features * components * config.chains * (config.warmup + config.draws)
 
 
+def lbfgs_search(f, w0, max_steps: int):
+    """``(w, f(w), f(w0))``: ``f`` (a scalar function of a flat vector, traced) minimised from ``w0`` by optax's
+    L-BFGS (memory :data:`POLISH_MEMORY`, zoom line search) in one ``lax.while_loop``: at most ``max_steps``
+    iterations, stopping early at a vanishing gradient (:data:`POLISH_GRADIENT`), once an iteration lowers ``f`` by
+    less than :data:`POLISH_DECREASE` of it, or at a non-finite point (the last finite one kept)."""
+    import optax
+
+    solver = optax.lbfgs(memory_size=POLISH_MEMORY)
+    value_and_grad = optax.value_and_grad_from_state(f)
+
+    def body(carry):
+        w, state, _, last = carry
+        value, grad = value_and_grad(w, state=state)
+        updates, state = solver.update(grad, state, w, value=value, grad=grad, value_fn=f)
+        new = optax.apply_updates(w, updates)
+        new_value = optax.tree_utils.tree_get(state, "value")
+        finite = jnp.all(jnp.isfinite(new)) & jnp.isfinite(new_value)
+        stalled = ~(new_value < last - POLISH_DECREASE * jnp.abs(last))
+        return jnp.where(finite, new, w), state, ~finite | stalled, jnp.where(finite, new_value, last)
+
+    def cond(carry):
+        _, state, stop, _ = carry
+        count = optax.tree_utils.tree_get(state, "count")
+        grad = optax.tree_utils.tree_get(state, "grad")
+        return ~stop & ((count == 0) | ((count < max_steps) & (optax.tree_utils.tree_norm(grad) > POLISH_GRADIENT)))
+
+    start = f(w0)
+    w, _, _, _ = jax.lax.while_loop(cond, body, (w0, solver.init(w0), jnp.asarray(False), start))
+    return w, f(w), start
+
+
 def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None):
     """Each point of ``batch`` (a pytree with a leading axis) moved to a nearby minimum of ``potential``
-    by L-BFGS (scipy's L-BFGS-B, on this host; one jitted value-and-gradient serves every point): at most
+    by L-BFGS (:func:`lbfgs_search`, each point's whole search one call of one compiled program): at most
     ``max_steps`` iterations, stopping early at a vanishing gradient (:data:`POLISH_GRADIENT`) or once an
     iteration lowers the potential by less than :data:`POLISH_DECREASE` of it.  A point is never made
     worse: a non-finite or higher result gives the point back.  The points are shared among ``threads``
-    threads (the value-and-gradient compiled first, in this one); each point's polish is the same whichever
-    thread runs it.  ``hessians`` ``(B, P, P)``: point ``i``'s L-BFGS runs in the coordinates ``w`` of
-    ``v = v_i + R_i w``, ``R_i`` :func:`whitening_roots`' root of ``hessians[i]`` (computed in the point's thread; from
-    ``w = 0``; the gradient in them ``R_i^T g``; the tolerances apply there).
+    threads (the program compiled first, in this one); each point's polish is the same whichever thread runs
+    it.  ``hessians`` ``(B, P, P)``: point ``i``'s L-BFGS runs in the coordinates ``w`` of ``v = v_i + R_i w``,
+    ``R_i`` :func:`whitening_roots`' root of ``hessians[i]`` (computed in the point's thread, an argument of the
+    program; from ``w = 0``; the tolerances apply there).
 
     Returns ``(points, potentials)``: the polished batch and each point's potential there (non-finite where
     the potential is)."""
-    import scipy.optimize
-
     # flattened and rebuilt on the host, in ravel_pytree's order (run op by op, JAX compiled a program per step)
     leaves, treedef = jax.tree_util.tree_flatten(batch)
     leaves = [np.asarray(leaf) for leaf in leaves]
@@ -431,43 +461,31 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None):
     first = jax.tree_util.tree_unflatten(treedef, [leaf[0] for leaf in leaves])
     unravel = ravel_pytree(first)[1]
 
-    def packed(v):  # the value and gradient in one array: one transfer to the host per call (a third faster)
-        value, grad = jax.value_and_grad(lambda u: potential(unravel(u)))(v)
-        return jnp.concatenate([value[None], grad])
+    def plain(v):
+        return lbfgs_search(lambda u: potential(unravel(u)), v, max_steps)
 
-    value_and_grad = jax.jit(packed)
+    def whitened(v, root):
+        w, end, start = lbfgs_search(lambda u: potential(unravel(v + root @ u)), jnp.zeros_like(v), max_steps)
+        return v + root @ w, end, start
+
     # traced and compiled here: the threads then only run it (numpyro's tracing is not thread-safe)
-    starting = [np.asarray(value_and_grad(flat), np.float64) for flat in flats]
-
-    def fun(v):
-        both = np.asarray(value_and_grad(v), np.float64)
-        value, grad = float(both[0]), both[1:]
-        return (value, grad) if np.isfinite(value) and np.all(np.isfinite(grad)) else (np.inf, np.zeros_like(grad))
+    if hessians is None:
+        search = jax.jit(plain).lower(flats[0]).compile()
+    else:
+        search = jax.jit(whitened).lower(flats[0], np.eye(flats.shape[1])).compile()
 
     def polished(i):
-        flat, both = flats[i], starting[i]
-        raw = float(both[0])  # the potential itself, also where its gradient is not finite
-        start = raw if np.all(np.isfinite(both)) else np.inf
-        options = {"maxiter": max_steps, "gtol": POLISH_GRADIENT, "ftol": POLISH_DECREASE}
+        flat = flats[i]
         if hessians is None:
-            res = scipy.optimize.minimize(fun, flat, jac=True, method="L-BFGS-B", options=options)
-            x = res.x
+            x, end, start = search(flat)
         else:
-            root = _whitening_root(np.asarray(hessians[i], np.float64))
-
-            def whitened(w):
-                value, grad = fun(flat + root @ w)
-                return value, root.T @ grad
-
-            res = scipy.optimize.minimize(whitened, np.zeros_like(flat), jac=True, method="L-BFGS-B", options=options)
-            x = flat + root @ res.x
-        moved = np.isfinite(res.fun) and res.fun <= start
-        return (x, float(res.fun)) if moved else (flat, raw)
+            x, end, start = search(flat, _whitening_root(np.asarray(hessians[i], np.float64)))
+        end, start = float(end), float(start)
+        moved = np.isfinite(end) and end <= start
+        return (np.asarray(x, np.float64), end) if moved else (flat, start)
 
     threads = max(1, min(int(threads), len(flats)))
-    # whitened, each evaluation adds two matrix-vector products and each start one eigendecomposition: BLAS on one
-    # thread each (its own threads spin against XLA's: Kuramoto-Sivashinsky D = 4's 128 starts, P = 479, took 2.87 ms
-    # per evaluation against the plain polish's 1.05 ms)
+    # each start's whitening root (an eigendecomposition) with BLAS on one thread: its own threads spin against XLA's
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1) if hessians is not None else contextlib.nullcontext():
