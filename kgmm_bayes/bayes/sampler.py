@@ -378,19 +378,24 @@ TICKING_MIN_WORK = 5e8
 # both precisions.  Once float32 took the (K, rows) layout (mixture._block_terms_by_component) it paid on four-well
 # too (7.7e8, below the 1e9 this was before: posterior 23.3 s against 32.8 s in float64, kgmm-bayes run, seed 0)
 FLOAT32_MIN_WORK = 3e8
-# The MAP searches' L-BFGS polish runs on the host (scipy), one start after another on each of this many threads (the
-# jitted gradient releases the interpreter while it runs): as many as the coarsening's fits (_cpus.worker_threads;
-# measured on 2).  It replaced optax's L-BFGS vmapped over all starts in one compiled program
-# (split over the devices), whose starts moved in lockstep, each iteration's line search as long as the slowest
-# start's.  The same Adam endpoints polished each way (one process, 2 cores): Kuramoto-Sivashinsky D = 4's 96 starts
-# 62 s vmapped, 33 s one after another on the host, 23 s on two threads (the same optima); Lorenz-63's 32 (zeta
-# 0.937), 16.7 s, 10.6 s and 9.0 s (benchmarks/bench_posterior_overheads.py times the old way against this one)
+# The MAP searches' L-BFGS polish: each start's whole search is one call of one compiled program (lbfgs_search:
+# optax's L-BFGS in a lax.while_loop), the starts shared among this many threads (a running program releases the
+# interpreter): as many as the coarsening's fits (_cpus.worker_threads; measured on 2).  Until 6 December 2026 scipy's
+# L-BFGS-B drove a jitted value and gradient there: its driver held the interpreter for about 0.16 ms of each
+# evaluation (0.35 ms alone), so two threads took 0.41-0.46 ms per evaluation.  The same Adam end points
+# (benchmarks/bench_polish.py lorenz63: 32 searches at zeta 0.937, 2 cores): 3.75 s against scipy's 10.54 s, the same
+# optima after Newton refinement (the chains' 16: 15 distinct, one without a positive definite Hessian, their sum above
+# the best 460.2 nats against 459.4); every search takes all 500 iterations either way (the ridges), whatever the
+# memory (30 past steps: 3.97 s, no better optima).  Before scipy, optax's L-BFGS ran vmapped over all starts in one
+# program (split over the devices), the starts in lockstep, each iteration's line search as long as the slowest
+# start's (Kuramoto-Sivashinsky D = 4's 96 starts: 62 s, against 23 s with scipy on two threads;
+# benchmarks/bench_posterior_overheads.py times the vmapped way against this one)
 POLISH_THREADS = worker_threads()
 # A second posterior's MAP searches start at a first posterior's optima (map_optima's map_from): there each start's
 # Hessian at this posterior is close to its optimum's, and L-BFGS in the coordinates it whitens (polish_optima's
 # whiten) converges in 22-304 iterations (Lorenz-63's 32, median 48) where the plain polish stops at its 500 on the
 # ridges.  Lorenz-63's kept posterior (benchmarks/bench_map_from.py lorenz63 --zetas 0.937 0.1485 --cache, one
-# process per way, 2 cores): 3.5 s with the 32 Hessians against 7.1 s, then 1.2 s against 5.3 s for the chains' 16
+# process per way, 2 cores, with scipy's L-BFGS-B, before 6 December 2026): 3.5 s with the 32 Hessians against 7.1 s, then 1.2 s against 5.3 s for the chains' 16
 # distinct optima's Newton refinement (the plain polish leaves them up to 0.29 nats above their optima, the whitened
 # 1.6e-7), the same best optimum; kgmm-bayes run lorenz63: the posterior 40.0 s against 47.5 s, the same model and
 # zeta, bands 1.008x as wide.  From Adam's end points (find_map) the Hessians are far from their optima's: whitened
@@ -441,7 +446,7 @@ def lbfgs_search(f, w0, max_steps: int):
     return w, f(w), start
 
 
-def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None):
+def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None, args=None):
     """Each point of ``batch`` (a pytree with a leading axis) moved to a nearby minimum of ``potential``
     by L-BFGS (:func:`lbfgs_search`, each point's whole search one call of one compiled program): at most
     ``max_steps`` iterations, stopping early at a vanishing gradient (:data:`POLISH_GRADIENT`) or once an
@@ -450,7 +455,10 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None):
     threads (the program compiled first, in this one); each point's polish is the same whichever thread runs
     it.  ``hessians`` ``(B, P, P)``: point ``i``'s L-BFGS runs in the coordinates ``w`` of ``v = v_i + R_i w``,
     ``R_i`` :func:`whitening_roots`' root of ``hessians[i]`` (computed in the point's thread, an argument of the
-    program; from ``w = 0``; the tolerances apply there).
+    program; from ``w = 0``; the tolerances apply there).  ``args``: the data the potential reads,
+    ``potential(params, args)``, an argument of the compiled program rather than constants in it, so that one program
+    (its compilation about 5 s on Lorenz-63, loaded from JAX's cache in 0.1 s) serves every posterior of the same
+    shapes: another zeta, other data; ``None``: ``potential(params)``.
 
     Returns ``(points, potentials)``: the polished batch and each point's potential there (non-finite where
     the potential is)."""
@@ -461,25 +469,31 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None):
     first = jax.tree_util.tree_unflatten(treedef, [leaf[0] for leaf in leaves])
     unravel = ravel_pytree(first)[1]
 
-    def plain(v):
-        return lbfgs_search(lambda u: potential(unravel(u)), v, max_steps)
+    if args is None:
+        closed, args = potential, ()
 
-    def whitened(v, root):
-        w, end, start = lbfgs_search(lambda u: potential(unravel(v + root @ u)), jnp.zeros_like(v), max_steps)
+        def potential(params, _):
+            return closed(params)
+
+    def plain(v, data):
+        return lbfgs_search(lambda u: potential(unravel(u), data), v, max_steps)
+
+    def whitened(v, root, data):
+        w, end, start = lbfgs_search(lambda u: potential(unravel(v + root @ u), data), jnp.zeros_like(v), max_steps)
         return v + root @ w, end, start
 
     # traced and compiled here: the threads then only run it (numpyro's tracing is not thread-safe)
     if hessians is None:
-        search = jax.jit(plain).lower(flats[0]).compile()
+        search = jax.jit(plain).lower(flats[0], args).compile()
     else:
-        search = jax.jit(whitened).lower(flats[0], np.eye(flats.shape[1])).compile()
+        search = jax.jit(whitened).lower(flats[0], np.eye(flats.shape[1]), args).compile()
 
     def polished(i):
         flat = flats[i]
         if hessians is None:
-            x, end, start = search(flat)
+            x, end, start = search(flat, args)
         else:
-            x, end, start = search(flat, _whitening_root(np.asarray(hessians[i], np.float64)))
+            x, end, start = search(flat, _whitening_root(np.asarray(hessians[i], np.float64)), args)
         end, start = float(end), float(start)
         moved = np.isfinite(end) and end <= start
         return (np.asarray(x, np.float64), end) if moved else (flat, start)
@@ -563,26 +577,29 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
     # the starts split over the devices as the polish's are (32 starts, 2,000 cells x 32 components in 3D as Lorenz-63's,
     # 1,000 Adam steps: 5.2 s on two devices against 7.4 s on one)
     params = _over_devices(optimise, starts_tree) if split else jax.jit(optimise)(starts_tree)
-    params, energies = polish_optima(potential, params, polish, split)
+    params, energies = polish_optima(potential, params, polish, split, args=model_args)
     best = int(np.argmin(energies))
     if return_all:
         return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies, params
     return jax.tree_util.tree_map(lambda leaf: leaf[best], params), energies
 
 
-def polish_optima(potential, params, polish: int, split: bool = True, whiten: bool = False):
+def polish_optima(potential, params, polish: int, split: bool = True, whiten: bool = False, args=None):
     """``params`` (a pytree with a leading axis of starts) moved to nearby minima of ``potential`` by at most
     ``polish`` L-BFGS iterations each (:func:`_lbfgs` on the host, on :data:`POLISH_THREADS` threads unless ``split`` is
     false: rows sharded over the devices are polished one start at a time; ``polish = 0``: left where they are).
     ``whiten`` (with ``split``): each start's L-BFGS runs in coordinates whitened by the clipped inverse Hessian there
     (:func:`whitening_roots`; the Hessians split over the devices), for starts near optima, where it is close to the
     optimum's (:func:`map_optima`'s ``map_from``).
+    ``args``: the data, ``potential(params, args)`` (:func:`_lbfgs`'s); ``None``: ``potential(params)``.
     Returns ``(params, energies)``, the potential at each (``inf`` where it is not finite)."""
+    bound = potential if args is None else functools.partial(_with_args, potential, args)
     if polish > 0:  # the polish's own final potentials (no program for them)
-        hessians = hessian_matrices(potential, params) if whiten and split else None
-        params, energies = _lbfgs(potential, params, polish, threads=POLISH_THREADS if split else 1, hessians=hessians)
+        hessians = hessian_matrices(bound, params) if whiten and split else None
+        params, energies = _lbfgs(potential, params, polish, threads=POLISH_THREADS if split else 1, hessians=hessians,
+                                  args=args)
     else:
-        energies = np.asarray(jax.jit(jax.vmap(potential))(params))
+        energies = np.asarray(jax.jit(jax.vmap(bound))(params))
     return params, np.where(np.isfinite(energies), energies, np.inf)
 
 
@@ -707,8 +724,8 @@ def map_optima(key, model_args, init_unconstrained: dict, config: SamplerConfig,
     if map_from is not None and config.map_polish > 0:
         centre, unravel = ravel_pytree(init_unconstrained)
         points = jax.vmap(unravel)(jnp.asarray(map_from, centre.dtype))
-        optima, energies = polish_optima(functools.partial(_potential, model, model_args), points, config.map_polish,
-                                         split, whiten=whiten)
+        optima, energies = polish_optima(functools.partial(_potential_of_args, model), points, config.map_polish,
+                                         split, whiten=whiten, args=model_args)
         best = jax.tree_util.tree_map(lambda leaf: leaf[int(np.argmin(energies))], optima)
     else:
         best, energies, optima = find_map(key, model_args, init_unconstrained, config.map_starts, config.map_steps,
@@ -891,6 +908,14 @@ def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, conf
 
 def _potential(model, model_args, params):
     return potential_energy(model, model_args, {}, params)
+
+
+def _potential_of_args(model, params, model_args):
+    return potential_energy(model, model_args, {}, params)
+
+
+def _with_args(potential, args, params):
+    return potential(params, args)
 
 
 def _whitened_model(model, model_args, centre, chol, unravel):
