@@ -85,8 +85,9 @@ def traced_lbfgs(potential, params, max_steps: int):
     """The old polish of one start, traced so that ``vmap`` polishes all starts at once: the polish's own search
     (``sampler.lbfgs_search``: optax's L-BFGS in one loop), never worse than ``params``."""
     flat, unravel = ravel_pytree(params)
-    out, end, start = sampler.lbfgs_search(lambda v: potential(unravel(v)), flat, max_steps)
-    return unravel(jnp.where(jnp.isfinite(end) & (end <= start), out, flat))
+    start = potential(params)
+    out, end = sampler.lbfgs_search(lambda v: potential(unravel(v)), flat, max_steps, start)
+    return unravel(jnp.where(jnp.isfinite(start) & jnp.isfinite(end) & (end <= start), out, flat))
 
 
 def arviz_loo_densities(cell_log_lik, counts):

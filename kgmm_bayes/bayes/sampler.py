@@ -415,11 +415,13 @@ def likelihood_work(rows: int, features: int, components: int, config: SamplerCo
     return float(rows) * features * components * config.chains * (config.warmup + config.draws)
 
 
-def lbfgs_search(f, w0, max_steps: int):
-    """``(w, f(w), f(w0))``: ``f`` (a scalar function of a flat vector, traced) minimised from ``w0`` by optax's
-    L-BFGS (memory :data:`POLISH_MEMORY`, zoom line search) in one ``lax.while_loop``: at most ``max_steps``
-    iterations, stopping early at a vanishing gradient (:data:`POLISH_GRADIENT`), once an iteration lowers ``f`` by
-    less than :data:`POLISH_DECREASE` of it, or at a non-finite point (the last finite one kept)."""
+def lbfgs_search(f, w0, max_steps: int, start):
+    """``(w, f(w))``: ``f`` (a scalar function of a flat vector, traced) minimised from ``w0`` (where ``f`` is
+    ``start``) by optax's L-BFGS (memory :data:`POLISH_MEMORY`, zoom line search) in one ``lax.while_loop``: at most
+    ``max_steps`` iterations, stopping early at a vanishing gradient (:data:`POLISH_GRADIENT`), once an iteration
+    lowers ``f`` by less than :data:`POLISH_DECREASE` of it, or at a non-finite point (the last finite one kept).
+    ``f(w)`` is the line search's own value there: ``f`` appears in the program only in the gradient and the line
+    search (each copy of a mixture's potential adds seconds to the compilation)."""
     import optax
 
     solver = optax.lbfgs(memory_size=POLISH_MEMORY)
@@ -441,9 +443,9 @@ def lbfgs_search(f, w0, max_steps: int):
         grad = optax.tree_utils.tree_get(state, "grad")
         return ~stop & ((count == 0) | ((count < max_steps) & (optax.tree_utils.tree_norm(grad) > POLISH_GRADIENT)))
 
-    start = f(w0)
-    w, _, _, _ = jax.lax.while_loop(cond, body, (w0, solver.init(w0), jnp.asarray(False), start))
-    return w, f(w), start
+    w, _, _, value = jax.lax.while_loop(cond, body, (w0, solver.init(w0), jnp.asarray(False),
+                                                     jnp.asarray(start, w0.dtype)))
+    return w, value
 
 
 def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None, args=None):
@@ -475,28 +477,30 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None, ar
         def potential(params, _):
             return closed(params)
 
-    def plain(v, data):
-        return lbfgs_search(lambda u: potential(unravel(u), data), v, max_steps)
+    def plain(v, start, data):
+        return lbfgs_search(lambda u: potential(unravel(u), data), v, max_steps, start)
 
-    def whitened(v, root, data):
-        w, end, start = lbfgs_search(lambda u: potential(unravel(v + root @ u), data), jnp.zeros_like(v), max_steps)
-        return v + root @ w, end, start
+    def whitened(v, start, root, data):
+        w, end = lbfgs_search(lambda u: potential(unravel(v + root @ u), data), jnp.zeros_like(v), max_steps, start)
+        return v + root @ w, end
 
-    # traced and compiled here: the threads then only run it (numpyro's tracing is not thread-safe)
+    # traced and compiled here: the threads then only run them (numpyro's tracing is not thread-safe)
+    starts = np.asarray(jax.jit(jax.vmap(lambda v, data: potential(unravel(v), data), in_axes=(0, None)))(flats, args),
+                        np.float64)
     if hessians is None:
-        search = jax.jit(plain).lower(flats[0], args).compile()
+        search = jax.jit(plain).lower(flats[0], starts[0], args).compile()
     else:
-        search = jax.jit(whitened).lower(flats[0], np.eye(flats.shape[1]), args).compile()
+        search = jax.jit(whitened).lower(flats[0], starts[0], np.eye(flats.shape[1]), args).compile()
 
     def polished(i):
-        flat = flats[i]
+        flat, start = flats[i], starts[i]
         if hessians is None:
-            x, end, start = search(flat, args)
+            x, end = search(flat, start, args)
         else:
-            x, end, start = search(flat, _whitening_root(np.asarray(hessians[i], np.float64)), args)
-        end, start = float(end), float(start)
-        moved = np.isfinite(end) and end <= start
-        return (np.asarray(x, np.float64), end) if moved else (flat, start)
+            x, end = search(flat, start, _whitening_root(np.asarray(hessians[i], np.float64)), args)
+        end = float(end)
+        moved = np.isfinite(start) and np.isfinite(end) and end <= start
+        return (np.asarray(x, np.float64), end) if moved else (flat, float(start))
 
     threads = max(1, min(int(threads), len(flats)))
     # each start's whitening root (an eigendecomposition) with BLAS on one thread: its own threads spin against XLA's
