@@ -459,7 +459,7 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None, ar
     ``R_i`` :func:`whitening_roots`' root of ``hessians[i]`` (computed in the point's thread, an argument of the
     program; from ``w = 0``; the tolerances apply there).  ``args``: the data the potential reads,
     ``potential(params, args)``, an argument of the compiled program rather than constants in it, so that one program
-    (its compilation about 5 s on Lorenz-63, loaded from JAX's cache in 0.1 s) serves every posterior of the same
+    (its compilation about 4 s on Lorenz-63, loaded from JAX's cache in 0.1 s) serves every posterior of the same
     shapes: another zeta, other data; ``None``: ``potential(params)``.
 
     Returns ``(points, potentials)``: the polished batch and each point's potential there (non-finite where
@@ -914,8 +914,8 @@ def _potential(model, model_args, params):
     return potential_energy(model, model_args, {}, params)
 
 
-def _potential_of_args(model, params, model_args):
-    return potential_energy(model, model_args, {}, params)
+def _potential_of_args(model, params, model_args):  # _potential with the data last: potential(params, args)
+    return _potential(model, model_args, params)
 
 
 def _with_args(potential, args, params):
