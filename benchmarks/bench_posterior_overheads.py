@@ -183,7 +183,7 @@ def main(argv=None):
 
     polish = sampler.SamplerConfig().map_polish  # find_map's polish (not a spec setting)
     batched = jax.vmap(lambda p: traced_lbfgs(potential, p, polish))
-    old_s, old = _timed(lambda: sampler._over_devices(batched, searched))
+    old_s, old = _timed(lambda: sampler._over_devices(lambda tree, _: batched(tree))(searched, ()))
     e_old = np.asarray(jax.vmap(potential)(old))
     new_s, (split, e_split) = _timed(lambda: sampler.polish_optima(potential, searched, polish))
     rows.append((f"L-BFGS polish of {starts} MAP searches (old: vmapped, {jax.local_device_count()} devices; new: "

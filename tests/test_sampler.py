@@ -213,13 +213,13 @@ def test_polish_whitened_by_the_hessian_reaches_an_ill_conditioned_optimum_in_a_
 
 @pytest.mark.parametrize("n", [1, 3, 4])
 def test_batches_split_over_devices_keep_their_order(n):
-    """find_map's Adam steps of many starts run split over the devices (padded to a multiple of them):
-    every entry comes back in its place, as the one-device program gives it."""
+    """find_map's Adam steps of many starts run split over the devices (padded to a multiple of them), with an
+    argument shared by every entry: every entry comes back in its place, as the one-device program gives it."""
     from kgmm_bayes.bayes.sampler import _over_devices
 
     tree = {"a": jax.numpy.arange(n * 3, dtype=jax.numpy.float64).reshape(n, 3), "b": jax.numpy.arange(n) + 0.5}
-    batched = jax.vmap(lambda p: {"a": p["a"] * p["b"] + jax.numpy.sum(p["a"]), "b": -p["b"]})
-    out, expected = _over_devices(batched, tree), jax.jit(batched)(tree)
+    batched = jax.vmap(lambda p, c: {"a": p["a"] * p["b"] + jax.numpy.sum(p["a"]) * c, "b": -p["b"]}, in_axes=(0, None))
+    out, expected = _over_devices(batched)(tree, 2.0), jax.jit(batched)(tree, 2.0)
     for key in tree:
         assert out[key].shape == tree[key].shape
         np.testing.assert_array_equal(np.asarray(out[key]), np.asarray(expected[key]))

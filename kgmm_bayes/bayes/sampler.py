@@ -38,6 +38,7 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from .._cpus import worker_threads
+from .._devices import over_devices as _over_devices
 from .._keys import host_rng
 from ..partition import Partition, _seed_from_key
 from ..progress import bar, tick
@@ -233,16 +234,18 @@ def hessian_matrix(potential, params: dict) -> np.ndarray:
 
 def hessian_matrices(potential, batch: dict) -> np.ndarray:
     """:func:`hessian_matrix` at each of ``batch``'s points (pytrees with a leading axis ``B``): ``(B, P, P)``, in
-    one compiled program, the points split over the devices."""
-    unravel = ravel_pytree(jax.tree_util.tree_map(lambda leaf: leaf[0], batch))[1]
-    grad = jax.grad(lambda v: potential(unravel(v)))
+    one compiled program (:func:`_program`), the points split over the devices."""
+    def build(fn, unravel):
+        def hessians(flats, args):
+            grad = jax.grad(lambda v: fn(unravel(v), args))
+            eye = jnp.eye(flats.shape[-1], dtype=flats.dtype)
+            return jax.lax.map(lambda flat: jax.lax.map(lambda e: jax.jvp(grad, (flat,), (e,))[1], eye), flats)
 
-    def hessians(flats):
-        eye = jnp.eye(flats.shape[-1], dtype=flats.dtype)
-        return jax.lax.map(lambda flat: jax.lax.map(lambda e: jax.jvp(grad, (flat,), (e,))[1], eye), flats)
+        return _over_devices(hessians)
 
+    program, args = _program("hessians", potential, jax.tree_util.tree_map(lambda leaf: leaf[0], batch), build)
     flats = jax.vmap(lambda p: ravel_pytree(p)[0])(batch)
-    h = np.asarray(_over_devices(hessians, flats), np.float64)  # (one point: jit on one device)
+    h = np.asarray(program(flats, args), np.float64)  # (one point: jit on one device)
     return 0.5 * (h + np.swapaxes(h, 1, 2))
 
 
@@ -380,7 +383,7 @@ TICKING_MIN_WORK = 5e8
 FLOAT32_MIN_WORK = 3e8
 # The MAP searches' L-BFGS polish: each start's whole search is one call of one compiled program (lbfgs_search:
 # optax's L-BFGS in a lax.while_loop), the starts shared among this many threads (a running program releases the
-# interpreter): as many as the coarsening's fits (_cpus.worker_threads; measured on 2).  Until 6 December 2026 scipy's
+# interpreter): the usable CPUs, at most 4 (_cpus.worker_threads; measured on 2).  Until 6 December 2026 scipy's
 # L-BFGS-B drove a jitted value and gradient there: its driver held the interpreter for about 0.16 ms of each
 # evaluation (0.35 ms alone), so two threads took 0.41-0.46 ms per evaluation.  The same Adam end points
 # (benchmarks/bench_polish.py lorenz63: 32 searches at zeta 0.937, 2 cores): 3.75 s against scipy's 10.54 s, the same
@@ -469,35 +472,33 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None, ar
     leaves = [np.asarray(leaf) for leaf in leaves]
     flats = np.asarray(np.concatenate([leaf.reshape(len(leaf), -1) for leaf in leaves], axis=1), np.float64)
     first = jax.tree_util.tree_unflatten(treedef, [leaf[0] for leaf in leaves])
-    unravel = ravel_pytree(first)[1]
+    bound = potential if args is None else BoundPotential(potential, args)
+    signature = [(np.shape(a), str(getattr(a, "dtype", type(a).__name__))) for a in jax.tree_util.tree_leaves(args)]
 
-    if args is None:
-        closed, args = potential, ()
+    def searching(fn, unravel):  # the search, compiled for these data's shapes
+        def plain(v, start, data):
+            return lbfgs_search(lambda u: fn(unravel(u), data), v, max_steps, start)
 
-        def potential(params, _):
-            return closed(params)
+        def whitened(v, start, root, data):
+            w, end = lbfgs_search(lambda u: fn(unravel(v + root @ u), data), jnp.zeros_like(v), max_steps, start)
+            return v + root @ w, end
 
-    def plain(v, start, data):
-        return lbfgs_search(lambda u: potential(unravel(u), data), v, max_steps, start)
-
-    def whitened(v, start, root, data):
-        w, end = lbfgs_search(lambda u: potential(unravel(v + root @ u), data), jnp.zeros_like(v), max_steps, start)
-        return v + root @ w, end
+        if hessians is None:
+            return jax.jit(plain).lower(flats[0], starts[0], data).compile()
+        return jax.jit(whitened).lower(flats[0], starts[0], np.eye(flats.shape[1]), data).compile()
 
     # traced and compiled here: the threads then only run them (numpyro's tracing is not thread-safe)
-    starts = np.asarray(jax.jit(jax.vmap(lambda v, data: potential(unravel(v), data), in_axes=(0, None)))(flats, args),
-                        np.float64)
-    if hessians is None:
-        search = jax.jit(plain).lower(flats[0], starts[0], args).compile()
-    else:
-        search = jax.jit(whitened).lower(flats[0], starts[0], np.eye(flats.shape[1]), args).compile()
+    values, data = _program("values", bound, first, functools.partial(_batched, batch=len(flats)), len(flats))
+    starts = np.asarray(values(flats, data), np.float64)
+    search, _ = _program("whitened search" if hessians is not None else "search", bound, first, searching, max_steps,
+                         str(jax.tree_util.tree_structure(args)), tuple(signature))
 
     def polished(i):
         flat, start = flats[i], starts[i]
         if hessians is None:
-            x, end = search(flat, start, args)
+            x, end = search(flat, start, data)
         else:
-            x, end = search(flat, start, _whitening_root(np.asarray(hessians[i], np.float64)), args)
+            x, end = search(flat, start, _whitening_root(np.asarray(hessians[i], np.float64)), data)
         end = float(end)
         moved = np.isfinite(start) and np.isfinite(end) and end <= start
         return (np.asarray(x, np.float64), end) if moved else (flat, float(start))
@@ -513,27 +514,6 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None, ar
             with ThreadPoolExecutor(threads) as pool:
                 done = list(pool.map(polished, range(len(flats))))
     return _host_unravel(first, np.stack([x for x, _ in done])), np.asarray([e for _, e in done])
-
-
-def _over_devices(batched, tree):
-    """``batched`` (a function of a pytree with a leading batch axis) on ``tree``, its batch split over the local
-    devices, at most one per entry (``pmap``; padded with copies of the last entry to a multiple of their number);
-    one device: ``jit``.  Whatever ``batched`` closes over is copied to every device: only for data that fit on
-    each (``find_map``'s ``split``)."""
-    n = jax.tree_util.tree_leaves(tree)[0].shape[0]
-    devices = min(jax.local_device_count(), n)
-    if devices == 1:
-        return jax.jit(batched)(tree)
-    per = -(-n // devices)
-
-    def split(leaf):
-        padded = jnp.concatenate([leaf, jnp.repeat(leaf[-1:], per * devices - n, axis=0)])
-        return padded.reshape((devices, per) + leaf.shape[1:])
-
-    out = jax.pmap(batched, devices=jax.local_devices()[:devices])(jax.tree_util.tree_map(split, tree))
-    # gathered to the host and back as plain arrays: no sharding over the devices follows them into the chains
-    return jax.tree_util.tree_map(lambda leaf: jnp.asarray(np.asarray(leaf).reshape((devices * per,) + leaf.shape[2:])[:n]),
-                                  out)
 
 
 def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int, jitter: float = 0.3,
@@ -557,16 +537,14 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
     """
     import optax
 
-    def potential(params, args=model_args):
-        return potential_energy(model, args, {}, params)
-
+    potential = _potential_of(model)  # potential(params, args)
     if adam_precision not in ("float64", "float32"):
         raise ValueError(f"adam_precision must be float64 or float32, got {adam_precision!r}")
     adam_args = model_args if adam_precision == "float64" else \
         (jnp.asarray(model_args[0], jnp.float32),) + tuple(model_args[1:])
     starts_tree = _jittered(key, init_unconstrained, starts, jitter, keep_first=True)
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05))
-    value_and_grad = jax.vmap(jax.value_and_grad(functools.partial(potential, args=adam_args)))
+    value_and_grad = jax.vmap(jax.value_and_grad(lambda params: potential(params, adam_args)))
 
     def optimise(params):
         def step(carry, _):
@@ -580,7 +558,7 @@ def find_map(key, model_args, init_unconstrained: dict, starts: int, steps: int,
 
     # the starts split over the devices as the polish's are (32 starts, 2,000 cells x 32 components in 3D as Lorenz-63's,
     # 1,000 Adam steps: 5.2 s on two devices against 7.4 s on one)
-    params = _over_devices(optimise, starts_tree) if split else jax.jit(optimise)(starts_tree)
+    params = _over_devices(lambda tree, _: optimise(tree))(starts_tree, ()) if split else jax.jit(optimise)(starts_tree)
     params, energies = polish_optima(potential, params, polish, split, args=model_args)
     best = int(np.argmin(energies))
     if return_all:
@@ -597,7 +575,7 @@ def polish_optima(potential, params, polish: int, split: bool = True, whiten: bo
     optimum's (:func:`map_optima`'s ``map_from``).
     ``args``: the data, ``potential(params, args)`` (:func:`_lbfgs`'s); ``None``: ``potential(params)``.
     Returns ``(params, energies)``, the potential at each (``inf`` where it is not finite)."""
-    bound = potential if args is None else functools.partial(_with_args, potential, args)
+    bound = potential if args is None else BoundPotential(potential, args)
     if polish > 0:  # the polish's own final potentials (no program for them)
         hessians = hessian_matrices(bound, params) if whiten and split else None
         params, energies = _lbfgs(potential, params, polish, threads=POLISH_THREADS if split else 1, hessians=hessians,
@@ -692,11 +670,15 @@ def _laplace_flat(key, batch: dict, hessians, draws: int) -> np.ndarray:
 
 
 def _constrained_sites(model, model_args, unravel, flat) -> dict:
-    """The model's constrained and deterministic sites at flat unconstrained points ``(n, P)``."""
-    def one(v):
-        return constrain_fn(model, model_args, {}, unravel(v), return_deterministic=True)
+    """The model's constrained and deterministic sites at flat unconstrained points ``(n, P)`` (one program per model
+    and shapes: :func:`_program`)."""
+    def build(_, unravel):
+        return jax.jit(jax.vmap(lambda v, args: constrain_fn(model, args, {}, unravel(v), return_deterministic=True),
+                                in_axes=(0, None)))
 
-    return jax.jit(jax.vmap(one))(jnp.asarray(flat))
+    template = unravel(jnp.zeros(np.shape(flat)[-1], np.result_type(flat)))
+    program, args = _program("constrained sites", model_potential(model, model_args), template, build)
+    return program(jnp.asarray(flat), args)
 
 
 def adam_precision(model_args, config: SamplerConfig, split: bool = True) -> str:
@@ -728,7 +710,7 @@ def map_optima(key, model_args, init_unconstrained: dict, config: SamplerConfig,
     if map_from is not None and config.map_polish > 0:
         centre, unravel = ravel_pytree(init_unconstrained)
         points = jax.vmap(unravel)(jnp.asarray(map_from, centre.dtype))
-        optima, energies = polish_optima(functools.partial(_potential_of_args, model), points, config.map_polish,
+        optima, energies = polish_optima(_potential_of(model), points, config.map_polish,
                                          split, whiten=whiten, args=model_args)
         best = jax.tree_util.tree_map(lambda leaf: leaf[int(np.argmin(energies))], optima)
     else:
@@ -775,14 +757,17 @@ def newton_refine(potential, points, hessians, steps: int = NEWTON_STEPS, tolera
     Returns ``(points, hessians, decrements, potentials)``: the refined points, the Hessians there, each point's half
     Newton decrement in them (``nan`` where the Hessian is not positive definite) and the potential there."""
     first = jax.tree_util.tree_map(lambda leaf: leaf[0], points)
-    unravel = ravel_pytree(first)[1]
     flats = np.array(jax.vmap(lambda p: ravel_pytree(p)[0])(points), np.float64)
-    def one(v):
-        return potential(unravel(v))
-
     # in batches of points, as laplace_posterior's energies: each point's likelihood holds rows x components
-    value_and_grad = jax.jit(lambda vs: jax.lax.map(jax.value_and_grad(one), vs, batch_size=NEWTON_BATCH))
-    values = jax.jit(lambda vs: jax.lax.map(one, vs, batch_size=NEWTON_BATCH))
+    grads, args = _program("values and gradients", potential, first, functools.partial(_batched, gradient=True),
+                           NEWTON_BATCH)
+    energies, _ = _program("values", potential, first, _batched, NEWTON_BATCH)
+
+    def value_and_grad(vs):
+        return grads(vs, args)
+
+    def values(vs):
+        return energies(vs, args)
     halvings = np.asarray([1.0, 0.5, 0.25, 0.125])
 
     def factors(hessians):  # Cholesky factors, None where not positive definite
@@ -834,6 +819,16 @@ def newton_refine(potential, points, hessians, steps: int = NEWTON_STEPS, tolera
     return _host_unravel(first, flats), hessians, half, f
 
 
+def _batched(fn, unravel, gradient: bool = False, batch: int = NEWTON_BATCH):
+    """A compiled ``(flats (B, P), args) -> potentials (B,)`` (with ``gradient``, ``(potentials, gradients (B, P))``)
+    of ``fn(params, args)``, ``batch`` points at a time (each point's likelihood holds rows x components)."""
+    def one(v, args):
+        return fn(unravel(v), args)
+
+    each = jax.value_and_grad(one) if gradient else one
+    return jax.jit(lambda vs, args: jax.lax.map(lambda v: each(v, args), vs, batch_size=batch))
+
+
 class RefinedOptima(NamedTuple):
     """The distinct MAP optima some chains start at, each refined by :func:`newton_refine` (``refine_optima``)."""
     first_of: np.ndarray  # (D,): the first chain at each distinct optimum
@@ -871,7 +866,7 @@ def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, conf
     if config.map_starts < 1:
         raise ValueError("a Laplace posterior is centred on MAP optima: it needs map_starts > 0")
     features = likelihood_features(points, point_covariances)
-    model = functools.partial(mixture_model, block_rows="auto")
+    model = AUTO_BLOCKS_MODEL
     model_args = (features, jnp.asarray(counts), prior)
     start = time.perf_counter()
     draw_key, map_key = jax.random.split(key)
@@ -882,7 +877,7 @@ def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, conf
         picks = np.full(config.chains, int(np.argmin(energies)))
         starts = jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (config.chains,) + leaf.shape), best)
     picks = np.asarray(picks)
-    potential = functools.partial(_potential, model, model_args)
+    potential = model_potential(model, model_args)
     first_of, inverse, at, hessians, decrements, refined_energies = refine_optima(potential, starts, picks)
     refined = np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(at), np.float64)
     searches = np.asarray(picks)[first_of]  # the MAP search each distinct optimum came from, now refined
@@ -899,8 +894,8 @@ def laplace_posterior(key, points, counts, prior: MixturePrior, init: dict, conf
     merged = flat.reshape((-1, flat.shape[-1]))
     sites = {k: np.asarray(v).reshape(flat.shape[:2] + v.shape[1:])
              for k, v in _constrained_sites(model, model_args, unravel, merged).items()}
-    energy = jax.jit(lambda u: jax.lax.map(lambda v: potential(unravel(v)), u, batch_size=64))(jnp.asarray(merged))
-    energy = np.asarray(energy).reshape(flat.shape[:2])  # (in batches: a draw's likelihood holds cells x components)
+    energy_of, args = _program("values", potential, best, functools.partial(_batched, batch=64), 64)
+    energy = np.asarray(energy_of(jnp.asarray(merged), args)).reshape(flat.shape[:2])  # (in batches of draws)
     zeros = np.zeros(flat.shape[:2], np.int64)
     stats = {"diverging": zeros.astype(bool), "num_steps": zeros, "tree_depth": zeros,
              "accept_prob": np.ones(flat.shape[:2]), "energy": energy, "potential_energy": energy,
@@ -918,8 +913,60 @@ def _potential_of_args(model, params, model_args):  # _potential with the data l
     return _potential(model, model_args, params)
 
 
-def _with_args(potential, args, params):
-    return potential(params, args)
+@functools.lru_cache(maxsize=None)
+def _potential_of(model):
+    """``potential(params, args)`` of ``model`` (:func:`_potential_of_args`), the same object for the same model, as
+    :func:`_program` keys its programs by."""
+    return functools.partial(_potential_of_args, model)
+
+
+# The mixture models the samplers build, the same objects at every call (the shared programs are keyed by them)
+AUTO_BLOCKS_MODEL = functools.partial(mixture_model, block_rows="auto")
+ONE_BLOCK_MODEL = functools.partial(mixture_model, block_rows=None)
+
+
+class BoundPotential:
+    """``fn(params, args)`` as a potential of ``params`` alone (callable as one), its data ``args`` kept apart: the
+    compiled programs made from it (:func:`hessian_matrices`, :func:`newton_refine`, the Laplace posterior's
+    energies) take ``args`` as an argument, not as constants, and are kept (:func:`_program`), so that one program
+    per ``fn`` and shape serves every data set and zeta.  The coarsening's first and kept posteriors then trace each
+    once: a posterior traced about a dozen (0.1-0.4 s each on Lorenz-63), some of them again at each Newton round."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __call__(self, params):
+        return self.fn(params, self.args)
+
+
+def model_potential(model, model_args) -> BoundPotential:
+    """``model``'s potential energy at its unconstrained parameters, given ``model_args``."""
+    return BoundPotential(_potential_of(model), model_args)
+
+
+_PROGRAMS: dict = {}  # _program's, oldest first
+PROGRAMS_KEPT = 64  # at most this many (each a traced and compiled program, no data: about 1 MB each)
+
+
+def _program(kind: str, potential, template, build, *static):
+    """``(program, args)``: ``build(fn, unravel)`` (a compiled function of its inputs and of ``args``; ``unravel``:
+    ``ravel_pytree``'s for ``template``, one point's pytree), to be called as ``program(..., args)`` where
+    ``potential`` is ``fn(params, args)``.  For a :class:`BoundPotential` it is kept, by ``kind``, ``fn``, the
+    template's structure and shapes and ``static``, for every later call (its ``args`` passed in); any other potential
+    (a function of ``params`` alone) gets a new program, with ``args = ()``."""
+    if not isinstance(potential, BoundPotential):
+        return build(lambda params, _: potential(params), ravel_pytree(template)[1]), ()
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    key = (kind, potential.fn, treedef, tuple((np.shape(leaf), jnp.result_type(leaf).name) for leaf in leaves), static)
+    program = _PROGRAMS.pop(key, None)  # (put back last: the most recently used last)
+    if program is None:
+        program = build(potential.fn, ravel_pytree(template)[1])
+        while len(_PROGRAMS) >= PROGRAMS_KEPT:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    _PROGRAMS[key] = program
+    return program, potential.args
 
 
 def _whitened_model(model, model_args, centre, chol, unravel):
@@ -1048,7 +1095,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
         features, counts = shard_rows(features, counts)
     # Blocks of rows keep the likelihood's passes in cache; sharded rows stay one block
     # (re-blocking them would gather rows across devices).
-    model = functools.partial(mixture_model, block_rows=None if sharded else "auto")
+    model = ONE_BLOCK_MODEL if sharded else AUTO_BLOCKS_MODEL
     model_args = (features, counts, prior)
     start = time.perf_counter()  # the MAP search is part of the fit's cost
     init_unconstrained = jax.jit(lambda values: unconstrain_fn(model, model_args, {}, values))(init)
@@ -1073,7 +1120,7 @@ def run_nuts(key, points, counts, prior: MixturePrior, init: dict, config: Sampl
     # Chains start within the posterior's width of the start point: the Laplace sd, at most
     # init_jitter.  A fixed jitter of 0.05 is tens of posterior sds for a mean fitted on 1e5
     # snapshots: chains then fall back from far off and can land in another local mode.
-    potential = functools.partial(_potential, model, model_args)
+    potential = functools.partial(_potential, model, model_args) if sharded else model_potential(model, model_args)
     cells = None if point_covariances is None or sharded else _coreset.Coreset(
         np.asarray(points, np.float64), np.asarray(counts, np.float64), np.asarray(point_covariances, np.float64))
     choose = cells is not None and config.likelihood_cells == "auto" and config.map_starts > 0 and warm is None
