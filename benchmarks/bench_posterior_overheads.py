@@ -2,14 +2,14 @@
 
 For one study (a spec file or a shipped study's name; its data, partition and priors at its seed):
 
-1. ``error_terms``: the coarsening's scikit-learn fits (K on contiguous and scattered blocks, the
-   richer references) one after another, BLAS free to use every core (the old way), against the same
-   one after another with BLAS on one thread, and against ``FIT_THREADS`` fits at once, BLAS on one
-   thread each; after one untimed run (the score both ways share is compiled once).  The two ways with
-   BLAS on one thread must give identical terms; BLAS free may sum in another order, within 1e-12 of them
-   (Lorenz-63's full data: 2.4e-15).  Then every richer reference fitted (``ladder=False``, the old way)
-   against the ladder (each only where BIC preferred the one before it): identical terms, except where 2K
-   lost to K and 4K beat K (the rules' one difference).
+1. ``error_terms``: the coarsening's maximum-likelihood fits (K on contiguous and scattered blocks, the richer
+   references) by scikit-learn's ``GaussianMixture`` one after another, BLAS free to use every core (the old way),
+   against the same on ``worker_threads()`` threads with BLAS on one thread each (until 6 December 2026), and
+   against every block of a K at once by compiled EM (``em.fit_mixtures``, now); after one untimed run (the EM and
+   the score all ways share compiled once).  Threads must not change the terms beyond 1e-12, the compiled EM (the
+   same EM, its sums in another order) beyond 1e-9, with the same reference.  Then every richer reference fitted
+   (``ladder=False``, the old way) against the ladder (each only where BIC preferred the one before it): identical
+   terms, except where 2K lost to K and 4K beat K (the rules' one difference).
 2. The L-BFGS polish of ``--starts`` MAP searches (Adam's ``--adam`` steps first, as ``find_map``): optax's
    L-BFGS vmapped over all starts in one program, split over the devices (the old way, until December 2026:
    the starts move in lockstep), against the same search one start after another, each start's one call of
@@ -46,6 +46,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import potential_energy, unconstrain_fn
 
+from kgmm_bayes._cpus import worker_threads
 from kgmm_bayes.bayes import coarsening, sampler
 from kgmm_bayes.bayes.mixture import expected_quadratic_features, mixture_model
 from kgmm_bayes.bayes.sampler import build_prior, initial_values
@@ -56,6 +57,39 @@ from bench_reproducibility import spec_with, study_partition
 
 
 FAILED = []
+
+
+def sklearn_fit_scores(blocks, k, points, seed, padded=0, threads=1, blas=None):
+    """``coarsening._fit_scores`` by scikit-learn's ``GaussianMixture``, as the coarsening fitted until 6 December
+    2026: one block per fit on ``threads`` threads, BLAS limited to ``blas`` threads (``None``: free)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import threadpoolctl
+    from sklearn.mixture import GaussianMixture
+
+    def one(block):
+        gm = GaussianMixture(n_components=k, covariance_type="full", reg_covar=coarsening.REG_COVAR, max_iter=300,
+                             random_state=seed, init_params="k-means++").fit(block)
+        extra = max(int(padded) - k, 0)
+        d = gm.means_.shape[1]
+        chol = np.concatenate([np.linalg.cholesky(gm.covariances_), np.broadcast_to(np.eye(d), (extra, d, d))])
+        score, logp = coarsening._jitted_mixture_score()(
+            jnp.asarray(np.concatenate([gm.weights_, np.zeros(extra)])),
+            jnp.asarray(np.concatenate([gm.means_, np.zeros((extra, d))])), jnp.asarray(chol), jnp.asarray(points))
+        return np.asarray(score, np.float64), np.asarray(logp, np.float64)[:, None], float(gm.bic(block))
+
+    limits = contextlib.nullcontext() if blas is None else threadpoolctl.threadpool_limits(limits=blas)
+    with limits, ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, list(blocks)))
+
+
+def _terms_gap(a: dict, b: dict) -> float:
+    """The largest relative difference between two error_terms results' terms."""
+    gap = 0.0
+    for name in ("score", "log density"):
+        ref = np.asarray(b[name], float)
+        gap = max(gap, float(np.max(np.abs(np.asarray(a[name], float) - ref) / np.maximum(np.abs(ref), 1e-300))))
+    return gap
 
 
 def _check(ok: bool, text: str) -> str:
@@ -129,34 +163,26 @@ def main(argv=None):
     rows = []
 
     # 1. the error terms' fits
-    import threadpoolctl
-
-    saved, limits = coarsening.FIT_THREADS, threadpoolctl.threadpool_limits
-    coarsening.error_terms(z, k, part.points, part.counts, seed=0)  # untimed: compiles the fits' shared score
+    coarsening.error_terms(z, k, part.points, part.counts, seed=0)  # untimed: compiles the EM and the shared score
+    fit = coarsening._fit_scores
     try:
-        coarsening.FIT_THREADS = 1
-        threadpoolctl.threadpool_limits = lambda **kw: contextlib.nullcontext()  # BLAS free, as before
+        coarsening._fit_scores = functools.partial(sklearn_fit_scores, threads=1, blas=None)
         old_s, old = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0))
-        threadpoolctl.threadpool_limits = limits
-        one_s, one = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0))
-        coarsening.FIT_THREADS = saved
-        new_s, new = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0))
+        coarsening._fit_scores = functools.partial(sklearn_fit_scores, threads=worker_threads(), blas=1)
+        threaded_s, threaded = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0))
     finally:
-        coarsening.FIT_THREADS, threadpoolctl.threadpool_limits = saved, limits
-    gap = 0.0
-    for name in old:
-        ref = np.asarray(old[name], float)
-        gap = max(gap, float(np.max(np.abs(np.asarray(one[name], float) - ref) / np.maximum(np.abs(ref), 1.0))))
-    rows.append(("error_terms: one fit after another, BLAS on one thread", old_s, one_s,
-                 _check(gap <= 1e-12, f"largest relative difference to BLAS free {gap:.1e}")))
-    same = old.keys() == new.keys() == one.keys() and all(
-        np.array_equal(np.asarray(new[name]), np.asarray(one[name])) for name in one)
-    rows.append((f"error_terms: {saved} fits at once, BLAS on one thread each", old_s, new_s,
-                 _check(same, "identical to one after another")))
+        coarsening._fit_scores = fit
+    new_s, new = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0))
+    rows.append((f"error_terms: scikit-learn's fits on {worker_threads()} threads, BLAS on one thread each (until 6 "
+                 "December 2026)", old_s, threaded_s, _check(_terms_gap(threaded, old) <= 1e-12,
+                                                            f"largest relative difference {_terms_gap(threaded, old):.1e}")))
+    rows.append(("error_terms: the fits of each K at once by compiled EM (em.fit_mixtures)", old_s, new_s,
+                 _check(new["reference"] == old["reference"] and _terms_gap(new, old) <= 1e-9,
+                        f"largest relative difference {_terms_gap(new, old):.1e}")))
     every_s, every = _timed(lambda: coarsening.error_terms(z, k, part.points, part.counts, seed=0, ladder=False))
     # the ladder's rule differs from BIC's best of every reference only where 2K lost to K and a richer one beat it
     same = every == new
-    rows.append((f"error_terms: the richer references as a ladder (old: every one fitted; {saved} fits at once)",
+    rows.append(("error_terms: the richer references as a ladder (old: every one fitted)",
                  every_s, new_s, _check(same or (new["reference"] == 0 and every["reference"] > 2 * k),
                                         "identical terms" if same else
                                         f"references {every['reference']} against {new['reference']} (the rule's "

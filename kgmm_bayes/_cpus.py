@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-MAX_WORKER_THREADS = 4  # the coarsening's fits and the MAP polish were measured on 2; more is untried
+MAX_WORKER_THREADS = 4  # the MAP polish was measured on 2; more is untried
 
 
 def usable_cpus() -> int:
@@ -14,6 +14,6 @@ def usable_cpus() -> int:
 
 
 def worker_threads() -> int:
-    """Threads for host work done in parallel (scikit-learn fits, L-BFGS polishes): the usable CPUs, at most
+    """Threads for host work done in parallel (the MAP searches' L-BFGS polishes): the usable CPUs, at most
     :data:`MAX_WORKER_THREADS`."""
     return min(MAX_WORKER_THREADS, usable_cpus())

@@ -51,9 +51,9 @@ def test_richer_references_stop_where_bic_prefers_the_smaller(monkeypatch):
 
     asked, fit = [], coarsening._fit_scores
 
-    def recording(part, k, points, seed, padded=0):
-        asked.append(k)
-        return fit(part, k, points, seed, padded)
+    def recording(blocks, k, points, seed, padded=0):
+        asked.extend([k] * len(blocks))
+        return fit(blocks, k, points, seed, padded)
 
     monkeypatch.setattr(coarsening, "_fit_scores", recording)
     x = np.random.default_rng(0).normal(size=(N, 1))
@@ -291,37 +291,35 @@ def test_the_model_s_draws_follow_the_first_posterior_s_stacking_weights():
     assert np.bincount((m[:, 0, 0] // (draws * k * d)).astype(int)).tolist() == [10, 10, 10]
 
 
-def test_error_terms_on_threads_are_the_fits_one_after_another(monkeypatch):
-    """The maximum-likelihood fits run on threads (coarsening.FIT_THREADS): every fit is the same
-    computation as alone, so the terms are bit for bit those of the fits one after another, the
-    richer references and BIC's choice among them included (a two-Gaussian mixture fitted by one);
-    and each fit is the one asked for: K on the contiguous and the scattered blocks, then every
-    reference on the contiguous ones, whatever order the threads finish in."""
+def test_error_terms_fit_each_k_at_once_as_one_block_at_a_time(monkeypatch):
+    """The maximum-likelihood fits of one K run at once (em.fit_mixtures, the blocks split over the devices): each
+    block's fit is the same computation as alone, so the terms are those of the blocks fitted one at a time (float64,
+    to rounding), the richer references and BIC's choice among them included (a two-Gaussian mixture fitted by one);
+    and each fit is the one asked for: K on the contiguous and the scattered blocks, then every reference on the
+    contiguous ones."""
     from kgmm_bayes.bayes import coarsening
 
     rng = np.random.default_rng(4)
     x = (np.where(rng.random(N) < 0.5, -1.5, 1.5) + 0.5 * rng.normal(size=N))[:, None]
-    terms = {}
-    for threads in (1, 3):
-        monkeypatch.setattr(coarsening, "FIT_THREADS", threads)
-        terms[threads] = error_terms(x, 1, POINTS, COUNTS, seed=0)
-    assert terms[1]["reference"] >= 2 and terms[1]["score"][1] > 0
-    assert terms[3] == terms[1]
+    at_once = error_terms(x, 1, POINTS, COUNTS, seed=0)
     asked, fit = [], coarsening._fit_scores
 
-    def recording(part, k, points, seed, padded=0):
-        asked.append((float(part[0, 0]), len(part), k))
-        return fit(part, k, points, seed, padded)
+    def one_at_a_time(blocks, k, points, seed, padded=0):
+        asked.extend((float(block[0, 0]), len(block), k) for block in blocks)
+        return [fit(block[None], k, points, seed, padded)[0] for block in blocks]
 
-    monkeypatch.setattr(coarsening, "_fit_scores", recording)
-    assert error_terms(x, 1, POINTS, COUNTS, seed=0) == terms[1]
+    monkeypatch.setattr(coarsening, "_fit_scores", one_at_a_time)
+    alone = error_terms(x, 1, POINTS, COUNTS, seed=0)
+    assert at_once["reference"] == alone["reference"] >= 2 and at_once["score"][1] > 0
+    for name in ("score", "log density"):
+        np.testing.assert_allclose(at_once[name], alone[name], rtol=1e-12, atol=0)
     step = N // coarsening.BLOCKS
     contiguous = [(float(x[j * step, 0]), step, 1) for j in range(coarsening.BLOCKS)]
     assert sorted(asked) == sorted(contiguous + [(f, n, kr) for f, n, _ in contiguous for kr in (2, 4)]
                                    + [a for a in asked if a[2] == 1 and a not in contiguous])
     assert sum(1 for a in asked if a[2] == 1) == 2 * coarsening.BLOCKS
     # the fits are evaluated with K padded by components of weight 0 (one compiled program): the same mixture
-    plain, padded = fit(x[:2000], 2, POINTS, 0), fit(x[:2000], 2, POINTS, 0, padded=4)
+    plain, padded = fit(x[None, :2000], 2, POINTS, 0)[0], fit(x[None, :2000], 2, POINTS, 0, padded=4)[0]
     for a, b in zip(plain, padded):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 

@@ -17,7 +17,7 @@ to be as wide as the estimate's actual error:
 * the error of the estimate is its sampling variance plus its squared bias, ``v R + b^2``:
 
   - ``R``, the autocorrelation inflation: N correlated snapshots carry the information of
-    N / R independent ones.  K-mixture fits (maximum likelihood, scikit-learn) on ``BLOCKS``
+    N / R independent ones.  K-mixture fits (maximum likelihood, EM as scikit-learn's) on ``BLOCKS``
     contiguous blocks of the snapshots in time order vary R times more than fits on blocks of
     the same size drawn at random (at least 1: the ratio cancels the fits' own small-sample
     noise, which the regularised posterior does not have);
@@ -49,13 +49,10 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
-from .._cpus import worker_threads
 
 __all__ = ["Coarsening", "zeta_from_alpha", "alpha_from_zeta", "error_terms", "needs_variance",
            "zeta_without_variance", "posterior_score_variance", "choose_zeta", "with_gap", "significant_gap", "OFF"]
@@ -66,9 +63,6 @@ MIN_POINTS_PER_COMPONENT = 5  # a block's K-mixture fit needs this many snapshot
 POINTS_PER_REFERENCE_COMPONENT = 50  # ... with at least this many snapshots of a block per component
 KEEP_STANDARD = 0.95  # zeta above this: the band would widen by < 2.6%; the standard posterior is kept
 BLOCKS = 4  # contiguous blocks of the snapshots: independent fits whose spread is the sampling variance
-# error_terms' maximum-likelihood fits at once: the cores this process may use, at most 4
-FIT_THREADS = worker_threads()
-_FITTING = threading.Lock()  # BLAS's thread limit is process-wide: one error_terms' fits at a time
 MAX_BLOCK = 50_000  # snapshots per block used by the maximum-likelihood fits
 
 
@@ -131,24 +125,29 @@ def _jitted_mixture_score():
     return jax.jit(mixture_score)
 
 
-def _fit_scores(z, k: int, points, seed: int, padded: int = 0):
-    """Score ``(M, d)`` and log density ``(M, 1)`` at ``points``, and the BIC on ``z``, of a
-    maximum-likelihood K-component mixture fitted to ``z``.  ``padded`` (at least ``k``): the mixture
-    is evaluated with that many components, the extra ones of weight 0 (they add nothing), so that fits
-    of different K share one compiled program."""
+def _fit_scores(blocks, k: int, points, seed: int, padded: int = 0) -> list:
+    """For each of ``blocks`` (snapshots ``(B, N, d)``, blocks of one size): score ``(M, d)`` and log density
+    ``(M, 1)`` at ``points``, and the BIC on the block, of a maximum-likelihood K-component mixture fitted to it
+    (:func:`~kgmm_bayes.bayes.em.fit_mixtures`: scikit-learn's ``GaussianMixture`` with full covariances, k-means++
+    seeds at ``random_state = seed``, compiled; every block at once).  ``padded`` (at least ``k``): each mixture is
+    evaluated with that many components, the extra ones of weight 0 (they add nothing), so that fits of different K
+    share one compiled program."""
     import jax.numpy as jnp
-    from sklearn.mixture import GaussianMixture
 
-    gm = GaussianMixture(n_components=k, covariance_type="full", reg_covar=REG_COVAR, max_iter=300,
-                         random_state=seed, init_params="k-means++").fit(z)
+    from .em import fit_mixtures
+
+    fits = fit_mixtures(blocks, k, seed, reg_covar=REG_COVAR, max_iter=300)
     extra = max(int(padded) - k, 0)
-    d = gm.means_.shape[1]
-    weights = np.concatenate([gm.weights_, np.zeros(extra)])
-    means = np.concatenate([gm.means_, np.zeros((extra, d))])
-    chol = np.concatenate([np.linalg.cholesky(gm.covariances_), np.broadcast_to(np.eye(d), (extra, d, d))])
-    score, logp = _jitted_mixture_score()(jnp.asarray(weights), jnp.asarray(means), jnp.asarray(chol),
-                                          jnp.asarray(points))
-    return np.asarray(score, np.float64), np.asarray(logp, np.float64)[:, None], float(gm.bic(z))
+    d = fits.means.shape[-1]
+    out = []
+    for weights, means, covariances, bic in zip(fits.weights, fits.means, fits.covariances, fits.bic):
+        weights = np.concatenate([weights, np.zeros(extra)])
+        means = np.concatenate([means, np.zeros((extra, d))])
+        chol = np.concatenate([np.linalg.cholesky(covariances), np.broadcast_to(np.eye(d), (extra, d, d))])
+        score, logp = _jitted_mixture_score()(jnp.asarray(weights), jnp.asarray(means), jnp.asarray(chol),
+                                              jnp.asarray(points))
+        out.append((np.asarray(score, np.float64), np.asarray(logp, np.float64)[:, None], float(bic)))
+    return out
 
 
 def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS, ladder: bool = True) -> dict:
@@ -187,20 +186,16 @@ def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS, 
         k_ref = min(factor * k, size // POINTS_PER_REFERENCE_COMPONENT)
         if k_ref > k and k_ref not in references:
             references.append(k_ref)
-    # every fit is independent (its own data, seed and K): they run on FIT_THREADS threads, each fit the same as
-    # alone (scikit-learn's EM is numpy, which releases the interpreter between operations), BLAS on one thread
-    # each (the limit holds for the whole process while the fits run; on 2 cores, Lorenz-63's 8 fits took 23.0 s
-    # one after another with BLAS free, 9.2 s this way: benchmarks/bench_posterior_overheads.py).  The imports and
-    # the jitted score are made here, not raced for by the threads.
-    from sklearn.mixture import GaussianMixture  # noqa: F401
-    from threadpoolctl import threadpool_limits
-
     _jitted_mixture_score()
     padded = max([k, *references])  # every fit evaluated with as many components: one compiled program
 
-    def fitted(jobs):
-        with _FITTING, threadpool_limits(limits=1), ThreadPoolExecutor(FIT_THREADS) as pool:
-            return list(pool.map(lambda job: _fit_scores(job[0], job[1], points, seed, padded=padded), jobs))
+    def fitted(jobs):  # [(block, K)]: the fits of each K at once (em.fit_mixtures), in the jobs' order
+        done = [None] * len(jobs)
+        for kk in dict.fromkeys(kk for _, kk in jobs):
+            at = [i for i, (_, ki) in enumerate(jobs) if ki == kk]
+            for i, fit in zip(at, _fit_scores(np.stack([jobs[i][0] for i in at]), kk, points, seed, padded=padded)):
+                done[i] = fit
+        return done
 
     # K on both kinds of blocks and the first reference on the contiguous ones at once; each further reference
     # only where BIC preferred the one before it (a ladder: on Lorenz-63, K = 32, BIC prefers 32 to 64 by 11,000
