@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(kgmm_bayes.__file__).parent
 
 # Bottom to top: the data's path through the pipeline, then what sits on it.
 LAYERS = [
-    {"errors", "files", "progress", "compilation_cache", "_version", "_picks", "_keys", "_cpus"},  # foundations
+    {"errors", "files", "progress", "compilation_cache", "_version", "_picks", "_keys", "_cpus", "_devices"},  # foundations
     {"data", "metrics"},  # trajectories, z-score, systems; distances and time-series statistics
     {"spec", "partition"},
     {"bayes"},  # mixture posterior, scores and their bands

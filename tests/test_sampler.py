@@ -661,6 +661,40 @@ def test_hessians_at_a_batch_of_points_are_each_point_s_hessian():
     np.testing.assert_allclose(one, expected[1], rtol=1e-12, atol=1e-12)
 
 
+def test_programs_kept_for_a_bound_potential_read_each_call_s_data():
+    """A BoundPotential's programs (sampler._program) are kept by its function and shapes, and its data are an
+    argument: the same program, called with other data (another zeta, another data set), gives those data's
+    Hessians, Newton optima and values, exactly as a closure over them does (float64 identities: the potential
+    sum_i a_i cosh(v_i) + (c . v)^2 of data (a, c), Hessian diag(a cosh v) + 2 c c^T, optimum where
+    a sinh(v) + 2 c (c . v) = 0)."""
+    from jax.flatten_util import ravel_pytree
+
+    from kgmm_bayes.bayes import sampler
+
+    def fn(p, data):
+        a, c = data
+        v = ravel_pytree(p)[0]
+        return jax.numpy.sum(a * jax.numpy.cosh(v)) + (c @ v) ** 2
+
+    rng = np.random.default_rng(9)
+    points = rng.normal(size=(3, 5))
+    batch = {"x": jax.numpy.asarray(points[:, :2]), "y": jax.numpy.asarray(points[:, 2:])}
+    for _ in range(2):  # (another data set each time, through the same kept programs)
+        a, c = rng.uniform(0.5, 2.0, 5), 0.3 * rng.normal(size=5)
+        bound = sampler.BoundPotential(fn, (jax.numpy.asarray(a), jax.numpy.asarray(c)))
+        got = sampler.hessian_matrices(bound, batch)
+        expected = np.stack([np.diag(a * np.cosh(p)) + 2.0 * np.outer(c, c) for p in points])
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+        out, _, _, values = sampler.newton_refine(bound, batch, got, steps=100, tolerance=1e-20)
+        flat = np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(out))
+        # (Newton stops where the potential no longer resolves a decrease: |gradient| ~ sqrt(eps |f| |H|) ~ 1e-7)
+        np.testing.assert_allclose(a * np.sinh(flat) + 2.0 * np.outer(flat @ c, c), 0.0, atol=1e-6)
+        np.testing.assert_allclose(values, [float(bound(jax.tree_util.tree_map(lambda leaf: leaf[i], out)))
+                                            for i in range(3)], rtol=1e-14)
+    # the Hessians, the values and gradients, the values: each made once for both data sets
+    assert sorted(key[0] for key in sampler._PROGRAMS if key[1] is fn) == ["hessians", "values", "values and gradients"]
+
+
 @pytest.mark.parametrize("chain_starts", ["best", "distinct"])
 def test_a_laplace_posterior_draws_the_gaussian_at_each_chain_s_optimum(chain_starts):
     """``laplace_posterior``: each chain's draws, mapped back to unconstrained space and whitened by the Laplace
