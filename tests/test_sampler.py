@@ -661,6 +661,22 @@ def test_hessians_at_a_batch_of_points_are_each_point_s_hessian():
     np.testing.assert_allclose(one, expected[1], rtol=1e-12, atol=1e-12)
 
 
+def test_a_kept_polish_search_is_compiled_for_each_data_shape():
+    """The L-BFGS polish of a BoundPotential keeps its compiled search by the data's shapes: data of another size
+    (another number of cells) get their own program, not the first one's, and each polish reaches its data's optimum
+    (the potential sum((v - mean(data))^2), minimised at v = mean(data) in every coordinate)."""
+    from kgmm_bayes.bayes import sampler
+
+    def fn(p, data):
+        return jax.numpy.sum((p["v"] - jax.numpy.mean(data)) ** 2)
+
+    for data in (jax.numpy.asarray([1.0, 2.0, 4.5]), jax.numpy.asarray([-1.0, 0.5, 2.0, 3.0, 6.0])):
+        starts = {"v": jax.numpy.asarray(np.random.default_rng(len(data)).normal(size=(3, 2)))}
+        out, energies = sampler.polish_optima(sampler.BoundPotential(fn, data), starts, 50)
+        np.testing.assert_allclose(np.asarray(out["v"]), float(np.mean(data)), atol=1e-7)
+        np.testing.assert_allclose(energies, 0.0, atol=1e-13)
+
+
 def test_programs_kept_for_a_bound_potential_read_each_call_s_data():
     """A BoundPotential's programs (sampler._program) are kept by its function and shapes, and its data are an
     argument: the same program, called with other data (another zeta, another data set), gives those data's

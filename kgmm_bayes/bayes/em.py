@@ -66,7 +66,10 @@ def _parameters(x, resp, reg_covar):
     first = resp.T @ x  # (K, d)
     means = first / nk[:, None]
     # sum_n r_nk (x_n - m_k)(x_n - m_k)^T from the responsibilities' moments about the block's mean (one product over
-    # the snapshots, not one per component; about the mean, the moments lose no digits to the data's offset)
+    # the snapshots, not one per component).  Exact algebra; in floating point it loses about eps |m_k - mean|^2 to
+    # rounding, where scikit-learn's sum over residuals does not: nothing for z-scored data (|m_k - mean| of a few
+    # units, covariances at least reg_covar = 1e-4 in the coarsening), but a component a thousand sds away from the
+    # rest could come out not positive definite (fit_mixtures then raises where scikit-learn fits)
     centre = jnp.mean(x, axis=0)
     xc = x - centre
     second = (resp.T @ (xc[:, :, None] * xc[:, None, :]).reshape(-1, d * d)).reshape(-1, d, d)

@@ -473,7 +473,6 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None, ar
     flats = np.asarray(np.concatenate([leaf.reshape(len(leaf), -1) for leaf in leaves], axis=1), np.float64)
     first = jax.tree_util.tree_unflatten(treedef, [leaf[0] for leaf in leaves])
     bound = potential if args is None else BoundPotential(potential, args)
-    signature = [(np.shape(a), str(getattr(a, "dtype", type(a).__name__))) for a in jax.tree_util.tree_leaves(args)]
 
     def searching(fn, unravel):  # the search, compiled for these data's shapes
         def plain(v, start, data):
@@ -490,8 +489,10 @@ def _lbfgs(potential, batch, max_steps: int, threads: int = 1, hessians=None, ar
     # traced and compiled here: the threads then only run them (numpyro's tracing is not thread-safe)
     values, data = _program("values", bound, first, functools.partial(_batched, batch=len(flats)), len(flats))
     starts = np.asarray(values(flats, data), np.float64)
+    # (compiled for the data's shapes: a kept search is keyed by them too)
+    signature = [(np.shape(a), str(getattr(a, "dtype", type(a).__name__))) for a in jax.tree_util.tree_leaves(data)]
     search, _ = _program("whitened search" if hessians is not None else "search", bound, first, searching, max_steps,
-                         str(jax.tree_util.tree_structure(args)), tuple(signature))
+                         str(jax.tree_util.tree_structure(data)), tuple(signature))
 
     def polished(i):
         flat, start = flats[i], starts[i]
