@@ -70,13 +70,7 @@ def sklearn_fit_scores(blocks, k, points, seed, padded=0, threads=1, blas=None):
     def one(block):
         gm = GaussianMixture(n_components=k, covariance_type="full", reg_covar=coarsening.REG_COVAR, max_iter=300,
                              random_state=seed, init_params="k-means++").fit(block)
-        extra = max(int(padded) - k, 0)
-        d = gm.means_.shape[1]
-        chol = np.concatenate([np.linalg.cholesky(gm.covariances_), np.broadcast_to(np.eye(d), (extra, d, d))])
-        score, logp = coarsening._jitted_mixture_score()(
-            jnp.asarray(np.concatenate([gm.weights_, np.zeros(extra)])),
-            jnp.asarray(np.concatenate([gm.means_, np.zeros((extra, d))])), jnp.asarray(chol), jnp.asarray(points))
-        return np.asarray(score, np.float64), np.asarray(logp, np.float64)[:, None], float(gm.bic(block))
+        return coarsening._fitted_scores(gm.weights_, gm.means_, gm.covariances_, gm.bic(block), points, padded)
 
     limits = contextlib.nullcontext() if blas is None else threadpoolctl.threadpool_limits(limits=blas)
     with limits, ThreadPoolExecutor(threads) as pool:

@@ -53,7 +53,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-
 __all__ = ["Coarsening", "zeta_from_alpha", "alpha_from_zeta", "error_terms", "needs_variance",
            "zeta_without_variance", "posterior_score_variance", "choose_zeta", "with_gap", "significant_gap", "OFF"]
 
@@ -129,25 +128,28 @@ def _fit_scores(blocks, k: int, points, seed: int, padded: int = 0) -> list:
     """For each of ``blocks`` (snapshots ``(B, N, d)``, blocks of one size): score ``(M, d)`` and log density
     ``(M, 1)`` at ``points``, and the BIC on the block, of a maximum-likelihood K-component mixture fitted to it
     (:func:`~kgmm_bayes.bayes.em.fit_mixtures`: scikit-learn's ``GaussianMixture`` with full covariances, k-means++
-    seeds at ``random_state = seed``, compiled; every block at once).  ``padded`` (at least ``k``): each mixture is
-    evaluated with that many components, the extra ones of weight 0 (they add nothing), so that fits of different K
-    share one compiled program."""
-    import jax.numpy as jnp
-
+    seeds at ``random_state = seed``, compiled; every block at once), as :func:`_fitted_scores` evaluates them."""
     from .em import fit_mixtures
 
     fits = fit_mixtures(blocks, k, seed, reg_covar=REG_COVAR, max_iter=300)
+    return [_fitted_scores(w, m, c, bic, points, padded)
+            for w, m, c, bic in zip(fits.weights, fits.means, fits.covariances, fits.bic)]
+
+
+def _fitted_scores(weights, means, covariances, bic: float, points, padded: int = 0) -> tuple:
+    """``(score (M, d), log density (M, 1), bic)`` at ``points`` of the mixture ``(weights (K,), means (K, d),
+    covariances (K, d, d))``.  ``padded`` (at least K): evaluated with that many components, the extra ones of weight
+    0 (they add nothing), so that fits of different K share one compiled program."""
+    import jax.numpy as jnp
+
+    k, d = np.shape(means)
     extra = max(int(padded) - k, 0)
-    d = fits.means.shape[-1]
-    out = []
-    for weights, means, covariances, bic in zip(fits.weights, fits.means, fits.covariances, fits.bic):
-        weights = np.concatenate([weights, np.zeros(extra)])
-        means = np.concatenate([means, np.zeros((extra, d))])
-        chol = np.concatenate([np.linalg.cholesky(covariances), np.broadcast_to(np.eye(d), (extra, d, d))])
-        score, logp = _jitted_mixture_score()(jnp.asarray(weights), jnp.asarray(means), jnp.asarray(chol),
-                                              jnp.asarray(points))
-        out.append((np.asarray(score, np.float64), np.asarray(logp, np.float64)[:, None], float(bic)))
-    return out
+    weights = np.concatenate([weights, np.zeros(extra)])
+    means = np.concatenate([means, np.zeros((extra, d))])
+    chol = np.concatenate([np.linalg.cholesky(covariances), np.broadcast_to(np.eye(d), (extra, d, d))])
+    score, logp = _jitted_mixture_score()(jnp.asarray(weights), jnp.asarray(means), jnp.asarray(chol),
+                                          jnp.asarray(points))
+    return np.asarray(score, np.float64), np.asarray(logp, np.float64)[:, None], float(bic)
 
 
 def error_terms(z, k: int, points, counts, seed: int = 0, blocks: int = BLOCKS, ladder: bool = True) -> dict:
