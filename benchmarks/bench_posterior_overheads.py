@@ -17,7 +17,10 @@ For one study (a spec file or a shipped study's name; its data, partition and pr
    2026 scipy's L-BFGS-B ran there: ``bench_polish.py`` times it).  Compilation is included in
    both, as a study pays it.  Likewise the Adam steps themselves (``find_map(..., polish=0)``, all starts on one device
    against split over the devices).
-3. The posterior-mean score of ``--draws`` draws at ``--points`` snapshots (the bumps' gap and the
+3. The Cholesky roots of ``--hessians`` Laplace covariances (the best optimum's Hessian, as many times), which a
+   Laplace posterior's draws take: ``laplace_covariance(..., root=True)``, which also inverts the factor and copies
+   both to the device (the old way, until December 2026), against ``_laplace_flat``'s on the host.  Then
+   the posterior-mean score of ``--draws`` draws at ``--points`` snapshots (the bumps' gap and the
    interpolant's training targets): each draw's score by whitened residuals (``mixture_score``, the old
    way), against the dense coefficient form summed over draws (``posterior_mean_score``).  The draws are
    Laplace draws at the best optimum of row 2; both ways compiled before they are timed.
@@ -148,6 +151,8 @@ def main(argv=None):
     parser.add_argument("--cell-draws", type=int, default=1000, help="draws scored at the cells ([score] max_draws)")
     parser.add_argument("--starts", type=int, default=None, help="MAP searches (default: the spec's map_starts)")
     parser.add_argument("--adam", type=int, default=None, help="Adam steps before the polish (default: the spec's)")
+    parser.add_argument("--hessians", type=int, default=16, help="Hessians whose Laplace roots row 2 times (the "
+                        "optima of a Laplace posterior)")
     parser.add_argument("--psis-chains", type=int, default=4, help="chains the cell draws are split into (row 5)")
     args = parser.parse_args(argv)
     spec = spec_with(args.spec, {"data": {"members": args.members}, "partition": {"cells": args.cells},
@@ -214,6 +219,14 @@ def main(argv=None):
     # 2. the posterior-mean score of Laplace draws at the best optimum
     best = jax.tree_util.tree_map(lambda leaf: leaf[int(np.argmin(e_split))], split)
     hessian = sampler.hessian_matrix(potential, best)
+    hessians = np.broadcast_to(hessian, (args.hessians,) + hessian.shape)
+    old_s, old = _timed(lambda: np.stack([np.asarray(sampler.laplace_covariance(None, None, root=True, hessian=h)[1])
+                                          for h in hessians]))
+    new_s, new = _timed(lambda: np.stack([np.linalg.cholesky(sampler._clipped_covariance(h)) for h in hessians]))
+    rows.append((f"the Laplace draws' roots of {args.hessians} Hessians (old: laplace_covariance's root=True; new: "
+                 "_laplace_flat's, no inverse factor)", old_s, new_s,
+                 _check(np.array_equal(old, new), "the same bits" if np.array_equal(old, new)
+                        else f"largest difference {np.max(np.abs(old - new)):.1e}")))
     w, mu, chol = sampler.laplace_draws(jax.random.key(1), model, model_args, best, hessian, args.draws)
     w, mu, chol = (np.asarray(a, np.float64) for a in (w, mu, chol))
     x = np.asarray(z[:args.points], np.float64)

@@ -37,6 +37,7 @@ CASES = {
     "bench_posterior_overheads.py": ["reduced_1d", "--members", "4", "--cells", "60", "--components", "3", "--draws",
                                      "4", "--points", "2000", "--cell-draws", "8", "--starts", "4", "--adam", "20"],
     "bench_coreset.py": ["--members", "4", "--cells", "100", "--iterations", "40"],
+    "bench_correction.py": ["reduced_1d", "--members", "4", "--components", "2", "--bumps", "50", "--ladder", "50,100"],
     "bench_chain_modes.py": ["--chains", "6"],
     "bench_ensemble.py": ["--members", "1,2", "--particles", "8", "--steps", "20", "--repeats", "1"],
     "bench_reproducibility.py": ["reduced_1d", "--keys", "0", "1", "--members", "4", "--cells", "60",

@@ -44,10 +44,13 @@ def test_cross_validation_leaves_out_the_block_and_its_neighbours():
     b = rng.standard_normal((blocks, n_basis, d))
     m = rng.standard_normal((blocks, n_basis, n_basis))
     gram = np.einsum("aij,akj->aik", m, m) + np.eye(n_basis)
-    changes = _cross_validated(b, gram, ridge=1e-3)
-    for a, kept in ((0, [2, 3, 4, 5]), (3, [0, 1, 5])):
-        theta = _solve(gram[kept].mean(axis=0), b[kept].mean(axis=0), 1e-3)
-        assert changes[a] == pytest.approx(2 * np.sum(theta * b[a]) + np.sum(theta * (gram[a] @ theta)), rel=1e-12)
+    changes = _cross_validated(b, gram, ridges=(1e-3, 0.3))
+    assert changes.shape == (2, blocks)
+    for r, ridge in enumerate((1e-3, 0.3)):
+        for a, kept in ((0, [2, 3, 4, 5]), (3, [0, 1, 5])):
+            theta = _solve(gram[kept].mean(axis=0), b[kept].mean(axis=0), ridge)
+            assert changes[r, a] == pytest.approx(2 * np.sum(theta * b[a]) + np.sum(theta * (gram[a] @ theta)),
+                                                  rel=1e-12)
 
 
 def test_correction_repairs_a_wrong_score_and_leaves_the_true_one():

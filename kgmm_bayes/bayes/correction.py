@@ -116,23 +116,32 @@ def correction_from_arrays(a) -> ScoreCorrection:
                            bool(a["applied"]), np.asarray(a["spread"], np.float64) if "spread" in a else None)
 
 
-def _solve(gram, b, ridge: float):
+def _ridged(gram, ridge: float):
+    """``gram + ridge tr(gram) / J`` times the identity (``J`` bumps), its diagonal raised in a copy."""
     n_basis = len(gram)
-    regular = gram + ridge * np.trace(gram) / n_basis * np.eye(n_basis)
-    return -np.linalg.solve(regular, b)
+    regular = gram.copy()
+    regular[np.diag_indices(n_basis)] += ridge * np.trace(gram) / n_basis
+    return regular
 
 
-def _cross_validated(b, gram, ridge: float):
-    """Per block ``a``: the change of ``H`` on block ``a`` of the correction fitted on the blocks that are not
-    ``a`` or its neighbours."""
+def _solve(gram, b, ridge: float):
+    return -np.linalg.solve(_ridged(gram, ridge), b)
+
+
+def _cross_validated(b, gram, ridges):
+    """``(len(ridges), blocks)``: per ridge and block ``a``, the change of ``H`` on block ``a`` of the correction
+    fitted (with that ridge) on the blocks that are not ``a`` or its neighbours; each block's fitting moments
+    formed once for every ridge."""
     blocks = len(b)
     b_sum, gram_sum = b.sum(axis=0), gram.sum(axis=0)
-    changes = np.empty(blocks)
+    changes = np.empty((len(ridges), blocks))
     for a in range(blocks):
         out = [c for c in (a - 1, a, a + 1) if 0 <= c < blocks]
         kept = blocks - len(out)
-        theta = _solve((gram_sum - gram[out].sum(axis=0)) / kept, (b_sum - b[out].sum(axis=0)) / kept, ridge)
-        changes[a] = 2.0 * np.sum(theta * b[a]) + np.sum(theta * (gram[a] @ theta))
+        fold_gram, fold_b = (gram_sum - gram[out].sum(axis=0)) / kept, (b_sum - b[out].sum(axis=0)) / kept
+        for r, ridge in enumerate(ridges):
+            theta = _solve(fold_gram, fold_b, ridge)
+            changes[r, a] = 2.0 * np.sum(theta * b[a]) + np.sum(theta * (gram[a] @ theta))
     return changes
 
 
@@ -143,8 +152,7 @@ def _spread(b, gram, theta, ridge: float):
     covariance is the blocks' sample covariance over ``B``: ``spread[a] = G^-1 (g_a - mean g) / sqrt(B (B - 1))``
     (``G`` the ridged mean Gram matrix)."""
     blocks, n_basis = len(b), len(theta)
-    gram_mean = gram.mean(axis=0)
-    regular = gram_mean + ridge * np.trace(gram_mean) / n_basis * np.eye(n_basis)
+    regular = _ridged(gram.mean(axis=0), ridge)
     grads = b + np.einsum("aij,jk->aik", gram, theta)
     centred = (grads - grads.mean(axis=0)) / np.sqrt(blocks * (blocks - 1.0))
     return np.linalg.solve(regular, np.moveaxis(centred, 0, 1).reshape(n_basis, -1)).reshape(
@@ -172,8 +180,7 @@ def fit_correction(z, score_fn, seed: int = 0, ladder=CORRECTION_LADDER, ridges=
         centres, width = _bump_basis(z[evenly_spaced(len(z), CENTRE_SNAPSHOTS)], None, n_basis, seed)
         b, gram = _block_moments(z, s, centres, width, blocks)
         improved = False
-        for ridge in ridges:
-            changes = _cross_validated(b, gram, ridge)
+        for ridge, changes in zip(ridges, _cross_validated(b, gram, ridges)):
             decrease, se = float(-changes.mean()), float(changes.std(ddof=1) / np.sqrt(blocks))
             tried.append((n_basis, ridge, decrease, se))
             if best is None or decrease > best[2]:

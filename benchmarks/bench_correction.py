@@ -1,0 +1,128 @@
+"""The score-matching correction's fit (``correction.fit_correction``): the old way and the new way, same run, same
+inputs.
+
+For one study (a spec file or a shipped study's name; its data at its seed), the correction of a real mixture
+score: the maximum-likelihood ``K``-component mixture of the study's z-scored snapshots (compiled EM,
+``em.fit_mixtures``), standing in for the posterior-mean score a study corrects (the fit's cost does not depend on
+which score it corrects, only on the snapshots and the ladder of bump counts the cross-validation climbs).
+
+1. The bumps at one chunk of snapshots (``score_matching.STEIN_CHUNK`` x ``--bumps``): the expression written out,
+   a fresh array per step (the old way, until December 2026), against the same steps in place in one array
+   (``score_matching._bumps``, now).  Check: the same bits.
+2. The whole fit, its ladder climbed as far as the data support: the old bumps and the old cross-validation (each
+   ridge's pass forming every block's fitting moments again) against the new.  Check: the same correction (bump
+   counts, ridges, decreases, coefficients and their spread, bit for bit).
+
+Each row: seconds the old way, the new way, their ratio, and the check; a failed check exits with status 1.
+
+    python benchmarks/bench_correction.py lorenz63
+"""
+from __future__ import annotations
+
+import argparse
+
+import kgmm_bayes  # noqa: F401
+import numpy as np
+
+from kgmm_bayes.bayes import correction, score_matching
+from kgmm_bayes.bayes.em import fit_mixtures
+from kgmm_bayes.bayes.score import posterior_mean_score
+
+from bench_posterior_overheads import FAILED, _check, _timed
+from bench_reproducibility import spec_with, study_partition
+
+
+def written_out_bumps(x, centres, centre_sq, width: float):
+    """The old ``_bumps``: the expression written out, each step a new ``(n, J)`` array."""
+    sq = np.maximum(np.sum(x ** 2, axis=-1)[:, None] + centre_sq[None] - 2.0 * x @ centres.T, 0.0)
+    return np.exp(-sq / (2 * width * width))
+
+
+def per_ridge_cross_validated(b, gram, ridges):
+    """The old cross-validation: one pass over the blocks per ridge, each forming the blocks' fitting moments."""
+    return np.stack([_one_ridge(b, gram, ridge) for ridge in ridges])
+
+
+def _one_ridge(b, gram, ridge: float):
+    blocks, n_basis = len(b), gram.shape[-1]
+    b_sum, gram_sum = b.sum(axis=0), gram.sum(axis=0)
+    changes = np.empty(blocks)
+    for a in range(blocks):
+        out = [c for c in (a - 1, a, a + 1) if 0 <= c < blocks]
+        kept = blocks - len(out)
+        fold = (gram_sum - gram[out].sum(axis=0)) / kept
+        theta = -np.linalg.solve(fold + ridge * np.trace(fold) / n_basis * np.eye(n_basis),
+                                 (b_sum - b[out].sum(axis=0)) / kept)
+        changes[a] = 2.0 * np.sum(theta * b[a]) + np.sum(theta * (gram[a] @ theta))
+    return changes
+
+
+class _OldWay:
+    """The old bumps and cross-validation swapped into the modules for the ``with`` block."""
+
+    def __enter__(self):
+        self.saved = score_matching._bumps, correction._bumps, correction._cross_validated
+        score_matching._bumps = correction._bumps = written_out_bumps
+        correction._cross_validated = per_ridge_cross_validated
+
+    def __exit__(self, *exc):
+        score_matching._bumps, correction._bumps, correction._cross_validated = self.saved
+
+
+def _same(a: correction.ScoreCorrection, b: correction.ScoreCorrection) -> bool:
+    arrays = ("centres", "theta", "spread")
+    return (a.ladder == b.ladder and a.width == b.width and a.ridge == b.ridge and a.applied == b.applied
+            and all(np.array_equal(getattr(a, f), getattr(b, f)) for f in arrays))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", nargs="?", default="lorenz63", help="spec file or shipped study name")
+    parser.add_argument("--members", type=int, default=None, help="smaller data (built-in systems)")
+    parser.add_argument("--components", type=int, default=None, help="the mixture's K (default: the spec's)")
+    parser.add_argument("--bumps", type=int, default=2000, help="bumps in row 1's chunk")
+    parser.add_argument("--ladder", default=None,
+                        help="bump counts the fit may climb, comma-separated (default: correction.CORRECTION_LADDER)")
+    args = parser.parse_args(argv)
+    spec = spec_with(args.spec, {"data": {"members": args.members}})
+    _, z, _ = study_partition(spec)
+    z = np.asarray(z, np.float64)
+    k = args.components or spec.mixture.components
+    fit = fit_mixtures(z[None], k, seed=0)
+    draw = (fit.weights, fit.means, np.linalg.cholesky(fit.covariances))
+    score = lambda x: posterior_mean_score(*draw, x)  # noqa: E731
+    ladder = (tuple(int(n) for n in args.ladder.split(",")) if args.ladder else correction.CORRECTION_LADDER)
+    rows = []
+
+    # 1. the bumps at one chunk
+    rng = np.random.default_rng(0)
+    x = z[:score_matching.STEIN_CHUNK]
+    centres = z[rng.choice(len(z), size=min(args.bumps, len(z)), replace=False)]
+    centre_sq = np.sum(centres ** 2, axis=-1)
+    width = 0.3
+    old_s, old = _timed(lambda: [written_out_bumps(x, centres, centre_sq, width) for _ in range(5)])
+    new_s, new = _timed(lambda: [score_matching._bumps(x, centres, centre_sq, width) for _ in range(5)])
+    rows.append((f"bumps at {len(x):,} snapshots x {len(centres):,} bumps, 5 times", old_s, new_s,
+                 _check(np.array_equal(old[0], new[0]), "the same bits" if np.array_equal(old[0], new[0])
+                        else f"largest difference {np.max(np.abs(old[0] - new[0])):.1e}")))
+
+    # 2. the whole fit
+    with _OldWay():
+        old_s, old = _timed(lambda: correction.fit_correction(z, score, seed=0, ladder=ladder))
+    new_s, new = _timed(lambda: correction.fit_correction(z, score, seed=0, ladder=ladder))
+    tried = "none" if new is None else f"{', '.join(str(n) for n in sorted({r[0] for r in new.ladder}))} bumps"
+    same = (old is None and new is None) or (old is not None and new is not None and _same(old, new))
+    rows.append((f"fit_correction on {len(z):,} snapshots (tried: {tried})", old_s, new_s,
+                 _check(same, "the same correction, bit for bit" if same else "the corrections differ")))
+
+    print(f"study {spec.study.name}: {len(z):,} snapshots, d = {z.shape[1]}, the score of a K = {k} EM mixture")
+    print("| piece | old way s | new way s | old / new | check |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, old_s, new_s, check in rows:
+        print(f"| {name} | {old_s:.2f} | {new_s:.2f} | {old_s / new_s:.2f} | {check} |")
+    if FAILED:
+        raise SystemExit(f"checks failed: {'; '.join(FAILED)}")
+
+
+if __name__ == "__main__":
+    main()
