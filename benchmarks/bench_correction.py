@@ -28,7 +28,7 @@ from kgmm_bayes.bayes import correction, score_matching
 from kgmm_bayes.bayes.em import fit_mixtures
 from kgmm_bayes.bayes.score import posterior_mean_score
 
-from bench_posterior_overheads import FAILED, _check, _timed
+from bench_posterior_overheads import _check, _timed, print_table
 from bench_reproducibility import spec_with, study_partition
 
 
@@ -115,13 +115,8 @@ def main(argv=None):
     rows.append((f"fit_correction on {len(z):,} snapshots (tried: {tried})", old_s, new_s,
                  _check(same, "the same correction, bit for bit" if same else "the corrections differ")))
 
-    print(f"study {spec.study.name}: {len(z):,} snapshots, d = {z.shape[1]}, the score of a K = {k} EM mixture")
-    print("| piece | old way s | new way s | old / new | check |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, old_s, new_s, check in rows:
-        print(f"| {name} | {old_s:.2f} | {new_s:.2f} | {old_s / new_s:.2f} | {check} |")
-    if FAILED:
-        raise SystemExit(f"checks failed: {'; '.join(FAILED)}")
+    print_table(f"study {spec.study.name}: {len(z):,} snapshots, d = {z.shape[1]}, the score of a K = {k} EM "
+                "mixture", rows)
 
 
 if __name__ == "__main__":

@@ -259,8 +259,14 @@ def main(argv=None):
     rows.append((f"PSIS-LOO densities of {chains} chains x {cell_ll.shape[1]} draws at the {len(part.points):,} cells",
                  old_s, new_s, _check(diff < 1e-9, f"largest difference (log density, k) {diff:.1e}")))
 
-    print(f"study {spec.study.name}: K = {k}, {len(z):,} snapshots, {len(part.points)} cells, "
-          f"P = {ravel_pytree(init)[0].size}")
+    print_table(f"study {spec.study.name}: K = {k}, {len(z):,} snapshots, {len(part.points)} cells, "
+                f"P = {ravel_pytree(init)[0].size}", rows)
+
+
+def print_table(title: str, rows):
+    """``title``, then the table of ``rows`` ``(piece, old seconds, new seconds, check)``; exits with status 1
+    where a check failed (:func:`_check`)."""
+    print(title)
     print("| piece | old way s | new way s | old / new | check |")
     print("| --- | --- | --- | --- | --- |")
     for name, old_s, new_s, check in rows:
