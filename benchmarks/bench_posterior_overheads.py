@@ -112,6 +112,19 @@ def residual_mean_score(weights, means, cov_chol, x, chunk: int = 2048):
                            for i in range(0, len(x), chunk)])
 
 
+def old_laplace_covariance_root(hessian):
+    """``laplace_covariance(None, None, root=True, hessian=hessian)`` as it was until December 2026, whose factor
+    (``[1]``) a Laplace posterior's draws took: the clipped covariance copied to the device and back, the factor
+    inverted too, all three returned on the device."""
+    import scipy.linalg
+
+    var, vec = sampler._clipped_variances(np.asarray(hessian, np.float64))
+    cov = (vec * var) @ vec.T
+    cov = jnp.asarray(0.5 * (cov + cov.T))
+    chol = np.linalg.cholesky(np.asarray(cov))
+    return cov, jnp.asarray(chol), jnp.asarray(scipy.linalg.solve_triangular(chol, np.eye(len(chol)), lower=True))
+
+
 def traced_lbfgs(potential, params, max_steps: int):
     """The old polish of one start, traced so that ``vmap`` polishes all starts at once: the polish's own search
     (``sampler.lbfgs_search``: optax's L-BFGS in one loop), never worse than ``params``."""
@@ -151,8 +164,8 @@ def main(argv=None):
     parser.add_argument("--cell-draws", type=int, default=1000, help="draws scored at the cells ([score] max_draws)")
     parser.add_argument("--starts", type=int, default=None, help="MAP searches (default: the spec's map_starts)")
     parser.add_argument("--adam", type=int, default=None, help="Adam steps before the polish (default: the spec's)")
-    parser.add_argument("--hessians", type=int, default=16, help="Hessians whose Laplace roots row 2 times (the "
-                        "optima of a Laplace posterior)")
+    parser.add_argument("--hessians", type=int, default=16, help="Hessians whose Laplace roots item 3 times (a "
+                        "Laplace posterior's distinct optima: Lorenz-63's 16, Kuramoto-Sivashinsky D = 4's 64)")
     parser.add_argument("--psis-chains", type=int, default=4, help="chains the cell draws are split into (row 5)")
     args = parser.parse_args(argv)
     spec = spec_with(args.spec, {"data": {"members": args.members}, "partition": {"cells": args.cells},
@@ -220,11 +233,10 @@ def main(argv=None):
     best = jax.tree_util.tree_map(lambda leaf: leaf[int(np.argmin(e_split))], split)
     hessian = sampler.hessian_matrix(potential, best)
     hessians = np.broadcast_to(hessian, (args.hessians,) + hessian.shape)
-    old_s, old = _timed(lambda: np.stack([np.asarray(sampler.laplace_covariance(None, None, root=True, hessian=h)[1])
-                                          for h in hessians]))
+    old_s, old = _timed(lambda: np.stack([np.asarray(old_laplace_covariance_root(h)[1]) for h in hessians]))
     new_s, new = _timed(lambda: np.stack([np.linalg.cholesky(sampler._clipped_covariance(h)) for h in hessians]))
-    rows.append((f"the Laplace draws' roots of {args.hessians} Hessians (old: laplace_covariance's root=True; new: "
-                 "_laplace_flat's, no inverse factor)", old_s, new_s,
+    rows.append((f"the Laplace draws' roots of {args.hessians} Hessians (old: laplace_covariance's root=True as it was; "
+                 "new: _laplace_flat's, no inverse factor)", old_s, new_s,
                  _check(np.array_equal(old, new), "the same bits" if np.array_equal(old, new)
                         else f"largest difference {np.max(np.abs(old - new)):.1e}")))
     w, mu, chol = sampler.laplace_draws(jax.random.key(1), model, model_args, best, hessian, args.draws)

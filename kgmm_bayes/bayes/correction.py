@@ -165,7 +165,7 @@ def fit_correction(z, score_fn, seed: int = 0, ladder=CORRECTION_LADDER, ridges=
     on the snapshots ``z`` ``(N, d)`` in time order (z-scored); not ``applied`` (``theta`` 0) where no fit of
     ``ladder``'s bump counts (each at most a block's snapshots) and ``ridges`` decreases ``H`` by more than
     :data:`MIN_SE` standard errors; ``None`` where the data are too short for one bump count."""
-    z = np.asarray(z, np.float64)
+    z, ridges = np.asarray(z, np.float64), tuple(ridges)
     if len(z) > MAX_SNAPSHOTS:
         z = z[evenly_spaced(len(z), MAX_SNAPSHOTS)]
     step = len(z) // blocks

@@ -253,32 +253,42 @@ def field_from_stats(stats) -> BiasField | None:
                      None if spread is None else np.asarray(spread, np.float64))
 
 
-def _bumps(x, centres, centre_sq, width: float):
+def _bumps(x, centres, centre_sq, width: float, buffers=None):
     """``(n, J)``: the Gaussian bumps at ``centres`` evaluated at ``x`` ``(n, d)``: ``exp(-max(|x|^2 + |c|^2 - 2 x.c,
-    0) / (2 width^2))``, each step in place in one ``(n, J)`` array.  A fresh array per step (the expression written
-    out) cost 0.22-0.31 s per 4,096 x 2,000 chunk against 0.04 s, most of it the page faults of six new 65 MB arrays
-    (``benchmarks/bench_correction.py``); the same operations in the same order: the same bits."""
-    sq = np.sum(x ** 2, axis=-1)[:, None] + centre_sq[None]
-    sq -= (2.0 * x) @ centres.T
+    0) / (2 width^2))``, every step after the first two in place.  ``buffers``: two ``(m, J)`` arrays, ``m >= n``
+    (:func:`_chunk_buffers`), whose first ``n`` rows take the sum and the product, so that a loop over chunks makes no
+    new ``(n, J)`` array (the result is a view of the first buffer); without them two are made, where the expression
+    written out made seven, each 65 MB at 4,096 x 2,000, whose page faults cost more than the arithmetic
+    (``benchmarks/bench_correction.py``, row 1).  The same operations in the same order: the same bits."""
+    n = len(x)
+    sq = np.add(np.sum(x ** 2, axis=-1)[:, None], centre_sq[None], out=None if buffers is None else buffers[0][:n])
+    sq -= np.matmul(2.0 * x, centres.T, out=None if buffers is None else buffers[1][:n])
     np.maximum(sq, 0.0, out=sq)
     np.negative(sq, out=sq)
     sq /= 2 * width * width
     return np.exp(sq, out=sq)
 
 
+def _chunk_buffers(n_basis: int, rows: int = STEIN_CHUNK):
+    """Two ``(rows, J)`` arrays for :func:`_bumps`' ``buffers``."""
+    return np.empty((rows, n_basis)), np.empty((rows, n_basis))
+
+
 def _block_moments(z, s, centres, width: float, blocks: int):
-    """Per block: ``b_a`` ``(blocks, J, d)`` and ``A_a`` ``(blocks, J, J)`` (means over the block's snapshots)."""
+    """Per block: ``b_a`` ``(blocks, J, d)`` and ``A_a`` ``(blocks, J, J)`` (means over the block's snapshots); each
+    chunk's bumps and Gram product in arrays made once (:func:`_chunk_buffers`)."""
     n_basis, d = len(centres), z.shape[1]
     step = len(z) // blocks
     b = np.zeros((blocks, n_basis, d))
     gram = np.zeros((blocks, n_basis, n_basis))
     centre_sq = np.sum(centres ** 2, axis=-1)
+    buffers, product = _chunk_buffers(n_basis, min(STEIN_CHUNK, step)), np.empty((n_basis, n_basis))
     for a in range(blocks):
         for i in range(a * step, (a + 1) * step, STEIN_CHUNK):
             x = z[i:min(i + STEIN_CHUNK, (a + 1) * step)]
-            g = _bumps(x, centres, centre_sq, width)
+            g = _bumps(x, centres, centre_sq, width, buffers)
             b[a] += g.T @ s[i:i + len(x)] - (g.T @ x - g.sum(axis=0)[:, None] * centres) / (width * width)
-            gram[a] += g.T @ g
+            gram[a] += np.matmul(g.T, g, out=product)
     return b / step, gram / step
 
 
