@@ -6,9 +6,11 @@ process first runs the study's MAP searches (``sampler.map_optima``) on the cell
 ``--zetas``' first value, as the coarsening's first posterior does, then the second posterior's at the second
 value: ``fresh``, its own ``map_starts`` Adam and L-BFGS searches from the partition's values (what the code did
 before); ``polished``, the first searches' optima polished by L-BFGS at the second zeta (what it did until December
-2026); ``whitened``, the same polish in coordinates whitened by each optimum's Hessian at the second zeta (what it
-does now, the Hessians' cost included).  Reported per way, for the second searches only (MAP searches and their
-compilation, as a study pays them; the compilation cache off unless ``--cache``): wall time, the best potential (lower
+2026); ``whitened``, the same polish in coordinates whitened by each optimum's Hessian at the second zeta, the
+Hessians' cost included; ``reused`` (what it does now), the same, with the Hessians at the first posterior's refined
+optima rescaled to the second zeta (``sampler.map_hessians``) rather than computed again.  The first searches' optima
+the chains start at are first Newton-refined, as a Laplace first posterior does (not timed).  Reported per way, for
+the second searches only (MAP searches and their compilation, as a study pays them; the compilation cache off unless ``--cache``): wall time, the best potential (lower
 is better), how many distinct optima the chains could start at (``chain_starts = "distinct"``, at most ``[sampler]
 chains``), the spread of their potentials above the best, how far above its own optimum the worst of them is left
 (half its Newton decrement) and how many have no positive definite Hessian; the speed-up is the fresh way's wall time
@@ -31,7 +33,7 @@ import subprocess
 import sys
 import time
 
-WAYS = ("fresh", "polished", "whitened")
+WAYS = ("fresh", "polished", "whitened", "reused")
 
 
 def one_way(spec_name: str, way: str, zetas, settings: str = "") -> dict:
@@ -49,7 +51,7 @@ def one_way(spec_name: str, way: str, zetas, settings: str = "") -> dict:
     from numpyro.infer.util import unconstrain_fn
 
     from bench_reproducibility import study_partition
-    from kgmm_bayes.bayes.mixture import likelihood_features, mixture_model
+    from kgmm_bayes.bayes.mixture import likelihood_features
     from kgmm_bayes.bayes import sampler
     from kgmm_bayes.bayes.sampler import SamplerConfig, build_prior, initial_values, map_optima, spread_starts
     from kgmm_bayes.spec import load_spec
@@ -61,17 +63,29 @@ def one_way(spec_name: str, way: str, zetas, settings: str = "") -> dict:
     prior = build_prior(part, m.dirichlet_alpha, m.mean_scale, m.scale_prior, m.lkj_eta)
     config = SamplerConfig(**spec.sampler._asdict())
     features = likelihood_features(part.points, part.cell_covariances)
-    model = functools.partial(mixture_model, block_rows="auto")
+    model = sampler.AUTO_BLOCKS_MODEL
 
     def args(zeta):
         return features, jnp.asarray(np.asarray(part.counts, np.float64) * zeta), prior
 
     init = jax.jit(lambda values: unconstrain_fn(model, args(zetas[0]), {}, values))(initial_values(part))
     key = stages.study_keys(spec.study.seed)[3]  # the study's MCMC key (data, reference, partition, mcmc, ...)
-    first = map_optima(jax.random.fold_in(key, 0), args(zetas[0]), init, config, model)
+    _, first_energies, picks, starts, first_optima = map_optima(jax.random.fold_in(key, 0), args(zetas[0]), init,
+                                                                config, model)
+    if picks is None:  # every chain at the best optimum
+        picks = np.asarray([int(np.argmin(first_energies))])
+        starts = jax.vmap(ravel_pytree(init)[1])(jnp.asarray(first_optima[picks]))
+    # the chains' distinct optima Newton-refined, as a Laplace first posterior does (not timed): their Hessians are the
+    # ones the "reused" way takes
+    refined = sampler.refine_optima(sampler.model_potential(model, args(zetas[0])), starts, np.asarray(picks))
+    rows = np.asarray(picks)[refined.first_of]
+    first_optima = np.array(first_optima)
+    first_optima[rows] = np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(refined.points))
+    known = sampler.KnownHessians(rows, refined.hessians, np.asarray(args(zetas[0])[1]))
     start = time.perf_counter()
     _, energies, _, _, optima = map_optima(jax.random.fold_in(key, 1), args(zetas[1]), init, config, model,
-                                 map_from=None if way == "fresh" else first[4], whiten=way == "whitened")
+                                           map_from=None if way == "fresh" else first_optima,
+                                           whiten=way in ("whitened", "reused"), known=known if way == "reused" else None)
     wall = time.perf_counter() - start
     distinct = np.unique(spread_starts(None, energies, config.chains, np.inf))
     above = energies[distinct] - energies.min()

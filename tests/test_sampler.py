@@ -821,6 +821,53 @@ def test_map_searches_from_another_posterior_s_optima_polish_them_to_this_poster
     assert (laplace_energies >= energies - 1e-3).all()  # (from stationary points: within a Newton decrement)
 
 
+def test_hessians_another_posterior_computed_are_rescaled_to_these_counts():
+    """``map_hessians``: the potential is linear in the counts, so the Hessians a first posterior computed (counts c)
+    give this one's (counts r c) as ``r H_c + (1 - r) H_0`` (H_0 the prior's alone): equal, in float64, to the Hessians
+    computed afresh at r c, for r = 0.3 and r = 1 (then the first's exactly); counts not in proportion, or no
+    ``known``, compute every Hessian."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import unconstrain_fn
+
+    from kgmm_bayes.bayes.mixture import expected_quadratic_features
+    from kgmm_bayes.bayes.sampler import (AUTO_BLOCKS_MODEL, KnownHessians, count_ratio, hessian_matrices,
+                                          map_hessians, model_potential)
+
+    _, part, prior = _two_component_problem()
+    features = expected_quadratic_features(part.points, part.cell_covariances)
+    model = AUTO_BLOCKS_MODEL
+    counts = np.asarray(part.counts, np.float64)
+
+    def args(c):
+        return features, jax.numpy.asarray(c), prior
+
+    init = jax.jit(lambda values: unconstrain_fn(model, args(counts), {}, values))(initial_values(part))
+    centre, unravel = ravel_pytree(init)
+    flats = np.asarray(centre)[None] + 0.05 * np.random.default_rng(3).normal(size=(3, centre.size))
+    points = jax.vmap(unravel)(jax.numpy.asarray(flats))
+    first = hessian_matrices(model_potential(model, args(counts)), points)
+    known = KnownHessians(np.asarray([0, 2]), first[[0, 2]], counts)
+    for r in (0.3, 1.0):
+        expected = hessian_matrices(model_potential(model, args(counts * r)), points)
+        got = map_hessians(model, args(counts * r), points, known)
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11 * scale)
+    np.testing.assert_array_equal(map_hessians(model, args(counts), points, known)[[0, 2]], first[[0, 2]])
+    # the known ones are used, not computed again: made zero, rows 0 and 2 are (1 - r) H_0, row 1 computed
+    wrong = KnownHessians(np.asarray([0, 2]), np.zeros_like(first[[0, 2]]), counts)
+    got = map_hessians(model, args(counts * 0.3), points, wrong)
+    prior_only = hessian_matrices(model_potential(model, args(counts * 0.0)), points)
+    np.testing.assert_allclose(got[[0, 2]], 0.7 * prior_only[[0, 2]], rtol=1e-12, atol=1e-12 * np.abs(prior_only).max())
+    fresh = hessian_matrices(model_potential(model, args(counts * 0.3)), points)[1]
+    np.testing.assert_allclose(got[1], fresh, rtol=1e-12, atol=1e-12 * np.abs(fresh).max())
+    uneven = counts * np.linspace(0.2, 0.4, len(counts))
+    np.testing.assert_array_equal(map_hessians(model, args(uneven), points, wrong),
+                                  hessian_matrices(model_potential(model, args(uneven)), points))
+    assert count_ratio(counts * 0.3, counts) == pytest.approx(0.3, rel=1e-15)
+    assert count_ratio(uneven, counts) is None and count_ratio(counts[:-1], counts) is None
+    assert count_ratio(np.where(np.arange(len(counts)) == 0, 0.0, counts), counts) is None  # (a count made zero)
+
+
 def _quartic():
     """``sum(v^4 / 4 - v^2 / 2) + 0.1 (c.v)^2`` in 3D (minima near +-1 per coordinate) as a potential of ``{"v": v}``,
     its analytic Hessian in ``v`` and its gradient in ``v``."""
@@ -889,6 +936,39 @@ def test_newton_refinement_from_far_off_refreshes_its_hessian():
     assert np.linalg.norm(np.asarray(grad(jax.numpy.asarray(best["v"][0])))) < 1e-7
     excess = float(potential({"v": out["v"][0]})) - float(potential({"v": best["v"][0]}))
     assert 0.5 * decrements[0] <= excess <= 2.0 * decrements[0]
+
+
+def test_newton_refinement_measures_again_only_the_points_that_moved(monkeypatch):
+    """``newton_refine`` on a batch (the quartic above): a point far off (4.0: rounds of chord steps), one already at
+    its minimum (no step) and one where the Hessian is not positive definite.  The far point ends where it ends
+    refined alone, with the analytic Hessian there; the other two keep the Hessians given (the same arrays' values,
+    bit for bit) and each round's Hessians are computed at the moved point alone."""
+    from kgmm_bayes.bayes import sampler
+
+    potential, hessian, grad = _quartic()
+    alone, _, alone_half, alone_f = sampler.newton_refine(
+        potential, {"v": jax.numpy.asarray([[4.0, 4.0, 4.0]])}, hessian(np.full(3, 4.0))[None])
+    minimum, _, _, _ = sampler.newton_refine(potential, {"v": jax.numpy.asarray([[1.3, 1.3, 1.3]])},
+                                             hessian(np.full(3, 1.3))[None], steps=100, tolerance=1e-20)
+    starts = np.stack([np.full(3, 4.0), np.asarray(minimum["v"][0]), np.full(3, 0.1)])
+    given = np.stack([hessian(v) for v in starts])
+    sizes = []
+    flat_hessians = sampler._flat_hessians
+
+    def counted(potential, template, flats):
+        sizes.append(len(flats))
+        return flat_hessians(potential, template, flats)
+
+    monkeypatch.setattr(sampler, "_flat_hessians", counted)
+    out, hessians, half, f = sampler.newton_refine(potential, {"v": jax.numpy.asarray(starts)}, given)
+    v = np.asarray(out["v"])
+    np.testing.assert_allclose(v[0], np.asarray(alone["v"][0]), rtol=1e-14)
+    assert half[0] == pytest.approx(alone_half[0], rel=1e-9) and f[0] == pytest.approx(alone_f[0], rel=1e-14)
+    np.testing.assert_allclose(hessians[0], hessian(v[0]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(v[1:], starts[1:])
+    np.testing.assert_array_equal(hessians[1:], given[1:])
+    assert np.isnan(half[2]) and half[1] < 1e-14
+    assert len(sizes) >= 2 and set(sizes) == {1}  # (from far off: more than one round, each at the moved point)
 
 
 def test_chain_whitening_centres_each_chain_on_its_own_optimum():

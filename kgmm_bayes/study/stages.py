@@ -37,6 +37,7 @@ from ..bayes.diagnostics import (
     with_chain_weights,
 )
 from ..bayes.sampler import (
+    KnownHessians,
     PosteriorSamples,
     SamplerConfig,
     build_prior,
@@ -263,16 +264,19 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     def scaled(zeta):  # the likelihood's counts at zeta
         return counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
 
+    known = {}  # the Hessians a Laplace first posterior computed at its refined optima (KnownHessians), by id
+
     def run(run_key, zeta, after=None, first=None, way=spec.sampler.kept_posterior):  # after: (first posterior, its
         # zeta), where this one starts (warm start); else a first posterior's MAP optima, polished at zeta, are its MAP
         # searches' (map_from); way: "nuts", or "laplace" (its Laplace approximation), the kept posterior's by default
         warm = None if after is None else (after[0], after[1] / zeta)
         map_from = None if first is None else first.sample_stats.get("map_optima")
+        hessians = None if first is None else known.get(id(first))
         if way == "laplace":
             return laplace_posterior(run_key, points, scaled(zeta), prior, initial_values(part), config,
-                                     point_covariances=covs, map_from=map_from)
+                                     point_covariances=covs, map_from=map_from, known=hessians)
         return run_nuts(run_key, points, scaled(zeta), prior, initial_values(part), config, point_covariances=covs,
-                        drifting=drifting, warm=warm, map_from=map_from)
+                        drifting=drifting, warm=warm, map_from=map_from, known=hessians)
 
     if m.coarsening == "off":
         return run(key, 1.0), OFF
@@ -321,7 +325,14 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     rerun = not (laplace and spec.sampler.kept_posterior == "laplace")
 
     def first_run(run_key, zeta):  # the first posterior: NUTS, or the Laplace approximation at the chains' optima
-        return run(run_key, zeta, way=spec.sampler.first_posterior)
+        if not laplace:
+            return run(run_key, zeta, way="nuts")
+        post = laplace_posterior(run_key, points, scaled(zeta), prior, initial_values(part), config,
+                                 point_covariances=covs, keep_hessians=True)
+        stats = dict(post.sample_stats)  # its Hessians, for a second posterior started at its optima (not kept)
+        post = post._replace(sample_stats=stats)
+        known[id(post)] = KnownHessians(stats.pop("map_hessian_rows"), stats.pop("map_hessians"), scaled(zeta))
+        return post
 
     def variance_from(choice, zeta):  # where v came from when the first posterior is not the one kept
         if laplace:
