@@ -10,13 +10,13 @@ before); ``polished``, the first searches' optima polished by L-BFGS at the seco
 Hessians' cost included; ``reused`` (what it does now), the same, with the Hessians at the first posterior's refined
 optima rescaled to the second zeta (``sampler.map_hessians``) rather than computed again.  The first searches' optima
 the chains start at are first Newton-refined, as a Laplace first posterior does (not timed).  Reported per way, for
-the second searches only (MAP searches and their compilation, as a study pays them; the compilation cache off unless ``--cache``): wall time, the best potential (lower
-is better), how many distinct optima the chains could start at (``chain_starts = "distinct"``, at most ``[sampler]
-chains``), the spread of their potentials above the best, how far above its own optimum the worst of them is left
-(half its Newton decrement) and how many have no positive definite Hessian; the speed-up is the fresh way's wall time
-over this way's, then with the time the distinct optima's Newton refinement takes added (``sampler.refine_optima``,
-as a Laplace posterior centred there pays it).  The posterior's draws are not sampled here: ``kgmm-bayes run`` the
-study for that.
+the second searches only (MAP searches and their compilation, as a study pays them; the compilation cache off unless
+``--cache``): wall time, the best potential (lower is better), how many distinct optima the chains could start at
+(``chain_starts = "distinct"``, at most ``[sampler] chains``), the spread of their potentials above the best, how far
+above its own optimum the worst of them is left (half its Newton decrement) and how many have no positive definite
+Hessian; the speed-up is the fresh way's wall time over this way's, then with the time the distinct optima's Newton
+refinement takes added (``sampler.refine_optima``, as a Laplace posterior centred there pays it). The posterior's
+draws are not sampled here: ``kgmm-bayes run`` the study for that.
 
     python benchmarks/bench_map_from.py lorenz63 --zetas 0.937 0.151 --cache     # about 2 minutes; run it twice:
     # with a cold cache the first way compiles programs (the refinement's) that the later ways then load
@@ -85,7 +85,8 @@ def one_way(spec_name: str, way: str, zetas, settings: str = "") -> dict:
     start = time.perf_counter()
     _, energies, _, _, optima = map_optima(jax.random.fold_in(key, 1), args(zetas[1]), init, config, model,
                                            map_from=None if way == "fresh" else first_optima,
-                                           whiten=way in ("whitened", "reused"), known=known if way == "reused" else None)
+                                           whiten=way in ("whitened", "reused"),
+                                           known=known if way == "reused" else None)
     wall = time.perf_counter() - start
     distinct = np.unique(spread_starts(None, energies, config.chains, np.inf))
     above = energies[distinct] - energies.min()
