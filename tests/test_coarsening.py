@@ -328,7 +328,7 @@ def _sampled_with_fakes(monkeypatch, part, x, sampler: dict, laplace_for, nuts_p
     """``stages.sample_posterior`` with ``[sampler]`` settings ``sampler`` on fake posteriors: ``laplace_for(map_from)``
     is ``laplace_posterior``'s, ``nuts_post`` ``run_nuts``'; no bias and autocorrelation inflation R = 2 (the first
     posterior at zeta = 1 / R = 0.5), ``chosen`` the zeta chosen.  Returns ``(spec, post, choice, calls)``, calls as
-    ``(way, counts / the cells' counts, warm, map_from)``."""
+    ``(way, counts / the cells' counts, warm, map_from, known)``."""
     import jax
 
     from kgmm_bayes.bayes.coarsening import Coarsening
@@ -338,11 +338,12 @@ def _sampled_with_fakes(monkeypatch, part, x, sampler: dict, laplace_for, nuts_p
     calls = []
 
     def fake_laplace(key, points, counts, *args, map_from=None, **kwargs):
-        calls.append(("laplace", np.asarray(counts) / part.counts, None, map_from))
+        calls.append(("laplace", np.asarray(counts) / part.counts, None, map_from, kwargs.get("known")))
         return laplace_for(map_from)
 
     def fake_run(key, points, counts, *args, **kwargs):
-        calls.append(("nuts", np.asarray(counts) / part.counts, kwargs.get("warm"), kwargs.get("map_from")))
+        calls.append(("nuts", np.asarray(counts) / part.counts, kwargs.get("warm"), kwargs.get("map_from"),
+                      kwargs.get("known")))
         return nuts_post
 
     monkeypatch.setattr(stages, "laplace_posterior", fake_laplace)
@@ -404,7 +405,8 @@ def test_a_laplace_kept_posterior_runs_no_nuts_after_the_first_posterior(monkeyp
     """``[sampler] kept_posterior = "laplace"``: the posterior kept is the Laplace approximation at its own zeta,
     centred on the first posterior's MAP optima polished there (``map_from``); with a Laplace first posterior and no
     more coarsening asked for, that first posterior is the one kept (nothing sampled twice), and no NUTS runs at
-    all; a NUTS first posterior is still sampled by NUTS."""
+    all; a NUTS first posterior is still sampled by NUTS.  A Laplace first posterior's Hessians at its refined optima
+    go to the kept one's searches with its counts (``known``), and are kept by neither posterior."""
     import jax
 
     from kgmm_bayes.partition import fit_partition
@@ -414,6 +416,7 @@ def test_a_laplace_kept_posterior_runs_no_nuts_after_the_first_posterior(monkeyp
     first_post, kept_post = _fake_posterior(0.3, laplace=True), _fake_posterior(0.1, laplace=True)
     nuts_post = _fake_posterior(0.0)
     nuts_post.sample_stats["map_optima"] = np.ones((3, 4))
+    first_post.sample_stats.update(map_hessians=np.ones((2, 4, 4)), map_hessian_rows=np.array([0, 2]))
     chosen = 0.25 if second else 0.5
     spec, post, choice, calls = _sampled_with_fakes(
         monkeypatch, part, x, {"first_posterior": first, "kept_posterior": "laplace"},
@@ -428,7 +431,15 @@ def test_a_laplace_kept_posterior_runs_no_nuts_after_the_first_posterior(monkeyp
     np.testing.assert_allclose(calls[1][1], chosen, rtol=1e-12)
     opened = first_post if first == "laplace" else nuts_post
     assert calls[1][3] is opened.sample_stats["map_optima"]  # the first posterior's optima, polished at chosen
+    if first == "laplace":  # with the Hessians at its refined optima, at its counts
+        known = calls[1][4]
+        assert known.hessians is first_post.sample_stats["map_hessians"]
+        assert known.rows is first_post.sample_stats["map_hessian_rows"]
+        np.testing.assert_allclose(known.counts, 0.5 * part.counts, rtol=1e-12)
+    else:
+        assert calls[1][4] is None
     np.testing.assert_array_equal(post.means, kept_post.means)
     assert "map_optima" not in post.sample_stats
+    assert not {"map_hessians", "map_hessian_rows"} & set(post.sample_stats)
     assert float(post.sample_stats["model_zeta"]) == 0.5  # the first posterior's draws drive the model
     np.testing.assert_array_equal(post.sample_stats["model_means"], opened.means)

@@ -331,7 +331,9 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
                                  point_covariances=covs, keep_hessians=True)
         stats = dict(post.sample_stats)  # its Hessians, for a second posterior started at its optima (not kept)
         post = post._replace(sample_stats=stats)
-        known[id(post)] = KnownHessians(stats.pop("map_hessian_rows"), stats.pop("map_hessians"), scaled(zeta))
+        rows, hessians = stats.pop("map_hessian_rows", None), stats.pop("map_hessians", None)
+        if hessians is not None:
+            known[id(post)] = KnownHessians(rows, hessians, scaled(zeta))
         return post
 
     def variance_from(choice, zeta):  # where v came from when the first posterior is not the one kept
