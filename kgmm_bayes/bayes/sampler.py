@@ -755,7 +755,7 @@ def map_hessians(model, model_args, points, known: KnownHessians | None = None) 
     features, counts = model_args[0], model_args[1]
     ratio = None if known is None else count_ratio(counts, known.counts)
     size = len(jax.tree_util.tree_leaves(points)[0])
-    rows = np.asarray([], int) if ratio is None or np.ndim(features) != 2 else np.asarray(known.rows, int)
+    rows = np.asarray([], int) if ratio is None else np.asarray(known.rows, int)
     others = np.setdiff1d(np.arange(size), rows)
     bound = model_potential(model, model_args)
     if not len(rows):

@@ -264,17 +264,18 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     def scaled(zeta):  # the likelihood's counts at zeta
         return counts if zeta == 1.0 else np.asarray(counts, np.float64) * zeta
 
-    known = {}  # the Hessians a Laplace first posterior computed at its refined optima (KnownHessians), by id
+    known = []  # the Hessians a Laplace first posterior computed at its refined optima (KnownHessians), if any
 
-    def run(run_key, zeta, after=None, first=None, way=spec.sampler.kept_posterior):  # after: (first posterior, its
-        # zeta), where this one starts (warm start); else a first posterior's MAP optima, polished at zeta, are its MAP
-        # searches' (map_from); way: "nuts", or "laplace" (its Laplace approximation), the kept posterior's by default
+    def run(run_key, zeta, after=None, first=None, way=spec.sampler.kept_posterior, keep=False):
+        # after: (first posterior, its zeta), where this one starts (warm start); else a first posterior's MAP optima,
+        # polished at zeta, are its MAP searches' (map_from), with its Hessians; way: "nuts", or "laplace" (its Laplace
+        # approximation), the kept posterior's by default; keep: a Laplace posterior keeps its Hessians in its stats
         warm = None if after is None else (after[0], after[1] / zeta)
         map_from = None if first is None else first.sample_stats.get("map_optima")
-        hessians = None if first is None else known.get(id(first))
+        hessians = known[0] if first is not None and known else None
         if way == "laplace":
             return laplace_posterior(run_key, points, scaled(zeta), prior, initial_values(part), config,
-                                     point_covariances=covs, map_from=map_from, known=hessians)
+                                     point_covariances=covs, map_from=map_from, known=hessians, keep_hessians=keep)
         return run_nuts(run_key, points, scaled(zeta), prior, initial_values(part), config, point_covariances=covs,
                         drifting=drifting, warm=warm, map_from=map_from, known=hessians)
 
@@ -325,16 +326,12 @@ def sample_posterior(spec: Spec, key, part: Partition, z, progress: bool = False
     rerun = not (laplace and spec.sampler.kept_posterior == "laplace")
 
     def first_run(run_key, zeta):  # the first posterior: NUTS, or the Laplace approximation at the chains' optima
-        if not laplace:
-            return run(run_key, zeta, way="nuts")
-        post = laplace_posterior(run_key, points, scaled(zeta), prior, initial_values(part), config,
-                                 point_covariances=covs, keep_hessians=True)
+        post = run(run_key, zeta, way=spec.sampler.first_posterior, keep=True)
+        if "map_hessians" not in post.sample_stats:  # (NUTS)
+            return post
         stats = dict(post.sample_stats)  # its Hessians, for a second posterior started at its optima (not kept)
-        post = post._replace(sample_stats=stats)
-        rows, hessians = stats.pop("map_hessian_rows", None), stats.pop("map_hessians", None)
-        if hessians is not None:
-            known[id(post)] = KnownHessians(rows, hessians, scaled(zeta))
-        return post
+        known.append(KnownHessians(stats.pop("map_hessian_rows"), stats.pop("map_hessians"), scaled(zeta)))
+        return post._replace(sample_stats=stats)
 
     def variance_from(choice, zeta):  # where v came from when the first posterior is not the one kept
         if laplace:
