@@ -53,6 +53,42 @@ def test_cross_validation_leaves_out_the_block_and_its_neighbours():
                                                   rel=1e-12)
 
 
+def test_a_correction_reads_scores_given_by_row_in_place_of_the_score_function():
+    # scores[rows] (an array here) in place of score_fn: the same fit, bit for bit; past MAX_SNAPSHOTS the rows
+    # asked for are the evenly spaced ones, cut to whole blocks
+    from kgmm_bayes.bayes import correction as corr
+
+    z = _gaussian(16_000 + 5, 8)
+
+    def wrong(x):
+        return -(x - 0.3) / 1.5
+
+    asked = []
+
+    class Rows:
+        def __getitem__(self, rows):
+            asked.append(np.asarray(rows))
+            return wrong(z[rows])
+
+    by_fn = fit_correction(z, wrong, ladder=LADDER)
+    by_rows = fit_correction(z, None, ladder=LADDER, scores=Rows())
+    assert by_fn.ladder == by_rows.ladder
+    for name in ("centres", "theta", "spread"):
+        np.testing.assert_array_equal(getattr(by_rows, name), getattr(by_fn, name))
+    np.testing.assert_array_equal(asked[0], np.arange(16_000))  # whole blocks of 1,000 snapshots
+    old = corr.MAX_SNAPSHOTS
+    try:
+        corr.MAX_SNAPSHOTS = 8_000
+        asked.clear()
+        thinned = fit_correction(z, None, ladder=LADDER, scores=Rows())
+        from kgmm_bayes._picks import evenly_spaced
+        np.testing.assert_array_equal(asked[0], evenly_spaced(len(z), 8_000))
+        again = fit_correction(z[evenly_spaced(len(z), 8_000)], wrong, ladder=LADDER)
+        np.testing.assert_array_equal(thinned.theta, again.theta)
+    finally:
+        corr.MAX_SNAPSHOTS = old
+
+
 def test_correction_repairs_a_wrong_score_and_leaves_the_true_one():
     z = _gaussian(24_000, 2)
     held = _gaussian(4000, 3)

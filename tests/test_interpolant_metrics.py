@@ -190,6 +190,44 @@ def test_training_set_gives_cells_and_snapshots_half_the_loss_each():
     assert cells[0] is part.points and cells[2] is part.counts
 
 
+def test_snapshot_scores_compute_each_row_once(monkeypatch):
+    # SnapshotScores[rows]: the posterior-mean score at z[rows], each row computed once however often it is asked
+    # for (the correction's fit, then the interpolants' snapshots and the held-out error), in the order asked
+    from types import SimpleNamespace
+
+    from kgmm_bayes.bayes.score import posterior_mean_score
+    from kgmm_bayes.spec import spec_from_dict
+    from kgmm_bayes.study import stages
+
+    rng = np.random.default_rng(6)
+    S, K, d = 3, 2, 2
+    draws = (rng.dirichlet(np.ones(K), size=S), rng.normal(size=(S, K, d)), np.tile(np.eye(d), (S, K, 1, 1)))
+    z = rng.normal(size=(3000, d))
+    computed = []
+
+    def counted(*args):
+        computed.append(len(args[-1]))
+        return posterior_mean_score(*args)
+
+    monkeypatch.setattr(stages, "posterior_mean_score", counted)
+    scores = stages.SnapshotScores(draws, z)
+    rows = np.array([2999, 5, 5, 17, 0])
+    np.testing.assert_allclose(scores[rows], posterior_mean_score(*draws, z[rows]), rtol=1e-12, atol=1e-15)
+    assert computed == [4]  # 5 asked for twice: computed once
+    part = stages.interpolant_snapshot_rows(len(z), 700)
+    first = scores[part]
+    assert computed == [4, 700 - int(np.isin(part, rows).sum())]  # only the rows not yet computed
+    np.testing.assert_array_equal(scores[part], first)
+    np.testing.assert_array_equal(scores[rows[::-1]], scores[rows][::-1])
+    assert len(computed) == 2  # nothing computed again
+    spec = spec_from_dict({"data": {"path": "unused.npy"}, "interpolant": {"snapshots": 700}})
+    part_ns = SimpleNamespace(points=z[:10], counts=np.ones(10))
+    summary = SimpleNamespace(mean=np.zeros((10, d)))
+    _, targets, _ = stages.interpolant_training_set(spec, part_ns, summary, draws, z, scores=scores)
+    np.testing.assert_array_equal(targets[10:], first)
+    assert len(computed) == 2  # the training set read them
+
+
 def test_corrected_targets_and_the_correction_stage():
     from types import SimpleNamespace
 

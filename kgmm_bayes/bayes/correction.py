@@ -160,20 +160,23 @@ def _spread(b, gram, theta, ridge: float):
 
 
 def fit_correction(z, score_fn, seed: int = 0, ladder=CORRECTION_LADDER, ridges=RIDGES,
-                   blocks: int = BLOCKS) -> ScoreCorrection | None:
+                   blocks: int = BLOCKS, scores=None) -> ScoreCorrection | None:
     """The cross-validated score-matching correction of ``score_fn`` (``(n, d) -> (n, d)``, in bounded memory)
     on the snapshots ``z`` ``(N, d)`` in time order (z-scored); not ``applied`` (``theta`` 0) where no fit of
     ``ladder``'s bump counts (each at most a block's snapshots) and ``ridges`` decreases ``H`` by more than
-    :data:`MIN_SE` standard errors; ``None`` where the data are too short for one bump count."""
+    :data:`MIN_SE` standard errors; ``None`` where the data are too short for one bump count.  ``scores``: the
+    score at ``z``'s snapshots, indexed by an array of row numbers (``scores[rows]``: an ``(N, d)`` array, or
+    :class:`~kgmm_bayes.study.stages.SnapshotScores`, which computes only the rows asked for), in place of
+    ``score_fn``."""
     z, ridges = np.asarray(z, np.float64), tuple(ridges)
-    if len(z) > MAX_SNAPSHOTS:
-        z = z[evenly_spaced(len(z), MAX_SNAPSHOTS)]
-    step = len(z) // blocks
+    rows = np.arange(len(z)) if len(z) <= MAX_SNAPSHOTS else evenly_spaced(len(z), MAX_SNAPSHOTS)
+    step = len(rows) // blocks
     sizes = sorted({int(n) for n in ladder if 2 <= n <= step})
     if not sizes or blocks < 4:
         return None
-    z = z[:step * blocks]
-    s = np.asarray(score_fn(z), np.float64)
+    rows = rows[:step * blocks]
+    z = z[rows]
+    s = np.asarray(score_fn(z) if scores is None else scores[rows], np.float64)
     tried, best = [], None
     for n_basis in sizes:
         # the Stein gap's placement (K-means, width STEIN_WIDTH neighbour distances), on evenly spaced snapshots

@@ -50,6 +50,7 @@ from .outputs import OutputFolder, stage_key
 from .report import numerical_faults, write_report
 from .stages import (
     STAGE_SCHEMA,
+    SnapshotScores,
     choose_components,
     correction_check_stage,
     correction_stage,
@@ -206,7 +207,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
     clock("score")
 
     # the interpolant's targets: the posterior-mean score corrected by score matching where the data support it
-    fitted, correction_s, correction_cached = correction_stage(spec, out, post_key, drive, z, seed)
+    scores = SnapshotScores(drive, z)  # the posterior-mean score at the training snapshots, each computed once
+    fitted, correction_s, correction_cached = correction_stage(spec, out, post_key, drive, z, seed, scores)
     if spec.interpolant.correction != "off":
         clock("correction", correction_s if correction_cached else None)
         if correction_cached:
@@ -222,7 +224,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
             for corrected, (goal, up, used) in ((False, (targets, dropped, None)),
                                                 (True, (corrected_targets, post_key, fitted))):
                 candidates[corrected] = interpolant_stage(spec, out, train_key, part, goal, up, progress,
-                                                          draws=drive, z=z, correction=used)
+                                                          draws=drive, z=z, correction=used, scores=scores)
             seconds = [c[3] for c in candidates.values()]
             clock("interpolant", sum(seconds) if all(c[2] for c in candidates.values()) and None not in seconds
                   else None)
@@ -250,7 +252,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         log(progress, "interpolant: training")
         interp, ikey, interp_cached, interp_s = interpolant_stage(spec, out, train_key, part, targets,
                                                                   interp_upstream, progress, draws=drive, z=z,
-                                                                  correction=correction)
+                                                                  correction=correction, scores=scores)
         if interp_cached:
             cached_stages.append("interpolant")
         clock("interpolant", interp_s if interp_cached else None)  # read back: the run which trained it
@@ -331,7 +333,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
                 drift_posterior_centres_not_optima=int(post.sample_stats["model_centres_not_optima"]))
     evaluation = _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
                            cached_stages, dynamics, members, unresolved, drive=(drive, targets.mean, drift_metrics),
-                           correction=correction, correction_report=None if fitted is None else {
+                           correction=correction, scores=scores, correction_report=None if fitted is None else {
                                **fitted.to_json(), **({} if check is None else {"model_check": check.to_json()})})
     metrics, rom_phys = evaluation.metrics, evaluation.rom_samples
     if screening:
@@ -370,10 +372,11 @@ class _Evaluation(NamedTuple):
 
 def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection, ensemble_metrics,
               cached_stages, dynamics=None, members=None, unresolved=(), drive=None, correction=None,
-              correction_report=None) -> _Evaluation:
+              correction_report=None, scores=None) -> _Evaluation:
     """The model against the data (and the truth where known); ``drive``: ``(draws, mean score at the cells,
     langevin metrics)`` of the posterior whose draws drove the model (:func:`~kgmm_bayes.study.stages.model_draws`;
-    ``None``: the study's own draws)."""
+    ``None``: the study's own draws); ``scores``: :class:`~kgmm_bayes.study.stages.SnapshotScores` of those draws
+    at ``z``."""
     rom, lg, summary = langevin.rom, spec.langevin, fit.summary
     kept = rom.kept_samples()
     rom_phys = data.zscore.inverse(kept.astype(np.float64))
@@ -384,7 +387,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
     interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
     # the draws the model came from and the posterior-mean score the interpolant learnt
     drive_draws, learnt_mean, drift_metrics = (fit.draws, summary.mean, {}) if drive is None else drive
-    interp_error, interp_relative = interpolant_heldout_error(interp, drive_draws, z, correction)
+    interp_error, interp_relative = interpolant_heldout_error(interp, drive_draws, z, correction, scores)
     # the band of the score the model uses: the posterior's, or its draws' moved by an applied correction and widened
     # by its error
     model_band = model_score_band(fit.quantiles, lambda _: summary, correction, part.points)
@@ -489,16 +492,18 @@ def streamed_summary(data) -> dict:
             "marginals": "binned KDE over every snapshot (relative entropy, data floor)"}
 
 
-def interpolant_heldout_error(interp, draws, z, correction=None):
+def interpolant_heldout_error(interp, draws, z, correction=None, scores=None):
     """``(rms (d,), relative)``: the interpolant's RMS error per coordinate (z-scored) against its target, the
     posterior-mean score (plus ``correction``, an applied one: :mod:`kgmm_bayes.bayes.correction`) at up to
     :data:`~kgmm_bayes.study.stages.HELDOUT_POINTS` training snapshots of the held-out blocks
     (:func:`~kgmm_bayes.study.stages.heldout_indices`: the network never trains on them), and the relative RMS
-    error there, ``sqrt(sum |f - s|^2 / sum |s|^2)``."""
-    pts = np.asarray(z)[heldout_indices(len(z))]
+    error there, ``sqrt(sum |f - s|^2 / sum |s|^2)``; ``scores``: the posterior-mean score of ``draws`` at ``z``'s
+    rows where already computed (:class:`~kgmm_bayes.study.stages.SnapshotScores`)."""
+    rows = heldout_indices(len(z))
+    pts = np.asarray(z)[rows]
     if len(pts) == 0:  # nothing held out (a handful of snapshots): no measure, not a perfect one
         return np.full(np.shape(z)[-1], np.nan), float("nan")
-    target = np.asarray(posterior_mean_score(*draws, pts))
+    target = np.asarray((SnapshotScores(draws, z) if scores is None else scores)[rows])
     if correction is not None:
         target = target + correction(pts)
     error = np.asarray(interp(jnp.asarray(pts, jnp.float32)), np.float64) - target

@@ -84,7 +84,8 @@ from .report import STIFFNESS_LIMIT
 
 __all__ = ["STAGE_SCHEMA", "StudyData", "study_keys", "langevin_start", "prepare_data", "sample_posterior",
            "partition_stage", "posterior_stage", "choose_components", "score_stage", "interpolant_stage",
-           "interpolant_training_set", "correction_stage", "correction_check_stage", "CorrectionCheck",
+           "interpolant_training_set", "SnapshotScores", "interpolant_snapshot_rows", "correction_stage",
+           "correction_check_stage", "CorrectionCheck",
            "heldout_indices", "HELDOUT_POINTS", "langevin_stage", "ScoreStage", "LangevinStage", "stacked_weights",
            "model_drift", "model_draws", "rom_relative_entropies"]
 
@@ -617,23 +618,48 @@ def heldout_indices(n: int) -> np.ndarray:
         if len(held) else held
 
 
+def interpolant_snapshot_rows(n: int, count: int) -> np.ndarray:
+    """The rows of up to ``count`` training snapshots for the interpolant, evenly spaced through ``n`` snapshots
+    outside the held-out blocks (:func:`_heldout_blocks`; with none, outside :func:`heldout_indices`)."""
+    if count <= 0 or n == 0:
+        return np.zeros(0, np.intp)
+    held = _heldout_blocks(n)
+    held = held if len(held) else heldout_indices(n)
+    free = np.setdiff1d(np.arange(n), held, assume_unique=True)
+    return free[evenly_spaced(len(free), count)] if len(free) else np.zeros(0, np.intp)
+
+
 def interpolant_snapshots(z, count: int) -> np.ndarray:
-    """Up to ``count`` training snapshots for the interpolant, evenly spaced through ``z`` outside the
-    held-out blocks (:func:`_heldout_blocks`; with none, outside :func:`heldout_indices`)."""
+    """Up to ``count`` training snapshots for the interpolant (:func:`interpolant_snapshot_rows` of ``z``)."""
     z = np.asarray(z)
-    if count <= 0 or len(z) == 0:
-        return z[:0]
-    held = _heldout_blocks(len(z))
-    held = held if len(held) else heldout_indices(len(z))
-    free = np.setdiff1d(np.arange(len(z)), held, assume_unique=True)
-    return z[free[evenly_spaced(len(free), count)]] if len(free) else z[:0]
+    return z[interpolant_snapshot_rows(len(z), count)]
 
 
-def correction_stage(spec: Spec, out, upstream, draws, z, seed: int):
+class SnapshotScores:
+    """The posterior-mean score of ``draws`` at the training snapshots ``z`` ``(N, d)``, by row numbers:
+    ``scores[rows]`` ``(len(rows), d)``, each row computed once however many stages ask for it (the correction's
+    fit asks for every snapshot, then the interpolants' training snapshots and the held-out error reuse them)."""
+
+    def __init__(self, draws, z):
+        self.draws, self.z = draws, np.asarray(z)
+        self.values = np.empty(self.z.shape, np.float64)
+        self.known = np.zeros(len(self.z), bool)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, np.intp)
+        missing = np.unique(rows[~self.known[rows]])
+        if len(missing):
+            self.values[missing] = posterior_mean_score(*self.draws, self.z[missing])
+            self.known[missing] = True
+        return self.values[rows]
+
+
+def correction_stage(spec: Spec, out, upstream, draws, z, seed: int, scores: SnapshotScores | None = None):
     """``(correction, seconds, read from the cache)``: the score-matching correction of the posterior-mean score
     of ``draws`` on the training snapshots ``z`` (:func:`~kgmm_bayes.bayes.correction.fit_correction`;
     ``[interpolant] correction``), ``None`` with ``"off"`` or too few snapshots; ``seconds``: the fit's (the run
-    which computed it, when read back)."""
+    which computed it, when read back).  ``scores``: that score at ``z``'s rows (:class:`SnapshotScores`), kept
+    for the stages after."""
     if spec.interpolant.correction == "off":
         return None, 0.0, False
     ckey = stage_key("correction", upstream, spec.interpolant.correction, seed, "spread")  # with its sampling error
@@ -642,7 +668,7 @@ def correction_stage(spec: Spec, out, upstream, draws, z, seed: int):
     if cached is not None:
         return (*cached, True)
     start = time.perf_counter()
-    correction = fit_correction(z, lambda x: posterior_mean_score(*draws, x), seed=seed)
+    correction = fit_correction(z, None, seed=seed, scores=SnapshotScores(draws, z) if scores is None else scores)
     seconds = time.perf_counter() - start
     out.save_stage("correction", ckey, {**({} if correction is None else correction_arrays(correction)),
                                         "wall_time": np.asarray(seconds)})
@@ -765,18 +791,22 @@ def correction_check_stage(spec: Spec, out, key, part: Partition, data: StudyDat
 CORRECTED_SNAPSHOTS = 20_000
 
 
-def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary, draws, z, correction=None):
+def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary, draws, z, correction=None,
+                             scores: SnapshotScores | None = None):
     """``(points, targets, weights)``: the cell centres with the posterior-mean score (``summary.mean``,
     corrected where there is a ``correction``, an applied one), weighted by their counts, and ``[interpolant]
     snapshots`` training snapshots (:data:`CORRECTED_SNAPSHOTS` at least with a ``correction``) with the
-    posterior-mean score there (closed form over the same draws, plus the correction), each snapshot's
-    weight ``1 / snapshots``: cells and snapshots carry half the loss each, both estimates of the mean
-    squared error over the data."""
+    posterior-mean score there (closed form over the same draws, plus the correction; from ``scores`` where
+    given: :class:`SnapshotScores` of the same draws and ``z``), each snapshot's weight ``1 / snapshots``: cells
+    and snapshots carry half the loss each, both estimates of the mean squared error over the data."""
     counts = np.asarray(part.counts, np.float64)
-    snaps = interpolant_snapshots(z, max(spec.interpolant.snapshots, 0 if correction is None else CORRECTED_SNAPSHOTS))
-    if len(snaps) == 0:
+    z = np.asarray(z)
+    rows = interpolant_snapshot_rows(
+        len(z), max(spec.interpolant.snapshots, 0 if correction is None else CORRECTED_SNAPSHOTS))
+    if len(rows) == 0:
         return part.points, summary.mean, part.counts
-    targets = np.asarray(posterior_mean_score(*draws, snaps))
+    snaps = z[rows]
+    targets = (SnapshotScores(draws, z) if scores is None else scores)[rows]
     if correction is not None:
         targets = targets + correction(snaps)
     return (np.concatenate([part.points, snaps]), np.concatenate([summary.mean, targets]),
@@ -784,7 +814,7 @@ def interpolant_training_set(spec: Spec, part: Partition, summary: ScoreSummary,
 
 
 def interpolant_stage(spec: Spec, out, key, part: Partition, summary: ScoreSummary, upstream, progress,
-                      draws, z, correction=None):
+                      draws, z, correction=None, scores: SnapshotScores | None = None):
     """``(interpolant, stage key, read from the cache, seconds)``: the network fitted to the posterior-mean score
     at the cell centres and (``[interpolant] snapshots``) at training snapshots ``z`` (``draws``: the
     posterior draws the summary came from); ``seconds``: the training's, kept with the cache entry, so a run that
@@ -796,7 +826,7 @@ def interpolant_stage(spec: Spec, out, key, part: Partition, summary: ScoreSumma
         return cached[0], ikey, True, cached[1]
     start = time.perf_counter()
     itp = spec.interpolant
-    points, targets, weights = interpolant_training_set(spec, part, summary, draws, z, correction)
+    points, targets, weights = interpolant_training_set(spec, part, summary, draws, z, correction, scores)
     interp = fit_interpolant(key, points, targets, weights, itp.hidden, itp.steps, itp.learning_rate,
                              progress=progress, batch=itp.batch if len(points) > len(part.points) else 0)
     seconds = time.perf_counter() - start
