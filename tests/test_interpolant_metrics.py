@@ -192,7 +192,8 @@ def test_training_set_gives_cells_and_snapshots_half_the_loss_each():
 
 def test_snapshot_scores_compute_each_row_once(monkeypatch):
     # SnapshotScores[rows]: the posterior-mean score at z[rows], each row computed once however often it is asked
-    # for (the correction's fit, then the interpolants' snapshots and the held-out error), in the order asked
+    # for (the correction's fit, then the interpolants' snapshots and the held-out error), in the order asked, by
+    # the one program of z's chunk size whatever was asked first (a resumed run's numbers are the same)
     from types import SimpleNamespace
 
     from kgmm_bayes.bayes.score import posterior_mean_score
@@ -203,20 +204,24 @@ def test_snapshot_scores_compute_each_row_once(monkeypatch):
     S, K, d = 3, 2, 2
     draws = (rng.dirichlet(np.ones(K), size=S), rng.normal(size=(S, K, d)), np.tile(np.eye(d), (S, K, 1, 1)))
     z = rng.normal(size=(3000, d))
+    everything = stages.SnapshotScores(draws, z)[np.arange(len(z))]  # all rows in one call, as the correction asks
     computed = []
 
-    def counted(*args):
-        computed.append(len(args[-1]))
-        return posterior_mean_score(*args)
+    def counted(*args, chunk):
+        computed.append((len(args[-1]), chunk))
+        return posterior_mean_score(*args, chunk=chunk)
 
     monkeypatch.setattr(stages, "posterior_mean_score", counted)
     scores = stages.SnapshotScores(draws, z)
+    assert scores.chunk == 4096  # 3,000 snapshots: the next power of two
     rows = np.array([2999, 5, 5, 17, 0])
+    np.testing.assert_array_equal(scores[rows], everything[rows])  # the same bits as when asked for with the rest
     np.testing.assert_allclose(scores[rows], posterior_mean_score(*draws, z[rows]), rtol=1e-12, atol=1e-15)
-    assert computed == [4]  # 5 asked for twice: computed once
+    assert computed == [(4096, 4096)] and scores.known.sum() == 4  # 5 asked for twice: computed once
     part = stages.interpolant_snapshot_rows(len(z), 700)
     first = scores[part]
-    assert computed == [4, 700 - int(np.isin(part, rows).sum())]  # only the rows not yet computed
+    np.testing.assert_array_equal(first, everything[part])
+    assert len(computed) == 2 and scores.known.sum() == 4 + 700 - int(np.isin(part, rows).sum())  # only new rows
     np.testing.assert_array_equal(scores[part], first)
     np.testing.assert_array_equal(scores[rows[::-1]], scores[rows][::-1])
     assert len(computed) == 2  # nothing computed again

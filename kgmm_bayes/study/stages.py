@@ -46,12 +46,14 @@ from ..bayes.sampler import (
     run_nuts,
 )
 from ..bayes.score import (
+    MEAN_SCORE_CHUNK,
     ChainDraws,
     ScoreSummary,
     band_with_bias,
     predictive_drift,
     score_draws,
     posterior_mean_fields,
+    pad_rows,
     posterior_mean_score,
     summarize_scores,
     thin_draws,
@@ -638,18 +640,23 @@ def interpolant_snapshots(z, count: int) -> np.ndarray:
 class SnapshotScores:
     """The posterior-mean score of ``draws`` at the training snapshots ``z`` ``(N, d)``, by row numbers:
     ``scores[rows]`` ``(len(rows), d)``, each row computed once however many stages ask for it (the correction's
-    fit asks for every snapshot, then the interpolants' training snapshots and the held-out error reuse them)."""
+    fit asks for every snapshot, then the interpolants' training snapshots and the held-out error reuse them).
+    Every row is computed by the one program of ``N``'s chunk size (:func:`posterior_mean_score`'s for all of
+    ``z``; fewer rows padded to it), so its bits do not depend on which rows were asked for first: a run resumed
+    with some stages read back gives the same numbers."""
 
     def __init__(self, draws, z):
         self.draws, self.z = draws, np.asarray(z)
         self.values = np.empty(self.z.shape, np.float64)
         self.known = np.zeros(len(self.z), bool)
+        self.chunk = min(MEAN_SCORE_CHUNK, 1 << int(np.ceil(np.log2(max(len(self.z), 1)))))
 
     def __getitem__(self, rows) -> np.ndarray:
         rows = np.asarray(rows, np.intp)
         missing = np.unique(rows[~self.known[rows]])
         if len(missing):
-            self.values[missing] = posterior_mean_score(*self.draws, self.z[missing])
+            points = pad_rows(self.z[missing], self.chunk)
+            self.values[missing] = posterior_mean_score(*self.draws, points, chunk=self.chunk)[:len(missing)]
             self.known[missing] = True
         return self.values[rows]
 
