@@ -122,6 +122,7 @@ class BayesianKGMM(NamedTuple):
             raise InputError(f"drift must be one of {DRIFTS}, got {drift!r}")
         error = None
         if drift == "interpolant":
+            self._network()
             error = (self.metrics or {}).get("interpolant", {}).get("heldout_rms_error")
             if error is None or None in error:
                 raise InputError("this result has no held-out interpolant error (metrics of an older version): "
@@ -173,8 +174,16 @@ class BayesianKGMM(NamedTuple):
 
     def interpolant_score(self, x) -> np.ndarray:
         """The interpolant's score at ``x`` ``(n, d)``, physical units."""
+        network = self._network()
         z = self.zscore.forward(self._points(x))
-        return np.asarray(self.interpolant(jnp.asarray(z, jnp.float32)), np.float64) / self.zscore.std
+        return np.asarray(network(jnp.asarray(z, jnp.float32)), np.float64) / self.zscore.std
+
+    def _network(self):
+        """The interpolant; :class:`InputError` where the study trained none (``[interpolant] train``)."""
+        if self.interpolant is None:
+            raise InputError("this study trained no interpolant (its model's drift is the mixture score; "
+                             "[interpolant] train = 'always' trains one): use drift='mixture'")
+        return self.interpolant
 
     def _summary(self, x, band, chunk, summarize) -> ScoreSummary:
         """``summarize(scores, log densities, divergences)`` of the draws in physical coordinates, chunk by chunk."""
@@ -282,7 +291,7 @@ class BayesianKGMM(NamedTuple):
         return xr.Dataset(data, coords={"lag": arrays["lags"], "variable": list(self.variables),
                                         "lagged_with": list(self.variables)})
 
-    def simulate(self, particles: int, steps: int, dt: Optional[float] = None, drift: str = "interpolant",
+    def simulate(self, particles: int, steps: int, dt: Optional[float] = None, drift: Optional[str] = None,
                  key=None, burn_in: int = 0, thin: int = 1, members: int = 0, x0=None,
                  box: Optional[float] = None, as_xarray: bool = False, mobility=None):
         r"""Rerun the reduced-order model :math:`dz = s(z)\,dt + \sqrt 2\,dW` (z-scored coordinates),
@@ -294,10 +303,11 @@ class BayesianKGMM(NamedTuple):
             Particles per model; steps kept after ``burn_in`` steps, one snapshot every ``thin``.
         dt : float, optional
             Euler-Maruyama step in the model's time (default: the spec's ``[langevin] dt``).
-        drift : {"interpolant", "mixture"}
+        drift : {"interpolant", "mixture"}, optional
             The network, or the posterior-predictive mixture score (closed form) of the spec's
             ``[langevin] mixture_draws`` draws, as the study's model pools them (the first posterior's
-            draws where the study sampled two: ``model_draws``).
+            draws where the study sampled two: ``model_draws``).  Default: the study's own
+            (``[langevin] drift``; "interpolant" for a result without a spec).
         key : jax PRNG key or int
             Required: the run's randomness (an int is made into ``jax.random.key``).
         members : int
@@ -327,9 +337,11 @@ class BayesianKGMM(NamedTuple):
             raise InputError("simulate needs key= (a jax.random.key or an int seed)")
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             key = jax.random.key(int(key))
+        lg = getattr(self.spec, "langevin", None)
+        if drift is None:
+            drift = getattr(lg, "drift", "interpolant")
         if drift not in DRIFTS:
             raise InputError(f"drift must be one of {DRIFTS}, got {drift!r}")
-        lg = getattr(self.spec, "langevin", None)
         if dt is None:
             if lg is None:
                 raise InputError("simulate needs dt= (this result has no spec to take it from)")
@@ -346,6 +358,8 @@ class BayesianKGMM(NamedTuple):
                                  f"got {value}")
         if steps < thin:
             raise InputError(f"steps ({steps}) must be at least thin ({thin})")
+        if drift == "interpolant" and not members:
+            self._network()
         if members and drift != "mixture":
             raise InputError("a posterior ensemble (members > 0) is driven by each draw's mixture score: "
                              "use drift='mixture'")

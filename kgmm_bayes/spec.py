@@ -26,7 +26,7 @@ from .data.systems import SYSTEMS
 from .errors import InputError
 
 __all__ = ["SpecError", "Spec", "load_spec", "spec_from_dict", "DEFAULT_STUDY", "EnsembleSection", "data_interval_of",
-           "uses_mobility"]
+           "uses_mobility", "trains_interpolant"]
 
 
 class SpecError(InputError):
@@ -157,6 +157,10 @@ class InterpolantSection(NamedTuple):
     # significant decrease of Hyvarinen's score does not guarantee a better model, hence the model's check above
     # (which drops it there; its spec turns it off, saving the fit and the pilots)
     correction: str = "auto"
+    # "auto": the network is trained where a model runs on it ([langevin] drift = "interpolant"); with the
+    # "mixture" drift no model uses it, and it is not trained (Lorenz-96: 86 s of a 387 s study).  "always": trained
+    # whatever the drift, for Result.score(drift="interpolant") and Result.simulate(drift="interpolant")
+    train: str = "auto"
 
 
 class LangevinSection(NamedTuple):
@@ -255,7 +259,8 @@ COMPARE_ONLY = ("baselines",)  # sections only `kgmm-bayes compare` reads: not p
 # Spec.to_dict (and so of a folder's identity and of the stage keys), so that a folder written before them still
 # holds the same study and its cached stages
 LATER_DEFAULTS = {("partition", "split"): "size", ("sampler", "warm_start"): True,
-                  ("interpolant", "correction"): "off", ("sampler", "kept_posterior"): "nuts"}
+                  ("interpolant", "correction"): "off", ("sampler", "kept_posterior"): "nuts",
+                  ("interpolant", "train"): "auto"}
 SPLIT_VALUES = ("size", "inertia")  # [partition] split: kgmm_bayes.partition.SPLITS
 _ABSENT = object()
 
@@ -409,6 +414,12 @@ def uses_mobility(spec: "Spec") -> bool:
     return mode == "fitted" or (mode == "auto" and data_interval_of(spec.data) is not None)
 
 
+def trains_interpolant(spec: "Spec") -> bool:
+    """Whether a study trains the interpolant (``[interpolant] train``): where its model's drift is the network,
+    or where asked to ("always")."""
+    return spec.interpolant.train == "always" or spec.langevin.drift == "interpolant"
+
+
 def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "study",
                    data_given: bool = False) -> Spec:
     """Validate a parsed spec and fill defaults; relative data paths resolve from ``base_dir``.
@@ -481,6 +492,8 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
                         f"got {sections['sampler'].likelihood_precision!r}")
     if sections["interpolant"].correction not in ("auto", "off"):
         raise SpecError(f"[interpolant] correction must be 'auto' or 'off', got {sections['interpolant'].correction!r}")
+    if sections["interpolant"].train not in ("auto", "always"):
+        raise SpecError(f"[interpolant] train must be 'auto' or 'always', got {sections['interpolant'].train!r}")
     if sections["sampler"].chain_starts not in ("best", "spread", "distinct"):
         raise SpecError("[sampler] chain_starts must be 'best', 'spread' or 'distinct', "
                         f"got {sections['sampler'].chain_starts!r}")

@@ -391,7 +391,10 @@ def test_bayesian_cost_counts_choosing_k_once():
     timings = {"data": 9.0, "partition": 1.0, "posterior": 20.0, "score": 2.0, "interpolant": 5.0, "langevin": 7.0,
                "model_selection": 0.5}  # the selection read back from the cache: its wall is a load time
     plain = bayesian_timings({"timings": timings})
-    assert plain == {s: timings[s] for s in BAYESIAN_STAGES}  # no K chosen: the four stages, nothing else
+    # no K chosen: the three stages and the network (trained: the model runs on it), nothing else
+    assert plain == {**{s: timings[s] for s in BAYESIAN_STAGES}, "interpolant": 5.0} and len(plain) == 4
+    no_network = {k: v for k, v in timings.items() if k != "interpolant"}  # the "mixture" drift: none trained
+    assert bayesian_timings({"timings": no_network}) == {s: timings[s] for s in BAYESIAN_STAGES}
     chosen = {"best": 8, "posterior_s": {"4": 11.0, "8": 20.0, "16": 40.0}, "reused_best": True}
     reused = bayesian_timings({"timings": timings, "model_selection": chosen})
     assert reused["model_selection"] == 51.0 and reused["posterior"] == 20.0

@@ -152,6 +152,7 @@ BAD_SPECS = [
     ("laplace-first-without-map", SYS + '[sampler]\nfirst_posterior = "laplace"\nmap_starts = 0\n',
      ["[sampler] first_posterior", "map_starts > 0"]),
     ("kept-posterior-unknown", SYS + '[sampler]\nkept_posterior = "vi"\n', ["[sampler] kept_posterior", "'laplace'"]),
+    ("interpolant-train-unknown", SYS + '[interpolant]\ntrain = "never"\n', ["[interpolant] train", "'always'"]),
     ("laplace-kept-without-map", SYS + '[sampler]\nkept_posterior = "laplace"\nmap_starts = 0\n',
      ["[sampler] kept_posterior", "map_starts > 0"]),
     ("distinct-without-coreset", SYS + '[partition]\ncoreset = false\n[sampler]\nchain_starts = "distinct"\n',
@@ -421,6 +422,11 @@ def test_a_key_added_later_leaves_the_identity_of_older_folders_alone_at_its_def
     assert "kept_posterior" not in plain.identity()["sampler"]
     kept = spec_from_dict({**base, "sampler": {"kept_posterior": "laplace"}})
     assert kept.identity()["sampler"]["kept_posterior"] == "laplace" and kept.identity() != plain.identity()
+    # [interpolant] train at "auto" likewise (before it, a study trained its network whatever the drift; at "auto" a
+    # "mixture" drift study trains none: the folder's study is the same, its posterior and model read back)
+    assert plain.interpolant.train == "auto" and "train" not in plain.section_json("interpolant")
+    always = spec_from_dict({**base, "interpolant": {"train": "always"}})
+    assert always.identity()["interpolant"]["train"] == "always" and always.identity() != plain.identity()
 
 
 def test_the_spec_s_split_values_are_the_partition_s():

@@ -485,3 +485,47 @@ def test_a_second_posterior_leaves_the_model_s_drift_to_the_first(tmp_path, monk
     os.remove(out / MODEL_DRAWS_FILE)
     with pytest.raises(InputError, match=MODEL_DRAWS_FILE):
         load_result(out)
+
+
+def test_a_mixture_drift_study_trains_no_interpolant_and_its_result_says_so(tmp_path):
+    """With the "mixture" drift no model runs on a network: ``[interpolant] train = "auto"`` trains none.  The folder
+    has no interpolant.npz, metrics.json and the report say why, the study's timings have no interpolant stage, the
+    folder loads, ``simulate`` with the study's settings and Langevin key (its default drift, the study's) reproduces
+    the model's samples exactly, and asking for the interpolant is a one-line error naming it."""
+    from kgmm_bayes.errors import InputError
+    from kgmm_bayes.spec import trains_interpolant
+    from kgmm_bayes.study.compare import bayesian_timings
+    from kgmm_bayes.study.stages import study_keys
+
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(-2.0, 0.5, 2000), rng.normal(1.0, 0.7, 2000)])[rng.permutation(4000)]
+    settings = {"partition": {"cells": 200}, "mixture": {"components": 3},
+                "sampler": {"chains": 2, "warmup": 200, "draws": 200}, "score": {"max_draws": 200},
+                "interpolant": {"hidden": [32, 32], "steps": 500, "correction": "off"},
+                "langevin": {"drift": "mixture", "particles": 100, "steps": 2000, "burn_in": 200}}
+    out = tmp_path / "fit"
+    result = kgmm_bayes.fit(x.reshape(4, -1, 1), settings=settings, out_dir=str(out), seed=2)
+    metrics = result.metrics
+    assert not trains_interpolant(result.spec) and result.interpolant is None
+    assert not (out / "interpolant.npz").exists() and (out / "rom_samples.npy").exists()
+    assert metrics["interpolant"]["trained"] is False and "drift = 'mixture'" in metrics["interpolant"]["why"]
+    assert "interpolant" not in metrics["timings"] and "interpolant" not in bayesian_timings(metrics)
+    assert bayesian_timings(metrics)["posterior"] == metrics["timings"]["posterior"]
+    assert "- Interpolant: not trained, no model runs on it" in (out / "report.md").read_text()
+    loaded = load_result(out)
+    assert loaded.interpolant is None and loaded.metrics == metrics
+    lg, run = result.spec.langevin, metrics["langevin"]
+    assert run["drift"] == "mixture" and run["mobility"] == "identity"  # user data without an interval
+    paths = loaded.simulate(lg.particles, run["steps"], run["dt"], burn_in=lg.burn_in, thin=run["thin"],
+                            key=study_keys(2)[5])
+    alive = np.all(np.isfinite(paths), axis=(0, 2))
+    np.testing.assert_array_equal(paths[:, alive].reshape(-1, 1), result.rom_samples)
+    for ask in (lambda r: r.score(np.zeros((2, 1)), drift="interpolant"), lambda r: r.interpolant_score(np.zeros((2, 1))),
+                lambda r: r.simulate(10, 100, key=0, drift="interpolant")):
+        for r in (result, loaded):
+            with pytest.raises(InputError, match=r"this study trained no interpolant .*\[interpolant\] train = 'always'"):
+                ask(r)
+    # "always" (or the interpolant drift) trains it whatever the drift
+    always = result.spec._replace(interpolant=result.spec.interpolant._replace(train="always"))
+    assert trains_interpolant(always)
+    assert trains_interpolant(result.spec._replace(langevin=lg._replace(drift="interpolant")))

@@ -91,8 +91,10 @@ from .stages import STAGE_SCHEMA, StudyData, langevin_start, model_drift, rom_re
 
 __all__ = ["EstimatorRow", "Comparison", "compare_study"]
 
-BAYESIAN_STAGES = ("partition", "posterior", "score", "interpolant")
-OPTIONAL_STAGES = ("correction", "correction_check")  # counted where the study ran them ([interpolant] correction)
+BAYESIAN_STAGES = ("partition", "posterior", "score")
+# counted where the study ran them: the network where a model runs on it ([interpolant] train), the correction
+# where fitted ([interpolant] correction)
+OPTIONAL_STAGES = ("interpolant", "correction", "correction_check")
 # bumped when what a comparison keeps of an estimator in <out>/.stages (its row, its further model runs, DSM's reach)
 # changes in content or meaning, so that rows kept by earlier code are recomputed, not mixed with new ones
 # 2: a row's Langevin s counts the data-time pilot and any rerun; 3: DSM's epochs each have their own key, and its
@@ -341,9 +343,9 @@ def _bayesian_jax_work(metrics: dict) -> dict:
     them was not timed in this run (read from the cache, or the posterior taken from model selection: their times
     are their first runs')."""
     work = metrics.get("jax_work", {})
-    if not all(stage in work for stage in BAYESIAN_STAGES):
+    stages = BAYESIAN_STAGES + tuple(s for s in OPTIONAL_STAGES if s in metrics.get("timings", {}))
+    if not all(stage in work for stage in stages):
         return {}
-    stages = BAYESIAN_STAGES + tuple(s for s in OPTIONAL_STAGES if s in work)
     return _jax_work_info({name: sum(work[stage][name] for stage in stages)
                            for name in ("tracing", "compiling", "cache_hits")})
 

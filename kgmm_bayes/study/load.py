@@ -126,6 +126,13 @@ def _read_posterior(out_dir: str):
     return idata, zscore, (weights, means, cov_chol)
 
 
+def interpolant_trained(metrics: dict) -> bool:
+    """Whether the study trained an interpolant (metrics.json ``interpolant.trained``; every study before
+    ``[interpolant] train`` did)."""
+    block = metrics.get("interpolant")
+    return not isinstance(block, dict) or block.get("trained", True) is not False
+
+
 def _read_interpolant(out_dir: str, d: int):
     from ..rom.interpolant import interpolant_from_arrays
 
@@ -361,9 +368,12 @@ def load_result(out_dir) -> BayesianKGMM:
     if not os.path.isdir(out_dir):
         raise InputError(f"study folder {out_dir!r} does not exist")
     missing = [n for n in needed if not os.path.exists(os.path.join(out_dir, n))]
+    metrics = _read_metrics(out_dir) if missing in ([], ["interpolant.npz"]) else None
+    trained = metrics is None or interpolant_trained(metrics)
+    if not trained:  # no network where the study trained none (metrics.json says so)
+        missing = [n for n in missing if n != "interpolant.npz"]
     if missing:
         raise InputError(f"study folder {out_dir!r} lacks {missing}; is it the output of 'kgmm-bayes run'?")
-    metrics = _read_metrics(out_dir)
     spec, seed = _read_spec(out_dir, metrics)
     rom_samples = _read_rom_samples(out_dir)
     idata, zscore, (w, m, L) = _read_posterior(out_dir)
@@ -371,7 +381,7 @@ def load_result(out_dir) -> BayesianKGMM:
     if rom_samples.shape[1] != d:
         raise _damaged(out_dir, "rom_samples.npy", f"shape {rom_samples.shape}, the posterior has {d} coordinates")
     partition = _read_partition(out_dir, d)
-    interpolant = _read_interpolant(out_dir, d)
+    interpolant = _read_interpolant(out_dir, d) if trained else None
     # the draws the study used: at most [score] max_draws, thinned within each chain as it thinned them
     chains = int(idata.posterior.sizes["chain"])
     draws = thin_draws(ChainDraws(*(a.reshape((chains, -1) + a.shape[1:]) for a in (w, m, L))), spec.score.max_draws,

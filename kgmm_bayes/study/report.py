@@ -136,6 +136,19 @@ def correction_used(correction) -> bool:
     return bool(correction and correction.get("applied") and (correction.get("model_check") or {}).get("kept", True))
 
 
+def _interpolant_line(block: dict) -> str:
+    """The report's interpolant line (metrics.json ``interpolant``): its errors, or why none was trained."""
+    if block.get("trained", True) is False:
+        return f"- Interpolant: not trained, {block.get('why', '')}" + _correction_words(block.get("correction"))
+    return (f"- Interpolant: relative error against the posterior-mean score at the cells "
+            f"{_fmt(block['relative_error_vs_posterior_mean'])}; RMS error at training snapshots it "
+            f"did not see {', '.join(_fmt(v) for v in block.get('heldout_rms_error', []))} "
+            "(z-scored units; added to the band of the interpolant's score)"
+            + (f", relative RMS error there {_fmt(block['heldout_relative_rms_error'])}"
+               if "heldout_relative_rms_error" in block else "")
+            + _correction_words(block.get("correction")))
+
+
 def _correction_words(correction) -> str:
     """The interpolant's targets' score-matching correction (kgmm_bayes.bayes.correction), for the report."""
     if not correction:
@@ -182,9 +195,12 @@ def _score_lines(sc: dict, coarse: bool, components: int) -> list:
     carries the score-matching correction, its band (Result.score's) is the one the note judges."""
     lines = ["", "## Score against the analytic score (density-weighted, z-scored units)",
              f"- Relative error: posterior mean {_fmt(sc['relative_error_posterior_mean'])}, "
-             f"predictive {_fmt(sc['relative_error_predictive'])}, interpolant {_fmt(sc['relative_error_interpolant'])}",
-             f"- Coverage of the {int(sc['band'] * 100)}% band: {_fmt(sc['band_coverage'])}; of the interpolant's "
-             f"band (its held-out error added): {_fmt(sc.get('band_coverage_interpolant'))}"]
+             f"predictive {_fmt(sc['relative_error_predictive'])}"
+             + (f", interpolant {_fmt(sc['relative_error_interpolant'])}" if "relative_error_interpolant" in sc
+                else " (no interpolant trained)"),
+             f"- Coverage of the {int(sc['band'] * 100)}% band: {_fmt(sc['band_coverage'])}"
+             + (f"; of the interpolant's band (its held-out error added): {_fmt(sc.get('band_coverage_interpolant'))}"
+                if "relative_error_interpolant" in sc else "")]
     coverage = sc["band_coverage"]
     if "band_coverage_corrected" in sc:
         coverage = sc["band_coverage_corrected"]
@@ -345,13 +361,7 @@ def write_report(path, spec, metrics: dict) -> None:
                     for n, v in zip(spec.data.variables or re["per_marginal"], re["per_marginal"])) + "; "
         f"mean {_fmt(re['mean'])}",
         f"- Sampling floor (training data vs reference, same metric): mean {_fmt(re['data_floor_mean'])}",
-        f"- Interpolant: relative error against the posterior-mean score at the cells "
-        f"{_fmt(metrics['interpolant']['relative_error_vs_posterior_mean'])}; RMS error at training snapshots it "
-        f"did not see {', '.join(_fmt(v) for v in metrics['interpolant'].get('heldout_rms_error', []))} "
-        "(z-scored units; added to the band of the interpolant's score)"
-        + (f", relative RMS error there {_fmt(metrics['interpolant']['heldout_relative_rms_error'])}"
-           if "heldout_relative_rms_error" in metrics["interpolant"] else "")
-        + _correction_words(metrics["interpolant"].get("correction")),
+        _interpolant_line(metrics["interpolant"]),
         f"- Drift: {metrics['langevin']['drift']}{_drift_posterior_words(metrics['langevin'])}; particles that left "
         f"the box{_box_words(metrics['langevin'])}: {metrics['langevin']['escaped']}, "
         f"non-finite: {metrics['langevin']['non_finite']}; dt x max |drift Jacobian eigenvalue| = "

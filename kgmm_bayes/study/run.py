@@ -31,7 +31,7 @@ from ..files import atomic_write_bytes, json_floats, npy_bytes, npz_bytes
 from ..metrics import band_coverage, decorrelation_time, marginal_relative_entropies, weighted_score_error
 from ..result import BayesianKGMM
 from ..rom.interpolant import save_interpolant
-from ..spec import Spec, data_interval_of, uses_mobility
+from ..spec import Spec, data_interval_of, trains_interpolant, uses_mobility
 from .checks import (
     SCREENING_DRAWS,
     auto_components,
@@ -248,7 +248,7 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         interp, ikey, interp_cached, interp_s = candidates[correction is not None]
         if all(c[2] for c in candidates.values()):
             cached_stages.append("interpolant")
-    else:
+    elif trains_interpolant(spec):
         log(progress, "interpolant: training")
         interp, ikey, interp_cached, interp_s = interpolant_stage(spec, out, train_key, part, targets,
                                                                   interp_upstream, progress, draws=drive, z=z,
@@ -256,6 +256,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
         if interp_cached:
             cached_stages.append("interpolant")
         clock("interpolant", interp_s if interp_cached else None)  # read back: the run which trained it
+    else:  # the "mixture" drift: no model runs on a network ([interpolant] train = "auto"), none is trained
+        interp, ikey = None, stage_key("no interpolant", interp_upstream)
 
     dynamics, unresolved = None, []
     if uses_mobility(spec) and data.series_length is not None:
@@ -365,7 +367,7 @@ class _Evaluation(NamedTuple):
     rom_paths: Optional[np.ndarray]  # (T, particles, d) physical, one data interval apart; None without it
     rom_samples: np.ndarray  # the model's stationary samples (n, d), physical units
     relative_entropy: np.ndarray  # (d,) per marginal, NaN without samples
-    interpolant_at_points: np.ndarray  # (cells, d), z-scored
+    interpolant_at_points: Optional[np.ndarray]  # (cells, d), z-scored; None where no interpolant is trained
     true_at_points: Optional[np.ndarray]  # (cells, d), z-scored; None without an analytic score
     model_band: ScoreSummary  # the score band at the cells of the score the model uses (z-scored; model_score_band)
 
@@ -384,14 +386,32 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
         rel_ent = marginal_relative_entropies(data.reference_density(), rom_phys, spec.metrics.grid_points)
     else:  # reported, not hidden: the model has no stationary samples to compare
         rel_ent = np.full(z.shape[1], np.nan)
-    interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
     # the draws the model came from and the posterior-mean score the interpolant learnt
     drive_draws, learnt_mean, drift_metrics = (fit.draws, summary.mean, {}) if drive is None else drive
-    interp_error, interp_relative = interpolant_heldout_error(interp, drive_draws, z, correction, scores)
     # the band of the score the model uses: the posterior's, or its draws' moved by an applied correction and widened
     # by its error
     model_band = model_score_band(fit.quantiles, lambda _: summary, correction, part.points)
-    interp_band = band_around(model_band, interp_at_points, interp_error)
+    # its targets' score-matching correction (kgmm_bayes.bayes.correction), when fitted
+    correction_block = {} if correction_report is None else {"correction": correction_report}
+    if interp is None:
+        interp_at_points = interp_band = None
+        interp_metrics = {"trained": False, **correction_block,
+                          "why": "no model runs on it: [langevin] drift = 'mixture' ([interpolant] train = 'auto'; "
+                                 "'always' trains it)"}
+    else:
+        interp_at_points = np.asarray(interp(jnp.asarray(part.points, jnp.float32)), dtype=np.float64)
+        interp_error, interp_relative = interpolant_heldout_error(interp, drive_draws, z, correction, scores)
+        interp_band = band_around(model_band, interp_at_points, interp_error)
+        interp_metrics = {"final_loss": interp.final_loss,
+                          "relative_error_vs_posterior_mean": weighted_score_error(interp_at_points, learnt_mean,
+                                                                                   part.counts),
+                          # at held-out training snapshots (never trained on), z-scored units: the
+                          # error term of the interpolant's band (result.score(x, drift="interpolant"))
+                          "heldout_rms_error": json_floats(interp_error),
+                          # sqrt(sum |f - s|^2 / sum |s|^2) there (relative_error_vs_posterior_mean is the
+                          # count-weighted ratio at the cells, not its square root)
+                          "heldout_relative_rms_error": json_floats(interp_relative),
+                          **correction_block}
     metrics = {
         "study": spec.study.name, "seed": seed, "version": __version__,
         "data": {"source": data.source, "train_snapshots": int(data.snapshots),
@@ -401,17 +421,7 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
         "relative_entropy": {"per_marginal": json_floats(rel_ent), "mean": json_floats(rel_ent.mean()),
                              "data_floor_per_marginal": floor.tolist(), "data_floor_mean": float(floor.mean())},
         "posterior": fit.convergence,
-        "interpolant": {"final_loss": interp.final_loss,
-                        "relative_error_vs_posterior_mean": weighted_score_error(interp_at_points, learnt_mean,
-                                                                                 part.counts),
-                        # at held-out training snapshots (never trained on), z-scored units: the
-                        # error term of the interpolant's band (result.score(x, drift="interpolant"))
-                        "heldout_rms_error": json_floats(interp_error),
-                        # sqrt(sum |f - s|^2 / sum |s|^2) there (relative_error_vs_posterior_mean is the
-                        # count-weighted ratio at the cells, not its square root)
-                        "heldout_relative_rms_error": json_floats(interp_relative),
-                        # its targets' score-matching correction (kgmm_bayes.bayes.correction), when fitted
-                        **({} if correction_report is None else {"correction": correction_report})},
+        "interpolant": interp_metrics,
         "langevin": {"particles": int(lg.particles), "box": float(lg.box), "escaped": rom.escaped,
                      "non_finite": rom.non_finite,
                      "kept_samples": int(len(kept)), "drift": lg.drift,
@@ -438,11 +448,13 @@ def _evaluate(spec, seed, data, z, part, fit, interp, langevin, floor, selection
             "band": spec.score.band,
             "relative_error_posterior_mean": weighted_score_error(summary.mean, true_at_points, part.counts),
             "relative_error_predictive": weighted_score_error(summary.predictive, true_at_points, part.counts),
-            "relative_error_interpolant": weighted_score_error(interp_at_points, true_at_points, part.counts),
             "band_coverage": band_coverage(true_at_points, summary.lower, summary.upper, part.counts),
-            "band_coverage_interpolant": band_coverage(true_at_points, interp_band.lower, interp_band.upper,
-                                                       part.counts),
         }
+        if interp is not None:
+            metrics["score"].update({
+                "relative_error_interpolant": weighted_score_error(interp_at_points, true_at_points, part.counts),
+                "band_coverage_interpolant": band_coverage(true_at_points, interp_band.lower, interp_band.upper,
+                                                           part.counts)})
         if model_band is not summary:  # the corrected score's error and band (Result.score's)
             metrics["score"].update({
                 "relative_error_corrected": weighted_score_error(model_band.mean, true_at_points, part.counts),
@@ -519,7 +531,8 @@ def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation, 
     # netCDF built in memory, then one atomic write: a full disk is an OSError, never an HDF5 crash
     atomic_write_bytes(out.path("posterior.nc"), netcdf_bytes(fit.idata))
     atomic_write_bytes(out.path("diagnostics.csv"), probe_summary(fit.idata).to_csv().encode())
-    save_interpolant(out.path("interpolant.npz"), interp)
+    if interp is not None:  # trained ([interpolant] train)
+        save_interpolant(out.path("interpolant.npz"), interp)
     atomic_write_bytes(out.path(PARTITION_FILE), npz_bytes(part._asdict()))
     atomic_write_bytes(out.path("rom_samples.npy"), npy_bytes(rom_phys))
     if fit.score_bias is not None:
@@ -536,7 +549,7 @@ def _write_outputs(out, spec, data, part, fit, interp, evaluation: _Evaluation, 
     names = spec.data.variables or None
     plot_score(out.path("figures", "score.png"), data.zscore.inverse(part.points),
                summary._replace(mean=summary.mean / std, lower=summary.lower / std, upper=summary.upper / std),
-               part.counts, interp_at_points / std,
+               part.counts, None if interp_at_points is None else interp_at_points / std,
                None if true_at_points is None else true_at_points / std, spec.score.band, names=names)
     if part.points.shape[1] == 2:
         plot_score_field(out.path("figures", "score_field.png"), fit.draws, data.zscore, data.train, spec.score.band,
