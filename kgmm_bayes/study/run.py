@@ -257,7 +257,8 @@ def _run_stages(spec: Spec, out: OutputFolder, seed: int, user_data, data_hash: 
             cached_stages.append("interpolant")
         clock("interpolant", interp_s if interp_cached else None)  # read back: the run which trained it
     else:  # the "mixture" drift: no model runs on a network ([interpolant] train = "auto"), none is trained
-        interp, ikey = None, stage_key("no interpolant", interp_upstream)
+        # the model's upstream as the network's would be: the posterior, the correction's setting and verdict
+        interp, ikey = None, stage_key("no interpolant", interp_upstream, spec.section_json("interpolant", "score"))
 
     dynamics, unresolved = None, []
     if uses_mobility(spec) and data.series_length is not None:
