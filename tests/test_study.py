@@ -525,7 +525,13 @@ def test_a_mixture_drift_study_trains_no_interpolant_and_its_result_says_so(tmp_
         for r in (result, loaded):
             with pytest.raises(InputError, match=r"this study trained no interpolant .*\[interpolant\] train = 'always'"):
                 ask(r)
-    # "always" (or the interpolant drift) trains it whatever the drift
-    always = result.spec._replace(interpolant=result.spec.interpolant._replace(train="always"))
-    assert trains_interpolant(always)
+    # "always" trains it whatever the drift: the same model (the network drives nothing), now with the network, its
+    # file, its errors and its band
     assert trains_interpolant(result.spec._replace(langevin=lg._replace(drift="interpolant")))
+    settings["interpolant"]["train"] = "always"
+    trained = kgmm_bayes.fit(x.reshape(4, -1, 1), settings=settings, out_dir=str(tmp_path / "always"), seed=2)
+    assert trains_interpolant(trained.spec) and (tmp_path / "always" / "interpolant.npz").exists()
+    np.testing.assert_array_equal(trained.rom_samples, result.rom_samples)
+    assert trained.metrics["interpolant"]["heldout_rms_error"][0] > 0 and "interpolant" in trained.metrics["timings"]
+    band = load_result(tmp_path / "always").score(np.array([[0.0], [1.0]]), drift="interpolant")
+    np.testing.assert_array_less(band.lower, band.upper)
