@@ -369,7 +369,7 @@ def test_the_corrected_model_is_checked_before_the_correction_is_used():
     import jax
 
     from kgmm_bayes.data.zscore import ZScore
-    from kgmm_bayes.study.report import _correction_words, correction_used
+    from kgmm_bayes.study.report import _correction_words, _interpolant_line, correction_used
     from kgmm_bayes.study.stages import CHECK_PARTICLES, correction_check_stage, model_drift
 
     rng = np.random.default_rng(8)
@@ -420,6 +420,11 @@ def test_the_corrected_model_is_checked_before_the_correction_is_used():
     assert "particles lost" not in words and "particles lost 1 and 0" in _correction_words(
         {**c.to_json(), "model_check": good._replace(lost=(0, 1)).to_json()})
     assert "corrected by score matching in" in _correction_words({**c.to_json(), "model_check": good.to_json()})
+    # a "mixture" drift study trains no network: the report's interpolant line gives the correction as its drift's
+    untrained = _interpolant_line({"trained": False, "why": "no model runs on it",
+                                   "correction": {**c.to_json(), "model_check": good.to_json()}})
+    assert untrained.startswith("- Interpolant: not trained, no model runs on it; the mixture drift: the "
+                                "posterior-predictive score corrected by score matching in ") and "targets" not in untrained
 
 
 def test_the_model_checks_standard_error_matches_the_spread_of_its_difference_over_pilots():

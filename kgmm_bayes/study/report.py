@@ -138,8 +138,9 @@ def correction_used(correction) -> bool:
 
 def _interpolant_line(block: dict) -> str:
     """The report's interpolant line (metrics.json ``interpolant``): its errors, or why none was trained."""
-    if block.get("trained", True) is False:
-        return f"- Interpolant: not trained, {block.get('why', '')}" + _correction_words(block.get("correction"))
+    if block.get("trained", True) is False:  # the correction, where fitted, is the mixture drift's
+        return (f"- Interpolant: not trained, {block.get('why', '')}" + _correction_words(block.get("correction")).replace(
+            "; targets: the posterior-mean score", "; the mixture drift: the posterior-predictive score", 1))
     return (f"- Interpolant: relative error against the posterior-mean score at the cells "
             f"{_fmt(block['relative_error_vs_posterior_mean'])}; RMS error at training snapshots it "
             f"did not see {', '.join(_fmt(v) for v in block.get('heldout_rms_error', []))} "
