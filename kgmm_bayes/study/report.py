@@ -139,8 +139,8 @@ def correction_used(correction) -> bool:
 def _interpolant_line(block: dict) -> str:
     """The report's interpolant line (metrics.json ``interpolant``): its errors, or why none was trained."""
     if block.get("trained", True) is False:  # the correction, where fitted, is the mixture drift's
-        return (f"- Interpolant: not trained, {block.get('why', '')}" + _correction_words(block.get("correction")).replace(
-            "; targets: the posterior-mean score", "; the mixture drift: the posterior-predictive score", 1))
+        return (f"- Interpolant: not trained, {block.get('why', '')}"
+                + _correction_words(block.get("correction"), "the mixture drift: the posterior-predictive score"))
     return (f"- Interpolant: relative error against the posterior-mean score at the cells "
             f"{_fmt(block['relative_error_vs_posterior_mean'])}; RMS error at training snapshots it "
             f"did not see {', '.join(_fmt(v) for v in block.get('heldout_rms_error', []))} "
@@ -150,17 +150,18 @@ def _interpolant_line(block: dict) -> str:
             + _correction_words(block.get("correction")))
 
 
-def _correction_words(correction) -> str:
-    """The interpolant's targets' score-matching correction (kgmm_bayes.bayes.correction), for the report."""
+def _correction_words(correction, corrected: str = "targets: the posterior-mean score") -> str:
+    """The score-matching correction (kgmm_bayes.bayes.correction) of ``corrected`` (the interpolant's targets, or
+    the mixture drift where no network was trained), for the report."""
     if not correction:
         return ""
     fit = (f"{correction['bumps']} Gaussian bumps (ridge {_fmt(correction['ridge'])}), Hyvarinen's score lowered by "
            f"{_fmt(correction['decrease'])} ± {_fmt(correction['se'])} cross-validated over blocks of the snapshots")
     if not correction["applied"]:
-        return "; targets: the posterior-mean score (no score-matching correction the data support: best, " + fit + ")"
+        return f"; {corrected} (no score-matching correction the data support: best, " + fit + ")"
     check = correction.get("model_check")
     if check is None:  # a study written before the model was checked
-        return "; targets: the posterior-mean score corrected by score matching in " + fit
+        return f"; {corrected} corrected by score matching in " + fit
     lost = check["lost_particles"]
     pilots = (f"pilot runs of the model ({check['particles']} particles, {check['steps']} steps) with and without "
               f"it: relative entropy against the training data {_fmt(check['corrected_relative_entropy'])} and "
@@ -168,8 +169,8 @@ def _correction_words(correction) -> str:
               + (f" (difference ± {_fmt(check['difference_se'])})" if check.get("difference_se") is not None else "")
               + (f", particles lost {lost[1]} and {lost[0]}" if any(lost) else ""))
     if check["kept"]:
-        return "; targets: the posterior-mean score corrected by score matching in " + fit + "; " + pilots
-    return ("; targets: the posterior-mean score (the score-matching correction in " + fit
+        return f"; {corrected} corrected by score matching in " + fit + "; " + pilots
+    return (f"; {corrected} (the score-matching correction in " + fit
             + " made a worse model and is not used: " + pilots + ")")
 
 
