@@ -25,6 +25,10 @@ which score it corrects, only on the snapshots and the ladder of bump counts the
    repeated as ``--draws`` posterior draws (a study's score has up to ``[score] max_draws``).  Check: the same
    scores to 1e-12 of the largest (the same bits where the program is the same; the held-out snapshots are
    computed by a program of another chunk size the old way).
+4. The Stein gap's block moments (``score_matching._block_moments``) at every bump count of its ladder that the
+   study's cells allow (``score_matching.STEIN_LADDER``, bumps placed on the cells as ``stein_gap`` places them),
+   on the snapshots ``stein_gap`` uses: bumps below ``exp(-BUMP_FLOOR)`` kept, subnormal numbers included (old,
+   until December 2026), against set to 0 (new).  Check: the same moments to 1e-12 of the largest.
 
 Each row: seconds the old way, the new way, their ratio, and the check; a failed check exits with status 1.
 
@@ -48,9 +52,26 @@ from bench_reproducibility import spec_with, study_partition
 
 
 def written_out_bumps(x, centres, centre_sq, width: float):
-    """The old ``_bumps``: the expression written out, each step a new ``(n, J)`` array."""
+    """The old ``_bumps``: the expression written out, each step a new ``(n, J)`` array (every bump kept)."""
     sq = np.maximum(np.sum(x ** 2, axis=-1)[:, None] + centre_sq[None] - 2.0 * x @ centres.T, 0.0)
     return np.exp(-sq / (2 * width * width))
+
+
+def unfloored_bumps(x, centres, centre_sq, width: float, buffers=None):
+    """``_bumps`` before its floor: the same steps in place, bumps below ``exp(-BUMP_FLOOR)`` kept (subnormal
+    numbers among them)."""
+    n = len(x)
+    sq = np.add(np.sum(x ** 2, axis=-1)[:, None], centre_sq[None], out=None if buffers is None else buffers[0][:n])
+    sq -= np.matmul(2.0 * x, centres.T, out=None if buffers is None else buffers[1][:n])
+    np.maximum(sq, 0.0, out=sq)
+    np.negative(sq, out=sq)
+    sq /= 2 * width * width
+    return np.exp(sq, out=sq)
+
+
+def floored(bumps):
+    """``bumps`` with those below ``exp(-BUMP_FLOOR)`` set to 0, as ``_bumps`` now sets them."""
+    return np.where(bumps < np.exp(-score_matching.BUMP_FLOOR), 0.0, bumps)
 
 
 def per_ridge_cross_validated(b, gram, ridges):
@@ -147,7 +168,7 @@ def main(argv=None):
                         help="bump counts the fit may climb, comma-separated (default: correction.CORRECTION_LADDER)")
     args = parser.parse_args(argv)
     spec = spec_with(args.spec, {"data": {"members": args.members}})
-    _, z, _ = study_partition(spec)
+    _, z, part = study_partition(spec)
     z = np.asarray(z, np.float64)
     k = args.components or spec.mixture.components
     fit = fit_mixtures(z[None], k, seed=0)
@@ -169,9 +190,10 @@ def main(argv=None):
     score_matching._bumps(x, centres, centre_sq, width)
     old_s, old = _timed(lambda: [written_out_bumps(x, centres, centre_sq, width) for _ in range(args.repeats)])
     new_s, new = _timed(lambda: [score_matching._bumps(x, centres, centre_sq, width) for _ in range(args.repeats)])
+    same = np.array_equal(floored(old[0]), new[0])
     rows.append((f"bumps at {len(x):,} snapshots x {len(centres):,} bumps, {args.repeats} times", old_s, new_s,
-                 _check(np.array_equal(old[0], new[0]), "the same bits" if np.array_equal(old[0], new[0])
-                        else f"largest difference {np.max(np.abs(old[0] - new[0])):.1e}")))
+                 _check(same, "the same bits (those below the floor 0)" if same
+                        else f"largest difference {np.max(np.abs(floored(old[0]) - new[0])):.1e}")))
 
     # 2. the whole fit
     with _OldWay():
@@ -213,6 +235,31 @@ def main(argv=None):
                  f"{len(held):,} held out",
                  old_s, new_s, _check(worst <= 1e-12, f"the same scores (largest difference {worst:.1e} of the "
                                                       "largest)" if worst <= 1e-12 else "the scores differ")))
+
+    # 4. the Stein gap's block moments at its ladder's bump counts, every bump kept against the floor's
+    gap_z = z  # as stein_gap takes them
+    if len(gap_z) > score_matching.STEIN_MAX_SNAPSHOTS:
+        gap_z = z[np.linspace(0, len(z) - 1, score_matching.STEIN_MAX_SNAPSHOTS).astype(np.int64)]
+    gap_z = gap_z[:len(gap_z) // score_matching.STEIN_BLOCKS * score_matching.STEIN_BLOCKS]
+    gap_s = np.asarray(score(gap_z), np.float64)
+    sizes = sorted({min(n, len(part.points) // 4) for n in score_matching.STEIN_LADDER})
+    bases = [score_matching._bump_basis(part.points, part.counts, n, seed=0) for n in sizes]
+
+    def moments():
+        return [score_matching._block_moments(gap_z, gap_s, c, w, score_matching.STEIN_BLOCKS) for c, w in bases]
+
+    moments()  # untimed: first allocations
+    saved = score_matching._bumps
+    score_matching._bumps = unfloored_bumps
+    try:
+        old_s, old = _timed(moments)
+    finally:
+        score_matching._bumps = saved
+    new_s, new = _timed(moments)
+    worst = max(np.max(np.abs(o - n)) / np.max(np.abs(o)) for os_, ns_ in zip(old, new) for o, n in zip(os_, ns_))
+    rows.append((f"Stein gap's block moments, {', '.join(map(str, sizes))} bumps on {len(part.points):,} cells, "
+                 f"{len(gap_z):,} snapshots", old_s, new_s,
+                 _check(worst <= 1e-12, f"the same moments (largest difference {worst:.1e} of the largest)")))
 
     print_table(f"study {spec.study.name}: {len(z):,} snapshots, d = {z.shape[1]}, the score of a K = {k} EM "
                 "mixture", rows)

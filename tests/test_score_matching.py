@@ -229,6 +229,27 @@ def test_bump_bases_kept_by_the_caller_are_placed_once_and_give_the_same_gap(mon
     assert placed == [] and again.gap < first.gap
 
 
+def test_bumps_are_the_gaussian_above_their_floor_and_zero_below_it_with_no_subnormal_number():
+    from kgmm_bayes.bayes import score_matching as sm
+
+    width = 0.5
+    centres = np.array([[0.0, 0.0], [3.0, -1.0]])
+    # squared distances to the first centre set the exponents |x - c|^2 / (2 width^2): 0.5, 300, 353.9, 354.1, 700
+    # (exp(-700) ~ 1e-304: subnormal products), 1e4 (underflows to 0 anyway)
+    exponents = np.array([0.5, 300.0, 353.9, 354.1, 700.0, 1e4])
+    x = np.stack([np.sqrt(2 * width ** 2 * exponents), np.zeros(len(exponents))], axis=1)
+    buffers = sm._chunk_buffers(len(centres), rows=len(x) + 3)
+    for g in (sm._bumps(x, centres, np.sum(centres ** 2, axis=1), width),
+              sm._bumps(x, centres, np.sum(centres ** 2, axis=1), width, buffers)):
+        exact = np.exp(-np.sum((x[:, None] - centres[None]) ** 2, axis=-1) / (2 * width ** 2))
+        above = exact >= np.exp(-sm.BUMP_FLOOR)
+        assert above[:3, 0].all() and not above[3:, 0].any()
+        np.testing.assert_allclose(g[above], exact[above], rtol=1e-12, atol=0)
+        assert np.all(g[~above] == 0.0)
+        kept = g[g > 0]
+        assert np.all(kept * kept >= np.finfo(np.float64).tiny)  # no bump, nor a product of two, is subnormal
+
+
 def test_the_local_error_field_is_the_cross_fit_of_block_fields_and_averages_to_the_gap():
     """``BiasField.squared`` is the mean over non-adjacent block pairs of ``c_a(x) c_c(x)`` (checked against the
     explicit pairs), clipped at 0; averaged over the snapshots the gap was measured on it is the gap itself
