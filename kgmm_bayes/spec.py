@@ -272,7 +272,7 @@ def _stated(name: str, section) -> dict:
 
 SYSTEM_COMPONENTS = 10  # [mixture] components of a built-in system's study that does not set it
 DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d"},
-                 "partition": {"split": "inertia"}, "mixture": {"components": 8},
+                 "partition": {"split": "inertia"}, "mixture": {"components": 8}, "interpolant": {"correction": "off"},
                  "baselines": {"sklearn_components": 10}}  # as models/reduced_1d.toml
 
 MAX_INT = 2**63 - 1  # integer keys: the int64 range (jax.random.key(seed) overflows above it)
