@@ -22,6 +22,18 @@ A study name or spec file (not a folder) is run first into a temporary folder, w
 
 Rows: estimator, mean marginal relative entropy against the long run, per marginal, and the
 ratio to the floor (the baseline row).  The issue's goal: the model within 2x of the floor.
+
+``--runs N`` adds a second table: the study's fitted drifts (the interpolant where one was trained, and the
+posterior-predictive mixture of ``[langevin] mixture_draws`` draws, with the study's score correction where it made
+one, as ``BayesianKGMM.simulate`` runs them) and scikit-learn's variational mixture (fitted as ``kgmm-bayes compare``
+fits it: the same key, K and iterations), each run ``N`` times in Langevin time (the spec's ``[langevin]`` schedule and
+box), run ``r`` of every drift from the same starting particles (drawn from the cells by count) and the same noise;
+each run's relative entropy against the long run.  Rows: the mean over the runs with its standard error, and the
+paired difference from scikit-learn's (the baseline row) in the same runs.  One reference set of the training size
+carries sampling noise as large as the differences between close models (the default study: floor 0.0007,
+differences 0.0001); the long run carries a tenth of it.
+
+    python benchmarks/bench_floor.py kgmm-runs/reduced_1d --runs 8
 """
 from __future__ import annotations
 
@@ -32,11 +44,16 @@ import kgmm_bayes  # noqa: F401
 import jax
 import numpy as np
 
-from kgmm_bayes.bayes.score import evenly_spaced_draws
+from kgmm_bayes.baselines import fit_sklearn
+from kgmm_bayes.bayes.correction import corrected_drift
+from kgmm_bayes.bayes.score import evenly_spaced_draws, predictive_drift
 from kgmm_bayes.data.systems import get_system
 from kgmm_bayes.data.systems.base import simulate
 from kgmm_bayes.errors import InputError
 from kgmm_bayes.metrics.density import marginal_relative_entropies
+from kgmm_bayes.rom.langevin import initial_particles, simulate_langevin
+from kgmm_bayes.spec import BASELINES, load_spec, shipped_studies
+from kgmm_bayes.study.stages import study_keys
 
 from bench_interpolant import study_result
 
@@ -62,12 +79,73 @@ def predictive_samples(key, draws, zscore, n: int) -> np.ndarray:
     return zscore.inverse(z)
 
 
+def sklearn_components(result, given: int = 0) -> int:
+    """scikit-learn's K as ``kgmm-bayes compare`` fits it: ``given``, else the study's ``[baselines]
+    sklearn_components`` (a study folder keeps no ``[baselines]``: then the shipped study's of the same name), else its
+    ``[mixture] components``."""
+    if given:
+        return given
+    k = result.spec.baselines.sklearn_components
+    if not k and result.spec.study.name in shipped_studies():
+        k = load_spec(result.spec.study.name).baselines.sklearn_components
+    return k or result.spec.mixture.components
+
+
+def drift_runs(result, long_run, runs: int, k_sklearn: int) -> list:
+    """``[(name, relative entropies (runs,))]``: the study's drifts and scikit-learn's (``k_sklearn`` components), each
+    run ``runs`` times in Langevin time, run ``r`` of each from the same particles and noise, against ``long_run``
+    (physical units)."""
+    spec = result.spec
+    lg, b = spec.langevin, spec.baselines
+    drifts = []
+    if result.interpolant is not None:
+        drifts.append(("Bayesian, interpolant drift", (result.interpolant.apply_fn(), result.interpolant.params)))
+    drifts.append((f"Bayesian, mixture drift ({lg.mixture_draws} draws)",
+                   corrected_drift(*predictive_drift(result.drift_draws, count=lg.mixture_draws), result.correction)))
+    z = result.zscore.forward(result.data.train)
+    baseline_key = study_keys(spec.study.seed + 1_000_003)[BASELINES.index("sklearn")]  # as compare's
+    sk = fit_sklearn(baseline_key, z, k_sklearn, b.sklearn_max_iter)
+    drifts.append((f"scikit-learn (K = {k_sklearn})", (sk.drift_fn, sk.drift_params)))
+    box = float(result.metrics["langevin"]["box"])
+    out = {name: [] for name, _ in drifts}
+    for r in range(runs):
+        x0, run_key = initial_particles(jax.random.fold_in(jax.random.key(LONG_RUN_KEY), r), result.partition.points,
+                                        result.partition.counts, lg.particles)
+        for name, (fn, params) in drifts:
+            run = simulate_langevin(run_key, fn, params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, box)
+            kept = result.zscore.inverse(run.kept_samples())
+            out[name].append(float(np.mean(marginal_relative_entropies(long_run, kept,
+                                                                       spec.metrics.grid_points))))
+    return [(name, np.asarray(values)) for name, values in out.items()]
+
+
+def print_drift_runs(rows) -> None:
+    """The ``--runs`` table: each drift's mean and standard error over the runs, and minus scikit-learn's (the last
+    row, the baseline) paired over the runs."""
+    base = rows[-1][1]
+
+    def mean_se(v):
+        return f"{v.mean():.4g} ± {v.std(ddof=1) / np.sqrt(len(v)):.2g}" if len(v) > 1 else f"{v.mean():.4g}"
+
+    print(f"drifts in Langevin time against the long run, {len(base)} runs each (the same starts and noise per run)")
+    print("| drift | relative entropy (mean ± s.e.) | minus scikit-learn, paired | ratio to scikit-learn |")
+    print("| --- | --- | --- | --- |")
+    for name, values in rows:
+        print(f"| {name} | {mean_se(values)} | {mean_se(values - base)} | {values.mean() / base.mean():.2f} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="a finished study's output folder, or a study to run (built-in systems)")
     parser.add_argument("--factor", type=int, default=10, help="the long run's members, in training sets")
     parser.add_argument("--settings", default="", help="spec sections overriding a study run first (TOML, \\n)")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="also run the study's drifts and scikit-learn's this many times each (second table)")
+    parser.add_argument("--sklearn-components", type=int, default=0,
+                        help="scikit-learn's K in the second table (default: as kgmm-bayes compare fits it)")
     args = parser.parse_args(argv)
+    if args.runs < 0 or args.runs == 1:
+        raise SystemExit("--runs must be 0 (no second table) or at least 2 (a standard error needs two runs)")
     if args.factor < 2:
         raise SystemExit("--factor must be at least 2 (the floor needs a pair of training-size sets)")
     result = study_result(args.folder, args.settings, "bench-floor-")
@@ -109,6 +187,9 @@ def main(argv=None):
     for name, re in rows:
         per = ", ".join(f"{v:.3g}" for v in re)
         print(f"| {name} | {np.mean(re):.4g} | {per} | {np.mean(re) / np.mean(floor):.2f} |")
+    if args.runs:
+        print()
+        print_drift_runs(drift_runs(result, long_run, args.runs, sklearn_components(result, args.sklearn_components)))
 
 
 if __name__ == "__main__":

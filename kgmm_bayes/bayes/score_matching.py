@@ -253,11 +253,11 @@ def field_from_stats(stats) -> BiasField | None:
                      None if spread is None else np.asarray(spread, np.float64))
 
 
-# A bump below exp(-BUMP_FLOOR) (1.8e-154, the square root of float64's smallest normal number) is 0: no bump, nor the
-# product of two, is then a subnormal number, whose arithmetic on x86 takes the BLAS products that use the bumps 2-3
-# times as long (the default study's 2 x 10^5 Gram products at 200 and 400 bumps, about 1% of the bumps subnormal:
-# 0.32 s against 0.11 s and 0.30 against 0.15; benchmarks/bench_correction.py, row 4).  What is dropped is below
-# 2e-154 where a bump's largest value is 1: far below float64's rounding of the sums it enters.
+# No bump is below exp(-BUMP_FLOOR) (1.8e-154, just above the square root of float64's smallest normal number): no bump,
+# nor the product of two, is then a subnormal number, whose arithmetic on x86 takes the BLAS products that use the
+# bumps 2-3 times as long (the default study's 2 x 10^5 Gram products at 200 and 400 bumps, about 1% of the bumps
+# subnormal: 0.32 s against 0.11 s and 0.30 against 0.15; benchmarks/bench_correction.py, row 4).  What is changed is
+# below 2e-154 where a bump's largest value is 1: far below float64's rounding of the sums it enters.
 BUMP_FLOOR = 354.0
 
 
@@ -268,14 +268,14 @@ def _bumps(x, centres, centre_sq, width: float, buffers=None):
     new ``(n, J)`` array (the result is a view of the first buffer); without them two are made, where the expression
     written out made seven, each 65 MB at 4,096 x 2,000, whose page faults cost more than the arithmetic
     (``benchmarks/bench_correction.py``, row 1).  The same operations in the same order: the same bits, except that
-    a bump below ``exp(-BUMP_FLOOR)`` is 0 (:data:`BUMP_FLOOR`)."""
+    a bump below ``exp(-BUMP_FLOOR)`` is ``exp(-BUMP_FLOOR)`` (:data:`BUMP_FLOOR`; the squared distance clipped to
+    ``2 width^2 BUMP_FLOOR`` where it was clipped to at least 0: no pass more)."""
     n = len(x)
     sq = np.add(np.sum(x ** 2, axis=-1)[:, None], centre_sq[None], out=None if buffers is None else buffers[0][:n])
     sq -= np.matmul(2.0 * x, centres.T, out=None if buffers is None else buffers[1][:n])
-    np.maximum(sq, 0.0, out=sq)
+    np.clip(sq, 0.0, 2 * width * width * BUMP_FLOOR, out=sq)
     np.negative(sq, out=sq)
     sq /= 2 * width * width
-    np.putmask(sq, sq < -BUMP_FLOOR, -np.inf)
     return np.exp(sq, out=sq)
 
 
