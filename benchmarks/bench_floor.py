@@ -48,16 +48,16 @@ from kgmm_bayes.baselines import fit_sklearn
 from kgmm_bayes.bayes.correction import corrected_drift
 from kgmm_bayes.bayes.score import evenly_spaced_draws, predictive_drift
 from kgmm_bayes.data.systems import get_system
-from kgmm_bayes.data.systems.base import simulate
 from kgmm_bayes.errors import InputError
 from kgmm_bayes.metrics.density import marginal_relative_entropies
 from kgmm_bayes.rom.langevin import initial_particles, simulate_langevin
 from kgmm_bayes.spec import BASELINES, load_spec, shipped_studies
+from kgmm_bayes.study.compare import LONG_REFERENCE_KEY, long_reference_run
 from kgmm_bayes.study.stages import study_keys
 
 from bench_interpolant import study_result
 
-LONG_RUN_KEY = 2**31 - 1  # split from jax.random.key(LONG_RUN_KEY): the keys of study seed 2**31 - 1, no shipped study's
+LONG_RUN_KEY = LONG_REFERENCE_KEY  # the long run's keys (compare's [baselines] long_reference run: the same run)
 
 
 def model_mixture(result):
@@ -157,9 +157,8 @@ def main(argv=None):
     n = len(train)
     members = system.members if ds.members is None else ds.members
     start = time.perf_counter()
-    long_key, predictive_key = jax.random.split(jax.random.key(LONG_RUN_KEY))
-    long = simulate(long_key, system, members=members * args.factor, steps=ds.steps, thin=ds.thin,
-                    burn_in=ds.burn_in, dt=ds.dt).astype(np.float64)
+    _, predictive_key = jax.random.split(jax.random.key(LONG_RUN_KEY))
+    long = long_reference_run(result.spec, args.factor)
     long_run = long.reshape(-1, system.dim)
     simulated = time.perf_counter() - start
     # disjoint training-size sets of whole members from the long run

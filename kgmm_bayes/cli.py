@@ -41,6 +41,11 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="run every estimator's model N times from different starts and noise and report the "
                               "mean relative entropy with its standard error (default: the spec's [baselines] "
                               "model_runs, 1)")
+    compare.add_argument("--long-reference", type=int, default=None, metavar="F",
+                         help="score every model against an independent run of the built-in system with F times the "
+                              "training data's members instead of the study's reference set, whose own sampling "
+                              "noise can be as large as the models' differences (default: the spec's [baselines] "
+                              "long_reference, 0: the reference set)")
     compare.add_argument("--quiet", action="store_true", help="no progress display")
     calib = sub.add_parser("calibrate", help="coverage of the credible bands against data size and seed "
                                              "(systems with an analytic score)")
@@ -89,13 +94,17 @@ def _run(args) -> int:
 
 def _compare(args) -> int:
     from .errors import InputError
-    from .spec import MAX_MODEL_RUNS, load_spec
+    from .spec import MAX_LONG_REFERENCE, MAX_MODEL_RUNS, load_spec
     from .study.compare import compare_study
     from .study.compare_tables import compiling_text, over_runs_text
 
     if args.model_runs is not None and not 1 <= args.model_runs <= MAX_MODEL_RUNS:
         raise InputError(f"--model-runs must be between 1 and {MAX_MODEL_RUNS}, got {args.model_runs}")
-    spec = load_spec(args.spec, None if args.model_runs is None else {"baselines": {"model_runs": args.model_runs}})
+    if args.long_reference is not None and not 0 <= args.long_reference <= MAX_LONG_REFERENCE:
+        raise InputError(f"--long-reference must be between 0 and {MAX_LONG_REFERENCE}, got {args.long_reference}")
+    overrides = {name: value for name, value in (("model_runs", args.model_runs),
+                                                 ("long_reference", args.long_reference)) if value is not None}
+    spec = load_spec(args.spec, {"baselines": overrides} if overrides else None)
     result = compare_study(spec, out_dir=args.out, seed=args.seed, progress=not args.quiet, force=args.force)
     for row in result.rows:
         runs = row.info.get("model_runs")

@@ -223,6 +223,12 @@ class BaselinesSection(NamedTuple):
     sklearn_components: int = 0  # 0: as many as [mixture] components
     sklearn_max_iter: int = 100  # scikit-learn's own default
     model_runs: int = 1  # every estimator's model run this many times (the study's key, then keys folded from it)
+    # F > 0: every estimator's model is scored against an independent run of the built-in system with F times the
+    # training data's members (kgmm_bayes.study.compare.long_reference_run; the study's own metrics keep its
+    # reference set), whose own sampling noise is 1 / F of a training-size set's: on the default study that set's
+    # (its floor 0.0007) is as large as the estimators' differences (0.0001) and ordered two drifts the other way
+    # (README "Comparison"); 0: the study's reference set
+    long_reference: int = 0
 
 
 SECTIONS = {
@@ -244,7 +250,7 @@ POSITIVE_INT = {
 }
 NON_NEGATIVE_INT = {("study", "seed"), ("data", "burn_in"), ("interpolant", "snapshots"), ("langevin", "burn_in"), ("sampler", "map_starts"),
                     ("sampler", "extend"), ("baselines", "sklearn_components"), ("ensemble", "members"), ("ensemble", "burn_in"),
-                    ("langevin", "mixture_draws")}
+                    ("langevin", "mixture_draws"), ("baselines", "long_reference")}
 POSITIVE_FLOAT = {
     ("data", "dt"), ("data", "interval"), ("mixture", "dirichlet_alpha"), ("mixture", "mean_scale"),
     ("mixture", "scale_prior"), ("mixture", "lkj_eta"), ("interpolant", "learning_rate"),
@@ -260,7 +266,7 @@ COMPARE_ONLY = ("baselines",)  # sections only `kgmm-bayes compare` reads: not p
 # holds the same study and its cached stages
 LATER_DEFAULTS = {("partition", "split"): "size", ("sampler", "warm_start"): True,
                   ("interpolant", "correction"): "off", ("sampler", "kept_posterior"): "nuts",
-                  ("interpolant", "train"): "auto"}
+                  ("interpolant", "train"): "auto", ("baselines", "long_reference"): 0}
 SPLIT_VALUES = ("size", "inertia")  # [partition] split: kgmm_bayes.partition.SPLITS
 _ABSENT = object()
 
@@ -278,6 +284,7 @@ DEFAULT_STUDY = {"study": {"name": "reduced_1d"}, "data": {"system": "reduced_1d
 MAX_INT = 2**63 - 1  # integer keys: the int64 range (jax.random.key(seed) overflows above it)
 MAX_SEED = 2**62 - 1  # seeds: calibrate and compare derive seeds by adding to the study's
 MAX_MODEL_RUNS = 100  # [baselines] model_runs: each run costs a Langevin run per estimator
+MAX_LONG_REFERENCE = 100  # [baselines] long_reference: the run is held in memory, F times the training data
 MAX_SPEC_BYTES = 2**20  # a spec is a few kilobytes; more is not a spec
 # dots outside strings and comments (dotted keys, decimals): tomllib's memory is quadratic in a key's
 # parts (a 200 kB line of 'a.a.a...' takes tens of GB)
@@ -546,6 +553,12 @@ def spec_from_dict(raw: dict, base_dir: str | None = None, default_name: str = "
                         f"dsm_epochs ({baselines.dsm_epochs})")
     if baselines.model_runs > MAX_MODEL_RUNS:
         raise SpecError(f"[baselines] model_runs must be at most {MAX_MODEL_RUNS}, got {baselines.model_runs}")
+    if baselines.long_reference > MAX_LONG_REFERENCE:
+        raise SpecError(f"[baselines] long_reference must be at most {MAX_LONG_REFERENCE}, got "
+                        f"{baselines.long_reference}")
+    if baselines.long_reference and data.system is None:
+        raise SpecError("[baselines] long_reference needs a built-in system to run again; your own data "
+                        "([data] path) have none: set it to 0")
     return Spec(**sections)
 
 

@@ -313,6 +313,45 @@ def test_a_stopped_comparison_resumes_after_the_last_estimator_it_finished(tiny_
                                                                      dtype=np.float64))
 
 
+def test_a_long_reference_scores_every_model_against_an_independent_run_of_the_system(tiny_compare, tmp_path):
+    """``--long-reference 2``: the same fits scored against an independent run of the system with twice the training
+    members (``long_reference_run``, the keys of seed 2**31 - 1) instead of the study's reference set: the Bayesian
+    model's first figure is its run's relative entropy against that run, computed here again; every estimator's runs
+    are paired on it; the floor line is the training set's against it."""
+    from kgmm_bayes import load_result
+    from kgmm_bayes.metrics.density import marginal_relative_entropies
+    from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.study.compare import long_reference_run
+
+    out, _ = tiny_compare
+    proc = run_cli("compare", str(out.parent / "tiny.toml"), "--out", "long", "--quiet", "--model-runs", "2",
+                   "--long-reference", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads((tmp_path / "long" / "comparison.json").read_text())
+    plain = json.loads((out / "comparison.json").read_text())
+    spec = load_spec(out.parent / "tiny.toml")
+    long = long_reference_run(spec, 2).reshape(-1, 1)
+    result = load_result(tmp_path / "long" / "bayesian")
+    assert payload["long_reference"] == 2 and payload["reference_snapshots"] == len(long)
+    assert len(long) == 2 * len(result.data.train)
+    assert not np.allclose(long[:len(result.data.train)], result.data.train)  # independent of the training run
+    assert not np.allclose(long[:len(result.data.reference)], result.data.reference)  # ... and of the reference set
+    bayes = payload["estimators"][0]
+    expected = marginal_relative_entropies(long, result.rom_samples, spec.metrics.grid_points)
+    np.testing.assert_allclose(bayes["relative_entropy"], expected, rtol=1e-12)
+    assert bayes["info"]["model_runs"]["relative_entropy_per_run"][0] == pytest.approx(list(expected), rel=1e-12)
+    floor = np.mean(marginal_relative_entropies(long, result.data.train, spec.metrics.grid_points))
+    assert payload["data_floor_relative_entropy_mean"] == pytest.approx(floor, rel=1e-12)
+    # the same fits (the same study, the same models' first runs) as the comparison against the reference set
+    np.testing.assert_array_equal(result.rom_samples, load_result(out / "bayesian").rom_samples)
+    assert bayes["relative_entropy"] != plain["estimators"][0]["relative_entropy"]
+    for row in payload["estimators"][1:]:
+        runs = row["info"]["model_runs"]
+        assert runs["runs"] == 2 and runs["minus_bayesian_mean"] is not None
+    text = (tmp_path / "long" / "comparison.md").read_text()
+    assert "independent run of the system with 2 times the training data's members" in text
+
+
 def test_model_run_summary_counts_runs_that_lost_every_particle_apart():
     from kgmm_bayes.study.compare import model_run_summary
 
@@ -443,17 +482,23 @@ def test_compare_bad_input_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "mine" / "notes.txt").write_text("my own files\n")
     (tmp_path / "s.toml").write_text('[data]\nsystem = "reduced_1d"\n[baselines]\nwhich = ["bogus"]\n')
     (tmp_path / "ok.toml").write_text('[data]\nsystem = "reduced_1d"\n')
+    np.save(tmp_path / "own.npy", np.random.default_rng(0).normal(size=(2000, 1)))
+    (tmp_path / "own.toml").write_text('[data]\npath = "own.npy"\n')
     for args, words in ((["compare", "missing.toml"], ["missing.toml"]),
                         (["compare", "s.toml"], ["[baselines] which", "bogus"]),
                         (["compare", "ok.toml", "--out", "mine", "--quiet"], ["mine", "holds no kgmm-bayes result"]),
                         (["compare", "ok.toml", "--seed", "-3", "--quiet"], ["--seed"]),
                         (["compare", "ok.toml", "--model-runs", "0", "--quiet"], ["--model-runs", "got 0"]),
-                        (["compare", "ok.toml", "--model-runs", "101", "--quiet"], ["--model-runs", "got 101"])):
+                        (["compare", "ok.toml", "--model-runs", "101", "--quiet"], ["--model-runs", "got 101"]),
+                        (["compare", "ok.toml", "--long-reference", "-1", "--quiet"], ["--long-reference", "got -1"]),
+                        (["compare", "ok.toml", "--long-reference", "101", "--quiet"], ["--long-reference", "got 101"]),
+                        (["compare", "own.toml", "--long-reference", "2", "--quiet"],
+                         ["[baselines] long_reference", "built-in system"])):
         assert main(args) == 2
         captured = capsys.readouterr()
         lines = captured.err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("kgmm-bayes: error:"), captured.err
         assert all(w in lines[0] for w in words), lines[0]
         assert captured.out == ""
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "ok.toml", "s.toml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "ok.toml", "own.npy", "own.toml", "s.toml"]
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]

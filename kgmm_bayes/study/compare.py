@@ -41,6 +41,7 @@ Adam's steps (``dsm_ema``), as score-based models are commonly trained: the para
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -55,10 +56,12 @@ import numpy as np
 from ..baselines import BaselineFit, fit_dsm, fit_kgmm, fit_sklearn
 from ..compilation_cache import JaxWork
 from ..data.systems import get_system
+from ..data.systems.base import simulate
 from ..data.systems.ks import fine_reference_series
 from ..errors import InputError
 from ..files import atomic_write_bytes
 from ..metrics import weighted_score_error
+from ..metrics.density import marginal_relative_entropies
 from ..metrics.series import decorrelation_time, ks_statistics
 from ..rom.langevin import jit_drift, max_jacobian_eigenvalue, simulate_langevin
 from ..rom.mobility import impulse_responses, to_physical
@@ -102,6 +105,7 @@ OPTIONAL_STAGES = ("interpolant", "correction", "correction_check")
 # ([baselines] dsm_ema)
 COMPARE_ROWS_SCHEMA = 4
 MODEL_RUN_OFFSET = 1_000  # the r-th extra model run's key: fold_in(the study's Langevin key, MODEL_RUN_OFFSET + r)
+LONG_REFERENCE_KEY = 2**31 - 1  # [baselines] long_reference: its run has the keys of this seed, no shipped study's
 
 
 class Comparison(NamedTuple):
@@ -201,16 +205,42 @@ def _model_runs(data, spec, drift_fn, drift_params, first, starts, dt, steps, th
     return model_run_summary(per_run, lost)
 
 
-def study_model_runs(result, data, starts, drift=None) -> dict:
+def study_model_runs(result, data, starts, drift=None, first=None) -> dict:
     """The Bayesian study's model run again from each of ``starts``: its drift (:func:`model_drift`; ``drift``
     when the caller has it already), and the schedule and mobility its Langevin stage used (``metrics.json``
-    ``langevin``, ``dynamics.mobility``)."""
+    ``langevin``, ``dynamics.mobility``).  ``first``: the study's own run's relative entropies against
+    ``data.reference`` (default: its metrics', against the study's reference set)."""
     spec, run = result.spec, result.metrics["langevin"]
     mobility = result._mobility("fitted", data.train.shape[1]) if run.get("mobility") == "fitted" else None
     drift = model_drift(spec, result.interpolant, result.drift_draws, result.correction) if drift is None else drift
-    return _model_runs(data, spec, *drift,
-                       result.metrics["relative_entropy"]["per_marginal"], starts, run["dt"], run["steps"],
-                       run["thin"], mobility, int(run["escaped"] + run["non_finite"]))
+    first = result.metrics["relative_entropy"]["per_marginal"] if first is None else first
+    return _model_runs(data, spec, *drift, first, starts, run["dt"], run["steps"], run["thin"], mobility,
+                       int(run["escaped"] + run["non_finite"]))
+
+
+def long_reference_run(spec: Spec, factor: int) -> np.ndarray:
+    """``(members, n, d)``: an independent run of the spec's built-in system with ``factor`` times the training data's
+    members, physical units, from the keys of seed :data:`LONG_REFERENCE_KEY` (no study's: the same run as
+    ``benchmarks/bench_floor.py``'s)."""
+    ds = spec.data
+    system = get_system(ds.system)
+    members = system.members if ds.members is None else ds.members
+    long_key, _ = jax.random.split(jax.random.key(LONG_REFERENCE_KEY))
+    return np.asarray(simulate(long_key, system, members=members * factor, steps=ds.steps, thin=ds.thin,
+                               burn_in=ds.burn_in, dt=ds.dt), np.float64)
+
+
+def with_long_reference(data: StudyData, spec: Spec, progress: bool = False) -> StudyData:
+    """``data`` scored against :func:`long_reference_run` (``[baselines] long_reference`` times the training
+    members) instead of its reference set; ``data`` itself where that is 0."""
+    factor = spec.baselines.long_reference
+    if not factor:
+        return data
+    _log(progress, f"an independent run of {spec.data.system} with {factor} times the training data's members: the "
+                   "models' yardstick")
+    scored = copy.copy(data)
+    scored.reference = long_reference_run(spec, factor).reshape(-1, data.train.shape[1])
+    return scored
 
 
 def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key, points, counts, truth, info,
@@ -431,7 +461,13 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     if truth is not None:
         predicted = np.asarray(bayes_drift[0](bayes_drift[1], jnp.asarray(part.points, jnp.float32)), np.float64)
         bayes_error = weighted_score_error(predicted, truth, part.counts)
-    rel = m["relative_entropy"]["per_marginal"]
+    rel, floor = m["relative_entropy"]["per_marginal"], m["relative_entropy"]["data_floor_mean"]
+    data = with_long_reference(data, spec, progress)
+    if spec.baselines.long_reference:  # the study's own run and the training set, against the long run
+        grid = spec.metrics.grid_points
+        rel = (marginal_relative_entropies(data.reference, result.rom_samples, grid) if len(result.rom_samples) > 1
+               else np.full(data.train.shape[1], np.nan))
+        floor = float(np.mean(marginal_relative_entropies(data.reference, data.train, grid)))
     rows = [EstimatorRow("bayesian", bayesian_timings(m),
                          np.array([np.nan if v is None else v for v in rel], dtype=np.float64), bayes_error,
                          m.get("score", {}).get("band_coverage"), float(m["timings"]["langevin"]),
@@ -454,7 +490,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     starts = model_run_starts(langevin_key, part, spec.langevin.particles, spec.baselines.model_runs)
     if starts:
         runs, cached = json_stage(out, "compare-bayesian-runs", rows_key,
-                                  lambda: study_model_runs(result, data, starts, bayes_drift))
+                                  lambda: study_model_runs(result, data, starts, bayes_drift, rows[0].relative_entropy))
         _log(progress, f"bayesian: {len(starts)} more model runs" + (" (read back)" if cached else ""))
         rows[0].info["model_runs"] = runs
         read_back += ["bayesian model runs"] if cached else []
@@ -508,7 +544,8 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     payload = {"study": spec.study.name, "seed": seed, "dim": int(z.shape[1]),
                "ks_data_decorrelation_time": None if ks_tau is None else [float(v) for v in ks_tau],
                "train_snapshots": len(z), "reference_snapshots": len(data.reference),
-               "data_floor_relative_entropy_mean": m["relative_entropy"]["data_floor_mean"],
+               "data_floor_relative_entropy_mean": floor,
+               "long_reference": spec.baselines.long_reference,
                "baselines": spec.baselines._asdict(),
                "estimators": [row_dict(r) for r in rows], "dsm_reach": dsm_reach, "read_back": read_back}
     atomic_write_bytes(out.path("comparison.json"), json.dumps(payload, indent=2, default=list).encode())

@@ -133,10 +133,16 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
             + ([f"over {runs} model runs (± s.e.)", "minus Bayesian, paired (± s.e.)"] if runs else [])
             + ([f"x{i}" for i in range(d)] if d > 1 else [])
             + ["score error", "band coverage", "Langevin s", "particles lost"])
-    lines = [f"# Comparison: {payload['study']} (seed {payload['seed']})", "",
-             f"{payload['train_snapshots']} training and {payload['reference_snapshots']} reference snapshots, "
-             f"D = {payload['dim']}; relative entropy of two independent data sets (sampling floor): "
-             f"{_g(payload['data_floor_relative_entropy_mean'])}.", "",
+    long_reference = payload.get("long_reference") or 0
+    scored = (f"{payload['train_snapshots']} training snapshots, D = {payload['dim']}; every model scored against an "
+              f"independent run of the system with {long_reference} times the training data's members "
+              f"({payload['reference_snapshots']} snapshots, not the study's reference set), against which the "
+              f"training set's relative entropy is {_g(payload['data_floor_relative_entropy_mean'])}."
+              if long_reference else
+              f"{payload['train_snapshots']} training and {payload['reference_snapshots']} reference snapshots, "
+              f"D = {payload['dim']}; relative entropy of two independent data sets (sampling floor): "
+              f"{_g(payload['data_floor_relative_entropy_mean'])}.")
+    lines = [f"# Comparison: {payload['study']} (seed {payload['seed']})", "", scored, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stages = ", ".join(f"{s} {v:.1f}" for s, v in r.timings.items())
