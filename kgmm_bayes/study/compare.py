@@ -27,6 +27,10 @@ starting particles and noise, the same for every estimator (:func:`model_run_sta
 entropy moves with its Langevin key as much as estimators differ (reduced 1D: 0.00102-0.00259 over five keys),
 so the table then gives each estimator's mean over the runs and its standard error.  That error is the
 spread of one fitted model over Langevin starts and noise only: not over the baselines' seeds or NUTS keys.
+Nor over the reference set they are all scored against, whose own sampling noise (an independent run of the
+training data's size: the floor) can be as large as the estimators' differences; with ``[baselines] long_reference
+= F`` (built-in systems) every model is scored against an independent run of the system with F times the training
+data's members instead (:func:`long_reference_run`), the study's own folder keeping its reference set.
 
 Wall time counts what builds the score (Bayesian: partition, posterior, score
 summaries, interpolant; classic KGMM: clustering with the noisy passes, network
