@@ -45,19 +45,16 @@ import jax
 import numpy as np
 
 from kgmm_bayes.baselines import fit_sklearn
-from kgmm_bayes.bayes.correction import corrected_drift
-from kgmm_bayes.bayes.score import evenly_spaced_draws, predictive_drift
+from kgmm_bayes.bayes.score import evenly_spaced_draws
 from kgmm_bayes.data.systems import get_system
 from kgmm_bayes.errors import InputError
 from kgmm_bayes.metrics.density import marginal_relative_entropies
 from kgmm_bayes.rom.langevin import initial_particles, simulate_langevin
 from kgmm_bayes.spec import BASELINES, load_spec, shipped_studies
 from kgmm_bayes.study.compare import LONG_REFERENCE_KEY, long_reference_run
-from kgmm_bayes.study.stages import study_keys
+from kgmm_bayes.study.stages import model_drift, study_keys
 
 from bench_interpolant import study_result
-
-LONG_RUN_KEY = LONG_REFERENCE_KEY  # the long run's keys (compare's [baselines] long_reference run: the same run)
 
 
 def model_mixture(result):
@@ -97,11 +94,11 @@ def drift_runs(result, long_run, runs: int, k_sklearn: int) -> list:
     (physical units)."""
     spec = result.spec
     lg, b = spec.langevin, spec.baselines
-    drifts = []
-    if result.interpolant is not None:
-        drifts.append(("Bayesian, interpolant drift", (result.interpolant.apply_fn(), result.interpolant.params)))
-    drifts.append((f"Bayesian, mixture drift ({lg.mixture_draws} draws)",
-                   corrected_drift(*predictive_drift(result.drift_draws, count=lg.mixture_draws), result.correction)))
+    ways = (["interpolant"] if result.interpolant is not None else []) + ["mixture"]
+    drifts = [("Bayesian, interpolant drift" if way == "interpolant" else
+               f"Bayesian, mixture drift ({lg.mixture_draws} draws)",
+               model_drift(spec._replace(langevin=lg._replace(drift=way)), result.interpolant, result.drift_draws,
+                           result.correction)) for way in ways]
     z = result.zscore.forward(result.data.train)
     baseline_key = study_keys(spec.study.seed + 1_000_003)[BASELINES.index("sklearn")]  # as compare's
     sk = fit_sklearn(baseline_key, z, k_sklearn, b.sklearn_max_iter)
@@ -109,8 +106,8 @@ def drift_runs(result, long_run, runs: int, k_sklearn: int) -> list:
     box = float(result.metrics["langevin"]["box"])
     out = {name: [] for name, _ in drifts}
     for r in range(runs):
-        x0, run_key = initial_particles(jax.random.fold_in(jax.random.key(LONG_RUN_KEY), r), result.partition.points,
-                                        result.partition.counts, lg.particles)
+        x0, run_key = initial_particles(jax.random.fold_in(jax.random.key(LONG_REFERENCE_KEY), r),
+                                        result.partition.points, result.partition.counts, lg.particles)
         for name, (fn, params) in drifts:
             run = simulate_langevin(run_key, fn, params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, box)
             kept = result.zscore.inverse(run.kept_samples())
@@ -157,7 +154,7 @@ def main(argv=None):
     n = len(train)
     members = system.members if ds.members is None else ds.members
     start = time.perf_counter()
-    _, predictive_key = jax.random.split(jax.random.key(LONG_RUN_KEY))
+    _, predictive_key = jax.random.split(jax.random.key(LONG_REFERENCE_KEY))
     long = long_reference_run(result.spec, args.factor)
     long_run = long.reshape(-1, system.dim)
     simulated = time.perf_counter() - start
@@ -179,7 +176,7 @@ def main(argv=None):
             ("training set", rel(long_run, train)),
             ("study's own figure: model vs reference set", rel(reference, result.rom_samples))]
     print(f"study {result.spec.study.name} ({args.folder}): {n} training snapshots; long run {len(long_run)} "
-          f"snapshots ({members * args.factor} members, key {LONG_RUN_KEY}, simulated in {simulated:.1f} s)")
+          f"snapshots ({members * args.factor} members, key {LONG_REFERENCE_KEY}, simulated in {simulated:.1f} s)")
     print(f"floor pairs: {', '.join(f'{np.mean(f):.3g}' for f in floors)}")
     print("| against the long run | relative entropy (mean) | per marginal | ratio to floor |")
     print("| --- | --- | --- | --- |")
