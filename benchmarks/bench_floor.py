@@ -34,6 +34,11 @@ carries sampling noise as large as the differences between close models (the def
 differences 0.0001); the long run carries a tenth of it.
 
     python benchmarks/bench_floor.py kgmm-runs/reduced_1d --runs 8
+    python benchmarks/bench_floor.py kgmm-runs/reduced_1d --runs 3 --length 10 --factor 20
+
+``--length L`` makes each of those runs L times the spec's ``[langevin] steps`` (after the same burn-in): the
+relative entropy of a run carries its own samples' noise as well as the drift's bias, and at the spec's length that
+noise is as large as close drifts' differences (the default study's drifts all near 0.0006 against the long run).
 """
 from __future__ import annotations
 
@@ -88,10 +93,11 @@ def sklearn_components(result, given: int = 0) -> int:
     return k or result.spec.mixture.components
 
 
-def drift_runs(result, long_run, runs: int, k_sklearn: int) -> list:
+def drift_runs(result, long_run, runs: int, k_sklearn: int, length: int = 1) -> list:
     """``[(name, relative entropies (runs,))]``: the study's drifts and scikit-learn's (``k_sklearn`` components), each
     run ``runs`` times in Langevin time, run ``r`` of each from the same particles and noise, against ``long_run``
-    (physical units)."""
+    (physical units); each run ``length`` times the spec's ``[langevin] steps`` after the same burn-in, so that its
+    samples' own noise falls below the drifts' differences."""
     spec = result.spec
     lg, b = spec.langevin, spec.baselines
     ways = (["interpolant"] if result.interpolant is not None else []) + ["mixture"]
@@ -109,22 +115,24 @@ def drift_runs(result, long_run, runs: int, k_sklearn: int) -> list:
         x0, run_key = initial_particles(jax.random.fold_in(jax.random.key(LONG_REFERENCE_KEY), r),
                                         result.partition.points, result.partition.counts, lg.particles)
         for name, (fn, params) in drifts:
-            run = simulate_langevin(run_key, fn, params, x0, lg.dt, lg.steps, lg.burn_in, lg.thin, box)
+            run = simulate_langevin(run_key, fn, params, x0, lg.dt, lg.burn_in + length * (lg.steps - lg.burn_in),
+                                    lg.burn_in, lg.thin, box)
             kept = result.zscore.inverse(run.kept_samples())
             out[name].append(float(np.mean(marginal_relative_entropies(long_run, kept,
                                                                        spec.metrics.grid_points))))
     return [(name, np.asarray(values)) for name, values in out.items()]
 
 
-def print_drift_runs(rows) -> None:
+def print_drift_runs(rows, length: int = 1) -> None:
     """The ``--runs`` table: each drift's mean and standard error over the runs, and minus scikit-learn's (the last
-    row, the baseline) paired over the runs."""
+    row, the baseline) paired over the runs (``length``: the runs' length, in the spec's)."""
     base = rows[-1][1]
 
     def mean_se(v):
         return f"{v.mean():.4g} ± {v.std(ddof=1) / np.sqrt(len(v)):.2g}" if len(v) > 1 else f"{v.mean():.4g}"
 
-    print(f"drifts in Langevin time against the long run, {len(base)} runs each (the same starts and noise per run)")
+    print(f"drifts in Langevin time against the long run, {len(base)} runs each (the same starts and noise per run)"
+          + (f", each {length} times the spec's length" if length > 1 else ""))
     print("| drift | relative entropy (mean ± s.e.) | minus scikit-learn, paired | ratio to scikit-learn |")
     print("| --- | --- | --- | --- |")
     for name, values in rows:
@@ -140,9 +148,13 @@ def main(argv=None):
                         help="also run the study's drifts and scikit-learn's this many times each (second table)")
     parser.add_argument("--sklearn-components", type=int, default=0,
                         help="scikit-learn's K in the second table (default: as kgmm-bayes compare fits it)")
+    parser.add_argument("--length", type=int, default=1,
+                        help="the second table's runs this many times the spec's [langevin] steps (after its burn-in)")
     args = parser.parse_args(argv)
     if args.runs < 0 or args.runs == 1:
         raise SystemExit("--runs must be 0 (no second table) or at least 2 (a standard error needs two runs)")
+    if args.length < 1:
+        raise SystemExit("--length must be at least 1 (the runs' length, in the spec's [langevin] steps)")
     if args.factor < 2:
         raise SystemExit("--factor must be at least 2 (the floor needs a pair of training-size sets)")
     result = study_result(args.folder, args.settings, "bench-floor-")
@@ -185,7 +197,8 @@ def main(argv=None):
         print(f"| {name} | {np.mean(re):.4g} | {per} | {np.mean(re) / np.mean(floor):.2f} |")
     if args.runs:
         print()
-        print_drift_runs(drift_runs(result, long_run, args.runs, sklearn_components(result, args.sklearn_components)))
+        print_drift_runs(drift_runs(result, long_run, args.runs, sklearn_components(result, args.sklearn_components),
+                                    args.length), args.length)
 
 
 if __name__ == "__main__":
