@@ -98,6 +98,44 @@ def test_relative_entropy_of_a_perfect_model_falls_with_its_sample_size():
     assert gap > 6 * se and gap > 2e-4, (small.mean(), large.mean(), se)
 
 
+def test_a_matched_relative_entropy_leaves_out_the_long_runs_narrower_smoothing():
+    """A set scored against a run ten times its size from the same density: Scott's bandwidths differ by 10^(1/5), and
+    with each set smoothed at its own the figure is that difference's relative entropy (two narrow Gaussians, each
+    smoothed: KL(f * N(0, h_long^2) || f * N(0, h_set^2)), computed here by quadrature, 0.04), not the set's sampling
+    error; ``matched`` smooths the long run at the set's bandwidth and leaves the sampling error alone (its scale,
+    about the effective number of kernel widths over 2n, is 1e-4 at these sizes: bound 20 times that)."""
+    rng = np.random.default_rng(5)
+
+    def draw(n):
+        return np.where(rng.random(n) < 0.5, rng.normal(-1.5, 0.15, n), rng.normal(1.5, 0.15, n))
+
+    long, sample = draw(400_000), draw(40_000)
+    h_long, h_set = metrics.scott_bandwidth(long), metrics.scott_bandwidth(sample)
+    assert metrics.scott_bandwidth(long, sample.size) == pytest.approx(long.std(ddof=1) * 40_000 ** -0.2, rel=1e-14)
+    x = np.linspace(-4.0, 4.0, 200_001)
+
+    def smoothed(h):
+        var = 0.15**2 + h**2
+        return sum(0.5 * np.exp(-0.5 * (x - m) ** 2 / var) / np.sqrt(2 * np.pi * var) for m in (-1.5, 1.5))
+
+    p, q = smoothed(h_long), smoothed(h_set)
+    bias = float(np.sum(p * np.log(p / q)) * (x[1] - x[0]))
+    assert 0.03 < bias < 0.06
+    assert relative_entropy(long, sample) == pytest.approx(bias, rel=0.05)
+    assert relative_entropy(long, sample, matched=True) < 2e-3
+    # matched is the long run's KDE at the set's Scott bandwidth, as a plain relative entropy computes it
+    grid = np.linspace(min(long.min(), sample.min()), max(long.max(), sample.max()), 2048)
+    dx = grid[1] - grid[0]
+    pm = gaussian_kde_1d(long, grid, metrics.scott_bandwidth(long, sample.size))
+    qm = gaussian_kde_1d(sample, grid)
+    pm, qm = (np.maximum(v / (v.sum() * dx), 1e-10) for v in (pm, qm))
+    assert relative_entropy(long, sample, matched=True) == pytest.approx(float(np.sum(pm * np.log(pm / qm)) * dx),
+                                                                         rel=1e-12)
+    assert relative_entropy(sample, sample, matched=True) == pytest.approx(0.0, abs=1e-12)  # equal sizes: plain
+    with pytest.raises(ValueError, match="binned reference"):
+        relative_entropy(metrics.binned_density(long), sample, matched=True)
+
+
 def test_score_error_and_coverage_definitions():
     truth = np.array([[1.0, 0.0], [0.0, 2.0]])
     pred = np.array([[1.5, 0.0], [0.0, 2.0]])

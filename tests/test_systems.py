@@ -240,6 +240,13 @@ def test_ks_statistics_of_the_data_against_itself_and_a_shifted_model():
     assert shifted["one_point_relative_entropy"] > 0.05 and shifted["one_point_l1"] > 0.2
     assert all(v > 0.2 for v in shifted["two_point_l1"].values())
     np.testing.assert_allclose(shifted["decorrelation_time_model"], tau, rtol=1e-9)
+    # against a longer reference (compare --long-reference): its one-point PDF smoothed as the model's set
+    from kgmm_bayes.metrics.density import relative_entropy
+    longer = np.concatenate([series, series[:, ::-1]]).reshape(-1, 4)
+    matched = ts.ks_statistics(longer, series + 0.5, 0.5, tau, grid_points=512, matched=True)
+    expected = relative_entropy(longer.ravel(), (series + 0.5).ravel(), 512, matched=True)
+    assert matched["one_point_relative_entropy"] == pytest.approx(expected, rel=1e-12)
+    assert expected != pytest.approx(relative_entropy(longer.ravel(), (series + 0.5).ravel(), 512), rel=1e-6)
 
 
 def test_fine_reference_series_has_the_requested_spacing_and_layout():

@@ -8,6 +8,14 @@ spanning both sample sets, renormalised, floored at 1e-10, and
     D_KL(p || q) = sum_j p_j log(p_j / q_j) dx
 
 by a Riemann sum, with ``p`` the reference and ``q`` the model.
+
+Scott's bandwidth shrinks as ``n^(-1/5)``, so two sample sets of different sizes are smoothed
+differently, and that difference alone adds to their relative entropy wherever the density curves
+sharply: a tenth of a long run of Kuramoto-Sivashinsky D = 4 scored against the whole run gives 0.00106,
+seven times the 0.00014 between two disjoint tenths.  ``matched=True`` (a long run scored against sets
+of another size) smooths the reference as Scott's rule would a set of the model's size (the reference's
+own standard deviation times ``n_model^(-1/5)``), so that both sides carry the same smoothing, as two
+sets of one size do.
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["gaussian_kde_1d", "relative_entropy", "marginal_relative_entropies", "BinnedDensity", "kde_mesh",
+__all__ = ["gaussian_kde_1d", "scott_bandwidth", "relative_entropy", "marginal_relative_entropies", "BinnedDensity", "kde_mesh",
            "linear_bins", "binned_density",
            "weighted_score_error", "band_coverage"]
 
@@ -38,8 +46,14 @@ _EXACT_MAX = 20_000  # above this many samples the KDE is binned (O(n + mesh log
 _MESH_STEP = 1e-3  # binned KDE: mesh spacing in bandwidths; error O(step^2), ~1e-7 of the peak
 
 
-def gaussian_kde_1d(samples, grid) -> np.ndarray:
-    """Gaussian KDE with Scott's bandwidth ``std(ddof=1) n^(-1/5)`` at ``grid`` (float64).
+def scott_bandwidth(samples, n: int | None = None) -> float:
+    """Scott's bandwidth ``std(ddof=1) n^(-1/5)`` of 1-D ``samples``, for ``n`` samples (default: their number)."""
+    samples = np.asarray(samples, dtype=np.float64).ravel()
+    return float(samples.std(ddof=1) * (samples.size if n is None else int(n)) ** (-0.2))
+
+
+def gaussian_kde_1d(samples, grid, bandwidth: float | None = None) -> np.ndarray:
+    """Gaussian KDE with Scott's bandwidth ``std(ddof=1) n^(-1/5)`` (or ``bandwidth``) at ``grid`` (float64).
 
     Up to ``_EXACT_MAX`` samples, the exact sum of kernels.  Beyond, linear binning onto a
     uniform mesh ``_MESH_STEP`` bandwidths fine, an FFT convolution with the kernel and
@@ -49,7 +63,7 @@ def gaussian_kde_1d(samples, grid) -> np.ndarray:
     """
     samples = np.asarray(samples, dtype=np.float64).ravel()
     n = samples.size
-    bandwidth = samples.std(ddof=1) * n ** (-0.2)
+    bandwidth = scott_bandwidth(samples) if bandwidth is None else float(bandwidth)
     if n > _EXACT_MAX:
         return _binned_kde(samples, np.asarray(grid, dtype=np.float64), bandwidth)
     return _exact_kde(samples, grid, bandwidth)
@@ -130,28 +144,38 @@ class BinnedDensity:
         return self.high
 
 
-def relative_entropy(reference, model, grid_points: int = 2048, floor: float = 1e-10) -> float:
+def relative_entropy(reference, model, grid_points: int = 2048, floor: float = 1e-10, matched: bool = False) -> float:
     """``D_KL(reference || model)`` of two 1-D sample sets (see module docstring); either may be a
-    :class:`BinnedDensity` (data streamed in blocks) in place of its samples."""
+    :class:`BinnedDensity` (data streamed in blocks) in place of its samples.  ``matched``: the reference
+    (samples) smoothed at Scott's bandwidth for the model's number of samples (module docstring)."""
     reference, model = (x if isinstance(x, BinnedDensity) else np.asarray(x, dtype=np.float64).ravel()
                         for x in (reference, model))
+    if matched and isinstance(reference, BinnedDensity):
+        raise ValueError("a matched relative entropy smooths the reference's samples: a binned reference has its "
+                         "bandwidth already")
     lo = min(reference.min(), model.min())
     hi = max(reference.max(), model.max())
     grid = np.linspace(lo, hi, grid_points)
     dx = grid[1] - grid[0]
-    p, q = (x.pdf(grid) if isinstance(x, BinnedDensity) else gaussian_kde_1d(x, grid) for x in (reference, model))
+    def density(x, bandwidth=None):
+        return x.pdf(grid) if isinstance(x, BinnedDensity) else gaussian_kde_1d(x, grid, bandwidth)
+
+    bandwidth = scott_bandwidth(reference, model.n if isinstance(model, BinnedDensity) else model.size) \
+        if matched else None
+    p, q = density(reference, bandwidth), density(model)
     p = np.maximum(p / (p.sum() * dx), floor)
     q = np.maximum(q / (q.sum() * dx), floor)
     return float(np.sum(p * np.log(p / q)) * dx)
 
 
-def marginal_relative_entropies(reference, model, grid_points: int = 2048) -> np.ndarray:
+def marginal_relative_entropies(reference, model, grid_points: int = 2048, matched: bool = False) -> np.ndarray:
     """Relative entropy of each coordinate's marginal, ``(d,)``; ``reference`` (or ``model``) is
-    samples ``(n, d)`` or one :class:`BinnedDensity` per coordinate."""
+    samples ``(n, d)`` or one :class:`BinnedDensity` per coordinate; ``matched`` as :func:`relative_entropy`'s."""
     def columns(x):
         return list(x) if isinstance(x, (list, tuple)) else [np.asarray(x)[:, i] for i in range(np.shape(x)[1])]
 
-    return np.array([relative_entropy(r, m, grid_points) for r, m in zip(columns(reference), columns(model))])
+    return np.array([relative_entropy(r, m, grid_points, matched=matched)
+                     for r, m in zip(columns(reference), columns(model))])
 
 
 def weighted_score_error(predicted, truth, weights) -> float:

@@ -127,7 +127,7 @@ def integrated_time(rho, spacing: float) -> float:
 
 
 def ks_statistics(reference, model_series, model_spacing: float, data_tau, bins: int = 120, bins2: int = 60,
-                  lags=(1, 2, 3), grid_points: int = 2048) -> dict:
+                  lags=(1, 2, 3), grid_points: int = 2048, matched: bool = False) -> dict:
     """A reduced-order model's KS statistics against the data's.
 
     ``reference`` ``(n, D)``: the study's reference snapshots; ``model_series``
@@ -137,7 +137,9 @@ def ks_statistics(reference, model_series, model_spacing: float, data_tau, bins:
     (KDE, as the marginals) and L1 distance (histograms on common edges), the L1
     distance of the two-point PDFs at each separation in ``lags`` (keyed by the separation as a string, as
     JSON writes it: a comparison row read back from its stage cache reads the same), and the model's
-    decorrelation time per coordinate with its ratio to the data's.
+    decorrelation time per coordinate with its ratio to the data's.  ``matched``: the one-point relative entropy
+    with the reference smoothed as a set of the model's size (a long run; :func:`~kgmm_bayes.metrics.density.
+    relative_entropy`).
     """
     ref = np.asarray(reference, dtype=np.float64)[None]
     model = _check_samples(model_series, "model_series")
@@ -151,7 +153,7 @@ def ks_statistics(reference, model_series, model_spacing: float, data_tau, bins:
     pp_mod, _ = two_point_pdfs(model, edges2, lags=lags)
     area = np.outer(np.diff(edges2), np.diff(edges2))
     tau = decorrelation_time(model, model_spacing)
-    return {"one_point_relative_entropy": relative_entropy(ref.ravel(), model.ravel(), grid_points),
+    return {"one_point_relative_entropy": relative_entropy(ref.ravel(), model.ravel(), grid_points, matched=matched),
             "one_point_l1": float(np.sum(np.abs(p_ref - p_mod) * np.diff(edges))),
             "two_point_l1": {str(int(lag)): float(np.sum(np.abs(pp_ref[j] - pp_mod[j]) * area)) for j, lag in enumerate(lags)},
             "decorrelation_time_model": [float(v) for v in tau],

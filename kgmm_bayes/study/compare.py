@@ -126,7 +126,17 @@ def _log(progress, message):
 def _ks_block(data: StudyData, series, spec, data_tau, spacing: float) -> dict:
     """KS statistics of a model's series ``(particles, n_snap, D)`` (physical units, ``spacing`` apart in
     the model's time) against the data's."""
-    return ks_statistics(data.reference, series, spacing, data_tau, grid_points=spec.metrics.grid_points)
+    return ks_statistics(data.reference, series, spacing, data_tau, grid_points=spec.metrics.grid_points,
+                         matched=bool(spec.baselines.long_reference))
+
+
+def scored_relative_entropies(rom, data: StudyData, spec: Spec) -> np.ndarray:
+    """A model run's marginal relative entropies against the comparison's yardstick, ``data.reference``: the study's
+    reference set, or with ``[baselines] long_reference`` the long run smoothed as a set of the run's size (Scott's
+    bandwidth falls with the sample count, and a long run's own narrower smoothing would otherwise count against
+    every model where the density curves sharply; ``kgmm_bayes.metrics.density``)."""
+    return rom_relative_entropies(rom, data.zscore, data.reference, spec.metrics.grid_points,
+                                  matched=bool(spec.baselines.long_reference))
 
 
 class _DataTime(NamedTuple):
@@ -204,7 +214,7 @@ def _model_runs(data, spec, drift_fn, drift_params, first, starts, dt, steps, th
     for x0, run_key in starts:
         rom = simulate_langevin(run_key, drift_fn, drift_params, x0, dt, steps, lg.burn_in, thin, lg.box,
                                 mobility=mobility)
-        per_run.append(rom_relative_entropies(rom, data.zscore, data.reference, spec.metrics.grid_points))
+        per_run.append(scored_relative_entropies(rom, data, spec))
         lost.append(rom.escaped + rom.non_finite)
     return model_run_summary(per_run, lost)
 
@@ -281,7 +291,7 @@ def _evaluate(fit_name, drift_fn, drift_params, timings, data, spec, x0, run_key
         info["dt_times_max_jacobian_eigenvalue"] = schedule["stiffness"]  # of Phi s, as the study's
         info["dynamics"] = _dynamics_row(dyn, rom, data, spec, data_time)
     info["model_snapshots"] = _snapshots(schedule)
-    rel_ent = rom_relative_entropies(rom, data.zscore, data.reference, spec.metrics.grid_points)
+    rel_ent = scored_relative_entropies(rom, data, spec)
     if starts:  # the last full run's schedule
         info["model_runs"] = _model_runs(data, spec, drift_fn, drift_params, rel_ent, starts, schedule["dt"],
                                          schedule["steps"], schedule["thin"], schedule["mobility"],
@@ -402,7 +412,7 @@ def _dsm_reach(fit: BaselineFit, bayes_drift, data, spec, x0, run_key) -> dict:
 
     def short_run(drift_fn, params):  # the mean relative entropy over the particles kept, and the particles lost
         rom = simulate_langevin(run_key, drift_fn, params, x0, lg.dt, steps, lg.burn_in, lg.thin, lg.box)
-        rel_ent = rom_relative_entropies(rom, data.zscore, data.reference, spec.metrics.grid_points)
+        rel_ent = scored_relative_entropies(rom, data, spec)
         return float(np.mean(rel_ent)), int(rom.escaped + rom.non_finite)
 
     target, target_lost = short_run(*bayes_drift)
@@ -469,9 +479,9 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     data = with_long_reference(data, spec, progress)
     if spec.baselines.long_reference:  # the study's own run and the training set, against the long run
         grid = spec.metrics.grid_points
-        rel = (marginal_relative_entropies(data.reference, result.rom_samples, grid) if len(result.rom_samples) > 1
-               else np.full(data.train.shape[1], np.nan))
-        floor = float(np.mean(marginal_relative_entropies(data.reference, data.train, grid)))
+        rel = (marginal_relative_entropies(data.reference, result.rom_samples, grid, matched=True)
+               if len(result.rom_samples) > 1 else np.full(data.train.shape[1], np.nan))
+        floor = float(np.mean(marginal_relative_entropies(data.reference, data.train, grid, matched=True)))
     rows = [EstimatorRow("bayesian", bayesian_timings(m),
                          np.array([np.nan if v is None else v for v in rel], dtype=np.float64), bayes_error,
                          m.get("score", {}).get("band_coverage"), float(m["timings"]["langevin"]),
@@ -488,6 +498,8 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
     # refits none of the others
     keyed = spec.to_dict()
     keyed["baselines"] = {k: v for k, v in keyed["baselines"].items() if k != "which"}
+    if spec.baselines.long_reference:  # rows against a long run read back only if it was smoothed as each model's set
+        keyed["baselines"]["long_reference_smoothing"] = "matched"
     rows_key = stage_key("compare", COMPARE_ROWS_SCHEMA, keyed, seed, __version__, STAGE_SCHEMA,
                          user_data_hash(user_data), _checksum({"z": z, "points": part.points}))
     read_back = []

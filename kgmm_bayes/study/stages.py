@@ -720,17 +720,18 @@ class CorrectionCheck(NamedTuple):
 
 
 def rom_relative_entropies(rom: LangevinResult, zscore: ZScore, reference, grid_points: int,
-                           binned: bool = False) -> np.ndarray:
+                           binned: bool = False, matched: bool = False) -> np.ndarray:
     """``(d,)``: the marginal relative entropies of a model run's kept samples (z-scored) against ``reference``
     (physical samples or binned marginals); NaN where fewer than two samples were kept.  ``binned``: the samples'
-    densities binned KDEs (:func:`~kgmm_bayes.metrics.density.binned_density`) whatever their number."""
+    densities binned KDEs (:func:`~kgmm_bayes.metrics.density.binned_density`) whatever their number.
+    ``matched``: the reference smoothed as a set of the model's size (a long run's samples; ``relative_entropy``)."""
     kept = rom.kept_samples()
     if len(kept) < 2:
         return np.full(rom.samples.shape[-1], np.nan)
     model = zscore.inverse(kept.astype(np.float64))
     if binned:
         model = [binned_density(column) for column in model.T]
-    return marginal_relative_entropies(reference, model, grid_points)
+    return marginal_relative_entropies(reference, model, grid_points, matched=matched)
 
 
 def _pilot_relative_entropies(rom: LangevinResult, data: StudyData, grid_points: int) -> np.ndarray:
