@@ -12,9 +12,10 @@ against the long run is printed as well: the stricter yardstick.  Also measured 
 posterior-predictive mixture of the draws that drive the model (``BayesianKGMM.drift_draws``, as many as
 the ``"mixture"`` drift pools, all of them for the interpolant's; as many samples as the model's; no
 interpolant, no time step) and
-the training set itself.  Every set is scored against the long run smoothed as a set of its own size
+the training set itself.  Each of those is scored against the long run smoothed as a set of its own size
 (``matched``, ``kgmm_bayes.metrics.density``): at its own, narrower, Scott bandwidth the long run alone would add
-0.001 to a training-size set of Kuramoto-Sivashinsky D = 4 (seven times the floor).  Built-in systems only (user
+0.001 to a training-size set of Kuramoto-Sivashinsky D = 4 (seven times the floor).  The floor's pairs and the
+study's own figure compare sets of about one size, unmatched.  Built-in systems only (user
 data have no true system to re-run).
 
     python benchmarks/bench_floor.py kgmm-runs/reduced_1d --factor 10
@@ -99,8 +100,8 @@ def sklearn_components(result, given: int = 0) -> int:
 def drift_runs(result, long_run, runs: int, k_sklearn: int, length: int = 1) -> list:
     """``[(name, relative entropies (runs,))]``: the study's drifts and scikit-learn's (``k_sklearn`` components), each
     run ``runs`` times in Langevin time, run ``r`` of each from the same particles and noise, against ``long_run``
-    (physical units); each run ``length`` times the spec's ``[langevin] steps`` after the same burn-in, so that its
-    samples' own noise falls below the drifts' differences."""
+    (physical units); each run ``length`` times the spec's ``[langevin] steps`` (after the same burn-in, which
+    ``simulate_langevin`` runs apart), so that its samples' own noise falls below the drifts' differences."""
     spec = result.spec
     lg, b = spec.langevin, spec.baselines
     ways = (["interpolant"] if result.interpolant is not None else []) + ["mixture"]
@@ -118,8 +119,7 @@ def drift_runs(result, long_run, runs: int, k_sklearn: int, length: int = 1) -> 
         x0, run_key = initial_particles(jax.random.fold_in(jax.random.key(LONG_REFERENCE_KEY), r),
                                         result.partition.points, result.partition.counts, lg.particles)
         for name, (fn, params) in drifts:
-            run = simulate_langevin(run_key, fn, params, x0, lg.dt, lg.burn_in + length * (lg.steps - lg.burn_in),
-                                    lg.burn_in, lg.thin, box)
+            run = simulate_langevin(run_key, fn, params, x0, lg.dt, length * lg.steps, lg.burn_in, lg.thin, box)
             kept = result.zscore.inverse(run.kept_samples())
             out[name].append(float(np.mean(marginal_relative_entropies(long_run, kept, spec.metrics.grid_points,
                                                                        matched=True))))

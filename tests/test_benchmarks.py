@@ -23,7 +23,7 @@ CASES = {
     "bench_floor.py": ["reduced_1d", "--factor", "2", "--runs", "2", "--length", "2", "--settings",
                        '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 60\\n[mixture]\\ncomponents = 3\\n'
                        'coarsening = "off"\\n[sampler]\\nwarmup = 30\\ndraws = 30\\n[interpolant]\\nsteps = 50\\n'
-                       '[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 0\\nthin = 10'],
+                       '[langevin]\\nparticles = 20\\nsteps = 200\\nburn_in = 500\\nthin = 10'],
     "bench_geometry.py": ["reduced_1d", "--starts", "2", "--rows", "2", "--settings",
                           '[data]\\nmembers = 4\\nsteps = 20000\\n[partition]\\ncells = 60\\n[mixture]\\ncomponents = 3\\n'
                           'coarsening = "off"\\n[sampler]\\nwarmup = 30\\ndraws = 30\\nmap_steps = 50\\n'

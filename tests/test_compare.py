@@ -355,6 +355,38 @@ def test_a_long_reference_scores_every_model_against_an_independent_run_of_the_s
     assert "independent run of the system with 2 times the training data's members" in text
 
 
+def test_only_a_long_reference_is_scored_smoothed_as_each_model_run():
+    """``with_long_reference`` marks its copy of the data (the caller's stays as it was), and
+    ``scored_relative_entropies``, which every model run of a comparison is scored by, smooths the reference as the
+    run's set exactly where the data are so marked."""
+    from kgmm_bayes.data.trajectory import StudyData
+    from kgmm_bayes.data.zscore import ZScore
+    from kgmm_bayes.metrics.density import marginal_relative_entropies
+    from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.study.compare import scored_relative_entropies, with_long_reference
+
+    rng = np.random.default_rng(2)
+    train, reference = rng.normal(size=(4_000, 1)), rng.normal(size=(40_000, 1))
+    data = StudyData(train, reference, ZScore.fit(train))
+    spec = load_spec("reduced_1d")
+    assert with_long_reference(data, spec) is data and not data.reference_matched  # long_reference = 0: as it is
+
+    class Run:  # the two things scoring reads of a LangevinResult
+        samples = rng.normal(size=(10, 300, 1))
+
+        def kept_samples(self):
+            return self.samples.reshape(-1, 1)
+
+    run, grid = Run(), spec.metrics.grid_points
+    model = data.zscore.inverse(run.kept_samples())
+    plain = marginal_relative_entropies(reference, model, grid)
+    np.testing.assert_allclose(scored_relative_entropies(run, data, spec), plain, rtol=1e-12)
+    data.reference_matched = True
+    matched = marginal_relative_entropies(reference, model, grid, matched=True)
+    np.testing.assert_allclose(scored_relative_entropies(run, data, spec), matched, rtol=1e-12)
+    assert not np.allclose(matched, plain, rtol=1e-3)
+
+
 def test_model_run_summary_counts_runs_that_lost_every_particle_apart():
     from kgmm_bayes.study.compare import model_run_summary
 

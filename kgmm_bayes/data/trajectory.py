@@ -222,6 +222,9 @@ class StudyData:
         self.stream = stream
         self.train_marginals = self.reference_marginals = None
         self.cell_pass_time = None
+        # the reference is a long run of the system, scored against smoothed as each set it is compared with
+        # (relative_entropy's matched; kgmm_bayes.study.compare.with_long_reference)
+        self.reference_matched = False
 
     @property
     def snapshots(self) -> int:

@@ -127,16 +127,16 @@ def _ks_block(data: StudyData, series, spec, data_tau, spacing: float) -> dict:
     """KS statistics of a model's series ``(particles, n_snap, D)`` (physical units, ``spacing`` apart in
     the model's time) against the data's."""
     return ks_statistics(data.reference, series, spacing, data_tau, grid_points=spec.metrics.grid_points,
-                         matched=bool(spec.baselines.long_reference))
+                         matched=data.reference_matched)
 
 
 def scored_relative_entropies(rom, data: StudyData, spec: Spec) -> np.ndarray:
     """A model run's marginal relative entropies against the comparison's yardstick, ``data.reference``: the study's
-    reference set, or with ``[baselines] long_reference`` the long run smoothed as a set of the run's size (Scott's
-    bandwidth falls with the sample count, and a long run's own narrower smoothing would otherwise count against
-    every model where the density curves sharply; ``kgmm_bayes.metrics.density``)."""
+    reference set, or a long run (``data.reference_matched``, :func:`with_long_reference`) smoothed as a set of the
+    run's size (Scott's bandwidth falls with the sample count, and a long run's own narrower smoothing would otherwise
+    count against every model where the density curves sharply; ``kgmm_bayes.metrics.density``)."""
     return rom_relative_entropies(rom, data.zscore, data.reference, spec.metrics.grid_points,
-                                  matched=bool(spec.baselines.long_reference))
+                                  matched=data.reference_matched)
 
 
 class _DataTime(NamedTuple):
@@ -246,7 +246,8 @@ def long_reference_run(spec: Spec, factor: int) -> np.ndarray:
 
 def with_long_reference(data: StudyData, spec: Spec, progress: bool = False) -> StudyData:
     """``data`` scored against :func:`long_reference_run` (``[baselines] long_reference`` times the training
-    members) instead of its reference set; ``data`` itself where that is 0."""
+    members) instead of its reference set, smoothed as each scored set (``reference_matched``); ``data`` itself where
+    that is 0."""
     factor = spec.baselines.long_reference
     if not factor:
         return data
@@ -254,6 +255,7 @@ def with_long_reference(data: StudyData, spec: Spec, progress: bool = False) -> 
                    "models' yardstick")
     scored = copy.copy(data)
     scored.reference = long_reference_run(spec, factor).reshape(-1, data.train.shape[1])
+    scored.reference_matched = True
     return scored
 
 
@@ -477,7 +479,7 @@ def _compare_stages(spec: Spec, out: OutputFolder, seed: int, user_data, progres
         bayes_error = weighted_score_error(predicted, truth, part.counts)
     rel, floor = m["relative_entropy"]["per_marginal"], m["relative_entropy"]["data_floor_mean"]
     data = with_long_reference(data, spec, progress)
-    if spec.baselines.long_reference:  # the study's own run and the training set, against the long run
+    if data.reference_matched:  # the study's own run and the training set, against the long run
         grid = spec.metrics.grid_points
         rel = (marginal_relative_entropies(data.reference, result.rom_samples, grid, matched=True)
                if len(result.rom_samples) > 1 else np.full(data.train.shape[1], np.nan))
