@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["gaussian_kde_1d", "scott_bandwidth", "relative_entropy", "marginal_relative_entropies", "BinnedDensity", "kde_mesh",
-           "linear_bins", "binned_density",
+__all__ = ["gaussian_kde_1d", "scott_bandwidth", "relative_entropy", "marginal_relative_entropies", "BinnedDensity",
+           "kde_mesh", "linear_bins", "binned_density",
            "weighted_score_error", "band_coverage"]
 
 
@@ -91,7 +91,7 @@ def binned_density(samples) -> "BinnedDensity":
     bandwidths either side: evaluated on many grids at the cost of one binning and one FFT (the binned KDE
     :func:`gaussian_kde_1d` uses beyond ``_EXACT_MAX`` samples, to about 1e-7 of its peak)."""
     samples = np.asarray(samples, dtype=np.float64).ravel()
-    bandwidth = samples.std(ddof=1) * samples.size ** (-0.2)
+    bandwidth = scott_bandwidth(samples)
     reach = 8.0 * bandwidth
     mesh = kde_mesh(samples.min() - reach, samples.max() + reach, bandwidth)
     return BinnedDensity(*mesh, linear_bins(samples, *mesh), samples.size, bandwidth)
@@ -157,12 +157,12 @@ def relative_entropy(reference, model, grid_points: int = 2048, floor: float = 1
     hi = max(reference.max(), model.max())
     grid = np.linspace(lo, hi, grid_points)
     dx = grid[1] - grid[0]
-    def density(x, bandwidth=None):
-        return x.pdf(grid) if isinstance(x, BinnedDensity) else gaussian_kde_1d(x, grid, bandwidth)
-
-    bandwidth = scott_bandwidth(reference, model.n if isinstance(model, BinnedDensity) else model.size) \
-        if matched else None
-    p, q = density(reference, bandwidth), density(model)
+    if matched:  # the reference's samples at the model's Scott bandwidth
+        p = gaussian_kde_1d(reference, grid, scott_bandwidth(
+            reference, model.n if isinstance(model, BinnedDensity) else model.size))
+    else:
+        p = reference.pdf(grid) if isinstance(reference, BinnedDensity) else gaussian_kde_1d(reference, grid)
+    q = model.pdf(grid) if isinstance(model, BinnedDensity) else gaussian_kde_1d(model, grid)
     p = np.maximum(p / (p.sum() * dx), floor)
     q = np.maximum(q / (q.sum() * dx), floor)
     return float(np.sum(p * np.log(p / q)) * dx)
