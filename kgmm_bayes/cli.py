@@ -46,6 +46,10 @@ def _build_parser() -> argparse.ArgumentParser:
                               "training data's members instead of the study's reference set, whose own sampling "
                               "noise can be as large as the models' differences (default: the spec's [baselines] "
                               "long_reference, 0: the reference set)")
+    compare.add_argument("--run-length", type=int, default=None, metavar="L",
+                         help="run every estimator's model L times the spec's [langevin] steps (the Bayesian study's "
+                              "own run too): a run's own sampling noise falls as it lengthens, and at the spec's "
+                              "length it can be larger than close models' differences (default: 1)")
     compare.add_argument("--quiet", action="store_true", help="no progress display")
     calib = sub.add_parser("calibrate", help="coverage of the credible bands against data size and seed "
                                              "(systems with an analytic score)")
@@ -94,7 +98,7 @@ def _run(args) -> int:
 
 def _compare(args) -> int:
     from .errors import InputError
-    from .spec import MAX_LONG_REFERENCE, MAX_MODEL_RUNS, load_spec
+    from .spec import MAX_LONG_REFERENCE, MAX_MODEL_RUNS, MAX_RUN_LENGTH, load_spec
     from .study.compare import compare_study
     from .study.compare_tables import compiling_text, over_runs_text
 
@@ -102,9 +106,14 @@ def _compare(args) -> int:
         raise InputError(f"--model-runs must be between 1 and {MAX_MODEL_RUNS}, got {args.model_runs}")
     if args.long_reference is not None and not 0 <= args.long_reference <= MAX_LONG_REFERENCE:
         raise InputError(f"--long-reference must be between 0 and {MAX_LONG_REFERENCE}, got {args.long_reference}")
+    if args.run_length is not None and not 1 <= args.run_length <= MAX_RUN_LENGTH:
+        raise InputError(f"--run-length must be between 1 and {MAX_RUN_LENGTH}, got {args.run_length}")
     overrides = {name: value for name, value in (("model_runs", args.model_runs),
                                                  ("long_reference", args.long_reference)) if value is not None}
     spec = load_spec(args.spec, {"baselines": overrides} if overrides else None)
+    if args.run_length not in (None, 1):  # the spec's own steps, then L times them (its checks run again)
+        spec = load_spec(args.spec, {"baselines": overrides,
+                                     "langevin": {"steps": args.run_length * spec.langevin.steps}})
     result = compare_study(spec, out_dir=args.out, seed=args.seed, progress=not args.quiet, force=args.force)
     for row in result.rows:
         runs = row.info.get("model_runs")

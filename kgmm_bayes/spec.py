@@ -285,6 +285,7 @@ MAX_INT = 2**63 - 1  # integer keys: the int64 range (jax.random.key(seed) overf
 MAX_SEED = 2**62 - 1  # seeds: calibrate and compare derive seeds by adding to the study's
 MAX_MODEL_RUNS = 100  # [baselines] model_runs: each run costs a Langevin run per estimator
 MAX_LONG_REFERENCE = 100  # [baselines] long_reference: the run is held in memory, F times the training data
+MAX_RUN_LENGTH = 100  # compare --run-length: each model run's samples are held in memory, L times the spec's
 MAX_SPEC_BYTES = 2**20  # a spec is a few kilobytes; more is not a spec
 # dots outside strings and comments (dotted keys, decimals): tomllib's memory is quadratic in a key's
 # parts (a 200 kB line of 'a.a.a...' takes tens of GB)

@@ -527,6 +527,8 @@ def test_compare_bad_input_one_line(tmp_path, monkeypatch, capsys):
                         (["compare", "ok.toml", "--model-runs", "101", "--quiet"], ["--model-runs", "got 101"]),
                         (["compare", "ok.toml", "--long-reference", "-1", "--quiet"], ["--long-reference", "got -1"]),
                         (["compare", "ok.toml", "--long-reference", "101", "--quiet"], ["--long-reference", "got 101"]),
+                        (["compare", "ok.toml", "--run-length", "0", "--quiet"], ["--run-length", "got 0"]),
+                        (["compare", "ok.toml", "--run-length", "101", "--quiet"], ["--run-length", "got 101"]),
                         (["compare", "own.toml", "--long-reference", "2", "--quiet"],
                          ["[baselines] long_reference", "built-in system"])):
         assert main(args) == 2
@@ -537,3 +539,26 @@ def test_compare_bad_input_one_line(tmp_path, monkeypatch, capsys):
         assert captured.out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "ok.toml", "own.npy", "own.toml", "s.toml"]
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_run_length_lengthens_every_model_run_and_nothing_else(tmp_path, monkeypatch):
+    """``--run-length L``: the comparison runs on the spec with L times its ``[langevin] steps`` (so the Bayesian
+    study's own run and every model run, which take their schedule from it, are L times as long); every other key
+    as the file says, the other flags' overrides kept; L = 1 is the spec itself."""
+    from kgmm_bayes.cli import main
+    from kgmm_bayes.spec import load_spec
+    from kgmm_bayes.study import compare
+
+    seen = []
+    monkeypatch.setattr(compare, "compare_study", lambda spec, **kw: seen.append(spec) or compare.Comparison(
+        rows=[], dsm_reach=None, out_dir=str(tmp_path)))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ok.toml").write_text('[data]\nsystem = "reduced_1d"\n[langevin]\nsteps = 3000\nthin = 100\n')
+    assert main(["compare", "ok.toml", "--run-length", "10", "--model-runs", "3", "--quiet"]) == 0
+    assert main(["compare", "ok.toml", "--run-length", "1", "--quiet"]) == 0
+    plain = load_spec(tmp_path / "ok.toml")
+    assert seen[0].langevin.steps == 30000 and plain.langevin.steps == 3000
+    assert seen[0].baselines.model_runs == 3
+    assert seen[0]._replace(langevin=plain.langevin, baselines=plain.baselines) == plain
+    assert seen[0].langevin._replace(steps=3000) == plain.langevin
+    assert seen[1] == plain
