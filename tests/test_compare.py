@@ -480,6 +480,27 @@ def test_bayesian_cost_counts_choosing_k_once():
     assert corrected == {**plain, "correction": 3.0}
 
 
+def test_cost_line_gives_the_bayesian_wall_and_its_posterior_over_classic_kgmm_s():
+    """The issue's cost figure, read off the rows of the same comparison: the Bayesian wall over classic KGMM's, and
+    the posterior stage (the candidates' posteriors counted where K was chosen) over classic KGMM's whole wall."""
+    from kgmm_bayes.study.compare_tables import EstimatorRow, comparison_markdown
+
+    def row(name, timings):
+        return EstimatorRow(name, timings, np.array([2e-3]), None, None, 1.0, 0, {})
+
+    bayes = row("bayesian", {"partition": 1.5, "posterior": 9.0, "score": 0.5, "interpolant": 5.0})
+    kgmm = row("kgmm", {"clustering": 1.5, "training": 2.5, "setup": 0.0})
+    text = comparison_markdown([bayes, kgmm, row("sklearn", {"fitting": 3.0})], None, _payload(1))
+    assert ("Cost against classic KGMM: the Bayesian estimator's wall is 4.00 times classic KGMM's (16.0 s against "
+            "4.0 s); its posterior alone (9.0 s) is 2.25 times classic KGMM's whole wall.") in text
+    chosen = bayes._replace(timings={**bayes.timings, "model_selection": 3.0})
+    text = comparison_markdown([chosen, kgmm], None, _payload(1))
+    assert "wall is 4.75 times" in text and "its posterior with the candidates' for K alone (12.0 s) is 3.00 times" in text
+    # without classic KGMM in the comparison (or with no time for it) there is nothing to divide by
+    assert "Cost against" not in comparison_markdown([bayes, row("sklearn", {"fitting": 3.0})], None, _payload(1))
+    assert "Cost against" not in comparison_markdown([bayes, row("kgmm", {"fit": 0.0})], None, _payload(1))
+
+
 def test_tables_gain_the_model_runs_columns_only_with_more_than_one_run():
     from kgmm_bayes.study.compare import model_run_summary, paired_with_bayesian
     from kgmm_bayes.study.compare_tables import (

@@ -159,6 +159,7 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
               "baselines never saw them as such). Band coverage: share of those points inside the Bayesian "
               f"{int(rows[0].info.get('band', 0.9) * 100)}% band. Particles lost: left the box or became "
               "non-finite; the relative entropy uses the others."]
+    lines += _cost_markdown(rows)
     if runs:
         lines += ["", (f"Model runs: each estimator's model was run {runs} times, the first with the study's Langevin "
                        "key and the others from further starting particles and noise, the same for every estimator, "
@@ -223,6 +224,20 @@ def comparison_markdown(rows, dsm_reach, payload) -> str:
         lines += ["", f"DSM against time (quarter-length Langevin runs, {dsm_reach['langevin_steps']} steps): "
                   f"Bayesian {_g(target)}{lost(dsm_reach['bayesian_particles_lost'])}; DSM {curve}. {verdict}"]
     return "\n".join(lines) + "\n"
+
+
+def _cost_markdown(rows) -> list:
+    """The Bayesian estimator's wall against classic KGMM's, and its posterior's (the candidates' posteriors too,
+    where K was chosen) against classic KGMM's whole wall; nothing without both rows."""
+    by_name = {r.estimator: r for r in rows}
+    bayes, kgmm = by_name.get("bayesian"), by_name.get("kgmm")
+    if bayes is None or kgmm is None or not kgmm.wall_s > 0:
+        return []
+    posterior = sum(bayes.timings.get(s, 0.0) for s in ("posterior", "model_selection"))
+    chosen = " with the candidates' for K" if "model_selection" in bayes.timings else ""
+    return ["", f"Cost against classic KGMM: the Bayesian estimator's wall is {bayes.wall_s / kgmm.wall_s:.2f} times "
+            f"classic KGMM's ({bayes.wall_s:.1f} s against {kgmm.wall_s:.1f} s); its posterior{chosen} alone "
+            f"({posterior:.1f} s) is {posterior / kgmm.wall_s:.2f} times classic KGMM's whole wall."]
 
 
 def _data_time_markdown(rows) -> list:
